@@ -1,0 +1,44 @@
+# bitfi: the two front-door commands are `make run` and `make test`.
+# Both create .venv from scratch with the Python found as $(PYTHON).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PORT   ?= 3000
+TRIAL_JOBS ?= 2
+
+.PHONY: all venv run test lint typecheck unit bench clean
+
+all: test
+
+$(STAMP): setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins; list(getPlugins(IPlugin, twisted.plugins))"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/twistd -n --pidfile= --logfile=- bitfi --port $(PORT)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bitfitech tests twisted benchmarks
+	$(VENV)/bin/ruff format --check bitfitech tests twisted benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m twisted.trial -j$(TRIAL_JOBS) tests
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do [ -e "$$b" ] || continue; echo "== $$b"; $(PY) "$$b" || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info _trial_temp* .mypy_cache .ruff_cache

@@ -1,0 +1,311 @@
+"""Node configuration: where the data path starts.
+
+Every setting a node has is read here, once, from the command line and the
+environment (the command line wins), coerced, validated and frozen into a
+:class:`NodeConfig`.  Tests build a ``NodeConfig`` directly.  Nothing here
+touches the network or the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+from twisted.logger import LogLevel
+
+from .address import AddressError, PeerAddress, check_port, normalize_host, parse_address
+
+DEFAULT_PORT = 3000
+DEFAULT_NETWORK = "main"
+DEFAULT_PAIR = "BTC/USD"
+DEFAULT_MAX_PEERS = 50
+DEFAULT_OUTBOUND = 8
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_API_HOST = "127.0.0.1"
+API_PORT_OFFSET = 10000
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+_NETWORK_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
+_PAIR_RE = re.compile(r"\A[A-Z0-9]{1,12}/[A-Z0-9]{1,12}\Z")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting with a bad value; the message names the option and its source."""
+
+
+#: option name -> environment variables read for it, first found wins.
+ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
+    "port": ("P2P_PORT",),
+    "host": ("P2P_HOST",),
+    "bootstrap": ("BOOTSTRAP_PEERS",),
+    "max-peers": ("MAX_PEERS",),
+    "outbound": ("OUTBOUND_PEERS",),
+    "data-dir": ("BITFI_DATA_DIR", "PEER_STORAGE_PATH"),
+    "network": ("BITFI_NETWORK",),
+    "pair": ("EXCHANGE_PAIR",),
+    "api-port": ("API_PORT",),
+    "api-host": ("API_HOST",),
+    "no-api": ("BITFI_NO_API",),
+    "log-level": ("LOG_LEVEL",),
+}
+
+
+@dataclass(frozen=True)
+class LinkTiming:
+    """
+    Timers of one peer link, in seconds.
+
+    :ivar handshake_timeout: a link must finish ``version``/``verack`` by then.
+    :ivar ping_interval: how often a live link is pinged.
+    :ivar ping_timeout: how long to wait for the matching ``pong``.
+    """
+
+    handshake_timeout: float = 10.0
+    ping_interval: float = 30.0
+    ping_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """
+    Everything a node is built from; validated, immutable.
+
+    :ivar port: P2P TCP port to listen on (0: the OS chooses).
+    :ivar host: P2P bind address.
+    :ivar bootstrap: peers dialled at start (possibly pinned to a node id).
+    :ivar max_peers: cap on all peer links, inbound and outbound.
+    :ivar outbound: how many outbound links the dialer keeps.
+    :ivar data_dir: the node's own directory (database, key).
+    :ivar network: network name; the wire magic derives from it.
+    :ivar pair: the trading pair of this network's book, ``BASE/QUOTE``.
+    :ivar api_enabled: whether the HTTP API runs.
+    :ivar api_host: HTTP API bind address.
+    :ivar api_port: HTTP API port (0: the OS chooses).
+    :ivar log_level: minimum level of bitfi's own log events.
+    :ivar timing: peer link timers.
+    :ivar dial_interval: how often the dialer checks its outbound target.
+    :ivar connect_timeout: TCP connect timeout for outbound dials.
+    """
+
+    data_dir: str
+    port: int = DEFAULT_PORT
+    host: str = DEFAULT_HOST
+    bootstrap: tuple[PeerAddress, ...] = ()
+    max_peers: int = DEFAULT_MAX_PEERS
+    outbound: int = DEFAULT_OUTBOUND
+    network: str = DEFAULT_NETWORK
+    pair: str = DEFAULT_PAIR
+    api_enabled: bool = True
+    api_host: str = DEFAULT_API_HOST
+    api_port: int = 0
+    log_level: LogLevel = LogLevel.info
+    timing: LinkTiming = field(default_factory=LinkTiming)
+    dial_interval: float = 1.0
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.outbound > self.max_peers:
+            raise ConfigError(
+                f"--outbound ({self.outbound}) cannot exceed --max-peers ({self.max_peers})"
+            )
+
+    @property
+    def max_inbound(self) -> int:
+        """Inbound links allowed: what the cap leaves after the outbound target."""
+        return self.max_peers - self.outbound
+
+    def with_changes(self, **changes: object) -> NodeConfig:
+        """Return a copy with some fields replaced (validated again)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+# -- coercions: each takes the raw text and raises ValueError with a short reason
+
+
+def coerce_port(text: str) -> int:
+    """A port number, 0 (OS-chosen) to 65535."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
+    try:
+        return check_port(value, allow_zero=True)
+    except AddressError as e:
+        raise ValueError(str(e)) from None
+
+
+def coerce_host(text: str) -> str:
+    """A bind address: an IPv4/IPv6 literal or a host name."""
+    try:
+        return normalize_host(text.strip())
+    except AddressError as e:
+        raise ValueError(str(e)) from None
+
+
+def coerce_count(text: str) -> int:
+    """A positive whole number (1 to 10000)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= 10000:
+        raise ValueError(f"must be from 1 to 10000, not {value}")
+    return value
+
+
+def coerce_outbound(text: str) -> int:
+    """An outbound target: 0 (never dial) to 10000."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 10000:
+        raise ValueError(f"must be from 0 to 10000, not {value}")
+    return value
+
+
+def coerce_bootstrap(text: str) -> tuple[PeerAddress, ...]:
+    """A comma-separated list of ``host:port`` or ``NODEID@host:port``."""
+    try:
+        return tuple(parse_address(part) for part in text.split(",") if part.strip())
+    except AddressError as e:
+        raise ValueError(str(e)) from None
+
+
+def coerce_network(text: str) -> str:
+    """A network name: lowercase letters, digits, ``-``, ``_``, ``.``; 1-64 chars."""
+    text = text.strip()
+    if not _NETWORK_RE.match(text):
+        raise ValueError(
+            f"invalid network name {text!r} (lowercase letters, digits, '.', '_', '-'; 1-64)"
+        )
+    return text
+
+
+def coerce_pair(text: str) -> str:
+    """A trading pair ``BASE/QUOTE`` such as ``BTC/USD`` (case-insensitive)."""
+    value = text.strip().upper()
+    if not _PAIR_RE.match(value):
+        raise ValueError(f"invalid pair {text!r} (expected BASE/QUOTE, like BTC/USD)")
+    return value
+
+
+def coerce_log_level(text: str) -> LogLevel:
+    """One of debug, info, warn, error, critical (``warning`` is accepted for warn)."""
+    name = text.strip().lower()
+    name = "warn" if name == "warning" else name
+    if name not in LOG_LEVELS:
+        raise ValueError(f"invalid log level {text!r} (one of {', '.join(LOG_LEVELS)})")
+    level: LogLevel = LogLevel.levelWithName(name)
+    return level
+
+
+def coerce_flag(text: str) -> bool:
+    """A boolean from the environment: 1/true/yes/on or 0/false/no/off."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"invalid boolean {text!r} (use 1/0, true/false)")
+
+
+def coerce_path(text: str) -> str:
+    """A directory path; ``~`` is expanded."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty path")
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def default_api_port(port: int) -> int:
+    """
+    The HTTP API port for a node whose P2P port is C{port}.
+
+    ``port + 10000`` (``port - 10000`` above 55535), so nodes on 3001, 3002,
+    3003 get 13001, 13002, 13003 and never collide; 0 stays 0 (OS-chosen).
+    """
+    if port == 0:
+        return 0
+    return port + API_PORT_OFFSET if port + API_PORT_OFFSET <= 65535 else port - API_PORT_OFFSET
+
+
+def default_data_dir(network: str, port: int, env: Mapping[str, str]) -> str:
+    """
+    The data directory of a node: ``$XDG_DATA_HOME/bitfi/<network>-<port>``.
+
+    ``XDG_DATA_HOME`` defaults to ``~/.local/share``.  The port is part of the
+    name so nodes started on one machine with different ports never share.
+    """
+    base = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "bitfi", f"{network}-{port}")
+
+
+def _pick(
+    name: str,
+    given: Mapping[str, str | None],
+    env: Mapping[str, str],
+    coerce: Callable[[str], T],
+    default: T,
+) -> T:
+    """Take an option from the command line, else its environment variable, else the default."""
+    raw = given.get(name)
+    source = f"--{name}"
+    if raw is None:
+        for var in ENVIRONMENT.get(name, ()):
+            if var in env:
+                raw, source = env[var], f"--{name} (from ${var})"
+                break
+    if raw is None:
+        return default
+    try:
+        return coerce(raw)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def config_from_options(
+    given: Mapping[str, str | None],
+    bootstrap: Sequence[PeerAddress] | None,
+    no_api: bool,
+    env: Mapping[str, str],
+) -> NodeConfig:
+    """
+    Build a config from command-line values (``None`` when not given) and the environment.
+
+    :param given: raw text of each option by its long name.
+    :param bootstrap: bootstrap peers from the command line, or ``None`` when none were given.
+    :param no_api: whether ``--no-api`` was given.
+    :param env: the process environment.
+    :raises ConfigError: naming the first bad option.
+    """
+    port = _pick("port", given, env, coerce_port, DEFAULT_PORT)
+    network = _pick("network", given, env, coerce_network, DEFAULT_NETWORK)
+    data_dir = _pick("data-dir", given, env, coerce_path, "")
+    if not data_dir:
+        if port == 0:
+            raise ConfigError("--data-dir is required with --port 0 (no port to name it after)")
+        data_dir = default_data_dir(network, port, env)
+    if bootstrap is None:
+        no_peers: tuple[PeerAddress, ...] = ()
+        bootstrap = _pick("bootstrap", {}, env, coerce_bootstrap, no_peers)
+    api_off = no_api or _pick("no-api", {}, env, coerce_flag, False)
+    return NodeConfig(
+        data_dir=data_dir,
+        port=port,
+        host=_pick("host", given, env, coerce_host, DEFAULT_HOST),
+        bootstrap=tuple(bootstrap),
+        max_peers=_pick("max-peers", given, env, coerce_count, DEFAULT_MAX_PEERS),
+        outbound=_pick("outbound", given, env, coerce_outbound, DEFAULT_OUTBOUND),
+        network=network,
+        pair=_pick("pair", given, env, coerce_pair, DEFAULT_PAIR),
+        api_enabled=not api_off,
+        api_host=_pick("api-host", given, env, coerce_host, DEFAULT_API_HOST),
+        api_port=_pick("api-port", given, env, coerce_port, default_api_port(port)),
+        log_level=_pick("log-level", given, env, coerce_log_level, LogLevel.info),
+    )

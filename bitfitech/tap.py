@@ -1,0 +1,124 @@
+"""``twistd bitfi``: command-line options to a running node (the composition's front door).
+
+:class:`Options` declares, coerces and documents every option with the
+environment variable it falls back to; :func:`makeService` turns the
+validated :class:`~bitfitech.config.NodeConfig` into the node's service tree
+through :func:`bitfitech.node.build_node`.  No side effects happen here: no
+socket, file or timer is opened before the service starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from . import config as cfg
+from .address import PeerAddress
+
+
+def _cli(name: str, coerce: Callable[[str], object]) -> Callable[[str], object]:
+    """Check an option's text at parse time; the error names the option.
+
+    The text itself is kept: :func:`~bitfitech.config.config_from_options`
+    coerces command line and environment values alike.
+    """
+
+    def check(text: str) -> str:
+        try:
+            coerce(text)
+        except ValueError as e:
+            raise ValueError(f"--{name}: {e}") from None
+        return text
+
+    check.coerceDoc = ""  # type: ignore[attr-defined]
+    return check
+
+
+def _env(name: str) -> str:
+    return " or ".join(f"${v}" for v in cfg.ENVIRONMENT[name])
+
+
+class Options(usage.Options):
+    """Options of ``twistd bitfi``; each falls back to its environment variable."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run one bitfi node: a peer-to-peer exchange node that keeps a replica of its "
+        "network's orderbook. Options given on the command line win over the environment "
+        "variables named with each."
+    )
+
+    optParameters = [
+        ["port", "p", None,
+         f"P2P TCP port to listen on; 0 lets the OS choose [default {cfg.DEFAULT_PORT}; "
+         f"env {_env('port')}]", _cli("port", cfg.coerce_port)],
+        ["host", None, None,
+         f"P2P bind address, IPv4 or IPv6 [default {cfg.DEFAULT_HOST}; env {_env('host')}]",
+         _cli("host", cfg.coerce_host)],
+        ["max-peers", None, None,
+         f"Cap on all peer links, inbound and outbound [default {cfg.DEFAULT_MAX_PEERS}; "
+         f"env {_env('max-peers')}]", _cli("max-peers", cfg.coerce_count)],
+        ["outbound", None, None,
+         f"Outbound links to keep [default {cfg.DEFAULT_OUTBOUND}; env {_env('outbound')}]",
+         _cli("outbound", cfg.coerce_outbound)],
+        ["data-dir", "d", None,
+         "The node's data directory (database, node key) [default "
+         "$XDG_DATA_HOME/bitfi/<network>-<port>, i.e. ~/.local/share/bitfi/main-3000; "
+         f"env {_env('data-dir')}]", _cli("data-dir", cfg.coerce_path)],
+        ["network", None, None,
+         f"Network name; the wire magic derives from it [default {cfg.DEFAULT_NETWORK}; "
+         f"env {_env('network')}]", _cli("network", cfg.coerce_network)],
+        ["pair", None, None,
+         f"Trading pair of the book, BASE/QUOTE [default {cfg.DEFAULT_PAIR}; "
+         f"env {_env('pair')}]", _cli("pair", cfg.coerce_pair)],
+        ["api-port", None, None,
+         f"HTTP API port [default --port + {cfg.API_PORT_OFFSET} (13000 for 3000); "
+         f"env {_env('api-port')}]", _cli("api-port", cfg.coerce_port)],
+        ["api-host", None, None,
+         f"HTTP API bind address [default {cfg.DEFAULT_API_HOST}; env {_env('api-host')}]",
+         _cli("api-host", cfg.coerce_host)],
+        ["log-level", None, None,
+         f"Minimum level of bitfi's log events: {', '.join(cfg.LOG_LEVELS)} "
+         f"[default info; env {_env('log-level')}]", _cli("log-level", cfg.coerce_log_level)],
+    ]  # fmt: skip
+
+    optFlags = [
+        ["no-api", None, f"Do not run the HTTP API [env {_env('no-api')}=1]"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bootstrap: list[PeerAddress] | None = None
+        self.config: cfg.NodeConfig | None = None
+        self.environ: dict[str, str] = dict(os.environ)
+
+    def opt_bootstrap(self, value: str) -> None:
+        """Peer to dial at start, [NODEID@]host:port; repeatable or comma-separated [env $BOOTSTRAP_PEERS]"""  # noqa: E501 (one line: twistd --help prints it as is)
+        try:
+            peers = cfg.coerce_bootstrap(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--bootstrap: {e}") from None
+        self._bootstrap = [*(self._bootstrap or []), *peers]
+
+    opt_b = opt_bootstrap
+
+    def postOptions(self) -> None:
+        """Read the environment for what was not given, cross-check, and freeze the config."""
+        given = {str(row[0]): self[str(row[0])] for row in self.optParameters}
+        try:
+            self.config = cfg.config_from_options(
+                given, self._bootstrap, bool(self["no-api"]), self.environ
+            )
+        except cfg.ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> IService:
+    """Build the node's service tree from parsed options (no side effects)."""
+    from .node import build_node
+
+    assert options.config is not None, "parseOptions() was not called"
+    return build_node(options.config)

@@ -1,0 +1,476 @@
+"""The address book: where peers listen, between discovery and the outbound dialler.
+
+Addresses arrive from the command line (``bootstrap``), the API (``manual``),
+peers' ``addr`` messages, inbound handshakes, mDNS and the DHT.  The dialler
+asks :meth:`AddressBook.candidates` whom to call, reports back with
+``record_attempt``/``record_success``/``record_failure``, and a
+:class:`RetryPolicy` (exponential backoff plus a circuit breaker) decides
+when a failing address may be tried again.  ``getaddr`` answers come from
+:meth:`AddressBook.sample`.
+
+The book is bounded, keeps an in-memory mirror for reads and writes every
+change through to the ``addresses`` table (created by
+:mod:`bitfitech.storage`).  It is pure apart from that: time is passed in as
+``now``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import sqlite3
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from bitfitech.address import PeerAddress, check_port, is_node_id, normalize_host
+
+#: Where an address can come from.
+SOURCES = ("bootstrap", "manual", "addr", "inbound", "mdns", "dht")
+#: Sources that record the operator's intent: never evicted or pruned, and
+#: they take over an entry learned another way.
+PROTECTED_SOURCES = frozenset({"bootstrap", "manual"})
+
+_COLUMNS = (
+    "host",
+    "port",
+    "node_id",
+    "source",
+    "first_seen",
+    "last_seen",
+    "last_attempt",
+    "last_success",
+    "successes",
+    "failures",
+    "total_failures",
+    "suspended_until",
+)
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM addresses"
+_UPSERT = (
+    f"INSERT INTO addresses ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+    "ON CONFLICT (host, port) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in _COLUMNS[2:])
+)
+_DELETE = "DELETE FROM addresses WHERE host = ? AND port = ?"
+# 2**64 times any sane base delay is far beyond any max_delay.
+_MAX_BACKOFF_EXPONENT = 64
+
+
+@dataclass
+class AddressEntry:
+    """
+    One known listening address and what happened when we dialled it.
+
+    :ivar host: normalized host (IPv6 without brackets).
+    :ivar port: TCP port.
+    :ivar node_id: the node id believed to listen there, or ``None``.
+    :ivar source: one of :data:`SOURCES`: how we learned the address.
+    :ivar first_seen: when the address entered the book.
+    :ivar last_seen: when the address was last heard of or reached.
+    :ivar last_attempt: when we last started dialling it.
+    :ivar last_success: when a connection last completed its handshake.
+    :ivar successes: successful connections, ever.
+    :ivar failures: consecutive failures since the last success.
+    :ivar total_failures: failures, ever.
+    :ivar suspended_until: not to be dialled before this time.
+    """
+
+    host: str
+    port: int
+    node_id: str | None
+    source: str
+    first_seen: float
+    last_seen: float
+    last_attempt: float | None = None
+    last_success: float | None = None
+    successes: int = 0
+    failures: int = 0
+    total_failures: int = 0
+    suspended_until: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The ``(host, port)`` pair that identifies the entry."""
+        return (self.host, self.port)
+
+    @property
+    def address(self) -> PeerAddress:
+        """The entry as a :class:`~bitfitech.address.PeerAddress`, pinned to its node id."""
+        return PeerAddress(self.host, self.port, self.node_id)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """
+    When a failing address may be dialled again: exponential backoff and a circuit breaker.
+
+    After the first consecutive failure an address waits C{base_delay}, then
+    twice as long after each further failure, up to C{max_delay}.  At
+    C{breaker_threshold} consecutive failures the breaker opens: the address
+    rests for C{cooldown}, then gets one half-open try.  A failure re-opens
+    the breaker for another cooldown; a success closes it.
+
+    :ivar base_delay: seconds to wait after the first failure.
+    :ivar max_delay: the longest backoff below the threshold.
+    :ivar breaker_threshold: consecutive failures that open the breaker.
+    :ivar cooldown: how long an open breaker rests.
+    """
+
+    base_delay: float = 1.0
+    max_delay: float = 300.0
+    breaker_threshold: int = 5
+    cooldown: float = 900.0
+
+    def next_attempt_at(self, entry: AddressEntry) -> float:
+        """
+        The earliest time C{entry} may be dialled.
+
+        :return: 0.0 for an address without failures (unless suspended);
+            never earlier than C{entry.suspended_until}.
+        """
+        if entry.failures <= 0:
+            return max(0.0, entry.suspended_until)
+        last_attempt = entry.last_attempt if entry.last_attempt is not None else 0.0
+        if entry.failures >= self.breaker_threshold:
+            delay = self.cooldown
+        else:
+            exponent = min(entry.failures - 1, _MAX_BACKOFF_EXPONENT)
+            delay = min(self.base_delay * 2.0**exponent, self.max_delay)
+        return max(last_attempt + delay, entry.suspended_until)
+
+    def breaker_open(self, entry: AddressEntry, now: float) -> bool:
+        """
+        Whether C{entry}'s breaker is open (resting) at C{now}.
+
+        Once the cooldown has passed the breaker is half-open and this
+        returns ``False``; suspension is not considered.
+        """
+        if entry.failures < self.breaker_threshold:
+            return False
+        last_attempt = entry.last_attempt if entry.last_attempt is not None else 0.0
+        return now < last_attempt + self.cooldown
+
+
+DEFAULT_RETRY_POLICY = RetryPolicy()
+
+
+class AddressBook:
+    """
+    The bounded set of known peer addresses, keyed by ``(host, port)``.
+
+    Reads come from memory; every change is written through to the
+    ``addresses`` table of C{connection}.  Entries handed out are copies:
+    change them through the book's methods.  Methods given an address that
+    is not in the book (it may have been evicted meanwhile) do nothing.
+    """
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection | None,
+        *,
+        max_entries: int = 2000,
+        policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+        rng: random.Random | None = None,
+    ) -> None:
+        """
+        :param connection: the database holding the ``addresses`` table, or
+            ``None`` for a book kept in memory only.
+        :param max_entries: how many entries to keep (bootstrap and manual
+            entries are never evicted, so there can be more of those).
+        :param policy: the retry policy for failing addresses.
+        :param rng: randomness for ordering and sampling.
+        """
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+        self._connection = connection
+        self._max_entries = max_entries
+        self.policy = policy
+        self._rng = rng if rng is not None else random.Random()
+        self._entries: dict[tuple[str, int], AddressEntry] = {}
+
+    # -- persistence ---------------------------------------------------------
+
+    def load(self) -> None:
+        """Replace the in-memory mirror with the contents of the ``addresses`` table."""
+        self._entries.clear()
+        if self._connection is None:
+            return
+        for row in self._connection.execute(_SELECT + " ORDER BY first_seen, host, port"):
+            entry = AddressEntry(*row)
+            self._entries[entry.key] = entry
+
+    def _save(self, entry: AddressEntry) -> None:
+        if self._connection is not None:
+            self._connection.execute(_UPSERT, tuple(getattr(entry, column) for column in _COLUMNS))
+
+    def _delete(self, key: tuple[str, int]) -> None:
+        if self._connection is not None:
+            self._connection.execute(_DELETE, key)
+
+    # -- lookups -------------------------------------------------------------
+
+    def _find(self, host: str, port: int) -> AddressEntry | None:
+        try:
+            return self._entries.get((normalize_host(host), port))
+        except ValueError:
+            return None
+
+    def get(self, host: str, port: int) -> AddressEntry | None:
+        """
+        Look up an address.
+
+        :return: a copy of its entry, or ``None`` if unknown.
+        """
+        entry = self._find(host, port)
+        return None if entry is None else dataclasses.replace(entry)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, tuple) or len(key) != 2:
+            return False
+        host, port = key
+        return (
+            isinstance(host, str) and isinstance(port, int) and self._find(host, port) is not None
+        )
+
+    def entries(self) -> list[AddressEntry]:
+        """Copies of every entry, oldest first."""
+        return _copies(self._entries.values())
+
+    def find_node(self, node_id: str) -> list[AddressEntry]:
+        """Copies of the entries believed to belong to C{node_id}."""
+        return _copies(entry for entry in self._entries.values() if entry.node_id == node_id)
+
+    # -- changes -------------------------------------------------------------
+
+    def add(
+        self,
+        host: str,
+        port: int,
+        *,
+        source: str,
+        now: float,
+        node_id: str | None = None,
+        seen: float | None = None,
+    ) -> bool:
+        """
+        Learn of an address, or refresh one already known.
+
+        For a known address, C{last_seen} moves forward to C{seen} (or
+        C{now}); a given C{node_id} replaces the recorded one (the address
+        now belongs to that node); the source changes only to ``bootstrap``
+        or ``manual``.  C{seen} (a peer's claim) is clamped to C{now}.
+
+        When the book overflows, one entry is evicted: never a bootstrap or
+        manual one; the one with the most consecutive failures, then the
+        oldest C{last_seen}.  That can be the new entry itself.
+
+        :param source: one of :data:`SOURCES`.
+        :param now: the current time.
+        :param node_id: the node id said to listen there.
+        :param seen: when the address was last heard of, if not C{now}.
+        :return: ``True`` if the address was new and is now in the book.
+        :raises ValueError: for an invalid host, port, source, node id or
+            C{seen} (:class:`~bitfitech.address.AddressError` for the first two).
+        """
+        host = normalize_host(host)
+        check_port(port)
+        if source not in SOURCES:
+            raise ValueError(f"unknown address source {source!r}; expected one of {SOURCES}")
+        if node_id is not None and not is_node_id(node_id):
+            raise ValueError(f"invalid node id {node_id!r} (expected 40 lowercase hex digits)")
+        if seen is not None and not math.isfinite(seen):
+            raise ValueError(f"invalid seen time {seen!r}")
+        seen_at = now if seen is None else min(seen, now)
+        key = (host, port)
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.last_seen = max(entry.last_seen, seen_at)
+            if node_id is not None:
+                entry.node_id = node_id
+            if source in PROTECTED_SOURCES:
+                entry.source = source
+            self._save(entry)
+            return False
+        entry = AddressEntry(host, port, node_id, source, first_seen=now, last_seen=seen_at)
+        self._entries[key] = entry
+        self._save(entry)
+        self._evict_overflow()
+        return key in self._entries
+
+    def _evict_overflow(self) -> None:
+        while len(self._entries) > self._max_entries:
+            evictable = [e for e in self._entries.values() if e.source not in PROTECTED_SOURCES]
+            if not evictable:
+                return
+            victim = max(evictable, key=lambda e: (e.failures, -e.last_seen))
+            del self._entries[victim.key]
+            self._delete(victim.key)
+
+    def record_attempt(self, host: str, port: int, now: float) -> None:
+        """Note that dialling C{host}:C{port} started at C{now}."""
+        entry = self._find(host, port)
+        if entry is not None:
+            entry.last_attempt = now
+            self._save(entry)
+
+    def record_success(self, host: str, port: int, now: float, node_id: str | None) -> None:
+        """
+        Note a completed connection: it closes the breaker and resets backoff.
+
+        :param node_id: the node id the peer proved, recorded if given.
+        """
+        entry = self._find(host, port)
+        if entry is None:
+            return
+        entry.successes += 1
+        entry.failures = 0
+        entry.last_success = now
+        entry.last_seen = max(entry.last_seen, now)
+        if node_id is not None:
+            entry.node_id = node_id
+        self._save(entry)
+
+    def record_failure(self, host: str, port: int, now: float) -> None:
+        """Note a failed connection; backoff runs from the last attempt (C{now} if none)."""
+        entry = self._find(host, port)
+        if entry is None:
+            return
+        entry.failures += 1
+        entry.total_failures += 1
+        if entry.last_attempt is None:
+            entry.last_attempt = now
+        self._save(entry)
+
+    def suspend(self, node_id: str, until: float) -> int:
+        """
+        Keep every address of C{node_id} from being dialled before C{until}.
+
+        A longer suspension already in place is kept.
+
+        :return: how many entries belong to C{node_id}.
+        """
+        count = 0
+        for entry in self._entries.values():
+            if entry.node_id == node_id:
+                count += 1
+                if until > entry.suspended_until:
+                    entry.suspended_until = until
+                    self._save(entry)
+        return count
+
+    def forget(self, host: str, port: int) -> bool:
+        """
+        Remove an address, whatever its source.
+
+        :return: ``True`` if it was in the book.
+        """
+        entry = self._find(host, port)
+        if entry is None:
+            return False
+        del self._entries[entry.key]
+        self._delete(entry.key)
+        return True
+
+    def prune(self, now: float, *, max_age: float = 30 * 86400.0) -> int:
+        """
+        Drop failing addresses not seen for C{max_age} (never bootstrap or manual ones).
+
+        :return: how many entries were dropped.
+        """
+        stale = [
+            entry
+            for entry in self._entries.values()
+            if entry.source not in PROTECTED_SOURCES
+            and entry.failures > 0
+            and now - entry.last_seen > max_age
+        ]
+        for entry in stale:
+            del self._entries[entry.key]
+            self._delete(entry.key)
+        return len(stale)
+
+    # -- choosing ------------------------------------------------------------
+
+    def candidates(
+        self,
+        now: float,
+        *,
+        exclude_node_ids: Collection[str] = (),
+        exclude_endpoints: Collection[tuple[str, int]] = (),
+    ) -> list[AddressEntry]:
+        """
+        The addresses that may be dialled at C{now}, best first.
+
+        Addresses that worked before come first (most recent success first),
+        then bootstrap and manual ones, then the rest; within the last two
+        groups the order is random, to spread load.
+
+        :param exclude_node_ids: node ids we are already connected to.
+        :param exclude_endpoints: ``(host, port)`` pairs already connected or
+            being dialled.
+        """
+        excluded_node_ids = set(exclude_node_ids)
+        excluded_endpoints = {_normalize_endpoint(endpoint) for endpoint in exclude_endpoints}
+        succeeded: list[AddressEntry] = []
+        protected: list[AddressEntry] = []
+        rest: list[AddressEntry] = []
+        for entry in self._entries.values():
+            if self.policy.next_attempt_at(entry) > now or entry.suspended_until > now:
+                continue
+            if entry.node_id is not None and entry.node_id in excluded_node_ids:
+                continue
+            if entry.key in excluded_endpoints:
+                continue
+            if entry.last_success is not None:
+                succeeded.append(entry)
+            elif entry.source in PROTECTED_SOURCES:
+                protected.append(entry)
+            else:
+                rest.append(entry)
+        succeeded.sort(key=lambda e: e.last_success or 0.0, reverse=True)
+        self._rng.shuffle(protected)
+        self._rng.shuffle(rest)
+        return _copies(succeeded + protected + rest)
+
+    def sample(
+        self,
+        count: int,
+        now: float,
+        *,
+        max_age: float = 3 * 3600.0,
+        exclude_node_ids: Collection[str] = (),
+    ) -> list[AddressEntry]:
+        """
+        Up to C{count} random addresses worth sharing, for a ``getaddr`` answer.
+
+        :param max_age: only addresses seen within this many seconds.
+        :param exclude_node_ids: node ids not to share (such as the asker's).
+        :return: copies of the chosen entries, without open breakers.
+        """
+        if count <= 0:
+            return []
+        excluded_node_ids = set(exclude_node_ids)
+        eligible = [
+            entry
+            for entry in self._entries.values()
+            if now - entry.last_seen <= max_age
+            and not self.policy.breaker_open(entry, now)
+            and not (entry.node_id is not None and entry.node_id in excluded_node_ids)
+        ]
+        return _copies(self._rng.sample(eligible, min(count, len(eligible))))
+
+
+def _copies(entries: Iterable[AddressEntry]) -> list[AddressEntry]:
+    return [dataclasses.replace(entry) for entry in entries]
+
+
+def _normalize_endpoint(endpoint: tuple[str, int]) -> tuple[str, int]:
+    host, port = endpoint
+    try:
+        return (normalize_host(host), port)
+    except ValueError:
+        return (host, port)

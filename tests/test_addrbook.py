@@ -1,0 +1,515 @@
+"""Tests for :mod:`bitfitech.peer.addrbook`: the address book and its retry policy."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from bitfitech.address import AddressError, PeerAddress
+from bitfitech.peer.addrbook import (
+    PROTECTED_SOURCES,
+    SOURCES,
+    AddressBook,
+    AddressEntry,
+    RetryPolicy,
+)
+from bitfitech.storage import Storage
+
+NODE_A = "a" * 40
+NODE_B = "b" * 40
+NODE_C = "c" * 40
+
+
+def make_book(**kwargs: object) -> AddressBook:
+    """A memory-only book with deterministic randomness."""
+    kwargs.setdefault("rng", random.Random(1234))
+    return AddressBook(None, **kwargs)  # type: ignore[arg-type]
+
+
+def fail(book: AddressBook, host: str, port: int, now: float) -> None:
+    """One dial attempt at C{now} that fails."""
+    book.record_attempt(host, port, now)
+    book.record_failure(host, port, now)
+
+
+class AddTests(SynchronousTestCase):
+    """Adding new and known addresses."""
+
+    def test_new_and_existing(self) -> None:
+        book = make_book()
+        self.assertTrue(book.add("10.0.0.1", 3000, source="addr", now=100.0))
+        self.assertFalse(book.add("10.0.0.1", 3000, source="addr", now=200.0))
+        self.assertTrue(book.add("10.0.0.1", 3001, source="addr", now=200.0))
+        self.assertEqual(len(book), 2)
+        entry = book.get("10.0.0.1", 3000)
+        assert entry is not None
+        self.assertEqual(entry.first_seen, 100.0)
+        self.assertEqual(entry.last_seen, 200.0)
+        self.assertEqual(entry.key, ("10.0.0.1", 3000))
+        self.assertEqual(entry.address, PeerAddress("10.0.0.1", 3000, None))
+        self.assertIn(("10.0.0.1", 3000), book)
+        self.assertNotIn(("10.0.0.2", 3000), book)
+
+    def test_last_seen_never_goes_back(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 3000, source="addr", now=100.0)
+        book.add("10.0.0.1", 3000, source="addr", now=200.0, seen=50.0)
+        entry = book.get("10.0.0.1", 3000)
+        assert entry is not None
+        self.assertEqual(entry.last_seen, 100.0)
+
+    def test_future_seen_clamped(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 3000, source="addr", now=100.0, seen=1e12)
+        entry = book.get("10.0.0.1", 3000)
+        assert entry is not None
+        self.assertEqual(entry.last_seen, 100.0)
+        book.add("10.0.0.1", 3000, source="addr", now=150.0, seen=1e12)
+        entry = book.get("10.0.0.1", 3000)
+        assert entry is not None
+        self.assertEqual(entry.last_seen, 150.0)
+
+    def test_past_seen_kept_for_new(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 3000, source="addr", now=100.0, seen=40.0)
+        entry = book.get("10.0.0.1", 3000)
+        assert entry is not None
+        self.assertEqual((entry.first_seen, entry.last_seen), (100.0, 40.0))
+
+    def test_source_precedence(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 3000, source="addr", now=1.0)
+        book.add("10.0.0.1", 3000, source="mdns", now=2.0)
+        self.assertEqual(book.get("10.0.0.1", 3000).source, "addr")  # type: ignore[union-attr]
+        book.add("10.0.0.1", 3000, source="manual", now=3.0)
+        self.assertEqual(book.get("10.0.0.1", 3000).source, "manual")  # type: ignore[union-attr]
+        book.add("10.0.0.1", 3000, source="inbound", now=4.0)
+        self.assertEqual(book.get("10.0.0.1", 3000).source, "manual")  # type: ignore[union-attr]
+        book.add("10.0.0.1", 3000, source="bootstrap", now=5.0)
+        self.assertEqual(book.get("10.0.0.1", 3000).source, "bootstrap")  # type: ignore[union-attr]
+
+    def test_node_id_set_and_replaced(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 3000, source="addr", now=1.0)
+        book.add("10.0.0.1", 3000, source="addr", now=2.0, node_id=NODE_A)
+        self.assertEqual(book.get("10.0.0.1", 3000).node_id, NODE_A)  # type: ignore[union-attr]
+        book.add("10.0.0.1", 3000, source="addr", now=3.0)  # no id: keep the old one
+        self.assertEqual(book.get("10.0.0.1", 3000).node_id, NODE_A)  # type: ignore[union-attr]
+        book.add("10.0.0.1", 3000, source="addr", now=4.0, node_id=NODE_B)
+        self.assertEqual(book.get("10.0.0.1", 3000).node_id, NODE_B)  # type: ignore[union-attr]
+        self.assertEqual(book.find_node(NODE_A), [])
+        self.assertEqual([e.key for e in book.find_node(NODE_B)], [("10.0.0.1", 3000)])
+
+    def test_loopback_and_ipv6(self) -> None:
+        book = make_book()
+        self.assertTrue(book.add("127.0.0.1", 3000, source="manual", now=1.0))
+        self.assertTrue(book.add("::1", 3000, source="manual", now=1.0))
+        self.assertFalse(book.add("[::1]", 3000, source="addr", now=2.0))
+        self.assertFalse(book.add("0:0:0:0:0:0:0:1", 3000, source="addr", now=2.0))
+        self.assertTrue(book.add("Example.COM", 3000, source="addr", now=2.0))
+        self.assertEqual(
+            sorted(e.key for e in book.entries()),
+            [("127.0.0.1", 3000), ("::1", 3000), ("example.com", 3000)],
+        )
+        self.assertIsNotNone(book.get("[::1]", 3000))
+        self.assertEqual(str(book.get("::1", 3000).address), "[::1]:3000")  # type: ignore[union-attr]
+
+    def test_invalid_rejected(self) -> None:
+        book = make_book()
+        for host in ("", "bad host", "::1::2", "[]", "a" * 300):
+            self.assertRaises(AddressError, book.add, host, 3000, source="addr", now=1.0)
+        for port in (0, -1, 65536, True):
+            self.assertRaises(AddressError, book.add, "10.0.0.1", port, source="addr", now=1.0)
+        self.assertRaises(ValueError, book.add, "10.0.0.1", 3000, source="gossip", now=1.0)
+        self.assertRaises(
+            ValueError, book.add, "10.0.0.1", 3000, source="addr", now=1.0, node_id="A" * 40
+        )
+        self.assertRaises(
+            ValueError, book.add, "10.0.0.1", 3000, source="addr", now=1.0, seen=float("nan")
+        )
+        self.assertEqual(len(book), 0)
+
+    def test_copies_handed_out(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 3000, source="addr", now=1.0)
+        book.entries()[0].failures = 99
+        book.get("10.0.0.1", 3000).failures = 99  # type: ignore[union-attr]
+        self.assertEqual(book.get("10.0.0.1", 3000).failures, 0)  # type: ignore[union-attr]
+
+    def test_forget(self) -> None:
+        book = make_book()
+        book.add("::1", 3000, source="bootstrap", now=1.0)
+        self.assertTrue(book.forget("[::1]", 3000))
+        self.assertFalse(book.forget("::1", 3000))
+        self.assertFalse(book.forget("not a host", 3000))
+        self.assertEqual(len(book), 0)
+
+    def test_unknown_address_ignored(self) -> None:
+        book = make_book()
+        book.record_attempt("10.0.0.1", 3000, 1.0)
+        book.record_failure("10.0.0.1", 3000, 1.0)
+        book.record_success("10.0.0.1", 3000, 1.0, NODE_A)
+        self.assertEqual(len(book), 0)
+        self.assertIsNone(book.get("bad host", 1))
+
+
+class EvictionTests(SynchronousTestCase):
+    """The book stays bounded and keeps the operator's addresses."""
+
+    def test_bounded_keeps_bootstrap(self) -> None:
+        book = make_book(max_entries=3)
+        book.add("10.0.0.1", 1, source="bootstrap", now=1.0)
+        book.add("10.0.0.2", 1, source="addr", now=2.0)
+        book.add("10.0.0.3", 1, source="addr", now=3.0)
+        self.assertTrue(book.add("10.0.0.4", 1, source="addr", now=4.0))
+        self.assertEqual(len(book), 3)
+        # The bootstrap entry is the oldest but stays; the oldest other goes.
+        self.assertIsNotNone(book.get("10.0.0.1", 1))
+        self.assertIsNone(book.get("10.0.0.2", 1))
+
+    def test_prefers_failing(self) -> None:
+        book = make_book(max_entries=2)
+        book.add("10.0.0.1", 1, source="addr", now=1.0)
+        book.add("10.0.0.2", 1, source="addr", now=2.0)
+        fail(book, "10.0.0.2", 1, 3.0)
+        book.add("10.0.0.3", 1, source="addr", now=4.0)
+        self.assertEqual(sorted(e.host for e in book.entries()), ["10.0.0.1", "10.0.0.3"])
+
+    def test_new_entry_may_be_evicted(self) -> None:
+        book = make_book(max_entries=1)
+        book.add("10.0.0.1", 1, source="addr", now=100.0)
+        # Seen long ago by a peer: older than what we hold, so it goes.
+        self.assertFalse(book.add("10.0.0.2", 1, source="addr", now=101.0, seen=5.0))
+        self.assertEqual([e.host for e in book.entries()], ["10.0.0.1"])
+
+    def test_protected_may_exceed(self) -> None:
+        book = make_book(max_entries=1)
+        book.add("10.0.0.1", 1, source="bootstrap", now=1.0)
+        book.add("10.0.0.2", 1, source="manual", now=2.0)
+        self.assertEqual(len(book), 2)
+        self.assertFalse(book.add("10.0.0.3", 1, source="addr", now=3.0))
+        self.assertEqual(len(book), 2)
+
+    @settings(max_examples=100, deadline=None)
+    @given(
+        max_entries=st.integers(min_value=1, max_value=8),
+        adds=st.lists(
+            st.tuples(
+                st.integers(min_value=1, max_value=20),  # host suffix
+                st.sampled_from(SOURCES),
+                st.floats(min_value=0.0, max_value=1000.0),  # seen
+                st.booleans(),  # fail it afterwards
+            ),
+            max_size=60,
+        ),
+    )
+    def test_bounded_property(
+        self, max_entries: int, adds: list[tuple[int, str, float, bool]]
+    ) -> None:
+        book = make_book(max_entries=max_entries)
+        protected: set[tuple[str, int]] = set()
+        for step, (suffix, source, seen, failed) in enumerate(adds):
+            host = f"10.0.0.{suffix}"
+            now = 1000.0 + step
+            book.add(host, 3000, source=source, now=now, seen=seen)
+            if source in PROTECTED_SOURCES:
+                protected.add((host, 3000))
+            if failed:
+                fail(book, host, 3000, now)
+            keys = {entry.key for entry in book.entries()}
+            self.assertLessEqual(len(book), max(max_entries, len(protected)))
+            self.assertLessEqual(protected, keys)
+            for entry in book.entries():
+                self.assertLessEqual(entry.last_seen, now)
+
+
+class RetryPolicyTests(SynchronousTestCase):
+    """Backoff and the circuit breaker."""
+
+    def entry(self, failures: int, last_attempt: float | None = 100.0) -> AddressEntry:
+        return AddressEntry(
+            "10.0.0.1", 1, None, "addr", 0.0, 0.0, last_attempt=last_attempt, failures=failures
+        )
+
+    def test_backoff_grows_and_caps(self) -> None:
+        policy = RetryPolicy(base_delay=1.0, max_delay=10.0, breaker_threshold=100)
+        self.assertEqual(policy.next_attempt_at(self.entry(0)), 0.0)
+        delays = [policy.next_attempt_at(self.entry(n)) - 100.0 for n in range(1, 8)]
+        self.assertEqual(delays, [1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0])
+
+    def test_huge_failure_count(self) -> None:
+        policy = RetryPolicy(breaker_threshold=10**6)
+        self.assertEqual(policy.next_attempt_at(self.entry(10**5)), 100.0 + policy.max_delay)
+
+    def test_suspension_floor(self) -> None:
+        policy = RetryPolicy()
+        entry = self.entry(0)
+        entry.suspended_until = 500.0
+        self.assertEqual(policy.next_attempt_at(entry), 500.0)
+        entry.failures = 1
+        self.assertEqual(policy.next_attempt_at(entry), 500.0)
+        entry.suspended_until = 0.0
+        self.assertEqual(policy.next_attempt_at(entry), 101.0)
+
+    def test_breaker(self) -> None:
+        policy = RetryPolicy(breaker_threshold=5, cooldown=900.0)
+        self.assertFalse(policy.breaker_open(self.entry(4), 101.0))
+        self.assertEqual(policy.next_attempt_at(self.entry(4)), 108.0)
+        self.assertTrue(policy.breaker_open(self.entry(5), 101.0))
+        self.assertTrue(policy.breaker_open(self.entry(5), 999.9))
+        self.assertFalse(policy.breaker_open(self.entry(5), 1000.0))
+        self.assertEqual(policy.next_attempt_at(self.entry(5)), 1000.0)
+        self.assertEqual(policy.next_attempt_at(self.entry(6)), 1000.0)
+
+
+class DiallingTests(SynchronousTestCase):
+    """record_* and candidates() driving a dialler through backoff and the breaker."""
+
+    def candidates(self, book: AddressBook, now: float, **kwargs: object) -> list[tuple[str, int]]:
+        return [entry.key for entry in book.candidates(now, **kwargs)]  # type: ignore[arg-type]
+
+    def test_backoff_schedule(self) -> None:
+        book = make_book(policy=RetryPolicy(base_delay=1.0, max_delay=300.0))
+        book.add("10.0.0.1", 1, source="addr", now=0.0)
+        now = 0.0
+        expected_delays = [1.0, 2.0, 4.0, 8.0]
+        for delay in expected_delays:
+            self.assertEqual(self.candidates(book, now), [("10.0.0.1", 1)])
+            fail(book, "10.0.0.1", 1, now)
+            self.assertEqual(self.candidates(book, now + delay - 0.01), [])
+            now += delay
+        entry = book.get("10.0.0.1", 1)
+        assert entry is not None
+        self.assertEqual((entry.failures, entry.total_failures), (4, 4))
+
+    def test_breaker_cycle(self) -> None:
+        policy = RetryPolicy(base_delay=1.0, max_delay=300.0, breaker_threshold=5, cooldown=900.0)
+        book = make_book(policy=policy)
+        book.add("10.0.0.1", 1, source="addr", now=0.0)
+        now = 0.0
+        for _ in range(5):
+            now = policy.next_attempt_at(book.get("10.0.0.1", 1))  # type: ignore[arg-type]
+            self.assertEqual(self.candidates(book, now), [("10.0.0.1", 1)])
+            fail(book, "10.0.0.1", 1, now)
+        entry = book.get("10.0.0.1", 1)
+        assert entry is not None
+        self.assertTrue(policy.breaker_open(entry, now))
+        # Resting for the cooldown.
+        self.assertEqual(self.candidates(book, now + 899.0), [])
+        # Half-open: one try.
+        now += 900.0
+        self.assertFalse(policy.breaker_open(entry, now))
+        self.assertEqual(self.candidates(book, now), [("10.0.0.1", 1)])
+        book.record_attempt("10.0.0.1", 1, now)
+        self.assertEqual(self.candidates(book, now + 1.0), [])  # only one try
+        # It fails: another full cooldown.
+        book.record_failure("10.0.0.1", 1, now + 1.0)
+        self.assertEqual(self.candidates(book, now + 899.0), [])
+        now += 900.0
+        self.assertEqual(self.candidates(book, now), [("10.0.0.1", 1)])
+        # It succeeds: the breaker closes and backoff restarts.
+        book.record_attempt("10.0.0.1", 1, now)
+        book.record_success("10.0.0.1", 1, now + 0.5, NODE_A)
+        entry = book.get("10.0.0.1", 1)
+        assert entry is not None
+        self.assertEqual(entry.failures, 0)
+        self.assertEqual(entry.total_failures, 6)
+        self.assertEqual(entry.successes, 1)
+        self.assertEqual(entry.last_success, now + 0.5)
+        self.assertEqual(entry.last_seen, now + 0.5)
+        self.assertEqual(entry.node_id, NODE_A)
+        self.assertFalse(policy.breaker_open(entry, now + 1.0))
+        self.assertEqual(self.candidates(book, now + 1.0), [("10.0.0.1", 1)])
+        fail(book, "10.0.0.1", 1, now + 2.0)
+        self.assertEqual(policy.next_attempt_at(book.get("10.0.0.1", 1)), now + 3.0)  # type: ignore[arg-type]
+
+    def test_failure_without_attempt(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=0.0)
+        book.record_failure("10.0.0.1", 1, 50.0)
+        self.assertEqual(self.candidates(book, 50.5), [])
+        self.assertEqual(self.candidates(book, 51.0), [("10.0.0.1", 1)])
+
+    def test_suspend(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=0.0, node_id=NODE_A)
+        book.add("10.0.0.2", 1, source="addr", now=0.0, node_id=NODE_A)
+        book.add("10.0.0.3", 1, source="addr", now=0.0, node_id=NODE_B)
+        self.assertEqual(book.suspend(NODE_A, 100.0), 2)
+        self.assertEqual(book.suspend(NODE_C, 100.0), 0)
+        self.assertEqual(self.candidates(book, 50.0), [("10.0.0.3", 1)])
+        self.assertEqual(len(self.candidates(book, 100.0)), 3)
+        # A shorter suspension does not cut a longer one short.
+        book.suspend(NODE_A, 1000.0)
+        book.suspend(NODE_A, 200.0)
+        self.assertEqual(book.get("10.0.0.1", 1).suspended_until, 1000.0)  # type: ignore[union-attr]
+
+    def test_candidates_ordering(self) -> None:
+        book = make_book()
+        for i in range(1, 11):
+            book.add(f"10.0.0.{i}", 1, source="addr", now=0.0)
+        book.add("10.0.1.1", 1, source="bootstrap", now=0.0)
+        book.add("10.0.1.2", 1, source="manual", now=0.0)
+        book.record_success("10.0.0.5", 1, 10.0, NODE_A)
+        book.record_success("10.0.0.7", 1, 20.0, NODE_B)
+        result = self.candidates(book, 30.0)
+        self.assertEqual(len(result), 12)
+        self.assertEqual(result[:2], [("10.0.0.7", 1), ("10.0.0.5", 1)])
+        self.assertEqual(set(result[2:4]), {("10.0.1.1", 1), ("10.0.1.2", 1)})
+        rest = result[4:]
+        self.assertEqual(len(set(rest)), 8)
+        # The rest is shuffled: across several calls the order changes.
+        orders = {tuple(self.candidates(book, 30.0)[4:]) for _ in range(10)}
+        self.assertGreater(len(orders), 1)
+
+    def test_candidates_exclusions(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=0.0, node_id=NODE_A)
+        book.add("10.0.0.2", 1, source="addr", now=0.0, node_id=NODE_B)
+        book.add("::1", 1, source="addr", now=0.0)
+        book.add("10.0.0.4", 1, source="addr", now=0.0)
+        result = self.candidates(
+            book,
+            1.0,
+            exclude_node_ids={NODE_A},
+            exclude_endpoints=[("[::1]", 1), ("10.0.0.2", 2)],
+        )
+        self.assertEqual(sorted(result), [("10.0.0.2", 1), ("10.0.0.4", 1)])
+
+
+class SampleTests(SynchronousTestCase):
+    """Choosing addresses to share in a getaddr answer."""
+
+    def test_sample_filters(self) -> None:
+        policy = RetryPolicy(breaker_threshold=2, cooldown=100.0)
+        book = make_book(policy=policy)
+        now = 10_000.0
+        book.add("10.0.0.1", 1, source="addr", now=now)  # fresh
+        book.add("10.0.0.2", 1, source="addr", now=now, seen=now - 3 * 3600.0 - 1)  # too old
+        book.add("10.0.0.3", 1, source="addr", now=now, node_id=NODE_A)  # excluded
+        book.add("10.0.0.4", 1, source="addr", now=now)  # breaker open
+        fail(book, "10.0.0.4", 1, now)
+        fail(book, "10.0.0.4", 1, now)
+        book.add("10.0.0.5", 1, source="addr", now=now)  # one failure is fine
+        fail(book, "10.0.0.5", 1, now)
+        result = book.sample(10, now + 1.0, exclude_node_ids=[NODE_A])
+        self.assertEqual(sorted(e.host for e in result), ["10.0.0.1", "10.0.0.5"])
+        # After the cooldown the breaker is half-open and the address shareable again.
+        result = book.sample(10, now + 100.0, max_age=1e9)
+        self.assertEqual(len(result), 5)
+
+    def test_sample_count(self) -> None:
+        book = make_book()
+        for i in range(1, 21):
+            book.add(f"10.0.0.{i}", 1, source="addr", now=0.0)
+        self.assertEqual(len(book.sample(5, 1.0)), 5)
+        self.assertEqual(len({e.key for e in book.sample(5, 1.0)}), 5)
+        self.assertEqual(len(book.sample(100, 1.0)), 20)
+        self.assertEqual(book.sample(0, 1.0), [])
+        self.assertEqual(book.sample(-1, 1.0), [])
+
+
+class PruneTests(SynchronousTestCase):
+    """Dropping stale, failing addresses."""
+
+    def test_prune(self) -> None:
+        book = make_book()
+        day = 86400.0
+        book.add("10.0.0.1", 1, source="addr", now=0.0)  # old, failing: pruned
+        fail(book, "10.0.0.1", 1, 1.0)
+        book.add("10.0.0.2", 1, source="addr", now=0.0)  # old, never failed: kept
+        book.add("10.0.0.3", 1, source="bootstrap", now=0.0)  # protected
+        fail(book, "10.0.0.3", 1, 1.0)
+        book.add("10.0.0.4", 1, source="addr", now=20 * day)  # recent, failing: kept
+        fail(book, "10.0.0.4", 1, 20 * day)
+        self.assertEqual(book.prune(31 * day), 1)
+        self.assertEqual(
+            sorted(e.host for e in book.entries()), ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+        )
+        self.assertEqual(book.prune(31 * day, max_age=5 * day), 1)
+        self.assertEqual(book.prune(31 * day), 0)
+
+
+class PersistenceTests(SynchronousTestCase):
+    """The book survives a restart through the storage's ``addresses`` table."""
+
+    def setUp(self) -> None:
+        self.storage = Storage(self.mktemp())
+        self.storage.open()
+        self.addCleanup(self.storage.close)
+
+    def reopen(self) -> AddressBook:
+        self.storage.close()
+        self.storage.open()
+        book = AddressBook(self.storage.connection)
+        book.load()
+        return book
+
+    def test_all_fields_survive(self) -> None:
+        book = AddressBook(self.storage.connection, rng=random.Random(1))
+        book.add("10.0.0.1", 3000, source="bootstrap", now=10.0)
+        book.add("::1", 3001, source="addr", now=11.0, node_id=NODE_A, seen=5.5)
+        book.add("127.0.0.1", 3002, source="inbound", now=12.0)
+        book.add("example.com", 3003, source="dht", now=13.0)
+        book.add("10.0.0.9", 3009, source="mdns", now=13.0)
+        fail(book, "10.0.0.1", 3000, 20.0)
+        fail(book, "10.0.0.1", 3000, 21.0)
+        book.record_attempt("::1", 3001, 30.0)
+        book.record_success("::1", 3001, 31.25, NODE_B)
+        fail(book, "::1", 3001, 40.0)
+        book.suspend(NODE_B, 99.5)
+        book.forget("10.0.0.9", 3009)
+        before = sorted(book.entries(), key=lambda e: e.key)
+
+        reloaded = self.reopen()
+        after = sorted(reloaded.entries(), key=lambda e: e.key)
+        self.assertEqual(after, before)
+        entry = reloaded.get("::1", 3001)
+        assert entry is not None
+        self.assertEqual(
+            entry,
+            AddressEntry(
+                host="::1",
+                port=3001,
+                node_id=NODE_B,
+                source="addr",
+                first_seen=11.0,
+                last_seen=31.25,
+                last_attempt=40.0,
+                last_success=31.25,
+                successes=1,
+                failures=1,
+                total_failures=1,
+                suspended_until=99.5,
+            ),
+        )
+        self.assertIsNone(reloaded.get("10.0.0.9", 3009))
+
+    def test_eviction_and_prune_persist(self) -> None:
+        book = AddressBook(self.storage.connection, max_entries=2)
+        book.add("10.0.0.1", 1, source="manual", now=1.0)
+        book.add("10.0.0.2", 1, source="addr", now=2.0)
+        book.add("10.0.0.3", 1, source="addr", now=3.0)
+        fail(book, "10.0.0.3", 1, 4.0)
+        self.assertEqual(book.prune(1e9), 1)
+        reloaded = self.reopen()
+        self.assertEqual([e.host for e in reloaded.entries()], ["10.0.0.1"])
+
+    def test_load_replaces_memory(self) -> None:
+        book = AddressBook(self.storage.connection)
+        book.add("10.0.0.1", 1, source="addr", now=1.0)
+        self.storage.connection.execute("DELETE FROM addresses")
+        book.load()
+        self.assertEqual(len(book), 0)
+
+    def test_memory_only_load(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=1.0)
+        book.load()
+        self.assertEqual(len(book), 0)
+
+    def test_rejects_bad_max_entries(self) -> None:
+        self.assertRaises(ValueError, AddressBook, None, max_entries=0)

@@ -1,0 +1,176 @@
+"""Keeping the outbound links: from the address book to new peer links.
+
+Data path: address book -> :class:`Dialer` -> a connector (TCP, later TLS)
+-> :class:`~bitfitech.peer.protocol.PeerProtocol` registered with the hub.
+The dialer keeps the outbound target: it picks the best candidates the
+address book offers (addresses that worked before first; failing ones wait
+out their exponential backoff, and an address that failed too often in a
+row rests behind its circuit breaker), dials them, and records each outcome.
+A refused, timed-out or unresolvable dial is logged and retried later, never
+fatal.  Time comes from an injected clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from ..address import PeerAddress, format_hostport
+from ..logs import logger
+from .addrbook import AddressBook
+from .hub import PeerHub
+from .protocol import REASON_DUPLICATE, REASON_SELF, LinkClosed, PeerProtocol
+
+log = logger(__name__)
+
+#: dial one address, returning the connected link (before its handshake)
+Connector = Callable[[PeerAddress], "Deferred[PeerProtocol]"]
+
+#: how long a node the user disconnected is not redialled
+USER_DISCONNECT_REST = 600.0
+
+
+class Dialer(Service):
+    """
+    Keeps C{target} outbound links open, dialling from the address book.
+
+    :ivar pending: dials under way, by ``(host, port)``.
+    :ivar pinned: node ids that addresses given as ``NODEID@host:port`` must prove.
+    """
+
+    name = "dialer"
+
+    def __init__(
+        self,
+        hub: PeerHub,
+        addrbook: AddressBook,
+        connect: Connector,
+        clock: IReactorTime,
+        *,
+        target: int,
+        bootstrap: tuple[PeerAddress, ...] = (),
+        interval: float = 1.0,
+    ) -> None:
+        self.hub = hub
+        self.addrbook = addrbook
+        self._connect = connect
+        self.clock = clock
+        self.target = target
+        self.bootstrap = bootstrap
+        self.interval = interval
+        self.pending: dict[tuple[str, int], Deferred[PeerProtocol]] = {}
+        self.pinned: dict[tuple[str, int], str] = {}
+        self._waiters: dict[tuple[str, int], list[Deferred[PeerProtocol]]] = {}
+        self._loop: LoopingCall | None = None
+        self._kick: IDelayedCall | None = None
+        self.dials = 0
+        self.dial_failures = 0
+
+    def startService(self) -> None:
+        """Enter the bootstrap addresses, dial at once, then check every C{interval}."""
+        super().startService()
+        now = self.clock.seconds()
+        for address in self.bootstrap:
+            self.addrbook.add(address.host, address.port, source="bootstrap", now=now,
+                              node_id=address.node_id)  # fmt: skip
+            if address.node_id:
+                self.pinned[address.endpoint] = address.node_id
+        self.hub.subscribe(self.kick)
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> None:
+        """Stop dialling; dials under way are cancelled."""
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._kick is not None and self._kick.active():
+            self._kick.cancel()
+        self._kick = None
+        for d in list(self.pending.values()):
+            d.cancel()
+        return None
+
+    def kick(self) -> None:
+        """Check the target soon (once, however often it is kicked before then)."""
+        if not self.running or (self._kick is not None and self._kick.active()):
+            return
+        self._kick = self.clock.callLater(0, self._kicked)
+
+    def _kicked(self) -> None:
+        self._kick = None
+        self.tick()
+
+    def tick(self) -> None:
+        """Dial as many candidates as the outbound target is short of."""
+        missing = self.target - self.hub.count("outbound") - len(self.pending)
+        if missing <= 0 or self.hub.count() + len(self.pending) >= self.hub.max_peers:
+            return
+        exclude_ids = set(self.hub.links) | {self.hub.local.node_id}
+        exclude_endpoints = self.hub.connected_endpoints() | set(self.pending)
+        candidates = self.addrbook.candidates(
+            self.clock.seconds(), exclude_node_ids=exclude_ids, exclude_endpoints=exclude_endpoints
+        )
+        for entry in candidates[:missing]:
+            self._start_dial(PeerAddress(entry.host, entry.port, self.pinned.get(entry.key)))
+
+    def dial(self, address: PeerAddress) -> Deferred[PeerProtocol]:
+        """
+        Dial C{address} now, whatever its backoff (joining a dial under way).
+
+        :return: a new Deferred that fires with the ready link, or fails
+            with the reason the dial failed.
+        """
+        waiter: Deferred[PeerProtocol] = Deferred()
+        self._waiters.setdefault(address.endpoint, []).append(waiter)
+        if address.endpoint not in self.pending:
+            self._start_dial(address)
+        return waiter
+
+    def _start_dial(self, address: PeerAddress) -> None:
+        key = address.endpoint
+        if address.node_id:
+            self.pinned[key] = address.node_id
+        self.dials += 1
+        self.addrbook.record_attempt(address.host, address.port, self.clock.seconds())
+        log.debug("Dialling {address}", address=str(address))
+        d = self._connect(address)
+        d.addCallback(lambda link: link.when_ready())
+        self.pending[key] = d
+        d.addBoth(self._dialed, address)
+
+    def _dialed(self, result: PeerProtocol | Failure, address: PeerAddress) -> None:
+        self.pending.pop(address.endpoint, None)
+        for waiter in self._waiters.pop(address.endpoint, []):
+            waiter.errback(result) if isinstance(result, Failure) else waiter.callback(result)
+        if not self.running:
+            return  # stopping: the dial was cancelled, nothing to learn
+        now = self.clock.seconds()
+        where = format_hostport(address.host, address.port)
+        closed = result.value.reason if isinstance(result, Failure) and isinstance(
+            result.value, LinkClosed) else None  # fmt: skip
+        if not isinstance(result, Failure):
+            self.addrbook.record_success(address.host, address.port, now, result.node_id)
+        elif closed == REASON_SELF:
+            # Our own address: remember it as ours so it is never dialled again.
+            self.addrbook.add(address.host, address.port, source="addr", now=now,
+                              node_id=self.hub.local.node_id)  # fmt: skip
+            self.addrbook.record_success(address.host, address.port, now, self.hub.local.node_id)
+        elif closed == REASON_DUPLICATE:
+            pass  # already linked to that node through another connection
+        else:
+            self.dial_failures += 1
+            self.addrbook.record_failure(address.host, address.port, now)
+            log.info("Dial to {address} failed: {reason}", address=where,
+                     reason=result.getErrorMessage())  # fmt: skip
+        self.kick()
+
+    def rest_node(self, node_id: str, seconds: float = USER_DISCONNECT_REST) -> int:
+        """Do not dial C{node_id} for C{seconds}; returns how many addresses rest."""
+        return self.addrbook.suspend(node_id, self.clock.seconds() + seconds)

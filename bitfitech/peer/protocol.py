@@ -1,0 +1,430 @@
+"""One peer link: bytes from a socket to typed messages, and back.
+
+Data path: socket -> :class:`PeerProtocol` (framing, codec, handshake,
+liveness) -> the link owner (:class:`~bitfitech.peer.hub.PeerHub`).  The
+protocol is glue: it feeds bytes to the pure frame decoder, decodes frames
+to messages, runs the ``version``/``verack`` handshake and ``ping``/``pong``,
+and hands every other message to its owner.  A protocol violation closes
+this link only and is reported to the owner; nothing raises out of
+:meth:`PeerProtocol.dataReceived`.  Time comes from an injected clock.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from ..address import PeerAddress, format_hostport, normalize_host
+from ..config import LinkTiming
+from ..interfaces import ILinkOwner
+from ..logs import logger
+from ..wire.framing import MAX_PAYLOAD, FrameDecoder, FramingError, encode_frame, network_magic
+from ..wire.messages import (
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    Message,
+    MessageError,
+    Ping,
+    Pong,
+    Verack,
+    Version,
+    decode_message,
+    encode_message,
+)
+
+log = logger(__name__)
+
+Direction = Literal["inbound", "outbound"]
+
+#: close reasons that say something about an address rather than a failure
+REASON_SELF = "connected to self"
+REASON_DUPLICATE = "duplicate link"
+
+
+class LinkClosed(ConnectionError):
+    """A link closed before its handshake finished; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LocalNode:
+    """
+    What this node says about itself in ``version``.
+
+    :ivar network: network name (also gives the wire magic).
+    :ivar pair: trading pair.
+    :ivar node_id: this node's id.
+    :ivar listen_port: P2P port peers can dial back, 0 if not listening.
+    :ivar user_agent: software name and version.
+    :ivar services: service names offered.
+    """
+
+    network: str
+    pair: str
+    node_id: str
+    listen_port: int
+    user_agent: str
+    services: tuple[str, ...] = ()
+
+    @property
+    def magic(self) -> bytes:
+        """The 4-byte wire magic of the network."""
+        return network_magic(self.network)
+
+
+class PeerProtocol(Protocol):
+    """
+    One TCP link to a peer, in either direction.
+
+    States: ``handshaking`` (only ``version`` and ``verack`` are allowed),
+    ``ready`` (everything else; handed to the owner), ``closed``.
+
+    :ivar direction: ``inbound`` or ``outbound``.
+    :ivar dialed: the address dialled (outbound), possibly pinned to a node id.
+    :ivar remote: the peer's ``version`` once received.
+    :ivar connected_since: clock time the handshake finished.
+    :ivar rtt: last ping round-trip time in seconds, or ``None``.
+    """
+
+    def __init__(
+        self,
+        local: LocalNode,
+        owner: ILinkOwner,
+        clock: IReactorTime,
+        direction: Direction,
+        *,
+        dialed: PeerAddress | None = None,
+        timing: LinkTiming = LinkTiming(),
+        nonce: int | None = None,
+        rng: random.Random | None = None,
+        max_payload: int = MAX_PAYLOAD,
+    ) -> None:
+        self.local = local
+        self.owner = owner
+        self.clock = clock
+        self.direction: Direction = direction
+        self.dialed = dialed
+        self.timing = timing
+        self._rng = rng or random.SystemRandom()
+        self.nonce = self._rng.getrandbits(64) if nonce is None else nonce
+        self.state: Literal["connecting", "handshaking", "ready", "closed"] = "connecting"
+        self.remote: Version | None = None
+        self.protocol_version = PROTOCOL_VERSION
+        self.connected_since: float | None = None
+        self.rtt: float | None = None
+        self.close_reason: str | None = None
+        self._verack_received = False
+        self._decoder = FrameDecoder(local.magic, max_payload)
+        self._handshake_timer: IDelayedCall | None = None
+        self._pinger: LoopingCall | None = None
+        self._ping_sent: tuple[int, float] | None = None
+        self._pong_timer: IDelayedCall | None = None
+        self._ready_waiters: list[Deferred[PeerProtocol]] = []
+        self._lost_waiters: list[Deferred[None]] = []
+        self.connection_lost = False
+        self.getaddr_answered = False
+
+    # -- what the rest of the node reads
+
+    @property
+    def closed(self) -> bool:
+        """Whether the link is closed (or closing)."""
+        return self.state == "closed"
+
+    @property
+    def node_id(self) -> str | None:
+        """The peer's node id once its ``version`` arrived."""
+        return self.remote.node_id if self.remote else None
+
+    @property
+    def peer_host(self) -> str:
+        """The remote IP address of the connection."""
+        peer = self.transport.getPeer() if self.transport else None
+        host = getattr(peer, "host", "")
+        try:
+            return normalize_host(host)
+        except ValueError:
+            return str(host)
+
+    @property
+    def listen_address(self) -> PeerAddress | None:
+        """
+        Where the peer accepts connections: the dialled address (outbound), or
+        the connection's remote IP with the port from its ``version`` (inbound).
+        Never the ephemeral source port of an inbound connection.
+        """
+        if self.direction == "outbound" and self.dialed is not None:
+            return PeerAddress(self.dialed.host, self.dialed.port, self.node_id)
+        if self.remote is None or self.remote.port == 0 or not self.peer_host:
+            return None
+        return PeerAddress(self.peer_host, self.remote.port, self.node_id)
+
+    def describe(self) -> str:
+        """A short name for logs: node id prefix and address."""
+        peer = self.transport.getPeer() if self.transport else None
+        where = format_hostport(self.peer_host, getattr(peer, "port", 0)) if peer else "unconnected"
+        who = self.node_id[:12] if self.node_id else "?"
+        return f"{who}@{where} ({self.direction})"
+
+    def when_ready(self) -> Deferred[PeerProtocol]:
+        """
+        A new Deferred that fires with this link once the owner admits it,
+        or fails with :class:`LinkClosed` if it closes first.
+        """
+        d: Deferred[PeerProtocol] = Deferred()
+        if self.state == "ready":
+            d.callback(self)
+        elif self.state == "closed":
+            d.errback(LinkClosed(self.close_reason or "closed"))
+        else:
+            self._ready_waiters.append(d)
+        return d
+
+    def when_lost(self) -> Deferred[None]:
+        """A new Deferred that fires once the connection is gone."""
+        d: Deferred[None] = Deferred()
+        if self.connection_lost or self.transport is None:
+            d.callback(None)
+        else:
+            self._lost_waiters.append(d)
+        return d
+
+    # -- sending
+
+    def send(self, message: Message) -> None:
+        """Frame and write one message (dropped silently once the link is closed)."""
+        if self.state == "closed" or self.transport is None:
+            return
+        command, payload = encode_message(message)
+        self.transport.write(encode_frame(self.local.magic, command, payload))
+
+    def close(self, reason: str, *, abort: bool = False) -> None:
+        """
+        Close the link, recording why.
+
+        :param abort: drop it at once instead of flushing what is queued
+            (for peers that stopped answering or broke the protocol).
+        """
+        if self.state == "closed":
+            return
+        self._set_closed(reason)
+        if self.transport is not None:
+            if abort:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+            else:
+                self.transport.loseConnection()
+
+    def violation(self, reason: str) -> None:
+        """The peer broke the protocol: log, report to the owner, drop the link."""
+        if self.state == "closed":
+            return
+        log.warn(
+            "Protocol violation by {peer}: {reason}; disconnecting",
+            peer=self.describe(),
+            reason=reason,
+        )
+        self.owner.link_misbehaved(self, reason)
+        self.close(f"protocol violation: {reason}", abort=True)
+
+    # -- Twisted callbacks
+
+    def connectionMade(self) -> None:
+        self.state = "handshaking"
+        self._handshake_timer = self.clock.callLater(
+            self.timing.handshake_timeout, self._handshake_timed_out
+        )
+        self.send(
+            Version(
+                protocol_version=PROTOCOL_VERSION,
+                network=self.local.network,
+                pair=self.local.pair,
+                node_id=self.local.node_id,
+                port=self.local.listen_port,
+                user_agent=self.local.user_agent,
+                services=self.local.services,
+                nonce=self.nonce,
+                time=int(self.clock.seconds()),
+            )
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == "closed":
+            return
+        self._decoder.feed(data)
+        while not self.closed:
+            try:
+                frame = self._decoder.next_frame()
+            except FramingError as e:
+                self.violation(str(e))
+                return
+            if frame is None:
+                return
+            try:
+                message = decode_message(frame.command, frame.payload)
+            except MessageError as e:
+                self.violation(str(e))
+                return
+            try:
+                self._handle(message)
+            except Exception:
+                # A bug of ours, not the peer's fault: keep the node up, drop the link.
+                log.failure("Error handling {command} from {peer}", command=frame.command,
+                            peer=self.describe())  # fmt: skip
+                self.close("internal error")
+                return
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        was_ready = self.state == "ready"
+        self._set_closed(self.close_reason or reason.getErrorMessage() or "connection lost")
+        if was_ready:
+            log.info("Link to {peer} closed: {reason}", peer=self.describe(),
+                     reason=self.close_reason)  # fmt: skip
+        self.connection_lost = True
+        self.owner.link_closed(self, self.close_reason or "connection lost")
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # -- internals
+
+    def _set_closed(self, reason: str) -> None:
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        self.close_reason = reason
+        for timer in (self._handshake_timer, self._pong_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._handshake_timer = self._pong_timer = None
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(LinkClosed(reason))
+
+    def _handle(self, message: Message) -> None:
+        if self.state == "handshaking":
+            if isinstance(message, Version):
+                self._on_version(message)
+            elif isinstance(message, Verack):
+                if self.remote is None or self._verack_received:
+                    self.violation("verack before version" if self.remote is None
+                                   else "duplicate verack")  # fmt: skip
+                    return
+                self._verack_received = True
+                self._maybe_ready()
+            else:
+                self.violation(f"{type(message).__name__.lower()} before handshake")
+            return
+        if isinstance(message, (Version, Verack)):
+            self.violation(f"{type(message).__name__.lower()} after handshake")
+        elif isinstance(message, Ping):
+            self.send(Pong(nonce=message.nonce))
+        elif isinstance(message, Pong):
+            self._on_pong(message)
+        else:
+            self.owner.link_message(self, message)
+
+    def _on_version(self, version: Version) -> None:
+        if self.remote is not None:
+            self.violation("duplicate version")
+            return
+        self.remote = version
+        if version.network != self.local.network:
+            self.close(f"wrong network {version.network!r}")
+            return
+        if version.pair != self.local.pair:
+            self.close(f"wrong pair {version.pair!r}")
+            return
+        if version.protocol_version < MIN_PROTOCOL_VERSION:
+            self.close(f"unsupported protocol version {version.protocol_version}")
+            return
+        if version.node_id == self.local.node_id or self.owner.is_own_nonce(version.nonce):
+            log.debug("Connected to myself through {peer}; dropping", peer=self.describe())
+            self.close(REASON_SELF)
+            return
+        pinned = self.dialed.node_id if self.dialed else None
+        if pinned is not None and version.node_id != pinned:
+            self.close(f"node id {version.node_id} is not the pinned {pinned}")
+            return
+        self.protocol_version = min(PROTOCOL_VERSION, version.protocol_version)
+        self.send(Verack())
+        self._maybe_ready()
+
+    def _maybe_ready(self) -> None:
+        if self.remote is None or not self._verack_received or self.state != "handshaking":
+            return
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        refusal = self.owner.link_ready(self)
+        if refusal is not None:
+            self.close(refusal)
+            return
+        self.state = "ready"
+        self.connected_since = self.clock.seconds()
+        self._pinger = LoopingCall(self._send_ping)
+        self._pinger.clock = self.clock
+        self._pinger.start(self.timing.ping_interval, now=False)
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        log.info("Handshake with {peer} timed out", peer=self.describe())
+        self.close("handshake timeout", abort=True)
+
+    def _send_ping(self) -> None:
+        if self._ping_sent is not None:
+            return  # still waiting for the previous pong; its timer will decide
+        nonce = self._rng.getrandbits(64)
+        self._ping_sent = (nonce, self.clock.seconds())
+        self._pong_timer = self.clock.callLater(self.timing.ping_timeout, self._pong_timed_out)
+        self.send(Ping(nonce=nonce))
+
+    def _on_pong(self, pong: Pong) -> None:
+        if self._ping_sent is None or pong.nonce != self._ping_sent[0]:
+            return  # unsolicited or stale: ignored
+        self.rtt = self.clock.seconds() - self._ping_sent[1]
+        self._ping_sent = None
+        if self._pong_timer is not None and self._pong_timer.active():
+            self._pong_timer.cancel()
+        self._pong_timer = None
+
+    def _pong_timed_out(self) -> None:
+        self._pong_timer = None
+        log.info("No pong from {peer} in {timeout}s; disconnecting", peer=self.describe(),
+                 timeout=self.timing.ping_timeout)  # fmt: skip
+        self.close("ping timeout", abort=True)
+
+
+def link_info(link: PeerProtocol, source: str | None) -> dict[str, Any]:
+    """
+    One ``GET /peers`` row for a ready link.
+
+    :param source: where the peer's address came from, per the address book.
+    """
+    address = link.listen_address
+    peer = link.transport.getPeer() if link.transport else None
+    return {
+        "node_id": link.node_id,
+        "address": str(PeerAddress(address.host, address.port)) if address else None,
+        "remote": format_hostport(link.peer_host, getattr(peer, "port", 0)),
+        "direction": link.direction,
+        "connected_since": link.connected_since,
+        "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 3),
+        "source": source,
+        "user_agent": link.remote.user_agent if link.remote else None,
+        "protocol_version": link.protocol_version,
+    }

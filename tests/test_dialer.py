@@ -1,0 +1,181 @@
+"""Tests for bitfitech.peer.dialer: outbound target, backoff and circuit breaker on a Clock."""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError, DNSLookupError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from bitfitech.address import PeerAddress
+from bitfitech.peer.addrbook import AddressBook
+from bitfitech.peer.dialer import Dialer
+from bitfitech.peer.hub import PeerHub
+from bitfitech.peer.protocol import REASON_DUPLICATE, REASON_SELF, LinkClosed, PeerProtocol
+from bitfitech.testing import local_node, node_id_of
+
+
+class FakeLink:
+    """Stands in for a connected PeerProtocol: its handshake outcome is preset."""
+
+    def __init__(self, node_id: str | None, closed: str | None = None) -> None:
+        self.node_id = node_id
+        self.closed = closed
+
+    def when_ready(self) -> Deferred[object]:
+        return fail(LinkClosed(self.closed)) if self.closed else succeed(self)
+
+
+class Connector:
+    """Records dials; each answers with the outcome set for its address (refused by default)."""
+
+    def __init__(self) -> None:
+        self.dials: list[PeerAddress] = []
+        self.outcomes: dict[tuple[str, int], object] = {}
+        self.hold = False
+        self.held: list[Deferred[PeerProtocol]] = []
+
+    def __call__(self, address: PeerAddress) -> Deferred[PeerProtocol]:
+        self.dials.append(address)
+        if self.hold:
+            d: Deferred[PeerProtocol] = Deferred()
+            self.held.append(d)
+            return d
+        outcome = self.outcomes.get(address.endpoint, ConnectionRefusedError())
+        if isinstance(outcome, Exception):
+            return fail(outcome)
+        return succeed(outcome)  # type: ignore[arg-type]
+
+
+class DialerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.book = AddressBook(None, rng=random.Random(1))
+        self.hub = PeerHub(local_node(1), self.book, self.clock, max_peers=10, max_inbound=2)
+        self.connector = Connector()
+
+    def dialer(self, target: int = 3, bootstrap: tuple[PeerAddress, ...] = ()) -> Dialer:
+        dialer = Dialer(self.hub, self.book, self.connector, self.clock, target=target,
+                        bootstrap=bootstrap, interval=1.0)  # fmt: skip
+        dialer.startService()
+        self.addCleanup(dialer.stopService)
+        return dialer
+
+    def dials_to(self, host: str, port: int) -> int:
+        return sum(1 for a in self.connector.dials if a.endpoint == (host, port))
+
+    def test_bootstrap_dialled_at_start(self) -> None:
+        self.dialer(bootstrap=(PeerAddress("127.0.0.1", 3002),))
+        self.assertEqual(self.dials_to("127.0.0.1", 3002), 1)
+        entry = self.book.get("127.0.0.1", 3002)
+        assert entry is not None
+        self.assertEqual(entry.source, "bootstrap")
+
+    def test_refused_dial_backs_off_exponentially(self) -> None:
+        self.dialer(bootstrap=(PeerAddress("127.0.0.1", 3002),))
+        times = [self.clock.seconds()]
+        for _ in range(40):
+            before = self.dials_to("127.0.0.1", 3002)
+            self.clock.advance(0.25)
+            if self.dials_to("127.0.0.1", 3002) > before:
+                times.append(self.clock.seconds())
+            if len(times) == 4:
+                break
+        gaps = [round(b - a) for a, b in zip(times, times[1:], strict=False)]
+        self.assertEqual(gaps, [1, 2, 4])
+
+    def test_circuit_breaker_rests_then_half_open(self) -> None:
+        dialer = self.dialer(bootstrap=(PeerAddress("127.0.0.1", 3002),))
+        self.clock.pump([1.0] * 40)  # 1+2+4+8 s of backoff: 5 failures by now
+        self.assertEqual(self.dials_to("127.0.0.1", 3002), 5)
+        cooldown = self.book.policy.cooldown
+        self.clock.pump([10.0] * int((cooldown - 60) / 10))
+        self.assertEqual(self.dials_to("127.0.0.1", 3002), 5, "dialled while the breaker is open")
+        self.clock.pump([10.0] * 10)
+        self.assertEqual(self.dials_to("127.0.0.1", 3002), 6, "no half-open retry")
+        self.assertEqual(dialer.dial_failures, 6)
+
+    def test_unresolvable_address_is_not_fatal(self) -> None:
+        self.connector.outcomes[("no-such-host.invalid", 3000)] = DNSLookupError("nope")
+        dialer = self.dialer(bootstrap=(PeerAddress("no-such-host.invalid", 3000),))
+        self.assertEqual(dialer.dial_failures, 1)
+        self.assertTrue(dialer.running)
+
+    def test_success_recorded_with_node_id(self) -> None:
+        self.connector.outcomes[("127.0.0.1", 3002)] = FakeLink(node_id_of(2))
+        self.dialer(bootstrap=(PeerAddress("127.0.0.1", 3002),))
+        entry = self.book.get("127.0.0.1", 3002)
+        assert entry is not None
+        self.assertEqual((entry.successes, entry.failures, entry.node_id), (1, 0, node_id_of(2)))
+
+    def test_target_limits_parallel_dials(self) -> None:
+        self.connector.hold = True
+        for i in range(10):
+            self.book.add(f"10.0.0.{i + 1}", 3000, source="addr", now=self.clock.seconds())
+        dialer = self.dialer(target=3)
+        self.assertEqual(len(self.connector.dials), 3)
+        self.clock.advance(5)
+        self.assertEqual(len(self.connector.dials), 3)
+        self.assertEqual(len(dialer.pending), 3)
+        # one fails: one more is dialled (the kick runs on the next clock turn)
+        self.connector.held[0].errback(ConnectionRefusedError())
+        self.clock.advance(0)
+        self.assertEqual(len(self.connector.dials), 4)
+
+    def test_own_address_never_dialled_again(self) -> None:
+        self.connector.outcomes[("127.0.0.1", 3001)] = FakeLink(None, closed=REASON_SELF)
+        self.dialer(bootstrap=(PeerAddress("127.0.0.1", 3001),))
+        self.clock.pump([1.0] * 100)
+        self.assertEqual(self.dials_to("127.0.0.1", 3001), 1)
+        entry = self.book.get("127.0.0.1", 3001)
+        assert entry is not None
+        self.assertEqual(entry.node_id, node_id_of(1))
+
+    def test_duplicate_is_not_a_failure(self) -> None:
+        self.connector.outcomes[("127.0.0.1", 3002)] = FakeLink(None, closed=REASON_DUPLICATE)
+        dialer = self.dialer(bootstrap=(PeerAddress("127.0.0.1", 3002),))
+        self.assertEqual(dialer.dial_failures, 0)
+
+    def test_dial_now_ignores_backoff_and_reports(self) -> None:
+        dialer = self.dialer(target=0)
+        self.book.add("127.0.0.1", 3005, source="manual", now=self.clock.seconds())
+        d = dialer.dial(PeerAddress("127.0.0.1", 3005))
+        self.failureResultOf(d, ConnectionRefusedError)
+        self.connector.outcomes[("127.0.0.1", 3005)] = FakeLink(node_id_of(5))
+        d = dialer.dial(PeerAddress("127.0.0.1", 3005))
+        self.assertEqual(self.successResultOf(d).node_id, node_id_of(5))
+
+    def test_joining_a_dial_under_way(self) -> None:
+        self.connector.hold = True
+        dialer = self.dialer(target=0)
+        first = dialer.dial(PeerAddress("127.0.0.1", 3005))
+        second = dialer.dial(PeerAddress("127.0.0.1", 3005))
+        self.assertEqual(len(self.connector.dials), 1)
+        self.connector.held[0].callback(FakeLink(node_id_of(5)))  # type: ignore[arg-type]
+        self.successResultOf(first)
+        self.successResultOf(second)
+
+    def test_rested_node_not_dialled(self) -> None:
+        self.book.add("127.0.0.1", 3002, source="addr", now=self.clock.seconds(),
+                      node_id=node_id_of(2))  # fmt: skip
+        self.connector.hold = True
+        dialer = self.dialer(target=0)
+        dialer.rest_node(node_id_of(2), 600)
+        dialer.target = 3
+        self.clock.advance(1)
+        self.assertEqual(self.connector.dials, [])
+        self.clock.advance(600)
+        self.assertEqual(self.dials_to("127.0.0.1", 3002), 1)
+
+    def test_stop_cancels_pending_without_recording_failures(self) -> None:
+        self.connector.hold = True
+        dialer = self.dialer(bootstrap=(PeerAddress("127.0.0.1", 3002),))
+        dialer.stopService()
+        self.assertEqual(dialer.pending, {})
+        entry = self.book.get("127.0.0.1", 3002)
+        assert entry is not None
+        self.assertEqual(entry.failures, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -1,0 +1,310 @@
+"""Tests for bitfitech.peer.protocol: one link over StringTransport and a Clock."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from bitfitech.address import PeerAddress
+from bitfitech.config import LinkTiming
+from bitfitech.peer.protocol import REASON_SELF, LinkClosed, PeerProtocol
+from bitfitech.testing import RecordingOwner, frame_of, local_node, node_id_of, version_of
+from bitfitech.wire.framing import FrameDecoder, network_magic
+from bitfitech.wire.messages import (
+    Addr,
+    GetAddr,
+    Message,
+    Ping,
+    Pong,
+    Unknown,
+    Verack,
+    Version,
+    decode_message,
+)
+
+TIMING = LinkTiming(handshake_timeout=10.0, ping_interval=30.0, ping_timeout=20.0)
+
+
+class Link:
+    """A PeerProtocol connected to a StringTransport, and what it wrote."""
+
+    def __init__(self, direction: str = "outbound", dialed: PeerAddress | None = None,
+                 owner: RecordingOwner | None = None) -> None:  # fmt: skip
+        self.clock = Clock()
+        self.owner = owner or RecordingOwner()
+        self.protocol = PeerProtocol(
+            local_node(1), self.owner, self.clock, direction,  # type: ignore[arg-type]
+            dialed=dialed, timing=TIMING, nonce=77,
+        )  # fmt: skip
+        self.transport = StringTransport(peerAddress=None)
+        self.protocol.makeConnection(self.transport)
+        self._decoder = FrameDecoder(network_magic("test"))
+
+    def sent(self) -> list[Message]:
+        """Messages written since the last call."""
+        self._decoder.feed(self.transport.value())
+        self.transport.clear()
+        out = []
+        while (frame := self._decoder.next_frame()) is not None:
+            out.append(decode_message(frame.command, frame.payload))
+        return out
+
+    def receive(self, *messages: Message) -> None:
+        self.protocol.dataReceived(b"".join(frame_of(m) for m in messages))
+
+    def handshake(self, n: int = 2) -> None:
+        self.receive(version_of(n), Verack())
+
+
+class HandshakeTests(SynchronousTestCase):
+    def test_sends_version_first(self) -> None:
+        link = Link()
+        [version] = link.sent()
+        assert isinstance(version, Version)
+        self.assertEqual(version.node_id, node_id_of(1))
+        self.assertEqual(version.nonce, 77)
+        self.assertEqual(version.port, 3000)
+
+    def test_version_answered_with_verack_and_ready_after_verack(self) -> None:
+        link = Link()
+        link.sent()
+        link.receive(version_of(2))
+        self.assertEqual(link.sent(), [Verack()])
+        self.assertEqual(link.protocol.state, "handshaking")
+        link.receive(Verack())
+        self.assertEqual(link.protocol.state, "ready")
+        self.assertEqual(link.owner.ready, [link.protocol])
+        self.assertEqual(link.protocol.node_id, node_id_of(2))
+
+    def test_verack_then_version_also_completes(self) -> None:
+        link = Link()
+        link.receive(version_of(2))
+        link.receive(Verack())
+        self.assertEqual(link.protocol.state, "ready")
+
+    def test_when_ready_fires(self) -> None:
+        link = Link()
+        d = link.protocol.when_ready()
+        link.handshake()
+        self.assertIs(self.successResultOf(d), link.protocol)
+        self.assertIs(self.successResultOf(link.protocol.when_ready()), link.protocol)
+
+    def test_message_before_handshake_is_violation(self) -> None:
+        for early in (Ping(nonce=1), GetAddr(), Addr(addrs=()), Verack()):
+            link = Link()
+            link.receive(early)
+            self.assertEqual(link.protocol.state, "closed")
+            self.assertTrue(link.transport.disconnecting)
+            self.assertEqual(len(link.owner.misbehaved), 1, early)
+
+    def test_unknown_before_handshake_is_violation(self) -> None:
+        link = Link()
+        link.receive(Unknown(command="future", payload=b"{}"))
+        self.assertEqual(len(link.owner.misbehaved), 1)
+
+    def test_duplicate_version_is_violation(self) -> None:
+        link = Link()
+        link.receive(version_of(2), version_of(2))
+        self.assertEqual(link.protocol.state, "closed")
+        self.assertIn("duplicate version", link.owner.misbehaved[0][1])
+
+    def test_version_after_handshake_is_violation(self) -> None:
+        link = Link()
+        link.handshake()
+        link.receive(version_of(2))
+        self.assertEqual(link.protocol.state, "closed")
+
+    def test_wrong_network_disconnects(self) -> None:
+        link = Link()
+        link.receive(version_of(2, network="other"))
+        self.assertEqual(link.protocol.state, "closed")
+        self.assertIn("wrong network", link.protocol.close_reason or "")
+        self.assertEqual(link.owner.ready, [])
+
+    def test_wrong_pair_disconnects(self) -> None:
+        link = Link()
+        link.receive(version_of(2, pair="ETH/USD"))
+        self.assertIn("wrong pair", link.protocol.close_reason or "")
+
+    def test_connecting_to_self_by_nonce(self) -> None:
+        owner = RecordingOwner()
+        owner.own_nonces.add(4242)
+        link = Link(owner=owner)
+        d = link.protocol.when_ready()
+        link.receive(version_of(3, nonce=4242))
+        self.assertEqual(link.protocol.close_reason, REASON_SELF)
+        self.assertEqual(self.failureResultOf(d, LinkClosed).value.reason, REASON_SELF)
+
+    def test_connecting_to_self_by_node_id(self) -> None:
+        link = Link()
+        link.receive(version_of(1))
+        self.assertEqual(link.protocol.close_reason, REASON_SELF)
+
+    def test_pinned_node_id_mismatch(self) -> None:
+        link = Link(dialed=PeerAddress("127.0.0.1", 3002, node_id_of(9)))
+        link.receive(version_of(2))
+        self.assertEqual(link.protocol.state, "closed")
+        self.assertIn("pinned", link.protocol.close_reason or "")
+
+    def test_pinned_node_id_match(self) -> None:
+        link = Link(dialed=PeerAddress("127.0.0.1", 3002, node_id_of(2)))
+        link.handshake(2)
+        self.assertEqual(link.protocol.state, "ready")
+
+    def test_owner_refusal_closes(self) -> None:
+        link = Link(owner=RecordingOwner(refuse="duplicate link"))
+        d = link.protocol.when_ready()
+        link.handshake()
+        self.assertEqual(link.protocol.state, "closed")
+        self.failureResultOf(d, LinkClosed)
+
+    def test_handshake_timeout(self) -> None:
+        link = Link()
+        d = link.protocol.when_ready()
+        link.clock.advance(9.9)
+        self.assertEqual(link.protocol.state, "handshaking")
+        link.clock.advance(0.2)
+        self.assertEqual(link.protocol.state, "closed")
+        self.assertEqual(link.protocol.close_reason, "handshake timeout")
+        self.failureResultOf(d, LinkClosed)
+
+    def test_no_timeout_after_handshake(self) -> None:
+        link = Link()
+        link.handshake()
+        link.clock.advance(15)
+        self.assertEqual(link.protocol.state, "ready")
+
+    def test_lower_protocol_version_is_spoken(self) -> None:
+        link = Link()
+        link.receive(version_of(2, protocol_version=7), Verack())
+        self.assertEqual(link.protocol.protocol_version, 1)
+
+
+class ViolationTests(SynchronousTestCase):
+    def assertViolation(self, data: bytes, reason: str) -> Link:
+        link = Link()
+        link.protocol.dataReceived(data)
+        self.assertEqual(link.protocol.state, "closed")
+        self.assertTrue(link.transport.disconnecting)
+        self.assertEqual(len(link.owner.misbehaved), 1)
+        self.assertIn(reason, link.owner.misbehaved[0][1])
+        # further bytes are ignored and raise nothing
+        link.protocol.dataReceived(frame_of(Ping(nonce=1)))
+        self.assertEqual(len(link.owner.misbehaved), 1)
+        return link
+
+    def test_bad_magic(self) -> None:
+        self.assertViolation(frame_of(version_of(2), network="other"), "magic")
+
+    def test_bad_checksum(self) -> None:
+        data = bytearray(frame_of(version_of(2)))
+        data[-1] ^= 0xFF
+        self.assertViolation(bytes(data), "checksum")
+
+    def test_oversize_frame(self) -> None:
+        header = bytearray(frame_of(Verack())[:24])
+        header[16:20] = (64 * 1024 * 1024).to_bytes(4, "little")
+        self.assertViolation(bytes(header), "")
+
+    def test_malformed_json(self) -> None:
+        from bitfitech.wire.framing import encode_frame
+
+        self.assertViolation(encode_frame(network_magic("test"), "version", b"{nope"), "")
+
+    def test_wrong_field_type(self) -> None:
+        from bitfitech.wire.framing import encode_frame
+
+        payload = b'{"nonce":"x"}'
+        link = Link()
+        link.handshake()
+        link.protocol.dataReceived(encode_frame(network_magic("test"), "ping", payload))
+        self.assertEqual(link.protocol.state, "closed")
+        self.assertEqual(len(link.owner.misbehaved), 1)
+
+    def test_frames_after_violation_in_same_chunk_are_not_handled(self) -> None:
+        link = Link()
+        link.protocol.dataReceived(frame_of(Ping(nonce=1)) + frame_of(version_of(2)))
+        self.assertIsNone(link.protocol.remote)
+
+    def test_chunked_delivery(self) -> None:
+        link = Link()
+        data = frame_of(version_of(2)) + frame_of(Verack())
+        for i in range(len(data)):
+            link.protocol.dataReceived(data[i : i + 1])
+        self.assertEqual(link.protocol.state, "ready")
+
+
+class ReadyTests(SynchronousTestCase):
+    def test_ping_answered_with_pong(self) -> None:
+        link = Link()
+        link.handshake()
+        link.sent()
+        link.receive(Ping(nonce=99))
+        self.assertEqual(link.sent(), [Pong(nonce=99)])
+
+    def test_periodic_ping_and_rtt(self) -> None:
+        link = Link()
+        link.handshake()
+        link.sent()
+        link.clock.advance(30)
+        [ping] = link.sent()
+        assert isinstance(ping, Ping)
+        link.clock.advance(0.25)
+        link.receive(Pong(nonce=ping.nonce))
+        self.assertEqual(link.protocol.rtt, 0.25)
+        link.clock.advance(30)
+        self.assertIsInstance(link.sent()[0], Ping)
+
+    def test_pong_timeout_disconnects(self) -> None:
+        link = Link()
+        link.handshake()
+        link.clock.advance(30)
+        link.clock.advance(19.9)
+        self.assertEqual(link.protocol.state, "ready")
+        link.clock.advance(0.2)
+        self.assertEqual(link.protocol.state, "closed")
+        self.assertEqual(link.protocol.close_reason, "ping timeout")
+
+    def test_wrong_pong_ignored(self) -> None:
+        link = Link()
+        link.handshake()
+        link.clock.advance(30)
+        link.receive(Pong(nonce=12345))
+        self.assertIsNone(link.protocol.rtt)
+        self.assertEqual(link.protocol.state, "ready")
+
+    def test_other_messages_go_to_owner(self) -> None:
+        link = Link()
+        link.handshake()
+        link.receive(GetAddr(), Unknown(command="future", payload=b"{}"))
+        self.assertEqual([m for _, m in link.owner.messages],
+                         [GetAddr(), Unknown(command="future", payload=b"{}")])  # fmt: skip
+
+    def test_connection_lost_reported_once_and_timers_stopped(self) -> None:
+        link = Link()
+        link.handshake()
+        lost = link.protocol.when_lost()
+        link.protocol.connectionLost()
+        self.assertEqual(len(link.owner.closed), 1)
+        self.successResultOf(lost)
+        self.assertEqual(link.clock.getDelayedCalls(), [])
+
+    def test_owner_error_does_not_escape(self) -> None:
+        link = Link()
+        link.handshake()
+
+        def broken(lk: object, message: object) -> None:
+            raise RuntimeError("bug")
+
+        link.owner.link_message = broken  # type: ignore[method-assign, assignment]
+        link.receive(GetAddr())
+        self.assertEqual(link.protocol.close_reason, "internal error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_send_after_close_is_dropped(self) -> None:
+        link = Link()
+        link.protocol.close("bye")
+        link.transport.clear()
+        link.protocol.send(Ping(nonce=1))
+        self.assertEqual(link.transport.value(), b"")

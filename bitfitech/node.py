@@ -1,0 +1,362 @@
+"""The one wiring diagram: a node's service tree, built in data-path order.
+
+:func:`build_node` turns a :class:`~bitfitech.config.NodeConfig` into a
+:class:`Node` (a ``MultiService``) whose children start in this order and
+stop in reverse:
+
+1. ``storage``: the data directory, SQLite database and node key;
+2. ``peers``: the P2P listener, the hub of live links, the address book and
+   the dialer;
+3. ``api``: the HTTP API on ``api_host:api_port``.
+
+Building opens nothing: sockets, files and timers open in ``startService``.
+This module and :mod:`bitfitech.tap` are the only ones that know every part.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, cast
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorTCP,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from . import USER_AGENT, __version__
+from .address import AddressError, PeerAddress, format_hostport, parse_address
+from .config import NodeConfig
+from .interfaces import INodeControl
+from .logs import logger, set_log_level
+from .peer.addrbook import AddressBook
+from .peer.dialer import Dialer
+from .peer.hub import PeerHub
+from .peer.protocol import LocalNode, PeerProtocol
+from .storage import Storage, StorageService
+
+log = logger(__name__)
+
+
+class StartupError(Exception):
+    """The node cannot start (a busy port, an unusable data directory)."""
+
+
+def listen_now(
+    endpoint: IStreamServerEndpoint, factory: IProtocolFactory, what: str
+) -> IListeningPort:
+    """
+    Listen on C{endpoint} and return the port, raising at once if that fails
+    (so a busy port aborts start-up instead of being logged and ignored).
+
+    :param what: names the listener in the error (``"peers on 0.0.0.0:3000"``).
+    :raises StartupError: when the endpoint cannot listen.
+    """
+    outcome: list[IListeningPort | Failure] = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if not outcome:
+        raise StartupError(f"cannot listen for {what}: listening did not complete at once")
+    result = outcome[0]
+    if isinstance(result, Failure):
+        reason = result.value
+        if isinstance(reason, CannotListenError) and reason.socketError is not None:
+            detail = str(reason.socketError.args[-1]) if reason.socketError.args else ""
+            raise StartupError(f"cannot listen for {what}: {detail or reason.socketError}")
+        raise StartupError(f"cannot listen for {what}: {result.getErrorMessage()}")
+    return result
+
+
+def tcp_server_endpoint(reactor: IReactorTCP, host: str, port: int) -> IStreamServerEndpoint:
+    """A TCP server endpoint on C{host} (IPv4 or IPv6 literal) and C{port}."""
+    if ":" in host:
+        return TCP6ServerEndpoint(reactor, port, interface=host)
+    return TCP4ServerEndpoint(reactor, port, interface=host)
+
+
+class _InboundFactory(Factory):
+    """Builds inbound links through the hub, which refuses them past the limits."""
+
+    noisy = False
+
+    def __init__(self, peers: PeerService) -> None:
+        self.peers = peers
+
+    def buildProtocol(self, addr: IAddress) -> PeerProtocol | None:  # type: ignore[override]
+        return self.peers.hub.build_link("inbound") if self.peers.running else None
+
+
+class _OutboundFactory(Factory):
+    """Builds the link for one dial."""
+
+    noisy = False
+
+    def __init__(self, hub: PeerHub, dialed: PeerAddress) -> None:
+        self.hub = hub
+        self.dialed = dialed
+
+    def buildProtocol(self, addr: IAddress) -> PeerProtocol | None:  # type: ignore[override]
+        return self.hub.build_link("outbound", dialed=self.dialed)
+
+
+class PeerService(Service):
+    """
+    The peer layer of a node: listener, hub, address book and dialer.
+
+    Built from the config and the storage it reads from at start.
+    """
+
+    name = "peers"
+
+    def __init__(self, config: NodeConfig, storage: Storage, reactor: Any) -> None:
+        self.config = config
+        self.storage = storage
+        self.reactor = reactor
+        self.port: IListeningPort | None = None
+        self._hub: PeerHub | None = None
+        self._dialer: Dialer | None = None
+        self.addrbook: AddressBook | None = None
+        self.started_at: float | None = None
+
+    @property
+    def hub(self) -> PeerHub:
+        """The live-link registry (only while running)."""
+        if self._hub is None:
+            raise RuntimeError("the peer service is not running")
+        return self._hub
+
+    @property
+    def dialer(self) -> Dialer:
+        """The outbound dialer (only while running)."""
+        if self._dialer is None:
+            raise RuntimeError("the peer service is not running")
+        return self._dialer
+
+    @property
+    def listen_port(self) -> int:
+        """The P2P port actually listened on (useful with port 0)."""
+        return self.port.getHost().port if self.port is not None else 0  # type: ignore[attr-defined]
+
+    def startService(self) -> None:
+        """Listen, then wire hub, address book and dialer and start dialling."""
+        config = self.config
+        clock = cast(IReactorTime, self.reactor)
+        self.addrbook = AddressBook(self.storage.connection)
+        self.addrbook.load()
+        endpoint = tcp_server_endpoint(self.reactor, config.host, config.port)
+        self.port = listen_now(
+            endpoint, _InboundFactory(self), f"peers on {format_hostport(config.host, config.port)}"
+        )
+        local = LocalNode(
+            network=config.network,
+            pair=config.pair,
+            node_id=self.storage.identity.node_id,
+            listen_port=self.listen_port,
+            user_agent=USER_AGENT,
+        )
+        rng = random.SystemRandom()
+        self._hub = PeerHub(
+            local, self.addrbook, clock, max_peers=config.max_peers,
+            max_inbound=config.max_inbound, timing=config.timing, rng=rng,
+        )  # fmt: skip
+        self._dialer = Dialer(
+            self._hub, self.addrbook, self._connect, clock, target=config.outbound,
+            bootstrap=config.bootstrap, interval=config.dial_interval,
+        )  # fmt: skip
+        self.started_at = clock.seconds()
+        super().startService()
+        self._dialer.startService()
+        log.info(
+            "Node {node_id} listening for peers on {where} (network {network}, pair {pair})",
+            node_id=local.node_id, where=format_hostport(config.host, self.listen_port),
+            network=config.network, pair=config.pair,
+        )  # fmt: skip
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop dialling, stop listening, close every link and wait for them to go."""
+        super().stopService()
+        waits: list[Deferred[Any]] = []
+        if self._dialer is not None:
+            self._dialer.stopService()
+        if self.port is not None:
+            waits.append(Deferred.fromCoroutine(_await(self.port.stopListening())))
+            self.port = None
+        if self._hub is not None:
+            links = list(self._hub.links.values()) + list(self._hub.pending)
+            for link in links:
+                waits.append(link.when_lost())
+            self._hub.close_all()
+        return DeferredList(waits, consumeErrors=True)
+
+    def _connect(self, address: PeerAddress) -> Deferred[PeerProtocol]:
+        endpoint = HostnameEndpoint(
+            self.reactor, address.host, address.port, timeout=self.config.connect_timeout
+        )
+        d = endpoint.connect(_OutboundFactory(self.hub, address))
+        return cast("Deferred[PeerProtocol]", d)
+
+
+async def _await(value: Any) -> Any:
+    """Await C{value} if it is a Deferred (stopListening may return None)."""
+    if isinstance(value, Deferred):
+        return await value
+    return value
+
+
+class ApiService(Service):
+    """The HTTP API listener."""
+
+    name = "api"
+
+    def __init__(self, config: NodeConfig, control: INodeControl, reactor: Any) -> None:
+        self.config = config
+        self.control = control
+        self.reactor = reactor
+        self.port: IListeningPort | None = None
+
+    @property
+    def listen_port(self) -> int:
+        """The API port actually listened on (useful with port 0)."""
+        return self.port.getHost().port if self.port is not None else 0  # type: ignore[attr-defined]
+
+    def startService(self) -> None:
+        """Listen for HTTP on the API address."""
+        from .api.resources import api_root
+
+        site = Site(api_root(self.control))
+        site.noisy = False
+        site.displayTracebacks = False
+        where = format_hostport(self.config.api_host, self.config.api_port)
+        self.port = listen_now(
+            tcp_server_endpoint(self.reactor, self.config.api_host, self.config.api_port),
+            site,
+            f"the HTTP API on {where}",
+        )
+        super().startService()
+        log.info("HTTP API on http://{where}/", where=format_hostport(
+            self.config.api_host, self.listen_port))  # fmt: skip
+
+    def stopService(self) -> Deferred[Any] | None:
+        """Stop listening."""
+        super().stopService()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return Deferred.fromCoroutine(_await(port.stopListening()))
+
+
+@implementer(INodeControl)
+class NodeControl:
+    """What the API may see and do, over the node's parts."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def status(self) -> dict[str, Any]:
+        """``GET /status``."""
+        node = self.node
+        peers = node.peers
+        hub = peers.hub
+        now = node.clock.seconds()
+        return {
+            "node_id": node.storage.identity.node_id,
+            "network": node.config.network,
+            "pair": node.config.pair,
+            "version": __version__,
+            "user_agent": USER_AGENT,
+            "p2p": {"host": node.config.host, "port": peers.listen_port},
+            "peers": {
+                "inbound": hub.ready_count("inbound"),
+                "outbound": hub.ready_count("outbound"),
+                "handshaking": len(hub.pending),
+                "known_addresses": len(peers.addrbook or ()),
+                "max_peers": node.config.max_peers,
+                "outbound_target": node.config.outbound,
+            },
+            "uptime_s": round(now - (peers.started_at or now), 3),
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        """``GET /peers``."""
+        return self.node.peers.hub.link_rows()
+
+    def connect(self, address: str) -> Deferred[dict[str, Any]]:
+        """``POST /peers``: dial now and answer with the peer's row."""
+        try:
+            parsed = parse_address(address)
+        except AddressError as e:
+            raise ValueError(str(e)) from None
+        peers = self.node.peers
+        assert peers.addrbook is not None
+        peers.addrbook.add(parsed.host, parsed.port, source="manual",
+                           now=self.node.clock.seconds(), node_id=parsed.node_id)  # fmt: skip
+        d = peers.dialer.dial(parsed)
+
+        def row(link: PeerProtocol) -> dict[str, Any]:
+            for entry in peers.hub.link_rows():
+                if entry["node_id"] == link.node_id:
+                    return entry
+            return {"node_id": link.node_id, "address": str(parsed)}
+
+        return d.addCallback(row)
+
+    def disconnect(self, node_id: str) -> bool:
+        """``DELETE /peers/{node_id}``."""
+        peers = self.node.peers
+        rested = peers.dialer.rest_node(node_id)
+        closed = peers.hub.disconnect(node_id)
+        return closed or rested > 0
+
+
+class Node(MultiService):
+    """
+    One bitfi node: the service tree with handles on its parts.
+
+    :ivar config: what it was built from.
+    :ivar storage: the data directory and database.
+    :ivar peers: the peer layer.
+    :ivar api: the HTTP API service, or ``None`` with ``--no-api``.
+    """
+
+    def __init__(self, config: NodeConfig, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.clock = cast(IReactorTime, reactor)
+        self.storage = Storage(config.data_dir)
+        StorageService(self.storage).setServiceParent(self)
+        self.peers = PeerService(config, self.storage, reactor)
+        self.peers.setServiceParent(self)
+        self.control = NodeControl(self)
+        self.api: ApiService | None = None
+        if config.api_enabled:
+            self.api = ApiService(config, self.control, reactor)
+            self.api.setServiceParent(self)
+
+    def startService(self) -> None:
+        """Apply the log level, then start the children in order."""
+        set_log_level(self.config.log_level)
+        super().startService()
+
+
+def build_node(config: NodeConfig, reactor: IReactorCore | None = None) -> Node:
+    """
+    Build a node's service tree; nothing is opened until it starts.
+
+    :param reactor: the reactor to use; the global one when ``None``.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = cast(IReactorCore, global_reactor)
+    return Node(config, reactor)

@@ -1,0 +1,555 @@
+"""Frames to typed messages: the second step of the peer wire format.
+
+:mod:`bitfitech.wire.framing` hands over a frame's command and payload;
+:func:`decode_message` turns them into one of the frozen dataclasses below,
+and :func:`encode_message` does the reverse for outgoing messages.  The
+peer protocol only ever sees these typed, validated messages.
+
+A payload is a UTF-8 JSON object whose keys are the dataclass field names.
+Decoding is strict where it matters and lenient where the protocol must
+grow: no NaN or Infinity, no duplicate keys, no bools or floats for
+integers, no missing fields, every value range-checked; but unknown keys
+are ignored, and an unknown command decodes to :class:`Unknown` without
+being parsed.  Encoding is compact and deterministic (sorted keys, no
+spaces).  Every message validates itself when built, so an invalid message
+can be neither decoded nor sent.  Pure: no Twisted, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar, NoReturn, Self, TypeAlias
+
+from bitfitech.address import AddressError, check_port, is_node_id, normalize_host
+from bitfitech.wire.framing import MAX_PAYLOAD, is_command
+
+PROTOCOL_VERSION: int = 1
+"""The protocol version this code speaks."""
+
+MIN_PROTOCOL_VERSION: int = 1
+"""The oldest protocol version this code still talks to."""
+
+MAX_PROTOCOL_VERSION: int = 2**32 - 1
+"""The largest ``protocol_version`` a ``version`` message may carry."""
+
+MAX_ADDRS: int = 1000
+"""Most entries in one ``addr`` message."""
+
+MAX_USER_AGENT: int = 256
+"""Longest ``user_agent``, in characters."""
+
+MAX_NETWORK: int = 64
+"""Longest network name, in characters."""
+
+MAX_PAIR: int = 32
+"""Longest trading pair name, in characters."""
+
+MAX_SERVICES: int = 32
+"""Most service names in one ``version`` message."""
+
+MAX_SERVICE_NAME: int = 32
+"""Longest service name, in characters."""
+
+MAX_NONCE: int = 2**64 - 1
+"""Largest nonce (``version``, ``ping``, ``pong``): an unsigned 64-bit integer."""
+
+MAX_TIME: int = 2**40 - 1
+"""Largest unix time in seconds a message may carry."""
+
+_SERVICE_RE = re.compile(r"[a-z0-9_]{1,32}")
+_SHOWN = 60
+
+
+class MessageError(ValueError):
+    """
+    A payload or message that is malformed; says which command and field.
+
+    :ivar problem: what is wrong.
+    :ivar command: the command concerned, if known.
+    :ivar field: the field concerned (``addrs[3].port``), if any.
+    """
+
+    def __init__(
+        self, problem: str, *, command: str | None = None, field: str | None = None
+    ) -> None:
+        """
+        :param problem: what is wrong.
+        :param command: the command concerned, if known.
+        :param field: the field concerned, if any.
+        """
+        self.problem = problem
+        self.command = command
+        self.field = field
+        parts = [part for part in (command, field) if part]
+        super().__init__(": ".join([*parts, problem]))
+
+
+def _show(value: object) -> str:
+    """A short ``repr`` of a value for error messages (peers send large junk)."""
+    text = repr(value)
+    if isinstance(value, bool):
+        text += " (a bool)"
+    elif isinstance(value, float):
+        text += " (a float)"
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _int(value: object, low: int, high: int, command: str, field: str) -> int:
+    """Check an integer field: a real ``int`` (not a bool) from ``low`` to ``high``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise MessageError(
+            f"must be an integer from {low} to {high}, not {_show(value)}",
+            command=command,
+            field=field,
+        )
+    return value
+
+
+def _str(value: object, min_len: int, max_len: int, command: str, field: str) -> str:
+    """Check a text field: a ``str`` of ``min_len`` to ``max_len`` characters, UTF-8 encodable."""
+    if not isinstance(value, str):
+        raise MessageError(f"must be a string, not {_show(value)}", command=command, field=field)
+    if not min_len <= len(value) <= max_len:
+        raise MessageError(
+            f"must be {min_len} to {max_len} characters long, not {len(value)}",
+            command=command,
+            field=field,
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON escapes can smuggle in lone surrogates that UTF-8 cannot carry.
+        raise MessageError(
+            f"is not valid Unicode text: {_show(value)}", command=command, field=field
+        ) from None
+    return value
+
+
+def _node_id(value: object, command: str, field: str) -> str:
+    """Check a node id: 40 lowercase hex digits."""
+    if not isinstance(value, str) or not is_node_id(value):
+        raise MessageError(
+            f"must be a node id (40 lowercase hex digits), not {_show(value)}",
+            command=command,
+            field=field,
+        )
+    return value
+
+
+def _port(value: object, command: str, field: str, *, allow_zero: bool) -> int:
+    """Check a TCP port with :func:`bitfitech.address.check_port`."""
+    try:
+        return check_port(value, allow_zero=allow_zero)  # type: ignore[arg-type]
+    except AddressError as error:
+        raise MessageError(str(error), command=command, field=field) from None
+
+
+@dataclass(frozen=True)
+class Version:
+    """
+    The first message on a link: who the sender is and what it speaks.
+
+    :ivar protocol_version: the newest protocol version the sender speaks, >= 1.
+    :ivar network: the network name, 1 to 64 characters.
+    :ivar pair: the trading pair, such as ``"BTC/USD"``, 1 to 32 characters.
+    :ivar node_id: the sender's node id, 40 lowercase hex digits.
+    :ivar port: the sender's listening TCP port, or 0 if it accepts no
+        connections.
+    :ivar user_agent: free text naming the software, at most 256 characters.
+    :ivar services: optional features, at most 32 names of 1 to 32 of
+        ``[a-z0-9_]``.
+    :ivar nonce: a random number identifying this link, ``0 <= nonce < 2**64``,
+        to detect connections to oneself.
+    :ivar time: the sender's clock in unix seconds, ``0 <= time < 2**40``.
+    """
+
+    command: ClassVar[str] = "version"
+
+    protocol_version: int
+    network: str
+    pair: str
+    node_id: str
+    port: int
+    user_agent: str
+    services: tuple[str, ...]
+    nonce: int
+    time: int
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for any field out of its type or range."""
+        c = self.command
+        _int(self.protocol_version, 1, MAX_PROTOCOL_VERSION, c, "protocol_version")
+        _str(self.network, 1, MAX_NETWORK, c, "network")
+        _str(self.pair, 1, MAX_PAIR, c, "pair")
+        _node_id(self.node_id, c, "node_id")
+        _port(self.port, c, "port", allow_zero=True)
+        _str(self.user_agent, 0, MAX_USER_AGENT, c, "user_agent")
+        if not isinstance(self.services, tuple):
+            raise MessageError(
+                f"must be a tuple, not {_show(self.services)}", command=c, field="services"
+            )
+        if len(self.services) > MAX_SERVICES:
+            raise MessageError(
+                f"at most {MAX_SERVICES} names allowed, not {len(self.services)}",
+                command=c,
+                field="services",
+            )
+        for index, name in enumerate(self.services):
+            if not isinstance(name, str) or _SERVICE_RE.fullmatch(name) is None:
+                raise MessageError(
+                    f"must be 1 to {MAX_SERVICE_NAME} of [a-z0-9_], not {_show(name)}",
+                    command=c,
+                    field=f"services[{index}]",
+                )
+        _int(self.nonce, 0, MAX_NONCE, c, "nonce")
+        _int(self.time, 0, MAX_TIME, c, "time")
+
+    def _to_json(self) -> dict[str, object]:
+        return {
+            "protocol_version": self.protocol_version,
+            "network": self.network,
+            "pair": self.pair,
+            "node_id": self.node_id,
+            "port": self.port,
+            "user_agent": self.user_agent,
+            "services": list(self.services),
+            "nonce": self.nonce,
+            "time": self.time,
+        }
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        c = cls.command
+        services = _require(obj, "services", c)
+        if not isinstance(services, list):
+            raise MessageError(
+                f"must be a list, not {_show(services)}", command=c, field="services"
+            )
+        return cls(
+            protocol_version=_require(obj, "protocol_version", c),  # type: ignore[arg-type]
+            network=_require(obj, "network", c),  # type: ignore[arg-type]
+            pair=_require(obj, "pair", c),  # type: ignore[arg-type]
+            node_id=_require(obj, "node_id", c),  # type: ignore[arg-type]
+            port=_require(obj, "port", c),  # type: ignore[arg-type]
+            user_agent=_require(obj, "user_agent", c),  # type: ignore[arg-type]
+            services=tuple(services),
+            nonce=_require(obj, "nonce", c),  # type: ignore[arg-type]
+            time=_require(obj, "time", c),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class Verack:
+    """The answer to a valid ``version``: the handshake may complete."""
+
+    command: ClassVar[str] = "verack"
+
+    def _to_json(self) -> dict[str, object]:
+        return {}
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        return cls()
+
+
+@dataclass(frozen=True)
+class GetAddr:
+    """A request for the addresses of other nodes the peer knows."""
+
+    command: ClassVar[str] = "getaddr"
+
+    def _to_json(self) -> dict[str, object]:
+        return {}
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        return cls()
+
+
+@dataclass(frozen=True)
+class NetAddress:
+    """
+    One entry of an ``addr`` message: where a node listens.
+
+    The host is normalized when the entry is built (IPv6 without brackets,
+    names lowercased), so equal addresses compare equal.
+
+    :ivar host: the host name or IP literal.
+    :ivar port: the listening TCP port, 1 to 65535.
+    :ivar node_id: the node's id (40 lowercase hex digits), or ``None`` if
+        unknown.
+    :ivar time: unix seconds when the node was last seen, ``0 <= time < 2**40``.
+    """
+
+    host: str
+    port: int
+    node_id: str | None
+    time: int
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for any field out of its type or range."""
+        c = Addr.command
+        if not isinstance(self.host, str):
+            raise MessageError(f"must be a string, not {_show(self.host)}", command=c, field="host")
+        try:
+            host = normalize_host(self.host)
+        except AddressError as error:
+            raise MessageError(str(error), command=c, field="host") from None
+        object.__setattr__(self, "host", host)
+        _port(self.port, c, "port", allow_zero=False)
+        if self.node_id is not None:
+            _node_id(self.node_id, c, "node_id")
+        _int(self.time, 0, MAX_TIME, c, "time")
+
+    def _to_json(self) -> dict[str, object]:
+        return {"host": self.host, "port": self.port, "node_id": self.node_id, "time": self.time}
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        c = Addr.command
+        return cls(
+            host=_require(obj, "host", c),  # type: ignore[arg-type]
+            port=_require(obj, "port", c),  # type: ignore[arg-type]
+            node_id=obj.get("node_id"),  # type: ignore[arg-type]
+            time=_require(obj, "time", c),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class Addr:
+    """
+    Addresses of listening nodes: the answer to ``getaddr``, or an announcement.
+
+    :ivar addrs: at most :data:`MAX_ADDRS` entries.
+    """
+
+    command: ClassVar[str] = "addr"
+
+    addrs: tuple[NetAddress, ...]
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for too many entries or an entry that is not a NetAddress."""
+        c = self.command
+        if not isinstance(self.addrs, tuple):
+            raise MessageError(
+                f"must be a tuple, not {_show(self.addrs)}", command=c, field="addrs"
+            )
+        if len(self.addrs) > MAX_ADDRS:
+            raise MessageError(
+                f"at most {MAX_ADDRS} entries allowed, not {len(self.addrs)}",
+                command=c,
+                field="addrs",
+            )
+        for index, entry in enumerate(self.addrs):
+            if not isinstance(entry, NetAddress):
+                raise MessageError(
+                    f"must be a NetAddress, not {_show(entry)}", command=c, field=f"addrs[{index}]"
+                )
+
+    def _to_json(self) -> dict[str, object]:
+        return {"addrs": [entry._to_json() for entry in self.addrs]}
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        c = cls.command
+        raw = _require(obj, "addrs", c)
+        if not isinstance(raw, list):
+            raise MessageError(f"must be a list, not {_show(raw)}", command=c, field="addrs")
+        if len(raw) > MAX_ADDRS:
+            raise MessageError(
+                f"at most {MAX_ADDRS} entries allowed, not {len(raw)}", command=c, field="addrs"
+            )
+        entries = []
+        for index, item in enumerate(raw):
+            where = f"addrs[{index}]"
+            if not isinstance(item, dict):
+                raise MessageError(f"must be an object, not {_show(item)}", command=c, field=where)
+            try:
+                entries.append(NetAddress._from_json(item))
+            except MessageError as error:
+                field = f"{where}.{error.field}" if error.field else where
+                raise MessageError(error.problem, command=c, field=field) from None
+        return cls(tuple(entries))
+
+
+@dataclass(frozen=True)
+class Ping:
+    """
+    A liveness probe; the peer answers with a :class:`Pong` carrying the same nonce.
+
+    :ivar nonce: ``0 <= nonce < 2**64``.
+    """
+
+    command: ClassVar[str] = "ping"
+
+    nonce: int
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for a nonce out of range."""
+        _int(self.nonce, 0, MAX_NONCE, self.command, "nonce")
+
+    def _to_json(self) -> dict[str, object]:
+        return {"nonce": self.nonce}
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        return cls(_require(obj, "nonce", cls.command))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Pong:
+    """
+    The answer to a :class:`Ping`.
+
+    :ivar nonce: the nonce of the ping answered.
+    """
+
+    command: ClassVar[str] = "pong"
+
+    nonce: int
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for a nonce out of range."""
+        _int(self.nonce, 0, MAX_NONCE, self.command, "nonce")
+
+    def _to_json(self) -> dict[str, object]:
+        return {"nonce": self.nonce}
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        return cls(_require(obj, "nonce", cls.command))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """
+    A message whose command this version does not know, kept unparsed.
+
+    Newer peers may send commands we do not know; the protocol ignores them
+    after the handshake.
+
+    :ivar command: a valid frame command that is not one of :data:`COMMANDS`.
+    :ivar payload: the raw payload, at most :data:`~bitfitech.wire.framing.MAX_PAYLOAD` bytes.
+    """
+
+    command: str
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for an invalid or known command, or a bad payload."""
+        if not is_command(self.command):
+            raise MessageError(
+                f"invalid command {_show(self.command)} (expected 1 to 12 of [a-z0-9_])"
+            )
+        if self.command in COMMANDS:
+            raise MessageError("is a known command, not an unknown one", command=self.command)
+        if not isinstance(self.payload, bytes) or len(self.payload) > MAX_PAYLOAD:
+            raise MessageError(
+                f"payload must be at most {MAX_PAYLOAD} bytes, not {_show(self.payload)}",
+                command=self.command,
+            )
+
+
+KnownMessage: TypeAlias = Version | Verack | GetAddr | Addr | Ping | Pong
+"""A message of a command this version knows."""
+
+Message: TypeAlias = KnownMessage | Unknown
+"""Any message that can travel in a frame."""
+
+COMMANDS: Mapping[str, type[KnownMessage]] = MappingProxyType(
+    {cls.command: cls for cls in (Version, Verack, GetAddr, Addr, Ping, Pong)}
+)
+"""The known commands and the message class of each."""
+
+
+def describe(message: Message) -> str:
+    """
+    Name a message for logs.
+
+    :return: its command name, such as ``"version"``.
+    """
+    return message.command
+
+
+def encode_message(message: Message) -> tuple[str, bytes]:
+    """
+    Turn a message into a frame's command and payload.
+
+    :return: the command and the compact, deterministic UTF-8 JSON payload
+        (the raw payload for :class:`Unknown`).
+    :raises TypeError: for something that is not a message.
+    """
+    if isinstance(message, Unknown):
+        return message.command, message.payload
+    if not isinstance(message, (Version, Verack, GetAddr, Addr, Ping, Pong)):
+        raise TypeError(f"not a message: {_show(message)}")
+    text = json.dumps(message._to_json(), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return message.command, text.encode("utf-8")
+
+
+def decode_message(command: str, payload: bytes) -> Message:
+    """
+    Turn a frame's command and payload into a typed message.
+
+    :param command: the frame's command.
+    :param payload: the frame's payload.
+    :return: the message; :class:`Unknown` for a command not in
+        :data:`COMMANDS` (its payload is not parsed).
+    :raises MessageError: for a malformed payload or an invalid command.
+    """
+    cls = COMMANDS.get(command)
+    if cls is None:
+        return Unknown(command, payload)
+    return cls._from_json(_parse_object(command, payload))
+
+
+def _require(obj: Mapping[str, object], key: str, command: str) -> object:
+    """Get a required field of a JSON object."""
+    if key not in obj:
+        raise MessageError("missing", command=command, field=key)
+    return obj[key]
+
+
+def _parse_object(command: str, payload: bytes) -> dict[str, object]:
+    """
+    Parse a payload as a strict UTF-8 JSON object.
+
+    :raises MessageError: for invalid UTF-8, invalid JSON, NaN or Infinity,
+        duplicate keys, nesting too deep, or a top level other than an object.
+    """
+
+    def reject_constant(name: str) -> NoReturn:
+        raise MessageError(f"{name} is not allowed in JSON", command=command)
+
+    def unique_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        obj: dict[str, object] = {}
+        for key, value in pairs:
+            if key in obj:
+                raise MessageError(f"duplicate key {_show(key)}", command=command)
+            obj[key] = value
+        return obj
+
+    if not isinstance(payload, bytes):
+        raise MessageError(f"payload must be bytes, not {type(payload).__name__}", command=command)
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise MessageError(f"payload is not UTF-8: {error}", command=command) from None
+    try:
+        obj = json.loads(text, parse_constant=reject_constant, object_pairs_hook=unique_object)
+    except MessageError:
+        raise
+    except RecursionError:
+        raise MessageError("payload JSON is nested too deeply", command=command) from None
+    except ValueError as error:
+        # json.JSONDecodeError, and integers longer than Python's digit limit.
+        raise MessageError(f"payload is not valid JSON: {error}", command=command) from None
+    if not isinstance(obj, dict):
+        raise MessageError(
+            f"payload must be a JSON object, not {type(obj).__name__}", command=command
+        )
+    return obj

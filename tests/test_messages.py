@@ -1,0 +1,457 @@
+"""Tests for :mod:`bitfitech.wire.messages`: frame payloads to typed messages and back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from bitfitech.wire.framing import MAX_PAYLOAD
+from bitfitech.wire.messages import (
+    COMMANDS,
+    MAX_ADDRS,
+    MAX_USER_AGENT,
+    Addr,
+    GetAddr,
+    Message,
+    MessageError,
+    NetAddress,
+    Ping,
+    Pong,
+    Unknown,
+    Verack,
+    Version,
+    decode_message,
+    describe,
+    encode_message,
+)
+
+NODE_A = "0123456789abcdef0123456789abcdef01234567"
+NODE_B = "f" * 40
+
+VERSION = Version(
+    protocol_version=1,
+    network="main",
+    pair="BTC/USD",
+    node_id=NODE_A,
+    port=3000,
+    user_agent="bitfi/0.1.0",
+    services=("book",),
+    nonce=2**64 - 1,
+    time=1_700_000_000,
+)
+ADDR = Addr(
+    (
+        NetAddress("192.0.2.1", 3000, NODE_B, 1_700_000_000),
+        NetAddress("2001:db8::1", 3001, None, 0),
+        NetAddress("node.example", 1, None, 5),
+    )
+)
+EXAMPLES: list[Message] = [VERSION, Verack(), GetAddr(), ADDR, Ping(0), Pong(2**64 - 1)]
+
+
+def payload_of(message: Message) -> dict[str, Any]:
+    """The JSON object a message encodes to."""
+    result: dict[str, Any] = json.loads(encode_message(message)[1])
+    return result
+
+
+def dump(obj: object) -> bytes:
+    """Encode a JSON value the lenient way, as a hostile peer might."""
+    return json.dumps(obj).encode("utf-8")
+
+
+text = st.text(st.characters(codec="utf-8"))
+node_ids = st.from_regex(r"\A[0-9a-f]{40}\Z")
+u64 = st.integers(min_value=0, max_value=2**64 - 1)
+times = st.integers(min_value=0, max_value=2**40 - 1)
+hostnames = st.from_regex(
+    r"\A[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?){0,3}\Z"
+)
+hosts = st.one_of(st.ip_addresses().map(str), hostnames)
+versions = st.builds(
+    Version,
+    protocol_version=st.integers(min_value=1, max_value=2**32 - 1),
+    network=st.text(st.characters(codec="utf-8"), min_size=1, max_size=64),
+    pair=st.text(st.characters(codec="utf-8"), min_size=1, max_size=32),
+    node_id=node_ids,
+    port=st.integers(min_value=0, max_value=65535),
+    user_agent=st.text(st.characters(codec="utf-8"), max_size=MAX_USER_AGENT),
+    services=st.lists(st.from_regex(r"\A[a-z0-9_]{1,32}\Z"), max_size=32).map(tuple),
+    nonce=u64,
+    time=times,
+)
+net_addresses = st.builds(
+    NetAddress,
+    host=hosts,
+    port=st.integers(min_value=1, max_value=65535),
+    node_id=st.none() | node_ids,
+    time=times,
+)
+addrs = st.builds(Addr, st.lists(net_addresses, max_size=20).map(tuple))
+
+
+class RoundTripTests(SynchronousTestCase):
+    """Messages survive encoding and decoding."""
+
+    def test_examples(self) -> None:
+        """Each kind of message decodes back to an equal message."""
+        for message in EXAMPLES:
+            with self.subTest(message=describe(message)):
+                command, payload = encode_message(message)
+                self.assertEqual(command, describe(message))
+                self.assertIsInstance(payload, bytes)
+                self.assertEqual(decode_message(command, payload), message)
+
+    def test_commands(self) -> None:
+        """COMMANDS maps each known command to its class."""
+        self.assertEqual(
+            dict(COMMANDS),
+            {
+                "version": Version,
+                "verack": Verack,
+                "getaddr": GetAddr,
+                "addr": Addr,
+                "ping": Ping,
+                "pong": Pong,
+            },
+        )
+        for message in EXAMPLES:
+            self.assertIs(COMMANDS[describe(message)], type(message))
+
+    def test_compact_deterministic_encoding(self) -> None:
+        """Payloads are compact JSON with sorted keys and raw UTF-8."""
+        self.assertEqual(encode_message(Verack()), ("verack", b"{}"))
+        self.assertEqual(encode_message(GetAddr()), ("getaddr", b"{}"))
+        self.assertEqual(encode_message(Ping(7)), ("ping", b'{"nonce":7}'))
+        self.assertEqual(
+            encode_message(Addr((NetAddress("::1", 5, None, 9),))),
+            ("addr", b'{"addrs":[{"host":"::1","node_id":null,"port":5,"time":9}]}'),
+        )
+        _, payload = encode_message(replace(VERSION, user_agent="bïtfi"))
+        self.assertIn("bïtfi".encode(), payload)
+        self.assertNotIn(b" ", payload)
+        keys = list(json.loads(payload))
+        self.assertEqual(keys, sorted(keys))
+        self.assertEqual(
+            set(keys),
+            {
+                "protocol_version",
+                "network",
+                "pair",
+                "node_id",
+                "port",
+                "user_agent",
+                "services",
+                "nonce",
+                "time",
+            },
+        )
+
+    def test_host_normalized(self) -> None:
+        """Hosts are normalized: brackets dropped, IPv6 compressed, names lowercased."""
+        self.assertEqual(NetAddress("[2001:DB8:0::1]", 1, None, 0).host, "2001:db8::1")
+        self.assertEqual(NetAddress("Node.Example", 1, None, 0).host, "node.example")
+        message = decode_message(
+            "addr", dump({"addrs": [{"host": "[::1]", "port": 1, "node_id": None, "time": 0}]})
+        )
+        self.assertEqual(message, Addr((NetAddress("::1", 1, None, 0),)))
+
+    def test_node_id_absent(self) -> None:
+        """An addr entry without node_id decodes with node_id None."""
+        message = decode_message("addr", dump({"addrs": [{"host": "h", "port": 1, "time": 0}]}))
+        self.assertEqual(message, Addr((NetAddress("h", 1, None, 0),)))
+
+    def test_extra_keys_ignored(self) -> None:
+        """Unknown keys, at the top and in addr entries, are ignored."""
+        obj = payload_of(VERSION)
+        obj["future_field"] = {"nested": [1.5, None]}
+        self.assertEqual(decode_message("version", dump(obj)), VERSION)
+        obj = payload_of(ADDR)
+        obj["addrs"][0]["services"] = ["x"]
+        obj["more"] = 1
+        self.assertEqual(decode_message("addr", dump(obj)), ADDR)
+        self.assertEqual(decode_message("verack", b'{"x":1}'), Verack())
+
+    def test_unknown_command(self) -> None:
+        """An unknown command is kept unparsed and re-encodes to the same bytes."""
+        message = decode_message("inv", b"\xff not json")
+        self.assertEqual(message, Unknown("inv", b"\xff not json"))
+        self.assertEqual(describe(message), "inv")
+        self.assertEqual(encode_message(message), ("inv", b"\xff not json"))
+
+    def test_unknown_must_be_unknown(self) -> None:
+        """Unknown refuses known commands, invalid commands and oversize payloads."""
+        self.assertRaises(MessageError, Unknown, "ping", b"")
+        self.assertRaises(MessageError, Unknown, "Inv", b"")
+        self.assertRaises(MessageError, Unknown, "", b"")
+        self.assertRaises(MessageError, decode_message, "BAD", b"{}")
+        self.assertRaises(MessageError, Unknown, "inv", bytes(MAX_PAYLOAD + 1))
+
+    @settings(max_examples=200, deadline=None)
+    @given(versions)
+    def test_version_property(self, message: Version) -> None:
+        """Any valid Version round-trips."""
+        self.assertEqual(decode_message(*encode_message(message)), message)
+
+    @settings(max_examples=200, deadline=None)
+    @given(addrs)
+    def test_addr_property(self, message: Addr) -> None:
+        """Any valid Addr round-trips."""
+        self.assertEqual(decode_message(*encode_message(message)), message)
+
+    @settings(max_examples=200, deadline=None)
+    @given(u64)
+    def test_ping_pong_property(self, nonce: int) -> None:
+        """Any valid Ping and Pong round-trips."""
+        self.assertEqual(decode_message(*encode_message(Ping(nonce))), Ping(nonce))
+        self.assertEqual(decode_message(*encode_message(Pong(nonce))), Pong(nonce))
+
+
+class RejectionTests(SynchronousTestCase):
+    """Malformed payloads and invalid messages raise MessageError."""
+
+    def assert_rejected(self, command: str, payload: bytes, *words: str) -> MessageError:
+        """Assert that decoding fails with a message naming the command and ``words``."""
+        error: MessageError = self.assertRaises(MessageError, decode_message, command, payload)
+        self.assertTrue(str(error).startswith(command + ":"), str(error))
+        for word in words:
+            self.assertIn(word, str(error))
+        return error
+
+    def assert_field_rejected(self, message: Message, field: str, value: object) -> None:
+        """Assert that ``message`` with ``field`` set to ``value`` does not decode."""
+        command = describe(message)
+        obj = payload_of(message)
+        obj[field] = value
+        self.assert_rejected(command, dump(obj), field)
+
+    def test_wrong_types(self) -> None:
+        """Strings, lists, objects and null are refused where other types are expected."""
+        self.assert_field_rejected(VERSION, "port", "3000")
+        self.assert_field_rejected(VERSION, "network", 5)
+        self.assert_field_rejected(VERSION, "node_id", None)
+        self.assert_field_rejected(VERSION, "services", "book")
+        self.assert_field_rejected(VERSION, "services", [1])
+        self.assert_field_rejected(VERSION, "time", [1])
+        self.assert_field_rejected(ADDR, "addrs", {"host": "h"})
+        self.assert_field_rejected(ADDR, "addrs", ["h:1"])
+        self.assert_field_rejected(Ping(1), "nonce", "1")
+        self.assert_field_rejected(Pong(1), "nonce", None)
+
+    def test_bool_for_int(self) -> None:
+        """Booleans are not integers, although Python says they are."""
+        self.assert_field_rejected(VERSION, "protocol_version", True)
+        self.assert_field_rejected(VERSION, "port", True)
+        self.assert_field_rejected(VERSION, "nonce", False)
+        self.assert_field_rejected(Ping(1), "nonce", True)
+        self.assertRaises(MessageError, Ping, True)
+        self.assertRaises(MessageError, NetAddress, "h", True, None, 0)
+
+    def test_float_for_int(self) -> None:
+        """Floats are refused where integers are expected, even integral ones."""
+        self.assert_field_rejected(VERSION, "time", 1.0)
+        self.assert_field_rejected(Ping(1), "nonce", 1.5)
+        self.assert_rejected("ping", b'{"nonce":1e3}', "nonce")
+        self.assert_rejected("ping", b'{"nonce":1e999}', "nonce")
+
+    def test_nan_and_infinity(self) -> None:
+        """NaN and Infinity are refused anywhere, even in ignored keys."""
+        for constant in [b"NaN", b"Infinity", b"-Infinity"]:
+            with self.subTest(constant=constant):
+                self.assert_rejected("ping", b'{"nonce":' + constant + b"}")
+                self.assert_rejected("ping", b'{"nonce":1,"x":' + constant + b"}")
+
+    def test_duplicate_key(self) -> None:
+        """Duplicate keys are refused, at any depth."""
+        self.assert_rejected("ping", b'{"nonce":1,"nonce":2}', "duplicate")
+        self.assert_rejected("ping", b'{"nonce":1,"x":{"a":1,"a":1}}', "duplicate")
+
+    def test_missing_field(self) -> None:
+        """Every required field must be present."""
+        for message in EXAMPLES:
+            for field in payload_of(message):
+                with self.subTest(command=describe(message), field=field):
+                    obj = payload_of(message)
+                    del obj[field]
+                    self.assert_rejected(describe(message), dump(obj), field, "missing")
+        for field in ["host", "port", "time"]:
+            with self.subTest(field=field):
+                obj = payload_of(ADDR)
+                del obj["addrs"][1][field]
+                self.assert_rejected("addr", dump(obj), f"addrs[1].{field}", "missing")
+
+    def test_not_an_object(self) -> None:
+        """The top level must be a JSON object."""
+        for command in COMMANDS:
+            for payload in [b"[]", b"[{}]", b"1", b'"{}"', b"null", b"true"]:
+                with self.subTest(command=command, payload=payload):
+                    self.assert_rejected(command, payload, "object")
+
+    def test_not_json(self) -> None:
+        """Invalid JSON, empty payloads and trailing garbage are refused."""
+        for payload in [b"", b"{", b"{}x", b"{'nonce':1}", b'{"nonce":1,}']:
+            with self.subTest(payload=payload):
+                self.assert_rejected("ping", payload)
+
+    def test_invalid_utf8(self) -> None:
+        """The payload must be UTF-8."""
+        self.assert_rejected("version", b'{"network":"\xff"}', "UTF-8")
+        self.assert_rejected("ping", b"\xc3", "UTF-8")
+
+    def test_lone_surrogate(self) -> None:
+        """Escaped lone surrogates, which UTF-8 cannot carry, are refused in text fields."""
+        obj = payload_of(VERSION)
+        payload = dump(obj).replace(b'"bitfi/0.1.0"', b'"\\ud800"')
+        self.assert_rejected("version", payload, "user_agent")
+
+    def test_deeply_nested(self) -> None:
+        """Deep nesting is refused, not a crash."""
+        self.assert_rejected("ping", b"[" * 100_000, "deep")
+        self.assert_rejected("ping", b'{"x":' * 100_000, "deep")
+
+    def test_huge_integer(self) -> None:
+        """An integer with thousands of digits is refused."""
+        self.assert_rejected("ping", b'{"nonce":' + b"9" * 5000 + b"}")
+        self.assert_rejected("ping", b'{"nonce":' + b"9" * 30 + b"}", "nonce")
+
+    def test_too_many_addrs(self) -> None:
+        """An addr holds at most MAX_ADDRS entries."""
+        entry = {"host": "192.0.2.1", "port": 1, "node_id": None, "time": 0}
+        decoded = decode_message("addr", dump({"addrs": [entry] * MAX_ADDRS}))
+        assert isinstance(decoded, Addr)
+        self.assertEqual(len(decoded.addrs), MAX_ADDRS)
+        self.assert_rejected("addr", dump({"addrs": [entry] * (MAX_ADDRS + 1)}), "addrs", "1001")
+        entries = (NetAddress("192.0.2.1", 1, None, 0),) * (MAX_ADDRS + 1)
+        self.assertRaises(MessageError, Addr, entries)
+
+    def test_bad_node_id(self) -> None:
+        """Node ids are 40 lowercase hex digits."""
+        for value in ["A" * 40, "0" * 39, "0" * 41, "g" * 40, ""]:
+            with self.subTest(value=value):
+                self.assert_field_rejected(VERSION, "node_id", value)
+                obj = payload_of(ADDR)
+                obj["addrs"][0]["node_id"] = value
+                self.assert_rejected("addr", dump(obj), "addrs[0].node_id")
+
+    def test_bad_host(self) -> None:
+        """Hosts must be host names or IP literals."""
+        for value in ["", "a b", "1:2", "[::1", "-bad.example", "x" * 300, 5, None]:
+            with self.subTest(value=value):
+                obj = payload_of(ADDR)
+                obj["addrs"][2]["host"] = value
+                self.assert_rejected("addr", dump(obj), "addrs[2].host")
+
+    def test_port_out_of_range(self) -> None:
+        """Ports are 0 to 65535 in version (0: not listening), 1 to 65535 in addr."""
+        obj = payload_of(VERSION)
+        obj["port"] = 0
+        self.assertEqual(decode_message("version", dump(obj)), replace(VERSION, port=0))
+        for value in [-1, 65536]:
+            with self.subTest(value=value):
+                self.assert_field_rejected(VERSION, "port", value)
+        for value in [0, -1, 65536]:
+            with self.subTest(value=value):
+                obj = payload_of(ADDR)
+                obj["addrs"][0]["port"] = value
+                self.assert_rejected("addr", dump(obj), "addrs[0].port")
+
+    def test_nonce_range(self) -> None:
+        """Nonces are unsigned 64-bit integers."""
+        for value in [2**64, -1]:
+            with self.subTest(value=value):
+                self.assert_field_rejected(VERSION, "nonce", value)
+                self.assert_field_rejected(Ping(1), "nonce", value)
+                self.assert_field_rejected(Pong(1), "nonce", value)
+
+    def test_time_range(self) -> None:
+        """Times are from 0 to 2**40 - 1."""
+        self.assertEqual(replace(VERSION, time=2**40 - 1).time, 2**40 - 1)
+        for value in [2**40, -1]:
+            with self.subTest(value=value):
+                self.assert_field_rejected(VERSION, "time", value)
+                obj = payload_of(ADDR)
+                obj["addrs"][0]["time"] = value
+                self.assert_rejected("addr", dump(obj), "addrs[0].time")
+
+    def test_user_agent_length(self) -> None:
+        """The user agent is at most MAX_USER_AGENT characters."""
+        self.assertEqual(replace(VERSION, user_agent="ü" * MAX_USER_AGENT).user_agent[-1], "ü")
+        self.assert_field_rejected(VERSION, "user_agent", "u" * (MAX_USER_AGENT + 1))
+
+    def test_version_text_fields(self) -> None:
+        """Network, pair and services are bounded and non-empty."""
+        self.assert_field_rejected(VERSION, "network", "")
+        self.assert_field_rejected(VERSION, "network", "n" * 65)
+        self.assert_field_rejected(VERSION, "pair", "")
+        self.assert_field_rejected(VERSION, "pair", "p" * 33)
+        self.assert_field_rejected(VERSION, "protocol_version", 0)
+        self.assert_field_rejected(VERSION, "services", ["Book"])
+        self.assert_field_rejected(VERSION, "services", [""])
+        self.assert_field_rejected(VERSION, "services", ["s" * 33])
+        self.assert_field_rejected(VERSION, "services", ["s"] * 33)
+
+    def test_invalid_messages_cannot_be_built(self) -> None:
+        """Building an invalid message raises MessageError, so it is never sent."""
+        self.assertRaises(MessageError, replace, VERSION, port=70000)
+        self.assertRaises(MessageError, replace, VERSION, node_id="nope")
+        self.assertRaises(MessageError, replace, VERSION, services=["book"])
+        self.assertRaises(MessageError, replace, VERSION, user_agent="\ud800")
+        self.assertRaises(MessageError, Pong, 2**64)
+        self.assertRaises(MessageError, NetAddress, "", 1, None, 0)
+        self.assertRaises(MessageError, Addr, [NetAddress("h", 1, None, 0)])
+        self.assertRaises(MessageError, Addr, ("h:1",))
+
+    def test_error_names_command_and_field(self) -> None:
+        """A MessageError says which command and which field."""
+        obj = payload_of(ADDR)
+        obj["addrs"][1]["port"] = "x"
+        error = self.assert_rejected("addr", dump(obj))
+        self.assertEqual(error.command, "addr")
+        self.assertEqual(error.field, "addrs[1].port")
+
+
+class ArbitraryPayloadTests(SynchronousTestCase):
+    """Hostile payloads only ever raise MessageError."""
+
+    def check(self, command: str, payload: bytes) -> None:
+        """Decode, allowing only MessageError; a result must re-encode."""
+        try:
+            message = decode_message(command, payload)
+        except MessageError:
+            return
+        self.assertEqual(describe(message), command)
+        self.assertEqual(decode_message(*encode_message(message)), message)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.sampled_from(sorted(COMMANDS)), st.binary(max_size=200))
+    def test_arbitrary_bytes(self, command: str, payload: bytes) -> None:
+        """Random bytes as a payload of any known command."""
+        self.check(command, payload)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.sampled_from(sorted(COMMANDS)),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | text,
+            lambda children: (
+                st.lists(children, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(
+                        ["nonce", "addrs", "host", "port", "node_id", "time", "services", "x"]
+                    )
+                    | text,
+                    children,
+                    max_size=5,
+                )
+            ),
+            max_leaves=20,
+        ),
+    )
+    def test_arbitrary_json(self, command: str, value: object) -> None:
+        """Random JSON values, with plausible keys, as a payload of any known command."""
+        self.check(command, json.dumps(value).encode("ascii"))

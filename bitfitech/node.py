@@ -45,7 +45,8 @@ from .peer.addrbook import AddressBook
 from .peer.dialer import Dialer
 from .peer.hub import PeerHub
 from .peer.protocol import LocalNode, PeerProtocol
-from .storage import Storage, StorageService
+from .identity import IdentityError
+from .storage import Storage, StorageError, StorageService
 
 log = logger(__name__)
 
@@ -338,15 +339,29 @@ class Node(MultiService):
         self.peers = PeerService(config, self.storage, reactor)
         self.peers.setServiceParent(self)
         self.control = NodeControl(self)
+        self.exit_on_startup_error = False
         self.api: ApiService | None = None
         if config.api_enabled:
             self.api = ApiService(config, self.control, reactor)
             self.api.setServiceParent(self)
 
     def startService(self) -> None:
-        """Apply the log level, then start the children in order."""
+        """
+        Apply the log level, then start the children in order.
+
+        A child that cannot start (busy port, data directory in use, bad key
+        file) stops the start: :class:`StartupError` is raised, or with
+        :attr:`exit_on_startup_error` (set for twistd) the process exits
+        with status 1 and one clear line instead of a traceback.
+        """
         set_log_level(self.config.log_level)
-        super().startService()
+        try:
+            super().startService()
+        except (StartupError, StorageError, IdentityError) as e:
+            log.critical("bitfi cannot start: {error}", error=str(e))
+            if self.exit_on_startup_error:
+                raise SystemExit(f"bitfi: {e}") from None
+            raise
 
 
 def build_node(config: NodeConfig, reactor: IReactorCore | None = None) -> Node:

@@ -121,4 +121,6 @@ def makeService(options: Options) -> IService:
     from .node import build_node
 
     assert options.config is not None, "parseOptions() was not called"
-    return build_node(options.config)
+    node = build_node(options.config)
+    node.exit_on_startup_error = True  # under twistd: one clear line and exit 1
+    return node

@@ -6,6 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 3000
+BOOTSTRAP ?=
 TRIAL_JOBS ?= 2
 
 .PHONY: all venv run test lint typecheck unit bench clean
@@ -23,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/twistd -n --pidfile= --logfile=- bitfi --port $(PORT)
+	$(VENV)/bin/twistd -n --pidfile= --logfile=- bitfi --port $(PORT) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bitfitech tests twisted benchmarks

@@ -47,10 +47,8 @@ class MeshTests(TestCase):
         def formed() -> bool:
             return all(len(n.peers.hub.links) >= 3 and knows_everyone(n) for n in nodes)
 
-        took = await wait_for(nodes, formed, 30, self.reactor, "a 10-node mesh")
+        await wait_for(nodes, formed, 30, self.reactor, "a 10-node mesh")
         self.assertEqual(len(connected_components(nodes)), 1)
-        # a measured figure, shown in verbose runs
-        print(f"\n    10-node mesh formed in {took:.3f} s")
 
         first_id = first.storage.identity.node_id
         await self.cluster.stop_node(first)

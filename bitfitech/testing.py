@@ -107,9 +107,14 @@ class LocalCluster:
         self.nodes: list[Node] = []
 
     def start_node(self, *, bootstrap_to: Iterable[Node] = (), **changes: Any) -> Node:
-        """Build and start one more node, bootstrapped to C{bootstrap_to}."""
+        """
+        Build and start one more node, bootstrapped to C{bootstrap_to}
+        (plus any C{bootstrap} addresses given among the config C{changes}).
+        """
         data_dir = os.path.join(self.base_dir, f"node{len(self.nodes)}")
-        bootstrap = tuple(PeerAddress("127.0.0.1", n.peers.listen_port) for n in bootstrap_to)
+        bootstrap = tuple(changes.pop("bootstrap", ())) + tuple(
+            PeerAddress(n.config.host, n.peers.listen_port) for n in bootstrap_to
+        )
         node = build_node(loopback_config(data_dir, bootstrap=bootstrap, **changes), self.reactor)
         node.startService()
         self.nodes.append(node)

@@ -170,6 +170,18 @@ class DialerTests(SynchronousTestCase):
         self.clock.advance(600)
         self.assertEqual(self.dials_to("127.0.0.1", 3002), 1)
 
+    def test_stale_failing_addresses_pruned_hourly(self) -> None:
+        self.connector.hold = True
+        self.dialer(target=0)
+        now = self.clock.seconds()
+        self.book.add("10.9.9.9", 3000, source="addr", now=now)
+        self.book.record_failure("10.9.9.9", 3000, now)
+        self.book.add("10.9.9.8", 3000, source="bootstrap", now=now)
+        self.book.record_failure("10.9.9.8", 3000, now)
+        self.clock.advance(31 * 86400)  # the hourly pruner has run many times
+        self.assertIsNone(self.book.get("10.9.9.9", 3000))
+        self.assertIsNotNone(self.book.get("10.9.9.8", 3000))
+
     def test_stop_cancels_pending_without_recording_failures(self) -> None:
         self.connector.hold = True
         dialer = self.dialer(bootstrap=(PeerAddress("127.0.0.1", 3002),))

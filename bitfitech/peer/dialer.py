@@ -34,6 +34,9 @@ Connector = Callable[[PeerAddress], "Deferred[PeerProtocol]"]
 #: how long a node the user disconnected is not redialled
 USER_DISCONNECT_REST = 600.0
 
+#: how often stale, failing addresses are pruned from the address book
+PRUNE_INTERVAL = 3600.0
+
 
 class Dialer(Service):
     """
@@ -67,6 +70,7 @@ class Dialer(Service):
         self.pinned: dict[tuple[str, int], str] = {}
         self._waiters: dict[tuple[str, int], list[Deferred[PeerProtocol]]] = {}
         self._loop: LoopingCall | None = None
+        self._pruner: LoopingCall | None = None
         self._kick: IDelayedCall | None = None
         self.dials = 0
         self.dial_failures = 0
@@ -84,12 +88,16 @@ class Dialer(Service):
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=True)
+        self._pruner = LoopingCall(self.prune)
+        self._pruner.clock = self.clock
+        self._pruner.start(PRUNE_INTERVAL, now=True)
 
     def stopService(self) -> None:
         """Stop dialling; dials under way are cancelled."""
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._pruner):
+            if loop is not None and loop.running:
+                loop.stop()
         if self._kick is not None and self._kick.active():
             self._kick.cancel()
         self._kick = None
@@ -170,6 +178,12 @@ class Dialer(Service):
             log.info("Dial to {address} failed: {reason}", address=where,
                      reason=result.getErrorMessage())  # fmt: skip
         self.kick()
+
+    def prune(self) -> None:
+        """Drop addresses that kept failing and were not seen for a long time."""
+        dropped = self.addrbook.prune(self.clock.seconds())
+        if dropped:
+            log.info("Pruned {count} stale addresses", count=dropped)
 
     def rest_node(self, node_id: str, seconds: float = USER_DISCONNECT_REST) -> int:
         """Do not dial C{node_id} for C{seconds}; returns how many addresses rest."""

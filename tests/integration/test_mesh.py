@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from bitfitech.node import Node
 from bitfitech.testing import LocalCluster, connected_components, wait_for
@@ -80,3 +80,37 @@ def _sleep_on(reactor: Any, seconds: float) -> Deferred[None]:
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)
+
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+class IPv6Tests(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        if not _has_ipv6_loopback():
+            raise SkipTest("this host has no IPv6 loopback (::1)")
+        self.reactor = _reactor()
+        self.cluster = LocalCluster(self.mktemp(), self.reactor)
+        self.addCleanup(self.cluster.stop)
+
+    async def test_nodes_link_over_ipv6(self) -> None:
+        from bitfitech.address import PeerAddress, parse_address
+
+        a = self.cluster.start_node(host="::1")
+        boot = parse_address(f"[::1]:{a.peers.listen_port}")
+        self.assertEqual(boot, PeerAddress("::1", a.peers.listen_port))
+        b = self.cluster.start_node(host="::1", bootstrap=(boot,))
+        await wait_for([a, b], lambda: len(a.peers.hub.links) == 1 == len(b.peers.hub.links),
+                       10, self.reactor, "an IPv6 link")  # fmt: skip
+        [row] = a.control.peers()
+        self.assertEqual(row["address"], f"[::1]:{b.peers.listen_port}")

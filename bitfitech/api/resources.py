@@ -76,7 +76,8 @@ class JSONResource(Resource):
     ok_status = http.OK
 
     def getChild(self, path: bytes, request: Request) -> IResource:
-        return NotFound()
+        # A trailing slash (``/``, ``/status/``) is the resource itself; anything else is unknown.
+        return self if not path else NotFound()
 
     def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
@@ -130,8 +131,6 @@ class NotFound(JSONResource):
 class Status(JSONResource):
     """``GET /status``: what the node is and how it is doing."""
 
-    isLeaf = True
-
     def __init__(self, node: INodeControl) -> None:
         super().__init__()
         self.node = node
@@ -142,8 +141,6 @@ class Status(JSONResource):
 
 class Peer(JSONResource):
     """``DELETE /peers/{node_id}``: disconnect a peer and rest its addresses."""
-
-    isLeaf = True
 
     def __init__(self, node: INodeControl, node_id: str) -> None:
         super().__init__()
@@ -207,9 +204,6 @@ class Root(JSONResource):
         super().__init__()
         self.putChild(b"status", Status(node))
         self.putChild(b"peers", Peers(node))
-
-    def getChild(self, path: bytes, request: Request) -> IResource:
-        return NotFound()
 
     def render_GET(self, request: Request) -> object:
         return {"name": "bitfi", "endpoints": ["/status", "/peers"]}

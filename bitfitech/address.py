@@ -129,7 +129,7 @@ def parse_address(text: str) -> PeerAddress:
             raise AddressError(f"invalid address {text!r} (expected host:port)")
         if ":" in host:
             raise AddressError(f"invalid address {text!r} (write IPv6 as [addr]:port)")
-    if not port_text.isdigit():
+    if not (port_text.isascii() and port_text.isdigit()):
         raise AddressError(f"invalid port {port_text!r} in {text!r}")
     port = check_port(int(port_text))
     return PeerAddress(normalize_host(host), port, node_id)

@@ -295,13 +295,14 @@ def config_from_options(
         no_peers: tuple[PeerAddress, ...] = ()
         bootstrap = _pick("bootstrap", {}, env, coerce_bootstrap, no_peers)
     api_off = no_api or _pick("no-api", {}, env, coerce_flag, False)
+    max_peers = _pick("max-peers", given, env, coerce_count, DEFAULT_MAX_PEERS)
     return NodeConfig(
         data_dir=data_dir,
         port=port,
         host=_pick("host", given, env, coerce_host, DEFAULT_HOST),
         bootstrap=tuple(bootstrap),
-        max_peers=_pick("max-peers", given, env, coerce_count, DEFAULT_MAX_PEERS),
-        outbound=_pick("outbound", given, env, coerce_outbound, DEFAULT_OUTBOUND),
+        max_peers=max_peers,
+        outbound=_pick("outbound", given, env, coerce_outbound, min(DEFAULT_OUTBOUND, max_peers)),
         network=network,
         pair=_pick("pair", given, env, coerce_pair, DEFAULT_PAIR),
         api_enabled=not api_off,

@@ -39,13 +39,13 @@ from zope.interface import implementer
 from . import USER_AGENT, __version__
 from .address import AddressError, PeerAddress, format_hostport, parse_address
 from .config import NodeConfig
+from .identity import IdentityError
 from .interfaces import INodeControl
 from .logs import logger, set_log_level
 from .peer.addrbook import AddressBook
 from .peer.dialer import Dialer
 from .peer.hub import PeerHub
 from .peer.protocol import LocalNode, PeerProtocol
-from .identity import IdentityError
 from .storage import Storage, StorageError, StorageService
 
 log = logger(__name__)

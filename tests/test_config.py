@@ -1,0 +1,329 @@
+"""Tests for :mod:`bitfitech.config` and :class:`bitfitech.tap.Options`: argv and env to config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from twisted.logger import LogLevel
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from bitfitech.address import PeerAddress
+from bitfitech.config import (
+    ENVIRONMENT,
+    ConfigError,
+    NodeConfig,
+    coerce_flag,
+    coerce_outbound,
+    config_from_options,
+    default_api_port,
+    default_data_dir,
+)
+from bitfitech.tap import Options
+
+XDG = "/xdg-data"
+NODE_ID = "ab" * 20
+
+
+def parse(args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> NodeConfig:
+    """Parse C{args} with C{env} as the whole environment (default: only XDG_DATA_HOME)."""
+    options = Options()
+    options.environ = dict({"XDG_DATA_HOME": XDG} if env is None else env)
+    options.parseOptions(list(args))
+    assert options.config is not None
+    return options.config
+
+
+def with_xdg(**env: str) -> dict[str, str]:
+    """An environment holding C{env} and XDG_DATA_HOME."""
+    return {"XDG_DATA_HOME": XDG, **env}
+
+
+class DefaultTests(SynchronousTestCase):
+    """What a node gets when nothing is said."""
+
+    def test_defaults(self) -> None:
+        config = parse()
+        self.assertEqual(config.port, 3000)
+        self.assertEqual(config.api_port, 13000)
+        self.assertEqual(config.outbound, 8)
+        self.assertEqual(config.max_peers, 50)
+        self.assertEqual(config.max_inbound, 42)
+        self.assertEqual(config.data_dir, os.path.join(XDG, "bitfi", "main-3000"))
+        self.assertEqual(config.host, "0.0.0.0")
+        self.assertEqual(config.api_host, "127.0.0.1")
+        self.assertTrue(config.api_enabled)
+        self.assertEqual(config.network, "main")
+        self.assertEqual(config.pair, "BTC/USD")
+        self.assertEqual(config.bootstrap, ())
+        self.assertEqual(config.log_level, LogLevel.info)
+
+    def test_default_data_dir_without_xdg(self) -> None:
+        config = parse(env={})
+        expected = os.path.join(os.path.expanduser("~"), ".local", "share", "bitfi", "main-3000")
+        self.assertEqual(config.data_dir, expected)
+        self.assertEqual(default_data_dir("main", 3000, {"XDG_DATA_HOME": ""}), expected)
+
+    def test_nodes_on_one_machine_do_not_collide(self) -> None:
+        configs = [parse(["--port", str(port)]) for port in (3001, 3002, 3003)]
+        self.assertEqual([c.api_port for c in configs], [13001, 13002, 13003])
+        self.assertEqual(
+            [c.data_dir for c in configs],
+            [os.path.join(XDG, "bitfi", f"main-{port}") for port in (3001, 3002, 3003)],
+        )
+        from_env = [parse(env=with_xdg(P2P_PORT=str(p))) for p in (3001, 3002, 3003)]
+        self.assertEqual(from_env, configs)
+
+    def test_network_names_data_dir(self) -> None:
+        config = parse(["--network", "testnet", "-p", "3005"])
+        self.assertEqual(config.data_dir, os.path.join(XDG, "bitfi", "testnet-3005"))
+        self.assertEqual(config.api_port, 13005)
+
+    def test_default_api_port(self) -> None:
+        self.assertEqual(default_api_port(0), 0)
+        self.assertEqual(default_api_port(3000), 13000)
+        self.assertEqual(default_api_port(55535), 65535)
+        self.assertEqual(default_api_port(55536), 45536)
+        self.assertEqual(default_api_port(65535), 55535)
+
+    def test_explicit_api_port_kept(self) -> None:
+        self.assertEqual(parse(["--port", "3001", "--api-port", "8080"]).api_port, 8080)
+        self.assertEqual(parse(["--api-port", "0"]).api_port, 0)
+
+    def test_port_zero_needs_data_dir(self) -> None:
+        error = self.assertRaises(UsageError, parse, ["--port", "0"])
+        self.assertIn("--data-dir", str(error))
+        self.assertRaises(UsageError, parse, [], with_xdg(P2P_PORT="0"))
+
+    def test_port_zero_with_data_dir(self) -> None:
+        config = parse(["--port", "0", "--data-dir", "/srv/node"])
+        self.assertEqual((config.port, config.api_port, config.data_dir), (0, 0, "/srv/node"))
+        config = parse(env={"P2P_PORT": "0", "BITFI_DATA_DIR": "/srv/node"})
+        self.assertEqual(config.data_dir, "/srv/node")
+
+
+#: environment variable -> (value, NodeConfig field, expected field value)
+ENV_CASES: dict[str, tuple[str, str, object]] = {
+    "P2P_PORT": ("3007", "port", 3007),
+    "P2P_HOST": ("::1", "host", "::1"),
+    "BOOTSTRAP_PEERS": (
+        f"127.0.0.1:3000, [::1]:3001,{NODE_ID}@seed.example:3002",
+        "bootstrap",
+        (
+            PeerAddress("127.0.0.1", 3000),
+            PeerAddress("::1", 3001),
+            PeerAddress("seed.example", 3002, NODE_ID),
+        ),
+    ),
+    "MAX_PEERS": ("20", "max_peers", 20),
+    "OUTBOUND_PEERS": ("3", "outbound", 3),
+    "BITFI_DATA_DIR": ("/srv/bitfi", "data_dir", "/srv/bitfi"),
+    "PEER_STORAGE_PATH": ("/srv/peers", "data_dir", "/srv/peers"),
+    "BITFI_NETWORK": ("testnet", "network", "testnet"),
+    "EXCHANGE_PAIR": ("eth/usdt", "pair", "ETH/USDT"),
+    "API_PORT": ("8080", "api_port", 8080),
+    "API_HOST": ("0.0.0.0", "api_host", "0.0.0.0"),
+    "BITFI_NO_API": ("1", "api_enabled", False),
+    "LOG_LEVEL": ("DEBUG", "log_level", LogLevel.debug),
+}
+
+#: option -> (command-line value, field expected from it, environment variable, env value)
+CLI_CASES: dict[str, tuple[str, object, str, str]] = {
+    "port": ("3009", 3009, "P2P_PORT", "3007"),
+    "host": ("127.0.0.2", "127.0.0.2", "P2P_HOST", "::1"),
+    "max-peers": ("30", 30, "MAX_PEERS", "20"),
+    "outbound": ("4", 4, "OUTBOUND_PEERS", "3"),
+    "data-dir": ("/cli/dir", "/cli/dir", "BITFI_DATA_DIR", "/env/dir"),
+    "network": ("regtest", "regtest", "BITFI_NETWORK", "testnet"),
+    "pair": ("XMR/BTC", "XMR/BTC", "EXCHANGE_PAIR", "ETH/USD"),
+    "api-port": ("9090", 9090, "API_PORT", "8080"),
+    "api-host": ("::1", "::1", "API_HOST", "0.0.0.0"),
+    "log-level": ("error", LogLevel.error, "LOG_LEVEL", "debug"),
+}
+
+#: option -> bad values (each rejected from the command line and the environment)
+BAD_VALUES: dict[str, tuple[str, ...]] = {
+    "port": ("x", "-1", "65536", "3000.5"),
+    "host": ("bad_host", "a:b", ""),
+    "max-peers": ("0", "10001", "many"),
+    "outbound": ("-1", "10001", "some"),
+    "data-dir": ("", "  "),
+    "network": ("Main", "", "a b", "-x"),
+    "pair": ("BTC", "BTC-USD", "BTC/", "/USD"),
+    "api-port": ("x", "70000"),
+    "api-host": ("no_such host",),
+    "log-level": ("loud", ""),
+    "bootstrap": ("nope", "127.0.0.1:0", "::1:3000", "xyz@127.0.0.1:3000"),
+}
+
+
+class EnvironmentTests(SynchronousTestCase):
+    """Each option falls back to its environment variable; the command line wins."""
+
+    def test_every_variable_is_tested(self) -> None:
+        variables = {var for names in ENVIRONMENT.values() for var in names}
+        self.assertEqual(variables, set(ENV_CASES))
+
+    def test_each_variable(self) -> None:
+        for var, (value, field, expected) in ENV_CASES.items():
+            config = parse(env=with_xdg(**{var: value}))
+            self.assertEqual(getattr(config, field), expected, var)
+            # Nothing else moved off its default.
+            others = {name for _, name, _ in ENV_CASES.values()} - {field}
+            if field in ("port", "network"):
+                others -= {"data_dir", "api_port"}
+            for name in others:
+                self.assertEqual(getattr(config, name), getattr(parse(), name), (var, name))
+
+    def test_bitfi_data_dir_wins(self) -> None:
+        config = parse(env={"BITFI_DATA_DIR": "/a", "PEER_STORAGE_PATH": "/b"})
+        self.assertEqual(config.data_dir, "/a")
+
+    def test_data_dir_expanded(self) -> None:
+        config = parse(env={"BITFI_DATA_DIR": "~/bitfi-node"})
+        self.assertEqual(config.data_dir, os.path.expanduser("~/bitfi-node"))
+        config = parse(["--data-dir", "rel/node"])
+        self.assertEqual(config.data_dir, os.path.abspath("rel/node"))
+
+    def test_no_api_flag_values(self) -> None:
+        for value, enabled in [("1", False), ("true", False), ("YES", False), ("on", False),
+                               ("0", True), ("false", True), ("no", True), ("", True)]:  # fmt: skip
+            self.assertEqual(parse(env=with_xdg(BITFI_NO_API=value)).api_enabled, enabled, value)
+        self.assertFalse(parse(["--no-api"]).api_enabled)
+        self.assertFalse(parse(["--no-api"], with_xdg(BITFI_NO_API="0")).api_enabled)
+        self.assertRaises(ValueError, coerce_flag, "maybe")
+
+    def test_command_line_wins(self) -> None:
+        for option, (cli, expected, var, env_value) in CLI_CASES.items():
+            env = with_xdg(**{var: env_value})
+            config = parse([f"--{option}", cli], env)
+            field = option.replace("-", "_")
+            self.assertEqual(getattr(config, field), expected, option)
+
+    def test_command_line_wins_over_bad_env(self) -> None:
+        env = with_xdg(P2P_PORT="bogus", BOOTSTRAP_PEERS="bogus", LOG_LEVEL="bogus")
+        config = parse(["--port", "3001", "-b", "h:1", "--log-level", "warning"], env)
+        self.assertEqual(config.port, 3001)
+        self.assertEqual(config.bootstrap, (PeerAddress("h", 1),))
+        self.assertEqual(config.log_level, LogLevel.warn)
+
+    def test_bootstrap_command_line_replaces_env(self) -> None:
+        config = parse(["--bootstrap", "10.0.0.1:3000"], with_xdg(BOOTSTRAP_PEERS="10.0.0.9:1"))
+        self.assertEqual(config.bootstrap, (PeerAddress("10.0.0.1", 3000),))
+
+    def test_bootstrap_repeatable_and_comma_lists(self) -> None:
+        config = parse(["-b", "a.example:1,b.example:2", "--bootstrap", "[::1]:3", "-b", "c:4"])
+        self.assertEqual(
+            config.bootstrap,
+            (
+                PeerAddress("a.example", 1),
+                PeerAddress("b.example", 2),
+                PeerAddress("::1", 3),
+                PeerAddress("c", 4),
+            ),
+        )
+
+    def test_ipv6(self) -> None:
+        config = parse(["--host", "::1", "--bootstrap", "[::1]:3000", "--api-host", "[::1]"])
+        self.assertEqual(config.host, "::1")
+        self.assertEqual(config.api_host, "::1")
+        self.assertEqual(config.bootstrap, (PeerAddress("::1", 3000),))
+
+
+class ValidationTests(SynchronousTestCase):
+    """Bad values are refused with a message naming the option and its source."""
+
+    def test_bad_values_on_command_line(self) -> None:
+        for option, values in BAD_VALUES.items():
+            for value in values:
+                error = self.assertRaises(UsageError, parse, [f"--{option}", value])
+                self.assertIn(f"--{option}", str(error), (option, value))
+
+    def test_bad_values_in_environment(self) -> None:
+        cases = {**BAD_VALUES, "no-api": ("maybe", "2")}
+        self.assertEqual(set(cases), set(ENVIRONMENT))
+        for option, values in cases.items():
+            for var in ENVIRONMENT[option]:
+                for value in values:
+                    error = self.assertRaises(UsageError, parse, [], with_xdg(**{var: value}))
+                    message = str(error)
+                    self.assertIn(f"--{option}", message, (var, value))
+                    self.assertIn(f"${var}", message, (var, value))
+
+    def test_bad_bitfi_data_dir_not_masked(self) -> None:
+        env = {"BITFI_DATA_DIR": "", "PEER_STORAGE_PATH": "/ok"}
+        error = self.assertRaises(UsageError, parse, [], env)
+        self.assertIn("$BITFI_DATA_DIR", str(error))
+
+    def test_outbound_above_max_peers(self) -> None:
+        error = self.assertRaises(UsageError, parse, ["--outbound", "11", "--max-peers", "10"])
+        self.assertIn("--outbound", str(error))
+        self.assertIn("--max-peers", str(error))
+        env = with_xdg(OUTBOUND_PEERS="11", MAX_PEERS="10")
+        self.assertRaises(UsageError, parse, [], env)
+
+    def test_small_max_peers_lowers_the_default_outbound_target(self) -> None:
+        config = parse(["--max-peers", "4"])
+        self.assertEqual((config.outbound, config.max_inbound), (4, 0))
+        self.assertEqual(parse([], with_xdg(MAX_PEERS="3")).outbound, 3)
+
+    def test_outbound_limits(self) -> None:
+        config = parse(["--outbound", "10", "--max-peers", "10"])
+        self.assertEqual((config.outbound, config.max_inbound), (10, 0))
+        self.assertEqual(parse(["--outbound", "0"]).outbound, 0)
+        self.assertEqual(coerce_outbound("10000"), 10000)
+        error = self.assertRaises(ValueError, coerce_outbound, "-1")
+        self.assertIn("0 to 10000", str(error))
+
+    def test_extra_arguments(self) -> None:
+        self.assertRaises(UsageError, parse, ["3000"])
+
+    def test_unknown_option(self) -> None:
+        self.assertRaises(UsageError, parse, ["--peers", "3"])
+
+
+class NodeConfigTests(SynchronousTestCase):
+    """The frozen config, built directly as tests do."""
+
+    def test_direct(self) -> None:
+        config = NodeConfig(data_dir="/d")
+        self.assertEqual((config.port, config.api_port, config.outbound), (3000, 0, 8))
+        self.assertRaises(AttributeError, setattr, config, "port", 1)
+
+    def test_cross_check(self) -> None:
+        self.assertRaises(ConfigError, NodeConfig, data_dir="/d", outbound=9, max_peers=8)
+        config = NodeConfig(data_dir="/d", outbound=2, max_peers=8)
+        self.assertEqual(config.with_changes(max_peers=3).max_inbound, 1)
+        self.assertRaises(ConfigError, config.with_changes, max_peers=1)
+
+    def test_config_from_options(self) -> None:
+        given: dict[str, str | None] = {"port": "3004", "pair": None}
+        config = config_from_options(given, [PeerAddress("h", 1)], True, {"XDG_DATA_HOME": XDG})
+        self.assertEqual(config.port, 3004)
+        self.assertEqual(config.bootstrap, (PeerAddress("h", 1),))
+        self.assertFalse(config.api_enabled)
+        self.assertEqual(config.data_dir, os.path.join(XDG, "bitfi", "main-3004"))
+        error = self.assertRaises(
+            ConfigError, config_from_options, {}, None, False, {"P2P_PORT": "x"}
+        )
+        self.assertEqual(str(error), "--port (from $P2P_PORT): not an integer: 'x'")
+
+
+class HelpTests(SynchronousTestCase):
+    """``twistd bitfi --help`` documents every option and variable."""
+
+    def test_help_mentions_everything(self) -> None:
+        text = Options().getUsage()
+        for option in ENVIRONMENT:
+            self.assertIn(f"--{option}", text)
+        for names in ENVIRONMENT.values():
+            for var in names:
+                self.assertIn(f"${var}", text)
+
+    def test_help_has_no_docstring_indentation(self) -> None:
+        docs = Options().docs
+        self.assertIn("bootstrap", docs)
+        for option, doc in docs.items():
+            if doc:
+                self.assertEqual(doc.strip(), " ".join(doc.split()), option)

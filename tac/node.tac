@@ -1,0 +1,26 @@
+"""One bitfi node, configured entirely from environment variables.
+
+The same :class:`bitfitech.tap.Options` as ``twistd bitfi`` reads and
+validates the settings, so every variable of ``twistd bitfi --help`` works
+here (``P2P_PORT``, ``BOOTSTRAP_PEERS``, ``BITFI_DATA_DIR``, ``API_PORT``,
+...) and a bad value stops the load with the option's name.  Run from a
+checkout, one node per shell::
+
+    PYTHONPATH=. P2P_PORT=3000 twistd -ny tac/node.tac --pidfile= --logfile=-
+    PYTHONPATH=. P2P_PORT=3001 BOOTSTRAP_PEERS=127.0.0.1:3000 \\
+        twistd -ny tac/node.tac --pidfile= --logfile=-
+
+Each port gets its own data directory and API port (3001: 13001) by default.
+"""
+
+from twisted.application import service
+
+from bitfitech.tap import Options, makeService
+
+options = Options()
+options.parseOptions([])  # everything from the environment
+
+application = service.Application("bitfi")
+node = makeService(options)
+node.setName("node")
+node.setServiceParent(application)

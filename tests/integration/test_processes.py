@@ -1,0 +1,517 @@
+"""
+End-to-end tests of the whole program: real ``twistd bitfi`` node processes.
+
+Data path: the test spawns ``twistd -n bitfi`` children -> the nodes link to
+each other over 127.0.0.1 -> the test watches them through each node's HTTP
+API (``GET /status``, ``GET /peers``) and through their exit statuses.
+
+:class:`NodeProcess` is the reusable part: it starts one node, keeps its
+stdout and stderr in memory (every failure message carries them), reads its
+API and stops it.  Each test registers cleanups that kill whatever is still
+running, so a failing test leaves no process, socket or connection behind.
+Waits poll with :func:`~twisted.internet.task.deferLater` under an overall
+deadline; the only fixed wait is the one test 3 is about (staying alive).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from bitfitech.config import ENVIRONMENT
+
+#: the checkout's root: its ``bitfitech`` package and ``twisted/plugins``
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: ``python -c`` program that is ``twistd`` (``python -m twisted`` is ``twist``,
+#: which has no ``-n``/``--pidfile``)
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+#: how often conditions are polled
+POLL_INTERVAL = 0.1
+#: how long a node may take until its API answers
+API_DEADLINE = 15.0
+#: how long one HTTP request may take
+REQUEST_TIMEOUT = 5.0
+#: how long a SIGTERMed node may take to exit
+STOP_DEADLINE = 5.0
+#: how long nodes may take to link up
+LINK_DEADLINE = 20.0
+#: exit statuses of a node that shut down cleanly after SIGTERM.  twistd
+#: (``app._exitWithSignal``) re-raises the signal that stopped its reactor once
+#: the reactor has shut down, so its status says "killed by SIGTERM" (-15
+#: here, 143 in a shell) however clean the shutdown was; 0 is accepted too.
+CLEAN_TERM_STATUSES = (0, -signal.SIGTERM)
+#: lines twistd logs at the end of an orderly shutdown
+CLEAN_SHUTDOWN_LINES = ("Received SIGTERM, shutting down.", "Main loop terminated.")
+
+
+def _reactor() -> Any:
+    """The global reactor, imported only when a test runs."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def free_ports(count: int) -> list[int]:
+    """
+    Pick C{count} distinct TCP ports on 127.0.0.1 that nobody listens on now.
+
+    All sockets are held until every port is picked, so the ports differ.
+    """
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def child_environment() -> dict[str, str]:
+    """
+    The environment of a node process: ours, minus every variable bitfi
+    reads as an option default, with the checkout first on C{PYTHONPATH}.
+    """
+    env = dict(os.environ)
+    for names in ENVIRONMENT.values():
+        for name in names:
+            env.pop(name, None)
+    env.pop("XDG_DATA_HOME", None)
+    paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class _OutputCollector(ProcessProtocol):
+    """Keeps a child's stdout and stderr (interleaved) and reports its end."""
+
+    def __init__(self, ended: Callable[[int], None]) -> None:
+        self.output = bytearray()
+        self._ended = ended
+
+    def outReceived(self, data: bytes) -> None:
+        self.output.extend(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.output.extend(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        signal = getattr(reason.value, "signal", None)
+        code = getattr(reason.value, "exitCode", None)
+        if signal is not None:
+            status = -int(signal)
+        elif code is not None:
+            status = int(code)
+        else:
+            status = -1
+        self._ended(status)
+
+
+class NodeProcess:
+    """
+    One ``twistd -n bitfi`` child process and a client for its HTTP API.
+
+    :ivar name: names the node in failure messages.
+    :ivar port: its P2P port on 127.0.0.1.
+    :ivar api_port: its HTTP API port on 127.0.0.1.
+    :ivar data_dir: its data directory.
+    :ivar status: the exit status once ended: the exit code, or minus the
+        signal number that killed it; ``None`` while running or unstarted.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        port: int,
+        api_port: int,
+        data_dir: str,
+        http: HTTPClient,
+        bootstrap: Sequence[int] = (),
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """
+        :param http: the client for API requests (the test owns its pool).
+        :param bootstrap: P2P ports on 127.0.0.1 to pass as ``--bootstrap``.
+        :param extra_args: further ``bitfi`` options.
+        """
+        self.name = name
+        self.port = port
+        self.api_port = api_port
+        self.data_dir = data_dir
+        self.bootstrap = tuple(bootstrap)
+        self.extra_args = tuple(extra_args)
+        self.status: int | None = None
+        self._http = http
+        self._transport: IProcessTransport | None = None
+        self._collector: _OutputCollector | None = None
+        self._waiters: list[Deferred[int]] = []
+
+    def argv(self) -> list[str]:
+        """The child's command line."""
+        args = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=-", "bitfi"]
+        args += ["--host", "127.0.0.1", "--port", str(self.port)]
+        args += ["--api-host", "127.0.0.1", "--api-port", str(self.api_port)]
+        args += ["--data-dir", self.data_dir]
+        for port in self.bootstrap:
+            args += ["--bootstrap", f"127.0.0.1:{port}"]
+        return args + list(self.extra_args)
+
+    def start(self) -> None:
+        """Spawn the node (once); its working directory is its data directory's parent."""
+        if self._transport is not None:
+            raise RuntimeError(f"{self.name} was already started")
+        self._collector = _OutputCollector(self._ended)
+        argv = self.argv()
+        self._transport = _reactor().spawnProcess(
+            self._collector,
+            argv[0],
+            argv,
+            env=child_environment(),
+            path=str(Path(self.data_dir).parent),
+        )
+
+    @property
+    def running(self) -> bool:
+        """Whether the process was started and has not ended."""
+        return self._transport is not None and self.status is None
+
+    @property
+    def output(self) -> str:
+        """Everything the process wrote to stdout and stderr so far."""
+        data = self._collector.output if self._collector is not None else b""
+        return bytes(data).decode("utf-8", "replace")
+
+    def describe(self) -> str:
+        """The node's name, state and output, for failure messages."""
+        state = "running" if self.running else f"exit status {self.status}"
+        return f"----- {self.name} ({state}) output -----\n{self.output}----- end {self.name} -----"
+
+    def _ended(self, status: int) -> None:
+        self.status = status
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(status)
+
+    def when_ended(self) -> Deferred[int]:
+        """A new Deferred that fires with the exit status when the process ends."""
+        if self.status is not None:
+            return succeed(self.status)
+        waiter: Deferred[int] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def _signal(self, name: str) -> None:
+        if self._transport is None or self.status is not None:
+            return
+        try:
+            self._transport.signalProcess(name)
+        except ProcessExitedAlready:
+            pass
+
+    def terminate(self, within: float | None = None) -> Deferred[int]:
+        """
+        Send SIGTERM and wait for the process to end.
+
+        :param within: fail with L{twisted.internet.defer.TimeoutError} if it
+            has not ended after this many seconds (it is left running).
+        :return: a Deferred firing with the exit status.
+        """
+        self._signal("TERM")
+        d = self.when_ended()
+        if within is not None:
+            d.addTimeout(within, _reactor())
+        return d
+
+    def kill(self) -> Deferred[int]:
+        """Send SIGKILL if still running; fires with the exit status once ended."""
+        if self._transport is None:
+            return succeed(0)
+        self._signal("KILL")
+        return self.when_ended()
+
+    async def get_json(self, path: str) -> Any:
+        """C{GET path} from the node's API and decode the JSON body (a 200 only)."""
+        url = f"http://127.0.0.1:{self.api_port}{path}"
+        response = await self._http.get(url, timeout=REQUEST_TIMEOUT)
+        body = await treq.content(response)
+        if response.code != 200:
+            raise AssertionError(f"{self.name}: GET {path} answered {response.code}: {body!r}")
+        return json.loads(body)
+
+    async def wait_for_api(self, within: float = API_DEADLINE) -> dict[str, Any]:
+        """
+        Poll ``GET /status`` until it answers; fail at once if the process ends.
+
+        :return: the first ``/status`` answer.
+        """
+        reactor = _reactor()
+        give_up = reactor.seconds() + within
+        last_error = "no attempt"
+        while True:
+            if not self.running:
+                raise AssertionError(
+                    f"{self.name} ended before its API answered\n{self.describe()}"
+                )
+            try:
+                status: dict[str, Any] = await self.get_json("/status")
+                return status
+            except Exception as e:
+                last_error = repr(e)
+            if reactor.seconds() >= give_up:
+                raise AssertionError(
+                    f"{self.name}: API not answering after {within}s (last error: "
+                    f"{last_error})\n{self.describe()}"
+                )
+            await deferLater(reactor, POLL_INTERVAL, lambda: None)
+
+
+def _describe_all(nodes: Iterable[NodeProcess]) -> str:
+    return "\n".join(node.describe() for node in nodes)
+
+
+async def _timed_stop(node: NodeProcess) -> tuple[int, float]:
+    """SIGTERM C{node}; return its exit status and how long it took to exit."""
+    reactor = _reactor()
+    started = reactor.seconds()
+    try:
+        status = await node.terminate(within=STOP_DEADLINE)
+    except TimeoutError:
+        raise AssertionError(
+            f"{node.name} still running {STOP_DEADLINE}s after SIGTERM\n{node.describe()}"
+        ) from None
+    return status, reactor.seconds() - started
+
+
+def assert_clean_exit(test: TestCase, node: NodeProcess, status: int) -> None:
+    """Assert that C{node} shut down in order after SIGTERM."""
+    test.assertIn(status, CLEAN_TERM_STATUSES, f"unexpected exit status\n{node.describe()}")
+    for line in CLEAN_SHUTDOWN_LINES:
+        test.assertIn(line, node.output, f"no {line!r} in the output\n{node.describe()}")
+    for sign in ("Traceback", "Unhandled error"):
+        test.assertNotIn(sign, node.output, f"{sign!r} in the output\n{node.describe()}")
+
+
+class NodeProcessTests(TestCase):
+    """Nodes as separate processes: linking, restart, bad bootstrap, busy port."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        """An HTTP client whose pooled connections are closed after the test."""
+        reactor = _reactor()
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        self.http = HTTPClient(Agent(reactor, pool=pool))
+        self.nodes: list[NodeProcess] = []
+
+    def spawn_node(
+        self,
+        name: str,
+        port: int,
+        api_port: int,
+        *,
+        bootstrap: Sequence[int] = (),
+        data_dir: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> NodeProcess:
+        """Start a node whose process is killed after the test, whatever happens."""
+        node = NodeProcess(
+            name,
+            port=port,
+            api_port=api_port,
+            data_dir=data_dir if data_dir is not None else self.mktemp(),
+            http=self.http,
+            bootstrap=bootstrap,
+            extra_args=extra_args,
+        )
+        Path(node.data_dir).parent.mkdir(parents=True, exist_ok=True)
+        node.start()
+        self.addCleanup(node.kill)
+        self.nodes.append(node)
+        return node
+
+    async def eventually(
+        self,
+        condition: Callable[[], Awaitable[bool]],
+        what: str,
+        details: Callable[[], str],
+        within: float = LINK_DEADLINE,
+    ) -> None:
+        """
+        Poll C{condition} until it holds; fail after C{within} seconds, or at
+        once if a node process ends, with C{details()} and every node's output.
+        """
+        reactor = _reactor()
+        give_up = reactor.seconds() + within
+        last_error = ""
+        while True:
+            ended = [node for node in self.nodes if not node.running]
+            if ended:
+                self.fail(
+                    f"{', '.join(n.name for n in ended)} ended while waiting until {what}\n"
+                    f"{details()}\n{_describe_all(self.nodes)}"
+                )
+            try:
+                if await condition():
+                    return
+                last_error = ""
+            except Exception as e:
+                last_error = f"last error: {e!r}\n"
+            if reactor.seconds() >= give_up:
+                self.fail(
+                    f"not {what} after {within}s\n{last_error}{details()}\n"
+                    f"{_describe_all(self.nodes)}"
+                )
+            await deferLater(reactor, POLL_INTERVAL, lambda: None)
+
+    async def test_three_nodes_link_and_stop_cleanly(self) -> None:
+        """
+        Three nodes chained by --bootstrap (1 <- 2 <- 3) all link to each
+        other, and each shuts down in order within 5 s of SIGTERM (see
+        L{CLEAN_TERM_STATUSES} for the exit status).
+        """
+        ports = free_ports(6)
+        nodes: list[NodeProcess] = []
+        ids: dict[str, str] = {}
+        for i in range(3):
+            node = self.spawn_node(
+                f"node{i + 1}",
+                ports[2 * i],
+                ports[2 * i + 1],
+                bootstrap=[nodes[-1].port] if nodes else [],
+            )
+            api_status = await node.wait_for_api()
+            self.assertEqual(api_status["p2p"]["port"], node.port, node.describe())
+            ids[node.name] = api_status["node_id"]
+            nodes.append(node)
+        self.assertEqual(len(set(ids.values())), 3, f"node ids not distinct: {ids}")
+
+        last_peers: dict[str, Any] = {}
+
+        async def all_linked() -> bool:
+            for node in nodes:
+                last_peers[node.name] = await node.get_json("/peers")
+            for node in nodes:
+                seen = {row["node_id"] for row in last_peers[node.name]}
+                others = {ids[other.name] for other in nodes if other is not node}
+                if not others <= seen:
+                    return False
+            return True
+
+        await self.eventually(
+            all_linked,
+            "every node sees the other two in GET /peers",
+            lambda: f"node ids: {ids}\nlast /peers: {json.dumps(last_peers, indent=1)}",
+        )
+
+        results = await gatherResults([Deferred.fromCoroutine(_timed_stop(n)) for n in nodes])
+        for node, (status, elapsed) in zip(nodes, results, strict=True):
+            self.assertLess(elapsed, STOP_DEADLINE, node.describe())
+            assert_clean_exit(self, node, status)
+
+    async def test_restart_reconnects_from_address_book(self) -> None:
+        """
+        A node restarted on its data directory without --bootstrap dials
+        the peer it learned before from its persisted address book.
+
+        A never dials (``--outbound 0``), so the new link can only be B's.
+        """
+        ports = free_ports(4)
+        a = self.spawn_node("A", ports[0], ports[1], extra_args=["--outbound", "0"])
+        a_id = (await a.wait_for_api())["node_id"]
+        b = self.spawn_node("B", ports[2], ports[3], bootstrap=[a.port])
+        b_id = (await b.wait_for_api())["node_id"]
+
+        last_peers: dict[str, Any] = {}
+
+        def linked(b_node: NodeProcess) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                last_peers["A"] = await a.get_json("/peers")
+                last_peers[b_node.name] = await b_node.get_json("/peers")
+                b_rows = [r for r in last_peers[b_node.name] if r["node_id"] == a_id]
+                a_sees_b = any(r["node_id"] == b_id for r in last_peers["A"])
+                return a_sees_b and any(r["direction"] == "outbound" for r in b_rows)
+
+            return check
+
+        def details() -> str:
+            return f"A={a_id} B={b_id}\nlast /peers: {json.dumps(last_peers, indent=1)}"
+
+        await self.eventually(linked(b), "B has an outbound link to A", details)
+
+        self.nodes.remove(b)  # B stopping is expected from here on
+        status, _ = await _timed_stop(b)
+        assert_clean_exit(self, b, status)
+
+        b2 = self.spawn_node("B-restarted", b.port, b.api_port, data_dir=b.data_dir)
+        self.assertNotIn("--bootstrap", b2.argv())
+        b2_status = await b2.wait_for_api()
+        self.assertEqual(b2_status["node_id"], b_id, "the node key did not persist")
+        await self.eventually(linked(b2), "restarted B has an outbound link to A again", details)
+
+    async def test_refused_bootstrap_keeps_running(self) -> None:
+        """
+        A node whose only bootstrap address refuses connections stays up and
+        keeps serving ``/status`` for at least 3 s.
+        """
+        reactor = _reactor()
+        dead_port, port, api_port = free_ports(3)
+        node = self.spawn_node("lonely", port, api_port, bootstrap=[dead_port])
+        first = await node.wait_for_api()
+        first_at = reactor.seconds()
+        await deferLater(reactor, 3.0, lambda: None)  # the point of the test: time passes
+        self.assertTrue(node.running, node.describe())
+        second = await node.get_json("/status")
+        self.assertTrue(node.running, node.describe())
+        self.assertGreaterEqual(reactor.seconds() - first_at, 3.0)
+        self.assertEqual(second["node_id"], first["node_id"])
+        self.assertGreater(second["uptime_s"], first["uptime_s"], node.describe())
+        self.assertEqual(second["peers"]["outbound"], 0, node.describe())
+        self.assertEqual(await node.get_json("/peers"), [], node.describe())
+
+    async def test_busy_port_exits_nonzero_naming_port(self) -> None:
+        """
+        A node told to listen on a port already in use exits non-zero within
+        10 s, and its output names that port.
+        """
+        reactor = _reactor()
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        busy = int(holder.getsockname()[1])
+        (api_port,) = free_ports(1)
+
+        started = reactor.seconds()
+        node = self.spawn_node("busy", busy, api_port)
+        d = node.when_ended()
+        d.addTimeout(10.0, reactor)
+        try:
+            status = await d
+        except TimeoutError:
+            self.fail(f"node on busy port {busy} still running after 10 s\n{node.describe()}")
+        elapsed = reactor.seconds() - started
+        self.assertLess(elapsed, 10.0, node.describe())
+        self.assertNotEqual(status, 0, f"exited 0 on busy port {busy}\n{node.describe()}")
+        self.assertIn(str(busy), node.output, f"output does not name port {busy}")

@@ -147,26 +147,25 @@ def coerce_host(text: str) -> str:
         raise ValueError(str(e)) from None
 
 
-def coerce_count(text: str) -> int:
-    """A positive whole number (1 to 10000)."""
+def _whole_number(text: str, low: int, high: int) -> int:
+    """A whole number from C{low} to C{high}."""
     try:
         value = int(text.strip())
     except ValueError:
         raise ValueError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= 10000:
-        raise ValueError(f"must be from 1 to 10000, not {value}")
+    if not low <= value <= high:
+        raise ValueError(f"must be from {low} to {high}, not {value}")
     return value
+
+
+def coerce_count(text: str) -> int:
+    """A positive whole number (1 to 10000)."""
+    return _whole_number(text, 1, 10000)
 
 
 def coerce_outbound(text: str) -> int:
     """An outbound target: 0 (never dial) to 10000."""
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= 10000:
-        raise ValueError(f"must be from 0 to 10000, not {value}")
-    return value
+    return _whole_number(text, 0, 10000)
 
 
 def coerce_bootstrap(text: str) -> tuple[PeerAddress, ...]:

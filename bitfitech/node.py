@@ -86,6 +86,24 @@ def tcp_server_endpoint(reactor: IReactorTCP, host: str, port: int) -> IStreamSe
     return TCP4ServerEndpoint(reactor, port, interface=host)
 
 
+class _Listener(Service):
+    """A service that owns one listening port, opened at start, closed at stop."""
+
+    def __init__(self) -> None:
+        self.port: IListeningPort | None = None
+
+    @property
+    def listen_port(self) -> int:
+        """The port number actually listened on (useful with port 0), or 0."""
+        return self.port.getHost().port if self.port is not None else 0  # type: ignore[attr-defined]
+
+    def _stop_listening(self) -> Deferred[Any] | None:
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return Deferred.fromCoroutine(_await(port.stopListening()))
+
+
 class _InboundFactory(Factory):
     """Builds inbound links through the hub, which refuses them past the limits."""
 
@@ -111,7 +129,7 @@ class _OutboundFactory(Factory):
         return self.hub.build_link("outbound", dialed=self.dialed)
 
 
-class PeerService(Service):
+class PeerService(_Listener):
     """
     The peer layer of a node: listener, hub, address book and dialer.
 
@@ -121,10 +139,10 @@ class PeerService(Service):
     name = "peers"
 
     def __init__(self, config: NodeConfig, storage: Storage, reactor: Any) -> None:
+        super().__init__()
         self.config = config
         self.storage = storage
         self.reactor = reactor
-        self.port: IListeningPort | None = None
         self._hub: PeerHub | None = None
         self._dialer: Dialer | None = None
         self.addrbook: AddressBook | None = None
@@ -143,11 +161,6 @@ class PeerService(Service):
         if self._dialer is None:
             raise RuntimeError("the peer service is not running")
         return self._dialer
-
-    @property
-    def listen_port(self) -> int:
-        """The P2P port actually listened on (useful with port 0)."""
-        return self.port.getHost().port if self.port is not None else 0  # type: ignore[attr-defined]
 
     def startService(self) -> None:
         """Listen, then wire hub, address book and dialer and start dialling."""
@@ -190,9 +203,9 @@ class PeerService(Service):
         waits: list[Deferred[Any]] = []
         if self._dialer is not None:
             self._dialer.stopService()
-        if self.port is not None:
-            waits.append(Deferred.fromCoroutine(_await(self.port.stopListening())))
-            self.port = None
+        stopped = self._stop_listening()
+        if stopped is not None:
+            waits.append(stopped)
         if self._hub is not None:
             links = list(self._hub.links.values()) + list(self._hub.pending)
             for link in links:
@@ -215,21 +228,16 @@ async def _await(value: Any) -> Any:
     return value
 
 
-class ApiService(Service):
+class ApiService(_Listener):
     """The HTTP API listener."""
 
     name = "api"
 
     def __init__(self, config: NodeConfig, control: INodeControl, reactor: Any) -> None:
+        super().__init__()
         self.config = config
         self.control = control
         self.reactor = reactor
-        self.port: IListeningPort | None = None
-
-    @property
-    def listen_port(self) -> int:
-        """The API port actually listened on (useful with port 0)."""
-        return self.port.getHost().port if self.port is not None else 0  # type: ignore[attr-defined]
 
     def startService(self) -> None:
         """Listen for HTTP on the API address."""
@@ -251,10 +259,7 @@ class ApiService(Service):
     def stopService(self) -> Deferred[Any] | None:
         """Stop listening."""
         super().stopService()
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        return Deferred.fromCoroutine(_await(port.stopListening()))
+        return self._stop_listening()
 
 
 @implementer(INodeControl)

@@ -377,14 +377,14 @@ class Addr:
 
 
 @dataclass(frozen=True)
-class Ping:
+class _NonceMessage:
     """
-    A liveness probe; the peer answers with a :class:`Pong` carrying the same nonce.
+    The shape shared by :class:`Ping` and :class:`Pong`: one 64-bit nonce.
 
     :ivar nonce: ``0 <= nonce < 2**64``.
     """
 
-    command: ClassVar[str] = "ping"
+    command: ClassVar[str]
 
     nonce: int
 
@@ -401,27 +401,17 @@ class Ping:
 
 
 @dataclass(frozen=True)
-class Pong:
-    """
-    The answer to a :class:`Ping`.
+class Ping(_NonceMessage):
+    """A liveness probe; the peer answers with a :class:`Pong` carrying the same nonce."""
 
-    :ivar nonce: the nonce of the ping answered.
-    """
+    command: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True)
+class Pong(_NonceMessage):
+    """The answer to a :class:`Ping`, with the nonce of the ping answered."""
 
     command: ClassVar[str] = "pong"
-
-    nonce: int
-
-    def __post_init__(self) -> None:
-        """:raises MessageError: for a nonce out of range."""
-        _int(self.nonce, 0, MAX_NONCE, self.command, "nonce")
-
-    def _to_json(self) -> dict[str, object]:
-        return {"nonce": self.nonce}
-
-    @classmethod
-    def _from_json(cls, obj: Mapping[str, object]) -> Self:
-        return cls(_require(obj, "nonce", cls.command))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

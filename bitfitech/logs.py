@@ -35,9 +35,3 @@ def logger(namespace: str) -> Logger:
 def set_log_level(level: LogLevel) -> None:
     """Set the minimum level of bitfi's log events (process-wide)."""
     _predicate.setLogLevelForNamespace(_NAMESPACE, level)
-
-
-def get_log_level() -> LogLevel:
-    """The minimum level of bitfi's log events now in force."""
-    level: LogLevel = _predicate.logLevelForNamespace(_NAMESPACE)
-    return level

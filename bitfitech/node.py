@@ -289,6 +289,10 @@ class NodeControl:
                 "known_addresses": len(peers.addrbook or ()),
                 "max_peers": node.config.max_peers,
                 "outbound_target": node.config.outbound,
+                "dials": peers.dialer.dials,
+                "dial_failures": peers.dialer.dial_failures,
+                "refused_inbound": hub.refused_inbound,
+                "protocol_violations": hub.misbehaviour_count,
             },
             "uptime_s": round(now - (peers.started_at or now), 3),
         }

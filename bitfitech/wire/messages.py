@@ -243,10 +243,10 @@ class Version:
 
 
 @dataclass(frozen=True)
-class Verack:
-    """The answer to a valid ``version``: the handshake may complete."""
+class _EmptyMessage:
+    """The shape shared by :class:`Verack` and :class:`GetAddr`: no fields, payload ``{}``."""
 
-    command: ClassVar[str] = "verack"
+    command: ClassVar[str]
 
     def _to_json(self) -> dict[str, object]:
         return {}
@@ -257,17 +257,17 @@ class Verack:
 
 
 @dataclass(frozen=True)
-class GetAddr:
+class Verack(_EmptyMessage):
+    """The answer to a valid ``version``: the handshake may complete."""
+
+    command: ClassVar[str] = "verack"
+
+
+@dataclass(frozen=True)
+class GetAddr(_EmptyMessage):
     """A request for the addresses of other nodes the peer knows."""
 
     command: ClassVar[str] = "getaddr"
-
-    def _to_json(self) -> dict[str, object]:
-        return {}
-
-    @classmethod
-    def _from_json(cls, obj: Mapping[str, object]) -> Self:
-        return cls()
 
 
 @dataclass(frozen=True)

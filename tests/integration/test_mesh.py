@@ -73,6 +73,8 @@ class MeshTests(TestCase):
         self.assertEqual(row["address"], f"127.0.0.1:{b.peers.listen_port}")
         status = b.control.status()
         self.assertEqual(status["peers"]["outbound"], 1)
+        self.assertEqual((status["peers"]["dials"], status["peers"]["dial_failures"]), (1, 0))
+        self.assertEqual(status["peers"]["protocol_violations"], 0)
 
 
 def _sleep_on(reactor: Any, seconds: float) -> Deferred[None]:

@@ -273,7 +273,7 @@ class _Level:
 class _Side:
     """One side of the book: levels by key, and a heap of keys (lazy)."""
 
-    __slots__ = ("sign", "levels", "heap", "open_orders")
+    __slots__ = ("sign", "levels", "heap", "open_orders", "spare")
 
     def __init__(self, sign: int, open_orders: dict[str, _Order]) -> None:
         self.sign = sign
@@ -282,6 +282,8 @@ class _Side:
         self.heap: list[int] = []
         self.open_orders = open_orders
         """The book's open orders by id, shared by both sides."""
+        self.spare: list[_Level] = []
+        """Emptied levels kept for reuse: prices empty and fill all the time."""
 
     def best_key(self) -> int | None:
         heap, levels = self.heap, self.levels
@@ -294,7 +296,7 @@ class _Side:
         key = order[_PRICE] * self.sign
         level = self.levels.get(key)
         if level is None:
-            level = self.levels[key] = _Level()
+            level = self.levels[key] = self.spare.pop() if self.spare else _Level()
             if len(self.heap) > 2 * len(self.levels) + 64:
                 self.heap = list(self.levels)
                 heapify(self.heap)
@@ -311,10 +313,16 @@ class _Side:
         level.count -= 1
         level.total -= order[_REMAINING]
         if not level.count:
-            del self.levels[key]
+            self.retire(self.levels.pop(key))
         elif len(level.orders) > 2 * level.count + 16:
             open_orders = self.open_orders
             level.orders = deque(o for o in level.orders if open_orders.get(o[_ID]) is o)
+
+    def retire(self, level: _Level) -> None:
+        """Keep an emptied level (bounded) for :meth:`add` to reuse."""
+        if len(self.spare) < 64:
+            level.orders.clear()
+            self.spare.append(level)
 
     def available(self, bound: int, limit: int, owner: str | None) -> bool:
         """Whether at least *limit* lots rest at keys up to *bound*.
@@ -350,11 +358,29 @@ _PARSE_CACHE_SIZE: Final = 1 << 16
 """Most decimal strings remembered per cache (prices, amounts) per book."""
 
 
-def _remember(cache: dict[str, int | str], text: str, result: int | str) -> int | str:
-    if len(cache) >= _PARSE_CACHE_SIZE:
-        cache.clear()
-    cache[text] = result
+def _remember(cache: dict[str, int], text: object, result: int) -> int:
+    """Remember *result* for a string *text*; anything else is not kept."""
+    if type(text) is str:
+        if len(cache) >= _PARSE_CACHE_SIZE:
+            cache.clear()
+        cache[text] = result
     return result
+
+
+_CODES: Final = (
+    "",
+    "missing_price",
+    "invalid_price",
+    "price_not_positive",
+    "price_not_tick_multiple",
+    "price_too_high",
+    "invalid_amount",
+    "amount_not_positive",
+    "amount_not_lot_multiple",
+    "amount_too_small",
+    "amount_too_large",
+)
+"""Rejection codes of prices and amounts, by (minus) their parse result."""
 
 
 def _rejected(order_id: object, reason: str) -> list[Event]:
@@ -393,8 +419,8 @@ class OrderBook:
         self._trade_seq = 0
         # Parsing is a pure function of the string; real streams repeat
         # prices and amounts, so both are remembered (bounded).
-        self._prices: dict[str, int | str] = {}
-        self._amounts: dict[str, int | str] = {}
+        self._prices: dict[str, int] = {}
+        self._amounts: dict[str, int] = {}
 
     @property
     def trade_count(self) -> int:
@@ -417,6 +443,8 @@ class OrderBook:
         """
         # The checks run in the documented order; the common case (a limit
         # order with a price and amount seen before) takes the fewest steps.
+        # Parsed decimals are remembered: a positive result is the value in
+        # ticks or lots, anything else minus the index of a rejection code.
         if type(order_id) is not str or not 0 < len(order_id) <= MAX_ID_LENGTH:
             return _rejected(order_id, "invalid_id")
         if side == BUY:
@@ -434,29 +462,23 @@ class OrderBook:
                 return _rejected(order_id, "price_not_allowed")
             ticks = 0
             bound = self._max_ticks  # every resting key is at most this
-        elif type(price) is str:
-            parsed = self._prices.get(price)
-            if parsed is None:
-                parsed = self._parse_price(price)
-            if isinstance(parsed, str):
-                return _rejected(order_id, parsed)
-            ticks = parsed
-            bound = ticks * sign
-        elif price is None:
-            return _rejected(order_id, "missing_price")
         else:
-            return _rejected(order_id, "invalid_price")
-        if type(amount) is not str:
-            return _rejected(order_id, "invalid_amount")
-        lots = self._amounts.get(amount)
-        if lots is None:
+            try:
+                ticks = self._prices[price]  # type: ignore[index]
+            except (KeyError, TypeError):
+                ticks = self._parse_price(price)
+            if ticks < 1:
+                return _rejected(order_id, _CODES[-ticks])
+            bound = ticks * sign
+        try:
+            lots = self._amounts[amount]  # type: ignore[index]
+        except (KeyError, TypeError):
             lots = self._parse_amount(amount)
-        if isinstance(lots, str):
-            return _rejected(order_id, lots)
+        if lots < 1:
+            return _rejected(order_id, _CODES[-lots])
         open_orders = self._open
         if order_id in open_orders:
             return _rejected(order_id, "duplicate_id")
-
         if order_type != LIMIT:
             if order_type == POST_ONLY:
                 best = opposite.best_key()
@@ -469,14 +491,17 @@ class OrderBook:
                     (ACCEPTED, order_id, lots, ""),
                     (CANCELLED, order_id, lots, "fok_unfillable"),
                 ]
-        events: list[Event] = [(ACCEPTED, order_id, lots, "")]
+
+        events: list[Event] | None = None
         heap = opposite.heap
         if heap and heap[0] <= bound:
             # Match: take makers from the best level while they are within
-            # the bound and the taker has an amount left.
+            # the bound and the taker has an amount left.  A level's count
+            # and total are settled once, when the taker leaves it.
+            events = [(ACCEPTED, order_id, lots, "")]
+            append = events.append
             levels = opposite.levels
             expire_maker = self._expire_maker
-            append = events.append
             remaining = lots
             seq = self._trade_seq
             while heap:
@@ -488,6 +513,7 @@ class OrderBook:
                     heappop(heap)
                     continue
                 orders = level.orders
+                gone = taken = 0
                 while orders:
                     maker = orders[0]
                     maker_id = maker[_ID]
@@ -498,35 +524,37 @@ class OrderBook:
                     if expire_maker and maker[_OWNER] == owner:
                         orders.popleft()
                         del open_orders[maker_id]
-                        level.count -= 1
-                        level.total -= left
+                        gone += 1
+                        taken += left
                         append((CANCELLED, maker_id, left, "self_trade"))
                         continue
                     seq += 1
                     if left <= remaining:
                         orders.popleft()
                         del open_orders[maker_id]
-                        level.count -= 1
-                        level.total -= left
+                        gone += 1
+                        taken += left
                         remaining -= left
                         append((TRADE, seq, order_id, maker_id, side_name, maker[_PRICE], left))
                         append((FILLED, maker_id, 0, ""))
+                        if remaining:
+                            append((PARTIALLY_FILLED, order_id, remaining, ""))
+                            continue
                     else:
                         left -= remaining
                         orders[0] = open_orders[maker_id] = maker[:_REMAINING] + (left,)
-                        level.total -= remaining
+                        taken += remaining
                         append(
                             (TRADE, seq, order_id, maker_id, side_name, maker[_PRICE], remaining)
                         )
                         append((PARTIALLY_FILLED, maker_id, left, ""))
                         remaining = 0
-                    if remaining:
-                        append((PARTIALLY_FILLED, order_id, remaining, ""))
-                    else:
-                        append((FILLED, order_id, 0, ""))
-                        break
+                    append((FILLED, order_id, 0, ""))
+                    break
+                level.total -= taken
+                level.count -= gone
                 if not level.count:
-                    del levels[key]
+                    opposite.retire(levels.pop(key))
                     heappop(heap)
                 if not remaining:
                     break
@@ -535,6 +563,7 @@ class OrderBook:
                 return events
         else:
             remaining = lots
+
         if order_type == LIMIT or order_type == POST_ONLY:
             order = (order_id, owner, side_name, order_type, ticks, lots, remaining)
             level = own.levels.get(-bound)
@@ -545,46 +574,49 @@ class OrderBook:
                 level.count += 1
                 level.total += remaining
             open_orders[order_id] = order
-            events.append((RESTED, order_id, remaining, ""))
+            last = (RESTED, order_id, remaining, "")
         else:
-            events.append((CANCELLED, order_id, remaining, "unfilled"))
+            last = (CANCELLED, order_id, remaining, "unfilled")
+        if events is None:
+            return [(ACCEPTED, order_id, lots, ""), last]
+        events.append(last)
         return events
 
-    def _parse_price(self, text: str) -> int | str:
-        """Ticks for a price string, or a rejection code; remembered."""
+    def _parse_price(self, text: object) -> int:
+        """Ticks for a price, or minus a rejection code's index."""
+        if text is None:
+            return -_CODES.index("missing_price")
         params = self.params
         units = _units(text, params.price_scale)
-        result: int | str
         if units is None:
-            result = "invalid_price"
+            code = "invalid_price"
         elif not units:
-            result = "price_not_positive"
+            code = "price_not_positive"
         elif units < 0 or units % params.tick_units:
-            result = "price_not_tick_multiple"
+            code = "price_not_tick_multiple"
         elif units // params.tick_units > params.max_ticks:
-            result = "price_too_high"
+            code = "price_too_high"
         else:
-            result = units // params.tick_units
-        return _remember(self._prices, text, result)
+            return _remember(self._prices, text, units // params.tick_units)
+        return _remember(self._prices, text, -_CODES.index(code))
 
-    def _parse_amount(self, text: str) -> int | str:
-        """Lots for an amount string, or a rejection code; remembered."""
+    def _parse_amount(self, text: object) -> int:
+        """Lots for an amount, or minus a rejection code's index."""
         params = self.params
         units = _units(text, params.amount_scale)
-        result: int | str
         if units is None:
-            result = "invalid_amount"
+            code = "invalid_amount"
         elif not units:
-            result = "amount_not_positive"
+            code = "amount_not_positive"
         elif units < 0 or units % params.lot_units:
-            result = "amount_not_lot_multiple"
+            code = "amount_not_lot_multiple"
         elif units // params.lot_units < params.min_lots:
-            result = "amount_too_small"
+            code = "amount_too_small"
         elif units // params.lot_units > params.max_lots:
-            result = "amount_too_large"
+            code = "amount_too_large"
         else:
-            result = units // params.lot_units
-        return _remember(self._amounts, text, result)
+            return _remember(self._amounts, text, units // params.lot_units)
+        return _remember(self._amounts, text, -_CODES.index(code))
 
     def cancel(self, order_id: object) -> list[Event]:
         """Cancel an open order; a cancel of anything else says it did nothing."""

@@ -14,13 +14,18 @@ sides the best level has the smallest key and "the maker is within the
 taker's limit" is ``key <= bound``.  A level is a FIFO deque of orders with
 its open total and count kept up to date.
 
-Cancels are lazy: a cancelled order is marked (``remaining == 0``) and left
-in its deque until it reaches the front or the deque is compacted; an
-emptied level leaves its key in the heap until it surfaces.  Both keep
-cancel O(1) and are bounded by periodic compaction.
+Open orders live in one dict by id, in arrival order.  Cancels are lazy: a
+cancelled order leaves the dict but stays in its deque, dead (its id no
+longer maps to it), until it reaches the front or the deque is compacted;
+a level emptied by cancels leaves its key in the heap until it surfaces.
+Both keep a cancel O(1), and both are bounded by compaction.  Emptied levels
+are recycled, because prices near the spread empty and refill all the time.
 
-Orders and events are plain tuples: cheap to build, and once the garbage
-collector has seen them it never looks at them again.
+Orders and events are plain tuples: cheap to build, shared by snapshots
+(an order never changes; a partial fill replaces it), and ignored by the
+garbage collector once it has seen them.  At half a million orders a second
+each allocation counts, which is also why :meth:`OrderBook.place` is one
+long function rather than several small ones.
 """
 
 from __future__ import annotations

@@ -274,7 +274,7 @@ class RejectionTests(SynchronousTestCase):
 
     def test_codes(self) -> None:
         good = ("o", "buy", "10.05", "1.5", "u", "limit")
-        cases = {
+        cases: dict[str, list[tuple[object, ...]]] = {
             "invalid_id": [("", *good[1:]), (7, *good[1:]), ("x" * 129, *good[1:])],
             "invalid_side": [("o", "BUY", *good[2:]), ("o", None, *good[2:])],
             "invalid_type": [(*good[:5], "gtc"), (*good[:5], None), (*good[:5], ["limit"])],

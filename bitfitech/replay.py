@@ -54,9 +54,9 @@ def parse_line(line: str) -> dict[str, object]:
     """
     try:
         obj = json.loads(line, parse_float=Decimal, parse_constant=_no_constants)
+    except BadLine:
+        raise
     except ValueError as e:
-        if isinstance(e, BadLine):
-            raise
         raise BadLine(f"not JSON ({e})") from None
     if not isinstance(obj, dict):
         raise BadLine("not a JSON object")

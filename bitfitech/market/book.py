@@ -372,20 +372,51 @@ def _remember(cache: dict[str, int], text: object, result: int) -> int:
     return result
 
 
-_CODES: Final = (
-    "",
-    "missing_price",
+_PRICE_CODES: Final = (
     "invalid_price",
     "price_not_positive",
     "price_not_tick_multiple",
+    "price_not_positive",  # below one tick: only zero is
     "price_too_high",
+)
+_AMOUNT_CODES: Final = (
     "invalid_amount",
     "amount_not_positive",
     "amount_not_lot_multiple",
     "amount_too_small",
     "amount_too_large",
 )
+_CODES: Final = tuple(dict.fromkeys(("", "missing_price", *_PRICE_CODES, *_AMOUNT_CODES)))
 """Rejection codes of prices and amounts, by (minus) their parse result."""
+
+
+def _parse_steps(
+    cache: dict[str, int],
+    text: object,
+    scale: int,
+    step: int,
+    least: int,
+    most: int,
+    codes: tuple[str, str, str, str, str],
+) -> int:
+    """A decimal in whole steps (ticks or lots) of ``step * 10**-scale``,
+    from *least* to *most*; else minus the index of the rejection code from
+    *codes* (not a decimal, zero, not a multiple, too small, too large).
+    The result is remembered in *cache* for a string *text*."""
+    units = _units(text, scale)
+    if units is None:
+        code = codes[0]
+    elif not units:
+        code = codes[1]
+    elif units < 0 or units % step:
+        code = codes[2]
+    elif units // step < least:
+        code = codes[3]
+    elif units // step > most:
+        code = codes[4]
+    else:
+        return _remember(cache, text, units // step)
+    return _remember(cache, text, -_CODES.index(code))
 
 
 def _rejected(order_id: object, reason: str) -> list[Event]:
@@ -592,36 +623,28 @@ class OrderBook:
         if text is None:
             return -_CODES.index("missing_price")
         params = self.params
-        units = _units(text, params.price_scale)
-        if units is None:
-            code = "invalid_price"
-        elif not units:
-            code = "price_not_positive"
-        elif units < 0 or units % params.tick_units:
-            code = "price_not_tick_multiple"
-        elif units // params.tick_units > params.max_ticks:
-            code = "price_too_high"
-        else:
-            return _remember(self._prices, text, units // params.tick_units)
-        return _remember(self._prices, text, -_CODES.index(code))
+        return _parse_steps(
+            self._prices,
+            text,
+            params.price_scale,
+            params.tick_units,
+            1,
+            params.max_ticks,
+            _PRICE_CODES,
+        )
 
     def _parse_amount(self, text: object) -> int:
         """Lots for an amount, or minus a rejection code's index."""
         params = self.params
-        units = _units(text, params.amount_scale)
-        if units is None:
-            code = "invalid_amount"
-        elif not units:
-            code = "amount_not_positive"
-        elif units < 0 or units % params.lot_units:
-            code = "amount_not_lot_multiple"
-        elif units // params.lot_units < params.min_lots:
-            code = "amount_too_small"
-        elif units // params.lot_units > params.max_lots:
-            code = "amount_too_large"
-        else:
-            return _remember(self._amounts, text, units // params.lot_units)
-        return _remember(self._amounts, text, -_CODES.index(code))
+        return _parse_steps(
+            self._amounts,
+            text,
+            params.amount_scale,
+            params.lot_units,
+            params.min_lots,
+            params.max_lots,
+            _AMOUNT_CODES,
+        )
 
     def cancel(self, order_id: object) -> list[Event]:
         """Cancel an open order; a cancel of anything else says it did nothing."""

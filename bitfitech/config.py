@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import TypeVar
 
 from twisted.logger import LogLevel
@@ -26,6 +27,7 @@ DEFAULT_OUTBOUND = 8
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_API_HOST = "127.0.0.1"
 API_PORT_OFFSET = 10000
+DEFAULT_SETTLE_AFTER = 10.0
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 _NETWORK_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
@@ -52,6 +54,7 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "api-host": ("API_HOST",),
     "no-api": ("BITFI_NO_API",),
     "log-level": ("LOG_LEVEL",),
+    "settle-after": ("BITFI_SETTLE_AFTER",),
 }
 
 
@@ -68,6 +71,25 @@ class LinkTiming:
     handshake_timeout: float = 10.0
     ping_interval: float = 30.0
     ping_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class GossipTiming:
+    """
+    How events spread (see ``docs/consistency.rst``).
+
+    :ivar fanout: peers each new event is pushed to in full; the others get
+        an ``inv`` and fetch it if they lack it.
+    :ivar ttl: hops a new event may travel.
+    :ivar sync_interval: seconds between anti-entropy exchanges with every peer.
+    :ivar request_timeout: seconds to wait for a ``getdata`` answer before
+        asking another peer that announced the event.
+    """
+
+    fanout: int = 1
+    ttl: int = 16
+    sync_interval: float = 30.0
+    request_timeout: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,10 @@ class NodeConfig:
     :ivar timing: peer link timers.
     :ivar dial_interval: how often the dialer checks its outbound target.
     :ivar connect_timeout: TCP connect timeout for outbound dials.
+    :ivar settle_after: seconds after which trades and orders count as settled.
+    :ivar apply_delay: seconds peers' events wait, batched, before the book
+        applies them (fewer rollbacks; 0 applies at the next reactor turn).
+    :ivar gossip: how events spread between peers.
     """
 
     data_dir: str
@@ -107,6 +133,9 @@ class NodeConfig:
     timing: LinkTiming = field(default_factory=LinkTiming)
     dial_interval: float = 1.0
     connect_timeout: float = 10.0
+    settle_after: float = DEFAULT_SETTLE_AFTER
+    apply_delay: float = 0.005
+    gossip: GossipTiming = field(default_factory=lambda: GossipTiming())
 
     def __post_init__(self) -> None:
         if self.outbound > self.max_peers:
@@ -202,6 +231,17 @@ def coerce_log_level(text: str) -> LogLevel:
         raise ValueError(f"invalid log level {text!r} (one of {', '.join(LOG_LEVELS)})")
     level: LogLevel = LogLevel.levelWithName(name)
     return level
+
+
+def coerce_seconds(text: str) -> float:
+    """A duration in seconds, 0 to 86400, decimals allowed (``2.5``)."""
+    try:
+        value = Decimal(text.strip())
+    except ArithmeticError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not value.is_finite() or not 0 <= value <= 86400:
+        raise ValueError(f"must be from 0 to 86400 seconds, not {text.strip()!r}")
+    return float(value)
 
 
 def coerce_flag(text: str) -> bool:
@@ -308,4 +348,5 @@ def config_from_options(
         api_host=_pick("api-host", given, env, coerce_host, DEFAULT_API_HOST),
         api_port=_pick("api-port", given, env, coerce_port, default_api_port(port)),
         log_level=_pick("log-level", given, env, coerce_log_level, LogLevel.info),
+        settle_after=_pick("settle-after", given, env, coerce_seconds, DEFAULT_SETTLE_AFTER),
     )

@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING, Any
 from zope.interface import Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from twisted.internet.defer import Deferred
+
+    from .market.events import Event
 
 
 class ILinkOwner(Interface):
@@ -38,6 +42,10 @@ class ILinkOwner(Interface):
         """The peer broke the protocol; the link is closing."""
 
 
+class ServiceUnavailable(Exception):
+    """The node cannot take orders now (not started, stopping, or its journal failed)."""
+
+
 class INodeControl(Interface):
     """What the HTTP API and the CLI may read and do on a node."""
 
@@ -57,3 +65,121 @@ class INodeControl(Interface):
 
     def disconnect(node_id: str) -> bool:
         """Close the link to C{node_id} and rest its addresses; ``False`` if not linked."""
+
+    def submit_order(
+        side: str, price: str | None, amount: str, order_type: str
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Sign, journal and apply a new order of this node (``POST /orders``).
+
+        :param side: ``"buy"`` or ``"sell"``.
+        :param price: a decimal string as the user wrote it, or ``None`` for a
+            market order.
+        :param amount: a decimal string as the user wrote it.
+        :param order_type: ``limit``, ``ioc``, ``fok``, ``post_only`` or ``market``.
+        :return: fires with the order document once the order is durably
+            journaled; fails with :class:`ServiceUnavailable` when the node
+            cannot take orders now.
+        :raises ValueError: synchronously, for input the book would reject,
+            with a message fit to show the user (``"invalid_price: price
+            50000.555 is not a multiple of the tick 0.01"``); nothing is
+            journaled then.
+
+        An order document is ``{"id": hex64, "side", "type", "price": str |
+        None, "amount": str, "remaining": str, "filled": str, "status":
+        "open" | "filled" | "cancelled" | "rejected", "reason": str | None,
+        "seq": int, "lamport": int, "created_at": int (unix ms), "settled":
+        bool, "trades": [trade, ...]}``, and a trade document ``{"id": hex64,
+        "price": str, "amount": str, "side": "buy" | "sell" (the taker's),
+        "taker": hex64, "maker": hex64, "lamport": int, "time": int (unix
+        ms), "settled": bool}``.
+        """
+
+    def cancel_order(order_id: str) -> Deferred[dict[str, Any]]:
+        """
+        Sign, journal and apply a cancel of one of this node's orders
+        (``DELETE /orders/{id}``).
+
+        :param order_id: 64 lowercase hex digits.
+        :return: fires with the order document once the cancel event is
+            journaled; its status is the order's after the cancel, which may
+            still be ``"open"`` if the cancel did not take effect.  Fails
+            with :class:`ServiceUnavailable` when the node cannot take
+            cancels now.
+        :raises KeyError: synchronously, if no such order is known.
+        :raises PermissionError: synchronously, if the order was not placed
+            by this node.
+        """
+
+    def order(order_id: str) -> dict[str, Any] | None:
+        """The document of order C{order_id} (``GET /orders/{id}``), ``None`` if unknown."""
+
+    def orders(state: str, limit: int) -> list[dict[str, Any]]:
+        """
+        This node's own orders, newest first (``GET /orders``).
+
+        :param state: ``"open"``, ``"closed"`` (filled, cancelled or
+            rejected) or ``"all"``.
+        :param limit: at most this many documents.
+        """
+
+    def book(depth: int) -> dict[str, Any]:
+        """
+        The aggregated book (``GET /book``): ``{"bids": [[price, amount,
+        count], ...], "asks": [...]}``, best level first, at most C{depth}
+        levels a side; price and amount are decimal strings, count an int.
+        """
+
+    def trades(limit: int) -> list[dict[str, Any]]:
+        """The last C{limit} trade documents of the book, newest first (``GET /trades``)."""
+
+
+class IEventPublisher(Interface):
+    """Where the market hands events to spread to peers (the gossip layer)."""
+
+    def publish(events: Sequence[Event]) -> None:
+        """Push C{events} (new, verified, already applied here) to peers."""
+
+
+class IEventStore(Interface):
+    """What the gossip layer may ask of the market: the node's set of events."""
+
+    network: str
+    pair: str
+
+    def has(event_id: str) -> bool:
+        """Whether the event is held (or waiting to be applied)."""
+
+    def get(event_id: str) -> Event | None:
+        """A held event by id."""
+
+    def receive(events: Sequence[Event]) -> None:
+        """Take new events from peers, parsed and verified by the caller."""
+
+    def vector() -> dict[str, int]:
+        """Author -> highest seq held without a gap."""
+
+    def digest() -> str:
+        """A hash of the applied log: equal for equal logs."""
+
+    def missing_for(vector: dict[str, int], limit: int) -> tuple[list[Event], bool]:
+        """Up to C{limit} events a peer with C{vector} lacks, and whether more remain."""
+
+    def conflicts() -> list[Event]:
+        """Every event of every slot claimed twice."""
+
+    def gaps() -> int:
+        """How many authors have events held beyond a missing seq."""
+
+
+class IGossip(Interface):
+    """What the hub tells the gossip layer about ready links."""
+
+    def link_ready(link: Any) -> None:
+        """A link finished its handshake and was admitted."""
+
+    def link_closed(link: Any) -> None:
+        """A ready link closed."""
+
+    def link_message(link: Any, message: Any) -> bool:
+        """Handle a message of a ready link; ``False`` if it is not a gossip message."""

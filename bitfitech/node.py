@@ -5,9 +5,10 @@
 stop in reverse:
 
 1. ``storage``: the data directory, SQLite database and node key;
-2. ``peers``: the P2P listener, the hub of live links, the address book and
-   the dialer;
-3. ``api``: the HTTP API on ``api_host:api_port``.
+2. ``market``: the event journal, the ledger and the book;
+3. ``peers``: the P2P listener, the hub of live links, the address book,
+   the dialer, and the gossip of events between peers;
+4. ``api``: the HTTP API on ``api_host:api_port``.
 
 Building opens nothing: sockets, files and timers open in ``startService``.
 This module and :mod:`bitfitech.tap` are the only ones that know every part.
@@ -39,9 +40,12 @@ from zope.interface import implementer
 from . import USER_AGENT, __version__
 from .address import AddressError, PeerAddress, format_hostport, parse_address
 from .config import NodeConfig
+from .gossip import Gossip
 from .identity import IdentityError
-from .interfaces import INodeControl
+from .interfaces import INodeControl, ServiceUnavailable
 from .logs import logger, set_log_level
+from .market.events import Event
+from .market.service import MarketService
 from .peer.addrbook import AddressBook
 from .peer.dialer import Dialer
 from .peer.hub import PeerHub
@@ -138,11 +142,14 @@ class PeerService(_Listener):
 
     name = "peers"
 
-    def __init__(self, config: NodeConfig, storage: Storage, reactor: Any) -> None:
+    def __init__(
+        self, config: NodeConfig, storage: Storage, reactor: Any, gossip: Gossip | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.storage = storage
         self.reactor = reactor
+        self.gossip = gossip
         self._hub: PeerHub | None = None
         self._dialer: Dialer | None = None
         self.addrbook: AddressBook | None = None
@@ -184,6 +191,9 @@ class PeerService(_Listener):
             local, self.addrbook, clock, max_peers=config.max_peers,
             max_inbound=config.max_inbound, timing=config.timing, rng=rng,
         )  # fmt: skip
+        if self.gossip is not None:
+            self._hub.gossip = self.gossip
+            self.gossip.start()
         self._dialer = Dialer(
             self._hub, self.addrbook, self._connect, clock, target=config.outbound,
             bootstrap=config.bootstrap, interval=config.dial_interval,
@@ -203,6 +213,8 @@ class PeerService(_Listener):
         waits: list[Deferred[Any]] = []
         if self._dialer is not None:
             self._dialer.stopService()
+        if self.gossip is not None:
+            self.gossip.stop()
         stopped = self._stop_listening()
         if stopped is not None:
             waits.append(stopped)
@@ -295,6 +307,8 @@ class NodeControl:
                 "protocol_violations": hub.misbehaviour_count,
             },
             "uptime_s": round(now - (peers.started_at or now), 3),
+            **node.market.status(),
+            "gossip": node.gossip.summary(),
         }
 
     def peers(self) -> list[dict[str, Any]]:
@@ -328,6 +342,53 @@ class NodeControl:
         closed = peers.hub.disconnect(node_id)
         return closed or rested > 0
 
+    def _market(self) -> MarketService:
+        market = self.node.market
+        if not market.running:
+            raise ServiceUnavailable("the market is not running")
+        return market
+
+    def submit_order(
+        self, side: str, price: str | None, amount: str, order_type: str
+    ) -> Deferred[dict[str, Any]]:
+        """``POST /orders``."""
+        market = self._market()
+        return market.submit(side, price, amount, order_type).addCallback(market.order_doc)
+
+    def cancel_order(self, order_id: str) -> Deferred[dict[str, Any]]:
+        """``DELETE /orders/{id}``."""
+        market = self._market()
+
+        def target_doc(_: Event) -> dict[str, Any]:
+            target = market.ledger.get(order_id)
+            assert target is not None
+            return market.order_doc(target)
+
+        return market.cancel(order_id).addCallback(target_doc)
+
+    def order(self, order_id: str) -> dict[str, Any] | None:
+        """``GET /orders/{id}``: any order this node holds, its own or a peer's."""
+        market = self._market()
+        market.flush()
+        event = market.ledger.get(order_id)
+        return None if event is None or not event.is_order else market.order_doc(event)
+
+    def orders(self, state: str, limit: int) -> list[dict[str, Any]]:
+        """``GET /orders``: this node's own orders, newest first."""
+        market = self._market()
+        market.flush()
+        return [market.order_doc(event) for event in market.own_orders(state, limit)]
+
+    def book(self, depth: int) -> dict[str, Any]:
+        """``GET /book``."""
+        return self._market().book_doc(depth)
+
+    def trades(self, limit: int) -> list[dict[str, Any]]:
+        """``GET /trades``: newest first."""
+        market = self._market()
+        market.flush()
+        return [market.trade_doc(trade) for trade in market.ledger.trades(limit)]
+
 
 class Node(MultiService):
     """
@@ -335,6 +396,8 @@ class Node(MultiService):
 
     :ivar config: what it was built from.
     :ivar storage: the data directory and database.
+    :ivar market: the ledger, journal and book.
+    :ivar gossip: how events travel between this node and its peers.
     :ivar peers: the peer layer.
     :ivar api: the HTTP API service, or ``None`` with ``--no-api``.
     """
@@ -345,7 +408,11 @@ class Node(MultiService):
         self.clock = cast(IReactorTime, reactor)
         self.storage = Storage(config.data_dir)
         StorageService(self.storage).setServiceParent(self)
-        self.peers = PeerService(config, self.storage, reactor)
+        self.market = MarketService(config, self.storage, self.clock)
+        self.market.setServiceParent(self)
+        self.gossip = Gossip(self.market, self.clock, config.gossip, random.SystemRandom())
+        self.market.publisher = self.gossip
+        self.peers = PeerService(config, self.storage, reactor, self.gossip)
         self.peers.setServiceParent(self)
         self.control = NodeControl(self)
         self.exit_on_startup_error = False

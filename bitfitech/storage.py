@@ -56,6 +56,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX addresses_node_id ON addresses (node_id)",
     ),
+    (
+        # The event journal (bitfitech.market.journal): every event held, in
+        # the order it was journaled (rowid).
+        """
+        CREATE TABLE events (
+            id TEXT PRIMARY KEY NOT NULL,
+            text TEXT NOT NULL,
+            sig TEXT NOT NULL
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

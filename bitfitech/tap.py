@@ -84,6 +84,10 @@ class Options(usage.Options):
         ["log-level", None, None,
          f"Minimum level of bitfi's log events: {', '.join(cfg.LOG_LEVELS)} "
          f"[default info; env {_env('log-level')}]", _cli("log-level", cfg.coerce_log_level)],
+        ["settle-after", None, None,
+         "Seconds after which trades and resting orders count as settled "
+         f"[default {cfg.DEFAULT_SETTLE_AFTER:g}; env {_env('settle-after')}]",
+         _cli("settle-after", cfg.coerce_seconds)],
     ]  # fmt: skip
 
     optFlags = [

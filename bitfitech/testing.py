@@ -190,3 +190,36 @@ def connected_components(nodes: Iterable[Node]) -> list[set[str]]:
         seen |= group
         groups.append(group)
     return groups
+
+
+def poll_until(
+    reactor: Any, predicate: Callable[[], bool], timeout: float, what: str = "condition",
+    interval: float = 0.02,
+) -> Deferred[float]:  # fmt: skip
+    """
+    Fire when C{predicate()} holds, checked every C{interval} seconds; fail
+    with :class:`TimeoutError` after C{timeout} s.
+
+    :return: a Deferred firing with the seconds it took.
+    """
+    started = reactor.seconds()
+    d: Deferred[float] = Deferred()
+
+    def check() -> None:
+        if predicate():
+            d.callback(reactor.seconds() - started)
+        elif reactor.seconds() - started > timeout:
+            d.errback(TimeoutError(f"{what} not reached in {timeout} s"))
+        else:
+            reactor.callLater(interval, check)
+
+    check()
+    return d
+
+
+def market_state(node: Node) -> tuple[str, int, int]:
+    """A node's ``(state hash, events held, trades)``, with buffered events applied."""
+    market = node.market
+    market.flush()
+    ledger = market.ledger
+    return ledger.state_hash(), len(ledger), ledger.trade_count

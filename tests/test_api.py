@@ -3,23 +3,74 @@
 from __future__ import annotations
 
 import json
+import re
+from decimal import Decimal
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError, TimeoutError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from bitfitech.address import AddressError, parse_address
-from bitfitech.api.resources import MAX_BODY, api_root
-from bitfitech.interfaces import INodeControl
+from bitfitech.api.resources import MAX_BODY, ORDER_TYPES, api_root
+from bitfitech.interfaces import INodeControl, ServiceUnavailable
+from bitfitech.market.book import ORDER_TYPES as BOOK_ORDER_TYPES
 
 URL = "http://127.0.0.1:13000"
 NODE_A = "0123456789abcdef0123456789abcdef01234567"
 NODE_B = "b" * 40
 ROW_A = {"node_id": NODE_A, "address": "127.0.0.1:3001", "direction": "outbound"}
+ORDER_A = "a1" * 32
+ORDER_F = "f0" * 32
+"""An order of another node: ours to read, not to cancel."""
+ORDER_NEW = "0e" * 32
+"""The id the fake gives every new order."""
+TICK = Decimal("0.01")
+TRADE_A = {
+    "id": "c" * 64,
+    "price": "50000.5",
+    "amount": "0.1",
+    "side": "sell",
+    "taker": "d" * 64,
+    "maker": ORDER_A,
+    "lamport": 8,
+    "time": 1_700_000_000_500,
+    "settled": False,
+}
+
+
+def order_doc(
+    order_id: str, side: str, order_type: str, price: str | None, amount: str, status: str = "open"
+) -> dict[str, Any]:
+    """An order document as the node would give it."""
+    return {
+        "id": order_id,
+        "side": side,
+        "type": order_type,
+        "price": price,
+        "amount": amount,
+        "remaining": amount,
+        "filled": "0",
+        "status": status,
+        "reason": None,
+        "seq": 3,
+        "lamport": 7,
+        "created_at": 1_700_000_000_000,
+        "settled": False,
+        "trades": [],
+    }
+
+
+DOC_A = order_doc(ORDER_A, "buy", "limit", "50000.5", "0.25") | {
+    "remaining": "0.15",
+    "filled": "0.1",
+    "trades": [TRADE_A],
+}
+DOC_F = order_doc(ORDER_F, "sell", "limit", "50001", "1")
+BOOK = {"bids": [["50000.5", "0.15", 1]], "asks": [["50001", "1", 1], ["50002.25", "3.5", 2]]}
 
 
 @implementer(INodeControl)
@@ -32,6 +83,15 @@ class FakeNode:
         self.linked = {NODE_A}
         self.dials: dict[str, Deferred[dict[str, Any]]] = {}
         self.disconnected: list[str] = []
+        self.documents: dict[str, dict[str, Any]] = {ORDER_A: DOC_A, ORDER_F: DOC_F}
+        self.foreign = {ORDER_F}
+        self.submitted: list[tuple[str, str | None, str, str]] = []
+        self.cancelled: list[str] = []
+        self.queries: list[tuple[str, object]] = []
+        self.book_doc: dict[str, Any] = BOOK
+        self.trade_docs: list[dict[str, Any]] = [TRADE_A]
+        self.journal: Deferred[None] | None = None
+        """When set, submits and cancels answer once it fires (or fail with it)."""
 
     def status(self) -> dict[str, Any]:
         return self.status_doc
@@ -51,6 +111,48 @@ class FakeNode:
     def disconnect(self, node_id: str) -> bool:
         self.disconnected.append(node_id)
         return node_id in self.linked
+
+    def journaled(self, document: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        if self.journal is None:
+            return succeed(document)
+        return self.journal.addCallback(lambda _: document)
+
+    def submit_order(
+        self, side: str, price: str | None, amount: str, order_type: str
+    ) -> Deferred[dict[str, Any]]:
+        self.submitted.append((side, price, amount, order_type))
+        if price is not None:
+            if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", price):
+                raise ValueError(f"invalid_price: {price!r} is not a plain decimal")
+            if Decimal(price) % TICK:
+                raise ValueError(
+                    f"invalid_price: price {price} is not a multiple of the tick {TICK}"
+                )
+        document = order_doc(ORDER_NEW, side, order_type, price, amount)
+        self.documents[ORDER_NEW] = document
+        return self.journaled(document)
+
+    def cancel_order(self, order_id: str) -> Deferred[dict[str, Any]]:
+        self.cancelled.append(order_id)
+        document = self.documents[order_id]
+        if order_id in self.foreign:
+            raise PermissionError(order_id)
+        return self.journaled(document | {"status": "cancelled", "remaining": "0"})
+
+    def order(self, order_id: str) -> dict[str, Any] | None:
+        return self.documents.get(order_id)
+
+    def orders(self, state: str, limit: int) -> list[dict[str, Any]]:
+        self.queries.append(("orders", (state, limit)))
+        return [doc for doc in self.documents.values() if doc["id"] not in self.foreign][:limit]
+
+    def book(self, depth: int) -> dict[str, Any]:
+        self.queries.append(("book", depth))
+        return self.book_doc
+
+    def trades(self, limit: int) -> list[dict[str, Any]]:
+        self.queries.append(("trades", limit))
+        return self.trade_docs
 
 
 class APITestCase(SynchronousTestCase):
@@ -83,6 +185,14 @@ class APITestCase(SynchronousTestCase):
     def post_peer(self, body: object) -> Deferred[Any]:
         return self.stub.post(f"{URL}/peers", json=body)  # type: ignore[no-any-return]
 
+    def post_order(self, body: object) -> Deferred[Any]:
+        return self.stub.post(f"{URL}/orders", json=body)  # type: ignore[no-any-return]
+
+    def allowed(self, headers: Any) -> list[str]:
+        """The methods of an ``Allow`` header."""
+        [allow] = headers.getRawHeaders(b"allow")
+        return allow.decode("ascii").split(", ")  # type: ignore[no-any-return]
+
 
 class FakeTests(SynchronousTestCase):
     """The fake is a faithful INodeControl."""
@@ -97,7 +207,10 @@ class ReadTests(APITestCase):
     def test_index(self) -> None:
         status, body, _ = self.answer(self.stub.get(f"{URL}/"))
         self.assertEqual(status, 200)
-        self.assertEqual(body, {"name": "bitfi", "endpoints": ["/status", "/peers"]})
+        self.assertEqual(
+            body,
+            {"name": "bitfi", "endpoints": ["/status", "/peers", "/orders", "/book", "/trades"]},
+        )
 
     def test_status(self) -> None:
         self.node.status_doc = {"node_id": NODE_B, "uptime_s": 1.5, "p2p": {"port": 3000}}
@@ -241,3 +354,373 @@ class DisconnectTests(APITestCase):
         for node_id in ("notanid", NODE_A[:-1], "z" * 40):
             self.assert_error(self.stub.delete(f"{URL}/peers/{node_id}"), 400, "node id")
         self.assertEqual(self.node.disconnected, [])
+
+
+class SubmitTests(APITestCase):
+    """``POST /orders``."""
+
+    def test_submit(self) -> None:
+        body = {"side": "buy", "price": "50000.5", "amount": "0.25", "type": "limit"}
+        status, answer, headers = self.answer(self.post_order(body))
+        self.assertEqual(status, 201)
+        self.assertEqual(answer, order_doc(ORDER_NEW, "buy", "limit", "50000.5", "0.25"))
+        self.assertEqual(headers.getRawHeaders(b"location"), [f"/orders/{ORDER_NEW}".encode()])
+        self.assertEqual(self.node.submitted, [("buy", "50000.5", "0.25", "limit")])
+
+    def test_type_defaults_to_limit(self) -> None:
+        status, answer, _ = self.answer(
+            self.post_order({"side": "sell", "price": "1", "amount": "2"})
+        )
+        self.assertEqual(status, 201)
+        assert isinstance(answer, dict)
+        self.assertEqual(answer["type"], "limit")
+        self.assertEqual(self.node.submitted, [("sell", "1", "2", "limit")])
+
+    def test_decimals_reach_the_node_unchanged(self) -> None:
+        body = {"side": "buy", "price": "050000.50", "amount": "0.25000000000000000001"}
+        self.assertEqual(self.answer(self.post_order(body))[0], 201)
+        self.assertEqual(
+            self.node.submitted, [("buy", "050000.50", "0.25000000000000000001", "limit")]
+        )
+
+    def test_every_type(self) -> None:
+        self.assertEqual(set(ORDER_TYPES), set(BOOK_ORDER_TYPES))
+        bodies: list[dict[str, str | None]] = [
+            {"side": "sell", "price": "3.5", "amount": "1", "type": order_type}
+            for order_type in ("limit", "ioc", "fok", "post_only")
+        ]
+        bodies.append({"side": "buy", "amount": "1", "type": "market"})
+        bodies.append({"side": "sell", "price": None, "amount": "2", "type": "market"})
+        for body in bodies:
+            self.assertEqual(self.answer(self.post_order(body))[0], 201)
+        self.assertEqual(
+            self.node.submitted,
+            [
+                ("sell", "3.5", "1", "limit"),
+                ("sell", "3.5", "1", "ioc"),
+                ("sell", "3.5", "1", "fok"),
+                ("sell", "3.5", "1", "post_only"),
+                ("buy", None, "1", "market"),
+                ("sell", None, "2", "market"),
+            ],
+        )
+
+    def test_numbers_are_refused(self) -> None:
+        for body, name in (
+            ({"side": "buy", "price": 50000.5, "amount": "0.25"}, "price"),
+            ({"side": "buy", "price": 50000, "amount": "0.25"}, "price"),
+            ({"side": "buy", "price": "50000.5", "amount": 0.25}, "amount"),
+            ({"side": "buy", "price": "50000.5", "amount": 1}, "amount"),
+            ({"side": "sell", "amount": 0.1, "type": "market"}, "amount"),
+        ):
+            message = (
+                f'{name} must be a decimal in a JSON string, such as "0.25", not a JSON number'
+            )
+            self.assert_error(self.post_order(body), 400, message)
+        # Numbers no float can hold are refused the same way, not crashed on.
+        for raw in (b"0.1000000000000000055511151231257827", b"1e400", b"-0.0", b"1" * 4000):
+            data = b'{"side": "buy", "price": "1", "amount": ' + raw + b"}"
+            self.assert_error(self.stub.post(f"{URL}/orders", data=data), 400, "amount")
+        data = b'{"side": "buy", "price": "1", "amount": ' + b"1" * 5000 + b"}"
+        self.assert_error(self.stub.post(f"{URL}/orders", data=data), 400)
+        self.assertEqual(self.node.submitted, [])
+
+    def test_wrong_types(self) -> None:
+        for value in (True, False, ["1"], {"value": "1"}):
+            body = {"side": "buy", "price": value, "amount": "1"}
+            self.assert_error(self.post_order(body), 400, "price")
+            body = {"side": "buy", "price": "1", "amount": value}
+            self.assert_error(self.post_order(body), 400, "amount")
+        self.assertEqual(self.node.submitted, [])
+
+    def test_missing_fields(self) -> None:
+        for body, name in (
+            ({"price": "1", "amount": "1"}, "side"),
+            ({"side": "buy", "price": "1"}, "amount"),
+            ({"side": "buy", "price": "1", "amount": None}, "amount"),
+            ({"side": "buy", "amount": "1"}, "price"),
+            ({"side": "buy", "price": None, "amount": "1"}, "price"),
+            ({"side": "buy", "amount": "1", "type": "ioc"}, "price"),
+            ({"side": "buy", "type": "market"}, "amount"),
+            ({}, "side"),
+        ):
+            self.assert_error(self.post_order(body), 400, name)
+        self.assertEqual(self.node.submitted, [])
+
+    def test_limit_without_price(self) -> None:
+        self.assert_error(
+            self.post_order({"side": "buy", "amount": "1"}),
+            400,
+            "price is required for a limit order",
+        )
+
+    def test_bad_side(self) -> None:
+        for side in ("BUY", "bid", "", 1, None, ["buy"]):
+            body = {"side": side, "price": "1", "amount": "1"}
+            self.assert_error(self.post_order(body), 400, "side")
+        self.assertEqual(self.node.submitted, [])
+
+    def test_bad_type(self) -> None:
+        for order_type in ("LIMIT", "stop", "", 1, None, ["limit"]):
+            body = {"side": "buy", "price": "1", "amount": "1", "type": order_type}
+            self.assert_error(self.post_order(body), 400, "type must be one of")
+        self.assertEqual(self.node.submitted, [])
+
+    def test_market_with_price(self) -> None:
+        for price in ("50000", "0", 50000, ""):
+            body = {"side": "buy", "price": price, "amount": "1", "type": "market"}
+            self.assert_error(self.post_order(body), 400, "price must be absent or null")
+        self.assertEqual(self.node.submitted, [])
+
+    def test_unknown_keys(self) -> None:
+        body = {"side": "buy", "price": "1", "amount": "1", "owner": "x", "id": ORDER_A}
+        self.assert_error(self.post_order(body), 400, "unknown field(s) 'id', 'owner'")
+        self.assert_error(self.post_order({"qty": "1"}), 400, "'qty'")
+        self.assertEqual(self.node.submitted, [])
+
+    def test_not_an_object(self) -> None:
+        for body in ([{"side": "buy", "price": "1", "amount": "1"}], "buy", 1.5, None):
+            self.assert_error(self.post_order(body), 400, "JSON object")
+        for data in (
+            b"",
+            b"{not json",
+            b"\xff",
+            b'{"side": NaN}',
+            b'{"amount": Infinity}',
+            b"[" * 100_000,
+        ):
+            self.assert_error(
+                self.stub.post(f"{URL}/orders", data=data[:MAX_BODY]), 400, "JSON object"
+            )
+        self.assertEqual(self.node.submitted, [])
+
+    def test_repeated_key(self) -> None:
+        data = b'{"side": "buy", "price": "1", "price": "100", "amount": "1"}'
+        self.assert_error(self.stub.post(f"{URL}/orders", data=data), 400, "'price'")
+        self.assertEqual(self.node.submitted, [])
+
+    def test_body_too_large(self) -> None:
+        body = {"side": "buy", "price": "1", "amount": "1" + "0" * MAX_BODY}
+        self.assert_error(self.post_order(body), 413, str(MAX_BODY))
+        self.assertEqual(self.node.submitted, [])
+
+    def test_refused_by_the_book(self) -> None:
+        body = {"side": "buy", "price": "50000.555", "amount": "0.25"}
+        self.assert_error(
+            self.post_order(body),
+            400,
+            "invalid_price: price 50000.555 is not a multiple of the tick 0.01",
+        )
+        self.assert_error(self.post_order(body | {"price": "1e3"}), 400, "invalid_price")
+        self.assertEqual(
+            self.node.submitted,
+            [("buy", "50000.555", "0.25", "limit"), ("buy", "1e3", "0.25", "limit")],
+        )
+
+    def test_answers_once_journaled(self) -> None:
+        self.node.journal = Deferred()
+        d = self.post_order({"side": "buy", "price": "1", "amount": "1"})
+        self.stub.flush()
+        self.assertNoResult(d)
+        self.node.journal.callback(None)
+        self.assertEqual(self.answer(d)[0], 201)
+
+    def test_unavailable(self) -> None:
+        self.node.journal = Deferred()
+        d = self.post_order({"side": "buy", "price": "1", "amount": "1"})
+        self.stub.flush()
+        self.node.journal.errback(ServiceUnavailable("journal failed"))
+        self.assert_error(d, 503, "journal failed")
+
+    def test_unavailable_at_once(self) -> None:
+        def refuse(*args: object) -> Deferred[dict[str, Any]]:
+            raise ServiceUnavailable()
+
+        self.node.submit_order = refuse  # type: ignore[method-assign,assignment]
+        self.assert_error(
+            self.post_order({"side": "buy", "price": "1", "amount": "1"}), 503, "cannot take orders"
+        )
+
+    def test_unexpected_error(self) -> None:
+        self.node.journal = Deferred()
+        d = self.post_order({"side": "buy", "price": "1", "amount": "1"})
+        self.stub.flush()
+        self.node.journal.errback(RuntimeError("bug"))
+        self.assert_error(d, 500, "internal error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_method_not_allowed(self) -> None:
+        headers = self.assert_error(self.stub.put(f"{URL}/orders", data=b"{}"), 405, "PUT")
+        self.assertEqual(self.allowed(headers), ["GET", "HEAD", "POST"])
+        headers = self.assert_error(self.stub.delete(f"{URL}/orders"), 405, "DELETE")
+        self.assertEqual(self.allowed(headers), ["GET", "HEAD", "POST"])
+
+
+class OrderTests(APITestCase):
+    """``GET /orders/{id}`` and ``DELETE /orders/{id}``."""
+
+    def test_get(self) -> None:
+        status, body, _ = self.answer(self.stub.get(f"{URL}/orders/{ORDER_A}"))
+        self.assertEqual((status, body), (200, DOC_A))
+        status, body, _ = self.answer(self.stub.get(f"{URL}/orders/{ORDER_F.upper()}"))
+        self.assertEqual((status, body), (200, DOC_F))
+        self.assertEqual(self.answer(self.stub.get(f"{URL}/orders/{ORDER_A}/"))[1], DOC_A)
+
+    def test_get_unknown(self) -> None:
+        self.assert_error(self.stub.get(f"{URL}/orders/{ORDER_NEW}"), 404, ORDER_NEW)
+
+    def test_invalid_ids(self) -> None:
+        for order_id in (
+            "notanid",
+            ORDER_A[:-1],
+            ORDER_A + "0",
+            "g" * 64,
+            "0x" + "0" * 62,
+            NODE_A,
+            "%20" + ORDER_A[3:],
+        ):
+            self.assert_error(self.stub.get(f"{URL}/orders/{order_id}"), 400, "order id")
+            self.assert_error(self.stub.delete(f"{URL}/orders/{order_id}"), 400, "order id")
+        self.assertEqual(self.node.cancelled, [])
+
+    def test_below_an_order(self) -> None:
+        self.assert_error(self.stub.get(f"{URL}/orders/{ORDER_A}/x"), 404, "not found")
+        self.assert_error(self.stub.delete(f"{URL}/orders/{ORDER_A}/x"), 404, "not found")
+        self.assertEqual(self.node.cancelled, [])
+
+    def test_cancel(self) -> None:
+        status, body, _ = self.answer(self.stub.delete(f"{URL}/orders/{ORDER_A}"))
+        self.assertEqual(status, 200)
+        self.assertEqual(body, DOC_A | {"status": "cancelled", "remaining": "0"})
+        self.assertEqual(self.node.cancelled, [ORDER_A])
+
+    def test_cancel_uppercase_id(self) -> None:
+        self.assertEqual(self.answer(self.stub.delete(f"{URL}/orders/{ORDER_A.upper()}"))[0], 200)
+        self.assertEqual(self.node.cancelled, [ORDER_A])
+
+    def test_cancel_without_effect(self) -> None:
+        self.node.cancel_order = lambda order_id: succeed(DOC_A)  # type: ignore[method-assign]
+        status, body, _ = self.answer(self.stub.delete(f"{URL}/orders/{ORDER_A}"))
+        self.assertEqual((status, body), (200, DOC_A))
+
+    def test_cancel_once_journaled(self) -> None:
+        self.node.journal = Deferred()
+        d = self.stub.delete(f"{URL}/orders/{ORDER_A}")
+        self.stub.flush()
+        self.assertNoResult(d)
+        self.node.journal.callback(None)
+        self.assertEqual(self.answer(d)[0], 200)
+
+    def test_cancel_unknown(self) -> None:
+        self.assert_error(self.stub.delete(f"{URL}/orders/{ORDER_NEW}"), 404, ORDER_NEW)
+        self.assertEqual(self.node.cancelled, [ORDER_NEW])
+
+    def test_cancel_not_ours(self) -> None:
+        self.assert_error(
+            self.stub.delete(f"{URL}/orders/{ORDER_F}"), 403, "not placed by this node"
+        )
+        self.assertEqual(self.node.cancelled, [ORDER_F])
+
+    def test_cancel_unavailable(self) -> None:
+        self.node.journal = fail(ServiceUnavailable("stopping"))
+        self.assert_error(self.stub.delete(f"{URL}/orders/{ORDER_A}"), 503, "stopping")
+
+    def test_method_not_allowed(self) -> None:
+        headers = self.assert_error(
+            self.stub.post(f"{URL}/orders/{ORDER_A}", data=b"{}"), 405, "POST"
+        )
+        self.assertEqual(self.allowed(headers), ["DELETE", "GET", "HEAD"])
+
+
+class QueryTests(APITestCase):
+    """``GET /orders``, ``/book`` and ``/trades``, and their query parameters."""
+
+    BAD_INTS = (
+        "0",
+        "1001",
+        "-1",
+        "%2B5",
+        "+5",
+        "abc",
+        "5.0",
+        "",
+        "%205",
+        "5%20",
+        "1e3",
+        "0x10",
+        "99999999999999999999",
+        "%EF%BC%95",
+        "%C2%B2",
+    )
+
+    def assert_bad_ints(self, path: str, name: str) -> None:
+        for value in self.BAD_INTS:
+            self.assert_error(self.stub.get(f"{URL}{path}?{name}={value}"), 400, name)
+        self.assert_error(self.stub.get(f"{URL}{path}?{name}=5&{name}=5"), 400, name)
+        self.assertEqual(self.node.queries, [])
+
+    def test_orders(self) -> None:
+        status, body, _ = self.answer(self.stub.get(f"{URL}/orders"))
+        self.assertEqual((status, body), (200, {"orders": [DOC_A]}))
+        self.assertEqual(self.node.queries, [("orders", ("open", 100))])
+
+    def test_orders_params(self) -> None:
+        for query, expected in (
+            ("state=closed&limit=5", ("closed", 5)),
+            ("state=all&limit=1000", ("all", 1000)),
+            ("state=open&limit=1", ("open", 1)),
+            ("limit=007", ("open", 7)),
+            ("state=all&other=x", ("all", 100)),
+        ):
+            self.assertEqual(self.answer(self.stub.get(f"{URL}/orders?{query}"))[0], 200)
+            self.assertEqual(self.node.queries.pop(), ("orders", expected))
+
+    def test_orders_bad_state(self) -> None:
+        for value in ("OPEN", "", "filled", "open%00"):
+            self.assert_error(self.stub.get(f"{URL}/orders?state={value}"), 400, "state")
+        self.assert_error(self.stub.get(f"{URL}/orders?state=open&state=all"), 400, "state")
+        self.assertEqual(self.node.queries, [])
+
+    def test_orders_bad_limit(self) -> None:
+        self.assert_bad_ints("/orders", "limit")
+
+    def test_book(self) -> None:
+        status, body, _ = self.answer(self.stub.get(f"{URL}/book"))
+        self.assertEqual((status, body), (200, BOOK))
+        self.assertEqual(self.answer(self.stub.get(f"{URL}/book?depth=1000"))[0], 200)
+        self.assertEqual(self.answer(self.stub.get(f"{URL}/book/?depth=1"))[0], 200)
+        self.assertEqual(self.node.queries, [("book", 20), ("book", 1000), ("book", 1)])
+
+    def test_book_empty(self) -> None:
+        self.node.book_doc = {"bids": [], "asks": []}
+        self.assertEqual(self.answer(self.stub.get(f"{URL}/book"))[1], {"bids": [], "asks": []})
+
+    def test_book_bad_depth(self) -> None:
+        self.assert_bad_ints("/book", "depth")
+
+    def test_trades(self) -> None:
+        status, body, _ = self.answer(self.stub.get(f"{URL}/trades"))
+        self.assertEqual((status, body), (200, {"trades": [TRADE_A]}))
+        self.node.trade_docs = []
+        self.assertEqual(self.answer(self.stub.get(f"{URL}/trades?limit=3"))[1], {"trades": []})
+        self.assertEqual(self.node.queries, [("trades", 50), ("trades", 3)])
+
+    def test_trades_bad_limit(self) -> None:
+        self.assert_bad_ints("/trades", "limit")
+
+    def test_head(self) -> None:
+        for path in ("/orders", "/book", "/trades", f"/orders/{ORDER_A}"):
+            d = self.stub.head(URL + path)
+            self.stub.flush()
+            self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_method_not_allowed(self) -> None:
+        for path in ("/book", "/trades"):
+            headers = self.assert_error(self.stub.post(URL + path, data=b"{}"), 405, "POST")
+            self.assertEqual(self.allowed(headers), ["GET", "HEAD"])
+            self.assert_error(self.stub.delete(URL + path), 405, "DELETE")
+        self.assertEqual(self.node.queries, [])
+
+    def test_unknown_paths(self) -> None:
+        for path in ("/book/x", "/trades/x", "/orders/x/y"):
+            self.assert_error(self.stub.get(URL + path), 404, "not found")

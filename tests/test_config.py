@@ -126,6 +126,7 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
     "API_HOST": ("0.0.0.0", "api_host", "0.0.0.0"),
     "BITFI_NO_API": ("1", "api_enabled", False),
     "LOG_LEVEL": ("DEBUG", "log_level", LogLevel.debug),
+    "BITFI_SETTLE_AFTER": ("2.5", "settle_after", 2.5),
 }
 
 #: option -> (command-line value, field expected from it, environment variable, env value)
@@ -140,6 +141,7 @@ CLI_CASES: dict[str, tuple[str, object, str, str]] = {
     "api-port": ("9090", 9090, "API_PORT", "8080"),
     "api-host": ("::1", "::1", "API_HOST", "0.0.0.0"),
     "log-level": ("error", LogLevel.error, "LOG_LEVEL", "debug"),
+    "settle-after": ("0.5", 0.5, "BITFI_SETTLE_AFTER", "30"),
 }
 
 #: option -> bad values (each rejected from the command line and the environment)
@@ -154,6 +156,7 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "api-port": ("x", "70000"),
     "api-host": ("no_such host",),
     "log-level": ("loud", ""),
+    "settle-after": ("-1", "86401", "soon", "nan", "inf", ""),
     "bootstrap": ("nope", "127.0.0.1:0", "::1:3000", "xyz@127.0.0.1:3000"),
 }
 

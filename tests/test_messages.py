@@ -14,14 +14,24 @@ from bitfitech.wire.framing import MAX_PAYLOAD
 from bitfitech.wire.messages import (
     COMMANDS,
     MAX_ADDRS,
+    MAX_EVENT_TEXT,
+    MAX_EVENTS,
+    MAX_INV,
+    MAX_SEQ,
+    MAX_TTL,
     MAX_USER_AGENT,
+    MAX_VECTOR,
     Addr,
+    Events,
     GetAddr,
+    GetData,
+    Inv,
     Message,
     MessageError,
     NetAddress,
     Ping,
     Pong,
+    Sync,
     Unknown,
     Verack,
     Version,
@@ -51,7 +61,32 @@ ADDR = Addr(
         NetAddress("node.example", 1, None, 5),
     )
 )
-EXAMPLES: list[Message] = [VERSION, Verack(), GetAddr(), ADDR, Ping(0), Pong(2**64 - 1)]
+EVENT_A = "0123456789abcdef" * 4
+EVENT_B = "f" * 64
+SIG = "0123456789abcdef" * 8
+AUTHOR_A = "a" * 64
+AUTHOR_B = "fedcba9876543210" * 4
+DIGEST = "d" * 64
+PRINTABLE = "".join(map(chr, range(0x20, 0x7F)))
+INV = Inv((EVENT_A, EVENT_B), 3)
+GETDATA = GetData((EVENT_A,))
+EVENTS = Events((("hello world", SIG), (PRINTABLE, "f" * 128), ("x", "0" * 128)), 2, False)
+NO_EVENTS = Events((), 0, True)
+SYNC = Sync(((AUTHOR_A, 0), (AUTHOR_B, 2**63 - 1)), DIGEST)
+EXAMPLES: list[Message] = [
+    VERSION,
+    Verack(),
+    GetAddr(),
+    ADDR,
+    Ping(0),
+    Pong(2**64 - 1),
+    INV,
+    GETDATA,
+    EVENTS,
+    NO_EVENTS,
+    SYNC,
+    Sync((), DIGEST),
+]
 
 
 def payload_of(message: Message) -> dict[str, Any]:
@@ -93,6 +128,27 @@ net_addresses = st.builds(
     time=times,
 )
 addrs = st.builds(Addr, st.lists(net_addresses, max_size=20).map(tuple))
+hex64 = st.from_regex(r"\A[0-9a-f]{64}\Z")
+ttls = st.integers(min_value=0, max_value=MAX_TTL)
+id_tuples = st.lists(hex64, min_size=1, max_size=20).map(tuple)
+invs = st.builds(Inv, id_tuples, ttls)
+getdatas = st.builds(GetData, id_tuples)
+event_texts = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=MAX_EVENT_TEXT
+)
+sigs = st.from_regex(r"\A[0-9a-f]{128}\Z")
+events_messages = st.builds(
+    Events, st.lists(st.tuples(event_texts, sigs), max_size=10).map(tuple), ttls, st.booleans()
+)
+syncs = st.builds(
+    Sync,
+    st.lists(
+        st.tuples(hex64, st.integers(min_value=0, max_value=MAX_SEQ)),
+        max_size=20,
+        unique_by=lambda entry: entry[0],
+    ).map(tuple),
+    hex64,
+)
 
 
 class RoundTripTests(SynchronousTestCase):
@@ -118,6 +174,10 @@ class RoundTripTests(SynchronousTestCase):
                 "addr": Addr,
                 "ping": Ping,
                 "pong": Pong,
+                "inv": Inv,
+                "getdata": GetData,
+                "events": Events,
+                "sync": Sync,
             },
         )
         for message in EXAMPLES:
@@ -152,6 +212,39 @@ class RoundTripTests(SynchronousTestCase):
             },
         )
 
+    def test_compact_deterministic_encoding_gossip(self) -> None:
+        """inv, getdata, events and sync encode as compact JSON with sorted keys."""
+        self.assertEqual(
+            encode_message(Inv((EVENT_B,), 0)),
+            ("inv", b'{"ids":["' + EVENT_B.encode() + b'"],"ttl":0}'),
+        )
+        self.assertEqual(
+            encode_message(GetData((EVENT_A, EVENT_B))),
+            ("getdata", f'{{"ids":["{EVENT_A}","{EVENT_B}"]}}'.encode()),
+        )
+        self.assertEqual(
+            encode_message(Events((("a b", SIG),), 1, False)),
+            ("events", f'{{"events":[["a b","{SIG}"]],"more":false,"ttl":1}}'.encode()),
+        )
+        self.assertEqual(
+            encode_message(NO_EVENTS), ("events", b'{"events":[],"more":true,"ttl":0}')
+        )
+        self.assertEqual(
+            encode_message(Sync(((AUTHOR_A, 5),), DIGEST)),
+            ("sync", f'{{"digest":"{DIGEST}","vector":[["{AUTHOR_A}",5]]}}'.encode()),
+        )
+        self.assertEqual(
+            encode_message(Sync((), DIGEST)),
+            ("sync", b'{"digest":"d' + b"d" * 63 + b'","vector":[]}'),
+        )
+
+    def test_event_text_escapes(self) -> None:
+        """Quotes and backslashes in event text survive JSON escaping; limits count characters."""
+        quoted = Events((('"' * MAX_EVENT_TEXT, SIG), ("\\", SIG)), 1, False)
+        _, payload = encode_message(quoted)
+        self.assertIn(b'\\"' * MAX_EVENT_TEXT, payload)
+        self.assertEqual(decode_message("events", payload), quoted)
+
     def test_host_normalized(self) -> None:
         """Hosts are normalized: brackets dropped, IPv6 compressed, names lowercased."""
         self.assertEqual(NetAddress("[2001:DB8:0::1]", 1, None, 0).host, "2001:db8::1")
@@ -176,21 +269,29 @@ class RoundTripTests(SynchronousTestCase):
         obj["more"] = 1
         self.assertEqual(decode_message("addr", dump(obj)), ADDR)
         self.assertEqual(decode_message("verack", b'{"x":1}'), Verack())
+        gossip: list[Message] = [INV, GETDATA, EVENTS, NO_EVENTS, SYNC]
+        for message in gossip:
+            with self.subTest(message=describe(message)):
+                obj = payload_of(message)
+                obj["future_field"] = [[1, 2, 3], {"x": None}]
+                self.assertEqual(decode_message(describe(message), dump(obj)), message)
 
     def test_unknown_command(self) -> None:
         """An unknown command is kept unparsed and re-encodes to the same bytes."""
-        message = decode_message("inv", b"\xff not json")
-        self.assertEqual(message, Unknown("inv", b"\xff not json"))
-        self.assertEqual(describe(message), "inv")
-        self.assertEqual(encode_message(message), ("inv", b"\xff not json"))
+        message = decode_message("mempool", b"\xff not json")
+        self.assertEqual(message, Unknown("mempool", b"\xff not json"))
+        self.assertEqual(describe(message), "mempool")
+        self.assertEqual(encode_message(message), ("mempool", b"\xff not json"))
 
     def test_unknown_must_be_unknown(self) -> None:
         """Unknown refuses known commands, invalid commands and oversize payloads."""
         self.assertRaises(MessageError, Unknown, "ping", b"")
-        self.assertRaises(MessageError, Unknown, "Inv", b"")
+        for command in ["inv", "getdata", "events", "sync"]:
+            self.assertRaises(MessageError, Unknown, command, b"")
+        self.assertRaises(MessageError, Unknown, "Mempool", b"")
         self.assertRaises(MessageError, Unknown, "", b"")
         self.assertRaises(MessageError, decode_message, "BAD", b"{}")
-        self.assertRaises(MessageError, Unknown, "inv", bytes(MAX_PAYLOAD + 1))
+        self.assertRaises(MessageError, Unknown, "mempool", bytes(MAX_PAYLOAD + 1))
 
     @settings(max_examples=200, deadline=None)
     @given(versions)
@@ -210,6 +311,39 @@ class RoundTripTests(SynchronousTestCase):
         """Any valid Ping and Pong round-trips."""
         self.assertEqual(decode_message(*encode_message(Ping(nonce))), Ping(nonce))
         self.assertEqual(decode_message(*encode_message(Pong(nonce))), Pong(nonce))
+
+    @settings(max_examples=200, deadline=None)
+    @given(invs | getdatas)
+    def test_inv_getdata_property(self, message: Inv | GetData) -> None:
+        """Any valid Inv and GetData round-trips."""
+        self.assertEqual(decode_message(*encode_message(message)), message)
+
+    @settings(max_examples=200, deadline=None)
+    @given(events_messages)
+    def test_events_property(self, message: Events) -> None:
+        """Any valid Events round-trips."""
+        self.assertEqual(decode_message(*encode_message(message)), message)
+
+    @settings(max_examples=200, deadline=None)
+    @given(syncs)
+    def test_sync_property(self, message: Sync) -> None:
+        """Any valid Sync round-trips."""
+        self.assertEqual(decode_message(*encode_message(message)), message)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(st.characters(codec="utf-8"), max_size=MAX_EVENT_TEXT + 2))
+    def test_event_text_property(self, value: str) -> None:
+        """An event text is accepted exactly when it is 1 to 400 printable ASCII characters."""
+        valid = 1 <= len(value) <= MAX_EVENT_TEXT and all(" " <= ch <= "~" for ch in value)
+        payload = dump({"events": [[value, SIG]], "more": False, "ttl": 0})
+        try:
+            message = decode_message("events", payload)
+        except MessageError as error:
+            self.assertFalse(valid, str(error))
+            self.assertEqual(error.field, "events[0][0]")
+        else:
+            self.assertTrue(valid)
+            self.assertEqual(message, Events(((value, SIG),), 0, False))
 
 
 class RejectionTests(SynchronousTestCase):
@@ -395,6 +529,225 @@ class RejectionTests(SynchronousTestCase):
         self.assert_field_rejected(VERSION, "services", ["s" * 33])
         self.assert_field_rejected(VERSION, "services", ["s"] * 33)
 
+    def test_event_id_count(self) -> None:
+        """inv and getdata hold 1 to MAX_INV event ids."""
+        ids = [f"{i:064x}" for i in range(MAX_INV + 1)]
+        for command in ["inv", "getdata"]:
+            with self.subTest(command=command):
+                decoded = decode_message(command, dump({"ids": ids[:MAX_INV], "ttl": 0}))
+                assert isinstance(decoded, (Inv, GetData))
+                self.assertEqual(len(decoded.ids), MAX_INV)
+                self.assert_rejected(command, dump({"ids": ids, "ttl": 0}), "ids", "1001")
+                self.assert_rejected(command, dump({"ids": [], "ttl": 0}), "ids", "0")
+        self.assertEqual(len(Inv((EVENT_A,), 0).ids), 1)
+        self.assertRaises(MessageError, Inv, tuple(ids), 0)
+        self.assertRaises(MessageError, Inv, (), 0)
+        self.assertRaises(MessageError, GetData, tuple(ids))
+        self.assertRaises(MessageError, GetData, ())
+
+    def test_bad_event_id(self) -> None:
+        """Event ids are 64 lowercase hex digits."""
+        for value in [
+            "A" * 64,
+            "0" * 63 + "A",
+            "0" * 63,
+            "0" * 65,
+            "g" * 64,
+            "",
+            " " + "0" * 63,
+            "0" * 64 + "\n",
+            64,
+            None,
+            ["0" * 64],
+        ]:
+            with self.subTest(value=value):
+                obj = payload_of(INV)
+                obj["ids"][1] = value
+                self.assert_rejected("inv", dump(obj), "ids[1]")
+                obj = payload_of(GETDATA)
+                obj["ids"][0] = value
+                self.assert_rejected("getdata", dump(obj), "ids[0]")
+        self.assert_field_rejected(INV, "ids", EVENT_A)
+        self.assert_field_rejected(GETDATA, "ids", {"0": EVENT_A})
+
+    def test_ttl_range(self) -> None:
+        """ttl is an integer from 0 to MAX_TTL in inv and events."""
+        with_ttl: list[Inv | Events] = [INV, EVENTS]
+        for message in with_ttl:
+            with self.subTest(command=describe(message)):
+                for value in [0, MAX_TTL]:
+                    obj = payload_of(message)
+                    obj["ttl"] = value
+                    self.assertEqual(
+                        decode_message(describe(message), dump(obj)), replace(message, ttl=value)
+                    )
+                for bad in [MAX_TTL + 1, -1, True, False, 1.0, "1", None, [1]]:
+                    self.assert_field_rejected(message, "ttl", bad)
+        self.assertRaises(MessageError, Inv, (EVENT_A,), 256)
+        self.assertRaises(MessageError, Events, (), True, False)
+
+    def test_events_count(self) -> None:
+        """An events message holds 0 to MAX_EVENTS events."""
+        entry = ["e", SIG]
+        decoded = decode_message(
+            "events", dump({"events": [entry] * MAX_EVENTS, "more": True, "ttl": 0})
+        )
+        assert isinstance(decoded, Events)
+        self.assertEqual(len(decoded.events), MAX_EVENTS)
+        self.assertEqual(decoded.events[-1], ("e", SIG))
+        payload = dump({"events": [entry] * (MAX_EVENTS + 1), "more": True, "ttl": 0})
+        self.assert_rejected("events", payload, "events", "1001")
+        self.assertRaises(MessageError, Events, (("e", SIG),) * (MAX_EVENTS + 1), 0, False)
+        self.assertEqual(decode_message("events", dump(payload_of(NO_EVENTS))), NO_EVENTS)
+
+    def test_event_text(self) -> None:
+        """Event text is 1 to MAX_EVENT_TEXT characters, each printable ASCII 0x20 to 0x7e."""
+        for value in [" ", "~", PRINTABLE, "~" * MAX_EVENT_TEXT, " " * MAX_EVENT_TEXT]:
+            with self.subTest(value=value):
+                obj = payload_of(EVENTS)
+                obj["events"][0][0] = value
+                decoded = decode_message("events", dump(obj))
+                assert isinstance(decoded, Events)
+                self.assertEqual(decoded.events[0], (value, SIG))
+        for bad in [
+            "",
+            "x" * (MAX_EVENT_TEXT + 1),
+            "a\x1f",
+            "\x7f",
+            "\x00",
+            "tab\there",
+            "line\n",
+            "\r",
+            "caf\u00e9",
+            "\u2028",
+            "\ud800",
+            "\U0001f600",
+            5,
+            None,
+            ["text"],
+        ]:
+            with self.subTest(bad=bad):
+                obj = payload_of(EVENTS)
+                obj["events"][1][0] = bad
+                self.assert_rejected("events", dump(obj), "events[1][0]")
+        error = self.assertRaises(MessageError, Events, (("é", SIG),), 0, False)
+        self.assertIn("printable ASCII", str(error))
+        error = self.assertRaises(MessageError, Events, (("", SIG),), 0, False)
+        self.assertIn("1 to 400 characters", str(error))
+
+    def test_event_sig(self) -> None:
+        """Signatures are exactly 128 lowercase hex digits."""
+        for bad in [
+            "0" * 127,
+            "0" * 129,
+            "A" * 128,
+            "0" * 127 + "F",
+            "g" * 128,
+            "",
+            "0" * 127 + " ",
+            128,
+            None,
+        ]:
+            with self.subTest(bad=bad):
+                obj = payload_of(EVENTS)
+                obj["events"][2][1] = bad
+                self.assert_rejected("events", dump(obj), "events[2][1]")
+
+    def test_event_entry_shape(self) -> None:
+        """Each event is an array of exactly two strings [text, sig]."""
+        for bad in [
+            ["x", SIG, "extra"],
+            ["x"],
+            [],
+            "x",
+            {"text": "x", "sig": SIG},
+            None,
+            [["x", SIG]],
+        ]:
+            with self.subTest(bad=bad):
+                obj = payload_of(EVENTS)
+                obj["events"][1] = bad
+                error = self.assert_rejected("events", dump(obj), "[text, sig]")
+                self.assertEqual(error.field, "events[1]")
+        self.assert_field_rejected(EVENTS, "events", {"0": ["x", SIG]})
+        self.assert_field_rejected(EVENTS, "events", "x")
+        self.assertRaises(MessageError, Events, (("x", SIG, "extra"),), 0, False)
+        self.assertRaises(MessageError, Events, (["x", SIG],), 0, False)
+        self.assertRaises(MessageError, Events, [("x", SIG)], 0, False)
+        self.assertRaises(MessageError, Events, ("x",), 0, False)
+
+    def test_more_is_a_bool(self) -> None:
+        """more must be a real JSON bool."""
+        self.assertEqual(
+            decode_message("events", dump({**payload_of(EVENTS), "more": True})),
+            replace(EVENTS, more=True),
+        )
+        for bad in [0, 1, "false", "true", None, [], 1.0]:
+            with self.subTest(bad=bad):
+                self.assert_field_rejected(EVENTS, "more", bad)
+        self.assertRaises(MessageError, Events, (), 0, 1)
+        self.assertRaises(MessageError, Events, (), 0, None)
+
+    def test_vector_count(self) -> None:
+        """A sync vector holds 0 to MAX_VECTOR entries."""
+        vector = [[f"{i:064x}", i] for i in range(MAX_VECTOR + 1)]
+        decoded = decode_message("sync", dump({"vector": vector[:MAX_VECTOR], "digest": DIGEST}))
+        assert isinstance(decoded, Sync)
+        self.assertEqual(len(decoded.vector), MAX_VECTOR)
+        self.assertEqual(decoded.vector[-1], (f"{MAX_VECTOR - 1:064x}", MAX_VECTOR - 1))
+        self.assert_rejected("sync", dump({"vector": vector, "digest": DIGEST}), "vector", "10001")
+        entries = tuple((author, seq) for author, seq in vector)
+        self.assertRaises(MessageError, Sync, entries, DIGEST)
+        self.assertEqual(Sync((), DIGEST).vector, ())
+
+    def test_vector_seq(self) -> None:
+        """Sequence numbers are integers from 0 to 2**63 - 1."""
+        for value in [0, MAX_SEQ]:
+            obj = payload_of(SYNC)
+            obj["vector"][0][1] = value
+            decoded = decode_message("sync", dump(obj))
+            assert isinstance(decoded, Sync)
+            self.assertEqual(decoded.vector[0], (AUTHOR_A, value))
+        for bad in [MAX_SEQ + 1, -1, True, False, 1.0, 1.5, "1", None, [1]]:
+            with self.subTest(bad=bad):
+                obj = payload_of(SYNC)
+                obj["vector"][1][1] = bad
+                self.assert_rejected("sync", dump(obj), "vector[1][1]")
+        self.assertRaises(MessageError, Sync, ((AUTHOR_A, True),), DIGEST)
+        self.assertRaises(MessageError, Sync, ((AUTHOR_A, 2**63),), DIGEST)
+
+    def test_vector_author(self) -> None:
+        """Authors are 64 lowercase hex digits, unique within the message."""
+        for bad in ["A" * 64, "0" * 63, "0" * 65, "0" * 63 + "G", "", 5, None]:
+            with self.subTest(bad=bad):
+                obj = payload_of(SYNC)
+                obj["vector"][0][0] = bad
+                self.assert_rejected("sync", dump(obj), "vector[0][0]")
+        obj = payload_of(SYNC)
+        obj["vector"].append([AUTHOR_A, 7])
+        self.assert_rejected("sync", dump(obj), "vector[2][0]", "duplicate")
+        self.assertRaises(MessageError, Sync, ((AUTHOR_A, 1), (AUTHOR_A, 1)), DIGEST)
+
+    def test_vector_entry_shape(self) -> None:
+        """Each vector entry is an array [author, seq] of exactly two elements."""
+        for bad in [[AUTHOR_A, 1, 2], [AUTHOR_A], [], AUTHOR_A, {"author": AUTHOR_A}, None]:
+            with self.subTest(bad=bad):
+                obj = payload_of(SYNC)
+                obj["vector"][1] = bad
+                error = self.assert_rejected("sync", dump(obj), "[author, seq]")
+                self.assertEqual(error.field, "vector[1]")
+        self.assert_field_rejected(SYNC, "vector", {AUTHOR_A: 1})
+        self.assertRaises(MessageError, Sync, ((AUTHOR_A, 1, 2),), DIGEST)
+        self.assertRaises(MessageError, Sync, ([AUTHOR_A, 1],), DIGEST)
+        self.assertRaises(MessageError, Sync, [(AUTHOR_A, 1)], DIGEST)
+
+    def test_bad_digest(self) -> None:
+        """The digest is 64 lowercase hex digits."""
+        for bad in ["D" * 64, "d" * 63, "d" * 65, "x" * 64, "", 0, None, ["d" * 64]]:
+            with self.subTest(bad=bad):
+                self.assert_field_rejected(SYNC, "digest", bad)
+        self.assertRaises(MessageError, Sync, (), "D" * 64)
+
     def test_invalid_messages_cannot_be_built(self) -> None:
         """Building an invalid message raises MessageError, so it is never sent."""
         self.assertRaises(MessageError, replace, VERSION, port=70000)
@@ -413,6 +766,11 @@ class RejectionTests(SynchronousTestCase):
         error = self.assert_rejected("addr", dump(obj))
         self.assertEqual(error.command, "addr")
         self.assertEqual(error.field, "addrs[1].port")
+        obj = payload_of(EVENTS)
+        obj["events"].append(["x", SIG.upper()])
+        error = self.assert_rejected("events", dump(obj), "events[3][1]")
+        self.assertEqual(error.command, "events")
+        self.assertEqual(error.field, "events[3][1]")
 
 
 class ArbitraryPayloadTests(SynchronousTestCase):
@@ -442,7 +800,22 @@ class ArbitraryPayloadTests(SynchronousTestCase):
                 st.lists(children, max_size=4)
                 | st.dictionaries(
                     st.sampled_from(
-                        ["nonce", "addrs", "host", "port", "node_id", "time", "services", "x"]
+                        [
+                            "nonce",
+                            "addrs",
+                            "host",
+                            "port",
+                            "node_id",
+                            "time",
+                            "services",
+                            "ids",
+                            "ttl",
+                            "events",
+                            "more",
+                            "vector",
+                            "digest",
+                            "x",
+                        ]
                     )
                     | text,
                     children,

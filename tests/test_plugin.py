@@ -85,7 +85,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_tree(self) -> None:
         service, data_dir = self.make("--port", "3001", "--api-port", "0")
         self.assertTrue(IService.providedBy(service))
-        self.assertEqual(child_names(service), ["storage", "peers", "api"])
+        self.assertEqual(child_names(service), ["storage", "market", "peers", "api"])
         self.assertFalse(service.running)
         self.assertFalse(any(child.running for child in IServiceCollection(service)))
         self.assertFalse(os.path.exists(data_dir))
@@ -95,7 +95,7 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_no_api(self) -> None:
         service, data_dir = self.make("--no-api")
-        self.assertEqual(child_names(service), ["storage", "peers"])
+        self.assertEqual(child_names(service), ["storage", "market", "peers"])
         self.assertFalse(os.path.exists(data_dir))
 
     def test_unparsed(self) -> None:
@@ -136,7 +136,7 @@ class TacTests(SynchronousTestCase):
             services = list(IServiceCollection(application))
             self.assertEqual([s.name for s in services], ["node"], path)
             node = IServiceCollection(application).getServiceNamed("node")
-            self.assertEqual(child_names(node), ["storage", "peers", "api"], path)
+            self.assertEqual(child_names(node), ["storage", "market", "peers", "api"], path)
             self.assertFalse(node.running, path)
             self.assertFalse(os.path.exists(data_dir), path)
             assert isinstance(node, Node)

@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from ..address import AddressError, PeerAddress, is_ip_literal
 from ..config import LinkTiming
-from ..interfaces import ILinkOwner
+from ..interfaces import IGossip, ILinkOwner
 from ..logs import logger
 from ..wire.messages import MAX_ADDRS, Addr, GetAddr, Message, NetAddress, Unknown
 from .addrbook import AddressBook
@@ -79,6 +79,7 @@ class PeerHub:
         self._subscribers: list[Callable[[], None]] = []
         self.misbehaviour_count = 0
         self.refused_inbound = 0
+        self.gossip: IGossip | None = None
 
     # -- subscriptions and queries
 
@@ -164,6 +165,8 @@ class PeerHub:
             if self._learn(address, "inbound", int(self.clock.seconds())):
                 self._relay([address], exclude=link)
         link.send(GetAddr())
+        if self.gossip is not None:
+            self.gossip.link_ready(link)
         self._changed()
         return None
 
@@ -176,6 +179,8 @@ class PeerHub:
             link.send(Addr(addrs=tuple(self._addresses_for(link))))
         elif isinstance(message, Addr):
             self._on_addr(link, message)
+        elif self.gossip is not None and self.gossip.link_message(link, message):
+            pass
         elif isinstance(message, Unknown):
             log.debug("Ignoring unknown command {command} from {peer}",
                       command=message.command, peer=link.describe())  # fmt: skip
@@ -184,6 +189,8 @@ class PeerHub:
         """Forget a closed link."""
         self.pending.discard(link)
         self._nonces.discard(link.nonce)
+        if self.gossip is not None:
+            self.gossip.link_closed(link)
         if link.node_id is not None and self.links.get(link.node_id) is link:
             del self.links[link.node_id]
             log.info("Peer {peer} disconnected: {reason} ({count} links)",

@@ -60,7 +60,27 @@ MAX_NONCE: int = 2**64 - 1
 MAX_TIME: int = 2**40 - 1
 """Largest unix time in seconds a message may carry."""
 
+MAX_INV: int = 1000
+"""Most event ids in one ``inv`` or ``getdata`` message (at least one is required)."""
+
+MAX_TTL: int = 255
+"""Largest ``ttl`` (``inv``, ``events``): hops an announcement or event may still travel."""
+
+MAX_EVENTS: int = 1000
+"""Most events in one ``events`` message."""
+
+MAX_EVENT_TEXT: int = 400
+"""Longest event text, in characters, all printable ASCII (0x20 to 0x7e)."""
+
+MAX_VECTOR: int = 10000
+"""Most ``[author, seq]`` entries in one ``sync`` message."""
+
+MAX_SEQ: int = 2**63 - 1
+"""Largest sequence number in a ``sync`` vector: a signed 64-bit integer, not negative."""
+
 _SERVICE_RE = re.compile(r"[a-z0-9_]{1,32}")
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_SIG_RE = re.compile(r"[0-9a-f]{128}")
 _SHOWN = 60
 
 
@@ -138,6 +158,63 @@ def _node_id(value: object, command: str, field: str) -> str:
             field=field,
         )
     return value
+
+
+def _hex64(value: object, what: str, command: str, field: str) -> str:
+    """Check a 64-digit lowercase hex string, such as an event id; ``what`` names it."""
+    if not isinstance(value, str) or _HEX64_RE.fullmatch(value) is None:
+        raise MessageError(
+            f"must be {what} (64 lowercase hex digits), not {_show(value)}",
+            command=command,
+            field=field,
+        )
+    return value
+
+
+def _tuple(value: object, low: int, high: int, command: str, field: str) -> tuple[object, ...]:
+    """Check a sequence field: a ``tuple`` of ``low`` to ``high`` entries."""
+    if not isinstance(value, tuple):
+        raise MessageError(f"must be a tuple, not {_show(value)}", command=command, field=field)
+    _count(len(value), low, high, command, field)
+    return value
+
+
+def _list(obj: Mapping[str, object], key: str, low: int, high: int, command: str) -> list[object]:
+    """Get a required JSON array field of ``low`` to ``high`` entries, counted up front."""
+    value = _require(obj, key, command)
+    if not isinstance(value, list):
+        raise MessageError(f"must be a list, not {_show(value)}", command=command, field=key)
+    _count(len(value), low, high, command, key)
+    return value
+
+
+def _count(size: int, low: int, high: int, command: str, field: str) -> None:
+    """Check the number of entries of a sequence field."""
+    if not low <= size <= high:
+        raise MessageError(
+            f"must hold {low} to {high} entries, not {size}", command=command, field=field
+        )
+
+
+def _pairs(
+    raw: list[object], what: str, command: str, field: str
+) -> tuple[tuple[object, object], ...]:
+    """Turn a JSON array of two-element arrays into a tuple of pairs (entries unchecked)."""
+    pairs = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, list) or len(item) != 2:
+            raise MessageError(
+                f"must be an array {what}, not {_show(item)}",
+                command=command,
+                field=f"{field}[{index}]",
+            )
+        pairs.append((item[0], item[1]))
+    return tuple(pairs)
+
+
+def _bad_pair(entry: object, what: str, command: str, field: str) -> NoReturn:
+    """Refuse an entry that is not a pair."""
+    raise MessageError(f"must be a pair {what}, not {_show(entry)}", command=command, field=field)
 
 
 def _port(value: object, command: str, field: str, *, allow_zero: bool) -> int:
@@ -415,6 +492,193 @@ class Pong(_NonceMessage):
 
 
 @dataclass(frozen=True)
+class Inv:
+    """
+    An announcement of events the sender holds, by id.
+
+    :ivar ids: 1 to :data:`MAX_INV` event ids, each 64 lowercase hex digits.
+    :ivar ttl: hops the announcement may still travel, 0 to :data:`MAX_TTL`.
+    """
+
+    command: ClassVar[str] = "inv"
+
+    ids: tuple[str, ...]
+    ttl: int
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for a bad count, a bad id or a ttl out of range."""
+        _check_ids(self.ids, self.command)
+        _int(self.ttl, 0, MAX_TTL, self.command, "ttl")
+
+    def _to_json(self) -> dict[str, object]:
+        return {"ids": list(self.ids), "ttl": self.ttl}
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        c = cls.command
+        return cls(
+            ids=tuple(_list(obj, "ids", 1, MAX_INV, c)),  # type: ignore[arg-type]
+            ttl=_require(obj, "ttl", c),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class GetData:
+    """
+    A request for events by id, typically those of an ``inv`` the receiver lacks.
+
+    :ivar ids: 1 to :data:`MAX_INV` event ids, each 64 lowercase hex digits.
+    """
+
+    command: ClassVar[str] = "getdata"
+
+    ids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for a bad count or a bad id."""
+        _check_ids(self.ids, self.command)
+
+    def _to_json(self) -> dict[str, object]:
+        return {"ids": list(self.ids)}
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        return cls(tuple(_list(obj, "ids", 1, MAX_INV, cls.command)))  # type: ignore[arg-type]
+
+
+def _check_ids(ids: object, command: str) -> None:
+    """Check the ``ids`` of an ``inv`` or ``getdata``."""
+    for index, event_id in enumerate(_tuple(ids, 1, MAX_INV, command, "ids")):
+        _hex64(event_id, "an event id", command, f"ids[{index}]")
+
+
+@dataclass(frozen=True)
+class Events:
+    """
+    Signed events, pushed for relay or sent as an answer.
+
+    The wire layer checks only the shape of each event; what the text means
+    and whether the signature is valid is for the receiver to decide.
+
+    :ivar events: at most :data:`MAX_EVENTS` pairs ``(text, sig)``: ``text``
+        is 1 to :data:`MAX_EVENT_TEXT` printable ASCII characters (0x20 to
+        0x7e), ``sig`` is 128 lowercase hex digits.  May be empty.
+    :ivar ttl: hops the events may still be relayed, 0 to :data:`MAX_TTL`;
+        0 means do not relay.
+    :ivar more: ``True`` when the sender has more events for the receiver in
+        an anti-entropy exchange.
+    """
+
+    command: ClassVar[str] = "events"
+
+    events: tuple[tuple[str, str], ...]
+    ttl: int
+    more: bool
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for a bad count, a malformed event, a bad ttl or more."""
+        c = self.command
+        # Up to 1000 events per message, on the hot path: plain loops, no per-entry objects.
+        for index, entry in enumerate(_tuple(self.events, 0, MAX_EVENTS, c, "events")):
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                _bad_pair(entry, "(text, sig)", c, f"events[{index}]")
+            text, sig = entry
+            if (
+                not isinstance(text, str)
+                or not 1 <= len(text) <= MAX_EVENT_TEXT
+                or not text.isascii()
+                or not text.isprintable()
+            ):
+                _bad_event_text(text, c, f"events[{index}][0]")
+            if not isinstance(sig, str) or _SIG_RE.fullmatch(sig) is None:
+                raise MessageError(
+                    f"must be a signature (128 lowercase hex digits), not {_show(sig)}",
+                    command=c,
+                    field=f"events[{index}][1]",
+                )
+        _int(self.ttl, 0, MAX_TTL, c, "ttl")
+        if type(self.more) is not bool:
+            raise MessageError(
+                f"must be true or false, not {_show(self.more)}", command=c, field="more"
+            )
+
+    def _to_json(self) -> dict[str, object]:
+        return {
+            "events": [[text, sig] for text, sig in self.events],
+            "ttl": self.ttl,
+            "more": self.more,
+        }
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        c = cls.command
+        raw = _list(obj, "events", 0, MAX_EVENTS, c)
+        return cls(
+            events=_pairs(raw, "[text, sig]", c, "events"),  # type: ignore[arg-type]
+            ttl=_require(obj, "ttl", c),  # type: ignore[arg-type]
+            more=_require(obj, "more", c),  # type: ignore[arg-type]
+        )
+
+
+def _bad_event_text(text: object, command: str, field: str) -> NoReturn:
+    """Say what is wrong with an event text that failed the fast check."""
+    if not isinstance(text, str):
+        problem = f"must be a string, not {_show(text)}"
+    elif not 1 <= len(text) <= MAX_EVENT_TEXT:
+        problem = f"must be 1 to {MAX_EVENT_TEXT} characters long, not {len(text)}"
+    else:
+        problem = f"must be printable ASCII (0x20 to 0x7e), not {_show(text)}"
+    raise MessageError(problem, command=command, field=field)
+
+
+@dataclass(frozen=True)
+class Sync:
+    """
+    An anti-entropy summary of the events the sender has applied.
+
+    :ivar vector: at most :data:`MAX_VECTOR` pairs ``(author, seq)``:
+        ``author`` is an Ed25519 public key, 64 lowercase hex digits, unique
+        within the message; ``seq`` is 0 to :data:`MAX_SEQ`.  May be empty.
+    :ivar digest: a hash of the sender's applied event set, 64 lowercase hex
+        digits, for receivers to compare with their own.
+    """
+
+    command: ClassVar[str] = "sync"
+
+    vector: tuple[tuple[str, int], ...]
+    digest: str
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for a bad count, a malformed or repeated entry, a bad digest."""
+        c = self.command
+        seen: set[str] = set()
+        for index, entry in enumerate(_tuple(self.vector, 0, MAX_VECTOR, c, "vector")):
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                _bad_pair(entry, "(author, seq)", c, f"vector[{index}]")
+            author, seq = entry
+            _hex64(author, "an author key", c, f"vector[{index}][0]")
+            if author in seen:
+                raise MessageError(
+                    f"duplicate author {author}", command=c, field=f"vector[{index}][0]"
+                )
+            seen.add(author)
+            _int(seq, 0, MAX_SEQ, c, f"vector[{index}][1]")
+        _hex64(self.digest, "a digest", c, "digest")
+
+    def _to_json(self) -> dict[str, object]:
+        return {"vector": [[author, seq] for author, seq in self.vector], "digest": self.digest}
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        c = cls.command
+        raw = _list(obj, "vector", 0, MAX_VECTOR, c)
+        return cls(
+            vector=_pairs(raw, "[author, seq]", c, "vector"),  # type: ignore[arg-type]
+            digest=_require(obj, "digest", c),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
 class Unknown:
     """
     A message whose command this version does not know, kept unparsed.
@@ -444,14 +708,19 @@ class Unknown:
             )
 
 
-KnownMessage: TypeAlias = Version | Verack | GetAddr | Addr | Ping | Pong
+KnownMessage: TypeAlias = (
+    Version | Verack | GetAddr | Addr | Ping | Pong | Inv | GetData | Events | Sync
+)
 """A message of a command this version knows."""
 
 Message: TypeAlias = KnownMessage | Unknown
 """Any message that can travel in a frame."""
 
 COMMANDS: Mapping[str, type[KnownMessage]] = MappingProxyType(
-    {cls.command: cls for cls in (Version, Verack, GetAddr, Addr, Ping, Pong)}
+    {
+        cls.command: cls
+        for cls in (Version, Verack, GetAddr, Addr, Ping, Pong, Inv, GetData, Events, Sync)
+    }
 )
 """The known commands and the message class of each."""
 
@@ -475,7 +744,9 @@ def encode_message(message: Message) -> tuple[str, bytes]:
     """
     if isinstance(message, Unknown):
         return message.command, message.payload
-    if not isinstance(message, (Version, Verack, GetAddr, Addr, Ping, Pong)):
+    if not isinstance(
+        message, (Version, Verack, GetAddr, Addr, Ping, Pong, Inv, GetData, Events, Sync)
+    ):
         raise TypeError(f"not a message: {_show(message)}")
     text = json.dumps(message._to_json(), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     return message.command, text.encode("utf-8")

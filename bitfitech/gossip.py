@@ -1,0 +1,411 @@
+"""Gossip: how events travel between nodes, and how nodes catch up.
+
+Data path: :class:`~bitfitech.peer.hub.PeerHub` -> :class:`Gossip` ->
+the market (:class:`~bitfitech.interfaces.IEventStore`); and the market ->
+:meth:`Gossip.publish` -> peers.  ``docs/consistency.rst`` has the rules;
+in short:
+
+* **Push and announce.**  A new event (this node's, or one first received
+  with ``ttl`` > 0) goes in full to ``fanout`` random peers that are not
+  known to have it, and as an ``inv`` (its id) to the others; a peer that
+  lacks an announced event asks for it with ``getdata``.  Every node thus
+  receives about ``fanout`` full copies of each event instead of one per
+  link, and nodes the pushes miss fetch it one round trip later.
+* **Dedup and hop limit.**  An event already held, or seen recently (a
+  bounded cache, which also remembers invalid events), is not processed or
+  relayed again; ``ttl`` drops by one per hop and 0 is never relayed.
+* **Verification before relay.**  Events are parsed and their signatures
+  checked before anything else happens; a bad signature disconnects the
+  peer (honest nodes never relay one), a malformed event marks it.
+* **Anti-entropy.**  After the handshake and every ``sync_interval``, peers
+  exchange version vectors (``sync``); each side answers with what the other
+  lacks, at most :data:`SYNC_CHUNK` events per ``events`` message in key
+  order, with ``more`` set while there is more; the receiver then asks
+  again.  A node that learned events this way prompts its other peers, and
+  a node with gaps asks all its peers, so partitions heal and new nodes
+  catch up.
+* Nothing is sent from inside a protocol callback: outgoing messages are
+  queued per link and written at the next reactor turn, batched.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from zope.interface import implementer
+
+from .config import GossipTiming
+from .interfaces import IEventPublisher, IEventStore, IGossip
+from .logs import logger
+from .market.events import Event, EventError, event_id, parse_event, verify_event
+from .peer.protocol import PeerProtocol
+from .wire.messages import (
+    MAX_EVENTS,
+    MAX_INV,
+    MAX_VECTOR,
+    Events,
+    GetData,
+    Inv,
+    Message,
+    Sync,
+)
+
+log = logger(__name__)
+
+SYNC_CHUNK = 1000
+"""Most events sent in one anti-entropy answer."""
+
+SEEN_CACHE = 65536
+"""Ids remembered for dedup beyond the events held (invalid ones included)."""
+
+KNOWN_PER_PEER = 16384
+"""Ids remembered per peer as already held by it."""
+
+PULL_INTERVAL = 0.25
+"""Least seconds between two unprompted ``sync`` requests to one peer."""
+
+PROMPT_DELAY = 0.1
+"""Seconds after learning events by anti-entropy before prompting other peers."""
+
+GAP_CHECK = 1.0
+"""Seconds between checks for gaps in the event chains."""
+
+
+class _Peer:
+    """What gossip keeps about one ready link."""
+
+    __slots__ = ("link", "known", "out_events", "out_inv", "out_getdata", "last_pull")
+
+    def __init__(self, link: PeerProtocol) -> None:
+        self.link = link
+        self.known: OrderedDict[str, None] = OrderedDict()
+        self.out_events: dict[int, list[Event]] = {}
+        self.out_inv: dict[int, list[str]] = {}
+        self.out_getdata: list[str] = []
+        self.last_pull = float("-inf")
+
+    def knows(self, event_id: str) -> None:
+        known = self.known
+        if event_id in known:
+            return
+        known[event_id] = None
+        if len(known) > KNOWN_PER_PEER:
+            known.popitem(last=False)
+
+
+class _Request:
+    """An event asked for with ``getdata``: from whom, and who else has it."""
+
+    __slots__ = ("deadline", "ttl", "sources")
+
+    def __init__(self, deadline: float, ttl: int, source: PeerProtocol) -> None:
+        self.deadline = deadline
+        self.ttl = ttl
+        self.sources = [source]
+
+
+@implementer(IEventPublisher, IGossip)
+class Gossip:
+    """
+    Spreads events to peers and keeps this node's events in sync with theirs.
+
+    :ivar stats: counters shown in ``GET /status``.
+    """
+
+    def __init__(
+        self,
+        store: IEventStore,
+        clock: IReactorTime,
+        timing: GossipTiming | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.timing = timing or GossipTiming()
+        self._rng = rng or random.Random()
+        self.peers: dict[PeerProtocol, _Peer] = {}
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._requested: dict[str, _Request] = {}
+        self._flush_call: IDelayedCall | None = None
+        self._prompt_call: IDelayedCall | None = None
+        self._loops: list[LoopingCall] = []
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "events_received", "events_new", "events_duplicate", "events_invalid",
+                "events_pushed", "inv_sent", "inv_received", "getdata_sent", "sync_sent",
+                "sync_received", "sync_events_sent",
+            ),
+            0,
+        )  # fmt: skip
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Start the periodic anti-entropy, gap and request checks."""
+        for interval, call in (
+            (self.timing.sync_interval, self._sync_all),
+            (GAP_CHECK, self._check_gaps),
+            (self.timing.request_timeout, self._expire_requests),
+        ):
+            loop = LoopingCall(call)
+            loop.clock = self.clock
+            loop.start(interval, now=False)
+            self._loops.append(loop)
+
+    def stop(self) -> None:
+        """Stop every timer; queued messages are dropped."""
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+        for call in (self._flush_call, self._prompt_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._prompt_call = None
+        self.peers.clear()
+
+    # -- IGossip: what the hub reports
+
+    def link_ready(self, link: PeerProtocol) -> None:
+        """A new peer: start by exchanging version vectors."""
+        peer = self.peers[link] = _Peer(link)
+        self._pull(peer)
+
+    def link_closed(self, link: PeerProtocol) -> None:
+        """A peer left."""
+        self.peers.pop(link, None)
+        for request in self._requested.values():
+            if link in request.sources:
+                request.sources.remove(link)
+
+    def link_message(self, link: PeerProtocol, message: Message) -> bool:
+        """Handle a gossip message; ``False`` if it is not one."""
+        peer = self.peers.get(link)
+        if isinstance(message, Events):
+            if peer is not None:
+                self._on_events(peer, message)
+        elif isinstance(message, Inv):
+            if peer is not None:
+                self._on_inv(peer, message)
+        elif isinstance(message, GetData):
+            if peer is not None:
+                self._on_getdata(peer, message)
+        elif isinstance(message, Sync):
+            if peer is not None:
+                self._on_sync(peer, message)
+        else:
+            return False
+        return True
+
+    # -- IEventPublisher
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Spread this node's new events (or equivocation evidence) with the full ttl."""
+        for event in events:
+            self._spread(event, self.timing.ttl, None)
+
+    # -- receiving
+
+    def _on_events(self, peer: _Peer, message: Events) -> None:
+        stats = self.stats
+        store, seen = self.store, self._seen
+        network, pair = store.network, store.pair
+        relay_ttl = message.ttl - 1
+        new: list[Event] = []
+        for text, sig in message.events:
+            stats["events_received"] += 1
+            try:
+                ident = event_id(text)
+            except UnicodeEncodeError:
+                ident = ""
+            if ident and (ident in seen or store.has(ident)):
+                stats["events_duplicate"] += 1
+                peer.knows(ident)
+                continue
+            try:
+                event = parse_event(text, sig, network, pair)
+            except EventError as e:
+                stats["events_invalid"] += 1
+                if ident:
+                    self._remember(ident, -1)
+                peer.link.owner.link_misbehaved(peer.link, f"malformed event: {e}")
+                continue
+            if not verify_event(event):
+                stats["events_invalid"] += 1
+                self._remember(ident, -1)
+                peer.link.violation(f"bad signature on event {ident}")
+                break
+            self._remember(ident, relay_ttl)
+            peer.knows(ident)
+            self._requested.pop(ident, None)
+            new.append(event)
+        if new:
+            stats["events_new"] += len(new)
+            store.receive(new)
+            if relay_ttl >= 0:
+                for event in new:
+                    self._spread(event, relay_ttl, peer)
+            else:
+                self._prompt_soon()
+        if message.more and not peer.link.closed:
+            self._pull(peer)
+
+    def _on_inv(self, peer: _Peer, message: Inv) -> None:
+        self.stats["inv_received"] += len(message.ids)
+        store, seen, requested = self.store, self._seen, self._requested
+        deadline = self.clock.seconds() + self.timing.request_timeout
+        for ident in message.ids:
+            peer.knows(ident)
+            if ident in seen or store.has(ident):
+                continue
+            request = requested.get(ident)
+            if request is not None:
+                if peer.link not in request.sources:
+                    request.sources.append(peer.link)
+                continue
+            requested[ident] = _Request(deadline, message.ttl, peer.link)
+            peer.out_getdata.append(ident)
+        self._flush_soon()
+
+    def _on_getdata(self, peer: _Peer, message: GetData) -> None:
+        for ident in message.ids:
+            event = self.store.get(ident)
+            if event is not None:
+                peer.out_events.setdefault(max(self._seen.get(ident, 0), 0), []).append(event)
+                peer.knows(ident)
+        self._flush_soon()
+
+    def _on_sync(self, peer: _Peer, message: Sync) -> None:
+        self.stats["sync_received"] += 1
+        theirs = dict(message.vector)
+        events, more = self.store.missing_for(theirs, SYNC_CHUNK)
+        if not events and message.digest != self.store.digest():
+            events = self.store.conflicts()[:SYNC_CHUNK]
+        if events:
+            self.stats["sync_events_sent"] += len(events)
+            peer.link.send(Events(tuple(event.wire for event in events), ttl=0, more=more))
+        ours = self.store.vector()
+        if any(seq > ours.get(author, 0) for author, seq in message.vector):
+            if self.clock.seconds() - peer.last_pull >= PULL_INTERVAL:
+                self._pull(peer)
+
+    # -- sending
+
+    def _spread(self, event: Event, ttl: int, source: _Peer | None) -> None:
+        """Push C{event} to ``fanout`` peers and announce it to the rest."""
+        ident = event.id
+        self._remember(ident, ttl)
+        targets = [
+            peer for peer in self.peers.values() if peer is not source and ident not in peer.known
+        ]
+        if not targets:
+            return
+        fanout = self.timing.fanout
+        eager = targets if len(targets) <= fanout else self._rng.sample(targets, fanout)
+        for peer in targets:
+            peer.knows(ident)
+            if peer in eager:
+                peer.out_events.setdefault(ttl, []).append(event)
+            else:
+                peer.out_inv.setdefault(ttl, []).append(ident)
+        self._flush_soon()
+
+    def _remember(self, ident: str, ttl: int) -> None:
+        seen = self._seen
+        seen[ident] = ttl
+        seen.move_to_end(ident)
+        if len(seen) > SEEN_CACHE:
+            seen.popitem(last=False)
+
+    def _flush_soon(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        """Write every queued message, batched per link."""
+        self._flush_call = None
+        stats = self.stats
+        for peer in list(self.peers.values()):
+            link = peer.link
+            if peer.out_getdata:
+                ids, peer.out_getdata = peer.out_getdata, []
+                stats["getdata_sent"] += len(ids)
+                for chunk in _chunks(ids, MAX_INV):
+                    link.send(GetData(tuple(chunk)))
+            if peer.out_events:
+                batches, peer.out_events = peer.out_events, {}
+                for ttl, events in batches.items():
+                    stats["events_pushed"] += len(events)
+                    for part in _chunks(events, MAX_EVENTS):
+                        link.send(Events(tuple(e.wire for e in part), ttl=ttl, more=False))
+            if peer.out_inv:
+                invs, peer.out_inv = peer.out_inv, {}
+                for ttl, idents in invs.items():
+                    stats["inv_sent"] += len(idents)
+                    for chunk in _chunks(idents, MAX_INV):
+                        link.send(Inv(tuple(chunk), ttl=ttl))
+
+    def _pull(self, peer: _Peer) -> None:
+        """Send C{peer} our version vector: it answers with what we lack."""
+        peer.last_pull = self.clock.seconds()
+        vector = self.store.vector()
+        entries = tuple(_vector_entries(vector, MAX_VECTOR))
+        self.stats["sync_sent"] += 1
+        peer.link.send(Sync(vector=entries, digest=self.store.digest()))
+
+    def _sync_all(self) -> None:
+        for peer in list(self.peers.values()):
+            self._pull(peer)
+
+    def _prompt_soon(self) -> None:
+        """After learning events by anti-entropy, let the other peers pull them soon."""
+        if self._prompt_call is None:
+            self._prompt_call = self.clock.callLater(PROMPT_DELAY, self._prompt)
+
+    def _prompt(self) -> None:
+        self._prompt_call = None
+        self._sync_all()
+
+    def _check_gaps(self) -> None:
+        if self.store.gaps():
+            self._sync_all()
+
+    def _expire_requests(self) -> None:
+        """Ask another announcer for events whose ``getdata`` went unanswered."""
+        now = self.clock.seconds()
+        for ident, request in list(self._requested.items()):
+            if request.deadline > now:
+                continue
+            if request.sources:
+                request.sources.pop(0)
+            if self.store.has(ident) or not request.sources:
+                del self._requested[ident]
+                continue
+            request.deadline = now + self.timing.request_timeout
+            peer = self.peers.get(request.sources[0])
+            if peer is not None:
+                peer.out_getdata.append(ident)
+        self._flush_soon()
+
+    def summary(self) -> dict[str, Any]:
+        """The gossip part of ``GET /status``."""
+        return {**self.stats, "requests_in_flight": len(self._requested),
+                "fanout": self.timing.fanout}  # fmt: skip
+
+
+def _vector_entries(vector: dict[str, int], limit: int) -> list[tuple[str, int]]:
+    """At most C{limit} ``(author, seq)`` entries of C{vector}, largest seq first."""
+    items = list(vector.items())
+    if len(items) > limit:
+        items.sort(key=lambda item: -item[1])
+        del items[limit:]
+    return items
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]

@@ -1,0 +1,282 @@
+"""Signed events: the orders and cancels that every node's ledger is made of.
+
+Data path: the API (or a peer's ``events`` message) -> :mod:`events` ->
+:mod:`bitfitech.market.ledger`.  An event is one line of printable ASCII,
+its *text*, signed with its author's Ed25519 key::
+
+    bitfi1 <network> <pair> <author> <seq> <lamport> <ts> order <side> <type> <price> <amount>
+    bitfi1 <network> <pair> <author> <seq> <lamport> <ts> cancel <order id>
+
+Fields are separated by one space.  ``author`` is the 32-byte public key in
+lowercase hex; ``seq`` numbers the author's events 1, 2, 3, ... without
+gaps; ``lamport`` is the author's Lamport clock; ``ts`` the author's wall
+clock in unix milliseconds (shown to users, never used for ordering);
+``price`` is ``-`` for a market order.  Integers are written without
+leading zeros.  The text *is* the canonical encoding: it is what is signed,
+its SHA-256 is the event's id, and nodes forward it unchanged.  Binding
+network and pair into the text stops an event from being replayed on
+another book.
+
+Pure: no Twisted, no I/O.  :func:`parse_event` checks the form,
+:func:`verify_event` the signature (kept apart so a node can drop a
+duplicate before paying for a signature check, and check many in threads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final, NamedTuple
+
+import nacl.bindings
+import nacl.exceptions
+
+from .book import MARKET, ORDER_TYPES
+
+TAG: Final = "bitfi1"
+"""First field of every event text: the format and its version."""
+
+ORDER: Final = "order"
+CANCEL: Final = "cancel"
+
+MAX_INT: Final = 2**63 - 1
+"""Largest ``seq`` or ``lamport``."""
+
+MAX_TS: Final = 2**53 - 1
+"""Largest ``ts`` (unix milliseconds)."""
+
+MAX_TEXT: Final = 400
+"""Longest event text, in characters (the wire limit too)."""
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
+_DECIMAL = re.compile(r"[0-9]{1,64}(?:\.[0-9]{1,63})?")
+_INTEGER = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+class EventError(ValueError):
+    """An event that is malformed or badly signed; the message says why."""
+
+
+class Key(NamedTuple):
+    """An event's place in the total order: Lamport time, then author, then seq."""
+
+    lamport: int
+    author: str
+    seq: int
+
+
+class Event:
+    """
+    One parsed event.  Immutable by convention; compared by :attr:`id`.
+
+    :ivar id: SHA-256 of the text, 64 lowercase hex digits.
+    :ivar text: the canonical text.
+    :ivar sig: the Ed25519 signature of the text, 128 lowercase hex digits.
+    :ivar author: the author's public key, 64 lowercase hex digits.
+    :ivar seq: the author's sequence number, from 1.
+    :ivar lamport: the Lamport time, from 1.
+    :ivar ts: the author's clock, unix milliseconds.
+    :ivar kind: ``"order"`` or ``"cancel"``.
+    :ivar side: ``"buy"`` or ``"sell"`` (orders; else empty).
+    :ivar order_type: one of the engine's order types (orders; else empty).
+    :ivar price: a decimal string, or ``None`` for market orders and cancels.
+    :ivar amount: a decimal string (orders; else empty).
+    :ivar target: the id of the order to cancel (cancels; else empty).
+    :ivar key: the total-order key, ``(lamport, author, seq)``.
+    """
+
+    __slots__ = (
+        "id", "text", "sig", "author", "seq", "lamport", "ts", "kind", "side", "order_type",
+        "price", "amount", "target", "key",
+    )  # fmt: skip
+
+    id: str
+    text: str
+    sig: str
+    author: str
+    seq: int
+    lamport: int
+    ts: int
+    kind: str
+    side: str
+    order_type: str
+    price: str | None
+    amount: str
+    target: str
+    key: Key
+
+    def __repr__(self) -> str:
+        return f"<Event {self.id[:12]} {self.author[:8]}#{self.seq} L{self.lamport} {self.kind}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def is_order(self) -> bool:
+        """Whether this event places an order (else it cancels one)."""
+        return self.kind == ORDER
+
+    @property
+    def wire(self) -> tuple[str, str]:
+        """The ``[text, sig]`` pair an ``events`` message carries."""
+        return (self.text, self.sig)
+
+
+def event_id(text: str) -> str:
+    """The id of the event whose canonical text is C{text}."""
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _int(token: str, low: int, high: int, name: str) -> int:
+    if _INTEGER.fullmatch(token) is None:
+        raise EventError(f"{name} must be a decimal integer without leading zeros, not {token!r}")
+    value = int(token)
+    if not low <= value <= high:
+        raise EventError(f"{name} must be from {low} to {high}, not {value}")
+    return value
+
+
+def parse_event(text: str, sig: str, network: str, pair: str) -> Event:
+    """
+    Parse and check the form of one event (not its signature).
+
+    :param text: the canonical text.
+    :param sig: the signature, 128 lowercase hex digits.
+    :param network: this node's network; the event must name it.
+    :param pair: this node's pair; the event must name it.
+    :raises EventError: for anything malformed, or another network or pair.
+    """
+    if type(text) is not str or not 0 < len(text) <= MAX_TEXT or not text.isascii():
+        raise EventError(f"event text must be 1 to {MAX_TEXT} ASCII characters")
+    if type(sig) is not str or _HEX128.fullmatch(sig) is None:
+        raise EventError("signature must be 128 lowercase hex digits")
+    fields = text.split(" ")
+    count = len(fields)
+    if count < 8 or fields[0] != TAG:
+        raise EventError(f"event text must start with {TAG!r} and have at least 8 fields")
+    if fields[1] != network or fields[2] != pair:
+        raise EventError(f"event is for {fields[1]} {fields[2]}, not {network} {pair}")
+    author = fields[3]
+    if _HEX64.fullmatch(author) is None:
+        raise EventError("author must be 64 lowercase hex digits")
+    event = Event()
+    event.id = event_id(text)
+    event.text = text
+    event.sig = sig
+    event.author = author
+    event.seq = seq = _int(fields[4], 1, MAX_INT, "seq")
+    event.lamport = lamport = _int(fields[5], 1, MAX_INT, "lamport")
+    event.ts = _int(fields[6], 0, MAX_TS, "ts")
+    event.kind = kind = fields[7]
+    event.key = Key(lamport, author, seq)
+    if kind == ORDER:
+        if count != 12:
+            raise EventError("an order has 12 fields")
+        side, order_type, price, amount = fields[8:]
+        if side != "buy" and side != "sell":
+            raise EventError(f"side must be buy or sell, not {side!r}")
+        if order_type not in ORDER_TYPES:
+            raise EventError(f"unknown order type {order_type!r}")
+        if order_type == MARKET:
+            if price != "-":
+                raise EventError("a market order has price '-'")
+            event.price = None
+        elif _DECIMAL.fullmatch(price) is None:
+            raise EventError(f"price must be a plain decimal, not {price!r}")
+        else:
+            event.price = price
+        if _DECIMAL.fullmatch(amount) is None:
+            raise EventError(f"amount must be a plain decimal, not {amount!r}")
+        event.side, event.order_type, event.amount, event.target = side, order_type, amount, ""
+    elif kind == CANCEL:
+        if count != 9:
+            raise EventError("a cancel has 9 fields")
+        target = fields[8]
+        if _HEX64.fullmatch(target) is None:
+            raise EventError("the cancelled order id must be 64 lowercase hex digits")
+        event.side = event.order_type = event.amount = ""
+        event.price = None
+        event.target = target
+    else:
+        raise EventError(f"unknown event kind {kind!r}")
+    return event
+
+
+def verify_event(event: Event) -> bool:
+    """Whether C{event}'s signature is its author's over its text."""
+    try:
+        nacl.bindings.crypto_sign_open(
+            bytes.fromhex(event.sig) + event.text.encode("ascii"), bytes.fromhex(event.author)
+        )
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
+        return False
+    return True
+
+
+def decode_event(text: str, sig: str, network: str, pair: str) -> Event:
+    """
+    :func:`parse_event` and :func:`verify_event` in one.
+
+    :raises EventError: for a malformed or badly signed event.
+    """
+    event = parse_event(text, sig, network, pair)
+    if not verify_event(event):
+        raise EventError(f"bad signature on event {event.id}")
+    return event
+
+
+class Author:
+    """
+    Signs events for one key: the node's, for orders entered on this node.
+
+    :ivar public_key: the author's 32-byte public key.
+    :ivar author: its lowercase hex, as events carry it.
+    """
+
+    def __init__(self, seed: bytes, network: str, pair: str) -> None:
+        """
+        :param seed: the 32-byte Ed25519 seed.
+        :param network: the network events are bound to.
+        :param pair: the pair events are bound to.
+        """
+        self.public_key, self._secret = nacl.bindings.crypto_sign_seed_keypair(seed)
+        self.author = self.public_key.hex()
+        self.network = network
+        self.pair = pair
+
+    def _sign(self, body: str, seq: int, lamport: int, ts: int) -> Event:
+        text = f"{TAG} {self.network} {self.pair} {self.author} {seq} {lamport} {ts} {body}"
+        if not text.isascii():
+            raise EventError("event fields must be ASCII")
+        signed = nacl.bindings.crypto_sign(text.encode("ascii"), self._secret)
+        return parse_event(text, signed[:64].hex(), self.network, self.pair)
+
+    def order(
+        self,
+        seq: int,
+        lamport: int,
+        ts: int,
+        side: str,
+        order_type: str,
+        price: str | None,
+        amount: str,
+    ) -> Event:
+        """
+        A signed order event.
+
+        :raises EventError: if the fields do not make a well-formed order.
+        """
+        shown_price = "-" if price is None else price
+        return self._sign(f"{ORDER} {side} {order_type} {shown_price} {amount}", seq, lamport, ts)
+
+    def cancel(self, seq: int, lamport: int, ts: int, order_id: str) -> Event:
+        """
+        A signed cancel of the order C{order_id}.
+
+        :raises EventError: if C{order_id} is not an event id.
+        """
+        return self._sign(f"{CANCEL} {order_id}", seq, lamport, ts)

@@ -1,0 +1,573 @@
+"""The ledger: every known event in one total order, and the book it makes.
+
+Data path: :mod:`bitfitech.market.events` -> :class:`Ledger` ->
+:class:`~bitfitech.market.book.OrderBook`.  The book is a pure function of
+the *set* of events a node holds, so two nodes holding the same events hold
+byte-identical books and trade histories, whatever order the events arrived
+in.  ``docs/consistency.rst`` is the specification; in short:
+
+* **Chains.**  Each author's events form a chain by ``seq``.  When two
+  different events claim one ``(author, seq)`` slot (equivocation), the one
+  with the smaller id wins everywhere and the author is flagged.  An
+  author's *applied prefix* is the longest run of winners from seq 1 whose
+  Lamport times strictly increase; later events wait (a gap) or are never
+  applied (a Lamport time that does not increase).
+* **Total order.**  The applied prefixes of all authors, sorted by
+  ``(lamport, author, seq)``, make the *log*; the book is the engine
+  applied to the log from empty.  Cancels take effect only on an open order
+  of the same author.
+* **Rollback.**  An insert that changes the log anywhere but at its end
+  rolls the engine back to the newest snapshot at or before the first
+  changed position, and replays from there.  Snapshots are taken every
+  ``snapshot_interval`` positions and thinned, so replays stay short and
+  memory stays bounded.
+* **Trades** are derived here, never taken from the wire; a trade's id is
+  the hash of its taker and maker event ids.
+* **Settlement.**  ``settled_through`` is the Lamport time the node's clock
+  had reached ``horizon`` seconds ago; trades and orders at or below it are
+  settled.  A late event that changes settled trades is still applied (the
+  ledger never trades convergence away) and counted in :attr:`revisions`.
+
+Pure: no Twisted, no I/O; time is passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from heapq import merge
+from itertools import islice
+from operator import attrgetter
+from typing import Final, NamedTuple
+
+from .book import (
+    CANCEL_REJECTED,
+    CANCELLED,
+    FILLED,
+    REJECTED,
+    TRADE,
+    BookParams,
+    BookSnapshot,
+    OpenOrder,
+    OrderBook,
+)
+from .events import Event, Key
+
+APPLIED: Final = "applied"
+"""The outcome of a cancel that cancelled its order."""
+
+NOT_OWNER: Final = "not_owner"
+"""Why a cancel of another author's order did nothing."""
+
+_TERMINAL = frozenset({FILLED, CANCELLED, REJECTED})
+_key_of = attrgetter("key")
+_EMPTY_HASH = b"\0" * 32
+
+
+class TradeRecord(NamedTuple):
+    """
+    One trade, as every node derives it.
+
+    :ivar id: ``sha256("trade <taker id> <maker id>")``, hex.
+    :ivar seq: the book's trade number, from 1.
+    :ivar price: in ticks (the maker's price).
+    :ivar amount: in lots.
+    :ivar side: the taker's side.
+    :ivar taker: the taker order's event id.
+    :ivar maker: the maker order's event id.
+    :ivar lamport: the taker event's Lamport time (settlement compares it).
+    :ivar ts: the taker event's timestamp, unix ms.
+    """
+
+    id: str
+    seq: int
+    price: int
+    amount: int
+    side: str
+    taker: str
+    maker: str
+    lamport: int
+    ts: int
+
+
+class Outcome(NamedTuple):
+    """
+    How an order ended (filled, cancelled, rejected), or what a cancel did
+    (``applied`` or ``cancel_rejected``).
+
+    :ivar position: the log position of the event that decided it.
+    """
+
+    state: str
+    reason: str
+    remaining: int
+    position: int
+
+
+@dataclass
+class InsertResult:
+    """
+    What one :meth:`Ledger.insert` did.
+
+    :ivar new: events not held before, in the order given.
+    :ivar duplicates: events already held.
+    :ivar equivocations: ``(author, seq)`` slots found claimed twice.
+    :ivar appended: events applied at the end of the log without rollback.
+    :ivar replayed: events re-applied after a rollback (0: no rollback).
+    :ivar revised: whether settled trades changed.
+    """
+
+    new: list[Event] = field(default_factory=list)
+    duplicates: int = 0
+    equivocations: list[tuple[str, int]] = field(default_factory=list)
+    appended: int = 0
+    replayed: int = 0
+    revised: bool = False
+
+
+class _Chain:
+    """One author's events: winners by seq, and the prefix applied in the log."""
+
+    __slots__ = ("winners", "in_log", "contiguous", "max_seq")
+
+    def __init__(self) -> None:
+        self.winners: dict[int, Event] = {}
+        self.in_log: list[Event] = []
+        self.contiguous = 0
+        self.max_seq = 0
+
+
+class _Snapshot(NamedTuple):
+    position: int
+    book: BookSnapshot
+    trade_count: int
+    trade_hash: bytes
+    log_hash: bytes
+    closed_count: int
+
+
+class Ledger:
+    """
+    The ordered set of a node's events and the book they make.
+
+    :ivar book: the engine, holding the state after the whole log (read it,
+        never call it).
+    :ivar lamport: the highest Lamport time of any event held.
+    :ivar flagged: authors seen misbehaving, with why
+        (``equivocation``, ``lamport``).
+    :ivar revisions: how many inserts changed settled trades.
+    :ivar rollbacks: how many inserts rolled the engine back.
+    :ivar replayed: events re-applied by rollbacks, in total.
+    :ivar settled_through: the Lamport time through which state is settled.
+    """
+
+    def __init__(
+        self,
+        params: BookParams | None = None,
+        *,
+        snapshot_interval: int = 32,
+        max_snapshots: int = 32,
+    ) -> None:
+        """
+        :param params: the pair's book parameters.
+        :param snapshot_interval: the fewest log positions between snapshots
+            (more apart as the book grows: see :meth:`_apply_from`).
+        :param max_snapshots: snapshots kept (older ones are thinned out).
+        """
+        if snapshot_interval < 1 or max_snapshots < 4:
+            raise ValueError("snapshot_interval must be >= 1 and max_snapshots >= 4")
+        self.book = OrderBook(params)
+        self.params = self.book.params
+        self.snapshot_interval = snapshot_interval
+        self.max_snapshots = max_snapshots
+        self.lamport = 0
+        self.flagged: dict[str, str] = {}
+        self.revisions = 0
+        self.rollbacks = 0
+        self.replayed = 0
+        self.settled_through = 0
+        self._by_id: dict[str, Event] = {}
+        self._chains: dict[str, _Chain] = {}
+        self._conflicts: dict[tuple[str, int], list[Event]] = {}
+        self._log: list[Event] = []
+        self._keys: list[Key] = []
+        self._trades: list[TradeRecord] = []
+        self._trades_of: dict[str, list[int]] = {}
+        self._trade_hash = _EMPTY_HASH
+        self._log_hash = _EMPTY_HASH
+        self._closed: dict[str, Outcome] = {}
+        self._closed_log: list[str] = []
+        self._snapshots: list[_Snapshot] = [self._snapshot(0)]
+        self._clock: deque[tuple[float, int]] = deque()
+        self._hash_cache: tuple[int, str] | None = None
+        self._version = 0
+
+    # -- queries
+
+    def __len__(self) -> int:
+        """How many events are held (applied or not)."""
+        return len(self._by_id)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._by_id
+
+    def get(self, event_id: str) -> Event | None:
+        """A held event by id."""
+        return self._by_id.get(event_id)
+
+    @property
+    def applied(self) -> int:
+        """How many events the log holds (the rest wait for a gap or are invalid)."""
+        return len(self._log)
+
+    @property
+    def authors(self) -> int:
+        """How many authors have events here."""
+        return len(self._chains)
+
+    @property
+    def log_hash(self) -> str:
+        """A running hash of the log's event ids in order: equal logs, equal hashes."""
+        return self._log_hash.hex()
+
+    def log(self) -> list[Event]:
+        """The applied events in total order (a copy)."""
+        return list(self._log)
+
+    def vector(self) -> dict[str, int]:
+        """Author -> highest seq held with no gap below it (the anti-entropy summary)."""
+        return {author: chain.contiguous for author, chain in self._chains.items()}
+
+    def gaps(self) -> int:
+        """How many authors have events held beyond a missing seq."""
+        return sum(1 for chain in self._chains.values() if chain.max_seq > chain.contiguous)
+
+    def chain_event(self, author: str, seq: int) -> Event | None:
+        """The event holding C{author}'s slot C{seq} (the winner, if claimed twice)."""
+        chain = self._chains.get(author)
+        return None if chain is None else chain.winners.get(seq)
+
+    def next_seq(self, author: str) -> int:
+        """The seq the next event of C{author} must carry."""
+        chain = self._chains.get(author)
+        return 1 if chain is None else chain.max_seq + 1
+
+    def missing_for(self, vector: dict[str, int], limit: int) -> tuple[list[Event], bool]:
+        """
+        Events a peer with version C{vector} lacks, at most C{limit}, in key order.
+
+        Every held event above the peer's seq for its author is included,
+        waiting ones too (they may fill the peer's gaps).
+
+        :return: the events and whether more remain.
+        """
+        streams = []
+        for author, chain in self._chains.items():
+            have = vector.get(author, 0)
+            if have < chain.max_seq:
+                streams.append(_chain_from(chain, have + 1))
+        taken = list(islice(merge(*streams, key=_key_of), limit + 1))
+        return taken[:limit], len(taken) > limit
+
+    def conflicts(self) -> list[Event]:
+        """Every event of every slot claimed twice: the evidence of equivocations."""
+        return [event for rivals in self._conflicts.values() for event in rivals]
+
+    def outcome(self, event_id: str) -> Outcome | None:
+        """How an order ended or what a cancel did; ``None`` while open or not applied."""
+        return self._closed.get(event_id)
+
+    def is_applied(self, event: Event) -> bool:
+        """Whether C{event} is in the log."""
+        chain = self._chains.get(event.author)
+        return (
+            chain is not None
+            and event.seq <= len(chain.in_log)
+            and chain.in_log[event.seq - 1] is event
+        )
+
+    def open_order(self, order_id: str) -> OpenOrder | None:
+        """An open order by id."""
+        return self.book.order(order_id)
+
+    @property
+    def trade_count(self) -> int:
+        """How many trades the log made."""
+        return len(self._trades)
+
+    def trades(self, limit: int) -> list[TradeRecord]:
+        """The newest C{limit} trades, newest first."""
+        return self._trades[: -limit - 1 if limit < len(self._trades) else None : -1]
+
+    def trades_of(self, order_id: str) -> list[TradeRecord]:
+        """The trades an order took part in, oldest first."""
+        return [self._trades[index] for index in self._trades_of.get(order_id, ())]
+
+    def state_hash(self) -> str:
+        """
+        SHA-256 (hex) over the book's state hash and the trade history.
+
+        Cached until the next change; the book's part costs time in
+        proportion to its open orders.
+        """
+        cached = self._hash_cache
+        if cached is not None and cached[0] == self._version:
+            return cached[1]
+        digest = hashlib.sha256(
+            b"bitfi-state-1" + bytes.fromhex(self.book.state_hash()) + self._trade_hash
+        ).hexdigest()
+        self._hash_cache = (self._version, digest)
+        return digest
+
+    # -- settlement
+
+    def observe(self, now: float) -> None:
+        """Record that the clock is at :attr:`lamport` at time C{now}."""
+        clock = self._clock
+        if not clock or clock[-1][1] < self.lamport:
+            clock.append((now, self.lamport))
+
+    def settle(self, now: float, horizon: float) -> int:
+        """
+        Advance :attr:`settled_through` to the Lamport time reached
+        C{horizon} seconds before C{now}.
+
+        :return: the new :attr:`settled_through`.
+        """
+        clock = self._clock
+        while clock and clock[0][0] <= now - horizon:
+            self.settled_through = max(self.settled_through, clock.popleft()[1])
+        return self.settled_through
+
+    # -- inserting
+
+    def insert(self, events: Iterable[Event], now: float = 0.0) -> InsertResult:
+        """
+        Add events (checked and verified by the caller) and bring the book
+        up to date: one rollback at most, however many events.
+        """
+        result = InsertResult()
+        changed: dict[str, int] = {}
+        by_id, chains = self._by_id, self._chains
+        for event in events:
+            if event.id in by_id:
+                result.duplicates += 1
+                continue
+            by_id[event.id] = event
+            result.new.append(event)
+            if event.lamport > self.lamport:
+                self.lamport = event.lamport
+            author, seq = event.author, event.seq
+            chain = chains.get(author)
+            if chain is None:
+                chain = chains[author] = _Chain()
+            current = chain.winners.get(seq)
+            if current is None:
+                chain.winners[seq] = event
+                if seq > chain.max_seq:
+                    chain.max_seq = seq
+                while chain.contiguous + 1 in chain.winners:
+                    chain.contiguous += 1
+            else:
+                slot = (author, seq)
+                self._conflicts.setdefault(slot, [current]).append(event)
+                self.flagged[author] = "equivocation"
+                result.equivocations.append(slot)
+                if event.id > current.id:
+                    continue
+                chain.winners[seq] = event
+            low = changed.get(author)
+            if low is None or seq < low:
+                changed[author] = seq
+        if changed:
+            removed, added = self._recompute_prefixes(changed)
+            if removed or added:
+                self._update_log(removed, added, result)
+        self.observe(now)
+        return result
+
+    def _recompute_prefixes(self, changed: dict[str, int]) -> tuple[list[Event], list[Event]]:
+        """New applied prefixes of the C{changed} authors: what leaves and joins the log."""
+        removed: list[Event] = []
+        added: list[Event] = []
+        for author, low in changed.items():
+            chain = self._chains[author]
+            if low > len(chain.in_log) + 1:
+                continue  # behind a gap: nothing changes yet
+            prefix = chain.in_log
+            previous = prefix[low - 2].lamport if low > 1 else 0
+            winners = chain.winners
+            tail: list[Event] = []
+            seq = low
+            while (event := winners.get(seq)) is not None:
+                if event.lamport <= previous:
+                    self.flagged.setdefault(author, "lamport")
+                    break
+                tail.append(event)
+                previous = event.lamport
+                seq += 1
+            old = prefix[low - 1 :]
+            same = 0
+            while same < len(old) and same < len(tail) and old[same] is tail[same]:
+                same += 1
+            removed.extend(old[same:])
+            added.extend(tail[same:])
+            prefix[low - 1 :] = tail
+        return removed, added
+
+    def _update_log(self, removed: list[Event], added: list[Event], result: InsertResult) -> None:
+        added.sort(key=_key_of)
+        keys = self._keys
+        if not removed and (not keys or added[0].key > keys[-1]):
+            start = len(self._log)
+            self._log.extend(added)
+            keys.extend(event.key for event in added)
+            self._apply_from(start)
+            result.appended = len(added)
+            return
+        low = min([event.key for event in removed] + ([added[0].key] if added else []))
+        position = bisect_left(keys, low)
+        gone = {event.id for event in removed}
+        tail = [event for event in self._log[position:] if event.id not in gone]
+        tail.extend(added)
+        tail.sort(key=_key_of)
+        self._log[position:] = tail
+        keys[position:] = [event.key for event in tail]
+        result.replayed, result.revised = self._rollback(position)
+
+    def _rollback(self, position: int) -> tuple[int, bool]:
+        """Restore the newest snapshot at or before C{position} and replay the log from it."""
+        snapshots = self._snapshots
+        while snapshots[-1].position > position:
+            snapshots.pop()
+        snap = snapshots[-1]
+        settled = self.settled_through
+        before = _settled_part(self._trades[snap.trade_count :], settled)
+        self.book.restore(snap.book)
+        for trade in self._trades[snap.trade_count :]:
+            self._trades_of[trade.taker].pop()
+            self._trades_of[trade.maker].pop()
+        del self._trades[snap.trade_count :]
+        self._trade_hash = snap.trade_hash
+        self._log_hash = snap.log_hash
+        closed = self._closed
+        for event_id in self._closed_log[snap.closed_count :]:
+            del closed[event_id]
+        del self._closed_log[snap.closed_count :]
+        self._apply_from(snap.position)
+        replayed = len(self._log) - snap.position
+        self.rollbacks += 1
+        self.replayed += replayed
+        after = _settled_part(self._trades[snap.trade_count :], settled)
+        revised = before != after
+        if revised:
+            self.revisions += 1
+        return replayed, revised
+
+    def _apply_from(self, start: int) -> None:
+        """Apply ``log[start:]`` to the book, which holds the state at C{start}."""
+        book = self.book
+        log = self._log
+        trades, trades_of = self._trades, self._trades_of
+        closed, closed_log = self._closed, self._closed_log
+        sha256 = hashlib.sha256
+        log_hash, trade_hash = self._log_hash, self._trade_hash
+        interval = self.snapshot_interval
+        end = len(log)
+        # Snapshots are taken only near the end (older ones would be thinned
+        # anyway), and further apart as the book grows: a snapshot costs time
+        # in proportion to the open orders, so at least 32 events apart per
+        # open order keeps its cost per event constant.
+        snapshot_from = end - interval * (self.max_snapshots // 2)
+        last_snapshot = self._snapshots[-1].position
+        for position in range(start, end):
+            event = log[position]
+            event_id = event.id
+            if event.kind == "order":
+                results = book.place(
+                    event_id, event.side, event.price, event.amount, event.author, event.order_type
+                )
+            else:
+                target = book.order(event.target)
+                if target is None:
+                    results = [(CANCEL_REJECTED, event_id, 0, "not_open")]
+                elif target.owner != event.author:
+                    results = [(CANCEL_REJECTED, event_id, 0, NOT_OWNER)]
+                else:
+                    results = book.cancel(event.target)
+                    results.append((APPLIED, event_id, 0, ""))
+            for item in results:
+                if item[0] == TRADE:
+                    _, seq, taker, maker, side, price, amount = item  # type: ignore[misc]
+                    trade_id = sha256(f"trade {taker} {maker}".encode("ascii")).hexdigest()
+                    index = len(trades)
+                    trades.append(
+                        TradeRecord(
+                            trade_id,
+                            seq,
+                            price,
+                            amount,
+                            side,
+                            taker,
+                            maker,
+                            event.lamport,
+                            event.ts,
+                        )  # fmt: skip
+                    )
+                    trades_of.setdefault(taker, []).append(index)
+                    trades_of.setdefault(maker, []).append(index)
+                    trade_hash = sha256(
+                        trade_hash + f"{trade_id} {seq} {price} {amount} {side}".encode("ascii")
+                    ).digest()
+                elif item[0] in _TERMINAL or item[0] == CANCEL_REJECTED or item[0] == APPLIED:
+                    state, order_id, remaining, reason = item  # type: ignore[misc]
+                    if order_id not in closed:
+                        closed[order_id] = Outcome(state, reason, remaining, position)
+                        closed_log.append(order_id)
+            log_hash = sha256(log_hash + bytes.fromhex(event_id)).digest()
+            done = position + 1
+            if done - last_snapshot >= interval and done >= snapshot_from:
+                if done - last_snapshot >= len(book) >> 5:
+                    self._log_hash, self._trade_hash = log_hash, trade_hash
+                    self._add_snapshot(self._snapshot(done))
+                    last_snapshot = done
+        self._log_hash, self._trade_hash = log_hash, trade_hash
+        self._version += 1
+
+    def _snapshot(self, position: int) -> _Snapshot:
+        return _Snapshot(
+            position, self.book.snapshot(), len(self._trades), self._trade_hash, self._log_hash,
+            len(self._closed_log),
+        )  # fmt: skip
+
+    def _add_snapshot(self, snap: _Snapshot) -> None:
+        snapshots = self._snapshots
+        if snap.position <= snapshots[-1].position:
+            return
+        snapshots.append(snap)
+        if len(snapshots) > self.max_snapshots:
+            # Keep the empty book and the newest half; drop every other older one.
+            keep_recent = self.max_snapshots // 2
+            older = snapshots[1:-keep_recent]
+            snapshots[1:-keep_recent] = older[::2]
+
+    def snapshot_positions(self) -> list[int]:
+        """Log positions of the snapshots kept (for tests and metrics)."""
+        return [snap.position for snap in self._snapshots]
+
+
+def _settled_part(trades: list[TradeRecord], settled: int) -> list[tuple[str, int, int]]:
+    """What a revision compares: id, price and amount of the settled trades."""
+    return [(t.id, t.price, t.amount) for t in trades if t.lamport <= settled]
+
+
+def _chain_from(chain: _Chain, seq: int) -> Iterator[Event]:
+    """C{chain}'s held events from C{seq} up, in seq order, skipping gaps."""
+    winners = chain.winners
+    for number in range(seq, chain.max_seq + 1):
+        event = winners.get(number)
+        if event is not None:
+            yield event

@@ -87,9 +87,12 @@ class INodeControl(Interface):
 
         An order document is ``{"id": hex64, "side", "type", "price": str |
         None, "amount": str, "remaining": str, "filled": str, "status":
-        "open" | "filled" | "cancelled" | "rejected", "reason": str | None,
-        "seq": int, "lamport": int, "created_at": int (unix ms), "settled":
-        bool, "trades": [trade, ...]}``, and a trade document ``{"id": hex64,
+        "open" | "filled" | "cancelled" | "rejected" | "pending" (held,
+        waiting for an earlier event of its author), "reason": str | None,
+        "author": hex64, "seq": int, "lamport": int, "created_at": int (unix
+        ms, the author's clock), "applied_at": float | None (unix seconds,
+        when this node first applied it; remembered for recent events only),
+        "settled": bool, "trades": [trade, ...]}``, and a trade document ``{"id": hex64,
         "price": str, "amount": str, "side": "buy" | "sell" (the taker's),
         "taker": hex64, "maker": hex64, "lamport": int, "time": int (unix
         ms), "settled": bool}``.

@@ -16,6 +16,7 @@ applied, published to peers and acknowledged.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -38,6 +39,9 @@ log = logger(__name__)
 
 #: buffered peer events that force an insert before ``apply_delay`` is up
 MAX_BUFFER = 5000
+
+#: events whose local arrival time is remembered (``applied_at``)
+ARRIVALS_KEPT = 65536
 
 _REJECTION_TEXT = {
     "invalid_side": "side must be buy or sell",
@@ -129,6 +133,7 @@ class MarketService(Service):
         self.loaded_events = 0
         self.load_seconds = 0.0
         self.journal_failures = 0
+        self._arrivals: OrderedDict[str, float] = OrderedDict()
 
     # -- lifecycle
 
@@ -323,7 +328,13 @@ class MarketService(Service):
             # Peer events are applied anyway: they can be fetched again after a restart.
             mine = []
             own = []
-        result = ledger.insert(peers + mine, self.clock.seconds())
+        now = self.clock.seconds()
+        result = ledger.insert(peers + mine, now)
+        arrivals = self._arrivals
+        for event in result.new:
+            arrivals[event.id] = now
+        while len(arrivals) > ARRIVALS_KEPT:
+            arrivals.popitem(last=False)
         self._report(result)
         if self.publisher is not None:
             if mine:
@@ -397,6 +408,7 @@ class MarketService(Service):
             "seq": event.seq,
             "lamport": event.lamport,
             "created_at": event.ts,
+            "applied_at": self._arrivals.get(event.id),
             "settled": event.lamport <= ledger.settled_through,
             "trades": [self.trade_doc(trade) for trade in trades],
         }

@@ -24,8 +24,10 @@ in short:
   again.  A node that learned events this way prompts its other peers, and
   a node with gaps asks all its peers, so partitions heal and new nodes
   catch up.
-* Nothing is sent from inside a protocol callback: outgoing messages are
-  queued per link and written at the next reactor turn, batched.
+* Events, announcements and requests are never sent from inside a
+  protocol callback: they are queued per link and written at the next
+  reactor turn, batched.  (Anti-entropy answers go out at once: they are
+  answers to one peer, not relays.)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .logs import logger
 from .market.events import Event, EventError, event_id, parse_event, verify_event
 from .peer.protocol import PeerProtocol
 from .wire.messages import (
+    MAX_CHAINS,
     MAX_EVENTS,
     MAX_INV,
     MAX_VECTOR,
@@ -79,7 +82,15 @@ GAP_CHECK = 1.0
 class _Peer:
     """What gossip keeps about one ready link."""
 
-    __slots__ = ("link", "known", "out_events", "out_inv", "out_getdata", "last_pull")
+    __slots__ = (
+        "link",
+        "known",
+        "out_events",
+        "out_inv",
+        "out_getdata",
+        "last_pull",
+        "last_chains",
+    )
 
     def __init__(self, link: PeerProtocol) -> None:
         self.link = link
@@ -88,6 +99,7 @@ class _Peer:
         self.out_inv: dict[int, list[str]] = {}
         self.out_getdata: list[str] = []
         self.last_pull = float("-inf")
+        self.last_chains = float("-inf")
 
     def knows(self, event_id: str) -> None:
         known = self.known
@@ -99,14 +111,14 @@ class _Peer:
 
 
 class _Request:
-    """An event asked for with ``getdata``: from whom, and who else has it."""
+    """An event asked for with ``getdata``: whom, by when, and who else announced it."""
 
-    __slots__ = ("deadline", "ttl", "sources")
+    __slots__ = ("deadline", "asked", "others")
 
-    def __init__(self, deadline: float, ttl: int, source: PeerProtocol) -> None:
+    def __init__(self, deadline: float, asked: PeerProtocol) -> None:
         self.deadline = deadline
-        self.ttl = ttl
-        self.sources = [source]
+        self.asked: PeerProtocol | None = asked
+        self.others: list[PeerProtocol] = []
 
 
 @implementer(IEventPublisher, IGossip)
@@ -150,7 +162,7 @@ class Gossip:
         for interval, call in (
             (self.timing.sync_interval, self._sync_all),
             (GAP_CHECK, self._check_gaps),
-            (self.timing.request_timeout, self._expire_requests),
+            (self.timing.request_timeout / 4, self._expire_requests),
         ):
             loop = LoopingCall(call)
             loop.clock = self.clock
@@ -177,11 +189,18 @@ class Gossip:
         self._pull(peer)
 
     def link_closed(self, link: PeerProtocol) -> None:
-        """A peer left."""
+        """A peer left: ask other announcers for what it was asked for."""
         self.peers.pop(link, None)
+        reask = False
         for request in self._requested.values():
-            if link in request.sources:
-                request.sources.remove(link)
+            if link in request.others:
+                request.others.remove(link)
+            if request.asked is link:
+                request.asked = None
+                request.deadline = float("-inf")
+                reask = True
+        if reask:
+            self._expire_requests()
 
     def link_message(self, link: PeerProtocol, message: Message) -> bool:
         """Handle a gossip message; ``False`` if it is not one."""
@@ -236,8 +255,9 @@ class Gossip:
                 peer.link.owner.link_misbehaved(peer.link, f"malformed event: {e}")
                 continue
             if not verify_event(event):
+                # Not remembered: the id covers the text only, and a forged
+                # copy must not shut out the genuine event.
                 stats["events_invalid"] += 1
-                self._remember(ident, -1)
                 peer.link.violation(f"bad signature on event {ident}")
                 break
             self._remember(ident, relay_ttl)
@@ -252,7 +272,7 @@ class Gossip:
                     self._spread(event, relay_ttl, peer)
             else:
                 self._prompt_soon()
-        if message.more and not peer.link.closed:
+        if message.more and new and not peer.link.closed:
             self._pull(peer)
 
     def _on_inv(self, peer: _Peer, message: Inv) -> None:
@@ -265,10 +285,10 @@ class Gossip:
                 continue
             request = requested.get(ident)
             if request is not None:
-                if peer.link not in request.sources:
-                    request.sources.append(peer.link)
+                if peer.link is not request.asked and peer.link not in request.others:
+                    request.others.append(peer.link)
                 continue
-            requested[ident] = _Request(deadline, message.ttl, peer.link)
+            requested[ident] = _Request(deadline, peer.link)
             peer.out_getdata.append(ident)
         self._flush_soon()
 
@@ -282,17 +302,38 @@ class Gossip:
 
     def _on_sync(self, peer: _Peer, message: Sync) -> None:
         self.stats["sync_received"] += 1
+        store = self.store
+        if message.chains:
+            self._send_differing_chains(peer, message)
         theirs = dict(message.vector)
-        events, more = self.store.missing_for(theirs, SYNC_CHUNK)
-        if not events and message.digest != self.store.digest():
-            events = self.store.conflicts()[:SYNC_CHUNK]
+        events, more = store.missing_for(theirs, SYNC_CHUNK)
         if events:
-            self.stats["sync_events_sent"] += len(events)
-            peer.link.send(Events(tuple(event.wire for event in events), ttl=0, more=more))
-        ours = self.store.vector()
+            self._send_answer(peer, events, more)
+        ours = store.vector()
+        now = self.clock.seconds()
         if any(seq > ours.get(author, 0) for author, seq in message.vector):
-            if self.clock.seconds() - peer.last_pull >= PULL_INTERVAL:
+            if now - peer.last_pull >= PULL_INTERVAL:
                 self._pull(peer)
+        elif not events and theirs == ours and message.digest != store.digest():
+            # Same vectors, different logs: each holds another side of an
+            # equivocation.  Show the peer our chains; it sends the ones
+            # that differ, and we will do the same for it.
+            if now - peer.last_chains >= PULL_INTERVAL:
+                peer.last_chains = now
+                self._pull(peer, chains=True)
+
+    def _send_differing_chains(self, peer: _Peer, message: Sync) -> None:
+        """Send every chain whose digest differs from the peer's, with its evidence."""
+        ours = self.store.chain_digests()
+        for author, digest in message.chains:
+            if ours.get(author, digest) != digest:
+                chain = self.store.chain_of(author)
+                for part in _chunks(chain, SYNC_CHUNK):
+                    self._send_answer(peer, part, False)
+
+    def _send_answer(self, peer: _Peer, events: list[Event], more: bool) -> None:
+        self.stats["sync_events_sent"] += len(events)
+        peer.link.send(Events(tuple(event.wire for event in events), ttl=0, more=more))
 
     # -- sending
 
@@ -350,13 +391,25 @@ class Gossip:
                     for chunk in _chunks(idents, MAX_INV):
                         link.send(Inv(tuple(chunk), ttl=ttl))
 
-    def _pull(self, peer: _Peer) -> None:
-        """Send C{peer} our version vector: it answers with what we lack."""
+    def _pull(self, peer: _Peer, *, chains: bool = False) -> None:
+        """
+        Send C{peer} our version vector: it answers with what we lack.
+
+        :param chains: add our chain digests (see :meth:`_on_sync`).
+        """
         peer.last_pull = self.clock.seconds()
         vector = self.store.vector()
         entries = tuple(_vector_entries(vector, MAX_VECTOR))
+        digests: tuple[tuple[str, str], ...] = ()
+        if chains:
+            listed = {author for author, _ in entries}
+            digests = tuple(
+                (author, digest)
+                for author, digest in self.store.chain_digests().items()
+                if author in listed
+            )[:MAX_CHAINS]
         self.stats["sync_sent"] += 1
-        peer.link.send(Sync(vector=entries, digest=self.store.digest()))
+        peer.link.send(Sync(vector=entries, digest=self.store.digest(), chains=digests))
 
     def _sync_all(self) -> None:
         for peer in list(self.peers.values()):
@@ -376,20 +429,20 @@ class Gossip:
             self._sync_all()
 
     def _expire_requests(self) -> None:
-        """Ask another announcer for events whose ``getdata`` went unanswered."""
+        """Ask the next announcer for events whose ``getdata`` went unanswered."""
         now = self.clock.seconds()
         for ident, request in list(self._requested.items()):
             if request.deadline > now:
                 continue
-            if request.sources:
-                request.sources.pop(0)
-            if self.store.has(ident) or not request.sources:
+            peer = None
+            while request.others and peer is None:
+                peer = self.peers.get(request.others.pop(0))
+            if peer is None or self.store.has(ident):
                 del self._requested[ident]
                 continue
+            request.asked = peer.link
             request.deadline = now + self.timing.request_timeout
-            peer = self.peers.get(request.sources[0])
-            if peer is not None:
-                peer.out_getdata.append(ident)
+            peer.out_getdata.append(ident)
         self._flush_soon()
 
     def summary(self) -> dict[str, Any]:

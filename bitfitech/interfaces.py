@@ -174,6 +174,12 @@ class IEventStore(Interface):
     def gaps() -> int:
         """How many authors have events held beyond a missing seq."""
 
+    def chain_digests() -> dict[str, str]:
+        """Author -> a hash of its chain up to its contiguous seq."""
+
+    def chain_of(author: str) -> list[Event]:
+        """C{author}'s events up to its contiguous seq, and its equivocation evidence."""
+
 
 class IGossip(Interface):
     """What the hub tells the gossip layer about ready links."""

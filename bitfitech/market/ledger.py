@@ -259,18 +259,48 @@ class Ledger:
         """
         Events a peer with version C{vector} lacks, at most C{limit}, in key order.
 
-        Every held event above the peer's seq for its author is included,
-        waiting ones too (they may fill the peer's gaps).
+        For each author, the events above the peer's seq up to this
+        ledger's own contiguous seq: what fills the peer's gaps.  Events
+        held beyond a gap of this ledger's are not offered (the peer could
+        not apply them either, and two peers missing the same seq would
+        otherwise offer each other the same events forever).
 
         :return: the events and whether more remain.
         """
         streams = []
         for author, chain in self._chains.items():
             have = vector.get(author, 0)
-            if have < chain.max_seq:
-                streams.append(_chain_from(chain, have + 1))
+            if have < chain.contiguous:
+                streams.append(_chain_from(chain, have + 1, chain.contiguous))
         taken = list(islice(merge(*streams, key=_key_of), limit + 1))
         return taken[:limit], len(taken) > limit
+
+    def chain_digests(self) -> dict[str, str]:
+        """
+        Author -> SHA-256 over the ids of its winners from seq 1 to its
+        contiguous seq: two ledgers with equal vectors differ exactly in the
+        chains whose digests differ (one saw the other side of an
+        equivocation).  Computed on demand, in time proportional to the events.
+        """
+        out = {}
+        for author, chain in self._chains.items():
+            digest = hashlib.sha256()
+            winners = chain.winners
+            for seq in range(1, chain.contiguous + 1):
+                digest.update(winners[seq].id.encode("ascii"))
+            out[author] = digest.hexdigest()
+        return out
+
+    def chain_of(self, author: str) -> list[Event]:
+        """C{author}'s winners up to its contiguous seq, then its equivocation evidence."""
+        chain = self._chains.get(author)
+        if chain is None:
+            return []
+        events = [chain.winners[seq] for seq in range(1, chain.contiguous + 1)]
+        for (rival_author, _), rivals in self._conflicts.items():
+            if rival_author == author:
+                events.extend(rival for rival in rivals if rival not in events)
+        return events
 
     def conflicts(self) -> list[Event]:
         """Every event of every slot claimed twice: the evidence of equivocations."""
@@ -564,10 +594,10 @@ def _settled_part(trades: list[TradeRecord], settled: int) -> list[tuple[str, in
     return [(t.id, t.price, t.amount) for t in trades if t.lamport <= settled]
 
 
-def _chain_from(chain: _Chain, seq: int) -> Iterator[Event]:
-    """C{chain}'s held events from C{seq} up, in seq order, skipping gaps."""
+def _chain_from(chain: _Chain, seq: int, last: int) -> Iterator[Event]:
+    """C{chain}'s held events from C{seq} to C{last}, in seq order, skipping gaps."""
     winners = chain.winners
-    for number in range(seq, chain.max_seq + 1):
+    for number in range(seq, last + 1):
         event = winners.get(number)
         if event is not None:
             yield event

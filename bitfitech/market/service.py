@@ -233,6 +233,15 @@ class MarketService(Service):
         self.flush()
         return self.ledger.missing_for(vector, limit)
 
+    def chain_digests(self) -> dict[str, str]:
+        """Author -> digest of its chain (see :meth:`Ledger.chain_digests`)."""
+        self.flush()
+        return self.ledger.chain_digests()
+
+    def chain_of(self, author: str) -> list[Event]:
+        """An author's chain and its equivocation evidence."""
+        return self.ledger.chain_of(author)
+
     def gaps(self) -> int:
         """How many authors have events held beyond a missing seq."""
         self.flush()

@@ -75,6 +75,9 @@ MAX_EVENT_TEXT: int = 400
 MAX_VECTOR: int = 10000
 """Most ``[author, seq]`` entries in one ``sync`` message."""
 
+MAX_CHAINS: int = 5000
+"""Most ``[author, digest]`` entries in the ``chains`` of one ``sync`` message."""
+
 MAX_SEQ: int = 2**63 - 1
 """Largest sequence number in a ``sync`` vector: a signed 64-bit integer, not negative."""
 
@@ -641,12 +644,17 @@ class Sync:
         within the message; ``seq`` is 0 to :data:`MAX_SEQ`.  May be empty.
     :ivar digest: a hash of the sender's applied event set, 64 lowercase hex
         digits, for receivers to compare with their own.
+    :ivar chains: optional, at most :data:`MAX_CHAINS` pairs ``(author,
+        digest)``: a hash of each author's chain (64 lowercase hex digits,
+        authors unique), sent when the receiver's last ``digest`` differed
+        although the vectors agreed; absent from the JSON when empty.
     """
 
     command: ClassVar[str] = "sync"
 
     vector: tuple[tuple[str, int], ...]
     digest: str
+    chains: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         """:raises MessageError: for a bad count, a malformed or repeated entry, a bad digest."""
@@ -664,17 +672,39 @@ class Sync:
             seen.add(author)
             _int(seq, 0, MAX_SEQ, c, f"vector[{index}][1]")
         _hex64(self.digest, "a digest", c, "digest")
+        seen.clear()
+        for index, entry in enumerate(_tuple(self.chains, 0, MAX_CHAINS, c, "chains")):
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                _bad_pair(entry, "(author, digest)", c, f"chains[{index}]")
+            author, digest = entry
+            _hex64(author, "an author key", c, f"chains[{index}][0]")
+            if author in seen:
+                raise MessageError(
+                    f"duplicate author {author}", command=c, field=f"chains[{index}][0]"
+                )
+            seen.add(author)
+            _hex64(digest, "a digest", c, f"chains[{index}][1]")
 
     def _to_json(self) -> dict[str, object]:
-        return {"vector": [[author, seq] for author, seq in self.vector], "digest": self.digest}
+        out: dict[str, object] = {
+            "vector": [[author, seq] for author, seq in self.vector],
+            "digest": self.digest,
+        }
+        if self.chains:
+            out["chains"] = [[author, digest] for author, digest in self.chains]
+        return out
 
     @classmethod
     def _from_json(cls, obj: Mapping[str, object]) -> Self:
         c = cls.command
         raw = _list(obj, "vector", 0, MAX_VECTOR, c)
+        chains: tuple[tuple[object, object], ...] = ()
+        if "chains" in obj:
+            chains = _pairs(_list(obj, "chains", 0, MAX_CHAINS, c), "[author, digest]", c, "chains")
         return cls(
             vector=_pairs(raw, "[author, seq]", c, "vector"),  # type: ignore[arg-type]
             digest=_require(obj, "digest", c),  # type: ignore[arg-type]
+            chains=chains,  # type: ignore[arg-type]
         )
 
 

@@ -40,7 +40,7 @@ from zope.interface import implementer
 from . import USER_AGENT, __version__
 from .address import AddressError, PeerAddress, format_hostport, parse_address
 from .config import NodeConfig
-from .gossip import Gossip
+from .gossip import Gossip, ThreadedVerifier
 from .identity import IdentityError
 from .interfaces import INodeControl, ServiceUnavailable
 from .logs import logger, set_log_level
@@ -410,7 +410,10 @@ class Node(MultiService):
         StorageService(self.storage).setServiceParent(self)
         self.market = MarketService(config, self.storage, self.clock)
         self.market.setServiceParent(self)
-        self.gossip = Gossip(self.market, self.clock, config.gossip, random.SystemRandom())
+        self.gossip = Gossip(
+            self.market, self.clock, config.gossip, random.SystemRandom(),
+            ThreadedVerifier(reactor),
+        )  # fmt: skip
         self.market.publisher = self.gossip
         self.peers = PeerService(config, self.storage, reactor, self.gossip)
         self.peers.setServiceParent(self)

@@ -16,15 +16,15 @@ from collections.abc import Iterable, Sequence
 from typing import cast
 
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from bitfitech import gossip as gossip_module
 from bitfitech.config import GossipTiming
-from bitfitech.gossip import GAP_CHECK, PROMPT_DELAY, PULL_INTERVAL, Gossip
+from bitfitech.gossip import GAP_CHECK, PROMPT_DELAY, PULL_INTERVAL, Gossip, ThreadedVerifier
 from bitfitech.interfaces import IEventPublisher, IEventStore, IGossip
-from bitfitech.market.events import Author, Event, event_id
+from bitfitech.market.events import Author, Event, event_id, parse_event
 from bitfitech.market.ledger import Ledger
 from bitfitech.peer.protocol import PeerProtocol
 from bitfitech.testing import TEST_NETWORK, TEST_PAIR, RecordingOwner
@@ -487,11 +487,10 @@ class ReceiveEventsTests(SynchronousTestCase):
         self.assertEqual(len(node.links[0].owner.misbehaved), 1)
         self.assertEqual(node.gossip.stats["events_duplicate"], 1)
 
-    def test_bad_signature_is_a_violation_and_stops_the_message(self) -> None:
+    def test_bad_signature_is_a_violation(self) -> None:
         """
-        A bad signature calls ``violation`` on the link (which closes it) and
-        the rest of that message is not processed; events before it were
-        verified and are kept.
+        A bad signature calls ``violation`` on the link (which closes it);
+        the other events of the message verified and are kept.
         """
         first, forged_of, after = order(author(1), 1), order(author(2), 1), order(author(4), 1)
         forged = (forged_of.text, first.sig)
@@ -501,18 +500,17 @@ class ReceiveEventsTests(SynchronousTestCase):
         self.assertEqual(len(sender.violations), 1)
         self.assertIn(f"bad signature on event {forged_of.id}", sender.violations[0])
         self.assertTrue(sender.closed)
-        self.assertEqual(node.store.received, [[first]])
-        self.assertFalse(node.store.has(after.id))
+        self.assertEqual(node.store.received, [[first, after]])
         stats = node.gossip.stats
-        self.assertEqual(stats["events_received"], 2)
-        self.assertEqual((stats["events_invalid"], stats["events_new"]), (1, 1))
+        self.assertEqual(stats["events_received"], 3)
+        self.assertEqual((stats["events_invalid"], stats["events_new"]), (1, 2))
         # more=True asks a closed link for nothing
         node.clock.advance(0)
         self.assertEqual(sender.sent, [])
-        # the unprocessed event is taken when another peer sends it
+        # the genuine event is taken when another peer sends it
         other = node.connect("honest")
-        node.deliver(other, Events((after.wire,), ttl=3, more=False))
-        self.assertTrue(node.store.has(after.id))
+        node.deliver(other, Events((forged_of.wire,), ttl=3, more=False))
+        self.assertTrue(node.store.has(forged_of.id))
 
     def test_forged_copy_does_not_poison_genuine_event(self) -> None:
         """
@@ -1011,3 +1009,24 @@ class EndToEndTests(SynchronousTestCase):
             sum(g.stats["events_pushed"] + g.stats["inv_sent"] for g in mesh.gossips), 0
         )
         self.assertEqual(sum(g.stats["events_new"] for g in mesh.gossips[:3]), 0)
+
+
+class ThreadedVerifierTests(TestCase):
+    """Signatures checked in the reactor's thread pool, split over threads."""
+
+    async def test_large_batch_in_threads_small_batch_inline(self) -> None:
+        """
+        A batch at the threshold is checked in threads with one result per
+        event in order (a forged one is ``False``); a smaller one at once.
+        """
+        from twisted.internet import reactor
+
+        events = chain(author(1), 70)
+        forged = parse_event(events[5].text, events[6].sig, TEST_NETWORK, TEST_PAIR)
+        batch = [*events[:5], forged, *events[6:]]
+        verifier = ThreadedVerifier(reactor, threads=2, threshold=64)
+        small = verifier(batch[:10])
+        self.assertTrue(small.called)  # inline: no thread hop
+        self.assertEqual(self.successResultOf(small), [True] * 5 + [False] + [True] * 4)
+        results = await verifier(batch)
+        self.assertEqual(results, [True] * 5 + [False] + [True] * 64)

@@ -70,11 +70,13 @@ class EventJournal:
                         "INSERT OR IGNORE INTO events (id, text, sig) VALUES (?, ?, ?)", rows
                     )
                     written = db.total_changes - before
+                    db.execute("COMMIT")
                 except BaseException:
+                    # Also when COMMIT itself fails: nothing of the batch may
+                    # stay pending, to be committed later by someone else.
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
-                db.execute("COMMIT")
             finally:
                 if durable:
                     db.execute("PRAGMA synchronous=NORMAL")

@@ -238,8 +238,14 @@ class Ledger:
         return list(self._log)
 
     def vector(self) -> dict[str, int]:
-        """Author -> highest seq held with no gap below it (the anti-entropy summary)."""
-        return {author: chain.contiguous for author, chain in self._chains.items()}
+        """
+        Author -> highest seq held with no gap below it (the anti-entropy
+        summary); authors with nothing contiguous (only events beyond a gap)
+        are left out, as a peer could not tell them from unknown ones.
+        """
+        return {
+            author: chain.contiguous for author, chain in self._chains.items() if chain.contiguous
+        }
 
     def gaps(self) -> int:
         """How many authors have events held beyond a missing seq."""
@@ -453,10 +459,17 @@ class Ledger:
         keys = self._keys
         if not removed and (not keys or added[0].key > keys[-1]):
             start = len(self._log)
+            first_trade = len(self._trades)
             self._log.extend(added)
             keys.extend(event.key for event in added)
             self._apply_from(start)
             result.appended = len(added)
+            # Even without a rollback, a late event may add settled trades
+            # (when the log ended below settled_through).
+            settled = self.settled_through
+            if any(trade.lamport <= settled for trade in self._trades[first_trade:]):
+                result.revised = True
+                self.revisions += 1
             return
         low = min([event.key for event in removed] + ([added[0].key] if added else []))
         position = bisect_left(keys, low)

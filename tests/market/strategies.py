@@ -475,3 +475,183 @@ def replay_input(ops: tuple[Op, ...], profile: Profile, rng: random.Random) -> R
 def replay_inputs(draw: st.DrawFn, max_size: int = 40) -> ReplayInput:
     stream = draw(streams(max_size=max_size))
     return replay_input(stream.ops, stream.profile, draw(st.randoms(use_true_random=False)))
+
+
+# Signed events for the ledger, journal and convergence tests.
+#
+# An event set is what several authors signed: orders near a mid price so
+# they cross, cancels of the author's own earlier orders (and now and then of
+# another author's, or of an unknown id), and now and then an equivocating
+# twin (a second, different event in the same (author, seq) slot).  Each
+# author's Lamport times strictly increase, except that very rarely an event
+# repeats its author's previous one (which the ledger must refuse to apply);
+# a shared clock that advances by 0-2 per event makes authors interleave,
+# with ties between authors.
+
+EVENT_NETWORK = "test"
+EVENT_PAIR = "BTC/USD"
+EVENT_MID = 100  # prices are EVENT_MID +- 1.5 in steps of 0.5
+EVENT_AMOUNTS = ("0.5", "1", "1.5", "2")
+EVENT_ODD_PRICES = ("100.005", "0")  # rejected: off the tick, not positive
+EVENT_TYPES = ("limit", "limit", "limit", "limit", "ioc", "fok", "post_only", "market")
+UNKNOWN_ORDER = "0" * 64  # an order id no event has
+# EventSpec.cancel: mostly orders (-1); cancels of own, others' and unknown orders.
+EVENT_CANCELS = (-1,) * 15 + (0, 0, 1, 2, 6, 8)
+EVENT_TWINS = (0,) * 45 + (1, 2, 3)  # EventSpec.twin: about one event in 16
+EVENT_STALE = (False,) * 59 + (True,)  # EventSpec.stale: one event in 60
+
+
+def _authors() -> tuple[Any, ...]:
+    from bitfitech.market.events import Author
+
+    return tuple(Author(bytes([n]) * 32, EVENT_NETWORK, EVENT_PAIR) for n in range(1, 6))
+
+
+AUTHORS = _authors()
+"""Five authors with fixed seeds (``bytes([n]) * 32`` for n = 1..5)."""
+
+
+class EventSpec(NamedTuple):
+    """One event before it is signed: everything drawn, nothing resolved."""
+
+    author: int  # index into the set's authors
+    advance: int  # how far the shared clock moves first
+    cancel: int  # -1: an order; 0-5: an own recent order; 6-7: another's; 8: unknown
+    side: str
+    order_type: str
+    price: str | None
+    amount: str
+    twin: int  # 0: none; else a twin follows, its Lamport time moved by twin - 2
+    stale: bool = False  # reuse the author's previous Lamport time (a broken chain)
+
+
+class EventSet:
+    """Signed events (twins right after their originals) from ``authors`` authors."""
+
+    def __init__(self, authors: int, events: tuple[Any, ...]) -> None:
+        self.authors = authors
+        self.events = events
+
+    def __repr__(self) -> str:
+        lines = "".join(f"\n    {event.text!r}," for event in self.events)
+        return f"EventSet(authors={self.authors}, events=[{lines}\n])"
+
+
+def event_price(offset: int) -> str:
+    """The price ``offset`` half-units from the mid, as a canonical decimal."""
+    return canonical(Fraction(2 * EVENT_MID + offset, 2))
+
+
+def resolve_events(specs: list[EventSpec] | tuple[EventSpec, ...], authors: int) -> EventSet:
+    """Sign drawn specs: give seqs and Lamport times, and aim cancels."""
+    signers = AUTHORS[:authors]
+    seqs = [0] * authors
+    lamports = [0] * authors
+    own: list[list[str]] = [[] for _ in range(authors)]
+    everyone: list[tuple[int, str]] = []
+    clock = 0
+    ts = 1_700_000_000_000
+    events: list[Any] = []
+    for spec in specs:
+        index = spec.author % authors
+        signer = signers[index]
+        clock += spec.advance
+        if spec.stale and lamports[index]:
+            lamport = lamports[index]
+        else:
+            lamport = lamports[index] = max(lamports[index] + 1, clock)
+        seq = seqs[index] = seqs[index] + 1
+        ts += 7
+        if spec.cancel >= 0:
+            others = [order for owner, order in everyone if owner != index]
+            if spec.cancel < 6 and own[index]:
+                target = own[index][-1 - spec.cancel % len(own[index])]
+            elif spec.cancel < 8 and others:
+                target = others[-1 - spec.cancel % len(others)]
+            else:
+                target = UNKNOWN_ORDER
+            event = signer.cancel(seq, lamport, ts, target)
+        else:
+            event = signer.order(
+                seq, lamport, ts, spec.side, spec.order_type, spec.price, spec.amount
+            )
+            own[index].append(event.id)
+            everyone.append((index, event.id))
+        events.append(event)
+        if spec.twin:
+            # Another order in the same slot, a little apart in Lamport time and price.
+            twin_lamport = max(1, lamport + spec.twin - 2)
+            price = None if spec.order_type == "market" else event_price(spec.twin - 2)
+            events.append(
+                signer.order(
+                    seq, twin_lamport, ts + 1, spec.side, spec.order_type, price, spec.amount
+                )
+            )
+    return EventSet(authors, tuple(events))
+
+
+_OFFSET_PRICES = st.integers(-3, 3).map(event_price)
+_SPEC_FIELDS = st.tuples(
+    st.integers(0, 2),  # advance
+    st.sampled_from(EVENT_CANCELS),
+    st.sampled_from(SIDES),
+    st.sampled_from(EVENT_TYPES),
+    st.one_of(*[_OFFSET_PRICES] * 6, st.sampled_from(EVENT_ODD_PRICES)),  # odd: one in 7
+    st.sampled_from(EVENT_AMOUNTS),
+    st.sampled_from(EVENT_TWINS),
+    st.sampled_from(EVENT_STALE),
+)
+
+
+def _spec(drawn: tuple[Any, ...]) -> EventSpec:
+    author, (advance, cancel, side, order_type, price, amount, twin, stale) = drawn
+    price = None if order_type == "market" else price
+    return EventSpec(author, advance, cancel, side, order_type, price, amount, twin, stale)
+
+
+def event_specs(authors: int) -> st.SearchStrategy[EventSpec]:
+    """One event's spec for a set of ``authors`` authors."""
+    return st.tuples(st.integers(0, authors - 1), _SPEC_FIELDS).map(_spec)
+
+
+@st.composite
+def event_sets(
+    draw: st.DrawFn,
+    min_authors: int = 2,
+    max_authors: int = 5,
+    min_size: int = 1,
+    max_size: int = 40,
+) -> EventSet:
+    """A random set of signed events from ``min_authors`` to ``max_authors`` authors."""
+    authors = draw(st.integers(min_authors, max_authors))
+    specs = draw(st.lists(event_specs(authors), min_size=min_size, max_size=max_size))
+    return resolve_events(specs, authors)
+
+
+def random_events(
+    rng: random.Random, authors: int, size: int, twins: bool = True, stale: bool = True
+) -> EventSet:
+    """The same vocabulary from ``rng``, for bulk runs that need no shrinking."""
+    specs = []
+    for _ in range(size):
+        order_type = rng.choice(EVENT_TYPES)
+        if order_type == "market":
+            price = None
+        elif rng.randrange(7) == 0:
+            price = rng.choice(EVENT_ODD_PRICES)
+        else:
+            price = event_price(rng.randint(-3, 3))
+        specs.append(
+            EventSpec(
+                author=rng.randrange(authors),
+                advance=rng.randint(0, 2),
+                cancel=rng.choice(EVENT_CANCELS),
+                side=rng.choice(SIDES),
+                order_type=order_type,
+                price=price,
+                amount=rng.choice(EVENT_AMOUNTS),
+                twin=rng.choice(EVENT_TWINS) if twins else 0,
+                stale=rng.choice(EVENT_STALE) if stale else False,
+            )
+        )
+    return resolve_events(specs, authors)

@@ -23,8 +23,8 @@ in short:
   lacks, at most :data:`SYNC_CHUNK` events per ``events`` message in key
   order, with ``more`` set while there is more; the receiver then asks
   again.  A node that learned events this way prompts its other peers, and
-  a node with gaps asks all its peers, so partitions heal and new nodes
-  catch up.
+  a node with a gap that lasts asks all its peers, so partitions heal and
+  new nodes catch up.
 * Events, announcements and requests are never sent from inside a
   protocol callback: they are queued per link and written at the next
   reactor turn, batched.  (Anti-entropy answers go out at once: they are
@@ -204,6 +204,8 @@ class Gossip:
         self._loops: list[LoopingCall] = []
         self._verify: Verifier = verifier or verify_inline
         self._verifying: set[str] = set()
+        self._prompt_skip: set[PeerProtocol] = set()
+        self._gap_marks: set[tuple[str, int]] = set()
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "events_received", "events_new", "events_duplicate", "events_invalid",
@@ -347,7 +349,7 @@ class Gossip:
                 for event in new:
                     self._spread(event, relay_ttl, peer)
             else:
-                self._prompt_soon()
+                self._prompt_soon(peer)
         if message.more and new and not peer.link.closed:
             self._pull(peer)
 
@@ -487,21 +489,36 @@ class Gossip:
         self.stats["sync_sent"] += 1
         peer.link.send(Sync(vector=entries, digest=self.store.digest(), chains=digests))
 
-    def _sync_all(self) -> None:
+    def _sync_all(self, exclude: set[PeerProtocol] | frozenset[PeerProtocol] = frozenset()) -> None:
+        """Pull from every peer except those in C{exclude}."""
         for peer in list(self.peers.values()):
-            self._pull(peer)
+            if peer.link not in exclude:
+                self._pull(peer)
 
-    def _prompt_soon(self) -> None:
-        """After learning events by anti-entropy, let the other peers pull them soon."""
+    def _prompt_soon(self, source: _Peer) -> None:
+        """
+        After learning events from C{source}'s anti-entropy answer, let the
+        other peers pull them soon.
+        """
+        self._prompt_skip.add(source.link)
         if self._prompt_call is None:
             self._prompt_call = self.clock.callLater(PROMPT_DELAY, self._prompt)
 
     def _prompt(self) -> None:
         self._prompt_call = None
-        self._sync_all()
+        skip, self._prompt_skip = self._prompt_skip, set()
+        self._sync_all(exclude=skip)
 
     def _check_gaps(self) -> None:
-        if self.store.gaps():
+        """
+        Pull from every peer when a gap outlives one check: gaps that live
+        shorter are events overtaking each other on their way, and fill
+        by themselves.
+        """
+        marks = self.store.gap_marks()
+        lasting = marks & self._gap_marks
+        self._gap_marks = marks
+        if lasting:
             self._sync_all()
 
     def _expire_requests(self) -> None:

@@ -174,6 +174,9 @@ class IEventStore(Interface):
     def gaps() -> int:
         """How many authors have events held beyond a missing seq."""
 
+    def gap_marks() -> set[tuple[str, int]]:
+        """``(author, contiguous seq)`` of every author with events held beyond a gap."""
+
     def chain_digests() -> dict[str, str]:
         """Author -> a hash of its chain up to its contiguous seq."""
 

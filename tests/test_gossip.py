@@ -123,6 +123,9 @@ class FakeStore:
     def chain_digests(self) -> dict[str, str]:
         return self.ledger.chain_digests()
 
+    def gap_marks(self) -> set[tuple[str, int]]:
+        return self.ledger.gap_marks()
+
     def chain_of(self, author: str) -> list[Event]:
         return self.ledger.chain_of(author)
 
@@ -800,14 +803,31 @@ class PeriodicTests(SynchronousTestCase):
             self.assertEqual([type(m) for m in msgs], [Sync])
         node.gossip.stop()
 
-    def test_gaps_make_every_peer_asked_within_gap_check(self) -> None:
-        """A store with gaps makes a ``sync`` go to every peer within ``GAP_CHECK``."""
+    def test_lasting_gap_makes_every_peer_asked(self) -> None:
+        """
+        A gap still there at the next check makes a ``sync`` go to every
+        peer; a gap seen at one check only (events overtaking each other)
+        does not.
+        """
         a = author(1)
         node = Node(2, order(a, 1), order(a, 3))
         node.gossip.start()
         node.clock.advance(GAP_CHECK)
+        self.assertEqual(node.take_all(), [[], []])
+        node.clock.advance(GAP_CHECK)
         for msgs in node.take_all():
             self.assertEqual(msgs, [Sync(vector=((a.author, 1),), digest=node.store.digest())])
+        node.gossip.stop()
+
+    def test_gap_filled_before_next_check_asks_nobody(self) -> None:
+        """A gap filled before the next check makes no ``sync``."""
+        a = author(1)
+        node = Node(2, order(a, 1), order(a, 3))
+        node.gossip.start()
+        node.clock.advance(GAP_CHECK)
+        node.store.add(order(a, 2))
+        node.clock.advance(GAP_CHECK)
+        self.assertEqual(node.take_all(), [[], []])
         node.gossip.stop()
 
     def test_no_gaps_no_gap_sync(self) -> None:
@@ -818,10 +838,11 @@ class PeriodicTests(SynchronousTestCase):
         self.assertEqual(node.take_all(), [[], []])
         node.gossip.stop()
 
-    def test_events_learned_by_anti_entropy_prompt_every_peer(self) -> None:
+    def test_events_learned_by_anti_entropy_prompt_the_other_peers(self) -> None:
         """
-        Events learned from ttl-0 answers make a ``sync`` go to every peer
-        after ``PROMPT_DELAY``: one for several answers.
+        Events learned from ttl-0 answers make a ``sync`` go to every other
+        peer after ``PROMPT_DELAY`` (one for several answers), not to the
+        peer that answered.
         """
         node = Node(3)
         sender = node.links[0]
@@ -830,7 +851,9 @@ class PeriodicTests(SynchronousTestCase):
         node.deliver(sender, Events((order(author(2), 1).wire,), ttl=0, more=False))
         self.assertEqual(node.take_all(), [[], [], []])
         node.clock.advance(PROMPT_DELAY / 2)
-        for msgs in node.take_all():
+        sent = node.take_all()
+        self.assertEqual(sent[0], [])
+        for msgs in sent[1:]:
             [sync] = msgs
             assert isinstance(sync, Sync)
             self.assertEqual(len(sync.vector), 2)

@@ -251,6 +251,14 @@ class Ledger:
         """How many authors have events held beyond a missing seq."""
         return sum(1 for chain in self._chains.values() if chain.max_seq > chain.contiguous)
 
+    def gap_marks(self) -> set[tuple[str, int]]:
+        """``(author, contiguous seq)`` of every author with events held beyond a gap."""
+        return {
+            (author, chain.contiguous)
+            for author, chain in self._chains.items()
+            if chain.max_seq > chain.contiguous
+        }
+
     def chain_event(self, author: str, seq: int) -> Event | None:
         """The event holding C{author}'s slot C{seq} (the winner, if claimed twice)."""
         chain = self._chains.get(author)

@@ -233,6 +233,11 @@ class MarketService(Service):
         self.flush()
         return self.ledger.missing_for(vector, limit)
 
+    def gap_marks(self) -> set[tuple[str, int]]:
+        """Which authors have gaps, and where (see :meth:`Ledger.gap_marks`)."""
+        self.flush()
+        return self.ledger.gap_marks()
+
     def chain_digests(self) -> dict[str, str]:
         """Author -> digest of its chain (see :meth:`Ledger.chain_digests`)."""
         self.flush()

@@ -30,7 +30,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from bitfitech.testing import free_ports
 
 #: the checkout's root (holds ``bitfitech`` and ``twisted/plugins``)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -146,18 +147,6 @@ def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def free_ports(count: int) -> list[int]:
-    """C{count} distinct free TCP ports on 127.0.0.1 (all bound at once, then released)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def child_environment() -> dict[str, str]:

@@ -36,7 +36,6 @@ from _cluster import (
     NodeProcess,
     busy_seconds,
     cleanup_on_interrupt,
-    free_ports,
     machine_info,
     print_table,
     report_problems,
@@ -49,6 +48,7 @@ from bitfitech.market.book import OrderBook
 from bitfitech.market.events import Author, Event
 from bitfitech.market.journal import EventJournal
 from bitfitech.storage import Storage
+from bitfitech.testing import free_ports
 
 PAIR = "BTC/USD"
 BATCH = 5000

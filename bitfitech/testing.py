@@ -8,6 +8,7 @@ link reports, and an in-process cluster of real nodes on loopback.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -223,3 +224,20 @@ def market_state(node: Node) -> tuple[str, int, int]:
     market.flush()
     ledger = market.ledger
     return ledger.state_hash(), len(ledger), ledger.trade_count
+
+
+def free_ports(count: int) -> list[int]:
+    """
+    Pick C{count} distinct TCP ports on 127.0.0.1 that nobody listens on now
+    (for nodes run as separate processes, which must be told their ports).
+
+    All sockets are held until every port is picked, so the ports differ.
+    """
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

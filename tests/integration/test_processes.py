@@ -36,6 +36,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from bitfitech.config import ENVIRONMENT
+from bitfitech.testing import free_ports
 
 #: the checkout's root: its ``bitfitech`` package and ``twisted/plugins``
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -68,22 +69,6 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-def free_ports(count: int) -> list[int]:
-    """
-    Pick C{count} distinct TCP ports on 127.0.0.1 that nobody listens on now.
-
-    All sockets are held until every port is picked, so the ports differ.
-    """
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def child_environment() -> dict[str, str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -481,8 +481,3 @@ class MarketService(Service):
                 "load_s": round(self.load_seconds, 3),
             },
         }
-
-
-def as_store(service: MarketService) -> IEventStore:
-    """The service seen as gossip's event store."""
-    return cast(IEventStore, service)

@@ -323,6 +323,24 @@ class _Side:
             open_orders = self.open_orders
             level.orders = deque(o for o in level.orders if open_orders.get(o[_ID]) is o)
 
+    def dump(self) -> _SideDump:
+        """The levels, for a snapshot (queues copied, stale entries and all)."""
+        return tuple(
+            (key, tuple(level.orders), level.total, level.count)
+            for key, level in self.levels.items()
+        )
+
+    def load(self, dump: _SideDump) -> None:
+        """Take the levels of a :meth:`dump` (the open-order dict is restored by the caller)."""
+        levels = self.levels
+        for key, orders, total, count in dump:
+            level = levels[key] = _Level()
+            level.orders = deque(orders)
+            level.total = total
+            level.count = count
+        self.heap = list(levels)
+        heapify(self.heap)
+
     def retire(self, level: _Level) -> None:
         """Keep an emptied level (bounded) for :meth:`add` to reuse."""
         if len(self.spare) < 64:
@@ -424,6 +442,9 @@ def _rejected(order_id: object, reason: str) -> list[Event]:
     return [(REJECTED, shown, 0, reason)]
 
 
+_SideDump: TypeAlias = "tuple[tuple[int, tuple[_Order, ...], int, int], ...]"
+
+
 @dataclass(frozen=True)
 class BookSnapshot:
     """The whole state of a book: restores to an identical engine."""
@@ -433,6 +454,11 @@ class BookSnapshot:
     orders: tuple[_Order, ...]
     """Every open order, in arrival order (which is also queue order), as
     plain tuples laid out like :class:`OpenOrder` and shared with the book."""
+
+    _levels: tuple[_SideDump, _SideDump] | None = field(default=None, compare=False, repr=False)
+    """The levels of both sides as they were, queues included: what makes
+    :meth:`OrderBook.restore` cost C-level copies instead of re-queueing
+    every order (``None`` for a snapshot built by hand)."""
 
     def open_orders(self) -> list[OpenOrder]:
         """The open orders as :class:`OpenOrder` values, oldest first."""
@@ -691,6 +717,7 @@ class OrderBook:
             self.params,
             self._trade_seq,
             tuple(self._open.values()),
+            (self._bids.dump(), self._asks.dump()),
         )
 
     @classmethod
@@ -707,10 +734,19 @@ class OrderBook:
         """
         if snapshot.params != self.params:
             raise ValueError("snapshot is of a book with different parameters")
-        self._open = {}
+        orders = snapshot.orders
+        if snapshot._levels is None:
+            self._open = {}
+            self._bids = _Side(-1, self._open)
+            self._asks = _Side(1, self._open)
+            self._load(orders, snapshot.trade_seq)
+            return
+        self._open = {order[_ID]: order for order in orders}
         self._bids = _Side(-1, self._open)
         self._asks = _Side(1, self._open)
-        self._load(snapshot.orders, snapshot.trade_seq)
+        self._bids.load(snapshot._levels[0])
+        self._asks.load(snapshot._levels[1])
+        self._trade_seq = snapshot.trade_seq
 
     def _load(self, orders: Iterable[_Order], trade_seq: int) -> None:
         open_orders, bids, asks = self._open, self._bids, self._asks

@@ -84,12 +84,16 @@ class GossipTiming:
     :ivar sync_interval: seconds between anti-entropy exchanges with every peer.
     :ivar request_timeout: seconds to wait for a ``getdata`` answer before
         asking another peer that announced the event.
+    :ivar flush_interval: least seconds between two sends of queued
+        messages: a busy node sends fewer, larger messages; an idle one
+        sends at once.
     """
 
     fanout: int = 1
     ttl: int = 16
     sync_interval: float = 30.0
     request_timeout: float = 2.0
+    flush_interval: float = 0.005
 
 
 @dataclass(frozen=True)

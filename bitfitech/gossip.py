@@ -53,6 +53,7 @@ from .wire.messages import (
     MAX_CHAINS,
     MAX_EVENTS,
     MAX_INV,
+    MAX_TTL,
     MAX_VECTOR,
     Events,
     GetData,
@@ -80,6 +81,10 @@ PROMPT_DELAY = 0.1
 
 GAP_CHECK = 1.0
 """Seconds between checks for gaps in the event chains."""
+
+REPAIR_AGE = 2.0
+"""Seconds after its timestamp from which an event learned by anti-entropy
+was a repair (and prompts the other peers), not an event still travelling."""
 
 
 Verifier = Callable[[list[Event]], "Deferred[list[bool]]"]
@@ -130,27 +135,57 @@ class ThreadedVerifier:
         )
 
 
+class _Outbox:
+    """Items queued for one message to one peer, and the smallest ttl among them."""
+
+    __slots__ = ("items", "ttl")
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.ttl = MAX_TTL
+
+    def add(self, item: Any, ttl: int) -> None:
+        self.items.append(item)
+        if ttl < self.ttl:
+            self.ttl = ttl
+
+    def take(self) -> tuple[list[Any], int]:
+        """The queued items and their ttl: a batch travels as far as its
+        most travelled member, never further."""
+        items, ttl = self.items, self.ttl
+        self.items, self.ttl = [], MAX_TTL
+        return items, ttl
+
+
 class _Peer:
     """What gossip keeps about one ready link."""
 
     __slots__ = (
         "link",
         "known",
-        "out_events",
-        "out_inv",
+        "pushes",
+        "answers",
+        "announcements",
         "out_getdata",
         "last_pull",
         "last_chains",
+        "ahead",
     )
 
     def __init__(self, link: PeerProtocol) -> None:
         self.link = link
         self.known: OrderedDict[str, None] = OrderedDict()
-        self.out_events: dict[int, list[Event]] = {}
-        self.out_inv: dict[int, list[str]] = {}
+        # Pushed events and getdata answers travel in separate messages:
+        # an answer may carry ttl 0 (an event learned by anti-entropy),
+        # which must not stop the pushes batched with it.
+        self.pushes = _Outbox()
+        self.answers = _Outbox()
+        self.announcements = _Outbox()
         self.out_getdata: list[str] = []
         self.last_pull = float("-inf")
         self.last_chains = float("-inf")
+        # Authors whose events the peer's last sync showed beyond ours.
+        self.ahead: dict[str, int] = {}
 
     def knows(self, event_id: str) -> None:
         known = self.known
@@ -200,6 +235,7 @@ class Gossip:
         self._seen: OrderedDict[str, int] = OrderedDict()
         self._requested: dict[str, _Request] = {}
         self._flush_call: IDelayedCall | None = None
+        self._last_flush = float("-inf")
         self._prompt_call: IDelayedCall | None = None
         self._loops: list[LoopingCall] = []
         self._verify: Verifier = verifier or verify_inline
@@ -349,7 +385,13 @@ class Gossip:
                 for event in new:
                     self._spread(event, relay_ttl, peer)
             else:
-                self._prompt_soon(peer)
+                # An anti-entropy answer: prompt the other peers if it
+                # repaired something old.  Recent events in an answer are
+                # mostly on their way by gossip too, and prompting for them
+                # set off a cascade of syncs under load.
+                old = (self.clock.seconds() - REPAIR_AGE) * 1000
+                if any(event.ts < old for event in new):
+                    self._prompt_soon(peer)
         if message.more and new and not peer.link.closed:
             self._pull(peer)
 
@@ -374,7 +416,7 @@ class Gossip:
         for ident in message.ids:
             event = self.store.get(ident)
             if event is not None:
-                peer.out_events.setdefault(max(self._seen.get(ident, 0), 0), []).append(event)
+                peer.answers.add(event, max(self._seen.get(ident, 0), 0))
                 peer.knows(ident)
         self._flush_soon()
 
@@ -389,9 +431,13 @@ class Gossip:
             self._send_answer(peer, events, more)
         ours = store.vector()
         now = self.clock.seconds()
-        if any(seq > ours.get(author, 0) for author, seq in message.vector):
-            if now - peer.last_pull >= PULL_INTERVAL:
-                self._pull(peer)
+        ahead = {author: seq for author, seq in message.vector if seq > ours.get(author, 0)}
+        if ahead:
+            # The peer holds events we lack.  Under load most of them are
+            # on their way to us by gossip; pull only if some are still
+            # missing at the next gap check (answering every such sync at
+            # once made two busy peers pull each other four times a second).
+            peer.ahead = ahead
         elif not events and theirs == ours and message.digest != store.digest():
             # Same vectors, different logs: each holds another side of an
             # equivocation.  Show the peer our chains; it sends the ones
@@ -429,9 +475,9 @@ class Gossip:
         for peer in targets:
             peer.knows(ident)
             if peer in eager:
-                peer.out_events.setdefault(ttl, []).append(event)
+                peer.pushes.add(event, ttl)
             else:
-                peer.out_inv.setdefault(ttl, []).append(ident)
+                peer.announcements.add(ident, ttl)
         self._flush_soon()
 
     def _remember(self, ident: str, ttl: int) -> None:
@@ -442,12 +488,19 @@ class Gossip:
             seen.popitem(last=False)
 
     def _flush_soon(self) -> None:
+        """
+        Flush at the next reactor turn, or ``flush_interval`` after the
+        last flush if that is later: a lightly loaded node sends at once, a
+        busy one sends fewer, larger messages.
+        """
         if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self._flush)
+            wait = self._last_flush + self.timing.flush_interval - self.clock.seconds()
+            self._flush_call = self.clock.callLater(max(0.0, wait), self._flush)
 
     def _flush(self) -> None:
         """Write every queued message, batched per link."""
         self._flush_call = None
+        self._last_flush = self.clock.seconds()
         stats = self.stats
         for peer in list(self.peers.values()):
             link = peer.link
@@ -456,18 +509,17 @@ class Gossip:
                 stats["getdata_sent"] += len(ids)
                 for chunk in _chunks(ids, MAX_INV):
                     link.send(GetData(tuple(chunk)))
-            if peer.out_events:
-                batches, peer.out_events = peer.out_events, {}
-                for ttl, events in batches.items():
+            for outbox in (peer.pushes, peer.answers):
+                if outbox.items:
+                    events, ttl = outbox.take()
                     stats["events_pushed"] += len(events)
                     for part in _chunks(events, MAX_EVENTS):
                         link.send(Events(tuple(e.wire for e in part), ttl=ttl, more=False))
-            if peer.out_inv:
-                invs, peer.out_inv = peer.out_inv, {}
-                for ttl, idents in invs.items():
-                    stats["inv_sent"] += len(idents)
-                    for chunk in _chunks(idents, MAX_INV):
-                        link.send(Inv(tuple(chunk), ttl=ttl))
+            if peer.announcements.items:
+                idents, ttl = peer.announcements.take()
+                stats["inv_sent"] += len(idents)
+                for chunk in _chunks(idents, MAX_INV):
+                    link.send(Inv(tuple(chunk), ttl=ttl))
 
     def _pull(self, peer: _Peer, *, chains: bool = False) -> None:
         """
@@ -520,6 +572,15 @@ class Gossip:
         self._gap_marks = marks
         if lasting:
             self._sync_all()
+            return
+        ours = self.store.vector()
+        now = self.clock.seconds()
+        for peer in list(self.peers.values()):
+            if not any(seq > ours.get(author, 0) for author, seq in peer.ahead.items()):
+                peer.ahead = {}
+            elif now - peer.last_pull >= PULL_INTERVAL:
+                peer.ahead = {}
+                self._pull(peer)
 
     def _expire_requests(self) -> None:
         """Ask the next announcer for events whose ``getdata`` went unanswered."""

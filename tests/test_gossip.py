@@ -22,7 +22,14 @@ from zope.interface.verify import verifyObject
 
 from bitfitech import gossip as gossip_module
 from bitfitech.config import GossipTiming
-from bitfitech.gossip import GAP_CHECK, PROMPT_DELAY, PULL_INTERVAL, Gossip, ThreadedVerifier
+from bitfitech.gossip import (
+    GAP_CHECK,
+    PROMPT_DELAY,
+    PULL_INTERVAL,
+    REPAIR_AGE,
+    Gossip,
+    ThreadedVerifier,
+)
 from bitfitech.interfaces import IEventPublisher, IEventStore, IGossip
 from bitfitech.market.events import Author, Event, event_id, parse_event
 from bitfitech.market.ledger import Ledger
@@ -39,7 +46,7 @@ from bitfitech.wire.messages import (
     encode_message,
 )
 
-TIMING = GossipTiming(fanout=1, ttl=16, sync_interval=30.0, request_timeout=2.0)
+TIMING = GossipTiming(fanout=1, ttl=16, sync_interval=30.0, request_timeout=2.0, flush_interval=0.0)
 ZERO_DIGEST = "0" * 64
 
 
@@ -346,7 +353,7 @@ class PublishTests(SynchronousTestCase):
     def test_publishes_in_one_turn_batched(self) -> None:
         """Several publishes in one turn make one message per peer, events in order."""
         events = chain(author(1), 3)
-        node = Node(3, *events, timing=GossipTiming(fanout=5))
+        node = Node(3, *events, timing=GossipTiming(fanout=5, flush_interval=0.0))
         for event in events:
             node.gossip.publish([event])
         node.clock.advance(0)
@@ -409,7 +416,7 @@ class ReceiveEventsTests(SynchronousTestCase):
     def test_never_back_to_sender_even_with_large_fanout(self) -> None:
         """With a fanout above the peer count, every peer but the sender gets the event."""
         event = order(author(1), 1)
-        node = Node(3, timing=GossipTiming(fanout=10))
+        node = Node(3, timing=GossipTiming(fanout=10, flush_interval=0.0))
         sender, b, c = node.links
         node.deliver(sender, Events((event.wire,), ttl=2, more=False))
         node.clock.advance(0)
@@ -420,7 +427,7 @@ class ReceiveEventsTests(SynchronousTestCase):
     def test_ttl_one_relayed_with_ttl_zero(self) -> None:
         """An event received with ttl 1 makes one more hop, with ttl 0."""
         event = order(author(1), 1)
-        node = Node(2, timing=GossipTiming(fanout=10))
+        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0))
         node.deliver(node.links[0], Events((event.wire,), ttl=1, more=False))
         node.clock.advance(0)
         self.assertEqual(node.links[1].take(), [Events((event.wire,), ttl=0, more=False)])
@@ -428,7 +435,7 @@ class ReceiveEventsTests(SynchronousTestCase):
     def test_ttl_zero_not_relayed(self) -> None:
         """Events received with ttl 0 are stored but never relayed."""
         event = order(author(1), 1)
-        node = Node(3, timing=GossipTiming(fanout=10))
+        node = Node(3, timing=GossipTiming(fanout=10, flush_interval=0.0))
         node.deliver(node.links[0], Events((event.wire,), ttl=0, more=False))
         node.clock.advance(0)
         self.assertEqual(node.store.received, [[event]])
@@ -467,7 +474,7 @@ class ReceiveEventsTests(SynchronousTestCase):
         """
         good1, good2 = order(author(1), 1), order(author(2), 1)
         alien = order(author(3, network="other"), 1)
-        node = Node(2, timing=GossipTiming(fanout=10))
+        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0))
         sender, other = node.links
         node.deliver(sender, Events((good1.wire, alien.wire, good2.wire), ttl=3, more=False))
         self.assertEqual(node.store.received, [[good1, good2]])
@@ -641,6 +648,54 @@ class InvTests(SynchronousTestCase):
         self.assertEqual(asker.take(), [Events((event.wire,), ttl=16, more=False)])
 
 
+class BatchTests(SynchronousTestCase):
+    def test_answer_with_ttl_zero_does_not_stop_pushes(self) -> None:
+        """
+        A ``getdata`` answer for an event learned by anti-entropy (ttl 0)
+        goes in its own message: the pushes of the same flush keep their
+        ttl and spread on.
+        """
+        old, new = order(author(1), 1), order(author(2), 1)
+        node = Node(1)
+        link = node.links[0]
+        node.clock.advance(old.ts / 1000 + REPAIR_AGE + 1)
+        node.deliver(node.connect("answerer"), Events((old.wire,), ttl=0, more=False))
+        node.clock.advance(0)
+        link.take()
+        node.deliver(link, GetData((old.id,)))
+        node.gossip.publish([new])
+        node.clock.advance(0)
+        self.assertEqual(
+            sorted(link.take(), key=lambda m: getattr(m, "ttl", -1)),
+            [Events((old.wire,), ttl=0, more=False), Events((new.wire,), ttl=16, more=False)],
+        )
+
+    def test_pushes_batched_with_smallest_ttl(self) -> None:
+        """Pushes queued in one flush go in one message with the smallest ttl."""
+        first, second = order(author(1), 1), order(author(2), 1)
+        node = Node(1)
+        source = node.connect("source")
+        node.deliver(source, Events((first.wire,), ttl=9, more=False))
+        node.deliver(source, Events((second.wire,), ttl=5, more=False))
+        node.clock.advance(0)
+        self.assertEqual(
+            node.links[0].take(), [Events((first.wire, second.wire), ttl=4, more=False)]
+        )
+
+    def test_busy_node_flushes_at_most_every_flush_interval(self) -> None:
+        first, second = order(author(1), 1), order(author(2), 1)
+        node = Node(1, timing=GossipTiming(flush_interval=0.01))
+        link = node.links[0]
+        node.gossip.publish([first])
+        node.clock.advance(0)
+        self.assertEqual(len(link.take()), 1, "an idle node sends at once")
+        node.gossip.publish([second])
+        node.clock.advance(0.005)
+        self.assertEqual(link.take(), [])
+        node.clock.advance(0.005)
+        self.assertEqual(link.take(), [Events((second.wire,), ttl=16, more=False)])
+
+
 class SyncTests(SynchronousTestCase):
     def test_missing_events_sent_in_key_order_chunked(self) -> None:
         """
@@ -692,28 +747,52 @@ class SyncTests(SynchronousTestCase):
         node.clock.advance(0)
         self.assertEqual(node.links[0].take(), [])
 
-    def test_pull_when_peer_has_more_rate_limited(self) -> None:
+    def test_pull_when_peer_stays_ahead(self) -> None:
         """
-        A peer whose vector shows events we lack is sent our ``sync``, but
-        not again within ``PULL_INTERVAL``.
+        A peer whose ``sync`` shows events we lack is sent our ``sync`` at
+        the next gap check if we still lack them, and not sooner: under
+        load they are usually on their way.
         """
         a = author(1)
         node = Node(1, order(a, 1))
         link = node.links[0]
-        theirs = Sync(vector=((a.author, 5),), digest=ZERO_DIGEST)
-        node.clock.advance(10)
-        node.deliver(link, theirs)
-        node.clock.advance(0)
-        [sync] = link.take()
-        self.assertEqual(sync, Sync(vector=((a.author, 1),), digest=node.store.digest()))
-        node.clock.advance(PULL_INTERVAL / 2)
-        node.deliver(link, theirs)
+        node.gossip.start()
+        node.clock.advance(10 * GAP_CHECK)
+        node.deliver(link, Sync(vector=((a.author, 5),), digest=ZERO_DIGEST))
         node.clock.advance(0)
         self.assertEqual(link.take(), [])
+        node.clock.advance(GAP_CHECK)
+        self.assertEqual(link.take(), [Sync(vector=((a.author, 1),), digest=node.store.digest())])
+        node.clock.advance(GAP_CHECK)
+        self.assertEqual(link.take(), [], "asked again without a new sync")
+        node.gossip.stop()
+
+    def test_pull_when_peer_stays_ahead_waits_pull_interval(self) -> None:
+        """A check within ``PULL_INTERVAL`` of our last pull leaves it to the next check."""
+        a = author(1)
+        node = Node(0, order(a, 1))
+        node.gossip.start()
+        node.clock.advance(10 * GAP_CHECK - PULL_INTERVAL / 2)
+        link = node.connect("late")  # its handshake sync is our last pull
+        node.deliver(link, Sync(vector=((a.author, 5),), digest=ZERO_DIGEST))
         node.clock.advance(PULL_INTERVAL / 2)
-        node.deliver(link, theirs)
-        node.clock.advance(0)
-        self.assertEqual(link.take(), [sync])
+        self.assertEqual(link.take(), [])
+        node.clock.advance(GAP_CHECK)
+        self.assertEqual(len(link.take()), 1)
+        node.gossip.stop()
+
+    def test_no_pull_when_gossip_caught_up(self) -> None:
+        """Events that arrive before the next gap check make no ``sync``."""
+        a = author(1)
+        node = Node(1, order(a, 1))
+        link = node.links[0]
+        node.gossip.start()
+        node.clock.advance(10 * GAP_CHECK)
+        node.deliver(link, Sync(vector=((a.author, 2),), digest=ZERO_DIGEST))
+        node.store.add(order(a, 2))
+        node.clock.advance(GAP_CHECK)
+        self.assertEqual(link.take(), [])
+        node.gossip.stop()
 
     def test_no_pull_right_after_handshake_sync(self) -> None:
         """The peer's handshake ``sync`` does not make us pull again: ours just went out."""
@@ -846,7 +925,9 @@ class PeriodicTests(SynchronousTestCase):
         """
         node = Node(3)
         sender = node.links[0]
-        node.deliver(sender, Events((order(author(1), 1).wire,), ttl=0, more=False))
+        first = order(author(1), 1)
+        node.clock.advance(first.ts / 1000 + REPAIR_AGE + 1)
+        node.deliver(sender, Events((first.wire,), ttl=0, more=False))
         node.clock.advance(PROMPT_DELAY / 2)
         node.deliver(sender, Events((order(author(2), 1).wire,), ttl=0, more=False))
         self.assertEqual(node.take_all(), [[], [], []])
@@ -860,6 +941,19 @@ class PeriodicTests(SynchronousTestCase):
         node.clock.advance(PROMPT_DELAY * 10)
         self.assertEqual(node.take_all(), [[], [], []])
 
+    def test_recent_events_do_not_prompt(self) -> None:
+        """
+        Events younger than ``REPAIR_AGE`` in an answer prompt nobody: they
+        are most likely on their way to the other peers by gossip.
+        """
+        node = Node(3)
+        event = order(author(1), 1)
+        node.clock.advance(event.ts / 1000 + REPAIR_AGE / 2)
+        node.deliver(node.links[0], Events((event.wire,), ttl=0, more=False))
+        node.clock.advance(PROMPT_DELAY * 10)
+        self.assertEqual(node.take_all(), [[], [], []])
+        self.assertTrue(node.store.has(event.id))
+
     def test_duplicates_do_not_prompt(self) -> None:
         """Answers holding nothing new prompt no ``sync``."""
         event = order(author(1), 1)
@@ -872,7 +966,7 @@ class PeriodicTests(SynchronousTestCase):
 class LifecycleTests(SynchronousTestCase):
     def test_link_closed_removes_peer(self) -> None:
         """A closed link is sent nothing more, not even what was queued for it."""
-        node = Node(2, timing=GossipTiming(fanout=10))
+        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0))
         kept, gone = node.links
         first, second = order(author(1), 1), order(author(2), 1)
         node.store.add(first, second)
@@ -903,9 +997,11 @@ class LifecycleTests(SynchronousTestCase):
         """``stop`` leaves no delayed call: loops, a pending flush and a pending prompt."""
         event = order(author(1), 1)
         node = Node(2, event)
+        answered = order(author(2), 1)
+        node.clock.advance(answered.ts / 1000 + REPAIR_AGE + 1)
         node.gossip.start()
         node.gossip.publish([event])
-        node.deliver(node.links[0], Events((order(author(2), 1).wire,), ttl=0, more=False))
+        node.deliver(node.links[0], Events((answered.wire,), ttl=0, more=False))
         self.assertGreaterEqual(len(node.clock.getDelayedCalls()), 5)
         node.gossip.stop()
         self.assertEqual(node.clock.getDelayedCalls(), [])
@@ -993,7 +1089,7 @@ class EndToEndTests(SynchronousTestCase):
         counts = self.copies_per_node(mesh, events)
         mean = sum(counts) / len(counts)
         self.assertLessEqual(mean, 2.0)
-        flood, flood_events = self.full_mesh(GossipTiming(fanout=10))
+        flood, flood_events = self.full_mesh(GossipTiming(fanout=10, flush_interval=0.0))
         flood_counts = self.copies_per_node(flood, flood_events)
         self.assertEqual(sum(flood_counts) / len(flood_counts), 5.0)
         self.assertLess(mean, 5.0 / 2)

@@ -301,10 +301,12 @@ def throughput_run(args: argparse.Namespace) -> tuple[list[tuple[str, str]], dic
 
         cpu_before = cluster.cpu_seconds()
         busy_before, self_before = busy_seconds(), self_cpu_seconds()
+        # Polled only once the push is over: /status hashes the whole book,
+        # and ten polls a second on every node would load the nodes measured.
         watcher = threading.Thread(target=monitor, daemon=True)
-        watcher.start()
         try:
             start_at, results = run_clients(ports, args.clients, args.threads, args.duration)
+            watcher.start()
             # The push ends with the last acknowledgement.
             pushed_at = max([r["last_ack"] for r in results if r["last_ack"]] or [time.time()])
             acked = [(order_id, node) for r in results for order_id, node in r["acked"]]
@@ -321,7 +323,8 @@ def throughput_run(args: argparse.Namespace) -> tuple[list[tuple[str, str]], dic
                 time.sleep(0.05)
         finally:
             stop.set()
-            watcher.join()
+            if watcher.is_alive():
+                watcher.join()
         cpu_nodes = cluster.cpu_seconds() - cpu_before
         cpu_self = self_cpu_seconds() - self_before
         cpu_busy = busy_seconds() - busy_before
@@ -380,6 +383,8 @@ def throughput_run(args: argparse.Namespace) -> tuple[list[tuple[str, str]], dic
              f"{sum(g['sync_events_sent'] for g in gossip) / max(1, new):.3f}"),
             ("sync requests sent, all nodes", f"{sum(g['sync_sent'] for g in gossip):,}"),
             ("gossip counters add up", consistent),
+            ("journal writes, all nodes", f"{sum(m['journal_writes'] for m in market):,}"),
+            ("apply delay at the end (ms), max", f"{max(m['apply_delay_ms'] for m in market)}"),
             ("ledger rollbacks / events replayed, all nodes",
              f"{sum(m['rollbacks'] for m in market):,} / {sum(m['replayed'] for m in market):,}"),
             ("trades / open orders (node 0)", f"{market[0]['trades']:,} / {market[0]['open_orders']:,}"),  # noqa: E501

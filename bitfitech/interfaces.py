@@ -46,6 +46,21 @@ class ServiceUnavailable(Exception):
     """The node cannot take orders now (not started, stopping, or its journal failed)."""
 
 
+class BatchRejected(ValueError):
+    """
+    A batch of orders refused as a whole: one of its orders is invalid, and
+    none of them was signed.
+
+    :ivar index: the position of the first invalid order in the batch.
+    :ivar reason: why the book would reject it (``"price_not_tick_multiple: ..."``).
+    """
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"orders[{index}]: {reason}")
+        self.index = index
+        self.reason = reason
+
+
 class INodeControl(Interface):
     """What the HTTP API and the CLI may read and do on a node."""
 
@@ -96,6 +111,25 @@ class INodeControl(Interface):
         "price": str, "amount": str, "side": "buy" | "sell" (the taker's),
         "taker": hex64, "maker": hex64, "lamport": int, "time": int (unix
         ms), "settled": bool}``.
+        """
+
+    def submit_orders(
+        orders: Sequence[tuple[str, str | None, str, str]],
+    ) -> Deferred[list[dict[str, Any]]]:
+        """
+        Sign, journal and apply several new orders of this node, all or none
+        (``POST /orders/batch``).
+
+        Every order is checked before any is signed; then they are signed in
+        the order given (consecutive seqs) and journaled in one group commit.
+
+        :param orders: ``(side, price, amount, order_type)`` each, as for
+            :meth:`submit_order`.
+        :return: fires with the order documents, in the order given, once
+            every order is durably journaled; fails with
+            :class:`ServiceUnavailable` when the node cannot take orders now.
+        :raises BatchRejected: synchronously, naming the first order the
+            book would reject; nothing is journaled then.
         """
 
     def cancel_order(order_id: str) -> Deferred[dict[str, Any]]:

@@ -35,3 +35,18 @@ def logger(namespace: str) -> Logger:
 def set_log_level(level: LogLevel) -> None:
     """Set the minimum level of bitfi's log events (process-wide)."""
     _predicate.setLogLevelForNamespace(_NAMESPACE, level)
+
+
+def log_level() -> LogLevel:
+    """The minimum level of bitfi's log events."""
+    level: LogLevel = _predicate.logLevelForNamespace(_NAMESPACE)
+    return level
+
+
+def enabled(level: LogLevel) -> bool:
+    """
+    Whether bitfi's events at C{level} pass the filter: ask before building
+    an event that is costly to build and often filtered out.
+    """
+    passes: bool = level >= log_level()
+    return passes

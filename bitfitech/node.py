@@ -17,10 +17,18 @@ This module and :mod:`bitfitech.tap` are the only ones that know every part.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any, cast
 
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    FirstError,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
@@ -34,7 +42,6 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from . import USER_AGENT, __version__
@@ -42,10 +49,11 @@ from .address import AddressError, PeerAddress, format_hostport, parse_address
 from .config import NodeConfig
 from .gossip import Gossip, ThreadedVerifier
 from .identity import IdentityError
-from .interfaces import INodeControl, ServiceUnavailable
+from .interfaces import BatchRejected, INodeControl, ServiceUnavailable
 from .logs import logger, set_log_level
 from .market.events import Event
-from .market.service import MarketService
+from .market.journal import ThreadedSyncer
+from .market.service import MarketService, check_order
 from .peer.addrbook import AddressBook
 from .peer.dialer import Dialer
 from .peer.hub import PeerHub
@@ -254,10 +262,9 @@ class ApiService(_Listener):
     def startService(self) -> None:
         """Listen for HTTP on the API address."""
         from .api.resources import api_root
+        from .api.site import ApiSite
 
-        site = Site(api_root(self.control))
-        site.noisy = False
-        site.displayTracebacks = False
+        site = ApiSite(api_root(self.control), reactor=self.reactor)
         where = format_hostport(self.config.api_host, self.config.api_port)
         self.port = listen_now(
             tcp_server_endpoint(self.reactor, self.config.api_host, self.config.api_port),
@@ -355,6 +362,20 @@ class NodeControl:
         market = self._market()
         return market.submit(side, price, amount, order_type).addCallback(market.order_doc)
 
+    def submit_orders(
+        self, orders: Sequence[tuple[str, str | None, str, str]]
+    ) -> Deferred[list[dict[str, Any]]]:
+        """``POST /orders/batch``: check every order, then submit each; all or none."""
+        params = self._market().ledger.params
+        for index, (side, price, amount, order_type) in enumerate(orders):
+            try:
+                check_order(params, side, price, amount, order_type)
+            except ValueError as e:
+                raise BatchRejected(index, str(e)) from None
+        # Submitted in one reactor turn, they are signed in order and share one group commit.
+        placed = [self.submit_order(*order) for order in orders]
+        return gatherResults(placed, consumeErrors=True).addErrback(_first_failure)
+
     def cancel_order(self, order_id: str) -> Deferred[dict[str, Any]]:
         """``DELETE /orders/{id}``."""
         market = self._market()
@@ -390,6 +411,14 @@ class NodeControl:
         return [market.trade_doc(trade) for trade in market.ledger.trades(limit)]
 
 
+def _first_failure(failure: Failure) -> Failure:
+    """Errback of ``gatherResults``: the failure of the first Deferred that failed."""
+    failure.trap(FirstError)
+    assert isinstance(failure.value, FirstError)
+    first: Failure = failure.value.subFailure
+    return first
+
+
 class Node(MultiService):
     """
     One bitfi node: the service tree with handles on its parts.
@@ -408,7 +437,10 @@ class Node(MultiService):
         self.clock = cast(IReactorTime, reactor)
         self.storage = Storage(config.data_dir)
         StorageService(self.storage).setServiceParent(self)
-        self.market = MarketService(config, self.storage, self.clock)
+        self.market = MarketService(
+            config, self.storage, self.clock,
+            syncer=lambda storage: ThreadedSyncer(reactor, storage.database_path),
+        )  # fmt: skip
         self.market.setServiceParent(self)
         self.gossip = Gossip(
             self.market, self.clock, config.gossip, random.SystemRandom(),
@@ -423,6 +455,23 @@ class Node(MultiService):
         if config.api_enabled:
             self.api = ApiService(config, self.control, reactor)
             self.api.setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop the children one after the other, in reverse order: the API
+        and the peers first, then the market (which journals what is on
+        its way), and the storage last, once nothing writes to it.
+        """
+        Service.stopService(self)
+        done: Deferred[None] = succeed(None)
+        for service in reversed(list(self)):
+            done.addCallback(_stop_child, service)
+            done.addErrback(self._stop_failed, service)
+        return done
+
+    @staticmethod
+    def _stop_failed(failure: Failure, service: IService) -> None:
+        log.failure("Stopping the {name} service failed", failure, name=service.name)
 
     def startService(self) -> None:
         """
@@ -441,6 +490,10 @@ class Node(MultiService):
             if self.exit_on_startup_error:
                 raise SystemExit(f"bitfi: {e}") from None
             raise
+
+
+def _stop_child(_: object, service: IService) -> Deferred[None]:
+    return maybeDeferred(service.stopService)
 
 
 def build_node(config: NodeConfig, reactor: IReactorCore | None = None) -> Node:

@@ -1,22 +1,30 @@
-"""Tests for :mod:`bitfitech.api.resources`: the JSON API over a fake node, through StubTreq."""
+"""Tests for :mod:`bitfitech.api`: the JSON API over a fake node, through StubTreq, and its site."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError, TimeoutError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from bitfitech.address import AddressError, parse_address
-from bitfitech.api.resources import MAX_BODY, ORDER_TYPES, api_root
-from bitfitech.interfaces import INodeControl, ServiceUnavailable
+from bitfitech.api.resources import MAX_BATCH, MAX_BODY, ORDER_TYPES, api_root
+from bitfitech.api.site import ApiSite
+from bitfitech.interfaces import BatchRejected, INodeControl, ServiceUnavailable
+from bitfitech.logs import enabled, log_level, set_log_level
 from bitfitech.market.book import ORDER_TYPES as BOOK_ORDER_TYPES
 
 URL = "http://127.0.0.1:13000"
@@ -26,8 +34,17 @@ ROW_A = {"node_id": NODE_A, "address": "127.0.0.1:3001", "direction": "outbound"
 ORDER_A = "a1" * 32
 ORDER_F = "f0" * 32
 """An order of another node: ours to read, not to cancel."""
-ORDER_NEW = "0e" * 32
-"""The id the fake gives every new order."""
+FIRST_SEQ = 3
+"""The seq the fake gives the first new order; the next ones follow."""
+
+
+def new_order_id(seq: int) -> str:
+    """The id the fake gives the new order with C{seq}."""
+    return f"{seq:064x}"
+
+
+ORDER_NEW = new_order_id(FIRST_SEQ)
+"""The id the fake gives the first new order."""
 TICK = Decimal("0.01")
 TRADE_A = {
     "id": "c" * 64,
@@ -43,7 +60,13 @@ TRADE_A = {
 
 
 def order_doc(
-    order_id: str, side: str, order_type: str, price: str | None, amount: str, status: str = "open"
+    order_id: str,
+    side: str,
+    order_type: str,
+    price: str | None,
+    amount: str,
+    status: str = "open",
+    seq: int = FIRST_SEQ,
 ) -> dict[str, Any]:
     """An order document as the node would give it."""
     return {
@@ -56,7 +79,7 @@ def order_doc(
         "filled": "0",
         "status": status,
         "reason": None,
-        "seq": 3,
+        "seq": seq,
         "lamport": 7,
         "created_at": 1_700_000_000_000,
         "settled": False,
@@ -86,6 +109,7 @@ class FakeNode:
         self.documents: dict[str, dict[str, Any]] = {ORDER_A: DOC_A, ORDER_F: DOC_F}
         self.foreign = {ORDER_F}
         self.submitted: list[tuple[str, str | None, str, str]] = []
+        self.next_seq = FIRST_SEQ
         self.cancelled: list[str] = []
         self.queries: list[tuple[str, object]] = []
         self.book_doc: dict[str, Any] = BOOK
@@ -112,15 +136,13 @@ class FakeNode:
         self.disconnected.append(node_id)
         return node_id in self.linked
 
-    def journaled(self, document: dict[str, Any]) -> Deferred[dict[str, Any]]:
+    def journaled(self, result: Any) -> Deferred[Any]:
         if self.journal is None:
-            return succeed(document)
-        return self.journal.addCallback(lambda _: document)
+            return succeed(result)
+        return self.journal.addCallback(lambda _: result)
 
-    def submit_order(
-        self, side: str, price: str | None, amount: str, order_type: str
-    ) -> Deferred[dict[str, Any]]:
-        self.submitted.append((side, price, amount, order_type))
+    def check(self, price: str | None) -> None:
+        """Refuse a price as the book would."""
         if price is not None:
             if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", price):
                 raise ValueError(f"invalid_price: {price!r} is not a plain decimal")
@@ -128,9 +150,31 @@ class FakeNode:
                 raise ValueError(
                     f"invalid_price: price {price} is not a multiple of the tick {TICK}"
                 )
-        document = order_doc(ORDER_NEW, side, order_type, price, amount)
-        self.documents[ORDER_NEW] = document
-        return self.journaled(document)
+
+    def place(self, side: str, price: str | None, amount: str, order_type: str) -> dict[str, Any]:
+        """Sign a new order: the next seq, and an id of its own."""
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        document = order_doc(new_order_id(seq), side, order_type, price, amount, seq=seq)
+        self.documents[document["id"]] = document
+        return document
+
+    def submit_order(
+        self, side: str, price: str | None, amount: str, order_type: str
+    ) -> Deferred[dict[str, Any]]:
+        self.submitted.append((side, price, amount, order_type))
+        self.check(price)
+        return self.journaled(self.place(side, price, amount, order_type))
+
+    def submit_orders(
+        self, orders: Sequence[tuple[str, str | None, str, str]]
+    ) -> Deferred[list[dict[str, Any]]]:
+        for index, (_, price, _, _) in enumerate(orders):
+            try:
+                self.check(price)
+            except ValueError as e:
+                raise BatchRejected(index, str(e)) from None
+        self.submitted.extend(orders)
+        return self.journaled([self.place(*order) for order in orders])
 
     def cancel_order(self, order_id: str) -> Deferred[dict[str, Any]]:
         self.cancelled.append(order_id)
@@ -188,6 +232,9 @@ class APITestCase(SynchronousTestCase):
     def post_order(self, body: object) -> Deferred[Any]:
         return self.stub.post(f"{URL}/orders", json=body)  # type: ignore[no-any-return]
 
+    def post_batch(self, body: object) -> Deferred[Any]:
+        return self.stub.post(f"{URL}/orders/batch", json=body)  # type: ignore[no-any-return]
+
     def allowed(self, headers: Any) -> list[str]:
         """The methods of an ``Allow`` header."""
         [allow] = headers.getRawHeaders(b"allow")
@@ -209,7 +256,10 @@ class ReadTests(APITestCase):
         self.assertEqual(status, 200)
         self.assertEqual(
             body,
-            {"name": "bitfi", "endpoints": ["/status", "/peers", "/orders", "/book", "/trades"]},
+            {
+                "name": "bitfi",
+                "endpoints": ["/status", "/peers", "/orders", "/orders/batch", "/book", "/trades"],
+            },
         )
 
     def test_status(self) -> None:
@@ -556,6 +606,165 @@ class SubmitTests(APITestCase):
         self.assertEqual(self.allowed(headers), ["GET", "HEAD", "POST"])
 
 
+LIMIT_BUY = {"side": "buy", "price": "50000.5", "amount": "0.25", "type": "limit"}
+LIMIT_SELL = {"side": "sell", "price": "50001", "amount": "1"}
+MARKET_SELL = {"side": "sell", "amount": "0.1", "type": "market"}
+
+
+class BatchTests(APITestCase):
+    """``POST /orders/batch``."""
+
+    def assert_rejected(self, d: Deferred[Any], index: int, fragment: str) -> None:
+        """C{d} answers 400 naming order C{index}, and nothing was placed."""
+        status, body, _ = self.answer(d)
+        self.assertEqual(status, 400, body)
+        self.assertEqual(set(body), {"error", "index"})
+        assert isinstance(body, dict)
+        self.assertEqual(body["index"], index)
+        self.assertTrue(body["error"].startswith(f"orders[{index}]: "), body["error"])
+        self.assertIn(fragment, body["error"])
+        self.assertEqual(self.node.submitted, [])
+
+    def test_batch(self) -> None:
+        status, body, headers = self.answer(
+            self.post_batch({"orders": [LIMIT_BUY, LIMIT_SELL, MARKET_SELL]})
+        )
+        self.assertEqual(status, 201)
+        self.assertEqual(headers.getRawHeaders(b"location"), None)
+        assert isinstance(body, dict)
+        self.assertEqual(set(body), {"orders"})
+        documents = body["orders"]
+        self.assertEqual(
+            self.node.submitted,
+            [
+                ("buy", "50000.5", "0.25", "limit"),
+                ("sell", "50001", "1", "limit"),
+                ("sell", None, "0.1", "market"),
+            ],
+        )
+        self.assertEqual(
+            [(doc["side"], doc["type"], doc["price"]) for doc in documents],
+            [("buy", "limit", "50000.5"), ("sell", "limit", "50001"), ("sell", "market", None)],
+        )
+        self.assertEqual(len({doc["id"] for doc in documents}), 3)
+        self.assertEqual(
+            [doc["seq"] for doc in documents], [FIRST_SEQ, FIRST_SEQ + 1, FIRST_SEQ + 2]
+        )
+        for document in documents:
+            self.assertEqual(
+                self.answer(self.stub.get(f"{URL}/orders/{document['id']}"))[1], document
+            )
+
+    def test_same_documents_as_single_orders(self) -> None:
+        single = self.answer(self.post_order(LIMIT_BUY))[1]
+        self.node.next_seq = FIRST_SEQ
+        self.assertEqual(
+            self.answer(self.post_batch({"orders": [LIMIT_BUY]}))[1], {"orders": [single]}
+        )
+
+    def test_largest_batch(self) -> None:
+        status, body, _ = self.answer(self.post_batch({"orders": [LIMIT_SELL] * MAX_BATCH}))
+        self.assertEqual(status, 201)
+        assert isinstance(body, dict)
+        self.assertEqual(len(body["orders"]), MAX_BATCH)
+        self.assertEqual(len(self.node.submitted), MAX_BATCH)
+
+    def test_trailing_slash(self) -> None:
+        d = self.stub.post(f"{URL}/orders/batch/", json={"orders": [LIMIT_SELL]})
+        self.assertEqual(self.answer(d)[0], 201)
+
+    def test_refused_by_the_book(self) -> None:
+        bad = LIMIT_BUY | {"price": "50000.555"}
+        d = self.post_batch({"orders": [LIMIT_SELL, bad, LIMIT_BUY]})
+        self.assert_rejected(
+            d, 1, "invalid_price: price 50000.555 is not a multiple of the tick 0.01"
+        )
+        self.assertEqual(self.answer(self.stub.get(f"{URL}/orders"))[1], {"orders": [DOC_A]})
+
+    def test_first_bad_order_named(self) -> None:
+        bad = LIMIT_BUY | {"price": "1.001"}
+        self.assert_rejected(self.post_batch({"orders": [LIMIT_SELL] * 3 + [bad, bad]}), 3, "tick")
+
+    def test_malformed_order(self) -> None:
+        for order, fragment in (
+            ({"price": "1", "amount": "1"}, "side must be"),
+            (LIMIT_BUY | {"amount": 0.25}, "not a JSON number"),
+            (LIMIT_BUY | {"owner": "x"}, "unknown field(s) 'owner'"),
+            (MARKET_SELL | {"price": "1"}, "price must be absent or null"),
+            (LIMIT_BUY | {"type": "stop"}, "type must be one of"),
+        ):
+            self.assert_rejected(self.post_batch({"orders": [LIMIT_SELL, order]}), 1, fragment)
+
+    def test_order_not_an_object(self) -> None:
+        for entry in ("buy", 1, None, [LIMIT_BUY], True):
+            d = self.post_batch({"orders": [entry, LIMIT_BUY]})
+            self.assert_rejected(d, 0, "an order must be a JSON object")
+
+    def test_not_a_list(self) -> None:
+        bodies: list[dict[str, object]] = [
+            {},
+            {"orders": None},
+            {"orders": LIMIT_BUY},
+            {"orders": "x"},
+            {"order": []},
+        ]
+        for body in bodies:
+            self.assert_error(self.post_batch(body), 400, "orders")
+        self.assert_error(
+            self.post_batch({"orders": [LIMIT_BUY], "atomic": True}),
+            400,
+            "unknown field(s) 'atomic'",
+        )
+        self.assert_error(self.post_batch([LIMIT_BUY]), 400, "JSON object")
+        self.assertEqual(self.node.submitted, [])
+
+    def test_size(self) -> None:
+        self.assert_error(self.post_batch({"orders": []}), 400, f"1 to {MAX_BATCH} orders, not 0")
+        body = {"orders": [LIMIT_SELL] * (MAX_BATCH + 1)}
+        self.assert_error(self.post_batch(body), 400, f"not {MAX_BATCH + 1}")
+        self.assertEqual(self.node.submitted, [])
+
+    def test_answers_once_journaled(self) -> None:
+        self.node.journal = Deferred()
+        d = self.post_batch({"orders": [LIMIT_BUY, LIMIT_SELL]})
+        self.stub.flush()
+        self.assertNoResult(d)
+        self.node.journal.callback(None)
+        self.assertEqual(self.answer(d)[0], 201)
+
+    def test_unavailable(self) -> None:
+        self.node.journal = Deferred()
+        d = self.post_batch({"orders": [LIMIT_BUY, LIMIT_SELL]})
+        self.stub.flush()
+        self.node.journal.errback(ServiceUnavailable("the journal failed"))
+        self.assert_error(d, 503, "the journal failed")
+
+    def test_unavailable_at_once(self) -> None:
+        def refuse(orders: object) -> Deferred[list[dict[str, Any]]]:
+            raise ServiceUnavailable("the market is not running")
+
+        self.node.submit_orders = refuse  # type: ignore[method-assign,assignment]
+        self.assert_error(
+            self.post_batch({"orders": [LIMIT_BUY]}), 503, "cannot take orders now (the market"
+        )
+
+    def test_method_not_allowed(self) -> None:
+        for d, method in (
+            (self.stub.get(f"{URL}/orders/batch"), "GET"),
+            (self.stub.head(f"{URL}/orders/batch"), "HEAD"),
+            (self.stub.put(f"{URL}/orders/batch", json={"orders": [LIMIT_BUY]}), "PUT"),
+            (self.stub.delete(f"{URL}/orders/batch"), "DELETE"),
+        ):
+            self.stub.flush()
+            response = self.successResultOf(d)
+            self.assertEqual(response.code, 405, method)
+            self.assertEqual(self.allowed(response.headers), ["POST"])
+        self.assertEqual(self.node.submitted, [])
+
+    def test_below_batch(self) -> None:
+        self.assert_error(self.stub.post(f"{URL}/orders/batch/x", json={}), 404, "not found")
+
+
 class OrderTests(APITestCase):
     """``GET /orders/{id}`` and ``DELETE /orders/{id}``."""
 
@@ -724,3 +933,60 @@ class QueryTests(APITestCase):
     def test_unknown_paths(self) -> None:
         for path in ("/book/x", "/trades/x", "/orders/x/y"):
             self.assert_error(self.stub.get(URL + path), 404, "not found")
+
+
+class AccessLogTests(SynchronousTestCase):
+    """:class:`ApiSite` logs each answered request at debug level, and only then."""
+
+    CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
+
+    def setUp(self) -> None:
+        self.addCleanup(set_log_level, log_level())
+        self.events = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.events)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events)
+        self.site = ApiSite(api_root(FakeNode()), reactor=Clock())
+        self.site.startFactory()
+        self.addCleanup(self.site.stopFactory)
+
+    def request(self, data: bytes) -> bytes:
+        """Send C{data} over one HTTP connection and return what the site wrote back."""
+        channel = self.site.buildProtocol(self.CLIENT)
+        assert channel is not None
+        transport = StringTransport(peerAddress=self.CLIENT)
+        channel.makeConnection(transport)
+        channel.dataReceived(data)
+        channel.connectionLost(Failure(ConnectionDone()))
+        return transport.value()  # type: ignore[no-any-return]
+
+    def test_info_logs_nothing(self) -> None:
+        set_log_level(LogLevel.info)
+        response = self.request(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 "), response)
+        self.assertEqual(list(self.events), [])
+
+    def test_debug_logs_one_event(self) -> None:
+        set_log_level(LogLevel.debug)
+        response = self.request(b"GET /orders/x/y?limit=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(response.startswith(b"HTTP/1.1 404 "), response)
+        [event] = self.events
+        self.assertEqual(event["log_namespace"], "bitfitech.api.access")
+        self.assertEqual(event["log_level"], LogLevel.debug)
+        self.assertEqual(
+            (event["client"], event["method"], event["path"], event["uri"], event["status"]),
+            ("127.0.0.1", "GET", "/orders/x/y", "/orders/x/y?limit=5", 404),
+        )
+        self.assertGreater(event["length"], 0)
+        self.assertEqual(
+            formatEvent(event), f'127.0.0.1 "GET /orders/x/y?limit=5" 404 {event["length"]}'
+        )
+
+    def test_enabled(self) -> None:
+        set_log_level(LogLevel.warn)
+        self.assertEqual(
+            [enabled(level) for level in LogLevel.iterconstants()],
+            [False, False, True, True, True],
+        )
+        set_log_level(LogLevel.debug)
+        self.assertTrue(enabled(LogLevel.debug))
+        self.assertEqual(log_level(), LogLevel.debug)

@@ -1,9 +1,10 @@
-"""JSON resources of the HTTP API (``/status``, ``/peers``, ``/orders``, ``/book``, ``/trades``).
+"""JSON resources of the HTTP API (``/status``, ``/peers``, ``/orders``, ``/book``, ...).
 
 Data path: :class:`~bitfitech.interfaces.INodeControl` -> these resources ->
 HTTP client.  Every answer, errors included, is a JSON document; errors are
 ``{"error": "..."}`` with a 4xx/5xx status.  Unknown paths are a JSON 404
-and unsupported methods a JSON 405 with an ``Allow`` header.
+and unsupported methods a JSON 405 with an ``Allow`` header.  An error about
+one order of a batch also names its ``index``.
 
 Prices and amounts travel as JSON strings holding decimals, and reach the
 node exactly as the client wrote them: no JSON number is ever read as a
@@ -27,7 +28,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..address import is_node_id
-from ..interfaces import INodeControl, ServiceUnavailable
+from ..interfaces import BatchRejected, INodeControl, ServiceUnavailable
 from ..logs import logger
 
 log = logger(__name__)
@@ -40,18 +41,31 @@ ORDER_STATES: Final = ("open", "closed", "all")
 ORDER_FIELDS: Final = frozenset({"side", "price", "amount", "type"})
 MAX_LIMIT: Final = 1000
 """Largest ``limit`` or ``depth`` a query may ask for."""
+MAX_BATCH: Final = 100
+"""Most orders one ``POST /orders/batch`` may place."""
 
 _ORDER_ID_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 _DIGITS_RE = re.compile(rb"\A[0-9]{1,10}\Z")
 
 
 class ApiError(Exception):
-    """An error answer: HTTP status and message."""
+    """
+    An error answer: HTTP status and message.
 
-    def __init__(self, status: int, message: str) -> None:
+    :ivar details: more fields of the error body (``{"index": 3}``).
+    """
+
+    def __init__(
+        self, status: int, message: str, details: Mapping[str, object] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.details = dict(details or {})
+
+    def body(self) -> dict[str, object]:
+        """The JSON-ready error body: ``{"error": message, **details}``."""
+        return {**self.details, "error": self.message}
 
 
 def write_json(request: Request, status: int, body: object) -> bytes:
@@ -207,16 +221,18 @@ class JSONResource(Resource):
         if method == "HEAD":
             handler = getattr(self, "render_GET", None)
         if handler is None:
+            # HEAD is answered as GET: a resource without GET has no HEAD either.
             allowed = sorted(
                 name[len("render_"):] for name in dir(self) if name.startswith("render_")
                 and name[len("render_"):].isupper()
+                and (name != "render_HEAD" or hasattr(self, "render_GET"))
             )  # fmt: skip
             request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
             return write_json(request, 405, {"error": f"method {method} not allowed"})
         try:
             result = handler(request)
         except ApiError as e:
-            return write_json(request, e.status, {"error": e.message})
+            return write_json(request, e.status, e.body())
         if not isinstance(result, Deferred):
             return self.answer(request, result)
         finished: list[object] = []
@@ -233,7 +249,7 @@ class JSONResource(Resource):
             if failure.check(ApiError):
                 error = failure.value
                 assert isinstance(error, ApiError)
-                request.write(write_json(request, error.status, {"error": error.message}))
+                request.write(write_json(request, error.status, error.body()))
             else:
                 log.failure("API request {uri} failed", failure, uri=request.uri)
                 request.write(write_json(request, 500, {"error": "internal error"}))
@@ -350,7 +366,11 @@ def _decimal_field(body: dict[str, Any], name: str) -> str:
     return value
 
 
-def order_request(body: dict[str, Any]) -> tuple[str, str | None, str, str]:
+Placement = tuple[str, str | None, str, str]
+"""What one order of a request asks: ``(side, price, amount, order_type)``."""
+
+
+def order_request(body: dict[str, Any]) -> Placement:
     """
     Check the body of ``POST /orders`` and return its
     ``(side, price, amount, order_type)``.
@@ -382,6 +402,38 @@ def order_request(body: dict[str, Any]) -> tuple[str, str | None, str, str]:
     else:
         price = _decimal_field(body, "price")
     return side, price, _decimal_field(body, "amount"), order_type
+
+
+def batch_request(body: dict[str, Any]) -> list[Placement]:
+    """
+    Check the body of ``POST /orders/batch`` and return the
+    ``(side, price, amount, order_type)`` of each of its orders.
+
+    The body is ``{"orders": [order, ...]}``: 1 to :data:`MAX_BATCH`
+    objects, each what :func:`order_request` takes.
+
+    :raises ApiError: 400 for a body without such a list; 400 naming the
+        ``index`` of the first order that :func:`order_request` refuses.
+    """
+    unknown = sorted(set(body) - {"orders"})
+    if unknown:
+        raise ApiError(
+            400, f"unknown field(s) {', '.join(map(repr, unknown))}; expected only orders"
+        )
+    orders = body.get("orders")
+    if not isinstance(orders, list):
+        raise ApiError(400, f'expected {{"orders": [order, ...]}} with 1 to {MAX_BATCH} orders')
+    if not 1 <= len(orders) <= MAX_BATCH:
+        raise ApiError(400, f"orders must hold 1 to {MAX_BATCH} orders, not {len(orders)}")
+    placements = []
+    for index, entry in enumerate(orders):
+        try:
+            if not isinstance(entry, dict):
+                raise ApiError(400, "an order must be a JSON object")
+            placements.append(order_request(entry))
+        except ApiError as e:
+            raise ApiError(e.status, f"orders[{index}]: {e.message}", {"index": index}) from None
+    return placements
 
 
 class Order(JSONResource):
@@ -433,6 +485,8 @@ class Orders(JSONResource):
     def getChild(self, path: bytes, request: Request) -> IResource:
         if not path:
             return self
+        if path == b"batch":
+            return OrderBatch(self.node)
         return Order(self.node, path.decode("utf-8", "replace").lower())
 
     def render_GET(self, request: Request) -> object:
@@ -451,6 +505,34 @@ class Orders(JSONResource):
 
         def created(document: dict[str, Any]) -> Answer:
             return Answer(document, http.CREATED, {"location": f"/orders/{document['id']}"})
+
+        d.addCallbacks(created, _unavailable)
+        return d  # type: ignore[return-value]
+
+
+class OrderBatch(JSONResource):
+    """
+    ``POST /orders/batch {"orders": [order, ...]}``: place several orders,
+    all or none, in one group commit.
+    """
+
+    ok_status = http.CREATED
+
+    def __init__(self, node: INodeControl) -> None:
+        super().__init__()
+        self.node = node
+
+    def render_POST(self, request: Request) -> Deferred[object]:
+        placements = batch_request(read_json_object(request))
+        try:
+            d = self.node.submit_orders(placements)
+        except BatchRejected as e:
+            raise ApiError(400, str(e), {"index": e.index}) from None
+        except ServiceUnavailable as e:
+            raise _unavailable_error(e) from None
+
+        def created(documents: list[dict[str, Any]]) -> dict[str, object]:
+            return {"orders": documents}
 
         d.addCallbacks(created, _unavailable)
         return d  # type: ignore[return-value]
@@ -490,7 +572,10 @@ class Root(JSONResource):
         self.putChild(b"trades", Trades(node))
 
     def render_GET(self, request: Request) -> object:
-        return {"name": "bitfi", "endpoints": ["/status", "/peers", "/orders", "/book", "/trades"]}
+        return {
+            "name": "bitfi",
+            "endpoints": ["/status", "/peers", "/orders", "/orders/batch", "/book", "/trades"],
+        }
 
 
 def api_root(node: INodeControl) -> Resource:

@@ -7,23 +7,28 @@ Data path: the API -> :meth:`MarketService.submit` (sign, journal, apply)
 Events from peers wait in a small buffer for ``apply_delay`` seconds and are
 inserted into the ledger together: concurrent events often arrive out of
 their total order, and one insert of a batch costs at most one rollback.
+Under a heavy load the delay grows (see :meth:`MarketService._adapt`).
+
 This node's own orders are signed at once (so their seq and Lamport time are
-fixed in call order), journaled together with the buffered events in one
-durable commit at the next reactor turn (group commit), and only then
-applied, published to peers and acknowledged.
+fixed in call order), journaled with the others signed in the same reactor
+turn or during the previous fsync (group commit: written in the reactor
+thread, fsynced in a thread of their own), and only then applied, published
+to peers and acknowledged.  Peer events are journaled after they are
+applied, without an fsync: a lost one is fetched again from the peers.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..config import NodeConfig
@@ -32,13 +37,22 @@ from ..logs import logger
 from ..storage import Storage
 from .book import MARKET, ORDER_TYPES, REJECTED, BookParams, OrderBook
 from .events import Author, Event, EventError, parse_event
-from .journal import EventJournal, JournalError
+from .journal import EventJournal, InlineSyncer, JournalError, Syncer
 from .ledger import InsertResult, Ledger, TradeRecord
 
 log = logger(__name__)
 
 #: buffered peer events that force an insert before ``apply_delay`` is up
 MAX_BUFFER = 5000
+
+#: the longest :attr:`MarketService.apply_delay` under load
+MAX_APPLY_DELAY = 0.05
+
+#: events replayed per second by rollbacks below which the apply delay never grows
+REPLAY_RATE = 2000
+
+#: seconds over which replays are counted to adapt the apply delay
+ADAPT_WINDOW = 0.5
 
 #: events whose local arrival time is remembered (``applied_at``)
 ARRIVALS_KEPT = 65536
@@ -84,7 +98,7 @@ def check_order(
 
 
 class _Pending:
-    """One of this node's events waiting for the group commit."""
+    """One of this node's events on its way: signed, journaled, applied, acknowledged."""
 
     __slots__ = ("event", "done")
 
@@ -93,14 +107,35 @@ class _Pending:
         self.done: Deferred[Event] = Deferred()
 
 
+SyncerFactory = Callable[[Storage], Syncer]
+"""Makes the syncer at the first durable write."""
+
+
+def inline_syncer(storage: Storage) -> Syncer:
+    """fsync in the reactor thread (tests, tools)."""
+    return InlineSyncer(storage.database_path)
+
+
 @implementer(IEventStore)
 class MarketService(Service):
     """
     Holds the ledger and the journal; signs this node's orders.
 
+    Own orders go through three steps: *signed* (seq and Lamport time
+    fixed, in call order), *journaled* (written, then made durable by an
+    fsync in the syncer's thread; one fsync in flight at a time, so the
+    orders signed meanwhile make the next group), then *applied* at the
+    next tick, together with the buffered peer events: inserted into the
+    ledger, published and acknowledged.  Peer events are applied at a tick
+    and written right after, without waiting for the disk.
+
     :ivar ledger: the ledger (only while running).
     :ivar author: this node's event author (only while running).
     :ivar publisher: where new own events and equivocation evidence go.
+    :ivar apply_delay: the current delay before buffered events are
+        applied: ``config.apply_delay`` under a light load, longer (up to
+        :data:`MAX_APPLY_DELAY`) while rollbacks replay more events than
+        arrive (see :meth:`_adapt`).
     """
 
     name = "market"
@@ -111,7 +146,12 @@ class MarketService(Service):
         storage: Storage,
         clock: IReactorTime,
         params: BookParams | None = None,
+        syncer: SyncerFactory = inline_syncer,
     ) -> None:
+        """
+        :param syncer: makes the syncer (a node passes a
+            :class:`~bitfitech.market.journal.ThreadedSyncer` factory).
+        """
         self.config = config
         self.storage = storage
         self.clock = clock
@@ -119,20 +159,32 @@ class MarketService(Service):
         self.network = config.network
         self.pair = config.pair
         self.publisher: IEventPublisher | None = None
-        self._ledger: Ledger | None = None
+        self.apply_delay = config.apply_delay
+        self._make_syncer = syncer
+        self._syncer: Syncer | None = None
         self._journal: EventJournal | None = None
+        self._broken = ""
+        self._ledger: Ledger | None = None
         self._author: Author | None = None
         self._buffer: dict[str, Event] = {}
         self._buffer_lamport = 0
-        self._flush_call: IDelayedCall | None = None
-        self._own: list[_Pending] = []
-        self._commit_call: IDelayedCall | None = None
+        self._tick_call: IDelayedCall | None = None
+        self._signed: list[_Pending] = []
+        self._signed_ids: dict[str, Event] = {}
+        self._unjournaled: list[Event] = []
+        self._syncing = False
+        self._write_call: IDelayedCall | None = None
+        self._sync_waiters: list[Deferred[None]] = []
         self._next_seq = 1
         self._own_lamport = 0
         self._settler: LoopingCall | None = None
         self.loaded_events = 0
         self.load_seconds = 0.0
         self.journal_failures = 0
+        self.journal_writes = 0
+        self._window_start = 0.0
+        self._window_new = 0
+        self._window_replayed = 0
         self._arrivals: OrderedDict[str, float] = OrderedDict()
 
     # -- lifecycle
@@ -155,10 +207,11 @@ class MarketService(Service):
         """Load the journal into a new ledger, then start settling."""
         identity = self.storage.identity
         self._author = Author(bytes(identity.signing_key), self.network, self.pair)
-        self._journal = EventJournal(self.storage.connection)
         self._ledger = Ledger(self.params)
         started = time.perf_counter()
         events = []
+        self._journal = EventJournal(self.storage.connection)
+        self._broken = ""
         for text, sig in self._journal.load():
             try:
                 events.append(parse_event(text, sig, self.network, self.pair))
@@ -180,15 +233,31 @@ class MarketService(Service):
         self._settler.start(max(0.05, min(1.0, self.config.settle_after / 4)), now=False)
         super().startService()
 
-    def stopService(self) -> None:
-        """Journal and apply what is buffered, then stop."""
+    def stopService(self) -> Deferred[None]:
+        """Journal and apply everything on its way, close the syncer, then stop."""
         super().stopService()
         if self._settler is not None and self._settler.running:
             self._settler.stop()
-        if self._ledger is not None:
-            self._commit()
+        return self._drain().addCallback(self._close)
+
+    def _drain(self) -> Deferred[None]:
+        """Fires once nothing is buffered, signed, being written or waiting to apply."""
+        while self._ledger is not None:
+            self._tick()
+            if self._syncing:
+                waiter: Deferred[None] = Deferred()
+                self._sync_waiters.append(waiter)
+                return waiter.addCallback(lambda _: self._drain())
+            if not (self._buffer or self._signed or self._unjournaled):
+                break
+        return succeed(None)
+
+    def _close(self, _: object) -> None:
+        syncer, self._syncer = self._syncer, None
         self._ledger = None
         self._journal = None
+        if syncer is not None:
+            syncer.close()
 
     # -- IEventStore (what gossip sees)
 
@@ -204,7 +273,7 @@ class MarketService(Service):
         return event
 
     def receive(self, events: Sequence[Event]) -> None:
-        """Take verified events from peers; they are applied within ``apply_delay``."""
+        """Take verified events from peers; they are applied within :attr:`apply_delay`."""
         if self._ledger is None:
             return
         buffer = self._buffer
@@ -214,9 +283,9 @@ class MarketService(Service):
                 if event.lamport > self._buffer_lamport:
                     self._buffer_lamport = event.lamport
         if len(buffer) >= MAX_BUFFER:
-            self.flush()
-        elif buffer and self._flush_call is None:
-            self._flush_call = self.clock.callLater(self.config.apply_delay, self.flush)
+            self._tick()
+        elif buffer:
+            self._schedule(self.apply_delay)
 
     def vector(self) -> dict[str, int]:
         """The anti-entropy summary, with buffered events applied first."""
@@ -257,13 +326,9 @@ class MarketService(Service):
         return self.ledger.conflicts()
 
     def flush(self) -> None:
-        """Journal and apply buffered peer events now."""
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        if self._buffer and self._ledger is not None:
-            self._commit()
+        """Apply buffered peer events and journaled own events now."""
+        if self._ledger is not None:
+            self._tick()
 
     # -- this node's orders
 
@@ -274,7 +339,7 @@ class MarketService(Service):
         :raises ValueError: for an order the book would reject.
         :raises ServiceUnavailable: when the market is not running.
         """
-        ledger = self.ledger
+        ledger = self._running_ledger()
         check_order(ledger.params, side, price, amount, order_type)
         if order_type == MARKET:
             price = None
@@ -289,13 +354,24 @@ class MarketService(Service):
         :raises KeyError: for an order this node does not know.
         :raises PermissionError: for another author's order.
         """
-        target = self.ledger.get(order_id) or self._buffer.get(order_id)
+        ledger = self._running_ledger()
+        target = (
+            ledger.get(order_id) or self._buffer.get(order_id) or self._signed_ids.get(order_id)
+        )
         if target is None or not target.is_order:
             raise KeyError(order_id)
         if target.author != self.author.author:
             raise PermissionError(order_id)
         lamport, ts = self._next_clock()
         return self._queue_own(self.author.cancel(self._next_seq, lamport, ts, order_id))
+
+    def _running_ledger(self) -> Ledger:
+        ledger = self.ledger
+        if not self.running:
+            raise ServiceUnavailable("the market is stopping")
+        if self._broken:
+            raise ServiceUnavailable(self._broken)
+        return ledger
 
     def _next_clock(self) -> tuple[int, int]:
         lamport = max(self.ledger.lamport, self._buffer_lamport, self._own_lamport) + 1
@@ -304,44 +380,45 @@ class MarketService(Service):
 
     def _queue_own(self, event: Event) -> Deferred[Event]:
         pending = _Pending(event)
-        self._own.append(pending)
+        self._signed.append(pending)
+        self._signed_ids[event.id] = event
         self._next_seq += 1
-        if self._commit_call is None:
-            self._commit_call = self.clock.callLater(0, self._commit)
+        if self._write_call is None and not self._syncing:
+            # The group commit: every order signed in this reactor turn.
+            self._write_call = self.clock.callLater(0, self._start_write)
         return pending.done
 
-    def _commit(self) -> None:
-        """The group commit: journal buffered and own events, apply, publish, acknowledge."""
-        if self._commit_call is not None:
-            if self._commit_call.active():
-                self._commit_call.cancel()
-            self._commit_call = None
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        ledger, journal = self._ledger, self._journal
-        own, self._own = self._own, []
-        peers = list(self._buffer.values())
-        self._buffer.clear()
-        self._buffer_lamport = 0
-        if ledger is None or journal is None:
-            for pending in own:
-                pending.done.errback(ServiceUnavailable("the market is stopping"))
+    # -- the pipeline: tick (apply), write (journal)
+
+    def _schedule(self, delay: float) -> None:
+        """Make the next tick happen within C{delay} seconds."""
+        if not self.running:
             return
+        call = self._tick_call
+        if call is None:
+            self._tick_call = self.clock.callLater(delay, self._tick)
+        elif call.getTime() > self.clock.seconds() + delay:
+            call.reset(delay)
+
+    def _tick(self) -> None:
+        """Apply the buffered peer events, then journal what waits."""
+        call, self._tick_call = self._tick_call, None
+        if call is not None and call.active():
+            call.cancel()
+        if self._ledger is None:
+            return
+        if self._buffer:
+            peers = list(self._buffer.values())
+            self._buffer.clear()
+            self._buffer_lamport = 0
+            self._unjournaled.extend(peers)
+            self._apply(peers, [])
+        self._start_write()
+
+    def _apply(self, peers: list[Event], own: list[_Pending]) -> None:
+        """Insert events into the ledger; publish and acknowledge C{own}."""
+        ledger = self.ledger
         mine = [pending.event for pending in own]
-        try:
-            journal.write(peers + mine, durable=bool(mine))
-        except JournalError as e:
-            self.journal_failures += 1
-            log.error("Journal write failed: {error}", error=str(e))
-            if own:
-                self._next_seq = own[0].event.seq
-            for pending in own:
-                pending.done.errback(ServiceUnavailable(f"the journal failed: {e}"))
-            # Peer events are applied anyway: they can be fetched again after a restart.
-            mine = []
-            own = []
         now = self.clock.seconds()
         result = ledger.insert(peers + mine, now)
         arrivals = self._arrivals
@@ -350,6 +427,7 @@ class MarketService(Service):
         while len(arrivals) > ARRIVALS_KEPT:
             arrivals.popitem(last=False)
         self._report(result)
+        self._adapt(result, now)
         if self.publisher is not None:
             if mine:
                 self.publisher.publish(mine)
@@ -359,7 +437,119 @@ class MarketService(Service):
                     [e for e in ledger.conflicts() if (e.author, e.seq) in slots]
                 )
         for pending in own:
+            self._signed_ids.pop(pending.event.id, None)
             pending.done.callback(pending.event)
+
+    def _adapt(self, result: InsertResult, now: float) -> None:
+        """
+        Every :data:`ADAPT_WINDOW` seconds, double :attr:`apply_delay` if
+        rollbacks replayed more than :data:`REPLAY_RATE` events a second and
+        more than twice the new events; halve it (down to the configured
+        delay) when they replayed no more than the new events or few.
+
+        Under a heavy load, events from many nodes arrive out of their
+        total order all the time, and each insert that holds a late one
+        replays everything applied since: fewer, larger inserts replay far
+        less in all.  A light load keeps the configured delay.
+        """
+        self._window_new += len(result.new)
+        self._window_replayed += result.replayed
+        elapsed = now - self._window_start
+        if elapsed < ADAPT_WINDOW:
+            return
+        new, replayed = self._window_new, self._window_replayed
+        base = self.config.apply_delay
+        if replayed > REPLAY_RATE * elapsed and replayed > 2 * new:
+            self.apply_delay = min(MAX_APPLY_DELAY, max(self.apply_delay * 2, base, 0.001))
+        elif replayed <= new or replayed <= REPLAY_RATE * elapsed / 2:
+            self.apply_delay = max(base, self.apply_delay / 2)
+        self._window_start, self._window_new, self._window_replayed = now, 0, 0
+
+    def _start_write(self) -> None:
+        """
+        Write what waits; if it holds own events, have it synced (unless a
+        sync is in flight: its end starts the next group).
+        """
+        call, self._write_call = self._write_call, None
+        if call is not None and call.active():
+            call.cancel()
+        journal = self._journal
+        if self._syncing or journal is None or not (self._signed or self._unjournaled):
+            return
+        own, self._signed = self._signed, []
+        peers, self._unjournaled = self._unjournaled, []
+        mine = [pending.event for pending in own]
+        self.journal_writes += 1
+        try:
+            journal.write(peers + mine, durable=False)
+        except JournalError as e:
+            # Nothing of the batch was kept.  Peer events stay applied:
+            # after a restart they are fetched again.
+            self.journal_failures += 1
+            log.error("Journal write failed: {error}", error=str(e))
+            if own:
+                self._fail_own(own, f"the journal failed: {e}")
+            return
+        if not own:
+            return
+        if self._syncer is None:
+            # Made at the first sync, not at start: a node that fails to
+            # start has no thread to stop.
+            self._syncer = self._make_syncer(self.storage)
+        self._syncing = True
+        self._syncer.sync().addCallbacks(
+            self._synced, self._sync_failed, callbackArgs=(own,), errbackArgs=(own,)
+        )
+
+    def _fail_own(self, own: list[_Pending], reason: str) -> None:
+        """
+        Fail C{own} and every own event signed after them (they would follow
+        a gap); the next order is signed with the first failed seq.
+        """
+        failed, self._signed = own + self._signed, []
+        self._next_seq = failed[0].event.seq
+        error = ServiceUnavailable(reason)
+        for pending in failed:
+            self._signed_ids.pop(pending.event.id, None)
+            pending.done.errback(error)
+
+    def _synced(self, _: None, own: list[_Pending]) -> None:
+        """
+        Own events are durable: apply them at once, without the buffered
+        peer events.  Signed after everything applied, they go at the end
+        of the log, with no rollback; the next tick brings the peer events.
+        """
+        self._syncing = False
+        if self._ledger is not None:
+            self._apply([], own)
+        self._sync_done()
+
+    def _sync_failed(self, failure: Failure, own: list[_Pending]) -> None:
+        """
+        The disk refused an fsync: the node stops taking orders.  The
+        events were written (they may still be there after a restart, like
+        any order whose answer was lost), so their seqs are not reused.
+        """
+        self._syncing = False
+        self.journal_failures += 1
+        self._broken = (
+            f"the journal could not be synced to disk ({failure.getErrorMessage()}); "
+            "restart the node"
+        )
+        log.critical("{reason}", reason=self._broken)
+        failed, self._signed = own + self._signed, []
+        error = ServiceUnavailable(self._broken)
+        for pending in failed:
+            self._signed_ids.pop(pending.event.id, None)
+            pending.done.errback(error)
+        self._sync_done()
+
+    def _sync_done(self) -> None:
+        waiters, self._sync_waiters = self._sync_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        if self.running and self._signed:
+            self._start_write()
 
     def _report(self, result: InsertResult) -> None:
         for author, seq in result.equivocations:
@@ -477,6 +667,8 @@ class MarketService(Service):
                 "flagged_authors": dict(ledger.flagged),
                 "settle_after_s": self.config.settle_after,
                 "journal_failures": self.journal_failures,
+                "journal_writes": self.journal_writes,
+                "apply_delay_ms": round(self.apply_delay * 1000, 1),
                 "loaded_events": self.loaded_events,
                 "load_s": round(self.load_seconds, 3),
             },

@@ -1,0 +1,285 @@
+"""Tests for :class:`bitfitech.market.service.MarketService`: the journal pipeline.
+
+Own orders are signed at once, written and synced as one group, and only
+then applied, published and acknowledged; peer events are buffered and
+applied at a tick; a failure of the journal fails the orders it concerns
+and no others; stopping journals everything on its way; the apply delay
+grows under heavy rollbacks and comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from bitfitech.interfaces import IEventPublisher, ServiceUnavailable
+from bitfitech.market.events import Author, Event
+from bitfitech.market.journal import EventJournal, InlineSyncer, JournalError
+from bitfitech.market.ledger import InsertResult
+from bitfitech.market.service import (
+    ADAPT_WINDOW,
+    MAX_APPLY_DELAY,
+    REPLAY_RATE,
+    MarketService,
+)
+from bitfitech.storage import Storage
+from bitfitech.testing import TEST_NETWORK, TEST_PAIR, loopback_config
+
+
+class ManualSyncer:
+    """A syncer whose syncs fire when the test says so."""
+
+    def __init__(self) -> None:
+        self.calls: list[Deferred[None]] = []
+        self.closed = False
+
+    def sync(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.calls.append(d)
+        return d
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@implementer(IEventPublisher)
+class Publisher:
+    """Records what the market publishes."""
+
+    def __init__(self) -> None:
+        self.published: list[Event] = []
+
+    def publish(self, events: Sequence[Event]) -> None:
+        self.published.extend(events)
+
+
+def peer_author(number: int) -> Author:
+    return Author(bytes([number]) * 32, TEST_NETWORK, TEST_PAIR)
+
+
+class MarketTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.data_dir = self.mktemp()
+        self.clock = Clock()
+        self.storage = Storage(self.data_dir)
+        self.storage.open()
+        self.addCleanup(self.storage.close)
+        self.syncer = ManualSyncer()
+        self.market = self.make_market()
+        self.market.startService()
+        self.addCleanup(self.stop)
+
+    def make_market(self) -> MarketService:
+        market = MarketService(
+            loopback_config(self.data_dir), self.storage, self.clock,
+            syncer=lambda storage: self.syncer,
+        )  # fmt: skip
+        self.publisher = Publisher()
+        market.publisher = self.publisher
+        return market
+
+    def stop(self) -> None:
+        if self.market.running:
+            d = self.market.stopService()
+            for call in self.syncer.calls:
+                if not call.called:
+                    call.callback(None)
+            self.successResultOf(d)
+
+    def journaled(self) -> list[str]:
+        return [text for text, _ in EventJournal(self.storage.connection).load()]
+
+    def submit(self, price: str = "100") -> Deferred[Event]:
+        return self.market.submit("buy", price, "1", "limit")
+
+
+class OwnOrderTests(MarketTestCase):
+    def test_group_commit(self) -> None:
+        """Orders signed in one reactor turn are written together and synced once."""
+        orders = [self.submit(str(100 + n)) for n in range(3)]
+        self.assertEqual((self.syncer.calls, self.journaled()), ([], []))
+        self.clock.advance(0)
+        self.assertEqual(len(self.syncer.calls), 1)
+        self.assertEqual(len(self.journaled()), 3)
+        self.assertEqual(self.market.journal_writes, 1)
+        for d in orders:
+            self.assertNoResult(d)
+
+    def test_acknowledged_only_after_sync(self) -> None:
+        """Before the fsync: not applied, not published, not acknowledged."""
+        d = self.submit()
+        self.clock.advance(0)
+        self.assertNoResult(d)
+        self.assertEqual((len(self.market.ledger), self.publisher.published), (0, []))
+        self.syncer.calls[0].callback(None)
+        event = self.successResultOf(d)
+        self.assertIn(event.id, self.market.ledger)
+        self.assertEqual(self.publisher.published, [event])
+        self.assertIsNotNone(self.market.ledger.open_order(event.id))
+
+    def test_signed_during_sync_make_next_group(self) -> None:
+        first = self.submit("100")
+        self.clock.advance(0)
+        later = [self.submit("101"), self.submit("102")]
+        self.clock.advance(0)
+        self.assertEqual(len(self.syncer.calls), 1, "one sync in flight at a time")
+        self.syncer.calls[0].callback(None)
+        self.assertEqual(self.successResultOf(first).seq, 1)
+        self.assertEqual(len(self.syncer.calls), 2)
+        self.syncer.calls[1].callback(None)
+        self.assertEqual([self.successResultOf(d).seq for d in later], [2, 3])
+
+    def test_sync_failure_stops_taking_orders(self) -> None:
+        """A failed fsync fails the group and later orders, and every order after."""
+        d = self.submit()
+        self.clock.advance(0)
+        waiting = self.submit("101")
+        self.syncer.calls[0].errback(OSError(5, "Input/output error"))
+        for failed in (d, waiting):
+            self.failureResultOf(failed, ServiceUnavailable)
+        with self.assertRaises(ServiceUnavailable) as caught:
+            self.submit()
+        self.assertIn("restart the node", str(caught.exception))
+        self.assertEqual(self.market.journal_failures, 1)
+        self.flushLoggedErrors()
+
+    def test_write_failure_reuses_seq(self) -> None:
+        """A refused write keeps nothing; the next order takes the failed seq."""
+        journal = self.market._journal  # noqa: SLF001
+        assert journal is not None
+
+        def refuse(events: Any, *, durable: bool) -> int:
+            raise JournalError("disk full")
+
+        journal.write = refuse  # type: ignore[method-assign]
+        d = self.submit()
+        self.clock.advance(0)
+        self.assertIn("disk full", str(self.failureResultOf(d, ServiceUnavailable).value))
+        del journal.write
+        again = self.submit()
+        self.clock.advance(0)
+        self.syncer.calls[0].callback(None)
+        self.assertEqual(self.successResultOf(again).seq, 1)
+
+
+class PeerEventTests(MarketTestCase):
+    def test_buffered_then_applied_and_journaled(self) -> None:
+        events = [peer_author(1).order(seq, seq, 0, "sell", "limit", "100", "1") for seq in (1, 2)]
+        self.market.receive(events)
+        self.assertTrue(self.market.has(events[0].id))
+        self.assertEqual(len(self.market.ledger), 0)
+        self.clock.advance(self.market.apply_delay)
+        self.assertEqual(len(self.market.ledger), 2)
+        self.assertEqual(len(self.journaled()), 2)
+        self.assertEqual(self.syncer.calls, [], "peer events are not synced")
+
+    def test_own_order_sorts_after_buffered_events(self) -> None:
+        peer = peer_author(1).order(1, 7, 0, "sell", "limit", "100", "1")
+        self.market.receive([peer])
+        d = self.submit()
+        self.clock.advance(0)
+        self.syncer.calls[0].callback(None)
+        self.clock.advance(self.market.apply_delay)
+        event = self.successResultOf(d)
+        self.assertEqual(event.lamport, 8)
+        self.assertEqual(self.market.ledger.trade_count, 1)
+
+
+class StopTests(MarketTestCase):
+    def test_stop_journals_everything_on_its_way(self) -> None:
+        peer = peer_author(1).order(1, 1, 0, "sell", "limit", "200", "1")
+        self.market.receive([peer])
+        d = self.submit()
+        self.clock.advance(0)
+        waiting = self.submit("101")
+        stopped = self.market.stopService()
+        self.assertNoResult(stopped)
+        self.syncer.calls[0].callback(None)
+        self.assertNoResult(stopped)
+        self.syncer.calls[1].callback(None)
+        self.successResultOf(stopped)
+        self.successResultOf(d)
+        self.successResultOf(waiting)
+        self.assertEqual(len(self.journaled()), 3)
+        self.assertTrue(self.syncer.closed)
+        with self.assertRaises(ServiceUnavailable):
+            self.market.ledger  # noqa: B018
+
+    def test_orders_refused_while_stopping(self) -> None:
+        self.submit()
+        self.clock.advance(0)
+        self.market.stopService()
+        with self.assertRaises(ServiceUnavailable):
+            self.submit()
+
+    def test_restart_loads_journal(self) -> None:
+        d = self.submit()
+        self.clock.advance(0)
+        self.syncer.calls[0].callback(None)
+        event = self.successResultOf(d)
+        self.stop()
+        self.market = self.make_market()
+        self.market.startService()
+        self.assertIn(event.id, self.market.ledger)
+        self.assertEqual(self.market.loaded_events, 1)
+        later = self.submit()
+        self.clock.advance(0)
+        self.syncer.calls[-1].callback(None)
+        self.assertEqual(self.successResultOf(later).seq, 2)
+
+
+class InlineSyncerTests(SynchronousTestCase):
+    def test_syncs_database(self) -> None:
+        storage = Storage(self.mktemp())
+        storage.open()
+        self.addCleanup(storage.close)
+        self.successResultOf(InlineSyncer(storage.database_path).sync())
+
+    def test_failure(self) -> None:
+        self.failureResultOf(InlineSyncer(self.mktemp()).sync(), OSError)
+
+
+class AdaptTests(MarketTestCase):
+    def feed(self, new: int, replayed: int, seconds: float) -> None:
+        """Report inserts of C{new} events replaying C{replayed}, over C{seconds}."""
+        result = InsertResult()
+        result.new = [None] * new  # type: ignore[list-item]
+        result.replayed = replayed
+        self.clock.advance(seconds)
+        self.market._adapt(result, self.clock.seconds())  # noqa: SLF001
+
+    def test_grows_under_heavy_replays_and_comes_back(self) -> None:
+        base = self.market.config.apply_delay
+        self.feed(0, 0, 0)
+        heavy = int(REPLAY_RATE * ADAPT_WINDOW * 4)
+        self.feed(50, heavy, ADAPT_WINDOW)
+        self.assertEqual(self.market.apply_delay, base * 2)
+        for _ in range(10):
+            self.feed(50, heavy, ADAPT_WINDOW)
+        self.assertEqual(self.market.apply_delay, MAX_APPLY_DELAY)
+        for _ in range(10):
+            self.feed(50, 10, ADAPT_WINDOW)
+        self.assertEqual(self.market.apply_delay, base)
+
+    def test_light_load_keeps_configured_delay(self) -> None:
+        """Replays that are many per new event but few per second change nothing."""
+        base = self.market.config.apply_delay
+        self.feed(0, 0, 0)
+        for _ in range(10):
+            self.feed(1, int(REPLAY_RATE * ADAPT_WINDOW / 4), ADAPT_WINDOW)
+        self.assertEqual(self.market.apply_delay, base)
+
+    def test_heavy_load_delays_peer_events(self) -> None:
+        """The grown delay is what buffered peer events wait."""
+        self.market.apply_delay = MAX_APPLY_DELAY
+        event = peer_author(2).order(1, 1, 0, "buy", "limit", "100", "1")
+        self.market.receive([event])
+        self.clock.advance(MAX_APPLY_DELAY / 2)
+        self.assertNotIn(event.id, self.market.ledger)
+        self.clock.advance(MAX_APPLY_DELAY / 2)
+        self.assertIn(event.id, self.market.ledger)

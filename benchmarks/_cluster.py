@@ -649,7 +649,13 @@ def report_problems(problems: dict[int, list[str]], shown: int = 5) -> None:
 
 
 def _client_thread(
-    port: int, node: int, deadline: float, seed: int, out: list[Any], lock: threading.Lock
+    port: int,
+    node: int,
+    deadline: float,
+    seed: int,
+    out: list[Any],
+    lock: threading.Lock,
+    batch: int = 1,
 ) -> None:
     rng = random.Random(seed)
     api = Api(port, timeout=30.0)
@@ -661,14 +667,20 @@ def _client_thread(
         while time.time() < deadline:
             started = time.perf_counter()
             try:
-                status, body = api.request("POST", "/orders", random_order(rng))
+                if batch == 1:
+                    status, body = api.request("POST", "/orders", random_order(rng))
+                    documents = [body] if status == 201 else []
+                else:
+                    orders = [random_order(rng) for _ in range(batch)]
+                    status, body = api.request("POST", "/orders/batch", {"orders": orders})
+                    documents = body["orders"] if status == 201 else []
             except ApiError as e:
                 key = type(e.__cause__).__name__
                 errors[key] = errors.get(key, 0) + 1
                 time.sleep(0.01)
                 continue
             if status == 201:
-                acked.append((body["id"], node))
+                acked.extend((document["id"], node) for document in documents)
                 latencies.append(time.perf_counter() - started)
                 last_ack = time.time()
             else:
@@ -697,7 +709,10 @@ def client_main(spec_text: str) -> None:
         threads.append(
             threading.Thread(
                 target=_client_thread,
-                args=(ports[node], node, deadline, spec["seed"] * 1000 + t, out, lock),
+                args=(
+                    ports[node], node, deadline, spec["seed"] * 1000 + t, out, lock,
+                    spec.get("batch", 1),
+                ),  # fmt: skip
                 daemon=True,
             )
         )
@@ -724,11 +739,19 @@ def client_main(spec_text: str) -> None:
 
 
 def run_clients(
-    ports: Sequence[int], processes: int, threads: int, duration: float, start_delay: float = 1.0
+    ports: Sequence[int],
+    processes: int,
+    threads: int,
+    duration: float,
+    start_delay: float = 1.0,
+    batch: int = 1,
 ) -> tuple[float, list[dict[str, Any]]]:
     """
     Run C{processes} load client processes of C{threads} threads each,
     spread over the nodes at C{ports}, for C{duration} seconds.
+
+    :param batch: orders per request: 1 posts to ``/orders``, more to
+        ``/orders/batch``.
 
     :return: the wall-clock start time (``time.time()``) and each client's result.
     """
@@ -738,7 +761,7 @@ def run_clients(
         for p in range(processes):
             spec = {
                 "ports": list(ports), "threads": threads, "first_slot": p * threads,
-                "start_at": start_at, "duration": duration, "seed": p + 1,
+                "start_at": start_at, "duration": duration, "seed": p + 1, "batch": batch,
             }  # fmt: skip
             children.append(
                 subprocess.Popen(

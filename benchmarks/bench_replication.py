@@ -305,7 +305,9 @@ def throughput_run(args: argparse.Namespace) -> tuple[list[tuple[str, str]], dic
         # and ten polls a second on every node would load the nodes measured.
         watcher = threading.Thread(target=monitor, daemon=True)
         try:
-            start_at, results = run_clients(ports, args.clients, args.threads, args.duration)
+            start_at, results = run_clients(
+                ports, args.clients, args.threads, args.duration, batch=args.batch
+            )
             watcher.start()
             # The push ends with the last acknowledgement.
             pushed_at = max([r["last_ack"] for r in results if r["last_ack"]] or [time.time()])
@@ -361,7 +363,8 @@ def throughput_run(args: argparse.Namespace) -> tuple[list[tuple[str, str]], dic
         rows = [
             ("nodes", f"{args.tp_nodes}"),
             ("links per node, mean (GET /peers)", f"{mean_links:.2f}"),
-            ("client processes x threads", f"{args.clients} x {args.threads}"),
+            ("client processes x threads, orders per request",
+             f"{args.clients} x {args.threads}, {args.batch}"),
             ("push duration (s)", f"{push_s:.1f}"),
             ("orders acknowledged (201)", f"{total:,}"),
             ("requests failed", ", ".join(f"{k}: {v}" for k, v in errors.items()) or "0"),
@@ -418,6 +421,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--duration", type=float, help="section c push seconds [20; quick 5]")
     parser.add_argument("--clients", type=int, default=2, help="load client processes [2]")
     parser.add_argument("--threads", type=int, default=16, help="threads per client [16]")
+    parser.add_argument(
+        "--batch", type=int, default=1,
+        help="orders per request in section c: 1 posts to /orders, more to /orders/batch [1]",
+    )  # fmt: skip
     parser.add_argument("--replicate-timeout", type=float, default=180.0)
     parser.add_argument("--sections", default="abc", help="which sections to run [abc]")
     args = parser.parse_args(argv)

@@ -85,8 +85,11 @@ class GossipTiming:
     :ivar request_timeout: seconds to wait for a ``getdata`` answer before
         asking another peer that announced the event.
     :ivar flush_interval: least seconds between two sends of queued
-        messages: a busy node sends fewer, larger messages; an idle one
-        sends at once.
+        messages on a busy node, which thus sends fewer, larger messages
+        (an idle one sends at once).
+    :ivar fetch_delay: seconds an announced event may take to arrive by
+        push before it is asked for: a push racing the announcement is
+        then not fetched a second time.
     """
 
     fanout: int = 1
@@ -94,6 +97,7 @@ class GossipTiming:
     sync_interval: float = 30.0
     request_timeout: float = 2.0
     flush_interval: float = 0.005
+    fetch_delay: float = 0.01
 
 
 @dataclass(frozen=True)

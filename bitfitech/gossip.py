@@ -34,7 +34,7 @@ in short:
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -81,6 +81,10 @@ PROMPT_DELAY = 0.1
 
 GAP_CHECK = 1.0
 """Seconds between checks for gaps in the event chains."""
+
+BUSY_RATE = 1000
+"""Items (events, announced or requested ids) sent a second above which a
+node is busy and batches its sends (see ``GossipTiming.flush_interval``)."""
 
 REPAIR_AGE = 2.0
 """Seconds after its timestamp from which an event learned by anti-entropy
@@ -234,8 +238,13 @@ class Gossip:
         self.peers: dict[PeerProtocol, _Peer] = {}
         self._seen: OrderedDict[str, int] = OrderedDict()
         self._requested: dict[str, _Request] = {}
+        self._to_fetch: deque[tuple[float, str]] = deque()
+        self._fetch_call: IDelayedCall | None = None
         self._flush_call: IDelayedCall | None = None
         self._last_flush = float("-inf")
+        self._busy = False
+        self._window_start = 0.0
+        self._window_items = 0
         self._prompt_call: IDelayedCall | None = None
         self._loops: list[LoopingCall] = []
         self._verify: Verifier = verifier or verify_inline
@@ -271,10 +280,10 @@ class Gossip:
             if loop.running:
                 loop.stop()
         self._loops.clear()
-        for call in (self._flush_call, self._prompt_call):
+        for call in (self._flush_call, self._prompt_call, self._fetch_call):
             if call is not None and call.active():
                 call.cancel()
-        self._flush_call = self._prompt_call = None
+        self._flush_call = self._prompt_call = self._fetch_call = None
         self.peers.clear()
 
     # -- IGossip: what the hub reports
@@ -398,7 +407,9 @@ class Gossip:
     def _on_inv(self, peer: _Peer, message: Inv) -> None:
         self.stats["inv_received"] += len(message.ids)
         store, seen, requested = self.store, self._seen, self._requested
-        deadline = self.clock.seconds() + self.timing.request_timeout
+        now = self.clock.seconds()
+        delay = self.timing.fetch_delay
+        deadline = now + delay + self.timing.request_timeout
         for ident in message.ids:
             peer.knows(ident)
             if ident in seen or store.has(ident):
@@ -409,7 +420,32 @@ class Gossip:
                     request.others.append(peer.link)
                 continue
             requested[ident] = _Request(deadline, peer.link)
-            peer.out_getdata.append(ident)
+            if delay:
+                self._to_fetch.append((now + delay, ident))
+            else:
+                peer.out_getdata.append(ident)
+        if self._to_fetch and self._fetch_call is None:
+            self._fetch_call = self.clock.callLater(delay, self._fetch)
+        self._flush_soon()
+
+    def _fetch(self) -> None:
+        """
+        Ask for the announced events that did not arrive within
+        ``fetch_delay``: a push racing the announcement is not fetched too.
+        """
+        self._fetch_call = None
+        now = self.clock.seconds()
+        queue, requested = self._to_fetch, self._requested
+        while queue and queue[0][0] <= now:
+            _, ident = queue.popleft()
+            request = requested.get(ident)
+            if request is None:
+                continue  # it arrived
+            peer = self.peers.get(request.asked) if request.asked is not None else None
+            if peer is not None:
+                peer.out_getdata.append(ident)
+        if queue:
+            self._fetch_call = self.clock.callLater(queue[0][0] - now, self._fetch)
         self._flush_soon()
 
     def _on_getdata(self, peer: _Peer, message: GetData) -> None:
@@ -489,19 +525,32 @@ class Gossip:
 
     def _flush_soon(self) -> None:
         """
-        Flush at the next reactor turn, or ``flush_interval`` after the
-        last flush if that is later: a lightly loaded node sends at once, a
-        busy one sends fewer, larger messages.
+        Flush at the next reactor turn; on a busy node (more than
+        :data:`BUSY_RATE` items sent a second), no sooner than
+        ``flush_interval`` after the last flush, so that it sends fewer,
+        larger messages.  A lightly loaded node always sends at once: a
+        relay path waits for several flushes (push, ``getdata``, answer).
         """
         if self._flush_call is None:
-            wait = self._last_flush + self.timing.flush_interval - self.clock.seconds()
+            wait = 0.0
+            if self._busy:
+                wait = self._last_flush + self.timing.flush_interval - self.clock.seconds()
             self._flush_call = self.clock.callLater(max(0.0, wait), self._flush)
+
+    def _count_sent(self, items: int, now: float) -> None:
+        """Count items sent, and every second decide whether the node is busy."""
+        self._window_items += items
+        elapsed = now - self._window_start
+        if elapsed >= 1.0:
+            self._busy = self._window_items > BUSY_RATE * elapsed
+            self._window_start, self._window_items = now, 0
 
     def _flush(self) -> None:
         """Write every queued message, batched per link."""
         self._flush_call = None
-        self._last_flush = self.clock.seconds()
+        now = self._last_flush = self.clock.seconds()
         stats = self.stats
+        sent = stats["events_pushed"] + stats["inv_sent"] + stats["getdata_sent"]
         for peer in list(self.peers.values()):
             link = peer.link
             if peer.out_getdata:
@@ -520,6 +569,9 @@ class Gossip:
                 stats["inv_sent"] += len(idents)
                 for chunk in _chunks(idents, MAX_INV):
                     link.send(Inv(tuple(chunk), ttl=ttl))
+        self._count_sent(
+            stats["events_pushed"] + stats["inv_sent"] + stats["getdata_sent"] - sent, now
+        )
 
     def _pull(self, peer: _Peer, *, chains: bool = False) -> None:
         """

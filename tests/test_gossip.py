@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import cast
 
 from twisted.internet.task import Clock
@@ -46,7 +47,9 @@ from bitfitech.wire.messages import (
     encode_message,
 )
 
-TIMING = GossipTiming(fanout=1, ttl=16, sync_interval=30.0, request_timeout=2.0, flush_interval=0.0)
+TIMING = GossipTiming(
+    fanout=1, ttl=16, sync_interval=30.0, request_timeout=2.0, flush_interval=0.0, fetch_delay=0.0
+)
 ZERO_DIGEST = "0" * 64
 
 
@@ -353,7 +356,7 @@ class PublishTests(SynchronousTestCase):
     def test_publishes_in_one_turn_batched(self) -> None:
         """Several publishes in one turn make one message per peer, events in order."""
         events = chain(author(1), 3)
-        node = Node(3, *events, timing=GossipTiming(fanout=5, flush_interval=0.0))
+        node = Node(3, *events, timing=GossipTiming(fanout=5, flush_interval=0.0, fetch_delay=0.0))
         for event in events:
             node.gossip.publish([event])
         node.clock.advance(0)
@@ -416,7 +419,7 @@ class ReceiveEventsTests(SynchronousTestCase):
     def test_never_back_to_sender_even_with_large_fanout(self) -> None:
         """With a fanout above the peer count, every peer but the sender gets the event."""
         event = order(author(1), 1)
-        node = Node(3, timing=GossipTiming(fanout=10, flush_interval=0.0))
+        node = Node(3, timing=GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0))
         sender, b, c = node.links
         node.deliver(sender, Events((event.wire,), ttl=2, more=False))
         node.clock.advance(0)
@@ -427,7 +430,7 @@ class ReceiveEventsTests(SynchronousTestCase):
     def test_ttl_one_relayed_with_ttl_zero(self) -> None:
         """An event received with ttl 1 makes one more hop, with ttl 0."""
         event = order(author(1), 1)
-        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0))
+        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0))
         node.deliver(node.links[0], Events((event.wire,), ttl=1, more=False))
         node.clock.advance(0)
         self.assertEqual(node.links[1].take(), [Events((event.wire,), ttl=0, more=False)])
@@ -435,7 +438,7 @@ class ReceiveEventsTests(SynchronousTestCase):
     def test_ttl_zero_not_relayed(self) -> None:
         """Events received with ttl 0 are stored but never relayed."""
         event = order(author(1), 1)
-        node = Node(3, timing=GossipTiming(fanout=10, flush_interval=0.0))
+        node = Node(3, timing=GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0))
         node.deliver(node.links[0], Events((event.wire,), ttl=0, more=False))
         node.clock.advance(0)
         self.assertEqual(node.store.received, [[event]])
@@ -474,7 +477,7 @@ class ReceiveEventsTests(SynchronousTestCase):
         """
         good1, good2 = order(author(1), 1), order(author(2), 1)
         alien = order(author(3, network="other"), 1)
-        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0))
+        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0))
         sender, other = node.links
         node.deliver(sender, Events((good1.wire, alien.wire, good2.wire), ttl=3, more=False))
         self.assertEqual(node.store.received, [[good1, good2]])
@@ -550,6 +553,37 @@ class InvTests(SynchronousTestCase):
         self.assertEqual(other.take(), [])
         stats = node.gossip.stats
         self.assertEqual((stats["inv_received"], stats["getdata_sent"]), (3, 2))
+
+    def test_fetch_waits_for_racing_push(self) -> None:
+        """
+        With ``fetch_delay``, an announced event is asked for only if no
+        push of it arrived meanwhile; the others are asked for together.
+        """
+        pushed, announced = order(author(2), 1), order(author(3), 1)
+        node = Node(2, timing=replace(TIMING, fetch_delay=0.01))
+        announcer, pusher = node.links
+        node.deliver(announcer, Inv((pushed.id, announced.id), ttl=4))
+        node.clock.advance(0.005)
+        self.assertEqual(announcer.take(), [])
+        node.deliver(pusher, Events((pushed.wire,), ttl=4, more=False))
+        node.clock.advance(0.005)
+        self.assertEqual(announcer.take(), [GetData((announced.id,))])
+        self.assertEqual(node.gossip.stats["getdata_sent"], 1)
+
+    def test_fetch_delay_counted_from_each_inv(self) -> None:
+        """An event announced later waits its own ``fetch_delay``."""
+        early, late = order(author(2), 1), order(author(3), 1)
+        node = Node(1, timing=replace(TIMING, fetch_delay=0.01))
+        link = node.links[0]
+        node.deliver(link, Inv((early.id,), ttl=4))
+        node.clock.advance(0.006)
+        node.deliver(link, Inv((late.id,), ttl=4))
+        node.clock.advance(0.004)
+        self.assertEqual(link.take(), [GetData((early.id,))])
+        node.clock.advance(0.004)
+        self.assertEqual(link.take(), [])
+        node.clock.advance(0.003)
+        self.assertEqual(link.take(), [GetData((late.id,))])
 
     def test_several_invs_in_one_turn_batched(self) -> None:
         """Ids from several ``inv`` of one peer in one turn make one ``getdata``."""
@@ -682,18 +716,34 @@ class BatchTests(SynchronousTestCase):
             node.links[0].take(), [Events((first.wire, second.wire), ttl=4, more=False)]
         )
 
-    def test_busy_node_flushes_at_most_every_flush_interval(self) -> None:
-        first, second = order(author(1), 1), order(author(2), 1)
-        node = Node(1, timing=GossipTiming(flush_interval=0.01))
+    def test_idle_node_sends_at_once(self) -> None:
+        """However close together, the flushes of an idle node are not delayed."""
+        node = Node(1, timing=GossipTiming(flush_interval=0.01, fetch_delay=0.0))
         link = node.links[0]
-        node.gossip.publish([first])
+        for n in range(1, 4):
+            node.gossip.publish([order(author(n), 1)])
+            node.clock.advance(0)
+            self.assertEqual(len(link.take()), 1)
+
+    def test_busy_node_flushes_at_most_every_flush_interval(self) -> None:
+        """Once it sent more than ``BUSY_RATE`` items a second, a node batches its sends."""
+        self.patch(gossip_module, "BUSY_RATE", 2)
+        node = Node(1, timing=GossipTiming(flush_interval=0.01, fetch_delay=0.0))
+        link = node.links[0]
+        for n in range(1, 5):
+            node.gossip.publish([order(author(n), 1)])
+            node.clock.advance(0)
+            node.clock.advance(0.3)
+        self.assertEqual(len(link.take()), 4, "not busy yet: sent at once")
+        node.gossip.publish([order(author(5), 1)])
         node.clock.advance(0)
-        self.assertEqual(len(link.take()), 1, "an idle node sends at once")
-        node.gossip.publish([second])
-        node.clock.advance(0.005)
+        self.assertEqual(len(link.take()), 1, "the first flush after a while goes at once")
+        later = order(author(6), 1)
+        node.gossip.publish([later])
+        node.clock.advance(0.004)
         self.assertEqual(link.take(), [])
-        node.clock.advance(0.005)
-        self.assertEqual(link.take(), [Events((second.wire,), ttl=16, more=False)])
+        node.clock.advance(0.007)
+        self.assertEqual(link.take(), [Events((later.wire,), ttl=16, more=False)])
 
 
 class SyncTests(SynchronousTestCase):
@@ -966,7 +1016,7 @@ class PeriodicTests(SynchronousTestCase):
 class LifecycleTests(SynchronousTestCase):
     def test_link_closed_removes_peer(self) -> None:
         """A closed link is sent nothing more, not even what was queued for it."""
-        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0))
+        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0))
         kept, gone = node.links
         first, second = order(author(1), 1), order(author(2), 1)
         node.store.add(first, second)
@@ -1089,7 +1139,9 @@ class EndToEndTests(SynchronousTestCase):
         counts = self.copies_per_node(mesh, events)
         mean = sum(counts) / len(counts)
         self.assertLessEqual(mean, 2.0)
-        flood, flood_events = self.full_mesh(GossipTiming(fanout=10, flush_interval=0.0))
+        flood, flood_events = self.full_mesh(
+            GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0)
+        )
         flood_counts = self.copies_per_node(flood, flood_events)
         self.assertEqual(sum(flood_counts) / len(flood_counts), 5.0)
         self.assertLess(mean, 5.0 / 2)

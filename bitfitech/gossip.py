@@ -65,7 +65,11 @@ from .wire.messages import (
 log = logger(__name__)
 
 SYNC_CHUNK = 1000
-"""Most events sent in one anti-entropy answer."""
+"""Most events in one ``events`` message of an anti-entropy answer."""
+
+SYNC_BURST = 4
+"""Most ``events`` messages in one anti-entropy answer: while the receiver
+verifies one (in threads), it decodes and applies the others."""
 
 SEEN_CACHE = 65536
 """Ids remembered for dedup beyond the events held (invalid ones included)."""
@@ -174,6 +178,7 @@ class _Peer:
         "last_pull",
         "last_chains",
         "ahead",
+        "in_order",
     )
 
     def __init__(self, link: PeerProtocol) -> None:
@@ -190,6 +195,8 @@ class _Peer:
         self.last_chains = float("-inf")
         # Authors whose events the peer's last sync showed beyond ours.
         self.ahead: dict[str, int] = {}
+        # Fires once the events messages received so far are handled.
+        self.in_order: Deferred[Any] | None = None
 
     def knows(self, event_id: str) -> None:
         known = self.known
@@ -361,9 +368,25 @@ class Gossip:
                 continue
             verifying.add(ident)
             parsed.append(event)
-        if not parsed:
+        if not parsed and not message.more:
             return
-        self._verify(parsed).addCallback(self._verified, peer, parsed, message)
+        # Verification may take longer for one message than for the next
+        # (threads): results are handled in the order the messages came, so
+        # an anti-entropy answer's chunks apply in key order and its last
+        # chunk (``more``) asks for the next burst only after the others.
+        verified = self._verify(parsed) if parsed else succeed([])
+        previous = peer.in_order
+        if previous is not None and not previous.called:
+            results: Deferred[Any] = previous.addCallback(lambda _: verified)
+        else:
+            results = verified
+        results.addCallback(self._verified, peer, parsed, message)
+        results.addErrback(self._verify_failed, peer)
+        peer.in_order = results
+
+    @staticmethod
+    def _verify_failed(failure: Any, peer: _Peer) -> None:
+        log.failure("Verifying events from {peer} failed", failure, peer=peer.link)
 
     def _verified(
         self, results: list[bool], peer: _Peer, parsed: list[Event], message: Events
@@ -401,8 +424,9 @@ class Gossip:
                 old = (self.clock.seconds() - REPAIR_AGE) * 1000
                 if any(event.ts < old for event in new):
                     self._prompt_soon(peer)
-        if message.more and new and not peer.link.closed:
-            self._pull(peer)
+        if message.more and not peer.link.closed:
+            if new or self.clock.seconds() - peer.last_pull >= PULL_INTERVAL:
+                self._pull(peer)
 
     def _on_inv(self, peer: _Peer, message: Inv) -> None:
         self.stats["inv_received"] += len(message.ids)
@@ -462,9 +486,10 @@ class Gossip:
         if message.chains:
             self._send_differing_chains(peer, message)
         theirs = dict(message.vector)
-        events, more = store.missing_for(theirs, SYNC_CHUNK)
-        if events:
-            self._send_answer(peer, events, more)
+        events, more = store.missing_for(theirs, SYNC_CHUNK * SYNC_BURST)
+        parts = _chunks(events, SYNC_CHUNK)
+        for index, part in enumerate(parts):
+            self._send_answer(peer, part, more and index == len(parts) - 1)
         ours = store.vector()
         now = self.clock.seconds()
         ahead = {author: seq for author, seq in message.vector if seq > ours.get(author, 0)}

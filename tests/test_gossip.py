@@ -753,6 +753,7 @@ class SyncTests(SynchronousTestCase):
         ``SYNC_CHUNK`` per message, with ``more`` while more remain.
         """
         self.patch(gossip_module, "SYNC_CHUNK", 3)
+        self.patch(gossip_module, "SYNC_BURST", 1)
         a, b = author(1), author(2)
         events = [order(a, 1, 1), order(b, 1, 2), order(a, 2, 4), order(b, 2, 3), order(a, 3, 9)]
         node = Node(1, *reversed(events))
@@ -768,6 +769,26 @@ class SyncTests(SynchronousTestCase):
         self.assertEqual(link.take(), [Events(wires[3:], ttl=0, more=False)])
         stats = node.gossip.stats
         self.assertEqual((stats["sync_received"], stats["sync_events_sent"]), (2, 5))
+
+    def test_answer_is_a_burst_of_chunks(self) -> None:
+        """
+        One answer holds up to ``SYNC_BURST`` messages of ``SYNC_CHUNK``
+        events, in key order; only the last says ``more``.
+        """
+        self.patch(gossip_module, "SYNC_CHUNK", 2)
+        self.patch(gossip_module, "SYNC_BURST", 2)
+        events = chain(author(1), 5)
+        node = Node(1, *events)
+        link = node.links[0]
+        node.deliver(link, Sync(vector=(), digest=ZERO_DIGEST))
+        wires = [e.wire for e in events]
+        self.assertEqual(
+            link.take(),
+            [
+                Events(tuple(wires[:2]), ttl=0, more=False),
+                Events(tuple(wires[2:4]), ttl=0, more=True),
+            ],
+        )
 
     def test_nothing_sent_when_in_sync(self) -> None:
         """A peer with the same vector and digest is sent nothing."""
@@ -1173,7 +1194,13 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(joined.state_hash(), mesh.stores[0].ledger.state_hash())
         answers = [m for node, m in mesh.delivered if node == 3 and isinstance(m, Events)]
         self.assertEqual([len(m.events) for m in answers], [25] * 12)
-        self.assertEqual([m.more for m in answers], [True] * 11 + [False])
+        # bursts of SYNC_BURST messages; the last of each says more, but not the final one
+        bursts = len(answers) // gossip_module.SYNC_BURST
+        self.assertEqual(
+            [m.more for m in answers],
+            ([False] * (gossip_module.SYNC_BURST - 1) + [True]) * (bursts - 1)
+            + [False] * gossip_module.SYNC_BURST,
+        )
         self.assertEqual({m.ttl for m in answers}, {0})
         self.assertEqual(mesh.gossips[3].stats["events_duplicate"], 0)
         self.assertEqual(

@@ -83,8 +83,14 @@ PULL_INTERVAL = 0.25
 PROMPT_DELAY = 0.1
 """Seconds after learning events by anti-entropy before prompting other peers."""
 
+PROMPT_INTERVAL = 2.0
+"""Least seconds between two prompts of the other peers."""
+
 GAP_CHECK = 1.0
 """Seconds between checks for gaps in the event chains."""
+
+MAX_LAG = 30.0
+"""Largest arrival age counted (seconds): clocks may be wrong."""
 
 BUSY_RATE = 1000
 """Items (events, announced or requested ids) sent a second above which a
@@ -178,25 +184,30 @@ class _Peer:
         "last_pull",
         "last_chains",
         "ahead",
+        "ahead_since",
         "in_order",
+        "queued",
     )
 
     def __init__(self, link: PeerProtocol) -> None:
         self.link = link
         self.known: OrderedDict[str, None] = OrderedDict()
-        # Pushed events and getdata answers travel in separate messages:
-        # an answer may carry ttl 0 (an event learned by anti-entropy),
-        # which must not stop the pushes batched with it.
+        # Pushed events and getdata answers travel in separate messages,
+        # and answers one message per ttl: an answer may carry ttl 0 (an
+        # event learned by anti-entropy), which must not stop the pushes or
+        # the other answers batched with it from spreading on.
         self.pushes = _Outbox()
-        self.answers = _Outbox()
+        self.answers: dict[int, list[Event]] = {}
         self.announcements = _Outbox()
         self.out_getdata: list[str] = []
         self.last_pull = float("-inf")
         self.last_chains = float("-inf")
         # Authors whose events the peer's last sync showed beyond ours.
         self.ahead: dict[str, int] = {}
-        # Fires once the events messages received so far are handled.
+        self.ahead_since = 0.0
+        # While events messages are being handled: fires once they all are.
         self.in_order: Deferred[Any] | None = None
+        self.queued = 0
 
     def knows(self, event_id: str) -> None:
         known = self.known
@@ -257,12 +268,18 @@ class Gossip:
         self._verify: Verifier = verifier or verify_inline
         self._verifying: set[str] = set()
         self._prompt_skip: set[PeerProtocol] = set()
-        self._gap_marks: set[tuple[str, int]] = set()
+        # Gap marks (see IEventStore.gap_marks) and when each was first seen.
+        self._gap_marks: dict[tuple[str, int], float] = {}
+        self._gap_turn = 0
+        self._last_prompt = float("-inf")
+        self._lag = 0.0
+        self._ages = 0.0
+        self._aged = 0
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "events_received", "events_new", "events_duplicate", "events_invalid",
                 "events_pushed", "inv_sent", "inv_received", "getdata_sent", "sync_sent",
-                "sync_received", "sync_events_sent",
+                "sync_received", "sync_events_sent", "requests_expired", "requests_dropped",
             ),
             0,
         )  # fmt: skip
@@ -375,14 +392,21 @@ class Gossip:
         # an anti-entropy answer's chunks apply in key order and its last
         # chunk (``more``) asks for the next burst only after the others.
         verified = self._verify(parsed) if parsed else succeed([])
-        previous = peer.in_order
-        if previous is not None and not previous.called:
-            results: Deferred[Any] = previous.addCallback(lambda _: verified)
-        else:
+        if peer.in_order is None:
             results = verified
+        else:
+            results = peer.in_order.addCallback(lambda _: verified)
+        peer.queued += 1
+        peer.in_order = results
         results.addCallback(self._verified, peer, parsed, message)
         results.addErrback(self._verify_failed, peer)
-        peer.in_order = results
+        results.addCallback(self._handled, peer)
+
+    @staticmethod
+    def _handled(_: object, peer: _Peer) -> None:
+        peer.queued -= 1
+        if not peer.queued:
+            peer.in_order = None
 
     @staticmethod
     def _verify_failed(failure: Any, peer: _Peer) -> None:
@@ -413,7 +437,9 @@ class Gossip:
         if new:
             self.stats["events_new"] += len(new)
             self.store.receive(new)
+            now = self.clock.seconds()
             if relay_ttl >= 0:
+                self._observe_lag(now, new)
                 for event in new:
                     self._spread(event, relay_ttl, peer)
             else:
@@ -421,7 +447,7 @@ class Gossip:
                 # repaired something old.  Recent events in an answer are
                 # mostly on their way by gossip too, and prompting for them
                 # set off a cascade of syncs under load.
-                old = (self.clock.seconds() - REPAIR_AGE) * 1000
+                old = (now - self._in_flight()) * 1000
                 if any(event.ts < old for event in new):
                     self._prompt_soon(peer)
         if message.more and not peer.link.closed:
@@ -476,7 +502,7 @@ class Gossip:
         for ident in message.ids:
             event = self.store.get(ident)
             if event is not None:
-                peer.answers.add(event, max(self._seen.get(ident, 0), 0))
+                peer.answers.setdefault(max(self._seen.get(ident, 0), 0), []).append(event)
                 peer.knows(ident)
         self._flush_soon()
 
@@ -487,6 +513,13 @@ class Gossip:
             self._send_differing_chains(peer, message)
         theirs = dict(message.vector)
         events, more = store.missing_for(theirs, SYNC_CHUNK * SYNC_BURST)
+        if events:
+            # Leave out what we recently pushed or announced to the peer
+            # (or got from it): it is on its way, and a busy peer that asks
+            # because it is behind would only get it twice.
+            known = peer.known
+            recent = (self.clock.seconds() - self._in_flight()) * 1000
+            events = [e for e in events if e.ts < recent or e.id not in known]
         parts = _chunks(events, SYNC_CHUNK)
         for index, part in enumerate(parts):
             self._send_answer(peer, part, more and index == len(parts) - 1)
@@ -498,6 +531,8 @@ class Gossip:
             # on their way to us by gossip; pull only if some are still
             # missing at the next gap check (answering every such sync at
             # once made two busy peers pull each other four times a second).
+            if not peer.ahead:
+                peer.ahead_since = now
             peer.ahead = ahead
         elif not events and theirs == ours and message.digest != store.digest():
             # Same vectors, different logs: each holds another side of an
@@ -583,12 +618,15 @@ class Gossip:
                 stats["getdata_sent"] += len(ids)
                 for chunk in _chunks(ids, MAX_INV):
                     link.send(GetData(tuple(chunk)))
-            for outbox in (peer.pushes, peer.answers):
-                if outbox.items:
-                    events, ttl = outbox.take()
-                    stats["events_pushed"] += len(events)
-                    for part in _chunks(events, MAX_EVENTS):
-                        link.send(Events(tuple(e.wire for e in part), ttl=ttl, more=False))
+            batches = list(peer.answers.items())
+            peer.answers = {}
+            if peer.pushes.items:
+                pushed, ttl = peer.pushes.take()
+                batches.append((ttl, pushed))
+            for ttl, events in batches:
+                stats["events_pushed"] += len(events)
+                for part in _chunks(events, MAX_EVENTS):
+                    link.send(Events(tuple(e.wire for e in part), ttl=ttl, more=False))
             if peer.announcements.items:
                 idents, ttl = peer.announcements.take()
                 stats["inv_sent"] += len(idents)
@@ -631,31 +669,67 @@ class Gossip:
         """
         self._prompt_skip.add(source.link)
         if self._prompt_call is None:
-            self._prompt_call = self.clock.callLater(PROMPT_DELAY, self._prompt)
+            wait = self._last_prompt + PROMPT_INTERVAL - self.clock.seconds()
+            self._prompt_call = self.clock.callLater(max(PROMPT_DELAY, wait), self._prompt)
 
     def _prompt(self) -> None:
         self._prompt_call = None
+        self._last_prompt = self.clock.seconds()
         skip, self._prompt_skip = self._prompt_skip, set()
         self._sync_all(exclude=skip)
 
+    def _observe_lag(self, now: float, events: list[Event]) -> None:
+        """Add the ages of pushed events on arrival to this gap check's tally."""
+        total = 0.0
+        for event in events:
+            total += min(MAX_LAG, max(0.0, now - event.ts / 1000))
+        self._ages += total
+        self._aged += len(events)
+
+    def _update_lag(self) -> None:
+        """
+        The usual age of pushed events on arrival: their mean age since the
+        last gap check, or half the previous figure if none came (a network
+        that went quiet has nothing late on its way any more).
+        """
+        self._lag = self._ages / self._aged if self._aged else self._lag / 2
+        self._ages, self._aged = 0.0, 0
+
+    def _in_flight(self) -> float:
+        """
+        Seconds within which a missing event may still be on its way:
+        :data:`REPAIR_AGE`, or twice the usual age of pushed events on
+        arrival if that is longer (a busy network delivers late, and
+        treating late events as lost would load it further with repairs).
+        """
+        return max(REPAIR_AGE, 2 * self._lag)
+
     def _check_gaps(self) -> None:
         """
-        Pull from every peer when a gap outlives one check: gaps that live
-        shorter are events overtaking each other on their way, and fill
-        by themselves.
+        Pull from one peer (a different one each time) when a gap outlives
+        one check and the time events take to arrive: shorter gaps are
+        events overtaking each other on their way, and fill by themselves.
+        Also pull from a peer whose ``sync`` showed events we still lack
+        after that time.
         """
+        now = self.clock.seconds()
+        self._update_lag()
+        patience = max(GAP_CHECK, 2 * self._lag)
         marks = self.store.gap_marks()
-        lasting = marks & self._gap_marks
-        self._gap_marks = marks
-        if lasting:
-            self._sync_all()
+        first_seen = self._gap_marks
+        self._gap_marks = {mark: first_seen.get(mark, now) for mark in marks}
+        peers = list(self.peers.values())
+        if not peers:
+            return
+        if any(now - since >= patience for since in self._gap_marks.values()):
+            self._gap_turn = (self._gap_turn + 1) % len(peers)
+            self._pull(peers[self._gap_turn])
             return
         ours = self.store.vector()
-        now = self.clock.seconds()
-        for peer in list(self.peers.values()):
+        for peer in peers:
             if not any(seq > ours.get(author, 0) for author, seq in peer.ahead.items()):
                 peer.ahead = {}
-            elif now - peer.last_pull >= PULL_INTERVAL:
+            elif now - peer.ahead_since >= patience and now - peer.last_pull >= PULL_INTERVAL:
                 peer.ahead = {}
                 self._pull(peer)
 
@@ -665,11 +739,14 @@ class Gossip:
         for ident, request in list(self._requested.items()):
             if request.deadline > now:
                 continue
+            self.stats["requests_expired"] += 1
             peer = None
             while request.others and peer is None:
                 peer = self.peers.get(request.others.pop(0))
             if peer is None or self.store.has(ident):
                 del self._requested[ident]
+                if peer is None and not self.store.has(ident):
+                    self.stats["requests_dropped"] += 1
                 continue
             request.asked = peer.link
             request.deadline = now + self.timing.request_timeout

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import cast
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -704,6 +705,24 @@ class BatchTests(SynchronousTestCase):
             [Events((old.wire,), ttl=0, more=False), Events((new.wire,), ttl=16, more=False)],
         )
 
+    def test_answers_keep_their_own_ttl(self) -> None:
+        """``getdata`` answers for events held with different ttls go in one message per ttl."""
+        old, fresh = order(author(1), 1), order(author(2), 1)
+        node = Node(1)
+        link = node.links[0]
+        source = node.connect("source")
+        node.clock.advance(old.ts / 1000 + REPAIR_AGE + 1)
+        node.deliver(source, Events((old.wire,), ttl=0, more=False))
+        node.deliver(source, Events((fresh.wire,), ttl=9, more=False))
+        node.clock.advance(0)
+        link.take()
+        node.deliver(link, GetData((old.id, fresh.id)))
+        node.clock.advance(0)
+        self.assertEqual(
+            sorted(link.take(), key=lambda m: getattr(m, "ttl", -1)),
+            [Events((old.wire,), ttl=0, more=False), Events((fresh.wire,), ttl=8, more=False)],
+        )
+
     def test_pushes_batched_with_smallest_ttl(self) -> None:
         """Pushes queued in one flush go in one message with the smallest ttl."""
         first, second = order(author(1), 1), order(author(2), 1)
@@ -789,6 +808,25 @@ class SyncTests(SynchronousTestCase):
                 Events(tuple(wires[2:4]), ttl=0, more=True),
             ],
         )
+
+    def test_answer_leaves_out_what_is_on_its_way(self) -> None:
+        """
+        Events recently pushed or announced to the asking peer are left out
+        of the answer; older ones, and ones the peer was never sent, are not.
+        """
+        a = author(1)
+        events = chain(a, 3)
+        node = Node(1, *events[:2])
+        link = node.links[0]
+        node.clock.advance(events[2].ts / 1000)
+        node.deliver(node.connect("source"), Events((events[2].wire,), ttl=5, more=False))
+        node.clock.advance(0)
+        self.assertEqual([type(m) for m in link.take()], [Events])  # pushed to the peer
+        node.deliver(link, Sync(vector=(), digest=ZERO_DIGEST))
+        self.assertEqual(link.take(), [Events((events[0].wire, events[1].wire), ttl=0, more=False)])
+        node.clock.advance(REPAIR_AGE + 1)
+        node.deliver(link, Sync(vector=((a.author, 2),), digest=ZERO_DIGEST))
+        self.assertEqual(link.take(), [Events((events[2].wire,), ttl=0, more=False)])
 
     def test_nothing_sent_when_in_sync(self) -> None:
         """A peer with the same vector and digest is sent nothing."""
@@ -953,20 +991,43 @@ class PeriodicTests(SynchronousTestCase):
             self.assertEqual([type(m) for m in msgs], [Sync])
         node.gossip.stop()
 
-    def test_lasting_gap_makes_every_peer_asked(self) -> None:
+    def test_lasting_gap_makes_one_peer_asked_in_turn(self) -> None:
         """
-        A gap still there at the next check makes a ``sync`` go to every
-        peer; a gap seen at one check only (events overtaking each other)
-        does not.
+        A gap still there at the next check makes a ``sync`` go to one
+        peer, another at each check while it lasts; a gap seen at one check
+        only (events overtaking each other) makes none.
         """
         a = author(1)
         node = Node(2, order(a, 1), order(a, 3))
         node.gossip.start()
         node.clock.advance(GAP_CHECK)
         self.assertEqual(node.take_all(), [[], []])
+        sync = Sync(vector=((a.author, 1),), digest=node.store.digest())
         node.clock.advance(GAP_CHECK)
-        for msgs in node.take_all():
-            self.assertEqual(msgs, [Sync(vector=((a.author, 1),), digest=node.store.digest())])
+        first = node.take_all()
+        node.clock.advance(GAP_CHECK)
+        second = node.take_all()
+        self.assertEqual(sorted([first, second]), [[[], [sync]], [[sync], []]])
+        node.gossip.stop()
+
+    def test_gap_waits_for_slow_network(self) -> None:
+        """
+        While pushed events arrive late (a busy network), a gap must last
+        twice their usual age before anyone is asked.
+        """
+        a, b = author(1), author(2)
+        node = Node(1, order(a, 1), order(a, 3), timing=replace(TIMING, sync_interval=1e10))
+        link = node.links[0]
+        node.gossip.start()
+        late = chain(b, 300)
+        node.clock.advance(late[-1].ts / 1000 + 5)  # they arrive 5 s after they were signed
+        for event in late:
+            node.deliver(link, Events((event.wire,), ttl=5, more=False))
+        link.take()
+        node.clock.advance(GAP_CHECK * 5)
+        self.assertEqual([m for m in link.take() if isinstance(m, Sync)], [])
+        node.clock.advance(GAP_CHECK * 6)
+        self.assertEqual(len([m for m in link.take() if isinstance(m, Sync)]), 1)
         node.gossip.stop()
 
     def test_gap_filled_before_next_check_asks_nobody(self) -> None:
@@ -1207,6 +1268,57 @@ class EndToEndTests(SynchronousTestCase):
             sum(g.stats["events_pushed"] + g.stats["inv_sent"] for g in mesh.gossips), 0
         )
         self.assertEqual(sum(g.stats["events_new"] for g in mesh.gossips[:3]), 0)
+
+
+class InOrderTests(SynchronousTestCase):
+    def test_messages_of_a_peer_handled_in_order(self) -> None:
+        """
+        When the signatures of a later message are checked first, its events
+        still wait for the earlier message's: a peer's messages are handled
+        in the order they came.
+        """
+        pending: list[tuple[list[Event], Deferred[list[bool]]]] = []
+
+        def verifier(events: list[Event]) -> Deferred[list[bool]]:
+            d: Deferred[list[bool]] = Deferred()
+            pending.append((events, d))
+            return d
+
+        node = Node(1)
+        node.gossip = Gossip(node.store, node.clock, TIMING, random.Random(1), verifier)
+        link = node.connect("source")
+        first, second, third = chain(author(1), 3)
+        node.deliver(link, Events((first.wire,), ttl=0, more=False))
+        node.deliver(link, Events((second.wire,), ttl=0, more=False))
+        pending[1][1].callback([True])
+        self.assertEqual(node.store.received, [])
+        node.deliver(link, Events((third.wire,), ttl=0, more=False))
+        pending[2][1].callback([True])
+        self.assertEqual(node.store.received, [])
+        pending[0][1].callback([True])
+        self.assertEqual(node.store.received, [[first], [second], [third]])
+
+    def test_message_after_a_paused_one_waits(self) -> None:
+        """A message arriving while an earlier one waits for its checks waits too."""
+        pending: list[Deferred[list[bool]]] = []
+
+        def verifier(events: list[Event]) -> Deferred[list[bool]]:
+            pending.append(Deferred())
+            return pending[-1]
+
+        node = Node(1)
+        node.gossip = Gossip(node.store, node.clock, TIMING, random.Random(1), verifier)
+        link = node.connect("source")
+        first, second, third = chain(author(1), 3)
+        node.deliver(link, Events((first.wire,), ttl=0, more=False))
+        node.deliver(link, Events((second.wire,), ttl=0, more=False))
+        pending[0].callback([True])
+        self.assertEqual(node.store.received, [[first]])
+        node.deliver(link, Events((third.wire,), ttl=0, more=False))
+        pending[2].callback([True])
+        self.assertEqual(node.store.received, [[first]])
+        pending[1].callback([True])
+        self.assertEqual(node.store.received, [[first], [second], [third]])
 
 
 class ThreadedVerifierTests(TestCase):

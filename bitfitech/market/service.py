@@ -46,7 +46,7 @@ log = logger(__name__)
 MAX_BUFFER = 5000
 
 #: the longest :attr:`MarketService.apply_delay` under load
-MAX_APPLY_DELAY = 0.05
+MAX_APPLY_DELAY = 1.0
 
 #: events replayed per second by rollbacks below which the apply delay never grows
 REPLAY_RATE = 2000
@@ -374,9 +374,21 @@ class MarketService(Service):
         return ledger
 
     def _next_clock(self) -> tuple[int, int]:
-        lamport = max(self.ledger.lamport, self._buffer_lamport, self._own_lamport) + 1
+        """
+        The Lamport time and timestamp of a new own event.
+
+        The Lamport time is above every one held (a hybrid logical clock):
+        the highest held plus one, or the wall clock in milliseconds if
+        that is higher.  With the wall clock, an order entered on a node
+        that is seconds behind its peers (busy, or just reconnected) still
+        sorts near the end of everyone else's log, instead of seconds back,
+        where applying it would replay everything since on every node.
+        """
+        ts = int(self.clock.seconds() * 1000)
+        held = max(self.ledger.lamport, self._buffer_lamport, self._own_lamport)
+        lamport = max(held + 1, ts)
         self._own_lamport = lamport
-        return lamport, int(self.clock.seconds() * 1000)
+        return lamport, ts
 
     def _queue_own(self, event: Event) -> Deferred[Event]:
         pending = _Pending(event)

@@ -167,6 +167,31 @@ class OwnOrderTests(MarketTestCase):
         self.assertEqual(self.successResultOf(again).seq, 1)
 
 
+class ClockTests(MarketTestCase):
+    def test_lamport_time_follows_wall_clock(self) -> None:
+        """
+        Own events take the wall clock (ms) as Lamport time when it is ahead
+        of every Lamport time held, and stay strictly increasing.
+        """
+        self.clock.advance(1_800_000_000)
+        first = self.submit()
+        second = self.submit()
+        self.clock.advance(0)
+        self.syncer.calls[0].callback(None)
+        lamports = [self.successResultOf(d).lamport for d in (first, second)]
+        self.assertEqual(lamports, [1_800_000_000_000, 1_800_000_000_001])
+
+    def test_lamport_time_above_everything_held(self) -> None:
+        """A peer's event ahead of the wall clock sets the floor for ours."""
+        self.clock.advance(1_800_000_000)
+        ahead = 1_800_000_000_000 + 10**9
+        self.market.receive([peer_author(3).order(1, ahead, 0, "sell", "limit", "100", "1")])
+        d = self.submit()
+        self.clock.advance(0)
+        self.syncer.calls[0].callback(None)
+        self.assertEqual(self.successResultOf(d).lamport, ahead + 1)
+
+
 class PeerEventTests(MarketTestCase):
     def test_buffered_then_applied_and_journaled(self) -> None:
         events = [peer_author(1).order(seq, seq, 0, "sell", "limit", "100", "1") for seq in (1, 2)]

@@ -710,7 +710,12 @@ def client_main(spec_text: str) -> None:
             threading.Thread(
                 target=_client_thread,
                 args=(
-                    ports[node], node, deadline, spec["seed"] * 1000 + t, out, lock,
+                    ports[node],
+                    node,
+                    deadline,
+                    spec["seed"] * 1000 + t,
+                    out,
+                    lock,
                     spec.get("batch", 1),
                 ),  # fmt: skip
                 daemon=True,

@@ -34,6 +34,7 @@ Pure: no Twisted, no I/O; time is passed in.
 from __future__ import annotations
 
 import hashlib
+import marshal
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -63,6 +64,7 @@ NOT_OWNER: Final = "not_owner"
 """Why a cancel of another author's order did nothing."""
 
 _TERMINAL = frozenset({FILLED, CANCELLED, REJECTED})
+_CHECKPOINT_TAG = "bitfi-ledger-checkpoint-1"
 _key_of = attrgetter("key")
 _EMPTY_HASH = b"\0" * 32
 
@@ -204,6 +206,8 @@ class Ledger:
         self._clock: deque[tuple[float, int]] = deque()
         self._hash_cache: tuple[int, str] | None = None
         self._version = 0
+        self._checkpoint: bytes | None = None
+        self.checkpoint_position = 0
 
     # -- queries
 
@@ -386,6 +390,92 @@ class Ledger:
             self.settled_through = max(self.settled_through, clock.popleft()[1])
         return self.settled_through
 
+    # -- checkpoints
+
+    def checkpoint(self) -> bytes:
+        """
+        The state the log made (book, trades, outcomes, hashes), as bytes
+        for :meth:`load`: a restart that finds the same log prefix resumes
+        from it instead of replaying every event.
+        """
+        snap = self.book.snapshot()
+        params = self.params
+        return marshal.dumps(
+            (
+                _CHECKPOINT_TAG,
+                (
+                    params.tick,
+                    params.lot,
+                    params.min_amount,
+                    params.max_amount,
+                    params.max_price,
+                    params.self_trade,
+                ),
+                len(self._log),
+                self._log_hash,
+                self._trade_hash,
+                snap.trade_seq,
+                snap.orders,
+                snap._levels,
+                [tuple(trade) for trade in self._trades],
+                [(order_id, *self._closed[order_id]) for order_id in self._closed_log],
+            )  # fmt: skip
+        )
+
+    def load(self, events: Iterable[Event], now: float, checkpoint: bytes | None) -> int:
+        """
+        Fill an empty ledger with C{events} (a journal read back), resuming
+        from C{checkpoint} if it was taken on the same log prefix.
+
+        A checkpoint that does not fit (unreadable, other book parameters,
+        or a log that differs before its position: an event came late or
+        was lost) is ignored, and every event is replayed: the result is
+        the same either way, only slower.
+
+        :return: the log position resumed from (0: full replay).
+        """
+        if self._by_id:
+            raise ValueError("load fills an empty ledger")
+        self._checkpoint = checkpoint
+        try:
+            self.insert(events, now)
+        finally:
+            self._checkpoint = None
+        return self.checkpoint_position
+
+    def _resume(self, checkpoint: bytes) -> int:
+        """Restore the state of C{checkpoint} if it fits the log; its position, or 0."""
+        try:
+            (tag, params, position, log_hash, trade_hash, trade_seq, orders, levels, trades,
+             closed) = marshal.loads(checkpoint)  # fmt: skip
+        except (EOFError, ValueError, TypeError):
+            return 0
+        p = self.params
+        if (
+            tag != _CHECKPOINT_TAG
+            or tuple(params) != (p.tick, p.lot, p.min_amount, p.max_amount, p.max_price,
+                                 p.self_trade)
+            or not 0 < position <= len(self._log)
+        ):  # fmt: skip
+            return 0
+        sha256 = hashlib.sha256
+        running = _EMPTY_HASH
+        for event in self._log[:position]:
+            running = sha256(running + bytes.fromhex(event.id)).digest()
+        if running != log_hash:
+            return 0
+        self.book.restore(BookSnapshot(self.params, trade_seq, orders, levels))
+        self._trades = [TradeRecord(*trade) for trade in trades]
+        trades_of = self._trades_of
+        for index, trade in enumerate(self._trades):
+            trades_of.setdefault(trade.taker, []).append(index)
+            trades_of.setdefault(trade.maker, []).append(index)
+        self._closed = {entry[0]: Outcome(*entry[1:]) for entry in closed}
+        self._closed_log = [entry[0] for entry in closed]
+        self._log_hash, self._trade_hash = log_hash, trade_hash
+        self._add_snapshot(self._snapshot(position))
+        return int(position)
+
     # -- inserting
 
     def insert(self, events: Iterable[Event], now: float = 0.0) -> InsertResult:
@@ -470,6 +560,8 @@ class Ledger:
             first_trade = len(self._trades)
             self._log.extend(added)
             keys.extend(event.key for event in added)
+            if start == 0 and self._checkpoint is not None:
+                start = self.checkpoint_position = self._resume(self._checkpoint)
             self._apply_from(start)
             result.appended = len(added)
             # Even without a rollback, a late event may add settled trades

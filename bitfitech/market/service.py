@@ -19,6 +19,7 @@ applied, without an fsync: a lost one is fetched again from the peers.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -53,6 +54,9 @@ REPLAY_RATE = 2000
 
 #: seconds over which replays are counted to adapt the apply delay
 ADAPT_WINDOW = 0.5
+
+#: the ledger checkpoint's file name, in the data directory
+CHECKPOINT_FILE = "ledger.checkpoint"
 
 #: events whose local arrival time is remembered (``applied_at``)
 ARRIVALS_KEPT = 65536
@@ -180,6 +184,7 @@ class MarketService(Service):
         self._settler: LoopingCall | None = None
         self.loaded_events = 0
         self.load_seconds = 0.0
+        self.resumed_at = 0
         self.journal_failures = 0
         self.journal_writes = 0
         self._window_start = 0.0
@@ -217,16 +222,17 @@ class MarketService(Service):
                 events.append(parse_event(text, sig, self.network, self.pair))
             except EventError as e:
                 log.error("Skipping unreadable journaled event: {error}", error=str(e))
-        self._ledger.insert(events, self.clock.seconds())
+        self.resumed_at = self._ledger.load(events, self.clock.seconds(), self._read_checkpoint())
         self.loaded_events = len(events)
         self.load_seconds = time.perf_counter() - started
         self._next_seq = self._ledger.next_seq(self._author.author)
         if events:
             log.info(
                 "Loaded {count} events from the journal in {seconds:.3f}s "
-                "({orders} open orders, {trades} trades)",
+                "({orders} open orders, {trades} trades; {replayed} events replayed)",
                 count=len(events), seconds=self.load_seconds, orders=len(self._ledger.book),
                 trades=self._ledger.trade_count,
+                replayed=self._ledger.applied - self.resumed_at,
             )  # fmt: skip
         self._settler = LoopingCall(self._settle)
         self._settler.clock = self.clock
@@ -252,7 +258,41 @@ class MarketService(Service):
                 break
         return succeed(None)
 
+    @property
+    def checkpoint_path(self) -> str:
+        """Where the ledger's checkpoint is kept, in the data directory."""
+        return os.path.join(self.storage.data_dir, CHECKPOINT_FILE)
+
+    def _read_checkpoint(self) -> bytes | None:
+        try:
+            with open(self.checkpoint_path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.warn("Cannot read the ledger checkpoint: {error}", error=str(e))
+            return None
+
+    def _write_checkpoint(self, ledger: Ledger) -> None:
+        """
+        Keep the ledger's state for the next start (written aside, then
+        renamed over the old one: a crash leaves one whole checkpoint or
+        the other, and a stale one is recognised and ignored).
+        """
+        path = self.checkpoint_path
+        partial = path + ".partial"
+        try:
+            with open(partial, "wb") as f:
+                f.write(ledger.checkpoint())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+        except OSError as e:
+            log.warn("Cannot write the ledger checkpoint: {error}", error=str(e))
+
     def _close(self, _: object) -> None:
+        if self._ledger is not None and self._ledger.applied:
+            self._write_checkpoint(self._ledger)
         syncer, self._syncer = self._syncer, None
         self._ledger = None
         self._journal = None
@@ -682,6 +722,7 @@ class MarketService(Service):
                 "journal_writes": self.journal_writes,
                 "apply_delay_ms": round(self.apply_delay * 1000, 1),
                 "loaded_events": self.loaded_events,
+                "resumed_at": self.resumed_at,
                 "load_s": round(self.load_seconds, 3),
             },
         }

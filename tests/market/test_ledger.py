@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from bitfitech.market.book import BookParams
 from bitfitech.market.events import Author, Event
 from bitfitech.market.ledger import APPLIED, NOT_OWNER, Ledger, Outcome, TradeRecord
 
@@ -749,3 +750,80 @@ class SettlementTests(SynchronousTestCase):
         self.assertLessEqual(trade.lamport, ledger.settled_through)
         self.assertTrue(result.revised)
         self.assertEqual(ledger.revisions, 1)
+
+
+class CheckpointTests(SynchronousTestCase):
+    """A restart resumes from a checkpoint of the same log prefix, and only then."""
+
+    def setUp(self) -> None:
+        self.events = list(random_events(random.Random(11), 5, 400).events)
+        self.full = Ledger()
+        self.full.insert(self.events)
+
+    def outcomes(self, ledger: Ledger) -> list[Outcome | None]:
+        return [ledger.outcome(event.id) for event in self.events]
+
+    def test_resumes_at_the_end(self) -> None:
+        resumed = Ledger()
+        position = resumed.load(self.events, 0.0, self.full.checkpoint())
+        self.assertEqual(position, self.full.applied)
+        self.assertEqual(state(resumed), state(self.full))
+        self.assertEqual(self.outcomes(resumed), self.outcomes(self.full))
+        some = self.events[7]
+        self.assertEqual(resumed.trades_of(some.id), self.full.trades_of(some.id))
+
+    def test_later_events_and_rollbacks_as_without(self) -> None:
+        """Events after the checkpoint, late ones included, end as with a full replay."""
+        rng = random.Random(3)
+        more = list(random_events(rng, 5, 600).events)
+        head = [event for event in more if event.id not in {e.id for e in self.events}]
+        # A prefix of the whole set: the checkpoint is taken on part of it.
+        early, late = head[: len(head) // 2], head[len(head) // 2 :]
+        first = Ledger()
+        first.insert(self.events + early)
+        resumed, plain = Ledger(), Ledger()
+        self.assertEqual(resumed.load(self.events + early, 0.0, first.checkpoint()), first.applied)
+        plain.insert(self.events + early)
+        rng.shuffle(late)
+        for start in range(0, len(late), 25):
+            resumed.insert(late[start : start + 25])
+            plain.insert(late[start : start + 25])
+        self.assertEqual(state(resumed), state(plain))
+
+    def test_resumes_mid_log(self) -> None:
+        """Events journaled after the checkpoint that sort after it: only they are replayed."""
+        later = [
+            order(ALICE, 1000 + n, 10**6 + n, "buy" if n % 2 else "sell", str(99 + n % 3))
+            for n in range(1, 30)
+        ]
+        base = [e for e in self.events if e.author != ALICE.author]
+        first = Ledger()
+        first.insert(base)
+        alice = [order(ALICE, n, 10**6 - 100 + n, "buy") for n in range(1, 1000)]
+        expected, resumed = Ledger(), Ledger()
+        expected.insert(base + alice + later)
+        position = resumed.load(base + alice + later, 0.0, first.checkpoint())
+        self.assertEqual(position, first.applied)
+        self.assertLess(position, resumed.applied)
+        self.assertEqual(state(resumed), state(expected))
+
+    def test_log_differing_before_the_checkpoint_replays_all(self) -> None:
+        """A journal that lost an event the checkpoint saw: full replay, same result."""
+        applied = self.full.log()
+        kept = [event for event in self.events if event is not applied[len(applied) // 2]]
+        expected, resumed = Ledger(), Ledger()
+        expected.insert(kept)
+        self.assertEqual(resumed.load(kept, 0.0, self.full.checkpoint()), 0)
+        self.assertEqual(state(resumed), state(expected))
+
+    def test_unusable_checkpoints_ignored(self) -> None:
+        blob = self.full.checkpoint()
+        for bad in (b"", b"junk", blob[: len(blob) // 2]):
+            resumed = Ledger()
+            self.assertEqual(resumed.load(self.events, 0.0, bad), 0)
+            self.assertEqual(state(resumed), state(self.full))
+        other = Ledger(BookParams(tick="0.5"))
+        self.assertEqual(other.load(self.events, 0.0, blob), 0)
+
+    def test_only_into_an_empty_ledger(self) -> None:
+        self.assertRaises(ValueError, self.full.load, self.events, 0.0, None)

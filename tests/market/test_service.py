@@ -258,6 +258,51 @@ class StopTests(MarketTestCase):
         self.assertEqual(self.successResultOf(later).seq, 2)
 
 
+class CheckpointTests(MarketTestCase):
+    def fill(self) -> list[Event]:
+        peers = [peer_author(4).order(seq, seq, 0, "sell", "limit", "100", "1") for seq in (1, 2)]
+        self.market.receive(peers)
+        d = self.submit("100")
+        self.clock.advance(0)
+        self.syncer.calls[-1].callback(None)
+        self.clock.advance(self.market.apply_delay)
+        return [*peers, self.successResultOf(d)]
+
+    def restart(self) -> None:
+        self.stop()
+        self.market = self.make_market()
+        self.market.startService()
+
+    def test_restart_resumes_from_checkpoint(self) -> None:
+        self.fill()
+        before = self.market.ledger.state_hash()
+        self.restart()
+        self.assertEqual(self.market.resumed_at, 3)
+        self.assertEqual(self.market.ledger.state_hash(), before)
+        self.assertEqual(self.market.status()["market"]["resumed_at"], 3)
+
+    def test_stale_checkpoint_ignored(self) -> None:
+        """Events journaled after the checkpoint was written (a crash) still count."""
+        self.fill()
+        self.stop()
+        late = peer_author(5).order(1, 1, 0, "buy", "limit", "100", "1")
+        EventJournal(self.storage.connection).write([late], durable=False)
+        self.market = self.make_market()
+        self.market.startService()
+        self.assertEqual(self.market.resumed_at, 0)
+        self.assertIn(late.id, self.market.ledger)
+
+    def test_unreadable_checkpoint_ignored(self) -> None:
+        self.fill()
+        before = self.market.ledger.state_hash()
+        self.stop()
+        with open(self.market.checkpoint_path, "wb") as f:
+            f.write(b"not a checkpoint")
+        self.market = self.make_market()
+        self.market.startService()
+        self.assertEqual((self.market.resumed_at, self.market.ledger.state_hash()), (0, before))
+
+
 class InlineSyncerTests(SynchronousTestCase):
     def test_syncs_database(self) -> None:
         storage = Storage(self.mktemp())

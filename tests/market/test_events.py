@@ -21,6 +21,7 @@ from bitfitech.market.events import (
     Event,
     EventError,
     Key,
+    _parse_checked,
     decode_event,
     event_id,
     parse_event,
@@ -357,6 +358,55 @@ class ParseTests(SynchronousTestCase):
         self.assertRejected(None)
         self.assertRejected(VALID_ORDER, ANY_SIG.encode("ascii"))
         self.assertRejected(VALID_ORDER, None)
+
+
+class FastPathTests(SynchronousTestCase):
+    """The one-match path of :func:`parse_event` agrees with the field-by-field checks."""
+
+    FIELDS = ("id", "text", "sig", "author", "seq", "lamport", "ts", "kind", "side",
+              "order_type", "price", "amount", "target", "key")  # fmt: skip
+
+    def assertSameAsChecked(self, text: str) -> None:
+        try:
+            checked = _parse_checked(text, ANY_SIG, NETWORK, PAIR)
+        except EventError as e:
+            with self.assertRaises(EventError) as caught:
+                parse(text)
+            self.assertEqual(str(caught.exception), str(e))
+            return
+        fast = parse(text)
+        for name in self.FIELDS:
+            self.assertEqual(getattr(fast, name), getattr(checked, name), (text, name))
+
+    def test_valid_events(self) -> None:
+        for order_type, price in (("limit", "1"), ("ioc", "0.5"), ("fok", "10"),
+                                  ("post_only", "3.25"), ("market", "-")):  # fmt: skip
+            for side in ("buy", "sell"):
+                self.assertSameAsChecked(
+                    order_text("1", "1", "0", "order", side, order_type, price, "0.001")
+                )
+        self.assertSameAsChecked(VALID_ORDER)
+        self.assertSameAsChecked(VALID_CANCEL)
+        self.assertSameAsChecked(order_text(str(MAX_INT), str(MAX_INT), str(MAX_TS), "cancel",
+                                            TARGET))  # fmt: skip
+
+    def test_invalid_events_give_the_checked_errors(self) -> None:
+        for fields in (
+            ("0", "1", "0", "cancel", TARGET),
+            ("1", "0", "0", "cancel", TARGET),
+            ("1", "1", str(MAX_TS + 1), "cancel", TARGET),
+            ("1", str(MAX_INT + 1), "0", "cancel", TARGET),
+            ("01", "1", "0", "cancel", TARGET),
+            ("1", "1", "0", "order", "buy", "market", "5", "1"),
+            ("1", "1", "0", "order", "buy", "limit", "-", "1"),
+            ("1", "1", "0", "order", "buy", "limit", "1e5", "1"),
+            ("1", "1", "0", "order", "hold", "limit", "1", "1"),
+            ("1", "1", "0", "cancel", TARGET.upper()),
+            ("1", "1", "0", "cancel", TARGET, "extra"),
+        ):
+            self.assertSameAsChecked(order_text(*fields))
+        self.assertSameAsChecked(VALID_ORDER.replace(NETWORK, "other", 1))
+        self.assertSameAsChecked(VALID_ORDER.replace(" ", "  ", 1))
 
 
 class SignatureTests(SynchronousTestCase):

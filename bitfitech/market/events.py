@@ -171,9 +171,7 @@ def parse_event(text: str, sig: str, network: str, pair: str) -> Event:
     return _parse_checked(text, sig, network, pair)
 
 
-def _from_match(
-    match: re.Match[str], text: str, sig: str, network: str, pair: str
-) -> Event | None:
+def _from_match(match: re.Match[str], text: str, sig: str, network: str, pair: str) -> Event | None:
     """The event of a text that matched :data:`_WELL_FORMED`; ``None`` if a value is off."""
     (net, book, author, seq, lamport, ts, side, order_type, price, amount, target) = match.groups()
     seq_n, lamport_n, ts_n = int(seq), int(lamport), int(ts)

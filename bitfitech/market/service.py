@@ -49,8 +49,8 @@ MAX_BUFFER = 5000
 #: the longest :attr:`MarketService.apply_delay` under load
 MAX_APPLY_DELAY = 1.0
 
-#: events replayed per second by rollbacks below which the apply delay never grows
-REPLAY_RATE = 2000
+#: new events a second below which the apply delay never grows (a light load)
+LOAD_RATE = 200
 
 #: seconds over which replays are counted to adapt the apply delay
 ADAPT_WINDOW = 0.5
@@ -495,9 +495,10 @@ class MarketService(Service):
     def _adapt(self, result: InsertResult, now: float) -> None:
         """
         Every :data:`ADAPT_WINDOW` seconds, double :attr:`apply_delay` if
-        rollbacks replayed more than :data:`REPLAY_RATE` events a second and
-        more than twice the new events; halve it (down to the configured
-        delay) when they replayed no more than the new events or few.
+        more than :data:`LOAD_RATE` new events a second came and rollbacks
+        replayed more than twice as many; halve it (down to the configured
+        delay) when they replayed no more than the new events, or the load
+        fell below half of :data:`LOAD_RATE`.
 
         Under a heavy load, events from many nodes arrive out of their
         total order all the time, and each insert that holds a late one
@@ -511,9 +512,9 @@ class MarketService(Service):
             return
         new, replayed = self._window_new, self._window_replayed
         base = self.config.apply_delay
-        if replayed > REPLAY_RATE * elapsed and replayed > 2 * new:
+        if new >= LOAD_RATE * elapsed and replayed > 2 * new:
             self.apply_delay = min(MAX_APPLY_DELAY, max(self.apply_delay * 2, base, 0.001))
-        elif replayed <= new or replayed <= REPLAY_RATE * elapsed / 2:
+        elif replayed <= new or new < LOAD_RATE * elapsed / 2:
             self.apply_delay = max(base, self.apply_delay / 2)
         self._window_start, self._window_new, self._window_replayed = now, 0, 0
 

@@ -14,17 +14,17 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from bitfitech.interfaces import IEventPublisher, ServiceUnavailable
 from bitfitech.market.events import Author, Event
-from bitfitech.market.journal import EventJournal, InlineSyncer, JournalError
+from bitfitech.market.journal import EventJournal, InlineSyncer, JournalError, ThreadedSyncer
 from bitfitech.market.ledger import InsertResult
 from bitfitech.market.service import (
     ADAPT_WINDOW,
+    LOAD_RATE,
     MAX_APPLY_DELAY,
-    REPLAY_RATE,
     MarketService,
 )
 from bitfitech.storage import Storage
@@ -303,6 +303,30 @@ class CheckpointTests(MarketTestCase):
         self.assertEqual((self.market.resumed_at, self.market.ledger.state_hash()), (0, before))
 
 
+class ThreadedSyncerTests(TestCase):
+    """The syncer's thread, with the real reactor."""
+
+    async def test_syncs_in_its_thread_and_stops(self) -> None:
+        from twisted.internet import reactor
+
+        storage = Storage(self.mktemp())
+        storage.open()
+        self.addCleanup(storage.close)
+        syncer = ThreadedSyncer(reactor, storage.database_path)
+        await syncer.sync()
+        await syncer.sync()
+        syncer.close()
+        self.assertFalse(syncer._thread.is_alive())  # noqa: SLF001
+
+    async def test_failure_reported(self) -> None:
+        from twisted.internet import reactor
+
+        syncer = ThreadedSyncer(reactor, self.mktemp())
+        self.addCleanup(syncer.close)
+        with self.assertRaises(OSError):
+            await syncer.sync()
+
+
 class InlineSyncerTests(SynchronousTestCase):
     def test_syncs_database(self) -> None:
         storage = Storage(self.mktemp())
@@ -326,22 +350,24 @@ class AdaptTests(MarketTestCase):
     def test_grows_under_heavy_replays_and_comes_back(self) -> None:
         base = self.market.config.apply_delay
         self.feed(0, 0, 0)
-        heavy = int(REPLAY_RATE * ADAPT_WINDOW * 4)
-        self.feed(50, heavy, ADAPT_WINDOW)
+        busy = int(LOAD_RATE * ADAPT_WINDOW * 2)
+        self.feed(busy, 3 * busy, ADAPT_WINDOW)
         self.assertEqual(self.market.apply_delay, base * 2)
-        for _ in range(10):
-            self.feed(50, heavy, ADAPT_WINDOW)
+        for _ in range(20):
+            self.feed(busy, 3 * busy, ADAPT_WINDOW)
         self.assertEqual(self.market.apply_delay, MAX_APPLY_DELAY)
-        for _ in range(10):
-            self.feed(50, 10, ADAPT_WINDOW)
+        self.feed(busy, int(1.5 * busy), ADAPT_WINDOW)
+        self.assertEqual(self.market.apply_delay, MAX_APPLY_DELAY, "between 1 and 2x: kept")
+        for _ in range(20):
+            self.feed(busy, busy // 2, ADAPT_WINDOW)
         self.assertEqual(self.market.apply_delay, base)
 
     def test_light_load_keeps_configured_delay(self) -> None:
-        """Replays that are many per new event but few per second change nothing."""
+        """Replays that are many per new event, under a light load, change nothing."""
         base = self.market.config.apply_delay
         self.feed(0, 0, 0)
         for _ in range(10):
-            self.feed(1, int(REPLAY_RATE * ADAPT_WINDOW / 4), ADAPT_WINDOW)
+            self.feed(int(LOAD_RATE * ADAPT_WINDOW / 4), 10_000, ADAPT_WINDOW)
         self.assertEqual(self.market.apply_delay, base)
 
     def test_heavy_load_delays_peer_events(self) -> None:

@@ -97,7 +97,7 @@ class GossipTiming:
     sync_interval: float = 30.0
     request_timeout: float = 2.0
     flush_interval: float = 0.005
-    fetch_delay: float = 0.01
+    fetch_delay: float = 0.006
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,7 @@ class _Peer:
         "last_chains",
         "ahead",
         "ahead_since",
+        "last_answer",
         "in_order",
         "queued",
     )
@@ -205,6 +206,7 @@ class _Peer:
         # Authors whose events the peer's last sync showed beyond ours.
         self.ahead: dict[str, int] = {}
         self.ahead_since = 0.0
+        self.last_answer = float("-inf")
         # While events messages are being handled: fires once they all are.
         self.in_order: Deferred[Any] | None = None
         self.queued = 0
@@ -362,6 +364,8 @@ class Gossip:
     def _on_events(self, peer: _Peer, message: Events) -> None:
         """Dedup and parse the events of a message, then verify them as one batch."""
         stats = self.stats
+        if not message.ttl:
+            peer.last_answer = self.clock.seconds()
         store, seen, verifying = self.store, self._seen, self._verifying
         network, pair = store.network, store.pair
         parsed: list[Event] = []
@@ -718,7 +722,9 @@ class Gossip:
         marks = self.store.gap_marks()
         first_seen = self._gap_marks
         self._gap_marks = {mark: first_seen.get(mark, now) for mark in marks}
-        peers = list(self.peers.values())
+        # A peer whose anti-entropy answers are still coming is left alone:
+        # asking it again would only bring the same events twice.
+        peers = [peer for peer in self.peers.values() if now - peer.last_answer >= GAP_CHECK]
         if not peers:
             return
         if any(now - since >= patience for since in self._gap_marks.values()):

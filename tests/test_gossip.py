@@ -890,6 +890,23 @@ class SyncTests(SynchronousTestCase):
         self.assertEqual(len(link.take()), 1)
         node.gossip.stop()
 
+    def test_no_pull_while_answers_still_come(self) -> None:
+        """A peer still sending anti-entropy answers is not asked again meanwhile."""
+        a = author(1)
+        events = chain(a, 6)
+        node = Node(1, events[0])
+        link = node.links[0]
+        node.gossip.start()
+        node.clock.advance(10 * GAP_CHECK)
+        node.deliver(link, Sync(vector=((a.author, 6),), digest=ZERO_DIGEST))
+        for event in events[1:4]:
+            node.clock.advance(GAP_CHECK / 2)
+            node.deliver(link, Events((event.wire,), ttl=0, more=False))
+        self.assertEqual([m for m in link.take() if isinstance(m, Sync)], [])
+        node.clock.advance(2 * GAP_CHECK)
+        self.assertEqual(len([m for m in link.take() if isinstance(m, Sync)]), 1)
+        node.gossip.stop()
+
     def test_no_pull_when_gossip_caught_up(self) -> None:
         """Events that arrive before the next gap check make no ``sync``."""
         a = author(1)

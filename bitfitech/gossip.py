@@ -8,9 +8,10 @@ in short:
 * **Push and announce.**  A new event (this node's, or one first received
   with ``ttl`` > 0) goes in full to ``fanout`` random peers that are not
   known to have it, and as an ``inv`` (its id) to the others; a peer that
-  lacks an announced event asks for it with ``getdata``.  Every node thus
-  receives about ``fanout`` full copies of each event instead of one per
-  link, and nodes the pushes miss fetch it one round trip later.
+  lacks an announced event asks for it with ``getdata`` unless a push
+  brings it within ``fetch_delay``.  Every node thus receives about one
+  full copy of each event instead of one per link, and nodes the pushes
+  miss fetch it one round trip later.
 * **Dedup and hop limit.**  An event already held, or seen recently (a
   bounded cache, which also remembers invalid events), is not processed or
   relayed again; ``ttl`` drops by one per hop and 0 is never relayed.
@@ -20,15 +21,18 @@ in short:
   (honest nodes never relay one), a malformed event marks it.
 * **Anti-entropy.**  After the handshake and every ``sync_interval``, peers
   exchange version vectors (``sync``); each side answers with what the other
-  lacks, at most :data:`SYNC_CHUNK` events per ``events`` message in key
-  order, with ``more`` set while there is more; the receiver then asks
-  again.  A node that learned events this way prompts its other peers, and
-  a node with a gap that lasts asks all its peers, so partitions heal and
-  new nodes catch up.
+  lacks (but what it just sent it by gossip), in bursts of
+  :data:`SYNC_BURST` messages of at most :data:`SYNC_CHUNK` events in key
+  order, with ``more`` on the last while there is more; the receiver then
+  asks again.  A node that repaired old events this way prompts its other
+  peers, and a node with a gap that outlasts the usual delivery delay asks
+  one peer at a time, so partitions heal and new nodes catch up without
+  a busy network being loaded with repairs of events that are only late.
 * Events, announcements and requests are never sent from inside a
   protocol callback: they are queued per link and written at the next
-  reactor turn, batched.  (Anti-entropy answers go out at once: they are
-  answers to one peer, not relays.)
+  reactor turn (a busy node: every ``flush_interval``), batched.
+  (Anti-entropy answers go out at once: they are answers to one peer, not
+  relays.)
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -94,13 +94,32 @@ class EventJournal:
 
 
 class Syncer(Protocol):
-    """Makes what the journal wrote so far survive a power cut."""
+    """Makes what the journal wrote so far survive a power cut; writes files durably."""
 
     def sync(self) -> Deferred[None]:
         """Fires once everything committed before the call is on disk."""
 
+    def write_file(self, path: str, data: bytes) -> Deferred[None]:
+        """Replace the file at C{path} with C{data}, durably (see :func:`write_file`)."""
+
     def close(self) -> None:
-        """Release the syncer once no sync is in flight."""
+        """Release the syncer once nothing is in flight."""
+
+
+def write_file(path: str, data: bytes) -> None:
+    """
+    Replace the file at C{path} with C{data}: written aside, fsynced, then
+    renamed over it, so that a crash leaves the old file or the new one,
+    whole.
+
+    :raises OSError: if the disk refuses.
+    """
+    partial = path + ".partial"
+    with open(partial, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
 
 
 def sync_files(path: str) -> None:
@@ -138,8 +157,18 @@ class InlineSyncer:
             return fail(e)
         return succeed(None)
 
+    def write_file(self, path: str, data: bytes) -> Deferred[None]:
+        try:
+            write_file(path, data)
+        except OSError as e:
+            return fail(e)
+        return succeed(None)
+
     def close(self) -> None:
         pass
+
+
+_Job = tuple[Callable[..., None], tuple[Any, ...], Deferred[None]]
 
 
 class ThreadedSyncer:
@@ -159,24 +188,31 @@ class ThreadedSyncer:
     def __init__(self, reactor: Any, path: str) -> None:
         self.reactor = reactor
         self.path = path
-        self._queue: queue.SimpleQueue[Deferred[None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="bitfi-fsync", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         call = self.reactor.callFromThread
-        while (done := self._queue.get()) is not None:
+        while (job := self._queue.get()) is not None:
+            work, args, done = job
             try:
-                sync_files(self.path)
+                work(*args)
             except OSError as e:
                 call(done.errback, e)
             else:
                 call(done.callback, None)
 
-    def sync(self) -> Deferred[None]:
+    def _submit(self, work: Callable[..., None], *args: Any) -> Deferred[None]:
         done: Deferred[None] = Deferred()
-        self._queue.put(done)
+        self._queue.put((work, args, done))
         return done
+
+    def sync(self) -> Deferred[None]:
+        return self._submit(sync_files, self.path)
+
+    def write_file(self, path: str, data: bytes) -> Deferred[None]:
+        return self._submit(write_file, path, data)
 
     def close(self) -> None:
         """Stop the thread once the syncs queued before are done."""

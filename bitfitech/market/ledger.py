@@ -392,15 +392,34 @@ class Ledger:
 
     # -- checkpoints
 
-    def checkpoint(self) -> bytes:
+    def checkpoint(self, limit: int | None = None) -> tuple[int, bytes]:
         """
         The state the log made (book, trades, outcomes, hashes), as bytes
         for :meth:`load`: a restart that finds the same log prefix resumes
         from it instead of replaying every event.
+
+        :param limit: take the state at the newest snapshot at or before this
+            log position (say, the settled part of the log, which late
+            events are unlikely to change); ``None``: at the end of the log.
+        :return: the log position the checkpoint is at (0: nothing worth
+            keeping) and its bytes.
         """
-        snap = self.book.snapshot()
+        if limit is None:
+            snap = self._snapshot(len(self._log))
+        else:
+            snap = self._snapshots[0]
+            for candidate in self._snapshots:
+                if candidate.position <= limit:
+                    snap = candidate
+        if not snap.position:
+            return 0, b""
+        book = snap.book
         params = self.params
-        return marshal.dumps(
+        closed = self._closed
+        outcomes = [
+            (order_id, *closed[order_id]) for order_id in self._closed_log[: snap.closed_count]
+        ]
+        return snap.position, marshal.dumps(
             (
                 _CHECKPOINT_TAG,
                 (
@@ -411,16 +430,20 @@ class Ledger:
                     params.max_price,
                     params.self_trade,
                 ),
-                len(self._log),
-                self._log_hash,
-                self._trade_hash,
-                snap.trade_seq,
-                snap.orders,
-                snap._levels,
-                [tuple(trade) for trade in self._trades],
-                [(order_id, *self._closed[order_id]) for order_id in self._closed_log],
+                snap.position,
+                snap.log_hash,
+                snap.trade_hash,
+                book.trade_seq,
+                book.orders,
+                book._levels,
+                [tuple(trade) for trade in self._trades[: snap.trade_count]],
+                outcomes,
             )  # fmt: skip
         )
+
+    def settled_position(self) -> int:
+        """How many events at the start of the log are settled (Lamport time <= settled_through)."""
+        return bisect_left(self._keys, (self.settled_through + 1,))
 
     def load(self, events: Iterable[Event], now: float, checkpoint: bytes | None) -> int:
         """

@@ -38,7 +38,7 @@ from ..logs import logger
 from ..storage import Storage
 from .book import MARKET, ORDER_TYPES, REJECTED, BookParams, OrderBook
 from .events import Author, Event, EventError, parse_event
-from .journal import EventJournal, InlineSyncer, JournalError, Syncer
+from .journal import EventJournal, InlineSyncer, JournalError, Syncer, write_file
 from .ledger import InsertResult, Ledger, TradeRecord
 
 log = logger(__name__)
@@ -57,6 +57,12 @@ ADAPT_WINDOW = 0.5
 
 #: the ledger checkpoint's file name, in the data directory
 CHECKPOINT_FILE = "ledger.checkpoint"
+
+#: seconds between checks for a new checkpoint of the settled log
+CHECKPOINT_INTERVAL = 30.0
+
+#: newly settled events that make a new checkpoint worth writing
+CHECKPOINT_EVENTS = 10_000
 
 #: events whose local arrival time is remembered (``applied_at``)
 ARRIVALS_KEPT = 65536
@@ -182,6 +188,9 @@ class MarketService(Service):
         self._next_seq = 1
         self._own_lamport = 0
         self._settler: LoopingCall | None = None
+        self._checkpointer: LoopingCall | None = None
+        self._checkpointed = 0
+        self._checkpointing = False
         self.loaded_events = 0
         self.load_seconds = 0.0
         self.resumed_at = 0
@@ -237,13 +246,18 @@ class MarketService(Service):
         self._settler = LoopingCall(self._settle)
         self._settler.clock = self.clock
         self._settler.start(max(0.05, min(1.0, self.config.settle_after / 4)), now=False)
+        self._checkpointed = self.resumed_at
+        self._checkpointer = LoopingCall(self._checkpoint_settled)
+        self._checkpointer.clock = self.clock
+        self._checkpointer.start(CHECKPOINT_INTERVAL, now=False)
         super().startService()
 
     def stopService(self) -> Deferred[None]:
         """Journal and apply everything on its way, close the syncer, then stop."""
         super().stopService()
-        if self._settler is not None and self._settler.running:
-            self._settler.stop()
+        for loop in (self._settler, self._checkpointer):
+            if loop is not None and loop.running:
+                loop.stop()
         return self._drain().addCallback(self._close)
 
     def _drain(self) -> Deferred[None]:
@@ -273,20 +287,43 @@ class MarketService(Service):
             log.warn("Cannot read the ledger checkpoint: {error}", error=str(e))
             return None
 
+    def _checkpoint_settled(self) -> None:
+        """
+        Every :data:`CHECKPOINT_INTERVAL`, once :data:`CHECKPOINT_EVENTS`
+        more events are settled, keep a checkpoint of the settled part of
+        the log (late events rarely change it), written in the syncer's
+        thread: a node killed at any moment then restarts without
+        replaying everything.
+        """
+        ledger = self._ledger
+        if ledger is None or self._checkpointing:
+            return
+        if ledger.settled_position() - self._checkpointed < CHECKPOINT_EVENTS:
+            return
+        position, data = ledger.checkpoint(ledger.settled_position())
+        if position <= self._checkpointed:
+            return
+        if self._syncer is None:
+            self._syncer = self._make_syncer(self.storage)
+        self._checkpointing = True
+
+        def written(_: None) -> None:
+            self._checkpointed = position
+
+        def failed(failure: Failure) -> None:
+            log.warn("Cannot write the ledger checkpoint: {error}", error=failure.getErrorMessage())
+
+        def done(_: None) -> None:
+            self._checkpointing = False
+
+        self._syncer.write_file(self.checkpoint_path, data).addCallbacks(written, failed).addBoth(
+            done
+        )
+
     def _write_checkpoint(self, ledger: Ledger) -> None:
-        """
-        Keep the ledger's state for the next start (written aside, then
-        renamed over the old one: a crash leaves one whole checkpoint or
-        the other, and a stale one is recognised and ignored).
-        """
-        path = self.checkpoint_path
-        partial = path + ".partial"
+        """Keep the whole ledger's state for the next start (at a clean stop)."""
         try:
-            with open(partial, "wb") as f:
-                f.write(ledger.checkpoint())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
+            write_file(self.checkpoint_path, ledger.checkpoint()[1])
         except OSError as e:
             log.warn("Cannot write the ledger checkpoint: {error}", error=str(e))
 

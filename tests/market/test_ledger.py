@@ -765,7 +765,7 @@ class CheckpointTests(SynchronousTestCase):
 
     def test_resumes_at_the_end(self) -> None:
         resumed = Ledger()
-        position = resumed.load(self.events, 0.0, self.full.checkpoint())
+        position = resumed.load(self.events, 0.0, self.full.checkpoint()[1])
         self.assertEqual(position, self.full.applied)
         self.assertEqual(state(resumed), state(self.full))
         self.assertEqual(self.outcomes(resumed), self.outcomes(self.full))
@@ -782,7 +782,9 @@ class CheckpointTests(SynchronousTestCase):
         first = Ledger()
         first.insert(self.events + early)
         resumed, plain = Ledger(), Ledger()
-        self.assertEqual(resumed.load(self.events + early, 0.0, first.checkpoint()), first.applied)
+        self.assertEqual(
+            resumed.load(self.events + early, 0.0, first.checkpoint()[1]), first.applied
+        )
         plain.insert(self.events + early)
         rng.shuffle(late)
         for start in range(0, len(late), 25):
@@ -802,10 +804,29 @@ class CheckpointTests(SynchronousTestCase):
         alice = [order(ALICE, n, 10**6 - 100 + n, "buy") for n in range(1, 1000)]
         expected, resumed = Ledger(), Ledger()
         expected.insert(base + alice + later)
-        position = resumed.load(base + alice + later, 0.0, first.checkpoint())
+        position = resumed.load(base + alice + later, 0.0, first.checkpoint()[1])
         self.assertEqual(position, first.applied)
         self.assertLess(position, resumed.applied)
         self.assertEqual(state(resumed), state(expected))
+
+    def test_checkpoint_at_a_snapshot_before_a_limit(self) -> None:
+        """A checkpoint of a log prefix is taken at the newest snapshot at or before it."""
+        limit = self.full.applied // 2
+        position, blob = self.full.checkpoint(limit)
+        self.assertEqual(position, max(p for p in self.full.snapshot_positions() if p <= limit))
+        self.assertGreater(position, 0)
+        resumed = Ledger()
+        self.assertEqual(resumed.load(self.events, 0.0, blob), position)
+        self.assertEqual(state(resumed), state(self.full))
+        self.assertEqual(self.full.checkpoint(0), (0, b""))
+
+    def test_settled_position(self) -> None:
+        self.assertEqual(self.full.settled_position(), 0)
+        self.full.settled_through = self.full.log()[9].lamport
+        self.assertEqual(
+            self.full.settled_position(),
+            sum(1 for event in self.full.log() if event.lamport <= self.full.settled_through),
+        )
 
     def test_log_differing_before_the_checkpoint_replays_all(self) -> None:
         """A journal that lost an event the checkpoint saw: full replay, same result."""
@@ -813,11 +834,11 @@ class CheckpointTests(SynchronousTestCase):
         kept = [event for event in self.events if event is not applied[len(applied) // 2]]
         expected, resumed = Ledger(), Ledger()
         expected.insert(kept)
-        self.assertEqual(resumed.load(kept, 0.0, self.full.checkpoint()), 0)
+        self.assertEqual(resumed.load(kept, 0.0, self.full.checkpoint()[1]), 0)
         self.assertEqual(state(resumed), state(expected))
 
     def test_unusable_checkpoints_ignored(self) -> None:
-        blob = self.full.checkpoint()
+        blob = self.full.checkpoint()[1]
         for bad in (b"", b"junk", blob[: len(blob) // 2]):
             resumed = Ledger()
             self.assertEqual(resumed.load(self.events, 0.0, bad), 0)

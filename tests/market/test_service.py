@@ -12,14 +12,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from bitfitech.interfaces import IEventPublisher, ServiceUnavailable
+from bitfitech.market import service as service_module
 from bitfitech.market.events import Author, Event
-from bitfitech.market.journal import EventJournal, InlineSyncer, JournalError, ThreadedSyncer
+from bitfitech.market.journal import (
+    EventJournal,
+    InlineSyncer,
+    JournalError,
+    ThreadedSyncer,
+    write_file,
+)
 from bitfitech.market.ledger import InsertResult
 from bitfitech.market.service import (
     ADAPT_WINDOW,
@@ -36,12 +43,18 @@ class ManualSyncer:
 
     def __init__(self) -> None:
         self.calls: list[Deferred[None]] = []
+        self.written: list[str] = []
         self.closed = False
 
     def sync(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self.calls.append(d)
         return d
+
+    def write_file(self, path: str, data: bytes) -> Deferred[None]:
+        self.written.append(path)
+        write_file(path, data)
+        return succeed(None)
 
     def close(self) -> None:
         self.closed = True
@@ -280,6 +293,32 @@ class CheckpointTests(MarketTestCase):
         self.assertEqual(self.market.resumed_at, 3)
         self.assertEqual(self.market.ledger.state_hash(), before)
         self.assertEqual(self.market.status()["market"]["resumed_at"], 3)
+
+    def test_settled_part_kept_while_running(self) -> None:
+        """
+        Once enough events are settled, a checkpoint of the settled part is
+        written while the node runs: a node killed afterwards resumes from
+        it, and ends as a full replay would.
+        """
+        self.patch(service_module, "CHECKPOINT_EVENTS", 4)
+        author = peer_author(6)
+        events = [
+            author.order(seq, seq, 0, "buy" if seq % 2 else "sell", "limit", "100", "1")
+            for seq in range(1, 121)
+        ]
+        self.market.receive(events[:100])
+        self.clock.advance(self.market.config.settle_after + 1)
+        self.clock.advance(service_module.CHECKPOINT_INTERVAL)
+        self.assertEqual(self.syncer.written, [self.market.checkpoint_path])
+        self.market.receive(events[100:])
+        self.clock.advance(self.market.apply_delay)
+        before = self.market.ledger.state_hash()
+        # Killed: no stop, no checkpoint at the end.  A new market on the same storage.
+        self.market = self.make_market()
+        self.market.startService()
+        self.assertGreater(self.market.resumed_at, 0)
+        self.assertLessEqual(self.market.resumed_at, 100)
+        self.assertEqual(self.market.ledger.state_hash(), before)
 
     def test_stale_checkpoint_ignored(self) -> None:
         """Events journaled after the checkpoint was written (a crash) still count."""

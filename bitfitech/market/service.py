@@ -606,8 +606,9 @@ class MarketService(Service):
     def _synced(self, _: None, own: list[_Pending]) -> None:
         """
         Own events are durable: apply them at once, without the buffered
-        peer events.  Signed after everything applied, they go at the end
-        of the log, with no rollback; the next tick brings the peer events.
+        peer events.  Signed after everything held, they mostly go at the
+        end of the log (peer events applied during the fsync may sort
+        after them); the next tick brings the buffered peer events.
         """
         self._syncing = False
         if self._ledger is not None:

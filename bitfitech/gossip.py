@@ -407,7 +407,7 @@ class Gossip:
         peer.queued += 1
         peer.in_order = results
         results.addCallback(self._verified, peer, parsed, message)
-        results.addErrback(self._verify_failed, peer)
+        results.addErrback(self._verify_failed, peer, parsed)
         results.addCallback(self._handled, peer)
 
     @staticmethod
@@ -416,9 +416,10 @@ class Gossip:
         if not peer.queued:
             peer.in_order = None
 
-    @staticmethod
-    def _verify_failed(failure: Any, peer: _Peer) -> None:
-        log.failure("Verifying events from {peer} failed", failure, peer=peer.link)
+    def _verify_failed(self, failure: Any, peer: _Peer, parsed: list[Event]) -> None:
+        """Log a failure to check or take a message's events; they may come again."""
+        self._verifying.difference_update(event.id for event in parsed)
+        log.failure("Handling events from {peer} failed", failure, peer=peer.link)
 
     def _verified(
         self, results: list[bool], peer: _Peer, parsed: list[Event], message: Events
@@ -427,9 +428,9 @@ class Gossip:
         relay_ttl = message.ttl - 1
         new: list[Event] = []
         forged: list[str] = []
+        self._verifying.difference_update(event.id for event in parsed)
         for event, good in zip(parsed, results, strict=True):
             ident = event.id
-            self._verifying.discard(ident)
             if not good:
                 # Not remembered: the id covers the text only, and a forged
                 # copy must not shut out the genuine event.

@@ -1338,6 +1338,27 @@ class InOrderTests(SynchronousTestCase):
         self.assertEqual(node.store.received, [[first], [second], [third]])
 
 
+class VerifyFailureTests(SynchronousTestCase):
+    def test_failed_check_lets_the_events_come_again(self) -> None:
+        """If checking a message fails, its events are not shut out as duplicates."""
+        pending: list[Deferred[list[bool]]] = []
+
+        def verifier(events: list[Event]) -> Deferred[list[bool]]:
+            pending.append(Deferred())
+            return pending[-1]
+
+        node = Node(1)
+        node.gossip = Gossip(node.store, node.clock, TIMING, random.Random(1), verifier)
+        link = node.connect("source")
+        event = order(author(1), 1)
+        node.deliver(link, Events((event.wire,), ttl=0, more=False))
+        pending[0].errback(RuntimeError("thread pool gone"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        node.deliver(link, Events((event.wire,), ttl=0, more=False))
+        pending[1].callback([True])
+        self.assertEqual(node.store.received, [[event]])
+
+
 class ThreadedVerifierTests(TestCase):
     """Signatures checked in the reactor's thread pool, split over threads."""
 

@@ -805,6 +805,33 @@ def _require(obj: Mapping[str, object], key: str, command: str) -> object:
     return obj[key]
 
 
+class _DuplicateKey(Exception):
+    """Raised by :func:`_unique_object`; :func:`_parse_object` names the command."""
+
+
+class _BadConstant(Exception):
+    """Raised by :func:`_reject_constant`; :func:`_parse_object` names the command."""
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise _BadConstant(name)
+
+
+def _unique_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_object)
+"""One strict decoder for every payload (``json.loads`` with options makes one a call)."""
+
+
 def _parse_object(command: str, payload: bytes) -> dict[str, object]:
     """
     Parse a payload as a strict UTF-8 JSON object.
@@ -812,18 +839,6 @@ def _parse_object(command: str, payload: bytes) -> dict[str, object]:
     :raises MessageError: for invalid UTF-8, invalid JSON, NaN or Infinity,
         duplicate keys, nesting too deep, or a top level other than an object.
     """
-
-    def reject_constant(name: str) -> NoReturn:
-        raise MessageError(f"{name} is not allowed in JSON", command=command)
-
-    def unique_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
-        obj: dict[str, object] = {}
-        for key, value in pairs:
-            if key in obj:
-                raise MessageError(f"duplicate key {_show(key)}", command=command)
-            obj[key] = value
-        return obj
-
     if not isinstance(payload, bytes):
         raise MessageError(f"payload must be bytes, not {type(payload).__name__}", command=command)
     try:
@@ -831,9 +846,11 @@ def _parse_object(command: str, payload: bytes) -> dict[str, object]:
     except UnicodeDecodeError as error:
         raise MessageError(f"payload is not UTF-8: {error}", command=command) from None
     try:
-        obj = json.loads(text, parse_constant=reject_constant, object_pairs_hook=unique_object)
-    except MessageError:
-        raise
+        obj = _DECODER.decode(text)
+    except _DuplicateKey as duplicate:
+        raise MessageError(f"duplicate key {_show(duplicate.args[0])}", command=command) from None
+    except _BadConstant as constant:
+        raise MessageError(f"{constant.args[0]} is not allowed in JSON", command=command) from None
     except RecursionError:
         raise MessageError("payload JSON is nested too deeply", command=command) from None
     except ValueError as error:

@@ -1287,76 +1287,70 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(sum(g.stats["events_new"] for g in mesh.gossips[:3]), 0)
 
 
+def slow_checks(node: Node) -> list[Deferred[list[bool]]]:
+    """
+    Give C{node} a verifier whose checks end when the test fires them: the
+    returned list gets one Deferred per message checked, in order.
+    """
+    pending: list[Deferred[list[bool]]] = []
+
+    def verifier(events: list[Event]) -> Deferred[list[bool]]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    node.gossip = Gossip(node.store, node.clock, TIMING, random.Random(1), verifier)
+    return pending
+
+
 class InOrderTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.node = Node(1)
+        self.pending = slow_checks(self.node)
+        self.link = self.node.connect("source")
+        self.events = chain(author(1), 3)
+
+    def send(self, event: Event) -> None:
+        self.node.deliver(self.link, Events((event.wire,), ttl=0, more=False))
+
     def test_messages_of_a_peer_handled_in_order(self) -> None:
         """
         When the signatures of a later message are checked first, its events
         still wait for the earlier message's: a peer's messages are handled
         in the order they came.
         """
-        pending: list[tuple[list[Event], Deferred[list[bool]]]] = []
-
-        def verifier(events: list[Event]) -> Deferred[list[bool]]:
-            d: Deferred[list[bool]] = Deferred()
-            pending.append((events, d))
-            return d
-
-        node = Node(1)
-        node.gossip = Gossip(node.store, node.clock, TIMING, random.Random(1), verifier)
-        link = node.connect("source")
-        first, second, third = chain(author(1), 3)
-        node.deliver(link, Events((first.wire,), ttl=0, more=False))
-        node.deliver(link, Events((second.wire,), ttl=0, more=False))
-        pending[1][1].callback([True])
-        self.assertEqual(node.store.received, [])
-        node.deliver(link, Events((third.wire,), ttl=0, more=False))
-        pending[2][1].callback([True])
-        self.assertEqual(node.store.received, [])
-        pending[0][1].callback([True])
-        self.assertEqual(node.store.received, [[first], [second], [third]])
+        first, second, third = self.events
+        self.send(first)
+        self.send(second)
+        self.pending[1].callback([True])
+        self.assertEqual(self.node.store.received, [])
+        self.send(third)
+        self.pending[2].callback([True])
+        self.assertEqual(self.node.store.received, [])
+        self.pending[0].callback([True])
+        self.assertEqual(self.node.store.received, [[first], [second], [third]])
 
     def test_message_after_a_paused_one_waits(self) -> None:
         """A message arriving while an earlier one waits for its checks waits too."""
-        pending: list[Deferred[list[bool]]] = []
+        first, second, third = self.events
+        self.send(first)
+        self.send(second)
+        self.pending[0].callback([True])
+        self.assertEqual(self.node.store.received, [[first]])
+        self.send(third)
+        self.pending[2].callback([True])
+        self.assertEqual(self.node.store.received, [[first]])
+        self.pending[1].callback([True])
+        self.assertEqual(self.node.store.received, [[first], [second], [third]])
 
-        def verifier(events: list[Event]) -> Deferred[list[bool]]:
-            pending.append(Deferred())
-            return pending[-1]
-
-        node = Node(1)
-        node.gossip = Gossip(node.store, node.clock, TIMING, random.Random(1), verifier)
-        link = node.connect("source")
-        first, second, third = chain(author(1), 3)
-        node.deliver(link, Events((first.wire,), ttl=0, more=False))
-        node.deliver(link, Events((second.wire,), ttl=0, more=False))
-        pending[0].callback([True])
-        self.assertEqual(node.store.received, [[first]])
-        node.deliver(link, Events((third.wire,), ttl=0, more=False))
-        pending[2].callback([True])
-        self.assertEqual(node.store.received, [[first]])
-        pending[1].callback([True])
-        self.assertEqual(node.store.received, [[first], [second], [third]])
-
-
-class VerifyFailureTests(SynchronousTestCase):
     def test_failed_check_lets_the_events_come_again(self) -> None:
         """If checking a message fails, its events are not shut out as duplicates."""
-        pending: list[Deferred[list[bool]]] = []
-
-        def verifier(events: list[Event]) -> Deferred[list[bool]]:
-            pending.append(Deferred())
-            return pending[-1]
-
-        node = Node(1)
-        node.gossip = Gossip(node.store, node.clock, TIMING, random.Random(1), verifier)
-        link = node.connect("source")
-        event = order(author(1), 1)
-        node.deliver(link, Events((event.wire,), ttl=0, more=False))
-        pending[0].errback(RuntimeError("thread pool gone"))
+        first = self.events[0]
+        self.send(first)
+        self.pending[0].errback(RuntimeError("thread pool gone"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        node.deliver(link, Events((event.wire,), ttl=0, more=False))
-        pending[1].callback([True])
-        self.assertEqual(node.store.received, [[event]])
+        self.send(first)
+        self.pending[1].callback([True])
+        self.assertEqual(self.node.store.received, [[first]])
 
 
 class ThreadedVerifierTests(TestCase):

@@ -456,7 +456,7 @@ class Gossip:
                 # repaired something old.  Recent events in an answer are
                 # mostly on their way by gossip too, and prompting for them
                 # set off a cascade of syncs under load.
-                old = (now - self._in_flight()) * 1000
+                old = self._in_flight_since(now)
                 if any(event.ts < old for event in new):
                     self._prompt_soon(peer)
         if message.more and not peer.link.closed:
@@ -527,7 +527,7 @@ class Gossip:
             # (or got from it): it is on its way, and a busy peer that asks
             # because it is behind would only get it twice.
             known = peer.known
-            recent = (self.clock.seconds() - self._in_flight()) * 1000
+            recent = self._in_flight_since(self.clock.seconds())
             events = [e for e in events if e.ts < recent or e.id not in known]
         parts = _chunks(events, SYNC_CHUNK)
         for index, part in enumerate(parts):
@@ -619,7 +619,7 @@ class Gossip:
         self._flush_call = None
         now = self._last_flush = self.clock.seconds()
         stats = self.stats
-        sent = stats["events_pushed"] + stats["inv_sent"] + stats["getdata_sent"]
+        sent = self._items_sent()
         for peer in list(self.peers.values()):
             link = peer.link
             if peer.out_getdata:
@@ -641,9 +641,12 @@ class Gossip:
                 stats["inv_sent"] += len(idents)
                 for chunk in _chunks(idents, MAX_INV):
                     link.send(Inv(tuple(chunk), ttl=ttl))
-        self._count_sent(
-            stats["events_pushed"] + stats["inv_sent"] + stats["getdata_sent"] - sent, now
-        )
+        self._count_sent(self._items_sent() - sent, now)
+
+    def _items_sent(self) -> int:
+        """Events, announced ids and requested ids sent so far."""
+        stats = self.stats
+        return stats["events_pushed"] + stats["inv_sent"] + stats["getdata_sent"]
 
     def _pull(self, peer: _Peer, *, chains: bool = False) -> None:
         """
@@ -712,6 +715,10 @@ class Gossip:
         treating late events as lost would load it further with repairs).
         """
         return max(REPAIR_AGE, 2 * self._lag)
+
+    def _in_flight_since(self, now: float) -> float:
+        """The timestamp (unix ms) from which events may still be on their way."""
+        return (now - self._in_flight()) * 1000
 
     def _check_gaps(self) -> None:
         """

@@ -298,9 +298,10 @@ class MarketService(Service):
         ledger = self._ledger
         if ledger is None or self._checkpointing:
             return
-        if ledger.settled_position() - self._checkpointed < CHECKPOINT_EVENTS:
+        settled = ledger.settled_position()
+        if settled - self._checkpointed < CHECKPOINT_EVENTS:
             return
-        position, data = ledger.checkpoint(ledger.settled_position())
+        position, data = ledger.checkpoint(settled)
         if position <= self._checkpointed:
             return
         if self._syncer is None:

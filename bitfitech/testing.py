@@ -8,11 +8,16 @@ link reports, and an in-process cluster of real nodes on loopback.
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime, IUDPTransport
+from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
 from .address import PeerAddress
@@ -241,3 +246,216 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _udp_address(host: str, port: int) -> IPv4Address | IPv6Address:
+    if ":" in host:
+        return IPv6Address("UDP", host, port)
+    return IPv4Address("UDP", host, port)
+
+
+@implementer(IUDPTransport)
+class FakeDatagramTransport:
+    """
+    A UDP transport that records what is written, for protocol unit tests.
+
+    :ivar written: ``(datagram, (host, port))`` in the order written.
+    :ivar groups: multicast groups joined, as ``(group, interface)``.
+    :ivar outgoing_interface: the last interface set for multicast sends.
+    :ivar loopback_mode: the last multicast loopback mode set.
+    :ivar ttl: the last multicast TTL set.
+    :ivar listening: ``False`` once ``stopListening`` was called.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 6881) -> None:
+        self.host = host
+        self.port = port
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+        self.groups: list[tuple[str, str]] = []
+        self.outgoing_interface = ""
+        self.loopback_mode = 1
+        self.ttl = 1
+        self.broadcast = False
+        self.listening = True
+
+    def write(self, packet: bytes, addr: tuple[str, int] | None = None) -> None:
+        if addr is None:
+            raise ValueError("a FakeDatagramTransport is never connected: give an address")
+        self.written.append((bytes(packet), addr))
+
+    def connect(self, host: str, port: int) -> None:
+        raise NotImplementedError("connected UDP is not faked")
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        return _udp_address(self.host, self.port)
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+    def loseConnection(self) -> None:
+        self.stopListening()
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        self.broadcast = enabled
+
+    def getBroadcastAllowed(self) -> bool:
+        return self.broadcast
+
+    # IMulticastTransport, for the mDNS protocols.
+    def joinGroup(self, addr: str, interface: str = "") -> Deferred[None]:
+        self.groups.append((addr, interface))
+        return Deferred.fromCoroutine(_none())
+
+    def leaveGroup(self, addr: str, interface: str = "") -> Deferred[None]:
+        if (addr, interface) in self.groups:
+            self.groups.remove((addr, interface))
+        return Deferred.fromCoroutine(_none())
+
+    def setOutgoingInterface(self, addr: str) -> Deferred[None]:
+        self.outgoing_interface = addr
+        return Deferred.fromCoroutine(_none())
+
+    def getOutgoingInterface(self) -> str:
+        return self.outgoing_interface
+
+    def setLoopbackMode(self, mode: int) -> None:
+        self.loopback_mode = mode
+
+    def getLoopbackMode(self) -> int:
+        return self.loopback_mode
+
+    def setTTL(self, ttl: int) -> None:
+        self.ttl = ttl
+
+    def getTTL(self) -> int:
+        return self.ttl
+
+    def clear(self) -> list[tuple[bytes, tuple[str, int]]]:
+        """Return what was written so far and forget it."""
+        written, self.written = self.written, []
+        return written
+
+
+@implementer(IUDPTransport)
+class MemoryDatagramPort:
+    """One bound UDP port of a :class:`MemoryDatagramNetwork`."""
+
+    def __init__(
+        self, network: MemoryDatagramNetwork, protocol: DatagramProtocol, host: str, port: int
+    ) -> None:
+        self.network = network
+        self.protocol = protocol
+        self.host = host
+        self.port = port
+        self.listening = True
+
+    def write(self, packet: bytes, addr: tuple[str, int] | None = None) -> None:
+        if addr is None:
+            raise ValueError("a MemoryDatagramPort is never connected: give an address")
+        if self.listening:
+            self.network.send(bytes(packet), (self.host, self.port), addr)
+
+    def connect(self, host: str, port: int) -> None:
+        raise NotImplementedError("connected UDP is not simulated")
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        return _udp_address(self.host, self.port)
+
+    def stopListening(self) -> None:
+        if self.listening:
+            self.listening = False
+            self.network.ports.pop((self.host, self.port), None)
+            self.protocol.doStop()
+
+    def loseConnection(self) -> None:
+        self.stopListening()
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        pass
+
+    def getBroadcastAllowed(self) -> bool:
+        return False
+
+
+class MemoryDatagramNetwork:
+    """
+    UDP between many protocols in one process, timed by a fake clock.
+
+    Each datagram arrives C{latency} seconds after it was sent (plus up to
+    C{jitter}), or is lost with probability C{loss}; a datagram to an
+    address nobody listens on is dropped, as on a real network.  It
+    provides ``listenUDP``, so a service written against a reactor runs on
+    it when given an object that combines it with a clock (see
+    :meth:`reactor`).
+
+    :ivar ports: listening ports by ``(host, port)``.
+    :ivar sent: datagrams sent; :ivar delivered: datagrams delivered;
+    :ivar lost: datagrams lost or sent to nobody.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        rng: random.Random | None = None,
+        *,
+        latency: float = 0.0,
+        jitter: float = 0.0,
+        loss: float = 0.0,
+    ) -> None:
+        self.clock = clock
+        self.rng = rng or random.Random(0)
+        self.latency = latency
+        self.jitter = jitter
+        self.loss = loss
+        self.ports: dict[tuple[str, int], MemoryDatagramPort] = {}
+        self.sent = self.delivered = self.lost = 0
+        self._next_port = 40000
+
+    def listenUDP(
+        self, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192
+    ) -> MemoryDatagramPort:
+        """Bind C{protocol} to C{interface}:C{port} (0: the next free port)."""
+        host = interface or "127.0.0.1"
+        if port == 0:
+            while (host, self._next_port) in self.ports:
+                self._next_port += 1
+            port = self._next_port
+            self._next_port += 1
+        if (host, port) in self.ports:
+            raise CannotListenError(host, port, OSError("address already in use"))
+        bound = MemoryDatagramPort(self, protocol, host, port)
+        self.ports[(host, port)] = bound
+        protocol.makeConnection(bound)
+        return bound
+
+    def send(self, packet: bytes, source: tuple[str, int], target: tuple[str, int]) -> None:
+        """Carry C{packet} from C{source} to C{target} (called by the ports)."""
+        self.sent += 1
+        if self.loss and self.rng.random() < self.loss:
+            self.lost += 1
+            return
+        delay = self.latency + (self.rng.random() * self.jitter if self.jitter else 0.0)
+        self.clock.callLater(delay, self._deliver, packet, source, (str(target[0]), int(target[1])))
+
+    def _deliver(self, packet: bytes, source: tuple[str, int], target: tuple[str, int]) -> None:
+        port = self.ports.get(target)
+        if port is None or not port.listening:
+            self.lost += 1
+            return
+        self.delivered += 1
+        port.protocol.datagramReceived(packet, source)
+
+    def reactor(self) -> MemoryReactor:
+        """A reactor-like object with this network's ``listenUDP`` and its clock."""
+        return MemoryReactor(self)
+
+
+class MemoryReactor:
+    """``listenUDP`` from a :class:`MemoryDatagramNetwork`, time from its clock."""
+
+    def __init__(self, network: MemoryDatagramNetwork) -> None:
+        self.network = network
+        self.listenUDP = network.listenUDP
+        self.callLater = network.clock.callLater
+        self.seconds = network.clock.seconds
+        self.getDelayedCalls = network.clock.getDelayedCalls

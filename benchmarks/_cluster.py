@@ -313,7 +313,7 @@ class NodeProcess:
             sys.executable, "-c", TWISTD, "-n", "--pidfile=", f"--logfile={self.log_path}",
             "bitfi", "--port", str(port), "--host", "127.0.0.1", "--api-port", str(api_port),
             "--data-dir", self.data_dir, "--network", NETWORK, "--log-level", log_level,
-            "--outbound", str(outbound), "--max-peers", str(max_peers),
+            "--outbound", str(outbound), "--max-peers", str(max_peers), "--no-mdns", "--no-dht",
         ]  # fmt: skip
         for peer in bootstrap:
             self.args += ["--bootstrap", f"127.0.0.1:{peer}"]

@@ -8,6 +8,7 @@ touches the network or the disk.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +56,11 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "no-api": ("BITFI_NO_API",),
     "log-level": ("LOG_LEVEL",),
     "settle-after": ("BITFI_SETTLE_AFTER",),
+    "no-mdns": ("BITFI_NO_MDNS",),
+    "mdns-interface": ("MDNS_INTERFACE",),
+    "no-dht": ("BITFI_NO_DHT",),
+    "dht-port": ("DHT_PORT",),
+    "dht-bootstrap": ("DHT_BOOTSTRAP",),
 }
 
 
@@ -124,6 +130,13 @@ class NodeConfig:
     :ivar apply_delay: seconds peers' events wait, batched, before the book
         applies them (fewer rollbacks; 0 applies at the next reactor turn).
     :ivar gossip: how events spread between peers.
+    :ivar mdns_enabled: whether the mDNS / DNS-SD service runs.
+    :ivar mdns_interface: the address of the one interface mDNS uses, or
+        ``None`` for every IPv4 interface.
+    :ivar dht_enabled: whether the Kademlia DHT service runs.
+    :ivar dht_port: the DHT's UDP port; ``None`` uses the number of the P2P
+        TCP port (so nodes on one machine never collide; 0 stays 0).
+    :ivar dht_bootstrap: DHT nodes contacted at start, as ``(host, port)``.
     """
 
     data_dir: str
@@ -144,12 +157,22 @@ class NodeConfig:
     settle_after: float = DEFAULT_SETTLE_AFTER
     apply_delay: float = 0.005
     gossip: GossipTiming = field(default_factory=lambda: GossipTiming())
+    mdns_enabled: bool = True
+    mdns_interface: str | None = None
+    dht_enabled: bool = True
+    dht_port: int | None = None
+    dht_bootstrap: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.outbound > self.max_peers:
             raise ConfigError(
                 f"--outbound ({self.outbound}) cannot exceed --max-peers ({self.max_peers})"
             )
+
+    @property
+    def dht_listen_port(self) -> int:
+        """The DHT's UDP port: :attr:`dht_port`, else the P2P port's number."""
+        return self.port if self.dht_port is None else self.dht_port
 
     @property
     def max_inbound(self) -> int:
@@ -211,6 +234,33 @@ def coerce_bootstrap(text: str) -> tuple[PeerAddress, ...]:
         return tuple(parse_address(part) for part in text.split(",") if part.strip())
     except AddressError as e:
         raise ValueError(str(e)) from None
+
+
+def coerce_interface(text: str) -> str:
+    """The IP address (IPv4 or IPv6 literal) of one local network interface."""
+    text = text.strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(
+            f"not an interface address: {text!r} (an IP address such as 192.168.1.5 or 127.0.0.1)"
+        ) from None
+
+
+def coerce_dht_bootstrap(text: str) -> tuple[tuple[str, int], ...]:
+    """A comma-separated list of DHT nodes as ``host:port`` (``[v6]:port`` for IPv6)."""
+    nodes = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            address = parse_address(part)
+        except AddressError as e:
+            raise ValueError(str(e)) from None
+        if address.node_id is not None:
+            raise ValueError(f"a DHT node is host:port, without a node id: {part.strip()!r}")
+        nodes.append((address.host, address.port))
+    return tuple(nodes)
 
 
 def coerce_network(text: str) -> str:
@@ -321,6 +371,10 @@ def config_from_options(
     bootstrap: Sequence[PeerAddress] | None,
     no_api: bool,
     env: Mapping[str, str],
+    *,
+    dht_bootstrap: Sequence[tuple[str, int]] | None = None,
+    no_mdns: bool = False,
+    no_dht: bool = False,
 ) -> NodeConfig:
     """
     Build a config from command-line values (``None`` when not given) and the environment.
@@ -328,6 +382,9 @@ def config_from_options(
     :param given: raw text of each option by its long name.
     :param bootstrap: bootstrap peers from the command line, or ``None`` when none were given.
     :param no_api: whether ``--no-api`` was given.
+    :param dht_bootstrap: DHT nodes from the command line, or ``None`` when none were given.
+    :param no_mdns: whether ``--no-mdns`` was given.
+    :param no_dht: whether ``--no-dht`` was given.
     :param env: the process environment.
     :raises ConfigError: naming the first bad option.
     """
@@ -343,6 +400,10 @@ def config_from_options(
         bootstrap = _pick("bootstrap", {}, env, coerce_bootstrap, no_peers)
     api_off = no_api or _pick("no-api", {}, env, coerce_flag, False)
     max_peers = _pick("max-peers", given, env, coerce_count, DEFAULT_MAX_PEERS)
+    if dht_bootstrap is None:
+        no_nodes: tuple[tuple[str, int], ...] = ()
+        dht_bootstrap = _pick("dht-bootstrap", {}, env, coerce_dht_bootstrap, no_nodes)
+    no_port: int | None = None
     return NodeConfig(
         data_dir=data_dir,
         port=port,
@@ -357,4 +418,9 @@ def config_from_options(
         api_port=_pick("api-port", given, env, coerce_port, default_api_port(port)),
         log_level=_pick("log-level", given, env, coerce_log_level, LogLevel.info),
         settle_after=_pick("settle-after", given, env, coerce_seconds, DEFAULT_SETTLE_AFTER),
+        mdns_enabled=not (no_mdns or _pick("no-mdns", {}, env, coerce_flag, False)),
+        mdns_interface=_pick("mdns-interface", given, env, coerce_interface, None),
+        dht_enabled=not (no_dht or _pick("no-dht", {}, env, coerce_flag, False)),
+        dht_port=_pick("dht-port", given, env, coerce_port, no_port),
+        dht_bootstrap=tuple(dht_bootstrap),
     )

@@ -233,6 +233,39 @@ class PeerService(_Listener):
             self._hub.close_all()
         return DeferredList(waits, consumeErrors=True)
 
+    def learn(self, host: str, port: int, node_id: str | None, *, source: str) -> bool:
+        """
+        Put an address a discovery service found in the address book, and
+        have the dialer look at it soon if it is new.  This node's own
+        address and invalid ones are skipped.
+
+        :param source: ``mdns`` or ``dht``.
+        :return: ``True`` if the address was new.
+        """
+        if not self.running or self.addrbook is None or self._hub is None:
+            return False
+        if node_id == self._hub.local.node_id or (
+            port == self.listen_port and host in (self.config.host, "127.0.0.1", "::1")
+        ):
+            return False
+        try:
+            new = self.addrbook.add(
+                host, port, source=source, now=self.reactor.seconds(), node_id=node_id
+            )
+        except (ValueError, AddressError) as e:
+            log.debug("Ignored a {source} address {host}:{port}: {error}",
+                      source=source, host=host, port=port, error=str(e))  # fmt: skip
+            return False
+        if new:
+            log.debug("Learned {where} from {source}", where=format_hostport(host, port),
+                      source=source)  # fmt: skip
+            self.dialer.kick()
+        return new
+
+    def wants_peers(self) -> bool:
+        """Whether the node has fewer outbound links than its target."""
+        return self._hub is not None and self._hub.ready_count("outbound") < self.config.outbound
+
     def _connect(self, address: PeerAddress) -> Deferred[PeerProtocol]:
         endpoint = HostnameEndpoint(
             self.reactor, address.host, address.port, timeout=self.config.connect_timeout

@@ -88,15 +88,26 @@ class Options(usage.Options):
          "Seconds after which trades and resting orders count as settled "
          f"[default {cfg.DEFAULT_SETTLE_AFTER:g}; env {_env('settle-after')}]",
          _cli("settle-after", cfg.coerce_seconds)],
+        ["mdns-interface", None, None,
+         "Address of the one network interface mDNS announces and browses on "
+         f"[default all IPv4 interfaces; env {_env('mdns-interface')}]",
+         _cli("mdns-interface", cfg.coerce_interface)],
+        ["dht-port", None, None,
+         "UDP port of the Kademlia DHT; 0 lets the OS choose "
+         f"[default the number of --port; env {_env('dht-port')}]",
+         _cli("dht-port", cfg.coerce_port)],
     ]  # fmt: skip
 
     optFlags = [
         ["no-api", None, f"Do not run the HTTP API [env {_env('no-api')}=1]"],
+        ["no-mdns", None, f"Do not run mDNS / DNS-SD discovery [env {_env('no-mdns')}=1]"],
+        ["no-dht", None, f"Do not run the Kademlia DHT [env {_env('no-dht')}=1]"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self._bootstrap: list[PeerAddress] | None = None
+        self._dht_bootstrap: list[tuple[str, int]] | None = None
         self.config: cfg.NodeConfig | None = None
         self.environ: dict[str, str] = dict(os.environ)
 
@@ -110,13 +121,23 @@ class Options(usage.Options):
 
     opt_b = opt_bootstrap
 
+    def opt_dht_bootstrap(self, value: str) -> None:
+        """DHT node to contact at start, host:port; repeatable or comma-separated; none by default [env $DHT_BOOTSTRAP]"""  # noqa: E501 (one line: twistd --help prints it as is)
+        try:
+            nodes = cfg.coerce_dht_bootstrap(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--dht-bootstrap: {e}") from None
+        self._dht_bootstrap = [*(self._dht_bootstrap or []), *nodes]
+
     def postOptions(self) -> None:
         """Read the environment for what was not given, cross-check, and freeze the config."""
         given = {str(row[0]): self[str(row[0])] for row in self.optParameters}
         try:
             self.config = cfg.config_from_options(
-                given, self._bootstrap, bool(self["no-api"]), self.environ
-            )
+                given, self._bootstrap, bool(self["no-api"]), self.environ,
+                dht_bootstrap=self._dht_bootstrap, no_mdns=bool(self["no-mdns"]),
+                no_dht=bool(self["no-dht"]),
+            )  # fmt: skip
         except cfg.ConfigError as e:
             raise usage.UsageError(str(e)) from None
 

@@ -99,6 +99,7 @@ class DefaultTests(SynchronousTestCase):
     def test_port_zero_with_data_dir(self) -> None:
         config = parse(["--port", "0", "--data-dir", "/srv/node"])
         self.assertEqual((config.port, config.api_port, config.data_dir), (0, 0, "/srv/node"))
+        self.assertEqual(config.dht_listen_port, 0)
         config = parse(env={"P2P_PORT": "0", "BITFI_DATA_DIR": "/srv/node"})
         self.assertEqual(config.data_dir, "/srv/node")
 
@@ -127,6 +128,15 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
     "BITFI_NO_API": ("1", "api_enabled", False),
     "LOG_LEVEL": ("DEBUG", "log_level", LogLevel.debug),
     "BITFI_SETTLE_AFTER": ("2.5", "settle_after", 2.5),
+    "BITFI_NO_MDNS": ("yes", "mdns_enabled", False),
+    "MDNS_INTERFACE": ("127.0.0.1", "mdns_interface", "127.0.0.1"),
+    "BITFI_NO_DHT": ("1", "dht_enabled", False),
+    "DHT_PORT": ("6881", "dht_port", 6881),
+    "DHT_BOOTSTRAP": (
+        "127.0.0.1:6881, [::1]:6882,dht.example:6883",
+        "dht_bootstrap",
+        (("127.0.0.1", 6881), ("::1", 6882), ("dht.example", 6883)),
+    ),
 }
 
 #: option -> (command-line value, field expected from it, environment variable, env value)
@@ -142,6 +152,8 @@ CLI_CASES: dict[str, tuple[str, object, str, str]] = {
     "api-host": ("::1", "::1", "API_HOST", "0.0.0.0"),
     "log-level": ("error", LogLevel.error, "LOG_LEVEL", "debug"),
     "settle-after": ("0.5", 0.5, "BITFI_SETTLE_AFTER", "30"),
+    "mdns-interface": ("::1", "::1", "MDNS_INTERFACE", "127.0.0.1"),
+    "dht-port": ("0", 0, "DHT_PORT", "6881"),
 }
 
 #: option -> bad values (each rejected from the command line and the environment)
@@ -158,6 +170,9 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "log-level": ("loud", ""),
     "settle-after": ("-1", "86401", "soon", "nan", "inf", ""),
     "bootstrap": ("nope", "127.0.0.1:0", "::1:3000", "xyz@127.0.0.1:3000"),
+    "mdns-interface": ("eth0", "all", "", "127.0.0.256"),
+    "dht-port": ("x", "65536", "-1"),
+    "dht-bootstrap": ("nope", "127.0.0.1:0", f"{NODE_ID}@127.0.0.1:6881"),
 }
 
 
@@ -227,6 +242,16 @@ class EnvironmentTests(SynchronousTestCase):
             ),
         )
 
+    def test_dht_bootstrap_repeatable_and_replaces_env(self) -> None:
+        env = with_xdg(DHT_BOOTSTRAP="10.0.0.9:1")
+        config = parse(["--dht-bootstrap", "a.example:1,[::1]:2", "--dht-bootstrap", "c:3"], env)
+        self.assertEqual(config.dht_bootstrap, (("a.example", 1), ("::1", 2), ("c", 3)))
+
+    def test_discovery_flags(self) -> None:
+        config = parse(["--no-mdns", "--no-dht"], with_xdg(BITFI_NO_MDNS="0", BITFI_NO_DHT="0"))
+        self.assertFalse(config.mdns_enabled)
+        self.assertFalse(config.dht_enabled)
+
     def test_ipv6(self) -> None:
         config = parse(["--host", "::1", "--bootstrap", "[::1]:3000", "--api-host", "[::1]"])
         self.assertEqual(config.host, "::1")
@@ -244,7 +269,8 @@ class ValidationTests(SynchronousTestCase):
                 self.assertIn(f"--{option}", str(error), (option, value))
 
     def test_bad_values_in_environment(self) -> None:
-        cases = {**BAD_VALUES, "no-api": ("maybe", "2")}
+        flags = ("no-api", "no-mdns", "no-dht")
+        cases = {**BAD_VALUES, **{flag: ("maybe", "2") for flag in flags}}
         self.assertEqual(set(cases), set(ENVIRONMENT))
         for option, values in cases.items():
             for var in ENVIRONMENT[option]:

@@ -157,7 +157,7 @@ class NodeProcess:
         args = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=-", "bitfi"]
         args += ["--host", "127.0.0.1", "--port", str(self.port)]
         args += ["--api-host", "127.0.0.1", "--api-port", str(self.api_port)]
-        args += ["--data-dir", self.data_dir]
+        args += ["--data-dir", self.data_dir, "--no-mdns", "--no-dht"]
         for port in self.bootstrap:
             args += ["--bootstrap", f"127.0.0.1:{port}"]
         return args + list(self.extra_args)

@@ -1,0 +1,371 @@
+"""The KRPC protocol: datagrams in, answers out, our queries matched to replies.
+
+Data path: UDP socket -> :meth:`DHTProtocol.datagramReceived` ->
+:func:`~bitfitech.discovery.kademlia.krpc.decode_message` -> either a query,
+answered from the :class:`~bitfitech.discovery.kademlia.routing.RoutingTable`
+and the :class:`~bitfitech.discovery.kademlia.store.PeerStore`, or a reply
+that fires the Deferred of one of our queries (:meth:`DHTProtocol.ping`,
+:meth:`~DHTProtocol.find_node`, :meth:`~DHTProtocol.get_peers`,
+:meth:`~DHTProtocol.announce_peer`), used by lookups and the service.
+
+Glue only; everything is bounded.  Datagrams over
+:data:`~bitfitech.discovery.kademlia.krpc.MAX_INCOMING` bytes are dropped
+unread, nothing over :data:`~bitfitech.discovery.kademlia.krpc.MAX_DATAGRAM`
+is sent, queries beyond a per-IP rate are dropped, and at most
+``max_pending`` of our queries wait for a reply, each failing with
+:class:`QueryTimeout` after ``query_timeout`` seconds.  Bad input never
+raises: it is counted in :attr:`DHTProtocol.counters` and dropped, or a
+malformed query gets an error reply.  Every node heard from is reported to
+the routing table, which may ask us to ping questionable contacts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
+
+from bitfitech.logs import logger
+
+from .krpc import (
+    MAX_DATAGRAM,
+    MAX_INCOMING,
+    PROTOCOL_ERROR,
+    SERVER_ERROR,
+    Address,
+    AnnouncePeer,
+    ErrorReply,
+    FindNode,
+    GetPeers,
+    KRPCError,
+    Message,
+    NodeInfo,
+    Ping,
+    Query,
+    Response,
+    decode_message,
+    encode_message,
+    is_ipv4,
+    method_of,
+)
+from .routing import RoutingTable
+from .store import PeerStore, RateLimiter, TokenIssuer
+
+log = logger(__name__)
+
+VERSION = b"BF\x00\x01"
+"""The client version sent as ``v``: ``BF`` and a two-byte version."""
+
+MAX_VALUES = 50
+"""Most peers in one ``get_peers`` answer (8 bytes each in the datagram)."""
+
+MAX_PENDING = 512
+"""Most of our queries waiting for a reply at once."""
+
+
+class DHTQueryError(Exception):
+    """A query of ours got no usable answer."""
+
+
+class QueryTimeout(DHTQueryError):
+    """No reply within the query timeout."""
+
+
+class RemoteError(DHTQueryError):
+    """
+    The node answered with a KRPC error.
+
+    :ivar code: the error code (201 to 204).
+    :ivar message: its text.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class BadReply(DHTQueryError):
+    """The reply could not be decoded."""
+
+
+class NotRunning(DHTQueryError):
+    """The protocol is not listening (not started yet, or stopped)."""
+
+
+class TooManyPending(DHTQueryError):
+    """Too many queries already wait for a reply."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    address: Address
+    node_id: bytes | None
+    method: str
+    deferred: Deferred[Response]
+    timer: IDelayedCall
+
+
+class DHTProtocol(DatagramProtocol):
+    """
+    One DHT node's KRPC endpoint on a UDP port.
+
+    :ivar node_id: this node's id.
+    :ivar routing: the routing table it reports nodes to and answers from.
+    :ivar store: the announced peers it keeps.
+    :param announced: called with C{(info_hash, host, port)} for every
+        peer announced to us (after it is stored).
+    :ivar counters: what happened to datagrams (``received``, ``sent``,
+        ``oversize``, ``malformed``, ``rate_limited``, ``unexpected``,
+        ``queries``, ``errors_sent``, ``timeouts``...).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        node_id: bytes,
+        routing: RoutingTable,
+        store: PeerStore,
+        tokens: TokenIssuer,
+        *,
+        rng: random.Random | None = None,
+        limiter: RateLimiter | None = None,
+        query_timeout: float = 2.0,
+        max_pending: int = MAX_PENDING,
+        announced: Callable[[bytes, str, int], None] | None = None,
+    ) -> None:
+        self._clock = clock
+        self.node_id = node_id
+        self.routing = routing
+        self.store = store
+        self.tokens = tokens
+        self._limiter = limiter
+        self._query_timeout = query_timeout
+        self._max_pending = max_pending
+        self._rng = rng or random.Random()
+        self._next_transaction = self._rng.randrange(1 << 16)
+        self._pending: dict[bytes, _Pending] = {}
+        self._listening = False
+        self._announced = announced
+        self.counters: Counter[str] = Counter()
+
+    # Twisted callbacks.
+
+    def startProtocol(self) -> None:
+        self._listening = True
+
+    def stopProtocol(self) -> None:
+        self.close()
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        try:
+            self._received(datagram, (str(addr[0]), int(addr[1])))
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.failure("DHT datagram from {address} could not be handled", address=addr)
+
+    # Our queries.
+
+    @property
+    def pending(self) -> int:
+        """How many of our queries wait for a reply."""
+        return len(self._pending)
+
+    def ping(self, address: Address, node_id: bytes | None = None) -> Deferred[Response]:
+        """Ping the node at C{address} (whose id is C{node_id}, if known)."""
+        return self._query(address, node_id, lambda t: Ping(t, self.node_id))
+
+    def find_node(
+        self, address: Address, target: bytes, node_id: bytes | None = None
+    ) -> Deferred[Response]:
+        """Ask the node at C{address} for the nodes closest to C{target}."""
+        return self._query(address, node_id, lambda t: FindNode(t, self.node_id, target))
+
+    def get_peers(
+        self, address: Address, info_hash: bytes, node_id: bytes | None = None
+    ) -> Deferred[Response]:
+        """Ask the node at C{address} for peers of C{info_hash} (or closer nodes) and a token."""
+        return self._query(address, node_id, lambda t: GetPeers(t, self.node_id, info_hash))
+
+    def announce_peer(
+        self,
+        address: Address,
+        info_hash: bytes,
+        port: int,
+        token: bytes,
+        *,
+        implied_port: bool = False,
+        node_id: bytes | None = None,
+    ) -> Deferred[Response]:
+        """Tell the node at C{address} that our peer of C{info_hash} listens on C{port}."""
+        return self._query(
+            address,
+            node_id,
+            lambda t: AnnouncePeer(t, self.node_id, info_hash, port, token, implied_port),
+        )
+
+    def close(self) -> None:
+        """
+        Refuse new queries and fail every query waiting for a reply with
+        :class:`NotRunning` (the port itself may close later).
+        """
+        self._listening = False
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            if entry.timer.active():
+                entry.timer.cancel()
+        for entry in pending.values():
+            entry.deferred.errback(NotRunning("the DHT protocol stopped"))
+
+    def _query(
+        self, address: Address, node_id: bytes | None, make: Callable[[bytes], Query]
+    ) -> Deferred[Response]:
+        if not self._listening or self.transport is None:
+            return fail(NotRunning("the DHT protocol is not listening"))
+        if len(self._pending) >= self._max_pending:
+            return fail(TooManyPending(f"{len(self._pending)} queries pending"))
+        transaction = self._new_transaction()
+        query = make(transaction)
+        if not self._send(query, address):
+            return fail(DHTQueryError(f"could not send {method_of(query)} to {address}"))
+        d: Deferred[Response] = Deferred(lambda _: self._forget(transaction))
+        timer = self._clock.callLater(self._query_timeout, self._timed_out, transaction)
+        self._pending[transaction] = _Pending(address, node_id, method_of(query), d, timer)
+        return d
+
+    def _new_transaction(self) -> bytes:
+        while True:
+            self._next_transaction = (self._next_transaction + 1) & 0xFFFF
+            transaction = self._next_transaction.to_bytes(2, "big")
+            if transaction not in self._pending:
+                return transaction
+
+    def _forget(self, transaction: bytes) -> None:
+        entry = self._pending.pop(transaction, None)
+        if entry is not None and entry.timer.active():
+            entry.timer.cancel()
+
+    def _timed_out(self, transaction: bytes) -> None:
+        entry = self._pending.pop(transaction, None)
+        if entry is None:
+            return
+        self.counters["timeouts"] += 1
+        self.routing.failed(entry.node_id, entry.address, self._clock.seconds())
+        entry.deferred.errback(QueryTimeout(f"{entry.method} to {entry.address} timed out"))
+
+    def _send(self, message: Message, address: Address) -> bool:
+        data = encode_message(message, version=VERSION)
+        if len(data) > MAX_DATAGRAM:
+            self.counters["oversize_not_sent"] += 1
+            return False
+        if self.transport is None:
+            return False
+        try:
+            self.transport.write(data, address)
+        except OSError as e:
+            self.counters["send_errors"] += 1
+            log.debug("DHT send to {address} failed: {error}", address=address, error=e)
+            return False
+        self.counters["sent"] += 1
+        return True
+
+    # Their datagrams.
+
+    def _received(self, datagram: bytes, address: Address) -> None:
+        self.counters["received"] += 1
+        if len(datagram) > MAX_INCOMING:
+            self.counters["oversize"] += 1
+            return
+        now = self._clock.seconds()
+        try:
+            message = decode_message(datagram)
+        except KRPCError as e:
+            self._bad_message(e, address, now)
+            return
+        if isinstance(message, Response | ErrorReply):
+            self._reply_received(message, address, now)
+            return
+        if self._limiter is not None and not self._limiter.allow(address[0], now):
+            self.counters["rate_limited"] += 1
+            return
+        self.counters["queries"] += 1
+        try:
+            answer = self._answer(message, address, now)
+        except Exception:
+            log.failure("DHT could not answer a {method} query", method=method_of(message))
+            answer = ErrorReply(message.transaction, SERVER_ERROR, "server error")
+        self._send(answer, address)
+        if not message.read_only and is_ipv4(address[0]) and address[1] > 0:
+            self._heard_from(message.sender, address, now, responded=False)
+
+    def _bad_message(self, error: KRPCError, address: Address, now: float) -> None:
+        if error.answerable and error.transaction is not None:
+            if self._limiter is not None and not self._limiter.allow(address[0], now):
+                self.counters["rate_limited"] += 1
+                return
+            self.counters["bad_queries"] += 1
+            self.counters["errors_sent"] += 1
+            self._send(ErrorReply(error.transaction, error.code, error.reason), address)
+            return
+        entry = self._pending.get(error.transaction) if error.transaction is not None else None
+        if entry is not None and entry.address == address and error.kind in (b"r", b"e"):
+            self._forget(error.transaction or b"")
+            self.counters["bad_replies"] += 1
+            entry.deferred.errback(BadReply(error.reason))
+            return
+        self.counters["malformed"] += 1
+
+    def _reply_received(self, reply: Response | ErrorReply, address: Address, now: float) -> None:
+        entry = self._pending.get(reply.transaction)
+        if entry is None or entry.address != address:
+            self.counters["unexpected"] += 1
+            return
+        self._forget(reply.transaction)
+        if isinstance(reply, ErrorReply):
+            self.counters["errors_received"] += 1
+            entry.deferred.errback(RemoteError(reply.code, reply.message))
+            return
+        self.counters["responses"] += 1
+        self._heard_from(reply.sender, address, now, responded=True)
+        entry.deferred.callback(reply)
+
+    def _heard_from(self, node_id: bytes, address: Address, now: float, *, responded: bool) -> None:
+        for contact in self.routing.heard_from(node_id, address, now, responded=responded):
+            self.ping(contact.address, contact.node_id).addErrback(_ignore)
+
+    def _answer(self, query: Query, address: Address, now: float) -> Message:
+        host, port = address
+        if isinstance(query, Ping):
+            return Response(query.transaction, self.node_id)
+        if isinstance(query, FindNode):
+            return Response(query.transaction, self.node_id, nodes=self._nodes(query.target))
+        if isinstance(query, GetPeers):
+            token = self.tokens.token_for(host, now)
+            nodes = self._nodes(query.info_hash)
+            values = self.store.peers(query.info_hash, now, MAX_VALUES, self._rng)
+            return Response(query.transaction, self.node_id, nodes, tuple(values), token)
+        if not self.tokens.check(query.token, host, now):
+            self.counters["bad_tokens"] += 1
+            return ErrorReply(query.transaction, PROTOCOL_ERROR, "bad token")
+        peer_port = port if query.implied_port else query.port
+        if not 0 < peer_port < 65536 or not is_ipv4(host):
+            return ErrorReply(query.transaction, PROTOCOL_ERROR, "bad port")
+        self.store.add(query.info_hash, host, peer_port, now)
+        self.counters["announces"] += 1
+        if self._announced is not None:
+            self._announced(query.info_hash, host, peer_port)
+        return Response(query.transaction, self.node_id)
+
+    def _nodes(self, target: bytes) -> tuple[NodeInfo, ...]:
+        return tuple(NodeInfo(c.node_id, c.host, c.port) for c in self.routing.closest(target))
+
+
+def _ignore(failure: Failure) -> None:
+    failure.trap(DHTQueryError, CancelledError)

@@ -1,0 +1,598 @@
+"""The DHT service: joins the BEP 5 DHT, finds the network's peers, announces ours.
+
+Data path: :class:`DHTService` owns one UDP port and its
+:class:`~bitfitech.discovery.kademlia.protocol.DHTProtocol`; it runs
+:class:`~bitfitech.discovery.kademlia.lookup.Lookup`\\ s through it and hands
+every peer found under the network's info-hash to the node's
+:data:`~bitfitech.discovery.PeerFound` callback (and so to the address
+book, source ``dht``).  It never dials a peer itself.
+
+Its life:
+
+1. **Start**: load (or draw and save) the node id, bind the UDP port.
+2. **Bootstrap**: ``find_node`` of our own id to every bootstrap address
+   (given ones, plus contacts saved at the last run), then a lookup of our
+   own id through the nodes they name.  While the routing table stays
+   empty, bootstrap again after a growing delay, so a node started before
+   its bootstrap node still joins.
+3. **Discover**: a ``get_peers`` lookup of the info-hash, every peer found
+   handed on, then ``announce_peer`` of our P2P port to the nearest nodes
+   that gave a token.  Lookups repeat every ``lookup_interval``, and after
+   ``min_lookup_gap`` when the node wants peers; announces repeat every
+   ``announce_interval``.
+4. **Housekeeping**, every ``check_interval``: expire announced peers,
+   ping a few questionable contacts (so dead ones are found out and
+   dropped), refresh buckets untouched for ``refresh_interval`` (a lookup
+   of a random id in their range), save good contacts every
+   ``save_interval``.
+5. **Stop**: save contacts, cancel timers and every pending query, close
+   the port.
+
+There is no built-in bootstrap list: the DHT only contacts the addresses it
+is given, the contacts it saved, and the nodes they lead to.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from bitfitech.discovery import PeerFound, SettingsStore
+from bitfitech.logs import logger
+
+from .ids import is_id, parse_hex_id, random_id
+from .krpc import Address, NodeInfo, Response, is_ipv4
+from .lookup import Lookup, LookupResult
+from .protocol import DHTProtocol
+from .routing import K, RoutingTable
+from .store import PeerStore, RateLimiter, TokenIssuer
+
+log = logger(__name__)
+
+NODE_ID_SETTING = "dht.node_id"
+"""Settings key of the node id (40 hex digits)."""
+CONTACTS_SETTING = "dht.contacts"
+"""Settings key of the saved contacts (JSON list of ``[host, port]``)."""
+MAX_SAVED_CONTACTS = 64
+"""Most contacts saved for the next start."""
+MAX_BOOTSTRAP = 128
+"""Most addresses queried in one bootstrap."""
+PINGS_PER_CHECK = 8
+"""Questionable contacts pinged at each housekeeping run."""
+MAX_FOUND_REMEMBERED = 4096
+"""Peers remembered to tell new ones from known ones (for logs and counts)."""
+
+
+@dataclass(frozen=True)
+class DHTTiming:
+    """
+    Timers and rates of the DHT, in seconds (tests shrink them).
+
+    :ivar query_timeout: how long a query waits for its reply.
+    :ivar lookup_interval: seconds between two ``get_peers`` lookups.
+    :ivar min_lookup_gap: least seconds between two lookups, however
+        much the node wants peers.
+    :ivar announce_interval: seconds between two announces.
+    :ivar check_interval: seconds between housekeeping runs (which also
+        ask whether the node wants peers).
+    :ivar refresh_interval: a bucket untouched that long is refreshed.
+    :ivar save_interval: seconds between two saves of good contacts.
+    :ivar bootstrap_retry: first delay before bootstrapping again while
+        the routing table is empty; it doubles up to ``bootstrap_retry_max``.
+    :ivar bootstrap_retry_max: the longest delay between bootstraps.
+    :ivar token_rotation: seconds between two changes of the token secret.
+    :ivar peer_ttl: seconds an announced peer is kept.
+    :ivar queries_per_second: queries answered per second per source IP
+        (beyond the burst, the rest are dropped).
+    :ivar query_burst: queries a source IP may send at once.
+    """
+
+    query_timeout: float = 2.0
+    lookup_interval: float = 5 * 60.0
+    min_lookup_gap: float = 30.0
+    announce_interval: float = 15 * 60.0
+    check_interval: float = 30.0
+    refresh_interval: float = 15 * 60.0
+    save_interval: float = 10 * 60.0
+    bootstrap_retry: float = 5.0
+    bootstrap_retry_max: float = 5 * 60.0
+    token_rotation: float = 5 * 60.0
+    peer_ttl: float = 30 * 60.0
+    queries_per_second: float = 50.0
+    query_burst: float = 200.0
+
+
+class DHTService(Service):
+    """
+    A BEP 5 DHT node that finds and announces one info-hash.
+
+    :param reactor: provides ``listenUDP`` and ``IReactorTime`` (and
+        ``resolve``, used only for bootstrap host names).
+    :param info_hash: the 20-byte info-hash to find and announce
+        (:func:`~bitfitech.discovery.kademlia.ids.network_info_hash`).
+    :param port: UDP port to bind (0: any free port).
+    :param host: interface to bind (an IPv4 address).
+    :param p2p_port: returns the TCP port peers should dial (announced).
+    :param found: called with ``(host, port, None)`` for every peer found.
+    :param wants_peers: whether the node would like more peers now.
+    :param bootstrap: ``(host, port)`` of DHT nodes to join through.
+    :param settings: where the node id and contacts persist, if anywhere.
+    :param rng: randomness for the node id and refresh targets.
+    :param timing: timers and rates.
+    """
+
+    name = "dht"
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        info_hash: bytes,
+        port: int,
+        host: str = "0.0.0.0",
+        p2p_port: Callable[[], int],
+        found: PeerFound,
+        wants_peers: Callable[[], bool],
+        bootstrap: Sequence[tuple[str, int]] = (),
+        settings: SettingsStore | None = None,
+        rng: random.Random | None = None,
+        timing: DHTTiming = DHTTiming(),
+    ) -> None:
+        if not is_id(info_hash):
+            raise ValueError(f"an info-hash is 20 bytes, not {len(info_hash)}")
+        self._reactor = reactor
+        self.info_hash = info_hash
+        self._port_number = port
+        self._host = host
+        self._p2p_port = p2p_port
+        self._found = found
+        self._wants_peers = wants_peers
+        self._bootstrap = list(bootstrap)
+        self._settings = settings
+        self._rng = rng or random.Random()
+        self.timing = timing
+        self._node_id: bytes | None = None
+        self._protocol: DHTProtocol | None = None
+        # A udp.Port of the reactor (or a MemoryDatagramPort in tests).
+        self._listening_port: Any = None
+        self._ticker: LoopingCall | None = None
+        self._retry: IDelayedCall | None = None
+        self._retry_delay = timing.bootstrap_retry
+        self._tasks: set[Deferred[None]] = set()
+        self._bootstrapping = False
+        self._discovering = False
+        self._refreshing = False
+        self._last_lookup_at: float | None = None
+        self._last_saved_at = 0.0
+        self._fallback: list[Address] = []
+        self._found_peers: OrderedDict[Address, None] = OrderedDict()
+        self._peers_found = 0
+        self.announced_at: float | None = None
+        """When our port was last announced (reactor seconds), if ever."""
+        self.last_lookup: LookupResult | None = None
+        """The result of the last ``get_peers`` lookup of the info-hash."""
+
+    # What the node reads.
+
+    @property
+    def listen_port(self) -> int:
+        """The UDP port bound (useful with port 0), or 0 when not running."""
+        if self._listening_port is None:
+            return 0
+        port: int = self._listening_port.getHost().port
+        return port
+
+    @property
+    def node_id(self) -> bytes | None:
+        """This node's DHT id, once started."""
+        return self._node_id
+
+    @property
+    def routing_table(self) -> RoutingTable | None:
+        """The routing table, while running."""
+        return self._protocol.routing if self._protocol is not None else None
+
+    @property
+    def protocol(self) -> DHTProtocol | None:
+        """The KRPC protocol, while running."""
+        return self._protocol
+
+    def status(self) -> dict[str, Any]:
+        """A summary for the API: ids in hex, ports, table size, announce time, peers found."""
+        routing = self.routing_table
+        return {
+            "node_id": self._node_id.hex() if self._node_id is not None else None,
+            "port": self.listen_port,
+            "info_hash": self.info_hash.hex(),
+            "routing_table_size": len(routing) if routing is not None else 0,
+            "announced_at": self.announced_at,
+            "peers_found": self._peers_found,
+        }
+
+    # Service.
+
+    def startService(self) -> None:
+        now = self._reactor.seconds()
+        node_id = self._node_id = self._load_node_id()
+        routing = RoutingTable(node_id, now)
+        timing = self.timing
+        protocol = DHTProtocol(
+            self._reactor,
+            node_id,
+            routing,
+            PeerStore(ttl=timing.peer_ttl),
+            TokenIssuer(now, rotate_every=timing.token_rotation),
+            rng=self._rng,
+            limiter=RateLimiter(timing.queries_per_second, timing.query_burst),
+            query_timeout=timing.query_timeout,
+            announced=self._announced,
+        )
+        # Raises CannotListenError (port busy, bad interface) before we run.
+        self._listening_port = self._reactor.listenUDP(
+            self._port_number, protocol, interface=self._host
+        )
+        self._protocol = protocol
+        super().startService()
+        self._retry_delay = timing.bootstrap_retry
+        self._last_saved_at = now
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = self._reactor
+        self._ticker.start(timing.check_interval, now=False).addErrback(
+            lambda f: log.failure("DHT housekeeping stopped", f)
+        )
+        log.info(
+            "DHT started on UDP port {port}, node id {node_id}, info-hash {info_hash}",
+            port=self.listen_port,
+            node_id=node_id.hex(),
+            info_hash=self.info_hash.hex(),
+        )
+        self._start_bootstrap()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._save_contacts()
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        self._ticker = None
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.close()
+        for task in list(self._tasks):
+            task.cancel()
+        port, self._listening_port = self._listening_port, None
+        if port is None:
+            return succeed(None)
+        d: Deferred[Any] = maybeDeferred(port.stopListening)
+        return d.addCallback(lambda _: None)
+
+    # Lookups (public for the node's API and benchmarks).
+
+    def find_node(self, target: bytes) -> Deferred[LookupResult]:
+        """
+        Look up the nodes nearest C{target} (20 bytes).  The result tells
+        the rounds and queries it took.  While not running: an empty result.
+        """
+        return self._lookup(target, peers=False)
+
+    def get_peers(self, info_hash: bytes) -> Deferred[LookupResult]:
+        """
+        Look up the peers of C{info_hash} (20 bytes) and the nearest nodes'
+        tokens.  While not running: an empty result.
+        """
+        return self._lookup(info_hash, peers=True)
+
+    def discover(self, *, announce: bool = True) -> Deferred[None]:
+        """
+        Look up our info-hash now, hand on the peers found and (unless
+        C{announce} is false, or the last announce is recent) announce our
+        port; fires when done, at once if a discovery is already running.
+        """
+        return self._spawn(self._discover(announce=announce))
+
+    def _lookup(
+        self, target: bytes, *, peers: bool, seeds: Sequence[NodeInfo] = ()
+    ) -> Deferred[LookupResult]:
+        if not is_id(target):
+            raise ValueError(f"a lookup target is 20 bytes, not {len(target)}")
+        protocol = self._protocol
+        if protocol is None:
+            return succeed(LookupResult(target))
+        routing = protocol.routing
+        routing.touch(target, self._reactor.seconds())
+        nodes = list(seeds) + [
+            NodeInfo(c.node_id, c.host, c.port) for c in routing.closest(target, 2 * K)
+        ]
+        send: Callable[[NodeInfo], Deferred[Response]]
+        if peers:
+            send = lambda n: protocol.get_peers(n.address, target, n.node_id)  # noqa: E731
+        else:
+            send = lambda n: protocol.find_node(n.address, target, n.node_id)  # noqa: E731
+        return Lookup(target, nodes, send, exclude=protocol.node_id).run()
+
+    # Background work.
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> Deferred[None]:
+        d = Deferred.fromCoroutine(coroutine)
+
+        def done(result: Any) -> Any:
+            self._tasks.discard(d)
+            if isinstance(result, Failure):
+                if not result.check(CancelledError):
+                    log.failure("DHT task failed", result)
+                return None
+            return result
+
+        if not d.called:
+            self._tasks.add(d)
+        d.addBoth(done)
+        return d
+
+    def _start_bootstrap(self) -> None:
+        self._retry = None
+        if self.running and not self._bootstrapping:
+            self._spawn(self._run_bootstrap())
+
+    async def _run_bootstrap(self) -> None:
+        self._bootstrapping = True
+        try:
+            await self._join()
+        finally:
+            self._bootstrapping = False
+        protocol = self._protocol
+        if not self.running or protocol is None:
+            return
+        if len(protocol.routing) == 0:
+            log.debug(
+                "DHT routing table empty: bootstrap again in {delay} s", delay=self._retry_delay
+            )
+            self._retry = self._reactor.callLater(self._retry_delay, self._start_bootstrap)
+            self._retry_delay = min(self._retry_delay * 2, self.timing.bootstrap_retry_max)
+            return
+        self._retry_delay = self.timing.bootstrap_retry
+        log.debug("DHT joined: {size} contacts", size=len(protocol.routing))
+        if not self._discovering:
+            self._spawn(self._discover(announce=True))
+
+    async def _join(self) -> None:
+        addresses = await self._bootstrap_addresses()
+        protocol = self._protocol
+        if protocol is None:
+            return
+        own = protocol.node_id
+        replies = await gatherResults(
+            [_quietly(protocol.find_node(address, own)) for address in addresses]
+        )
+        seeds = [node for reply in replies if reply is not None for node in reply.nodes]
+        if seeds or len(protocol.routing):
+            await self._lookup(own, peers=False, seeds=seeds)
+
+    async def _bootstrap_addresses(self) -> list[Address]:
+        given = self._bootstrap + self._saved_contacts() + self._fallback
+        literal: list[Address] = []
+        names: list[Address] = []
+        for host, port in given:
+            (literal if is_ipv4(host) else names).append((host, port))
+        resolve = getattr(self._reactor, "resolve", None)
+        if names and resolve is not None:
+            resolved = await gatherResults([_quietly(resolve(host)) for host, _ in names])
+            literal += [
+                (str(ip), port)
+                for ip, (_, port) in zip(resolved, names, strict=True)
+                if ip is not None and is_ipv4(str(ip))
+            ]
+        unique = list(dict.fromkeys(a for a in literal if 0 < a[1] < 65536))
+        return unique[:MAX_BOOTSTRAP]
+
+    async def _discover(self, *, announce: bool) -> None:
+        protocol = self._protocol
+        if protocol is None or self._discovering:
+            return
+        self._discovering = True
+        try:
+            self._last_lookup_at = self._reactor.seconds()
+            result = await self.get_peers(self.info_hash)
+            if self._protocol is not protocol:
+                return
+            self.last_lookup = result
+            log.debug(
+                "DHT lookup: {peers} peers, {nodes} nodes, {rounds} rounds, {queries} queries",
+                peers=len(result.peers),
+                nodes=len(result.closest),
+                rounds=result.rounds,
+                queries=result.queries,
+            )
+            local = protocol.store.peers(self.info_hash, self._reactor.seconds())
+            self._hand_on(result.peers + local)
+            due = (
+                self.announced_at is None
+                or self._reactor.seconds() - self.announced_at >= self.timing.announce_interval
+            )
+            if announce and due:
+                await self._announce(protocol, result)
+        finally:
+            self._discovering = False
+
+    async def _announce(self, protocol: DHTProtocol, result: LookupResult) -> None:
+        port = self._p2p_port()
+        targets = result.announce_targets()
+        replies = await gatherResults(
+            [
+                _quietly(
+                    protocol.announce_peer(
+                        node.address, self.info_hash, port, token, node_id=node.node_id
+                    )
+                )
+                for node, token in targets
+            ]
+        )
+        stored = sum(1 for reply in replies if reply is not None)
+        if not stored or self._protocol is not protocol:
+            log.debug("DHT announce reached no node ({count} tried)", count=len(targets))
+            return
+        first = self.announced_at is None
+        self.announced_at = self._reactor.seconds()
+        if first:
+            log.info("DHT announced P2P port {port} to {count} nodes", port=port, count=stored)
+        else:
+            log.debug("DHT announced P2P port {port} to {count} nodes", port=port, count=stored)
+
+    def _announced(self, info_hash: bytes, host: str, port: int) -> None:
+        # A peer that announces our info-hash to us is one we are looking for.
+        if info_hash == self.info_hash:
+            self._hand_on([(host, port)])
+
+    def _hand_on(self, peers: list[Address]) -> None:
+        own = (self._host, self._p2p_port())
+        new = 0
+        for host, port in dict.fromkeys(peers):
+            if (host, port) == own:
+                continue
+            if (host, port) in self._found_peers:
+                self._found_peers.move_to_end((host, port))
+            else:
+                new += 1
+                self._found_peers[(host, port)] = None
+                if len(self._found_peers) > MAX_FOUND_REMEMBERED:
+                    self._found_peers.popitem(last=False)
+            try:
+                self._found(host, port, None)
+            except Exception:
+                log.failure("DHT peer {host}:{port} not taken", host=host, port=port)
+        if new:
+            self._peers_found += new
+            log.info("DHT found {new} new peers ({total} in all)", new=new, total=self._peers_found)
+
+    def _tick(self) -> None:
+        try:
+            self._housekeeping()
+        except Exception:
+            log.failure("DHT housekeeping failed")
+
+    def _housekeeping(self) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            return
+        now = self._reactor.seconds()
+        protocol.store.expire(now)
+        routing = protocol.routing
+        if len(routing) == 0:
+            if not self._bootstrapping and self._retry is None:
+                self._start_bootstrap()
+            return
+        for contact in routing.to_ping(now, PINGS_PER_CHECK):
+            _quietly(protocol.ping(contact.address, contact.node_id))
+        if not self._discovering and self._lookup_due(now):
+            self._spawn(self._discover(announce=True))
+        if not self._refreshing:
+            stale = routing.stale_buckets(now, self.timing.refresh_interval)
+            if stale:
+                self._spawn(self._refresh(len(stale)))
+        if now - self._last_saved_at >= self.timing.save_interval:
+            self._save_contacts()
+
+    def _lookup_due(self, now: float) -> bool:
+        if self._last_lookup_at is None:
+            return True
+        since = now - self._last_lookup_at
+        if since >= self.timing.lookup_interval:
+            return True
+        if since < self.timing.min_lookup_gap:
+            return False
+        try:
+            return bool(self._wants_peers())
+        except Exception:
+            log.failure("DHT could not ask whether the node wants peers")
+            return False
+
+    async def _refresh(self, count: int) -> None:
+        self._refreshing = True
+        try:
+            for _ in range(count):
+                protocol = self._protocol
+                if protocol is None:
+                    return
+                now = self._reactor.seconds()
+                stale = protocol.routing.stale_buckets(now, self.timing.refresh_interval)
+                if not stale:
+                    return
+                target = protocol.routing.random_id_in(stale[0], self._rng)
+                log.debug("DHT refreshing bucket of {target}", target=target.hex())
+                await self.find_node(target)
+        finally:
+            self._refreshing = False
+
+    # Persistence.
+
+    def _load_node_id(self) -> bytes:
+        if self._node_id is not None:
+            return self._node_id
+        if self._settings is not None:
+            saved = self._settings.get_setting(NODE_ID_SETTING)
+            node_id = parse_hex_id(saved) if saved else None
+            if node_id is not None:
+                return node_id
+        node_id = random_id(self._rng)
+        if self._settings is not None:
+            self._settings.set_setting(NODE_ID_SETTING, node_id.hex())
+        return node_id
+
+    def _saved_contacts(self) -> list[Address]:
+        if self._settings is None:
+            return []
+        text = self._settings.get_setting(CONTACTS_SETTING)
+        if not text:
+            return []
+        try:
+            entries = json.loads(text)
+        except ValueError:
+            log.debug("DHT saved contacts unreadable: ignored")
+            return []
+        contacts: list[Address] = []
+        for entry in entries if isinstance(entries, list) else []:
+            if (
+                isinstance(entry, list)
+                and len(entry) == 2
+                and isinstance(entry[0], str)
+                and isinstance(entry[1], int)
+                and is_ipv4(entry[0])
+                and 0 < entry[1] < 65536
+            ):
+                contacts.append((entry[0], entry[1]))
+        return contacts[:MAX_SAVED_CONTACTS]
+
+    def _save_contacts(self) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            return
+        now = self._reactor.seconds()
+        self._last_saved_at = now
+        good = protocol.routing.good_contacts(now)[:MAX_SAVED_CONTACTS]
+        if not good:
+            return
+        self._fallback = [c.address for c in good]
+        if self._settings is None:
+            return
+        try:
+            self._settings.set_setting(
+                CONTACTS_SETTING, json.dumps([[c.host, c.port] for c in good])
+            )
+        except Exception:
+            log.failure("DHT contacts not saved")
+
+
+def _quietly(d: Deferred[Any]) -> Deferred[Any]:
+    """C{d}, with any failure turned into ``None`` (for best-effort fan-outs)."""
+    return d.addErrback(lambda _: None)

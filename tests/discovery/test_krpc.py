@@ -1,0 +1,230 @@
+"""Tests for the KRPC codec (:mod:`bitfitech.discovery.kademlia.krpc`) and ids."""
+
+from __future__ import annotations
+
+import hashlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from bitfitech.discovery.kademlia.bencode import decode, encode
+from bitfitech.discovery.kademlia.ids import distance, network_info_hash, parse_hex_id
+from bitfitech.discovery.kademlia.krpc import (
+    METHOD_UNKNOWN,
+    PROTOCOL_ERROR,
+    AnnouncePeer,
+    ErrorReply,
+    FindNode,
+    GetPeers,
+    KRPCError,
+    Message,
+    NodeInfo,
+    Ping,
+    Response,
+    decode_message,
+    encode_message,
+)
+
+ID = b"\x01" * 20
+OTHER = b"\x02" * 20
+
+ids = st.binary(min_size=20, max_size=20)
+transactions = st.binary(min_size=1, max_size=8)
+ipv4 = st.integers(0, 2**32 - 1).map(lambda n: ".".join(str(b) for b in n.to_bytes(4, "big")))
+ports = st.integers(1, 65535)
+nodes = st.builds(NodeInfo, ids, ipv4, ports)
+messages: st.SearchStrategy[Message] = st.one_of(
+    st.builds(Ping, transactions, ids, st.booleans()),
+    st.builds(FindNode, transactions, ids, ids, st.booleans()),
+    st.builds(GetPeers, transactions, ids, ids, st.booleans()),
+    st.builds(
+        AnnouncePeer,
+        transactions,
+        ids,
+        ids,
+        ports,
+        st.binary(max_size=20),
+        st.booleans(),
+        st.booleans(),
+    ),
+    st.builds(
+        Response,
+        transactions,
+        ids,
+        st.lists(nodes, max_size=8).map(tuple),
+        st.lists(st.tuples(ipv4, ports), max_size=20).map(tuple),
+        st.none() | st.binary(max_size=20),
+    ),
+    st.builds(ErrorReply, transactions, st.integers(201, 204), st.text(max_size=30)),
+)
+
+
+def query(method: bytes, **args: object) -> bytes:
+    """A query datagram with transaction ``aa`` and the given arguments."""
+    return encode({"t": b"aa", "y": b"q", "q": method, "a": {"id": ID, **args}})
+
+
+class IdsTests(SynchronousTestCase):
+    """Tests for :mod:`bitfitech.discovery.kademlia.ids`."""
+
+    def test_network_info_hash(self) -> None:
+        """The info-hash is SHA-1 of ``bitfi:<network>:<pair>``."""
+        self.assertEqual(
+            network_info_hash("main", "BTC/USD"), hashlib.sha1(b"bitfi:main:BTC/USD").digest()
+        )
+        self.assertNotEqual(
+            network_info_hash("main", "BTC/USD"), network_info_hash("test", "BTC/USD")
+        )
+        self.assertRaises(UnicodeEncodeError, network_info_hash, "mäin", "BTC/USD")
+
+    def test_distance_and_hex(self) -> None:
+        """XOR distance is symmetric and zero to oneself; hex ids parse back."""
+        self.assertEqual(distance(ID, ID), 0)
+        self.assertEqual(distance(ID, OTHER), distance(OTHER, ID))
+        self.assertEqual(parse_hex_id(ID.hex()), ID)
+        self.assertIsNone(parse_hex_id("zz"))
+        self.assertIsNone(parse_hex_id("00" * 19))
+
+
+class CodecTests(SynchronousTestCase):
+    """Tests for :func:`encode_message` and :func:`decode_message`."""
+
+    def test_bep5_examples(self) -> None:
+        """The examples of BEP 5 decode to the expected messages."""
+        ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe"
+        self.assertEqual(decode_message(ping), Ping(b"aa", b"abcdefghij0123456789"))
+        self.assertEqual(encode_message(Ping(b"aa", b"abcdefghij0123456789")), ping)
+        announce = (
+            b"d1:ad2:id20:abcdefghij012345678912:implied_porti1e9:info_hash20:"
+            b"mnopqrstuvwxyz1234564:porti6881e5:token8:aoeusnthe1:q13:announce_peer"
+            b"1:t2:aa1:y1:qe"
+        )
+        self.assertEqual(
+            decode_message(announce),
+            AnnouncePeer(
+                b"aa", b"abcdefghij0123456789", b"mnopqrstuvwxyz123456", 6881, b"aoeusnth", True
+            ),
+        )
+        error = b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee"
+        self.assertEqual(decode_message(error), ErrorReply(b"aa", 201, "A Generic Error Ocurred"))
+        self.assertEqual(encode_message(ErrorReply(b"aa", 201, "A Generic Error Ocurred")), error)
+
+    def test_compact_forms(self) -> None:
+        """Nodes are 26 bytes and peers 6, IPv4 in network order."""
+        reply = Response(
+            b"t", ID, (NodeInfo(OTHER, "127.0.0.1", 6881),), (("10.0.0.2", 9000),), b"tok"
+        )
+        body = decode(encode_message(reply))
+        assert isinstance(body, dict)
+        self.assertEqual(body[b"r"][b"nodes"], OTHER + b"\x7f\x00\x00\x01\x1a\xe1")
+        self.assertEqual(body[b"r"][b"values"], [b"\x0a\x00\x00\x02\x23\x28"])
+
+    def test_unknown_keys_ignored(self) -> None:
+        """Extra keys anywhere are ignored (``v``, ``ip``, ``want``...)."""
+        data = encode(
+            {"t": b"x", "y": b"q", "q": b"ping", "v": b"LT01", "ip": b"123456",
+             "a": {"id": ID, "want": [b"n4"]}}
+        )  # fmt: skip
+        self.assertEqual(decode_message(data), Ping(b"x", ID))
+
+    def test_read_only(self) -> None:
+        """BEP 43's ``ro`` flag is read and written."""
+        data = encode_message(Ping(b"x", ID, read_only=True))
+        self.assertEqual(decode_message(data), Ping(b"x", ID, True))
+
+    def test_bad_info_hash_is_answerable(self) -> None:
+        """An info-hash of another length (a raw Grenache name) is a 203 for the query."""
+        for method in (b"get_peers", b"announce_peer"):
+            with self.assertRaises(KRPCError) as caught:
+                decode_message(query(method, info_hash=b"some-service", port=1, token=b"t"))
+            self.assertEqual(caught.exception.code, PROTOCOL_ERROR)
+            self.assertEqual(caught.exception.transaction, b"aa")
+            self.assertTrue(caught.exception.answerable)
+
+    def test_unknown_method(self) -> None:
+        """An unknown method is a 204 for the query."""
+        with self.assertRaises(KRPCError) as caught:
+            decode_message(query(b"vote", target=ID))
+        self.assertEqual(caught.exception.code, METHOD_UNKNOWN)
+        self.assertTrue(caught.exception.answerable)
+
+    def test_bad_queries(self) -> None:
+        """Missing or malformed arguments are 203s."""
+        bad = [
+            encode({"t": b"aa", "y": b"q", "q": b"ping", "a": {"id": b"short"}}),
+            encode({"t": b"aa", "y": b"q", "q": b"ping"}),
+            query(b"find_node"),
+            query(b"find_node", target=b"x" * 19),
+            query(b"announce_peer", info_hash=OTHER, token=b"t"),
+            query(b"announce_peer", info_hash=OTHER, token=b"t", port=70000),
+            query(b"announce_peer", info_hash=OTHER, port=80),
+        ]
+        for data in bad:
+            with self.subTest(data=data), self.assertRaises(KRPCError) as caught:
+                decode_message(data)
+            self.assertEqual(caught.exception.code, PROTOCOL_ERROR)
+            self.assertTrue(caught.exception.answerable)
+
+    def test_implied_port_without_port(self) -> None:
+        """With implied_port, the port argument may be missing."""
+        message = decode_message(
+            query(b"announce_peer", info_hash=OTHER, token=b"t", implied_port=1)
+        )
+        self.assertEqual(message, AnnouncePeer(b"aa", ID, OTHER, 0, b"t", True))
+
+    def test_bad_replies_not_answerable(self) -> None:
+        """Malformed replies and non-messages raise, never to be answered."""
+        bad = [
+            b"i1e",
+            b"garbage",
+            encode({"y": b"r", "r": {"id": ID}}),
+            encode({"t": b"x" * 40, "y": b"r", "r": {"id": ID}}),
+            encode({"t": b"aa", "y": b"z"}),
+            encode({"t": b"aa", "y": b"r", "r": {"id": ID, "nodes": b"x" * 25}}),
+            encode({"t": b"aa", "y": b"r", "r": {"id": ID, "values": b"123456"}}),
+            encode({"t": b"aa", "y": b"r"}),
+            encode({"t": b"aa", "y": b"e", "e": [b"x"]}),
+        ]
+        for data in bad:
+            with self.subTest(data=data), self.assertRaises(KRPCError) as caught:
+                decode_message(data)
+            self.assertFalse(caught.exception.answerable)
+
+    def test_odd_peers_skipped(self) -> None:
+        """IPv6 peers (18 bytes) and port 0 are skipped; port-0 nodes too."""
+        data = encode(
+            {"t": b"aa", "y": b"r", "r": {
+                "id": ID,
+                "values": [b"\x01" * 18, b"\x7f\0\0\x01\0\0", b"\x7f\0\0\x01\0\x50"],
+                "nodes": OTHER + b"\x7f\0\0\x01\0\0",
+            }}
+        )  # fmt: skip
+        self.assertEqual(decode_message(data), Response(b"aa", ID, (), (("127.0.0.1", 80),)))
+
+    @given(messages)
+    def test_round_trip(self, message: Message) -> None:
+        """Every message decodes to itself."""
+        self.assertEqual(decode_message(encode_message(message, version=b"BF01")), message)
+
+    @settings(max_examples=300)
+    @given(st.binary(max_size=300))
+    def test_arbitrary_bytes(self, data: bytes) -> None:
+        """Any bytes decode or raise KRPCError, nothing else."""
+        try:
+            decode_message(data)
+        except KRPCError:
+            pass
+
+    @settings(max_examples=500)
+    @given(messages, st.data())
+    def test_mutated_messages(self, message: Message, data: st.DataObject) -> None:
+        """A valid message with one byte changed decodes or raises KRPCError."""
+        encoded = encode_message(message)
+        index = data.draw(st.integers(0, len(encoded) - 1))
+        byte = data.draw(st.integers(0, 255))
+        mutated = encoded[:index] + bytes([byte]) + encoded[index + 1 :]
+        try:
+            decode_message(mutated)
+        except KRPCError:
+            pass

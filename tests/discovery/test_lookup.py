@@ -1,0 +1,120 @@
+"""Tests for :mod:`bitfitech.discovery.kademlia.lookup`, against a scripted network."""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from bitfitech.discovery.kademlia.ids import distance, int_to_id
+from bitfitech.discovery.kademlia.krpc import NodeInfo, Response
+from bitfitech.discovery.kademlia.lookup import Lookup
+from bitfitech.discovery.kademlia.protocol import QueryTimeout
+from bitfitech.discovery.kademlia.routing import RoutingTable
+
+
+class ScriptedNetwork:
+    """Nodes with full routing tables, answering synchronously or on demand."""
+
+    def __init__(self, count: int, seed: int = 1) -> None:
+        rng = random.Random(seed)
+        self.nodes = [
+            NodeInfo(int_to_id(rng.getrandbits(160)), f"10.0.{n // 250}.{n % 250 + 1}", 6881)
+            for n in range(count)
+        ]
+        self.tables = {}
+        for node in self.nodes:
+            table = RoutingTable(node.node_id, 0.0)
+            for other in self.nodes:
+                table.heard_from(other.node_id, other.address, 0.0, responded=True)
+            self.tables[node.node_id] = table
+        self.dead: set[bytes] = set()
+        self.held: list[tuple[Response, Deferred[Response]]] = []
+        self.hold = False
+        self.peers: dict[bytes, tuple[tuple[str, int], ...]] = {}
+
+    def send(self, node: NodeInfo, target: bytes) -> Deferred[Response]:
+        if node.node_id in self.dead:
+            return fail(QueryTimeout("dead"))
+        nodes = tuple(
+            NodeInfo(c.node_id, c.host, c.port) for c in self.tables[node.node_id].closest(target)
+        )
+        reply = Response(b"t", node.node_id, nodes, self.peers.get(node.node_id, ()), b"tok")
+        if self.hold:
+            d: Deferred[Response] = Deferred()
+            self.held.append((reply, d))
+            return d
+        return succeed(reply)
+
+    def true_closest(self, target: bytes, k: int = 8) -> list[bytes]:
+        live = [n.node_id for n in self.nodes if n.node_id not in self.dead]
+        return sorted(live, key=lambda i: distance(i, target))[:k]
+
+
+class LookupTests(SynchronousTestCase):
+    """Tests for :class:`Lookup`."""
+
+    def setUp(self) -> None:
+        self.network = ScriptedNetwork(120)
+        self.rng = random.Random(7)
+
+    def lookup(self, target: bytes, seeds: list[NodeInfo]) -> Lookup:
+        return Lookup(target, seeds, lambda n: self.network.send(n, target))
+
+    def test_converges_on_k_closest(self) -> None:
+        """From a few far seeds, the lookup ends on the true k closest."""
+        for _ in range(10):
+            target = int_to_id(self.rng.getrandbits(160))
+            seeds = self.rng.sample(self.network.nodes, 3)
+            result = self.successResultOf(self.lookup(target, seeds).run())
+            self.assertEqual([n.node_id for n in result.closest], self.network.true_closest(target))
+            self.assertGreaterEqual(result.rounds, 1)
+            self.assertEqual(result.queries, result.responses)
+            self.assertEqual(set(result.tokens), {n.node_id for n in result.closest})
+
+    def test_dead_nodes_skipped(self) -> None:
+        """Failed nodes are passed over; the lookup ends on the k closest live ones."""
+        target = int_to_id(self.rng.getrandbits(160))
+        self.network.dead = set(self.network.true_closest(target, 4))
+        seeds = self.rng.sample(self.network.nodes, 3)
+        result = self.successResultOf(self.lookup(target, seeds).run())
+        self.assertEqual([n.node_id for n in result.closest], self.network.true_closest(target))
+        self.assertGreaterEqual(result.failures, 4)
+
+    def test_alpha_in_flight(self) -> None:
+        """At most alpha queries are ever outstanding, and the lookup still converges."""
+        self.network.hold = True
+        target = int_to_id(self.rng.getrandbits(160))
+        seeds = self.network.nodes[:10]
+        d = self.lookup(target, seeds).run()
+        hops = 0
+        while self.network.held:
+            self.assertLessEqual(len(self.network.held), 3)
+            reply, held = self.network.held.pop(0)
+            held.callback(reply)
+            hops += 1
+        result = self.successResultOf(d)
+        self.assertEqual(result.queries, hops)
+        self.assertEqual([n.node_id for n in result.closest], self.network.true_closest(target))
+
+    def test_peers_collected(self) -> None:
+        """Peers from all replies are gathered once each."""
+        target = int_to_id(self.rng.getrandbits(160))
+        for node in self.network.nodes:
+            self.network.peers[node.node_id] = (("10.9.0.1", 9000), ("10.9.0.2", 9000))
+        result = self.successResultOf(self.lookup(target, self.network.nodes[:3]).run())
+        self.assertEqual(result.peers, [("10.9.0.1", 9000), ("10.9.0.2", 9000)])
+        self.assertEqual(len(result.announce_targets()), 8)
+
+    def test_no_seeds(self) -> None:
+        """Without seeds the lookup ends at once, empty."""
+        result = self.successResultOf(Lookup(b"x" * 20, [], lambda n: fail(Exception())).run())
+        self.assertEqual((result.closest, result.queries, result.rounds), ([], 0, 0))
+
+    def test_all_fail(self) -> None:
+        """If every query fails the lookup still ends, with no nodes."""
+        self.network.dead = {n.node_id for n in self.network.nodes}
+        result = self.successResultOf(self.lookup(b"x" * 20, self.network.nodes[:20]).run())
+        self.assertEqual(result.closest, [])
+        self.assertEqual(result.failures, 20)

@@ -1,0 +1,186 @@
+"""Tests for :mod:`bitfitech.discovery.kademlia.routing`."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from bitfitech.discovery.kademlia.ids import ID_SPACE, distance, id_to_int, int_to_id
+from bitfitech.discovery.kademlia.routing import GOOD_FOR, RoutingTable
+
+OWN = int_to_id(0)
+
+
+def far(n: int) -> bytes:
+    """An id in the upper half of the space (far from OWN = 0), numbered C{n}."""
+    return int_to_id((1 << 159) + n)
+
+
+def near(n: int) -> bytes:
+    """An id sharing a long prefix with OWN."""
+    return int_to_id(n + 1)
+
+
+def address(n: int) -> tuple[str, int]:
+    return (f"10.0.{n // 250}.{n % 250 + 1}", 6881)
+
+
+def fill(table: RoutingTable, ids: list[bytes], now: float = 0.0) -> None:
+    for n, node_id in enumerate(ids):
+        table.heard_from(node_id, address(n), now, responded=True)
+
+
+class RoutingTableTests(SynchronousTestCase):
+    """Tests for :class:`RoutingTable`."""
+
+    def test_own_and_malformed_ids_ignored(self) -> None:
+        """Our own id and ids of another length never enter the table."""
+        table = RoutingTable(OWN, 0.0)
+        table.heard_from(OWN, address(1), 0.0, responded=True)
+        table.heard_from(b"short", address(2), 0.0, responded=True)
+        self.assertEqual(len(table), 0)
+
+    def test_split_own_bucket(self) -> None:
+        """A full bucket holding our id splits; the contacts all stay."""
+        table = RoutingTable(OWN, 0.0)
+        ids = [far(n) for n in range(4)] + [near(n) for n in range(8)]
+        fill(table, ids)
+        self.assertEqual(len(table), 12)
+        self.assertEqual(len(table.buckets), 2)
+        self.assertEqual(table.buckets[0].high, ID_SPACE // 2)
+        for bucket in table.buckets:
+            for contact in bucket.contacts:
+                self.assertTrue(bucket.covers(id_to_int(contact.node_id)))
+
+    def test_full_far_bucket_keeps_old_contacts(self) -> None:
+        """A full bucket without our id keeps its good contacts; the newcomer waits."""
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [near(1)] + [far(n) for n in range(8)])
+        to_ping = table.heard_from(far(100), address(100), 1.0, responded=True)
+        self.assertEqual(to_ping, [])
+        self.assertNotIn(far(100), table)
+        self.assertEqual(len(table.bucket_for(far(0)).contacts), 8)
+        self.assertEqual([c.node_id for c in table.bucket_for(far(0)).replacements], [far(100)])
+
+    def test_questionable_pinged_then_replaced(self) -> None:
+        """Questionable contacts are to be pinged; when they fail, a replacement takes over."""
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [near(1)] + [far(n) for n in range(8)])
+        later = GOOD_FOR + 1
+        for n in range(7):
+            table.heard_from(far(n), address(n + 1), later, responded=True)
+        to_ping = table.heard_from(far(100), address(100), later, responded=False)
+        self.assertEqual([c.node_id for c in to_ping], [far(7)])
+        # Asked again at once, it is not pinged twice.
+        self.assertEqual(table.heard_from(far(101), address(101), later, responded=False), [])
+        table.failed(far(7), address(8), later + 1)
+        self.assertIn(far(7), table)
+        table.failed(far(7), address(8), later + 2)
+        self.assertNotIn(far(7), table)
+        # The freshest replacement took its place.
+        self.assertIn(far(101), table)
+        self.assertEqual(len(table.bucket_for(far(0)).contacts), 8)
+
+    def test_bad_contact_replaced_at_once(self) -> None:
+        """With max_failures=1 a failed contact goes at once, and a newcomer takes its place."""
+        table = RoutingTable(OWN, 0.0, max_failures=1)
+        fill(table, [near(1)] + [far(n) for n in range(8)])
+        table.failed(far(3), address(4), 1.0)
+        self.assertNotIn(far(3), table)
+        table.heard_from(far(100), address(100), 2.0, responded=True)
+        self.assertIn(far(100), table)
+
+    def test_answer_resets_failures(self) -> None:
+        """An answer clears a contact's failures."""
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [far(1)])
+        table.failed(far(1), address(0), 1.0)
+        table.heard_from(far(1), address(0), 2.0, responded=True)
+        table.failed(far(1), address(0), 3.0)
+        self.assertIn(far(1), table)
+
+    def test_failed_by_address(self) -> None:
+        """A timeout to an address whose id we did not know still counts."""
+        table = RoutingTable(OWN, 0.0, max_failures=1)
+        fill(table, [far(1)])
+        table.failed(None, address(0), 1.0)
+        self.assertEqual(len(table), 0)
+
+    def test_address_change(self) -> None:
+        """A good contact keeps its address against a mere query from elsewhere."""
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [far(1)])
+        table.heard_from(far(1), ("10.9.9.9", 1), 1.0, responded=False)
+        self.assertEqual(table.get(far(1)).address, address(0))  # type: ignore[union-attr]
+        table.heard_from(far(1), ("10.9.9.9", 1), 2.0, responded=True)
+        self.assertEqual(table.get(far(1)).address, ("10.9.9.9", 1))  # type: ignore[union-attr]
+        self.assertIsNone(table.at_address(address(0)))
+
+    def test_restarted_node_new_id(self) -> None:
+        """A node answering from a known address with a new id replaces the old id."""
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [far(1)])
+        table.heard_from(far(2), address(0), 1.0, responded=True)
+        self.assertNotIn(far(1), table)
+        self.assertIn(far(2), table)
+
+    def test_loopback_kept(self) -> None:
+        """Nodes on 127.0.0.0/8 are ordinary contacts."""
+        table = RoutingTable(OWN, 0.0)
+        table.heard_from(far(1), ("127.0.0.1", 7001), 0.0, responded=True)
+        table.heard_from(far(2), ("127.0.0.1", 7002), 0.0, responded=True)
+        self.assertEqual(len(table), 2)
+
+    def test_good_and_questionable(self) -> None:
+        """Good means answered and heard from recently; unverified nodes are not good."""
+        table = RoutingTable(OWN, 0.0)
+        table.heard_from(far(1), address(1), 0.0, responded=True)
+        table.heard_from(far(2), address(2), 0.0, responded=False)
+        self.assertEqual([c.node_id for c in table.good_contacts(1.0)], [far(1)])
+        self.assertEqual(table.good_contacts(GOOD_FOR + 1), [])
+
+    def test_refresh_due(self) -> None:
+        """Buckets untouched for the interval are stale; a lookup target touches one."""
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [far(n) for n in range(4)] + [near(n) for n in range(8)])
+        self.assertEqual(table.stale_buckets(100.0, 900.0), [])
+        self.assertEqual(len(table.stale_buckets(900.0, 900.0)), 2)
+        table.touch(far(50), 900.0)
+        stale = table.stale_buckets(901.0, 900.0)
+        self.assertEqual(len(stale), 1)
+        target = table.random_id_in(stale[0], random.Random(1))
+        self.assertTrue(stale[0].covers(id_to_int(target)))
+
+    def test_closest(self) -> None:
+        """``closest`` returns the k nearest by XOR, nearest first."""
+        rng = random.Random(3)
+        own = int_to_id(rng.getrandbits(160))
+        table = RoutingTable(own, 0.0)
+        ids = [int_to_id(rng.getrandbits(160)) for _ in range(300)]
+        fill(table, ids)
+        target = int_to_id(rng.getrandbits(160))
+        closest = [c.node_id for c in table.closest(target)]
+        self.assertEqual(len(closest), 8)
+        self.assertEqual(closest, sorted(closest, key=lambda i: distance(i, target)))
+        self.assertEqual(table.closest(target, 3), table.closest(target)[:3])
+
+    @given(st.lists(st.integers(0, 2**160 - 1), max_size=200), st.integers(0, 2**160 - 1))
+    def test_invariants(self, values: list[int], own: int) -> None:
+        """Buckets tile the space, hold at most k contacts in range, and only ours splits."""
+        table = RoutingTable(int_to_id(own), 0.0)
+        fill(table, [int_to_id(v) for v in values])
+        buckets = table.buckets
+        self.assertEqual(buckets[0].low, 0)
+        self.assertEqual(buckets[-1].high, ID_SPACE)
+        for a, b in zip(buckets, buckets[1:], strict=False):
+            self.assertEqual(a.high, b.low)
+        for bucket in buckets:
+            self.assertLessEqual(len(bucket.contacts), table.k)
+            self.assertLessEqual(len(bucket.replacements), table.k)
+            for contact in bucket.contacts:
+                self.assertTrue(bucket.covers(id_to_int(contact.node_id)))
+        self.assertEqual(len(table), sum(len(b.contacts) for b in buckets))
+        self.assertLessEqual(len(buckets), 161)

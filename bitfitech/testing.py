@@ -7,9 +7,11 @@ link reports, and an in-process cluster of real nodes on loopback.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -29,6 +31,7 @@ from .wire.framing import encode_frame, network_magic
 from .wire.messages import Message, Version, encode_message
 
 TEST_NETWORK = "test"
+MDNS_GROUP = "224.0.0.251"
 TEST_PAIR = "BTC/USD"
 
 
@@ -128,8 +131,10 @@ class LocalCluster:
             PeerAddress(n.config.host, n.peers.listen_port) for n in bootstrap_to
         )
         node = build_node(loopback_config(data_dir, bootstrap=bootstrap, **changes), self.reactor)
-        node.startService()
+        # Listed first, so that :meth:`stop` also stops a node whose start
+        # failed half-way (its running flag is set before its children start).
         self.nodes.append(node)
+        node.startService()
         return node
 
     def stop_node(self, node: Node) -> Deferred[Any]:
@@ -465,3 +470,38 @@ class MemoryReactor:
         self.callLater = network.clock.callLater
         self.seconds = network.clock.seconds
         self.getDelayedCalls = network.clock.getDelayedCalls
+
+
+def free_udp_port() -> int:
+    """A UDP port nobody uses on 127.0.0.1 now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@functools.cache
+def multicast_unavailable() -> str | None:
+    """
+    Why multicast on 127.0.0.1 does not work here, or ``None`` if it does:
+    join 224.0.0.251 on 127.0.0.1 and send one datagram to ourselves.
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+            loopback = socket.inet_aton("127.0.0.1")
+            sock.setsockopt(
+                socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(MDNS_GROUP) + loopback
+            )
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, loopback)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, struct.pack("B", 1))
+            sock.settimeout(1.0)
+            sock.sendto(b"bitfi multicast check", (MDNS_GROUP, port))
+            data, _ = sock.recvfrom(100)
+            if data != b"bitfi multicast check":
+                return "multicast on 127.0.0.1 delivered something else"
+    except OSError as error:
+        return f"no multicast on 127.0.0.1 here: {error}"
+    return None

@@ -131,8 +131,11 @@ class NodeConfig:
         applies them (fewer rollbacks; 0 applies at the next reactor turn).
     :ivar gossip: how events spread between peers.
     :ivar mdns_enabled: whether the mDNS / DNS-SD service runs.
-    :ivar mdns_interface: the address of the one interface mDNS uses, or
-        ``None`` for every IPv4 interface.
+    :ivar mdns_interface: the IPv4 address of the one interface mDNS uses,
+        or ``None`` for every IPv4 interface.
+    :ivar mdns_port: the mDNS UDP port: 5353, which every responder uses
+        (no option sets it; tests use a free port so that no other
+        responder on the host hears them).
     :ivar dht_enabled: whether the Kademlia DHT service runs.
     :ivar dht_port: the DHT's UDP port; ``None`` uses the number of the P2P
         TCP port (so nodes on one machine never collide; 0 stays 0).
@@ -159,6 +162,7 @@ class NodeConfig:
     gossip: GossipTiming = field(default_factory=lambda: GossipTiming())
     mdns_enabled: bool = True
     mdns_interface: str | None = None
+    mdns_port: int = 5353
     dht_enabled: bool = True
     dht_port: int | None = None
     dht_bootstrap: tuple[tuple[str, int], ...] = ()
@@ -237,13 +241,13 @@ def coerce_bootstrap(text: str) -> tuple[PeerAddress, ...]:
 
 
 def coerce_interface(text: str) -> str:
-    """The IP address (IPv4 or IPv6 literal) of one local network interface."""
+    """The IPv4 address of one local network interface (mDNS runs on IPv4)."""
     text = text.strip()
     try:
-        return str(ipaddress.ip_address(text))
+        return str(ipaddress.IPv4Address(text))
     except ValueError:
         raise ValueError(
-            f"not an interface address: {text!r} (an IP address such as 192.168.1.5 or 127.0.0.1)"
+            f"not an IPv4 interface address: {text!r} (such as 192.168.1.5 or 127.0.0.1)"
         ) from None
 
 

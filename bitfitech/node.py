@@ -8,7 +8,9 @@ stop in reverse:
 2. ``market``: the event journal, the ledger and the book;
 3. ``peers``: the P2P listener, the hub of live links, the address book,
    the dialer, and the gossip of events between peers;
-4. ``api``: the HTTP API on ``api_host:api_port``.
+4. ``mdns`` and ``dht``: discovery, which hands the addresses it finds to
+   the address book (each can be switched off);
+5. ``api``: the HTTP API on ``api_host:api_port``.
 
 Building opens nothing: sockets, files and timers open in ``startService``.
 This module and :mod:`bitfitech.tap` are the only ones that know every part.
@@ -16,8 +18,9 @@ This module and :mod:`bitfitech.tap` are the only ones that know every part.
 
 from __future__ import annotations
 
+import ipaddress
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from twisted.application.service import IService, MultiService, Service
@@ -47,6 +50,10 @@ from zope.interface import implementer
 from . import USER_AGENT, __version__
 from .address import AddressError, PeerAddress, format_hostport, parse_address
 from .config import NodeConfig
+from .discovery import PeerFound
+from .discovery.kademlia.ids import network_info_hash
+from .discovery.kademlia.service import DHTService
+from .discovery.mdns import MDNSError, MDNSService
 from .gossip import Gossip, ThreadedVerifier
 from .identity import IdentityError
 from .interfaces import BatchRejected, INodeControl, ServiceUnavailable
@@ -59,6 +66,7 @@ from .peer.dialer import Dialer
 from .peer.hub import PeerHub
 from .peer.protocol import LocalNode, PeerProtocol
 from .storage import Storage, StorageError, StorageService
+from .wire.messages import PROTOCOL_VERSION
 
 log = logger(__name__)
 
@@ -262,6 +270,14 @@ class PeerService(_Listener):
             self.dialer.kick()
         return new
 
+    def found_by(self, source: str) -> PeerFound:
+        """The callback a discovery service hands addresses to (see :meth:`learn`)."""
+
+        def found(host: str, port: int, node_id: str | None) -> None:
+            self.learn(host, port, node_id, source=source)
+
+        return found
+
     def wants_peers(self) -> bool:
         """Whether the node has fewer outbound links than its target."""
         return self._hub is not None and self._hub.ready_count("outbound") < self.config.outbound
@@ -272,6 +288,77 @@ class PeerService(_Listener):
         )
         d = endpoint.connect(_OutboundFactory(self.hub, address))
         return cast("Deferred[PeerProtocol]", d)
+
+
+class DiscoveryService(Service):
+    """
+    Runs one discovery service, built when the node starts: it needs the
+    node id (from storage) and the P2P port (from the peer listener).
+
+    A discovery service that cannot start is logged and left off when it
+    is optional (mDNS: another program may hold the port without sharing
+    it), or stops the node's start when the user's settings are at fault
+    (the DHT's UDP port is busy).
+
+    :ivar service: the running service, or ``None``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        build: Callable[[], Any],
+        *,
+        required: bool,
+        what: str,
+    ) -> None:
+        """
+        :param name: ``mdns`` or ``dht``.
+        :param build: makes the service (called in ``startService``).
+        :param required: whether failing to start stops the node.
+        :param what: names it in messages (``"the DHT on UDP 0.0.0.0:3000"``).
+        """
+        self.name = name
+        self._build = build
+        self._required = required
+        self._what = what
+        self.service: Any = None
+
+    def startService(self) -> None:
+        """Build the service and start it."""
+        service = self._build()
+        try:
+            service.startService()
+        except (MDNSError, CannotListenError, OSError) as e:
+            if self._required:
+                raise StartupError(f"cannot start {self._what}: {e}") from None
+            log.warn("{what} is off: {error}", what=self._what, error=str(e))
+        else:
+            self.service = service
+        super().startService()
+
+    def stopService(self) -> Deferred[Any] | None:
+        """Stop the service, if it runs."""
+        super().stopService()
+        service, self.service = self.service, None
+        if service is None:
+            return None
+        stopped: Deferred[Any] = maybeDeferred(service.stopService)
+        return stopped
+
+    def status(self) -> dict[str, Any] | None:
+        """The service's status, or ``None`` when it does not run."""
+        return None if self.service is None else dict(self.service.status())
+
+
+def dht_bind_host(host: str) -> str:
+    """
+    The IPv4 address the DHT binds to, given the P2P bind address: the
+    same when it is IPv4, else loopback for an IPv6 loopback and every
+    interface otherwise (BEP 5 is IPv4).
+    """
+    if ":" not in host:
+        return host
+    return "127.0.0.1" if ipaddress.ip_address(host).is_loopback else "0.0.0.0"
 
 
 async def _await(value: Any) -> Any:
@@ -347,6 +434,8 @@ class NodeControl:
                 "protocol_violations": hub.misbehaviour_count,
             },
             "uptime_s": round(now - (peers.started_at or now), 3),
+            "mdns": node.mdns.status() if node.mdns is not None else None,
+            "dht": node.dht.status() if node.dht is not None else None,
             **node.market.status(),
             "gossip": node.gossip.summary(),
         }
@@ -461,6 +550,8 @@ class Node(MultiService):
     :ivar market: the ledger, journal and book.
     :ivar gossip: how events travel between this node and its peers.
     :ivar peers: the peer layer.
+    :ivar mdns: mDNS / DNS-SD discovery, or ``None`` with ``--no-mdns``.
+    :ivar dht: the Kademlia DHT, or ``None`` with ``--no-dht``.
     :ivar api: the HTTP API service, or ``None`` with ``--no-api``.
     """
 
@@ -482,12 +573,47 @@ class Node(MultiService):
         self.market.publisher = self.gossip
         self.peers = PeerService(config, self.storage, reactor, self.gossip)
         self.peers.setServiceParent(self)
+        self.mdns: DiscoveryService | None = None
+        if config.mdns_enabled:
+            self.mdns = DiscoveryService(
+                "mdns", lambda: self._build_mdns(reactor), required=False,
+                what=f"mDNS on {config.mdns_interface or 'all interfaces'}",
+            )  # fmt: skip
+            self.mdns.setServiceParent(self)
+        self.dht: DiscoveryService | None = None
+        if config.dht_enabled:
+            where = format_hostport(dht_bind_host(config.host), config.dht_listen_port)
+            self.dht = DiscoveryService(
+                "dht", lambda: self._build_dht(reactor), required=True,
+                what=f"the DHT on UDP {where}",
+            )  # fmt: skip
+            self.dht.setServiceParent(self)
         self.control = NodeControl(self)
         self.exit_on_startup_error = False
         self.api: ApiService | None = None
         if config.api_enabled:
             self.api = ApiService(config, self.control, reactor)
             self.api.setServiceParent(self)
+
+    def _build_mdns(self, reactor: Any) -> MDNSService:
+        config, peers = self.config, self.peers
+        return MDNSService(
+            reactor, node_id=self.storage.identity.node_id, network=config.network,
+            pair=config.pair, version=PROTOCOL_VERSION, p2p_port=lambda: peers.listen_port,
+            found=peers.found_by("mdns"),
+            interface=config.mdns_interface, rng=random.SystemRandom(), port=config.mdns_port,
+        )  # fmt: skip
+
+    def _build_dht(self, reactor: Any) -> DHTService:
+        config, peers = self.config, self.peers
+        return DHTService(
+            reactor, info_hash=network_info_hash(config.network, config.pair),
+            port=config.dht_listen_port, host=dht_bind_host(config.host),
+            p2p_port=lambda: peers.listen_port,
+            found=peers.found_by("dht"),
+            wants_peers=peers.wants_peers, bootstrap=config.dht_bootstrap,
+            settings=self.storage, rng=random.SystemRandom(),
+        )  # fmt: skip
 
     def stopService(self) -> Deferred[None]:
         """

@@ -85,7 +85,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_tree(self) -> None:
         service, data_dir = self.make("--port", "3001", "--api-port", "0")
         self.assertTrue(IService.providedBy(service))
-        self.assertEqual(child_names(service), ["storage", "market", "peers", "api"])
+        self.assertEqual(child_names(service), ["storage", "market", "peers", "mdns", "dht", "api"])
         self.assertFalse(service.running)
         self.assertFalse(any(child.running for child in IServiceCollection(service)))
         self.assertFalse(os.path.exists(data_dir))
@@ -95,8 +95,12 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_no_api(self) -> None:
         service, data_dir = self.make("--no-api")
-        self.assertEqual(child_names(service), ["storage", "market", "peers"])
+        self.assertEqual(child_names(service), ["storage", "market", "peers", "mdns", "dht"])
         self.assertFalse(os.path.exists(data_dir))
+
+    def test_no_discovery(self) -> None:
+        service, _ = self.make("--no-mdns", "--no-dht")
+        self.assertEqual(child_names(service), ["storage", "market", "peers", "api"])
 
     def test_unparsed(self) -> None:
         self.assertRaises(AssertionError, tap.makeService, tap.Options())
@@ -136,7 +140,9 @@ class TacTests(SynchronousTestCase):
             services = list(IServiceCollection(application))
             self.assertEqual([s.name for s in services], ["node"], path)
             node = IServiceCollection(application).getServiceNamed("node")
-            self.assertEqual(child_names(node), ["storage", "market", "peers", "api"], path)
+            self.assertEqual(
+                child_names(node), ["storage", "market", "peers", "mdns", "dht", "api"], path
+            )
             self.assertFalse(node.running, path)
             self.assertFalse(os.path.exists(data_dir), path)
             assert isinstance(node, Node)

@@ -134,11 +134,14 @@ class NodeProcess:
         http: HTTPClient,
         bootstrap: Sequence[int] = (),
         extra_args: Sequence[str] = (),
+        dht: bool = False,
     ) -> None:
         """
         :param http: the client for API requests (the test owns its pool).
         :param bootstrap: P2P ports on 127.0.0.1 to pass as ``--bootstrap``.
         :param extra_args: further ``bitfi`` options.
+        :param dht: whether the DHT runs (on 127.0.0.1; mDNS never runs,
+            so nothing leaves loopback).
         """
         self.name = name
         self.port = port
@@ -146,6 +149,7 @@ class NodeProcess:
         self.data_dir = data_dir
         self.bootstrap = tuple(bootstrap)
         self.extra_args = tuple(extra_args)
+        self.dht = dht
         self.status: int | None = None
         self._http = http
         self._transport: IProcessTransport | None = None
@@ -157,7 +161,9 @@ class NodeProcess:
         args = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=-", "bitfi"]
         args += ["--host", "127.0.0.1", "--port", str(self.port)]
         args += ["--api-host", "127.0.0.1", "--api-port", str(self.api_port)]
-        args += ["--data-dir", self.data_dir, "--no-mdns", "--no-dht"]
+        args += ["--data-dir", self.data_dir, "--no-mdns"]
+        if not self.dht:
+            args.append("--no-dht")
         for port in self.bootstrap:
             args += ["--bootstrap", f"127.0.0.1:{port}"]
         return args + list(self.extra_args)
@@ -327,6 +333,7 @@ class NodeProcessTests(TestCase):
         bootstrap: Sequence[int] = (),
         data_dir: str | None = None,
         extra_args: Sequence[str] = (),
+        dht: bool = False,
     ) -> NodeProcess:
         """Start a node whose process is killed after the test, whatever happens."""
         node = NodeProcess(
@@ -337,6 +344,7 @@ class NodeProcessTests(TestCase):
             http=self.http,
             bootstrap=bootstrap,
             extra_args=extra_args,
+            dht=dht,
         )
         Path(node.data_dir).parent.mkdir(parents=True, exist_ok=True)
         node.start()
@@ -422,6 +430,34 @@ class NodeProcessTests(TestCase):
         for node, (status, elapsed) in zip(nodes, results, strict=True):
             self.assertLess(elapsed, STOP_DEADLINE, node.describe())
             assert_clean_exit(self, node, status)
+
+    async def test_dht_links_nodes_given_no_bootstrap_peer(self) -> None:
+        """
+        Two nodes with the DHT on and no --bootstrap peer: the second, told
+        only the first's DHT address (--dht-bootstrap), finds it under the
+        network's info-hash and links to it; /status shows the DHT.
+        """
+        ports = free_ports(4)
+        first = self.spawn_node("first", ports[0], ports[1], dht=True)
+        first_status = await first.wait_for_api()
+        dht = first_status["dht"]
+        self.assertEqual(dht["port"], first.port, "the DHT port defaults to the P2P port's number")
+        self.assertIsNone(first_status["mdns"])
+        second = self.spawn_node(
+            "second", ports[2], ports[3], dht=True,
+            extra_args=["--dht-bootstrap", f"127.0.0.1:{dht['port']}"],
+        )  # fmt: skip
+        await second.wait_for_api()
+        first_id = first_status["node_id"]
+
+        async def linked() -> bool:
+            rows = await second.get_json("/peers")
+            return any(row["node_id"] == first_id for row in rows)
+
+        await self.eventually(linked, "the second node links to the first", lambda: "")
+        status = await second.get_json("/status")
+        self.assertGreaterEqual(status["dht"]["routing_table_size"], 1, second.describe())
+        self.assertEqual(status["dht"]["info_hash"], dht["info_hash"])
 
     async def test_restart_reconnects_from_address_book(self) -> None:
         """

@@ -152,7 +152,7 @@ CLI_CASES: dict[str, tuple[str, object, str, str]] = {
     "api-host": ("::1", "::1", "API_HOST", "0.0.0.0"),
     "log-level": ("error", LogLevel.error, "LOG_LEVEL", "debug"),
     "settle-after": ("0.5", 0.5, "BITFI_SETTLE_AFTER", "30"),
-    "mdns-interface": ("::1", "::1", "MDNS_INTERFACE", "127.0.0.1"),
+    "mdns-interface": ("10.0.0.5", "10.0.0.5", "MDNS_INTERFACE", "127.0.0.1"),
     "dht-port": ("0", 0, "DHT_PORT", "6881"),
 }
 
@@ -170,7 +170,7 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "log-level": ("loud", ""),
     "settle-after": ("-1", "86401", "soon", "nan", "inf", ""),
     "bootstrap": ("nope", "127.0.0.1:0", "::1:3000", "xyz@127.0.0.1:3000"),
-    "mdns-interface": ("eth0", "all", "", "127.0.0.256"),
+    "mdns-interface": ("eth0", "all", "", "127.0.0.256", "::1"),
     "dht-port": ("x", "65536", "-1"),
     "dht-bootstrap": ("nope", "127.0.0.1:0", f"{NODE_ID}@127.0.0.1:6881"),
 }

@@ -127,6 +127,8 @@ class DHTProtocol(DatagramProtocol):
         ``queries``, ``errors_sent``, ``timeouts``...).
     """
 
+    noisy = False  # the service logs its own start and stop
+
     def __init__(
         self,
         clock: IReactorTime,

@@ -144,6 +144,8 @@ class MDNSProtocol(DatagramProtocol):
     :ivar received: datagrams handed on; :ivar dropped: datagrams dropped.
     """
 
+    noisy = False  # the service logs its own start and stop
+
     def __init__(
         self,
         handle: Handler,

@@ -16,6 +16,8 @@ _NODE_ID_RE = re.compile(r"\A[0-9a-f]{40}\Z")
 _HOSTNAME_RE = re.compile(
     r"\A(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z"
 )
+#: an IPv6 zone: an interface name (Linux allows 15 characters) or index
+_SCOPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 class AddressError(ValueError):
@@ -49,8 +51,13 @@ def normalize_host(host: str) -> str:
         ip = ipaddress.ip_address(host)
     except ValueError:
         if ":" in host or not _HOSTNAME_RE.match(host):
-            raise AddressError(f"invalid host {host!r}") from None
+            raise AddressError(f"invalid host {host[:80]!r}") from None
         return host.lower()
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        # ipaddress accepts any text after "%"; only an interface name or
+        # number makes sense, and nothing else may reach logs or the book.
+        if _SCOPE_RE.fullmatch(ip.scope_id) is None:
+            raise AddressError(f"invalid IPv6 scope in {host[:80]!r}")
     return str(ip)
 
 

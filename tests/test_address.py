@@ -54,6 +54,14 @@ class ParseAddressTests(SynchronousTestCase):
         address = parse_address("[2001:DB8:0:0:0:0:0:1]:3000")
         self.assertEqual(address.host, "2001:db8::1")
 
+    def test_ipv6_zone(self) -> None:
+        """An interface zone is kept; any other text after ``%`` is refused."""
+        self.assertEqual(normalize_host("fe80::1%eth0"), "fe80::1%eth0")
+        self.assertEqual(normalize_host("[fe80::1%2]"), "fe80::1%2")
+        for bad in ("fe80::1%\x00\n" + "x" * 1000, "fe80::1%a b", "fe80::1%" + "e" * 16):
+            error = self.assertRaises(AddressError, normalize_host, bad)
+            self.assertLess(len(str(error)), 200)
+
     def test_node_id(self) -> None:
         address = parse_address(f"{NODE_ID}@10.0.0.2:3002")
         self.assertEqual(address, PeerAddress("10.0.0.2", 3002, NODE_ID))

@@ -113,7 +113,11 @@ class MessageError(ValueError):
 
 def _show(value: object) -> str:
     """A short ``repr`` of a value for error messages (peers send large junk)."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:
+        # JSON nested almost as deep as the parser allows: repr needs a few more frames.
+        text = f"<deeply nested {type(value).__name__}>"
     if isinstance(value, bool):
         text += " (a bool)"
     elif isinstance(value, float):
@@ -222,6 +226,9 @@ def _bad_pair(entry: object, what: str, command: str, field: str) -> NoReturn:
 
 def _port(value: object, command: str, field: str, *, allow_zero: bool) -> int:
     """Check a TCP port with :func:`bitfitech.address.check_port`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        # Refused here: check_port's message would repr peer junk of any depth.
+        raise MessageError(f"must be an integer, not {_show(value)}", command=command, field=field)
     try:
         return check_port(value, allow_zero=allow_zero)  # type: ignore[arg-type]
     except AddressError as error:

@@ -1,0 +1,1 @@
+"""Security tests: hostile input against the peer-facing decoders."""

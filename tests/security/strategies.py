@@ -1,0 +1,75 @@
+"""Hypothesis strategies shared by the fuzz tests of the peer-facing decoders.
+
+:func:`mutated` damages a valid encoding the way a hostile or broken peer
+would: bytes or characters replaced, inserted, deleted or repeated, and the
+end cut off.  The valid inputs come from the message strategies of
+:mod:`tests.test_messages` and from real signed events.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TypeVar
+
+from hypothesis import strategies as st
+
+S = TypeVar("S", str, bytes)
+
+DEADLINE = timedelta(milliseconds=500)
+"""Per-example deadline: generous for CI jitter, far below any hang or quadratic blow-up."""
+
+OPERATIONS = ("replace", "insert", "delete", "duplicate", "truncate")
+
+
+@st.composite
+def mutated(draw: st.DrawFn, original: S, pieces: st.SearchStrategy[S]) -> S:
+    """
+    ``original`` changed by one to four random edits.
+
+    :param original: a valid encoding.
+    :param pieces: what to put in where the edit replaces or inserts.
+    :return: the damaged encoding (equal to ``original`` now and then, when
+        an edit undoes itself).
+    """
+    value = original
+    for _ in range(draw(st.integers(1, 4))):
+        size = len(value)
+        operation = draw(st.sampled_from(OPERATIONS))
+        start = draw(st.integers(0, size))
+        end = draw(st.integers(start, min(size, start + 16)))
+        if operation == "replace":
+            value = value[:start] + draw(pieces) + value[end:]
+        elif operation == "insert":
+            value = value[:start] + draw(pieces) + value[start:]
+        elif operation == "delete":
+            value = value[:start] + value[end:]
+        elif operation == "duplicate":
+            value = value[:end] + value[start:end] + value[end:]
+        else:
+            value = value[:start]
+    return value
+
+
+byte_pieces = st.binary(min_size=1, max_size=8) | st.sampled_from(
+    [b"\0", b"\xff", b'"', b"[", b"{", b"}", b"]", b",", b"1", b"-", b"e", b"\\u", b"\x80"]
+)
+"""Bytes to insert: random, or the ones that matter to JSON and UTF-8."""
+
+
+def chunked(data: bytes, sizes: list[int]) -> list[bytes]:
+    """
+    Cut ``data`` into chunks of the given sizes (cycled), the last one shorter.
+
+    :param sizes: chunk sizes, each at least 1.
+    """
+    chunks, at, index = [], 0, 0
+    while at < len(data):
+        size = sizes[index % len(sizes)]
+        chunks.append(data[at : at + size])
+        at += size
+        index += 1
+    return chunks
+
+
+chunk_sizes = st.lists(st.integers(1, 64), min_size=1, max_size=8) | st.just([1 << 20])
+"""How a peer's bytes arrive: in small random pieces, or all at once."""

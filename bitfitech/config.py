@@ -61,6 +61,7 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "no-dht": ("BITFI_NO_DHT",),
     "dht-port": ("DHT_PORT",),
     "dht-bootstrap": ("DHT_BOOTSTRAP",),
+    "insecure-plain-tcp": ("BITFI_INSECURE_PLAIN_TCP",),
 }
 
 
@@ -140,6 +141,8 @@ class NodeConfig:
     :ivar dht_port: the DHT's UDP port; ``None`` uses the number of the P2P
         TCP port (so nodes on one machine never collide; 0 stays 0).
     :ivar dht_bootstrap: DHT nodes contacted at start, as ``(host, port)``.
+    :ivar plain_tcp: run peer links over plain TCP instead of TLS: neither
+        encrypted nor authenticated (a plain node and a TLS node never link).
     """
 
     data_dir: str
@@ -166,6 +169,7 @@ class NodeConfig:
     dht_enabled: bool = True
     dht_port: int | None = None
     dht_bootstrap: tuple[tuple[str, int], ...] = ()
+    plain_tcp: bool = False
 
     def __post_init__(self) -> None:
         if self.outbound > self.max_peers:
@@ -379,6 +383,7 @@ def config_from_options(
     dht_bootstrap: Sequence[tuple[str, int]] | None = None,
     no_mdns: bool = False,
     no_dht: bool = False,
+    insecure_plain_tcp: bool = False,
 ) -> NodeConfig:
     """
     Build a config from command-line values (``None`` when not given) and the environment.
@@ -389,6 +394,7 @@ def config_from_options(
     :param dht_bootstrap: DHT nodes from the command line, or ``None`` when none were given.
     :param no_mdns: whether ``--no-mdns`` was given.
     :param no_dht: whether ``--no-dht`` was given.
+    :param insecure_plain_tcp: whether ``--insecure-plain-tcp`` was given.
     :param env: the process environment.
     :raises ConfigError: naming the first bad option.
     """
@@ -427,4 +433,5 @@ def config_from_options(
         dht_enabled=not (no_dht or _pick("no-dht", {}, env, coerce_flag, False)),
         dht_port=_pick("dht-port", given, env, coerce_port, no_port),
         dht_bootstrap=tuple(dht_bootstrap),
+        plain_tcp=insecure_plain_tcp or _pick("insecure-plain-tcp", {}, env, coerce_flag, False),
     )

@@ -6,7 +6,8 @@ stop in reverse:
 
 1. ``storage``: the data directory, SQLite database and node key;
 2. ``market``: the event journal, the ledger and the book;
-3. ``peers``: the P2P listener, the hub of live links, the address book,
+3. ``peers``: the P2P listener (TLS bound to the node key, unless
+   ``--insecure-plain-tcp``), the hub of live links, the address book,
    the dialer, and the gossip of events between peers;
 4. ``mdns`` and ``dht``: discovery, which hands the addresses it finds to
    the address book (each can be switched off);
@@ -65,6 +66,7 @@ from .peer.addrbook import AddressBook
 from .peer.dialer import Dialer
 from .peer.hub import PeerHub
 from .peer.protocol import LocalNode, PeerProtocol
+from .peer.tls import NodeTLS, TLSLink, TLSLinkFactory
 from .storage import Storage, StorageError, StorageService
 from .wire.messages import PROTOCOL_VERSION
 
@@ -170,6 +172,7 @@ class PeerService(_Listener):
         self._dialer: Dialer | None = None
         self.addrbook: AddressBook | None = None
         self.started_at: float | None = None
+        self.tls: NodeTLS | None = None
 
     @property
     def hub(self) -> PeerHub:
@@ -191,16 +194,26 @@ class PeerService(_Listener):
         clock = cast(IReactorTime, self.reactor)
         self.addrbook = AddressBook(self.storage.connection)
         self.addrbook.load()
+        if config.plain_tcp:
+            self.tls = None
+            log.warn(
+                "Peer links run over plain TCP (--insecure-plain-tcp): they are neither "
+                "encrypted nor authenticated, and this node links only with other plain nodes"
+            )
+        else:
+            self.tls = NodeTLS(self.storage.identity, clock.seconds())
         endpoint = tcp_server_endpoint(self.reactor, config.host, config.port)
         self.port = listen_now(
-            endpoint, _InboundFactory(self), f"peers on {format_hostport(config.host, config.port)}"
-        )
+            endpoint, self._with_tls(_InboundFactory(self), client=False),
+            f"peers on {format_hostport(config.host, config.port)}",
+        )  # fmt: skip
         local = LocalNode(
             network=config.network,
             pair=config.pair,
             node_id=self.storage.identity.node_id,
             listen_port=self.listen_port,
             user_agent=USER_AGENT,
+            tls=self.tls is not None,
         )
         rng = random.SystemRandom()
         self._hub = PeerHub(
@@ -218,8 +231,10 @@ class PeerService(_Listener):
         super().startService()
         self._dialer.startService()
         log.info(
-            "Node {node_id} listening for peers on {where} (network {network}, pair {pair})",
+            "Node {node_id} listening for peers on {where} over {transport} "
+            "(network {network}, pair {pair})",
             node_id=local.node_id, where=format_hostport(config.host, self.listen_port),
+            transport="TLS" if self.tls is not None else "plain TCP",
             network=config.network, pair=config.pair,
         )  # fmt: skip
 
@@ -282,12 +297,27 @@ class PeerService(_Listener):
         """Whether the node has fewer outbound links than its target."""
         return self._hub is not None and self._hub.ready_count("outbound") < self.config.outbound
 
+    def _with_tls(self, factory: Factory, *, client: bool) -> IProtocolFactory:
+        """C{factory} wrapped in this node's TLS, or as it is on a plain node."""
+        if self.tls is None:
+            return factory
+        return TLSLinkFactory(self.tls, client, factory, clock=self.reactor)
+
     def _connect(self, address: PeerAddress) -> Deferred[PeerProtocol]:
         endpoint = HostnameEndpoint(
             self.reactor, address.host, address.port, timeout=self.config.connect_timeout
         )
-        d = endpoint.connect(_OutboundFactory(self.hub, address))
+        d: Deferred[Any] = endpoint.connect(
+            self._with_tls(_OutboundFactory(self.hub, address), client=True)
+        )
+        if self.tls is not None:
+            d.addCallback(_wrapped_protocol)
         return cast("Deferred[PeerProtocol]", d)
+
+
+def _wrapped_protocol(tls_link: TLSLink) -> PeerProtocol:
+    """The peer link inside the TLS layer of a connection."""
+    return cast(PeerProtocol, tls_link.wrappedProtocol)
 
 
 class DiscoveryService(Service):
@@ -420,7 +450,11 @@ class NodeControl:
             "pair": node.config.pair,
             "version": __version__,
             "user_agent": USER_AGENT,
-            "p2p": {"host": node.config.host, "port": peers.listen_port},
+            "p2p": {
+                "host": node.config.host,
+                "port": peers.listen_port,
+                "tls": peers.tls is not None,
+            },
             "peers": {
                 "inbound": hub.ready_count("inbound"),
                 "outbound": hub.ready_count("outbound"),

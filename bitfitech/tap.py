@@ -102,7 +102,10 @@ class Options(usage.Options):
         ["no-api", None, f"Do not run the HTTP API [env {_env('no-api')}=1]"],
         ["no-mdns", None, f"Do not run mDNS / DNS-SD discovery [env {_env('no-mdns')}=1]"],
         ["no-dht", None, f"Do not run the Kademlia DHT [env {_env('no-dht')}=1]"],
-    ]
+        ["insecure-plain-tcp", None,
+         "Run peer links over plain TCP instead of TLS: neither encrypted nor authenticated; "
+         f"such a node links only with other plain nodes [env {_env('insecure-plain-tcp')}=1]"],
+    ]  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__()
@@ -137,6 +140,7 @@ class Options(usage.Options):
                 given, self._bootstrap, bool(self["no-api"]), self.environ,
                 dht_bootstrap=self._dht_bootstrap, no_mdns=bool(self["no-mdns"]),
                 no_dht=bool(self["no-dht"]),
+                insecure_plain_tcp=bool(self["insecure-plain-tcp"]),
             )  # fmt: skip
         except cfg.ConfigError as e:
             raise usage.UsageError(str(e)) from None

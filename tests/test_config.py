@@ -137,6 +137,7 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
         "dht_bootstrap",
         (("127.0.0.1", 6881), ("::1", 6882), ("dht.example", 6883)),
     ),
+    "BITFI_INSECURE_PLAIN_TCP": ("1", "plain_tcp", True),
 }
 
 #: option -> (command-line value, field expected from it, environment variable, env value)
@@ -252,6 +253,14 @@ class EnvironmentTests(SynchronousTestCase):
         self.assertFalse(config.mdns_enabled)
         self.assertFalse(config.dht_enabled)
 
+    def test_tls_unless_insecure_plain_tcp(self) -> None:
+        self.assertFalse(parse().plain_tcp)
+        self.assertFalse(NodeConfig(data_dir="/d").plain_tcp)
+        self.assertTrue(parse(["--insecure-plain-tcp"]).plain_tcp)
+        env = with_xdg(BITFI_INSECURE_PLAIN_TCP="0")
+        self.assertTrue(parse(["--insecure-plain-tcp"], env).plain_tcp)
+        self.assertFalse(parse([], env).plain_tcp)
+
     def test_ipv6(self) -> None:
         config = parse(["--host", "::1", "--bootstrap", "[::1]:3000", "--api-host", "[::1]"])
         self.assertEqual(config.host, "::1")
@@ -269,7 +278,7 @@ class ValidationTests(SynchronousTestCase):
                 self.assertIn(f"--{option}", str(error), (option, value))
 
     def test_bad_values_in_environment(self) -> None:
-        flags = ("no-api", "no-mdns", "no-dht")
+        flags = ("no-api", "no-mdns", "no-dht", "insecure-plain-tcp")
         cases = {**BAD_VALUES, **{flag: ("maybe", "2") for flag in flags}}
         self.assertEqual(set(cases), set(ENVIRONMENT))
         for option, values in cases.items():

@@ -1,6 +1,6 @@
 """Keeping the outbound links: from the address book to new peer links.
 
-Data path: address book -> :class:`Dialer` -> a connector (TCP, later TLS)
+Data path: address book -> :class:`Dialer` -> a connector (TLS, or plain TCP)
 -> :class:`~bitfitech.peer.protocol.PeerProtocol` registered with the hub.
 The dialer keeps the outbound target: it picks the best candidates the
 address book offers (addresses that worked before first; failing ones wait

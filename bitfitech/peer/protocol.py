@@ -1,8 +1,10 @@
 """One peer link: bytes from a socket to typed messages, and back.
 
-Data path: socket -> :class:`PeerProtocol` (framing, codec, handshake,
-liveness) -> the link owner (:class:`~bitfitech.peer.hub.PeerHub`).  The
-protocol is glue: it feeds bytes to the pure frame decoder, decodes frames
+Data path: socket -> TLS (:mod:`bitfitech.peer.tls`, unless the node runs
+plain TCP) -> :class:`PeerProtocol` (framing, codec, handshake with the
+check that the peer's certificate proves the node id it claims, liveness)
+-> the link owner (:class:`~bitfitech.peer.hub.PeerHub`).  The protocol is
+glue: it feeds bytes to the pure frame decoder, decodes frames
 to messages, runs the ``version``/``verack`` handshake and ``ping``/``pong``,
 and hands every other message to its owner.  A protocol violation closes
 this link only and is reported to the owner; nothing raises out of
@@ -38,6 +40,7 @@ from ..wire.messages import (
     decode_message,
     encode_message,
 )
+from .tls import negotiated_tls_version, proven_node_id
 
 log = logger(__name__)
 
@@ -67,6 +70,9 @@ class LocalNode:
     :ivar listen_port: P2P port peers can dial back, 0 if not listening.
     :ivar user_agent: software name and version.
     :ivar services: service names offered.
+    :ivar tls: whether links run over TLS, where each peer must prove the
+        node id its ``version`` claims with the key of its certificate (a
+        link without that proof is dropped).
     """
 
     network: str
@@ -75,6 +81,7 @@ class LocalNode:
     listen_port: int
     user_agent: str
     services: tuple[str, ...] = ()
+    tls: bool = False
 
     @property
     def magic(self) -> bytes:
@@ -84,7 +91,7 @@ class LocalNode:
 
 class PeerProtocol(Protocol):
     """
-    One TCP link to a peer, in either direction.
+    One link to a peer (over TLS, or plain TCP), in either direction.
 
     States: ``handshaking`` (only ``version`` and ``verack`` are allowed),
     ``ready`` (everything else; handed to the owner), ``closed``.
@@ -94,6 +101,8 @@ class PeerProtocol(Protocol):
     :ivar remote: the peer's ``version`` once received.
     :ivar connected_since: clock time the handshake finished.
     :ivar rtt: last ping round-trip time in seconds, or ``None``.
+    :ivar tls_version: the negotiated TLS version once the peer proved its
+        node id, ``None`` on a plain link.
     """
 
     def __init__(
@@ -122,6 +131,7 @@ class PeerProtocol(Protocol):
         self.protocol_version = PROTOCOL_VERSION
         self.connected_since: float | None = None
         self.rtt: float | None = None
+        self.tls_version: str | None = None
         self.close_reason: str | None = None
         self._verack_received = False
         self._decoder = FrameDecoder(local.magic, max_payload)
@@ -339,6 +349,8 @@ class PeerProtocol(Protocol):
         if self.remote is not None:
             self.violation("duplicate version")
             return
+        if self.local.tls and not self._proves(version.node_id):
+            return
         self.remote = version
         if version.network != self.local.network:
             self.close(f"wrong network {version.network!r}")
@@ -355,11 +367,28 @@ class PeerProtocol(Protocol):
             return
         pinned = self.dialed.node_id if self.dialed else None
         if pinned is not None and version.node_id != pinned:
-            self.close(f"node id {version.node_id} is not the pinned {pinned}")
+            log.warn("{peer} is node {node_id}, not the pinned {pinned}; disconnecting",
+                     peer=self.describe(), node_id=version.node_id, pinned=pinned)  # fmt: skip
+            self.close(f"node id {version.node_id} is not the pinned {pinned}", abort=True)
             return
         self.protocol_version = min(PROTOCOL_VERSION, version.protocol_version)
         self.send(Verack())
         self._maybe_ready()
+
+    def _proves(self, claimed: str) -> bool:
+        """
+        Whether the peer's certificate proves the node id its ``version``
+        claims; if not, that is a protocol violation and the link is dropped.
+        """
+        proven = proven_node_id(self.transport)
+        if proven == claimed:
+            self.tls_version = negotiated_tls_version(self.transport)
+            return True
+        if proven is None:
+            self.violation(f"no Ed25519 certificate proves node id {claimed}")
+        else:
+            self.violation(f"version claims node id {claimed}, its certificate proves {proven}")
+        return False
 
     def _maybe_ready(self) -> None:
         if self.remote is None or not self._verack_received or self.state != "handshaking":
@@ -427,4 +456,5 @@ def link_info(link: PeerProtocol, source: str | None) -> dict[str, Any]:
         "source": source,
         "user_agent": link.remote.user_agent if link.remote else None,
         "protocol_version": link.protocol_version,
+        "tls": link.tls_version,
     }

@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.address import PeerAddress
 from bitfitech.config import LinkTiming
+from bitfitech.peer import protocol as protocol_module
 from bitfitech.peer.protocol import REASON_SELF, LinkClosed, PeerProtocol
 from bitfitech.testing import RecordingOwner, frame_of, local_node, node_id_of, version_of
 from bitfitech.wire.framing import FrameDecoder, network_magic
@@ -301,6 +302,20 @@ class ReadyTests(SynchronousTestCase):
         link.receive(GetAddr())
         self.assertEqual(link.protocol.close_reason, "internal error")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_decoder_error_does_not_escape(self) -> None:
+        """A decoder bug (an exception other than its own) costs the link, not the node."""
+        link = Link()
+        link.handshake()
+
+        def broken(command: str, payload: bytes) -> object:
+            raise RecursionError("bug")
+
+        self.patch(protocol_module, "decode_message", broken)
+        link.receive(GetAddr())
+        self.assertEqual(link.protocol.close_reason, "internal error")
+        self.assertEqual(len(self.flushLoggedErrors(RecursionError)), 1)
+        self.assertEqual(link.owner.misbehaved, [])
 
     def test_send_after_close_is_dropped(self) -> None:
         link = Link()

@@ -272,17 +272,21 @@ class PeerProtocol(Protocol):
             return
         self._decoder.feed(data)
         while not self.closed:
+            command = "(frame)"
             try:
                 frame = self._decoder.next_frame()
-            except FramingError as e:
-                self.violation(str(e))
-                return
-            if frame is None:
-                return
-            try:
+                if frame is None:
+                    return
+                command = frame.command
                 message = decode_message(frame.command, frame.payload)
-            except MessageError as e:
+            except (FramingError, MessageError) as e:
                 self.violation(str(e))
+                return
+            except Exception:
+                # A decoder bug, not the peer's fault: keep the node up, drop the link.
+                log.failure("Error decoding {command} from {peer}", command=command,
+                            peer=self.describe())  # fmt: skip
+                self.close("internal error", abort=True)
                 return
             try:
                 self._handle(message)

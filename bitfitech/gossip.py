@@ -52,6 +52,7 @@ from .config import GossipTiming
 from .interfaces import IEventPublisher, IEventStore, IGossip
 from .logs import logger
 from .market.events import Event, EventError, event_id, parse_event, verify_event
+from .peer import misbehaviour
 from .peer.protocol import PeerProtocol
 from .wire.messages import (
     MAX_CHAINS,
@@ -389,7 +390,9 @@ class Gossip:
                 stats["events_invalid"] += 1
                 if ident:
                     self._remember(ident, -1)
-                peer.link.owner.link_misbehaved(peer.link, f"malformed event: {e}")
+                peer.link.owner.link_misbehaved(
+                    peer.link, f"malformed event: {e}", misbehaviour.MALFORMED_EVENT
+                )
                 continue
             verifying.add(ident)
             parsed.append(event)

@@ -38,8 +38,12 @@ class ILinkOwner(Interface):
     def link_closed(link: Any, reason: str) -> None:
         """The link is gone (whether or not it was ever ready)."""
 
-    def link_misbehaved(link: Any, reason: str) -> None:
-        """The peer broke the protocol; the link is closing."""
+    def link_misbehaved(link: Any, reason: str, score: int) -> None:
+        """
+        The peer behaved badly: count C{score} against it
+        (:mod:`bitfitech.peer.misbehaviour`).  For a protocol violation the
+        link is closing already.
+        """
 
 
 class ServiceUnavailable(Exception):

@@ -73,6 +73,7 @@ class RecordingOwner:
         self.messages: list[tuple[Any, Message]] = []
         self.closed: list[tuple[Any, str]] = []
         self.misbehaved: list[tuple[Any, str]] = []
+        self.scores: list[int] = []
 
     def is_own_nonce(self, nonce: int) -> bool:
         return nonce in self.own_nonces
@@ -88,8 +89,9 @@ class RecordingOwner:
     def link_closed(self, link: Any, reason: str) -> None:
         self.closed.append((link, reason))
 
-    def link_misbehaved(self, link: Any, reason: str) -> None:
+    def link_misbehaved(self, link: Any, reason: str, score: int) -> None:
         self.misbehaved.append((link, reason))
+        self.scores.append(score)
 
 
 def loopback_config(data_dir: str, **changes: Any) -> NodeConfig:

@@ -172,7 +172,7 @@ class FakeLink:
         if self.closed:
             return
         self.violations.append(reason)
-        self.owner.link_misbehaved(self, reason)
+        self.owner.link_misbehaved(self, reason, 100)
         self.closed = True
 
     def take(self) -> list[Message]:

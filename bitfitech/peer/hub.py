@@ -197,7 +197,7 @@ class PeerHub:
                      peer=link.describe(), reason=reason, count=len(self.links))  # fmt: skip
         self._changed()
 
-    def link_misbehaved(self, link: PeerProtocol, reason: str) -> None:
+    def link_misbehaved(self, link: PeerProtocol, reason: str, score: int) -> None:
         """Count a protocol violation (scores and bans build on this)."""
         self.misbehaviour_count += 1
 

@@ -40,6 +40,7 @@ from ..wire.messages import (
     decode_message,
     encode_message,
 )
+from . import misbehaviour
 from .tls import negotiated_tls_version, proven_node_id
 
 log = logger(__name__)
@@ -243,7 +244,7 @@ class PeerProtocol(Protocol):
             peer=self.describe(),
             reason=reason,
         )
-        self.owner.link_misbehaved(self, reason)
+        self.owner.link_misbehaved(self, reason, misbehaviour.VIOLATION)
         self.close(f"protocol violation: {reason}", abort=True)
 
     # -- Twisted callbacks

@@ -29,6 +29,10 @@ DEFAULT_HOST = "0.0.0.0"
 DEFAULT_API_HOST = "127.0.0.1"
 API_PORT_OFFSET = 10000
 DEFAULT_SETTLE_AFTER = 10.0
+DEFAULT_BAN_DURATION = 86400.0
+MAX_BAN_DURATION = 30 * 86400
+DEFAULT_MAX_INBOUND_PER_IP = 8
+DEFAULT_MAX_HANDSHAKES_PER_IP = 4
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 _NETWORK_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
@@ -62,22 +66,59 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "dht-port": ("DHT_PORT",),
     "dht-bootstrap": ("DHT_BOOTSTRAP",),
     "insecure-plain-tcp": ("BITFI_INSECURE_PLAIN_TCP",),
+    "ban-duration": ("BITFI_BAN_DURATION",),
+    "max-inbound-per-ip": ("BITFI_MAX_INBOUND_PER_IP",),
+    "max-handshakes-per-ip": ("BITFI_MAX_HANDSHAKES_PER_IP",),
 }
+
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LinkLimits:
+    """
+    What one peer link may send this node (token buckets, see
+    :mod:`bitfitech.peer.ratelimit`), and what may queue for a peer that
+    does not read.
+
+    Past a rate the link is not read for a moment (backpressure: nothing is
+    dropped) and the peer is scored ``RATE_EXCEEDED``, at most once a second.
+
+    :ivar msg_rate: messages a second.
+    :ivar msg_burst: messages in a burst.
+    :ivar byte_rate: bytes a second (on the wire, after TLS).
+    :ivar byte_burst: bytes in a burst.
+    :ivar max_queued: bytes that may be written to a link while the peer
+        does not read (its TCP window and our buffer are full); past that
+        the link is dropped at once.
+    """
+
+    msg_rate: float = 1000.0
+    msg_burst: float = 2000.0
+    byte_rate: float = 8 * MIB
+    byte_burst: float = 16 * MIB
+    max_queued: int = 32 * MIB
 
 
 @dataclass(frozen=True)
 class LinkTiming:
     """
-    Timers of one peer link, in seconds.
+    Timers (in seconds) and limits of one peer link.
 
     :ivar handshake_timeout: a link must finish ``version``/``verack`` by then.
     :ivar ping_interval: how often a live link is pinged.
     :ivar ping_timeout: how long to wait for the matching ``pong``.
+    :ivar stall_timeout: how long a peer may leave what we write unread
+        (our write buffer full) before the link is dropped.
+    :ivar limits: rate limits and the write cap.
     """
 
     handshake_timeout: float = 10.0
     ping_interval: float = 30.0
     ping_timeout: float = 20.0
+    stall_timeout: float = 30.0
+    limits: LinkLimits = field(default_factory=LinkLimits)
 
 
 @dataclass(frozen=True)
@@ -97,6 +138,10 @@ class GossipTiming:
     :ivar fetch_delay: seconds an announced event may take to arrive by
         push before it is asked for: a push racing the announcement is
         then not fetched a second time.
+    :ivar author_rate: new events of one author relayed to this node a
+        second (token bucket); the excess is dropped unverified and not
+        marked seen, and anti-entropy brings it later (``docs/security.rst``).
+    :ivar author_burst: new events of one author in a burst.
     """
 
     fanout: int = 1
@@ -105,6 +150,8 @@ class GossipTiming:
     request_timeout: float = 2.0
     flush_interval: float = 0.005
     fetch_delay: float = 0.006
+    author_rate: float = 5000.0
+    author_burst: float = 20000.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +190,12 @@ class NodeConfig:
     :ivar dht_bootstrap: DHT nodes contacted at start, as ``(host, port)``.
     :ivar plain_tcp: run peer links over plain TCP instead of TLS: neither
         encrypted nor authenticated (a plain node and a TLS node never link).
+    :ivar ban_duration: seconds a peer's IP address is banned once its
+        misbehaviour score reaches the threshold (0: never ban).
+    :ivar max_inbound_per_ip: inbound links (handshaking or ready) allowed
+        from one IP address.
+    :ivar max_handshakes_per_ip: inbound links from one IP address allowed
+        in their handshake at once.
     """
 
     data_dir: str
@@ -170,6 +223,9 @@ class NodeConfig:
     dht_port: int | None = None
     dht_bootstrap: tuple[tuple[str, int], ...] = ()
     plain_tcp: bool = False
+    ban_duration: float = DEFAULT_BAN_DURATION
+    max_inbound_per_ip: int = DEFAULT_MAX_INBOUND_PER_IP
+    max_handshakes_per_ip: int = DEFAULT_MAX_HANDSHAKES_PER_IP
 
     def __post_init__(self) -> None:
         if self.outbound > self.max_peers:
@@ -310,6 +366,17 @@ def coerce_seconds(text: str) -> float:
     return float(value)
 
 
+def coerce_ban_duration(text: str) -> float:
+    """A ban duration in seconds, 0 (never ban) to 30 days (2592000), decimals allowed."""
+    try:
+        value = Decimal(text.strip())
+    except ArithmeticError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not value.is_finite() or not 0 <= value <= MAX_BAN_DURATION:
+        raise ValueError(f"must be from 0 to {MAX_BAN_DURATION} seconds, not {text.strip()!r}")
+    return float(value)
+
+
 def coerce_flag(text: str) -> bool:
     """A boolean from the environment: 1/true/yes/on or 0/false/no/off."""
     value = text.strip().lower()
@@ -434,4 +501,11 @@ def config_from_options(
         dht_port=_pick("dht-port", given, env, coerce_port, no_port),
         dht_bootstrap=tuple(dht_bootstrap),
         plain_tcp=insecure_plain_tcp or _pick("insecure-plain-tcp", {}, env, coerce_flag, False),
+        ban_duration=_pick("ban-duration", given, env, coerce_ban_duration, DEFAULT_BAN_DURATION),
+        max_inbound_per_ip=_pick(
+            "max-inbound-per-ip", given, env, coerce_count, DEFAULT_MAX_INBOUND_PER_IP
+        ),
+        max_handshakes_per_ip=_pick(
+            "max-handshakes-per-ip", given, env, coerce_count, DEFAULT_MAX_HANDSHAKES_PER_IP
+        ),
     )

@@ -15,6 +15,19 @@ in short:
 * **Dedup and hop limit.**  An event already held, or seen recently (a
   bounded cache, which also remembers invalid events), is not processed or
   relayed again; ``ttl`` drops by one per hop and 0 is never relayed.
+* **Rate per author.**  New events relayed to this node (``ttl`` > 0)
+  count against their author's token bucket (``author_rate`` a second,
+  bursts of ``author_burst``; :mod:`bitfitech.peer.ratelimit`), so that one
+  key cannot take the whole node.  The excess is dropped before its
+  signatures are checked and not marked seen, and the peer that relayed
+  it is pulled from at the next gap check: anti-entropy answers, which
+  come at the receiver's own pace and are not limited, bring it a second
+  or two later.  A
+  peer is scored ``RATE_EXCEEDED`` (at most once a second) only if it
+  alone relayed more of one author than the limit allows (with
+  :data:`PEER_SLACK` seconds to spare), which an honest peer with the
+  same limits never does: it relays only what its own bucket let in.
+  This node's own events are never limited.
 * **Verification before relay.**  Events are parsed and their signatures
   checked (a message's events as one batch, large batches in threads)
   before anything else happens; a bad signature disconnects the peer
@@ -54,6 +67,7 @@ from .logs import logger
 from .market.events import Event, EventError, event_id, parse_event, verify_event
 from .peer import misbehaviour
 from .peer.protocol import PeerProtocol
+from .peer.ratelimit import BucketTable
 from .wire.messages import (
     MAX_CHAINS,
     MAX_EVENTS,
@@ -100,6 +114,23 @@ MAX_LAG = 30.0
 BUSY_RATE = 1000
 """Items (events, announced or requested ids) sent a second above which a
 node is busy and batches its sends (see ``GossipTiming.flush_interval``)."""
+
+AUTHOR_BUCKETS = 65536
+"""Most authors whose rate is tracked at once (all peers together)."""
+
+AUTHOR_BUCKETS_PER_PEER = 4096
+"""Most authors whose rate is tracked at once for one peer."""
+
+AUTHOR_PRUNE = 2.0
+"""Seconds between two clean-ups of the authors' buckets that filled up again."""
+
+RATE_REPORT_INTERVAL = 1.0
+"""Least seconds between two ``RATE_EXCEEDED`` reports of one peer."""
+
+PEER_SLACK = 2.0
+"""Seconds of an author's rate a peer may relay beyond the author's burst
+before it is scored: events travel with varying delays, and an honest
+peer may deliver in a bunch what it took in over a longer time."""
 
 REPAIR_AGE = 2.0
 """Seconds after its timestamp from which an event learned by anti-entropy
@@ -193,10 +224,15 @@ class _Peer:
         "last_answer",
         "in_order",
         "queued",
+        "authors",
+        "last_rate_report",
     )
 
-    def __init__(self, link: PeerProtocol) -> None:
+    def __init__(self, link: PeerProtocol, authors: BucketTable) -> None:
+        """:param authors: the new events of each author this peer relays."""
         self.link = link
+        self.authors = authors
+        self.last_rate_report = float("-inf")
         self.known: OrderedDict[str, None] = OrderedDict()
         # Pushed events and getdata answers travel in separate messages,
         # and answers one message per ttl: an answer may carry ttl 0 (an
@@ -279,6 +315,9 @@ class Gossip:
         self._gap_marks: dict[tuple[str, int], float] = {}
         self._gap_turn = 0
         self._last_prompt = float("-inf")
+        self._authors = BucketTable(
+            self.timing.author_rate, self.timing.author_burst, AUTHOR_BUCKETS
+        )
         self._lag = 0.0
         self._ages = 0.0
         self._aged = 0
@@ -287,6 +326,7 @@ class Gossip:
                 "events_received", "events_new", "events_duplicate", "events_invalid",
                 "events_pushed", "inv_sent", "inv_received", "getdata_sent", "sync_sent",
                 "sync_received", "sync_events_sent", "requests_expired", "requests_dropped",
+                "events_rate_limited",
             ),
             0,
         )  # fmt: skip
@@ -299,6 +339,7 @@ class Gossip:
             (self.timing.sync_interval, self._sync_all),
             (GAP_CHECK, self._check_gaps),
             (self.timing.request_timeout / 4, self._expire_requests),
+            (AUTHOR_PRUNE, self._prune_authors),
         ):
             loop = LoopingCall(call)
             loop.clock = self.clock
@@ -321,7 +362,13 @@ class Gossip:
 
     def link_ready(self, link: PeerProtocol) -> None:
         """A new peer: start by exchanging version vectors."""
-        peer = self.peers[link] = _Peer(link)
+        timing = self.timing
+        authors = BucketTable(
+            timing.author_rate,
+            timing.author_burst + PEER_SLACK * timing.author_rate,
+            AUTHOR_BUCKETS_PER_PEER,
+        )
+        peer = self.peers[link] = _Peer(link, authors)
         self._pull(peer)
 
     def link_closed(self, link: PeerProtocol) -> None:
@@ -373,6 +420,9 @@ class Gossip:
             peer.last_answer = self.clock.seconds()
         store, seen, verifying = self.store, self._seen, self._verifying
         network, pair = store.network, store.pair
+        now = self.clock.seconds()
+        limited = message.ttl > 0
+        excess = ""
         parsed: list[Event] = []
         for text, sig in message.events:
             stats["events_received"] += 1
@@ -394,8 +444,14 @@ class Gossip:
                     peer.link, f"malformed event: {e}", misbehaviour.MALFORMED_EVENT
                 )
                 continue
+            if limited and not self._admit(peer, event, now):
+                if not excess and peer.authors.bucket(event.author, now).available(now) < 0:
+                    excess = event.author
+                continue
             verifying.add(ident)
             parsed.append(event)
+        if excess:
+            self._report_excess(peer, excess, now)
         if not parsed and not message.more:
             return
         # Verification may take longer for one message than for the next
@@ -412,6 +468,50 @@ class Gossip:
         results.addCallback(self._verified, peer, parsed, message)
         results.addErrback(self._verify_failed, peer, parsed)
         results.addCallback(self._handled, peer)
+
+    def _admit(self, peer: _Peer, event: Event, now: float) -> bool:
+        """
+        Whether a new event relayed by C{peer} is within its author's rate.
+
+        Every such event also counts in the peer's own bucket of the author,
+        which goes into debt only if the peer alone relays more than the
+        limit allows (see :meth:`_report_excess`).  An event refused is not
+        remembered; the peer is marked as ahead on its author, so that the
+        next gap check pulls it by anti-entropy.
+        """
+        author = event.author
+        peer.authors.bucket(author, now).spend(now, 1)
+        if self._authors.take(author, now):
+            return True
+        self.stats["events_rate_limited"] += 1
+        peer.knows(event.id)
+        # The peer holds events of this author that we lack: a gap check
+        # pulls them from it (an anti-entropy answer, not limited) once they
+        # are no longer in flight, which its answer would leave out.
+        ahead = peer.ahead
+        if event.seq > ahead.get(author, 0) and len(ahead) < AUTHOR_BUCKETS_PER_PEER:
+            since = peer.ahead_since if ahead else float("-inf")
+            peer.ahead_since = max(since, now + self._in_flight())
+            ahead[author] = event.seq
+        return False
+
+    def _report_excess(self, peer: _Peer, author: str, now: float) -> None:
+        """Score C{peer} for relaying too many events of C{author}, at most once a second."""
+        if now - peer.last_rate_report < RATE_REPORT_INTERVAL:
+            return
+        peer.last_rate_report = now
+        timing = self.timing
+        reason = f"over {timing.author_rate:g} new events a second of author {author[:16]}"
+        log.info("{peer} relays {reason}; the excess is dropped", peer=peer.link,
+                 reason=reason)  # fmt: skip
+        peer.link.owner.link_misbehaved(peer.link, reason, misbehaviour.RATE_EXCEEDED)
+
+    def _prune_authors(self) -> None:
+        """Forget the authors' buckets that filled up again (they are as new)."""
+        now = self.clock.seconds()
+        self._authors.prune(now)
+        for peer in self.peers.values():
+            peer.authors.prune(now)
 
     @staticmethod
     def _handled(_: object, peer: _Peer) -> None:

@@ -9,6 +9,16 @@ to messages, runs the ``version``/``verack`` handshake and ``ping``/``pong``,
 and hands every other message to its owner.  A protocol violation closes
 this link only and is reported to the owner; nothing raises out of
 :meth:`PeerProtocol.dataReceived`.  Time comes from an injected clock.
+
+Flow control, both ways (``docs/security.rst``): the messages and bytes a
+link receives are counted in token buckets (:mod:`bitfitech.peer.ratelimit`,
+figures in :class:`~bitfitech.config.LinkLimits`); past a rate the link
+stops reading until the debt is repaid (backpressure: the peer's TCP
+window fills; nothing is dropped) and the peer is scored
+``RATE_EXCEEDED``, at most once a second.  The protocol is also the
+streaming producer of what it writes: a peer that leaves our write buffer
+full for ``stall_timeout``, or for which more than ``max_queued`` bytes
+pile up meanwhile, is dropped.
 """
 
 from __future__ import annotations
@@ -18,10 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..address import PeerAddress, format_hostport, normalize_host
 from ..config import LinkTiming
@@ -41,6 +52,7 @@ from ..wire.messages import (
     encode_message,
 )
 from . import misbehaviour
+from .ratelimit import TokenBucket
 from .tls import negotiated_tls_version, proven_node_id
 
 log = logger(__name__)
@@ -50,6 +62,15 @@ Direction = Literal["inbound", "outbound"]
 #: close reasons that say something about an address rather than a failure
 REASON_SELF = "connected to self"
 REASON_DUPLICATE = "duplicate link"
+
+#: close reason of a link whose peer leaves what we write unread
+REASON_STALLED = "peer does not read"
+
+#: least seconds between two ``RATE_EXCEEDED`` reports of one link
+RATE_REPORT_INTERVAL = 1.0
+
+#: least seconds a link stops reading for once a rate limit is in debt
+MIN_PAUSE = 0.01
 
 
 class LinkClosed(ConnectionError):
@@ -90,6 +111,7 @@ class LocalNode:
         return network_magic(self.network)
 
 
+@implementer(IPushProducer)
 class PeerProtocol(Protocol):
     """
     One link to a peer (over TLS, or plain TCP), in either direction.
@@ -104,6 +126,7 @@ class PeerProtocol(Protocol):
     :ivar rtt: last ping round-trip time in seconds, or ``None``.
     :ivar tls_version: the negotiated TLS version once the peer proved its
         node id, ``None`` on a plain link.
+    :ivar throttled: how many times reading paused for a rate limit.
     """
 
     def __init__(
@@ -144,6 +167,16 @@ class PeerProtocol(Protocol):
         self._lost_waiters: list[Deferred[None]] = []
         self.connection_lost = False
         self.getaddr_answered = False
+        limits = timing.limits
+        now = clock.seconds()
+        self._messages_in = TokenBucket(limits.msg_rate, limits.msg_burst, now)
+        self._bytes_in = TokenBucket(limits.byte_rate, limits.byte_burst, now)
+        self._throttle_timer: IDelayedCall | None = None
+        self._last_rate_report = float("-inf")
+        self.throttled = 0
+        self._producing = False
+        self._stall_timer: IDelayedCall | None = None
+        self._queued = 0
 
     # -- what the rest of the node reads
 
@@ -212,12 +245,30 @@ class PeerProtocol(Protocol):
 
     # -- sending
 
+    @property
+    def write_stalled(self) -> bool:
+        """Whether our write buffer for this link is full (the peer reads too slowly)."""
+        return self._stall_timer is not None
+
     def send(self, message: Message) -> None:
-        """Frame and write one message (dropped silently once the link is closed)."""
+        """
+        Frame and write one message (dropped silently once the link is closed).
+
+        While the peer does not read, at most ``max_queued`` bytes more are
+        written; past that the link is dropped at once.
+        """
         if self.state == "closed" or self.transport is None:
             return
         command, payload = encode_message(message)
-        self.transport.write(encode_frame(self.local.magic, command, payload))
+        frame = encode_frame(self.local.magic, command, payload)
+        if self._stall_timer is not None:
+            self._queued += len(frame)
+            if self._queued > self.timing.limits.max_queued:
+                log.info("{peer} does not read: over {cap} bytes queued; disconnecting",
+                         peer=self.describe(), cap=self.timing.limits.max_queued)  # fmt: skip
+                self.close(REASON_STALLED, abort=True)
+                return
+        self.transport.write(frame)
 
     def close(self, reason: str, *, abort: bool = False) -> None:
         """
@@ -230,6 +281,10 @@ class PeerProtocol(Protocol):
             return
         self._set_closed(reason)
         if self.transport is not None:
+            if self._producing:
+                # A transport waits for its producer before it closes.
+                self._producing = False
+                self._stream.unregisterProducer()
             if abort:
                 self.transport.abortConnection()  # type: ignore[attr-defined]
             else:
@@ -251,6 +306,8 @@ class PeerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.state = "handshaking"
+        self._stream.registerProducer(self, True)
+        self._producing = True
         self._handshake_timer = self.clock.callLater(
             self.timing.handshake_timeout, self._handshake_timed_out
         )
@@ -271,13 +328,43 @@ class PeerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.state == "closed":
             return
+        self._bytes_in.spend(self.clock.seconds(), len(data))
         self._decoder.feed(data)
-        while not self.closed:
+        self._read_frames()
+
+    def pauseProducing(self) -> None:
+        """Twisted: our write buffer is full; the peer must read within ``stall_timeout``."""
+        if self.state == "closed" or self._stall_timer is not None:
+            return
+        self._queued = 0
+        self._stall_timer = self.clock.callLater(self.timing.stall_timeout, self._stalled)
+
+    def resumeProducing(self) -> None:
+        """Twisted: the peer read what we wrote."""
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
+        self._queued = 0
+
+    def stopProducing(self) -> None:
+        """Twisted: the connection is going away."""
+        self.resumeProducing()
+        self._producing = False
+
+    def _read_frames(self) -> None:
+        """Handle the buffered frames, until the decoder is empty or a rate limit pauses reading."""
+        while not self.closed and self._throttle_timer is None:
+            now = self.clock.seconds()
+            wait = max(self._messages_in.wait(now), self._bytes_in.wait(now))
+            if wait > 0:
+                self._throttle(now, wait)
+                return
             command = "(frame)"
             try:
                 frame = self._decoder.next_frame()
                 if frame is None:
                     return
+                self._messages_in.spend(now, 1)
                 command = frame.command
                 message = decode_message(frame.command, frame.payload)
             except (FramingError, MessageError) as e:
@@ -312,15 +399,53 @@ class PeerProtocol(Protocol):
 
     # -- internals
 
+    @property
+    def _stream(self) -> Any:
+        """The transport as consumer of our writes and producer of our reads
+        (TCP and TLS transports are both; ``ITransport`` does not say so)."""
+        return self.transport
+
+    def _throttle(self, now: float, wait: float) -> None:
+        """
+        A rate limit is in debt: stop reading for C{wait} seconds (what is
+        buffered waits too), and score the peer at most once a second.
+        """
+        self.throttled += 1
+        self._stream.pauseProducing()
+        self._throttle_timer = self.clock.callLater(max(wait, MIN_PAUSE), self._unthrottle)
+        if now - self._last_rate_report < RATE_REPORT_INTERVAL:
+            return
+        self._last_rate_report = now
+        limits = self.timing.limits
+        log.info("{peer} sends over {msg_rate:g} messages or {byte_rate:g} bytes a second; "
+                 "not reading it for {wait:.3f}s", peer=self.describe(), wait=wait,
+                 msg_rate=limits.msg_rate, byte_rate=limits.byte_rate)  # fmt: skip
+        self.owner.link_misbehaved(self, "rate limit exceeded", misbehaviour.RATE_EXCEEDED)
+
+    def _unthrottle(self) -> None:
+        self._throttle_timer = None
+        if self.state == "closed":
+            return
+        self._stream.resumeProducing()
+        self._read_frames()
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        log.info("{peer} read nothing we wrote for {timeout}s; disconnecting",
+                 peer=self.describe(), timeout=self.timing.stall_timeout)  # fmt: skip
+        self.close(REASON_STALLED, abort=True)
+
     def _set_closed(self, reason: str) -> None:
         if self.state == "closed":
             return
         self.state = "closed"
         self.close_reason = reason
-        for timer in (self._handshake_timer, self._pong_timer):
+        for timer in (self._handshake_timer, self._pong_timer, self._throttle_timer,
+                      self._stall_timer):  # fmt: skip
             if timer is not None and timer.active():
                 timer.cancel()
         self._handshake_timer = self._pong_timer = None
+        self._throttle_timer = self._stall_timer = None
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         waiters, self._ready_waiters = self._ready_waiters, []
@@ -462,4 +587,5 @@ def link_info(link: PeerProtocol, source: str | None) -> dict[str, Any]:
         "user_agent": link.remote.user_agent if link.remote else None,
         "protocol_version": link.protocol_version,
         "tls": link.tls_version,
+        "throttled": link.throttled,
     }

@@ -314,6 +314,8 @@ class NodeProcess:
             "bitfi", "--port", str(port), "--host", "127.0.0.1", "--api-port", str(api_port),
             "--data-dir", self.data_dir, "--network", NETWORK, "--log-level", log_level,
             "--outbound", str(outbound), "--max-peers", str(max_peers), "--no-mdns", "--no-dht",
+            # every node shares 127.0.0.1: the per-address limits must not bite
+            "--max-inbound-per-ip", "10000", "--max-handshakes-per-ip", "10000",
         ]  # fmt: skip
         for peer in bootstrap:
             self.args += ["--bootstrap", f"127.0.0.1:{peer}"]

@@ -80,10 +80,28 @@ class INodeControl(Interface):
 
         :return: fires with the peer's row once linked; fails with
             :class:`ValueError` for a bad address or :class:`ConnectionError`.
+        :raises PermissionError: synchronously, if the address is banned
+            (nothing is dialled).
         """
 
     def disconnect(node_id: str) -> bool:
         """Close the link to C{node_id} and rest its addresses; ``False`` if not linked."""
+
+    def banned() -> list[dict[str, Any]]:
+        """
+        The bans in force, newest first (``GET /peers/banned``): ``{"address":
+        IP, "node_id": hex40 | None, "reason": str, "banned_at": float,
+        "until": float}`` each, times in unix seconds.
+        """
+
+    def unban(address: str) -> dict[str, Any] | None:
+        """
+        Lift the ban on IP address C{address} and reset its misbehaviour
+        score (``DELETE /peers/banned/{address}``).
+
+        :return: the row of the ban lifted, or ``None`` if it was not banned.
+        :raises ValueError: if C{address} is not an IP address.
+        """
 
     def submit_order(
         side: str, price: str | None, amount: str, order_type: str

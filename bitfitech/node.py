@@ -63,6 +63,7 @@ from .market.events import Event
 from .market.journal import ThreadedSyncer
 from .market.service import MarketService, check_order
 from .peer.addrbook import AddressBook
+from .peer.bans import BanList
 from .peer.dialer import Dialer
 from .peer.hub import PeerHub
 from .peer.protocol import LocalNode, PeerProtocol
@@ -126,8 +127,17 @@ class _Listener(Service):
         return Deferred.fromCoroutine(_await(port.stopListening()))
 
 
+def _host_of(addr: IAddress | None) -> str | None:
+    """The IP address of a connection's remote end, if it has one."""
+    host = getattr(addr, "host", None)
+    return host if isinstance(host, str) else None
+
+
 class _InboundFactory(Factory):
-    """Builds inbound links through the hub, which refuses them past the limits."""
+    """
+    Builds inbound links through the hub, which refuses banned addresses
+    and connections past the limits (before any TLS work).
+    """
 
     noisy = False
 
@@ -135,7 +145,9 @@ class _InboundFactory(Factory):
         self.peers = peers
 
     def buildProtocol(self, addr: IAddress) -> PeerProtocol | None:  # type: ignore[override]
-        return self.peers.hub.build_link("inbound") if self.peers.running else None
+        if not self.peers.running:
+            return None
+        return self.peers.hub.build_link("inbound", host=_host_of(addr))
 
 
 class _OutboundFactory(Factory):
@@ -148,12 +160,12 @@ class _OutboundFactory(Factory):
         self.dialed = dialed
 
     def buildProtocol(self, addr: IAddress) -> PeerProtocol | None:  # type: ignore[override]
-        return self.hub.build_link("outbound", dialed=self.dialed)
+        return self.hub.build_link("outbound", dialed=self.dialed, host=_host_of(addr))
 
 
 class PeerService(_Listener):
     """
-    The peer layer of a node: listener, hub, address book and dialer.
+    The peer layer of a node: listener, hub, address book, ban list and dialer.
 
     Built from the config and the storage it reads from at start.
     """
@@ -194,6 +206,10 @@ class PeerService(_Listener):
         clock = cast(IReactorTime, self.reactor)
         self.addrbook = AddressBook(self.storage.connection)
         self.addrbook.load()
+        bans = BanList(self.storage.connection)
+        bans.load(clock.seconds())
+        if len(bans):
+            log.info("{count} IP addresses are banned", count=len(bans))
         if config.plain_tcp:
             self.tls = None
             log.warn(
@@ -219,6 +235,9 @@ class PeerService(_Listener):
         self._hub = PeerHub(
             local, self.addrbook, clock, max_peers=config.max_peers,
             max_inbound=config.max_inbound, timing=config.timing, rng=rng,
+            max_inbound_per_ip=config.max_inbound_per_ip,
+            max_handshakes_per_ip=config.max_handshakes_per_ip,
+            bans=bans, ban_duration=config.ban_duration,
         )  # fmt: skip
         if self.gossip is not None:
             self._hub.gossip = self.gossip
@@ -465,7 +484,9 @@ class NodeControl:
                 "dials": peers.dialer.dials,
                 "dial_failures": peers.dialer.dial_failures,
                 "refused_inbound": hub.refused_inbound,
+                "refused_banned": hub.refused_banned,
                 "protocol_violations": hub.misbehaviour_count,
+                "bans": len(hub.bans.active(now)),
             },
             "uptime_s": round(now - (peers.started_at or now), 3),
             "mdns": node.mdns.status() if node.mdns is not None else None,
@@ -485,6 +506,12 @@ class NodeControl:
         except AddressError as e:
             raise ValueError(str(e)) from None
         peers = self.node.peers
+        ban = peers.hub.bans.get(parsed.host, self.node.clock.seconds())
+        if ban is not None:
+            raise PermissionError(
+                f"{ban.address} is banned until {ban.until:.0f} (unix time): {ban.reason}; "
+                f"lift the ban with DELETE /peers/banned/{ban.address}"
+            )
         assert peers.addrbook is not None
         peers.addrbook.add(parsed.host, parsed.port, source="manual",
                            now=self.node.clock.seconds(), node_id=parsed.node_id)  # fmt: skip
@@ -504,6 +531,16 @@ class NodeControl:
         rested = peers.dialer.rest_node(node_id)
         closed = peers.hub.disconnect(node_id)
         return closed or rested > 0
+
+    def banned(self) -> list[dict[str, Any]]:
+        """``GET /peers/banned``: the bans in force, newest first."""
+        hub = self.node.peers.hub
+        return [ban.row() for ban in hub.bans.active(self.node.clock.seconds())]
+
+    def unban(self, address: str) -> dict[str, Any] | None:
+        """``DELETE /peers/banned/{address}``: lift a ban; ``None`` if there was none."""
+        ban = self.node.peers.hub.unban(address)
+        return None if ban is None else ban.row()
 
     def _market(self) -> MarketService:
         market = self.node.market

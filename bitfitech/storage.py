@@ -4,8 +4,8 @@ A data directory belongs to one running node.  :class:`Storage` takes an
 exclusive ``flock`` on ``LOCK`` inside it, loads (or creates) the node's
 identity (:mod:`bitfitech.identity`) and opens ``bitfi.sqlite3`` in WAL mode,
 bringing its schema up to date.  Every other part that persists state (the
-address book, the ledger) receives the open connection from the composition
-root.  :class:`StorageService` does the opening and closing in
+address book, the ban list, the ledger) receives the open connection from
+the composition root.  :class:`StorageService` does the opening and closing in
 ``startService``/``stopService``, so a node whose directory is in use or
 unreadable refuses to start.
 """
@@ -64,6 +64,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             id TEXT PRIMARY KEY NOT NULL,
             text TEXT NOT NULL,
             sig TEXT NOT NULL
+        )
+        """,
+    ),
+    (
+        # Time-limited bans of misbehaving peers' IP addresses
+        # (bitfitech.peer.bans), by canonical address; unix seconds.
+        """
+        CREATE TABLE bans (
+            address TEXT PRIMARY KEY NOT NULL,
+            node_id TEXT,
+            reason TEXT NOT NULL,
+            banned_at REAL NOT NULL,
+            until REAL NOT NULL
         )
         """,
     ),

@@ -96,6 +96,19 @@ class Options(usage.Options):
          "UDP port of the Kademlia DHT; 0 lets the OS choose "
          f"[default the number of --port; env {_env('dht-port')}]",
          _cli("dht-port", cfg.coerce_port)],
+        ["ban-duration", None, None,
+         "Seconds a peer's IP address is banned once its misbehaviour score reaches the "
+         f"threshold; 0 never bans [default {cfg.DEFAULT_BAN_DURATION:g} (24 h), at most "
+         f"{cfg.MAX_BAN_DURATION} (30 days); env {_env('ban-duration')}]",
+         _cli("ban-duration", cfg.coerce_ban_duration)],
+        ["max-inbound-per-ip", None, None,
+         "Inbound links allowed from one IP address, handshaking or ready "
+         f"[default {cfg.DEFAULT_MAX_INBOUND_PER_IP}; env {_env('max-inbound-per-ip')}]",
+         _cli("max-inbound-per-ip", cfg.coerce_count)],
+        ["max-handshakes-per-ip", None, None,
+         "Inbound links from one IP address allowed in their handshake at once "
+         f"[default {cfg.DEFAULT_MAX_HANDSHAKES_PER_IP}; env {_env('max-handshakes-per-ip')}]",
+         _cli("max-handshakes-per-ip", cfg.coerce_count)],
     ]  # fmt: skip
 
     optFlags = [

@@ -26,6 +26,7 @@ from bitfitech.api.site import ApiSite
 from bitfitech.interfaces import BatchRejected, INodeControl, ServiceUnavailable
 from bitfitech.logs import enabled, log_level, set_log_level
 from bitfitech.market.book import ORDER_TYPES as BOOK_ORDER_TYPES
+from bitfitech.peer.bans import ban_address
 
 URL = "http://127.0.0.1:13000"
 NODE_A = "0123456789abcdef0123456789abcdef01234567"
@@ -93,6 +94,10 @@ DOC_A = order_doc(ORDER_A, "buy", "limit", "50000.5", "0.25") | {
     "trades": [TRADE_A],
 }
 DOC_F = order_doc(ORDER_F, "sell", "limit", "50001", "1")
+BAN_A = {"address": "192.0.2.7", "node_id": NODE_B, "reason": "bad checksum",
+         "banned_at": 1_700_000_000.5, "until": 1_700_086_400.5}  # fmt: skip
+BAN_B = {"address": "2001:db8::1", "node_id": None, "reason": "malformed event",
+         "banned_at": 1_700_000_100.0, "until": 1_700_086_500.0}  # fmt: skip
 BOOK = {"bids": [["50000.5", "0.15", 1]], "asks": [["50001", "1", 1], ["50002.25", "3.5", 2]]}
 
 
@@ -116,6 +121,8 @@ class FakeNode:
         self.trade_docs: list[dict[str, Any]] = [TRADE_A]
         self.journal: Deferred[None] | None = None
         """When set, submits and cancels answer once it fires (or fail with it)."""
+        self.bans: dict[str, dict[str, Any]] = {"192.0.2.7": BAN_A, "2001:db8::1": BAN_B}
+        self.unbanned: list[str] = []
 
     def status(self) -> dict[str, Any]:
         return self.status_doc
@@ -125,9 +132,11 @@ class FakeNode:
 
     def connect(self, address: str) -> Deferred[dict[str, Any]]:
         try:
-            parse_address(address)
+            parsed = parse_address(address)
         except AddressError as e:
             raise ValueError(str(e)) from None
+        if parsed.host in self.bans:
+            raise PermissionError(f"{parsed.host} is banned until 1700086400")
         d: Deferred[dict[str, Any]] = Deferred()
         self.dials[address] = d
         return d
@@ -135,6 +144,17 @@ class FakeNode:
     def disconnect(self, node_id: str) -> bool:
         self.disconnected.append(node_id)
         return node_id in self.linked
+
+    def banned(self) -> list[dict[str, Any]]:
+        return sorted(self.bans.values(), key=lambda row: row["banned_at"], reverse=True)
+
+    def unban(self, address: str) -> dict[str, Any] | None:
+        self.unbanned.append(address)
+        try:
+            key = ban_address(address)
+        except ValueError:
+            raise ValueError(f"not an IP address: {address!r}") from None
+        return self.bans.pop(key, None)
 
     def journaled(self, result: Any) -> Deferred[Any]:
         if self.journal is None:
@@ -258,7 +278,15 @@ class ReadTests(APITestCase):
             body,
             {
                 "name": "bitfi",
-                "endpoints": ["/status", "/peers", "/orders", "/orders/batch", "/book", "/trades"],
+                "endpoints": [
+                    "/status",
+                    "/peers",
+                    "/peers/banned",
+                    "/orders",
+                    "/orders/batch",
+                    "/book",
+                    "/trades",
+                ],  # fmt: skip
             },
         )
 
@@ -404,6 +432,52 @@ class DisconnectTests(APITestCase):
         for node_id in ("notanid", NODE_A[:-1], "z" * 40):
             self.assert_error(self.stub.delete(f"{URL}/peers/{node_id}"), 400, "node id")
         self.assertEqual(self.node.disconnected, [])
+
+
+class BanTests(APITestCase):
+    """``GET /peers/banned``, ``DELETE /peers/banned/{address}``, and dials to banned ones."""
+
+    def test_list_newest_first(self) -> None:
+        status, body, _ = self.answer(self.stub.get(f"{URL}/peers/banned"))
+        self.assertEqual((status, body), (200, [BAN_B, BAN_A]))
+        self.assertEqual(self.answer(self.stub.get(f"{URL}/peers/banned/"))[1], [BAN_B, BAN_A])
+
+    def test_list_empty(self) -> None:
+        self.node.bans = {}
+        self.assertEqual(self.answer(self.stub.get(f"{URL}/peers/banned"))[1], [])
+
+    def test_lift(self) -> None:
+        status, body, _ = self.answer(self.stub.delete(f"{URL}/peers/banned/192.0.2.7"))
+        self.assertEqual((status, body), (200, BAN_A))
+        self.assertEqual(self.answer(self.stub.get(f"{URL}/peers/banned"))[1], [BAN_B])
+        self.assert_error(self.stub.delete(f"{URL}/peers/banned/192.0.2.7"), 404, "not banned")
+
+    def test_lift_ipv6(self) -> None:
+        for path in ("2001:db8::1", "%5B2001:db8::1%5D", "2001%3Adb8%3A%3A1"):
+            self.node.bans["2001:db8::1"] = BAN_B
+            status, body, _ = self.answer(self.stub.delete(f"{URL}/peers/banned/{path}"))
+            self.assertEqual((status, body), (200, BAN_B), path)
+
+    def test_lift_not_banned(self) -> None:
+        self.assert_error(self.stub.delete(f"{URL}/peers/banned/198.51.100.1"), 404, "not banned")
+
+    def test_lift_invalid_address(self) -> None:
+        for address in ("nope", "seed.example", "300.1.1.1", "1.2.3.4:3000"):
+            self.assert_error(
+                self.stub.delete(f"{URL}/peers/banned/{address}"), 400, "invalid address"
+            )
+        self.assertEqual(self.node.bans.keys(), {"192.0.2.7", "2001:db8::1"})
+
+    def test_methods(self) -> None:
+        headers = self.assert_error(self.stub.delete(f"{URL}/peers/banned"), 405, "DELETE")
+        self.assertEqual(self.allowed(headers), ["GET", "HEAD"])
+        headers = self.assert_error(self.stub.get(f"{URL}/peers/banned/192.0.2.7"), 405, "GET")
+        self.assertEqual(self.allowed(headers), ["DELETE"])
+        self.assert_error(self.stub.get(f"{URL}/peers/banned/192.0.2.7/x"), 404, "not found")
+
+    def test_dial_to_banned_address_refused(self) -> None:
+        self.assert_error(self.post_peer({"address": "192.0.2.7:3000"}), 403, "banned")
+        self.assertEqual(self.node.dials, {})
 
 
 class SubmitTests(APITestCase):

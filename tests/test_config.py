@@ -58,6 +58,13 @@ class DefaultTests(SynchronousTestCase):
         self.assertEqual(config.pair, "BTC/USD")
         self.assertEqual(config.bootstrap, ())
         self.assertEqual(config.log_level, LogLevel.info)
+        self.assertEqual(config.ban_duration, 86400.0)
+        self.assertEqual((config.max_inbound_per_ip, config.max_handshakes_per_ip), (8, 4))
+
+    def test_ban_duration_bounds(self) -> None:
+        self.assertEqual(parse(["--ban-duration", "2592000"]).ban_duration, 30 * 86400.0)
+        self.assertEqual(parse(["--ban-duration", "0.5"]).ban_duration, 0.5)
+        self.assertEqual(parse([], with_xdg(BITFI_BAN_DURATION="0")).ban_duration, 0.0)
 
     def test_default_data_dir_without_xdg(self) -> None:
         config = parse(env={})
@@ -138,6 +145,9 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
         (("127.0.0.1", 6881), ("::1", 6882), ("dht.example", 6883)),
     ),
     "BITFI_INSECURE_PLAIN_TCP": ("1", "plain_tcp", True),
+    "BITFI_BAN_DURATION": ("3600", "ban_duration", 3600.0),
+    "BITFI_MAX_INBOUND_PER_IP": ("2", "max_inbound_per_ip", 2),
+    "BITFI_MAX_HANDSHAKES_PER_IP": ("1", "max_handshakes_per_ip", 1),
 }
 
 #: option -> (command-line value, field expected from it, environment variable, env value)
@@ -155,6 +165,9 @@ CLI_CASES: dict[str, tuple[str, object, str, str]] = {
     "settle-after": ("0.5", 0.5, "BITFI_SETTLE_AFTER", "30"),
     "mdns-interface": ("10.0.0.5", "10.0.0.5", "MDNS_INTERFACE", "127.0.0.1"),
     "dht-port": ("0", 0, "DHT_PORT", "6881"),
+    "ban-duration": ("0", 0.0, "BITFI_BAN_DURATION", "60"),
+    "max-inbound-per-ip": ("64", 64, "BITFI_MAX_INBOUND_PER_IP", "2"),
+    "max-handshakes-per-ip": ("32", 32, "BITFI_MAX_HANDSHAKES_PER_IP", "1"),
 }
 
 #: option -> bad values (each rejected from the command line and the environment)
@@ -174,6 +187,9 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "mdns-interface": ("eth0", "all", "", "127.0.0.256", "::1"),
     "dht-port": ("x", "65536", "-1"),
     "dht-bootstrap": ("nope", "127.0.0.1:0", f"{NODE_ID}@127.0.0.1:6881"),
+    "ban-duration": ("-1", "2592001", "forever", "nan", "inf", ""),
+    "max-inbound-per-ip": ("0", "10001", "-1", "lots"),
+    "max-handshakes-per-ip": ("0", "10001", "2.5"),
 }
 
 

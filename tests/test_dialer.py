@@ -191,3 +191,30 @@ class DialerTests(SynchronousTestCase):
         assert entry is not None
         self.assertEqual(entry.failures, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_banned_address_never_dialled(self) -> None:
+        self.connector.hold = True
+        self.hub.ban("10.0.0.1", "test")
+        self.book.add("10.0.0.1", 3000, source="addr", now=self.clock.seconds())
+        self.book.add("10.0.0.2", 3000, source="addr", now=self.clock.seconds())
+        dialer = self.dialer(target=3, bootstrap=(PeerAddress("10.0.0.1", 3001),))
+        self.clock.advance(10)
+        self.assertEqual([a.endpoint for a in self.connector.dials], [("10.0.0.2", 3000)])
+        # nor dialled on demand: that fails at once
+        d = dialer.dial(PeerAddress("10.0.0.1", 3000))
+        self.assertIn("banned", self.failureResultOf(d, LinkClosed).value.reason)
+        self.assertEqual(len(self.connector.dials), 1)
+        # once the ban is lifted, the dialer looks again
+        self.hub.unban("10.0.0.1")
+        self.clock.advance(0)
+        self.assertEqual(self.dials_to("10.0.0.1", 3000) + self.dials_to("10.0.0.1", 3001), 2)
+
+    def test_banned_address_dialled_again_once_the_ban_expires(self) -> None:
+        self.connector.hold = True
+        self.hub.ban_duration = 100.0
+        self.hub.ban("10.0.0.1", "test")
+        self.dialer(target=3, bootstrap=(PeerAddress("10.0.0.1", 3000),))
+        self.clock.advance(99)
+        self.assertEqual(self.connector.dials, [])
+        self.clock.advance(1)
+        self.assertEqual(self.dials_to("10.0.0.1", 3000), 1)

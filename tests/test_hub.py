@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.address import PeerAddress
+from bitfitech.logs import log_level, set_log_level
 from bitfitech.peer.addrbook import AddressBook
+from bitfitech.peer.bans import BanList
 from bitfitech.peer.hub import PeerHub
+from bitfitech.peer.misbehaviour import MALFORMED_EVENT, RATE_EXCEEDED, VIOLATION
 from bitfitech.peer.protocol import REASON_DUPLICATE, PeerProtocol
+from bitfitech.storage import Storage
 from bitfitech.testing import local_node, node_id_of
 from bitfitech.wire.messages import Addr, NetAddress
 
@@ -26,25 +33,32 @@ class Net:
         self.hubs: dict[int, PeerHub] = {}
         self.pumps: list[object] = []
 
-    def hub(self, n: int, *, max_peers: int = 10, max_inbound: int = 5) -> PeerHub:
+    def hub(self, n: int, *, max_peers: int = 10, max_inbound: int = 5, **options: Any) -> PeerHub:
         hub = PeerHub(local_node(n, port=3000 + n), AddressBook(None), self.clock,
                       max_peers=max_peers, max_inbound=max_inbound,
-                      rng=random.Random(n))  # fmt: skip
+                      rng=random.Random(n), **options)  # fmt: skip
         self.hubs[n] = hub
         return hub
 
-    def link(self, a: int, b: int, *, pump: bool = True) -> tuple[PeerProtocol, PeerProtocol]:
-        """Node C{a} dials node C{b}; returns (a's outbound link, b's inbound link)."""
+    def link(
+        self, a: int, b: int, *, pump: bool = True, ip: str | None = None
+    ) -> tuple[PeerProtocol, PeerProtocol]:
+        """
+        Node C{a} dials node C{b}; returns (a's outbound link, b's inbound link).
+
+        :param ip: node C{a}'s address (default ``127.0.0.{a}``).
+        """
         for n in (a, b):
             if n not in self.hubs:
                 self.hub(n)
-        client = self.hubs[a].build_link("outbound", PeerAddress(f"127.0.0.{b}", 3000 + b))
-        server = self.hubs[b].build_link("inbound")
+        a_ip, b_ip = ip or f"127.0.0.{a}", f"127.0.0.{b}"
+        client = self.hubs[a].build_link("outbound", PeerAddress(b_ip, 3000 + b), host=b_ip)
+        server = self.hubs[b].build_link("inbound", host=a_ip)
         assert client is not None and server is not None
-        ct = FakeTransport(client, False, IPv4Address("TCP", f"127.0.0.{a}", 50000 + a),
-                           IPv4Address("TCP", f"127.0.0.{b}", 3000 + b))  # fmt: skip
-        st = FakeTransport(server, True, IPv4Address("TCP", f"127.0.0.{b}", 3000 + b),
-                           IPv4Address("TCP", f"127.0.0.{a}", 50000 + a))  # fmt: skip
+        ct = FakeTransport(client, False, IPv4Address("TCP", a_ip, 50000 + a),
+                           IPv4Address("TCP", b_ip, 3000 + b))  # fmt: skip
+        st = FakeTransport(server, True, IPv4Address("TCP", b_ip, 3000 + b),
+                           IPv4Address("TCP", a_ip, 50000 + a))  # fmt: skip
         p = connect(server, st, client, ct, greet=False)
         self.pumps.append(p)
         if pump:
@@ -224,3 +238,187 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(row["address"], "127.0.0.2:3002")
         self.assertEqual(row["direction"], "outbound")
         self.assertEqual(row["user_agent"], "bitfi-test/0")
+
+
+class _Observing(SynchronousTestCase):
+    def observe(self) -> EventLoggingObserver:
+        """Record the log events from now on, until the test ends."""
+        events = EventLoggingObserver()
+        globalLogPublisher.addObserver(events)
+        self.addCleanup(globalLogPublisher.removeObserver, events)
+        return events
+
+
+class BanTests(_Observing):
+    """Misbehaviour scores by remote address; at the threshold, disconnect and a persisted ban."""
+
+    def setUp(self) -> None:
+        self.storage = Storage(self.mktemp())
+        self.storage.open()
+        self.addCleanup(self.storage.close)
+        self.net = Net()
+        self.bans = BanList(self.storage.connection)
+        self.hub = self.net.hub(1, bans=self.bans, ban_duration=3600.0)
+
+    def rows(self) -> list[tuple[object, ...]]:
+        return list(self.storage.connection.execute("SELECT address, node_id, until FROM bans"))
+
+    def test_scores_add_up_then_ban_disconnects_every_link_of_the_address(self) -> None:
+        _, hostile = self.net.link(2, 1)
+        own_out, _ = self.net.link(1, 3, ip="127.0.0.1")  # hub 1 dials node 3 (127.0.0.3)
+        _, honest = self.net.link(4, 1)
+        _, same_ip = self.net.link(5, 1, ip="127.0.0.2")  # another node behind 127.0.0.2
+        self.assertEqual(len(self.hub.links), 4)
+        for _ in range(4):
+            self.hub.link_misbehaved(hostile, "malformed event", MALFORMED_EVENT)
+        self.assertAlmostEqual(self.hub.scores.score("127.0.0.2", self.net.clock.seconds()), 80)
+        self.assertEqual(self.rows(), [])
+        self.assertEqual(hostile.state, "ready")
+        events = self.observe()
+        self.hub.link_misbehaved(hostile, "malformed event", MALFORMED_EVENT)
+        self.net.flush()
+        for link in (hostile, same_ip):
+            self.assertEqual(link.state, "closed")
+            self.assertEqual(link.close_reason, "banned for misbehaviour: malformed event")
+        self.assertEqual(set(self.hub.links), {node_id_of(3), node_id_of(4)})
+        self.assertEqual(own_out.state, "ready")
+        self.assertEqual(honest.state, "ready")
+        until = self.net.clock.seconds() + 3600
+        self.assertEqual(self.rows(), [("127.0.0.2", node_id_of(2), until)])
+        self.assertEqual((self.hub.misbehaviour_count, self.hub.banned_count), (5, 1))
+        # the score is spent: after the ban the address starts again from 0
+        self.assertEqual(self.hub.scores.score("127.0.0.2", self.net.clock.seconds()), 0)
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("Banned", warnings[0]["log_format"])
+
+    def test_outbound_links_to_the_address_dropped_too(self) -> None:
+        out, _ = self.net.link(1, 2)
+        self.hub.link_misbehaved(out, "bad checksum", VIOLATION)
+        self.net.flush()
+        self.assertEqual(out.state, "closed")
+        self.assertEqual(self.hub.links, {})
+        self.assertTrue(self.hub.is_banned("127.0.0.2"))
+
+    def test_scores_decay(self) -> None:
+        _, link = self.net.link(2, 1)
+        self.hub.link_misbehaved(link, "slow down", 60)
+        self.net.clock.advance(3600)
+        self.hub.link_misbehaved(link, "slow down", 60)
+        self.assertAlmostEqual(self.hub.scores.score("127.0.0.2", self.net.clock.seconds()), 90)
+        self.assertEqual(link.state, "ready")
+        self.assertEqual(self.rows(), [])
+
+    def test_never_banned_below_the_threshold(self) -> None:
+        _, link = self.net.link(2, 1)
+        for _ in range(9):
+            self.hub.link_misbehaved(link, "rate", RATE_EXCEEDED)
+        self.assertEqual(link.state, "ready")
+        self.assertFalse(self.hub.is_banned("127.0.0.2"))
+
+    def test_ban_duration_zero_never_bans(self) -> None:
+        hub = self.net.hub(9, ban_duration=0)
+        _, link = self.net.link(2, 9)
+        events = self.observe()
+        hub.link_misbehaved(link, "bad magic", VIOLATION)
+        self.assertEqual(link.state, "ready")  # the violation itself closes it, not the hub
+        self.assertFalse(hub.is_banned("127.0.0.2"))
+        self.assertEqual((hub.misbehaviour_count, hub.banned_count), (1, 0))
+        self.assertIsNotNone(hub.build_link("inbound", host="127.0.0.2"))
+        [warning] = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("bans are off", warning["log_format"])
+
+    def test_banned_inbound_refused_before_anything_else(self) -> None:
+        self.hub.ban("192.0.2.1", "test")
+        self.assertIsNone(self.hub.build_link("inbound", host="192.0.2.1"))
+        self.assertIsNone(self.hub.build_link("inbound", host="::ffff:192.0.2.1"))
+        self.assertEqual((self.hub.refused_banned, self.hub.refused_inbound), (2, 0))
+        self.assertIsNotNone(self.hub.build_link("inbound", host="192.0.2.2"))
+        # nor is a resolved outbound connection to it built
+        dialed = PeerAddress("seed.example", 3000)
+        self.assertIsNone(self.hub.build_link("outbound", dialed, host="192.0.2.1"))
+        self.assertEqual(self.hub.count(), 1)
+
+    def test_loopback_is_not_exempt(self) -> None:
+        _, link = self.net.link(2, 1, ip="127.0.0.1")
+        self.hub.link_misbehaved(link, "bad magic", VIOLATION)
+        self.assertTrue(self.hub.is_banned("127.0.0.1"))
+        self.assertIsNone(self.hub.build_link("inbound", host="127.0.0.1"))
+
+    def test_bans_expire(self) -> None:
+        self.hub.ban("192.0.2.1", "test")
+        self.net.clock.advance(3599)
+        self.assertIsNone(self.hub.build_link("inbound", host="192.0.2.1"))
+        self.net.clock.advance(1)
+        self.assertIsNotNone(self.hub.build_link("inbound", host="192.0.2.1"))
+        self.assertEqual(self.rows(), [])
+
+    def test_unban_lets_the_peer_link_again_with_a_fresh_score(self) -> None:
+        _, link = self.net.link(2, 1)
+        self.hub.link_misbehaved(link, "rate", 50)
+        self.hub.ban("127.0.0.2", "test")
+        self.hub.link_misbehaved(link, "rate", 50)  # link closed but not yet gone
+        changes: list[None] = []
+        self.hub.subscribe(lambda: changes.append(None))
+        lifted = self.hub.unban("127.0.0.2")
+        assert lifted is not None
+        self.assertEqual((lifted.address, lifted.reason), ("127.0.0.2", "test"))
+        self.assertEqual(changes, [None])  # the dialer looks again
+        self.assertEqual(self.hub.scores.score("127.0.0.2", self.net.clock.seconds()), 0)
+        self.assertEqual(self.rows(), [])
+        self.assertIsNone(self.hub.unban("127.0.0.2"))
+        self.net.flush()
+        _, again = self.net.link(2, 1)
+        self.assertEqual(again.state, "ready")
+
+    def test_unban_expired_or_invalid(self) -> None:
+        self.hub.ban("192.0.2.1", "test")
+        self.net.clock.advance(3600)
+        self.assertIsNone(self.hub.unban("192.0.2.1"))
+        self.assertRaises(ValueError, self.hub.unban, "seed.example")
+
+
+class PerAddressLimitTests(_Observing):
+    """Inbound links and handshakes in flight from one IP address are capped."""
+
+    def test_handshakes_per_address(self) -> None:
+        hub = Net().hub(1, max_peers=50, max_inbound=40, max_handshakes_per_ip=2)
+        first = hub.build_link("inbound", host="192.0.2.1")
+        self.assertIsNotNone(first)
+        self.assertIsNotNone(hub.build_link("inbound", host="192.0.2.1"))
+        self.assertIsNone(hub.build_link("inbound", host="192.0.2.1"))
+        self.assertIsNone(hub.build_link("inbound", host="::ffff:192.0.2.1"))
+        self.assertEqual(hub.refused_inbound, 2)
+        # another address, and the node's own dials, are not limited by it
+        self.assertIsNotNone(hub.build_link("inbound", host="192.0.2.2"))
+        for _ in range(3):
+            self.assertIsNotNone(
+                hub.build_link("outbound", PeerAddress("192.0.2.1", 3000), host="192.0.2.1")
+            )
+        # a handshake that ends frees its slot
+        assert first is not None
+        hub.link_closed(first, "gone")
+        self.assertIsNotNone(hub.build_link("inbound", host="192.0.2.1"))
+
+    def test_inbound_links_per_address(self) -> None:
+        net = Net()
+        hub = net.hub(1, max_peers=50, max_inbound=40, max_inbound_per_ip=3,
+                      max_handshakes_per_ip=3)  # fmt: skip
+        for n in (2, 3):
+            _, link = net.link(n, 1, ip="192.0.2.1")
+            self.assertEqual(link.state, "ready")
+        self.assertIsNotNone(hub.build_link("inbound", host="192.0.2.1"))  # 2 ready + 1 pending
+        self.assertIsNone(hub.build_link("inbound", host="192.0.2.1"))
+        self.assertEqual(hub.refused_inbound, 1)
+        self.assertIsNotNone(hub.build_link("inbound", host="192.0.2.2"))
+
+    def test_refusal_logged_at_debug(self) -> None:
+        hub = Net().hub(1, max_handshakes_per_ip=1)
+        hub.build_link("inbound", host="192.0.2.1")
+        self.addCleanup(set_log_level, log_level())
+        set_log_level(LogLevel.debug)
+        events = self.observe()
+        self.assertIsNone(hub.build_link("inbound", host="192.0.2.1"))
+        [event] = events
+        self.assertEqual(event["log_level"], LogLevel.debug)
+        self.assertEqual(event["host"], "192.0.2.1")

@@ -1,4 +1,4 @@
-"""JSON resources of the HTTP API (``/status``, ``/peers``, ``/orders``, ``/book``, ...).
+"""JSON resources of the HTTP API (``/status``, ``/peers``, ``/peers/banned``, ``/orders``, ...).
 
 Data path: :class:`~bitfitech.interfaces.INodeControl` -> these resources ->
 HTTP client.  Every answer, errors included, is a JSON document; errors are
@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
+from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
@@ -299,6 +300,41 @@ class Peer(JSONResource):
         raise ApiError(404, f"no link to node {self.node_id}")
 
 
+class BannedPeer(JSONResource):
+    """``DELETE /peers/banned/{address}``: lift the ban on an IP address."""
+
+    def __init__(self, node: INodeControl, address: str) -> None:
+        super().__init__()
+        self.node = node
+        self.address = address
+
+    def render_DELETE(self, request: Request) -> object:
+        try:
+            row = self.node.unban(self.address)
+        except ValueError:
+            message = f"invalid address {self.address[:80]!r} (expected an IP address)"
+            raise ApiError(400, message) from None
+        if row is None:
+            raise ApiError(404, f"{self.address} is not banned")
+        return row
+
+
+class BannedPeers(JSONResource):
+    """``GET /peers/banned``: the bans in force, newest first."""
+
+    def __init__(self, node: INodeControl) -> None:
+        super().__init__()
+        self.node = node
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        if not path:
+            return self
+        return BannedPeer(self.node, unquote(path.decode("utf-8", "replace")))
+
+    def render_GET(self, request: Request) -> object:
+        return self.node.banned()
+
+
 class Peers(JSONResource):
     """``GET /peers``: live links; ``POST /peers {"address": ...}``: dial now."""
 
@@ -309,6 +345,8 @@ class Peers(JSONResource):
     def getChild(self, path: bytes, request: Request) -> IResource:
         if not path:
             return self
+        if path == b"banned":
+            return BannedPeers(self.node)
         return Peer(self.node, path.decode("utf-8", "replace").lower())
 
     def render_GET(self, request: Request) -> object:
@@ -323,6 +361,8 @@ class Peers(JSONResource):
             d = self.node.connect(address)
         except ValueError as e:
             raise ApiError(400, str(e)) from None
+        except PermissionError as e:
+            raise ApiError(403, str(e)) from None
 
         def failed(failure: Failure) -> None:
             if failure.check(ValueError):
@@ -574,7 +614,15 @@ class Root(JSONResource):
     def render_GET(self, request: Request) -> object:
         return {
             "name": "bitfi",
-            "endpoints": ["/status", "/peers", "/orders", "/orders/batch", "/book", "/trades"],
+            "endpoints": [
+                "/status",
+                "/peers",
+                "/peers/banned",
+                "/orders",
+                "/orders/batch",
+                "/book",
+                "/trades",
+            ],
         }
 
 

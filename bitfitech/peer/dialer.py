@@ -6,6 +6,7 @@ The dialer keeps the outbound target: it picks the best candidates the
 address book offers (addresses that worked before first; failing ones wait
 out their exponential backoff, and an address that failed too often in a
 row rests behind its circuit breaker), dials them, and records each outcome.
+An address the hub has banned is never dialled.
 A refused, timed-out or unresolvable dial is logged and retried later, never
 fatal.  Time comes from an injected clock.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -125,7 +126,8 @@ class Dialer(Service):
         candidates = self.addrbook.candidates(
             self.clock.seconds(), exclude_node_ids=exclude_ids, exclude_endpoints=exclude_endpoints
         )
-        for entry in candidates[:missing]:
+        allowed = [entry for entry in candidates if not self.hub.is_banned(entry.host)]
+        for entry in allowed[:missing]:
             self._start_dial(PeerAddress(entry.host, entry.port, self.pinned.get(entry.key)))
 
     def dial(self, address: PeerAddress) -> Deferred[PeerProtocol]:
@@ -133,8 +135,11 @@ class Dialer(Service):
         Dial C{address} now, whatever its backoff (joining a dial under way).
 
         :return: a new Deferred that fires with the ready link, or fails
-            with the reason the dial failed.
+            with the reason the dial failed (:class:`LinkClosed` at once
+            for a banned address).
         """
+        if self.hub.is_banned(address.host):
+            return fail(LinkClosed(f"{address.host} is banned"))
         waiter: Deferred[PeerProtocol] = Deferred()
         self._waiters.setdefault(address.endpoint, []).append(waiter)
         if address.endpoint not in self.pending:

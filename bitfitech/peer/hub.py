@@ -2,10 +2,17 @@
 
 Data path: :class:`~bitfitech.peer.protocol.PeerProtocol` -> :class:`PeerHub`
 -> (address book, and later the gossip layer).  The hub admits links
-(connection limits when a connection arrives, one link per node id), keeps
-the ready ones by node id, answers ``getaddr`` and learns from ``addr``,
-relays newly learned addresses to a few peers, and tells its subscribers
-(the dialer) when links or addresses change.
+(bans and connection limits, overall and per remote IP address, when a
+connection arrives; one link per node id), keeps the ready ones by node id,
+answers ``getaddr`` and learns from ``addr``, relays newly learned addresses
+to a few peers, and tells its subscribers (the dialer) when links or
+addresses change.
+
+Misbehaviour reported by a link is scored against the link's remote IP
+address (:class:`~bitfitech.peer.misbehaviour.ScoreBoard`); an address
+whose score reaches :data:`~bitfitech.peer.misbehaviour.BAN_THRESHOLD`
+loses every link and is banned for ``ban_duration`` seconds
+(:class:`~bitfitech.peer.bans.BanList`, persisted).
 """
 
 from __future__ import annotations
@@ -17,12 +24,19 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ..address import AddressError, PeerAddress, is_ip_literal
-from ..config import LinkTiming
+from ..address import AddressError, PeerAddress, format_hostport, is_ip_literal
+from ..config import (
+    DEFAULT_BAN_DURATION,
+    DEFAULT_MAX_HANDSHAKES_PER_IP,
+    DEFAULT_MAX_INBOUND_PER_IP,
+    LinkTiming,
+)
 from ..interfaces import IGossip, ILinkOwner
 from ..logs import logger
 from ..wire.messages import MAX_ADDRS, Addr, GetAddr, Message, NetAddress, Unknown
 from .addrbook import AddressBook
+from .bans import Ban, BanList, ban_address
+from .misbehaviour import BAN_THRESHOLD, ScoreBoard
 from .protocol import REASON_DUPLICATE, Direction, LocalNode, PeerProtocol, link_info
 
 log = logger(__name__)
@@ -46,6 +60,14 @@ def _initiator_key(link: PeerProtocol, own_id: str) -> tuple[str, int]:
     return (link.remote.node_id, link.remote.nonce)
 
 
+def _canonical_host(host: str) -> str:
+    """C{host} as bans and per-address limits key it (as given if not an IP literal)."""
+    try:
+        return ban_address(host)
+    except ValueError:
+        return host
+
+
 @implementer(ILinkOwner)
 class PeerHub:
     """
@@ -53,6 +75,12 @@ class PeerHub:
 
     :ivar links: ready links by the peer's node id.
     :ivar pending: links still in their handshake.
+    :ivar bans: the banned IP addresses.
+    :ivar scores: misbehaviour scores by remote IP address.
+    :ivar misbehaviour_count: misbehaviour reports, ever.
+    :ivar refused_inbound: inbound connections refused by a connection limit.
+    :ivar refused_banned: inbound connections refused because their address is banned.
+    :ivar banned_count: bans this hub imposed, ever.
     """
 
     def __init__(
@@ -65,20 +93,44 @@ class PeerHub:
         max_inbound: int,
         timing: LinkTiming = LinkTiming(),
         rng: random.Random | None = None,
+        max_inbound_per_ip: int = DEFAULT_MAX_INBOUND_PER_IP,
+        max_handshakes_per_ip: int = DEFAULT_MAX_HANDSHAKES_PER_IP,
+        bans: BanList | None = None,
+        ban_duration: float = DEFAULT_BAN_DURATION,
+        scores: ScoreBoard | None = None,
     ) -> None:
+        """
+        :param max_peers: cap on all links.
+        :param max_inbound: cap on inbound links.
+        :param max_inbound_per_ip: cap on inbound links from one IP address.
+        :param max_handshakes_per_ip: cap on inbound links from one IP
+            address still in their handshake.
+        :param bans: the ban list (loaded); an empty one in memory if ``None``.
+        :param ban_duration: seconds an address reaching the threshold is
+            banned; 0 never bans (scores are still kept and logged).
+        :param scores: the scoreboard; a default one if ``None``.
+        """
         self.local = local
         self.addrbook = addrbook
         self.clock = clock
         self.max_peers = max_peers
         self.max_inbound = max_inbound
+        self.max_inbound_per_ip = max_inbound_per_ip
+        self.max_handshakes_per_ip = max_handshakes_per_ip
+        self.bans = bans if bans is not None else BanList(None)
+        self.ban_duration = ban_duration
+        self.scores = scores if scores is not None else ScoreBoard()
         self.timing = timing
         self._rng = rng or random.Random()
         self.links: dict[str, PeerProtocol] = {}
         self.pending: set[PeerProtocol] = set()
         self._nonces: set[int] = set()
         self._subscribers: list[Callable[[], None]] = []
+        self._hosts: dict[PeerProtocol, str] = {}
         self.misbehaviour_count = 0
         self.refused_inbound = 0
+        self.refused_banned = 0
+        self.banned_count = 0
         self.gossip: IGossip | None = None
 
     # -- subscriptions and queries
@@ -112,15 +164,37 @@ class PeerHub:
                 out.add(address.endpoint)
         return out
 
+    def host_of(self, link: PeerProtocol) -> str:
+        """The remote IP address of C{link}, as bans key it ("" if unknown)."""
+        host = self._hosts.get(link)
+        return host if host is not None else _canonical_host(link.peer_host)
+
+    def is_banned(self, host: str) -> bool:
+        """Whether C{host} (an IP address; a host name never is) is banned now."""
+        return self.bans.get(host, self.clock.seconds()) is not None
+
     # -- building links
 
     def build_link(
-        self, direction: Direction, dialed: PeerAddress | None = None
+        self, direction: Direction, dialed: PeerAddress | None = None, *, host: str | None = None
     ) -> PeerProtocol | None:
         """
-        A new link if the limits allow one, else ``None`` (Twisted then
-        closes an inbound connection at once).
+        A new link if no ban and no limit forbids it, else ``None`` (Twisted
+        then closes the connection at once, before any TLS work).
+
+        :param host: the remote IP address of the connection, when known:
+            a banned one is refused, and inbound links from one address
+            are limited.
         """
+        if host is not None:
+            host = _canonical_host(host)
+            if self.is_banned(host):
+                where = format_hostport(host, dialed.port) if dialed else host
+                if direction == "inbound":
+                    self.refused_banned += 1
+                log.debug("{direction} connection with banned {where} refused",
+                          direction=direction.capitalize(), where=where)  # fmt: skip
+                return None
         total = self.count()
         if total >= self.max_peers or (
             direction == "inbound" and self.count("inbound") >= self.max_inbound
@@ -129,6 +203,22 @@ class PeerHub:
                 self.refused_inbound += 1
                 log.debug("Inbound connection refused: {total} links", total=total)
             return None
+        if direction == "inbound" and host is not None:
+            from_host = [
+                lk for lk, h in self._hosts.items() if h == host and lk.direction == direction
+            ]
+            handshaking = sum(1 for lk in from_host if lk in self.pending)
+            if (
+                len(from_host) >= self.max_inbound_per_ip
+                or handshaking >= self.max_handshakes_per_ip
+            ):
+                self.refused_inbound += 1
+                log.debug(
+                    "Inbound connection from {host} refused: {count} links from it, "
+                    "{handshaking} in their handshake",
+                    host=host, count=len(from_host), handshaking=handshaking,
+                )  # fmt: skip
+                return None
         nonce = self._rng.getrandbits(64)
         while nonce in self._nonces:
             nonce = self._rng.getrandbits(64)
@@ -138,6 +228,8 @@ class PeerHub:
         )  # fmt: skip
         self._nonces.add(nonce)
         self.pending.add(link)
+        if host is not None:
+            self._hosts[link] = host
         return link
 
     # -- ILinkOwner
@@ -188,6 +280,7 @@ class PeerHub:
     def link_closed(self, link: PeerProtocol, reason: str) -> None:
         """Forget a closed link."""
         self.pending.discard(link)
+        self._hosts.pop(link, None)
         self._nonces.discard(link.nonce)
         if self.gossip is not None:
             self.gossip.link_closed(link)
@@ -198,8 +291,69 @@ class PeerHub:
         self._changed()
 
     def link_misbehaved(self, link: PeerProtocol, reason: str, score: int) -> None:
-        """Count a protocol violation (scores and bans build on this)."""
+        """
+        Count C{score} against the remote IP address of C{link}; at
+        :data:`~bitfitech.peer.misbehaviour.BAN_THRESHOLD`, ban the address
+        and drop every link with it (unless bans are off).
+        """
         self.misbehaviour_count += 1
+        host = self.host_of(link)
+        if not is_ip_literal(host):
+            log.info("Misbehaviour by {peer}: {reason} (no address to score)",
+                     peer=link.describe(), reason=reason)  # fmt: skip
+            return
+        now = self.clock.seconds()
+        total = self.scores.add(host, score, now)
+        log.info("Misbehaviour by {peer}: {reason} (+{score}, score of {host} now {total})",
+                 peer=link.describe(), reason=reason, score=score, host=host,
+                 total=round(total, 1))  # fmt: skip
+        if total < BAN_THRESHOLD:
+            return
+        if self.ban_duration <= 0:
+            log.warn("{host} reached misbehaviour score {total} ({reason}); not banned: "
+                     "bans are off (--ban-duration 0)", host=host, total=round(total, 1),
+                     reason=reason)  # fmt: skip
+            return
+        self.ban(host, reason, node_id=link.node_id)
+
+    # -- bans
+
+    def ban(self, host: str, reason: str, *, node_id: str | None = None) -> Ban:
+        """
+        Ban the IP address C{host} for :attr:`ban_duration` seconds and
+        abort every link with it, inbound and outbound.
+
+        :raises ValueError: if C{host} is not an IP address.
+        """
+        now = self.clock.seconds()
+        ban = self.bans.add(host, reason=reason, now=now, until=now + self.ban_duration,
+                            node_id=node_id)  # fmt: skip
+        self.banned_count += 1
+        self.scores.reset(ban.address)
+        doomed = [link for link in self._all_links() if self.host_of(link) == ban.address]
+        log.warn("Banned {host} for {duration}s (misbehaviour: {reason}); dropping its "
+                 "{count} links", host=ban.address, duration=self.ban_duration, reason=reason,
+                 count=len(doomed))  # fmt: skip
+        for link in doomed:
+            link.close(f"banned for misbehaviour: {reason}", abort=True)
+        return ban
+
+    def unban(self, host: str) -> Ban | None:
+        """
+        Lift the ban on C{host} and forget its score.
+
+        :return: the ban lifted, or ``None`` if C{host} was not banned.
+        :raises ValueError: if C{host} is not an IP address.
+        """
+        address = ban_address(host)
+        self.scores.reset(address)
+        if self.bans.get(address, self.clock.seconds()) is None:
+            return None  # never banned, or the ban expired
+        ban = self.bans.remove(address)
+        if ban is not None:
+            log.info("Ban of {host} lifted", host=ban.address)
+            self._changed()
+        return ban
 
     # -- commands
 

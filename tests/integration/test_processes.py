@@ -162,6 +162,8 @@ class NodeProcess:
         args += ["--host", "127.0.0.1", "--port", str(self.port)]
         args += ["--api-host", "127.0.0.1", "--api-port", str(self.api_port)]
         args += ["--data-dir", self.data_dir, "--no-mdns"]
+        # every node shares 127.0.0.1: the per-address limits must not bite
+        args += ["--max-inbound-per-ip", "64", "--max-handshakes-per-ip", "64"]
         if not self.dht:
             args.append("--no-dht")
         for port in self.bootstrap:

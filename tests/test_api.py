@@ -11,7 +11,12 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionRefusedError,
+    NoProtocol,
+    TimeoutError,
+)
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -388,6 +393,13 @@ class ConnectTests(APITestCase):
             self.stub.flush()
             self.node.dials.pop("127.0.0.1:3001").errback(reason)
             self.assert_error(d, 502, "127.0.0.1:3001")
+
+    def test_refused_link(self) -> None:
+        """The hub refusing the link (a banned address behind a host name) is a 502 that says so."""
+        d = self.post_peer({"address": "seed.example:3001"})
+        self.stub.flush()
+        self.node.dials["seed.example:3001"].errback(NoProtocol())
+        self.assert_error(d, 502, "banned")
 
     def test_value_error_later(self) -> None:
         self.node.connect = lambda address: fail(ValueError("bad address"))  # type: ignore[method-assign]

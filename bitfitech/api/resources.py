@@ -22,7 +22,7 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, NoProtocol
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
@@ -367,6 +367,14 @@ class Peers(JSONResource):
         def failed(failure: Failure) -> None:
             if failure.check(ValueError):
                 raise ApiError(400, failure.getErrorMessage())
+            if failure.check(NoProtocol):
+                # The hub refused the link it was building: the host name
+                # resolved to a banned address, or the node is at its limits.
+                raise ApiError(
+                    502,
+                    f"not linking to {address}: its address is banned or the node is "
+                    "at its peer limits (see GET /peers/banned and GET /status)",
+                )
             # Twisted's connect errors (refused, timeout, no route) are not OSErrors.
             failure.trap(ConnectionError, OSError, ConnectError)
             raise ApiError(502, f"could not connect to {address}: {failure.getErrorMessage()}")

@@ -3,7 +3,7 @@
 Every setting a node has is read here, once, from the command line and the
 environment (the command line wins), coerced, validated and frozen into a
 :class:`NodeConfig`.  Tests build a ``NodeConfig`` directly.  Nothing here
-touches the network or the disk.
+touches the network, and the disk only to check that a named file exists.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "ban-duration": ("BITFI_BAN_DURATION",),
     "max-inbound-per-ip": ("BITFI_MAX_INBOUND_PER_IP",),
     "max-handshakes-per-ip": ("BITFI_MAX_HANDSHAKES_PER_IP",),
+    "ca-bundle": ("BITFI_CA_BUNDLE",),
+    "certificate": ("BITFI_CERTIFICATE",),
 }
 
 
@@ -196,6 +198,12 @@ class NodeConfig:
         from one IP address.
     :ivar max_handshakes_per_ip: inbound links from one IP address allowed
         in their handshake at once.
+    :ivar ca_bundle: path of a PEM file of CA certificates: a bootstrap
+        address given by host name must then present a certificate chain
+        from one of them that names the host (read at start).
+    :ivar certificate: path of a PEM certificate chain for this node's key,
+        issued by a CA, presented instead of a self-signed certificate
+        (read at start).
     """
 
     data_dir: str
@@ -226,12 +234,17 @@ class NodeConfig:
     ban_duration: float = DEFAULT_BAN_DURATION
     max_inbound_per_ip: int = DEFAULT_MAX_INBOUND_PER_IP
     max_handshakes_per_ip: int = DEFAULT_MAX_HANDSHAKES_PER_IP
+    ca_bundle: str | None = None
+    certificate: str | None = None
 
     def __post_init__(self) -> None:
         if self.outbound > self.max_peers:
             raise ConfigError(
                 f"--outbound ({self.outbound}) cannot exceed --max-peers ({self.max_peers})"
             )
+        if self.plain_tcp and (self.ca_bundle or self.certificate):
+            option = "--ca-bundle" if self.ca_bundle else "--certificate"
+            raise ConfigError(f"{option} needs TLS: it cannot go with --insecure-plain-tcp")
 
     @property
     def dht_listen_port(self) -> int:
@@ -395,6 +408,14 @@ def coerce_path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def coerce_file(text: str) -> str:
+    """The path of an existing file (its contents are read when the node starts)."""
+    path = coerce_path(text)
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
 def default_api_port(port: int) -> int:
     """
     The HTTP API port for a node whose P2P port is C{port}.
@@ -481,6 +502,7 @@ def config_from_options(
         no_nodes: tuple[tuple[str, int], ...] = ()
         dht_bootstrap = _pick("dht-bootstrap", {}, env, coerce_dht_bootstrap, no_nodes)
     no_port: int | None = None
+    no_file: str | None = None
     return NodeConfig(
         data_dir=data_dir,
         port=port,
@@ -508,4 +530,6 @@ def config_from_options(
         max_handshakes_per_ip=_pick(
             "max-handshakes-per-ip", given, env, coerce_count, DEFAULT_MAX_HANDSHAKES_PER_IP
         ),
+        ca_bundle=_pick("ca-bundle", given, env, coerce_file, no_file),
+        certificate=_pick("certificate", given, env, coerce_file, no_file),
     )

@@ -24,6 +24,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from cryptography import x509
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import (
     Deferred,
@@ -49,7 +50,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import USER_AGENT, __version__
-from .address import AddressError, PeerAddress, format_hostport, parse_address
+from .address import AddressError, PeerAddress, format_hostport, is_ip_literal, parse_address
 from .config import NodeConfig
 from .discovery import PeerFound
 from .discovery.kademlia.ids import network_info_hash
@@ -67,7 +68,14 @@ from .peer.bans import BanList
 from .peer.dialer import Dialer
 from .peer.hub import PeerHub
 from .peer.protocol import LocalNode, PeerProtocol
-from .peer.tls import NodeTLS, TLSLink, TLSLinkFactory
+from .peer.tls import (
+    CATrust,
+    NodeTLS,
+    TLSFileError,
+    TLSLink,
+    TLSLinkFactory,
+    load_certificate_chain,
+)
 from .storage import Storage, StorageError, StorageService
 from .wire.messages import PROTOCOL_VERSION
 
@@ -185,6 +193,8 @@ class PeerService(_Listener):
         self.addrbook: AddressBook | None = None
         self.started_at: float | None = None
         self.tls: NodeTLS | None = None
+        self.ca_trust: CATrust | None = None
+        self._ca_named: frozenset[tuple[str, int]] = frozenset()
 
     @property
     def hub(self) -> PeerHub:
@@ -217,7 +227,7 @@ class PeerService(_Listener):
                 "encrypted nor authenticated, and this node links only with other plain nodes"
             )
         else:
-            self.tls = NodeTLS(self.storage.identity, clock.seconds())
+            self._load_tls(clock.seconds())
         endpoint = tcp_server_endpoint(self.reactor, config.host, config.port)
         self.port = listen_now(
             endpoint, self._with_tls(_InboundFactory(self), client=False),
@@ -316,10 +326,47 @@ class PeerService(_Listener):
         """Whether the node has fewer outbound links than its target."""
         return self._hub is not None and self._hub.ready_count("outbound") < self.config.outbound
 
-    def _with_tls(self, factory: Factory, *, client: bool) -> IProtocolFactory:
-        """C{factory} wrapped in this node's TLS, or as it is on a plain node."""
+    def _load_tls(self, now: float) -> None:
+        """
+        Make the node's TLS settings: its certificate (``--certificate``, else
+        self-signed) and the CA trust of bootstrap host names (``--ca-bundle``).
+
+        :raises StartupError: naming a file that cannot be used.
+        """
+        config, identity = self.config, self.storage.identity
+        chain: list[x509.Certificate] = []
+        try:
+            if config.certificate:
+                chain = load_certificate_chain(config.certificate, identity)
+            self.ca_trust = CATrust.from_file(config.ca_bundle) if config.ca_bundle else None
+        except TLSFileError as e:
+            raise StartupError(str(e)) from None
+        self.tls = NodeTLS(identity, now, chain)
+        if self.ca_trust is None:
+            return
+        named = [a.endpoint for a in config.bootstrap if not is_ip_literal(a.host)]
+        self._ca_named = frozenset(named)
+        if not named:
+            log.warn("--ca-bundle applies to no bootstrap address: none is given by host name")
+        else:
+            log.info("Bootstrap hosts {hosts} must present a certificate from {path} naming them",
+                     hosts=", ".join(format_hostport(*e) for e in named),
+                     path=config.ca_bundle)  # fmt: skip
+
+    def _with_tls(
+        self, factory: Factory, *, client: bool, address: PeerAddress | None = None
+    ) -> IProtocolFactory:
+        """
+        C{factory} wrapped in this node's TLS, or as it is on a plain node.
+
+        :param address: the address dialled; a bootstrap host name under
+            ``--ca-bundle`` gets the CA-checking settings.
+        """
         if self.tls is None:
             return factory
+        if address is not None and self.ca_trust is not None and address.endpoint in self._ca_named:
+            verifying = self.tls.for_named_host(address.host, self.ca_trust)
+            return TLSLinkFactory(verifying, client, factory, clock=self.reactor)
         return TLSLinkFactory(self.tls, client, factory, clock=self.reactor)
 
     def _connect(self, address: PeerAddress) -> Deferred[PeerProtocol]:
@@ -327,7 +374,7 @@ class PeerService(_Listener):
             self.reactor, address.host, address.port, timeout=self.config.connect_timeout
         )
         d: Deferred[Any] = endpoint.connect(
-            self._with_tls(_OutboundFactory(self.hub, address), client=True)
+            self._with_tls(_OutboundFactory(self.hub, address), client=True, address=address)
         )
         if self.tls is not None:
             d.addCallback(_wrapped_protocol)

@@ -109,6 +109,16 @@ class Options(usage.Options):
          "Inbound links from one IP address allowed in their handshake at once "
          f"[default {cfg.DEFAULT_MAX_HANDSHAKES_PER_IP}; env {_env('max-handshakes-per-ip')}]",
          _cli("max-handshakes-per-ip", cfg.coerce_count)],
+        ["ca-bundle", None, None,
+         "PEM file of CA certificates: a bootstrap address given by host name must present "
+         "a certificate chain from one of them naming that host, or the link is dropped "
+         f"[default none: node keys only; env {_env('ca-bundle')}]",
+         _cli("ca-bundle", cfg.coerce_file)],
+        ["certificate", None, None,
+         "PEM certificate chain for this node's key, issued by a CA (for a bootstrap host "
+         "dialled by name), presented instead of a self-signed certificate "
+         f"[default self-signed; env {_env('certificate')}]",
+         _cli("certificate", cfg.coerce_file)],
     ]  # fmt: skip
 
     optFlags = [

@@ -7,6 +7,7 @@ link reports, and an in-process cluster of real nodes on loopback.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import random
@@ -15,6 +16,11 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import CannotListenError
@@ -511,3 +517,58 @@ def multicast_unavailable() -> str | None:
     except OSError as error:
         return f"no multicast on 127.0.0.1 here: {error}"
     return None
+
+
+class CertificateAuthority:
+    """
+    A certificate authority made in memory for tests of ``--ca-bundle`` and
+    ``--certificate``: a P-256 key and a self-signed CA certificate, valid
+    from a day before to a day after now.
+
+    :ivar certificate: the CA certificate.
+    """
+
+    def __init__(
+        self, name: str = "bitfi test CA", issuer: CertificateAuthority | None = None
+    ) -> None:
+        """
+        :param issuer: the CA that certifies this one (an intermediate), or
+            ``None`` for a self-signed root.
+        """
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        signer = issuer or self
+        self.certificate = (
+            signer._builder(self._name, self._key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(signer._key, hashes.SHA256())
+        )
+
+    def _builder(self, subject: x509.Name, public_key: Any) -> x509.CertificateBuilder:
+        """A certificate issued by this CA, valid from a day ago to a day from now."""
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(self._name)
+            .public_key(public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )  # fmt: skip
+
+    def issue(self, public_key: Any, *host_names: str) -> x509.Certificate:
+        """A leaf certificate for C{public_key} naming C{host_names} (DNS SANs)."""
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bitfi node")])
+        builder = self._builder(subject, public_key).add_extension(
+            x509.BasicConstraints(ca=False, path_length=None), critical=True
+        )
+        if host_names:
+            sans = x509.SubjectAlternativeName([x509.DNSName(h) for h in host_names])
+            builder = builder.add_extension(sans, critical=False)
+        return builder.sign(self._key, hashes.SHA256())
+
+
+def write_pem(path: str, *certificates: x509.Certificate) -> str:
+    """Write C{certificates} to C{path} as PEM, and return the path."""
+    with open(path, "wb") as pem_file:
+        for certificate in certificates:
+            pem_file.write(certificate.public_bytes(Encoding.PEM))
+    return path

@@ -24,6 +24,10 @@ from bitfitech.tap import Options
 
 XDG = "/xdg-data"
 NODE_ID = "ab" * 20
+#: files that exist, for the certificate options (parsing only checks that
+#: the file exists; the node reads it at start, see tests/integration/test_ca_trust.py)
+SOME_FILE = os.path.abspath(__file__)
+OTHER_FILE = os.path.join(os.path.dirname(SOME_FILE), "__init__.py")
 
 
 def parse(args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> NodeConfig:
@@ -148,6 +152,8 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
     "BITFI_BAN_DURATION": ("3600", "ban_duration", 3600.0),
     "BITFI_MAX_INBOUND_PER_IP": ("2", "max_inbound_per_ip", 2),
     "BITFI_MAX_HANDSHAKES_PER_IP": ("1", "max_handshakes_per_ip", 1),
+    "BITFI_CA_BUNDLE": (SOME_FILE, "ca_bundle", SOME_FILE),
+    "BITFI_CERTIFICATE": (SOME_FILE, "certificate", SOME_FILE),
 }
 
 #: option -> (command-line value, field expected from it, environment variable, env value)
@@ -168,6 +174,8 @@ CLI_CASES: dict[str, tuple[str, object, str, str]] = {
     "ban-duration": ("0", 0.0, "BITFI_BAN_DURATION", "60"),
     "max-inbound-per-ip": ("64", 64, "BITFI_MAX_INBOUND_PER_IP", "2"),
     "max-handshakes-per-ip": ("32", 32, "BITFI_MAX_HANDSHAKES_PER_IP", "1"),
+    "ca-bundle": (SOME_FILE, SOME_FILE, "BITFI_CA_BUNDLE", OTHER_FILE),
+    "certificate": (OTHER_FILE, OTHER_FILE, "BITFI_CERTIFICATE", SOME_FILE),
 }
 
 #: option -> bad values (each rejected from the command line and the environment)
@@ -190,6 +198,8 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "ban-duration": ("-1", "2592001", "forever", "nan", "inf", ""),
     "max-inbound-per-ip": ("0", "10001", "-1", "lots"),
     "max-handshakes-per-ip": ("0", "10001", "2.5"),
+    "ca-bundle": ("", "/no/such/bundle.pem", os.path.dirname(SOME_FILE)),
+    "certificate": (" ", "/no/such/node.pem", "/"),
 }
 
 
@@ -276,6 +286,24 @@ class EnvironmentTests(SynchronousTestCase):
         env = with_xdg(BITFI_INSECURE_PLAIN_TCP="0")
         self.assertTrue(parse(["--insecure-plain-tcp"], env).plain_tcp)
         self.assertFalse(parse([], env).plain_tcp)
+
+    def test_certificate_options(self) -> None:
+        self.assertEqual((parse().ca_bundle, parse().certificate), (None, None))
+        config = parse(["--ca-bundle", SOME_FILE, "--certificate", OTHER_FILE])
+        self.assertEqual((config.ca_bundle, config.certificate), (SOME_FILE, OTHER_FILE))
+        error = self.assertRaises(UsageError, parse, ["--ca-bundle", "/no/such/bundle.pem"])
+        self.assertIn("no such file: /no/such/bundle.pem", str(error))
+
+    def test_certificate_options_need_tls(self) -> None:
+        for option in ("--ca-bundle", "--certificate"):
+            error = self.assertRaises(
+                UsageError, parse, [option, SOME_FILE, "--insecure-plain-tcp"]
+            )
+            self.assertIn(f"{option} needs TLS", str(error))
+        env = with_xdg(BITFI_INSECURE_PLAIN_TCP="1", BITFI_CA_BUNDLE=SOME_FILE)
+        self.assertRaises(UsageError, parse, [], env)
+        self.assertRaises(ConfigError, NodeConfig, data_dir="/d", plain_tcp=True,
+                          certificate=SOME_FILE)  # fmt: skip
 
     def test_ipv6(self) -> None:
         config = parse(["--host", "::1", "--bootstrap", "[::1]:3000", "--api-host", "[::1]"])

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import io
+import os
+from contextlib import redirect_stderr
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -18,16 +22,30 @@ from zope.interface import implementer
 
 from bitfitech.address import PeerAddress
 from bitfitech.config import LinkTiming
-from bitfitech.identity import NodeIdentity
+from bitfitech.identity import NodeIdentity, load_or_create_identity, node_id_from_public_key
 from bitfitech.peer.protocol import LocalNode, PeerProtocol
 from bitfitech.peer.tls import (
+    CATrust,
     NodeTLS,
+    TLSFileError,
+    certificate_request,
+    load_certificate_chain,
+    main,
     negotiated_tls_version,
     node_certificate,
     node_id_of_certificate,
+    node_private_key,
     proven_node_id,
 )
-from bitfitech.testing import TEST_NETWORK, TEST_PAIR, RecordingOwner, frame_of, version_of
+from bitfitech.testing import (
+    TEST_NETWORK,
+    TEST_PAIR,
+    CertificateAuthority,
+    RecordingOwner,
+    frame_of,
+    version_of,
+    write_pem,
+)
 from bitfitech.wire.messages import Verack
 
 NOW = 1_700_000_000.0
@@ -45,6 +63,11 @@ def ec_certificate() -> x509.Certificate:
         .public_key(key.public_key()).serial_number(1).not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
     )  # fmt: skip
+
+
+def node_id_of_certificate_key(key: Any) -> str:
+    """The node id of an Ed25519 public key."""
+    return node_id_from_public_key(key.public_bytes(Encoding.Raw, PublicFormat.Raw))
 
 
 @implementer(ISSLTransport)
@@ -146,3 +169,64 @@ class BindingTests(SynchronousTestCase):
         protocol, owner = self.link(CertifiedTransport(node_certificate(BOB, NOW)), BOB.node_id,
                                     dialed=PeerAddress("127.0.0.1", 3001, BOB.node_id))  # fmt: skip
         self.assertEqual(protocol.state, "ready")
+
+
+class CertificateFileTests(SynchronousTestCase):
+    """``--certificate``, ``--ca-bundle`` and the signing request for a CA."""
+
+    def test_request_names_the_host_and_carries_the_node_key(self) -> None:
+        request = certificate_request(ALICE, "seed.example.org")
+        self.assertTrue(request.is_signature_valid)
+        self.assertEqual(node_id_of_certificate_key(request.public_key()), ALICE.node_id)
+        [cn] = request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        self.assertEqual(cn.value, ALICE.node_id)
+        sans = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(sans.get_values_for_type(x509.DNSName), ["seed.example.org"])
+
+    def test_request_command(self) -> None:
+        data_dir = self.mktemp()
+        os.makedirs(data_dir)
+        out = io.StringIO()
+        self.assertEqual(main(["request", "--data-dir", data_dir, "--host", "Seed.Example.org."],
+                              out), 0)  # fmt: skip
+        request = x509.load_pem_x509_csr(out.getvalue().encode("ascii"))
+        identity = load_or_create_identity(data_dir)  # the key the command made
+        self.assertEqual(node_id_of_certificate_key(request.public_key()), identity.node_id)
+        sans = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(sans.get_values_for_type(x509.DNSName), ["seed.example.org"])
+        for host in ("127.0.0.1", "bad_host"):
+            with redirect_stderr(io.StringIO()):
+                self.assertRaises(SystemExit, main, ["request", "--data-dir", data_dir,
+                                                     "--host", host], out)  # fmt: skip
+
+    def test_chain_with_intermediates(self) -> None:
+        root = CertificateAuthority()
+        issuing = CertificateAuthority("issuing CA", root)
+        leaf = issuing.issue(node_private_key(ALICE).public_key(), "localhost")
+        path = write_pem(self.mktemp(), leaf, issuing.certificate)
+        chain = load_certificate_chain(path, ALICE)
+        self.assertEqual(chain, [leaf, issuing.certificate])
+        tls = NodeTLS(ALICE, NOW, chain)
+        self.assertEqual(tls.certificate, leaf)
+        error = self.assertRaises(TLSFileError, load_certificate_chain, path, BOB)
+        self.assertIn(f"--certificate {path}: its first certificate is for node {ALICE.node_id}",
+                      str(error))  # fmt: skip
+        missing = self.mktemp()
+        error = self.assertRaises(TLSFileError, load_certificate_chain, missing, ALICE)
+        self.assertIn(f"--certificate {missing}:", str(error))
+
+    def test_ca_bundle(self) -> None:
+        roots = [CertificateAuthority().certificate, CertificateAuthority("b").certificate]
+        path = write_pem(self.mktemp(), *roots)
+        self.assertEqual(CATrust.from_file(path).authorities, tuple(roots))
+        self.assertRaises(ValueError, CATrust, [])
+        with open(path, "wb") as pem_file:
+            pem_file.write(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+        self.assertRaises(TLSFileError, CATrust.from_file, path)
+
+    def test_dial_settings_send_the_host_name(self) -> None:
+        trust = CATrust([CertificateAuthority().certificate])
+        creator = NodeTLS(ALICE, NOW).for_named_host("seed.example.org.", trust)
+        self.assertEqual(creator.host, "seed.example.org")
+        connection = creator.clientConnectionForTLS(object())
+        self.assertEqual(connection.get_servername(), b"seed.example.org")

@@ -34,6 +34,7 @@ MAX_BAN_DURATION = 30 * 86400
 DEFAULT_MAX_INBOUND_PER_IP = 8
 DEFAULT_MAX_HANDSHAKES_PER_IP = 4
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")
 
 _NETWORK_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
 _PAIR_RE = re.compile(r"\A[A-Z0-9]{1,12}/[A-Z0-9]{1,12}\Z")
@@ -57,8 +58,10 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "pair": ("EXCHANGE_PAIR",),
     "api-port": ("API_PORT",),
     "api-host": ("API_HOST",),
+    "api-token": ("BITFI_API_TOKEN",),
     "no-api": ("BITFI_NO_API",),
     "log-level": ("LOG_LEVEL",),
+    "log-format": ("BITFI_LOG_FORMAT",),
     "settle-after": ("BITFI_SETTLE_AFTER",),
     "no-mdns": ("BITFI_NO_MDNS",),
     "mdns-interface": ("MDNS_INTERFACE",),
@@ -172,7 +175,12 @@ class NodeConfig:
     :ivar api_enabled: whether the HTTP API runs.
     :ivar api_host: HTTP API bind address.
     :ivar api_port: HTTP API port (0: the OS chooses).
+    :ivar api_token: the bearer token every API request must carry, or
+        ``None`` (then the data directory's ``api.token`` is used if it
+        exists; a non-loopback :attr:`api_host` requires one).
     :ivar log_level: minimum level of bitfi's own log events.
+    :ivar log_format: how twistd writes log events: ``text`` (human-readable
+        lines) or ``json`` (one JSON object per line, :mod:`bitfitech.logs`).
     :ivar timing: peer link timers.
     :ivar dial_interval: how often the dialer checks its outbound target.
     :ivar connect_timeout: TCP connect timeout for outbound dials.
@@ -217,7 +225,9 @@ class NodeConfig:
     api_enabled: bool = True
     api_host: str = DEFAULT_API_HOST
     api_port: int = 0
+    api_token: str | None = field(default=None, repr=False)
     log_level: LogLevel = LogLevel.info
+    log_format: str = "text"
     timing: LinkTiming = field(default_factory=LinkTiming)
     dial_interval: float = 1.0
     connect_timeout: float = 10.0
@@ -368,6 +378,14 @@ def coerce_log_level(text: str) -> LogLevel:
     return level
 
 
+def coerce_log_format(text: str) -> str:
+    """One of ``text`` (human-readable lines) or ``json`` (one JSON object per line)."""
+    name = text.strip().lower()
+    if name not in LOG_FORMATS:
+        raise ValueError(f"invalid log format {text!r} (one of {', '.join(LOG_FORMATS)})")
+    return name
+
+
 def coerce_seconds(text: str) -> float:
     """A duration in seconds, 0 to 86400, decimals allowed (``2.5``)."""
     try:
@@ -398,6 +416,13 @@ def coerce_flag(text: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"invalid boolean {text!r} (use 1/0, true/false)")
+
+
+def coerce_api_token(text: str) -> str:
+    """An API bearer token: 16 to 256 of ``A-Z a-z 0-9 . _ ~ + / = -``."""
+    from .api.token import check_token
+
+    return check_token(text.strip())
 
 
 def coerce_path(text: str) -> str:
@@ -515,7 +540,9 @@ def config_from_options(
         api_enabled=not api_off,
         api_host=_pick("api-host", given, env, coerce_host, DEFAULT_API_HOST),
         api_port=_pick("api-port", given, env, coerce_port, default_api_port(port)),
+        api_token=_pick("api-token", given, env, coerce_api_token, no_file),
         log_level=_pick("log-level", given, env, coerce_log_level, LogLevel.info),
+        log_format=_pick("log-format", given, env, coerce_log_format, "text"),
         settle_after=_pick("settle-after", given, env, coerce_seconds, DEFAULT_SETTLE_AFTER),
         mdns_enabled=not (no_mdns or _pick("no-mdns", {}, env, coerce_flag, False)),
         mdns_interface=_pick("mdns-interface", given, env, coerce_interface, None),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from zope.interface import Interface
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from twisted.internet.defer import Deferred
 
@@ -132,7 +132,7 @@ class INodeControl(Interface):
         "settled": bool, "trades": [trade, ...]}``, and a trade document ``{"id": hex64,
         "price": str, "amount": str, "side": "buy" | "sell" (the taker's),
         "taker": hex64, "maker": hex64, "lamport": int, "time": int (unix
-        ms), "settled": bool}``.
+        ms), "settled": bool, "status": "tentative" | "settled"}``.
         """
 
     def submit_orders(
@@ -173,13 +173,14 @@ class INodeControl(Interface):
     def order(order_id: str) -> dict[str, Any] | None:
         """The document of order C{order_id} (``GET /orders/{id}``), ``None`` if unknown."""
 
-    def orders(state: str, limit: int) -> list[dict[str, Any]]:
+    def orders(state: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
         """
         This node's own orders, newest first (``GET /orders``).
 
         :param state: ``"open"``, ``"closed"`` (filled, cancelled or
             rejected) or ``"all"``.
         :param limit: at most this many documents.
+        :param offset: skip this many matching orders first.
         """
 
     def book(depth: int) -> dict[str, Any]:
@@ -189,8 +190,31 @@ class INodeControl(Interface):
         levels a side; price and amount are decimal strings, count an int.
         """
 
-    def trades(limit: int) -> list[dict[str, Any]]:
-        """The last C{limit} trade documents of the book, newest first (``GET /trades``)."""
+    def trades(limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """
+        Trade documents of the book, newest first (``GET /trades``): at
+        most C{limit}, after skipping the C{offset} newest.
+        """
+
+    def trade_count() -> int:
+        """How many trades the book holds (the total of ``GET /trades``)."""
+
+    def discovery() -> dict[str, Any]:
+        """
+        The discovery services (``GET /discovery``): ``{"mdns": status |
+        None, "dht": status | None}``, ``None`` for a service that is off.
+        """
+
+    def watch(observer: Callable[[str, dict[str, Any] | None], None]) -> Callable[[], None]:
+        """
+        Call C{observer(kind, document)} on changes (the live stream):
+        ``("book", None)`` when the book may have changed, ``("trade",
+        trade)`` when a trade appears or settles, ``("order", order)`` when
+        one of this node's orders is created or changes, and ``("peer",
+        {"event": "joined" | "left", "node_id", "address", "direction"})``.
+
+        :return: a function that stops the calls.
+        """
 
 
 class IEventPublisher(Interface):

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from cryptography import x509
+from prometheus_client import CollectorRegistry
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import (
     Deferred,
@@ -51,6 +52,7 @@ from zope.interface import implementer
 
 from . import USER_AGENT, __version__
 from .address import AddressError, PeerAddress, format_hostport, is_ip_literal, parse_address
+from .api.metrics import node_registry
 from .config import NodeConfig
 from .discovery import PeerFound
 from .discovery.kademlia.ids import network_info_hash
@@ -62,7 +64,7 @@ from .interfaces import BatchRejected, INodeControl, ServiceUnavailable
 from .logs import logger, set_log_level
 from .market.events import Event
 from .market.journal import ThreadedSyncer
-from .market.service import MarketService, check_order
+from .market.service import MarketChange, MarketService, check_order
 from .peer.addrbook import AddressBook
 from .peer.bans import BanList
 from .peer.dialer import Dialer
@@ -469,18 +471,39 @@ class ApiService(_Listener):
 
     name = "api"
 
-    def __init__(self, config: NodeConfig, control: INodeControl, reactor: Any) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        control: INodeControl,
+        reactor: Any,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """:param registry: the node's metrics, where the site observes request latency."""
         super().__init__()
         self.config = config
         self.control = control
         self.reactor = reactor
+        self.registry = registry
+        self.token: str | None = None
+        self.root: Any = None
 
     def startService(self) -> None:
-        """Listen for HTTP on the API address."""
-        from .api.resources import api_root
-        from .api.site import ApiSite
+        """
+        Listen for HTTP on the API address.
 
-        site = ApiSite(api_root(self.control), reactor=self.reactor)
+        :raises StartupError: for a non-loopback address without a token
+            (``--api-token`` or the data directory's ``api.token``).
+        """
+        from .api.app import site_root
+        from .api.site import ApiSite
+        from .api.token import TokenError, api_token
+
+        try:
+            self.token = api_token(self.config)
+        except TokenError as e:
+            raise StartupError(str(e)) from None
+        self.root = site_root(self.control, clock=self.reactor, token=self.token)
+        site = ApiSite(self.root, reactor=self.reactor, registry=self.registry)
         where = format_hostport(self.config.api_host, self.config.api_port)
         self.port = listen_now(
             tcp_server_endpoint(self.reactor, self.config.api_host, self.config.api_port),
@@ -492,8 +515,10 @@ class ApiService(_Listener):
             self.config.api_host, self.listen_port))  # fmt: skip
 
     def stopService(self) -> Deferred[Any] | None:
-        """Stop listening."""
+        """End the live streams and stop listening."""
         super().stopService()
+        if self.root is not None:
+            self.root.feed.close_all()
         return self._stop_listening()
 
 
@@ -503,6 +528,9 @@ class NodeControl:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self._link_observers: list[Callable[[str, dict[str, Any] | None], None]] = []
+        self._watched_hub: PeerHub | None = None
+        self._known_links: dict[str, tuple[str | None, str]] = {}
 
     def status(self) -> dict[str, Any]:
         """``GET /status``."""
@@ -634,21 +662,97 @@ class NodeControl:
         event = market.ledger.get(order_id)
         return None if event is None or not event.is_order else market.order_doc(event)
 
-    def orders(self, state: str, limit: int) -> list[dict[str, Any]]:
+    def orders(self, state: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
         """``GET /orders``: this node's own orders, newest first."""
         market = self._market()
         market.flush()
-        return [market.order_doc(event) for event in market.own_orders(state, limit)]
+        events = market.own_orders(state, limit + offset)[offset:]
+        return [market.order_doc(event) for event in events]
 
     def book(self, depth: int) -> dict[str, Any]:
         """``GET /book``."""
         return self._market().book_doc(depth)
 
-    def trades(self, limit: int) -> list[dict[str, Any]]:
+    def trades(self, limit: int, offset: int = 0) -> list[dict[str, Any]]:
         """``GET /trades``: newest first."""
         market = self._market()
         market.flush()
-        return [market.trade_doc(trade) for trade in market.ledger.trades(limit)]
+        records = market.ledger.trades(limit + offset)[offset:]
+        return [market.trade_doc(trade) for trade in records]
+
+    def trade_count(self) -> int:
+        """The total of ``GET /trades``."""
+        market = self._market()
+        market.flush()
+        return market.ledger.trade_count
+
+    def discovery(self) -> dict[str, Any]:
+        """``GET /discovery``."""
+        node = self.node
+        return {
+            "mdns": node.mdns.status() if node.mdns is not None else None,
+            "dht": node.dht.status() if node.dht is not None else None,
+        }
+
+    def watch(self, observer: Callable[[str, dict[str, Any] | None], None]) -> Callable[[], None]:
+        """Tell C{observer} of market and link changes (the API's live stream)."""
+        market = self.node.market
+
+        def changed(change: MarketChange) -> None:
+            if change.book:
+                observer("book", None)
+            for trade in change.trades:
+                observer("trade", market.trade_doc(trade))
+            for event in change.orders:
+                observer("order", market.order_doc(event))
+
+        unwatch_market = market.watch(changed)
+        self._watch_links()
+        self._link_observers.append(observer)
+
+        def unwatch() -> None:
+            unwatch_market()
+            if observer in self._link_observers:
+                self._link_observers.remove(observer)
+
+        return unwatch
+
+    def _watch_links(self) -> None:
+        """Subscribe once to the running hub; links are then diffed at each change."""
+        peers = getattr(self.node, "peers", None)
+        if peers is None or not peers.running:
+            return
+        if peers.hub is not self._watched_hub:
+            self._watched_hub = peers.hub
+            peers.hub.subscribe(self._links_changed)
+        if not self._link_observers:
+            self._known_links = self._link_table(peers.hub)
+
+    @staticmethod
+    def _link_table(hub: PeerHub) -> dict[str, tuple[str | None, str]]:
+        return {
+            node_id: (
+                str(link.listen_address) if link.listen_address is not None else None,
+                link.direction,
+            )
+            for node_id, link in hub.links.items()
+        }
+
+    def _links_changed(self) -> None:
+        hub = self._watched_hub
+        if hub is None or not self._link_observers:
+            return
+        before, after = self._known_links, self._link_table(hub)
+        self._known_links = after
+        events = [("left", node_id, row) for node_id, row in before.items()
+                  if after.get(node_id) != row]  # fmt: skip
+        events += [("joined", node_id, row) for node_id, row in after.items()
+                   if before.get(node_id) != row]  # fmt: skip
+        for event, node_id, (address, direction) in events:
+            document = {"event": event, "node_id": node_id, "address": address,
+                        "direction": direction}  # fmt: skip
+            for observer in list(self._link_observers):
+                observer("peer", document)
 
 
 def _first_failure(failure: Failure) -> Failure:
@@ -671,6 +775,8 @@ class Node(MultiService):
     :ivar mdns: mDNS / DNS-SD discovery, or ``None`` with ``--no-mdns``.
     :ivar dht: the Kademlia DHT, or ``None`` with ``--no-dht``.
     :ivar api: the HTTP API service, or ``None`` with ``--no-api``.
+    :ivar metrics: the node's own Prometheus registry, read at each scrape
+        of ``GET /metrics`` (:mod:`bitfitech.api.metrics`).
     """
 
     def __init__(self, config: NodeConfig, reactor: Any) -> None:
@@ -707,10 +813,11 @@ class Node(MultiService):
             )  # fmt: skip
             self.dht.setServiceParent(self)
         self.control = NodeControl(self)
+        self.metrics = node_registry(self)
         self.exit_on_startup_error = False
         self.api: ApiService | None = None
         if config.api_enabled:
-            self.api = ApiService(config, self.control, reactor)
+            self.api = ApiService(config, self.control, reactor, self.metrics)
             self.api.setServiceParent(self)
 
     def _build_mdns(self, reactor: Any) -> MDNSService:

@@ -17,6 +17,7 @@ from twisted.python import usage
 
 from . import config as cfg
 from .address import PeerAddress
+from .logs import use_json_under_twistd
 
 
 def _cli(name: str, coerce: Callable[[str], object]) -> Callable[[str], object]:
@@ -81,9 +82,18 @@ class Options(usage.Options):
         ["api-host", None, None,
          f"HTTP API bind address [default {cfg.DEFAULT_API_HOST}; env {_env('api-host')}]",
          _cli("api-host", cfg.coerce_host)],
+        ["api-token", None, None,
+         "Bearer token every HTTP API request must carry; required to bind --api-host to a "
+         "non-loopback address unless the data directory holds api.token (make one with "
+         f"`python -m bitfitech.api.token --data-dir DIR`) [default none; env {_env('api-token')}]",
+         _cli("api-token", cfg.coerce_api_token)],
         ["log-level", None, None,
          f"Minimum level of bitfi's log events: {', '.join(cfg.LOG_LEVELS)} "
          f"[default info; env {_env('log-level')}]", _cli("log-level", cfg.coerce_log_level)],
+        ["log-format", None, None,
+         f"How twistd writes log events: {' or '.join(cfg.LOG_FORMATS)} (one JSON object "
+         "per line, to --logfile or stdout) "
+         f"[default text; env {_env('log-format')}]", _cli("log-format", cfg.coerce_log_format)],
         ["settle-after", None, None,
          "Seconds after which trades and resting orders count as settled "
          f"[default {cfg.DEFAULT_SETTLE_AFTER:g}; env {_env('settle-after')}]",
@@ -167,6 +177,9 @@ class Options(usage.Options):
             )  # fmt: skip
         except cfg.ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self.config.log_format == "json" and self.parent is not None:
+            # Under twistd: its --logger option, resolved after this, names the JSON observer.
+            use_json_under_twistd(self.parent)
 
 
 def makeService(options: Options) -> IService:

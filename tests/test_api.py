@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +26,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from bitfitech.address import AddressError, parse_address
-from bitfitech.api.resources import MAX_BATCH, MAX_BODY, ORDER_TYPES, api_root
+from bitfitech.api.resources import MAX_BATCH, MAX_BODY, ORDER_TYPES, NotFound, api_root
 from bitfitech.api.site import ApiSite
 from bitfitech.interfaces import BatchRejected, INodeControl, ServiceUnavailable
 from bitfitech.logs import enabled, log_level, set_log_level
@@ -128,6 +128,8 @@ class FakeNode:
         """When set, submits and cancels answer once it fires (or fail with it)."""
         self.bans: dict[str, dict[str, Any]] = {"192.0.2.7": BAN_A, "2001:db8::1": BAN_B}
         self.unbanned: list[str] = []
+        self.discovery_doc: dict[str, Any] = {"mdns": None, "dht": None}
+        self.watchers: list[Callable[[str, dict[str, Any] | None], None]] = []
 
     def status(self) -> dict[str, Any]:
         return self.status_doc
@@ -211,17 +213,28 @@ class FakeNode:
     def order(self, order_id: str) -> dict[str, Any] | None:
         return self.documents.get(order_id)
 
-    def orders(self, state: str, limit: int) -> list[dict[str, Any]]:
-        self.queries.append(("orders", (state, limit)))
-        return [doc for doc in self.documents.values() if doc["id"] not in self.foreign][:limit]
+    def orders(self, state: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        self.queries.append(("orders", (state, limit, offset)))
+        own = [doc for doc in self.documents.values() if doc["id"] not in self.foreign]
+        return own[offset : offset + limit]
 
     def book(self, depth: int) -> dict[str, Any]:
         self.queries.append(("book", depth))
         return self.book_doc
 
-    def trades(self, limit: int) -> list[dict[str, Any]]:
-        self.queries.append(("trades", limit))
-        return self.trade_docs
+    def trades(self, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        self.queries.append(("trades", (limit, offset)))
+        return self.trade_docs[offset : offset + limit]
+
+    def trade_count(self) -> int:
+        return len(self.trade_docs)
+
+    def discovery(self) -> dict[str, Any]:
+        return self.discovery_doc
+
+    def watch(self, observer: Callable[[str, dict[str, Any] | None], None]) -> Callable[[], None]:
+        self.watchers.append(observer)
+        return lambda: self.watchers.remove(observer)
 
 
 class APITestCase(SynchronousTestCase):
@@ -277,23 +290,21 @@ class ReadTests(APITestCase):
     """``GET /``, ``/status`` and ``/peers``."""
 
     def test_index(self) -> None:
-        status, body, _ = self.answer(self.stub.get(f"{URL}/"))
+        status, body, _ = self.answer(self.stub.get(f"{URL}/api"))
         self.assertEqual(status, 200)
-        self.assertEqual(
-            body,
-            {
-                "name": "bitfi",
-                "endpoints": [
-                    "/status",
-                    "/peers",
-                    "/peers/banned",
-                    "/orders",
-                    "/orders/batch",
-                    "/book",
-                    "/trades",
-                ],  # fmt: skip
-            },
-        )
+        assert isinstance(body, dict)
+        self.assertEqual((body["name"], body["openapi"]), ("bitfi", "/openapi.json"))
+        for path in ("/status", "/discovery", "/peers", "/peers/banned", "/orders",
+                     "/orders/batch", "/book", "/trades", "/stream", "/openapi.json"):  # fmt: skip
+            self.assertIn(path, body["endpoints"])
+        # Programs still get the index at /; browsers get the dashboard once it is mounted.
+        self.assertEqual(self.answer(self.stub.get(f"{URL}/"))[1], body)
+        html = {"accept": "text/html,application/xhtml+xml"}
+        self.assertEqual(self.answer(self.stub.get(f"{URL}/", headers=html))[1], body)
+
+    def test_discovery(self) -> None:
+        status, body, _ = self.answer(self.stub.get(f"{URL}/discovery"))
+        self.assertEqual((status, body), (200, {"mdns": None, "dht": None}))
 
     def test_status(self) -> None:
         self.node.status_doc = {"node_id": NODE_B, "uptime_s": 1.5, "p2p": {"port": 3000}}
@@ -957,15 +968,16 @@ class QueryTests(APITestCase):
     def test_orders(self) -> None:
         status, body, _ = self.answer(self.stub.get(f"{URL}/orders"))
         self.assertEqual((status, body), (200, {"orders": [DOC_A]}))
-        self.assertEqual(self.node.queries, [("orders", ("open", 100))])
+        # One more than the limit is asked for, to know whether more follow.
+        self.assertEqual(self.node.queries, [("orders", ("open", 101, 0))])
 
     def test_orders_params(self) -> None:
         for query, expected in (
-            ("state=closed&limit=5", ("closed", 5)),
-            ("state=all&limit=1000", ("all", 1000)),
-            ("state=open&limit=1", ("open", 1)),
-            ("limit=007", ("open", 7)),
-            ("state=all&other=x", ("all", 100)),
+            ("state=closed&limit=5", ("closed", 6, 0)),
+            ("state=all&limit=1000", ("all", 1001, 0)),
+            ("state=open&limit=1&offset=3", ("open", 2, 3)),
+            ("limit=007", ("open", 8, 0)),
+            ("state=all&other=x", ("all", 101, 0)),
         ):
             self.assertEqual(self.answer(self.stub.get(f"{URL}/orders?{query}"))[0], 200)
             self.assertEqual(self.node.queries.pop(), ("orders", expected))
@@ -998,7 +1010,7 @@ class QueryTests(APITestCase):
         self.assertEqual((status, body), (200, {"trades": [TRADE_A]}))
         self.node.trade_docs = []
         self.assertEqual(self.answer(self.stub.get(f"{URL}/trades?limit=3"))[1], {"trades": []})
-        self.assertEqual(self.node.queries, [("trades", 50), ("trades", 3)])
+        self.assertEqual(self.node.queries, [("trades", (50, 0)), ("trades", (3, 0))])
 
     def test_trades_bad_limit(self) -> None:
         self.assert_bad_ints("/trades", "limit")
@@ -1019,6 +1031,144 @@ class QueryTests(APITestCase):
     def test_unknown_paths(self) -> None:
         for path in ("/book/x", "/trades/x", "/orders/x/y"):
             self.assert_error(self.stub.get(URL + path), 404, "not found")
+
+
+class PaginationTests(APITestCase):
+    """``limit`` and ``offset`` of the lists, and the ``Link`` and ``X-Total-Count`` headers."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.node.rows = [{"node_id": f"{n:040x}", "address": None} for n in range(7)]
+        self.node.trade_docs = [TRADE_A | {"id": f"{n:064x}"} for n in range(5)]
+        for _ in range(3):
+            self.node.place("buy", "1", "1", "limit")
+
+    def link(self, headers: Any) -> str | None:
+        values = headers.getRawHeaders(b"link")
+        return None if values is None else values[0].decode("ascii")  # type: ignore[no-any-return]
+
+    def total(self, headers: Any) -> int | None:
+        values = headers.getRawHeaders(b"x-total-count")
+        return None if values is None else int(values[0])
+
+    def test_peers(self) -> None:
+        status, body, headers = self.answer(self.stub.get(f"{URL}/peers?limit=3"))
+        self.assertEqual((status, body), (200, self.node.rows[:3]))
+        self.assertEqual(self.total(headers), 7)
+        self.assertEqual(self.link(headers), '</peers?limit=3&offset=3>; rel="next"')
+        _, body, headers = self.answer(self.stub.get(f"{URL}/peers?limit=3&offset=6"))
+        self.assertEqual(body, self.node.rows[6:])
+        self.assertIsNone(self.link(headers))
+        _, body, headers = self.answer(self.stub.get(f"{URL}/peers?offset=100"))
+        self.assertEqual((body, self.total(headers)), ([], 7))
+        # Without a limit: the default (50) holds them all.
+        _, body, headers = self.answer(self.stub.get(f"{URL}/peers"))
+        self.assertEqual((body, self.link(headers)), (self.node.rows, None))
+
+    def test_banned(self) -> None:
+        _, body, headers = self.answer(self.stub.get(f"{URL}/peers/banned?limit=1"))
+        self.assertEqual((body, self.total(headers)), ([BAN_B], 2))
+        self.assertEqual(self.link(headers), '</peers/banned?limit=1&offset=1>; rel="next"')
+        _, body, headers = self.answer(self.stub.get(f"{URL}/peers/banned?limit=1&offset=1"))
+        self.assertEqual((body, self.link(headers)), ([BAN_A], None))
+
+    def test_orders_keep_other_parameters(self) -> None:
+        _, body, headers = self.answer(self.stub.get(f"{URL}/orders?state=all&limit=2"))
+        assert isinstance(body, dict)
+        self.assertEqual(len(body["orders"]), 2)
+        self.assertEqual(self.link(headers), '</orders?state=all&limit=2&offset=2>; rel="next"')
+        self.assertIsNone(self.total(headers))
+        _, body, headers = self.answer(self.stub.get(f"{URL}/orders?state=all&limit=2&offset=2"))
+        assert isinstance(body, dict)
+        self.assertEqual((len(body["orders"]), self.link(headers)), (2, None))
+
+    def test_trades(self) -> None:
+        _, body, headers = self.answer(self.stub.get(f"{URL}/trades?limit=2&offset=2"))
+        self.assertEqual(body, {"trades": self.node.trade_docs[2:4]})
+        self.assertEqual(self.total(headers), 5)
+        self.assertEqual(self.link(headers), '</trades?limit=2&offset=4>; rel="next"')
+
+    def test_bad_offsets(self) -> None:
+        for path in ("/peers", "/peers/banned", "/orders", "/trades"):
+            for value in ("-1", "x", "1000000001", "1.5"):
+                self.assert_error(self.stub.get(f"{URL}{path}?offset={value}"), 400, "offset")
+            self.assert_error(self.stub.get(f"{URL}{path}?limit=0"), 400, "limit")
+
+
+class ErrorTests(APITestCase):
+    """Every failure is a JSON error body."""
+
+    def test_market_not_running(self) -> None:
+        def unavailable(*args: object) -> Any:
+            raise ServiceUnavailable("the market is not running")
+
+        for name in ("orders", "book", "trades", "trade_count", "order"):
+            setattr(self.node, name, unavailable)
+        for path in ("/orders", "/book", "/trades", f"/orders/{ORDER_A}"):
+            self.assert_error(self.stub.get(URL + path), 503, "not running")
+
+    def test_unexpected_exception(self) -> None:
+        def broken() -> Any:
+            raise RuntimeError("boom")
+
+        self.node.status = broken  # type: ignore[method-assign]
+        self.assert_error(self.stub.get(f"{URL}/status"), 500, "internal error")
+        self.flushLoggedErrors(RuntimeError)
+
+
+TOKEN = "s3cret-token-0123456789"
+
+
+class TokenTests(SynchronousTestCase):
+    """With a token, every request but the public ones must carry it."""
+
+    def setUp(self) -> None:
+        self.node = FakeNode()
+        self.root = api_root(self.node, clock=Clock(), token=TOKEN)
+        self.stub: Any = StubTreq(self.root)
+
+    def get(self, path: str, authorization: str | None = None) -> tuple[int, Any, Any]:
+        headers = {} if authorization is None else {"authorization": authorization}
+        d = self.stub.get(URL + path, headers=headers)
+        self.stub.flush()
+        response = self.successResultOf(d)
+        body = json.loads(self.successResultOf(response.content()))
+        return response.code, body, response.headers
+
+    def test_refused_without_token(self) -> None:
+        for path in ("/", "/api", "/status", "/peers", "/orders", "/nope", "/stream"):
+            status, body, headers = self.get(path)
+            self.assertEqual(status, 401, path)
+            self.assertIn("Bearer", body["error"])
+            self.assertEqual(headers.getRawHeaders(b"www-authenticate"), [b'Bearer realm="bitfi"'])
+        self.assertEqual(self.node.queries, [])
+
+    def test_wrong_token(self) -> None:
+        for value in ("Bearer wrong-token-0123456789", f"Basic {TOKEN}", TOKEN, "Bearer",
+                      f"Bearer {TOKEN}x"):  # fmt: skip
+            status, _, headers = self.get("/status", value)
+            self.assertEqual(status, 401, value)
+            [challenge] = headers.getRawHeaders(b"www-authenticate")
+            self.assertIn(b'error="invalid_token"', challenge)
+
+    def test_right_token(self) -> None:
+        status, body, _ = self.get("/status", f"Bearer {TOKEN}")
+        self.assertEqual((status, body), (200, self.node.status_doc))
+        self.assertEqual(self.get("/peers", f"bearer  {TOKEN}")[0], 200)
+        self.assertEqual(self.get("/nope", f"Bearer {TOKEN}")[0], 404)
+
+    def test_public(self) -> None:
+        status, body, _ = self.get("/openapi.json")
+        self.assertEqual((status, body["openapi"]), (200, "3.1.0"))
+        self.root.mount_public(b"assets", NotFound())
+        self.assertEqual(self.get("/assets/app.js")[0], 404)
+
+    def test_browser_index(self) -> None:
+        self.root.browser_index = NotFound()
+        d = self.stub.get(f"{URL}/", headers={"accept": "text/html"})
+        self.stub.flush()
+        self.assertEqual(self.successResultOf(d).code, 404)
+        self.assertEqual(self.get("/")[0], 401)
 
 
 class AccessLogTests(SynchronousTestCase):

@@ -23,6 +23,7 @@ from bitfitech.config import (
 from bitfitech.tap import Options
 
 XDG = "/xdg-data"
+API_TOKEN = "cli-token-0123456789abcdef"
 NODE_ID = "ab" * 20
 #: files that exist, for the certificate options (parsing only checks that
 #: the file exists; the node reads it at start, see tests/integration/test_ca_trust.py)
@@ -136,8 +137,10 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
     "EXCHANGE_PAIR": ("eth/usdt", "pair", "ETH/USDT"),
     "API_PORT": ("8080", "api_port", 8080),
     "API_HOST": ("0.0.0.0", "api_host", "0.0.0.0"),
+    "BITFI_API_TOKEN": (API_TOKEN, "api_token", API_TOKEN),
     "BITFI_NO_API": ("1", "api_enabled", False),
     "LOG_LEVEL": ("DEBUG", "log_level", LogLevel.debug),
+    "BITFI_LOG_FORMAT": ("JSON", "log_format", "json"),
     "BITFI_SETTLE_AFTER": ("2.5", "settle_after", 2.5),
     "BITFI_NO_MDNS": ("yes", "mdns_enabled", False),
     "MDNS_INTERFACE": ("127.0.0.1", "mdns_interface", "127.0.0.1"),
@@ -167,7 +170,9 @@ CLI_CASES: dict[str, tuple[str, object, str, str]] = {
     "pair": ("XMR/BTC", "XMR/BTC", "EXCHANGE_PAIR", "ETH/USD"),
     "api-port": ("9090", 9090, "API_PORT", "8080"),
     "api-host": ("::1", "::1", "API_HOST", "0.0.0.0"),
+    "api-token": (API_TOKEN, API_TOKEN, "BITFI_API_TOKEN", "env-token-0123456789abcdef"),
     "log-level": ("error", LogLevel.error, "LOG_LEVEL", "debug"),
+    "log-format": ("json", "json", "BITFI_LOG_FORMAT", "text"),
     "settle-after": ("0.5", 0.5, "BITFI_SETTLE_AFTER", "30"),
     "mdns-interface": ("10.0.0.5", "10.0.0.5", "MDNS_INTERFACE", "127.0.0.1"),
     "dht-port": ("0", 0, "DHT_PORT", "6881"),
@@ -189,7 +194,9 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "pair": ("BTC", "BTC-USD", "BTC/", "/USD"),
     "api-port": ("x", "70000"),
     "api-host": ("no_such host",),
+    "api-token": ("", "short", "has space in it 0123456789", "x" * 257, "t\u00f6ken-0123456789abc"),
     "log-level": ("loud", ""),
+    "log-format": ("xml", "", "json lines"),
     "settle-after": ("-1", "86401", "soon", "nan", "inf", ""),
     "bootstrap": ("nope", "127.0.0.1:0", "::1:3000", "xyz@127.0.0.1:3000"),
     "mdns-interface": ("eth0", "all", "", "127.0.0.256", "::1"),

@@ -1,10 +1,20 @@
 """JSON resources of the HTTP API (``/status``, ``/peers``, ``/peers/banned``, ``/orders``, ...).
 
 Data path: :class:`~bitfitech.interfaces.INodeControl` -> these resources ->
-HTTP client.  Every answer, errors included, is a JSON document; errors are
-``{"error": "..."}`` with a 4xx/5xx status.  Unknown paths are a JSON 404
-and unsupported methods a JSON 405 with an ``Allow`` header.  An error about
-one order of a batch also names its ``index``.
+HTTP client.  Every answer, errors included, is a JSON document (but the
+event stream of :mod:`bitfitech.api.stream`); errors are ``{"error":
+"..."}`` with a 4xx/5xx status.  Unknown paths are a JSON 404 and
+unsupported methods a JSON 405 with an ``Allow`` header.  An error about one
+order of a batch also names its ``index``.  :mod:`bitfitech.api.openapi`
+describes every route of :data:`ROUTES`.
+
+Lists (``/peers``, ``/peers/banned``, ``/orders``, ``/trades``) take
+``limit`` and ``offset``; when more follow, the answer has a ``Link: <...>;
+rel="next"`` header, and ``X-Total-Count`` where the total is known.
+
+With a token (:mod:`bitfitech.api.token`), every request but ``GET
+/openapi.json`` and the public children (the dashboard's files) must carry
+``Authorization: Bearer <token>``, or gets a 401.
 
 Prices and amounts travel as JSON strings holding decimals, and reach the
 node exactly as the client wrote them: no JSON number is ever read as a
@@ -19,10 +29,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, NoProtocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
@@ -31,6 +42,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from ..address import is_node_id
 from ..interfaces import BatchRejected, INodeControl, ServiceUnavailable
 from ..logs import logger
+from .token import token_matches
 
 log = logger(__name__)
 
@@ -44,6 +56,35 @@ MAX_LIMIT: Final = 1000
 """Largest ``limit`` or ``depth`` a query may ask for."""
 MAX_BATCH: Final = 100
 """Most orders one ``POST /orders/batch`` may place."""
+MAX_OFFSET: Final = 1_000_000_000
+"""Largest ``offset`` a query may ask for."""
+DEFAULT_LIMIT: Final = 50
+"""The ``limit`` of ``/peers``, ``/peers/banned`` and ``/trades`` when none is given."""
+ORDERS_LIMIT: Final = 100
+"""The ``limit`` of ``/orders`` when none is given."""
+
+ROUTES: Final = (
+    "/",
+    "/api",
+    "/openapi.json",
+    "/status",
+    "/discovery",
+    "/peers",
+    "/peers/{node_id}",
+    "/peers/banned",
+    "/peers/banned/{address}",
+    "/orders",
+    "/orders/batch",
+    "/orders/{order_id}",
+    "/book",
+    "/trades",
+    "/stream",
+    "/metrics",
+    "/static/{name}",
+)
+"""Every route the site serves (``/metrics`` and ``/static/{name}`` are
+mounted by :func:`bitfitech.api.app.site_root`); :mod:`bitfitech.api.openapi`
+documents each."""
 
 _ORDER_ID_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 _DIGITS_RE = re.compile(rb"\A[0-9]{1,10}\Z")
@@ -234,6 +275,13 @@ class JSONResource(Resource):
             result = handler(request)
         except ApiError as e:
             return write_json(request, e.status, e.body())
+        except ServiceUnavailable as e:
+            return write_json(request, 503, _unavailable_error(e).body())
+        except Exception:
+            log.failure("API request {uri} failed", uri=request.uri)
+            return write_json(request, 500, {"error": "internal error"})
+        if result is NOT_DONE_YET:
+            return NOT_DONE_YET
         if not isinstance(result, Deferred):
             return self.answer(request, result)
         finished: list[object] = []
@@ -265,6 +313,71 @@ class NotFound(JSONResource):
 
     def render(self, request: Request) -> bytes:
         return write_json(request, 404, {"error": "not found"})
+
+
+class Unauthorized(JSONResource):
+    """Any request without the API's token: a JSON 401 with a ``WWW-Authenticate`` challenge."""
+
+    def __init__(self, given: bool) -> None:
+        """:param given: whether the request carried an ``Authorization`` header."""
+        super().__init__()
+        self.given = given
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return self
+
+    def render(self, request: Request) -> bytes:
+        challenge = 'Bearer realm="bitfi"'
+        if self.given:
+            challenge += ', error="invalid_token"'
+        request.setHeader(b"www-authenticate", challenge.encode("ascii"))
+        return write_json(
+            request, 401,
+            {"error": "this API requires a token: send 'Authorization: Bearer <token>'"},
+        )  # fmt: skip
+
+
+def page_params(request: Request, default: int) -> tuple[int, int]:
+    """
+    The ``limit`` (1 to :data:`MAX_LIMIT`, C{default} if absent) and
+    ``offset`` (0 to :data:`MAX_OFFSET`, 0 if absent) of a list request.
+
+    :raises ApiError: 400, naming the parameter, for a bad value.
+    """
+    return (
+        int_param(request, "limit", default),
+        int_param(request, "offset", 0, low=0, high=MAX_OFFSET),
+    )
+
+
+def page(
+    request: Request, body: object, limit: int, offset: int, more: bool, total: int | None
+) -> Answer:
+    """
+    A page of a list: C{body}, with a ``Link: <...>; rel="next"`` header
+    when C{more} items follow and ``X-Total-Count`` when C{total} is known.
+    """
+    headers: dict[str, str] = {}
+    if total is not None:
+        headers["x-total-count"] = str(total)
+    if more and offset + limit <= MAX_OFFSET:
+        query = [
+            (name, value)
+            for name, values in sorted((request.args or {}).items())
+            if name not in (b"limit", b"offset")
+            for value in values
+        ]
+        query += [(b"limit", str(limit).encode()), (b"offset", str(offset + limit).encode())]
+        path = request.path.decode("utf-8", "replace")
+        headers["link"] = f'<{path}?{urlencode(query)}>; rel="next"'
+    return Answer(body, http.OK, headers)
+
+
+def page_of(request: Request, rows: list[Any], default: int) -> Answer:
+    """A page of C{rows}, a whole list whose length is the total."""
+    limit, offset = page_params(request, default)
+    return page(request, rows[offset : offset + limit], limit, offset,
+                len(rows) > offset + limit, len(rows))  # fmt: skip
 
 
 class Status(JSONResource):
@@ -332,7 +445,7 @@ class BannedPeers(JSONResource):
         return BannedPeer(self.node, unquote(path.decode("utf-8", "replace")))
 
     def render_GET(self, request: Request) -> object:
-        return self.node.banned()
+        return page_of(request, self.node.banned(), DEFAULT_LIMIT)
 
 
 class Peers(JSONResource):
@@ -350,7 +463,7 @@ class Peers(JSONResource):
         return Peer(self.node, path.decode("utf-8", "replace").lower())
 
     def render_GET(self, request: Request) -> object:
-        return self.node.peers()
+        return page_of(request, self.node.peers(), DEFAULT_LIMIT)
 
     def render_POST(self, request: Request) -> Deferred[object]:
         body = read_json_object(request)
@@ -539,8 +652,10 @@ class Orders(JSONResource):
 
     def render_GET(self, request: Request) -> object:
         state = choice_param(request, "state", ORDER_STATES, "open")
-        limit = int_param(request, "limit", 100)
-        return {"orders": self.node.orders(state, limit)}
+        limit, offset = page_params(request, ORDERS_LIMIT)
+        documents = self.node.orders(state, limit + 1, offset)
+        more = len(documents) > limit
+        return page(request, {"orders": documents[:limit]}, limit, offset, more, None)
 
     def render_POST(self, request: Request) -> Deferred[object]:
         side, price, amount, order_type = order_request(read_json_object(request))
@@ -598,42 +713,116 @@ class Book(JSONResource):
 
 
 class Trades(JSONResource):
-    """``GET /trades?limit=``: the last trades, newest first."""
+    """``GET /trades?limit=&offset=``: the trades, newest first."""
 
     def __init__(self, node: INodeControl) -> None:
         super().__init__()
         self.node = node
 
     def render_GET(self, request: Request) -> object:
-        return {"trades": self.node.trades(int_param(request, "limit", 50))}
+        limit, offset = page_params(request, DEFAULT_LIMIT)
+        total = self.node.trade_count()
+        documents = self.node.trades(limit, offset)
+        return page(request, {"trades": documents}, limit, offset, total > offset + limit, total)
 
 
-class Root(JSONResource):
-    """``/``: an index of the API."""
+class Discovery(JSONResource):
+    """``GET /discovery``: the mDNS and DHT services' state (``null`` when off)."""
 
     def __init__(self, node: INodeControl) -> None:
         super().__init__()
+        self.node = node
+
+    def render_GET(self, request: Request) -> object:
+        return self.node.discovery()
+
+
+class OpenAPIDocument(JSONResource):
+    """``GET /openapi.json``: the OpenAPI 3.1 description of this API."""
+
+    def render_GET(self, request: Request) -> object:
+        from .openapi import document
+
+        return document()
+
+
+def api_index() -> dict[str, object]:
+    """The body of ``GET /api``: the API's routes."""
+    return {"name": "bitfi", "endpoints": list(ROUTES[1:]), "openapi": "/openapi.json"}
+
+
+class ApiIndex(JSONResource):
+    """``GET /api``: an index of the API."""
+
+    def render_GET(self, request: Request) -> object:
+        return api_index()
+
+
+def wants_html(request: Request) -> bool:
+    """Whether the request's ``Accept`` header names ``text/html`` (a browser)."""
+    accept = request.getHeader(b"accept") or b""
+    return b"text/html" in accept.lower()
+
+
+class Root(JSONResource):
+    """
+    ``/``: the API's index for programs; the dashboard for browsers, once
+    one is set as :attr:`browser_index`.
+
+    :ivar token: the bearer token every request must carry, or ``None``.
+    :ivar public: children served without the token (the dashboard's files).
+    :ivar browser_index: what ``GET /`` answers to a request that accepts
+        ``text/html`` (served without the token), or ``None``.
+    :ivar feed: the live stream's fan-out (``GET /stream``).
+    """
+
+    def __init__(
+        self, node: INodeControl, *, clock: IReactorTime | None = None, token: str | None = None
+    ) -> None:
+        from .stream import Stream, StreamFeed
+
+        super().__init__()
+        self.token = token
+        self.public: dict[bytes, IResource] = {b"openapi.json": OpenAPIDocument()}
+        self.browser_index: IResource | None = None
+        self.feed = StreamFeed(node, clock)
+        self.putChild(b"api", ApiIndex())
         self.putChild(b"status", Status(node))
+        self.putChild(b"discovery", Discovery(node))
         self.putChild(b"peers", Peers(node))
         self.putChild(b"orders", Orders(node))
         self.putChild(b"book", Book(node))
         self.putChild(b"trades", Trades(node))
+        self.putChild(b"stream", Stream(self.feed))
+
+    def mount_public(self, name: bytes, resource: IResource) -> None:
+        """Serve C{resource} at ``/name`` without asking for the token."""
+        self.public[name] = resource
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        public = self.public.get(path)
+        if public is not None:
+            return public
+        if not path and self.browser_index is not None and wants_html(request):
+            return self.browser_index
+        if self.token is not None:
+            authorization = request.getHeader(b"authorization")
+            if not token_matches(self.token, authorization):
+                return Unauthorized(authorization is not None)
+        child: IResource = super().getChildWithDefault(path, request)
+        return child
 
     def render_GET(self, request: Request) -> object:
-        return {
-            "name": "bitfi",
-            "endpoints": [
-                "/status",
-                "/peers",
-                "/peers/banned",
-                "/orders",
-                "/orders/batch",
-                "/book",
-                "/trades",
-            ],
-        }
+        return api_index()
 
 
-def api_root(node: INodeControl) -> Resource:
-    """The root resource of the API for C{node}."""
-    return Root(node)
+def api_root(
+    node: INodeControl, *, clock: IReactorTime | None = None, token: str | None = None
+) -> Root:
+    """
+    The root resource of the API for C{node}.
+
+    :param clock: the live stream's timers (the global reactor if ``None``).
+    :param token: the bearer token requests must carry, or ``None``.
+    """
+    return Root(node, clock=clock, token=token)

@@ -23,6 +23,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
@@ -67,6 +68,15 @@ CHECKPOINT_EVENTS = 10_000
 #: events whose local arrival time is remembered (``applied_at``)
 ARRIVALS_KEPT = 65536
 
+#: newest trades looked at, beyond the count of new ones, for trades to announce
+TRADE_SCAN = 64
+
+#: trade ids remembered as announced to observers
+ANNOUNCED_KEPT = 4096
+
+#: most trades or own orders announced as settled by one settlement step
+SETTLED_SCAN = 1000
+
 _REJECTION_TEXT = {
     "invalid_side": "side must be buy or sell",
     "invalid_type": f"type must be one of {', '.join(sorted(ORDER_TYPES))}",
@@ -105,6 +115,27 @@ def check_order(
             elif reason == "price_too_high":
                 detail += f" {params.max_price}"
             raise ValueError(f"{reason}: {detail}")
+
+
+@dataclass(frozen=True)
+class MarketChange:
+    """
+    What one apply or one settlement step changed, told to observers (the
+    API's live stream).
+
+    :ivar book: whether the book may have changed.
+    :ivar trades: trades that appeared or settled, oldest first.
+    :ivar orders: this node's orders created or changed (filled,
+        cancelled, settled).
+    """
+
+    book: bool
+    trades: tuple[TradeRecord, ...] = ()
+    orders: tuple[Event, ...] = ()
+
+
+MarketObserver = Callable[[MarketChange], None]
+"""Called with each :class:`MarketChange`; see :meth:`MarketService.watch`."""
 
 
 class _Pending:
@@ -200,6 +231,8 @@ class MarketService(Service):
         self._window_new = 0
         self._window_replayed = 0
         self._arrivals: OrderedDict[str, float] = OrderedDict()
+        self._observers: list[MarketObserver] = []
+        self._announced: OrderedDict[str, None] = OrderedDict()
 
     # -- lifecycle
 
@@ -517,6 +550,8 @@ class MarketService(Service):
         while len(arrivals) > ARRIVALS_KEPT:
             arrivals.popitem(last=False)
         self._report(result)
+        if self._observers and result.new:
+            self._tell_applied(result)
         self._adapt(result, now)
         if self.publisher is not None:
             if mine:
@@ -655,8 +690,90 @@ class MarketService(Service):
             )  # fmt: skip
 
     def _settle(self) -> None:
-        if self._ledger is not None:
-            self._ledger.settle(self.clock.seconds(), self.config.settle_after)
+        ledger = self._ledger
+        if ledger is not None:
+            before = ledger.settled_through
+            after = ledger.settle(self.clock.seconds(), self.config.settle_after)
+            if self._observers and after > before:
+                self._tell_settled(ledger, before, after)
+
+    # -- observers (the API's live stream); nothing here runs while none watches
+
+    def watch(self, observer: MarketObserver) -> Callable[[], None]:
+        """
+        Call C{observer} with a :class:`MarketChange` after each apply that
+        held new events and each settlement step that settled something.
+
+        :return: a function that stops the calls.
+        """
+        if not self._observers and self._ledger is not None:
+            # Trades made before anyone watched are not news.
+            self._announced.clear()
+            for trade in self._ledger.trades(TRADE_SCAN):
+                self._announced[trade.id] = None
+        self._observers.append(observer)
+
+        def unwatch() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return unwatch
+
+    def _tell(self, change: MarketChange) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(change)
+            except Exception:
+                log.failure("A market observer failed")
+
+    def _tell_applied(self, result: InsertResult) -> None:
+        """Tell observers of the trades and own orders an insert of C{result.new} changed."""
+        ledger = self.ledger
+        me = self.author.author
+        announced = self._announced
+        fresh = [
+            trade
+            for trade in ledger.trades(len(result.new) + TRADE_SCAN)
+            if trade.id not in announced
+        ]
+        fresh.reverse()
+        for trade in fresh:
+            announced[trade.id] = None
+        while len(announced) > ANNOUNCED_KEPT:
+            announced.popitem(last=False)
+        orders: dict[str, Event] = {}
+        for event in result.new:
+            if event.author != me:
+                continue
+            target = event if event.is_order else ledger.get(event.target)
+            if target is not None and target.is_order:
+                orders[target.id] = target
+        for trade in fresh:
+            for order_id in (trade.taker, trade.maker):
+                order = ledger.get(order_id)
+                if order is not None and order.author == me:
+                    orders[order_id] = order
+        self._tell(MarketChange(True, tuple(fresh), tuple(orders.values())))
+
+    def _tell_settled(self, ledger: Ledger, before: int, after: int) -> None:
+        """Tell observers of the trades and own orders settled between C{before} and C{after}."""
+        trades = [t for t in ledger.trades(SETTLED_SCAN) if before < t.lamport <= after]
+        trades.reverse()
+        me = self.author.author
+        orders: list[Event] = []
+        seq = ledger.next_seq(me) - 1
+        while seq > 0 and len(orders) < SETTLED_SCAN:
+            event = ledger.chain_event(me, seq)
+            seq -= 1
+            if event is None:
+                continue
+            if event.lamport <= before:
+                break
+            if event.is_order and event.lamport <= after:
+                orders.append(event)
+        orders.reverse()
+        if trades or orders:
+            self._tell(MarketChange(False, tuple(trades), tuple(orders)))
 
     # -- documents for the API
 
@@ -673,6 +790,7 @@ class MarketService(Service):
             "lamport": trade.lamport,
             "time": trade.ts,
             "settled": trade.lamport <= self.ledger.settled_through,
+            "status": "settled" if trade.lamport <= self.ledger.settled_through else "tentative",
         }
 
     def order_doc(self, event: Event) -> dict[str, Any]:

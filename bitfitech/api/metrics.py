@@ -1,0 +1,339 @@
+"""``GET /metrics``: a node's state in the Prometheus text format.
+
+Data path: the node's parts (peer hub, market, gossip, DHT, mDNS) keep their
+own counters -> at each scrape :class:`NodeCollector` reads them through
+:meth:`~bitfitech.node.NodeControl.status` (the numbers of ``GET /status``)
+-> :class:`MetricsResource` renders them with
+:func:`prometheus_client.exposition.generate_latest`.  Nothing is counted
+twice and nothing runs between scrapes, except the API's request latency,
+which :class:`~bitfitech.api.site.ApiSite` observes as requests finish into
+the histogram of :func:`api_latency`.
+
+Every node has its own :class:`~prometheus_client.CollectorRegistry` (made
+by :func:`node_registry`), never ``prometheus_client.REGISTRY``: several
+nodes run in one process in tests and in ``tac/local-cluster.tac``.
+
+Counters are totals since the node started (``_total``); rates, such as
+orders or trades per second, are PromQL's job: ``rate(bitfi_orders_total[1m])``.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from ..interfaces import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from ..market.ledger import Ledger
+    from ..node import Node
+
+#: upper bounds of the API latency buckets, in seconds (an order waits for
+#: its journal's group commit: milliseconds)
+API_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+#: HTTP methods kept as label values; any other is counted as ``other``
+API_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+#: gossip counter -> HELP text (``bitfi_gossip_<counter>_total``)
+GOSSIP_HELP: Mapping[str, str] = {
+    "events_received": "Events received from peers, new or not (pushed, fetched or synced).",
+    "events_new": "Events received from peers that were new to this node.",
+    "events_duplicate": "Events received from peers that this node held already "
+    "(duplicate copies).",
+    "events_invalid": "Events received from peers that were malformed or badly signed.",
+    "events_rate_limited": "Events from peers refused by the per-author rate limit.",
+    "events_pushed": "Events pushed to peers in full.",
+    "inv_sent": "Event ids announced to peers (inv).",
+    "inv_received": "Event ids announced by peers (inv).",
+    "getdata_sent": "Event ids asked of peers (getdata).",
+    "sync_sent": "Anti-entropy summaries sent to peers.",
+    "sync_received": "Anti-entropy summaries received from peers.",
+    "sync_events_sent": "Events sent to peers in answer to their anti-entropy summaries.",
+    "requests_expired": "Requests for events (getdata) not answered in time.",
+    "requests_dropped": "Requests for events given up (no other peer to ask).",
+}
+#: gossip summary entries that are not counters
+_GOSSIP_NOT_COUNTERS = frozenset({"requests_in_flight", "fanout"})
+
+
+def node_registry(node: Node) -> CollectorRegistry:
+    """
+    A new registry for C{node}: its :class:`NodeCollector` and (made by
+    :func:`api_latency`) the API latency histogram.  Building it opens nothing.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node))
+    api_latency(registry)
+    return registry
+
+
+_latency: weakref.WeakKeyDictionary[CollectorRegistry, Histogram] = weakref.WeakKeyDictionary()
+
+
+def api_latency(registry: CollectorRegistry) -> Histogram:
+    """
+    The histogram ``bitfi_api_request_duration_seconds`` of C{registry},
+    made on first use (the API's site is made anew at each start, its
+    histogram once).
+    """
+    histogram = _latency.get(registry)
+    if histogram is None:
+        histogram = _latency[registry] = Histogram(
+            "bitfi_api_request_duration_seconds",
+            "HTTP API requests answered, by method and status class (2xx, 4xx...), and the "
+            "seconds from the request's arrival to its last byte.",
+            labelnames=("method", "status"),
+            buckets=API_LATENCY_BUCKETS,
+            registry=registry,
+        )
+    return histogram
+
+
+def observe_request(histogram: Histogram, method: str, status: int, seconds: float) -> None:
+    """
+    Count one answered API request in C{histogram}.
+
+    :param method: the HTTP method (an unusual one is counted as ``other``).
+    :param status: the HTTP status code (labelled by its class, ``2xx``).
+    """
+    method = method.upper() if method.upper() in API_METHODS else "other"
+    status_class = f"{status // 100}xx" if 100 <= status <= 599 else "other"
+    histogram.labels(method=method, status=status_class).observe(max(seconds, 0.0))
+
+
+class NodeCollector:
+    """
+    A :class:`prometheus_client` collector reading one node's state at
+    scrape time.
+
+    While the node is not running (before start, while stopping) only
+    ``bitfi_up`` (0) is reported.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._orders_cache: tuple[int, str, int, int] | None = None
+
+    def describe(self) -> list[Metric]:
+        """Nothing: the families depend on what runs (the registry checks no names)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The node's metric families, read now."""
+        try:
+            status = self.node.control.status()
+        except (RuntimeError, ServiceUnavailable):
+            yield _gauge("bitfi_up", "Whether the node runs (1) or not (0).", 0)
+            return
+        yield _gauge("bitfi_up", "Whether the node runs (1) or not (0).", 1)
+        yield from self._node(status)
+        yield from self._peers(status["peers"])
+        yield from self._market(status)
+        yield from self._gossip(status["gossip"])
+        yield from self._discovery(status.get("mdns"), status.get("dht"))
+
+    def _node(self, status: Mapping[str, Any]) -> Iterator[Metric]:
+        info = InfoMetricFamily("bitfi_node", "Who this node is: one sample, value 1.")
+        info.add_metric(
+            [],
+            {
+                "node_id": str(status["node_id"]),
+                "network": str(status["network"]),
+                "pair": str(status["pair"]),
+                "version": str(status["version"]),
+                "tls": "true" if status["p2p"]["tls"] else "false",
+            },
+        )
+        yield info
+        yield _gauge("bitfi_uptime_seconds", "Seconds since the node started.", status["uptime_s"])
+
+    def _peers(self, peers: Mapping[str, Any]) -> Iterator[Metric]:
+        links = GaugeMetricFamily(
+            "bitfi_peers",
+            "Peer links past their handshake, by direction.",
+            labels=("direction",),
+        )
+        links.add_metric(["inbound"], peers["inbound"])
+        links.add_metric(["outbound"], peers["outbound"])
+        yield links
+        yield _gauge("bitfi_peers_handshaking", "Peer links in their handshake.",
+                     peers["handshaking"])  # fmt: skip
+        yield _gauge("bitfi_peers_outbound_target", "Outbound links the node keeps (--outbound).",
+                     peers["outbound_target"])  # fmt: skip
+        yield _gauge("bitfi_peers_max", "Cap on all peer links (--max-peers).", peers["max_peers"])
+        yield _gauge("bitfi_peer_addresses_known", "Addresses in the address book.",
+                     peers["known_addresses"])  # fmt: skip
+        yield _counter("bitfi_peer_dials", "Outbound dials started.", peers["dials"])
+        yield _counter("bitfi_peer_dial_failures", "Outbound dials that failed.",
+                       peers["dial_failures"])  # fmt: skip
+        yield _counter("bitfi_peer_refused_inbound",
+                       "Inbound connections refused (limits, or the address is banned).",
+                       peers["refused_inbound"])  # fmt: skip
+        yield _counter("bitfi_peer_refused_banned",
+                       "Inbound connections refused because their address is banned.",
+                       peers["refused_banned"])  # fmt: skip
+        yield _counter("bitfi_peer_protocol_violations",
+                       "Misbehaviour reports against peers (protocol violations and the like).",
+                       peers["protocol_violations"])  # fmt: skip
+        yield _gauge("bitfi_bans", "IP addresses banned for misbehaviour now.", peers["bans"])
+
+    def _market(self, status: Mapping[str, Any]) -> Iterator[Metric]:
+        market = status["market"]
+        ledger = self.node.market.ledger
+        orders, cancels = self._order_counts(ledger)
+        yield _gauge("bitfi_events", "Signed events (orders and cancels) held.", status["events"])
+        yield _gauge("bitfi_events_applied", "Events in the ordered log applied to the book.",
+                     market["applied"])  # fmt: skip
+        yield _gauge("bitfi_authors", "Authors (node keys) with events held.", status["authors"])
+        yield _gauge("bitfi_lamport_clock", "The node's Lamport clock.", status["lamport"])
+        yield _gauge("bitfi_settled_through_lamport",
+                     "The Lamport time through which the book and trades are settled.",
+                     status["settled_through"])  # fmt: skip
+        yield _counter("bitfi_orders",
+                       "Order events applied to the book, this node's and its peers' "
+                       "(orders per second: rate(bitfi_orders_total[1m]) in PromQL).",
+                       orders)  # fmt: skip
+        yield _counter("bitfi_cancels", "Cancel events applied to the book.", cancels)
+        yield _counter("bitfi_trades",
+                       "Trades the book made (trades per second: rate(bitfi_trades_total[1m]) "
+                       "in PromQL; a late event can undo tentative trades, which shows as a "
+                       "counter reset).",
+                       market["trades"])  # fmt: skip
+        yield _gauge("bitfi_open_orders", "Orders resting in the book.", market["open_orders"])
+        yield _counter("bitfi_rollbacks",
+                       "Late events that rolled the book back to replay it.",
+                       market["rollbacks"])  # fmt: skip
+        yield _counter("bitfi_replayed_events", "Events re-applied by rollbacks.",
+                       market["replayed"])  # fmt: skip
+        yield _counter("bitfi_trade_revisions", "Late events that changed settled trades.",
+                       market["revisions"])  # fmt: skip
+        yield _gauge("bitfi_flagged_authors",
+                     "Authors seen misbehaving (equivocation, Lamport abuse).",
+                     len(market["flagged_authors"]))  # fmt: skip
+        yield _gauge("bitfi_sync_buffered_events",
+                     "Sync backlog: events received and waiting to be applied to the book.",
+                     market["buffered"])  # fmt: skip
+        yield _gauge("bitfi_sync_gap_authors",
+                     "Sync backlog: authors with events held beyond a missing one.",
+                     ledger.gaps())  # fmt: skip
+        yield _counter("bitfi_journal_writes", "Group commits of events to the journal.",
+                       market["journal_writes"])  # fmt: skip
+        yield _counter("bitfi_journal_failures", "Journal writes that failed.",
+                       market["journal_failures"])  # fmt: skip
+
+    def _gossip(self, gossip: Mapping[str, Any]) -> Iterator[Metric]:
+        yield _gauge("bitfi_sync_requests_in_flight",
+                     "Sync backlog: events asked of peers (getdata) and not yet received.",
+                     gossip["requests_in_flight"])  # fmt: skip
+        for key, value in gossip.items():
+            if key in _GOSSIP_NOT_COUNTERS or not isinstance(value, int):
+                continue
+            help_text = GOSSIP_HELP.get(key, f"Gossip counter {key}.")
+            yield _counter(f"bitfi_gossip_{key}", help_text, value)
+
+    def _discovery(
+        self, mdns: Mapping[str, Any] | None, dht: Mapping[str, Any] | None
+    ) -> Iterator[Metric]:
+        running = GaugeMetricFamily(
+            "bitfi_discovery_running",
+            "Whether a discovery service runs (0: switched off or failed to start).",
+            labels=("service",),
+        )
+        running.add_metric(["mdns"], 0 if mdns is None else 1)
+        running.add_metric(["dht"], 0 if dht is None else 1)
+        yield running
+        if mdns is not None:
+            yield _gauge("bitfi_mdns_discovered",
+                         "Other nodes of this network and pair known by mDNS now.",
+                         mdns["discovered"])  # fmt: skip
+        if dht is not None:
+            yield _gauge("bitfi_dht_routing_table_size", "DHT nodes in the routing table.",
+                         dht["routing_table_size"])  # fmt: skip
+            yield _counter("bitfi_dht_peers_found", "New peer addresses found through the DHT.",
+                           dht["peers_found"])  # fmt: skip
+
+    def _order_counts(self, ledger: Ledger) -> tuple[int, int]:
+        """
+        Order and cancel events in C{ledger}'s log: counted again only when
+        the log changed (its running hash differs), in one pass over it.
+        """
+        key = (id(ledger), ledger.log_hash)
+        cached = self._orders_cache
+        if cached is not None and cached[:2] == key:
+            return cached[2], cached[3]
+        log = ledger.log()
+        orders = sum(1 for event in log if event.is_order)
+        self._orders_cache = (key[0], key[1], orders, len(log) - orders)
+        return orders, len(log) - orders
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def registry_of(target: object) -> CollectorRegistry | None:
+    """
+    The registry of a node, given the node or its control (``NodeControl``,
+    whose ``node`` it is); ``None`` for anything else (a fake node in tests).
+    """
+    node = getattr(target, "node", target)
+    registry = getattr(node, "metrics", None)
+    return registry if isinstance(registry, CollectorRegistry) else None
+
+
+class MetricsResource(Resource):
+    """
+    ``GET /metrics``: the node's registry in the Prometheus text format
+    (``CONTENT_TYPE_LATEST``).  Mount it on the API root::
+
+        root.putChild(b"metrics", MetricsResource(control))
+
+    :ivar registry: what is rendered, or ``None`` (the target has no
+        metrics: 404 with the API's ``{"error": ...}``).
+    """
+
+    isLeaf = True
+
+    def __init__(self, control_or_node: object) -> None:
+        """:param control_or_node: a :class:`~bitfitech.node.Node` or its ``NodeControl``."""
+        super().__init__()
+        self.registry = registry_of(control_or_node)
+
+    def render(self, request: Request) -> bytes:
+        """GET (and HEAD): the exposition; any other method: the API's JSON 405."""
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            request.setHeader(b"content-type", b"application/json")
+            method = request.method.decode("ascii", "replace")
+            return json.dumps({"error": f"method {method} not allowed"}).encode()
+        return self.render_GET(request)
+
+    def render_GET(self, request: Request) -> bytes:
+        """The exposition, read now."""
+        if self.registry is None:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"application/json")
+            return b'{"error": "this node has no metrics"}'
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        body: bytes = generate_latest(self.registry)
+        return body

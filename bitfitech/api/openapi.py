@@ -1,0 +1,516 @@
+"""The OpenAPI 3.1 description of the HTTP API (``GET /openapi.json``).
+
+Data path: none at run time; this module is the API's contract as Python
+data, served as is.  Every route of :data:`bitfitech.api.resources.ROUTES`
+is a path here, with its methods, parameters, request bodies, answers and
+headers; schemas are JSON Schema 2020-12 in ``components``.  The tests
+check the document against the routes the resources serve, and validate
+real answers (and the live stream's events, listed under the
+``x-sse-events`` extension of ``GET /stream``) against it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+from .. import __version__
+from .resources import (
+    DEFAULT_LIMIT,
+    MAX_BATCH,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    ORDER_STATES,
+    ORDER_TYPES,
+    ORDERS_LIMIT,
+    SIDES,
+)
+from .stream import BOOK_DEPTH, MAX_BACKLOG, MAX_CLIENTS, STATUS_INTERVAL, STREAM_TYPES
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    """A reference to schema C{name} of the components."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    """C{schema} or ``null``."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def obj(
+    properties: dict[str, Schema], *, closed: bool = True, optional: tuple[str, ...] = ()
+) -> Schema:
+    """An object of C{properties}, all required but C{optional}; C{closed}: no other keys."""
+    schema: Schema = {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+    }
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+HEX40: Final[Schema] = {"type": "string", "pattern": "^[0-9a-f]{40}$"}
+HEX64: Final[Schema] = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+DECIMAL: Final[Schema] = {
+    "type": "string",
+    "pattern": r"^[0-9]+(\.[0-9]+)?$",
+    "description": "A decimal in a JSON string, exact (never a JSON number).",
+}
+COUNT: Final[Schema] = {"type": "integer", "minimum": 0}
+NUMBER: Final[Schema] = {"type": "number"}
+TEXT: Final[Schema] = {"type": "string"}
+LEVEL: Final[Schema] = {
+    "type": "array",
+    "prefixItems": [DECIMAL, DECIMAL, {"type": "integer", "minimum": 1}],
+    "minItems": 3,
+    "maxItems": 3,
+    "description": "[price, amount, orders] of one price level.",
+}
+
+SCHEMAS: Final[dict[str, Schema]] = {
+    "Error": {
+        **obj({"error": TEXT, "index": COUNT}, optional=("index",)),
+        "description": "Every 4xx/5xx answer. `index` names the first bad order of a batch.",
+    },
+    "Index": obj(
+        {"name": {"const": "bitfi"}, "endpoints": {"type": "array", "items": TEXT}, "openapi": TEXT}
+    ),  # fmt: skip
+    "Status": {
+        **obj(
+            {
+                "node_id": HEX40,
+                "network": TEXT,
+                "pair": TEXT,
+                "version": TEXT,
+                "user_agent": TEXT,
+                "p2p": obj({"host": TEXT, "port": COUNT, "tls": {"type": "boolean"}}),
+                "peers": obj(
+                    {
+                        name: COUNT
+                        for name in (
+                            "inbound",
+                            "outbound",
+                            "handshaking",
+                            "known_addresses",
+                            "max_peers",
+                            "outbound_target",
+                            "dials",
+                            "dial_failures",
+                            "refused_inbound",
+                            "refused_banned",
+                            "protocol_violations",
+                            "bans",
+                        )
+                    },
+                    closed=False,
+                ),  # fmt: skip
+                "uptime_s": NUMBER,
+                "mdns": nullable(ref("MDNSStatus")),
+                "dht": nullable(ref("DHTStatus")),
+                "events": COUNT,
+                "authors": COUNT,
+                "lamport": COUNT,
+                "state_hash": HEX64,
+                "settled_through": COUNT,
+                "market": {"type": "object"},
+                "gossip": {"type": "object"},
+            },
+            closed=False,
+        ),
+        "description": "What the node is and how it is doing; more keys may come.",
+    },
+    "MDNSStatus": obj({"interface": TEXT, "instance": TEXT, "discovered": COUNT}, closed=False),
+    "DHTStatus": obj(
+        {
+            "node_id": nullable(HEX40),
+            "port": COUNT,
+            "info_hash": HEX40,
+            "routing_table_size": COUNT,
+            "announced_at": nullable(NUMBER),
+            "peers_found": COUNT,
+        },
+        closed=False,
+    ),  # fmt: skip
+    "Discovery": obj({"mdns": nullable(ref("MDNSStatus")), "dht": nullable(ref("DHTStatus"))}),
+    "Peer": obj(
+        {
+            "node_id": HEX40,
+            "address": nullable(TEXT),
+            "remote": TEXT,
+            "direction": {"enum": ["inbound", "outbound"]},
+            "connected_since": nullable(NUMBER),
+            "rtt_ms": nullable(NUMBER),
+            "source": nullable(TEXT),
+            "user_agent": nullable(TEXT),
+            "protocol_version": nullable({"type": "integer"}),
+            "tls": nullable(TEXT),
+            "throttled": {**COUNT, "description": "How often reading paused for a rate limit."},
+        },
+        closed=False,
+    ),
+    "Disconnected": obj({"node_id": HEX40, "status": {"const": "disconnected"}}),
+    "Ban": obj(
+        {
+            "address": TEXT,
+            "node_id": nullable(HEX40),
+            "reason": TEXT,
+            "banned_at": NUMBER,
+            "until": NUMBER,
+        }
+    ),  # fmt: skip
+    "Trade": obj(
+        {
+            "id": HEX64,
+            "price": DECIMAL,
+            "amount": DECIMAL,
+            "side": {"enum": list(SIDES), "description": "The taker's side."},
+            "taker": HEX64,
+            "maker": HEX64,
+            "lamport": COUNT,
+            "time": {"type": "integer", "description": "Unix milliseconds."},
+            "settled": {"type": "boolean"},
+            "status": {"enum": ["tentative", "settled"]},
+        }
+    ),
+    "Order": obj(
+        {
+            "id": HEX64,
+            "side": {"enum": list(SIDES)},
+            "type": {"enum": list(ORDER_TYPES)},
+            "price": nullable(DECIMAL),
+            "amount": DECIMAL,
+            "remaining": DECIMAL,
+            "filled": DECIMAL,
+            "status": {"enum": ["open", "filled", "cancelled", "rejected", "pending"]},
+            "reason": nullable(TEXT),
+            "author": HEX64,
+            "seq": {"type": "integer", "minimum": 1},
+            "lamport": COUNT,
+            "created_at": {"type": "integer", "description": "Unix milliseconds, author's clock."},
+            "applied_at": nullable(NUMBER),
+            "settled": {"type": "boolean"},
+            "trades": {"type": "array", "items": ref("Trade")},
+        }
+    ),
+    "Orders": obj({"orders": {"type": "array", "items": ref("Order")}}),
+    "Trades": obj({"trades": {"type": "array", "items": ref("Trade")}}),
+    "Book": obj(
+        {"bids": {"type": "array", "items": LEVEL}, "asks": {"type": "array", "items": LEVEL}}
+    ),
+    "OrderRequest": {
+        **obj(
+            {
+                "side": {"enum": list(SIDES)},
+                "price": nullable(DECIMAL),
+                "amount": DECIMAL,
+                "type": {"enum": list(ORDER_TYPES), "default": "limit"},
+            },
+            optional=("price", "type"),
+        ),  # fmt: skip
+        "description": "`price` is required except for a market order, which takes none.",
+    },
+    "BatchRequest": obj(
+        {
+            "orders": {
+                "type": "array",
+                "items": ref("OrderRequest"),
+                "minItems": 1,
+                "maxItems": MAX_BATCH,
+            }
+        }
+    ),  # fmt: skip
+    "ConnectRequest": obj(
+        {"address": {"type": "string", "description": "host:port or NODEID@host:port"}},
+        closed=False,
+    ),  # fmt: skip
+    "PeerEvent": obj(
+        {
+            "event": {"enum": ["joined", "left"]},
+            "node_id": HEX40,
+            "address": nullable(TEXT),
+            "direction": {"enum": ["inbound", "outbound"]},
+        }
+    ),  # fmt: skip
+    "StreamStatus": obj({"node_id": HEX40, "peers": COUNT, "events": COUNT, "state_hash": HEX64}),
+}
+
+PARAMETERS: Final[dict[str, Schema]] = {
+    "limit": {"name": "limit", "in": "query", "required": False,
+              "description": f"At most this many items (1 to {MAX_LIMIT}).",
+              "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+    "offset": {"name": "offset", "in": "query", "required": False,
+               "description": "Skip this many items first.",
+               "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
+    "node_id": {"name": "node_id", "in": "path", "required": True,
+                "description": "A peer's node id, 40 hex digits.", "schema": TEXT},
+    "address": {"name": "address", "in": "path", "required": True,
+                "description": "An IP address (percent-encoded).", "schema": TEXT},
+    "order_id": {"name": "order_id", "in": "path", "required": True,
+                 "description": "An order id, 64 hex digits.", "schema": TEXT},
+}  # fmt: skip
+
+HEADERS: Final[dict[str, Schema]] = {
+    "Link": {"description": 'The next page, `<path?query>; rel="next"`, when more items follow.',
+             "schema": TEXT},
+    "X-Total-Count": {"description": "How many items the whole list holds.",
+                      "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+    "Location": {"description": "The new order's path.", "schema": TEXT},
+    "Allow": {"description": "The methods the path answers.", "schema": TEXT},
+    "WWW-Authenticate": {"description": 'The bearer challenge, `Bearer realm="bitfi"`.',
+                         "schema": TEXT},
+}  # fmt: skip
+
+
+def error(description: str) -> Schema:
+    """An error answer."""
+    return {"description": description,
+            "content": {"application/json": {"schema": ref("Error")}}}  # fmt: skip
+
+
+RESPONSES: Final[dict[str, Schema]] = {
+    "BadRequest": error("A bad parameter or body; the message names it."),
+    "Unauthorized": {
+        **error("The API has a token and the request did not carry it."),
+        "headers": {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}},
+    },
+    "NotFound": error("No such resource, or any unknown path."),
+    "MethodNotAllowed": {
+        **error("A method the path does not answer (any path)."),
+        "headers": {"Allow": {"$ref": "#/components/headers/Allow"}},
+    },
+    "Unavailable": error("The node cannot do this now (its market is not running)."),
+}
+
+
+def answer(schema: Schema, description: str = "OK", headers: tuple[str, ...] = ()) -> Schema:
+    """A JSON answer of C{schema}, with C{headers}."""
+    out: Schema = {"description": description,
+                   "content": {"application/json": {"schema": schema}}}  # fmt: skip
+    if headers:
+        out["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in headers}
+    return out
+
+
+def operation(
+    summary: str,
+    responses: dict[str, Schema],
+    *,
+    parameters: tuple[str, ...] = (),
+    body: str | None = None,
+    errors: tuple[str, ...] = (),
+    public: bool = False,
+    extra: Schema | None = None,
+) -> Schema:
+    """
+    One operation: C{responses} by status, the shared C{errors} answers
+    (``400``, ``404``, ``503``...), and ``401`` unless C{public}.
+    """
+    shared = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound",
+              "503": "Unavailable"}  # fmt: skip
+    all_responses = dict(responses)
+    for status in (*errors, *(() if public else ("401",))):
+        all_responses[status] = {"$ref": f"#/components/responses/{shared[status]}"}
+    out: Schema = {"summary": summary, "responses": all_responses}
+    if parameters:
+        out["parameters"] = [{"$ref": f"#/components/parameters/{name}"} for name in parameters]
+    if body is not None:
+        out["requestBody"] = {"required": True,
+                              "content": {"application/json": {"schema": ref(body)}}}  # fmt: skip
+    if public:
+        out["security"] = [{}]
+    out.update(extra or {})
+    return out
+
+
+STREAM_DESCRIPTION: Final = f"""\
+Server-Sent Events (`text/event-stream`): each event is `event: <type>`,
+then `data: <one line of JSON>`, then a blank line; lines opening with `:`
+are comments.  The types (all unless `types` picks some):
+
+- `book`: {{"bids": [[price, amount, orders], ...], "asks": [...]}}, depth
+  {BOOK_DEPTH}; once at connect, then on change, at most 10 a second.
+- `trade`: a trade as in `GET /trades`; when it appears, and again when it
+  settles (`"status": "settled"`).
+- `order`: an order as in `GET /orders/{{order_id}}`, for this node's own
+  orders when created or changed (filled, cancelled, settled).
+- `peer`: {{"event": "joined" | "left", "node_id", "address", "direction"}}.
+- `status`: {{"node_id", "peers", "events", "state_hash"}}; once at connect,
+  then every {STATUS_INTERVAL:g} s (the keepalive).
+
+At most {MAX_CLIENTS} clients at once (503 beyond); a client that does not
+read while {MAX_BACKLOG} events wait for it is disconnected.  The data of
+each type follows the schema named under `x-sse-events`."""
+
+DESCRIPTION: Final = """\
+The HTTP API of a bitfi node.  Every answer but `GET /stream` is JSON;
+every 4xx/5xx answer is `{"error": "..."}`.  Any unknown path answers 404,
+and a method a path does not answer 405 with an `Allow` header; `HEAD` is
+answered as `GET`.  Prices and amounts are decimals in JSON strings.
+
+Lists (`/peers`, `/peers/banned`, `/orders`, `/trades`) stay JSON arrays
+(or the arrays of `{"orders": [...]}` and `{"trades": [...]}`) and take
+`limit` and `offset`; when more items follow, the answer has a
+`Link: <...>; rel="next"` header, and `X-Total-Count` where the total is
+known.
+
+When the node has an API token (always when it listens beyond loopback),
+every request but `GET /openapi.json` and the dashboard's files must carry
+`Authorization: Bearer <token>`, or is answered 401."""
+
+
+def build() -> Schema:
+    """The OpenAPI document, fresh."""
+    list_params = ("limit", "offset")
+    paths: dict[str, Schema] = {
+        "/": {"get": operation(
+            "Index of the API (JSON unless the request accepts text/html)",
+            {"200": answer(ref("Index"))})},
+        "/api": {"get": operation("Index of the API", {"200": answer(ref("Index"))})},
+        "/openapi.json": {"get": operation(
+            "This document", {"200": answer({"type": "object"})}, public=True)},
+        "/status": {"get": operation("The node's status", {"200": answer(ref("Status"))},
+                                     errors=("503",))},
+        "/discovery": {"get": operation(
+            "The discovery services (null when off)", {"200": answer(ref("Discovery"))})},
+        "/peers": {
+            "get": operation(
+                "Live peer links, oldest first",
+                {"200": answer({"type": "array", "items": ref("Peer")},
+                               headers=("Link", "X-Total-Count"))},
+                parameters=list_params, errors=("400",)),
+            "post": operation(
+                "Dial a peer now; answers once linked",
+                {"200": answer(ref("Peer")),
+                 "403": error("The address is banned."),
+                 "502": error("The connection failed, or the node refused the link.")},
+                body="ConnectRequest", errors=("400",)),
+        },
+        "/peers/{node_id}": {
+            "parameters": [{"$ref": "#/components/parameters/node_id"}],
+            "get": operation("One live peer link", {"200": answer(ref("Peer"))},
+                             errors=("404",)),
+            "delete": operation(
+                "Close the link to a peer and rest its addresses",
+                {"200": answer(ref("Disconnected"))}, errors=("400", "404")),
+        },
+        "/peers/banned": {"get": operation(
+            "The bans in force, newest first",
+            {"200": answer({"type": "array", "items": ref("Ban")},
+                           headers=("Link", "X-Total-Count"))},
+            parameters=list_params, errors=("400",))},
+        "/peers/banned/{address}": {
+            "parameters": [{"$ref": "#/components/parameters/address"}],
+            "delete": operation("Lift a ban", {"200": answer(ref("Ban"))},
+                                errors=("400", "404")),
+        },
+        "/orders": {
+            "get": operation(
+                "This node's own orders, newest first",
+                {"200": answer(ref("Orders"), headers=("Link",))},
+                errors=("400", "503"),
+                extra={"parameters": [
+                    {"$ref": "#/components/parameters/limit"},
+                    {"$ref": "#/components/parameters/offset"},
+                    {"name": "state", "in": "query", "required": False,
+                     "schema": {"enum": list(ORDER_STATES), "default": "open"}},
+                ], "description": f"`limit` defaults to {ORDERS_LIMIT}."}),
+            "post": operation(
+                "Place an order; answers once it is journaled",
+                {"201": answer(ref("Order"), "Created", headers=("Location",))},
+                body="OrderRequest", errors=("400", "503")),
+        },
+        "/orders/batch": {"post": operation(
+            "Place several orders, all or none, in one group commit",
+            {"201": answer(ref("Orders"), "Created")},
+            body="BatchRequest", errors=("400", "503"))},
+        "/orders/{order_id}": {
+            "parameters": [{"$ref": "#/components/parameters/order_id"}],
+            "get": operation("Any order this node holds", {"200": answer(ref("Order"))},
+                             errors=("400", "404", "503")),
+            "delete": operation(
+                "Cancel one of this node's orders; answers once journaled",
+                {"200": answer(ref("Order")),
+                 "403": error("The order was not placed by this node.")},
+                errors=("400", "404", "503")),
+        },
+        "/book": {"get": operation(
+            "The aggregated book, best levels first", {"200": answer(ref("Book"))},
+            errors=("400", "503"),
+            extra={"parameters": [{"name": "depth", "in": "query", "required": False,
+                                   "schema": {"type": "integer", "minimum": 1,
+                                              "maximum": MAX_LIMIT, "default": 20}}]})},
+        "/trades": {"get": operation(
+            "The trades, newest first",
+            {"200": answer(ref("Trades"), headers=("Link", "X-Total-Count"))},
+            parameters=list_params, errors=("400", "503"),
+            extra={"description": f"`limit` defaults to {DEFAULT_LIMIT}."})},
+        "/stream": {"get": operation(
+            "The live stream (Server-Sent Events)",
+            {"200": {"description": "The event stream.",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+            errors=("400", "503"),
+            extra={
+                "description": STREAM_DESCRIPTION,
+                "parameters": [{
+                    "name": "types", "in": "query", "required": False, "style": "form",
+                    "explode": False,
+                    "description": "Comma-separated event types to receive (all by default).",
+                    "schema": {"type": "array", "items": {"enum": list(STREAM_TYPES)}},
+                }],
+                "x-sse-events": {
+                    "book": ref("Book"), "trade": ref("Trade"), "order": ref("Order"),
+                    "peer": ref("PeerEvent"), "status": ref("StreamStatus"),
+                },
+            })},
+        "/metrics": {"get": operation(
+            "The node's metrics in the Prometheus text format",
+            {"200": {"description": "Every metric (``bitfi_*``), read at the request; see "
+                                    "docs/operations.rst.",
+                     "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            errors=("404",))},
+        "/static/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "description": "A file of the dashboard (index.html, app.js, "
+                                           "style.css).",
+                            "schema": {"type": "string"}}],
+            "get": operation(
+                "One file of the web dashboard (public; ``GET /`` from a browser is its page)",
+                {"200": {"description": "The file.",
+                         "content": {"text/html": {"schema": {"type": "string"}},
+                                     "text/css": {"schema": {"type": "string"}},
+                                     "text/javascript": {"schema": {"type": "string"}}}}},
+                errors=("404",), public=True)},
+    }  # fmt: skip
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {"title": "bitfi node API", "version": __version__, "description": DESCRIPTION},
+        "security": [{}, {"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "parameters": PARAMETERS,
+            "headers": HEADERS,
+            "responses": RESPONSES,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The node's API token (--api-token or api.token).",
+                }
+            },  # fmt: skip
+        },
+    }
+
+
+_DOCUMENT: Final = build()
+
+
+def document() -> Schema:
+    """The OpenAPI document (a copy: callers may change it)."""
+    return copy.deepcopy(_DOCUMENT)

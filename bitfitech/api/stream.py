@@ -1,0 +1,338 @@
+"""The live stream: ``GET /stream``, the node's changes as Server-Sent Events.
+
+Data path: the market and the peer hub -> :meth:`INodeControl.watch
+<bitfitech.interfaces.INodeControl.watch>` -> :class:`StreamFeed` (one per
+API: fans out, coalesces the book, sends the status) -> :class:`StreamClient`
+(one per connection, with a bounded backlog) -> the HTTP client.
+
+The contract (``text/event-stream``; each event is ``event: <type>`` then
+``data: <one line of JSON>`` then a blank line; lines opening with ``:``
+are comments)::
+
+    book    {"bids": [[price, amount, orders], ...], "asks": [...]}
+            depth 20; once at connect, then on change, at most 10 a second
+    trade   a trade document as in GET /trades ("status": "tentative" |
+            "settled"); when it appears and again when it settles
+    order   an order document as in GET /orders/{id}: this node's own
+            orders, when created or changed (filled, cancelled, settled)
+    peer    {"event": "joined" | "left", "node_id", "address", "direction"}
+    status  {"node_id", "peers", "events", "state_hash"}; once at connect,
+            then every 15 s (the keepalive)
+
+``?types=book,trade`` picks some types (all by default).  At most
+:data:`MAX_CLIENTS` clients listen at once (a 503 beyond); a client that
+stops reading while :data:`MAX_BACKLOG` events wait for it is dropped.
+The feed watches the node only while a client listens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
+
+from ..interfaces import INodeControl
+from ..logs import logger
+from .resources import ApiError, JSONResource, _query_value, write_json
+
+log = logger(__name__)
+
+STREAM_TYPES: Final = ("book", "trade", "order", "peer", "status")
+"""Every event type of the stream, in the order the contract lists them."""
+MAX_CLIENTS: Final = 64
+"""Most stream clients at once."""
+MAX_BACKLOG: Final = 256
+"""Most events held for a client that does not read; one more drops it."""
+BOOK_DEPTH: Final = 20
+"""Levels a side of a ``book`` event."""
+BOOK_INTERVAL: Final = 0.1
+"""Least seconds between two ``book`` events (at most 10 a second)."""
+STATUS_INTERVAL: Final = 15.0
+"""Seconds between two ``status`` events."""
+
+CONTENT_TYPE: Final = b"text/event-stream; charset=utf-8"
+
+
+def sse_event(kind: str, data: object) -> bytes:
+    """One Server-Sent Event: ``event: kind``, ``data:`` C{data} as one line of JSON."""
+    line = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return f"event: {kind}\ndata: {line}\n\n".encode()
+
+
+def _abort(request: Request) -> None:
+    """Close C{request}'s connection now, dropping what is buffered for it."""
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if transport is not None and hasattr(transport, "abortConnection"):
+        transport.abortConnection()
+    elif not getattr(request, "finished", False):
+        request.finish()
+
+
+@implementer(IPushProducer)
+class StreamClient:
+    """
+    One listener of the stream: its request, the types it asked for, and
+    the events held while its connection does not take more.
+
+    Registered as the request's streaming producer: the connection pauses it
+    when its send buffer is full, and resumes it when the buffer drains.
+    """
+
+    def __init__(
+        self, request: Request, types: frozenset[str], feed: StreamFeed, max_backlog: int
+    ) -> None:
+        self.request = request
+        self.types = types
+        self.feed = feed
+        self.max_backlog = max_backlog
+        self.paused = False
+        self.closed = False
+        self.backlog: deque[bytes] = deque()
+
+    def send(self, event: bytes) -> None:
+        """Write C{event} now, or hold it while paused; drop the client past its backlog."""
+        if self.closed:
+            return
+        if not self.paused:
+            self.request.write(event)
+        elif len(self.backlog) < self.max_backlog:
+            self.backlog.append(event)
+        else:
+            self.feed.drop(self, f"more than {self.max_backlog} events waiting")
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while self.backlog and not self.paused and not self.closed:
+            self.request.write(self.backlog.popleft())
+
+    def stopProducing(self) -> None:
+        self.feed.remove(self)
+
+
+class StreamFeed:
+    """
+    The stream's fan-out: watches the node while clients listen, sends
+    each change to the clients that asked for its type.
+
+    :ivar clients: the clients listening now.
+    """
+
+    def __init__(
+        self,
+        node: INodeControl,
+        clock: IReactorTime | None = None,
+        *,
+        max_clients: int = MAX_CLIENTS,
+        max_backlog: int = MAX_BACKLOG,
+    ) -> None:
+        """:param clock: the timers' clock; the global reactor, at the first client, if ``None``."""
+        self.node = node
+        self._clock = clock
+        self.max_clients = max_clients
+        self.max_backlog = max_backlog
+        self.clients: set[StreamClient] = set()
+        self.dropped = 0
+        self._unwatch: Callable[[], None] | None = None
+        self._status_loop: LoopingCall | None = None
+        self._book_call: IDelayedCall | None = None
+        self._book_sent_at = float("-inf")
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The clock of the coalescing and the keepalive."""
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = cast(IReactorTime, reactor)
+        return self._clock
+
+    def check_room(self) -> None:
+        """:raises ApiError: 503 when :attr:`max_clients` listen already."""
+        if len(self.clients) >= self.max_clients:
+            raise ApiError(503, f"too many stream clients (at most {self.max_clients})")
+
+    def add(self, request: Request, types: frozenset[str]) -> StreamClient:
+        """
+        Start streaming C{types} to C{request}: the book and the status at
+        once, then the changes.
+
+        :raises ApiError: 503 when :attr:`max_clients` listen already.
+        """
+        self.check_room()
+        client = StreamClient(request, types, self, self.max_backlog)
+        self.clients.add(client)
+        request.registerProducer(client, True)
+        request.notifyFinish().addBoth(lambda _: self.remove(client))
+        if len(self.clients) == 1:
+            self._start()
+        if "book" in types:
+            client.send(sse_event("book", self.node.book(BOOK_DEPTH)))
+        if "status" in types:
+            status = self._status()
+            if status is not None:
+                client.send(sse_event("status", status))
+        return client
+
+    def remove(self, client: StreamClient) -> None:
+        """Forget C{client} (its connection is gone or going)."""
+        if client.closed:
+            return
+        client.closed = True
+        client.backlog.clear()
+        self.clients.discard(client)
+        if not getattr(client.request, "finished", False):
+            try:
+                client.request.unregisterProducer()
+            except Exception:  # the channel may already be gone
+                pass
+        if not self.clients:
+            self._stop()
+
+    def drop(self, client: StreamClient, reason: str) -> None:
+        """Close a client that does not keep up."""
+        self.dropped += 1
+        log.info("Dropped a stream client: {reason}", reason=reason)
+        request = client.request
+        self.remove(client)
+        _abort(request)
+
+    def close_all(self) -> None:
+        """End every stream (the API is stopping)."""
+        for client in list(self.clients):
+            request = client.request
+            self.remove(client)
+            if not getattr(request, "finished", False):
+                request.finish()
+
+    def broadcast(self, kind: str, data: object) -> None:
+        """Send one event to every client that asked for its type."""
+        event: bytes | None = None
+        for client in list(self.clients):
+            if kind in client.types:
+                if event is None:
+                    event = sse_event(kind, data)
+                client.send(event)
+
+    # -- watching the node, only while clients listen
+
+    def _start(self) -> None:
+        self._unwatch = self.node.watch(self._observe)
+        loop = self._status_loop = LoopingCall(self._send_status)
+        loop.clock = self.clock
+        loop.start(STATUS_INTERVAL, now=False)
+
+    def _stop(self) -> None:
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            unwatch()
+        loop, self._status_loop = self._status_loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+        call, self._book_call = self._book_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _observe(self, kind: str, document: dict[str, Any] | None) -> None:
+        if kind == "book":
+            self._book_changed()
+        else:
+            self.broadcast(kind, document)
+
+    def _book_changed(self) -> None:
+        """Send the book soon: at most one ``book`` event each :data:`BOOK_INTERVAL`."""
+        if self._book_call is not None or not any("book" in c.types for c in self.clients):
+            return
+        delay = max(0.0, self._book_sent_at + BOOK_INTERVAL - self.clock.seconds())
+        self._book_call = self.clock.callLater(delay, self._send_book)
+
+    def _send_book(self) -> None:
+        self._book_call = None
+        self._book_sent_at = self.clock.seconds()
+        try:
+            book = self.node.book(BOOK_DEPTH)
+        except Exception:
+            log.failure("The stream could not read the book")
+            return
+        self.broadcast("book", book)
+
+    def _status(self) -> dict[str, Any] | None:
+        """The small status of the stream, ``None`` if the node cannot say now."""
+        try:
+            full = self.node.status()
+            peers = len(self.node.peers())
+        except Exception:
+            log.failure("The stream could not read the status")
+            return None
+        return {
+            "node_id": full.get("node_id"),
+            "peers": peers,
+            "events": full.get("events"),
+            "state_hash": full.get("state_hash"),
+        }
+
+    def _send_status(self) -> None:
+        status = self._status()
+        if status is not None:
+            self.broadcast("status", status)
+
+
+def types_param(request: Request) -> frozenset[str]:
+    """
+    The ``types`` query parameter: a comma-separated list of stream types
+    (every type if absent).
+
+    :raises ApiError: 400 for an unknown or empty type, or a repeated parameter.
+    """
+    value = _query_value(request, "types")
+    if value is None:
+        return frozenset(STREAM_TYPES)
+    names = value.decode("utf-8", "replace").split(",")
+    unknown = [name for name in names if name.strip() not in STREAM_TYPES]
+    if unknown:
+        raise ApiError(
+            400, f"query parameter types must list some of {', '.join(STREAM_TYPES)} "
+            f"(comma-separated), not {unknown[0][:40]!r}",
+        )  # fmt: skip
+    return frozenset(name.strip() for name in names)
+
+
+class Stream(JSONResource):
+    """``GET /stream?types=``: the live stream (Server-Sent Events)."""
+
+    def __init__(self, feed: StreamFeed) -> None:
+        super().__init__()
+        self.feed = feed
+
+    def render(self, request: Request) -> bytes | int:
+        if request.method == b"HEAD":
+            try:
+                types_param(request)
+            except ApiError as e:
+                return write_json(request, e.status, e.body())
+            self._stream_headers(request)
+            return b""
+        return super().render(request)
+
+    @staticmethod
+    def _stream_headers(request: Request) -> None:
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", CONTENT_TYPE)
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-accel-buffering", b"no")
+
+    def render_GET(self, request: Request) -> object:
+        types = types_param(request)
+        self.feed.check_room()
+        self._stream_headers(request)
+        request.write(b": bitfi live stream\n\n")
+        self.feed.add(request, types)
+        return NOT_DONE_YET

@@ -1,0 +1,245 @@
+"""
+The dashboard end to end, in headless Chromium driven by selenium.
+
+Data path: a real node (:class:`~bitfitech.testing.LocalCluster`) -> its
+JSON API behind :class:`~bitfitech.api.dashboard.DashboardRoot` on a
+loopback port -> Chromium running ``app.js`` -> the order form -> ``POST
+/orders`` -> the node's book -> the page's book and open orders.
+
+Selenium's calls block, so the browser steps run in a thread
+(``deferToThread``) while the reactor serves the page and the API.  The
+test is skipped, with the reason, where selenium, Chromium or chromedriver
+is missing (``.ci/run`` installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.protocols.policies import WrappingFactory
+from twisted.trial.unittest import TestCase
+
+from bitfitech.api.dashboard import with_dashboard
+from bitfitech.api.resources import api_root
+from bitfitech.api.site import ApiSite
+from bitfitech.node import Node
+from bitfitech.testing import LocalCluster, poll_until
+
+#: seconds the page may take to show a change (it polls every 2 s)
+WAIT = 20.0
+
+PRICE = "123.45"
+AMOUNT = "0.5"
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _find(*names: str, env: str) -> str | None:
+    """The first of C{names} on PATH, or the path in environment variable C{env}."""
+    given = os.environ.get(env)
+    if given:
+        return given if os.access(given, os.X_OK) else None
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+CHROMIUM = _find("chromium", "chromium-browser", "google-chrome", env="BITFI_CHROMIUM")
+CHROMEDRIVER = _find("chromedriver", env="BITFI_CHROMEDRIVER")
+
+
+def _missing() -> str | None:
+    """Why the browser test cannot run here, or ``None`` if it can."""
+    missing = []
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip install selenium, in the test extras)")
+    if CHROMIUM is None:
+        missing.append("chromium (apt-get install chromium, or set BITFI_CHROMIUM)")
+    if CHROMEDRIVER is None:
+        missing.append("chromedriver (apt-get install chromium-driver, or set BITFI_CHROMEDRIVER)")
+    return "no browser to drive: missing " + ", ".join(missing) if missing else None
+
+
+class Browser:
+    """A headless Chromium under chromedriver, with a throwaway profile."""
+
+    def __init__(self) -> None:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        assert CHROMIUM is not None and CHROMEDRIVER is not None
+        self.profile = tempfile.mkdtemp(prefix="bitfi-chromium-")
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for argument in [
+            "--headless=new",
+            "--no-sandbox",  # CI containers run as root
+            "--disable-dev-shm-usage",
+            "--disable-gpu",
+            "--disable-extensions",
+            "--no-first-run",
+            "--window-size=1280,1000",
+            f"--user-data-dir={self.profile}",
+        ]:
+            options.add_argument(argument)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        try:
+            self.driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        except BaseException:
+            shutil.rmtree(self.profile, ignore_errors=True)
+            raise
+
+    def quit(self) -> None:
+        """Stop the browser and chromedriver, and remove the profile."""
+        try:
+            self.driver.quit()
+        finally:
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+    def script_errors(self) -> list[str]:
+        """Severe console messages other than failed loads (the 400 we provoke, no /stream)."""
+        return [
+            entry["message"]
+            for entry in self.driver.get_log("browser")
+            if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]
+        ]
+
+
+def browser_steps(url: str, node_id: str) -> dict[str, Any]:
+    """
+    In a thread: load the dashboard, place an order through the form, see it
+    in the book and the open orders, provoke a 400, then cancel the order.
+
+    :return: what the page showed, for the test to check in the reactor thread.
+    """
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser = Browser()
+    try:
+        driver = browser.driver
+        # The page redraws tables when the node's answers change: an element
+        # found a moment ago may be gone, so every step retries until WAIT.
+        wait = WebDriverWait(
+            driver, WAIT, poll_frequency=0.1,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        )  # fmt: skip
+
+        def text(element_id: str) -> str:
+            return str(driver.find_element(By.ID, element_id).text)
+
+        def read(selector: str) -> str:
+            return str(wait.until(lambda _: driver.find_element(By.CSS_SELECTOR, selector).text))
+
+        def click(selector: str) -> None:
+            def attempt(_: Any) -> bool:
+                driver.find_element(By.CSS_SELECTOR, selector).click()
+                return True
+
+            wait.until(attempt, f"could not click {selector}")
+
+        driver.get(url)
+        wait.until(
+            lambda _: text("node-id") == node_id, "the status panel never showed the node id"
+        )
+        shown: dict[str, Any] = {"title": driver.title, "network": text("network")}
+
+        def place(side: str, price: str, amount: str) -> None:
+            click(f'input[name="side"][value="{side}"]')
+            Select(driver.find_element(By.ID, "order-type")).select_by_value("limit")
+            for element_id, value in [("order-price", price), ("order-amount", amount)]:
+                field = driver.find_element(By.ID, element_id)
+                field.clear()
+                field.send_keys(value)
+            driver.find_element(By.ID, "order-submit").click()
+
+        place("buy", PRICE, AMOUNT)
+        book_row = f'#bids tbody tr[data-price="{PRICE}"]'
+        order_row = f'#open-orders tbody tr[data-price="{PRICE}"]'
+        wait.until(
+            lambda _: "open" in text("order-result"),
+            f"no confirmation of the order (error shown: {text('order-error')!r})",
+        )
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, book_row)),
+                   "the order never reached the page's book")  # fmt: skip
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, order_row)),
+                   "the order never reached the open orders")  # fmt: skip
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#depth-chart path.depth.bid")),
+                   "the depth chart never drew the bid")  # fmt: skip
+        shown["book_row"] = read(book_row)
+        shown["order_row"] = read(order_row)
+        shown["connection"] = driver.find_element(By.ID, "connection").get_attribute("data-mode")
+
+        # The API's reason for a 400 is what the user reads.
+        place("sell", "123.456", AMOUNT)
+        wait.until(lambda _: text("order-error") != "", "no error shown for a refused order")
+        shown["error"] = text("order-error")
+
+        click(f"{order_row} button.cancel")
+        wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, order_row)),
+                   "the cancelled order stayed among the open orders")  # fmt: skip
+        wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, book_row)),
+                   "the cancelled order stayed in the page's book")  # fmt: skip
+        shown["script_errors"] = browser.script_errors()
+        return shown
+    finally:
+        browser.quit()
+
+
+class BrowserTests(TestCase):
+    """The dashboard in a real browser, against a real node."""
+
+    timeout = 120
+
+    skip = _missing()
+
+    def setUp(self) -> None:
+        self.reactor = _reactor()
+        self.cluster = LocalCluster(self.mktemp(), self.reactor)
+        self.addCleanup(self.cluster.stop)
+        self.node: Node = self.cluster.start_node(api_enabled=False)
+        site = ApiSite(with_dashboard(api_root(self.node.control)), reactor=self.reactor)
+        # Track the browser's connections, to close any it leaves open.
+        self.factory = WrappingFactory(site)
+        self.port = self.reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.addCleanup(self.close_connections)
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}/"
+
+    def close_connections(self) -> Deferred[float]:
+        self.port.stopListening()
+        for protocol in list(self.factory.protocols):
+            protocol.transport.abortConnection()
+        return poll_until(
+            self.reactor, lambda: not self.factory.protocols, 10.0, "browser connections closed"
+        )
+
+    async def test_order_through_the_form(self) -> None:
+        """An order placed in the form shows in the book and open orders, and cancels."""
+        node_id = self.node.storage.identity.node_id
+        shown = await deferToThread(browser_steps, self.url, node_id)
+        self.assertIn("BTC/USD", shown["network"])
+        self.assertIn(PRICE, shown["book_row"])
+        self.assertIn(PRICE, shown["order_row"])
+        self.assertIn(shown["connection"], ("polling", "live"))
+        self.assertIn("tick", shown["error"])
+        self.assertEqual(shown["script_errors"], [])
+        # The node holds exactly the decimal strings typed into the form.
+        [order] = self.node.control.orders("all", 10)
+        self.assertEqual((order["side"], order["price"], order["amount"]), ("buy", PRICE, AMOUNT))
+        self.assertEqual(order["status"], "cancelled")
+        self.assertEqual(self.node.control.book(20), {"bids": [], "asks": []})

@@ -1,0 +1,318 @@
+"""Tests for :mod:`bitfitech.api.metrics` and the latency measured by :class:`ApiSite`.
+
+Data path under test: real nodes in one reactor (:class:`LocalCluster`) ->
+:class:`NodeCollector` at scrape time -> :class:`MetricsResource` -> the
+text format, parsed back with ``prometheus_client.parser`` and checked
+against the nodes' own state; and HTTP requests -> :class:`ApiSite` ->
+the latency histogram (over a fake clock, then over a real node's API).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.test.requesthelper import DummyRequest
+
+from bitfitech.api.metrics import (
+    API_LATENCY_BUCKETS,
+    MetricsResource,
+    api_latency,
+    node_registry,
+    observe_request,
+    registry_of,
+)
+from bitfitech.api.site import ApiSite
+from bitfitech.node import Node, build_node
+from bitfitech.testing import LocalCluster, loopback_config, market_state, poll_until
+
+#: seconds a test may wait for nodes to link up or converge
+DEADLINE = 20.0
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def parse(text: str) -> tuple[dict[str, Any], Samples]:
+    """Families by name, and every sample's value by ``(sample name, sorted labels)``."""
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    samples: Samples = {}
+    for family in families.values():
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return families, samples
+
+
+def scrape(target: object) -> tuple[DummyRequest, str]:
+    """Render ``GET /metrics`` of C{target} (a node or its control) through a resource tree."""
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(target))
+    request = DummyRequest([b"metrics"])
+    request.method = b"GET"
+    resource = root.getChildWithDefault(b"metrics", request)
+    body = resource.render(request)
+    assert isinstance(body, bytes)
+    return request, body.decode("utf-8")
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The value of one sample (fails the test if absent)."""
+    key = (name, tuple(sorted(labels.items())))
+    if key not in samples:
+        raise AssertionError(f"no sample {name}{labels} among {sorted(samples)}")
+    return samples[key]
+
+
+class NodeMetricsTests(TestCase):
+    """``/metrics`` of real nodes in one process says what the nodes hold."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.reactor = _reactor()
+        self.cluster = LocalCluster(self.mktemp(), self.reactor)
+        self.addCleanup(self.cluster.stop)
+
+    async def trading_pair(self) -> tuple[Node, Node]:
+        """Two linked nodes; a sell of the first and a buy of the second crossed (one trade)."""
+        first = self.cluster.start_node()
+        second = self.cluster.start_node(bootstrap_to=[first])
+        first_id = first.storage.identity.node_id
+        await poll_until(self.reactor, lambda: first_id in second.peers.hub.links, DEADLINE,
+                         "the nodes link")  # fmt: skip
+        await first.control.submit_order("sell", "50000", "0.5", "limit")
+        await poll_until(self.reactor, lambda: len(second.market.ledger) == 1, DEADLINE,
+                         "the second node holds the sell")  # fmt: skip
+        await second.control.submit_order("buy", "50000", "0.2", "limit")
+        await poll_until(self.reactor,
+                         lambda: market_state(second) == market_state(first), DEADLINE,
+                         "the second node holds both orders")  # fmt: skip
+        return first, second
+
+    async def test_values_match_the_node(self) -> None:
+        first, second = await self.trading_pair()
+        for node in (first, second):
+            request, text = scrape(node.control)
+            self.assertEqual(
+                request.responseHeaders.getRawHeaders(b"content-type"),
+                [CONTENT_TYPE_LATEST.encode("ascii")],
+            )
+            families, samples = parse(text)
+            node.market.flush()
+            ledger, hub = node.market.ledger, node.peers.hub
+            self.assertEqual(value(samples, "bitfi_up"), 1)
+            info = value(samples, "bitfi_node_info", node_id=node.storage.identity.node_id,
+                         network="test", pair="BTC/USD", version=node.control.status()["version"],
+                         tls="true")  # fmt: skip
+            self.assertEqual(info, 1)
+            for direction in ("inbound", "outbound"):
+                self.assertEqual(value(samples, "bitfi_peers", direction=direction),
+                                 hub.ready_count(direction), direction)  # fmt: skip
+            self.assertEqual(value(samples, "bitfi_events"), len(ledger))
+            self.assertEqual(value(samples, "bitfi_events"), 2)
+            self.assertEqual(value(samples, "bitfi_authors"), 2)
+            self.assertEqual(value(samples, "bitfi_orders_total"), 2)
+            self.assertEqual(value(samples, "bitfi_cancels_total"), 0)
+            self.assertEqual(value(samples, "bitfi_trades_total"), 1)
+            self.assertEqual(value(samples, "bitfi_trades_total"), ledger.trade_count)
+            self.assertEqual(value(samples, "bitfi_open_orders"), 1)
+            self.assertEqual(value(samples, "bitfi_rollbacks_total"), ledger.rollbacks)
+            self.assertEqual(value(samples, "bitfi_replayed_events_total"), ledger.replayed)
+            self.assertEqual(value(samples, "bitfi_sync_buffered_events"), 0)
+            self.assertEqual(value(samples, "bitfi_bans"), 0)
+            self.assertEqual(value(samples, "bitfi_peer_addresses_known"),
+                             len(node.peers.addrbook or ()))  # fmt: skip
+            self.assertEqual(value(samples, "bitfi_gossip_events_duplicate_total"),
+                             node.gossip.stats["events_duplicate"])  # fmt: skip
+            self.assertEqual(value(samples, "bitfi_discovery_running", service="mdns"), 0)
+            self.assertEqual(value(samples, "bitfi_discovery_running", service="dht"), 0)
+            self.assertNotIn("bitfi_dht_routing_table_size", families)
+            self.assertEqual(families["bitfi_orders"].type, "counter")
+            self.assertIn("rate(bitfi_orders_total", families["bitfi_orders"].documentation)
+            self.assertEqual(families["bitfi_peers"].type, "gauge")
+        # What each node learned from the other, it learned by gossip.
+        for node in (first, second):
+            _, samples = parse(scrape(node)[1])
+            self.assertEqual(value(samples, "bitfi_gossip_events_new_total"), 1)
+        self.assertEqual(value(samples, "bitfi_peers", direction="outbound"), 1)
+
+    async def test_counts_follow_the_node(self) -> None:
+        first, second = await self.trading_pair()
+        order = await first.control.submit_order("buy", "40000", "0.1", "limit")
+        await first.control.cancel_order(order["id"])
+        await poll_until(self.reactor,
+                         lambda: market_state(second) == market_state(first), DEADLINE,
+                         "the second node holds the cancel")  # fmt: skip
+        _, samples = parse(scrape(second)[1])
+        self.assertEqual(value(samples, "bitfi_events"), 4)
+        self.assertEqual(value(samples, "bitfi_orders_total"), 3)
+        self.assertEqual(value(samples, "bitfi_cancels_total"), 1)
+        self.assertEqual(value(samples, "bitfi_open_orders"), 1)
+
+    async def test_each_node_has_its_own_registry(self) -> None:
+        first, second = await self.trading_pair()
+        self.assertIsNot(first.metrics, second.metrics)
+        ids = set()
+        for node in (first, second):
+            families, _ = parse(scrape(node)[1])
+            [sample] = families["bitfi_node_info"].samples
+            ids.add(sample.labels["node_id"])
+        self.assertEqual(ids, {n.storage.identity.node_id for n in (first, second)})
+        self.assertNotIn(b"bitfi_", generate_latest(REGISTRY))
+
+    async def test_discovery(self) -> None:
+        node = self.cluster.start_node(dht_enabled=True)
+        _, samples = parse(scrape(node)[1])
+        self.assertEqual(value(samples, "bitfi_discovery_running", service="dht"), 1)
+        self.assertEqual(value(samples, "bitfi_dht_routing_table_size"),
+                         node.control.status()["dht"]["routing_table_size"])  # fmt: skip
+        self.assertEqual(value(samples, "bitfi_dht_peers_found_total"), 0)
+
+    async def test_api_latency_of_a_real_node(self) -> None:
+        node = self.cluster.start_node(api_enabled=True)
+        assert node.api is not None
+        pool = HTTPConnectionPool(self.reactor, persistent=False)
+        agent = Agent(self.reactor, pool=pool)
+        base = f"http://127.0.0.1:{node.api.listen_port}"
+        for path in ("/status", "/status", "/no/such/thing"):
+            response = await agent.request(b"GET", (base + path).encode("ascii"))
+            await readBody(response)
+        _, samples = parse(scrape(node)[1])
+        count = "bitfi_api_request_duration_seconds_count"
+        self.assertEqual(value(samples, count, method="GET", status="2xx"), 2)
+        self.assertEqual(value(samples, count, method="GET", status="4xx"), 1)
+
+
+class StoppedNodeTests(SynchronousTestCase):
+    """A node that does not run reports only that."""
+
+    def test_not_running(self) -> None:
+        node = build_node(loopback_config(self.mktemp()), Clock())  # type: ignore[arg-type]
+        _, samples = parse(scrape(node)[1])
+        self.assertEqual(samples, {("bitfi_up", ()): 0.0})
+
+    def test_fake_node_has_no_metrics(self) -> None:
+        self.assertIsNone(registry_of(object()))
+        request, text = scrape(object())
+        self.assertEqual(request.responseCode, 404)
+
+    def test_registry_of(self) -> None:
+        node = build_node(loopback_config(self.mktemp()), Clock())  # type: ignore[arg-type]
+        self.assertIs(registry_of(node), node.metrics)
+        self.assertIs(registry_of(node.control), node.metrics)
+        self.assertIs(api_latency(node.metrics), api_latency(node.metrics))
+        self.assertIsNot(node_registry(node), node.metrics)
+
+
+class _Slow(Resource):
+    """Answers after C{delay} seconds of C{clock}, with C{code}."""
+
+    isLeaf = True
+
+    def __init__(self, clock: Clock, delay: float, code: int = 200) -> None:
+        super().__init__()
+        self.clock, self.delay, self.code = clock, delay, code
+
+    def render(self, request: Request) -> Any:
+        def answer() -> None:
+            request.setResponseCode(self.code)
+            request.write(b"done")
+            request.finish()
+
+        if not self.delay:
+            request.setResponseCode(self.code)
+            return b"done"
+        self.clock.callLater(self.delay, answer)
+        return NOT_DONE_YET
+
+
+class SiteLatencyTests(SynchronousTestCase):
+    """:class:`ApiSite` observes each answered request in the registry's histogram."""
+
+    CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
+
+    def make_site(self, registry: CollectorRegistry | None) -> tuple[ApiSite, Clock]:
+        clock = Clock()
+        root = Resource()
+        root.putChild(b"slow", _Slow(clock, 0.03))
+        root.putChild(b"fast", _Slow(clock, 0))
+        root.putChild(b"gone", _Slow(clock, 0.2, code=503))
+        site = ApiSite(root, reactor=clock, registry=registry)
+        site.startFactory()
+        self.addCleanup(site.stopFactory)
+        return site, clock
+
+    def request(
+        self, site: ApiSite, clock: Clock, method: bytes, path: bytes, wait: float = 0.0
+    ) -> bytes:
+        """Send one request, let C{wait} seconds pass, and return what the site wrote."""
+        channel = site.buildProtocol(self.CLIENT)
+        assert channel is not None
+        transport = StringTransport(peerAddress=self.CLIENT)
+        channel.makeConnection(transport)
+        channel.dataReceived(method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        clock.advance(wait)
+        channel.connectionLost(Exception("done"))  # type: ignore[arg-type]
+        written: bytes = transport.value()
+        return written
+
+    def test_latency_by_method_and_status_class(self) -> None:
+        registry = CollectorRegistry()
+        site, clock = self.make_site(registry)
+        self.assertIn(b"200 OK", self.request(site, clock, b"GET", b"/slow", 0.03))
+        self.request(site, clock, b"GET", b"/fast")
+        self.request(site, clock, b"POST", b"/gone", 0.2)
+        self.request(site, clock, b"GET", b"/missing")
+        self.request(site, clock, b"BREW", b"/fast")
+        _, samples = parse(generate_latest(registry).decode("utf-8"))
+        name = "bitfi_api_request_duration_seconds"
+        self.assertEqual(value(samples, f"{name}_count", method="GET", status="2xx"), 2)
+        self.assertAlmostEqual(value(samples, f"{name}_sum", method="GET", status="2xx"), 0.03)
+        self.assertEqual(value(samples, f"{name}_bucket", method="GET", status="2xx", le="0.025"),
+                         1)  # fmt: skip
+        self.assertEqual(value(samples, f"{name}_bucket", method="GET", status="2xx", le="0.05"), 2)
+        self.assertEqual(value(samples, f"{name}_count", method="POST", status="5xx"), 1)
+        self.assertAlmostEqual(value(samples, f"{name}_sum", method="POST", status="5xx"), 0.2)
+        self.assertEqual(value(samples, f"{name}_count", method="GET", status="4xx"), 1)
+        self.assertEqual(value(samples, f"{name}_count", method="other", status="2xx"), 1)
+        buckets = {key[1] for key in samples if key[0] == f"{name}_bucket"}
+        self.assertEqual(len(buckets), 4 * (len(API_LATENCY_BUCKETS) + 1))
+
+    def test_restarted_site_shares_the_histogram(self) -> None:
+        registry = CollectorRegistry()
+        for _ in range(2):
+            site, clock = self.make_site(registry)
+            self.request(site, clock, b"GET", b"/fast")
+        _, samples = parse(generate_latest(registry).decode("utf-8"))
+        count = value(samples, "bitfi_api_request_duration_seconds_count",
+                      method="GET", status="2xx")  # fmt: skip
+        self.assertEqual(count, 2)
+
+    def test_without_registry(self) -> None:
+        site, clock = self.make_site(None)
+        self.assertIsNone(site.latency)
+        self.assertIn(b"200 OK", self.request(site, clock, b"GET", b"/slow", 0.03))
+
+    def test_observe_request(self) -> None:
+        registry = CollectorRegistry()
+        histogram = api_latency(registry)
+        observe_request(histogram, "delete", 204, -1.0)
+        observe_request(histogram, "GET", 999, 0.5)
+        _, samples = parse(generate_latest(registry).decode("utf-8"))
+        name = "bitfi_api_request_duration_seconds"
+        self.assertEqual(value(samples, f"{name}_sum", method="DELETE", status="2xx"), 0)
+        self.assertEqual(value(samples, f"{name}_count", method="GET", status="other"), 1)

@@ -1,0 +1,1079 @@
+"""The ``bitfi`` command: a client of a node's HTTP API, for people and scripts.
+
+Data path: the command line -> :func:`build_parser` (argparse: commands,
+options, input checks) -> :class:`NodeClient` (one blocking HTTP request
+with ``http.client``; no reactor) -> the node's JSON API -> the renderers
+(aligned tables, prices and amounts as the API's decimal strings) or, with
+``--json``, the node's answer unchanged -> stdout.  ``bitfi watch`` reads
+the node's Server-Sent Events from ``GET /stream`` through
+:class:`EventStreamParser`, a small pure parser with bounded lines.
+
+Exit status: 0 done; 1 the node answered an error (its ``{"error"}`` is
+printed to stderr) or the stream ended; 2 a usage error or bad input,
+found before anything is sent; 3 the node cannot be reached; 4 the node
+wants an API token (401).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import http.client
+import ipaddress
+import json
+import os
+import re
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, NoReturn, TextIO
+from urllib.parse import quote, urlencode, urlsplit
+
+from . import USER_AGENT
+from .address import AddressError, parse_address
+
+DEFAULT_NODE = "http://127.0.0.1:13000"
+DEFAULT_TIMEOUT = 10.0
+ORDER_TYPES = ("limit", "ioc", "fok", "post_only", "market")
+ORDER_STATES = ("open", "closed", "all")
+MAX_LIMIT = 1000
+"""The largest ``--limit`` or ``--depth`` the API takes."""
+MAX_ANSWER = 16 * 1024 * 1024
+"""The largest answer body read from the node."""
+MAX_EVENT_LINE = 1024 * 1024
+"""The longest line :class:`EventStreamParser` accepts."""
+
+EXIT_OK = 0
+EXIT_NODE_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_UNAUTHORIZED = 4
+
+_DECIMAL_RE = re.compile(r"\A[0-9]+(\.[0-9]+)?\Z")
+_ORDER_ID_RE = re.compile(r"\A[0-9a-fA-F]{64}\Z")
+
+
+# Errors: each one becomes a message on stderr and an exit status.
+
+
+class CommandError(Exception):
+    """
+    A failure that ends the command.
+
+    :ivar exit_status: the process exit status it gives.
+    """
+
+    exit_status = EXIT_NODE_ERROR
+
+
+class NodeError(CommandError):
+    """
+    The node answered with an error status.
+
+    :ivar status: the HTTP status.
+    :ivar message: the node's ``error`` message.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status} {message}")
+        self.status = status
+        self.message = message
+        if status == http.client.UNAUTHORIZED:
+            self.exit_status = EXIT_UNAUTHORIZED
+
+
+class Unreachable(CommandError):
+    """The node cannot be reached: refused, timed out, unknown host, not HTTP."""
+
+    exit_status = EXIT_UNREACHABLE
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the node at {url}: {reason}; is it running? (make run)")
+
+
+class StreamError(CommandError):
+    """The event stream broke its format, or ended."""
+
+
+class UsageError(CommandError):
+    """Bad input found after argparse: the message is printed as is."""
+
+    exit_status = EXIT_USAGE
+
+
+class _ParserExit(Exception):
+    """argparse is done: it printed help or a usage error."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+# The HTTP client.
+
+
+@dataclass(frozen=True)
+class Answer:
+    """
+    A successful answer of the node.
+
+    :ivar status: the HTTP status (2xx).
+    :ivar document: the JSON body; non-integer numbers are
+        :class:`~decimal.Decimal`, never floats.
+    :ivar raw: the body as received.
+    """
+
+    status: int
+    document: Any
+    raw: bytes
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """C{raw} as JSON, with non-integer numbers as :class:`~decimal.Decimal`."""
+    return json.loads(raw, parse_float=Decimal)
+
+
+class NodeClient:
+    """
+    Blocking requests to one node's HTTP API, one connection each.
+
+    :ivar url: the node's base URL, without a trailing slash.
+    """
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+        """
+        :param url: ``http://host:port`` or ``https://host:port``, optionally
+            with a path prefix.
+        :param token: the API token sent as ``Authorization: Bearer``.
+        :param timeout: seconds to connect, and to wait for each read.
+        :raises ValueError: for a URL that is not http(s) with a host.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"--node must be an http:// or https:// URL, not {url!r}")
+        try:
+            self._port = parts.port
+        except ValueError:
+            raise ValueError(f"--node has an invalid port: {url!r}") from None
+        self.url = url.rstrip("/")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._prefix = parts.path.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+
+    def _headers(self, accept: str) -> dict[str, str]:
+        headers = {
+            "Accept": accept,
+            "Connection": "close",  # one request a connection
+            "User-Agent": f"bitfi-cli/{USER_AGENT.partition('/')[2]}",
+        }
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    def _send(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send one request and read the answer's head; errors become :class:`Unreachable`."""
+        connection = self._connection()
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            connection.request(method, self._prefix + path, body=body, headers=headers)
+            return connection, connection.getresponse()
+        except BaseException as error:
+            connection.close()
+            if isinstance(error, OSError | http.client.HTTPException):
+                raise Unreachable(self.url, self._reason(error)) from None
+            raise
+
+    def _reason(self, error: BaseException) -> str:
+        """Why a request failed, in a few words."""
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, TimeoutError):
+            return f"no answer within {self._timeout:g} s (--timeout)"
+        if isinstance(error, socket.gaierror):
+            return f"cannot resolve {self._host}: {error.strerror}"
+        if isinstance(error, http.client.RemoteDisconnected):
+            return "it closed the connection without answering"
+        if isinstance(error, ssl.SSLError):
+            return f"TLS failed: {error.reason or error}"
+        if isinstance(error, http.client.HTTPException):
+            return f"not an HTTP answer ({type(error).__name__})"
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror[0].lower() + error.strerror[1:]
+        return str(error) or type(error).__name__
+
+    def request(self, method: str, path: str, body: object = None) -> Answer:
+        """
+        Send one request and return the node's JSON answer.
+
+        :param path: the path and query, from the API's root (``/book?depth=5``).
+        :param body: a JSON-ready body, or ``None`` for none.
+        :raises Unreachable: if no answer came.
+        :raises NodeError: for an error status (its ``error`` message) or
+            an answer that is not JSON.
+        """
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        connection, response = self._send(method, path, data, self._headers("application/json"))
+        try:
+            raw = response.read(MAX_ANSWER + 1)
+        except (OSError, http.client.HTTPException) as error:
+            raise Unreachable(self.url, self._reason(error)) from None
+        finally:
+            connection.close()
+        try:
+            document = parse_json(raw)
+        except ValueError:
+            document = None
+        if not 200 <= response.status < 300:
+            raise NodeError(response.status, _error_message(response, document, raw))
+        if document is None and raw.strip() != b"null":
+            raise NodeError(response.status, f"the node's answer is not JSON: {raw[:80]!r}")
+        return Answer(response.status, document, raw)
+
+    def events(self, path: str) -> Generator[ServerEvent, None, None]:
+        """
+        Follow the Server-Sent Events at C{path}, until the node ends them.
+
+        The timeout covers connecting and the answer's head; then reads wait
+        as long as the stream is quiet.
+
+        :raises Unreachable: if no answer came, or the stream broke.
+        :raises NodeError: for an error status.
+        :raises StreamError: for a stream that breaks the SSE format.
+        """
+        connection, response = self._send("GET", path, None, self._headers("text/event-stream"))
+        try:
+            if not 200 <= response.status < 300:
+                raw = response.read(MAX_ANSWER + 1)
+                try:
+                    document = parse_json(raw)
+                except ValueError:
+                    document = None
+                raise NodeError(response.status, _error_message(response, document, raw))
+            if connection.sock is not None:
+                connection.sock.settimeout(None)
+            parser = EventStreamParser()
+            while True:
+                try:
+                    data = response.read1(65536)
+                except (OSError, http.client.HTTPException) as error:
+                    raise Unreachable(
+                        self.url, f"the stream broke: {self._reason(error)}"
+                    ) from None
+                if not data:
+                    return
+                yield from parser.feed(data)
+        finally:
+            connection.close()
+
+
+def _error_message(response: http.client.HTTPResponse, document: Any, raw: bytes) -> str:
+    """The message of an error answer: its ``error`` field, else the status's reason."""
+    if isinstance(document, dict) and isinstance(document.get("error"), str):
+        return str(document["error"])
+    text = raw.decode("utf-8", "replace").strip()
+    return response.reason + (f": {text[:200]}" if text else "")
+
+
+# Server-Sent Events.
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    """
+    One event of a Server-Sent Events stream.
+
+    :ivar type: the ``event:`` field (``message`` when absent).
+    :ivar data: the ``data:`` lines, joined with newlines.
+    """
+
+    type: str
+    data: str
+
+
+class EventStreamParser:
+    """
+    Bytes of a ``text/event-stream`` to :class:`ServerEvent`; pure and bounded.
+
+    Lines end with LF or CRLF (a lone CR is not a line end here).  An event
+    is dispatched at a blank line if it has data; comments (``:``), ``id``
+    and ``retry`` are skipped, as are unknown fields.
+    """
+
+    def __init__(self, max_line: int = MAX_EVENT_LINE) -> None:
+        self._max_line = max_line
+        self._buffer = b""
+        self._type = ""
+        self._data: list[str] = []
+
+    def feed(self, data: bytes) -> list[ServerEvent]:
+        """
+        Take the next bytes; return the events they complete.
+
+        :raises StreamError: for a line longer than the limit, or an event
+            whose data grows past it.
+        """
+        self._buffer += data
+        events = []
+        while True:
+            line, found, rest = self._buffer.partition(b"\n")
+            if not found:
+                break
+            self._buffer = rest
+            event = self._line(line.removesuffix(b"\r").decode("utf-8", "replace"))
+            if event is not None:
+                events.append(event)
+        if len(self._buffer) > self._max_line:
+            raise StreamError(f"the stream sent a line longer than {self._max_line} bytes")
+        return events
+
+    def _line(self, line: str) -> ServerEvent | None:
+        if not line:
+            if not self._data:
+                self._type = ""
+                return None
+            event = ServerEvent(self._type or "message", "\n".join(self._data))
+            self._type, self._data = "", []
+            return event
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._type = value
+        elif name == "data":
+            self._data.append(value)
+            if sum(len(d) for d in self._data) > self._max_line:
+                raise StreamError(f"the stream sent an event larger than {self._max_line} bytes")
+        return None
+
+
+# Rendering: pure functions from the API's documents to text.
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
+    """
+    Lines of an aligned table.
+
+    :param align: one letter per column: ``l`` left, ``r`` right, ``d``
+        decimal strings lined up on their decimal point.
+    """
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in headers]
+    cells: list[list[str]] = []
+    for kind, header, column in zip(align, headers, columns, strict=True):
+        if kind == "d":
+            whole = max((len(v.partition(".")[0]) for v in column), default=0)
+            fraction = max((len(v) - len(v.partition(".")[0]) for v in column), default=0)
+            values = [
+                v.partition(".")[0].rjust(whole) + v[len(v.partition(".")[0]) :].ljust(fraction)
+                for v in column
+            ]
+        else:
+            values = list(column)
+        width = max([len(header), *map(len, values)])
+        justify = str.rjust if kind == "r" else str.ljust
+        cells.append([justify(header, width), *(justify(v, width) for v in values)])
+    return ["  ".join(row).rstrip() for row in zip(*cells, strict=True)]
+
+
+def decimal_text(value: object) -> str:
+    """A price or amount as the API wrote it (``-`` for none)."""
+    return "-" if value is None else str(value)
+
+
+def short(value: object, length: int = 12) -> str:
+    """The first C{length} characters of an id (``-`` for none)."""
+    return "-" if value is None else str(value)[:length]
+
+
+def utc_time(seconds: object) -> str:
+    """Unix time C{seconds} as ``2025-01-31 12:00:00`` UTC (``-`` for none)."""
+    if seconds is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(int(Decimal(str(seconds))), datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def utc_time_ms(milliseconds: object) -> str:
+    """Unix time in C{milliseconds} as :func:`utc_time` does."""
+    if milliseconds is None:
+        return "-"
+    return utc_time(Decimal(str(milliseconds)) / 1000)
+
+
+def duration(seconds: object) -> str:
+    """C{seconds} as ``2d 3h``, ``3h 4m``, ``4m 5s`` or ``5s``."""
+    total = int(Decimal(str(seconds or 0)))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def render_status(status: Mapping[str, Any]) -> list[str]:
+    """A compact summary of ``GET /status``."""
+    peers = status.get("peers") or {}
+    market = status.get("market") or {}
+    p2p = status.get("p2p") or {}
+    state_hash = status.get("state_hash")
+    lines = [
+        ("node", f"{status.get('node_id')}  ({status.get('user_agent', '?')}, "
+                 f"up {duration(status.get('uptime_s'))})"),
+        ("network", f"{status.get('network')}  {status.get('pair')}"),
+        ("p2p", f"{p2p.get('host')}:{p2p.get('port')}  "
+                f"{'TLS' if p2p.get('tls') else 'plain TCP (no TLS)'}"),
+        ("peers", f"{peers.get('inbound', 0)} in, {peers.get('outbound', 0)} out, "
+                  f"{peers.get('handshaking', 0)} handshaking; "
+                  f"{peers.get('known_addresses', 0)} known addresses; "
+                  f"{peers.get('bans', 0)} bans"),
+        ("events", f"{status.get('events', 0)} from {status.get('authors', 0)} authors; "
+                   f"lamport {status.get('lamport', 0)}; "
+                   f"{market.get('open_orders', 0)} open orders; "
+                   f"{market.get('trades', 0)} trades"),
+        ("state", f"{short(state_hash, 16)}  settled through lamport "
+                  f"{status.get('settled_through', 0)}"),
+        ("mdns", _mdns_summary(status.get("mdns"))),
+        ("dht", _dht_summary(status.get("dht"))),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in lines)
+    return [f"{name.ljust(width)}  {value}" for name, value in lines]
+
+
+def _mdns_summary(mdns: Mapping[str, Any] | None) -> str:
+    if not mdns:
+        return "off"
+    return f"on ({mdns.get('interface')}), {mdns.get('discovered', 0)} nodes discovered"
+
+
+def _dht_summary(dht: Mapping[str, Any] | None) -> str:
+    if not dht:
+        return "off"
+    announced = dht.get("announced_at")
+    return (
+        f"on (UDP port {dht.get('port')}), {dht.get('routing_table_size', 0)} in the routing "
+        f"table, {dht.get('peers_found', 0)} peers found, "
+        + ("not announced yet" if announced is None else f"announced {utc_time(announced)}")
+    )
+
+
+def render_peers(rows: Sequence[Mapping[str, Any]], now: float) -> list[str]:
+    """``GET /peers`` as a table."""
+    if not rows:
+        return ["no peers linked"]
+    body = [
+        [
+            str(row.get("node_id")),
+            str(row.get("address")),
+            str(row.get("direction")),
+            str(row.get("tls") or "plain"),
+            "-" if row.get("rtt_ms") is None else f"{row['rtt_ms']} ms",
+            "-" if row.get("connected_since") is None
+            else duration(now - float(row["connected_since"])),
+            str(row.get("source", "-")),
+            str(row.get("user_agent", "-")),
+        ]
+        for row in rows
+    ]  # fmt: skip
+    headers = ["NODE ID", "ADDRESS", "DIR", "TLS", "RTT", "LINKED", "SOURCE", "AGENT"]
+    return table(headers, body, "lllllrll")
+
+
+def render_book(book: Mapping[str, Any]) -> list[str]:
+    """``GET /book``: asks above bids, best prices by the spread line."""
+    asks = list(book.get("asks") or [])
+    bids = list(book.get("bids") or [])
+    if not asks and not bids:
+        return ["the book is empty"]
+    rows = [["ask", *map(str, level)] for level in reversed(asks)]
+    rows += [["bid", *map(str, level)] for level in bids]
+    lines = table(["SIDE", "PRICE", "AMOUNT", "ORDERS"], rows, "lddr")
+    lines.insert(1 + len(asks), f"----  {_spread(asks, bids)}")
+    return lines
+
+
+def _spread(asks: Sequence[Sequence[Any]], bids: Sequence[Sequence[Any]]) -> str:
+    if not asks:
+        return "no asks"
+    if not bids:
+        return "no bids"
+    ask, bid = Decimal(str(asks[0][0])), Decimal(str(bids[0][0]))
+    spread = ask - bid
+    mid = (ask + bid) / 2
+    if mid > 0:
+        percent = (spread / mid * 100).quantize(Decimal("0.001"))
+        return f"spread {spread} ({percent}%)"
+    return f"spread {spread}"
+
+
+def render_trades(trades: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``GET /trades`` as a table, newest first."""
+    if not trades:
+        return ["no trades"]
+    rows = [
+        [
+            utc_time_ms(t.get("time")),
+            str(t.get("side")),
+            decimal_text(t.get("price")),
+            decimal_text(t.get("amount")),
+            "yes" if t.get("settled") else "no",
+            short(t.get("id")),
+            short(t.get("taker")),
+            short(t.get("maker")),
+        ]
+        for t in trades
+    ]
+    headers = ["TIME (UTC)", "TAKER", "PRICE", "AMOUNT", "SETTLED", "TRADE", "TAKER ORDER",
+               "MAKER ORDER"]  # fmt: skip
+    return table(headers, rows, "llddllll")
+
+
+def order_state(order: Mapping[str, Any]) -> str:
+    """An order's status, with its reason if it has one (``cancelled (self_trade)``)."""
+    reason = order.get("reason")
+    return f"{order.get('status')}" + (f" ({reason})" if reason else "")
+
+
+def render_orders(orders: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``GET /orders`` as a table, newest first."""
+    if not orders:
+        return ["no orders"]
+    rows = [
+        [
+            utc_time_ms(o.get("created_at")),
+            str(o.get("side")),
+            str(o.get("type")),
+            decimal_text(o.get("price")),
+            decimal_text(o.get("amount")),
+            decimal_text(o.get("filled")),
+            order_state(o),
+            str(o.get("id")),
+        ]
+        for o in orders
+    ]
+    headers = ["CREATED (UTC)", "SIDE", "TYPE", "PRICE", "AMOUNT", "FILLED", "STATUS", "ID"]
+    return table(headers, rows, "llldddll")
+
+
+def render_order(order: Mapping[str, Any]) -> list[str]:
+    """One order document: what it is, where it stands, its trades."""
+    price = order.get("price")
+    what = f"{order.get('side')} {order.get('type')} {order.get('amount')}"
+    what += " at market" if price is None else f" @ {price}"
+    lines = [
+        f"order {order.get('id')}",
+        f"{what}: {order_state(order)}; filled {order.get('filled')}, "
+        f"remaining {order.get('remaining')}",
+    ]
+    for trade in order.get("trades") or ():
+        lines.append(
+            f"  trade {short(trade.get('id'))}: {trade.get('amount')} @ {trade.get('price')}"
+            f"{'' if trade.get('settled') else ' (not settled yet)'}"
+        )
+    return lines
+
+
+def render_peer(row: Mapping[str, Any]) -> list[str]:
+    """The row of a newly linked peer."""
+    return [
+        f"linked to node {row.get('node_id')} at {row.get('address')} "
+        f"({row.get('direction')}, {row.get('tls') or 'plain TCP'}, {row.get('user_agent')})"
+    ]
+
+
+def render_bans(bans: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``GET /peers/banned`` as a table, newest first."""
+    if not bans:
+        return ["no bans in force"]
+    rows = [
+        [
+            str(b.get("address")),
+            short(b.get("node_id"), 40),
+            utc_time(b.get("banned_at")),
+            utc_time(b.get("until")),
+            str(b.get("reason")),
+        ]
+        for b in bans
+    ]
+    headers = ["ADDRESS", "NODE ID (CLAIMED)", "BANNED AT (UTC)", "UNTIL (UTC)", "REASON"]
+    return table(headers, rows, "lllll")
+
+
+def render_event(event: ServerEvent, now: float) -> str:
+    """One line for one event of ``GET /stream``: its time, type and gist."""
+    try:
+        data = parse_json(event.data)
+    except ValueError:
+        data = event.data
+    gist = None
+    if isinstance(data, dict):
+        try:
+            gist = _EVENT_GISTS.get(event.type, _no_gist)(data)
+        except Exception:  # a shape this version does not know: show the JSON
+            gist = None
+    if gist is None:
+        gist = data if isinstance(data, str) else _compact(data)
+    clock = datetime.datetime.fromtimestamp(now).strftime("%H:%M:%S")
+    return f"{clock}  {event.type:<6}  {gist}"
+
+
+def _compact(data: object) -> str:
+    return json.dumps(data, default=str, separators=(",", ":"), sort_keys=True)
+
+
+def _no_gist(data: Mapping[str, Any]) -> str | None:
+    return None
+
+
+def _trade_gist(data: Mapping[str, Any]) -> str:
+    status = data.get("status")
+    if status is None and data.get("settled") is not None:
+        status = "settled" if data["settled"] else "tentative"
+    return (
+        f"{data.get('side', '?')} {data['amount']} @ {data['price']}"
+        + ("" if status is None else f" {status}")
+        + f" (trade {short(data.get('id'))}, taker {short(data.get('taker'))}, "
+        f"maker {short(data.get('maker'))})"
+    )
+
+
+def _order_gist(data: Mapping[str, Any]) -> str:
+    order = data.get("order", data)
+    price = order.get("price")
+    where = "at market" if price is None else f"@ {price}"
+    return (
+        f"{order['side']} {order.get('type', 'limit')} {order['amount']} {where}: "
+        f"{order_state(order)}, filled {order.get('filled', '?')} ({short(order.get('id'))})"
+    )
+
+
+def _book_gist(data: Mapping[str, Any]) -> str:
+    book = data.get("book", data)
+    bids, asks = book["bids"], book["asks"]
+    bid = f"{bids[0][1]} @ {bids[0][0]}" if bids else "none"
+    ask = f"{asks[0][1]} @ {asks[0][0]}" if asks else "none"
+    return f"best bid {bid}, best ask {ask}; {_spread(asks, bids)}"
+
+
+def _peer_gist(data: Mapping[str, Any]) -> str:
+    what = data.get("event") or data.get("action") or data.get("state") or "peer"
+    return (
+        f"{what} {data['node_id']} {data.get('address', '')} {data.get('direction', '')}"
+    ).rstrip()
+
+
+def _status_gist(data: Mapping[str, Any]) -> str:
+    peers = data.get("peers")
+    if isinstance(peers, dict):
+        peers = f"{peers.get('inbound', 0)} in / {peers.get('outbound', 0)} out"
+    return f"{data['events']} events, {peers} peers, state {short(data.get('state_hash'), 16)}"
+
+
+_EVENT_GISTS: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
+    "trade": _trade_gist,
+    "order": _order_gist,
+    "book": _book_gist,
+    "peer": _peer_gist,
+    "status": _status_gist,
+}
+
+
+# Input checks, as argparse types: a bad value is a usage error (exit 2).
+
+
+def decimal_argument(text: str) -> str:
+    """A price or amount: a positive decimal such as ``0.25``, passed on as written."""
+    if not _DECIMAL_RE.match(text) or Decimal(text) == 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive decimal such as 0.25 or 50000.5 (digits and one point), "
+            f"not {text!r}"
+        )
+    return text
+
+
+def order_id_argument(text: str) -> str:
+    """An order id: 64 hex digits."""
+    if not _ORDER_ID_RE.match(text):
+        raise argparse.ArgumentTypeError(f"an order id is 64 hex digits, not {text!r}")
+    return text.lower()
+
+
+def peer_address_argument(text: str) -> str:
+    """A peer address: ``host:port``, ``[v6]:port`` or ``NODEID@host:port``."""
+    try:
+        parse_address(text)
+    except AddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text.strip()
+
+
+def ip_argument(text: str) -> str:
+    """An IP address, v4 or v6."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an IP address such as 192.0.2.7 or 2001:db8::1, not {text!r}"
+        ) from None
+
+
+def count_argument(text: str) -> int:
+    """A count from 1 to :data:`MAX_LIMIT`."""
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def seconds_argument(text: str) -> float:
+    """A positive number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(
+            f"must be seconds, more than 0 and at most 3600, not {text!r}"
+        )
+    return seconds
+
+
+# Commands.
+
+
+@dataclass
+class Console:
+    """
+    Where a command writes, and how.
+
+    :ivar as_json: print the node's JSON instead of tables.
+    """
+
+    stdout: TextIO
+    stderr: TextIO
+    as_json: bool = False
+
+    def lines(self, lines: Sequence[str]) -> None:
+        """Print C{lines} to stdout."""
+        for line in lines:
+            self.stdout.write(line + "\n")
+        self.stdout.flush()
+
+    def answer(self, answer: Answer, render: Callable[[Any], list[str]]) -> int:
+        """Print C{answer}: its raw JSON with ``--json``, else rendered; return 0."""
+        if self.as_json:
+            self.stdout.write(answer.raw.decode("utf-8").rstrip("\n") + "\n")
+            self.stdout.flush()
+        else:
+            self.lines(render(answer.document))
+        return EXIT_OK
+
+
+def run_status(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi status``."""
+    return console.answer(client.request("GET", "/status"), render_status)
+
+
+def run_peers(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi peers``."""
+    now = time.time()
+    return console.answer(client.request("GET", "/peers"), lambda rows: render_peers(rows, now))
+
+
+def run_connect(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi connect ADDR``."""
+    answer = client.request("POST", "/peers", {"address": args.address})
+    return console.answer(answer, render_peer)
+
+
+def run_book(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi book [--depth N]``."""
+    answer = client.request("GET", "/book?" + urlencode({"depth": args.depth}))
+    return console.answer(answer, render_book)
+
+
+def run_trades(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi trades [--limit N]``."""
+    answer = client.request("GET", "/trades?" + urlencode({"limit": args.limit}))
+    return console.answer(answer, lambda doc: render_trades(doc["trades"]))
+
+
+def run_orders(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi orders [--state open|closed|all] [--limit N]``."""
+    query = urlencode({"state": args.state, "limit": args.limit})
+    answer = client.request("GET", "/orders?" + query)
+    return console.answer(answer, lambda doc: render_orders(doc["orders"]))
+
+
+def run_place(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi buy|sell AMOUNT PRICE [--type TYPE]``."""
+    body: dict[str, str] = {"side": args.command, "amount": args.amount, "type": args.type}
+    if args.price is not None:
+        body["price"] = args.price
+    return console.answer(client.request("POST", "/orders", body), render_order)
+
+
+def run_cancel(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi cancel ID``."""
+    return console.answer(client.request("DELETE", f"/orders/{args.order_id}"), render_order)
+
+
+def run_banned(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi banned``."""
+    return console.answer(client.request("GET", "/peers/banned"), render_bans)
+
+
+def run_unban(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi unban ADDRESS``."""
+    answer = client.request("DELETE", "/peers/banned/" + quote(args.address, safe=""))
+    return console.answer(
+        answer, lambda row: [f"lifted the ban on {row.get('address')} ({row.get('reason')})"]
+    )
+
+
+def run_watch(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi watch``: one line per event of ``GET /stream`` until Ctrl-C or its end."""
+    with contextlib.closing(client.events("/stream")) as events:
+        for event in events:
+            if console.as_json:
+                data = event.data if _is_json(event.data) else json.dumps(event.data)
+                console.stdout.write(f'{{"event":{json.dumps(event.type)},"data":{data}}}\n')
+            else:
+                console.stdout.write(render_event(event, time.time()) + "\n")
+            console.stdout.flush()
+    raise StreamError(f"the event stream of {client.url} ended")
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return "\n" not in text
+
+
+def run_token(args: argparse.Namespace, console: Console, environ: Mapping[str, str]) -> int:
+    """
+    ``bitfi token --data-dir DIR``: write a new API token to DIR/api.token
+    (mode 0600) with :mod:`bitfitech.api.token`, and print the token.
+    """
+    from .api.token import token_path, write_token_file
+
+    data_dir = args.data_dir or environ.get("BITFI_DATA_DIR")
+    if not data_dir:
+        raise UsageError("bitfi token: error: --data-dir is required (or $BITFI_DATA_DIR)")
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    path = token_path(data_dir)
+    if os.path.exists(path) and not args.force:
+        raise CommandError(f"{path} exists already; pass --force to replace its token")
+    try:
+        token = write_token_file(data_dir)
+    except OSError as error:
+        raise CommandError(f"cannot write {path}: {error.strerror or error}") from None
+    if console.as_json:
+        console.stdout.write(json.dumps({"path": path, "token": token}) + "\n")
+    else:
+        console.stdout.write(token + "\n")
+        console.stderr.write(
+            f"bitfi: wrote a new API token to {path} (mode 0600); the node reads it when it "
+            "starts; give it to bitfi with --token or BITFI_API_TOKEN\n"
+        )
+    return EXIT_OK
+
+
+Runner = Callable[[NodeClient, argparse.Namespace, Console], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    An ArgumentParser that raises instead of exiting, and writes to
+    :attr:`streams` instead of ``sys.stdout`` and ``sys.stderr``.
+    """
+
+    streams: tuple[TextIO, TextIO] = (sys.stdout, sys.stderr)
+
+    def _print_message(self, message: str, file: object = None) -> None:
+        if message:
+            (self.streams[1] if file is sys.stderr else self.streams[0]).write(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            self._print_message(message, sys.stderr)
+        raise _ParserExit(status)
+
+
+def build_parser(stdout: TextIO, stderr: TextIO) -> argparse.ArgumentParser:
+    """The ``bitfi`` command line: global options, then one command and its options."""
+
+    class Parser(_Parser):
+        streams = (stdout, stderr)
+
+    # Global options are accepted before and after the command: each
+    # subparser repeats them, with defaults that do not override.
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--node", metavar="URL", default=argparse.SUPPRESS,
+        help=f"the node's API (default: $BITFI_NODE or {DEFAULT_NODE})",
+    )  # fmt: skip
+    common.add_argument(
+        "--token", default=argparse.SUPPRESS,
+        help="API token, sent as Authorization: Bearer (default: $BITFI_API_TOKEN)",
+    )  # fmt: skip
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS,
+        help="print the node's JSON answers unchanged, for scripts",
+    )  # fmt: skip
+    common.add_argument(
+        "--timeout", type=seconds_argument, metavar="SECONDS", default=argparse.SUPPRESS,
+        help=f"seconds to wait for the node (default: {DEFAULT_TIMEOUT:g})",
+    )  # fmt: skip
+    parser = Parser(
+        prog="bitfi",
+        description="Talk to a bitfi node through its HTTP API.",
+        epilog="Exit status: 0 ok, 1 the node answered an error, 2 usage error, "
+        "3 cannot reach the node, 4 unauthorized (pass --token).",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    def command(name: str, runner: Runner | None, help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(
+            name, help=help_text, description=help_text, parents=[common]
+        )
+        sub.set_defaults(runner=runner)
+        return sub
+
+    command("status", run_status, "a summary of the node")
+    command("peers", run_peers, "the peers linked now")
+    sub = command("connect", run_connect, "dial a peer now")
+    sub.add_argument("address", metavar="ADDR", type=peer_address_argument,
+                     help="host:port, [v6]:port or NODEID@host:port")  # fmt: skip
+    sub = command("book", run_book, "the orderbook: asks above bids")
+    sub.add_argument("--depth", type=count_argument, default=20, help="price levels a side (20)")
+    sub = command("trades", run_trades, "the last trades, newest first")
+    sub.add_argument("--limit", type=count_argument, default=50, help="how many (50)")
+    sub = command("orders", run_orders, "this node's orders, newest first")
+    sub.add_argument("--state", choices=ORDER_STATES, default="open", help="which (open)")
+    sub.add_argument("--limit", type=count_argument, default=100, help="how many (100)")
+    for side in ("buy", "sell"):
+        sub = command(side, run_place, f"place a {side} order")
+        sub.add_argument("amount", metavar="AMOUNT", type=decimal_argument)
+        sub.add_argument("price", metavar="PRICE", type=decimal_argument, nargs="?",
+                         help="the limit price; none for a market order")  # fmt: skip
+        sub.add_argument("--type", choices=ORDER_TYPES, default="limit", help="(limit)")
+    sub = command("cancel", run_cancel, "cancel one of this node's orders")
+    sub.add_argument("order_id", metavar="ID", type=order_id_argument, help="64 hex digits")
+    command("watch", run_watch, "follow the node's live events until Ctrl-C")
+    command("banned", run_banned, "the IP addresses banned for misbehaviour")
+    sub = command("unban", run_unban, "lift the ban on an IP address")
+    sub.add_argument("address", metavar="ADDRESS", type=ip_argument)
+    sub = command("token", None, "make a new API token file in a node's data directory")
+    sub.add_argument(
+        "--data-dir", metavar="DIR", help="the node's data directory ($BITFI_DATA_DIR)"
+    )
+    sub.add_argument("--force", action="store_true", help="replace an existing token file")
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """
+    Run one ``bitfi`` command and return its exit status.
+
+    :param argv: the arguments, without the program name (default: ``sys.argv[1:]``).
+    :param environ: the environment read for ``BITFI_NODE`` and
+        ``BITFI_API_TOKEN`` (default: ``os.environ``).
+    """
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    env = os.environ if environ is None else environ
+    parser = build_parser(out, err)
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+        if args.command is None:
+            err.write(parser.format_help())
+            return EXIT_USAGE
+        if args.command in ("buy", "sell"):
+            _check_order(parser, args)
+    except _ParserExit as done:
+        return done.status
+    console = Console(out, err, as_json=getattr(args, "json", False))
+    try:
+        if args.runner is None:
+            return run_token(args, console, env)
+        try:
+            client = NodeClient(
+                getattr(args, "node", None) or env.get("BITFI_NODE") or DEFAULT_NODE,
+                token=getattr(args, "token", None) or env.get("BITFI_API_TOKEN") or None,
+                timeout=getattr(args, "timeout", DEFAULT_TIMEOUT),
+            )
+        except ValueError as error:
+            err.write(f"bitfi: {error}\n")
+            return EXIT_USAGE
+        runner: Runner = args.runner
+        return runner(client, args, console)
+    except NodeError as error:
+        hint = ""
+        if error.exit_status == EXIT_UNAUTHORIZED:
+            hint = "; pass the node's API token with --token or BITFI_API_TOKEN"
+        err.write(f"bitfi: {error}{hint}\n")
+        return error.exit_status
+    except UsageError as error:
+        err.write(f"{error}\n")
+        return error.exit_status
+    except CommandError as error:
+        err.write(f"bitfi: {error}\n")
+        return error.exit_status
+    except KeyboardInterrupt:
+        return EXIT_OK if args.command == "watch" else 130
+    except BrokenPipeError:
+        # The reader went away (bitfi watch | head): stop quietly.
+        _silence_stdout(out)
+        return EXIT_OK
+
+
+def _check_order(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Cross-check PRICE and --type of ``buy`` and ``sell`` (a usage error if they disagree)."""
+    sub = f"bitfi {args.command}"
+    if args.type == "market" and args.price is not None:
+        parser.exit(EXIT_USAGE, f"{sub}: error: a market order takes no PRICE\n")
+    if args.type != "market" and args.price is None:
+        parser.exit(
+            EXIT_USAGE,
+            f"{sub}: error: a {args.type} order needs a PRICE "
+            f"(or use --type market: bitfi {args.command} {args.amount} --type market)\n",
+        )
+
+
+def _silence_stdout(out: TextIO) -> None:
+    """After a broken pipe, point stdout at /dev/null so the exit flush does not fail."""
+    if out is sys.stdout:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

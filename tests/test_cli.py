@@ -1,0 +1,694 @@
+"""
+Tests for :mod:`bitfitech.cli`, the ``bitfi`` command.
+
+Most run the command's :func:`~bitfitech.cli.main` against real nodes of a
+:class:`~bitfitech.testing.LocalCluster` in this process: ``main`` blocks
+on its HTTP requests, so it runs in a thread (``deferToThread``) while the
+reactor serves the node.  A few run it against small fake HTTP servers, for
+answers a node does not give on demand (a stream that ends, a hang, a page
+that is not JSON); the pure parts (the event-stream parser, the tables)
+are tested directly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.threads import deferToThread
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from bitfitech import cli
+from bitfitech.node import Node
+from bitfitech.testing import LocalCluster, free_ports, poll_until, wait_for
+
+TOKEN = "cli-test-token-0123456789abcdef"
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class Run:
+    """
+    What one run of the command gave.
+
+    :ivar code: the exit status.
+    :ivar out: what it wrote to stdout.
+    :ivar err: what it wrote to stderr.
+    """
+
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code = code
+        self.out = out
+        self.err = err
+
+    def json(self) -> Any:
+        """stdout as JSON."""
+        return json.loads(self.out)
+
+    def __repr__(self) -> str:
+        return f"Run(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+async def bitfi(
+    *argv: str, environ: Mapping[str, str] | None = None, stdout: io.StringIO | None = None
+) -> Run:
+    """Run ``bitfi argv`` in a thread and return what it gave."""
+    out = stdout if stdout is not None else io.StringIO()
+    err = io.StringIO()
+    code = await deferToThread(
+        cli.main, list(argv), stdout=out, stderr=err, environ=dict(environ or {})
+    )
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def url_of(node: Node) -> str:
+    """The base URL of C{node}'s API."""
+    assert node.api is not None
+    return f"http://127.0.0.1:{node.api.listen_port}"
+
+
+class InterruptAfter(io.StringIO):
+    """A stdout that gets Ctrl-C (KeyboardInterrupt) once C{lines} lines were written."""
+
+    def __init__(self, lines: int) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.getvalue().count("\n") >= self.lines:
+            raise KeyboardInterrupt
+        return written
+
+
+class EntryPointTests(SynchronousTestCase):
+    """The package declares the ``bitfi`` console script."""
+
+    def test_console_script(self) -> None:
+        (script,) = entry_points(group="console_scripts", name="bitfi")
+        self.assertEqual(script.value, "bitfitech.cli:main")
+        self.assertIs(script.load(), cli.main)
+
+
+class ContractTests(SynchronousTestCase):
+    """The command's copies of the API's constants (it does not import twisted.web)."""
+
+    def test_same_as_the_api(self) -> None:
+        from bitfitech.api import resources
+
+        self.assertEqual(cli.MAX_LIMIT, resources.MAX_LIMIT)
+        self.assertEqual(cli.ORDER_TYPES, resources.ORDER_TYPES)
+        self.assertEqual(cli.ORDER_STATES, resources.ORDER_STATES)
+
+    def test_no_reactor(self) -> None:
+        code = "import sys, bitfitech.cli; print(sorted(m for m in sys.modules if 'twisted' in m))"
+        imported = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+        self.assertEqual(imported.stdout, b"[]\n")
+
+
+class UsageTests(SynchronousTestCase):
+    """Usage errors and input checks: exit 2, nothing sent (no node runs here)."""
+
+    def run_cli(self, *argv: str) -> Run:
+        out, err = io.StringIO(), io.StringIO()
+        # A port nobody listens on: a request sent by mistake would give 3, not 2.
+        node = f"http://127.0.0.1:{free_ports(1)[0]}"
+        code = cli.main(["--node", node, *argv], stdout=out, stderr=err, environ={})
+        return Run(code, out.getvalue(), err.getvalue())
+
+    def test_help(self) -> None:
+        run = self.run_cli("--help")
+        self.assertEqual(run.code, 0)
+        for command in ("status", "peers", "connect", "book", "trades", "orders", "buy", "sell",
+                        "cancel", "watch", "token", "banned", "unban"):  # fmt: skip
+            self.assertIn(command, run.out)
+        self.assertIn("4 unauthorized", run.out)
+
+    def test_no_command(self) -> None:
+        run = self.run_cli()
+        self.assertEqual(run.code, 2)
+        self.assertIn("usage: bitfi", run.err)
+
+    def test_unknown_command(self) -> None:
+        run = self.run_cli("launch")
+        self.assertEqual(run.code, 2)
+        self.assertIn("invalid choice: 'launch'", run.err)
+
+    def test_bad_decimals(self) -> None:
+        for argv in (["buy", "1e3", "100"], ["sell", "0.5", "-1"], ["buy", "0", "100"],
+                     ["buy", "0.5", "1,5"], ["sell", "nan", "1"],
+                     ["buy", "0.5", ".5"]):  # fmt: skip
+            run = self.run_cli(*argv)
+            self.assertEqual(run.code, 2, argv)
+            self.assertIn("must be a positive decimal such as 0.25", run.err)
+
+    def test_price_and_type_disagree(self) -> None:
+        run = self.run_cli("buy", "0.5")
+        self.assertEqual(run.code, 2)
+        self.assertIn("a limit order needs a PRICE", run.err)
+        self.assertIn("bitfi buy 0.5 --type market", run.err)
+        run = self.run_cli("sell", "0.5", "100", "--type", "market")
+        self.assertEqual(run.code, 2)
+        self.assertIn("a market order takes no PRICE", run.err)
+        run = self.run_cli("buy", "0.5", "100", "--type", "stop")
+        self.assertEqual(run.code, 2)
+        self.assertIn("invalid choice: 'stop'", run.err)
+
+    def test_bad_ids_and_addresses(self) -> None:
+        run = self.run_cli("cancel", "abc")
+        self.assertEqual(run.code, 2)
+        self.assertIn("an order id is 64 hex digits, not 'abc'", run.err)
+        run = self.run_cli("cancel", "g" * 64)
+        self.assertEqual(run.code, 2)
+        run = self.run_cli("unban", "banned.example")
+        self.assertEqual(run.code, 2)
+        self.assertIn("expected an IP address", run.err)
+        run = self.run_cli("connect", "127.0.0.1")
+        self.assertEqual(run.code, 2)
+        self.assertIn("expected host:port", run.err)
+
+    def test_bad_counts(self) -> None:
+        for argv in (["book", "--depth", "0"], ["trades", "--limit", "1001"],
+                     ["orders", "--limit", "-3"], ["orders", "--state", "half"]):  # fmt: skip
+            self.assertEqual(self.run_cli(*argv).code, 2, argv)
+
+    def test_bad_node_url(self) -> None:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(["--node", "ftp://x", "status"], stdout=out, stderr=err, environ={})
+        self.assertEqual(code, 2)
+        self.assertIn("--node must be an http:// or https:// URL", err.getvalue())
+
+    def test_bad_timeout(self) -> None:
+        self.assertEqual(self.run_cli("--timeout", "0", "status").code, 2)
+        self.assertEqual(self.run_cli("--timeout", "soon", "status").code, 2)
+
+
+class NodeTests(TestCase):
+    """Every command against real nodes on 127.0.0.1."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.reactor = _reactor()
+        self.cluster = LocalCluster(self.mktemp(), self.reactor)
+        self.addCleanup(self.cluster.stop)
+        self.node = self.cluster.start_node()
+        self.url = url_of(self.node)
+
+    def on(self, node: Node, *argv: str) -> Deferred[Run]:
+        """Run ``bitfi --node <node's API> argv``."""
+        return Deferred.fromCoroutine(bitfi("--node", url_of(node), *argv))
+
+    async def test_status(self) -> None:
+        run = await self.on(self.node, "status")
+        self.assertEqual((run.code, run.err), (0, ""))
+        node_id = self.node.storage.identity.node_id
+        self.assertIn(f"node     {node_id}", run.out)
+        self.assertIn("network  test  BTC/USD", run.out)
+        self.assertIn("peers    0 in, 0 out", run.out)
+        self.assertIn("mdns     off", run.out)
+        self.assertIn("dht      off", run.out)
+        state_hash = self.node.market.ledger.state_hash()
+        self.assertIn(f"state    {state_hash[:16]}", run.out)
+
+        run = await self.on(self.node, "status", "--json")  # global options after the command too
+        self.assertEqual(run.code, 0)
+        self.assertEqual(run.json()["node_id"], node_id)
+
+    async def test_node_from_environment(self) -> None:
+        run = await bitfi("--json", "status", environ={"BITFI_NODE": self.url})
+        self.assertEqual(run.code, 0)
+        self.assertEqual(run.json()["node_id"], self.node.storage.identity.node_id)
+
+    async def test_connect_and_peers(self) -> None:
+        run = await self.on(self.node, "peers")
+        self.assertEqual((run.code, run.out), (0, "no peers linked\n"))
+
+        other = self.cluster.start_node()
+        other_id = other.storage.identity.node_id
+        run = await self.on(self.node, "connect", f"127.0.0.1:{other.peers.listen_port}")
+        self.assertEqual((run.code, run.err), (0, ""))
+        self.assertIn(f"linked to node {other_id} at 127.0.0.1:{other.peers.listen_port}", run.out)
+        self.assertIn("outbound, TLSv1", run.out)
+
+        run = await self.on(self.node, "peers")
+        self.assertEqual(run.code, 0)
+        header, row = run.out.splitlines()
+        self.assertEqual(header.split()[:4], ["NODE", "ID", "ADDRESS", "DIR"])
+        self.assertEqual(row.split()[:3], [other_id, f"127.0.0.1:{other.peers.listen_port}",
+                                           "outbound"])  # fmt: skip
+        self.assertEqual(header.index("ADDRESS"), row.index("127.0.0.1"))  # aligned
+
+        run = await self.on(self.node, "--json", "peers")
+        self.assertEqual([p["node_id"] for p in run.json()], [other_id])
+
+    async def test_connect_fails(self) -> None:
+        (dead,) = free_ports(1)
+        run = await self.on(self.node, "connect", f"127.0.0.1:{dead}")
+        self.assertEqual((run.code, run.out), (1, ""))
+        self.assertTrue(run.err.startswith(f"bitfi: 502 could not connect to 127.0.0.1:{dead}"),
+                        run.err)  # fmt: skip
+
+    async def test_trade_between_two_nodes(self) -> None:
+        maker = self.cluster.start_node(bootstrap_to=[self.node])
+        taker = self.node
+        await wait_for([maker, taker], lambda: len(taker.peers.hub.links) == 1, 10,
+                       self.reactor, "a link")  # fmt: skip
+
+        run = await self.on(maker, "sell", "2", "101.5")
+        self.assertEqual((run.code, run.err), (0, ""))
+        first, second = run.out.splitlines()
+        sell_id = first.removeprefix("order ")
+        self.assertTrue(cli._ORDER_ID_RE.match(sell_id), first)
+        self.assertEqual(second, "sell limit 2 @ 101.5: open; filled 0, remaining 2")
+        self.assertEqual((await self.on(maker, "sell", "0.75", "102")).code, 0)
+        run = await self.on(taker, "buy", "1", "99.25")
+        self.assertEqual(run.code, 0)
+        bid_id = run.out.splitlines()[0].removeprefix("order ")
+        self.assertEqual((await self.on(taker, "buy", "0.5", "100", "--type", "post_only")).code, 0)
+        await poll_until(self.reactor, lambda: taker.market.status()["events"] == 4, 10,
+                         "the maker's orders at the taker")  # fmt: skip
+
+        run = await self.on(taker, "buy", "0.5", "--type", "market")
+        self.assertEqual((run.code, run.err), (0, ""))
+        lines = run.out.splitlines()
+        self.assertEqual(lines[1], "buy market 0.5 at market: filled; filled 0.5, remaining 0")
+        self.assertRegex(lines[2], r"^  trade [0-9a-f]{12}: 0\.5 @ 101\.5")
+
+        run = await self.on(taker, "book")
+        self.assertEqual(run.code, 0)
+        self.assertEqual(
+            run.out,
+            "SIDE  PRICE   AMOUNT  ORDERS\n"
+            "ask   102     0.75         1\n"
+            "ask   101.5   1.5          1\n"
+            "----  spread 1.5 (1.489%)\n"
+            "bid   100     0.5          1\n"
+            "bid    99.25  1            1\n",
+        )
+        run = await self.on(taker, "book", "--depth", "1")
+        self.assertEqual(run.out.splitlines()[1:], ["ask   101.5  1.5          1",
+                                                    "----  spread 1.5 (1.489%)",
+                                                    "bid   100    0.5          1"])  # fmt: skip
+        run = await self.on(taker, "book", "--json")
+        self.assertEqual(run.json()["asks"][0], ["101.5", "1.5", 1])
+
+        run = await self.on(taker, "trades")
+        self.assertEqual(run.code, 0)
+        header, row = run.out.splitlines()
+        self.assertEqual(row.split()[2:6], ["buy", "101.5", "0.5", "no"])
+        self.assertIn(sell_id[:12], row)
+        trades = (await self.on(taker, "trades", "--json", "--limit", "5")).json()["trades"]
+        self.assertEqual((trades[0]["price"], trades[0]["amount"]), ("101.5", "0.5"))
+
+        run = await self.on(taker, "orders")
+        self.assertEqual(run.code, 0)
+        self.assertEqual(len(run.out.splitlines()), 3)  # the two open bids
+        self.assertIn(bid_id, run.out)
+        run = await self.on(taker, "orders", "--state", "closed")
+        self.assertIn("market", run.out)
+        self.assertIn("filled", run.out)
+        orders = (await self.on(taker, "orders", "--state", "all", "--json")).json()["orders"]
+        self.assertEqual(len(orders), 3)
+
+        run = await self.on(taker, "cancel", bid_id.upper())
+        self.assertEqual((run.code, run.err), (0, ""))
+        self.assertEqual(run.out, f"order {bid_id}\nbuy limit 1 @ 99.25: cancelled (user); "
+                                  "filled 0, remaining 1\n")  # fmt: skip
+        run = await self.on(taker, "cancel", sell_id)  # the maker's: not ours to cancel
+        self.assertEqual(run.code, 1)
+        self.assertEqual(run.err, f"bitfi: 403 order {sell_id} was not placed by this node\n")
+
+    async def test_order_errors(self) -> None:
+        run = await self.on(self.node, "buy", "0.5", "100.001")
+        self.assertEqual((run.code, run.out), (1, ""))
+        self.assertEqual(run.err, "bitfi: 400 price_not_tick_multiple: price must be a multiple "
+                                  "of the tick 0.01\n")  # fmt: skip
+        unknown = "ab" * 32
+        run = await self.on(self.node, "cancel", unknown)
+        self.assertEqual((run.code, run.err), (1, f"bitfi: 404 no order {unknown}\n"))
+        run = await self.on(self.node, "--json", "sell", "0.5", "100.001")
+        self.assertEqual((run.code, run.out), (1, ""))  # errors go to stderr, even with --json
+
+    async def test_empty_book_trades_orders(self) -> None:
+        self.assertEqual((await self.on(self.node, "book")).out, "the book is empty\n")
+        self.assertEqual((await self.on(self.node, "trades")).out, "no trades\n")
+        self.assertEqual((await self.on(self.node, "orders")).out, "no orders\n")
+        self.assertEqual((await self.on(self.node, "banned")).out, "no bans in force\n")
+        run = await self.on(self.node, "sell", "1", "100")
+        self.assertEqual(run.code, 0)
+        run = await self.on(self.node, "book")
+        self.assertEqual(run.out.splitlines()[-1], "----  no bids")
+
+    async def test_banned_and_unban(self) -> None:
+        node = self.cluster.start_node(plain_tcp=True)
+        lost: Deferred[None] = Deferred()
+
+        class Hostile(Protocol):
+            def connectionMade(self) -> None:
+                assert self.transport is not None
+                self.transport.write(b"\xde\xad\xbe\xef" + b"\x00" * 60)  # not our magic
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                lost.callback(None)
+
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", node.peers.listen_port)
+        await endpoint.connect(Factory.forProtocol(Hostile))
+        await lost
+
+        run = await self.on(node, "banned")
+        self.assertEqual((run.code, run.err), (0, ""))
+        header, row = run.out.splitlines()
+        self.assertTrue(header.startswith("ADDRESS    NODE ID (CLAIMED)"), header)
+        self.assertTrue(row.startswith("127.0.0.1  -"), row)
+        bans = (await self.on(node, "banned", "--json")).json()
+        self.assertEqual([b["address"] for b in bans], ["127.0.0.1"])
+
+        run = await self.on(node, "unban", "127.0.0.1")
+        self.assertEqual((run.code, run.err), (0, ""))
+        self.assertTrue(run.out.startswith("lifted the ban on 127.0.0.1 ("), run.out)
+        run = await self.on(node, "unban", "127.0.0.1")
+        self.assertEqual((run.code, run.err), (1, "bitfi: 404 127.0.0.1 is not banned\n"))
+        run = await self.on(node, "unban", "2001:DB8::1")
+        self.assertEqual((run.code, run.err), (1, "bitfi: 404 2001:db8::1 is not banned\n"))
+
+    async def test_watch(self) -> None:
+        # Ctrl-C after the two events sent at connect (the book and the status): exit 0, quiet.
+        run = await bitfi("--node", self.url, "watch", stdout=InterruptAfter(2))
+        self.assertEqual((run.code, run.err), (0, ""))
+        book, status = run.out.splitlines()
+        self.assertRegex(book, r"^\d\d:\d\d:\d\d  book    best bid none, best ask none; no asks$")
+        node_id = self.node.storage.identity.node_id
+        self.assertRegex(status, r"^\d\d:\d\d:\d\d  status  0 events, 0 peers, state [0-9a-f]{16}$")
+
+        run = await bitfi("--node", self.url, "watch", "--json", stdout=InterruptAfter(2))
+        self.assertEqual(run.code, 0)
+        events = [json.loads(line) for line in run.out.splitlines()]
+        self.assertEqual([e["event"] for e in events], ["book", "status"])
+        self.assertEqual(events[1]["data"]["node_id"], node_id)
+
+    async def test_watch_orders(self) -> None:
+        stdout = InterruptAfter(4)
+        watching = Deferred.fromCoroutine(bitfi("--node", self.url, "watch", stdout=stdout))
+        await poll_until(self.reactor, lambda: stdout.getvalue().count("\n") >= 2, 10, "events")
+        self.assertEqual((await self.on(self.node, "sell", "1", "100")).code, 0)
+        run = await watching
+        self.assertEqual(run.code, 0)
+        lines = run.out.splitlines()
+        self.assertIn("  order   sell limit 1 @ 100: open, filled 0", "\n".join(lines[2:]))
+        self.assertIn("  book    best bid none, best ask 1 @ 100; no bids", "\n".join(lines[2:]))
+
+    async def test_token_required(self) -> None:
+        node = self.cluster.start_node(api_token=TOKEN)
+        run = await self.on(node, "status")
+        self.assertEqual((run.code, run.out), (4, ""))
+        self.assertTrue(run.err.startswith("bitfi: 401 "), run.err)
+        self.assertIn("pass the node's API token with --token or BITFI_API_TOKEN", run.err)
+        run = await self.on(node, "--token", "wrong-token-0123456789", "status")
+        self.assertEqual(run.code, 4)
+
+        run = await self.on(node, "--token", TOKEN, "status")
+        self.assertEqual((run.code, run.err), (0, ""))
+        run = await bitfi("--node", url_of(node), "book", environ={"BITFI_API_TOKEN": TOKEN})
+        self.assertEqual((run.code, run.err), (0, ""))
+
+
+class UnreachableTests(TestCase):
+    """No node, or a node that does not answer: exit 3."""
+
+    async def test_connection_refused(self) -> None:
+        (port,) = free_ports(1)
+        url = f"http://127.0.0.1:{port}"
+        for argv in (["status"], ["buy", "1", "100"], ["watch"], ["unban", "192.0.2.7"]):
+            run = await bitfi("--node", url, *argv)
+            self.assertEqual((run.code, run.out), (3, ""), argv)
+            self.assertEqual(run.err, f"bitfi: cannot reach the node at {url}: connection "
+                                      "refused; is it running? (make run)\n")  # fmt: skip
+
+    async def test_timeout(self) -> None:
+        server = FakeServer(self, {b"/status": lambda request: NOT_DONE_YET})
+        run = await bitfi("--node", server.url, "--timeout", "0.3", "status")
+        self.assertEqual(run.code, 3)
+        self.assertIn("no answer within 0.3 s (--timeout)", run.err)
+
+    async def test_not_http(self) -> None:
+        closing = self.reactor_listen_closing()
+        run = await bitfi("--node", f"http://127.0.0.1:{closing}", "status")
+        self.assertEqual(run.code, 3)
+        self.assertIn("closed the connection without answering", run.err)
+
+    def reactor_listen_closing(self) -> int:
+        """A port that accepts connections and closes them at once."""
+
+        class Closing(Protocol):
+            def connectionMade(self) -> None:
+                assert self.transport is not None
+                self.transport.loseConnection()
+
+        port = _reactor().listenTCP(0, Factory.forProtocol(Closing), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port)
+
+
+class FakeServer:
+    """
+    A small HTTP server in the reactor: C{routes} maps a path to a function
+    of the request that returns the body or ``NOT_DONE_YET``.  Requests left
+    open are closed when the test ends.
+    """
+
+    def __init__(self, test: TestCase, routes: Mapping[bytes, Callable[[Request], Any]]) -> None:
+        self.requests: list[Request] = []
+        server = self
+
+        class Route(Resource):
+            isLeaf = True
+
+            def render(self, request: Request) -> Any:
+                server.requests.append(request)
+                handler = routes.get(request.path)
+                if handler is None:
+                    request.setResponseCode(404)
+                    return b'{"error": "no such page"}'
+                return handler(request)
+
+        self.port = _reactor().listenTCP(0, Site(Route()), interface="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+        test.addCleanup(self.close)
+
+    async def close(self) -> None:
+        for request in self.requests:
+            if not request.finished and not request._disconnected:
+                request.channel.transport.abortConnection()  # type: ignore[union-attr]
+        await self.port.stopListening()
+
+
+def sse(*events: tuple[str, str]) -> bytes:
+    """The bytes of C{events} (type, data) as a server sends them."""
+    return b"".join(f"event: {kind}\ndata: {data}\n\n".encode() for kind, data in events)
+
+
+TRADE = {"id": "c" * 64, "price": "50000.5", "amount": "0.1", "side": "sell", "taker": "d" * 64,
+         "maker": "a" * 64, "status": "tentative", "time": 1_700_000_000_500}  # fmt: skip
+
+
+class FakeServerTests(TestCase):
+    """Answers a node gives rarely, from a fake server."""
+
+    async def test_watch_until_the_stream_ends(self) -> None:
+        def stream(request: Request) -> bytes:
+            request.setHeader(b"content-type", b"text/event-stream")
+            return (
+                b": hello\r\n\r\n"
+                + sse(("trade", json.dumps(TRADE)))
+                + b"event: peer\r\ndata: "
+                + b'{"event": "joined", "node_id": "' + b"b" * 40 + b'", "address": '
+                b'"127.0.0.1:3001", "direction": "inbound"}\r\n\r\n'
+                + sse(("status", '{"events": 3, "peers": 1, "state_hash": "' + "e" * 64 + '"}'))
+                + sse(("surprise", '{"x": 1}'), ("book", "not json"))
+            )  # fmt: skip
+
+        server = FakeServer(self, {b"/stream": stream})
+        run = await bitfi("--node", server.url, "watch")
+        self.assertEqual(run.code, 1)
+        self.assertEqual(run.err, f"bitfi: the event stream of {server.url} ended\n")
+        lines = [line[10:] for line in run.out.splitlines()]  # without the time
+        self.assertEqual(lines, [
+            f"trade   sell 0.1 @ 50000.5 tentative (trade {'c' * 12}, taker {'d' * 12}, "
+            f"maker {'a' * 12})",
+            f"peer    joined {'b' * 40} 127.0.0.1:3001 inbound",
+            f"status  3 events, 1 peers, state {'e' * 16}",
+            'surprise  {"x":1}',
+            "book    not json",
+        ])  # fmt: skip
+        self.assertEqual(server.requests[0].getHeader(b"accept"), b"text/event-stream")
+
+        run = await bitfi("--node", server.url, "watch", "--json")
+        self.assertEqual(run.code, 1)
+        events = [json.loads(line) for line in run.out.splitlines()]
+        self.assertEqual(events[0], {"event": "trade", "data": TRADE})
+        self.assertEqual(events[-1], {"event": "book", "data": "not json"})
+
+    async def test_watch_without_a_stream(self) -> None:
+        server = FakeServer(self, {})
+        run = await bitfi("--node", server.url, "watch")
+        self.assertEqual((run.code, run.err), (1, "bitfi: 404 no such page\n"))
+
+    async def test_unauthorized(self) -> None:
+        def refuse(request: Request) -> bytes:
+            request.setResponseCode(401)
+            return b'{"error": "this API requires a token"}\n'
+
+        server = FakeServer(self, {b"/trades": refuse, b"/stream": refuse})
+        for argv in (["trades"], ["watch"]):
+            run = await bitfi("--node", server.url, "--token", TOKEN, *argv)
+            self.assertEqual(run.code, 4)
+            self.assertEqual(run.err, "bitfi: 401 this API requires a token; pass the node's "
+                                      "API token with --token or BITFI_API_TOKEN\n")  # fmt: skip
+        self.assertEqual(server.requests[0].getHeader(b"authorization"), f"Bearer {TOKEN}".encode())
+
+    async def test_not_json(self) -> None:
+        def broken(request: Request) -> bytes:
+            request.setResponseCode(500)
+            return b"<html>oops</html>"
+
+        def garbled(request: Request) -> bytes:
+            return b"<html>fine</html>"
+
+        server = FakeServer(self, {b"/status": broken, b"/book": garbled})
+        run = await bitfi("--node", server.url, "status")
+        self.assertEqual((run.code, run.err), (1, "bitfi: 500 Internal Server Error: "
+                                                  "<html>oops</html>\n"))  # fmt: skip
+        run = await bitfi("--node", server.url, "book")
+        self.assertEqual(run.code, 1)
+        self.assertIn("the node's answer is not JSON", run.err)
+
+    async def test_path_prefix(self) -> None:
+        server = FakeServer(self, {b"/bitfi/book": lambda request: b'{"bids": [], "asks": []}'})
+        run = await bitfi("--node", server.url + "/bitfi/", "book")
+        self.assertEqual((run.code, run.out), (0, "the book is empty\n"))
+
+
+class TokenTests(SynchronousTestCase):
+    """``bitfi token`` makes the API token file."""
+
+    def run_cli(self, *argv: str, environ: Mapping[str, str] | None = None) -> Run:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(list(argv), stdout=out, stderr=err, environ=dict(environ or {}))
+        return Run(code, out.getvalue(), err.getvalue())
+
+    def test_token(self) -> None:
+        data_dir = os.path.join(self.mktemp(), "node")
+        run = self.run_cli("token", "--data-dir", data_dir)
+        self.assertEqual(run.code, 0)
+        path = os.path.join(os.path.abspath(data_dir), "api.token")
+        self.assertIn(f"wrote a new API token to {path} (mode 0600)", run.err)
+        with open(path) as token_file:
+            self.assertEqual(token_file.read(), run.out)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertGreaterEqual(len(run.out.strip()), 43)
+
+        again = self.run_cli("token", "--data-dir", data_dir)
+        self.assertEqual((again.code, again.out), (1, ""))
+        self.assertIn("exists already; pass --force", again.err)
+        forced = self.run_cli("token", "--force", "--json", environ={"BITFI_DATA_DIR": data_dir})
+        self.assertEqual(forced.code, 0)
+        self.assertEqual(forced.json()["path"], path)
+        self.assertNotEqual(forced.json()["token"], run.out.strip())
+
+    def test_no_data_dir(self) -> None:
+        run = self.run_cli("token")
+        self.assertEqual(run.code, 2)
+        self.assertIn("--data-dir is required", run.err)
+
+
+class ProcessTests(TestCase):
+    """The command as a process: ``python -m bitfitech.cli`` and the ``bitfi`` script."""
+
+    timeout = 60
+
+    async def run_process(self, executable: str, args: Sequence[str]) -> tuple[bytes, bytes, int]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BITFI_")}
+        result: tuple[bytes, bytes, int] = await getProcessOutputAndValue(
+            executable, args, env=env, path=os.getcwd()
+        )
+        return result
+
+    async def test_module(self) -> None:
+        (port,) = free_ports(1)
+        out, err, code = await self.run_process(
+            sys.executable, ["-m", "bitfitech.cli", "--node", f"http://127.0.0.1:{port}", "status"]
+        )
+        self.assertEqual((code, out), (3, b""))
+        self.assertIn(b"connection refused; is it running? (make run)", err)
+
+    async def test_script(self) -> None:
+        script = os.path.join(os.path.dirname(sys.executable), "bitfi")
+        if not os.path.exists(script):
+            self.skipTest(f"no {script}: reinstall the package to make the console script")
+        out, err, code = await self.run_process(script, ["--help"])
+        self.assertEqual((code, err), (0, b""))
+        self.assertIn(b"usage: bitfi", out)
+
+
+class EventStreamParserTests(SynchronousTestCase):
+    """The parser of ``text/event-stream``."""
+
+    def test_events(self) -> None:
+        parser = cli.EventStreamParser()
+        data = (b": comment\n\nevent: trade\ndata: {\"a\": 1}\n\nid: 7\nretry: 10\n"
+                b"data: first\r\ndata:second\r\n\r\n\n")  # fmt: skip
+        events = [e for byte in range(len(data)) for e in parser.feed(data[byte : byte + 1])]
+        self.assertEqual(events, [cli.ServerEvent("trade", '{"a": 1}'),
+                                  cli.ServerEvent("message", "first\nsecond")])  # fmt: skip
+
+    def test_event_without_data(self) -> None:
+        parser = cli.EventStreamParser()
+        self.assertEqual(
+            parser.feed(b"event: book\n\ndata: x\n\n"), [cli.ServerEvent("message", "x")]
+        )
+
+    def test_bounded(self) -> None:
+        parser = cli.EventStreamParser(max_line=10)
+        self.assertEqual(parser.feed(b"data: 1234"), [])
+        self.assertRaises(cli.StreamError, parser.feed, b"56789")
+        parser = cli.EventStreamParser(max_line=10)
+        parser.feed(b"data: 12345\n")
+        self.assertRaises(cli.StreamError, parser.feed, b"data: 678901\n")
+
+
+class RenderTests(SynchronousTestCase):
+    """The tables: aligned, decimals as written."""
+
+    def test_decimal_alignment(self) -> None:
+        lines = cli.table(["P", "NAME"], [["100", "a"], ["99.25", "bb"], ["0.00000001", "c"]], "dl")
+        self.assertEqual(lines, ["P             NAME", "100           a", " 99.25        bb",
+                                 "  0.00000001  c"])  # fmt: skip
+
+    def test_book_exact(self) -> None:
+        book = {"bids": [["0.1", "100000000", 1]], "asks": [["0.30000000000000004", "1", 2]]}
+        lines = cli.render_book(book)
+        self.assertIn("0.30000000000000004", lines[1])
+        self.assertEqual(lines[2], "----  spread 0.20000000000000004 (100.000%)")
+
+    def test_duration(self) -> None:
+        self.assertEqual([cli.duration(s) for s in (5, 65, 3700, 90000)],
+                         ["5s", "1m 5s", "1h 1m", "1d 1h"])  # fmt: skip

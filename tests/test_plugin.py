@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
+from typing import Any, cast
 
 from twisted.application.service import (
     IService,
@@ -14,14 +15,17 @@ from twisted.application.service import (
     IServiceMaker,
     loadApplication,
 )
+from twisted.logger import FileLogObserver, ILogObserver, LogLevel
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 import twisted.plugins
 from bitfitech import tap
+from bitfitech.address import PeerAddress
 from bitfitech.config import ENVIRONMENT
 from bitfitech.node import Node
+from tests.test_config import ENV_CASES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAC_FILES = sorted(glob.glob(os.path.join(ROOT, "tac", "*.tac")))
@@ -121,37 +125,103 @@ class TacTests(SynchronousTestCase):
         for names in ENVIRONMENT.values():
             for var in names:
                 os.environ.pop(var, None)
-        os.environ.pop("XDG_DATA_HOME", None)
+        for var in ("XDG_DATA_HOME", "BASE_PORT"):
+            os.environ.pop(var, None)
         os.environ.update(values)
 
-    def test_tac_files_exist(self) -> None:
-        self.assertIn(os.path.join(ROOT, "tac", "node.tac"), TAC_FILES)
-
-    def test_load(self) -> None:
-        for path in TAC_FILES:
-            data_dir = os.path.abspath(os.path.join(self.mktemp(), "node"))
-            self.set_environ(
-                {"BITFI_DATA_DIR": data_dir, "P2P_PORT": "3001",
-                 "BOOTSTRAP_PEERS": "127.0.0.1:3000", "API_PORT": "0"}
-            )  # fmt: skip
-            before = reactor_activity()
-            application = loadApplication(path, "python")
-            self.assertEqual(reactor_activity(), before, path)
-            services = list(IServiceCollection(application))
-            self.assertEqual([s.name for s in services], ["node"], path)
-            node = IServiceCollection(application).getServiceNamed("node")
-            self.assertEqual(
-                child_names(node), ["storage", "market", "peers", "mdns", "dht", "api"], path
-            )
-            self.assertFalse(node.running, path)
-            self.assertFalse(os.path.exists(data_dir), path)
+    def load(self, name: str, values: Mapping[str, str]) -> tuple[Any, list[Node]]:
+        """Load C{tac/name} with C{values} as the environment; check it opened nothing."""
+        self.set_environ(values)
+        before = reactor_activity()
+        application = loadApplication(os.path.join(ROOT, "tac", name), "python")
+        self.assertEqual(reactor_activity(), before, name)
+        nodes = list(IServiceCollection(application))
+        for node in nodes:
             assert isinstance(node, Node)
-            self.assertEqual(node.config.port, 3001)
-            self.assertEqual(str(node.config.bootstrap[0]), "127.0.0.1:3000")
+            self.assertFalse(node.running, name)
+            self.assertFalse(os.path.exists(node.config.data_dir), name)
+        return application, cast(list[Node], nodes)
+
+    def test_tac_files_exist(self) -> None:
+        names = [os.path.basename(path) for path in TAC_FILES]
+        self.assertEqual(names, ["local-cluster.tac", "node.tac"])
+
+    def test_node(self) -> None:
+        data_dir = os.path.abspath(os.path.join(self.mktemp(), "node"))
+        application, [node] = self.load(
+            "node.tac",
+            {"BITFI_DATA_DIR": data_dir, "P2P_PORT": "3001",
+             "BOOTSTRAP_PEERS": "127.0.0.1:3000", "API_PORT": "0", "LOG_LEVEL": "debug"},
+        )  # fmt: skip
+        self.assertEqual(node.name, "node")
+        self.assertEqual(child_names(node), ["storage", "market", "peers", "mdns", "dht", "api"])
+        self.assertEqual(node.config.port, 3001)
+        self.assertEqual(node.config.data_dir, data_dir)
+        self.assertEqual(str(node.config.bootstrap[0]), "127.0.0.1:3000")
+        self.assertEqual(node.config.log_level, LogLevel.debug)
+        self.assertIsNone(application.getComponent(ILogObserver, None))
+
+    def test_node_honours_every_variable(self) -> None:
+        for var, (raw, field, expected) in ENV_CASES.items():
+            if var == "PEER_STORAGE_PATH":
+                continue  # BITFI_DATA_DIR, set here, wins over it
+            values = {"BITFI_DATA_DIR": os.path.abspath(self.mktemp()), var: raw}
+            _, [node] = self.load("node.tac", values)
+            self.assertEqual(getattr(node.config, field), expected, var)
+
+    def test_local_cluster(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        application, nodes = self.load(
+            "local-cluster.tac", {"BITFI_DATA_DIR": base, "BASE_PORT": "4100"}
+        )
+        self.assertEqual([node.name for node in nodes], ["node1", "node2", "node3"])
+        self.assertEqual([n.config.port for n in nodes], [4100, 4101, 4102])
+        self.assertEqual([n.config.api_port for n in nodes], [14100, 14101, 14102])
+        self.assertEqual([n.config.dht_listen_port for n in nodes], [4100, 4101, 4102])
+        self.assertEqual(
+            [n.config.data_dir for n in nodes],
+            [os.path.join(base, f"node{i}") for i in (1, 2, 3)],
+        )
+        seed = (PeerAddress("127.0.0.1", 4100),)
+        self.assertEqual([n.config.bootstrap for n in nodes], [(), seed, seed])
+        dht_seed = (("127.0.0.1", 4100),)
+        self.assertEqual([n.config.dht_bootstrap for n in nodes], [(), dht_seed, dht_seed])
+        for node in nodes:
+            self.assertEqual((node.config.host, node.config.api_host), ("127.0.0.1",) * 2)
+            self.assertFalse(node.config.mdns_enabled)
+            self.assertEqual(child_names(node), ["storage", "market", "peers", "dht", "api"])
+            self.assertEqual(node.config.max_inbound_per_ip, 64)
+        self.assertIsNone(application.getComponent(ILogObserver, None))
+
+    def test_local_cluster_defaults(self) -> None:
+        xdg = os.path.abspath(self.mktemp())
+        _, nodes = self.load(
+            "local-cluster.tac", {"XDG_DATA_HOME": xdg, "EXCHANGE_PAIR": "eth/usd"}
+        )
+        self.assertEqual([n.config.port for n in nodes], [3100, 3101, 3102])
+        self.assertEqual(
+            nodes[0].config.data_dir, os.path.join(xdg, "bitfi", "local-cluster-3100", "node1")
+        )
+        self.assertEqual({n.config.pair for n in nodes}, {"ETH/USD"})
+
+    def test_json_logs(self) -> None:
+        for name in ("node.tac", "local-cluster.tac"):
+            values = {"BITFI_DATA_DIR": os.path.abspath(self.mktemp()), "BITFI_LOG_FORMAT": "json"}
+            application, _ = self.load(name, values)
+            observer = application.getComponent(ILogObserver, None)
+            self.assertIsInstance(observer, FileLogObserver, name)
 
     def test_bad_environment(self) -> None:
-        for path in TAC_FILES:
-            self.set_environ({"BITFI_DATA_DIR": self.mktemp(), "P2P_PORT": "not-a-port"})
+        cases = [
+            ("node.tac", {"P2P_PORT": "not-a-port"}, ("--port", "$P2P_PORT")),
+            ("node.tac", {"LOG_LEVEL": "loud"}, ("--log-level", "$LOG_LEVEL")),
+            ("local-cluster.tac", {"LOG_LEVEL": "loud"}, ("--log-level", "$LOG_LEVEL")),
+            ("local-cluster.tac", {"BASE_PORT": "x"}, ("$BASE_PORT",)),
+            ("local-cluster.tac", {"BASE_PORT": "65000"}, ("$BASE_PORT",)),
+        ]
+        for name, values, named in cases:
+            self.set_environ({"BITFI_DATA_DIR": self.mktemp(), **values})
+            path = os.path.join(ROOT, "tac", name)
             error = self.assertRaises(UsageError, loadApplication, path, "python")
-            self.assertIn("--port", str(error), path)
-            self.assertIn("$P2P_PORT", str(error), path)
+            for text in named:
+                self.assertIn(text, str(error), (name, values))

@@ -1,0 +1,77 @@
+"""A demo: three connected bitfi nodes in one process, on 127.0.0.1.
+
+Node 1 listens on ``$BASE_PORT`` (3100 by default), nodes 2 and 3 on the
+next two ports, and both bootstrap to node 1 (by TCP, and by the DHT, which
+each node runs on UDP at its P2P port number, bound to 127.0.0.1).  mDNS is
+off, so nothing leaves loopback.  APIs at port + 10000 (13100, 13101,
+13102).  Data directories ``node1``, ``node2`` and ``node3`` under
+``$BITFI_DATA_DIR``, else under ``$XDG_DATA_HOME/bitfi/local-cluster-<BASE_PORT>``
+(``~/.local/share/...``): kept across restarts, so the nodes keep their
+keys and events.  Every other variable of ``twistd bitfi --help``
+(``LOG_LEVEL``, ``BITFI_NETWORK``, ``EXCHANGE_PAIR``, ...) applies to all
+three nodes; each node's settings go through the plugin's Options, so a
+bad value stops the load with the option's name.  From a checkout::
+
+    PYTHONPATH=. twistd -ny tac/local-cluster.tac --pidfile= --logfile=-
+    curl http://127.0.0.1:13101/status
+
+``BITFI_LOG_FORMAT=json`` writes JSON lines to stdout, as with ``node.tac``.
+"""
+
+import os
+import sys
+
+from twisted.application import service
+from twisted.logger import ILogObserver
+from twisted.python.usage import UsageError
+
+from bitfitech.config import coerce_path, coerce_port
+from bitfitech.logs import json_file_observer
+from bitfitech.tap import Options, makeService
+
+NODES = 3
+
+
+def _setting(name, coerce, default):
+    """An environment variable of this file, coerced; a bad value stops the load."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return coerce(raw)
+    except ValueError as e:
+        raise UsageError(f"${name}: {e}") from None
+
+
+base_port = _setting("BASE_PORT", coerce_port, 3100)
+if not 1 <= base_port <= 65535 - NODES - 10000:
+    raise UsageError(f"$BASE_PORT: must be from 1 to {65535 - NODES - 10000}, not {base_port}")
+xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+data_root = _setting(
+    "BITFI_DATA_DIR", coerce_path, os.path.join(xdg, "bitfi", f"local-cluster-{base_port}")
+)
+
+application = service.Application("bitfi-local-cluster")
+nodes = []
+for number in range(1, NODES + 1):
+    port = base_port + number - 1
+    args = [
+        "--host", "127.0.0.1", "--port", str(port),
+        "--api-host", "127.0.0.1", "--api-port", str(port + 10000),
+        "--data-dir", os.path.join(data_root, f"node{number}"),
+        "--no-mdns", "--dht-port", str(port),
+        # the three nodes share 127.0.0.1: the per-address limits must not bite
+        "--max-inbound-per-ip", "64", "--max-handshakes-per-ip", "64",
+    ]  # fmt: skip
+    if number > 1:
+        args += ["--bootstrap", f"127.0.0.1:{base_port}"]
+        args += ["--dht-bootstrap", f"127.0.0.1:{base_port}"]
+    options = Options()
+    options.parseOptions(args)  # the rest from the environment
+    node = makeService(options)
+    node.setName(f"node{number}")
+    node.setServiceParent(application)
+    nodes.append(node)
+
+if options.config.log_format == "json":
+    application.setComponent(ILogObserver, json_file_observer(sys.stdout))

@@ -11,9 +11,7 @@ from bitfitech.discovery.kademlia.ids import distance, network_info_hash, random
 from bitfitech.discovery.kademlia.lookup import LookupResult
 from bitfitech.discovery.kademlia.routing import K
 from bitfitech.discovery.kademlia.service import DHTService, DHTTiming
-from bitfitech.testing import MemoryDatagramNetwork
-
-from .dhtsim import HeapClock, run_for
+from bitfitech.testing import HeapClock, MemoryDatagramNetwork, run_for
 
 INFO_HASH = network_info_hash("test", "BTC/USD")
 OTHER_HASH = network_info_hash("test", "ETH/USD")

@@ -18,7 +18,7 @@ from bitfitech.discovery.kademlia.service import (
     DHTService,
     DHTTiming,
 )
-from bitfitech.testing import MemoryDatagramNetwork, MemoryReactor
+from bitfitech.testing import MemoryDatagramNetwork, MemoryReactor, run_for
 
 INFO_HASH = network_info_hash("test", "BTC/USD")
 TIMING = DHTTiming(check_interval=1.0, min_lookup_gap=5.0, bootstrap_retry=1.0)
@@ -48,14 +48,6 @@ class ResolvingReactor(MemoryReactor):
     def resolve(self, name: str) -> Deferred[str]:
         self.resolved.append(name)
         return succeed(self.names[name])
-
-
-def run_for(clock: Clock, seconds: float) -> None:
-    """Advance C{clock} by C{seconds}, running every call due on the way."""
-    end = clock.seconds() + seconds
-    while clock.calls and clock.calls[0].getTime() <= end:
-        clock.advance(max(0.0, clock.calls[0].getTime() - clock.seconds()))
-    clock.advance(end - clock.seconds())
 
 
 class ServiceTestCase(SynchronousTestCase):

@@ -73,6 +73,22 @@ class LookupTests(SynchronousTestCase):
             self.assertEqual(result.queries, result.responses)
             self.assertEqual(set(result.tokens), {n.node_id for n in result.closest})
 
+    def test_nearest_depth(self) -> None:
+        """
+        The nearest node's depth counts the hops to it: 1 when it is a
+        seed, more when a seed only leads to it; never more than the rounds.
+        """
+        target = int_to_id(self.rng.getrandbits(160))
+        nearest = self.network.true_closest(target, 1)[0]
+        seed = next(n for n in self.network.nodes if n.node_id == nearest)
+        result = self.successResultOf(self.lookup(target, [seed]).run())
+        self.assertEqual(result.nearest_depth, 1)
+        far = max(self.network.nodes, key=lambda n: distance(n.node_id, target))
+        result = self.successResultOf(self.lookup(target, [far]).run())
+        self.assertEqual(result.closest[0].node_id, nearest)
+        self.assertGreater(result.nearest_depth, 1)
+        self.assertLessEqual(result.nearest_depth, result.rounds)
+
     def test_dead_nodes_skipped(self) -> None:
         """Failed nodes are passed over; the lookup ends on the k closest live ones."""
         target = int_to_id(self.rng.getrandbits(160))
@@ -111,6 +127,7 @@ class LookupTests(SynchronousTestCase):
         """Without seeds the lookup ends at once, empty."""
         result = self.successResultOf(Lookup(b"x" * 20, [], lambda n: fail(Exception())).run())
         self.assertEqual((result.closest, result.queries, result.rounds), ([], 0, 0))
+        self.assertEqual(result.nearest_depth, 0)
 
     def test_all_fail(self) -> None:
         """If every query fails the lookup still ends, with no nodes."""

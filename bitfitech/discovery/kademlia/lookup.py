@@ -57,6 +57,8 @@ class LookupResult:
     :ivar peers: the peers (``(host, port)``) that replies listed, in the
         order first seen, without repeats.
     :ivar rounds: the greatest depth queried (see the module docstring).
+    :ivar nearest_depth: the depth of the nearest node that answered (0 if
+        none did): the round trips it took to reach it.
     :ivar queries: queries sent.
     :ivar responses: queries answered.
     :ivar failures: queries that timed out or got an error.
@@ -67,6 +69,7 @@ class LookupResult:
     tokens: dict[bytes, bytes] = field(default_factory=dict)
     peers: list[Address] = field(default_factory=list)
     rounds: int = 0
+    nearest_depth: int = 0
     queries: int = 0
     responses: int = 0
     failures: int = 0
@@ -225,10 +228,12 @@ class Lookup:
         self._pump()
 
     def _finish(self) -> None:
-        closest = []
+        closest: list[NodeInfo] = []
         for _, node_id in self._order:
             candidate = self._candidates[node_id]
             if candidate.state == _ANSWERED:
+                if not closest:
+                    self.result.nearest_depth = candidate.depth
                 closest.append(candidate.node)
                 if len(closest) >= self._k:
                     break

@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 3000
 BOOTSTRAP ?=
 TRIAL_JOBS ?= 2
+# make bench QUICK=1: every benchmark's small version (under a minute in all)
+QUICK ?=
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: all venv run test lint typecheck unit bench clean
 
@@ -38,8 +41,15 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do [ -e "$$b" ] || continue; echo "== $$b"; $(PY) "$$b" || exit 1; done
+# the bench extra (matplotlib, for the plots) is installed here only: make test never needs it
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]' --config-settings editable_mode=compat
+	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins; list(getPlugins(IPlugin, twisted.plugins))"
+	touch $(BENCH_STAMP)
+
+# every benchmarks/bench_*.py; figures, summary.json and plots in benchmarks/results/
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/run_all.py $(if $(filter-out 0 no false,$(QUICK)),--quick)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info _trial_temp* .mypy_cache .ruff_cache

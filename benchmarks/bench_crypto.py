@@ -16,7 +16,7 @@ releases the GIL), and the ceilings they put on the replication figures of
   before applying any of them.
 
 Run ``python benchmarks/bench_crypto.py [--events N] [--nodes N]
-[--history N]``.
+[--history N] [--quick] [--json PATH]`` (``--quick``: 2,000 events).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+
+from _results import Results, add_arguments
 
 from bitfitech.market.events import Author, Event, parse_event, verify_event
 
@@ -62,11 +64,16 @@ def threaded(events: list[Event], threads: int) -> Callable[[], None]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument(
+        "--events", type=int, help="events signed and checked [20,000; quick 2,000]"
+    )
     parser.add_argument("--nodes", type=int, default=10, help="processes in the throughput run")
     parser.add_argument("--target", type=int, default=2_000, help="orders/s to budget for")
     parser.add_argument("--history", type=int, default=100_000, help="events in the join run")
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    args.events = args.events or (2_000 if args.quick else 20_000)
+    results = Results("bench_crypto", quick=args.quick)
     cores = os.cpu_count() or 1
     author = Author(bytes(range(32)), NETWORK, PAIR)
     events: list[Event] = []
@@ -107,6 +114,28 @@ def main(argv: list[str]) -> int:
             f"{args.history * verify_us[1] / cores / 1e6:.2f} s",
         ),
     ]
+    ceiling = cores * 1e6 / (args.nodes * verify_us[1])
+    join_floor = args.history * verify_us[1] / cores / 1e6
+    results.add("sign (Author.order)", round(sign_us, 2), "µs")
+    results.add("parse_event", round(parse_us, 2), "µs")
+    results.add("verify_event, 1 thread", round(verify_us[1], 2), "µs")
+    results.add("verify_event, 2 threads (wall time per event)", round(verify_us[2], 2), "µs")
+    results.add(
+        f"throughput ceiling, {args.nodes} nodes on {cores} cores, checks only",
+        round(ceiling),
+        "orders/s",
+        f">= {args.target:,} orders/s",
+        ceiling >= args.target,
+    )
+    results.add(
+        f"left per event per node at {args.target:,} orders/s, after sign and checks",
+        round(budget_us, 2),
+        "µs",
+    )
+    results.add(
+        f"join floor, {args.history:,} events checked on {cores} cores", round(join_floor, 3), "s"
+    )
+    results.write(args.json)
     width = max(len(name) for name, _ in rows)
     print(f"event signatures: {args.events:,} events, PyNaCl, Python {sys.version.split()[0]}")
     for name, value in rows:

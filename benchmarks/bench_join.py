@@ -13,9 +13,15 @@ directory's journal.  Then, with real ``twistd bitfi`` processes on
 - a fresh node bootstrapped to it: the time from its process start, and
   from its first ``GET /status`` answer, until its state hash equals the
   source's.  Target <= 3 s;
-- that fresh node restarted on what it synced.
+- that fresh node restarted on what it synced, then killed with SIGKILL
+  and restarted again;
+- sync time against history size: the fresh node's join (start to state
+  hash equal) on prefixes of the history, by default 10,000, 50,000 and
+  100,000 events (``--quick``: 10,000 only), written with ``--json`` as
+  the series ``sync_time``.
 
-Run ``python benchmarks/bench_join.py [--quick] [--events N] [--authors N]``.
+Run ``python benchmarks/bench_join.py [--quick] [--events N] [--authors N]
+[--sync-sizes N,N,...] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from _cluster import (
     three_decimals,
     wait_api,
 )
+from _results import Results, add_arguments
 
 from bitfitech.market.book import OrderBook
 from bitfitech.market.events import Author, Event
@@ -128,14 +135,60 @@ def has_order(node: NodeProcess, order_id: str) -> bool:
     return status == 200
 
 
+def join_time(
+    base: str, index: int, events: list[Event], timeout: float, nodes: list[NodeProcess]
+) -> float:
+    """
+    Seconds from a fresh node's process start until its state hash equals
+    that of a source node started on C{events}; both are stopped after.
+    """
+    source_dir = os.path.join(base, f"source-data-{len(events)}")
+    write_journal(source_dir, events)
+    port, api_port = free_ports(2)
+    source = NodeProcess(index, base, port, api_port, data_dir=source_dir)
+    nodes.append(source)
+    source.start()
+    target_hash = wait_api(source, timeout=timeout, interval=0.005)["state_hash"]
+    port, api_port = free_ports(2)
+    fresh = NodeProcess(index + 1, base, port, api_port, bootstrap=[source.port])
+    nodes.append(fresh)
+    fresh.start()
+    wait_api(fresh, timeout=timeout, interval=0.005)
+    synced = poll(
+        lambda: fresh.api.get("/status")["state_hash"] == target_hash,
+        timeout,
+        "the state hash",
+        interval=0.02,
+    )
+    took = synced - fresh.started_at
+    fresh.stop()
+    source.stop()
+    return took
+
+
+def sizes_list(text: str) -> list[int]:
+    """``"10000,50000"`` as ``[10000, 50000]``."""
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 events (well under a minute)")
     parser.add_argument("--events", type=int, help="history length [100,000; quick 10,000]")
     parser.add_argument("--authors", type=int, default=50, help="authors [50]")
     parser.add_argument("--timeout", type=float, default=300.0, help="per wait, seconds [300]")
+    parser.add_argument(
+        "--sync-sizes", type=sizes_list,
+        help="history sizes of the sync-time series [10000,50000,100000; quick 10000]",
+    )  # fmt: skip
+    add_arguments(parser, quick=False)
     args = parser.parse_args(argv)
     count = args.events or (10_000 if args.quick else 100_000)
+    sync_sizes = sorted(
+        set(args.sync_sizes or ([10_000] if args.quick else [10_000, 50_000, 100_000]))
+    )
+    report = Results("bench_join", quick=args.quick)
+    sync_points: dict[int, float] = {}
     rows: list[tuple[str, str]] = []
     with cleanup_on_interrupt():
         base = tempfile.mkdtemp(prefix="bitfi-join-")
@@ -168,6 +221,7 @@ def main(argv: list[str]) -> int:
             if status["events"] != count:
                 raise RuntimeError(f"source holds {status['events']} events, not {count}")
             target_hash = status["state_hash"]
+            source_status_load_s = status["market"]["load_s"]
             rows += [
                 ("source: start to /status with all events (s)", f"{answered:.2f}"),
                 ("source: market.load_s", f"{status['market']['load_s']:.2f}"),
@@ -215,6 +269,7 @@ def main(argv: list[str]) -> int:
                 ("state hashes equal", "yes" if status["state_hash"] == target_hash else "NO"),
                 ("state hash", target_hash[:16] + "..."),
             ]  # fmt: skip
+            sync_points[count] = from_start
 
             # The fresh node restarted on the history it synced.
             fresh.stop()
@@ -231,6 +286,59 @@ def main(argv: list[str]) -> int:
                  f"{status['events']:,} / "
                  f"{'yes' if status['state_hash'] == target_hash else 'NO'}"),
             ]  # fmt: skip
+
+            # Killed with SIGKILL (no clean shutdown), then started again.
+            assert again.process is not None
+            again.process.kill()
+            again.wait_stopped(time.monotonic() + 10.0)
+            port, api_port = free_ports(2)
+            killed = NodeProcess(3, base, port, api_port, data_dir=fresh.data_dir)
+            nodes.append(killed)
+            killed.start()
+            status = wait_api(killed, timeout=args.timeout, interval=0.005)
+            after_kill = time.monotonic() - killed.started_at
+            killed_equal = status["events"] == count and status["state_hash"] == target_hash
+            rows += [
+                ("fresh, after SIGKILL: start to /status (s)", f"{after_kill:.2f}"),
+                ("fresh, after SIGKILL: market.load_s", f"{status['market']['load_s']:.2f}"),
+                ("fresh, after SIGKILL: events / hash equal",
+                 f"{status['events']:,} / {'yes' if killed_equal else 'NO'}"),
+            ]  # fmt: skip
+            killed.stop()
+            source_load_s: float = source_status_load_s
+            report.add("history for the join figures", count, "events")
+            report.add("source node: start to /status holding the history", round(answered, 2), "s")
+            report.add("source node: events loaded/s", round(count / source_load_s), "events/s")
+            report.add(
+                "fresh node synced (start to state hash equal)",
+                round(from_start, 2),
+                "s",
+                "<= 3 s",
+                from_start <= 3.0,
+            )
+            report.add(
+                "fresh node: events/s from first /status", round(count / from_answer), "events/s"
+            )
+            report.add("restart after SIGTERM: start to /status", round(restarted, 2), "s")
+            report.add("restart after SIGKILL: start to /status", round(after_kill, 2), "s")
+            report.add(
+                "restart after SIGKILL: same events and state hash",
+                "yes" if killed_equal else "no",
+                "",
+                "equal",
+                killed_equal,
+            )
+
+            # Sync time against history size: one fresh join per other size.
+            for k, size in enumerate(s for s in sync_sizes if s not in sync_points):
+                sized, _ = build_history(size, args.authors, seed=5)
+                sync_points[size] = join_time(base, 10 + 2 * k, sized, args.timeout, nodes)
+            sizes = sorted(sync_points)
+            report.add_series(
+                "sync_time", [float(n) for n in sizes], [round(sync_points[n], 3) for n in sizes],
+                "history (events)", "fresh node start to state hash equal (s)",
+            )  # fmt: skip
+            rows += [(f"sync time at {n:,} events (s)", f"{sync_points[n]:.2f}") for n in sizes]
             verdict = "met" if from_start <= 3.0 else "MISSED"
         finally:
             for node in nodes:
@@ -245,6 +353,7 @@ def main(argv: list[str]) -> int:
         "targets", [("fresh node synced <= 3 s from start", f"{from_start:.2f} s: {verdict}")]
     )
     report_problems({i: lines for i, lines in problems.items() if lines})
+    report.write(args.json)
     return 0
 
 

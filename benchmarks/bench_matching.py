@@ -13,7 +13,8 @@ The timed loop is ``OrderBook.place``/``cancel`` with decimal strings, as
 the replay tool and the ledger call them: parsing and validation included.
 Also measured on the 100,000 resting orders of A: ``snapshot()``,
 ``from_snapshot()`` and ``state_hash()``.  Run ``python
-benchmarks/bench_matching.py [--runs N] [--scale F]``.
+benchmarks/bench_matching.py [--runs N] [--scale F] [--quick] [--json PATH]``
+(``--quick``: one run at scale 0.2).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import subprocess
 import sys
 import time
 from typing import Any
+
+from _results import Results, add_arguments
 
 from bitfitech.market.book import OrderBook, is_trade
 
@@ -135,10 +138,13 @@ def worker(name: str, runs: int, scale: float) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--scale", type=float, default=1.0, help="workload size factor")
+    parser.add_argument("--runs", type=int, help="runs per workload [3; quick 1]")
+    parser.add_argument("--scale", type=float, help="workload size factor [1; quick 0.2]")
     parser.add_argument("--worker", choices=["A", "B"], help=argparse.SUPPRESS)
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.scale = args.scale or (0.2 if args.quick else 1.0)
     if args.worker:
         print(json.dumps(worker(args.worker, args.runs, args.scale)))
         return 0
@@ -180,6 +186,20 @@ def main(argv: list[str]) -> int:
     for row in rows:
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
     a, b = results
+    report = Results("bench_matching", quick=args.quick)
+    for r in results:
+        name = r["workload"]
+        report.add(
+            f"{name}: orders/s, median of {args.runs} run(s) ({r['orders']:,} orders)",
+            round(r["orders"] / r["median_s"]),
+            "orders/s",
+        )
+        report.add(f"{name}: peak RSS", round(r["peak_rss_mb"], 1), "MB")
+    report.add("B: orders traded as takers", round(b["taker_share"] * 100, 1), "%")
+    report.add(f"A: snapshot of {a['resting']:,} resting orders", round(a["snapshot_ms"], 1), "ms")
+    report.add(f"A: from_snapshot of {a['resting']:,} orders", round(a["restore_ms"], 1), "ms")
+    report.add(f"A: state_hash of {a['resting']:,} orders", round(a["hash_ms"], 1), "ms")
+    report.write(args.json)
     print(f"B: {b['taker_share']:.1%} of orders traded as takers")
     print(
         f"A, {a['resting']:,} resting orders: snapshot {a['snapshot_ms']:.1f} ms, "

@@ -4,7 +4,7 @@ N nodes start in one reactor, each bootstrapped only to node 0, with the
 default outbound target (8).  The clock runs from the first start until
 every node has at least 3 links and knows every other node's address.
 Prints a table of figures; run ``python benchmarks/bench_mesh.py [--nodes
-N] [--runs R]``.
+N] [--runs R] [--quick] [--json PATH]`` (``--quick``: 5 nodes, 2 runs).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 import tempfile
 from typing import Any
 
+from _results import Results, add_arguments
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
@@ -56,9 +57,12 @@ async def one_run(reactor: Any, nodes_wanted: int) -> tuple[float, float]:
 
 async def main(reactor: Any, argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--nodes", type=int, help="nodes [10; quick 5]")
+    parser.add_argument("--runs", type=int, help="runs [5; quick 2]")
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    args.nodes = args.nodes or (5 if args.quick else 10)
+    args.runs = args.runs or (2 if args.quick else 5)
     results = [await one_run(reactor, args.nodes) for _ in range(args.runs)]
     times = sorted(t for t, _ in results)
     print(f"{'figure':<40} {'value':>12}")
@@ -70,6 +74,15 @@ async def main(reactor: Any, argv: list[str]) -> None:
     print(f"{'mesh formed, max (ms)':<40} {times[-1] * 1000:>12.1f}")
     mean_links = statistics.mean(links for _, links in results)
     print(f"{'links per node, mean':<40} {mean_links:>12.1f}")
+    report = Results("bench_mesh", quick=args.quick)
+    report.add("mesh nodes (in one reactor)", args.nodes)
+    report.add(f"mesh formed, min of {args.runs}", round(times[0] * 1000, 1), "ms")
+    report.add(
+        f"mesh formed, median of {args.runs}", round(statistics.median(times) * 1000, 1), "ms"
+    )
+    report.add(f"mesh formed, max of {args.runs}", round(times[-1] * 1000, 1), "ms")
+    report.add("mesh links per node, mean", round(mean_links, 2))
+    report.write(args.json)
 
 
 def _run(reactor: Any) -> Deferred[None]:

@@ -19,8 +19,10 @@ c. Throughput: 10 nodes at about 4 links; load client processes post orders
    node holds every order, loss (orders acknowledged with 201 and missing on
    some node) and the final state hashes.  Target >= 2,000 orders/s.
 
-Run ``python benchmarks/bench_replication.py [--quick]``; ``--help`` lists
-the knobs.
+Run ``python benchmarks/bench_replication.py [--quick] [--json PATH]``;
+``--help`` lists the knobs.  With ``--json`` the per-node latencies of
+section a are written as the series ``propagation_latency`` (a CDF) and the
+copies of section b as ``duplicates_vs_links``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from _cluster import (
     run_clients,
     self_cpu_seconds,
 )
+from _results import Results, add_arguments, cdf
 
 GOSSIP_KEYS = (
     "events_received", "events_new", "events_duplicate", "inv_received", "getdata_sent",
@@ -255,7 +258,11 @@ def propagation_run(
             ("state hash", next(iter(hashes))[:16] + "..."),
         ]  # fmt: skip
         figures = {
+            "p50": percentile(latencies, 0.5),
             "p99": percentile(latencies, 0.99),
+            "per_node": per_node,
+            "latencies": latencies,
+            "mean_links": mean_links,
             "copies": statistics.mean(copies),
             "missing": missing,
             "converge_s": converge_s,
@@ -413,12 +420,11 @@ def sys_cores() -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small version (under a minute)")
     parser.add_argument("--nodes", type=int, help="nodes in sections a and b [20; quick 8]")
-    parser.add_argument("--orders", type=int, help="operations of the light load [400; quick 60]")
+    parser.add_argument("--orders", type=int, help="operations of the light load [400; quick 40]")
     parser.add_argument("--rate", type=float, default=20.0, help="light load, operations/s [20]")
-    parser.add_argument("--tp-nodes", type=int, help="nodes in section c [10; quick 6]")
-    parser.add_argument("--duration", type=float, help="section c push seconds [20; quick 5]")
+    parser.add_argument("--tp-nodes", type=int, help="nodes in section c [10; quick 5]")
+    parser.add_argument("--duration", type=float, help="section c push seconds [20; quick 3]")
     parser.add_argument("--clients", type=int, default=2, help="load client processes [2]")
     parser.add_argument("--threads", type=int, default=16, help="threads per client [16]")
     parser.add_argument(
@@ -427,12 +433,15 @@ def main(argv: list[str]) -> int:
     )  # fmt: skip
     parser.add_argument("--replicate-timeout", type=float, default=180.0)
     parser.add_argument("--sections", default="abc", help="which sections to run [abc]")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     args.nodes = args.nodes or (8 if quick else 20)
-    args.orders = args.orders or (60 if quick else 400)
-    args.tp_nodes = args.tp_nodes or (6 if quick else 10)
-    args.duration = args.duration or (5.0 if quick else 20.0)
+    args.orders = args.orders or (40 if quick else 400)
+    args.tp_nodes = args.tp_nodes or (5 if quick else 10)
+    args.duration = args.duration or (3.0 if quick else 20.0)
+    report = Results("bench_replication", quick=quick)
+    duplicates: tuple[list[float], list[float]] = ([], [])
     header = f"replication ({'quick; ' if quick else ''}{machine_info()})"
     verdicts: list[tuple[str, str]] = []
     problems: dict[str, dict[int, list[str]]] = {}
@@ -446,6 +455,38 @@ def main(argv: list[str]) -> int:
                 print_table(f"{title}, ~{links} links: {header}", rows)
                 problems[f"~{links} links"] = fig["problems"]
                 if links == 4:
+                    report.add(
+                        f"propagation to the last node p50 ({args.nodes} nodes, ~4 links)",
+                        round(fig["p50"] * 1000, 1),
+                        "ms",
+                    )
+                    report.add(
+                        f"propagation to the last node p99 ({args.nodes} nodes, ~4 links)",
+                        round(fig["p99"] * 1000, 1),
+                        "ms",
+                        "p99 <= 50 ms",
+                        fig["p99"] <= 0.05,
+                    )
+                    per_node_ms, share = cdf([t * 1000 for t in fig["per_node"]])
+                    report.add_series(
+                        "propagation_latency", per_node_ms, share, "ms to each other node",
+                        "share of deliveries",
+                    )  # fmt: skip
+                    last_ms, share = cdf([t * 1000 for t in fig["latencies"]])
+                    report.add_series(
+                        "propagation_latency_last", last_ms, share, "ms to the last node",
+                        "share of orders",
+                    )  # fmt: skip
+                report.add(
+                    f"copies received per node per event, ~{links} links",
+                    round(fig["copies"], 3),
+                    "copies",
+                    "<= 1.5 copies",
+                    fig["copies"] <= 1.5,
+                )
+                duplicates[0].append(round(fig["mean_links"], 2))
+                duplicates[1].append(round(fig["copies"], 3))
+                if links == 4:
                     verdicts.append(
                         ("a. p99 <= 50 ms", f"{ms(fig['p99'])} ms: "
                          f"{'met' if fig['p99'] <= 0.05 else 'MISSED'}")
@@ -456,6 +497,30 @@ def main(argv: list[str]) -> int:
                 )  # fmt: skip
         if "c" in args.sections:
             rows, fig = throughput_run(args)
+            report.add(
+                f"orders/s accepted ({args.tp_nodes} nodes, {args.duration:g} s push)",
+                round(fig["accepted"]),
+                "orders/s",
+                ">= 2,000 orders/s",
+                fig["accepted"] >= 2000,
+            )
+            report.add(
+                "orders/s fully replicated on every node", round(fig["replicated"]), "orders/s"
+            )
+            report.add(
+                "orders lost (acknowledged, missing on a node)",
+                fig["lost"],
+                "orders",
+                "= 0",
+                not fig["lost"],
+            )
+            report.add(
+                "final state hashes equal",
+                "yes" if fig["equal"] else "no",
+                "",
+                "equal",
+                fig["equal"],
+            )
             print_table(f"c. throughput: {header}", rows)
             problems["throughput"] = fig["problems"]
             verdicts.append(
@@ -466,6 +531,12 @@ def main(argv: list[str]) -> int:
                 ("c. loss = 0", f"{fig['lost']}: {'met' if not fig['lost'] else 'MISSED'}")
             )
             verdicts.append(("c. final state hashes equal", "yes" if fig["equal"] else "NO"))
+    if duplicates[0]:
+        report.add_series(
+            "duplicates_vs_links", duplicates[0], duplicates[1], "links per node (mean)",
+            "copies received per node per event",
+        )  # fmt: skip
+    report.write(args.json)
     print_table("targets", verdicts)
     for name, found in problems.items():
         print(f"{name}: ", end="")

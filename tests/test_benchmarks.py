@@ -1,0 +1,147 @@
+"""Tests of ``benchmarks/run_all.py`` and the benchmarks' results protocol.
+
+They run the runner in a subprocess on the cheapest real benchmark
+(``bench_crypto --quick``) and on two stand-in benchmarks, one broken, and
+check the JSON documents' shape; never a measured time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_ALL = ROOT / "benchmarks" / "run_all.py"
+
+FIGURE_KEYS = {"figure", "value", "unit", "target", "met"}
+
+#: a stand-in benchmark that follows the protocol without measuring anything
+GOOD = """\
+import argparse, json
+parser = argparse.ArgumentParser()
+parser.add_argument("--json")
+parser.add_argument("--quick", action="store_true")
+args = parser.parse_args()
+print("a human table")
+document = {
+    "benchmark": "bench_good", "quick": args.quick, "machine": "m", "started": "t",
+    "figures": [{"figure": "speed", "value": 3, "unit": "x/s", "target": ">= 2 x/s",
+                 "met": True}],
+    "series": {"sync_time": {"x": [1, 2], "y": [0.5, 1.0], "x_label": "n", "y_label": "s"}},
+}
+with open(args.json, "w") as f:
+    json.dump(document, f)
+"""
+
+#: a stand-in benchmark that fails
+BROKEN = "import sys\nprint('about to fail')\nsys.exit(3)\n"
+
+
+def run_all(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/run_all.py`` with C{args} from the checkout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(RUN_ALL), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def load(path: Path) -> Any:
+    """A JSON file's content."""
+    return json.loads(path.read_text())
+
+
+class RunAllTests(SynchronousTestCase):
+    """``run_all.py`` runs benchmarks, collects their documents and survives failures."""
+
+    def assert_figure(self, figure: dict[str, Any]) -> None:
+        """C{figure} has the protocol's keys and types."""
+        self.assertTrue(FIGURE_KEYS <= set(figure), figure)
+        self.assertIsInstance(figure["figure"], str)
+        self.assertTrue(figure["figure"])
+        self.assertIsInstance(figure["value"], int | float | str)
+        self.assertNotIsInstance(figure["value"], bool)
+        self.assertIsInstance(figure["unit"], str)
+        self.assertIn(type(figure["target"]), (str, type(None)))
+        self.assertIn(figure["met"], (True, False, None))
+        if figure["target"] is None:
+            self.assertIsNone(figure["met"])
+
+    def test_crypto_quick(self) -> None:
+        """``--quick --only bench_crypto`` writes a document following the protocol."""
+        results = Path(self.mktemp()).resolve()
+        done = run_all("--quick", "--only", "bench_crypto", "--no-plots", "--results", str(results))
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertIn("verify_event, 1 thread", done.stdout)
+        self.assertIn("benchmarks (quick): ", done.stdout)
+
+        document = load(results / "bench_crypto.json")
+        self.assertEqual(
+            set(document), {"benchmark", "quick", "machine", "started", "figures", "series"}
+        )
+        self.assertEqual(document["benchmark"], "bench_crypto")
+        self.assertIs(document["quick"], True)
+        self.assertIsInstance(document["machine"], str)
+        self.assertIsInstance(document["started"], str)
+        self.assertIsInstance(document["series"], dict)
+        self.assertTrue(document["figures"])
+        for figure in document["figures"]:
+            self.assert_figure(figure)
+        self.assertIn("verify_event, 1 thread", [f["figure"] for f in document["figures"]])
+
+        summary = load(results / "summary.json")
+        self.assertIs(summary["quick"], True)
+        self.assertEqual([b["benchmark"] for b in summary["benchmarks"]], ["bench_crypto"])
+        self.assertEqual(summary["benchmarks"][0]["status"], "ok")
+        self.assertEqual(len(summary["figures"]), len(document["figures"]))
+        for figure in summary["figures"]:
+            self.assertEqual(figure["benchmark"], "bench_crypto")
+            self.assert_figure(figure)
+        self.assertEqual(summary["plots"], [])
+
+    def test_failure_tolerated(self) -> None:
+        """A failing benchmark is reported, the others still run, the exit status is 1."""
+        benchmarks = Path(self.mktemp()).resolve()
+        benchmarks.mkdir()
+        (benchmarks / "bench_broken.py").write_text(BROKEN)
+        (benchmarks / "bench_good.py").write_text(GOOD)
+        (benchmarks / "helper.py").write_text("raise SystemExit('not a benchmark')\n")
+        results = benchmarks / "results"
+        done = run_all("--benchmarks", str(benchmarks), "--results", str(results))
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertIn("FAILED bench_broken: exit status 3", done.stdout)
+        self.assertIn("about to fail", done.stdout)
+
+        summary = load(results / "summary.json")
+        self.assertIs(summary["quick"], False)
+        status = {b["benchmark"]: b["status"] for b in summary["benchmarks"]}
+        self.assertEqual(status, {"bench_broken": "failed", "bench_good": "ok"})
+        self.assertEqual(
+            [(f["benchmark"], f["figure"], f["value"], f["met"]) for f in summary["figures"]],
+            [("bench_good", "speed", 3, True)],
+        )
+        self.assertEqual((results / "bench_good.log").read_text(), "a human table\n")
+        # Every plot is accounted for: drawn, or skipped with a note.
+        plots = {p["plot"]: p for p in summary["plots"]}
+        self.assertEqual(
+            set(plots), {"propagation_cdf", "duplicates_vs_links", "dht_rounds", "sync_time"}
+        )
+        for plot in plots.values():
+            self.assertTrue(plot["path"] or plot["note"], plot)
+        self.assertIsNone(plots["dht_rounds"]["path"])
+
+    def test_unknown_name(self) -> None:
+        """``--only`` with a name no benchmark has is an error, before anything runs."""
+        done = run_all("--only", "bench_nonexistent", "--results", os.path.abspath(self.mktemp()))
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("bench_nonexistent", done.stderr)

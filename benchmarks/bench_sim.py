@@ -141,8 +141,9 @@ def print_rows(rows: list[Row]) -> None:
 def predict(rows: list[Row], results: Results) -> None:
     """Fit the growth with N and print what it predicts for 10,000 nodes."""
     scaled = [row for row in rows if not row.verify]
-    if len(scaled) < 2:
-        print("(fits need two sizes or more)")
+    if len(scaled) < 3:
+        # Two noisy points (the quick run) fit anything: no prediction from them.
+        print("(the fits need three sizes or more: run without --quick)")
         return
     xs = [row.nodes for row in scaled]
     print(f"Growth with N (fits over N = {', '.join(map(str, xs))}), and N = {PREDICT_AT:,}:")

@@ -146,35 +146,31 @@ def accept_all(events: list[Event]) -> Deferred[list[bool]]:
 
 
 @implementer(IEventStore)
-class SimStore:
+class LedgerStore:
     """
-    A node's events: a real :class:`Ledger` behind :class:`IEventStore`.
-    Events from peers are inserted at once (the market service buffers
-    them a few ms to insert together; the order of the log does not
-    depend on it).
+    An :class:`~bitfitech.interfaces.IEventStore` over a real
+    :class:`Ledger`: what gossip reads comes from the ledger, and
+    :meth:`receive` inserts at once (the market service buffers peers'
+    events a few ms to insert them together; the log's order does not
+    depend on it).  Subclasses say what else an insert does.
+
+    :ivar ledger: the events held.
     """
 
     network: str = NETWORK
     pair: str = PAIR
 
-    def __init__(self, clock: Clock, on_new: Callable[[list[Event]], None]) -> None:
-        """:param on_new: called with the events each insert added."""
-        self.clock = clock
+    def __init__(self) -> None:
         self.ledger = Ledger()
-        self.on_new = on_new
 
-    def add(self, events: Sequence[Event]) -> None:
-        """Insert this node's own C{events}."""
-        self.on_new(self.ledger.insert(events, self.clock.seconds()).new)
+    def receive(self, events: Sequence[Event]) -> None:
+        self.ledger.insert(events)
 
     def has(self, event_id: str) -> bool:
         return event_id in self.ledger
 
     def get(self, event_id: str) -> Event | None:
         return self.ledger.get(event_id)
-
-    def receive(self, events: Sequence[Event]) -> None:
-        self.add(events)
 
     def vector(self) -> dict[str, int]:
         return self.ledger.vector()
@@ -199,6 +195,23 @@ class SimStore:
 
     def chain_of(self, author: str) -> list[Event]:
         return self.ledger.chain_of(author)
+
+
+class SimStore(LedgerStore):
+    """A simulated node's events: each insert reports what it added."""
+
+    def __init__(self, clock: Clock, on_new: Callable[[list[Event]], None]) -> None:
+        """:param on_new: called with the events each insert added."""
+        super().__init__()
+        self.clock = clock
+        self.on_new = on_new
+
+    def add(self, events: Sequence[Event]) -> None:
+        """Insert this node's own C{events}."""
+        self.on_new(self.ledger.insert(events, self.clock.seconds()).new)
+
+    def receive(self, events: Sequence[Event]) -> None:
+        self.add(events)
 
 
 @implementer(ILinkOwner)

@@ -34,8 +34,8 @@ from bitfitech.gossip import (
 )
 from bitfitech.interfaces import IEventPublisher, IEventStore, IGossip
 from bitfitech.market.events import Author, Event, event_id, parse_event
-from bitfitech.market.ledger import Ledger
 from bitfitech.peer.protocol import PeerProtocol
+from bitfitech.simulation import LedgerStore
 from bitfitech.testing import TEST_NETWORK, TEST_PAIR, RecordingOwner
 from bitfitech.wire.messages import (
     Events,
@@ -86,10 +86,10 @@ def ids(events: Iterable[Event]) -> list[str]:
 
 
 @implementer(IEventStore)
-class FakeStore:
+class FakeStore(LedgerStore):
     """
-    An :class:`IEventStore` over a real :class:`Ledger`; :meth:`receive`
-    inserts at once (the market service buffers; gossip must not care).
+    A :class:`~bitfitech.simulation.LedgerStore` of the test network that
+    records what gossip hands it.
 
     :ivar received: every batch gossip handed to :meth:`receive`.
     """
@@ -98,7 +98,7 @@ class FakeStore:
     pair: str = TEST_PAIR
 
     def __init__(self, *events: Event) -> None:
-        self.ledger = Ledger()
+        super().__init__()
         self.received: list[list[Event]] = []
         self.ledger.insert(events)
 
@@ -106,39 +106,9 @@ class FakeStore:
         """Insert events as this node's own (not through gossip)."""
         self.ledger.insert(events)
 
-    def has(self, event_id: str) -> bool:
-        return event_id in self.ledger
-
-    def get(self, event_id: str) -> Event | None:
-        return self.ledger.get(event_id)
-
     def receive(self, events: Sequence[Event]) -> None:
         self.received.append(list(events))
-        self.ledger.insert(events)
-
-    def vector(self) -> dict[str, int]:
-        return self.ledger.vector()
-
-    def digest(self) -> str:
-        return self.ledger.log_hash
-
-    def missing_for(self, vector: dict[str, int], limit: int) -> tuple[list[Event], bool]:
-        return self.ledger.missing_for(vector, limit)
-
-    def conflicts(self) -> list[Event]:
-        return self.ledger.conflicts()
-
-    def gaps(self) -> int:
-        return self.ledger.gaps()
-
-    def chain_digests(self) -> dict[str, str]:
-        return self.ledger.chain_digests()
-
-    def gap_marks(self) -> set[tuple[str, int]]:
-        return self.ledger.gap_marks()
-
-    def chain_of(self, author: str) -> list[Event]:
-        return self.ledger.chain_of(author)
+        super().receive(events)
 
 
 class FakeLink:

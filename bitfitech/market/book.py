@@ -182,6 +182,13 @@ class BookParams:
     max_lots: int = field(init=False, repr=False, compare=False)
     max_ticks: int = field(init=False, repr=False, compare=False)
 
+    @property
+    def given(self) -> tuple[str, str, str | None, str, str, str]:
+        """The parameters as given (the derived ones left out), in a fixed order:
+        what a state hash and a checkpoint record of the book's rules."""
+        return (self.tick, self.lot, self.min_amount, self.max_amount, self.max_price,
+                self.self_trade)  # fmt: skip
+
     def __post_init__(self) -> None:
         if self.self_trade not in SELF_TRADE_POLICIES:
             raise ValueError(f"self_trade must be one of {', '.join(SELF_TRADE_POLICIES)}")
@@ -757,17 +764,9 @@ class OrderBook:
 
     def state_hash(self) -> str:
         """SHA-256 (hex) of the canonical encoding of the whole state."""
-        params = self.params
         state = [
             "bitfi-book-1",
-            [
-                params.tick,
-                params.lot,
-                params.min_amount,
-                params.max_amount,
-                params.max_price,
-                params.self_trade,
-            ],
+            list(self.params.given),
             self._trade_seq,
             list(self._open.values()),
         ]

@@ -414,7 +414,6 @@ class Ledger:
         if not snap.position:
             return 0, b""
         book = snap.book
-        params = self.params
         closed = self._closed
         outcomes = [
             (order_id, *closed[order_id]) for order_id in self._closed_log[: snap.closed_count]
@@ -422,14 +421,7 @@ class Ledger:
         return snap.position, marshal.dumps(
             (
                 _CHECKPOINT_TAG,
-                (
-                    params.tick,
-                    params.lot,
-                    params.min_amount,
-                    params.max_amount,
-                    params.max_price,
-                    params.self_trade,
-                ),
+                self.params.given,
                 snap.position,
                 snap.log_hash,
                 snap.trade_hash,
@@ -473,11 +465,9 @@ class Ledger:
              closed) = marshal.loads(checkpoint)  # fmt: skip
         except (EOFError, ValueError, TypeError):
             return 0
-        p = self.params
         if (
             tag != _CHECKPOINT_TAG
-            or tuple(params) != (p.tick, p.lot, p.min_amount, p.max_amount, p.max_price,
-                                 p.self_trade)
+            or tuple(params) != self.params.given
             or not 0 < position <= len(self._log)
         ):  # fmt: skip
             return 0

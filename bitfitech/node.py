@@ -296,20 +296,11 @@ class PeerService(_Listener):
         :param source: ``mdns`` or ``dht``.
         :return: ``True`` if the address was new.
         """
-        if not self.running or self.addrbook is None or self._hub is None:
+        if not self.running or self._hub is None:
             return False
-        if node_id == self._hub.local.node_id or (
-            port == self.listen_port and host in (self.config.host, "127.0.0.1", "::1")
-        ):
+        if port == self.listen_port and host in (self.config.host, "127.0.0.1", "::1"):
             return False
-        try:
-            new = self.addrbook.add(
-                host, port, source=source, now=self.reactor.seconds(), node_id=node_id
-            )
-        except (ValueError, AddressError) as e:
-            log.debug("Ignored a {source} address {host}:{port}: {error}",
-                      source=source, host=host, port=port, error=str(e))  # fmt: skip
-            return False
+        new = self._hub.learn(PeerAddress(host, port, node_id), source)
         if new:
             log.debug("Learned {where} from {source}", where=format_hostport(host, port),
                       source=source)  # fmt: skip

@@ -254,7 +254,7 @@ class PeerHub:
                  count=len(self.links))  # fmt: skip
         address = link.listen_address
         if link.direction == "inbound" and address is not None:
-            if self._learn(address, "inbound", int(self.clock.seconds())):
+            if self.learn(address, "inbound", int(self.clock.seconds())):
                 self._relay([address], exclude=link)
         link.send(GetAddr())
         if self.gossip is not None:
@@ -372,8 +372,12 @@ class PeerHub:
 
     # -- addresses
 
-    def _learn(self, address: PeerAddress, source: str, seen: int) -> bool:
-        """Put one address in the book; ``True`` if new.  Own and unusable ones are skipped."""
+    def learn(self, address: PeerAddress, source: str, seen: int | None = None) -> bool:
+        """
+        Put one address in the book; ``True`` if new.  Own and unusable ones are skipped.
+
+        :param seen: when the address was last heard of (a peer's claim), if not now.
+        """
         if address.node_id == self.local.node_id or address.host in _UNSPECIFIED:
             return False
         try:
@@ -388,7 +392,7 @@ class PeerHub:
         new = [
             PeerAddress(a.host, a.port, a.node_id)
             for a in message.addrs
-            if self._learn(PeerAddress(a.host, a.port, a.node_id), "addr", a.time)
+            if self.learn(PeerAddress(a.host, a.port, a.node_id), "addr", a.time)
         ]
         if not new:
             return

@@ -28,6 +28,8 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable
 
+from ...peer.ratelimit import BucketTable
+
 PEER_TTL = 30 * 60.0
 """Seconds an announced peer is kept after its last announce."""
 MAX_PEERS = 100
@@ -158,28 +160,18 @@ def _token(secret: bytes, host: str) -> bytes:
     return hashlib.sha1(host.encode("ascii", "replace") + secret).digest()[:TOKEN_SIZE]
 
 
-class RateLimiter:
+class RateLimiter(BucketTable):
     """
-    A token bucket per source: C{rate} events per second, bursts of C{burst}.
+    A token bucket per source address: C{rate} queries per second, bursts
+    of C{burst} (a :class:`~bitfitech.peer.ratelimit.BucketTable` keyed by IP).
 
     Only the C{max_sources} most recently active sources are tracked; a
     source forgotten for room starts again with a full bucket.
     """
 
     def __init__(self, rate: float, burst: float, *, max_sources: int = 4096) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_sources = max_sources
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        super().__init__(rate, burst, max_keys=max_sources)
 
     def allow(self, source: str, now: float) -> bool:
         """Take one token from C{source}'s bucket: ``False`` if it is empty."""
-        tokens, last = self._buckets.pop(source, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[source] = (tokens, now)
-        while len(self._buckets) > self.max_sources:
-            self._buckets.popitem(last=False)
-        return allowed
+        return self.take(source, now)

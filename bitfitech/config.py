@@ -131,8 +131,11 @@ class GossipTiming:
     """
     How events spread (see ``docs/consistency.rst``).
 
-    :ivar fanout: peers each new event is pushed to in full; the others get
-        an ``inv`` and fetch it if they lack it.
+    :ivar fanout: most peers a new event is pushed to in full by one node;
+        the others get an ``inv`` and fetch it if they lack it.
+    :ivar push_hops: hops from its author within which an event is pushed
+        in full; further on it is only announced (there most peers hold it
+        already, and pushes would mostly be duplicates).
     :ivar ttl: hops a new event may travel.
     :ivar sync_interval: seconds between anti-entropy exchanges with every peer.
     :ivar request_timeout: seconds to wait for a ``getdata`` answer before
@@ -149,7 +152,8 @@ class GossipTiming:
     :ivar author_burst: new events of one author in a burst.
     """
 
-    fanout: int = 1
+    fanout: int = 8
+    push_hops: int = 2
     ttl: int = 16
     sync_interval: float = 30.0
     request_timeout: float = 2.0

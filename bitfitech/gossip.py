@@ -6,12 +6,18 @@ the market (:class:`~bitfitech.interfaces.IEventStore`); and the market ->
 in short:
 
 * **Push and announce.**  A new event (this node's, or one first received
-  with ``ttl`` > 0) goes in full to ``fanout`` random peers that are not
+  with ``ttl`` > 0) goes in full to up to ``fanout`` peers that are not
   known to have it, and as an ``inv`` (its id) to the others; a peer that
   lacks an announced event asks for it with ``getdata`` unless a push
-  brings it within ``fetch_delay``.  Every node thus receives about one
-  full copy of each event instead of one per link, and nodes the pushes
-  miss fetch it one round trip later.
+  brings it within ``fetch_delay``.  Only the author and the nodes within
+  ``push_hops`` of it push; further out, where most peers already have
+  the event, nodes only announce it, and an ``inv`` from there is asked
+  for at once.  Every node thus receives about one full copy of each
+  event instead of one per link.
+* **Prune and graft.**  A push of an event already held sends the pusher
+  a ``prune``: the link is lazy both ways (relays are announced on it,
+  not pushed) until either side asks the other for an event, which makes
+  it eager again.  The author's own events are pushed on lazy links too.
 * **Dedup and hop limit.**  An event already held, or seen recently (a
   bounded cache, which also remembers invalid events), is not processed or
   relayed again; ``ttl`` drops by one per hop and 0 is never relayed.
@@ -78,6 +84,7 @@ from .wire.messages import (
     GetData,
     Inv,
     Message,
+    Prune,
     Sync,
 )
 
@@ -213,6 +220,8 @@ class _Peer:
     __slots__ = (
         "link",
         "known",
+        "lazy",
+        "asked",
         "pushes",
         "answers",
         "announcements",
@@ -234,6 +243,12 @@ class _Peer:
         self.authors = authors
         self.last_rate_report = float("-inf")
         self.known: OrderedDict[str, None] = OrderedDict()
+        # Pruned: the link carries announcements only, until either side
+        # asks the other for an event (see Gossip._spread).
+        self.lazy = False
+        # Ids asked of this peer and not yet received from it: its answers
+        # are not pushes, and a late one is no reason to prune the link.
+        self.asked: set[str] = set()
         # Pushed events and getdata answers travel in separate messages,
         # and answers one message per ttl: an answer may carry ttl 0 (an
         # event learned by anti-entropy), which must not stop the pushes or
@@ -326,7 +341,7 @@ class Gossip:
                 "events_received", "events_new", "events_duplicate", "events_invalid",
                 "events_pushed", "inv_sent", "inv_received", "getdata_sent", "sync_sent",
                 "sync_received", "sync_events_sent", "requests_expired", "requests_dropped",
-                "events_rate_limited",
+                "events_rate_limited", "prunes_sent",
             ),
             0,
         )  # fmt: skip
@@ -400,6 +415,9 @@ class Gossip:
         elif isinstance(message, Sync):
             if peer is not None:
                 self._on_sync(peer, message)
+        elif isinstance(message, Prune):
+            if peer is not None:
+                peer.lazy = True
         else:
             return False
         return True
@@ -424,15 +442,21 @@ class Gossip:
         limited = message.ttl > 0
         excess = ""
         parsed: list[Event] = []
+        asked = peer.asked
+        pushed_twice = False
         for text, sig in message.events:
             stats["events_received"] += 1
             try:
                 ident = event_id(text)
             except UnicodeEncodeError:
                 ident = ""
+            answer = ident in asked
+            if answer:
+                asked.discard(ident)
             if ident and (ident in seen or ident in verifying or store.has(ident)):
                 stats["events_duplicate"] += 1
                 peer.knows(ident)
+                pushed_twice = pushed_twice or not answer
                 continue
             try:
                 event = parse_event(text, sig, network, pair)
@@ -452,6 +476,8 @@ class Gossip:
             parsed.append(event)
         if excess:
             self._report_excess(peer, excess, now)
+        if pushed_twice and limited and not peer.lazy:
+            self._prune(peer)
         if not parsed and not message.more:
             return
         # Verification may take longer for one message than for the next
@@ -570,8 +596,13 @@ class Gossip:
         self.stats["inv_received"] += len(message.ids)
         store, seen, requested = self.store, self._seen, self._requested
         now = self.clock.seconds()
-        delay = self.timing.fetch_delay
-        deadline = now + delay + self.timing.request_timeout
+        timing = self.timing
+        # Pushes reach only the nodes within push_hops of the author: an
+        # announcer further away got the event after every push was sent,
+        # so there is nothing to wait for.
+        beyond = timing.ttl - message.ttl > timing.push_hops
+        delay = 0.0 if beyond else timing.fetch_delay
+        deadline = now + delay + timing.request_timeout
         for ident in message.ids:
             peer.knows(ident)
             if ident in seen or store.has(ident):
@@ -587,7 +618,8 @@ class Gossip:
             else:
                 peer.out_getdata.append(ident)
         if self._to_fetch and self._fetch_call is None:
-            self._fetch_call = self.clock.callLater(delay, self._fetch)
+            wait = self._to_fetch[0][0] - now
+            self._fetch_call = self.clock.callLater(max(0.0, wait), self._fetch)
         self._flush_soon()
 
     def _fetch(self) -> None:
@@ -611,6 +643,7 @@ class Gossip:
         self._flush_soon()
 
     def _on_getdata(self, peer: _Peer, message: GetData) -> None:
+        self._graft(peer)
         for ident in message.ids:
             event = self.store.get(ident)
             if event is not None:
@@ -670,7 +703,10 @@ class Gossip:
     # -- sending
 
     def _spread(self, event: Event, ttl: int, source: _Peer | None) -> None:
-        """Push C{event} to ``fanout`` peers and announce it to the rest."""
+        """
+        Push C{event} to up to ``fanout`` eager peers if it is within
+        ``push_hops`` of its author, and announce it to the rest.
+        """
         ident = event.id
         self._remember(ident, ttl)
         targets = [
@@ -678,8 +714,14 @@ class Gossip:
         ]
         if not targets:
             return
-        fanout = self.timing.fanout
-        eager = targets if len(targets) <= fanout else self._rng.sample(targets, fanout)
+        timing = self.timing
+        eager: list[_Peer] = []
+        if timing.ttl - ttl < timing.push_hops:
+            # A pruned link is skipped for relays only: no peer can have
+            # this node's own new event from anyone else.
+            eager = [peer for peer in targets if source is None or not peer.lazy]
+            if len(eager) > timing.fanout:
+                eager = self._rng.sample(eager, timing.fanout)
         for peer in targets:
             peer.knows(ident)
             if peer in eager:
@@ -687,6 +729,23 @@ class Gossip:
             else:
                 peer.announcements.add(ident, ttl)
         self._flush_soon()
+
+    def _prune(self, peer: _Peer) -> None:
+        """
+        C{peer} pushed an event already held: ask it to announce events
+        instead, and do the same towards it.  The eager links that remain
+        form a tree over which a push reaches each node about once; a node
+        the tree misses asks for the event (``getdata``), which makes that
+        link eager again (see :meth:`_graft`).
+        """
+        peer.lazy = True
+        self.stats["prunes_sent"] += 1
+        peer.link.send(Prune())
+
+    @staticmethod
+    def _graft(peer: _Peer) -> None:
+        """An event was asked of C{peer}, or C{peer} asked us for one: push to it again."""
+        peer.lazy = False
 
     def _remember(self, ident: str, ttl: int) -> None:
         seen = self._seen
@@ -728,6 +787,10 @@ class Gossip:
             if peer.out_getdata:
                 ids, peer.out_getdata = peer.out_getdata, []
                 stats["getdata_sent"] += len(ids)
+                self._graft(peer)
+                if len(peer.asked) > KNOWN_PER_PEER:
+                    peer.asked.clear()  # answers that never came
+                peer.asked.update(ids)
                 for chunk in _chunks(ids, MAX_INV):
                     link.send(GetData(tuple(chunk)))
             batches = list(peer.answers.items())

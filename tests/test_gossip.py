@@ -43,14 +43,23 @@ from bitfitech.wire.messages import (
     Inv,
     Message,
     Ping,
+    Prune,
     Sync,
     decode_message,
     encode_message,
 )
 
 TIMING = GossipTiming(
-    fanout=1, ttl=16, sync_interval=30.0, request_timeout=2.0, flush_interval=0.0, fetch_delay=0.0
+    fanout=1,
+    push_hops=32,
+    ttl=16,
+    sync_interval=30.0,
+    request_timeout=2.0,
+    flush_interval=0.0,
+    fetch_delay=0.0,
 )
+"""Pushes at every hop: most tests here are about one hop; ``PushHopsTests``
+covers how far pushes go."""
 ZERO_DIGEST = "0" * 64
 
 
@@ -327,7 +336,7 @@ class PublishTests(SynchronousTestCase):
     def test_publishes_in_one_turn_batched(self) -> None:
         """Several publishes in one turn make one message per peer, events in order."""
         events = chain(author(1), 3)
-        node = Node(3, *events, timing=GossipTiming(fanout=5, flush_interval=0.0, fetch_delay=0.0))
+        node = Node(3, *events, timing=replace(TIMING, fanout=5))
         for event in events:
             node.gossip.publish([event])
         node.clock.advance(0)
@@ -390,7 +399,7 @@ class ReceiveEventsTests(SynchronousTestCase):
     def test_never_back_to_sender_even_with_large_fanout(self) -> None:
         """With a fanout above the peer count, every peer but the sender gets the event."""
         event = order(author(1), 1)
-        node = Node(3, timing=GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0))
+        node = Node(3, timing=replace(TIMING, fanout=10))
         sender, b, c = node.links
         node.deliver(sender, Events((event.wire,), ttl=2, more=False))
         node.clock.advance(0)
@@ -401,7 +410,7 @@ class ReceiveEventsTests(SynchronousTestCase):
     def test_ttl_one_relayed_with_ttl_zero(self) -> None:
         """An event received with ttl 1 makes one more hop, with ttl 0."""
         event = order(author(1), 1)
-        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0))
+        node = Node(2, timing=replace(TIMING, fanout=10))
         node.deliver(node.links[0], Events((event.wire,), ttl=1, more=False))
         node.clock.advance(0)
         self.assertEqual(node.links[1].take(), [Events((event.wire,), ttl=0, more=False)])
@@ -409,7 +418,7 @@ class ReceiveEventsTests(SynchronousTestCase):
     def test_ttl_zero_not_relayed(self) -> None:
         """Events received with ttl 0 are stored but never relayed."""
         event = order(author(1), 1)
-        node = Node(3, timing=GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0))
+        node = Node(3, timing=replace(TIMING, fanout=10))
         node.deliver(node.links[0], Events((event.wire,), ttl=0, more=False))
         node.clock.advance(0)
         self.assertEqual(node.store.received, [[event]])
@@ -426,14 +435,14 @@ class ReceiveEventsTests(SynchronousTestCase):
         a, b, _ = node.links
         node.deliver(a, Events((held.wire,), ttl=5, more=False))
         node.clock.advance(0)
-        self.assertEqual(node.take_all(), [[], [], []])
+        self.assertEqual(node.take_all(), [[Prune()], [], []])
         self.assertEqual(node.store.received, [])
         node.deliver(a, Events((fresh.wire,), ttl=5, more=False))
         node.clock.advance(0)
         node.take_all()
         node.deliver(b, Events((fresh.wire, held.wire), ttl=5, more=False))
         node.clock.advance(0)
-        self.assertEqual(node.take_all(), [[], [], []])
+        self.assertEqual(node.take_all(), [[], [Prune()], []])
         self.assertEqual(node.store.received, [[fresh]])
         stats = node.gossip.stats
         self.assertEqual(stats["events_received"], 4)
@@ -448,7 +457,7 @@ class ReceiveEventsTests(SynchronousTestCase):
         """
         good1, good2 = order(author(1), 1), order(author(2), 1)
         alien = order(author(3, network="other"), 1)
-        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0))
+        node = Node(2, timing=replace(TIMING, fanout=10))
         sender, other = node.links
         node.deliver(sender, Events((good1.wire, alien.wire, good2.wire), ttl=3, more=False))
         self.assertEqual(node.store.received, [[good1, good2]])
@@ -651,6 +660,127 @@ class InvTests(SynchronousTestCase):
         node.deliver(asker, GetData((event.id,)))
         node.clock.advance(0)
         self.assertEqual(asker.take(), [Events((event.wire,), ttl=16, more=False)])
+
+
+class PushHopsTests(SynchronousTestCase):
+    """How far pushes go (``push_hops``), and pruned and grafted links."""
+
+    TIMING = replace(TIMING, fanout=10, push_hops=2)
+
+    def test_pushed_within_push_hops_announced_beyond(self) -> None:
+        """
+        With ``push_hops`` 2, an event from its author (ttl 16: this node is
+        one hop away) is pushed on; one from a node one hop from its author
+        (ttl 15: this node is two hops away) is only announced.
+        """
+        near, far = order(author(1), 1), order(author(2), 1)
+        node = Node(2, timing=self.TIMING)
+        sender, other = node.links
+        node.deliver(sender, Events((near.wire,), ttl=16, more=False))
+        node.deliver(sender, Events((far.wire,), ttl=15, more=False))
+        node.clock.advance(0)
+        self.assertEqual(
+            other.take(), [Events((near.wire,), ttl=15, more=False), Inv((far.id,), ttl=14)]
+        )
+
+    def test_duplicate_push_prunes_the_pusher_once(self) -> None:
+        """
+        A push of an event already held sends the pusher one ``prune``
+        (more duplicates do not send another) and makes the link lazy:
+        relays go to it as ``inv`` only.
+        """
+        held, other_held, relayed = (order(author(n), 1) for n in (1, 2, 3))
+        node = Node(3, held, other_held, timing=self.TIMING)
+        pusher, source, _ = node.links
+        node.deliver(pusher, Events((held.wire,), ttl=16, more=False))
+        node.deliver(pusher, Events((other_held.wire,), ttl=16, more=False))
+        self.assertEqual(pusher.take(), [Prune()])
+        self.assertEqual(node.gossip.stats["prunes_sent"], 1)
+        node.deliver(source, Events((relayed.wire,), ttl=16, more=False))
+        node.clock.advance(0)
+        self.assertEqual(pusher.take(), [Inv((relayed.id,), ttl=15)])
+
+    def test_prune_received_makes_relays_announcements(self) -> None:
+        """
+        After a peer's ``prune``, relays go to it as ``inv``; the node's own
+        events are still pushed to it.
+        """
+        own, relayed = order(author(1), 1), order(author(2), 1)
+        node = Node(2, own, timing=self.TIMING)
+        source, pruner = node.links
+        node.deliver(pruner, Prune())
+        node.deliver(source, Events((relayed.wire,), ttl=16, more=False))
+        node.clock.advance(0)
+        self.assertEqual(pruner.take(), [Inv((relayed.id,), ttl=15)])
+        node.gossip.publish([own])
+        node.clock.advance(0)
+        self.assertEqual(pruner.take(), [Events((own.wire,), ttl=16, more=False)])
+
+    def test_getdata_received_grafts(self) -> None:
+        """A ``getdata`` from a pruned peer makes its link eager again."""
+        asked, relayed = order(author(1), 1), order(author(2), 1)
+        node = Node(2, asked, timing=self.TIMING)
+        source, peer = node.links
+        node.deliver(peer, Prune(), GetData((asked.id,)))
+        node.clock.advance(0)
+        peer.take()
+        node.deliver(source, Events((relayed.wire,), ttl=16, more=False))
+        node.clock.advance(0)
+        self.assertEqual(peer.take(), [Events((relayed.wire,), ttl=15, more=False)])
+
+    def test_getdata_sent_grafts(self) -> None:
+        """Asking a pruned peer for an event it announced makes its link eager again."""
+        held, missing, relayed = (order(author(n), 1) for n in (1, 2, 3))
+        node = Node(2, held, timing=self.TIMING)
+        source, peer = node.links
+        node.deliver(peer, Events((held.wire,), ttl=16, more=False))
+        self.assertEqual(peer.take(), [Prune()])
+        node.deliver(peer, Inv((missing.id,), ttl=16))
+        node.clock.advance(0)
+        self.assertEqual(peer.take(), [GetData((missing.id,))])
+        node.deliver(source, Events((relayed.wire,), ttl=16, more=False))
+        node.clock.advance(0)
+        self.assertEqual(full(peer.take()), [relayed.id])
+
+    def test_late_answer_does_not_prune(self) -> None:
+        """
+        The answer to a ``getdata`` that comes after a push brought the
+        event is a duplicate, but not a push: the answerer is not pruned.
+        """
+        event = order(author(1), 1)
+        node = Node(2, timing=self.TIMING)
+        asked, pusher = node.links
+        node.deliver(asked, Inv((event.id,), ttl=16))
+        node.clock.advance(0)
+        self.assertEqual(asked.take(), [GetData((event.id,))])
+        node.deliver(pusher, Events((event.wire,), ttl=16, more=False))
+        node.deliver(asked, Events((event.wire,), ttl=16, more=False))
+        node.clock.advance(0)
+        self.assertEqual(asked.take(), [])
+        self.assertEqual(node.gossip.stats["events_duplicate"], 1)
+        self.assertEqual(node.gossip.stats["prunes_sent"], 0)
+
+    def test_anti_entropy_duplicates_do_not_prune(self) -> None:
+        """Events of an anti-entropy answer (ttl 0) already held prune nothing."""
+        held = order(author(1), 1)
+        node = Node(1, held, timing=self.TIMING)
+        node.deliver(node.links[0], Events((held.wire,), ttl=0, more=False))
+        self.assertEqual(node.links[0].take(), [])
+
+    def test_announced_beyond_push_hops_fetched_at_once(self) -> None:
+        """
+        An ``inv`` from a node more than ``push_hops`` from the author is
+        answered with a ``getdata`` at the next turn: every push was sent
+        before it.  One from nearer waits ``fetch_delay`` for a racing push.
+        """
+        far, near = order(author(1), 1), order(author(2), 1)
+        node = Node(1, timing=replace(self.TIMING, fetch_delay=0.01))
+        link = node.links[0]
+        node.deliver(link, Inv((far.id,), ttl=13), Inv((near.id,), ttl=14))
+        node.clock.advance(0)
+        self.assertEqual(link.take(), [GetData((far.id,))])
+        node.clock.advance(0.01)
+        self.assertEqual(link.take(), [GetData((near.id,))])
 
 
 class BatchTests(SynchronousTestCase):
@@ -1085,7 +1215,7 @@ class PeriodicTests(SynchronousTestCase):
 class LifecycleTests(SynchronousTestCase):
     def test_link_closed_removes_peer(self) -> None:
         """A closed link is sent nothing more, not even what was queued for it."""
-        node = Node(2, timing=GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0))
+        node = Node(2, timing=replace(TIMING, fanout=10))
         kept, gone = node.links
         first, second = order(author(1), 1), order(author(2), 1)
         node.store.add(first, second)
@@ -1197,23 +1327,25 @@ class EndToEndTests(SynchronousTestCase):
         self.assertConverged(mesh, events)
         return mesh, events
 
-    def test_full_mesh_push_and_announce_beats_flooding(self) -> None:
+    def test_full_mesh_pushes_pruned_to_one_copy(self) -> None:
         """
-        In a full mesh of 6, fanout 1 sends each node 2.0 full copies of an
-        event on average (measured: about ``fanout`` + 1, as a relay cannot
-        know which peers already fetched it from the origin), against one per
-        link (5) when every peer is pushed to (fanout above the peer count).
+        In a full mesh of 6 with the default timing, an author pushes its
+        event to all 5 peers, which then push it to one another (hop 2):
+        duplicates, so they prune those links.  Once pruned, each node gets
+        exactly one copy: the last 10 of 50 events, from every author in
+        turn, reach each node once, and over all 50 it is under 1.5.  With
+        fanout 1 and pushes at every hop (``TIMING``), about 2 copies.
         """
-        mesh, events = self.full_mesh(TIMING)
+        defaults = GossipTiming(flush_interval=0.0, fetch_delay=0.0)
+        mesh, events = self.full_mesh(defaults)
         counts = self.copies_per_node(mesh, events)
-        mean = sum(counts) / len(counts)
-        self.assertLessEqual(mean, 2.0)
-        flood, flood_events = self.full_mesh(
-            GossipTiming(fanout=10, flush_interval=0.0, fetch_delay=0.0)
-        )
-        flood_counts = self.copies_per_node(flood, flood_events)
-        self.assertEqual(sum(flood_counts) / len(flood_counts), 5.0)
-        self.assertLess(mean, 5.0 / 2)
+        self.assertLess(sum(counts) / len(counts), 1.5)
+        self.assertEqual(counts[-50:], [1] * 50)
+        self.assertGreater(sum(g.stats["prunes_sent"] for g in mesh.gossips), 0)
+        random_walk, walk_events = self.full_mesh(TIMING)
+        walk = self.copies_per_node(random_walk, walk_events)
+        self.assertLessEqual(sum(walk) / len(walk), 2.0)
+        self.assertGreater(sum(walk[-50:]), 50)
 
     def test_new_node_catches_up_by_sync_alone(self) -> None:
         """

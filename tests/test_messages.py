@@ -31,6 +31,7 @@ from bitfitech.wire.messages import (
     NetAddress,
     Ping,
     Pong,
+    Prune,
     Sync,
     Unknown,
     Verack,
@@ -77,6 +78,7 @@ EXAMPLES: list[Message] = [
     VERSION,
     Verack(),
     GetAddr(),
+    Prune(),
     ADDR,
     Ping(0),
     Pong(2**64 - 1),
@@ -176,6 +178,7 @@ class RoundTripTests(SynchronousTestCase):
                 "pong": Pong,
                 "inv": Inv,
                 "getdata": GetData,
+                "prune": Prune,
                 "events": Events,
                 "sync": Sync,
             },
@@ -187,6 +190,7 @@ class RoundTripTests(SynchronousTestCase):
         """Payloads are compact JSON with sorted keys and raw UTF-8."""
         self.assertEqual(encode_message(Verack()), ("verack", b"{}"))
         self.assertEqual(encode_message(GetAddr()), ("getaddr", b"{}"))
+        self.assertEqual(encode_message(Prune()), ("prune", b"{}"))
         self.assertEqual(encode_message(Ping(7)), ("ping", b'{"nonce":7}'))
         self.assertEqual(
             encode_message(Addr((NetAddress("::1", 5, None, 9),))),

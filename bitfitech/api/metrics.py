@@ -58,6 +58,7 @@ GOSSIP_HELP: Mapping[str, str] = {
     "events_invalid": "Events received from peers that were malformed or badly signed.",
     "events_rate_limited": "Events from peers refused by the per-author rate limit.",
     "events_pushed": "Events pushed to peers in full.",
+    "prunes_sent": "Links made lazy because a peer pushed an event already held (prune).",
     "inv_sent": "Event ids announced to peers (inv).",
     "inv_received": "Event ids announced by peers (inv).",
     "getdata_sent": "Event ids asked of peers (getdata).",

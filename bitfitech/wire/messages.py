@@ -358,6 +358,20 @@ class GetAddr(_EmptyMessage):
 
 
 @dataclass(frozen=True)
+class Prune(_EmptyMessage):
+    """
+    Stop pushing events to me in full; announce them (``inv``) instead.
+
+    Sent to a peer whose push brought an event already held: the link
+    becomes lazy both ways until either side asks the other for an event
+    (``getdata``), which makes it eager again (``docs/consistency.rst``).
+    A peer that does not know the command ignores it and keeps pushing.
+    """
+
+    command: ClassVar[str] = "prune"
+
+
+@dataclass(frozen=True)
 class NetAddress:
     """
     One entry of an ``addr`` message: where a node listens.
@@ -746,7 +760,7 @@ class Unknown:
 
 
 KnownMessage: TypeAlias = (
-    Version | Verack | GetAddr | Addr | Ping | Pong | Inv | GetData | Events | Sync
+    Version | Verack | GetAddr | Addr | Ping | Pong | Inv | GetData | Events | Sync | Prune
 )
 """A message of a command this version knows."""
 
@@ -756,7 +770,7 @@ Message: TypeAlias = KnownMessage | Unknown
 COMMANDS: Mapping[str, type[KnownMessage]] = MappingProxyType(
     {
         cls.command: cls
-        for cls in (Version, Verack, GetAddr, Addr, Ping, Pong, Inv, GetData, Events, Sync)
+        for cls in (Version, Verack, GetAddr, Addr, Ping, Pong, Inv, GetData, Events, Sync, Prune)
     }
 )
 """The known commands and the message class of each."""
@@ -782,7 +796,7 @@ def encode_message(message: Message) -> tuple[str, bytes]:
     if isinstance(message, Unknown):
         return message.command, message.payload
     if not isinstance(
-        message, (Version, Verack, GetAddr, Addr, Ping, Pong, Inv, GetData, Events, Sync)
+        message, (Version, Verack, GetAddr, Addr, Ping, Pong, Inv, GetData, Events, Sync, Prune)
     ):
         raise TypeError(f"not a message: {_show(message)}")
     text = json.dumps(message._to_json(), separators=(",", ":"), sort_keys=True, ensure_ascii=False)

@@ -122,6 +122,10 @@ BUSY_RATE = 1000
 """Items (events, announced or requested ids) sent a second above which a
 node is busy and batches its sends (see ``GossipTiming.flush_interval``)."""
 
+UNSENT = 4096
+"""Most of this node's own events kept, while it has no peers, to push to
+the first peer that comes (older ones reach peers by anti-entropy)."""
+
 AUTHOR_BUCKETS = 65536
 """Most authors whose rate is tracked at once (all peers together)."""
 
@@ -324,6 +328,8 @@ class Gossip:
         self._prompt_call: IDelayedCall | None = None
         self._loops: list[LoopingCall] = []
         self._verify: Verifier = verifier or verify_inline
+        # This node's events published while it had no peer to send them to.
+        self._unsent: deque[Event] = deque(maxlen=UNSENT)
         self._verifying: set[str] = set()
         self._prompt_skip: set[PeerProtocol] = set()
         # Gap marks (see IEventStore.gap_marks) and when each was first seen.
@@ -385,6 +391,13 @@ class Gossip:
         )
         peer = self.peers[link] = _Peer(link, authors)
         self._pull(peer)
+        if self._unsent:
+            # Pushed now, they spread as any new event; the peer would
+            # otherwise get them only in its sync answer, which is not
+            # relayed, and the rest of the network at the next sync.
+            unsent, self._unsent = list(self._unsent), deque(maxlen=UNSENT)
+            for event in unsent:
+                self._spread(event, self.timing.ttl, None)
 
     def link_closed(self, link: PeerProtocol) -> None:
         """A peer left: ask other announcers for what it was asked for."""
@@ -713,6 +726,8 @@ class Gossip:
             peer for peer in self.peers.values() if peer is not source and ident not in peer.known
         ]
         if not targets:
+            if source is None and not self.peers:
+                self._unsent.append(event)
             return
         timing = self.timing
         eager: list[_Peer] = []

@@ -322,6 +322,25 @@ class PublishTests(SynchronousTestCase):
         self.assertEqual(node.gossip.stats["events_pushed"], 1)
         self.assertEqual(node.gossip.stats["inv_sent"], 4)
 
+    def test_published_without_peers_pushed_to_the_first(self) -> None:
+        """
+        Events published while the node has no peer are pushed, with the
+        full ttl, to the first peer that comes, and left out of the answer
+        to its ``sync``; later peers do not get them again.
+        """
+        events = [order(author(1), seq) for seq in (1, 2)]
+        node = Node(0, *events)
+        node.gossip.publish(events)
+        node.clock.advance(0)
+        first = node.connect("first")
+        node.clock.advance(0)
+        self.assertEqual(first.take(), [Events(tuple(e.wire for e in events), 16, False)])
+        node.deliver(first, Sync((), ZERO_DIGEST))
+        self.assertEqual(full(first.take()), [])
+        node.connect("second")
+        node.clock.advance(0)
+        self.assertEqual(node.gossip.stats["events_pushed"], 2)
+
     def test_fanout_peers_are_random(self) -> None:
         """The pushed peer is picked at random, event by event, not always the same."""
         node = Node(5)

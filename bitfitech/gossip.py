@@ -143,6 +143,9 @@ PEER_SLACK = 2.0
 before it is scored: events travel with varying delays, and an honest
 peer may deliver in a bunch what it took in over a longer time."""
 
+AHEAD_PATIENCE = 0.5
+"""Least seconds a peer's ``sync`` may show events we lack before we pull them."""
+
 REPAIR_AGE = 2.0
 """Seconds after its timestamp from which an event learned by anti-entropy
 was a repair (and prompts the other peers), not an event still travelling."""
@@ -326,6 +329,7 @@ class Gossip:
         self._window_start = 0.0
         self._window_items = 0
         self._prompt_call: IDelayedCall | None = None
+        self._ahead_call: IDelayedCall | None = None
         self._loops: list[LoopingCall] = []
         self._verify: Verifier = verifier or verify_inline
         # This node's events published while it had no peer to send them to.
@@ -373,10 +377,10 @@ class Gossip:
             if loop.running:
                 loop.stop()
         self._loops.clear()
-        for call in (self._flush_call, self._prompt_call, self._fetch_call):
+        for call in (self._flush_call, self._prompt_call, self._fetch_call, self._ahead_call):
             if call is not None and call.active():
                 call.cancel()
-        self._flush_call = self._prompt_call = self._fetch_call = None
+        self._flush_call = self._prompt_call = self._fetch_call = self._ahead_call = None
         self.peers.clear()
 
     # -- IGossip: what the hub reports
@@ -692,6 +696,11 @@ class Gossip:
             if not peer.ahead:
                 peer.ahead_since = now
             peer.ahead = ahead
+            # A peer prompted by repairs is ahead by events nobody is
+            # sending us: check well before the next gap check.
+            if self._ahead_call is None:
+                wait = peer.ahead_since + self._ahead_patience() - now
+                self._ahead_call = self.clock.callLater(max(0.0, wait), self._check_ahead)
         elif not events and theirs == ours and message.digest != store.digest():
             # Same vectors, different logs: each holds another side of an
             # equivocation.  Show the peer our chains; it sends the ones
@@ -924,6 +933,37 @@ class Gossip:
             self._gap_turn = (self._gap_turn + 1) % len(peers)
             self._pull(peers[self._gap_turn])
             return
+        self._pull_ahead(now, peers)
+
+    def _ahead_patience(self) -> float:
+        """
+        Seconds a peer may stay ahead of us before we pull from it: twice
+        the usual age of pushed events on arrival (what is on its way comes
+        by then), and at least :data:`AHEAD_PATIENCE`.
+        """
+        return max(AHEAD_PATIENCE, 2 * self._lag)
+
+    def _check_ahead(self) -> None:
+        """Pull from the peers that have stayed ahead of us long enough, now."""
+        self._ahead_call = None
+        now = self.clock.seconds()
+        # Left to the gap check: peers whose answers are still coming, and
+        # peers asked within a gap check whose answer has not begun.
+        peers = [
+            peer
+            for peer in self.peers.values()
+            if now - peer.last_answer >= GAP_CHECK
+            and (now - peer.last_pull >= GAP_CHECK or peer.last_answer > peer.last_pull)
+        ]
+        self._pull_ahead(now, peers)
+
+    def _pull_ahead(self, now: float, peers: list[_Peer]) -> None:
+        """
+        Pull from those of C{peers} whose ``sync`` showed events we still
+        lack after :meth:`_ahead_patience`; forget it of those that no
+        longer have any.
+        """
+        patience = self._ahead_patience()
         ours = self.store.vector()
         for peer in peers:
             if not any(seq > ours.get(author, 0) for author, seq in peer.ahead.items()):

@@ -150,7 +150,6 @@ def predict(rows: list[Row], results: Results) -> None:
     fits = [
         ("time to reach all nodes p50", "ms", [r.spread.reach_p50 * 1000 for r in scaled]),
         ("time to reach all nodes p99", "ms", [r.spread.reach_p99 * 1000 for r in scaled]),
-        ("copies per node per event", "", [r.spread.copies for r in scaled]),
         ("partition heal time", "ms", [r.partition.heal_time * 1000 for r in scaled]),
         ("heal time through one link", "ms", [r.bridge.heal_time * 1000 for r in scaled]),
     ]
@@ -159,6 +158,14 @@ def predict(rows: list[Row], results: Results) -> None:
         value = a + b * math.log(PREDICT_AT)
         print(f"  {name:<30} {a:9.2f} + {b:8.2f} ln N  ->  {value:9.2f} {unit}")
         results.add(f"{name}, predicted for {PREDICT_AT} nodes", round(value, 3), unit)
+    # Copies cannot fall below one (every node needs the event once): what
+    # shrinks with N is the excess, the share of the pushes near the author
+    # that land on nodes that have the event already.
+    a, k = fit_power(xs, [max(r.spread.copies - 1, 1e-4) for r in scaled])
+    copies = 1 + a * PREDICT_AT**k
+    name = "copies per node per event"
+    print(f"  {name:<30} 1 + {a:9.2f} x N^{k:.2f}   ->  {copies:9.3f}")
+    results.add(f"{name}, predicted for {PREDICT_AT} nodes", round(copies, 3), "")
     a, k = fit_power(xs, [row.cpu for row in scaled])
     cpu = a * PREDICT_AT**k
     print(f"  {'simulation CPU':<30} {a:9.4f} x N^{k:.2f}       ->  {cpu:9.0f} s")
@@ -168,24 +175,25 @@ def predict(rows: list[Row], results: Results) -> None:
     diameter = math.log(PREDICT_AT) / math.log(degree - 1) + 2
     print(
         f"""
-Reading.  Spread: an event moves one hop per link delay (latency, jitter
-and the 6 ms fetch delay, a round trip more when an inv beats the push);
-a random graph of {degree:.0f} links a node reaches N nodes in about ln N / ln
-{degree - 1:.0f} hops, so reach time grows with ln N: {xs[-1]:,} -> {PREDICT_AT:,} nodes
-adds about {hops:.1f} hops, which the fit prices as above.  The ttl (16) is
-far above the diameter (about {diameter:.0f} hops at {PREDICT_AT:,}): coverage stays complete.
-Copies: set by the fanout, the links a node and how often an inv
-beats a push (1.78 with no jitter at all, 1.83 with 20 ms), not by N:
-flat.  Heal: a node with a rejoined link of its own catches up in one
-exchange (a handshake and a round trip); the others learn the other
-side's events from a neighbour one hop nearer the cut, about 2 s a hop
-(the neighbour's prompt is a sync showing it is ahead; the prompted node
-pulls only at its next gap check once the events are a second overdue,
-and anti-entropy answers are not relayed).  So heal time is about 2 s
-per hop from the nearest rejoined link: with every cut link redialled
-that depth is the inside of a region and grows slowly with N; through
-one link it is the network's radius, ln N / ln {degree - 1:.0f} hops, so
-about 2 s per extra hop as the fits show.  CPU: about N x events.
+Reading.  Spread: the author and its neighbours push an event to every
+peer (two hops of one link delay each); further out it moves by inv,
+getdata and answer, three link delays a hop.  A random graph of {degree:.0f} links
+a node reaches N nodes in about ln N / ln {degree - 1:.0f} hops, so reach time grows
+with ln N: {xs[-1]:,} -> {PREDICT_AT:,} nodes adds about {hops:.1f} hops, which the fit
+prices as above.  The ttl (16) is far above the diameter (about {diameter:.0f} hops
+at {PREDICT_AT:,}): coverage stays complete.  Copies: the pushes of the second hop
+(about {degree * (degree - 1):.0f} of them) are what lands twice, on nodes that two neighbours
+of the author share; the share of such nodes falls as N grows, so copies
+fall towards 1 (the prunes remove the rest over time).  Heal: a node with
+a rejoined link of its own catches up in one exchange (a handshake and a
+round trip); the others learn the other side's events from a neighbour
+one hop nearer the cut: the neighbour's prompt (0.1 s after its repair)
+is a sync showing it is ahead, which the prompted node pulls 0.5 s later
+(anti-entropy answers are not relayed).  So heal time is about 0.6 s
+plus two round trips per hop from the nearest rejoined link: with every
+cut link redialled that depth is the inside of a region and grows slowly
+with N; through one link it is the network's radius, ln N / ln {degree - 1:.0f} hops.
+CPU: about N x events.
 """,
         flush=True,
     )

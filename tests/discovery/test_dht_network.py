@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitfitech.discovery.kademlia.ids import distance, network_info_hash, random_id
+from bitfitech.discovery.kademlia.ids import distance, id_to_int, network_info_hash, random_id
 from bitfitech.discovery.kademlia.lookup import LookupResult
-from bitfitech.discovery.kademlia.routing import K
-from bitfitech.discovery.kademlia.service import DHTService, DHTTiming
+from bitfitech.discovery.kademlia.routing import Bucket, K
+from bitfitech.discovery.kademlia.service import JOIN_REFRESHES, DHTService, DHTTiming
 from bitfitech.testing import HeapClock, MemoryDatagramNetwork, run_for
 
 INFO_HASH = network_info_hash("test", "BTC/USD")
@@ -38,7 +40,13 @@ class Grid:
     def host(self, n: int) -> str:
         return f"10.0.{n // 250}.{n % 250 + 1}"
 
-    def add(self, *, info_hash: bytes = INFO_HASH, settle: float = 0.5) -> DHTService:
+    def add(
+        self,
+        *,
+        info_hash: bytes = INFO_HASH,
+        settle: float = 0.5,
+        before_start: Callable[[DHTService], None] | None = None,
+    ) -> DHTService:
         """Start one more node, bootstrapped from a random live node."""
         n = len(self.services)
         live = self.live()
@@ -58,6 +66,8 @@ class Grid:
         )
         self.services.append(service)
         self.found.append(found)
+        if before_start is not None:
+            before_start(service)
         service.startService()
         run_for(self.clock, settle)
         return service
@@ -85,6 +95,14 @@ class Grid:
         run_for(self.clock, 30)
         [result] = results
         return result
+
+    def room(self, service: DHTService, bucket: Bucket) -> int:
+        """Contacts C{service}'s C{bucket} could hold: k, or the live nodes in its range."""
+        others = (self.services[n].node_id for n in self.live())
+        inside = sum(
+            1 for i in others if i and i != service.node_id and bucket.covers(id_to_int(i))
+        )
+        return min(K, inside)
 
     def dead_contacts(self) -> int:
         dead_ids = {self.services[n].node_id for n in self.dead}
@@ -160,3 +178,64 @@ class NetworkTests(SynchronousTestCase):
         self.check_lookups(10)
         dead_after = grid.dead_contacts()
         self.assertLess(dead_after, dead_before / 3, (dead_before, dead_after))
+
+
+class JoinTests(SynchronousTestCase):
+    """A node that joins fills its routing table at once, a few refreshes at a time."""
+
+    def setUp(self) -> None:
+        self.grid = Grid(seed=5)
+        self.addCleanup(self.grid.stop)
+        for _ in range(100):
+            self.grid.add()
+        run_for(self.grid.clock, 10)
+
+    def test_table_full_after_join(self) -> None:
+        """
+        Right after joining, every bucket of a new node holds all the
+        contacts it could: k, or every live node in its range.
+        """
+        for _ in range(3):
+            service = self.grid.add(settle=30)
+            table = service.routing_table
+            assert table is not None
+            held = [len(b.contacts) for b in table.buckets]
+            possible = [self.grid.room(service, b) for b in table.buckets]
+            self.assertEqual(held, possible)
+            self.assertGreater(len(held), 3)
+
+    def test_join_refreshes_bounded(self) -> None:
+        """
+        The join refreshes only ranges not full, each once, at most
+        JOIN_REFRESHES at a time; nothing more follows in the next minutes.
+        """
+        calls: list[tuple[float, int, int]] = []
+        in_flight = [0, 0]
+
+        def watch(service: DHTService) -> None:
+            original = service.find_node
+
+            def find_node(target: bytes) -> Deferred[LookupResult]:
+                table = service.routing_table
+                assert table is not None and service.node_id is not None
+                bits = distance(target, service.node_id).bit_length()
+                held = table.count_between(*table.distance_range(bits))
+                calls.append((self.grid.clock.seconds(), bits, held))
+                in_flight[0] += 1
+                in_flight[1] = max(in_flight)
+
+                def done(result: LookupResult) -> LookupResult:
+                    in_flight[0] -= 1
+                    return result
+
+                return original(target).addCallback(done)
+
+            self.patch(service, "find_node", find_node)
+
+        started = self.grid.clock.seconds()
+        self.grid.add(settle=10 * 60, before_start=watch)
+        self.assertGreater(len(calls), JOIN_REFRESHES)
+        self.assertTrue(all(held < K for _, _, held in calls), calls)
+        self.assertEqual(len({bits for _, bits, _ in calls}), len(calls))
+        self.assertLess(max(when for when, _, _ in calls) - started, 10)
+        self.assertEqual(in_flight, [0, JOIN_REFRESHES])

@@ -154,6 +154,43 @@ class RoutingTableTests(SynchronousTestCase):
         target = table.random_id_in(stale[0], random.Random(1))
         self.assertTrue(stale[0].covers(id_to_int(target)))
 
+    def test_ranges_to_fill(self) -> None:
+        """
+        After the self-lookup, the ranges to refresh are those not full
+        from our k-th nearest contact's distance out, nearest first.
+        """
+        table = RoutingTable(OWN, 0.0)
+        self.assertEqual(table.ranges_to_fill(), [])
+        at = [int_to_id((1 << 149) + n) for n in range(8)]
+        full = [int_to_id((1 << 154) + n) for n in range(8)]
+        fill(table, at + full + [far(n) for n in range(4)])
+        self.assertEqual(len(table), 20)
+        wanted = [b for b in range(151, 161) if b != 155]
+        self.assertEqual(table.ranges_to_fill(), [table.distance_range(b) for b in wanted])
+        self.assertEqual(table.distance_range(151), (1 << 150, 1 << 151))
+        self.assertEqual(table.count_between(*table.distance_range(155)), 8)
+        self.assertEqual(table.count_between(*table.distance_range(160)), 4)
+        self.assertEqual(table.count_between(*table.distance_range(151)), 0)
+        self.assertEqual(table.count_between(0, ID_SPACE), 20)
+
+    def test_ranges_to_fill_few_contacts(self) -> None:
+        """
+        With fewer than k contacts the self-lookup met every node it could:
+        only the farthest contact's range is left to fill.
+        """
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [int_to_id((1 << 157) + 5), far(1)])
+        self.assertEqual(table.ranges_to_fill(), [table.distance_range(160)])
+
+    @given(st.integers(0, 2**160 - 1), st.integers(1, 160))
+    def test_distance_range(self, own: int, bits: int) -> None:
+        """Every id of ``distance_range(bits)`` is ``bits`` bits of XOR away from ours."""
+        table = RoutingTable(int_to_id(own), 0.0)
+        low, high = table.distance_range(bits)
+        self.assertEqual(high - low, 1 << (bits - 1))
+        for value in (low, high - 1, (low + high) // 2):
+            self.assertEqual((value ^ own).bit_length(), bits)
+
     def test_closest(self) -> None:
         """``closest`` returns the k nearest by XOR, nearest first."""
         rng = random.Random(3)

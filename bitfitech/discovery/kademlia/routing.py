@@ -4,7 +4,8 @@ Data path: the protocol reports every node heard from
 (:meth:`RoutingTable.heard_from`) and every query that timed out
 (:meth:`RoutingTable.failed`); the table answers ``find_node`` and
 ``get_peers`` queries and seeds lookups (:meth:`RoutingTable.closest`), and
-tells the service which buckets to refresh (:meth:`RoutingTable.stale_buckets`).
+tells the service which buckets to refresh (:meth:`RoutingTable.stale_buckets`,
+and :meth:`RoutingTable.ranges_to_fill` just after joining).
 
 The id space is split into buckets of at most ``k`` contacts, each covering
 a range of ids.  A full bucket that covers our own id splits in two; any
@@ -26,10 +27,11 @@ from __future__ import annotations
 import bisect
 import heapq
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .ids import ID_SIZE, ID_SPACE, id_to_int, random_id_between
+from .ids import ID_BITS, ID_SIZE, ID_SPACE, id_to_int, random_id_between
 
 K = 8
 """Contacts per bucket, and nodes a lookup converges on."""
@@ -329,6 +331,48 @@ class RoutingTable:
     def stale_buckets(self, now: float, interval: float) -> list[Bucket]:
         """Buckets not changed for C{interval} seconds: due for a refresh."""
         return [b for b in self._buckets if now - b.changed >= interval]
+
+    def ranges_to_fill(self) -> list[tuple[int, int]]:
+        """
+        The id ranges a node that has just looked up its own id refreshes
+        once each (Kademlia's join), nearest first, as ``(low, high)``.
+
+        Kademlia refreshes every bucket farther than the nearest contact,
+        a bucket there being the ids that share exactly ``i`` leading bits
+        with ours, for each ``i`` (here the bucket holding our own id spans
+        several of those: it splits as they fill).  A range is kept if it
+        holds fewer than k contacts and reaches farther than our k-th
+        nearest contact, the self-lookup having found every node nearer
+        than that.
+        """
+        if not self._by_id:
+            return []
+        reach = self._distance_bits(self.closest(self.own_id)[-1].node_id)
+        held = Counter(self._distance_bits(c.node_id) for c in self._by_id.values())
+        return [self.distance_range(b) for b in range(reach, ID_BITS + 1) if held[b] < self.k]
+
+    def _distance_bits(self, node_id: bytes) -> int:
+        return (id_to_int(node_id) ^ self._own).bit_length()
+
+    def distance_range(self, bits: int) -> tuple[int, int]:
+        """
+        The ids whose XOR distance to ours is C{bits} bits long (``1 <=
+        bits <= 160``), as ``(low, high)``: those that share exactly
+        ``160 - bits`` leading bits with our id.
+        """
+        size = 1 << (bits - 1)
+        low = (self._own ^ size) & ~(size - 1)
+        return low, low + size
+
+    def count_between(self, low: int, high: int) -> int:
+        """How many contacts have an id in ``low <= id < high``."""
+        first = max(bisect.bisect_right(self._lows, low) - 1, 0)
+        count = 0
+        for bucket in self._buckets[first:]:
+            if bucket.low >= high:
+                break
+            count += sum(1 for c in bucket.contacts if low <= id_to_int(c.node_id) < high)
+        return count
 
     def random_id_in(self, bucket: Bucket, rng: random.Random) -> bytes:
         """A random id in C{bucket}'s range: the target of its refresh."""

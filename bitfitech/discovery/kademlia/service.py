@@ -12,9 +12,14 @@ Its life:
 1. **Start**: load (or draw and save) the node id, bind the UDP port.
 2. **Bootstrap**: ``find_node`` of our own id to every bootstrap address
    (given ones, plus contacts saved at the last run), then a lookup of our
-   own id through the nodes they name.  While the routing table stays
-   empty, bootstrap again after a growing delay, so a node started before
-   its bootstrap node still joins.
+   own id through the nodes they name, then one refresh (a lookup of a
+   random id in its range) of every bucket farther than our nearest
+   contacts that is not full
+   (:meth:`~bitfitech.discovery.kademlia.routing.RoutingTable.ranges_to_fill`),
+   :data:`JOIN_REFRESHES` at a time: the table fills at once rather than at
+   the first bucket refresh.  While the routing table stays empty,
+   bootstrap again after a growing delay, so a node started before its
+   bootstrap node still joins.
 3. **Discover**: a ``get_peers`` lookup of the info-hash, every peer found
    handed on, then ``announce_peer`` of our P2P port to the nearest nodes
    that gave a token.  Lookups repeat every ``lookup_interval``, and after
@@ -50,7 +55,7 @@ from twisted.python.failure import Failure
 from bitfitech.discovery import PeerFound, SettingsStore
 from bitfitech.logs import logger
 
-from .ids import is_id, parse_hex_id, random_id
+from .ids import is_id, parse_hex_id, random_id, random_id_between
 from .krpc import Address, NodeInfo, Response, is_ipv4
 from .lookup import Lookup, LookupResult
 from .protocol import DHTProtocol
@@ -71,6 +76,8 @@ PINGS_PER_CHECK = 8
 """Questionable contacts pinged at each housekeeping run."""
 MAX_FOUND_REMEMBERED = 4096
 """Peers remembered to tell new ones from known ones (for logs and counts)."""
+JOIN_REFRESHES = 3
+"""Bucket refreshes a join runs at once."""
 
 
 @dataclass(frozen=True)
@@ -378,6 +385,27 @@ class DHTService(Service):
         seeds = [node for reply in replies if reply is not None for node in reply.nodes]
         if seeds or len(protocol.routing):
             await self._lookup(own, peers=False, seeds=seeds)
+            await self._fill_table(protocol)
+
+    async def _fill_table(self, protocol: DHTProtocol) -> None:
+        """Refresh once each range a node just joined should fill, a few at a time."""
+        ranges = protocol.routing.ranges_to_fill()
+        if not ranges:
+            return
+        log.debug("DHT joined: refreshing {count} buckets", count=len(ranges))
+        workers = min(JOIN_REFRESHES, len(ranges))
+        await gatherResults(
+            [Deferred.fromCoroutine(self._refresh_each(protocol, ranges)) for _ in range(workers)],
+            consumeErrors=True,
+        )
+
+    async def _refresh_each(self, protocol: DHTProtocol, ranges: list[tuple[int, int]]) -> None:
+        """Look up a random id in each of C{ranges} in turn (a list other workers share)."""
+        while ranges and self._protocol is protocol:
+            low, high = ranges.pop(0)
+            # Other refreshes, and other nodes' queries, may have filled it.
+            if protocol.routing.count_between(low, high) < protocol.routing.k:
+                await self.find_node(random_id_between(self._rng, low, high))
 
     async def _bootstrap_addresses(self) -> list[Address]:
         given = self._bootstrap + self._saved_contacts() + self._fallback

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -12,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.discovery.kademlia.ids import network_info_hash
+from bitfitech.discovery.kademlia.lookup import LookupResult
 from bitfitech.discovery.kademlia.service import (
     CONTACTS_SETTING,
     NODE_ID_SETTING,
@@ -50,10 +52,26 @@ class ResolvingReactor(MemoryReactor):
         return succeed(self.names[name])
 
 
+class DroppingNetwork(MemoryDatagramNetwork):
+    """A MemoryDatagramNetwork that loses the next datagrams sent to chosen addresses."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock, random.Random(1), latency=0.01)
+        self.drop: Counter[tuple[str, int]] = Counter()
+
+    def send(self, packet: bytes, source: tuple[str, int], target: tuple[str, int]) -> None:
+        if self.drop[target] > 0:
+            self.drop[target] -= 1
+            self.sent += 1
+            self.lost += 1
+            return
+        super().send(packet, source, target)
+
+
 class ServiceTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.network = MemoryDatagramNetwork(self.clock, random.Random(1), latency=0.01)
+        self.network = DroppingNetwork(self.clock)
         self.reactor: Any = self.network.reactor()
         self.found: dict[str, list[tuple[str, int, str | None]]] = {}
         self.services: list[DHTService] = []
@@ -281,3 +299,56 @@ class DiscoveryTests(ServiceTestCase):
         run_for(self.clock, 60)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertIsNotNone(b.announced_at)
+
+
+class LossTests(ServiceTestCase):
+    """What one lost datagram costs a lookup, and what two do."""
+
+    # No housekeeping pings during the tests: only the lookup meets the losses.
+    quiet = DHTTiming(check_interval=3600.0)
+
+    def three_nodes(self) -> tuple[DHTService, DHTService]:
+        """A, and B and C joined through it; B knows C."""
+        self.make("10.0.0.1", timing=self.quiet).startService()
+        b = self.make("10.0.0.2", bootstrap=[("10.0.0.1", 6881)], timing=self.quiet)
+        c = self.make("10.0.0.3", bootstrap=[("10.0.0.1", 6881)], timing=self.quiet)
+        b.startService()
+        c.startService()
+        run_for(self.clock, 60)
+        table = b.routing_table
+        assert table is not None and c.node_id is not None
+        self.assertIsNotNone(table.get(c.node_id))
+        return b, c
+
+    def find_node(self, service: DHTService, target: bytes) -> LookupResult:
+        results: list[LookupResult] = []
+        service.find_node(target).addCallback(results.append)
+        run_for(self.clock, 10)
+        [result] = results
+        return result
+
+    def test_lost_query_retried(self) -> None:
+        """
+        A lookup asks a node again when its query is lost: the lookup still
+        ends on it, and the routing table holds no failure against it.
+        """
+        b, c = self.three_nodes()
+        assert c.node_id is not None
+        self.network.drop[("10.0.0.3", 6881)] = 1
+        result = self.find_node(b, c.node_id)
+        self.assertEqual(result.closest[0].node_id, c.node_id)
+        self.assertEqual((result.failures, result.retries), (1, 1))
+        contact = b.routing_table.get(c.node_id)  # type: ignore[union-attr]
+        assert contact is not None
+        self.assertEqual(contact.failures, 0)
+        self.assertTrue(contact.is_good(self.clock.seconds()))
+
+    def test_silent_node_dropped(self) -> None:
+        """A node that leaves both queries of a lookup unanswered is dropped from the table."""
+        b, c = self.three_nodes()
+        assert c.node_id is not None
+        self.network.drop[("10.0.0.3", 6881)] = 2
+        result = self.find_node(b, c.node_id)
+        self.assertNotIn(c.node_id, [n.node_id for n in result.closest])
+        self.assertEqual((result.failures, result.retries), (2, 1))
+        self.assertIsNone(b.routing_table.get(c.node_id))  # type: ignore[union-attr]

@@ -9,8 +9,10 @@ replies into a :class:`LookupResult`, from which the service announces.
 The algorithm (Kademlia, as BEP 5 uses it): keep the candidates sorted by
 XOR distance to the target; keep up to ``alpha`` queries in flight to the
 nearest candidates not yet asked among the ``k`` nearest that have not
-failed; a reply adds the nodes it names; a timeout or error marks the
-candidate failed, which lets the next one into the ``k`` nearest.  The
+failed; a reply adds the nodes it names.  A timeout may be one lost
+datagram: the candidate is asked once more, in its turn like a candidate
+not yet asked (``tries`` queries in all); a second timeout, or an error,
+marks it failed, which lets the next one into the ``k`` nearest.  The
 lookup ends when the ``k`` nearest live candidates have all answered.
 
 Each candidate has a *depth*: 1 for a seed, and one more than the node
@@ -31,6 +33,7 @@ from twisted.python.failure import Failure
 
 from .ids import distance
 from .krpc import Address, NodeInfo, Response
+from .protocol import QueryTimeout
 from .routing import K
 
 ALPHA = 3
@@ -41,6 +44,9 @@ MAX_CANDIDATES = 128
 
 MAX_PEERS_FOUND = 1000
 """Most peers a ``get_peers`` lookup collects."""
+
+TRIES = 2
+"""Queries a node gets in one lookup before timeouts drop it."""
 
 _NEW, _PENDING, _ANSWERED, _FAILED = range(4)
 
@@ -62,6 +68,8 @@ class LookupResult:
     :ivar queries: queries sent.
     :ivar responses: queries answered.
     :ivar failures: queries that timed out or got an error.
+    :ivar retries: queries sent again to a node after a timeout (counted
+        in C{queries} too).
     """
 
     target: bytes
@@ -73,6 +81,7 @@ class LookupResult:
     queries: int = 0
     responses: int = 0
     failures: int = 0
+    retries: int = 0
 
     def announce_targets(self) -> list[tuple[NodeInfo, bytes]]:
         """The nearest answering nodes that gave a token, with their token."""
@@ -85,6 +94,7 @@ class _Candidate:
     distance: int
     depth: int
     state: int = _NEW
+    tries: int = 0
 
 
 class Lookup:
@@ -93,7 +103,10 @@ class Lookup:
 
     :param target: the id (``find_node``) or info-hash (``get_peers``).
     :param seeds: the nodes to start from.
-    :param send: sends the query to a node and returns its reply's Deferred.
+    :param send: sends the query to a node and returns its reply's Deferred
+        (failing with :class:`~bitfitech.discovery.kademlia.protocol.QueryTimeout`
+        when no reply came).
+    :param tries: queries a node gets before timeouts drop it (1: no retry).
     """
 
     def __init__(
@@ -106,11 +119,13 @@ class Lookup:
         alpha: int = ALPHA,
         max_candidates: int = MAX_CANDIDATES,
         exclude: bytes | None = None,
+        tries: int = TRIES,
     ) -> None:
         self.target = target
         self._send = send
         self._k = k
         self._alpha = alpha
+        self._tries = max(tries, 1)
         self._max_candidates = max(max_candidates, k)
         self._exclude = exclude
         self._candidates: dict[bytes, _Candidate] = {}
@@ -197,8 +212,11 @@ class Lookup:
 
     def _query(self, candidate: _Candidate) -> None:
         candidate.state = _PENDING
+        candidate.tries += 1
         self._in_flight += 1
         self.result.queries += 1
+        if candidate.tries > 1:
+            self.result.retries += 1
         self.result.rounds = max(self.result.rounds, candidate.depth)
         d = self._send(candidate.node)
         d.addCallbacks(self._answered, self._failed, (candidate,), errbackArgs=(candidate,))
@@ -224,7 +242,11 @@ class Lookup:
     def _failed(self, failure: Failure, candidate: _Candidate) -> None:
         self._in_flight -= 1
         self.result.failures += 1
-        candidate.state = _FAILED
+        if failure.check(QueryTimeout) and candidate.tries < self._tries:
+            # Perhaps one lost datagram: ask again when its turn comes.
+            candidate.state = _NEW
+        else:
+            candidate.state = _FAILED
         self._pump()
 
     def _finish(self) -> None:

@@ -9,36 +9,45 @@ For each network size N:
 
 1. **Join**: nodes start in waves (each wave up to a quarter of the nodes
    already up); each node bootstraps from three random nodes started
-   before it and, as a real node does, looks up its own id, then looks up
-   and announces the network's info-hash.  M ``find_node`` lookups of
-   random ids then show what a network just formed does (its tables
-   hold about half the contacts they could).
+   before it and, as a real node does, looks up its own id, refreshes
+   once each bucket farther than its nearest contacts that is not full,
+   then looks up and announces the network's info-hash.  M ``find_node``
+   lookups of random ids then show what a network just formed does.
 2. **Settle**: the routing tables fill.  Each round, every node refreshes
    (a ``find_node`` of a random id in the bucket's range, as the service's
    own bucket refresh does) each bucket holding fewer contacts than it
    could (fewer than k, and fewer than the live nodes in its range; checked
    again just before, as others' refreshes fill buckets too), until the
    tables hold 99% of what they could, or a round gains under 0.5%.  A
-   long-running network gets there by its 15-minute refreshes.
-3. **Measure**: M ``find_node`` lookups of random ids and M ``get_peers``
-   lookups of the announced info-hash, one at a time, from random nodes.
+   long-running network gets there by its 15-minute refreshes.  The joins'
+   refreshes leave little or nothing to do here.
+3. **Churn** (``--churn F``, none by default): a fraction F of the nodes
+   stops abruptly (its port closes: datagrams to it go nowhere, and it
+   says no goodbye), and as many fresh nodes start and join as in step 1,
+   bootstrapping from live nodes; the others' tables still hold the
+   stopped nodes, as they would a minute after a crash.
+4. **Measure**: M ``find_node`` lookups of random ids and M ``get_peers``
+   lookups of the announced info-hash, one at a time, from random live
+   nodes.
 
 Per N it reports lookup *rounds* (the greatest hop depth queried: seeds
 from our own table are depth 1, nodes they name depth 2, ...; the number of
 sequential round trips, whatever the concurrency), the depth at which the
-nearest node was first queried, queries sent, whether the lookup ended on
-exactly the true k nearest live nodes, simulated and CPU seconds.  The
+nearest node was first queried, queries sent (a node asked again after a
+timeout counts twice there, but adds no round: the wait shows in the
+simulated seconds), whether the lookup ended on exactly the true k nearest
+live nodes (stopped nodes left out), simulated and CPU seconds.  The
 target (issue 8) is mean rounds <= log2(N)/4 + 1.  Every node announces
-the one info-hash (as bitfi nodes of one network do), so its nearest nodes
-are in almost every table: ``get_peers`` of it takes fewer rounds than
-``find_node`` of a random id, which is the figure to read.
+the one info-hash (as bitfi nodes of one network do); ``find_node`` of a
+random id is the figure to read, ``get_peers`` of the info-hash takes
+about as many rounds.
 
 Cost: the messages themselves (bencode, routing-table answers); the full
-run is about 4 minutes of CPU, nearly all at N = 5,000, most of that the
-settling refreshes.  ``--quick`` (N = 100, 300) takes a few seconds.
+run is about 6 minutes of CPU, nearly all at N = 5,000, most of that the
+joins' bucket refreshes.  ``--quick`` (N = 100, 300) takes a few seconds.
 
 Run ``python benchmarks/bench_dht.py [--quick] [--nodes N ...] [--lookups M]
-[--loss P] [--json PATH]``.
+[--loss P] [--churn F] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -78,6 +87,8 @@ FILL_TARGET = 0.99
 FILL_MIN_GAIN = 0.005
 MAX_SETTLE_ROUNDS = 6
 SETTLE_SPREAD = 20.0
+#: Simulated seconds the fresh nodes of the churn phase get to join.
+CHURN_JOIN = 20.0
 
 
 def target_rounds(nodes: int) -> float:
@@ -127,6 +138,8 @@ class SizeFigures:
     refreshes: int = 0
     fill: float = 0.0
     table_size: float = 0.0
+    churned: int = 0
+    dead_contacts: float = 0.0
     lookup_cpu: float = 0.0
     datagrams: int = 0
     lost: int = 0
@@ -154,11 +167,11 @@ class DHTGrid:
         self._sorted_ids: list[int] = []
 
     def start(self, count: int) -> None:
-        """Start C{count} more nodes at once, each bootstrapped from earlier ones."""
-        earlier = len(self.services)
+        """Start C{count} more nodes at once, each bootstrapped from earlier live ones."""
+        earlier = [i for i, s in enumerate(self.services) if s.running]
         for _ in range(count):
             n = len(self.services)
-            chosen = self.rng.sample(range(earlier), min(BOOTSTRAP_FROM, earlier))
+            chosen = self.rng.sample(earlier, min(BOOTSTRAP_FROM, len(earlier)))
             service = DHTService(
                 self.reactor,
                 info_hash=INFO_HASH,
@@ -173,7 +186,39 @@ class DHTGrid:
             )
             self.services.append(service)
             service.startService()
-        self._sorted_ids = sorted(id_to_int(s.node_id or b"") for s in self.services)
+        self._sorted_ids = sorted(id_to_int(s.node_id or b"") for s in self.live())
+
+    def live(self) -> list[DHTService]:
+        """The services still running."""
+        return [s for s in self.services if s.running]
+
+    def churn(self, fraction: float) -> int:
+        """
+        Stop C{fraction} of the live nodes abruptly and start as many fresh
+        ones, letting them join.
+
+        :return: the nodes replaced.
+        """
+        live = [n for n, s in enumerate(self.services) if s.running]
+        count = round(fraction * len(live))
+        for n in self.rng.sample(live, count):
+            # The port first: datagrams on their way to it now go nowhere,
+            # and stopping the service then sends nothing (BEP 5 has no goodbye).
+            self.network.ports[(host_of(n), DHT_PORT)].stopListening()
+            self.services[n].stopService()
+        self.start(count)
+        run_for(self.clock, CHURN_JOIN)
+        return count
+
+    def dead_contacts(self) -> float:
+        """The share of the live nodes' contacts that are stopped nodes."""
+        dead = {s.node_id for s in self.services if not s.running}
+        held = stale = 0
+        for service in self.live():
+            for contact in service.routing_table or ():
+                held += 1
+                stale += contact.node_id in dead
+        return stale / held if held else 0.0
 
     def join(self, nodes: int) -> None:
         """Start C{nodes} nodes in waves, letting each wave finish its joins."""
@@ -198,7 +243,7 @@ class DHTGrid:
         """
         held = possible = 0
         short: list[tuple[DHTService, Bucket]] = []
-        for service in self.services:
+        for service in self.live():
             table = service.routing_table
             assert table is not None
             own = id_to_int(table.own_id)
@@ -251,7 +296,7 @@ class DHTGrid:
     def true_closest(self, target: bytes, source: DHTService) -> list[bytes]:
         """The ids of the k live nodes nearest C{target}, C{source} left out."""
         value = id_to_int(target)
-        ids = (s.node_id for s in self.services if s is not source and s.node_id)
+        ids = (s.node_id for s in self.live() if s is not source and s.node_id)
         return sorted(ids, key=lambda i: id_to_int(i) ^ value)[:K]
 
     def lookup(
@@ -281,7 +326,7 @@ class DHTGrid:
 def find_nodes(grid: DHTGrid, lookups: int, figures: LookupFigures) -> None:
     """Time C{lookups} lookups of random ids from random nodes into C{figures}."""
     for _ in range(lookups):
-        source = grid.rng.choice(grid.services)
+        source = grid.rng.choice(grid.live())
         target = random_id(grid.rng)
         result, seconds = grid.lookup(source.find_node, target)
         exact = [n.node_id for n in result.closest] == grid.true_closest(target, source)
@@ -289,9 +334,18 @@ def find_nodes(grid: DHTGrid, lookups: int, figures: LookupFigures) -> None:
 
 
 def measure(
-    nodes: int, lookups: int, seed: int, latency: float, jitter: float, loss: float
+    nodes: int,
+    lookups: int,
+    seed: int,
+    latency: float,
+    jitter: float,
+    loss: float,
+    churn: float = 0.0,
 ) -> SizeFigures:
-    """Build, join and settle a network of C{nodes}, then time C{lookups} lookups of each kind."""
+    """
+    Build, join and settle a network of C{nodes}, replace a fraction
+    C{churn} of them, then time C{lookups} lookups of each kind.
+    """
     figures = SizeFigures(nodes)
     cpu = time.process_time()
     grid = DHTGrid(seed, latency=latency, jitter=jitter, loss=loss)
@@ -304,12 +358,15 @@ def measure(
     figures.join_cpu = time.process_time() - cpu
     figures.join_seconds = grid.clock.seconds()
     figures.table_size = statistics.mean(len(s.routing_table or ()) for s in grid.services)
+    if churn:
+        figures.churned = grid.churn(churn)
+        figures.dead_contacts = grid.dead_contacts()
     cpu = time.process_time()
     sent = grid.network.sent
     lost = grid.network.lost
     find_nodes(grid, lookups, figures.find_node)
     for _ in range(lookups):
-        source = grid.rng.choice(grid.services)
+        source = grid.rng.choice(grid.live())
         result, seconds = grid.lookup(source.get_peers, INFO_HASH)
         exact = [n.node_id for n in result.closest] == grid.true_closest(INFO_HASH, source)
         figures.get_peers.add(result, exact, seconds)
@@ -356,6 +413,17 @@ def report(figures: SizeFigures, lookups: int, results: Results) -> list[tuple[s
         "queries",
     )
     results.add(f"N={n} routing table fill", round(figures.fill, 4), "")
+    if figures.churned:
+        rows += [
+            ("churn: nodes stopped, fresh nodes started", f"{figures.churned}"),
+            ("churn: stopped nodes among live contacts", f"{figures.dead_contacts:.3f}"),
+        ]
+        results.add(f"N={n} churn: nodes replaced", figures.churned, "nodes")
+        results.add(
+            f"N={n} churn: stopped nodes among live contacts",
+            round(figures.dead_contacts, 4),
+            "",
+        )
     for kind, lf in (("find_node", figures.find_node), ("get_peers", figures.get_peers)):
         mean_rounds = statistics.mean(lf.rounds)
         met = mean_rounds <= goal
@@ -412,21 +480,32 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--latency", type=float, default=0.02, help="least one-way delay, s")
     parser.add_argument("--jitter", type=float, default=0.06, help="extra random delay up to, s")
     parser.add_argument("--loss", type=float, default=0.0, help="datagram loss probability")
+    parser.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        help="fraction of the nodes replaced after settling (default 0)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    if not 0.0 <= args.churn < 1.0:
+        parser.error("--churn is a fraction: 0 <= F < 1")
     sizes = args.nodes or ([100, 300] if args.quick else [100, 1000, 5000])
     lookups = args.lookups or (50 if args.quick else 200)
     results = Results("bench_dht", quick=args.quick)
     print(f"bench_dht on {results.machine}")
     print(
         f"latency {args.latency * 1000:.0f}-{(args.latency + args.jitter) * 1000:.0f} ms, "
-        f"loss {args.loss:.1%}, k={K}, {lookups} lookups of each kind per size, "
+        f"loss {args.loss:.1%}, churn {args.churn:.0%}, k={K}, "
+        f"{lookups} lookups of each kind per size, "
         f"seed {args.seed}\n",
         flush=True,
     )
     measured: list[SizeFigures] = []
     for nodes in sizes:
-        figures = measure(nodes, lookups, args.seed, args.latency, args.jitter, args.loss)
+        figures = measure(
+            nodes, lookups, args.seed, args.latency, args.jitter, args.loss, args.churn
+        )
         measured.append(figures)
         print_table(f"N = {nodes} nodes", report(figures, lookups, results))
     x: list[float] = [f.nodes for f in measured]

@@ -89,6 +89,7 @@ MAX_SETTLE_ROUNDS = 6
 SETTLE_SPREAD = 20.0
 #: Simulated seconds the fresh nodes of the churn phase get to join.
 CHURN_JOIN = 20.0
+PREDICT_AT = 10_000
 
 
 def target_rounds(nodes: int) -> float:
@@ -470,6 +471,29 @@ def report(figures: SizeFigures, lookups: int, results: Results) -> list[tuple[s
     return rows
 
 
+def predict(measured: list[SizeFigures], results: Results) -> None:
+    """
+    Fit mean ``find_node`` rounds and queries against log2 N (a lookup
+    halves the distance to its target about every round) and print what
+    they give at :data:`PREDICT_AT` nodes, against the target there.
+    """
+    if len({f.nodes for f in measured}) < 3:
+        print("(the fits need three sizes or more: run without --quick)")
+        return
+    xs = [math.log2(f.nodes) for f in measured]
+    print(f"Growth with N (fits over N = {', '.join(str(f.nodes) for f in measured)}):")
+    for name, unit, ys in (
+        ("find_node rounds", "rounds", [statistics.mean(f.find_node.rounds) for f in measured]),
+        ("find_node queries", "queries", [statistics.mean(f.find_node.queries) for f in measured]),
+    ):
+        slope, intercept = statistics.linear_regression(xs, ys)
+        value = intercept + slope * math.log2(PREDICT_AT)
+        line = f"{intercept:6.2f} + {slope:5.2f} log2 N  ->  {value:6.2f} at {PREDICT_AT:,}"
+        print(f"  {name:<18} {line}")
+        results.add(f"{name} mean, predicted for {PREDICT_AT} nodes", round(value, 2), unit)
+    print(f"  (target at {PREDICT_AT:,}: mean rounds <= {target_rounds(PREDICT_AT):.2f})\n")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
@@ -508,6 +532,7 @@ def main(argv: list[str]) -> int:
         )
         measured.append(figures)
         print_table(f"N = {nodes} nodes", report(figures, lookups, results))
+    predict(measured, results)
     x: list[float] = [f.nodes for f in measured]
     results.add_series(
         "dht_rounds",

@@ -478,7 +478,7 @@ def predict(measured: list[SizeFigures], results: Results) -> None:
     they give at :data:`PREDICT_AT` nodes, against the target there.
     """
     if len({f.nodes for f in measured}) < 3:
-        print("(the fits need three sizes or more: run without --quick)")
+        print("(the fits need three sizes or more, as the full run has)")
         return
     xs = [math.log2(f.nodes) for f in measured]
     print(f"Growth with N (fits over N = {', '.join(str(f.nodes) for f in measured)}):")

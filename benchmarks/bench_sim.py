@@ -143,7 +143,7 @@ def predict(rows: list[Row], results: Results) -> None:
     scaled = [row for row in rows if not row.verify]
     if len(scaled) < 3:
         # Two noisy points (the quick run) fit anything: no prediction from them.
-        print("(the fits need three sizes or more: run without --quick)")
+        print("(the fits need three sizes or more, as the full run has)")
         return
     xs = [row.nodes for row in scaled]
     print(f"Growth with N (fits over N = {', '.join(map(str, xs))}), and N = {PREDICT_AT:,}:")

@@ -947,28 +947,26 @@ class Gossip:
         """Pull from the peers that have stayed ahead of us long enough, now."""
         self._ahead_call = None
         now = self.clock.seconds()
-        # Left to the gap check: peers whose answers are still coming, and
-        # peers asked within a gap check whose answer has not begun.
-        peers = [
-            peer
-            for peer in self.peers.values()
-            if now - peer.last_answer >= GAP_CHECK
-            and (now - peer.last_pull >= GAP_CHECK or peer.last_answer > peer.last_pull)
-        ]
+        # Left to the gap check: peers whose answers are still coming.
+        peers = [peer for peer in self.peers.values() if now - peer.last_answer >= GAP_CHECK]
         self._pull_ahead(now, peers)
 
     def _pull_ahead(self, now: float, peers: list[_Peer]) -> None:
         """
         Pull from those of C{peers} whose ``sync`` showed events we still
         lack after :meth:`_ahead_patience`; forget it of those that no
-        longer have any.
+        longer have any.  A peer asked less than a gap check ago whose
+        answer has not begun is asked at a later check: a large answer (to
+        a node joining) takes a while to start.
         """
         patience = self._ahead_patience()
         ours = self.store.vector()
         for peer in peers:
             if not any(seq > ours.get(author, 0) for author, seq in peer.ahead.items()):
                 peer.ahead = {}
-            elif now - peer.ahead_since >= patience and now - peer.last_pull >= PULL_INTERVAL:
+                continue
+            waiting = now - peer.last_pull < GAP_CHECK and peer.last_answer <= peer.last_pull
+            if now - peer.ahead_since >= patience and not waiting:
                 peer.ahead = {}
                 self._pull(peer)
 

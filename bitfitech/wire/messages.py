@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar, NoReturn, Self, TypeAlias
+from typing import ClassVar, NoReturn, Self, TypeAlias, get_args
 
 from bitfitech.address import AddressError, check_port, is_node_id, normalize_host
 from bitfitech.wire.framing import MAX_PAYLOAD, is_command
@@ -764,14 +764,14 @@ KnownMessage: TypeAlias = (
 )
 """A message of a command this version knows."""
 
+_KNOWN_CLASSES: tuple[type[KnownMessage], ...] = get_args(KnownMessage)
+"""The classes of :data:`KnownMessage`: a new message is added to that union only."""
+
 Message: TypeAlias = KnownMessage | Unknown
 """Any message that can travel in a frame."""
 
 COMMANDS: Mapping[str, type[KnownMessage]] = MappingProxyType(
-    {
-        cls.command: cls
-        for cls in (Version, Verack, GetAddr, Addr, Ping, Pong, Inv, GetData, Events, Sync, Prune)
-    }
+    {cls.command: cls for cls in _KNOWN_CLASSES}
 )
 """The known commands and the message class of each."""
 
@@ -795,9 +795,7 @@ def encode_message(message: Message) -> tuple[str, bytes]:
     """
     if isinstance(message, Unknown):
         return message.command, message.payload
-    if not isinstance(
-        message, (Version, Verack, GetAddr, Addr, Ping, Pong, Inv, GetData, Events, Sync, Prune)
-    ):
+    if not isinstance(message, _KNOWN_CLASSES):
         raise TypeError(f"not a message: {_show(message)}")
     text = json.dumps(message._to_json(), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     return message.command, text.encode("utf-8")

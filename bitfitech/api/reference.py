@@ -5,7 +5,7 @@ reStructuredText.  Regenerate with::
 
     .venv/bin/python -m bitfitech.api.reference > docs/api.rst
 
-``tests/test_reference.py`` fails when the page and the document differ.
+``tests/api/test_reference.py`` fails when the page and the document differ.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :func:`mutated` damages a valid encoding the way a hostile or broken peer
 would: bytes or characters replaced, inserted, deleted or repeated, and the
 end cut off.  The valid inputs come from the message strategies of
-:mod:`tests.test_messages` and from real signed events.
+:mod:`tests.wire.test_messages` and from real signed events.
 """
 
 from __future__ import annotations

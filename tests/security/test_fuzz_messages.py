@@ -25,7 +25,7 @@ from bitfitech.wire.messages import (
     encode_message,
 )
 
-from ..test_messages import (
+from ..wire.test_messages import (
     EXAMPLES,
     addrs,
     events_messages,

@@ -29,7 +29,7 @@ from bitfitech.api.dashboard import (
 from bitfitech.api.resources import api_root
 from bitfitech.api.site import ApiSite
 
-from .test_api import FakeNode
+from .test_resources import FakeNode
 
 URL = "http://127.0.0.1:13000"
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from bitfitech.api.openapi import document
 from bitfitech.api.reference import reference
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.rst"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "api.rst"
 
 
 class ReferenceTests(SynchronousTestCase):

@@ -26,7 +26,7 @@ from bitfitech.api.openapi import document
 from bitfitech.api.resources import ROUTES
 from bitfitech.node import Node
 from bitfitech.testing import LocalCluster, poll_until, wait_for
-from tests.test_api import URL, FakeNode
+from tests.api.test_resources import URL, FakeNode
 
 DOC = document()
 METHODS = ("get", "post", "delete", "put", "patch")

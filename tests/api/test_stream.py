@@ -27,7 +27,7 @@ from bitfitech.market.service import MarketService
 from bitfitech.node import Node, NodeControl
 from bitfitech.storage import Storage
 from bitfitech.testing import loopback_config
-from tests.test_api import BOOK, NODE_A, NODE_B, ROW_A, URL, FakeNode
+from tests.api.test_resources import BOOK, NODE_A, NODE_B, ROW_A, URL, FakeNode
 
 STATUS_DOC = {"node_id": NODE_B, "events": 4, "state_hash": "e" * 64, "peers": {}}
 

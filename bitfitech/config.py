@@ -84,7 +84,7 @@ MIB = 1024 * 1024
 class LinkLimits:
     """
     What one peer link may send this node (token buckets, see
-    :mod:`bitfitech.peer.ratelimit`), and what may queue for a peer that
+    :mod:`bitfitech.ratelimit`), and what may queue for a peer that
     does not read.
 
     Past a rate the link is not read for a moment (backpressure: nothing is

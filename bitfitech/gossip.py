@@ -23,7 +23,7 @@ in short:
   relayed again; ``ttl`` drops by one per hop and 0 is never relayed.
 * **Rate per author.**  New events relayed to this node (``ttl`` > 0)
   count against their author's token bucket (``author_rate`` a second,
-  bursts of ``author_burst``; :mod:`bitfitech.peer.ratelimit`), so that one
+  bursts of ``author_burst``; :mod:`bitfitech.ratelimit`), so that one
   key cannot take the whole node.  The excess is dropped before its
   signatures are checked and not marked seen, and the peer that relayed
   it is pulled from at the next gap check: anti-entropy answers, which
@@ -73,7 +73,7 @@ from .logs import logger
 from .market.events import Event, EventError, event_id, parse_event, verify_event
 from .peer import misbehaviour
 from .peer.protocol import PeerProtocol
-from .peer.ratelimit import BucketTable
+from .ratelimit import BucketTable
 from .wire.messages import (
     MAX_CHAINS,
     MAX_EVENTS,

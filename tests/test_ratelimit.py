@@ -1,10 +1,10 @@
-"""Tests for bitfitech.peer.ratelimit: token-bucket arithmetic, pure."""
+"""Tests for bitfitech.ratelimit: token-bucket arithmetic, pure."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitfitech.peer.ratelimit import BucketTable, TokenBucket
+from bitfitech.ratelimit import BucketTable, TokenBucket
 
 
 class TokenBucketTests(SynchronousTestCase):

@@ -11,7 +11,7 @@ this link only and is reported to the owner; nothing raises out of
 :meth:`PeerProtocol.dataReceived`.  Time comes from an injected clock.
 
 Flow control, both ways (``docs/security.rst``): the messages and bytes a
-link receives are counted in token buckets (:mod:`bitfitech.peer.ratelimit`,
+link receives are counted in token buckets (:mod:`bitfitech.ratelimit`,
 figures in :class:`~bitfitech.config.LinkLimits`); past a rate the link
 stops reading until the debt is repaid (backpressure: the peer's TCP
 window fills; nothing is dropped) and the peer is scored
@@ -52,7 +52,7 @@ from ..wire.messages import (
     encode_message,
 )
 from . import misbehaviour
-from .ratelimit import TokenBucket
+from ..ratelimit import TokenBucket
 from .tls import negotiated_tls_version, proven_node_id
 
 log = logger(__name__)

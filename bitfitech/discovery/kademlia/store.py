@@ -28,7 +28,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable
 
-from ...peer.ratelimit import BucketTable
+from ...ratelimit import BucketTable
 
 PEER_TTL = 30 * 60.0
 """Seconds an announced peer is kept after its last announce."""
@@ -163,7 +163,7 @@ def _token(secret: bytes, host: str) -> bytes:
 class RateLimiter(BucketTable):
     """
     A token bucket per source address: C{rate} queries per second, bursts
-    of C{burst} (a :class:`~bitfitech.peer.ratelimit.BucketTable` keyed by IP).
+    of C{burst} (a :class:`~bitfitech.ratelimit.BucketTable` keyed by IP).
 
     Only the C{max_sources} most recently active sources are tracked; a
     source forgotten for room starts again with a full bucket.

@@ -1,11 +1,14 @@
-"""Token buckets: how fast a peer link or an event author may go.
+"""Token buckets: how fast a peer link, an event author or a DHT querier may go.
 
-Data path: :class:`~bitfitech.peer.protocol.PeerProtocol` counts the
-messages and bytes each link receives in two :class:`TokenBucket` (and
+Not a stage of the data path but a tool several stages share, so it sits
+below all of them: :class:`~bitfitech.peer.protocol.PeerProtocol` counts
+the messages and bytes each link receives in two :class:`TokenBucket` (and
 stops reading the link while one is in debt); :class:`~bitfitech.gossip.Gossip`
 counts the new events of each author in a :class:`BucketTable` (and drops
-the excess before checking signatures).  Pure: time is passed in as ``now``
-(seconds), nothing here imports Twisted.
+the excess before checking signatures); the DHT
+(:mod:`bitfitech.discovery.kademlia.store`) limits queries per IP address
+with one.  Pure: time is passed in as ``now`` (seconds), nothing here
+imports Twisted.
 
 A bucket holds up to ``burst`` tokens and gains ``rate`` tokens a second.
 :meth:`TokenBucket.take` takes tokens only if they are there (for what can

@@ -1,9 +1,11 @@
 """Gossip: how events travel between nodes, and how nodes catch up.
 
 Data path: :class:`~bitfitech.peer.hub.PeerHub` -> :class:`Gossip` ->
-the market (:class:`~bitfitech.interfaces.IEventStore`); and the market ->
-:meth:`Gossip.publish` -> peers.  ``docs/consistency.rst`` has the rules;
-in short:
+the market (:class:`~bitfitech.market.interfaces.IEventStore`); and the
+market -> :meth:`Gossip.publish` (as its
+:class:`~bitfitech.market.interfaces.IEventPublisher`, added at
+:meth:`Gossip.start`) -> peer links (:class:`~bitfitech.interfaces.IPeerLink`).
+``docs/consistency.rst`` has the rules; in short:
 
 * **Push and announce.**  A new event (this node's, or one first received
   with ``ttl`` > 0) goes in full to up to ``fanout`` peers that are not
@@ -68,11 +70,11 @@ from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
 from .config import GossipTiming
-from .interfaces import IEventPublisher, IEventStore, IGossip
+from .interfaces import IGossip, IPeerLink
 from .logs import logger
 from .market.events import Event, EventError, event_id, parse_event, verify_event
+from .market.interfaces import IEventPublisher, IEventStore
 from .peer import misbehaviour
-from .peer.protocol import PeerProtocol
 from .ratelimit import BucketTable
 from .wire.messages import (
     MAX_CHAINS,
@@ -244,7 +246,7 @@ class _Peer:
         "last_rate_report",
     )
 
-    def __init__(self, link: PeerProtocol, authors: BucketTable) -> None:
+    def __init__(self, link: IPeerLink, authors: BucketTable) -> None:
         """:param authors: the new events of each author this peer relays."""
         self.link = link
         self.authors = authors
@@ -288,10 +290,10 @@ class _Request:
 
     __slots__ = ("deadline", "asked", "others")
 
-    def __init__(self, deadline: float, asked: PeerProtocol) -> None:
+    def __init__(self, deadline: float, asked: IPeerLink) -> None:
         self.deadline = deadline
-        self.asked: PeerProtocol | None = asked
-        self.others: list[PeerProtocol] = []
+        self.asked: IPeerLink | None = asked
+        self.others: list[IPeerLink] = []
 
 
 @implementer(IEventPublisher, IGossip)
@@ -318,7 +320,7 @@ class Gossip:
         self.clock = clock
         self.timing = timing or GossipTiming()
         self._rng = rng or random.Random()
-        self.peers: dict[PeerProtocol, _Peer] = {}
+        self.peers: dict[IPeerLink, _Peer] = {}
         self._seen: OrderedDict[str, int] = OrderedDict()
         self._requested: dict[str, _Request] = {}
         self._to_fetch: deque[tuple[float, str]] = deque()
@@ -331,11 +333,12 @@ class Gossip:
         self._prompt_call: IDelayedCall | None = None
         self._ahead_call: IDelayedCall | None = None
         self._loops: list[LoopingCall] = []
+        self._stop_publishing: Callable[[], None] | None = None
         self._verify: Verifier = verifier or verify_inline
         # This node's events published while it had no peer to send them to.
         self._unsent: deque[Event] = deque(maxlen=UNSENT)
         self._verifying: set[str] = set()
-        self._prompt_skip: set[PeerProtocol] = set()
+        self._prompt_skip: set[IPeerLink] = set()
         # Gap marks (see IEventStore.gap_marks) and when each was first seen.
         self._gap_marks: dict[tuple[str, int], float] = {}
         self._gap_turn = 0
@@ -359,7 +362,13 @@ class Gossip:
     # -- lifecycle
 
     def start(self) -> None:
-        """Start the periodic anti-entropy, gap and request checks."""
+        """
+        Take this node's new events from the store (see
+        :meth:`~bitfitech.market.interfaces.IEventStore.add_publisher`) and
+        start the periodic anti-entropy, gap and request checks.
+        """
+        if self._stop_publishing is None:
+            self._stop_publishing = self.store.add_publisher(self)
         for interval, call in (
             (self.timing.sync_interval, self._sync_all),
             (GAP_CHECK, self._check_gaps),
@@ -372,7 +381,10 @@ class Gossip:
             self._loops.append(loop)
 
     def stop(self) -> None:
-        """Stop every timer; queued messages are dropped."""
+        """Stop taking new events and stop every timer; queued messages are dropped."""
+        if self._stop_publishing is not None:
+            self._stop_publishing()
+            self._stop_publishing = None
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -385,7 +397,7 @@ class Gossip:
 
     # -- IGossip: what the hub reports
 
-    def link_ready(self, link: PeerProtocol) -> None:
+    def link_ready(self, link: IPeerLink) -> None:
         """A new peer: start by exchanging version vectors."""
         timing = self.timing
         authors = BucketTable(
@@ -403,7 +415,7 @@ class Gossip:
             for event in unsent:
                 self._spread(event, self.timing.ttl, None)
 
-    def link_closed(self, link: PeerProtocol) -> None:
+    def link_closed(self, link: IPeerLink) -> None:
         """A peer left: ask other announcers for what it was asked for."""
         self.peers.pop(link, None)
         reask = False
@@ -417,7 +429,7 @@ class Gossip:
         if reask:
             self._expire_requests()
 
-    def link_message(self, link: PeerProtocol, message: Message) -> bool:
+    def link_message(self, link: IPeerLink, message: Message) -> bool:
         """Handle a gossip message; ``False`` if it is not one."""
         peer = self.peers.get(link)
         if isinstance(message, Events):
@@ -481,9 +493,7 @@ class Gossip:
                 stats["events_invalid"] += 1
                 if ident:
                     self._remember(ident, -1)
-                peer.link.owner.link_misbehaved(
-                    peer.link, f"malformed event: {e}", misbehaviour.MALFORMED_EVENT
-                )
+                peer.link.misbehaved(f"malformed event: {e}", misbehaviour.MALFORMED_EVENT)
                 continue
             if limited and not self._admit(peer, event, now):
                 if not excess and peer.authors.bucket(event.author, now).available(now) < 0:
@@ -547,7 +557,7 @@ class Gossip:
         reason = f"over {timing.author_rate:g} new events a second of author {author[:16]}"
         log.info("{peer} relays {reason}; the excess is dropped", peer=peer.link,
                  reason=reason)  # fmt: skip
-        peer.link.owner.link_misbehaved(peer.link, reason, misbehaviour.RATE_EXCEEDED)
+        peer.link.misbehaved(reason, misbehaviour.RATE_EXCEEDED)
 
     def _prune_authors(self) -> None:
         """Forget the authors' buckets that filled up again (they are as new)."""
@@ -858,7 +868,7 @@ class Gossip:
         self.stats["sync_sent"] += 1
         peer.link.send(Sync(vector=entries, digest=self.store.digest(), chains=digests))
 
-    def _sync_all(self, exclude: set[PeerProtocol] | frozenset[PeerProtocol] = frozenset()) -> None:
+    def _sync_all(self, exclude: set[IPeerLink] | frozenset[IPeerLink] = frozenset()) -> None:
         """Pull from every peer except those in C{exclude}."""
         for peer in list(self.peers.values()):
             if peer.link not in exclude:

@@ -1,22 +1,27 @@
-"""The seams between stages of the data path.
+"""The seams between stages of the data path, and the errors that cross them.
 
-Each stage talks to the next through one of these interfaces, and
-:mod:`bitfitech.node` injects the implementations, so no module needs to
-import one that comes after it on the path.
+Where a stage must call one that comes after it on the path, it calls
+through one of these interfaces, and :mod:`bitfitech.node` hands it the
+implementation: a peer link reports to its owner (:class:`ILinkOwner`, the
+hub), the hub tells the gossip layer of ready links (:class:`IGossip`), the
+gossip layer writes to links (:class:`IPeerLink`), and the HTTP API reads
+and steers the node (:class:`INodeControl`).  So no module imports one
+that comes after it.  The market's own seams (what the gossip layer may
+ask of it, and where it hands events to spread) are in
+:mod:`bitfitech.market.interfaces`.  This module imports nothing of
+bitfi's.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from twisted.internet.defer import Deferred
-
-    from .market.events import Event
 
 
 class ILinkOwner(Interface):
@@ -217,55 +222,38 @@ class INodeControl(Interface):
         """
 
 
-class IEventPublisher(Interface):
-    """Where the market hands events to spread to peers (the gossip layer)."""
+class IPeerLink(Interface):
+    """What the gossip layer may do with one ready peer link."""
 
-    def publish(events: Sequence[Event]) -> None:
-        """Push C{events} (new, verified, already applied here) to peers."""
+    closed = Attribute("Whether the link is closed (or closing).")
+    node_id = Attribute("The peer's node id (a ready link has one).")
 
+    def send(message: Any) -> None:
+        """Frame and write one wire message (dropped once the link is closed)."""
 
-class IEventStore(Interface):
-    """What the gossip layer may ask of the market: the node's set of events."""
+    def violation(reason: str) -> None:
+        """The peer broke the protocol: report it, and drop the link."""
 
-    network: str
-    pair: str
-
-    def has(event_id: str) -> bool:
-        """Whether the event is held (or waiting to be applied)."""
-
-    def get(event_id: str) -> Event | None:
-        """A held event by id."""
-
-    def receive(events: Sequence[Event]) -> None:
-        """Take new events from peers, parsed and verified by the caller."""
-
-    def vector() -> dict[str, int]:
-        """Author -> highest seq held without a gap."""
-
-    def digest() -> str:
-        """A hash of the applied log: equal for equal logs."""
-
-    def missing_for(vector: dict[str, int], limit: int) -> tuple[list[Event], bool]:
-        """Up to C{limit} events a peer with C{vector} lacks, and whether more remain."""
-
-    def conflicts() -> list[Event]:
-        """Every event of every slot claimed twice."""
-
-    def gaps() -> int:
-        """How many authors have events held beyond a missing seq."""
-
-    def gap_marks() -> set[tuple[str, int]]:
-        """``(author, contiguous seq)`` of every author with events held beyond a gap."""
-
-    def chain_digests() -> dict[str, str]:
-        """Author -> a hash of its chain up to its contiguous seq."""
-
-    def chain_of(author: str) -> list[Event]:
-        """C{author}'s events up to its contiguous seq, and its equivocation evidence."""
+    def misbehaved(reason: str, score: int) -> None:
+        """
+        The peer misbehaved without breaking the protocol (a malformed
+        event, too many events of one author): count C{score} against it
+        (:mod:`bitfitech.peer.misbehaviour`); the link stays up unless the
+        score bans the peer's address.
+        """
 
 
 class IGossip(Interface):
-    """What the hub tells the gossip layer about ready links."""
+    """
+    What the hub tells the gossip layer about ready links, and what the
+    peer layer's service does with it as it starts and stops.
+    """
+
+    def start() -> None:
+        """The peer layer started: start the periodic checks."""
+
+    def stop() -> None:
+        """The peer layer is stopping: stop every timer and forget the links."""
 
     def link_ready(link: Any) -> None:
         """A link finished its handshake and was admitted."""

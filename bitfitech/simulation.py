@@ -68,8 +68,9 @@ from zope.interface import implementer
 from .address import PeerAddress
 from .config import GossipTiming, LinkTiming
 from .gossip import Gossip, Verifier, verify_inline
-from .interfaces import IEventStore, ILinkOwner
+from .interfaces import ILinkOwner
 from .market.events import Author, Event
+from .market.interfaces import IEventPublisher, IEventStore
 from .market.ledger import Ledger
 from .peer.protocol import LocalNode, PeerProtocol
 from .testing import HeapClock, run_for
@@ -148,13 +149,15 @@ def accept_all(events: list[Event]) -> Deferred[list[bool]]:
 @implementer(IEventStore)
 class LedgerStore:
     """
-    An :class:`~bitfitech.interfaces.IEventStore` over a real
+    An :class:`~bitfitech.market.interfaces.IEventStore` over a real
     :class:`Ledger`: what gossip reads comes from the ledger, and
     :meth:`receive` inserts at once (the market service buffers peers'
     events a few ms to insert them together; the log's order does not
     depend on it).  Subclasses say what else an insert does.
 
     :ivar ledger: the events held.
+    :ivar publishers: where :meth:`publish` hands this node's events (the
+        gossip, while it runs).
     """
 
     network: str = NETWORK
@@ -162,6 +165,21 @@ class LedgerStore:
 
     def __init__(self) -> None:
         self.ledger = Ledger()
+        self.publishers: list[IEventPublisher] = []
+
+    def add_publisher(self, publisher: IEventPublisher) -> Callable[[], None]:
+        self.publishers.append(publisher)
+
+        def remove() -> None:
+            if publisher in self.publishers:
+                self.publishers.remove(publisher)
+
+        return remove
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Hand this node's new C{events} to the publishers, as the market does once applied."""
+        for publisher in list(self.publishers):
+            publisher.publish(events)
 
     def receive(self, events: Sequence[Event]) -> None:
         self.ledger.insert(events)
@@ -544,7 +562,7 @@ class Simulation:
         event = node.sign(rng.choice(("buy", "sell")), 100 + rng.randrange(5))
         self.published[event.id] = (index, self.now)
         node.store.add([event])
-        node.gossip.publish([event])
+        node.store.publish([event])
         return event
 
     # -- churn and partitions

@@ -33,9 +33,9 @@ from bitfitech.gossip import (
     Gossip,
     ThreadedVerifier,
 )
-from bitfitech.interfaces import IEventPublisher, IEventStore, IGossip
+from bitfitech.interfaces import IGossip, IPeerLink
 from bitfitech.market.events import Author, Event, event_id, parse_event
-from bitfitech.peer.protocol import PeerProtocol
+from bitfitech.market.interfaces import IEventPublisher, IEventStore
 from bitfitech.simulation import LedgerStore
 from bitfitech.testing import TEST_NETWORK, TEST_PAIR, RecordingOwner
 from bitfitech.wire.messages import (
@@ -123,8 +123,9 @@ class FakeStore(LedgerStore):
 
 class FakeLink:
     """
-    What gossip uses of a :class:`PeerProtocol`: ``send``, ``closed``,
-    ``violation`` and ``owner.link_misbehaved``.
+    What gossip uses of a peer link (:class:`~bitfitech.interfaces.IPeerLink`):
+    ``send``, ``closed``, ``violation`` and ``misbehaved``, which report to
+    ``owner.link_misbehaved`` like the real link.
 
     :ivar sent: messages sent and not yet taken.
     :ivar remote: in a :class:`Mesh`, the node index and link that receive
@@ -155,15 +156,19 @@ class FakeLink:
         self.owner.link_misbehaved(self, reason, 100)
         self.closed = True
 
+    def misbehaved(self, reason: str, score: int) -> None:
+        """Report to the owner, like the real link."""
+        self.owner.link_misbehaved(self, reason, score)
+
     def take(self) -> list[Message]:
         """The messages sent since the last call."""
         out, self.sent = self.sent, []
         return out
 
 
-def as_link(link: FakeLink) -> PeerProtocol:
+def as_link(link: FakeLink) -> IPeerLink:
     """C{link} as the type gossip is annotated with."""
-    return cast(PeerProtocol, link)
+    return cast(IPeerLink, link)
 
 
 class Node:

@@ -267,7 +267,7 @@ class TwistdJSONTests(TestCase):
     def check(self, node: JSONProcess, records: list[dict[str, Any]]) -> None:
         texts = [record["text"] for record in records]
         self.assertTrue(any("starting up" in text for text in texts), node.describe())
-        listening = [r for r in records if r["namespace"] == "bitfitech.node"
+        listening = [r for r in records if r["namespace"] == "bitfitech.peer.service"
                      and "listening for peers" in r["text"]]  # fmt: skip
         self.assertEqual(len(listening), 1, node.describe())
         self.assertEqual(listening[0]["level"], "info")

@@ -12,7 +12,7 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from bitfitech.interfaces import IEventStore
+from bitfitech.market.interfaces import IEventStore
 from bitfitech.simulation import (
     START,
     PartitionResult,

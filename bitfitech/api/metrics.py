@@ -2,16 +2,18 @@
 
 Data path: the node's parts (peer hub, market, gossip, DHT, mDNS) keep their
 own counters -> at each scrape :class:`NodeCollector` reads them through
-:meth:`~bitfitech.node.NodeControl.status` (the numbers of ``GET /status``)
--> :class:`MetricsResource` renders them with
+the API's view of the node (:meth:`~bitfitech.api.control.NodeControl.status`,
+the numbers of ``GET /status``) and the market's ledger -> the registry ->
+:class:`MetricsResource` renders it with
 :func:`prometheus_client.exposition.generate_latest`.  Nothing is counted
 twice and nothing runs between scrapes, except the API's request latency,
 which :class:`~bitfitech.api.site.ApiSite` observes as requests finish into
 the histogram of :func:`api_latency`.
 
 Every node has its own :class:`~prometheus_client.CollectorRegistry` (made
-by :func:`node_registry`), never ``prometheus_client.REGISTRY``: several
-nodes run in one process in tests and in ``tac/local-cluster.tac``.
+by :func:`node_registry` from what it measures), never
+``prometheus_client.REGISTRY``: several nodes run in one process in tests
+and in ``tac/local-cluster.tac``.
 
 Counters are totals since the node started (``_total``); rates, such as
 orders or trades per second, are PromQL's job: ``rate(bitfi_orders_total[1m])``.
@@ -21,8 +23,8 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -36,10 +38,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from ..interfaces import ServiceUnavailable
-
-if TYPE_CHECKING:
-    from ..market.ledger import Ledger
-    from ..node import Node
+from ..market.ledger import Ledger
+from ..market.service import MarketService
 
 #: upper bounds of the API latency buckets, in seconds (an order waits for
 #: its journal's group commit: milliseconds)
@@ -72,13 +72,18 @@ GOSSIP_HELP: Mapping[str, str] = {
 _GOSSIP_NOT_COUNTERS = frozenset({"requests_in_flight", "fanout"})
 
 
-def node_registry(node: Node) -> CollectorRegistry:
+def node_registry(
+    status: Callable[[], Mapping[str, Any]], market: MarketService
+) -> CollectorRegistry:
     """
-    A new registry for C{node}: its :class:`NodeCollector` and (made by
+    A new registry of one node: its :class:`NodeCollector` and (made by
     :func:`api_latency`) the API latency histogram.  Building it opens nothing.
+
+    :param status: the node's status (``GET /status``), read at each scrape.
+    :param market: the node's market, whose ledger is read at each scrape.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node))
+    registry.register(NodeCollector(status, market))
     api_latency(registry)
     return registry
 
@@ -126,8 +131,15 @@ class NodeCollector:
     ``bitfi_up`` (0) is reported.
     """
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, status: Callable[[], Mapping[str, Any]], market: MarketService) -> None:
+        """
+        :param status: the node's status (``GET /status``); raises
+            :class:`RuntimeError` or :class:`ServiceUnavailable` while the
+            node does not run.
+        :param market: the node's market.
+        """
+        self.status = status
+        self.market = market
         self._orders_cache: tuple[int, str, int, int] | None = None
 
     def describe(self) -> list[Metric]:
@@ -137,7 +149,7 @@ class NodeCollector:
     def collect(self) -> Iterator[Metric]:
         """The node's metric families, read now."""
         try:
-            status = self.node.control.status()
+            status = self.status()
         except (RuntimeError, ServiceUnavailable):
             yield _gauge("bitfi_up", "Whether the node runs (1) or not (0).", 0)
             return
@@ -195,7 +207,7 @@ class NodeCollector:
 
     def _market(self, status: Mapping[str, Any]) -> Iterator[Metric]:
         market = status["market"]
-        ledger = self.node.market.ledger
+        ledger = self.market.ledger
         orders, cancels = self._order_counts(ledger)
         yield _gauge("bitfi_events", "Signed events (orders and cancels) held.", status["events"])
         yield _gauge("bitfi_events_applied", "Events in the ordered log applied to the book.",
@@ -291,33 +303,23 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
     return CounterMetricFamily(name, documentation, value=value)
 
 
-def registry_of(target: object) -> CollectorRegistry | None:
-    """
-    The registry of a node, given the node or its control (``NodeControl``,
-    whose ``node`` it is); ``None`` for anything else (a fake node in tests).
-    """
-    node = getattr(target, "node", target)
-    registry = getattr(node, "metrics", None)
-    return registry if isinstance(registry, CollectorRegistry) else None
-
-
 class MetricsResource(Resource):
     """
     ``GET /metrics``: the node's registry in the Prometheus text format
     (``CONTENT_TYPE_LATEST``).  Mount it on the API root::
 
-        root.putChild(b"metrics", MetricsResource(control))
+        root.putChild(b"metrics", MetricsResource(registry))
 
-    :ivar registry: what is rendered, or ``None`` (the target has no
-        metrics: 404 with the API's ``{"error": ...}``).
+    :ivar registry: what is rendered, or ``None`` (no metrics, as for a
+        fake node in tests: 404 with the API's ``{"error": ...}``).
     """
 
     isLeaf = True
 
-    def __init__(self, control_or_node: object) -> None:
-        """:param control_or_node: a :class:`~bitfitech.node.Node` or its ``NodeControl``."""
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        """:param registry: the node's registry (:func:`node_registry`), or ``None``."""
         super().__init__()
-        self.registry = registry_of(control_or_node)
+        self.registry = registry
 
     def render(self, request: Request) -> bytes:
         """GET (and HEAD): the exposition; any other method: the API's JSON 405."""

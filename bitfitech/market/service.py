@@ -34,11 +34,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..config import NodeConfig
-from ..interfaces import IEventPublisher, IEventStore, ServiceUnavailable
+from ..interfaces import ServiceUnavailable
 from ..logs import logger
 from ..storage import Storage
 from .book import MARKET, ORDER_TYPES, REJECTED, BookParams, OrderBook
 from .events import Author, Event, EventError, parse_event
+from .interfaces import IEventPublisher, IEventStore
 from .journal import EventJournal, InlineSyncer, JournalError, Syncer, write_file
 from .ledger import InsertResult, Ledger, TradeRecord
 
@@ -172,7 +173,6 @@ class MarketService(Service):
 
     :ivar ledger: the ledger (only while running).
     :ivar author: this node's event author (only while running).
-    :ivar publisher: where new own events and equivocation evidence go.
     :ivar apply_delay: the current delay before buffered events are
         applied: ``config.apply_delay`` under a light load, longer (up to
         :data:`MAX_APPLY_DELAY`) while rollbacks replay more events than
@@ -199,7 +199,7 @@ class MarketService(Service):
         self.params = params or BookParams()
         self.network = config.network
         self.pair = config.pair
-        self.publisher: IEventPublisher | None = None
+        self._publishers: list[IEventPublisher] = []
         self.apply_delay = config.apply_delay
         self._make_syncer = syncer
         self._syncer: Syncer | None = None
@@ -436,6 +436,23 @@ class MarketService(Service):
         """Evidence of every equivocation seen."""
         return self.ledger.conflicts()
 
+    def add_publisher(self, publisher: IEventPublisher) -> Callable[[], None]:
+        """
+        From now on, hand C{publisher} each own event once it is journaled
+        and applied, and the evidence of each equivocation found: the
+        gossip layer adds itself when it starts (it comes after the market
+        on the data path, so the market knows it only as a publisher).
+
+        :return: a function that removes C{publisher} again.
+        """
+        self._publishers.append(publisher)
+
+        def remove() -> None:
+            if publisher in self._publishers:
+                self._publishers.remove(publisher)
+
+        return remove
+
     def flush(self) -> None:
         """Apply buffered peer events and journaled own events now."""
         if self._ledger is not None:
@@ -553,14 +570,16 @@ class MarketService(Service):
         if self._observers and result.new:
             self._tell_applied(result)
         self._adapt(result, now)
-        if self.publisher is not None:
-            if mine:
-                self.publisher.publish(mine)
+        if self._publishers:
+            evidence: list[Event] = []
             if result.equivocations:
                 slots = set(result.equivocations)
-                self.publisher.publish(
-                    [e for e in ledger.conflicts() if (e.author, e.seq) in slots]
-                )
+                evidence = [e for e in ledger.conflicts() if (e.author, e.seq) in slots]
+            for publisher in list(self._publishers):
+                if mine:
+                    publisher.publish(mine)
+                if evidence:
+                    publisher.publish(evidence)
         for pending in own:
             self._signed_ids.pop(pending.event.id, None)
             pending.done.callback(pending.event)
@@ -775,57 +794,14 @@ class MarketService(Service):
         if trades or orders:
             self._tell(MarketChange(False, tuple(trades), tuple(orders)))
 
-    # -- documents for the API
+    # -- what the API reads
 
-    def trade_doc(self, trade: TradeRecord) -> dict[str, Any]:
-        """The API's view of one trade."""
-        params = self.ledger.params
-        return {
-            "id": trade.id,
-            "price": params.format_price(trade.price),
-            "amount": params.format_amount(trade.amount),
-            "side": trade.side,
-            "taker": trade.taker,
-            "maker": trade.maker,
-            "lamport": trade.lamport,
-            "time": trade.ts,
-            "settled": trade.lamport <= self.ledger.settled_through,
-            "status": "settled" if trade.lamport <= self.ledger.settled_through else "tentative",
-        }
-
-    def order_doc(self, event: Event) -> dict[str, Any]:
-        """The API's view of one order event."""
-        ledger = self.ledger
-        params = ledger.params
-        trades = ledger.trades_of(event.id)
-        filled = sum(trade.amount for trade in trades)
-        open_order = ledger.open_order(event.id)
-        outcome = ledger.outcome(event.id)
-        reason: str | None = None
-        if open_order is not None:
-            status, remaining = "open", open_order.remaining
-        elif outcome is not None:
-            status, remaining, reason = outcome.state, outcome.remaining, outcome.reason or None
-        else:
-            status, remaining = "pending", 0
-        return {
-            "id": event.id,
-            "side": event.side,
-            "type": event.order_type,
-            "price": event.price,
-            "amount": event.amount,
-            "remaining": params.format_amount(remaining),
-            "filled": params.format_amount(filled),
-            "status": status,
-            "reason": reason,
-            "author": event.author,
-            "seq": event.seq,
-            "lamport": event.lamport,
-            "created_at": event.ts,
-            "applied_at": self._arrivals.get(event.id),
-            "settled": event.lamport <= ledger.settled_through,
-            "trades": [self.trade_doc(trade) for trade in trades],
-        }
+    def applied_at(self, event_id: str) -> float | None:
+        """
+        When this node first applied event C{event_id} (clock seconds), for
+        the :data:`ARRIVALS_KEPT` most recent events; ``None`` for others.
+        """
+        return self._arrivals.get(event_id)
 
     def own_orders(self, state: str, limit: int) -> list[Event]:
         """This node's orders, newest first: ``open``, ``closed`` or ``all``."""
@@ -842,20 +818,6 @@ class MarketService(Service):
             if state == "all" or (state == "open") == is_open:
                 out.append(event)
         return out
-
-    def book_doc(self, depth: int) -> dict[str, Any]:
-        """``GET /book``: the best C{depth} levels of each side."""
-        self.flush()
-        params = self.ledger.params
-        bids, asks = self.ledger.book.depth(depth)
-
-        def rows(levels: list[tuple[int, int, int]]) -> list[list[Any]]:
-            return [
-                [params.format_price(price), params.format_amount(total), count]
-                for price, total, count in levels
-            ]
-
-        return {"bids": rows(bids), "asks": rows(asks)}
 
     def status(self) -> dict[str, Any]:
         """The market's part of ``GET /status``."""

@@ -159,23 +159,21 @@ class AddressBook:
     """
     The bounded set of known peer addresses, keyed by ``(host, port)``.
 
-    Reads come from memory; every change is written through to the
-    ``addresses`` table of C{connection}.  Entries handed out are copies:
+    Reads come from memory; once :meth:`load` has given it a database,
+    every change is written through to its ``addresses`` table (before, the
+    book is kept in memory only).  Entries handed out are copies:
     change them through the book's methods.  Methods given an address that
     is not in the book (it may have been evicted meanwhile) do nothing.
     """
 
     def __init__(
         self,
-        connection: sqlite3.Connection | None,
         *,
         max_entries: int = 2000,
         policy: RetryPolicy = DEFAULT_RETRY_POLICY,
         rng: random.Random | None = None,
     ) -> None:
         """
-        :param connection: the database holding the ``addresses`` table, or
-            ``None`` for a book kept in memory only.
         :param max_entries: how many entries to keep (bootstrap and manual
             entries are never evicted, so there can be more of those).
         :param policy: the retry policy for failing addresses.
@@ -183,7 +181,7 @@ class AddressBook:
         """
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
-        self._connection = connection
+        self._connection: sqlite3.Connection | None = None
         self._max_entries = max_entries
         self.policy = policy
         self._rng = rng if rng is not None else random.Random()
@@ -191,12 +189,20 @@ class AddressBook:
 
     # -- persistence ---------------------------------------------------------
 
-    def load(self) -> None:
-        """Replace the in-memory mirror with the contents of the ``addresses`` table."""
+    def load(self, connection: sqlite3.Connection | None) -> None:
+        """
+        Replace the in-memory mirror with the contents of C{connection}'s
+        ``addresses`` table, and write every change through to it from now
+        on (the node calls this at start, once its database is open).
+
+        :param connection: the database, or ``None`` to keep the book in
+            memory only (it is emptied).
+        """
+        self._connection = connection
         self._entries.clear()
-        if self._connection is None:
+        if connection is None:
             return
-        for row in self._connection.execute(_SELECT + " ORDER BY first_seen, host, port"):
+        for row in connection.execute(_SELECT + " ORDER BY first_seen, host, port"):
             entry = AddressEntry(*row)
             self._entries[entry.key] = entry
 

@@ -88,26 +88,35 @@ class Ban:
 
 class BanList:
     """
-    The bounded set of banned addresses, written through to the ``bans`` table.
+    The bounded set of banned addresses, written through to the ``bans``
+    table once :meth:`load` has given it a database (before, kept in memory
+    only).
     """
 
-    def __init__(self, connection: sqlite3.Connection | None, *, max_bans: int = MAX_BANS) -> None:
+    def __init__(self, *, max_bans: int = MAX_BANS) -> None:
         """
-        :param connection: the database holding the ``bans`` table, or
-            ``None`` for a list kept in memory only.
         :param max_bans: how many bans to keep.
         """
-        self._connection = connection
+        self._connection: sqlite3.Connection | None = None
         self._max_bans = max_bans
         self._bans: dict[str, Ban] = {}
 
-    def load(self, now: float) -> None:
-        """Replace the in-memory mirror with the unexpired rows of the table; delete the rest."""
+    def load(self, connection: sqlite3.Connection | None, now: float) -> None:
+        """
+        Replace the in-memory mirror with the unexpired rows of C{connection}'s
+        ``bans`` table (deleting the rest), and write every change through to
+        it from now on (the node calls this at start, once its database is
+        open).
+
+        :param connection: the database, or ``None`` to keep the list in
+            memory only (it is emptied).
+        """
+        self._connection = connection
         self._bans.clear()
-        if self._connection is None:
+        if connection is None:
             return
-        self._connection.execute("DELETE FROM bans WHERE until <= ?", (now,))
-        for row in self._connection.execute(_SELECT + " ORDER BY banned_at"):
+        connection.execute("DELETE FROM bans WHERE until <= ?", (now,))
+        for row in connection.execute(_SELECT + " ORDER BY banned_at"):
             ban = Ban(*row)
             self._bans[ban.address] = ban
 

@@ -1,10 +1,10 @@
 """The live peer links of a node, and the messages they share.
 
 Data path: :class:`~bitfitech.peer.protocol.PeerProtocol` -> :class:`PeerHub`
--> (address book, and later the gossip layer).  The hub admits links
-(bans and connection limits, overall and per remote IP address, when a
-connection arrives; one link per node id), keeps the ready ones by node id,
-answers ``getaddr`` and learns from ``addr``, relays newly learned addresses
+-> the address book, and the gossip layer (:class:`~bitfitech.interfaces.IGossip`).
+The hub admits links (bans and connection limits, overall and per remote
+IP address, when a connection arrives; one link per node id), keeps the
+ready ones by node id, answers ``getaddr`` and learns from ``addr``, relays newly learned addresses
 to a few peers, and tells its subscribers (the dialer) when links or
 addresses change.
 
@@ -85,10 +85,10 @@ class PeerHub:
 
     def __init__(
         self,
-        local: LocalNode,
         addrbook: AddressBook,
         clock: IReactorTime,
         *,
+        gossip: IGossip | None = None,
         max_peers: int,
         max_inbound: int,
         timing: LinkTiming = LinkTiming(),
@@ -100,6 +100,8 @@ class PeerHub:
         scores: ScoreBoard | None = None,
     ) -> None:
         """
+        :param gossip: told of ready links and handed the messages the hub
+            does not handle itself (the gossip layer), or ``None``.
         :param max_peers: cap on all links.
         :param max_inbound: cap on inbound links.
         :param max_inbound_per_ip: cap on inbound links from one IP address.
@@ -110,14 +112,14 @@ class PeerHub:
             banned; 0 never bans (scores are still kept and logged).
         :param scores: the scoreboard; a default one if ``None``.
         """
-        self.local = local
+        self._local: LocalNode | None = None
         self.addrbook = addrbook
         self.clock = clock
         self.max_peers = max_peers
         self.max_inbound = max_inbound
         self.max_inbound_per_ip = max_inbound_per_ip
         self.max_handshakes_per_ip = max_handshakes_per_ip
-        self.bans = bans if bans is not None else BanList(None)
+        self.bans = bans if bans is not None else BanList()
         self.ban_duration = ban_duration
         self.scores = scores if scores is not None else ScoreBoard()
         self.timing = timing
@@ -131,7 +133,22 @@ class PeerHub:
         self.refused_inbound = 0
         self.refused_banned = 0
         self.banned_count = 0
-        self.gossip: IGossip | None = None
+        self.gossip = gossip
+
+    def start(self, local: LocalNode) -> None:
+        """
+        Admit links from now on, saying C{local} about this node in their
+        ``version`` (its id and listening port are known only once the
+        node has started).
+        """
+        self._local = local
+
+    @property
+    def local(self) -> LocalNode:
+        """What this node says about itself (only once started)."""
+        if self._local is None:
+            raise RuntimeError("the peer hub has not started")
+        return self._local
 
     # -- subscriptions and queries
 

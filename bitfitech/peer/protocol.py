@@ -36,8 +36,9 @@ from zope.interface import implementer
 
 from ..address import PeerAddress, format_hostport, normalize_host
 from ..config import LinkTiming
-from ..interfaces import ILinkOwner
+from ..interfaces import ILinkOwner, IPeerLink
 from ..logs import logger
+from ..ratelimit import TokenBucket
 from ..wire.framing import MAX_PAYLOAD, FrameDecoder, FramingError, encode_frame, network_magic
 from ..wire.messages import (
     MIN_PROTOCOL_VERSION,
@@ -52,7 +53,6 @@ from ..wire.messages import (
     encode_message,
 )
 from . import misbehaviour
-from ..ratelimit import TokenBucket
 from .tls import negotiated_tls_version, proven_node_id
 
 log = logger(__name__)
@@ -111,7 +111,7 @@ class LocalNode:
         return network_magic(self.network)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IPeerLink)
 class PeerProtocol(Protocol):
     """
     One link to a peer (over TLS, or plain TCP), in either direction.
@@ -301,6 +301,14 @@ class PeerProtocol(Protocol):
         )
         self.owner.link_misbehaved(self, reason, misbehaviour.VIOLATION)
         self.close(f"protocol violation: {reason}", abort=True)
+
+    def misbehaved(self, reason: str, score: int) -> None:
+        """
+        The peer misbehaved without breaking the protocol (the gossip layer
+        found a malformed event, or too many of one author): report it to
+        the owner, which scores it and may ban the peer's address.
+        """
+        self.owner.link_misbehaved(self, reason, score)
 
     # -- Twisted callbacks
 

@@ -42,6 +42,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
     ISSLTransport,
 )
 from twisted.internet.protocol import Protocol
@@ -49,7 +50,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..address import AddressError, is_ip_literal, normalize_host
+from ..address import AddressError, PeerAddress, format_hostport, is_ip_literal, normalize_host
 from ..identity import IdentityError, NodeIdentity, load_or_create_identity, node_id_from_public_key
 from ..logs import logger
 
@@ -414,6 +415,93 @@ class TLSLinkFactory(TLSMemoryBIOFactory):
         if wrapped is None:
             return None
         return TLSLink(self, wrapped)
+
+
+class LinkSecurity:
+    """
+    How this node's peer links are secured: TLS bound to the node key (with
+    CA trust for bootstrap hosts given by name), or plain TCP.
+
+    Built with the node's settings, it opens nothing; :meth:`load` makes
+    the certificate at start, once the node key is read, and
+    :meth:`wrap` then puts each link factory inside TLS.
+
+    :ivar tls: the node's TLS settings once loaded (``None`` on a plain node).
+    :ivar ca_trust: the CA bundle once loaded, or ``None``.
+    """
+
+    def __init__(
+        self,
+        *,
+        plain: bool,
+        certificate: str | None = None,
+        ca_bundle: str | None = None,
+        bootstrap: Sequence[PeerAddress] = (),
+        clock: Any = None,
+    ) -> None:
+        """
+        :param plain: run links over plain TCP (``--insecure-plain-tcp``).
+        :param certificate: a PEM chain for the node key (``--certificate``).
+        :param ca_bundle: a PEM bundle of CAs (``--ca-bundle``) that bootstrap
+            addresses given by host name must chain to.
+        :param bootstrap: the bootstrap addresses.
+        :param clock: the TLS layer's timers (the reactor).
+        """
+        self.plain = plain
+        self.certificate = certificate
+        self.ca_bundle = ca_bundle
+        self.bootstrap = tuple(bootstrap)
+        self.clock = clock
+        self.tls: NodeTLS | None = None
+        self.ca_trust: CATrust | None = None
+        self._ca_named: frozenset[tuple[str, int]] = frozenset()
+
+    def load(self, identity: NodeIdentity, now: float) -> None:
+        """
+        Make the node's TLS settings: its certificate (C{certificate}, else
+        self-signed) and the CA trust of bootstrap host names; nothing on a
+        plain node.
+
+        :raises TLSFileError: naming a file that cannot be used.
+        """
+        if self.plain:
+            self.tls = None
+            log.warn(
+                "Peer links run over plain TCP (--insecure-plain-tcp): they are neither "
+                "encrypted nor authenticated, and this node links only with other plain nodes"
+            )
+            return
+        chain: list[x509.Certificate] = []
+        if self.certificate:
+            chain = load_certificate_chain(self.certificate, identity)
+        self.ca_trust = CATrust.from_file(self.ca_bundle) if self.ca_bundle else None
+        self.tls = NodeTLS(identity, now, chain)
+        if self.ca_trust is None:
+            return
+        named = [a.endpoint for a in self.bootstrap if not is_ip_literal(a.host)]
+        self._ca_named = frozenset(named)
+        if not named:
+            log.warn("--ca-bundle applies to no bootstrap address: none is given by host name")
+        else:
+            log.info("Bootstrap hosts {hosts} must present a certificate from {path} naming them",
+                     hosts=", ".join(format_hostport(*e) for e in named),
+                     path=self.ca_bundle)  # fmt: skip
+
+    def wrap(
+        self, factory: IProtocolFactory, *, client: bool, address: PeerAddress | None = None
+    ) -> IProtocolFactory:
+        """
+        C{factory} wrapped in this node's TLS, or as it is on a plain node.
+
+        :param address: the address dialled; a bootstrap host name under
+            ``--ca-bundle`` gets the CA-checking settings.
+        """
+        if self.tls is None:
+            return factory
+        if address is not None and self.ca_trust is not None and address.endpoint in self._ca_named:
+            verifying = self.tls.for_named_host(address.host, self.ca_trust)
+            return TLSLinkFactory(verifying, client, factory, clock=self.clock)
+        return TLSLinkFactory(self.tls, client, factory, clock=self.clock)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,22 @@
-"""Tests for :class:`bitfitech.node.NodeControl` over a real market, journal and clock."""
+"""Tests for :class:`bitfitech.api.control.NodeControl` over a real market, journal and clock."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from bitfitech.api.control import NodeControl
 from bitfitech.interfaces import BatchRejected, ServiceUnavailable
 from bitfitech.market.service import MarketService
-from bitfitech.node import Node, NodeControl
 from bitfitech.storage import Storage
 from bitfitech.testing import loopback_config
 
 BUY = ("buy", "100.5", "1", "limit")
 SELL = ("sell", "101", "2", "limit")
 MARKET_SELL = ("sell", None, "0.5", "market")
-
-
-class _Parts:
-    """The part of a :class:`Node` that the order methods of NodeControl use."""
-
-    def __init__(self, market: MarketService) -> None:
-        self.market = market
 
 
 class SubmitOrdersTests(SynchronousTestCase):
@@ -35,10 +28,11 @@ class SubmitOrdersTests(SynchronousTestCase):
         self.storage = Storage(data_dir)
         self.storage.open()
         self.addCleanup(self.storage.close)
-        self.market = MarketService(loopback_config(data_dir), self.storage, self.clock)
+        config = loopback_config(data_dir)
+        self.market = MarketService(config, self.storage, self.clock)
         self.market.startService()
         self.addCleanup(self.stop_market)
-        self.control = NodeControl(cast(Node, _Parts(self.market)))
+        self.control = NodeControl(config, self.clock, self.storage, self.market)
 
     def stop_market(self) -> None:
         if self.market.running:

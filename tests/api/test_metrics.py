@@ -29,7 +29,6 @@ from bitfitech.api.metrics import (
     api_latency,
     node_registry,
     observe_request,
-    registry_of,
 )
 from bitfitech.api.site import ApiSite
 from bitfitech.node import Node, build_node
@@ -57,10 +56,10 @@ def parse(text: str) -> tuple[dict[str, Any], Samples]:
     return families, samples
 
 
-def scrape(target: object) -> tuple[DummyRequest, str]:
-    """Render ``GET /metrics`` of C{target} (a node or its control) through a resource tree."""
+def scrape(registry: CollectorRegistry | None) -> tuple[DummyRequest, str]:
+    """Render ``GET /metrics`` of C{registry} (a node's) through a resource tree."""
     root = Resource()
-    root.putChild(b"metrics", MetricsResource(target))
+    root.putChild(b"metrics", MetricsResource(registry))
     request = DummyRequest([b"metrics"])
     request.method = b"GET"
     resource = root.getChildWithDefault(b"metrics", request)
@@ -106,7 +105,7 @@ class NodeMetricsTests(TestCase):
     async def test_values_match_the_node(self) -> None:
         first, second = await self.trading_pair()
         for node in (first, second):
-            request, text = scrape(node.control)
+            request, text = scrape(node.metrics)
             self.assertEqual(
                 request.responseHeaders.getRawHeaders(b"content-type"),
                 [CONTENT_TYPE_LATEST.encode("ascii")],
@@ -146,7 +145,7 @@ class NodeMetricsTests(TestCase):
             self.assertEqual(families["bitfi_peers"].type, "gauge")
         # What each node learned from the other, it learned by gossip.
         for node in (first, second):
-            _, samples = parse(scrape(node)[1])
+            _, samples = parse(scrape(node.metrics)[1])
             self.assertEqual(value(samples, "bitfi_gossip_events_new_total"), 1)
         self.assertEqual(value(samples, "bitfi_peers", direction="outbound"), 1)
 
@@ -157,7 +156,7 @@ class NodeMetricsTests(TestCase):
         await poll_until(self.reactor,
                          lambda: market_state(second) == market_state(first), DEADLINE,
                          "the second node holds the cancel")  # fmt: skip
-        _, samples = parse(scrape(second)[1])
+        _, samples = parse(scrape(second.metrics)[1])
         self.assertEqual(value(samples, "bitfi_events"), 4)
         self.assertEqual(value(samples, "bitfi_orders_total"), 3)
         self.assertEqual(value(samples, "bitfi_cancels_total"), 1)
@@ -168,7 +167,7 @@ class NodeMetricsTests(TestCase):
         self.assertIsNot(first.metrics, second.metrics)
         ids = set()
         for node in (first, second):
-            families, _ = parse(scrape(node)[1])
+            families, _ = parse(scrape(node.metrics)[1])
             [sample] = families["bitfi_node_info"].samples
             ids.add(sample.labels["node_id"])
         self.assertEqual(ids, {n.storage.identity.node_id for n in (first, second)})
@@ -176,7 +175,7 @@ class NodeMetricsTests(TestCase):
 
     async def test_discovery(self) -> None:
         node = self.cluster.start_node(dht_enabled=True)
-        _, samples = parse(scrape(node)[1])
+        _, samples = parse(scrape(node.metrics)[1])
         self.assertEqual(value(samples, "bitfi_discovery_running", service="dht"), 1)
         self.assertEqual(value(samples, "bitfi_dht_routing_table_size"),
                          node.control.status()["dht"]["routing_table_size"])  # fmt: skip
@@ -191,7 +190,7 @@ class NodeMetricsTests(TestCase):
         for path in ("/status", "/status", "/no/such/thing"):
             response = await agent.request(b"GET", (base + path).encode("ascii"))
             await readBody(response)
-        _, samples = parse(scrape(node)[1])
+        _, samples = parse(scrape(node.metrics)[1])
         count = "bitfi_api_request_duration_seconds_count"
         self.assertEqual(value(samples, count, method="GET", status="2xx"), 2)
         self.assertEqual(value(samples, count, method="GET", status="4xx"), 1)
@@ -202,20 +201,22 @@ class StoppedNodeTests(SynchronousTestCase):
 
     def test_not_running(self) -> None:
         node = build_node(loopback_config(self.mktemp()), Clock())  # type: ignore[arg-type]
-        _, samples = parse(scrape(node)[1])
+        _, samples = parse(scrape(node.metrics)[1])
         self.assertEqual(samples, {("bitfi_up", ()): 0.0})
 
     def test_fake_node_has_no_metrics(self) -> None:
-        self.assertIsNone(registry_of(object()))
-        request, text = scrape(object())
+        request, text = scrape(None)
         self.assertEqual(request.responseCode, 404)
 
-    def test_registry_of(self) -> None:
+    def test_the_site_serves_the_node_registry(self) -> None:
         node = build_node(loopback_config(self.mktemp()), Clock())  # type: ignore[arg-type]
-        self.assertIs(registry_of(node), node.metrics)
-        self.assertIs(registry_of(node.control), node.metrics)
+        assert node.api is not None
+        metrics = node.api.root.getStaticEntity(b"metrics")
+        self.assertIsInstance(metrics, MetricsResource)
+        self.assertIs(metrics.registry, node.metrics)
+        self.assertIs(node.api.site.latency, api_latency(node.metrics))
         self.assertIs(api_latency(node.metrics), api_latency(node.metrics))
-        self.assertIsNot(node_registry(node), node.metrics)
+        self.assertIsNot(node_registry(node.control.status, node.market), node.metrics)
 
 
 class _Slow(Resource):

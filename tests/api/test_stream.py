@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.test.requesthelper import DummyRequest
 
+from bitfitech.api.control import NodeControl
 from bitfitech.api.resources import api_root
 from bitfitech.api.stream import (
     BOOK_DEPTH,
@@ -24,7 +25,6 @@ from bitfitech.api.stream import (
 )
 from bitfitech.market.book import ALLOW, BookParams
 from bitfitech.market.service import MarketService
-from bitfitech.node import Node, NodeControl
 from bitfitech.storage import Storage
 from bitfitech.testing import loopback_config
 from tests.api.test_resources import BOOK, NODE_A, NODE_B, ROW_A, URL, FakeNode
@@ -268,7 +268,7 @@ class MarketStreamTests(SynchronousTestCase):
         self.market = MarketService(config, self.storage, self.clock, params)
         self.market.startService()
         self.addCleanup(self.stop_market)
-        self.control = _Control(cast(Node, _Parts(self.market)))
+        self.control = _Control(config, self.clock, self.storage, self.market)
         self.feed = StreamFeed(self.control, self.clock)
         self.stream = Stream(self.feed)
 
@@ -359,15 +359,7 @@ class _Control(NodeControl):
     """NodeControl without a peer layer: no links, and the market's part of the status."""
 
     def status(self) -> dict[str, Any]:
-        return {"node_id": NODE_B, **self.node.market.status()}
+        return {"node_id": NODE_B, **self.market.status()}
 
     def peers(self) -> list[dict[str, Any]]:
         return []
-
-
-class _Parts:
-    """The parts of a :class:`Node` the stream's NodeControl calls use (no peer layer)."""
-
-    def __init__(self, market: MarketService) -> None:
-        self.market = market
-        self.peers = None

@@ -22,7 +22,7 @@ from bitfitech.api.token import (
     token_matches,
     write_token_file,
 )
-from bitfitech.node import StartupError
+from bitfitech.listening import StartupError
 from bitfitech.testing import LocalCluster, loopback_config
 
 TOKEN = "a-good-token-0123456789"

@@ -17,7 +17,8 @@ from twisted.trial.unittest import TestCase
 
 from bitfitech.address import PeerAddress
 from bitfitech.identity import NodeIdentity, load_or_create_identity
-from bitfitech.node import Node, StartupError
+from bitfitech.listening import StartupError
+from bitfitech.node import Node
 from bitfitech.peer.tls import node_private_key
 from bitfitech.testing import CertificateAuthority, LocalCluster, poll_until, wait_for, write_pem
 

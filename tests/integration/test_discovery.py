@@ -150,7 +150,7 @@ class DHTDiscoveryTests(_DiscoveryTestCase):
         self.assertIsNone(node.control.status()["mdns"])
 
     async def test_busy_dht_port_stops_the_start(self) -> None:
-        from bitfitech.node import StartupError
+        from bitfitech.listening import StartupError
 
         first = self.cluster.start_node(network=self.network, dht_enabled=True)
         busy = first.control.status()["dht"]["port"]

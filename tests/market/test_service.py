@@ -17,9 +17,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from bitfitech.interfaces import IEventPublisher, ServiceUnavailable
+from bitfitech.interfaces import ServiceUnavailable
 from bitfitech.market import service as service_module
 from bitfitech.market.events import Author, Event
+from bitfitech.market.interfaces import IEventPublisher
 from bitfitech.market.journal import (
     EventJournal,
     InlineSyncer,
@@ -93,7 +94,7 @@ class MarketTestCase(SynchronousTestCase):
             syncer=lambda storage: self.syncer,
         )  # fmt: skip
         self.publisher = Publisher()
-        market.publisher = self.publisher
+        market.add_publisher(self.publisher)
         return market
 
     def stop(self) -> None:

@@ -26,7 +26,7 @@ NODE_C = "c" * 40
 def make_book(**kwargs: object) -> AddressBook:
     """A memory-only book with deterministic randomness."""
     kwargs.setdefault("rng", random.Random(1234))
-    return AddressBook(None, **kwargs)  # type: ignore[arg-type]
+    return AddressBook(**kwargs)  # type: ignore[arg-type]
 
 
 def fail(book: AddressBook, host: str, port: int, now: float) -> None:
@@ -444,12 +444,13 @@ class PersistenceTests(SynchronousTestCase):
     def reopen(self) -> AddressBook:
         self.storage.close()
         self.storage.open()
-        book = AddressBook(self.storage.connection)
-        book.load()
+        book = AddressBook()
+        book.load(self.storage.connection)
         return book
 
     def test_all_fields_survive(self) -> None:
-        book = AddressBook(self.storage.connection, rng=random.Random(1))
+        book = AddressBook(rng=random.Random(1))
+        book.load(self.storage.connection)
         book.add("10.0.0.1", 3000, source="bootstrap", now=10.0)
         book.add("::1", 3001, source="addr", now=11.0, node_id=NODE_A, seen=5.5)
         book.add("127.0.0.1", 3002, source="inbound", now=12.0)
@@ -489,7 +490,8 @@ class PersistenceTests(SynchronousTestCase):
         self.assertIsNone(reloaded.get("10.0.0.9", 3009))
 
     def test_eviction_and_prune_persist(self) -> None:
-        book = AddressBook(self.storage.connection, max_entries=2)
+        book = AddressBook(max_entries=2)
+        book.load(self.storage.connection)
         book.add("10.0.0.1", 1, source="manual", now=1.0)
         book.add("10.0.0.2", 1, source="addr", now=2.0)
         book.add("10.0.0.3", 1, source="addr", now=3.0)
@@ -499,17 +501,18 @@ class PersistenceTests(SynchronousTestCase):
         self.assertEqual([e.host for e in reloaded.entries()], ["10.0.0.1"])
 
     def test_load_replaces_memory(self) -> None:
-        book = AddressBook(self.storage.connection)
+        book = AddressBook()
+        book.load(self.storage.connection)
         book.add("10.0.0.1", 1, source="addr", now=1.0)
         self.storage.connection.execute("DELETE FROM addresses")
-        book.load()
+        book.load(self.storage.connection)
         self.assertEqual(len(book), 0)
 
     def test_memory_only_load(self) -> None:
         book = make_book()
         book.add("10.0.0.1", 1, source="addr", now=1.0)
-        book.load()
+        book.load(None)
         self.assertEqual(len(book), 0)
 
     def test_rejects_bad_max_entries(self) -> None:
-        self.assertRaises(ValueError, AddressBook, None, max_entries=0)
+        self.assertRaises(ValueError, AddressBook, max_entries=0)

@@ -101,8 +101,14 @@ class BanListTests(SynchronousTestCase):
     def rows(self) -> list[tuple[object, ...]]:
         return list(self.storage.connection.execute("SELECT * FROM bans ORDER BY address"))
 
+    def persisted(self, **options: int) -> BanList:
+        """A ban list loaded from (and so written through to) the database, at NOW."""
+        bans = BanList(**options)
+        bans.load(self.storage.connection, NOW)
+        return bans
+
     def test_add_get_and_persist(self) -> None:
-        bans = BanList(self.storage.connection)
+        bans = self.persisted()
         ban = bans.add("::ffff:192.0.2.1", reason="bad magic", now=NOW, until=NOW + 60,
                        node_id=NODE)  # fmt: skip
         self.assertEqual(ban, Ban("192.0.2.1", NODE, "bad magic", NOW, NOW + 60))
@@ -118,23 +124,23 @@ class BanListTests(SynchronousTestCase):
         )  # fmt: skip
 
     def test_reloaded_from_the_database(self) -> None:
-        BanList(self.storage.connection).add("192.0.2.1", reason="x", now=NOW, until=NOW + 60)
-        BanList(self.storage.connection).add("192.0.2.2", reason="y", now=NOW, until=NOW + 10)
-        bans = BanList(self.storage.connection)
-        bans.load(NOW + 30)
+        self.persisted().add("192.0.2.1", reason="x", now=NOW, until=NOW + 60)
+        self.persisted().add("192.0.2.2", reason="y", now=NOW, until=NOW + 10)
+        bans = BanList()
+        bans.load(self.storage.connection, NOW + 30)
         self.assertEqual([b.address for b in bans.active(NOW + 30)], ["192.0.2.1"])
         # the expired ban was deleted on load
         self.assertEqual([row[0] for row in self.rows()], ["192.0.2.1"])
 
     def test_expiry(self) -> None:
-        bans = BanList(self.storage.connection)
+        bans = self.persisted()
         bans.add("192.0.2.1", reason="x", now=NOW, until=NOW + 60)
         self.assertIsNone(bans.get("192.0.2.1", NOW + 60))
         self.assertEqual(len(bans), 0)
         self.assertEqual(self.rows(), [])
 
     def test_newest_first_and_prune(self) -> None:
-        bans = BanList(self.storage.connection)
+        bans = self.persisted()
         bans.add("192.0.2.1", reason="x", now=NOW, until=NOW + 100)
         bans.add("2001:db8::1", reason="y", now=NOW + 1, until=NOW + 10)
         bans.add("192.0.2.3", reason="z", now=NOW + 2, until=NOW + 100)
@@ -145,13 +151,13 @@ class BanListTests(SynchronousTestCase):
         self.assertEqual(len(self.rows()), 2)
 
     def test_ban_again_replaces(self) -> None:
-        bans = BanList(self.storage.connection)
+        bans = self.persisted()
         bans.add("192.0.2.1", reason="x", now=NOW, until=NOW + 10)
         bans.add("192.0.2.1", reason="y", now=NOW + 5, until=NOW + 100)
         self.assertEqual(self.rows(), [("192.0.2.1", None, "y", NOW + 5, NOW + 100)])
 
     def test_remove(self) -> None:
-        bans = BanList(self.storage.connection)
+        bans = self.persisted()
         bans.add("2001:db8::1", reason="x", now=NOW, until=NOW + 10)
         removed = bans.remove("[2001:DB8::1]")
         assert removed is not None
@@ -162,7 +168,7 @@ class BanListTests(SynchronousTestCase):
         self.assertRaises(ValueError, bans.add, "seed.example", reason="x", now=NOW, until=NOW)
 
     def test_bounded(self) -> None:
-        bans = BanList(self.storage.connection, max_bans=2)
+        bans = self.persisted(max_bans=2)
         bans.add("192.0.2.1", reason="x", now=NOW, until=NOW + 30)
         bans.add("192.0.2.2", reason="x", now=NOW, until=NOW + 10)
         bans.add("192.0.2.3", reason="x", now=NOW, until=NOW + 20)
@@ -170,5 +176,5 @@ class BanListTests(SynchronousTestCase):
         self.assertEqual(len(self.rows()), 2)
 
     def test_long_reason_truncated(self) -> None:
-        ban = BanList(None).add("192.0.2.1", reason="x" * 1000, now=NOW, until=NOW + 1)
+        ban = BanList().add("192.0.2.1", reason="x" * 1000, now=NOW, until=NOW + 1)
         self.assertEqual(len(ban.reason), 200)

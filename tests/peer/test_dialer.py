@@ -53,8 +53,9 @@ class DialerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.book = AddressBook(None, rng=random.Random(1))
-        self.hub = PeerHub(local_node(1), self.book, self.clock, max_peers=10, max_inbound=2)
+        self.book = AddressBook(rng=random.Random(1))
+        self.hub = PeerHub(self.book, self.clock, max_peers=10, max_inbound=2)
+        self.hub.start(local_node(1))
         self.connector = Connector()
 
     def dialer(self, target: int = 3, bootstrap: tuple[PeerAddress, ...] = ()) -> Dialer:

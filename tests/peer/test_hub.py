@@ -34,9 +34,9 @@ class Net:
         self.pumps: list[object] = []
 
     def hub(self, n: int, *, max_peers: int = 10, max_inbound: int = 5, **options: Any) -> PeerHub:
-        hub = PeerHub(local_node(n, port=3000 + n), AddressBook(None), self.clock,
-                      max_peers=max_peers, max_inbound=max_inbound,
+        hub = PeerHub(AddressBook(), self.clock, max_peers=max_peers, max_inbound=max_inbound,
                       rng=random.Random(n), **options)  # fmt: skip
+        hub.start(local_node(n, port=3000 + n))
         self.hubs[n] = hub
         return hub
 
@@ -257,7 +257,8 @@ class BanTests(_Observing):
         self.storage.open()
         self.addCleanup(self.storage.close)
         self.net = Net()
-        self.bans = BanList(self.storage.connection)
+        self.bans = BanList()
+        self.bans.load(self.storage.connection, self.net.clock.seconds())
         self.hub = self.net.hub(1, bans=self.bans, ban_duration=3600.0)
 
     def rows(self) -> list[tuple[object, ...]]:

@@ -36,7 +36,15 @@ from ...address import is_node_id
 from ...logs import logger
 from .. import PeerFound
 from .browser import Browser
-from .codec import MAX_PACKET, MDNSDecodeError, Packet, decode_packet, encode_packet, make_txt
+from .codec import (
+    MAX_PACKET,
+    MDNSDecodeError,
+    Packet,
+    TXTData,
+    decode_packet,
+    encode_packet,
+    make_txt,
+)
 from .responder import MDNS_PORT, Responder
 
 log = logger(__name__)
@@ -245,7 +253,7 @@ class MDNSService(Service):
         self,
         reactor: Any,
         *,
-        node_id: str,
+        node_id: str | Callable[[], str],
         network: str,
         pair: str,
         version: int,
@@ -258,7 +266,9 @@ class MDNSService(Service):
         """
         :param reactor: provides C{listenMulticast} and
             L{IReactorTime <twisted.internet.interfaces.IReactorTime>}.
-        :param node_id: this node's id, 40 lowercase hex digits.
+        :param node_id: this node's id, 40 lowercase hex digits, or what
+            gives it at start (a node's id is read from its data directory
+            as it starts).
         :param network: the network name, published in TXT ``net``.
         :param pair: the trading pair, published in TXT ``pair``.
         :param version: the protocol version, published in TXT ``v``.
@@ -269,11 +279,11 @@ class MDNSService(Service):
         :param port: the mDNS UDP port (5353; tests may use another).
         :raises ValueError: for a malformed node id, or TXT values too long.
         """
-        if not is_node_id(node_id):
-            raise ValueError(f"node id must be 40 lowercase hex digits, not {node_id!r}")
         self._reactor = reactor
-        self._node_id = node_id
-        self._txt = make_txt({"id": node_id, "net": network, "pair": pair, "v": str(version)})
+        self._node_id_of = node_id if callable(node_id) else None
+        self._node_id = ""
+        self._txt = TXTData(())
+        self._version = version
         self._network = network
         self._pair = pair
         self._p2p_port = p2p_port
@@ -285,6 +295,21 @@ class MDNSService(Service):
         self.protocol: MDNSProtocol | None = None
         self.responder: Responder | None = None
         self.browser: Browser | None = None
+        if isinstance(node_id, str):
+            self._identify(node_id)
+
+    def _identify(self, node_id: str) -> None:
+        """
+        Take C{node_id} as this node's and make the TXT record.
+
+        :raises ValueError: for a malformed node id, or TXT values too long.
+        """
+        if not is_node_id(node_id):
+            raise ValueError(f"node id must be 40 lowercase hex digits, not {node_id!r}")
+        self._txt = make_txt(
+            {"id": node_id, "net": self._network, "pair": self._pair, "v": str(self._version)}
+        )
+        self._node_id = node_id
 
     def startService(self) -> None:
         """
@@ -292,7 +317,10 @@ class MDNSService(Service):
 
         :raises MDNSError: when the socket cannot be opened or the group
             cannot be joined on any interface.
+        :raises ValueError: for a malformed node id given at start.
         """
+        if self._node_id_of is not None:
+            self._identify(self._node_id_of())
         addresses = local_addresses(self._interface)
         protocol = MDNSProtocol(
             self._handle,

@@ -1,0 +1,311 @@
+"""The API's view of the node: what a user may read and do, over the node's parts.
+
+Data path: the HTTP resources and the live stream
+(:class:`~bitfitech.interfaces.INodeControl`) -> :class:`NodeControl` ->
+down the path: the market (orders, the book, trades), the peer layer
+(links, dials, bans), the gossip layer and discovery (their counters).
+Nothing here climbs back up: :func:`bitfitech.node.build_node` hands
+:class:`NodeControl` each part it reads, and the JSON documents of orders,
+trades and the book are made here, from the market's objects, by
+:mod:`bitfitech.api.documents`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .. import USER_AGENT, __version__
+from ..address import AddressError, parse_address
+from ..config import NodeConfig
+from ..discovery.service import DiscoveryService
+from ..gossip import Gossip
+from ..interfaces import BatchRejected, INodeControl, ServiceUnavailable
+from ..market.events import Event
+from ..market.service import MarketChange, MarketService, check_order
+from ..peer.hub import PeerHub
+from ..peer.protocol import PeerProtocol
+from ..peer.service import PeerService
+from ..storage import Storage
+from .documents import book_doc, order_doc, trade_doc
+
+Observer = Callable[[str, "dict[str, Any] | None"], None]
+"""C{observer(kind, document)}: see :meth:`INodeControl.watch`."""
+
+
+@implementer(INodeControl)
+class NodeControl:
+    """What the API may see and do, over the node's parts."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        clock: IReactorTime,
+        storage: Storage,
+        market: MarketService,
+        *,
+        gossip: Gossip | None = None,
+        peers: PeerService | None = None,
+        mdns: DiscoveryService | None = None,
+        dht: DiscoveryService | None = None,
+    ) -> None:
+        """
+        :param storage: the node's storage (its identity, once open).
+        :param gossip: the gossip layer, whose counters ``/status`` shows.
+        :param peers: the peer layer; ``None`` for a node without one (the
+            market's side alone, in tests): no links, no status.
+        :param mdns: mDNS discovery, or ``None`` when it is off.
+        :param dht: the DHT, or ``None`` when it is off.
+        """
+        self.config = config
+        self.clock = clock
+        self.storage = storage
+        self.market = market
+        self.gossip = gossip
+        self.peers_service = peers
+        self.mdns = mdns
+        self.dht = dht
+        self._link_observers: list[Observer] = []
+        self._watched_hub: PeerHub | None = None
+        self._known_links: dict[str, tuple[str | None, str]] = {}
+
+    def _peers(self) -> PeerService:
+        peers = self.peers_service
+        if peers is None or not peers.running:
+            raise ServiceUnavailable("the peer layer is not running")
+        return peers
+
+    def status(self) -> dict[str, Any]:
+        """``GET /status``."""
+        config = self.config
+        peers = self._peers()
+        hub = peers.hub
+        now = self.clock.seconds()
+        return {
+            "node_id": self.storage.identity.node_id,
+            "network": config.network,
+            "pair": config.pair,
+            "version": __version__,
+            "user_agent": USER_AGENT,
+            "p2p": {
+                "host": config.host,
+                "port": peers.listen_port,
+                "tls": peers.tls is not None,
+            },
+            "peers": {
+                "inbound": hub.ready_count("inbound"),
+                "outbound": hub.ready_count("outbound"),
+                "handshaking": len(hub.pending),
+                "known_addresses": len(peers.addrbook),
+                "max_peers": config.max_peers,
+                "outbound_target": config.outbound,
+                "dials": peers.dialer.dials,
+                "dial_failures": peers.dialer.dial_failures,
+                "refused_inbound": hub.refused_inbound,
+                "refused_banned": hub.refused_banned,
+                "protocol_violations": hub.misbehaviour_count,
+                "bans": len(hub.bans.active(now)),
+            },
+            "uptime_s": round(now - (peers.started_at or now), 3),
+            **self.discovery(),
+            **self.market.status(),
+            "gossip": self.gossip.summary() if self.gossip is not None else {},
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        """``GET /peers``."""
+        return self._peers().hub.link_rows()
+
+    def connect(self, address: str) -> Deferred[dict[str, Any]]:
+        """``POST /peers``: dial now and answer with the peer's row."""
+        try:
+            parsed = parse_address(address)
+        except AddressError as e:
+            raise ValueError(str(e)) from None
+        peers = self._peers()
+        ban = peers.hub.bans.get(parsed.host, self.clock.seconds())
+        if ban is not None:
+            raise PermissionError(
+                f"{ban.address} is banned until {ban.until:.0f} (unix time): {ban.reason}; "
+                f"lift the ban with DELETE /peers/banned/{ban.address}"
+            )
+        peers.addrbook.add(parsed.host, parsed.port, source="manual",
+                           now=self.clock.seconds(), node_id=parsed.node_id)  # fmt: skip
+        d = peers.dialer.dial(parsed)
+
+        def row(link: PeerProtocol) -> dict[str, Any]:
+            for entry in peers.hub.link_rows():
+                if entry["node_id"] == link.node_id:
+                    return entry
+            return {"node_id": link.node_id, "address": str(parsed)}
+
+        return d.addCallback(row)
+
+    def disconnect(self, node_id: str) -> bool:
+        """``DELETE /peers/{node_id}``."""
+        peers = self._peers()
+        rested = peers.dialer.rest_node(node_id)
+        closed = peers.hub.disconnect(node_id)
+        return closed or rested > 0
+
+    def banned(self) -> list[dict[str, Any]]:
+        """``GET /peers/banned``: the bans in force, newest first."""
+        hub = self._peers().hub
+        return [ban.row() for ban in hub.bans.active(self.clock.seconds())]
+
+    def unban(self, address: str) -> dict[str, Any] | None:
+        """``DELETE /peers/banned/{address}``: lift a ban; ``None`` if there was none."""
+        ban = self._peers().hub.unban(address)
+        return None if ban is None else ban.row()
+
+    def _market(self) -> MarketService:
+        market = self.market
+        if not market.running:
+            raise ServiceUnavailable("the market is not running")
+        return market
+
+    def submit_order(
+        self, side: str, price: str | None, amount: str, order_type: str
+    ) -> Deferred[dict[str, Any]]:
+        """``POST /orders``."""
+        market = self._market()
+        placed = market.submit(side, price, amount, order_type)
+        return placed.addCallback(lambda event: order_doc(market, event))
+
+    def submit_orders(
+        self, orders: Sequence[tuple[str, str | None, str, str]]
+    ) -> Deferred[list[dict[str, Any]]]:
+        """``POST /orders/batch``: check every order, then submit each; all or none."""
+        params = self._market().ledger.params
+        for index, (side, price, amount, order_type) in enumerate(orders):
+            try:
+                check_order(params, side, price, amount, order_type)
+            except ValueError as e:
+                raise BatchRejected(index, str(e)) from None
+        # Submitted in one reactor turn, they are signed in order and share one group commit.
+        placed = [self.submit_order(*order) for order in orders]
+        return gatherResults(placed, consumeErrors=True).addErrback(_first_failure)
+
+    def cancel_order(self, order_id: str) -> Deferred[dict[str, Any]]:
+        """``DELETE /orders/{id}``."""
+        market = self._market()
+
+        def target_doc(_: Event) -> dict[str, Any]:
+            target = market.ledger.get(order_id)
+            assert target is not None
+            return order_doc(market, target)
+
+        return market.cancel(order_id).addCallback(target_doc)
+
+    def order(self, order_id: str) -> dict[str, Any] | None:
+        """``GET /orders/{id}``: any order this node holds, its own or a peer's."""
+        market = self._market()
+        market.flush()
+        event = market.ledger.get(order_id)
+        return None if event is None or not event.is_order else order_doc(market, event)
+
+    def orders(self, state: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """``GET /orders``: this node's own orders, newest first."""
+        market = self._market()
+        market.flush()
+        events = market.own_orders(state, limit + offset)[offset:]
+        return [order_doc(market, event) for event in events]
+
+    def book(self, depth: int) -> dict[str, Any]:
+        """``GET /book``."""
+        market = self._market()
+        market.flush()
+        return book_doc(market.ledger, depth)
+
+    def trades(self, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """``GET /trades``: newest first."""
+        market = self._market()
+        market.flush()
+        records = market.ledger.trades(limit + offset)[offset:]
+        return [trade_doc(market.ledger, trade) for trade in records]
+
+    def trade_count(self) -> int:
+        """The total of ``GET /trades``."""
+        market = self._market()
+        market.flush()
+        return market.ledger.trade_count
+
+    def discovery(self) -> dict[str, Any]:
+        """``GET /discovery``."""
+        return {
+            "mdns": self.mdns.status() if self.mdns is not None else None,
+            "dht": self.dht.status() if self.dht is not None else None,
+        }
+
+    def watch(self, observer: Observer) -> Callable[[], None]:
+        """Tell C{observer} of market and link changes (the API's live stream)."""
+        market = self.market
+
+        def changed(change: MarketChange) -> None:
+            if change.book:
+                observer("book", None)
+            for trade in change.trades:
+                observer("trade", trade_doc(market.ledger, trade))
+            for event in change.orders:
+                observer("order", order_doc(market, event))
+
+        unwatch_market = market.watch(changed)
+        self._watch_links()
+        self._link_observers.append(observer)
+
+        def unwatch() -> None:
+            unwatch_market()
+            if observer in self._link_observers:
+                self._link_observers.remove(observer)
+
+        return unwatch
+
+    def _watch_links(self) -> None:
+        """Subscribe once to the running hub; links are then diffed at each change."""
+        peers = self.peers_service
+        if peers is None or not peers.running:
+            return
+        if peers.hub is not self._watched_hub:
+            self._watched_hub = peers.hub
+            peers.hub.subscribe(self._links_changed)
+        if not self._link_observers:
+            self._known_links = self._link_table(peers.hub)
+
+    @staticmethod
+    def _link_table(hub: PeerHub) -> dict[str, tuple[str | None, str]]:
+        return {
+            node_id: (
+                str(link.listen_address) if link.listen_address is not None else None,
+                link.direction,
+            )
+            for node_id, link in hub.links.items()
+        }
+
+    def _links_changed(self) -> None:
+        hub = self._watched_hub
+        if hub is None or not self._link_observers:
+            return
+        before, after = self._known_links, self._link_table(hub)
+        self._known_links = after
+        events = [("left", node_id, row) for node_id, row in before.items()
+                  if after.get(node_id) != row]  # fmt: skip
+        events += [("joined", node_id, row) for node_id, row in after.items()
+                   if before.get(node_id) != row]  # fmt: skip
+        for event, node_id, (address, direction) in events:
+            document = {"event": event, "node_id": node_id, "address": address,
+                        "direction": direction}  # fmt: skip
+            for observer in list(self._link_observers):
+                observer("peer", document)
+
+
+def _first_failure(failure: Failure) -> Failure:
+    """Errback of ``gatherResults``: the failure of the first Deferred that failed."""
+    failure.trap(FirstError)
+    assert isinstance(failure.value, FirstError)
+    first: Failure = failure.value.subFailure
+    return first

@@ -1,0 +1,255 @@
+"""The peer layer's service: where peer links start and stop.
+
+Data path: TCP (and TLS, :class:`~bitfitech.peer.tls.LinkSecurity`) ->
+:class:`InboundFactory` or a dial of :class:`TCPConnector` ->
+:class:`~bitfitech.peer.hub.PeerHub` (which builds each
+:class:`~bitfitech.peer.protocol.PeerProtocol`) -> the gossip layer.
+
+Every part of the layer (address book, ban list, hub, link security,
+connector, dialer, and the gossip layer the hub reports to) is built by
+:func:`bitfitech.node.build_node` and handed to :class:`PeerService`, which
+only starts and stops them, in this order: load the address book and bans
+from the now open database, make the TLS certificate from the now known
+node key, listen, tell the hub what this node says about itself (its id
+and the port it got), start the gossip layer, and start dialling.  Stopping
+goes the other way and closes every link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory
+
+from .. import USER_AGENT
+from ..address import PeerAddress, format_hostport
+from ..config import NodeConfig
+from ..interfaces import IGossip
+from ..listening import ListeningService, StartupError, listen_now, tcp_server_endpoint
+from ..logs import logger
+from ..storage import Storage
+from .addrbook import AddressBook
+from .bans import BanList
+from .dialer import Dialer
+from .hub import PeerHub
+from .protocol import LocalNode, PeerProtocol
+from .tls import LinkSecurity, TLSFileError, TLSLink
+
+log = logger(__name__)
+
+
+def _host_of(addr: IAddress | None) -> str | None:
+    """The IP address of a connection's remote end, if it has one."""
+    host = getattr(addr, "host", None)
+    return host if isinstance(host, str) else None
+
+
+class InboundFactory(Factory):
+    """
+    Builds inbound links through the hub, which refuses banned addresses
+    and connections past the limits (before any TLS work), while the peer
+    service runs.
+    """
+
+    noisy = False
+
+    def __init__(self, peers: PeerService) -> None:
+        self.peers = peers
+
+    def buildProtocol(self, addr: IAddress) -> PeerProtocol | None:  # type: ignore[override]
+        if not self.peers.running:
+            return None
+        return self.peers.hub.build_link("inbound", host=_host_of(addr))
+
+
+class _OutboundFactory(Factory):
+    """Builds the link for one dial."""
+
+    noisy = False
+
+    def __init__(self, hub: PeerHub, dialed: PeerAddress) -> None:
+        self.hub = hub
+        self.dialed = dialed
+
+    def buildProtocol(self, addr: IAddress) -> PeerProtocol | None:  # type: ignore[override]
+        return self.hub.build_link("outbound", dialed=self.dialed, host=_host_of(addr))
+
+
+class TCPConnector:
+    """
+    Dials one peer address over TCP (and TLS), building the link through
+    the hub: the dialer's :data:`~bitfitech.peer.dialer.Connector`.
+    """
+
+    def __init__(self, reactor: Any, hub: PeerHub, security: LinkSecurity, timeout: float) -> None:
+        """
+        :param reactor: resolves and connects (``IReactorTCP``, ``IReactorTime``).
+        :param timeout: seconds a connection attempt may take.
+        """
+        self.reactor = reactor
+        self.hub = hub
+        self.security = security
+        self.timeout = timeout
+
+    def __call__(self, address: PeerAddress) -> Deferred[PeerProtocol]:
+        """Connect to C{address}; fires with the link (before its handshake)."""
+        endpoint = HostnameEndpoint(self.reactor, address.host, address.port, timeout=self.timeout)
+        factory = self.security.wrap(
+            _OutboundFactory(self.hub, address), client=True, address=address
+        )
+        d: Deferred[Any] = endpoint.connect(factory)
+        if self.security.tls is not None:
+            d.addCallback(_wrapped_protocol)
+        return cast("Deferred[PeerProtocol]", d)
+
+
+def _wrapped_protocol(tls_link: TLSLink) -> PeerProtocol:
+    """The peer link inside the TLS layer of a connection."""
+    return cast(PeerProtocol, tls_link.wrappedProtocol)
+
+
+class PeerService(ListeningService):
+    """
+    The peer layer of a node: starts and stops its listener, hub, address
+    book, ban list, link security, gossip and dialer (all built outside).
+
+    :ivar started_at: clock time of the last start, or ``None``.
+    """
+
+    name = "peers"
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        storage: Storage,
+        reactor: Any,
+        *,
+        hub: PeerHub,
+        addrbook: AddressBook,
+        bans: BanList,
+        security: LinkSecurity,
+        dialer: Dialer,
+        gossip: IGossip,
+    ) -> None:
+        """
+        :param storage: the node's storage, open by the time this starts
+            (the address book and bans are read from it, and the node key).
+        :param reactor: listens (``IReactorTCP``) and tells the time.
+        """
+        super().__init__()
+        self.config = config
+        self.storage = storage
+        self.reactor = reactor
+        self.clock = cast(IReactorTime, reactor)
+        self.hub = hub
+        self.addrbook = addrbook
+        self.bans = bans
+        self.security = security
+        self.dialer = dialer
+        self.gossip = gossip
+        self.started_at: float | None = None
+
+    @property
+    def tls(self) -> Any:
+        """The node's TLS settings while it runs over TLS, else ``None``."""
+        return self.security.tls
+
+    def startService(self) -> None:
+        """
+        Load what the layer persists, make the TLS certificate, listen, then
+        start the hub, the gossip and the dialling.
+
+        :raises StartupError: for an unusable certificate or CA file, or a
+            port that cannot be listened on.
+        """
+        config = self.config
+        now = self.clock.seconds()
+        self.addrbook.load(self.storage.connection)
+        self.bans.load(self.storage.connection, now)
+        if len(self.bans):
+            log.info("{count} IP addresses are banned", count=len(self.bans))
+        identity = self.storage.identity
+        try:
+            self.security.load(identity, now)
+        except TLSFileError as e:
+            raise StartupError(str(e)) from None
+        endpoint = tcp_server_endpoint(self.reactor, config.host, config.port)
+        self.port = listen_now(
+            endpoint, self.security.wrap(InboundFactory(self), client=False),
+            f"peers on {format_hostport(config.host, config.port)}",
+        )  # fmt: skip
+        local = LocalNode(
+            network=config.network,
+            pair=config.pair,
+            node_id=identity.node_id,
+            listen_port=self.listen_port,
+            user_agent=USER_AGENT,
+            tls=self.tls is not None,
+        )
+        self.hub.start(local)
+        self.gossip.start()
+        self.started_at = now
+        super().startService()
+        self.dialer.startService()
+        log.info(
+            "Node {node_id} listening for peers on {where} over {transport} "
+            "(network {network}, pair {pair})",
+            node_id=local.node_id, where=format_hostport(config.host, self.listen_port),
+            transport="TLS" if self.tls is not None else "plain TCP",
+            network=config.network, pair=config.pair,
+        )  # fmt: skip
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop dialling, stop listening, close every link and wait for them to go."""
+        super().stopService()
+        waits: list[Deferred[Any]] = []
+        if self.dialer.running:
+            self.dialer.stopService()
+        self.gossip.stop()
+        stopped = self.stop_listening()
+        if stopped is not None:
+            waits.append(stopped)
+        links = list(self.hub.links.values()) + list(self.hub.pending)
+        for link in links:
+            waits.append(link.when_lost())
+        self.hub.close_all()
+        return DeferredList(waits, consumeErrors=True)
+
+    def learn(self, host: str, port: int, node_id: str | None, *, source: str) -> bool:
+        """
+        Put an address a discovery service found in the address book, and
+        have the dialer look at it soon if it is new.  This node's own
+        address and invalid ones are skipped.
+
+        :param source: ``mdns`` or ``dht``.
+        :return: ``True`` if the address was new.
+        """
+        if not self.running:
+            return False
+        if port == self.listen_port and host in (self.config.host, "127.0.0.1", "::1"):
+            return False
+        new = self.hub.learn(PeerAddress(host, port, node_id), source)
+        if new:
+            log.debug("Learned {where} from {source}", where=format_hostport(host, port),
+                      source=source)  # fmt: skip
+            self.dialer.kick()
+        return new
+
+    def found_by(self, source: str) -> Callable[[str, int, str | None], None]:
+        """
+        The callback a discovery service hands addresses to (see :meth:`learn`;
+        a :data:`bitfitech.discovery.PeerFound`).
+        """
+
+        def found(host: str, port: int, node_id: str | None) -> None:
+            self.learn(host, port, node_id, source=source)
+
+        return found
+
+    def wants_peers(self) -> bool:
+        """Whether the node has fewer outbound links than its target."""
+        return bool(self.running) and self.hub.ready_count("outbound") < self.config.outbound

@@ -29,9 +29,12 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/twistd -n --pidfile= --logfile=- bitfi --port $(PORT) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP))
 
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]):
+# layers in data-path order, no cycles, no Twisted in the pure core
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bitfitech tests twisted benchmarks
 	$(VENV)/bin/ruff format --check bitfitech tests twisted benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

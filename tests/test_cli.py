@@ -112,11 +112,11 @@ class ContractTests(SynchronousTestCase):
     """The command's copies of the API's constants (it does not import twisted.web)."""
 
     def test_same_as_the_api(self) -> None:
-        from bitfitech.api import resources
+        from bitfitech.api import jsonresource
 
-        self.assertEqual(cli.MAX_LIMIT, resources.MAX_LIMIT)
-        self.assertEqual(cli.ORDER_TYPES, resources.ORDER_TYPES)
-        self.assertEqual(cli.ORDER_STATES, resources.ORDER_STATES)
+        self.assertEqual(cli.MAX_LIMIT, jsonresource.MAX_LIMIT)
+        self.assertEqual(cli.ORDER_TYPES, jsonresource.ORDER_TYPES)
+        self.assertEqual(cli.ORDER_STATES, jsonresource.ORDER_STATES)
 
     def test_no_reactor(self) -> None:
         code = "import sys, bitfitech.cli; print(sorted(m for m in sys.modules if 'twisted' in m))"

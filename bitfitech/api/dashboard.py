@@ -28,7 +28,7 @@ from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from .resources import write_json
+from .jsonresource import write_json
 
 STATIC: Final = "static"
 """The package directory of the dashboard's files, and their URL prefix."""

@@ -15,7 +15,7 @@ import copy
 from typing import Any, Final
 
 from .. import __version__
-from .resources import (
+from .jsonresource import (
     DEFAULT_LIMIT,
     MAX_BATCH,
     MAX_LIMIT,

@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from ..interfaces import INodeControl
 from ..logs import logger
-from .resources import ApiError, JSONResource, _query_value, write_json
+from .jsonresource import ApiError, JSONResource, query_value, write_json
 
 log = logger(__name__)
 
@@ -292,7 +292,7 @@ def types_param(request: Request) -> frozenset[str]:
 
     :raises ApiError: 400 for an unknown or empty type, or a repeated parameter.
     """
-    value = _query_value(request, "types")
+    value = query_value(request, "types")
     if value is None:
         return frozenset(STREAM_TYPES)
     names = value.decode("utf-8", "replace").split(",")

@@ -26,7 +26,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from bitfitech.address import AddressError, parse_address
-from bitfitech.api.resources import MAX_BATCH, MAX_BODY, ORDER_TYPES, NotFound, api_root
+from bitfitech.api.jsonresource import MAX_BATCH, MAX_BODY, ORDER_TYPES, NotFound
+from bitfitech.api.resources import api_root
 from bitfitech.api.site import ApiSite
 from bitfitech.interfaces import BatchRejected, INodeControl, ServiceUnavailable
 from bitfitech.logs import enabled, log_level, set_log_level

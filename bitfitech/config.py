@@ -39,6 +39,13 @@ LOG_FORMATS = ("text", "json")
 _NETWORK_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
 _PAIR_RE = re.compile(r"\A[A-Z0-9]{1,12}/[A-Z0-9]{1,12}\Z")
 
+MIN_TOKEN_LENGTH = 16
+"""Shortest API bearer token."""
+MAX_TOKEN_LENGTH = 256
+"""Longest API bearer token."""
+#: what an API bearer token may hold: RFC 6750's b64token characters
+_TOKEN_RE = re.compile(r"\A[A-Za-z0-9._~+/=-]+\Z")
+
 T = TypeVar("T")
 
 
@@ -422,10 +429,25 @@ def coerce_flag(text: str) -> bool:
     raise ValueError(f"invalid boolean {text!r} (use 1/0, true/false)")
 
 
+def check_token(text: str) -> str:
+    """
+    C{text} as an API bearer token: 16 to 256 characters of ``A-Z a-z 0-9
+    . _ ~ + / = -``.  The option, the environment and the data directory's
+    token file (:mod:`bitfitech.api.token`) all hold tokens of this form.
+
+    :raises ValueError: with a short reason.
+    """
+    if not MIN_TOKEN_LENGTH <= len(text) <= MAX_TOKEN_LENGTH:
+        raise ValueError(
+            f"a token must be {MIN_TOKEN_LENGTH} to {MAX_TOKEN_LENGTH} characters long"
+        )
+    if not _TOKEN_RE.match(text):
+        raise ValueError("a token may hold only letters, digits and . _ ~ + / = -")
+    return text
+
+
 def coerce_api_token(text: str) -> str:
     """An API bearer token: 16 to 256 of ``A-Z a-z 0-9 . _ ~ + / = -``."""
-    from .api.token import check_token
-
     return check_token(text.strip())
 
 

@@ -15,11 +15,16 @@ import argparse
 import hmac
 import ipaddress
 import os
-import re
 import secrets
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
+
+# What a token looks like is a configuration rule: config checks --api-token
+# and $BITFI_API_TOKEN by it, and the token file here by the same rule.
+# check_token stays importable from this module (re-exported by name).
+from ..config import MAX_TOKEN_LENGTH
+from ..config import check_token as check_token
 
 if TYPE_CHECKING:
     from ..config import NodeConfig
@@ -27,30 +32,9 @@ if TYPE_CHECKING:
 TOKEN_FILE: Final = "api.token"
 """The token file's name, in the data directory."""
 
-MIN_TOKEN_LENGTH: Final = 16
-MAX_TOKEN_LENGTH: Final = 256
-
-#: what a token may hold: RFC 6750's b64token characters
-_TOKEN_RE = re.compile(r"\A[A-Za-z0-9._~+/=-]+\Z")
-
 
 class TokenError(ValueError):
     """No usable token where one is required, or an unreadable token file."""
-
-
-def check_token(text: str) -> str:
-    """
-    C{text} as a token: 16 to 256 characters of ``A-Z a-z 0-9 . _ ~ + / = -``.
-
-    :raises ValueError: with a short reason.
-    """
-    if not MIN_TOKEN_LENGTH <= len(text) <= MAX_TOKEN_LENGTH:
-        raise ValueError(
-            f"a token must be {MIN_TOKEN_LENGTH} to {MAX_TOKEN_LENGTH} characters long"
-        )
-    if not _TOKEN_RE.match(text):
-        raise ValueError("a token may hold only letters, digits and . _ ~ + / = -")
-    return text
 
 
 def new_token() -> str:

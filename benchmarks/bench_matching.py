@@ -95,8 +95,8 @@ def taker_fraction(ops: list[Op]) -> float:
             book.cancel(op[1])
             continue
         orders += 1
-        events = book.place(op[1], op[2], op[3], op[4], op[5])
-        took += any(is_trade(e) for e in events)
+        updates = book.place(op[1], op[2], op[3], op[4], op[5])
+        took += any(is_trade(update) for update in updates)
     return took / orders
 
 

@@ -33,7 +33,7 @@ from bitfitech.market.book import (
     REJECTED,
     SELF_TRADE_POLICIES,
     BookParams,
-    Event,
+    BookUpdate,
     OrderBook,
     is_trade,
 )
@@ -87,7 +87,7 @@ class Replay:
         """Apply one operation (from :func:`parse_line`) and write its lines."""
         book = self.book
         if op["op"] == "order":
-            events = book.place(
+            updates = book.place(
                 op["id"],
                 op.get("side"),
                 op.get("price"),
@@ -96,15 +96,15 @@ class Replay:
                 op.get("type", LIMIT),
             )
         else:
-            events = book.cancel(op["id"])
-        self._write(events)
+            updates = book.cancel(op["id"])
+        self._write(updates)
 
-    def _write(self, events: Iterable[Event]) -> None:
+    def _write(self, updates: Iterable[BookUpdate]) -> None:
         params, write = self.book.params, self.out.write
-        for event in events:
-            kind = event[0]
-            if is_trade(event):
-                _, seq, taker, maker, side, price, amount = event
+        for update in updates:
+            kind = update[0]
+            if is_trade(update):
+                _, seq, taker, maker, side, price, amount = update
                 self.volume += amount
                 if not self.summary_only:
                     line = {
@@ -117,7 +117,7 @@ class Replay:
                     }
                     write(json.dumps(line) + "\n")
             elif (kind == REJECTED or kind == CANCEL_REJECTED) and not self.summary_only:
-                write(json.dumps({"reject": event[1], "reason": event[3]}) + "\n")
+                write(json.dumps({"reject": update[1], "reason": update[3]}) + "\n")
 
     def summary(self) -> dict[str, object]:
         """The final book, trade count, volume and state hash."""

@@ -21,7 +21,7 @@ a level emptied by cancels leaves its key in the heap until it surfaces.
 Both keep a cancel O(1), and both are bounded by compaction.  Emptied levels
 are recycled, because prices near the spread empty and refill all the time.
 
-Orders and events are plain tuples: cheap to build, shared by snapshots
+Orders and updates are plain tuples: cheap to build, shared by snapshots
 (an order never changes; a partial fill replaces it), and ignored by the
 garbage collector once it has seen them.  At half a million orders a second
 each allocation counts, which is also why :meth:`OrderBook.place` is one
@@ -72,7 +72,7 @@ _PLAIN_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 TRADE: Final = "trade"
-"""The first element of every :data:`Trade` event."""
+"""The first element of every :data:`Trade`."""
 
 Trade: TypeAlias = tuple[str, int, str, str, str, int, int]
 """``("trade", seq, taker, maker, side, price, amount)``: a match between a
@@ -86,15 +86,16 @@ OrderUpdate: TypeAlias = tuple[str, str, int, str]
 after the change, ``reason`` empty unless the state is ``cancelled``,
 ``rejected`` or ``cancel_rejected``."""
 
-Event: TypeAlias = Trade | OrderUpdate
-"""What operations return.  Events are plain tuples, whose first element
-says what they are: four times cheaper to build than NamedTuples, and that
-is a fifth of the engine's time at half a million orders a second."""
+BookUpdate: TypeAlias = Trade | OrderUpdate
+"""What operations return: a :data:`Trade` or an :data:`OrderUpdate`.
+Updates are plain tuples, whose first element says what they are: four
+times cheaper to build than NamedTuples, and that is a fifth of the
+engine's time at half a million orders a second."""
 
 
-def is_trade(event: Event) -> TypeGuard[Trade]:
-    """Whether *event* is a :data:`Trade` (else an :data:`OrderUpdate`)."""
-    return event[0] == TRADE
+def is_trade(update: BookUpdate) -> TypeGuard[Trade]:
+    """Whether *update* is a :data:`Trade` (else an :data:`OrderUpdate`)."""
+    return update[0] == TRADE
 
 
 class OpenOrder(NamedTuple):
@@ -444,7 +445,7 @@ def _parse_steps(
     return _remember(cache, text, -_CODES.index(code))
 
 
-def _rejected(order_id: object, reason: str) -> list[Event]:
+def _rejected(order_id: object, reason: str) -> list[BookUpdate]:
     shown = order_id if type(order_id) is str else repr(order_id)
     return [(REJECTED, shown, 0, reason)]
 
@@ -504,8 +505,8 @@ class OrderBook:
         amount: object,
         owner: object,
         order_type: object = LIMIT,
-    ) -> list[Event]:
-        """Place an order; return the events it caused, in order.
+    ) -> list[BookUpdate]:
+        """Place an order; return the updates it caused, in order.
 
         :param price: a decimal string, or ``None`` for a market order.
         :param amount: a decimal string, in the base currency.
@@ -561,14 +562,14 @@ class OrderBook:
                     (CANCELLED, order_id, lots, "fok_unfillable"),
                 ]
 
-        events: list[Event] | None = None
+        updates: list[BookUpdate] | None = None
         heap = opposite.heap
         if heap and heap[0] <= bound:
             # Match: take makers from the best level while they are within
             # the bound and the taker has an amount left.  A level's count
             # and total are settled once, when the taker leaves it.
-            events = [(ACCEPTED, order_id, lots, "")]
-            append = events.append
+            updates = [(ACCEPTED, order_id, lots, "")]
+            append = updates.append
             levels = opposite.levels
             expire_maker = self._expire_maker
             remaining = lots
@@ -629,7 +630,7 @@ class OrderBook:
                     break
             self._trade_seq = seq
             if not remaining:
-                return events
+                return updates
         else:
             remaining = lots
 
@@ -646,10 +647,10 @@ class OrderBook:
             last = (RESTED, order_id, remaining, "")
         else:
             last = (CANCELLED, order_id, remaining, "unfilled")
-        if events is None:
+        if updates is None:
             return [(ACCEPTED, order_id, lots, ""), last]
-        events.append(last)
-        return events
+        updates.append(last)
+        return updates
 
     def _parse_price(self, text: object) -> int:
         """Ticks for a price, or minus a rejection code's index."""
@@ -679,7 +680,7 @@ class OrderBook:
             _AMOUNT_CODES,
         )
 
-    def cancel(self, order_id: object) -> list[Event]:
+    def cancel(self, order_id: object) -> list[BookUpdate]:
         """Cancel an open order; a cancel of anything else says it did nothing."""
         order = self._open.pop(order_id, None) if type(order_id) is str else None
         if order is None:

@@ -5,9 +5,9 @@ and sorted again for every maker, exact fractions for every number.  Its only
 value is being obviously right, so the differential tests can hold the real
 engine (:mod:`bitfitech.market.book`) to it.
 
-Events are the documented plain tuples: ``("trade", seq, taker, maker, side,
-price, amount)`` for a trade and ``(state, order_id, remaining, reason)`` for
-an order update.
+Updates (what an operation returns) are the documented plain tuples:
+``("trade", seq, taker, maker, side, price, amount)`` for a trade and
+``(state, order_id, remaining, reason)`` for an order update.
 
 Readings of the specification where it is silent (kept in one place here):
 
@@ -40,7 +40,7 @@ MAX_NAME_LENGTH = 128
 SIDES = ("buy", "sell")
 TYPES = ("limit", "ioc", "fok", "post_only", "market")
 
-Event = tuple[Any, ...]
+BookUpdate = tuple[Any, ...]
 
 
 def parse_decimal(value: object) -> Fraction | None:
@@ -199,7 +199,7 @@ class ReferenceBook:
         amount: object,
         owner: object,
         order_type: object = "limit",
-    ) -> list[Event]:
+    ) -> list[BookUpdate]:
         reason = self.rejection(order_id, side, price, amount, owner, order_type)
         if reason:
             return [("rejected", order_id, 0, reason)]
@@ -208,7 +208,7 @@ class ReferenceBook:
         limit = None if price is None else self.ticks(price)
         lots = int(Fraction(str(amount)) / self.lot)
         remaining = lots
-        events: list[Event] = [("accepted", order_id, lots, "")]
+        events: list[BookUpdate] = [("accepted", order_id, lots, "")]
 
         expire = self.self_trade == "expire-maker"
         if order_type == "fok":
@@ -245,7 +245,7 @@ class ReferenceBook:
             events.append(("cancelled", order_id, remaining, "unfilled"))
         return events
 
-    def cancel(self, order_id: object) -> list[Event]:
+    def cancel(self, order_id: object) -> list[BookUpdate]:
         for order in self.orders:
             if order.order_id == order_id:
                 self.orders.remove(order)

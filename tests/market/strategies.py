@@ -210,8 +210,8 @@ class Stream:
         return f"Stream({self.profile.name} {self.profile.params}, ops=[{lines}\n])"
 
 
-class TradeEvent(NamedTuple):
-    """A trade event, ``("trade", seq, taker, maker, side, price, amount)``, by name."""
+class NamedTrade(NamedTuple):
+    """A trade, ``("trade", seq, taker, maker, side, price, amount)``, by name."""
 
     seq: int
     taker: str
@@ -221,7 +221,7 @@ class TradeEvent(NamedTuple):
     amount: int
 
 
-class UpdateEvent(NamedTuple):
+class NamedOrderUpdate(NamedTuple):
     """An order update, ``(state, order_id, remaining, reason)``, by name."""
 
     state: str
@@ -230,17 +230,17 @@ class UpdateEvent(NamedTuple):
     reason: str
 
 
-def named(event: tuple[Any, ...]) -> TradeEvent | UpdateEvent:
-    """A documented event with named fields, for readable checks."""
-    if len(event) == 7 and event[0] == "trade":
-        return TradeEvent(*event[1:])
-    if len(event) == 4 and event[0] != "trade":
-        return UpdateEvent(*event)
-    raise AssertionError(f"not an event: {event!r}")
+def named(update: tuple[Any, ...]) -> NamedTrade | NamedOrderUpdate:
+    """A documented book update (a trade or an order update) with named fields."""
+    if len(update) == 7 and update[0] == "trade":
+        return NamedTrade(*update[1:])
+    if len(update) == 4 and update[0] != "trade":
+        return NamedOrderUpdate(*update)
+    raise AssertionError(f"not a book update: {update!r}")
 
 
 def apply(book: Any, op: Op) -> list[tuple[Any, ...]]:
-    """Run one operation on the engine or the reference; its events."""
+    """Run one operation on the engine or the reference; its updates."""
     if op[0] == "place":
         return list(book.place(*op[1:]))
     return list(book.cancel(op[1]))

@@ -40,11 +40,11 @@ from bitfitech.market.book import (
 from .strategies import (
     OWNERS,
     PROFILES,
+    NamedOrderUpdate,
+    NamedTrade,
     Op,
     Profile,
     Stream,
-    TradeEvent,
-    UpdateEvent,
     apply,
     book_params,
     named,
@@ -155,7 +155,7 @@ class Tracker:
 
     def update(self, event: Any, record: Record, states: tuple[str, ...]) -> None:
         """An order update about ``record`` in one of ``states``, with the right remaining."""
-        self.t.assertIsInstance(event, UpdateEvent)
+        self.t.assertIsInstance(event, NamedOrderUpdate)
         self.t.assertIn(event.state, states)
         self.t.assertEqual(event.order_id, record.order_id)
         self.t.assertEqual(event.remaining, record.open_amount)
@@ -177,9 +177,9 @@ class Tracker:
         limit = None if order_type == "market" else self.ticks(price)
         taker = Record(order_id, owner, side, order_type, limit, self.lots(amount))
         rest = events[1:]
-        while rest and (isinstance(rest[0], TradeEvent) or rest[0].reason == "self_trade"):
+        while rest and (isinstance(rest[0], NamedTrade) or rest[0].reason == "self_trade"):
             event, rest = rest[0], rest[1:]
-            if isinstance(event, UpdateEvent):
+            if isinstance(event, NamedOrderUpdate):
                 # Self-trade prevention: the maker, the taker's own, goes.
                 self.t.assertEqual(event.state, CANCELLED)
                 self.t.assertEqual(self.profile.self_trade, "expire-maker")
@@ -215,7 +215,7 @@ class Tracker:
             taker.cancelled = last.remaining
             self.close(taker)
 
-    def trade(self, trade: TradeEvent, taker: Record) -> None:
+    def trade(self, trade: NamedTrade, taker: Record) -> None:
         """Trade numbers, prices, limits and FIFO."""
         self.trades += 1
         self.t.assertEqual(trade.seq, self.trades)

@@ -474,13 +474,20 @@ class MemoryDatagramNetwork:
         self.delivered += 1
         port.protocol.datagramReceived(packet, source)
 
-    def reactor(self) -> MemoryReactor:
+    def reactor(self) -> DatagramNetworkReactor:
         """A reactor-like object with this network's ``listenUDP`` and its clock."""
-        return MemoryReactor(self)
+        return DatagramNetworkReactor(self)
 
 
-class MemoryReactor:
-    """``listenUDP`` from a :class:`MemoryDatagramNetwork`, time from its clock."""
+class DatagramNetworkReactor:
+    """
+    What a UDP service needs of a reactor, on a :class:`MemoryDatagramNetwork`:
+    ``listenUDP`` from the network, time (``callLater``, ``seconds``,
+    ``getDelayedCalls``) from its clock.  Unlike Twisted's
+    :class:`twisted.internet.testing.MemoryReactor`, which only records
+    listens and connects, it carries datagrams between the services on the
+    network.
+    """
 
     def __init__(self, network: MemoryDatagramNetwork) -> None:
         self.network = network

@@ -20,7 +20,7 @@ from bitfitech.discovery.kademlia.service import (
     DHTService,
     DHTTiming,
 )
-from bitfitech.testing import MemoryDatagramNetwork, MemoryReactor, run_for
+from bitfitech.testing import DatagramNetworkReactor, MemoryDatagramNetwork, run_for
 
 INFO_HASH = network_info_hash("test", "BTC/USD")
 TIMING = DHTTiming(check_interval=1.0, min_lookup_gap=5.0, bootstrap_retry=1.0)
@@ -39,8 +39,8 @@ class MemorySettings:
         self.values[key] = value
 
 
-class ResolvingReactor(MemoryReactor):
-    """A MemoryReactor that resolves one host name."""
+class ResolvingReactor(DatagramNetworkReactor):
+    """A DatagramNetworkReactor that resolves one host name."""
 
     def __init__(self, network: MemoryDatagramNetwork, names: dict[str, str]) -> None:
         super().__init__(network)

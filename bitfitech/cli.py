@@ -100,8 +100,11 @@ class StreamError(CommandError):
     """The event stream broke its format, or ended."""
 
 
-class UsageError(CommandError):
-    """Bad input found after argparse: the message is printed as is."""
+class CommandUsageError(CommandError):
+    """
+    Bad input found after argparse: the message is printed as is.  (Not
+    :class:`twisted.python.usage.UsageError`, which the node's options raise.)
+    """
 
     exit_status = EXIT_USAGE
 
@@ -879,7 +882,7 @@ def run_token(args: argparse.Namespace, console: Console, environ: Mapping[str, 
 
     data_dir = args.data_dir or environ.get("BITFI_DATA_DIR")
     if not data_dir:
-        raise UsageError("bitfi token: error: --data-dir is required (or $BITFI_DATA_DIR)")
+        raise CommandUsageError("bitfi token: error: --data-dir is required (or $BITFI_DATA_DIR)")
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     path = token_path(data_dir)
     if os.path.exists(path) and not args.force:
@@ -1041,7 +1044,7 @@ def main(
             hint = "; pass the node's API token with --token or BITFI_API_TOKEN"
         err.write(f"bitfi: {error}{hint}\n")
         return error.exit_status
-    except UsageError as error:
+    except CommandUsageError as error:
         err.write(f"{error}\n")
         return error.exit_status
     except CommandError as error:

@@ -1,4 +1,4 @@
-"""Peer addresses as users and peers write them: the first stop of the data path.
+"""Peer addresses as users and peers write them: a value every stage that names a peer shares.
 
 ``host:port``, ``[v6]:port`` and ``NODEID@host:port`` (an address pinned to
 one node id) are parsed here, once, for the command line, the environment,

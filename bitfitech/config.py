@@ -1,4 +1,4 @@
-"""Node configuration: where the data path starts.
+"""Node configuration: the settings every part is built from (beneath the data path).
 
 Every setting a node has is read here, once, from the command line and the
 environment (the command line wins), coerced, validated and frozen into a

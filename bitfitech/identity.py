@@ -1,4 +1,4 @@
-"""The node's long-term identity: the root of the data path, read before anything else.
+"""The node's long-term identity: its key and node id, read before any stage starts.
 
 A node is its Ed25519 key.  Its node id (40 hex digits, the first 20 bytes of
 ``sha256(public key)``) names it in peer handshakes, addresses

@@ -3,13 +3,13 @@
 Where a stage must call one that comes after it on the path, it calls
 through one of these interfaces, and :mod:`bitfitech.node` hands it the
 implementation: a peer link reports to its owner (:class:`ILinkOwner`, the
-hub), the hub tells the gossip layer of ready links (:class:`IGossip`), the
-gossip layer writes to links (:class:`IPeerLink`), and the HTTP API reads
-and steers the node (:class:`INodeControl`).  So no module imports one
-that comes after it.  The market's own seams (what the gossip layer may
-ask of it, and where it hands events to spread) are in
-:mod:`bitfitech.market.interfaces`.  This module imports nothing of
-bitfi's.
+hub), the hub tells the gossip layer of ready links (:class:`IGossip`), and
+the HTTP resources read and steer the node (:class:`INodeControl`).  So no
+module imports one that comes after it.  The gossip layer, in turn, writes
+to links through :class:`IPeerLink`, not the concrete protocol class.  The
+market's own seams (what the gossip layer may ask of it, and where it
+hands events to spread) are in :mod:`bitfitech.market.interfaces`.  This
+module imports nothing of bitfi's.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """
 Replication on loopback: real nodes in one reactor, in a sparse mesh.
 
-Data path: orders enter each node's API layer (:class:`~bitfitech.node.NodeControl`)
+Data path: orders enter each node's API layer (:class:`~bitfitech.api.control.NodeControl`)
 -> market -> gossip over real TCP links on 127.0.0.1 -> every other node's
 ledger.  The tests check the promise of ``docs/consistency.rst``: nodes that
 hold the same events hold the same book and the same trades, whatever the

@@ -27,7 +27,7 @@ from ..discovery.service import DiscoveryService
 from ..gossip import Gossip
 from ..interfaces import BatchRejected, INodeControl, ServiceUnavailable
 from ..market.events import Event
-from ..market.service import MarketChange, MarketService, check_order
+from ..market.service import MarketChange, MarketService
 from ..peer.hub import PeerHub
 from ..peer.protocol import PeerProtocol
 from ..peer.service import PeerService
@@ -181,10 +181,10 @@ class NodeControl:
         self, orders: Sequence[tuple[str, str | None, str, str]]
     ) -> Deferred[list[dict[str, Any]]]:
         """``POST /orders/batch``: check every order, then submit each; all or none."""
-        params = self._market().ledger.params
+        market = self._market()
         for index, (side, price, amount, order_type) in enumerate(orders):
             try:
-                check_order(params, side, price, amount, order_type)
+                market.check(side, price, amount, order_type)
             except ValueError as e:
                 raise BatchRejected(index, str(e)) from None
         # Submitted in one reactor turn, they are signed in order and share one group commit.

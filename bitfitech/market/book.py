@@ -652,6 +652,39 @@ class OrderBook:
         updates.append(last)
         return updates
 
+    def rejection(
+        self, side: object, price: object, amount: object, order_type: object = LIMIT
+    ) -> str | None:
+        """The code :meth:`place` would reject this order with whatever the book
+        holds (its side, type, price or amount), or ``None``.
+
+        These are the checks :meth:`place` runs first, in the same order, on
+        the same parse caches; nothing is placed.  A node checks an order
+        this way before signing it.  What depends on the book's state
+        (``duplicate_id``, ``would_take``) is left to :meth:`place`.
+        """
+        if side != BUY and side != SELL:
+            return "invalid_side"
+        if order_type != LIMIT and (type(order_type) is not str or order_type not in ORDER_TYPES):
+            return "invalid_type"
+        if order_type == MARKET:
+            if price is not None:
+                return "price_not_allowed"
+        else:
+            try:
+                ticks = self._prices[price]  # type: ignore[index]
+            except (KeyError, TypeError):
+                ticks = self._parse_price(price)
+            if ticks < 1:
+                return _CODES[-ticks]
+        try:
+            lots = self._amounts[amount]  # type: ignore[index]
+        except (KeyError, TypeError):
+            lots = self._parse_amount(amount)
+        if lots < 1:
+            return _CODES[-lots]
+        return None
+
     def _parse_price(self, text: object) -> int:
         """Ticks for a price, or minus a rejection code's index."""
         if text is None:

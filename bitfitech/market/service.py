@@ -37,7 +37,7 @@ from ..config import NodeConfig
 from ..interfaces import ServiceUnavailable
 from ..logs import logger
 from ..storage import Storage
-from .book import MARKET, ORDER_TYPES, REJECTED, BookParams, OrderBook
+from .book import MARKET, ORDER_TYPES, BookParams, OrderBook
 from .events import Author, Event, EventError, parse_event
 from .interfaces import IEventPublisher, IEventStore
 from .journal import EventJournal, InlineSyncer, JournalError, Syncer, write_file
@@ -96,26 +96,26 @@ _REJECTION_TEXT = {
 
 
 def check_order(
-    params: BookParams, side: str, price: str | None, amount: str, order_type: str
+    book: OrderBook, side: str, price: str | None, amount: str, order_type: str
 ) -> None:
     """
-    Check an order as the engine would, before it is signed.
+    Check an order as C{book} would, before it is signed (nothing is placed).
 
     :raises ValueError: ``"<code>: <explanation>"`` for an order the book
         would reject.
     """
-    probe = OrderBook(params)
-    for item in probe.place("probe", side, price, amount, "probe", order_type):
-        if item[0] == REJECTED:
-            reason = str(item[3])
-            detail = _REJECTION_TEXT.get(reason, "rejected by the book")
-            if reason == "price_not_tick_multiple":
-                detail += f" {params.tick}"
-            elif reason == "amount_not_lot_multiple":
-                detail += f" {params.lot}"
-            elif reason == "price_too_high":
-                detail += f" {params.max_price}"
-            raise ValueError(f"{reason}: {detail}")
+    reason = book.rejection(side, price, amount, order_type)
+    if reason is None:
+        return
+    params = book.params
+    detail = _REJECTION_TEXT.get(reason, "rejected by the book")
+    if reason == "price_not_tick_multiple":
+        detail += f" {params.tick}"
+    elif reason == "amount_not_lot_multiple":
+        detail += f" {params.lot}"
+    elif reason == "price_too_high":
+        detail += f" {params.max_price}"
+    raise ValueError(f"{reason}: {detail}")
 
 
 @dataclass(frozen=True)
@@ -468,7 +468,7 @@ class MarketService(Service):
         :raises ServiceUnavailable: when the market is not running.
         """
         ledger = self._running_ledger()
-        check_order(ledger.params, side, price, amount, order_type)
+        check_order(ledger.book, side, price, amount, order_type)
         if order_type == MARKET:
             price = None
         lamport, ts = self._next_clock()
@@ -492,6 +492,15 @@ class MarketService(Service):
             raise PermissionError(order_id)
         lamport, ts = self._next_clock()
         return self._queue_own(self.author.cancel(self._next_seq, lamport, ts, order_id))
+
+    def check(self, side: str, price: str | None, amount: str, order_type: str) -> None:
+        """
+        Check a new order as :meth:`submit` does, without signing it.
+
+        :raises ValueError: for an order the book would reject.
+        :raises ServiceUnavailable: when the market is not running.
+        """
+        check_order(self.ledger.book, side, price, amount, order_type)
 
     def _running_ledger(self) -> Ledger:
         ledger = self.ledger

@@ -491,6 +491,37 @@ class StateHashTests(SynchronousTestCase):
                 self.assertEqual(seen.setdefault(book.state_hash(), snap), snap)
 
 
+class RejectionCheckTests(SynchronousTestCase):
+    """``OrderBook.rejection`` gives the verdict of ``place`` without placing anything."""
+
+    #: checked by ``place`` only: the order's id and owner, and the book's state
+    PLACE_ONLY = frozenset({"invalid_id", "invalid_owner", "duplicate_id", "would_take"})
+
+    @settings(max_examples=EXAMPLES)
+    @given(streams(max_size=50))
+    def test_rejection_is_the_verdict_of_place(self, stream: Stream) -> None:
+        book = OrderBook(book_params(stream.profile))
+        for op in stream.ops:
+            if op[0] == "place":
+                _, _, side, price, amount, _, order_type = op
+                before = book.state_hash()
+                verdict = book.rejection(side, price, amount, order_type)
+                self.assertEqual(book.state_hash(), before, "rejection changed the book")
+                updates = apply(book, op)
+                code = str(updates[0][3]) if updates[0][0] == REJECTED else None
+                if code == "invalid_id":
+                    pass  # checked before everything else
+                elif code == "invalid_owner":
+                    # checked after the side and type, before the price
+                    self.assertNotIn(verdict, ("invalid_side", "invalid_type"), op)
+                elif code in self.PLACE_ONLY or code is None:
+                    self.assertIsNone(verdict, op)
+                else:
+                    self.assertEqual(verdict, code, op)
+            else:
+                apply(book, op)
+
+
 class EventShapeTests(SynchronousTestCase):
     """Events are the documented plain tuples: ``("trade", seq, taker, maker,
     side, price, amount)`` or ``(state, order_id, remaining, reason)``."""

@@ -98,6 +98,7 @@ class Node(MultiService):
         control: NodeControl,
         metrics: CollectorRegistry,
         api: ApiService | None,
+        exit_on_startup_error: bool = False,
     ) -> None:
         """Hold the parts and make the services among them children, in start order."""
         super().__init__()
@@ -112,7 +113,7 @@ class Node(MultiService):
         self.control = control
         self.metrics = metrics
         self.api = api
-        self.exit_on_startup_error = False
+        self.exit_on_startup_error = exit_on_startup_error
         children: list[IService] = [StorageService(storage), market, peers]
         children += [service for service in (mdns, dht, api) if service is not None]
         for child in children:
@@ -158,11 +159,15 @@ def _stop_failed(failure: Failure, service: IService) -> None:
     log.failure("Stopping the {name} service failed", failure, name=service.name)
 
 
-def build_node(config: NodeConfig, reactor: IReactorCore | None = None) -> Node:
+def build_node(
+    config: NodeConfig, reactor: IReactorCore | None = None, *, exit_on_startup_error: bool = False
+) -> Node:
     """
     Build a node's parts and its service tree; nothing is opened until it starts.
 
     :param reactor: the reactor to use; the global one when ``None``.
+    :param exit_on_startup_error: exit the process with one clear line when
+        the node cannot start, instead of raising (for twistd).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -241,4 +246,5 @@ def build_node(config: NodeConfig, reactor: IReactorCore | None = None) -> Node:
     return Node(
         config, clock, storage=storage, market=market, gossip=gossip, peers=peers,
         mdns=mdns, dht=dht, control=control, metrics=metrics, api=api,
+        exit_on_startup_error=exit_on_startup_error,
     )  # fmt: skip

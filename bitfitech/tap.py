@@ -187,6 +187,5 @@ def makeService(options: Options) -> IService:
     from .node import build_node
 
     assert options.config is not None, "parseOptions() was not called"
-    node = build_node(options.config)
-    node.exit_on_startup_error = True  # under twistd: one clear line and exit 1
-    return node
+    # Under twistd, a node that cannot start says why in one line and exits 1.
+    return build_node(options.config, exit_on_startup_error=True)

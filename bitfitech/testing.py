@@ -2,7 +2,8 @@
 
 Nothing here is used by a running node.  It gives tests the pieces every
 layer needs: frames of real messages, a link owner that records what a
-link reports, an in-process cluster of real nodes on loopback, and for
+link reports, an in-process cluster of real nodes on loopback (and
+:class:`ClusterTestCase`, a test case holding one), and for
 simulations of many nodes an in-memory UDP network
 (:class:`MemoryDatagramNetwork`) timed by a fast fake clock
 (:class:`HeapClock`, :func:`run_for`).
@@ -32,6 +33,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from .address import PeerAddress
@@ -167,6 +169,40 @@ class LocalCluster:
 
 async def _none() -> None:
     return None
+
+
+def global_reactor() -> Any:
+    """
+    The global reactor, imported when called and never when a module is
+    imported, so that trial (or twistd) installs its reactor first.
+
+    Typed ``Any``: tests use it as several reactor interfaces at once
+    (time, TCP, UDP, processes).
+    """
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class ClusterTestCase(TestCase):
+    """
+    A trial test case whose tests start real nodes on 127.0.0.1.
+
+    Each test gets an empty :class:`LocalCluster` on the global reactor, in
+    a fresh directory of its own; every node it started is stopped when the
+    test ends, pass or fail, so no port or connection outlives it.  A
+    subclass that overrides :meth:`setUp` calls this one first.
+
+    :ivar reactor: the global reactor (see :func:`global_reactor`).
+    :ivar cluster: this test's cluster; its directory exists.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = global_reactor()
+        base_dir = self.mktemp()
+        os.makedirs(base_dir)
+        self.cluster = LocalCluster(base_dir, self.reactor)
+        self.addCleanup(self.cluster.stop)
 
 
 def wait_for(

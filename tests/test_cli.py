@@ -34,15 +34,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from bitfitech import cli
 from bitfitech.node import Node
-from bitfitech.testing import LocalCluster, free_ports, poll_until, wait_for
+from bitfitech.testing import ClusterTestCase, free_ports, global_reactor, poll_until, wait_for
 
 TOKEN = "cli-test-token-0123456789abcdef"
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
 
 
 class Run:
@@ -201,15 +195,13 @@ class UsageTests(SynchronousTestCase):
         self.assertEqual(self.run_cli("--timeout", "soon", "status").code, 2)
 
 
-class NodeTests(TestCase):
+class NodeTests(ClusterTestCase):
     """Every command against real nodes on 127.0.0.1."""
 
     timeout = 60
 
     def setUp(self) -> None:
-        self.reactor = _reactor()
-        self.cluster = LocalCluster(self.mktemp(), self.reactor)
-        self.addCleanup(self.cluster.stop)
+        super().setUp()
         self.node = self.cluster.start_node()
         self.url = url_of(self.node)
 
@@ -463,7 +455,7 @@ class UnreachableTests(TestCase):
                 assert self.transport is not None
                 self.transport.loseConnection()
 
-        port = _reactor().listenTCP(0, Factory.forProtocol(Closing), interface="127.0.0.1")
+        port = global_reactor().listenTCP(0, Factory.forProtocol(Closing), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return int(port.getHost().port)
 
@@ -490,7 +482,7 @@ class FakeServer:
                     return b'{"error": "no such page"}'
                 return handler(request)
 
-        self.port = _reactor().listenTCP(0, Site(Route()), interface="127.0.0.1")
+        self.port = global_reactor().listenTCP(0, Site(Route()), interface="127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
         test.addCleanup(self.close)
 

@@ -40,12 +40,8 @@ from bitfitech.logs import (
     set_log_level,
     twistd_json_observer,
 )
-from bitfitech.testing import free_ports
-from tests.integration.test_processes import (
-    REQUEST_TIMEOUT,
-    NodeProcess,
-    _reactor,
-)
+from bitfitech.testing import free_ports, global_reactor
+from tests.integration.test_processes import REQUEST_TIMEOUT, NodeProcess
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bitfitech"
 
@@ -239,7 +235,7 @@ class TwistdJSONTests(TestCase):
 
     async def run_node(self, logfile: str = "-") -> tuple[JSONProcess, list[dict[str, Any]]]:
         """Start a node, ask its API once, stop it; return it and the records of its log."""
-        reactor = _reactor()
+        reactor = global_reactor()
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)
         port, api_port = free_ports(2)

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -32,18 +32,12 @@ from bitfitech.api.metrics import (
 )
 from bitfitech.api.site import ApiSite
 from bitfitech.node import Node, build_node
-from bitfitech.testing import LocalCluster, loopback_config, market_state, poll_until
+from bitfitech.testing import ClusterTestCase, loopback_config, market_state, poll_until
 
 #: seconds a test may wait for nodes to link up or converge
 DEADLINE = 20.0
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def parse(text: str) -> tuple[dict[str, Any], Samples]:
@@ -76,15 +70,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[key]
 
 
-class NodeMetricsTests(TestCase):
+class NodeMetricsTests(ClusterTestCase):
     """``/metrics`` of real nodes in one process says what the nodes hold."""
 
     timeout = 60
-
-    def setUp(self) -> None:
-        self.reactor = _reactor()
-        self.cluster = LocalCluster(self.mktemp(), self.reactor)
-        self.addCleanup(self.cluster.stop)
 
     async def trading_pair(self) -> tuple[Node, Node]:
         """Two linked nodes; a sell of the first and a buy of the second crossed (one trade)."""

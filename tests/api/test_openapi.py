@@ -18,14 +18,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
 from bitfitech.api.app import site_root
 from bitfitech.api.openapi import document
 from bitfitech.api.resources import ROUTES
 from bitfitech.node import Node
-from bitfitech.testing import LocalCluster, poll_until, wait_for
+from bitfitech.testing import ClusterTestCase, poll_until, wait_for
 from tests.api.test_resources import URL, FakeNode
 
 DOC = document()
@@ -176,18 +176,14 @@ class _SSEClient(Protocol):
         self.lost.callback(None)
 
 
-class RealNodeTests(TestCase):
+class RealNodeTests(ClusterTestCase):
     """Two real nodes on 127.0.0.1; every endpoint of one, answers checked against the document."""
 
     timeout = 60
 
     def setUp(self) -> None:
-        from twisted.internet import reactor
-
-        self.reactor: Any = reactor
-        self.cluster = LocalCluster(self.mktemp(), reactor)
-        self.addCleanup(self.cluster.stop)
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        super().setUp()
+        self.pool = HTTPConnectionPool(self.reactor, persistent=False)
         self.checked: set[tuple[str, str, int]] = set()
 
     async def call(

@@ -6,9 +6,8 @@ import io
 import os
 import stat
 from contextlib import redirect_stderr, redirect_stdout
-from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.api.token import (
     TOKEN_FILE,
@@ -23,7 +22,7 @@ from bitfitech.api.token import (
     write_token_file,
 )
 from bitfitech.listening import StartupError
-from bitfitech.testing import LocalCluster, loopback_config
+from bitfitech.testing import ClusterTestCase, loopback_config
 
 TOKEN = "a-good-token-0123456789"
 
@@ -120,15 +119,8 @@ class TokenFileTests(SynchronousTestCase):
         self.assertRaises(SystemExit, self.run_main)
 
 
-class StartTests(TestCase):
+class StartTests(ClusterTestCase):
     """A node refuses to start its API beyond loopback without a token."""
-
-    def setUp(self) -> None:
-        from twisted.internet import reactor
-
-        self.reactor: Any = reactor
-        self.cluster = LocalCluster(self.mktemp(), reactor)
-        self.addCleanup(self.cluster.stop)
 
     def test_refused(self) -> None:
         error = self.assertRaises(StartupError, self.cluster.start_node, api_host="0.0.0.0")

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
 
 from bitfitech.node import Node, build_node
-from bitfitech.testing import LocalCluster, loopback_config, poll_until, wait_for
+from bitfitech.testing import ClusterTestCase, loopback_config, poll_until, wait_for
 
 #: not this network's magic: the node's frame decoder refuses it at once
 GARBAGE = b"\xde\xad\xbe\xef" + b"\x00" * 60
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
 
 
 class _Hostile(Protocol):
@@ -39,13 +30,8 @@ class _Hostile(Protocol):
         self.lost.callback(None)
 
 
-class BanTests(TestCase):
+class BanTests(ClusterTestCase):
     timeout = 60
-
-    def setUp(self) -> None:
-        self.reactor = _reactor()
-        self.cluster = LocalCluster(self.mktemp(), self.reactor)
-        self.addCleanup(self.cluster.stop)
 
     async def connect_raw(self, node: Node, payload: bytes) -> _Hostile:
         """Connect to C{node}'s P2P port over plain TCP and send C{payload}."""

@@ -22,25 +22,18 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.protocols.policies import WrappingFactory
-from twisted.trial.unittest import TestCase
 
 from bitfitech.api.dashboard import with_dashboard
 from bitfitech.api.resources import api_root
 from bitfitech.api.site import ApiSite
 from bitfitech.node import Node
-from bitfitech.testing import LocalCluster, poll_until
+from bitfitech.testing import ClusterTestCase, poll_until
 
 #: seconds the page may take to show a change (it polls every 2 s)
 WAIT = 20.0
 
 PRICE = "123.45"
 AMOUNT = "0.5"
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def _find(*names: str, env: str) -> str | None:
@@ -201,7 +194,7 @@ def browser_steps(url: str, node_id: str) -> dict[str, Any]:
         browser.quit()
 
 
-class BrowserTests(TestCase):
+class BrowserTests(ClusterTestCase):
     """The dashboard in a real browser, against a real node."""
 
     timeout = 120
@@ -209,9 +202,7 @@ class BrowserTests(TestCase):
     skip = _missing()
 
     def setUp(self) -> None:
-        self.reactor = _reactor()
-        self.cluster = LocalCluster(self.mktemp(), self.reactor)
-        self.addCleanup(self.cluster.stop)
+        super().setUp()
         self.node: Node = self.cluster.start_node(api_enabled=False)
         site = ApiSite(with_dashboard(api_root(self.node.control)), reactor=self.reactor)
         # Track the browser's connections, to close any it leaves open.

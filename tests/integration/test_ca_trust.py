@@ -13,31 +13,21 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.trial.unittest import TestCase
 
 from bitfitech.address import PeerAddress
 from bitfitech.identity import NodeIdentity, load_or_create_identity
 from bitfitech.listening import StartupError
 from bitfitech.node import Node
 from bitfitech.peer.tls import node_private_key
-from bitfitech.testing import CertificateAuthority, LocalCluster, poll_until, wait_for, write_pem
+from bitfitech.testing import CertificateAuthority, ClusterTestCase, poll_until, wait_for, write_pem
 
 
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
-class CATrustTests(TestCase):
+class CATrustTests(ClusterTestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.reactor = _reactor()
-        self.base = self.mktemp()
-        os.makedirs(self.base)
-        self.cluster = LocalCluster(self.base, self.reactor)
-        self.addCleanup(self.cluster.stop)
+        super().setUp()
+        self.base = self.cluster.base_dir
         self.ca = CertificateAuthority()
         self.bundle = write_pem(os.path.join(self.base, "ca.pem"), self.ca.certificate)
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
@@ -119,14 +109,12 @@ class CATrustTests(TestCase):
         await self.linked(seed, plain)
 
 
-class StartupTests(TestCase):
+class StartupTests(ClusterTestCase):
     """Certificate files that cannot be used stop the start with a message naming them."""
 
     def setUp(self) -> None:
-        self.base = self.mktemp()
-        os.makedirs(self.base)
-        self.cluster = LocalCluster(self.base, _reactor())
-        self.addCleanup(self.cluster.stop)
+        super().setUp()
+        self.base = self.cluster.base_dir
         self.ca = CertificateAuthority()
 
     def refused(self, **changes: Any) -> str:

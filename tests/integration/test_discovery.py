@@ -9,25 +9,16 @@ running at the same time in other processes never mix.
 from __future__ import annotations
 
 import secrets
-from typing import Any
-
-from twisted.trial.unittest import TestCase
 
 from bitfitech.discovery.kademlia.ids import network_info_hash
 from bitfitech.node import Node
 from bitfitech.testing import (
-    LocalCluster,
+    ClusterTestCase,
     connected_components,
     free_udp_port,
     multicast_unavailable,
     poll_until,
 )
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def linked_to_all(nodes: list[Node]) -> bool:
@@ -36,13 +27,11 @@ def linked_to_all(nodes: list[Node]) -> bool:
     return all(ids - {n.storage.identity.node_id} <= set(n.peers.hub.links) for n in nodes)
 
 
-class _DiscoveryTestCase(TestCase):
+class _DiscoveryTestCase(ClusterTestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.reactor = _reactor()
-        self.cluster = LocalCluster(self.mktemp(), self.reactor)
-        self.addCleanup(self.cluster.stop)
+        super().setUp()
         self.network = f"disc-{secrets.token_hex(4)}"
 
 

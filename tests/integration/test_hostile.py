@@ -22,25 +22,18 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
 
 from bitfitech.identity import NodeIdentity
 from bitfitech.market.events import Author
 from bitfitech.node import Node
 from bitfitech.peer.tls import NodeTLS, TLSLinkFactory
-from bitfitech.testing import TEST_NETWORK, TEST_PAIR, LocalCluster, frame_of, poll_until
+from bitfitech.testing import TEST_NETWORK, TEST_PAIR, ClusterTestCase, frame_of, poll_until
 from bitfitech.wire.framing import encode_frame, network_magic
 from bitfitech.wire.messages import Events, Verack, Version
 
 HOSTILE_HOST = "127.0.0.3"
 #: the longest an honest order may take to reach the other node meanwhile
 ORDER_BOUND = 3.0
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
 
 
 class _Scripted(Protocol):
@@ -134,13 +127,8 @@ class HostilePeer:
                 link.transport.abortConnection()  # type: ignore[attr-defined]
 
 
-class HostilePeerTests(TestCase):
+class HostilePeerTests(ClusterTestCase):
     timeout = 60
-
-    def setUp(self) -> None:
-        self.reactor = _reactor()
-        self.cluster = LocalCluster(self.mktemp(), self.reactor)
-        self.addCleanup(self.cluster.stop)
 
     async def trade(
         self, nodes: tuple[Node, Node], latencies: list[float], stop: list[bool]

@@ -5,27 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest
 
 from bitfitech.node import Node
-from bitfitech.testing import LocalCluster, connected_components, wait_for
+from bitfitech.testing import ClusterTestCase, connected_components, wait_for
 
 NODES = 10
 
 
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
-class MeshTests(TestCase):
+class MeshTests(ClusterTestCase):
     timeout = 60
-
-    def setUp(self) -> None:
-        self.reactor = _reactor()
-        self.cluster = LocalCluster(self.mktemp(), self.reactor)
-        self.addCleanup(self.cluster.stop)
 
     async def test_ten_nodes_bootstrapped_to_one_form_a_mesh(self) -> None:
         """
@@ -95,15 +84,13 @@ def _has_ipv6_loopback() -> bool:
     return True
 
 
-class IPv6Tests(TestCase):
+class IPv6Tests(ClusterTestCase):
     timeout = 30
 
     def setUp(self) -> None:
         if not _has_ipv6_loopback():
             raise SkipTest("this host has no IPv6 loopback (::1)")
-        self.reactor = _reactor()
-        self.cluster = LocalCluster(self.mktemp(), self.reactor)
-        self.addCleanup(self.cluster.stop)
+        super().setUp()
 
     async def test_nodes_link_over_ipv6(self) -> None:
         from bitfitech.address import PeerAddress, parse_address

@@ -36,7 +36,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from bitfitech.config import ENVIRONMENT
-from bitfitech.testing import free_ports
+from bitfitech.testing import free_ports, global_reactor
 
 #: the checkout's root: its ``bitfitech`` package and ``twisted/plugins``
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,13 +62,6 @@ LINK_DEADLINE = 20.0
 CLEAN_TERM_STATUSES = (0, -signal.SIGTERM)
 #: lines twistd logs at the end of an orderly shutdown
 CLEAN_SHUTDOWN_LINES = ("Received SIGTERM, shutting down.", "Main loop terminated.")
-
-
-def _reactor() -> Any:
-    """The global reactor, imported only when a test runs."""
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def child_environment() -> dict[str, str]:
@@ -176,7 +169,7 @@ class NodeProcess:
             raise RuntimeError(f"{self.name} was already started")
         self._collector = _OutputCollector(self._ended)
         argv = self.argv()
-        self._transport = _reactor().spawnProcess(
+        self._transport = global_reactor().spawnProcess(
             self._collector,
             argv[0],
             argv,
@@ -233,7 +226,7 @@ class NodeProcess:
         self._signal("TERM")
         d = self.when_ended()
         if within is not None:
-            d.addTimeout(within, _reactor())
+            d.addTimeout(within, global_reactor())
         return d
 
     def kill(self) -> Deferred[int]:
@@ -266,7 +259,7 @@ class NodeProcess:
 
         :return: the first ``/status`` answer.
         """
-        reactor = _reactor()
+        reactor = global_reactor()
         give_up = reactor.seconds() + within
         last_error = "no attempt"
         while True:
@@ -293,7 +286,7 @@ def _describe_all(nodes: Iterable[NodeProcess]) -> str:
 
 async def _timed_stop(node: NodeProcess) -> tuple[int, float]:
     """SIGTERM C{node}; return its exit status and how long it took to exit."""
-    reactor = _reactor()
+    reactor = global_reactor()
     started = reactor.seconds()
     try:
         status = await node.terminate(within=STOP_DEADLINE)
@@ -320,7 +313,7 @@ class NodeProcessTests(TestCase):
 
     def setUp(self) -> None:
         """An HTTP client whose pooled connections are closed after the test."""
-        reactor = _reactor()
+        reactor = global_reactor()
         pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)
         self.http = HTTPClient(Agent(reactor, pool=pool))
@@ -365,7 +358,7 @@ class NodeProcessTests(TestCase):
         Poll C{condition} until it holds; fail after C{within} seconds, or at
         once if a node process ends, with C{details()} and every node's output.
         """
-        reactor = _reactor()
+        reactor = global_reactor()
         give_up = reactor.seconds() + within
         last_error = ""
         while True:
@@ -506,7 +499,7 @@ class NodeProcessTests(TestCase):
         A node whose only bootstrap address refuses connections stays up and
         keeps serving ``/status`` for at least 3 s.
         """
-        reactor = _reactor()
+        reactor = global_reactor()
         dead_port, port, api_port = free_ports(3)
         node = self.spawn_node("lonely", port, api_port, bootstrap=[dead_port])
         first = await node.wait_for_api()
@@ -526,7 +519,7 @@ class NodeProcessTests(TestCase):
         A node told to listen on a port already in use exits non-zero within
         10 s, and its output names that port.
         """
-        reactor = _reactor()
+        reactor = global_reactor()
         holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(holder.close)
         holder.bind(("127.0.0.1", 0))
@@ -581,7 +574,7 @@ class NodeProcessTests(TestCase):
                 n += 8
 
         streaming = Deferred.fromCoroutine(stream())
-        reactor = _reactor()
+        reactor = global_reactor()
         while len(acknowledged) < 150:
             await deferLater(reactor, 0.02, lambda: None)
         self.nodes.remove(a)  # A ending is the point from here on

@@ -15,11 +15,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
 
 from bitfitech.config import GossipTiming
 from bitfitech.node import Node
-from bitfitech.testing import LocalCluster, market_state, poll_until
+from bitfitech.testing import ClusterTestCase, market_state, poll_until
 
 #: seconds a test may wait for nodes to link up or converge
 DEADLINE = 20.0
@@ -28,27 +27,19 @@ DEADLINE = 20.0
 GOSSIP = GossipTiming(sync_interval=1.0)
 
 
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
 def trades_of(node: Node) -> list[tuple[Any, ...]]:
     """A node's whole trade history, oldest first."""
     ledger = node.market.ledger
     return [tuple(trade) for trade in reversed(ledger.trades(ledger.trade_count))]
 
 
-class ReplicationTests(TestCase):
+class ReplicationTests(ClusterTestCase):
     """Several real nodes in a line: orders anywhere end up identical everywhere."""
 
     timeout = 60
 
     def setUp(self) -> None:
-        self.reactor = _reactor()
-        self.cluster = LocalCluster(self.mktemp(), self.reactor)
-        self.addCleanup(self.cluster.stop)
+        super().setUp()
         self.rng = random.Random(4)
 
     def start_line(self, count: int, max_peers: int = 2) -> list[Node]:

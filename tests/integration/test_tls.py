@@ -10,7 +10,6 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.trial.unittest import TestCase
 
 from bitfitech.identity import NodeIdentity
 from bitfitech.node import Node
@@ -19,7 +18,7 @@ from bitfitech.peer.tls import NodeTLS, TLSLink, TLSLinkFactory
 from bitfitech.testing import (
     TEST_NETWORK,
     TEST_PAIR,
-    LocalCluster,
+    ClusterTestCase,
     RecordingOwner,
     loopback_config,
     poll_until,
@@ -27,12 +26,6 @@ from bitfitech.testing import (
 )
 
 IMPOSTOR = NodeIdentity.from_seed(b"\x07" * 32)
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def _node_id(node: Node) -> str:
@@ -66,13 +59,8 @@ class _Impostor(Factory):
         return link
 
 
-class TLSLinkTests(TestCase):
+class TLSLinkTests(ClusterTestCase):
     timeout = 30
-
-    def setUp(self) -> None:
-        self.reactor = _reactor()
-        self.cluster = LocalCluster(self.mktemp(), self.reactor)
-        self.addCleanup(self.cluster.stop)
 
     async def linked(self, a: Node, b: Node) -> None:
         await wait_for([a, b], lambda: len(a.peers.hub.links) == 1 == len(b.peers.hub.links),

@@ -3,7 +3,8 @@
 Nothing here is used by a running node.  It gives tests the pieces every
 layer needs: frames of real messages, a link owner that records what a
 link reports, an in-process cluster of real nodes on loopback (and
-:class:`ClusterTestCase`, a test case holding one), and for
+:class:`ClusterTestCase`, a test case holding one), a hostile peer that
+sends a node whatever it is told (:class:`HostilePeer`), and for
 simulations of many nodes an in-memory UDP network
 (:class:`MemoryDatagramNetwork`) timed by a fast fake clock
 (:class:`HeapClock`, :func:`run_for`).
@@ -16,6 +17,7 @@ import functools
 import heapq
 import os
 import random
+import secrets
 import socket
 import struct
 from collections.abc import Callable, Iterable
@@ -29,20 +31,25 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime, IUDPTransport
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from .address import PeerAddress
 from .config import LinkTiming, NodeConfig
+from .identity import NodeIdentity
 from .interfaces import ILinkOwner
+from .market.events import Author
 from .node import Node, build_node
 from .peer.protocol import LocalNode
+from .peer.tls import NodeTLS, TLSLinkFactory
 from .wire.framing import encode_frame, network_magic
-from .wire.messages import Message, Version, encode_message
+from .wire.messages import Events, Message, Verack, Version, encode_message
 
 TEST_NETWORK = "test"
 MDNS_GROUP = "224.0.0.251"
@@ -294,6 +301,111 @@ def market_state(node: Node) -> tuple[str, int, int]:
     market.flush()
     ledger = market.ledger
     return ledger.state_hash(), len(ledger), ledger.trade_count
+
+
+class ScriptedLink(Protocol):
+    """
+    A client link that sends its chunks once connected (over TLS: once the
+    handshake is done), then only waits to be closed.
+
+    :ivar lost: fires when the connection is lost.
+    :ivar closed: whether it was.
+    """
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.lost: Deferred[None] = Deferred()
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        for chunk in self.chunks:
+            self.transport.write(chunk)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        self.lost.callback(None)
+
+
+class _ScriptedFactory(Factory):
+    noisy = False
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.built: list[ScriptedLink] = []
+
+    def buildProtocol(self, addr: Any) -> ScriptedLink:
+        protocol = ScriptedLink(self.chunks)
+        self.built.append(protocol)
+        return protocol
+
+
+class HostilePeer:
+    """
+    A peer with an address and a key of its own that sends a node what it
+    is told, over TLS links it opens from C{host} (all of 127.0.0.0/8 is
+    loopback, so banning 127.0.0.3 does not shut out honest test nodes on
+    127.0.0.1).
+
+    :ivar author: the key its events are signed with.
+    :ivar links: every link it opened.
+    """
+
+    def __init__(self, reactor: Any, target: Node, host: str = "127.0.0.3") -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = target.peers.listen_port
+        self.author = Author(secrets.token_bytes(32), TEST_NETWORK, TEST_PAIR)
+        self.seq = 0
+        self.links: list[ScriptedLink] = []
+        self.identity = NodeIdentity.from_seed(secrets.token_bytes(32))
+
+    def hello(self) -> list[bytes]:
+        """
+        A valid handshake for a fresh key (keys cost nothing), whose
+        certificate the next :meth:`connect` presents.
+        """
+        self.identity = NodeIdentity.from_seed(secrets.token_bytes(32))
+        version = Version(1, TEST_NETWORK, TEST_PAIR, self.identity.node_id, 0, "hostile/0", (),
+                          secrets.randbelow(2**63) + 1, int(self.reactor.seconds()))  # fmt: skip
+        return [frame_of(version), frame_of(Verack())]
+
+    def events(self, count: int, *, forge: bool = False) -> bytes:
+        """C{count} events of its own key, at most 1,000 per message; forged if C{forge}."""
+        frames = []
+        for start in range(0, count, 1000):
+            batch = []
+            for _ in range(min(1000, count - start)):
+                self.seq += 1
+                now = int(self.reactor.seconds() * 1000)
+                event = self.author.order(self.seq, now + self.seq, now, "sell", "limit",
+                                          "90000", "0.001")  # fmt: skip
+                sig = event.sig
+                if forge:
+                    sig = ("0" if sig[0] != "0" else "1") + sig[1:]
+                batch.append((event.text, sig))
+            frames.append(frame_of(Events(tuple(batch), 3, False)))
+        return b"".join(frames)
+
+    async def connect(self, chunks: list[bytes]) -> ScriptedLink | None:
+        """Open one TLS link from C{host} that sends C{chunks}; ``None`` if refused."""
+        factory = _ScriptedFactory(chunks)
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port, timeout=5,
+                                      bindAddress=(self.host, 0))  # fmt: skip
+        try:
+            tls = NodeTLS(self.identity, self.reactor.seconds())
+            await endpoint.connect(TLSLinkFactory(tls, True, factory, clock=self.reactor))
+        except Exception:
+            return None
+        link = factory.built[0]
+        self.links.append(link)
+        return link
+
+    def close_all(self) -> None:
+        """Abort every link still open."""
+        for link in self.links:
+            if not link.closed and link.transport is not None:
+                link.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 def free_ports(count: int) -> list[int]:

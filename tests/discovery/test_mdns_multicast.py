@@ -3,7 +3,8 @@
 Skipped where the host cannot multicast on the loopback interface (checked
 by joining 224.0.0.251 on 127.0.0.1 and sending one datagram to ourselves).
 The services use a free port rather than 5353, so that no other responder
-on the host hears them.
+on the host hears them.  How fast they find each other is a benchmark
+figure (``benchmarks/bench_mdns.py``); here the wait is a hang guard only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from twisted.trial.unittest import TestCase
 
 from bitfitech.discovery.mdns import MDNSService
 from bitfitech.testing import free_udp_port, multicast_unavailable, poll_until
+
+#: the longest discovery may take before the test gives up: a hang guard,
+#: not a speed bound (see benchmarks/bench_mdns.py for the speed)
+HANG_GUARD = 30.0
 
 
 def record(
@@ -57,8 +62,8 @@ class ThreeNodesTests(TestCase):
             service.startService()
             services.append(service)
         try:
-            took = await poll_until(
-                reactor, lambda: all(len(seen) >= 2 for seen in found), 2.0, "discovery"
+            await poll_until(
+                reactor, lambda: all(len(seen) >= 2 for seen in found), HANG_GUARD, "discovery"
             )
         finally:
             await defer.gatherResults([service.stopService() for service in services])
@@ -71,4 +76,3 @@ class ThreeNodesTests(TestCase):
             self.assertEqual(set(found[number]), expected)
             self.assertEqual(len(found[number]), 2, "each peer handed on once")
             self.assertEqual(services[number].status()["discovered"], 2)
-        self.assertLess(took, 2.0)

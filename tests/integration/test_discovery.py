@@ -3,7 +3,9 @@
 No node is given a ``--bootstrap`` peer: the mDNS tests use real multicast
 on the loopback interface (skipped where the host has none), the DHT tests
 real UDP on 127.0.0.1.  Each test names its own network, so nodes of tests
-running at the same time in other processes never mix.
+running at the same time in other processes never mix.  How fast nodes
+find each other by mDNS is a benchmark figure (``benchmarks/bench_mdns.py``);
+every wait here is a hang guard only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from bitfitech.testing import (
     poll_until,
 )
 
+#: the longest any one wait may take before the test gives up: a hang
+#: guard, not a speed bound (see benchmarks/bench_mdns.py for the speed)
+HANG_GUARD = 30.0
+
 
 def linked_to_all(nodes: list[Node]) -> bool:
     """Whether every node has a ready link to every other."""
@@ -28,7 +34,7 @@ def linked_to_all(nodes: list[Node]) -> bool:
 
 
 class _DiscoveryTestCase(ClusterTestCase):
-    timeout = 30
+    timeout = 120
 
     def setUp(self) -> None:
         super().setUp()
@@ -52,15 +58,14 @@ class MDNSDiscoveryTests(_DiscoveryTestCase):
             for _ in range(count)
         ]
 
-    async def test_two_nodes_find_each_other_within_2_s(self) -> None:
+    async def test_two_nodes_find_each_other(self) -> None:
         nodes = self.start_nodes(2)
 
         def found_and_linked() -> bool:
             discovered = [n.control.status()["mdns"]["discovered"] for n in nodes]
             return discovered == [1, 1] and linked_to_all(nodes)
 
-        took = await poll_until(self.reactor, found_and_linked, 2.0, "two nodes found and linked")
-        self.assertLess(took, 2.0)
+        await poll_until(self.reactor, found_and_linked, HANG_GUARD, "two nodes found and linked")
         for node in nodes:
             other = next(n for n in nodes if n is not node)
             entry = node.peers.addrbook.get("127.0.0.1", other.peers.listen_port)  # type: ignore[union-attr]
@@ -73,10 +78,9 @@ class MDNSDiscoveryTests(_DiscoveryTestCase):
                 status["instance"], f"{node.storage.identity.node_id}._bitfi._tcp.local."
             )
 
-    async def test_three_nodes_form_a_mesh_within_5_s(self) -> None:
+    async def test_three_nodes_form_a_mesh(self) -> None:
         nodes = self.start_nodes(3)
-        took = await poll_until(self.reactor, lambda: linked_to_all(nodes), 5.0, "a 3-node mesh")
-        self.assertLess(took, 5.0)
+        await poll_until(self.reactor, lambda: linked_to_all(nodes), HANG_GUARD, "a 3-node mesh")
         self.assertEqual(len(connected_components(nodes)), 1)
         sources = {
             entry.source
@@ -99,7 +103,8 @@ class MDNSDiscoveryTests(_DiscoveryTestCase):
         company = self.cluster.start_node(
             network=self.network, mdns_enabled=True, mdns_interface="127.0.0.1", mdns_port=port
         )
-        await poll_until(self.reactor, lambda: linked_to_all([ours, company]), 5.0, "linked")
+        await poll_until(self.reactor, lambda: linked_to_all([ours, company]), HANG_GUARD,
+                         "linked")  # fmt: skip
         self.assertEqual(len(theirs.peers.addrbook or ()), 0)
         self.assertEqual(theirs.control.status()["mdns"]["discovered"], 0)
         self.assertIsNone(ours.peers.addrbook.get("127.0.0.1", theirs.peers.listen_port))  # type: ignore[union-attr]
@@ -119,7 +124,8 @@ class DHTDiscoveryTests(_DiscoveryTestCase):
             for _ in range(2)
         ]
         nodes = [first, *others]
-        await poll_until(self.reactor, lambda: linked_to_all(nodes), 20.0, "nodes linked by DHT")
+        await poll_until(self.reactor, lambda: linked_to_all(nodes), HANG_GUARD,
+                         "nodes linked by DHT")  # fmt: skip
         status = others[0].control.status()["dht"]
         self.assertEqual(status["info_hash"], network_info_hash(self.network, "BTC/USD").hex())
         self.assertGreaterEqual(status["routing_table_size"], 1)

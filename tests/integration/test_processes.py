@@ -10,7 +10,9 @@ stdout and stderr in memory (every failure message carries them), reads its
 API and stops it.  Each test registers cleanups that kill whatever is still
 running, so a failing test leaves no process, socket or connection behind.
 Waits poll with :func:`~twisted.internet.task.deferLater` under an overall
-deadline; the only fixed wait is the one test 3 is about (staying alive).
+deadline, a hang guard rather than a speed bound (how fast a node starts,
+stops and gives up a busy port is ``benchmarks/bench_lifecycle.py``'s);
+the only fixed wait is the one test 3 is about (staying alive).
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ POLL_INTERVAL = 0.1
 API_DEADLINE = 15.0
 #: how long one HTTP request may take
 REQUEST_TIMEOUT = 5.0
-#: how long a SIGTERMed node may take to exit
-STOP_DEADLINE = 5.0
+#: how long a SIGTERMed node may take to exit before the test gives up: a
+#: hang guard (the speed, with its 5 s target, is bench_lifecycle's figure)
+STOP_DEADLINE = 30.0
+#: how long a node on a busy port may take to exit before the test gives up:
+#: a hang guard (the speed, with its 10 s target, is bench_lifecycle's figure)
+BUSY_PORT_DEADLINE = 30.0
 #: how long nodes may take to link up
 LINK_DEADLINE = 20.0
 #: exit statuses of a node that shut down cleanly after SIGTERM.  twistd
@@ -284,17 +290,14 @@ def _describe_all(nodes: Iterable[NodeProcess]) -> str:
     return "\n".join(node.describe() for node in nodes)
 
 
-async def _timed_stop(node: NodeProcess) -> tuple[int, float]:
-    """SIGTERM C{node}; return its exit status and how long it took to exit."""
-    reactor = global_reactor()
-    started = reactor.seconds()
+async def _stop(node: NodeProcess) -> int:
+    """SIGTERM C{node}; return its exit status once it exited."""
     try:
-        status = await node.terminate(within=STOP_DEADLINE)
+        return await node.terminate(within=STOP_DEADLINE)
     except TimeoutError:
         raise AssertionError(
             f"{node.name} still running {STOP_DEADLINE}s after SIGTERM\n{node.describe()}"
         ) from None
-    return status, reactor.seconds() - started
 
 
 def assert_clean_exit(test: TestCase, node: NodeProcess, status: int) -> None:
@@ -384,7 +387,7 @@ class NodeProcessTests(TestCase):
     async def test_three_nodes_link_and_stop_cleanly(self) -> None:
         """
         Three nodes chained by --bootstrap (1 <- 2 <- 3) all link to each
-        other, and each shuts down in order within 5 s of SIGTERM (see
+        other, and each shuts down in order on SIGTERM (see
         L{CLEAN_TERM_STATUSES} for the exit status).
         """
         ports = free_ports(6)
@@ -421,9 +424,8 @@ class NodeProcessTests(TestCase):
             lambda: f"node ids: {ids}\nlast /peers: {json.dumps(last_peers, indent=1)}",
         )
 
-        results = await gatherResults([Deferred.fromCoroutine(_timed_stop(n)) for n in nodes])
-        for node, (status, elapsed) in zip(nodes, results, strict=True):
-            self.assertLess(elapsed, STOP_DEADLINE, node.describe())
+        statuses = await gatherResults([Deferred.fromCoroutine(_stop(n)) for n in nodes])
+        for node, status in zip(nodes, statuses, strict=True):
             assert_clean_exit(self, node, status)
 
     async def test_dht_links_nodes_given_no_bootstrap_peer(self) -> None:
@@ -485,7 +487,7 @@ class NodeProcessTests(TestCase):
         await self.eventually(linked(b), "B has an outbound link to A", details)
 
         self.nodes.remove(b)  # B stopping is expected from here on
-        status, _ = await _timed_stop(b)
+        status = await _stop(b)
         assert_clean_exit(self, b, status)
 
         b2 = self.spawn_node("B-restarted", b.port, b.api_port, data_dir=b.data_dir)
@@ -516,8 +518,8 @@ class NodeProcessTests(TestCase):
 
     async def test_busy_port_exits_nonzero_naming_port(self) -> None:
         """
-        A node told to listen on a port already in use exits non-zero within
-        10 s, and its output names that port.
+        A node told to listen on a port already in use exits non-zero, and
+        its output names that port.
         """
         reactor = global_reactor()
         holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -527,16 +529,16 @@ class NodeProcessTests(TestCase):
         busy = int(holder.getsockname()[1])
         (api_port,) = free_ports(1)
 
-        started = reactor.seconds()
         node = self.spawn_node("busy", busy, api_port)
         d = node.when_ended()
-        d.addTimeout(10.0, reactor)
+        d.addTimeout(BUSY_PORT_DEADLINE, reactor)
         try:
             status = await d
         except TimeoutError:
-            self.fail(f"node on busy port {busy} still running after 10 s\n{node.describe()}")
-        elapsed = reactor.seconds() - started
-        self.assertLess(elapsed, 10.0, node.describe())
+            self.fail(
+                f"node on busy port {busy} still running after {BUSY_PORT_DEADLINE} s\n"
+                f"{node.describe()}"
+            )
         self.assertNotEqual(status, 0, f"exited 0 on busy port {busy}\n{node.describe()}")
         self.assertIn(str(busy), node.output, f"output does not name port {busy}")
 

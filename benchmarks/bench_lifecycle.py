@@ -1,0 +1,181 @@
+"""Benchmark: how fast a node process starts, stops on SIGTERM and gives up a busy port.
+
+Real node processes on 127.0.0.1, with fresh data directories (a node
+starting on a long history is ``bench_join.py``'s).  Per run:
+
+- three nodes chained by ``--bootstrap`` (1 <- 2 <- 3): the time from each
+  process start until ``GET /status`` answers; once all three are linked,
+  SIGTERM to all three at once and the time until each has exited, and
+  whether every exit was clean (0, or killed by the SIGTERM twistd
+  re-raises once its reactor stopped).  Target: every node exits within
+  5 s;
+- a node told to listen on a P2P port already in use: the time from its
+  start until it exits with a non-zero status.  Target <= 10 s.
+
+``tests/integration/test_processes.py`` checks the same behaviour (clean
+stop on SIGTERM, non-zero exit on a busy port) with hang guards only.
+
+Run ``python benchmarks/bench_lifecycle.py [--runs R] [--quick] [--json
+PATH]`` (``--quick``: 1 run; default 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+
+from _cluster import (
+    NodeProcess,
+    cleanup_on_interrupt,
+    machine_info,
+    print_table,
+    report_problems,
+    wait_api,
+    wait_until,
+)
+from _results import Results, add_arguments
+
+from bitfitech.testing import free_ports
+
+#: exit statuses of a node that stopped cleanly on SIGTERM (see test_processes)
+CLEAN_STATUSES = (0, -signal.SIGTERM)
+#: how long any one step may take before the run is given up (a hang guard)
+GIVE_UP_S = 60.0
+STOP_TARGET_S = 5.0
+BUSY_TARGET_S = 10.0
+
+
+def three_nodes(base: str, first_index: int) -> tuple[list[float], list[float], bool, list[str]]:
+    """
+    Start three chained nodes, wait until they are linked, SIGTERM them all.
+
+    :return: seconds from start to ``/status`` and from SIGTERM to exit per
+        node, whether every exit was clean, and the nodes' logged problems.
+    """
+    nodes: list[NodeProcess] = []
+    try:
+        ports = free_ports(6)
+        started_s = []
+        for i in range(3):
+            bootstrap = [nodes[-1].port] if nodes else []
+            node = NodeProcess(first_index + i, base, ports[2 * i], ports[2 * i + 1],
+                               bootstrap=bootstrap)  # fmt: skip
+            nodes.append(node)
+            node.start()
+            wait_api(node, timeout=GIVE_UP_S, interval=0.005)
+            started_s.append(time.monotonic() - node.started_at)
+        ids = {node.node_id for node in nodes}
+
+        def linked() -> bool:
+            return all(
+                ids - {node.node_id} <= {row["node_id"] for row in node.api.get("/peers")}
+                for node in nodes
+            )
+
+        wait_until(linked, GIVE_UP_S, "three nodes linked", interval=0.02)
+        for node in nodes:
+            node.api.close()
+        stopping = time.monotonic()
+        for node in nodes:
+            node.terminate()
+        stopped_s, statuses = [], []
+        for node in nodes:
+            assert node.process is not None
+            statuses.append(node.process.wait(GIVE_UP_S))
+            stopped_s.append(time.monotonic() - stopping)
+        clean = all(status in CLEAN_STATUSES for status in statuses)
+        problems = [line for node in nodes for line in node.log_problems()]
+        return started_s, stopped_s, clean, problems
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def busy_port(base: str, index: int) -> tuple[float, bool]:
+    """
+    Start a node on a P2P port another socket holds.
+
+    :return: seconds from its start until it exited, and whether its status
+        was non-zero.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        (api_port,) = free_ports(1)
+        node = NodeProcess(index, base, int(holder.getsockname()[1]), api_port)
+        try:
+            node.start()
+            assert node.process is not None
+            status = node.process.wait(GIVE_UP_S)
+            return time.monotonic() - node.started_at, status != 0
+        finally:
+            node.stop()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, help="runs [3; quick 1]")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    runs = args.runs or (1 if args.quick else 3)
+    started: list[float] = []
+    stopped: list[float] = []
+    busy: list[float] = []
+    clean = refused = True
+    problems: dict[int, list[str]] = {}
+    with cleanup_on_interrupt():
+        base = tempfile.mkdtemp(prefix="bitfi-lifecycle-")
+        try:
+            for run in range(runs):
+                up, down, run_clean, run_problems = three_nodes(base, 4 * run)
+                started += up
+                stopped += down
+                clean = clean and run_clean
+                if run_problems:
+                    problems[run] = run_problems
+                took, nonzero = busy_port(base, 4 * run + 3)
+                busy.append(took)
+                refused = refused and nonzero
+        finally:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(base)
+    stop_met = max(stopped) <= STOP_TARGET_S
+    busy_met = max(busy) <= BUSY_TARGET_S
+    print_table(f"lifecycle ({'quick; ' if args.quick else ''}{machine_info()})", [
+        ("runs (3 linked nodes and 1 busy port each)", f"{runs}"),
+        ("start to /status, median (s)", f"{statistics.median(started):.2f}"),
+        ("start to /status, max (s)", f"{max(started):.2f}"),
+        ("SIGTERM to exit, median (s)", f"{statistics.median(stopped):.2f}"),
+        ("SIGTERM to exit, max (s)", f"{max(stopped):.2f}"),
+        ("every exit after SIGTERM clean", "yes" if clean else "NO"),
+        ("busy P2P port: start to exit, max (s)", f"{max(busy):.2f}"),
+        ("busy P2P port: exit status non-zero", "yes" if refused else "NO"),
+    ])  # fmt: skip
+    print_table("targets", [
+        (f"SIGTERM to exit <= {STOP_TARGET_S:g} s",
+         f"{max(stopped):.2f} s: {'met' if stop_met else 'MISSED'}"),
+        (f"busy port: start to exit <= {BUSY_TARGET_S:g} s",
+         f"{max(busy):.2f} s: {'met' if busy_met else 'MISSED'}"),
+    ])  # fmt: skip
+    report_problems(problems)
+    report = Results("bench_lifecycle", quick=args.quick)
+    report.add("node process: start to /status, median", round(statistics.median(started), 2), "s")
+    report.add("node process: SIGTERM to exit, median", round(statistics.median(stopped), 2), "s")
+    report.add("node process: SIGTERM to exit, max", round(max(stopped), 2), "s",
+               f"<= {STOP_TARGET_S:g} s", stop_met)  # fmt: skip
+    report.add("node process: clean exit on SIGTERM", "yes" if clean else "no", "", "yes", clean)
+    report.add("node process: busy port, start to non-zero exit, max", round(max(busy), 2), "s",
+               f"<= {BUSY_TARGET_S:g} s", busy_met and refused)  # fmt: skip
+    report.write(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import (
     LogLevel,
@@ -40,10 +39,13 @@ from bitfitech.logs import (
     set_log_level,
     twistd_json_observer,
 )
-from bitfitech.testing import free_ports, global_reactor
-from tests.integration.test_processes import REQUEST_TIMEOUT, NodeProcess
+from bitfitech.testing import free_ports, global_reactor, poll_until
+from tests.integration.test_processes import STOP_DEADLINE, NodeProcess
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bitfitech"
+
+#: how long a node may take to write a log event before the test gives up (a hang guard)
+LOG_DEADLINE = 30.0
 
 
 def event(**fields: Any) -> dict[str, Any]:
@@ -248,10 +250,18 @@ class TwistdJSONTests(TestCase):
         self.addCleanup(node.kill)
         node.start()
         await node.wait_for_api()
-        await deferLater(reactor, 0.2, lambda: None)  # the access log event is written
-        status = await node.terminate(within=REQUEST_TIMEOUT)
+
+        def log_text() -> str:
+            if logfile == "-":
+                return node.output
+            return Path(logfile).read_text(encoding="utf-8") if os.path.exists(logfile) else ""
+
+        # the access log event of that request is written
+        await poll_until(reactor, lambda: "bitfitech.api.access" in log_text(), LOG_DEADLINE,
+                         "the access log event")  # fmt: skip
+        status = await node.terminate(within=STOP_DEADLINE)
         self.assertIsNotNone(status)
-        text = node.output if logfile == "-" else Path(logfile).read_text(encoding="utf-8")
+        text = log_text()
         records = []
         for line in text.splitlines():
             try:

@@ -150,14 +150,14 @@ async def main(reactor: Any, argv: list[str]) -> None:
     print_table("targets", [(f"crossing max <= {TARGET_S:g} s",
                              f"{worst:.3f} s: {'met' if met else 'MISSED'}")])  # fmt: skip
     report = Results("bench_flood", quick=args.quick)
-    report.add("flood: valid events from the attacker", flood_events, "events")
-    report.add("flood: orders crossed during the attack", len(latencies), "orders")
-    report.add("flood: order crossing, p50", round(p50 * 1000, 1), "ms")
-    report.add("flood: order crossing, max", round(worst * 1000, 1), "ms",
+    report.add("valid events from the attacker", flood_events, "events")
+    report.add("orders crossed during the attack", len(latencies), "orders")
+    report.add("order crossing, p50", round(p50 * 1000, 1), "ms")
+    report.add("order crossing, max", round(worst * 1000, 1), "ms",
                f"<= {TARGET_S:g} s", met)  # fmt: skip
-    report.add("flood: storm to ban, median", round(attack, 2), "s")
-    report.add("flood: attacker's valid events all on B, median", round(on_b, 2), "s")
-    report.add("flood: attacker banned, honest link kept", "yes" if banned else "no", "",
+    report.add("storm to ban, median", round(attack, 2), "s")
+    report.add("attacker's valid events all on B, median", round(on_b, 2), "s")
+    report.add("attacker banned, honest link kept", "yes" if banned else "no", "",
                "yes", banned)  # fmt: skip
     report.write(args.json)
 

@@ -127,7 +127,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
     if unavailable is not None:
         print(f"mdns: {unavailable}")
         for name, _ in FIGURES:
-            report.add(f"mDNS: {name}", unavailable)
+            report.add(name, unavailable)
         report.write(args.json)
         return
     times: list[list[float]] = [[], [], []]
@@ -144,8 +144,8 @@ async def main(reactor: Any, argv: list[str]) -> None:
         met = worst <= target
         targets.append((f"{name}: max <= {target:g} s",
                         f"{worst:.3f} s: {'met' if met else 'MISSED'}"))  # fmt: skip
-        report.add(f"mDNS: {name}, median of {runs}", round(median * 1000), "ms")
-        report.add(f"mDNS: {name}, max of {runs}", round(worst * 1000), "ms",
+        report.add(f"{name}, median of {runs}", round(median * 1000), "ms")
+        report.add(f"{name}, max of {runs}", round(worst * 1000), "ms",
                    f"<= {target:g} s", met)  # fmt: skip
     print_table(f"mdns ({'quick; ' if args.quick else ''}{machine_info()})", rows)
     print_table("targets", targets)

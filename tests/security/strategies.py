@@ -8,15 +8,11 @@ end cut off.  The valid inputs come from the message strategies of
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import TypeVar
 
 from hypothesis import strategies as st
 
 S = TypeVar("S", str, bytes)
-
-DEADLINE = timedelta(milliseconds=500)
-"""Per-example deadline: generous for CI jitter, far below any hang or quadratic blow-up."""
 
 OPERATIONS = ("replace", "insert", "delete", "duplicate", "truncate")
 

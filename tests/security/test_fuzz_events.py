@@ -26,7 +26,7 @@ from bitfitech.market.events import (
 )
 from bitfitech.wire.messages import MAX_EVENT_TEXT
 
-from .strategies import DEADLINE, mutated
+from .strategies import mutated
 
 NETWORK = "test"
 PAIR = "BTC/USD"
@@ -81,19 +81,19 @@ class ParseTests(SynchronousTestCase):
             self.assertEqual(getattr(event, name), getattr(checked, name), name)
         return event
 
-    @settings(max_examples=200, deadline=DEADLINE)
+    @settings(max_examples=200)
     @given(st.text(max_size=450), sigs)
     def test_arbitrary_text(self, text: str, sig: str) -> None:
         """Any text, any signature string."""
         self.check(text, sig)
 
-    @settings(max_examples=200, deadline=DEADLINE)
+    @settings(max_examples=200)
     @given(st.lists(tokens, min_size=1, max_size=14), sigs)
     def test_arbitrary_fields(self, fields: list[str], sig: str) -> None:
         """Texts made of plausible fields, to reach past the first checks."""
         self.check(" ".join(fields), sig)
 
-    @settings(max_examples=150, deadline=DEADLINE)
+    @settings(max_examples=150)
     @given(signed_events(), st.data())
     def test_mutated_text_parses_soundly(self, event: Event, data: st.DataObject) -> None:
         """Damaged real events: the fast path and the checked path still agree."""
@@ -117,31 +117,31 @@ class DecodeTests(SynchronousTestCase):
         else:
             self.assertRaises(EventError, decode_event, text, sig, NETWORK, PAIR)
 
-    @settings(max_examples=100, deadline=DEADLINE)
+    @settings(max_examples=100)
     @given(signed_events())
     def test_valid(self, event: Event) -> None:
         """Every real event decodes to itself."""
         self.assertEqual(decode_event(*event.wire, NETWORK, PAIR), event)
 
-    @settings(max_examples=250, deadline=DEADLINE)
+    @settings(max_examples=250)
     @given(signed_events(), st.data())
     def test_mutated_text(self, event: Event, data: st.DataObject) -> None:
         """A damaged text never verifies under the original signature."""
         self.assert_only_original(event, data.draw(mutated(event.text, text_pieces)), event.sig)
 
-    @settings(max_examples=200, deadline=DEADLINE)
+    @settings(max_examples=200)
     @given(signed_events(), st.data())
     def test_mutated_signature(self, event: Event, data: st.DataObject) -> None:
         """A damaged signature never verifies (Ed25519 signatures are not malleable)."""
         self.assert_only_original(event, event.text, data.draw(mutated(event.sig, sig_pieces)))
 
-    @settings(max_examples=200, deadline=DEADLINE)
+    @settings(max_examples=200)
     @given(signed_events(), signed_events())
     def test_swapped_signature(self, event: Event, other: Event) -> None:
         """One event's signature on another's text never verifies."""
         self.assert_only_original(event, event.text, other.sig)
 
-    @settings(max_examples=200, deadline=DEADLINE)
+    @settings(max_examples=200)
     @given(signed_events(), st.integers(0, 127), st.sampled_from(HEX))
     def test_one_signature_digit(self, event: Event, index: int, digit: str) -> None:
         """Each single hex digit of the signature matters."""

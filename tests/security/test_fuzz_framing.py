@@ -26,7 +26,7 @@ from bitfitech.wire.framing import (
     network_magic,
 )
 
-from .strategies import DEADLINE, byte_pieces, chunk_sizes, chunked, mutated
+from .strategies import byte_pieces, chunk_sizes, chunked, mutated
 
 MAGIC = network_magic("test")
 SMALL = 512
@@ -82,7 +82,7 @@ def decode(
 class ArbitraryBytesTests(SynchronousTestCase):
     """Random bytes, fed in random pieces."""
 
-    @settings(max_examples=300, deadline=DEADLINE)
+    @settings(max_examples=300)
     @given(st.binary(max_size=2000), chunk_sizes, limits)
     def test_arbitrary_bytes(self, data: bytes, sizes: list[int], max_payload: int) -> None:
         """Frames or FramingError, and a bad magic is refused as soon as a header is in."""
@@ -91,7 +91,7 @@ class ArbitraryBytesTests(SynchronousTestCase):
             self.assertIsNotNone(outcome.error)
             self.assertEqual(outcome.frames, [])
 
-    @settings(max_examples=300, deadline=DEADLINE)
+    @settings(max_examples=300)
     @given(st.binary(max_size=2000), chunk_sizes)
     def test_arbitrary_bytes_after_magic(self, data: bytes, sizes: list[int]) -> None:
         """Random bytes behind the right magic reach the command, length and checksum checks."""
@@ -101,7 +101,7 @@ class ArbitraryBytesTests(SynchronousTestCase):
 class MutatedStreamTests(SynchronousTestCase):
     """Valid frame streams, damaged."""
 
-    @settings(max_examples=300, deadline=DEADLINE)
+    @settings(max_examples=300)
     @given(st.data(), frames, chunk_sizes)
     def test_mutated_stream(self, data: st.DataObject, frames: list[tuple[str, bytes]],
                             sizes: list[int]) -> None:  # fmt: skip
@@ -114,7 +114,7 @@ class MutatedStreamTests(SynchronousTestCase):
             damaged.startswith(stream_of([(f.command, f.payload) for f in outcome.frames]))
         )
 
-    @settings(max_examples=200, deadline=DEADLINE)
+    @settings(max_examples=200)
     @given(frames, st.data(), chunk_sizes)
     def test_truncated(self, frames: list[tuple[str, bytes]], data: st.DataObject,
                        sizes: list[int]) -> None:  # fmt: skip
@@ -127,7 +127,7 @@ class MutatedStreamTests(SynchronousTestCase):
         self.assertEqual(outcome.frames, whole[: len(outcome.frames)])
         self.assertEqual(len(stream_of(frames[: len(outcome.frames)])) + outcome.buffered, cut)
 
-    @settings(max_examples=300, deadline=DEADLINE)
+    @settings(max_examples=300)
     @given(
         frames,
         st.data(),

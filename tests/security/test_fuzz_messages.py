@@ -35,7 +35,7 @@ from ..wire.test_messages import (
     u64,
     versions,
 )
-from .strategies import DEADLINE, byte_pieces, mutated
+from .strategies import byte_pieces, mutated
 
 known_messages = st.one_of(
     versions,
@@ -73,7 +73,7 @@ class DecodeTests(SynchronousTestCase):
         self.assertEqual(decode_message(*encode_message(message)), message)
         return message
 
-    @settings(max_examples=300, deadline=DEADLINE)
+    @settings(max_examples=300)
     @given(commands, st.binary(max_size=300))
     def test_arbitrary_payloads(self, command: str, payload: bytes) -> None:
         """Random bytes under any command name, known or not, valid or not."""
@@ -81,20 +81,20 @@ class DecodeTests(SynchronousTestCase):
         if command not in COMMANDS and message is not None:
             self.assertEqual(message, Unknown(command, payload))
 
-    @settings(max_examples=300, deadline=DEADLINE)
+    @settings(max_examples=300)
     @given(known_messages, st.data())
     def test_mutated_messages(self, message: Message, data: st.DataObject) -> None:
         """A valid message of every type, its encoding damaged by random edits."""
         command, payload = encode_message(message)
         self.check(command, data.draw(mutated(payload, byte_pieces)))
 
-    @settings(max_examples=200, deadline=DEADLINE)
+    @settings(max_examples=200)
     @given(known_messages, st.sampled_from(sorted(COMMANDS)))
     def test_payload_under_another_command(self, message: Message, command: str) -> None:
         """A valid payload sent under another (or the same) known command."""
         self.check(command, encode_message(message)[1])
 
-    @settings(max_examples=50, deadline=DEADLINE)
+    @settings(max_examples=50)
     @given(
         st.sampled_from(sorted(COMMANDS)),
         st.sampled_from(["nonce", "ttl", "more", "ids", "events", "vector", "digest", "port",

@@ -24,7 +24,7 @@ from bitfitech.testing import RecordingOwner, frame_of, local_node, version_of
 from bitfitech.wire.framing import HEADER_SIZE, MAX_PAYLOAD, checksum, network_magic
 from bitfitech.wire.messages import Message, Verack
 
-from .strategies import DEADLINE, byte_pieces, chunk_sizes, chunked, mutated
+from .strategies import byte_pieces, chunk_sizes, chunked, mutated
 from .test_fuzz_messages import known_messages
 
 MAGIC = network_magic("test")
@@ -77,7 +77,7 @@ class Link:
 class GarbageTests(SynchronousTestCase):
     """Arbitrary bytes, before and after the handshake."""
 
-    @settings(max_examples=200, deadline=DEADLINE)
+    @settings(max_examples=200)
     @given(st.booleans(), st.binary(max_size=1000), chunk_sizes)
     def test_arbitrary_bytes(self, handshake: bool, data: bytes, sizes: list[int]) -> None:
         """Random bytes: never raise; a full header's worth of them closes the link."""
@@ -86,7 +86,7 @@ class GarbageTests(SynchronousTestCase):
         if len(data) >= HEADER_SIZE and data[:4] != MAGIC:
             link.assert_violation(self)
 
-    @settings(max_examples=200, deadline=DEADLINE)
+    @settings(max_examples=200)
     @given(st.booleans(), st.binary(min_size=HEADER_SIZE - 4, max_size=1000), chunk_sizes)
     def test_arbitrary_bytes_after_magic(
         self, handshake: bool, data: bytes, sizes: list[int]
@@ -95,7 +95,7 @@ class GarbageTests(SynchronousTestCase):
         link = Link(handshake=handshake)
         link.feed(self, MAGIC + data, sizes)
 
-    @settings(max_examples=200, deadline=DEADLINE)
+    @settings(max_examples=200)
     @given(st.booleans(), st.lists(known_messages, min_size=1, max_size=3), st.data(), chunk_sizes)
     def test_mutated_messages(self, handshake: bool, messages: list[Message],
                               data: st.DataObject, sizes: list[int]) -> None:  # fmt: skip

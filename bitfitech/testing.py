@@ -55,6 +55,11 @@ TEST_NETWORK = "test"
 MDNS_GROUP = "224.0.0.251"
 TEST_PAIR = "BTC/USD"
 
+#: How long a test on real sockets, processes or time waits for a
+#: condition before it gives up: a hang guard, far above what any machine
+#: needs, never a speed bound (speeds are benchmark figures).
+HANG_GUARD = 30.0
+
 
 def frame_of(message: Message, network: str = TEST_NETWORK) -> bytes:
     """The bytes of one framed C{message} on C{network}."""

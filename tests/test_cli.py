@@ -34,7 +34,14 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from bitfitech import cli
 from bitfitech.node import Node
-from bitfitech.testing import ClusterTestCase, free_ports, global_reactor, poll_until, wait_for
+from bitfitech.testing import (
+    HANG_GUARD,
+    ClusterTestCase,
+    free_ports,
+    global_reactor,
+    poll_until,
+    wait_for,
+)
 
 TOKEN = "cli-test-token-0123456789abcdef"
 
@@ -262,7 +269,7 @@ class NodeTests(ClusterTestCase):
     async def test_trade_between_two_nodes(self) -> None:
         maker = self.cluster.start_node(bootstrap_to=[self.node])
         taker = self.node
-        await wait_for([maker, taker], lambda: len(taker.peers.hub.links) == 1, 10,
+        await wait_for([maker, taker], lambda: len(taker.peers.hub.links) == 1, HANG_GUARD,
                        self.reactor, "a link")  # fmt: skip
 
         run = await self.on(maker, "sell", "2", "101.5")
@@ -276,7 +283,7 @@ class NodeTests(ClusterTestCase):
         self.assertEqual(run.code, 0)
         bid_id = run.out.splitlines()[0].removeprefix("order ")
         self.assertEqual((await self.on(taker, "buy", "0.5", "100", "--type", "post_only")).code, 0)
-        await poll_until(self.reactor, lambda: taker.market.status()["events"] == 4, 10,
+        await poll_until(self.reactor, lambda: taker.market.status()["events"] == 4, HANG_GUARD,
                          "the maker's orders at the taker")  # fmt: skip
 
         run = await self.on(taker, "buy", "0.5", "--type", "market")
@@ -400,7 +407,8 @@ class NodeTests(ClusterTestCase):
     async def test_watch_orders(self) -> None:
         stdout = InterruptAfter(4)
         watching = Deferred.fromCoroutine(bitfi("--node", self.url, "watch", stdout=stdout))
-        await poll_until(self.reactor, lambda: stdout.getvalue().count("\n") >= 2, 10, "events")
+        await poll_until(self.reactor, lambda: stdout.getvalue().count("\n") >= 2, HANG_GUARD,
+                         "events")  # fmt: skip
         self.assertEqual((await self.on(self.node, "sell", "1", "100")).code, 0)
         run = await watching
         self.assertEqual(run.code, 0)

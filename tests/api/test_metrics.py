@@ -32,10 +32,10 @@ from bitfitech.api.metrics import (
 )
 from bitfitech.api.site import ApiSite
 from bitfitech.node import Node, build_node
-from bitfitech.testing import ClusterTestCase, loopback_config, market_state, poll_until
+from bitfitech.testing import HANG_GUARD, ClusterTestCase, loopback_config, market_state, poll_until
 
-#: seconds a test may wait for nodes to link up or converge
-DEADLINE = 20.0
+#: seconds a test may wait for nodes to link up or converge (a hang guard)
+DEADLINE = HANG_GUARD
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -73,7 +73,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 class NodeMetricsTests(ClusterTestCase):
     """``/metrics`` of real nodes in one process says what the nodes hold."""
 
-    timeout = 60
+    timeout = 120
 
     async def trading_pair(self) -> tuple[Node, Node]:
         """Two linked nodes; a sell of the first and a buy of the second crossed (one trade)."""

@@ -25,7 +25,7 @@ from bitfitech.api.app import site_root
 from bitfitech.api.openapi import document
 from bitfitech.api.resources import ROUTES
 from bitfitech.node import Node
-from bitfitech.testing import ClusterTestCase, poll_until, wait_for
+from bitfitech.testing import HANG_GUARD, ClusterTestCase, poll_until, wait_for
 from tests.api.test_resources import URL, FakeNode
 
 DOC = document()
@@ -226,7 +226,7 @@ class RealNodeTests(ClusterTestCase):
         assert a.api is not None
         self.port = a.api.listen_port
         await wait_for([a, b], lambda: len(a.peers.hub.links) == 1 == len(b.peers.hub.links),
-                       10, self.reactor, "a link")  # fmt: skip
+                       HANG_GUARD, self.reactor, "a link")  # fmt: skip
         b_id = b.storage.identity.node_id
 
         # Index, document, status, discovery.
@@ -269,7 +269,8 @@ class RealNodeTests(ClusterTestCase):
 
         # A trade with the other node's order, seen by both.
         sell = await b.control.submit_order("sell", "100", "0.25", "ioc")
-        await poll_until(self.reactor, lambda: a.control.trade_count() == 1, 10, "a trade")
+        await poll_until(self.reactor, lambda: a.control.trade_count() == 1, HANG_GUARD,
+                         "a trade")  # fmt: skip
         await self.call("DELETE", "/orders/{order_id}", f"/orders/{sell['id']}", expect=403)
         trades = await self.call("GET", "/trades", "/trades?limit=1&offset=0")
         self.assertEqual(len(trades["trades"]), 1)
@@ -339,4 +340,4 @@ class RealNodeTests(ClusterTestCase):
         assert client.transport is not None
         client.transport.loseConnection()
         await client.lost
-        await poll_until(self.reactor, lambda: not feed.clients, 5, "stream cleanup")
+        await poll_until(self.reactor, lambda: not feed.clients, HANG_GUARD, "stream cleanup")

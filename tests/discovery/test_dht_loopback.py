@@ -9,7 +9,7 @@ from twisted.trial.unittest import TestCase
 
 from bitfitech.discovery.kademlia.ids import network_info_hash
 from bitfitech.discovery.kademlia.service import DHTService, DHTTiming
-from bitfitech.testing import poll_until
+from bitfitech.testing import HANG_GUARD, poll_until
 
 INFO_HASH = network_info_hash("test", "BTC/USD")
 FAST = DHTTiming(query_timeout=1.0, check_interval=0.1, min_lookup_gap=0.2, bootstrap_retry=0.1)
@@ -18,7 +18,7 @@ FAST = DHTTiming(query_timeout=1.0, check_interval=0.1, min_lookup_gap=0.2, boot
 class LoopbackTests(TestCase):
     """The real reactor, real sockets, port 0."""
 
-    timeout = 20
+    timeout = 120
 
     def make(
         self, p2p: int, found: set[tuple[str, int]], bootstrap: list[tuple[str, int]]
@@ -59,7 +59,7 @@ class LoopbackTests(TestCase):
                 and a.announced_at is not None
                 and b.announced_at is not None
             ),
-            timeout=10,
+            timeout=HANG_GUARD,
             what="both nodes found and announced",
         )
         self.assertEqual(a.status()["routing_table_size"], 1)

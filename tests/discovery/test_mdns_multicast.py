@@ -17,11 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from bitfitech.discovery.mdns import MDNSService
-from bitfitech.testing import free_udp_port, multicast_unavailable, poll_until
-
-#: the longest discovery may take before the test gives up: a hang guard,
-#: not a speed bound (see benchmarks/bench_mdns.py for the speed)
-HANG_GUARD = 30.0
+from bitfitech.testing import HANG_GUARD, free_udp_port, multicast_unavailable, poll_until
 
 
 def record(

@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from bitfitech.discovery.mdns import MDNSService
-from bitfitech.testing import multicast_unavailable, poll_until
+from bitfitech.testing import HANG_GUARD, multicast_unavailable, poll_until
 
 try:
     import zeroconf
@@ -41,7 +41,7 @@ class ZeroconfTests(TestCase):
     """Our service and a python-zeroconf instance on 127.0.0.1:5353."""
 
     skip = _skip()
-    timeout = 30
+    timeout = 120
 
     def setUp(self) -> None:
         from twisted.internet import reactor
@@ -83,7 +83,7 @@ class ZeroconfTests(TestCase):
         zeroconf_module = zeroconf
         browser = zeroconf.ServiceBrowser(self.zeroconf, SERVICE_TYPE, handlers=[changed])
         self.addCleanup(deferToThread, browser.cancel)
-        await poll_until(self.reactor, lambda: bool(infos), 10.0, "zeroconf resolving us")
+        await poll_until(self.reactor, lambda: bool(infos), HANG_GUARD, "zeroconf resolving us")
         [info] = infos
         self.assertEqual(info.name, f"{NODE}.{SERVICE_TYPE}")
         self.assertEqual(info.port, 9100)
@@ -108,13 +108,14 @@ class ZeroconfTests(TestCase):
         )
         # register_service probes for seconds: in a thread.
         await deferToThread(self.zeroconf.register_service, info)
-        await poll_until(self.reactor, lambda: bool(self.found), 10.0, "finding zeroconf's service")
+        await poll_until(self.reactor, lambda: bool(self.found), HANG_GUARD,
+                         "finding zeroconf's service")  # fmt: skip
         self.assertEqual(self.found, [("127.0.0.1", 9200, OTHER)])
         self.assertEqual(self.service.status()["discovered"], 1)
         await deferToThread(self.zeroconf.unregister_service, info)
         await poll_until(
             self.reactor,
             lambda: self.service.status()["discovered"] == 0,
-            5.0,
+            HANG_GUARD,
             "the goodbye to be heard",
         )

@@ -8,7 +8,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from bitfitech.node import Node, build_node
-from bitfitech.testing import ClusterTestCase, loopback_config, poll_until, wait_for
+from bitfitech.testing import HANG_GUARD, ClusterTestCase, loopback_config, poll_until, wait_for
 
 #: not this network's magic: the node's frame decoder refuses it at once
 GARBAGE = b"\xde\xad\xbe\xef" + b"\x00" * 60
@@ -58,13 +58,13 @@ class BanTests(ClusterTestCase):
         a = self.cluster.start_node(plain_tcp=True)
         b = self.cluster.start_node(bootstrap_to=[a], plain_tcp=True)
         await wait_for([a, b], lambda: len(a.peers.hub.links) == 1 == len(b.peers.hub.links),
-                       10, self.reactor, "a link")  # fmt: skip
+                       HANG_GUARD, self.reactor, "a link")  # fmt: skip
 
         # A violation scores 100: 127.0.0.1 is banned, and every link with it dropped.
         hostile = await self.connect_raw(a, GARBAGE)
         await hostile.lost
         await poll_until(self.reactor, lambda: not a.peers.hub.links and not b.peers.hub.links,
-                         10, "the links from 127.0.0.1 dropped")  # fmt: skip
+                         HANG_GUARD, "the links from 127.0.0.1 dropped")  # fmt: skip
         [row] = a.control.banned()
         self.assertEqual(row["address"], "127.0.0.1")
         self.assertAlmostEqual(row["until"] - row["banned_at"], 86400)
@@ -104,7 +104,8 @@ class BanTests(ClusterTestCase):
         # over TLS: the extra connection is refused before any TLS work
         a = self.cluster.start_node(max_handshakes_per_ip=2, ban_duration=0)
         silent = [await self.connect_raw(a, b"") for _ in range(2)]
-        await poll_until(self.reactor, lambda: len(a.peers.hub.pending) == 2, 5, "2 handshakes")
+        await poll_until(self.reactor, lambda: len(a.peers.hub.pending) == 2, HANG_GUARD,
+                         "2 handshakes")  # fmt: skip
         extra = await self.connect_raw(a, b"")
         await extra.lost
         self.assertEqual(a.peers.hub.refused_inbound, 1)

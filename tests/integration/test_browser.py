@@ -27,7 +27,7 @@ from bitfitech.api.dashboard import with_dashboard
 from bitfitech.api.resources import api_root
 from bitfitech.api.site import ApiSite
 from bitfitech.node import Node
-from bitfitech.testing import ClusterTestCase, poll_until
+from bitfitech.testing import HANG_GUARD, ClusterTestCase, poll_until
 
 #: seconds the page may take to show a change (it polls every 2 s)
 WAIT = 20.0
@@ -216,7 +216,10 @@ class BrowserTests(ClusterTestCase):
         for protocol in list(self.factory.protocols):
             protocol.transport.abortConnection()
         return poll_until(
-            self.reactor, lambda: not self.factory.protocols, 10.0, "browser connections closed"
+            self.reactor,
+            lambda: not self.factory.protocols,
+            HANG_GUARD,
+            "browser connections closed",
         )
 
     async def test_order_through_the_form(self) -> None:

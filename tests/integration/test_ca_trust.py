@@ -19,11 +19,18 @@ from bitfitech.identity import NodeIdentity, load_or_create_identity
 from bitfitech.listening import StartupError
 from bitfitech.node import Node
 from bitfitech.peer.tls import node_private_key
-from bitfitech.testing import CertificateAuthority, ClusterTestCase, poll_until, wait_for, write_pem
+from bitfitech.testing import (
+    HANG_GUARD,
+    CertificateAuthority,
+    ClusterTestCase,
+    poll_until,
+    wait_for,
+    write_pem,
+)
 
 
 class CATrustTests(ClusterTestCase):
-    timeout = 30
+    timeout = 120
 
     def setUp(self) -> None:
         super().setUp()
@@ -57,11 +64,11 @@ class CATrustTests(ClusterTestCase):
 
     async def linked(self, a: Node, b: Node) -> None:
         await wait_for([a, b], lambda: len(a.peers.hub.links) == 1 == len(b.peers.hub.links),
-                       10, self.reactor, "a link")  # fmt: skip
+                       HANG_GUARD, self.reactor, "a link")  # fmt: skip
 
     async def refused(self, dialer: Node, seed: Node, reason: str) -> None:
         """The dial to C{seed} failed for C{reason}, logged at warn; nobody was scored."""
-        await poll_until(self.reactor, lambda: dialer.peers.dialer.dial_failures >= 1, 10,
+        await poll_until(self.reactor, lambda: dialer.peers.dialer.dial_failures >= 1, HANG_GUARD,
                          "a failed dial")  # fmt: skip
         warnings = [
             e["reason"] for e in self.events
@@ -69,7 +76,8 @@ class CATrustTests(ClusterTestCase):
         ]  # fmt: skip
         self.assertTrue(warnings, "no warning")
         self.assertIn(reason, warnings[0])
-        await poll_until(self.reactor, lambda: not seed.peers.hub.pending, 5, "the seed's side")
+        await poll_until(self.reactor, lambda: not seed.peers.hub.pending, HANG_GUARD,
+                         "the seed's side")  # fmt: skip
         for node in (dialer, seed):
             self.assertEqual(node.peers.hub.links, {})
             self.assertEqual(node.peers.hub.misbehaviour_count, 0)

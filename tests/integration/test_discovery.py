@@ -15,16 +15,13 @@ import secrets
 from bitfitech.discovery.kademlia.ids import network_info_hash
 from bitfitech.node import Node
 from bitfitech.testing import (
+    HANG_GUARD,
     ClusterTestCase,
     connected_components,
     free_udp_port,
     multicast_unavailable,
     poll_until,
 )
-
-#: the longest any one wait may take before the test gives up: a hang
-#: guard, not a speed bound (see benchmarks/bench_mdns.py for the speed)
-HANG_GUARD = 30.0
 
 
 def linked_to_all(nodes: list[Node]) -> bool:

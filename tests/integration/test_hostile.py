@@ -23,13 +23,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from bitfitech.node import Node
-from bitfitech.testing import TEST_NETWORK, ClusterTestCase, HostilePeer, poll_until
+from bitfitech.testing import HANG_GUARD, TEST_NETWORK, ClusterTestCase, HostilePeer, poll_until
 from bitfitech.wire.framing import encode_frame, network_magic
 
 HOSTILE_HOST = "127.0.0.3"
-#: the longest any one wait may take before the test gives up: a hang
-#: guard, not a speed bound (see benchmarks/bench_flood.py for the speed)
-HANG_GUARD = 30.0
 
 
 class HostilePeerTests(ClusterTestCase):

@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest
 
 from bitfitech.node import Node
-from bitfitech.testing import ClusterTestCase, connected_components, wait_for
+from bitfitech.testing import HANG_GUARD, ClusterTestCase, connected_components, wait_for
 
 NODES = 10
 
@@ -42,7 +42,8 @@ class MeshTests(ClusterTestCase):
         first_id = first.storage.identity.node_id
         await self.cluster.stop_node(first)
         rest = nodes[1:]
-        await wait_for(rest, lambda: all(first_id not in n.peers.hub.links for n in rest), 10,
+        await wait_for(rest, lambda: all(first_id not in n.peers.hub.links for n in rest),
+                       HANG_GUARD,
                        self.reactor, "node 0's links closed")  # fmt: skip
         self.assertEqual(len(connected_components(rest)), 1)
         for node in rest:
@@ -55,7 +56,7 @@ class MeshTests(ClusterTestCase):
         a = self.cluster.start_node()
         b = self.cluster.start_node(bootstrap_to=[a])
         await wait_for([a, b], lambda: len(a.peers.hub.links) == 1 == len(b.peers.hub.links),
-                       10, self.reactor, "a link")  # fmt: skip
+                       HANG_GUARD, self.reactor, "a link")  # fmt: skip
         [row] = a.control.peers()
         self.assertEqual(row["node_id"], b.storage.identity.node_id)
         self.assertEqual(row["direction"], "inbound")
@@ -85,7 +86,7 @@ def _has_ipv6_loopback() -> bool:
 
 
 class IPv6Tests(ClusterTestCase):
-    timeout = 30
+    timeout = 120
 
     def setUp(self) -> None:
         if not _has_ipv6_loopback():
@@ -100,6 +101,6 @@ class IPv6Tests(ClusterTestCase):
         self.assertEqual(boot, PeerAddress("::1", a.peers.listen_port))
         b = self.cluster.start_node(host="::1", bootstrap=(boot,))
         await wait_for([a, b], lambda: len(a.peers.hub.links) == 1 == len(b.peers.hub.links),
-                       10, self.reactor, "an IPv6 link")  # fmt: skip
+                       HANG_GUARD, self.reactor, "an IPv6 link")  # fmt: skip
         [row] = a.control.peers()
         self.assertEqual(row["address"], f"[::1]:{b.peers.listen_port}")

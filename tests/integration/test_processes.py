@@ -38,7 +38,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from bitfitech.config import ENVIRONMENT
-from bitfitech.testing import free_ports, global_reactor
+from bitfitech.testing import HANG_GUARD, free_ports, global_reactor
 
 #: the checkout's root: its ``bitfitech`` package and ``twisted/plugins``
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,18 +49,18 @@ TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twi
 
 #: how often conditions are polled
 POLL_INTERVAL = 0.1
-#: how long a node may take until its API answers
-API_DEADLINE = 15.0
+#: how long a node may take until its API answers (a hang guard)
+API_DEADLINE = HANG_GUARD
 #: how long one HTTP request may take
 REQUEST_TIMEOUT = 5.0
 #: how long a SIGTERMed node may take to exit before the test gives up: a
 #: hang guard (the speed, with its 5 s target, is bench_lifecycle's figure)
-STOP_DEADLINE = 30.0
+STOP_DEADLINE = HANG_GUARD
 #: how long a node on a busy port may take to exit before the test gives up:
 #: a hang guard (the speed, with its 10 s target, is bench_lifecycle's figure)
-BUSY_PORT_DEADLINE = 30.0
-#: how long nodes may take to link up
-LINK_DEADLINE = 20.0
+BUSY_PORT_DEADLINE = HANG_GUARD
+#: how long nodes may take to link up (a hang guard)
+LINK_DEADLINE = HANG_GUARD
 #: exit statuses of a node that shut down cleanly after SIGTERM.  twistd
 #: (``app._exitWithSignal``) re-raises the signal that stopped its reactor once
 #: the reactor has shut down, so its status says "killed by SIGTERM" (-15
@@ -312,7 +312,7 @@ def assert_clean_exit(test: TestCase, node: NodeProcess, status: int) -> None:
 class NodeProcessTests(TestCase):
     """Nodes as separate processes: linking, restart, bad bootstrap, busy port."""
 
-    timeout = 60
+    timeout = 180
 
     def setUp(self) -> None:
         """An HTTP client whose pooled connections are closed after the test."""

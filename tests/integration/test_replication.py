@@ -18,10 +18,10 @@ from twisted.internet.task import deferLater
 
 from bitfitech.config import GossipTiming
 from bitfitech.node import Node
-from bitfitech.testing import ClusterTestCase, market_state, poll_until
+from bitfitech.testing import HANG_GUARD, ClusterTestCase, market_state, poll_until
 
-#: seconds a test may wait for nodes to link up or converge
-DEADLINE = 20.0
+#: seconds a test may wait for nodes to link up or converge (a hang guard)
+DEADLINE = HANG_GUARD
 
 #: quick anti-entropy, so that healing does not wait for the 30 s default
 GOSSIP = GossipTiming(sync_interval=1.0)
@@ -36,7 +36,7 @@ def trades_of(node: Node) -> list[tuple[Any, ...]]:
 class ReplicationTests(ClusterTestCase):
     """Several real nodes in a line: orders anywhere end up identical everywhere."""
 
-    timeout = 60
+    timeout = 120
 
     def setUp(self) -> None:
         super().setUp()

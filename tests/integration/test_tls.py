@@ -16,6 +16,7 @@ from bitfitech.node import Node
 from bitfitech.peer.protocol import LinkClosed, LocalNode, PeerProtocol
 from bitfitech.peer.tls import NodeTLS, TLSLink, TLSLinkFactory
 from bitfitech.testing import (
+    HANG_GUARD,
     TEST_NETWORK,
     TEST_PAIR,
     ClusterTestCase,
@@ -60,11 +61,11 @@ class _Impostor(Factory):
 
 
 class TLSLinkTests(ClusterTestCase):
-    timeout = 30
+    timeout = 120
 
     async def linked(self, a: Node, b: Node) -> None:
         await wait_for([a, b], lambda: len(a.peers.hub.links) == 1 == len(b.peers.hub.links),
-                       10, self.reactor, "a link")  # fmt: skip
+                       HANG_GUARD, self.reactor, "a link")  # fmt: skip
 
     async def test_two_nodes_link_over_tls_1_3(self) -> None:
         a = self.cluster.start_node()
@@ -110,13 +111,13 @@ class TLSLinkTests(ClusterTestCase):
         self.assertIn("certificate proves", (await _closed(d)).reason)
         self.assertEqual(c.peers.hub.misbehaviour_count, 1)
         await poll_until(self.reactor, lambda: all(lk.connection_lost for lk in impostor.links),
-                         5, "the impostor's link closed")  # fmt: skip
+                         HANG_GUARD, "the impostor's link closed")  # fmt: skip
         self.assertEqual(c.peers.hub.links, {})
 
     async def tls_and_plain_never_link(self, plain_dials: bool) -> None:
         listener = self.cluster.start_node(plain_tcp=not plain_dials)
         dialer = self.cluster.start_node(bootstrap_to=[listener], plain_tcp=plain_dials)
-        await poll_until(self.reactor, lambda: dialer.peers.dialer.dial_failures >= 2, 10,
+        await poll_until(self.reactor, lambda: dialer.peers.dialer.dial_failures >= 2, HANG_GUARD,
                          "failed dials")  # fmt: skip
         for node in (listener, dialer):
             self.assertEqual(node.peers.hub.links, {})

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest
 
 from bitfitech.node import Node
-from bitfitech.testing import HANG_GUARD, ClusterTestCase, connected_components, wait_for
+from bitfitech.testing import (
+    HANG_GUARD,
+    ClusterTestCase,
+    connected_components,
+    poll_until,
+    wait_for,
+)
 
 NODES = 10
 
@@ -36,20 +39,25 @@ class MeshTests(ClusterTestCase):
         def formed() -> bool:
             return all(len(n.peers.hub.links) >= 3 and knows_everyone(n) for n in nodes)
 
-        await wait_for(nodes, formed, 30, self.reactor, "a 10-node mesh")
+        await wait_for(nodes, formed, HANG_GUARD, self.reactor, "a 10-node mesh")
         self.assertEqual(len(connected_components(nodes)), 1)
 
         first_id = first.storage.identity.node_id
         await self.cluster.stop_node(first)
         rest = nodes[1:]
         await wait_for(rest, lambda: all(first_id not in n.peers.hub.links for n in rest),
-                       HANG_GUARD,
-                       self.reactor, "node 0's links closed")  # fmt: skip
+                       HANG_GUARD, self.reactor, "node 0's links closed")  # fmt: skip
         self.assertEqual(len(connected_components(rest)), 1)
         for node in rest:
             self.assertGreaterEqual(len(node.peers.hub.links), 1)
-        # and they stay so while their dialers retry node 0 for a while
-        await _sleep_on(self.reactor, 1.5)
+        # and they stay so while their dialers retry node 0 for a while: until
+        # each has failed to reach it twice more
+        failures = {node: node.peers.dialer.dial_failures for node in rest}
+
+        def retried() -> bool:
+            return all(n.peers.dialer.dial_failures >= failures[n] + 2 for n in rest)
+
+        await poll_until(self.reactor, retried, HANG_GUARD, "every dialer retried node 0 twice")
         self.assertEqual(len(connected_components(rest)), 1)
 
     async def test_two_nodes_link_and_exchange_addresses(self) -> None:
@@ -65,13 +73,6 @@ class MeshTests(ClusterTestCase):
         self.assertEqual(status["peers"]["outbound"], 1)
         self.assertEqual((status["peers"]["dials"], status["peers"]["dial_failures"]), (1, 0))
         self.assertEqual(status["peers"]["protocol_violations"], 0)
-
-
-def _sleep_on(reactor: Any, seconds: float) -> Deferred[None]:
-    """Let real time pass (only for real-socket tests, where no Clock can stand in)."""
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)
 
 
 def _has_ipv6_loopback() -> bool:

@@ -24,7 +24,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from bitfitech.discovery.kademlia.ids import network_info_hash
 from bitfitech.discovery.kademlia.service import DHTService, DHTTiming
-from bitfitech.testing import poll_until
+from bitfitech.testing import HANG_GUARD, poll_until
 
 INTEROP = Path(__file__).parent / "interop"
 SCRIPT = INTEROP / "dht_peer.mjs"
@@ -73,7 +73,7 @@ class JSPeer(ProcessProtocol):
 class InteropTests(TestCase):
     """Both directions of announce and lookup against bittorrent-dht."""
 
-    timeout = 40
+    timeout = 120
 
     def setUp(self) -> None:
         node = shutil.which("node")
@@ -148,7 +148,7 @@ class InteropTests(TestCase):
             )
 
         try:
-            await poll_until(reactor, done, timeout=20, what="both announces found")
+            await poll_until(reactor, done, timeout=HANG_GUARD, what="both announces found")
         except TimeoutError:
             self.fail(
                 f"bitfi found {sorted(found)}; bittorrent-dht said {peer.events}; "

@@ -47,8 +47,15 @@ class BanTests(ClusterTestCase):
             hostile.transport.abortConnection()  # type: ignore[attr-defined]
 
     def restart(self, node: Node) -> Node:
-        """A new node on C{node}'s data directory (C{node} must be stopped)."""
-        config = loopback_config(node.config.data_dir, plain_tcp=True)
+        """
+        A new node on C{node}'s data directory (C{node} must be stopped).
+
+        It never dials (``outbound=0``): its address book holds the peers
+        C{node} knew, and a dial of its own to one of them, at once when a
+        ban is lifted, would race that peer's dial to it (one of the two
+        links is then closed as a duplicate, whichever the test awaits).
+        """
+        config = loopback_config(node.config.data_dir, plain_tcp=True, outbound=0)
         again = build_node(config, self.reactor)
         self.cluster.nodes.append(again)
         again.startService()

@@ -437,9 +437,14 @@ def _udp_address(host: str, port: int) -> IPv4Address | IPv6Address:
 
 
 @implementer(IUDPTransport)
-class FakeDatagramTransport:
+class RecordingUDPTransport:
     """
     A UDP transport that records what is written, for protocol unit tests.
+
+    Unlike Twisted's ``twisted.internet.testing.FakeDatagramTransport``, it
+    provides :class:`~twisted.internet.interfaces.IUDPTransport` and the
+    multicast calls (mDNS joins groups and sets its interface and TTL), and
+    refuses to write without an address.
 
     :ivar written: ``(datagram, (host, port))`` in the order written.
     :ivar groups: multicast groups joined, as ``(group, interface)``.
@@ -462,7 +467,7 @@ class FakeDatagramTransport:
 
     def write(self, packet: bytes, addr: tuple[str, int] | None = None) -> None:
         if addr is None:
-            raise ValueError("a FakeDatagramTransport is never connected: give an address")
+            raise ValueError("a RecordingUDPTransport is never connected: give an address")
         self.written.append((bytes(packet), addr))
 
     def connect(self, host: str, port: int) -> None:

@@ -1,4 +1,4 @@
-"""Tests for :mod:`bitfitech.discovery.kademlia.protocol`, on a FakeDatagramTransport."""
+"""Tests for :mod:`bitfitech.discovery.kademlia.protocol`, on a RecordingUDPTransport."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from bitfitech.discovery.kademlia.protocol import (
 )
 from bitfitech.discovery.kademlia.routing import RoutingTable
 from bitfitech.discovery.kademlia.store import PeerStore, RateLimiter, TokenIssuer
-from bitfitech.testing import FakeDatagramTransport
+from bitfitech.testing import RecordingUDPTransport
 
 OWN = b"\x00" * 20
 THEIRS = b"\xf0" + b"\x01" * 19
@@ -65,7 +65,7 @@ class ProtocolTestCase(SynchronousTestCase):
             query_timeout=2.0,
             **kwargs,
         )
-        self.transport = FakeDatagramTransport("10.0.0.1", 6881)
+        self.transport = RecordingUDPTransport("10.0.0.1", 6881)
         protocol.makeConnection(self.transport)
         return protocol
 

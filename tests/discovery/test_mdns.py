@@ -1,4 +1,4 @@
-"""Tests for :mod:`bitfitech.discovery.mdns`, on fakes: a Clock, FakeDatagramTransport
+"""Tests for :mod:`bitfitech.discovery.mdns`, on fakes: a Clock, RecordingUDPTransport
 and an in-memory multicast group."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from bitfitech.discovery.mdns.service import (
     MDNSService,
     local_addresses,
 )
-from bitfitech.testing import FakeDatagramTransport
+from bitfitech.testing import RecordingUDPTransport
 
 NODE = "a" * 40
 PEER = "b" * 40
@@ -704,19 +704,19 @@ class LearningTests(BrowserTestCase):
 
 
 class FakeMulticastReactor(Clock):
-    """A Clock that also listens on multicast, with FakeDatagramTransports."""
+    """A Clock that also listens on multicast, with RecordingUDPTransports."""
 
     def __init__(self, fail: bool = False) -> None:
         super().__init__()
         self.fail = fail
         self.listened: list[tuple[int, Any, dict[str, Any]]] = []
-        self.transports: list[FakeDatagramTransport] = []
+        self.transports: list[RecordingUDPTransport] = []
 
-    def listenMulticast(self, port: int, protocol: Any, **kw: Any) -> FakeDatagramTransport:
+    def listenMulticast(self, port: int, protocol: Any, **kw: Any) -> RecordingUDPTransport:
         if self.fail:
             raise CannotListenError("", port, OSError("in use"))
         self.listened.append((port, protocol, kw))
-        transport = FakeDatagramTransport("0.0.0.0", port)
+        transport = RecordingUDPTransport("0.0.0.0", port)
         self.transports.append(transport)
         protocol.makeConnection(transport)
         return transport
@@ -861,7 +861,7 @@ class ServiceTests(SynchronousTestCase):
             lambda packet, source: handled.append(packet),
             networks=local_addresses("127.0.0.1", ADAPTERS).networks,
         )
-        protocol.makeConnection(FakeDatagramTransport())
+        protocol.makeConnection(RecordingUDPTransport())
         response = encode_packet(announcement())
         protocol.datagramReceived(response, ("127.0.0.2", 40000))  # response not from 5353
         protocol.datagramReceived(response, ("192.0.2.20", 5353))  # off the interface's network
@@ -914,8 +914,8 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(failures, [], "an exception was caught in datagramReceived")
 
 
-class HubTransport(FakeDatagramTransport):
-    """A FakeDatagramTransport whose group writes reach every member of a hub."""
+class HubTransport(RecordingUDPTransport):
+    """A RecordingUDPTransport whose group writes reach every member of a hub."""
 
     def __init__(self, hub: MulticastHub, host: str, port: int) -> None:
         super().__init__(host, port)

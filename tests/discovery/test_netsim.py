@@ -9,7 +9,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitfitech.testing import FakeDatagramTransport, MemoryDatagramNetwork
+from bitfitech.testing import MemoryDatagramNetwork, RecordingUDPTransport
 
 
 class Recorder(DatagramProtocol):
@@ -24,9 +24,9 @@ class Recorder(DatagramProtocol):
         self.stopped = True
 
 
-class FakeDatagramTransportTests(SynchronousTestCase):
+class RecordingUDPTransportTests(SynchronousTestCase):
     def test_records_writes_and_groups(self) -> None:
-        transport = FakeDatagramTransport("127.0.0.1", 5353)
+        transport = RecordingUDPTransport("127.0.0.1", 5353)
         transport.write(b"x", ("224.0.0.251", 5353))
         transport.joinGroup("224.0.0.251", "127.0.0.1")
         self.assertEqual(transport.clear(), [(b"x", ("224.0.0.251", 5353))])

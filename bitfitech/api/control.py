@@ -67,7 +67,7 @@ class NodeControl:
         self.storage = storage
         self.market = market
         self.gossip = gossip
-        self.peers_service = peers
+        self.peer_layer = peers
         self.mdns = mdns
         self.dht = dht
         self._link_observers: list[Observer] = []
@@ -75,7 +75,7 @@ class NodeControl:
         self._known_links: dict[str, tuple[str | None, str]] = {}
 
     def _peers(self) -> PeerService:
-        peers = self.peers_service
+        peers = self.peer_layer
         if peers is None or not peers.running:
             raise ServiceUnavailable("the peer layer is not running")
         return peers
@@ -267,7 +267,7 @@ class NodeControl:
 
     def _watch_links(self) -> None:
         """Subscribe once to the running hub; links are then diffed at each change."""
-        peers = self.peers_service
+        peers = self.peer_layer
         if peers is None or not peers.running:
             return
         if peers.hub is not self._watched_hub:

@@ -37,7 +37,7 @@ from .bans import BanList
 from .dialer import Dialer
 from .hub import PeerHub
 from .protocol import LocalNode, PeerProtocol
-from .tls import LinkSecurity, TLSFileError, TLSLink
+from .tls import LinkSecurity, NodeTLS, TLSFileError, TLSLink
 
 log = logger(__name__)
 
@@ -154,7 +154,7 @@ class PeerService(ListeningService):
         self.started_at: float | None = None
 
     @property
-    def tls(self) -> Any:
+    def tls(self) -> NodeTLS | None:
         """The node's TLS settings while it runs over TLS, else ``None``."""
         return self.security.tls
 

@@ -29,6 +29,7 @@ Run ``python benchmarks/bench_decoders.py [--inputs N] [--seed N] [--quick]
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import statistics
 import sys
@@ -44,9 +45,12 @@ from bitfitech.config import LinkTiming
 from bitfitech.market.events import Author, EventError, parse_event, verify_event
 from bitfitech.peer.protocol import PeerProtocol
 from bitfitech.testing import (
+    EDITS,
+    SPECIAL_BYTES,
     TEST_NETWORK,
     TEST_PAIR,
     RecordingOwner,
+    edited,
     frame_of,
     local_node,
     node_id_of,
@@ -72,8 +76,6 @@ from bitfitech.wire.messages import (
 MAGIC = network_magic(TEST_NETWORK)
 #: the worst time one input may take (the fuzz tests' old per-example deadline)
 TARGET_MS = 500.0
-#: bytes that matter to JSON and UTF-8, inserted now and then instead of random ones
-SPECIAL = (b"\0", b"\xff", b'"', b"[", b"{", b"}", b"]", b",", b"1", b"-", b"e", b"\\u", b"\x80")
 TIMING = LinkTiming(handshake_timeout=10.0, ping_interval=30.0, ping_timeout=20.0)
 
 
@@ -83,18 +85,10 @@ def mutated(rng: random.Random, original: bytes) -> bytes:
     for _ in range(rng.randint(1, 4)):
         start = rng.randint(0, len(value))
         end = rng.randint(start, min(len(value), start + 16))
-        piece = rng.choice(SPECIAL) if rng.random() < 0.5 else rng.randbytes(rng.randint(1, 8))
-        operation = rng.choice(("replace", "insert", "delete", "duplicate", "truncate"))
-        if operation == "replace":
-            value = value[:start] + piece + value[end:]
-        elif operation == "insert":
-            value = value[:start] + piece + value[start:]
-        elif operation == "delete":
-            value = value[:start] + value[end:]
-        elif operation == "duplicate":
-            value = value[:end] + value[start:end] + value[end:]
-        else:
-            value = value[:start]
+        piece = (
+            rng.choice(SPECIAL_BYTES) if rng.random() < 0.5 else rng.randbytes(rng.randint(1, 8))
+        )
+        value = edited(value, rng.choice(EDITS), start, end, functools.partial(bytes, piece))
     return value
 
 

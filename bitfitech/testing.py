@@ -21,7 +21,7 @@ import secrets
 import socket
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -181,6 +181,49 @@ class LocalCluster:
 
 async def _none() -> None:
     return None
+
+
+S = TypeVar("S", str, bytes)
+
+EDITS = ("replace", "insert", "delete", "duplicate", "truncate")
+"""The edits :func:`edited` makes to an encoding, as a broken or hostile peer would."""
+
+SPECIAL_BYTES = (
+    b"\0",
+    b"\xff",
+    b'"',
+    b"[",
+    b"{",
+    b"}",
+    b"]",
+    b",",
+    b"1",
+    b"-",
+    b"e",
+    b"\\u",
+    b"\x80",
+)
+"""Bytes that matter to JSON and UTF-8, put in by edits now and then instead of random ones."""
+
+
+def edited(value: S, edit: str, start: int, end: int, piece: Callable[[], S]) -> S:
+    """
+    C{value} after one of :data:`EDITS` at C{value[start:end]}: replaced by
+    C{piece()}, C{piece()} inserted at C{start}, deleted, repeated, or the
+    rest cut off at C{start}.  The fuzz tests draw the edits with
+    hypothesis, the decoder benchmark with a seeded random generator.
+
+    :param piece: called only by the edits that put something in.
+    """
+    if edit == "replace":
+        return value[:start] + piece() + value[end:]
+    if edit == "insert":
+        return value[:start] + piece() + value[start:]
+    if edit == "delete":
+        return value[:start] + value[end:]
+    if edit == "duplicate":
+        return value[:end] + value[start:end] + value[end:]
+    return value[:start]
 
 
 def global_reactor() -> Any:

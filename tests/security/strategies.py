@@ -8,13 +8,9 @@ end cut off.  The valid inputs come from the message strategies of
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from hypothesis import strategies as st
 
-S = TypeVar("S", str, bytes)
-
-OPERATIONS = ("replace", "insert", "delete", "duplicate", "truncate")
+from bitfitech.testing import EDITS, SPECIAL_BYTES, S, edited
 
 
 @st.composite
@@ -30,25 +26,14 @@ def mutated(draw: st.DrawFn, original: S, pieces: st.SearchStrategy[S]) -> S:
     value = original
     for _ in range(draw(st.integers(1, 4))):
         size = len(value)
-        operation = draw(st.sampled_from(OPERATIONS))
+        edit = draw(st.sampled_from(EDITS))
         start = draw(st.integers(0, size))
         end = draw(st.integers(start, min(size, start + 16)))
-        if operation == "replace":
-            value = value[:start] + draw(pieces) + value[end:]
-        elif operation == "insert":
-            value = value[:start] + draw(pieces) + value[start:]
-        elif operation == "delete":
-            value = value[:start] + value[end:]
-        elif operation == "duplicate":
-            value = value[:end] + value[start:end] + value[end:]
-        else:
-            value = value[:start]
+        value = edited(value, edit, start, end, lambda: draw(pieces))
     return value
 
 
-byte_pieces = st.binary(min_size=1, max_size=8) | st.sampled_from(
-    [b"\0", b"\xff", b'"', b"[", b"{", b"}", b"]", b",", b"1", b"-", b"e", b"\\u", b"\x80"]
-)
+byte_pieces = st.binary(min_size=1, max_size=8) | st.sampled_from(SPECIAL_BYTES)
 """Bytes to insert: random, or the ones that matter to JSON and UTF-8."""
 
 

@@ -65,7 +65,7 @@ class WitnessSet:
             raise ValueError(f"at most {MAX_WITNESSES} witnesses, not {len(self.ids)}")
         for node_id in self.ids:
             if not is_node_id(node_id):
-                raise ValueError(f"a witness is named by its node id (40 hex digits), not {node_id!r}")
+                raise ValueError(f"a witness is named by its node id, not {node_id!r}")
         if list(self.ids) != sorted(set(self.ids)):
             raise ValueError("witness ids must be sorted and unique (use WitnessSet.of)")
         for name in ("slot_ms", "stamp_ms", "window_ms"):

@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from heapq import merge
 from itertools import islice
 from operator import attrgetter
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
+from ..witnesses import WitnessSet
 from .book import (
     CANCEL_REJECTED,
     CANCELLED,
@@ -56,6 +57,8 @@ from .book import (
     OrderBook,
 )
 from .events import Event, Key
+from .fairtime import NEVER, StampChains, StampInsert
+from .stamps import Stamp
 
 APPLIED: Final = "applied"
 """The outcome of a cancel that cancelled its order."""
@@ -64,8 +67,43 @@ NOT_OWNER: Final = "not_owner"
 """Why a cancel of another author's order did nothing."""
 
 _TERMINAL = frozenset({FILLED, CANCELLED, REJECTED})
-_CHECKPOINT_TAG = "bitfi-ledger-checkpoint-1"
+_CHECKPOINT_TAG = "bitfi-ledger-checkpoint-2"
 _key_of = attrgetter("key")
+
+TENTATIVE: Final = "tentative"
+SETTLED: Final = "settled"
+FINAL: Final = "final"
+
+POST_ONLY_CLASS, CANCEL_CLASS, OTHER_CLASS = 0, 1, 2
+"""Classes within a slot: a maker's post-only order or cancel goes before takers."""
+
+
+class FairKey(NamedTuple):
+    """
+    An event's place in the fair order.
+
+    :ivar slot: fair time // slot width.
+    :ivar cls: 0 post-only orders, 1 cancels, 2 other orders.
+    :ivar fair: the fair time, unix ms.
+    :ivar anchor: the event's own id; for an event moved after its
+        author's previous one, that event's anchor.
+    :ivar sub: 0; one more than the previous event's for a moved event.
+    """
+
+    slot: int
+    cls: int
+    fair: int
+    anchor: str
+    sub: int
+
+
+def event_class(event: Event) -> int:
+    """The class of C{event} within its slot (see :class:`FairKey`)."""
+    if not event.is_order:
+        return CANCEL_CLASS
+    return POST_ONLY_CLASS if event.order_type == "post_only" else OTHER_CLASS
+
+
 _EMPTY_HASH = b"\0" * 32
 
 
@@ -80,8 +118,10 @@ class TradeRecord(NamedTuple):
     :ivar side: the taker's side.
     :ivar taker: the taker order's event id.
     :ivar maker: the maker order's event id.
-    :ivar lamport: the taker event's Lamport time (settlement compares it).
+    :ivar lamport: the taker event's Lamport time.
     :ivar ts: the taker event's timestamp, unix ms.
+    :ivar position: the taker event's position in the log (settlement
+        compares it).
     """
 
     id: str
@@ -93,6 +133,7 @@ class TradeRecord(NamedTuple):
     maker: str
     lamport: int
     ts: int
+    position: int
 
 
 class Outcome(NamedTuple):
@@ -172,9 +213,13 @@ class Ledger:
         *,
         snapshot_interval: int = 32,
         max_snapshots: int = 32,
+        witnesses: WitnessSet | None = None,
     ) -> None:
         """
         :param params: the pair's book parameters.
+        :param witnesses: the network's witnesses: events are then in fair
+            order (``docs/consistency.rst``, "Fair order"); without, in
+            author-clock order.
         :param snapshot_interval: the fewest log positions between snapshots
             (more apart as the book grows: see :meth:`_apply_from`).
         :param max_snapshots: snapshots kept (older ones are thinned out).
@@ -208,6 +253,30 @@ class Ledger:
         self._version = 0
         self._checkpoint: bytes | None = None
         self.checkpoint_position = 0
+        self.witnesses = witnesses if witnesses is not None else WitnessSet()
+        self.fair: StampChains | None = None
+        self._fair_keys: dict[str, FairKey] = {}
+        self._slot_ms = self.witnesses.slot_ms
+        self.settled_horizon = NEVER
+        self.final_horizon = NEVER
+        self.witness_revisions = 0
+        if self.witnesses:
+            self.fair = StampChains(self.witnesses, self._by_id.__contains__)
+            self._key = self._fair_key  # type: ignore[method-assign]
+
+    # -- order
+
+    def _key(self, event: Event) -> Any:
+        """C{event}'s place in the total order (author-clock order; see :meth:`_fair_key`)."""
+        return event.key
+
+    def _fair_key(self, event: Event) -> Any:
+        return self._fair_keys[event.id]
+
+    @property
+    def ordering(self) -> str:
+        """``"fair"`` (witness-stamped fair time) or ``"author"`` (author clocks)."""
+        return self.witnesses.ordering
 
     # -- queries
 
@@ -380,15 +449,57 @@ class Ledger:
 
     def settle(self, now: float, horizon: float) -> int:
         """
-        Advance :attr:`settled_through` to the Lamport time reached
-        C{horizon} seconds before C{now}.
+        Author-clock order: advance :attr:`settled_through` to the Lamport
+        time reached C{horizon} seconds before C{now}.  Fair order: advance
+        :attr:`settled_horizon` and :attr:`final_horizon` to what the
+        witnesses' stamps held fix (C{now} and C{horizon} play no part).
 
-        :return: the new :attr:`settled_through`.
+        :return: how many events at the start of the log are settled.
         """
+        fair = self.fair
+        if fair is not None:
+            settled = fair.horizon(self.witnesses.quorum)
+            final = fair.horizon(self.witnesses.n)
+            if settled > self.settled_horizon:
+                self.settled_horizon = settled
+                fair.advance(settled)
+            if final > self.final_horizon:
+                self.final_horizon = final
+            return self.settled_position()
         clock = self._clock
         while clock and clock[0][0] <= now - horizon:
             self.settled_through = max(self.settled_through, clock.popleft()[1])
-        return self.settled_through
+        return self.settled_position()
+
+    def _bound(self, horizon: int) -> FairKey:
+        """The smallest fair key an event with a fair time after C{horizon} can have."""
+        after = horizon + 1
+        return FairKey(after // self._slot_ms, POST_ONLY_CLASS, after, "", 0)
+
+    def final_position(self) -> int:
+        """How many events at the start of the log are final (0 without witnesses)."""
+        if self.fair is None or self.final_horizon == NEVER:
+            return 0
+        return bisect_left(self._keys, self._bound(self.final_horizon))
+
+    def status_at(self, position: int, settled: int | None = None) -> str:
+        """
+        ``"final"``, ``"settled"`` or ``"tentative"``: the state of the
+        event at log C{position} and of the trades it made.
+
+        :param settled: :meth:`settled_position`, if the caller has it.
+        """
+        if settled is None:
+            settled = self.settled_position()
+        if position >= settled:
+            return TENTATIVE
+        return FINAL if position < self.final_position() else SETTLED
+
+    def position_of(self, event: Event) -> int | None:
+        """C{event}'s position in the log, or ``None`` if it is not applied."""
+        if not self.is_applied(event):
+            return None
+        return bisect_left(self._keys, self._key(event))
 
     # -- checkpoints
 
@@ -434,8 +545,16 @@ class Ledger:
         )
 
     def settled_position(self) -> int:
-        """How many events at the start of the log are settled (Lamport time <= settled_through)."""
-        return bisect_left(self._keys, (self.settled_through + 1,))
+        """
+        How many events at the start of the log are settled: with Lamport
+        time at most :attr:`settled_through` (author-clock order), or a key
+        below every key a fair time after :attr:`settled_horizon` can give.
+        """
+        if self.fair is None:
+            return bisect_left(self._keys, (self.settled_through + 1,))
+        if self.settled_horizon == NEVER:
+            return 0
+        return bisect_left(self._keys, self._bound(self.settled_horizon))
 
     def load(self, events: Iterable[Event], now: float, checkpoint: bytes | None) -> int:
         """
@@ -529,12 +648,92 @@ class Ledger:
             low = changed.get(author)
             if low is None or seq < low:
                 changed[author] = seq
-        if changed:
+        fair = self.fair
+        if fair is not None:
+            fair.arrived([event.id for event in result.new])
+            if changed:
+                self._refresh(changed, result)
+        elif changed:
             removed, added = self._recompute_prefixes(changed)
             if removed or added:
                 self._update_log(removed, added, result)
         self.observe(now)
         return result
+
+    def insert_stamps(self, stamps: Iterable[Stamp]) -> tuple[StampInsert, InsertResult]:
+        """
+        Add witness stamps (checked and verified by the caller): events whose
+        fair time they change move in the log, and the book follows.
+
+        :raises ValueError: on a ledger without witnesses.
+        """
+        fair = self.fair
+        if fair is None:
+            raise ValueError("this network has no witnesses")
+        stamped = fair.insert(stamps)
+        result = InsertResult()
+        if stamped.flagged:
+            self.witness_revisions += 1
+        changed: dict[str, int] = {}
+        by_id = self._by_id
+        for event_id in stamped.changed:
+            event = by_id.get(event_id)
+            if event is not None:
+                chain = self._chains[event.author]
+                if chain.winners.get(event.seq) is event:
+                    low = changed.get(event.author)
+                    if low is None or event.seq < low:
+                        changed[event.author] = event.seq
+        if changed:
+            self._refresh(changed, result)
+        return stamped, result
+
+    def _refresh(self, changed: dict[str, int], result: InsertResult) -> None:
+        """Fair order: recompute the C{changed} authors' prefixes and keys, and update the log."""
+        fair = self.fair
+        assert fair is not None
+        fair_keys = self._fair_keys
+        slot_ms = self._slot_ms
+        removed: list[Event] = []
+        added: list[Event] = []
+        new_keys: dict[str, FairKey] = {}
+        for author, low in changed.items():
+            chain = self._chains[author]
+            prefix = chain.in_log
+            if low > len(prefix) + 1:
+                continue  # behind a gap: nothing changes yet
+            previous = fair_keys[prefix[low - 2].id] if low > 1 else None
+            winners = chain.winners
+            tail: list[Event] = []
+            keys: list[FairKey] = []
+            seq = low
+            while (event := winners.get(seq)) is not None:
+                at = fair.fair_time(event.id)
+                if at is None:
+                    break
+                key = FairKey(at // slot_ms, event_class(event), at, event.id, 0)
+                if previous is not None and key <= previous:
+                    key = previous._replace(sub=previous.sub + 1)
+                tail.append(event)
+                keys.append(key)
+                previous = key
+                seq += 1
+            old = prefix[low - 1 :]
+            same = 0
+            while (
+                same < len(old)
+                and same < len(tail)
+                and old[same] is tail[same]
+                and fair_keys[old[same].id] == keys[same]
+            ):
+                same += 1
+            removed.extend(old[same:])
+            added.extend(tail[same:])
+            for event, key in zip(tail[same:], keys[same:], strict=True):
+                new_keys[event.id] = key
+            prefix[low - 1 :] = tail
+        if removed or added:
+            self._update_log(removed, added, result, new_keys)
 
     def _recompute_prefixes(self, changed: dict[str, int]) -> tuple[list[Event], list[Event]]:
         """New applied prefixes of the C{changed} authors: what leaves and joins the log."""
@@ -565,42 +764,68 @@ class Ledger:
             prefix[low - 1 :] = tail
         return removed, added
 
-    def _update_log(self, removed: list[Event], added: list[Event], result: InsertResult) -> None:
-        added.sort(key=_key_of)
+    def _update_log(
+        self,
+        removed: list[Event],
+        added: list[Event],
+        result: InsertResult,
+        new_keys: dict[str, FairKey] | None = None,
+    ) -> None:
+        """
+        Take C{removed} out of the log and put C{added} in, then bring the book up to date.
+
+        :param new_keys: fair order: the keys C{added} go in with (an event
+            whose key changes is in both lists).
+        """
+        key = self._key
+        removed_low = min(map(key, removed)) if removed else None
+        if new_keys is not None:
+            fair_keys = self._fair_keys
+            for event in removed:
+                del fair_keys[event.id]
+            fair_keys.update(new_keys)
+        added.sort(key=key)
         keys = self._keys
-        if not removed and (not keys or added[0].key > keys[-1]):
+        settled = self.settled_position()
+        if removed_low is None and (not keys or key(added[0]) > keys[-1]):
             start = len(self._log)
             first_trade = len(self._trades)
             self._log.extend(added)
-            keys.extend(event.key for event in added)
+            keys.extend(map(key, added))
             if start == 0 and self._checkpoint is not None:
                 start = self.checkpoint_position = self._resume(self._checkpoint)
             self._apply_from(start)
             result.appended = len(added)
             # Even without a rollback, a late event may add settled trades
-            # (when the log ended below settled_through).
-            settled = self.settled_through
-            if any(trade.lamport <= settled for trade in self._trades[first_trade:]):
+            # (when the log ended below the settled point).
+            trades = self._trades
+            if first_trade < len(trades) and trades[first_trade].position < self.settled_position():
                 result.revised = True
                 self.revisions += 1
             return
-        low = min([event.key for event in removed] + ([added[0].key] if added else []))
-        position = bisect_left(keys, low)
+        lows = [key(added[0])] if added else []
+        if removed_low is not None:
+            lows.append(removed_low)
+        position = bisect_left(keys, min(lows))
         gone = {event.id for event in removed}
         tail = [event for event in self._log[position:] if event.id not in gone]
         tail.extend(added)
-        tail.sort(key=_key_of)
+        tail.sort(key=key)
         self._log[position:] = tail
-        keys[position:] = [event.key for event in tail]
-        result.replayed, result.revised = self._rollback(position)
+        keys[position:] = map(key, tail)
+        result.replayed, result.revised = self._rollback(position, settled)
 
-    def _rollback(self, position: int) -> tuple[int, bool]:
-        """Restore the newest snapshot at or before C{position} and replay the log from it."""
+    def _rollback(self, position: int, settled: int) -> tuple[int, bool]:
+        """
+        Restore the newest snapshot at or before C{position} and replay the log from it.
+
+        :param settled: how many events at the start of the log were
+            settled before the change (trades of theirs must not change).
+        """
         snapshots = self._snapshots
         while snapshots[-1].position > position:
             snapshots.pop()
         snap = snapshots[-1]
-        settled = self.settled_through
         before = _settled_part(self._trades[snap.trade_count :], settled)
         self.book.restore(snap.book)
         for trade in self._trades[snap.trade_count :]:
@@ -617,7 +842,7 @@ class Ledger:
         replayed = len(self._log) - snap.position
         self.rollbacks += 1
         self.replayed += replayed
-        after = _settled_part(self._trades[snap.trade_count :], settled)
+        after = _settled_part(self._trades[snap.trade_count :], self.settled_position())
         revised = before != after
         if revised:
             self.revisions += 1
@@ -671,6 +896,7 @@ class Ledger:
                             maker,
                             event.lamport,
                             event.ts,
+                            position,
                         )  # fmt: skip
                     )
                     trades_of.setdefault(taker, []).append(index)
@@ -716,8 +942,8 @@ class Ledger:
 
 
 def _settled_part(trades: list[TradeRecord], settled: int) -> list[tuple[str, int, int]]:
-    """What a revision compares: id, price and amount of the settled trades."""
-    return [(t.id, t.price, t.amount) for t in trades if t.lamport <= settled]
+    """What a revision compares: id, price, amount of the trades of the first C{settled} events."""
+    return [(t.id, t.price, t.amount) for t in trades if t.position < settled]
 
 
 def _chain_from(chain: _Chain, seq: int, last: int) -> Iterator[Event]:

@@ -332,7 +332,7 @@ class TradeTests(SynchronousTestCase):
         self.assertEqual(
             trade,
             TradeRecord(
-                trade_id(taker, maker), 1, TICKS_100, LOT, "buy", taker.id, maker.id, 3, 3000
+                trade_id(taker, maker), 1, TICKS_100, LOT, "buy", taker.id, maker.id, 3, 3000, 1
             ),
         )
         self.assertEqual(ledger.trade_count, 1)
@@ -661,13 +661,20 @@ class SettlementTests(SynchronousTestCase):
         """settled_through is the Lamport time reached C{horizon} seconds before C{now}."""
         ledger = self.ledger
         self.assertEqual(ledger.settled_through, 0)
-        self.assertEqual(ledger.settle(9.9, 10.0), 0)
-        self.assertEqual(ledger.settle(10.0, 10.0), 1)  # time 0 had Lamport 1
-        self.assertEqual(ledger.settle(19.9, 10.0), 1)
-        self.assertEqual(ledger.settle(20.0, 10.0), 5)
-        self.assertEqual(ledger.settle(20.0, 10.0), 5)
-        self.assertEqual(ledger.settle(45.0, 10.0), 30)
-        self.assertEqual(ledger.settle(0.0, 10.0), 30)  # never goes back
+        ledger.settle(9.9, 10.0)
+        self.assertEqual(ledger.settled_through, 0)
+        ledger.settle(10.0, 10.0)
+        self.assertEqual(ledger.settled_through, 1)  # time 0 had Lamport 1
+        ledger.settle(19.9, 10.0)
+        self.assertEqual(ledger.settled_through, 1)
+        ledger.settle(20.0, 10.0)
+        self.assertEqual(ledger.settled_through, 5)
+        ledger.settle(20.0, 10.0)
+        self.assertEqual(ledger.settled_through, 5)
+        ledger.settle(45.0, 10.0)
+        self.assertEqual(ledger.settled_through, 30)
+        ledger.settle(0.0, 10.0)
+        self.assertEqual(ledger.settled_through, 30)  # never goes back
         self.assertEqual(ledger.settled_through, 30)
 
     def test_observe(self) -> None:
@@ -676,10 +683,13 @@ class SettlementTests(SynchronousTestCase):
         ledger.observe(0.0)  # Lamport 0: nothing to settle
         ledger.insert([order(BOB, 1, 4, "sell")], now=1.0)
         ledger.observe(50.0)  # still Lamport 4: not recorded again
-        self.assertEqual(ledger.settle(11.0, 10.0), 4)
+        ledger.settle(11.0, 10.0)
+        self.assertEqual(ledger.settled_through, 4)
         ledger.insert([order(BOB, 2, 9, "sell")], now=60.0)
-        self.assertEqual(ledger.settle(65.0, 10.0), 4)
-        self.assertEqual(ledger.settle(70.0, 10.0), 9)
+        ledger.settle(65.0, 10.0)
+        self.assertEqual(ledger.settled_through, 4)
+        ledger.settle(70.0, 10.0)
+        self.assertEqual(ledger.settled_through, 9)
 
     def test_revision(self) -> None:
         """A late event that changes settled trades is applied and counted as a revision."""
@@ -722,7 +732,8 @@ class SettlementTests(SynchronousTestCase):
         ledger = Ledger()
         ledger.insert([b1], now=0.0)
         ledger.insert([c1], now=1.0)
-        self.assertEqual(ledger.settle(20.0, 10.0), 7)
+        ledger.settle(20.0, 10.0)
+        self.assertEqual(ledger.settled_through, 7)
         a1 = order(ALICE, 1, 5, "buy", "100")  # late, sorts before c1
         result = ledger.insert([a1], now=21.0)
         self.assertGreater(result.replayed, 0)
@@ -742,7 +753,8 @@ class SettlementTests(SynchronousTestCase):
         a2 = order(ALICE, 2, 10, "sell", "105")  # waits for ALICE's seq 1
         ledger = Ledger()
         ledger.insert([b1, a2], now=0.0)
-        self.assertEqual(ledger.settle(20.0, 10.0), 10)
+        ledger.settle(20.0, 10.0)
+        self.assertEqual(ledger.settled_through, 10)
         c1 = order(CAROL, 1, 5, "buy", "100")  # after b1, below settled_through
         result = ledger.insert([c1], now=21.0)
         self.assertEqual((result.replayed, result.appended), (0, 1))

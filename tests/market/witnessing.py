@@ -61,6 +61,7 @@ def run(
     phases: Mapping[int, int] | None = None,
     silent: Mapping[int, tuple[int, int]] | None = None,
     withheld: Mapping[int, int] | None = None,
+    slow: Mapping[tuple[int, int], int] | None = None,
     stamp_ms: int = 100,
     witnesses: tuple[WitnessSet, list[bytes]] | None = None,
 ) -> Run:
@@ -74,6 +75,7 @@ def run(
         (a crash: what it saw meanwhile is forgotten).
     :param withheld: witness -> time (ms after T0) before which nobody else
         holds any of its stamps (they are all released then).
+    :param slow: (from, to) -> ms added to C{delay} for one witness's stamps to reach another.
     """
     witnesses_, seeds = witnesses or witness_seeds(n)
     signers = [StampSigner(seed, NETWORK, PAIR, witnesses_) for seed in seeds]
@@ -81,6 +83,7 @@ def run(
     phases = phases or {}
     silent = silent or {}
     withheld = withheld or {}
+    slow = slow or {}
     ticks = sorted(
         (T0 + phases.get(w, 10 * w + 1) + k * stamp_ms, w)
         for w in range(n)
@@ -103,7 +106,7 @@ def run(
             release = T0 + withheld.get(u, 0)
             held_seq, held_at = 0, 0
             for s in result.stamps[u]:
-                arrival = max(s.t + delay, release)
+                arrival = max(s.t + delay + slow.get((u, w), 0), release)
                 if arrival <= t:
                     held_seq, held_at = s.seq, arrival
             old = last_acks[w][u]

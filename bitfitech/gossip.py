@@ -74,19 +74,23 @@ from .interfaces import IGossip, IPeerLink
 from .logs import logger
 from .market.events import Event, EventError, event_id, parse_event, verify_event
 from .market.interfaces import IEventPublisher, IEventStore
+from .market.stamps import Stamp, StampError, parse_stamp, stamp_id, verify_stamp
 from .peer import misbehaviour
 from .ratelimit import BucketTable
 from .wire.messages import (
     MAX_CHAINS,
     MAX_EVENTS,
     MAX_INV,
+    MAX_STAMPS,
     MAX_TTL,
     MAX_VECTOR,
+    MAX_WITNESS_VECTOR,
     Events,
     GetData,
     Inv,
     Message,
     Prune,
+    Stamps,
     Sync,
 )
 
@@ -94,6 +98,12 @@ log = logger(__name__)
 
 SYNC_CHUNK = 1000
 """Most events in one ``events`` message of an anti-entropy answer."""
+
+SYNC_STAMPS = 2000
+"""Most witness stamps in one anti-entropy answer."""
+
+STAMP_BYTES = 1_000_000
+"""Most bytes of stamp text in one ``stamps`` message (frames are at most 2 MiB)."""
 
 SYNC_BURST = 4
 """Most ``events`` messages in one anti-entropy answer: while the receiver
@@ -244,6 +254,7 @@ class _Peer:
         "queued",
         "authors",
         "last_rate_report",
+        "stamps_out",
     )
 
     def __init__(self, link: IPeerLink, authors: BucketTable) -> None:
@@ -275,6 +286,8 @@ class _Peer:
         # While events messages are being handled: fires once they all are.
         self.in_order: Deferred[Any] | None = None
         self.queued = 0
+        # Witness stamps to send at the next flush.
+        self.stamps_out: list[Stamp] = []
 
     def knows(self, event_id: str) -> None:
         known = self.known
@@ -354,7 +367,8 @@ class Gossip:
                 "events_received", "events_new", "events_duplicate", "events_invalid",
                 "events_pushed", "inv_sent", "inv_received", "getdata_sent", "sync_sent",
                 "sync_received", "sync_events_sent", "requests_expired", "requests_dropped",
-                "events_rate_limited", "prunes_sent",
+                "events_rate_limited", "prunes_sent", "stamps_received", "stamps_new",
+                "stamps_duplicate", "stamps_invalid", "stamps_sent",
             ),
             0,
         )  # fmt: skip
@@ -447,6 +461,9 @@ class Gossip:
         elif isinstance(message, Prune):
             if peer is not None:
                 peer.lazy = True
+        elif isinstance(message, Stamps):
+            if peer is not None:
+                self._on_stamps(peer, message)
         else:
             return False
         return True
@@ -457,6 +474,78 @@ class Gossip:
         """Spread this node's new events (or equivocation evidence) with the full ttl."""
         for event in events:
             self._spread(event, self.timing.ttl, None)
+
+    def publish_stamps(self, stamps: Sequence[Stamp]) -> None:
+        """Spread witness stamps (this node's own, or evidence against a witness) to every peer."""
+        for stamp in stamps:
+            self._spread_stamp(stamp, None)
+
+    # -- witness stamps
+
+    def _spread_stamp(self, stamp: Stamp, source: _Peer | None) -> None:
+        """
+        Send C{stamp} to every peer not known to hold it.  Stamps are few
+        (each witness signs ten a second) and every node needs every one
+        at once, so they are flooded, not announced; each link carries a
+        stamp at most once each way.
+        """
+        ident = stamp.id
+        self._remember(ident, 0)
+        for peer in self.peers.values():
+            if peer is not source and ident not in peer.known:
+                peer.knows(ident)
+                peer.stamps_out.append(stamp)
+        self._flush_soon()
+
+    def _on_stamps(self, peer: _Peer, message: Stamps) -> None:
+        """Dedup, parse and verify witness stamps; hand the new ones on and spread them."""
+        stats, store, seen = self.stats, self.store, self._seen
+        witnesses = store.witnesses
+        if not message.more:
+            peer.last_answer = self.clock.seconds()
+        new: list[Stamp] = []
+        for text, sig in message.stamps:
+            stats["stamps_received"] += 1
+            ident = stamp_id(text)
+            peer.knows(ident)
+            if ident in seen or store.has_stamp(ident):
+                stats["stamps_duplicate"] += 1
+                continue
+            try:
+                stamp = parse_stamp(text, sig, store.network, store.pair, witnesses)
+            except StampError as e:
+                stats["stamps_invalid"] += 1
+                self._remember(ident, -1)
+                peer.link.misbehaved(f"malformed stamp: {e}", misbehaviour.MALFORMED_EVENT)
+                continue
+            if not verify_stamp(stamp):
+                # Not remembered: a forged copy must not shut out the genuine stamp.
+                stats["stamps_invalid"] += 1
+                peer.link.violation(f"bad signature on stamp {ident}")
+                return
+            self._remember(ident, 0)
+            new.append(stamp)
+        if new:
+            stats["stamps_new"] += len(new)
+            store.receive_stamps(new)
+            for stamp in new:
+                self._spread_stamp(stamp, peer)
+        if message.more and not peer.link.closed:
+            self._pull(peer)
+
+    def _send_stamps(self, peer: _Peer, stamps: list[Stamp], more: bool = False) -> None:
+        """Send C{stamps} in messages within :data:`MAX_STAMPS` and :data:`STAMP_BYTES`."""
+        self.stats["stamps_sent"] += len(stamps)
+        part: list[tuple[str, str]] = []
+        size = 0
+        for stamp in stamps:
+            if part and (len(part) >= MAX_STAMPS or size + len(stamp.text) > STAMP_BYTES):
+                peer.link.send(Stamps(tuple(part), more=False))
+                part, size = [], 0
+            part.append(stamp.wire)
+            size += len(stamp.text)
+        if part:
+            peer.link.send(Stamps(tuple(part), more=more))
 
     # -- receiving
 
@@ -683,6 +772,13 @@ class Gossip:
         store = self.store
         if message.chains:
             self._send_differing_chains(peer, message)
+        if store.witnesses:
+            stamps, more_stamps = store.stamps_missing_for(dict(message.stamps), SYNC_STAMPS)
+            evidence = [s for s in store.stamp_evidence() if s.id not in peer.known]
+            for stamp in evidence:
+                peer.knows(stamp.id)
+            if stamps or evidence or more_stamps:
+                self._send_stamps(peer, evidence + stamps, more_stamps)
         theirs = dict(message.vector)
         events, more = store.missing_for(theirs, SYNC_CHUNK * SYNC_BURST)
         if events:
@@ -818,6 +914,9 @@ class Gossip:
         sent = self._items_sent()
         for peer in list(self.peers.values()):
             link = peer.link
+            if peer.stamps_out:
+                stamps, peer.stamps_out = peer.stamps_out, []
+                self._send_stamps(peer, stamps)
             if peer.out_getdata:
                 ids, peer.out_getdata = peer.out_getdata, []
                 stats["getdata_sent"] += len(ids)
@@ -865,8 +964,13 @@ class Gossip:
                 for author, digest in self.store.chain_digests().items()
                 if author in listed
             )[:MAX_CHAINS]
+        stamps: tuple[tuple[str, int], ...] = ()
+        if self.store.witnesses:
+            stamps = tuple(self.store.stamp_vector().items())[:MAX_WITNESS_VECTOR]
         self.stats["sync_sent"] += 1
-        peer.link.send(Sync(vector=entries, digest=self.store.digest(), chains=digests))
+        peer.link.send(
+            Sync(vector=entries, digest=self.store.digest(), chains=digests, stamps=stamps)
+        )
 
     def _sync_all(self, exclude: set[IPeerLink] | frozenset[IPeerLink] = frozenset()) -> None:
         """Pull from every peer except those in C{exclude}."""

@@ -72,9 +72,11 @@ from .interfaces import ILinkOwner
 from .market.events import Author, Event
 from .market.interfaces import IEventPublisher, IEventStore
 from .market.ledger import Ledger
+from .market.stamps import Stamp
 from .peer.protocol import LocalNode, PeerProtocol
 from .testing import HeapClock, run_for
 from .wire.messages import Events, Message
+from .witnesses import WitnessSet
 
 NETWORK = "sim"
 """The network name of simulated nodes."""
@@ -163,8 +165,10 @@ class LedgerStore:
     network: str = NETWORK
     pair: str = PAIR
 
-    def __init__(self) -> None:
-        self.ledger = Ledger()
+    def __init__(self, witnesses: WitnessSet | None = None) -> None:
+        """:param witnesses: the network's witnesses (none: author-clock order)."""
+        self.witnesses = witnesses if witnesses is not None else WitnessSet()
+        self.ledger = Ledger(witnesses=self.witnesses)
         self.publishers: list[IEventPublisher] = []
 
     def add_publisher(self, publisher: IEventPublisher) -> Callable[[], None]:
@@ -183,6 +187,25 @@ class LedgerStore:
 
     def receive(self, events: Sequence[Event]) -> None:
         self.ledger.insert(events)
+
+    def receive_stamps(self, stamps: Sequence[Stamp]) -> None:
+        self.ledger.insert_stamps(stamps)
+
+    def has_stamp(self, stamp_id: str) -> bool:
+        fair = self.ledger.fair
+        return fair is not None and stamp_id in fair
+
+    def stamp_vector(self) -> dict[str, int]:
+        fair = self.ledger.fair
+        return fair.vector() if fair is not None else {}
+
+    def stamps_missing_for(self, vector: dict[str, int], limit: int) -> tuple[list[Stamp], bool]:
+        fair = self.ledger.fair
+        return fair.missing_for(vector, limit) if fair is not None else ([], False)
+
+    def stamp_evidence(self) -> list[Stamp]:
+        fair = self.ledger.fair
+        return fair.evidence() if fair is not None else []
 
     def has(self, event_id: str) -> bool:
         return event_id in self.ledger

@@ -80,6 +80,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        # Witness stamps (bitfitech.market.stamps), journaled with the
+        # events: every stamp held, evidence of flagged witnesses included.
+        """
+        CREATE TABLE stamps (
+            id TEXT PRIMARY KEY NOT NULL,
+            text TEXT NOT NULL,
+            sig TEXT NOT NULL
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

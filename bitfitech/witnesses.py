@@ -66,6 +66,10 @@ class WitnessSet:
         for node_id in self.ids:
             if not is_node_id(node_id):
                 raise ValueError(f"a witness is named by its node id, not {node_id!r}")
+        if len(self.ids) % 2 == 0 and self.ids:
+            raise ValueError(
+                f"a network names an odd number of witnesses (2f + 1), not {len(self.ids)}"
+            )
         if list(self.ids) != sorted(set(self.ids)):
             raise ValueError("witness ids must be sorted and unique (use WitnessSet.of)")
         for name in ("slot_ms", "stamp_ms", "window_ms"):

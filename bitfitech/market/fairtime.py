@@ -143,6 +143,11 @@ class StampChains:
     def __contains__(self, stamp_id: object) -> bool:
         return stamp_id in self._by_id
 
+    @property
+    def live(self) -> int:
+        """How many witnesses are not flagged."""
+        return self.witnesses.n - len(self._flagged_index)
+
     def fair_time(self, event_id: str) -> int | None:
         """C{event_id}'s fair time, or ``None`` while fewer than f + 1 receipts count."""
         return self._fair.get(event_id)

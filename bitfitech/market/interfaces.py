@@ -17,7 +17,9 @@ from zope.interface import Interface
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from ..witnesses import WitnessSet
     from .events import Event
+    from .stamps import Stamp
 
 
 class IEventPublisher(Interface):
@@ -26,12 +28,16 @@ class IEventPublisher(Interface):
     def publish(events: Sequence[Event]) -> None:
         """Push C{events} (new, verified, already applied here) to peers."""
 
+    def publish_stamps(stamps: Sequence[Stamp]) -> None:
+        """Spread witness stamps (this node's own, or evidence against a witness) to peers."""
+
 
 class IEventStore(Interface):
     """What the gossip layer may ask of the market: the node's set of events."""
 
     network: str
     pair: str
+    witnesses: WitnessSet
 
     def has(event_id: str) -> bool:
         """Whether the event is held (or waiting to be applied)."""
@@ -74,3 +80,18 @@ class IEventStore(Interface):
 
     def chain_of(author: str) -> list[Event]:
         """C{author}'s events up to its contiguous seq, and its equivocation evidence."""
+
+    def has_stamp(stamp_id: str) -> bool:
+        """Whether the witness stamp is held (or waiting to be applied)."""
+
+    def receive_stamps(stamps: Sequence[Stamp]) -> None:
+        """Take new witness stamps from peers, parsed and verified by the caller."""
+
+    def stamp_vector() -> dict[str, int]:
+        """Witness key -> highest seq of its stamps held without a gap."""
+
+    def stamps_missing_for(vector: dict[str, int], limit: int) -> tuple[list[Stamp], bool]:
+        """Up to C{limit} stamps a peer with C{vector} lacks, and whether more remain."""
+
+    def stamp_evidence() -> list[Stamp]:
+        """The stamps that prove witnesses faulty (spread like new ones)."""

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, fail, succeed
 
 from .events import Event
+from .stamps import Stamp
 
 
 class JournalError(Exception):
@@ -55,16 +56,24 @@ class EventJournal:
         while rows := cursor.fetchmany(4096):
             yield from rows
 
-    def write(self, events: Iterable[Event], *, durable: bool) -> int:
+    def load_stamps(self) -> Iterator[tuple[str, str]]:
+        """Every journaled witness stamp as ``(text, sig)``, in the order written."""
+        cursor = self.connection.execute("SELECT text, sig FROM stamps ORDER BY rowid")
+        while rows := cursor.fetchmany(4096):
+            yield from rows
+
+    def write(self, events: Iterable[Event], *, durable: bool, stamps: Iterable[Stamp] = ()) -> int:
         """
-        Journal C{events} in one transaction; events already there are skipped.
+        Journal C{events} and C{stamps} in one transaction; those already
+        there are skipped.
 
         :param durable: commit with ``synchronous=FULL`` (an fsync of the WAL).
         :return: how many rows were written.
         :raises JournalError: if the database refuses; the batch is rolled back.
         """
         rows = [(event.id, event.text, event.sig) for event in events]
-        if not rows:
+        stamp_rows = [(stamp.id, stamp.text, stamp.sig) for stamp in stamps]
+        if not rows and not stamp_rows:
             return 0
         db = self.connection
         try:
@@ -77,6 +86,11 @@ class EventJournal:
                     db.executemany(
                         "INSERT OR IGNORE INTO events (id, text, sig) VALUES (?, ?, ?)", rows
                     )
+                    if stamp_rows:
+                        db.executemany(
+                            "INSERT OR IGNORE INTO stamps (id, text, sig) VALUES (?, ?, ?)",
+                            stamp_rows,
+                        )
                     written = db.total_changes - before
                     db.execute("COMMIT")
                 except BaseException:
@@ -89,7 +103,9 @@ class EventJournal:
                 if durable:
                     db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as e:
-            raise JournalError(f"cannot journal {len(rows)} events: {e}") from e
+            raise JournalError(
+                f"cannot journal {len(rows)} events and {len(stamp_rows)} stamps: {e}"
+            ) from e
         return written
 
 

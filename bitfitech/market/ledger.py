@@ -105,6 +105,7 @@ def event_class(event: Event) -> int:
 
 
 _EMPTY_HASH = b"\0" * 32
+_NO_FAIR_TIME = 2**63
 
 
 class TradeRecord(NamedTuple):
@@ -161,6 +162,8 @@ class InsertResult:
     :ivar appended: events applied at the end of the log without rollback.
     :ivar replayed: events re-applied after a rollback (0: no rollback).
     :ivar revised: whether settled trades changed.
+    :ivar placed: fair order: events that entered the log or moved in it
+        (an insert of stamps places events held before).
     """
 
     new: list[Event] = field(default_factory=list)
@@ -169,6 +172,7 @@ class InsertResult:
     appended: int = 0
     replayed: int = 0
     revised: bool = False
+    placed: list[Event] = field(default_factory=list)
 
 
 class _Chain:
@@ -272,6 +276,39 @@ class Ledger:
 
     def _fair_key(self, event: Event) -> Any:
         return self._fair_keys[event.id]
+
+    def _rank(self, event: Event) -> tuple[int, str]:
+        """
+        Which of two events claiming one slot wins: the smaller rank.
+
+        Author-clock order: the smaller id.  Fair order: the smaller fair
+        time, then the smaller id; an event without a fair time yet ranks
+        after every one with.  So a rival released late never displaces a
+        settled event: its fair time comes after the settled horizon.
+        """
+        fair = self.fair
+        if fair is None:
+            return (0, event.id)
+        at = fair.fair_time(event.id)
+        return (_NO_FAIR_TIME if at is None else at, event.id)
+
+    def _rerank(self, event_ids: Iterable[str], changed: dict[str, int]) -> None:
+        """Fair order: slots claimed twice whose fair times changed may have a new winner."""
+        conflicts, by_id = self._conflicts, self._by_id
+        for event_id in event_ids:
+            event = by_id.get(event_id)
+            if event is None:
+                continue
+            rivals = conflicts.get((event.author, event.seq))
+            if rivals is None:
+                continue
+            winner = min(rivals, key=self._rank)
+            chain = self._chains[event.author]
+            if chain.winners[event.seq] is not winner:
+                chain.winners[event.seq] = winner
+                low = changed.get(event.author)
+                if low is None or event.seq < low:
+                    changed[event.author] = event.seq
 
     @property
     def ordering(self) -> str:
@@ -459,7 +496,7 @@ class Ledger:
         fair = self.fair
         if fair is not None:
             settled = fair.horizon(self.witnesses.quorum)
-            final = fair.horizon(self.witnesses.n)
+            final = fair.horizon(max(fair.live, self.witnesses.quorum))
             if settled > self.settled_horizon:
                 self.settled_horizon = settled
                 fair.advance(settled)
@@ -642,7 +679,7 @@ class Ledger:
                 self._conflicts.setdefault(slot, [current]).append(event)
                 self.flagged[author] = "equivocation"
                 result.equivocations.append(slot)
-                if event.id > current.id:
+                if self._rank(event) > self._rank(current):
                     continue
                 chain.winners[seq] = event
             low = changed.get(author)
@@ -672,9 +709,9 @@ class Ledger:
             raise ValueError("this network has no witnesses")
         stamped = fair.insert(stamps)
         result = InsertResult()
-        if stamped.flagged:
-            self.witness_revisions += 1
         changed: dict[str, int] = {}
+        if self._conflicts:
+            self._rerank(stamped.changed, changed)
         by_id = self._by_id
         for event_id in stamped.changed:
             event = by_id.get(event_id)
@@ -686,6 +723,8 @@ class Ledger:
                         changed[event.author] = event.seq
         if changed:
             self._refresh(changed, result)
+        if stamped.flagged and result.revised:
+            self.witness_revisions += 1
         return stamped, result
 
     def _refresh(self, changed: dict[str, int], result: InsertResult) -> None:
@@ -733,6 +772,7 @@ class Ledger:
                 new_keys[event.id] = key
             prefix[low - 1 :] = tail
         if removed or added:
+            result.placed = added
             self._update_log(removed, added, result, new_keys)
 
     def _recompute_prefixes(self, changed: dict[str, int]) -> tuple[list[Event], list[Event]]:

@@ -37,11 +37,14 @@ from ..config import NodeConfig
 from ..interfaces import ServiceUnavailable
 from ..logs import logger
 from ..storage import Storage
+from ..witnesses import WitnessSet
 from .book import MARKET, ORDER_TYPES, BookParams, OrderBook
 from .events import Author, Event, EventError, parse_event
+from .fairtime import NEVER
 from .interfaces import IEventPublisher, IEventStore
 from .journal import EventJournal, InlineSyncer, JournalError, Syncer, write_file
 from .ledger import InsertResult, Ledger, TradeRecord
+from .stamps import MAX_RECEIPTS, NO_PREV, Stamp, StampError, StampSigner, parse_stamp
 
 log = logger(__name__)
 
@@ -188,12 +191,16 @@ class MarketService(Service):
         clock: IReactorTime,
         params: BookParams | None = None,
         syncer: SyncerFactory = inline_syncer,
+        witnesses: WitnessSet | None = None,
     ) -> None:
         """
         :param syncer: makes the syncer (a node passes a
             :class:`~bitfitech.market.journal.ThreadedSyncer` factory).
+        :param witnesses: the network's witnesses (none: author-clock order).
+            If this node's id is among them, it signs stamps.
         """
         self.config = config
+        self.witnesses = witnesses if witnesses is not None else WitnessSet()
         self.storage = storage
         self.clock = clock
         self.params = params or BookParams()
@@ -233,6 +240,20 @@ class MarketService(Service):
         self._arrivals: OrderedDict[str, float] = OrderedDict()
         self._observers: list[MarketObserver] = []
         self._announced: OrderedDict[str, None] = OrderedDict()
+        # Fair order: stamps from peers waiting for the next tick, and
+        # stamps applied but not journaled yet.
+        self._stamp_buffer: dict[str, Stamp] = {}
+        self._unjournaled_stamps: list[Stamp] = []
+        # Per witness: (seq held without a gap, when it was first held, ms).
+        self._held_since: list[tuple[int, int]] = [(0, 0)] * self.witnesses.n
+        # Per witness: this node's clock minus the witness's, at its last
+        # stamp's arrival (network delay included), ms.
+        self.witness_lag: list[int | None] = [None] * self.witnesses.n
+        self._signer: StampSigner | None = None
+        self._stamper: LoopingCall | None = None
+        # This node as a witness: events first seen since its last stamp.
+        self._first_seen: dict[str, int] = {}
+        self.stamps_signed = 0
 
     # -- lifecycle
 
@@ -254,11 +275,13 @@ class MarketService(Service):
         """Load the journal into a new ledger, then start settling."""
         identity = self.storage.identity
         self._author = Author(bytes(identity.signing_key), self.network, self.pair)
-        self._ledger = Ledger(self.params)
+        self._ledger = Ledger(self.params, witnesses=self.witnesses)
         started = time.perf_counter()
         events = []
         self._journal = EventJournal(self.storage.connection)
         self._broken = ""
+        if self.witnesses:
+            self._load_stamps(self._journal, self._ledger)
         for text, sig in self._journal.load():
             try:
                 events.append(parse_event(text, sig, self.network, self.pair))
@@ -279,6 +302,15 @@ class MarketService(Service):
         self._settler = LoopingCall(self._settle)
         self._settler.clock = self.clock
         self._settler.start(max(0.05, min(1.0, self.config.settle_after / 4)), now=False)
+        if identity.node_id in self.witnesses:
+            self._signer = StampSigner(
+                bytes(identity.signing_key), self.network, self.pair, self.witnesses
+            )
+            self._stamper = LoopingCall(self._stamp)
+            self._stamper.clock = self.clock
+            self._stamper.start(self.witnesses.stamp_ms / 1000, now=False)
+            log.info("This node is witness {index} of {n}", index=self._signer.index + 1,
+                     n=self.witnesses.n)  # fmt: skip
         self._checkpointed = self.resumed_at
         self._checkpointer = LoopingCall(self._checkpoint_settled)
         self._checkpointer.clock = self.clock
@@ -288,7 +320,7 @@ class MarketService(Service):
     def stopService(self) -> Deferred[None]:
         """Journal and apply everything on its way, close the syncer, then stop."""
         super().stopService()
-        for loop in (self._settler, self._checkpointer):
+        for loop in (self._settler, self._checkpointer, self._stamper):
             if loop is not None and loop.running:
                 loop.stop()
         return self._drain().addCallback(self._close)
@@ -301,7 +333,13 @@ class MarketService(Service):
                 waiter: Deferred[None] = Deferred()
                 self._sync_waiters.append(waiter)
                 return waiter.addCallback(lambda _: self._drain())
-            if not (self._buffer or self._signed or self._unjournaled):
+            if not (
+                self._buffer
+                or self._signed
+                or self._unjournaled
+                or self._stamp_buffer
+                or self._unjournaled_stamps
+            ):
                 break
         return succeed(None)
 
@@ -388,11 +426,15 @@ class MarketService(Service):
         if self._ledger is None:
             return
         buffer = self._buffer
+        first_seen = self._first_seen if self._signer is not None else None
+        now_ms = int(self.clock.seconds() * 1000)
         for event in events:
             if event.id not in buffer and event.id not in self._ledger:
                 buffer[event.id] = event
                 if event.lamport > self._buffer_lamport:
                     self._buffer_lamport = event.lamport
+                if first_seen is not None:
+                    first_seen.setdefault(event.id, now_ms)
         if len(buffer) >= MAX_BUFFER:
             self._tick()
         elif buffer:
@@ -435,6 +477,45 @@ class MarketService(Service):
     def conflicts(self) -> list[Event]:
         """Evidence of every equivocation seen."""
         return self.ledger.conflicts()
+
+    # -- IEventStore: witness stamps
+
+    def has_stamp(self, stamp_id: str) -> bool:
+        """Whether the stamp is held (or waiting to be applied)."""
+        fair = self._ledger.fair if self._ledger is not None else None
+        return stamp_id in self._stamp_buffer or (fair is not None and stamp_id in fair)
+
+    def receive_stamps(self, stamps: Sequence[Stamp]) -> None:
+        """Take verified stamps from peers; they are applied at the next tick."""
+        ledger = self._ledger
+        if ledger is None or ledger.fair is None:
+            return
+        now_ms = int(self.clock.seconds() * 1000)
+        buffer = self._stamp_buffer
+        for stamp in stamps:
+            if stamp.id not in buffer and stamp.id not in ledger.fair:
+                buffer[stamp.id] = stamp
+                if stamp.member < len(self.witness_lag):
+                    self.witness_lag[stamp.member] = now_ms - stamp.t
+        if buffer:
+            self._schedule(self.apply_delay)
+
+    def stamp_vector(self) -> dict[str, int]:
+        """Witness key -> highest seq held without a gap."""
+        self.flush()
+        fair = self.ledger.fair
+        return fair.vector() if fair is not None else {}
+
+    def stamps_missing_for(self, vector: dict[str, int], limit: int) -> tuple[list[Stamp], bool]:
+        """Stamps a peer with C{vector} lacks, oldest first, and whether more remain."""
+        self.flush()
+        fair = self.ledger.fair
+        return fair.missing_for(vector, limit) if fair is not None else ([], False)
+
+    def stamp_evidence(self) -> list[Stamp]:
+        """The stamps that prove witnesses faulty."""
+        fair = self.ledger.fair
+        return fair.evidence() if fair is not None else []
 
     def add_publisher(self, publisher: IEventPublisher) -> Callable[[], None]:
         """
@@ -528,6 +609,8 @@ class MarketService(Service):
         return lamport, ts
 
     def _queue_own(self, event: Event) -> Deferred[Event]:
+        if self._signer is not None:
+            self._first_seen.setdefault(event.id, int(self.clock.seconds() * 1000))
         pending = _Pending(event)
         self._signed.append(pending)
         self._signed_ids[event.id] = event
@@ -562,6 +645,10 @@ class MarketService(Service):
             self._buffer_lamport = 0
             self._unjournaled.extend(peers)
             self._apply(peers, [])
+        if self._stamp_buffer:
+            stamps = list(self._stamp_buffer.values())
+            self._stamp_buffer.clear()
+            self._apply_stamps(stamps)
         self._start_write()
 
     def _apply(self, peers: list[Event], own: list[_Pending]) -> None:
@@ -592,6 +679,101 @@ class MarketService(Service):
         for pending in own:
             self._signed_ids.pop(pending.event.id, None)
             pending.done.callback(pending.event)
+
+    def _apply_stamps(self, stamps: list[Stamp]) -> None:
+        """Insert stamps into the ledger; settle; publish what a witness signed or evidence."""
+        ledger = self.ledger
+        fair = ledger.fair
+        assert fair is not None
+        stamped, result = ledger.insert_stamps(stamps)
+        if not stamped.new:
+            return
+        self._unjournaled_stamps.extend(stamped.new)
+        now_ms = int(self.clock.seconds() * 1000)
+        held_since = self._held_since
+        for index, seq in enumerate(fair.acks()):
+            if seq > held_since[index][0]:
+                held_since[index] = (seq, now_ms)
+        self._report(result)
+        for witness in stamped.flagged:
+            log.warn(
+                "Witness {witness} signed conflicting stamps ({why}): its receipts are "
+                "ignored from now on (evidence kept and spread)",
+                witness=witness, why=fair.flagged.get(witness, ""),
+            )  # fmt: skip
+        if self._observers and result.placed:
+            self._tell_applied(InsertResult(new=result.placed))
+        self._settle()
+        if self._publishers:
+            evidence = fair.evidence() if stamped.flagged else []
+            own = [s for s in stamped.new if self._signer and s.witness == self._signer.witness]
+            for publisher in list(self._publishers):
+                if own:
+                    publisher.publish_stamps(own)
+                if evidence:
+                    publisher.publish_stamps(evidence)
+
+    def _stamp(self) -> None:
+        """
+        This node as a witness: sign the next stamp of its chain, with the
+        events it first saw since the last one, and apply and spread it.
+        """
+        ledger, signer = self._ledger, self._signer
+        if ledger is None or signer is None or ledger.fair is None:
+            return
+        fair = ledger.fair
+        own = signer.index
+        last = fair.last(own)
+        now_ms = int(self.clock.seconds() * 1000)
+        seen = sorted(self._first_seen.items(), key=lambda item: (item[1], item[0]))
+        self._first_seen = {}
+        stamps = []
+        while True:
+            prev_t = last.t if last is not None else 0
+            t = max(now_ms, prev_t + 1)
+            acks = []
+            for index, (held, since) in enumerate(self._held_since):
+                old = last.acks[index][0] if last is not None else 0
+                if index == own:
+                    acks.append(((last.seq if last is not None else 0), 0))
+                elif held > old:
+                    acks.append((held, t - min(max(since, prev_t + 1), t)))
+                else:
+                    acks.append((old, 0))
+            batch, seen = seen[:MAX_RECEIPTS], seen[MAX_RECEIPTS:]
+            receipts = [(event_id, t - min(max(at, prev_t + 1), t)) for event_id, at in batch]
+            try:
+                stamp = signer.sign(
+                    (last.seq if last is not None else 0) + 1,
+                    t,
+                    last.id if last is not None else NO_PREV,
+                    acks,
+                    receipts,
+                )
+            except StampError as e:  # pragma: no cover - the fields above are in range
+                log.error("Cannot sign a stamp: {error}", error=str(e))
+                return
+            stamps.append(stamp)
+            last = stamp
+            self.stamps_signed += 1
+            if not seen:
+                break
+        self._apply_stamps(stamps)
+        if self._write_call is None and not self._syncing:
+            self._write_call = self.clock.callLater(0, self._start_write)
+
+    def _load_stamps(self, journal: EventJournal, ledger: Ledger) -> None:
+        """Read the journaled stamps back into a new ledger (before its events)."""
+        stamps = []
+        for text, sig in journal.load_stamps():
+            try:
+                stamps.append(parse_stamp(text, sig, self.network, self.pair, self.witnesses))
+            except StampError as e:
+                log.error("Skipping unreadable journaled stamp: {error}", error=str(e))
+        ledger.insert_stamps(stamps)
+        fair = ledger.fair
+        assert fair is not None
+        self._held_since = [(seq, 0) for seq in fair.acks()]
 
     def _adapt(self, result: InsertResult, now: float) -> None:
         """
@@ -628,14 +810,17 @@ class MarketService(Service):
         if call is not None and call.active():
             call.cancel()
         journal = self._journal
-        if self._syncing or journal is None or not (self._signed or self._unjournaled):
+        if self._syncing or journal is None:
+            return
+        if not (self._signed or self._unjournaled or self._unjournaled_stamps):
             return
         own, self._signed = self._signed, []
         peers, self._unjournaled = self._unjournaled, []
+        stamps, self._unjournaled_stamps = self._unjournaled_stamps, []
         mine = [pending.event for pending in own]
         self.journal_writes += 1
         try:
-            journal.write(peers + mine, durable=False)
+            journal.write(peers + mine, durable=False, stamps=stamps)
         except JournalError as e:
             # Nothing of the batch was kept.  Peer events stay applied:
             # after a restart they are fetched again.
@@ -713,14 +898,14 @@ class MarketService(Service):
         if result.revised:
             log.warn(
                 "A late event changed settled trades (revision {count}); "
-                "settled through Lamport time {settled}",
-                count=self.ledger.revisions, settled=self.ledger.settled_through,
+                "{settled} events settled",
+                count=self.ledger.revisions, settled=self.ledger.settled_position(),
             )  # fmt: skip
 
     def _settle(self) -> None:
         ledger = self._ledger
         if ledger is not None:
-            before = ledger.settled_through
+            before = ledger.settled_position()
             after = ledger.settle(self.clock.seconds(), self.config.settle_after)
             if self._observers and after > before:
                 self._tell_settled(ledger, before, after)
@@ -784,8 +969,11 @@ class MarketService(Service):
         self._tell(MarketChange(True, tuple(fresh), tuple(orders.values())))
 
     def _tell_settled(self, ledger: Ledger, before: int, after: int) -> None:
-        """Tell observers of the trades and own orders settled between C{before} and C{after}."""
-        trades = [t for t in ledger.trades(SETTLED_SCAN) if before < t.lamport <= after]
+        """
+        Tell observers of the trades and own orders settled when the
+        settled part of the log grew from C{before} to C{after} events.
+        """
+        trades = [t for t in ledger.trades(SETTLED_SCAN) if before <= t.position < after]
         trades.reverse()
         me = self.author.author
         orders: list[Event] = []
@@ -795,9 +983,12 @@ class MarketService(Service):
             seq -= 1
             if event is None:
                 continue
-            if event.lamport <= before:
+            position = ledger.position_of(event)
+            if position is None:
+                continue
+            if position < before:
                 break
-            if event.is_order and event.lamport <= after:
+            if event.is_order and position < after:
                 orders.append(event)
         orders.reverse()
         if trades or orders:
@@ -837,6 +1028,8 @@ class MarketService(Service):
             "lamport": ledger.lamport,
             "state_hash": ledger.state_hash(),
             "settled_through": ledger.settled_through,
+            "ordering": ledger.ordering,
+            "witnesses": self._witness_status(ledger),
             "market": {
                 "applied": ledger.applied,
                 "buffered": len(self._buffer),
@@ -854,4 +1047,30 @@ class MarketService(Service):
                 "resumed_at": self.resumed_at,
                 "load_s": round(self.load_seconds, 3),
             },
+        }
+
+    def _witness_status(self, ledger: Ledger) -> dict[str, Any]:
+        """The fair order's part of ``GET /status`` (``{}`` without witnesses)."""
+        fair = ledger.fair
+        if fair is None:
+            return {}
+        chains = fair.status()
+        for chain, lag in zip(chains, self.witness_lag, strict=True):
+            chain["lag_ms"] = lag
+        settled, final = ledger.settled_horizon, ledger.final_horizon
+        return {
+            "n": self.witnesses.n,
+            "f": self.witnesses.f,
+            "digest": self.witnesses.digest,
+            "me": self._signer.index if self._signer is not None else None,
+            "stamps": len(fair),
+            "stamps_signed": self.stamps_signed,
+            "settled_through_ms": settled if settled != NEVER else None,
+            "final_through_ms": final if final != NEVER else None,
+            "settled_events": ledger.settled_position(),
+            "final_events": ledger.final_position(),
+            "waiting_events": len(ledger) - ledger.applied,
+            "flagged": dict(fair.flagged),
+            "witness_revisions": ledger.witness_revisions,
+            "chains": chains,
         }

@@ -81,6 +81,15 @@ MAX_CHAINS: int = 5000
 MAX_SEQ: int = 2**63 - 1
 """Largest sequence number in a ``sync`` vector: a signed 64-bit integer, not negative."""
 
+MAX_STAMPS: int = 1000
+"""Most witness stamps in one ``stamps`` message (the frame's size limit still applies)."""
+
+MAX_STAMP_TEXT: int = 96_000
+"""Longest witness stamp text, in characters, all printable ASCII."""
+
+MAX_WITNESS_VECTOR: int = 31
+"""Most ``[witness, seq]`` entries in the ``stamps`` of one ``sync`` message."""
+
 _SERVICE_RE = re.compile(r"[a-z0-9_]{1,32}")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _SIG_RE = re.compile(r"[0-9a-f]{128}")
@@ -656,6 +665,68 @@ def _bad_event_text(text: object, command: str, field: str) -> NoReturn:
 
 
 @dataclass(frozen=True)
+class Stamps:
+    """
+    Witness stamps, spread as they are signed or sent as an anti-entropy answer.
+
+    The wire layer checks only their shape; what a stamp says and whether
+    its signature is valid is for the receiver to decide.
+
+    :ivar stamps: 0 to :data:`MAX_STAMPS` pairs ``(text, sig)``: ``text`` is
+        1 to :data:`MAX_STAMP_TEXT` printable ASCII characters, ``sig`` 128
+        lowercase hex digits.
+    :ivar more: ``True`` when the sender has more stamps for the receiver
+        in an anti-entropy exchange.
+    """
+
+    command: ClassVar[str] = "stamps"
+
+    stamps: tuple[tuple[str, str], ...]
+    more: bool
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for a bad count, a malformed stamp, or a bad more."""
+        c = self.command
+        for index, entry in enumerate(_tuple(self.stamps, 0, MAX_STAMPS, c, "stamps")):
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                _bad_pair(entry, "(text, sig)", c, f"stamps[{index}]")
+            text, sig = entry
+            if (
+                not isinstance(text, str)
+                or not 1 <= len(text) <= MAX_STAMP_TEXT
+                or not text.isascii()
+                or not text.isprintable()
+            ):
+                raise MessageError(
+                    f"must be 1 to {MAX_STAMP_TEXT} printable ASCII characters, not {_show(text)}",
+                    command=c,
+                    field=f"stamps[{index}][0]",
+                )
+            if not isinstance(sig, str) or _SIG_RE.fullmatch(sig) is None:
+                raise MessageError(
+                    f"must be a signature (128 lowercase hex digits), not {_show(sig)}",
+                    command=c,
+                    field=f"stamps[{index}][1]",
+                )
+        if type(self.more) is not bool:
+            raise MessageError(
+                f"must be true or false, not {_show(self.more)}", command=c, field="more"
+            )
+
+    def _to_json(self) -> dict[str, object]:
+        return {"stamps": [[text, sig] for text, sig in self.stamps], "more": self.more}
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        c = cls.command
+        raw = _list(obj, "stamps", 0, MAX_STAMPS, c)
+        return cls(
+            stamps=_pairs(raw, "[text, sig]", c, "stamps"),  # type: ignore[arg-type]
+            more=_require(obj, "more", c),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
 class Sync:
     """
     An anti-entropy summary of the events the sender has applied.
@@ -669,6 +740,10 @@ class Sync:
         digest)``: a hash of each author's chain (64 lowercase hex digits,
         authors unique), sent when the receiver's last ``digest`` differed
         although the vectors agreed; absent from the JSON when empty.
+    :ivar stamps: optional, at most :data:`MAX_WITNESS_VECTOR` pairs
+        ``(witness, seq)``: per witness key (64 lowercase hex digits,
+        unique), the highest seq of its stamps the sender holds without a
+        gap; absent from the JSON when empty.
     """
 
     command: ClassVar[str] = "sync"
@@ -676,6 +751,7 @@ class Sync:
     vector: tuple[tuple[str, int], ...]
     digest: str
     chains: tuple[tuple[str, str], ...] = ()
+    stamps: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         """:raises MessageError: for a bad count, a malformed or repeated entry, a bad digest."""
@@ -705,6 +781,18 @@ class Sync:
                 )
             seen.add(author)
             _hex64(digest, "a digest", c, f"chains[{index}][1]")
+        seen.clear()
+        for index, entry in enumerate(_tuple(self.stamps, 0, MAX_WITNESS_VECTOR, c, "stamps")):
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                _bad_pair(entry, "(witness, seq)", c, f"stamps[{index}]")
+            witness, seq = entry
+            _hex64(witness, "a witness key", c, f"stamps[{index}][0]")
+            if witness in seen:
+                raise MessageError(
+                    f"duplicate witness {witness}", command=c, field=f"stamps[{index}][0]"
+                )
+            seen.add(witness)
+            _int(seq, 0, MAX_SEQ, c, f"stamps[{index}][1]")
 
     def _to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -713,6 +801,8 @@ class Sync:
         }
         if self.chains:
             out["chains"] = [[author, digest] for author, digest in self.chains]
+        if self.stamps:
+            out["stamps"] = [[witness, seq] for witness, seq in self.stamps]
         return out
 
     @classmethod
@@ -722,10 +812,16 @@ class Sync:
         chains: tuple[tuple[object, object], ...] = ()
         if "chains" in obj:
             chains = _pairs(_list(obj, "chains", 0, MAX_CHAINS, c), "[author, digest]", c, "chains")
+        stamps: tuple[tuple[object, object], ...] = ()
+        if "stamps" in obj:
+            stamps = _pairs(
+                _list(obj, "stamps", 0, MAX_WITNESS_VECTOR, c), "[witness, seq]", c, "stamps"
+            )
         return cls(
             vector=_pairs(raw, "[author, seq]", c, "vector"),  # type: ignore[arg-type]
             digest=_require(obj, "digest", c),  # type: ignore[arg-type]
             chains=chains,  # type: ignore[arg-type]
+            stamps=stamps,  # type: ignore[arg-type]
         )
 
 
@@ -760,7 +856,7 @@ class Unknown:
 
 
 KnownMessage: TypeAlias = (
-    Version | Verack | GetAddr | Addr | Ping | Pong | Inv | GetData | Events | Sync | Prune
+    Version | Verack | GetAddr | Addr | Ping | Pong | Inv | GetData | Events | Sync | Prune | Stamps
 )
 """A message of a command this version knows."""
 

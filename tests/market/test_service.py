@@ -35,6 +35,7 @@ from bitfitech.market.service import (
     MAX_APPLY_DELAY,
     MarketService,
 )
+from bitfitech.market.stamps import Stamp
 from bitfitech.storage import Storage
 from bitfitech.testing import TEST_NETWORK, TEST_PAIR, loopback_config
 
@@ -67,9 +68,13 @@ class Publisher:
 
     def __init__(self) -> None:
         self.published: list[Event] = []
+        self.stamps: list[Stamp] = []
 
     def publish(self, events: Sequence[Event]) -> None:
         self.published.extend(events)
+
+    def publish_stamps(self, stamps: Sequence[Stamp]) -> None:
+        self.stamps.extend(stamps)
 
 
 def peer_author(number: int) -> Author:
@@ -167,7 +172,7 @@ class OwnOrderTests(MarketTestCase):
         journal = self.market._journal  # noqa: SLF001
         assert journal is not None
 
-        def refuse(events: Any, *, durable: bool) -> int:
+        def refuse(events: Any, *, durable: bool, stamps: Any = ()) -> int:
             raise JournalError("disk full")
 
         journal.write = refuse  # type: ignore[method-assign]

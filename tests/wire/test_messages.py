@@ -32,6 +32,7 @@ from bitfitech.wire.messages import (
     Ping,
     Pong,
     Prune,
+    Stamps,
     Sync,
     Unknown,
     Verack,
@@ -74,6 +75,8 @@ GETDATA = GetData((EVENT_A,))
 EVENTS = Events((("hello world", SIG), (PRINTABLE, "f" * 128), ("x", "0" * 128)), 2, False)
 NO_EVENTS = Events((), 0, True)
 SYNC = Sync(((AUTHOR_A, 0), (AUTHOR_B, 2**63 - 1)), DIGEST)
+SYNC_STAMPS = Sync((), DIGEST, stamps=((AUTHOR_A, 7), (AUTHOR_B, 0)))
+STAMPS = Stamps((("bitfi-stamp1 x", SIG), (PRINTABLE, "f" * 128)), True)
 EXAMPLES: list[Message] = [
     VERSION,
     Verack(),
@@ -88,6 +91,9 @@ EXAMPLES: list[Message] = [
     NO_EVENTS,
     SYNC,
     Sync((), DIGEST),
+    SYNC_STAMPS,
+    STAMPS,
+    Stamps((), False),
 ]
 
 
@@ -181,6 +187,7 @@ class RoundTripTests(SynchronousTestCase):
                 "prune": Prune,
                 "events": Events,
                 "sync": Sync,
+                "stamps": Stamps,
             },
         )
         for message in EXAMPLES:
@@ -413,6 +420,8 @@ class RejectionTests(SynchronousTestCase):
         """Every required field must be present."""
         for message in EXAMPLES:
             for field in payload_of(message):
+                if isinstance(message, Sync) and field in ("chains", "stamps"):
+                    continue  # optional
                 with self.subTest(command=describe(message), field=field):
                     obj = payload_of(message)
                     del obj[field]
@@ -691,6 +700,41 @@ class RejectionTests(SynchronousTestCase):
                 self.assert_field_rejected(EVENTS, "more", bad)
         self.assertRaises(MessageError, Events, (), 0, 1)
         self.assertRaises(MessageError, Events, (), 0, None)
+
+    def test_stamps(self) -> None:
+        """A stamps message carries (text, sig) pairs of printable ASCII and a more flag."""
+        self.assertEqual(
+            payload_of(STAMPS), {"stamps": [list(pair) for pair in STAMPS.stamps], "more": True}
+        )
+        for bad in ["", "x" * 96_001, "caf\u00e9", "tab\there", 5, None]:
+            with self.subTest(bad=bad):
+                obj = payload_of(STAMPS)
+                obj["stamps"][0][0] = bad
+                self.assert_rejected("stamps", dump(obj), "stamps[0][0]")
+        obj = payload_of(STAMPS)
+        obj["stamps"][1][1] = "F" * 128
+        self.assert_rejected("stamps", dump(obj), "stamps[1][1]")
+        self.assert_rejected("stamps", dump({"stamps": [], "more": 1}), "more")
+        self.assertRaises(MessageError, Stamps, ((("x", SIG),) * 1001), False)
+
+    def test_sync_stamps(self) -> None:
+        """A sync's stamps vector: unique witness keys, seqs 0 to 2**63 - 1, omitted when empty."""
+        self.assertNotIn("stamps", payload_of(SYNC))
+        self.assertEqual(payload_of(SYNC_STAMPS)["stamps"], [[AUTHOR_A, 7], [AUTHOR_B, 0]])
+        for bad in [
+            [[AUTHOR_A, 1], [AUTHOR_A, 2]],
+            [["A" * 64, 1]],
+            [[AUTHOR_A, -1]],
+            [[AUTHOR_A]],
+        ]:
+            with self.subTest(bad=bad):
+                obj = payload_of(SYNC_STAMPS)
+                obj["stamps"] = bad
+                with self.assertRaises(MessageError):
+                    decode_message("sync", dump(obj))
+        too_many = [[f"{i:064x}", 1] for i in range(32)]
+        with self.assertRaises(MessageError):
+            decode_message("sync", dump({"vector": [], "digest": DIGEST, "stamps": too_many}))
 
     def test_vector_count(self) -> None:
         """A sync vector holds 0 to MAX_VECTOR entries."""

@@ -19,6 +19,7 @@ from typing import TypeVar
 from twisted.logger import LogLevel
 
 from .address import AddressError, PeerAddress, check_port, normalize_host, parse_address
+from .witnesses import MAX_WITNESSES, WitnessSet
 
 DEFAULT_PORT = 3000
 DEFAULT_NETWORK = "main"
@@ -58,6 +59,7 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "port": ("P2P_PORT",),
     "host": ("P2P_HOST",),
     "bootstrap": ("BOOTSTRAP_PEERS",),
+    "witness": ("WITNESSES",),
     "max-peers": ("MAX_PEERS",),
     "outbound": ("OUTBOUND_PEERS",),
     "data-dir": ("BITFI_DATA_DIR", "PEER_STORAGE_PATH"),
@@ -178,8 +180,14 @@ class NodeConfig:
     :ivar port: P2P TCP port to listen on (0: the OS chooses).
     :ivar host: P2P bind address.
     :ivar bootstrap: peers dialled at start (possibly pinned to a node id).
-    :ivar max_peers: cap on all peer links, inbound and outbound.
-    :ivar outbound: how many outbound links the dialer keeps.
+    :ivar witnesses: the network's witnesses (:mod:`bitfitech.witnesses`),
+        each pinned to its node id, node ids and addresses unique; every
+        node keeps a link to each (but itself), and all nodes of a network
+        must name the same set.
+    :ivar max_peers: cap on all peer links, inbound and outbound (the links
+        this node dials to witnesses may go past it, by at most their number).
+    :ivar outbound: how many outbound links the dialer keeps (links to
+        witnesses not counted).
     :ivar data_dir: the node's own directory (database, key).
     :ivar network: network name; the wire magic derives from it.
     :ivar pair: the trading pair of this network's book, ``BASE/QUOTE``.
@@ -229,6 +237,7 @@ class NodeConfig:
     port: int = DEFAULT_PORT
     host: str = DEFAULT_HOST
     bootstrap: tuple[PeerAddress, ...] = ()
+    witnesses: tuple[PeerAddress, ...] = ()
     max_peers: int = DEFAULT_MAX_PEERS
     outbound: int = DEFAULT_OUTBOUND
     network: str = DEFAULT_NETWORK
@@ -266,6 +275,15 @@ class NodeConfig:
         if self.plain_tcp and (self.ca_bundle or self.certificate):
             option = "--ca-bundle" if self.ca_bundle else "--certificate"
             raise ConfigError(f"{option} needs TLS: it cannot go with --insecure-plain-tcp")
+        try:
+            check_witnesses(self.witnesses)
+        except ValueError as e:
+            raise ConfigError(f"--witness: {e}") from None
+
+    @property
+    def witness_set(self) -> WitnessSet:
+        """The network's witnesses by node id (empty: events keep the author-clock order)."""
+        return WitnessSet.of(address.node_id for address in self.witnesses)
 
     @property
     def dht_listen_port(self) -> int:
@@ -332,6 +350,36 @@ def coerce_bootstrap(text: str) -> tuple[PeerAddress, ...]:
         return tuple(parse_address(part) for part in text.split(",") if part.strip())
     except AddressError as e:
         raise ValueError(str(e)) from None
+
+
+def check_witnesses(addresses: Sequence[PeerAddress]) -> tuple[PeerAddress, ...]:
+    """
+    Check a list of witness addresses: each pinned to a node id, no node id
+    or ``host:port`` named twice, at most :data:`~bitfitech.witnesses.MAX_WITNESSES`.
+
+    :raises ValueError: with a short reason.
+    """
+    if len(addresses) > MAX_WITNESSES:
+        raise ValueError(f"at most {MAX_WITNESSES} witnesses, not {len(addresses)}")
+    ids: set[str] = set()
+    endpoints: set[tuple[str, int]] = set()
+    for address in addresses:
+        if address.node_id is None:
+            raise ValueError(
+                f"a witness must be pinned to its node id: NODEID@host:port, not {str(address)!r}"
+            )
+        if address.node_id in ids:
+            raise ValueError(f"witness {address.node_id} is named twice")
+        if address.endpoint in endpoints:
+            raise ValueError(f"two witnesses at one address: {str(address)!r}")
+        ids.add(address.node_id)
+        endpoints.add(address.endpoint)
+    return tuple(addresses)
+
+
+def coerce_witnesses(text: str) -> tuple[PeerAddress, ...]:
+    """A comma-separated list of witnesses, each ``NODEID@host:port``."""
+    return check_witnesses(coerce_bootstrap(text))
 
 
 def coerce_interface(text: str) -> str:
@@ -519,6 +567,7 @@ def config_from_options(
     no_api: bool,
     env: Mapping[str, str],
     *,
+    witnesses: Sequence[PeerAddress] | None = None,
     dht_bootstrap: Sequence[tuple[str, int]] | None = None,
     no_mdns: bool = False,
     no_dht: bool = False,
@@ -530,6 +579,7 @@ def config_from_options(
     :param given: raw text of each option by its long name.
     :param bootstrap: bootstrap peers from the command line, or ``None`` when none were given.
     :param no_api: whether ``--no-api`` was given.
+    :param witnesses: witnesses from the command line, or ``None`` when none were given.
     :param dht_bootstrap: DHT nodes from the command line, or ``None`` when none were given.
     :param no_mdns: whether ``--no-mdns`` was given.
     :param no_dht: whether ``--no-dht`` was given.
@@ -547,6 +597,9 @@ def config_from_options(
     if bootstrap is None:
         no_peers: tuple[PeerAddress, ...] = ()
         bootstrap = _pick("bootstrap", {}, env, coerce_bootstrap, no_peers)
+    if witnesses is None:
+        no_witnesses: tuple[PeerAddress, ...] = ()
+        witnesses = _pick("witness", {}, env, coerce_witnesses, no_witnesses)
     api_off = no_api or _pick("no-api", {}, env, coerce_flag, False)
     max_peers = _pick("max-peers", given, env, coerce_count, DEFAULT_MAX_PEERS)
     if dht_bootstrap is None:
@@ -559,6 +612,7 @@ def config_from_options(
         port=port,
         host=_pick("host", given, env, coerce_host, DEFAULT_HOST),
         bootstrap=tuple(bootstrap),
+        witnesses=tuple(witnesses),
         max_peers=max_peers,
         outbound=_pick("outbound", given, env, coerce_outbound, min(DEFAULT_OUTBOUND, max_peers)),
         network=network,

@@ -143,6 +143,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self._bootstrap: list[PeerAddress] | None = None
+        self._witnesses: list[PeerAddress] | None = None
         self._dht_bootstrap: list[tuple[str, int]] | None = None
         self.config: cfg.NodeConfig | None = None
         self.environ: dict[str, str] = dict(os.environ)
@@ -156,6 +157,16 @@ class Options(usage.Options):
         self._bootstrap = [*(self._bootstrap or []), *peers]
 
     opt_b = opt_bootstrap
+
+    def opt_witness(self, value: str) -> None:
+        """Witness of the network, NODEID@host:port: a node that signs stamps of when it saw each event, which give events their fair order; every node links to every witness, and all nodes of a network must name the same set; repeatable or comma-separated; none by default [env $WITNESSES]"""  # noqa: E501 (one line: twistd --help prints it as is)
+        try:
+            witnesses = cfg.check_witnesses(
+                [*(self._witnesses or []), *cfg.coerce_witnesses(value)]
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--witness: {e}") from None
+        self._witnesses = list(witnesses)
 
     def opt_dht_bootstrap(self, value: str) -> None:
         """DHT node to contact at start, host:port; repeatable or comma-separated; none by default [env $DHT_BOOTSTRAP]"""  # noqa: E501 (one line: twistd --help prints it as is)
@@ -171,8 +182,8 @@ class Options(usage.Options):
         try:
             self.config = cfg.config_from_options(
                 given, self._bootstrap, bool(self["no-api"]), self.environ,
-                dht_bootstrap=self._dht_bootstrap, no_mdns=bool(self["no-mdns"]),
-                no_dht=bool(self["no-dht"]),
+                witnesses=self._witnesses, dht_bootstrap=self._dht_bootstrap,
+                no_mdns=bool(self["no-mdns"]), no_dht=bool(self["no-dht"]),
                 insecure_plain_tcp=bool(self["insecure-plain-tcp"]),
             )  # fmt: skip
         except cfg.ConfigError as e:

@@ -11,6 +11,8 @@ Run from a checkout, one node per shell::
         twistd -ny tac/node.tac --pidfile= --logfile=-
 
 Each port gets its own data directory and API port (3001: 13001) by default.
+A network with witnesses names them in ``WITNESSES`` (comma-separated
+``NODEID@host:port``, the same list on every node), as ``--witness`` does.
 
 ``BITFI_LOG_FORMAT=json`` writes one JSON object per line to stdout: a
 ``.tac`` cannot see twistd's ``--logfile``, so the JSON observer it sets

@@ -21,10 +21,12 @@ from bitfitech.config import (
     default_data_dir,
 )
 from bitfitech.tap import Options
+from bitfitech.witnesses import WitnessSet
 
 XDG = "/xdg-data"
 API_TOKEN = "cli-token-0123456789abcdef"
 NODE_ID = "ab" * 20
+WITNESS_IDS = ("0a" * 20, "0b" * 20, "0c" * 20)
 #: files that exist, for the certificate options (parsing only checks that
 #: the file exists; the node reads it at start, see tests/integration/test_ca_trust.py)
 SOME_FILE = os.path.abspath(__file__)
@@ -129,6 +131,11 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
             PeerAddress("seed.example", 3002, NODE_ID),
         ),
     ),
+    "WITNESSES": (
+        f"{WITNESS_IDS[1]}@10.0.0.2:3000, {WITNESS_IDS[0]}@[::1]:3001",
+        "witnesses",
+        (PeerAddress("10.0.0.2", 3000, WITNESS_IDS[1]), PeerAddress("::1", 3001, WITNESS_IDS[0])),
+    ),
     "MAX_PEERS": ("20", "max_peers", 20),
     "OUTBOUND_PEERS": ("3", "outbound", 3),
     "BITFI_DATA_DIR": ("/srv/bitfi", "data_dir", "/srv/bitfi"),
@@ -199,6 +206,14 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "log-format": ("xml", "", "json lines"),
     "settle-after": ("-1", "86401", "soon", "nan", "inf", ""),
     "bootstrap": ("nope", "127.0.0.1:0", "::1:3000", "xyz@127.0.0.1:3000"),
+    "witness": (
+        "127.0.0.1:3000",
+        "nope",
+        f"{NODE_ID}@127.0.0.1:0",
+        f"{NODE_ID}@10.0.0.1:3000,{NODE_ID}@10.0.0.2:3000",
+        f"{WITNESS_IDS[0]}@10.0.0.1:3000,{WITNESS_IDS[1]}@10.0.0.1:3000",
+        ",".join(f"{i:040x}@10.0.0.1:{3000 + i}" for i in range(32)),
+    ),
     "mdns-interface": ("eth0", "all", "", "127.0.0.256", "::1"),
     "dht-port": ("x", "65536", "-1"),
     "dht-bootstrap": ("nope", "127.0.0.1:0", f"{NODE_ID}@127.0.0.1:6881"),
@@ -280,6 +295,57 @@ class EnvironmentTests(SynchronousTestCase):
         env = with_xdg(DHT_BOOTSTRAP="10.0.0.9:1")
         config = parse(["--dht-bootstrap", "a.example:1,[::1]:2", "--dht-bootstrap", "c:3"], env)
         self.assertEqual(config.dht_bootstrap, (("a.example", 1), ("::1", 2), ("c", 3)))
+
+    def test_witnesses(self) -> None:
+        w0, w1, w2 = (f"{node_id}@10.0.0.{i}:3000" for i, node_id in enumerate(WITNESS_IDS))
+        config = parse(["--witness", w2, "--witness", f"{w0},{w1}"])
+        self.assertEqual(
+            config.witnesses,
+            (
+                PeerAddress("10.0.0.2", 3000, WITNESS_IDS[2]),
+                PeerAddress("10.0.0.0", 3000, WITNESS_IDS[0]),
+                PeerAddress("10.0.0.1", 3000, WITNESS_IDS[1]),
+            ),
+        )
+        self.assertEqual(config.witness_set, WitnessSet.of(WITNESS_IDS))
+        self.assertEqual(config.witness_set.ids, WITNESS_IDS)
+        from_env = parse([], with_xdg(WITNESSES=f"{w2}, {w0},{w1}"))
+        self.assertEqual(from_env, config)
+
+    def test_no_witnesses(self) -> None:
+        config = parse()
+        self.assertEqual(config.witnesses, ())
+        self.assertFalse(config.witness_set)
+        self.assertEqual(config.witness_set.ordering, "author")
+        self.assertEqual(parse([], with_xdg(WITNESSES="")).witnesses, ())
+
+    def test_witness_command_line_replaces_env(self) -> None:
+        env = with_xdg(WITNESSES=f"{WITNESS_IDS[0]}@10.0.0.9:1,bogus")
+        config = parse(["--witness", f"{WITNESS_IDS[1]}@10.0.0.1:3000"], env)
+        self.assertEqual(config.witnesses, (PeerAddress("10.0.0.1", 3000, WITNESS_IDS[1]),))
+
+    def test_witness_must_be_pinned(self) -> None:
+        error = self.assertRaises(UsageError, parse, ["--witness", "10.0.0.1:3000"])
+        self.assertIn("--witness: a witness must be pinned to its node id", str(error))
+        self.assertIn("NODEID@host:port", str(error))
+        error = self.assertRaises(UsageError, parse, [], with_xdg(WITNESSES="10.0.0.1:3000"))
+        self.assertIn("--witness (from $WITNESSES): a witness must be pinned", str(error))
+
+    def test_witness_named_twice(self) -> None:
+        first, again = f"{NODE_ID}@10.0.0.1:3000", f"{NODE_ID}@10.0.0.2:3000"
+        for args in (["--witness", first, "--witness", again], ["--witness", f"{first},{again}"]):
+            error = self.assertRaises(UsageError, parse, args)
+            self.assertIn(f"--witness: witness {NODE_ID} is named twice", str(error))
+        env = with_xdg(WITNESSES=f"{first},{again}")
+        error = self.assertRaises(UsageError, parse, [], env)
+        self.assertIn(f"witness {NODE_ID} is named twice", str(error))
+        error = self.assertRaises(
+            ConfigError, NodeConfig, data_dir="/d",
+            witnesses=(PeerAddress("10.0.0.1", 1, NODE_ID), PeerAddress("10.0.0.2", 1, NODE_ID)),
+        )  # fmt: skip
+        self.assertIn("--witness: witness", str(error))
+        self.assertRaises(ConfigError, NodeConfig, data_dir="/d",
+                          witnesses=(PeerAddress("10.0.0.1", 1),))  # fmt: skip
 
     def test_discovery_flags(self) -> None:
         config = parse(["--no-mdns", "--no-dht"], with_xdg(BITFI_NO_MDNS="0", BITFI_NO_DHT="0"))

@@ -63,6 +63,7 @@ from bitfitech.testing import free_ports
 from bitfitech.wire.framing import encode_frame, network_magic
 from bitfitech.wire.messages import (
     COMMANDS,
+    PROTOCOL_VERSION,
     Addr,
     Events,
     GetAddr,
@@ -75,6 +76,7 @@ from bitfitech.wire.messages import (
     Version,
     encode_message,
 )
+from bitfitech.witnesses import WitnessSet
 
 PAIR = "BTC/USD"
 
@@ -273,8 +275,9 @@ def fuzz_connection(
                 sock.sendall(chunk)
                 frames, sent, kinds = 1, len(chunk), {"before handshake": 1}
             else:
-                hello = frame(Version(1, NETWORK, PAIR, node_id, 0, "bitfi-fuzz/0", (),
-                                      rng.randrange(1, 2**64), int(time.time())))  # fmt: skip
+                hello = frame(Version(PROTOCOL_VERSION, NETWORK, PAIR, node_id, 0, "bitfi-fuzz/0",
+                                      (), rng.randrange(1, 2**64), int(time.time()),
+                                      WitnessSet().digest))  # fmt: skip
                 sock.sendall(hello + frame(Verack()))
                 while frames < budget:
                     kind, data = source.next()

@@ -175,6 +175,7 @@ def build_node(
         reactor = cast(IReactorCore, global_reactor)
     clock = cast(IReactorTime, reactor)
     rng = random.SystemRandom()
+    witnesses = config.witness_set
 
     # The data directory, then the market: the only writer of book state.
     storage = Storage(config.data_dir)
@@ -204,7 +205,7 @@ def build_node(
     )  # fmt: skip
     peers = PeerService(
         config, storage, reactor, hub=hub, addrbook=addrbook, bans=bans, security=security,
-        dialer=dialer, gossip=gossip,
+        dialer=dialer, gossip=gossip, witness_digest=witnesses.digest,
     )  # fmt: skip
 
     # Discovery: hands the addresses it finds to the peer layer.

@@ -74,7 +74,7 @@ from .market.interfaces import IEventPublisher, IEventStore
 from .market.ledger import Ledger
 from .market.stamps import Stamp
 from .peer.protocol import LocalNode, PeerProtocol
-from .testing import HeapClock, run_for
+from .testing import NO_WITNESSES, HeapClock, run_for
 from .wire.messages import Events, Message
 from .witnesses import WitnessSet
 
@@ -306,7 +306,8 @@ class SimNode:
         self.node_id = f"{index + 1:040x}"
         self.host = f"10.{(index + 1) >> 16 & 255}.{(index + 1) >> 8 & 255}.{(index + 1) & 255}"
         self.local = LocalNode(network=NETWORK, pair=PAIR, node_id=self.node_id,
-                               listen_port=PORT, user_agent="bitfi-sim/0")  # fmt: skip
+                               listen_port=PORT, user_agent="bitfi-sim/0",
+                               witnesses=NO_WITNESSES)  # fmt: skip
         self.author = Author(sim.rng.randbytes(32), NETWORK, PAIR)
         self.store = SimStore(sim.clock, self._arrived)
         self.owner = _SimOwner(self)

@@ -49,11 +49,15 @@ from .node import Node, build_node
 from .peer.protocol import LocalNode
 from .peer.tls import NodeTLS, TLSLinkFactory
 from .wire.framing import encode_frame, network_magic
-from .wire.messages import Events, Message, Verack, Version, encode_message
+from .wire.messages import PROTOCOL_VERSION, Events, Message, Verack, Version, encode_message
+from .witnesses import WitnessSet
 
 TEST_NETWORK = "test"
 MDNS_GROUP = "224.0.0.251"
 TEST_PAIR = "BTC/USD"
+
+NO_WITNESSES = WitnessSet().digest
+"""The witness set digest of a network without witnesses (every test network's)."""
 
 #: How long a test on real sockets, processes or time waits for a
 #: condition before it gives up: a hang guard, far above what any machine
@@ -72,17 +76,20 @@ def node_id_of(n: int) -> str:
     return f"{n:040x}"
 
 
-def local_node(n: int = 1, *, port: int = 3000, network: str = TEST_NETWORK) -> LocalNode:
+def local_node(
+    n: int = 1, *, port: int = 3000, network: str = TEST_NETWORK, witnesses: str = NO_WITNESSES
+) -> LocalNode:
     """A :class:`LocalNode` for test node C{n}."""
     return LocalNode(network=network, pair=TEST_PAIR, node_id=node_id_of(n), listen_port=port,
-                     user_agent="bitfi-test/0")  # fmt: skip
+                     user_agent="bitfi-test/0", witnesses=witnesses)  # fmt: skip
 
 
 def version_of(n: int, *, port: int = 3000, nonce: int = 0, **changes: Any) -> Version:
     """A valid ``version`` as sent by test node C{n}."""
     fields: dict[str, Any] = dict(
-        protocol_version=1, network=TEST_NETWORK, pair=TEST_PAIR, node_id=node_id_of(n),
-        port=port, user_agent="bitfi-test/0", services=(), nonce=nonce or n + 1000, time=0,
+        protocol_version=PROTOCOL_VERSION, network=TEST_NETWORK, pair=TEST_PAIR,
+        node_id=node_id_of(n), port=port, user_agent="bitfi-test/0", services=(),
+        nonce=nonce or n + 1000, time=0, witnesses=NO_WITNESSES,
     )  # fmt: skip
     fields.update(changes)
     return Version(**fields)
@@ -414,8 +421,9 @@ class HostilePeer:
         certificate the next :meth:`connect` presents.
         """
         self.identity = NodeIdentity.from_seed(secrets.token_bytes(32))
-        version = Version(1, TEST_NETWORK, TEST_PAIR, self.identity.node_id, 0, "hostile/0", (),
-                          secrets.randbelow(2**63) + 1, int(self.reactor.seconds()))  # fmt: skip
+        version = Version(PROTOCOL_VERSION, TEST_NETWORK, TEST_PAIR, self.identity.node_id, 0,
+                          "hostile/0", (), secrets.randbelow(2**63) + 1,
+                          int(self.reactor.seconds()), NO_WITNESSES)  # fmt: skip
         return [frame_of(version), frame_of(Verack())]
 
     def events(self, count: int, *, forge: bool = False) -> bytes:

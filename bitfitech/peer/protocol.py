@@ -41,6 +41,7 @@ from ..logs import logger
 from ..ratelimit import TokenBucket
 from ..wire.framing import MAX_PAYLOAD, FrameDecoder, FramingError, encode_frame, network_magic
 from ..wire.messages import (
+    FAIR_ORDER_VERSION,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Message,
@@ -73,6 +74,17 @@ RATE_REPORT_INTERVAL = 1.0
 MIN_PAUSE = 0.01
 
 
+def unsupported_version(protocol_version: int) -> str:
+    """The close reason for a peer that speaks only C{protocol_version}, too old for us."""
+    reason = (
+        f"unsupported protocol version {protocol_version} "
+        f"(this node needs {MIN_PROTOCOL_VERSION} or newer"
+    )
+    if protocol_version < FAIR_ORDER_VERSION:
+        reason += f": version {protocol_version} has no fair order"
+    return reason + ")"
+
+
 class LinkClosed(ConnectionError):
     """A link closed before its handshake finished; ``reason`` says why."""
 
@@ -91,6 +103,10 @@ class LocalNode:
     :ivar node_id: this node's id.
     :ivar listen_port: P2P port peers can dial back, 0 if not listening.
     :ivar user_agent: software name and version.
+    :ivar witnesses: the digest of the network's witness set
+        (:attr:`bitfitech.witnesses.WitnessSet.digest`, as
+        :func:`bitfitech.node.build_node` hands it over): a peer that names
+        another set is refused, like one of another network.
     :ivar services: service names offered.
     :ivar tls: whether links run over TLS, where each peer must prove the
         node id its ``version`` claims with the key of its certificate (a
@@ -102,6 +118,7 @@ class LocalNode:
     node_id: str
     listen_port: int
     user_agent: str
+    witnesses: str
     services: tuple[str, ...] = ()
     tls: bool = False
 
@@ -330,6 +347,7 @@ class PeerProtocol(Protocol):
                 services=self.local.services,
                 nonce=self.nonce,
                 time=int(self.clock.seconds()),
+                witnesses=self.local.witnesses,
             )
         )
 
@@ -491,13 +509,13 @@ class PeerProtocol(Protocol):
             return
         self.remote = version
         if version.network != self.local.network:
-            self.close(f"wrong network {version.network!r}")
+            self._refuse(f"wrong network {version.network!r}")
             return
         if version.pair != self.local.pair:
-            self.close(f"wrong pair {version.pair!r}")
+            self._refuse(f"wrong pair {version.pair!r}")
             return
         if version.protocol_version < MIN_PROTOCOL_VERSION:
-            self.close(f"unsupported protocol version {version.protocol_version}")
+            self._refuse(unsupported_version(version.protocol_version))
             return
         if version.node_id == self.local.node_id or self.owner.is_own_nonce(version.nonce):
             log.debug("Connected to myself through {peer}; dropping", peer=self.describe())
@@ -512,6 +530,14 @@ class PeerProtocol(Protocol):
         self.protocol_version = min(PROTOCOL_VERSION, version.protocol_version)
         self.send(Verack())
         self._maybe_ready()
+
+    def _refuse(self, reason: str) -> None:
+        """
+        Close a link whose peer is configured for another network (another
+        network, pair, protocol version or witness set): no misbehaviour.
+        """
+        log.info("Refusing {peer}: {reason}", peer=self.describe(), reason=reason)
+        self.close(reason)
 
     def _proves(self, claimed: str) -> bool:
         """

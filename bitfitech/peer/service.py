@@ -134,11 +134,14 @@ class PeerService(ListeningService):
         security: LinkSecurity,
         dialer: Dialer,
         gossip: IGossip,
+        witness_digest: str,
     ) -> None:
         """
         :param storage: the node's storage, open by the time this starts
             (the address book and bans are read from it, and the node key).
         :param reactor: listens (``IReactorTCP``) and tells the time.
+        :param witness_digest: the digest of the network's witness set,
+            said in every ``version`` (peers naming another are refused).
         """
         super().__init__()
         self.config = config
@@ -151,6 +154,7 @@ class PeerService(ListeningService):
         self.security = security
         self.dialer = dialer
         self.gossip = gossip
+        self.witness_digest = witness_digest
         self.started_at: float | None = None
 
     @property
@@ -188,6 +192,7 @@ class PeerService(ListeningService):
             node_id=identity.node_id,
             listen_port=self.listen_port,
             user_agent=USER_AGENT,
+            witnesses=self.witness_digest,
             tls=self.tls is not None,
         )
         self.hub.start(local)

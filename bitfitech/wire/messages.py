@@ -27,11 +27,14 @@ from typing import ClassVar, NoReturn, Self, TypeAlias, get_args
 from bitfitech.address import AddressError, check_port, is_node_id, normalize_host
 from bitfitech.wire.framing import MAX_PAYLOAD, is_command
 
-PROTOCOL_VERSION: int = 1
+PROTOCOL_VERSION: int = 2
 """The protocol version this code speaks."""
 
-MIN_PROTOCOL_VERSION: int = 1
-"""The oldest protocol version this code still talks to."""
+MIN_PROTOCOL_VERSION: int = 2
+"""The oldest protocol version this code still talks to (version 1 has no fair order)."""
+
+FAIR_ORDER_VERSION: int = 2
+"""The first protocol version whose ``version`` names the sender's witness set."""
 
 MAX_PROTOCOL_VERSION: int = 2**32 - 1
 """The largest ``protocol_version`` a ``version`` message may carry."""
@@ -249,7 +252,9 @@ class Version:
     """
     The first message on a link: who the sender is and what it speaks.
 
-    :ivar protocol_version: the newest protocol version the sender speaks, >= 1.
+    :ivar protocol_version: the newest protocol version the sender speaks, >= 1
+        (a peer below :data:`MIN_PROTOCOL_VERSION` is refused by the handshake,
+        not by the codec: every version's ``version`` must decode).
     :ivar network: the network name, 1 to 64 characters.
     :ivar pair: the trading pair, such as ``"BTC/USD"``, 1 to 32 characters.
     :ivar node_id: the sender's node id, 40 lowercase hex digits.
@@ -261,6 +266,11 @@ class Version:
     :ivar nonce: a random number identifying this link, ``0 <= nonce < 2**64``,
         to detect connections to oneself.
     :ivar time: the sender's clock in unix seconds, ``0 <= time < 2**40``.
+    :ivar witnesses: the digest of the sender's witness set
+        (:attr:`bitfitech.witnesses.WitnessSet.digest`), 64 lowercase hex
+        digits; required from :data:`FAIR_ORDER_VERSION` on.  A version 1
+        ``version`` has none: it decodes with ``""`` here (a key sent
+        anyway is ignored, as version 1 knows no such field).
     """
 
     command: ClassVar[str] = "version"
@@ -274,11 +284,21 @@ class Version:
     services: tuple[str, ...]
     nonce: int
     time: int
+    witnesses: str
 
     def __post_init__(self) -> None:
         """:raises MessageError: for any field out of its type or range."""
         c = self.command
         _int(self.protocol_version, 1, MAX_PROTOCOL_VERSION, c, "protocol_version")
+        if self.protocol_version >= FAIR_ORDER_VERSION:
+            _hex64(self.witnesses, "a witness set digest", c, "witnesses")
+        elif self.witnesses != "":
+            raise MessageError(
+                f"must be empty below protocol version {FAIR_ORDER_VERSION}, "
+                f"not {_show(self.witnesses)}",
+                command=c,
+                field="witnesses",
+            )
         _str(self.network, 1, MAX_NETWORK, c, "network")
         _str(self.pair, 1, MAX_PAIR, c, "pair")
         _node_id(self.node_id, c, "node_id")
@@ -315,18 +335,24 @@ class Version:
             "services": list(self.services),
             "nonce": self.nonce,
             "time": self.time,
-        }
+        } | ({"witnesses": self.witnesses} if self.witnesses else {})
 
     @classmethod
     def _from_json(cls, obj: Mapping[str, object]) -> Self:
         c = cls.command
+        protocol_version = _int(
+            _require(obj, "protocol_version", c), 1, MAX_PROTOCOL_VERSION, c, "protocol_version"
+        )
+        witnesses: object = ""
+        if protocol_version >= FAIR_ORDER_VERSION:
+            witnesses = _require(obj, "witnesses", c)
         services = _require(obj, "services", c)
         if not isinstance(services, list):
             raise MessageError(
                 f"must be a list, not {_show(services)}", command=c, field="services"
             )
         return cls(
-            protocol_version=_require(obj, "protocol_version", c),  # type: ignore[arg-type]
+            protocol_version=protocol_version,
             network=_require(obj, "network", c),  # type: ignore[arg-type]
             pair=_require(obj, "pair", c),  # type: ignore[arg-type]
             node_id=_require(obj, "node_id", c),  # type: ignore[arg-type]
@@ -335,6 +361,7 @@ class Version:
             services=tuple(services),
             nonce=_require(obj, "nonce", c),  # type: ignore[arg-type]
             time=_require(obj, "time", c),  # type: ignore[arg-type]
+            witnesses=witnesses,  # type: ignore[arg-type]
         )
 
 

@@ -17,6 +17,7 @@ from bitfitech.peer.protocol import LinkClosed, LocalNode, PeerProtocol
 from bitfitech.peer.tls import NodeTLS, TLSLink, TLSLinkFactory
 from bitfitech.testing import (
     HANG_GUARD,
+    NO_WITNESSES,
     TEST_NETWORK,
     TEST_PAIR,
     ClusterTestCase,
@@ -54,7 +55,8 @@ class _Impostor(Factory):
     def buildProtocol(self, addr: IAddress) -> PeerProtocol:  # type: ignore[override]
         config = loopback_config("unused")
         local = LocalNode(network=TEST_NETWORK, pair=TEST_PAIR, node_id=self.claimed,
-                          listen_port=0, user_agent="impostor/0")  # fmt: skip
+                          listen_port=0, user_agent="impostor/0",
+                          witnesses=NO_WITNESSES)  # fmt: skip
         link = PeerProtocol(local, self.owner, self.reactor, "outbound", timing=config.timing)
         self.links.append(link)
         return link

@@ -10,9 +10,17 @@ from bitfitech.address import PeerAddress
 from bitfitech.config import LinkTiming
 from bitfitech.peer import protocol as protocol_module
 from bitfitech.peer.protocol import REASON_SELF, LinkClosed, PeerProtocol
-from bitfitech.testing import RecordingOwner, frame_of, local_node, node_id_of, version_of
+from bitfitech.testing import (
+    NO_WITNESSES,
+    RecordingOwner,
+    frame_of,
+    local_node,
+    node_id_of,
+    version_of,
+)
 from bitfitech.wire.framing import FrameDecoder, network_magic
 from bitfitech.wire.messages import (
+    PROTOCOL_VERSION,
     Addr,
     GetAddr,
     Message,
@@ -179,7 +187,30 @@ class HandshakeTests(SynchronousTestCase):
     def test_lower_protocol_version_is_spoken(self) -> None:
         link = Link()
         link.receive(version_of(2, protocol_version=7), Verack())
-        self.assertEqual(link.protocol.protocol_version, 1)
+        self.assertEqual(link.protocol.protocol_version, PROTOCOL_VERSION)
+        self.assertEqual(link.protocol.state, "ready")
+
+    def test_sends_protocol_version_2_with_witnesses(self) -> None:
+        link = Link()
+        [version] = link.sent()
+        assert isinstance(version, Version)
+        self.assertEqual((version.protocol_version, PROTOCOL_VERSION), (2, 2))
+        self.assertEqual(version.witnesses, NO_WITNESSES)
+
+    def test_version_1_peer_refused_without_misbehaviour(self) -> None:
+        """A version 1 node has no fair order: refused with a clear reason, not scored."""
+        link = Link()
+        d = link.protocol.when_ready()
+        link.sent()
+        link.receive(version_of(2, protocol_version=1, witnesses=""), Verack())
+        self.assertEqual(link.protocol.state, "closed")
+        reason = link.protocol.close_reason or ""
+        self.assertIn("unsupported protocol version 1", reason)
+        self.assertIn("no fair order", reason)
+        self.assertEqual(self.failureResultOf(d, LinkClosed).value.reason, reason)
+        self.assertEqual((link.owner.ready, link.owner.misbehaved), ([], []))
+        self.assertTrue(link.transport.disconnecting)
+        self.assertEqual(link.sent(), [])  # no verack
 
 
 class ViolationTests(SynchronousTestCase):

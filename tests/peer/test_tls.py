@@ -38,6 +38,7 @@ from bitfitech.peer.tls import (
     proven_node_id,
 )
 from bitfitech.testing import (
+    NO_WITNESSES,
     TEST_NETWORK,
     TEST_PAIR,
     CertificateAuthority,
@@ -127,7 +128,8 @@ class BindingTests(SynchronousTestCase):
     ) -> tuple[PeerProtocol, RecordingOwner]:
         owner = RecordingOwner()
         local = LocalNode(network=TEST_NETWORK, pair=TEST_PAIR, node_id=ALICE.node_id,
-                          listen_port=3000, user_agent="bitfi-test/0", tls=True)  # fmt: skip
+                          listen_port=3000, user_agent="bitfi-test/0",
+                          witnesses=NO_WITNESSES, tls=True)  # fmt: skip
         protocol = PeerProtocol(local, owner, Clock(), "outbound" if dialed else "inbound",
                                 dialed=dialed, timing=LinkTiming(), nonce=7)  # fmt: skip
         protocol.makeConnection(transport)

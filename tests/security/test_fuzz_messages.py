@@ -98,7 +98,7 @@ class DecodeTests(SynchronousTestCase):
     @given(
         st.sampled_from(sorted(COMMANDS)),
         st.sampled_from(["nonce", "ttl", "more", "ids", "events", "vector", "digest", "port",
-                         "addrs", "services", "network", "protocol_version"]),
+                         "addrs", "services", "network", "protocol_version", "witnesses"]),
         st.integers(1, 1200),
     )  # fmt: skip
     def test_deep_nesting_in_any_field(self, command: str, field: str, depth: int) -> None:

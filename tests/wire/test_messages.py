@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from bitfitech.wire.framing import MAX_PAYLOAD
 from bitfitech.wire.messages import (
     COMMANDS,
+    FAIR_ORDER_VERSION,
     MAX_ADDRS,
     MAX_EVENT_TEXT,
     MAX_EVENTS,
@@ -45,8 +46,9 @@ from bitfitech.wire.messages import (
 NODE_A = "0123456789abcdef0123456789abcdef01234567"
 NODE_B = "f" * 40
 
+WITNESSES = "c" * 64
 VERSION = Version(
-    protocol_version=1,
+    protocol_version=2,
     network="main",
     pair="BTC/USD",
     node_id=NODE_A,
@@ -55,7 +57,10 @@ VERSION = Version(
     services=("book",),
     nonce=2**64 - 1,
     time=1_700_000_000,
+    witnesses=WITNESSES,
 )
+#: what a version 1 node sends: no witnesses
+VERSION_1 = replace(VERSION, protocol_version=1, witnesses="")
 ADDR = Addr(
     (
         NetAddress("192.0.2.1", 3000, NODE_B, 1_700_000_000),
@@ -79,6 +84,7 @@ SYNC_STAMPS = Sync((), DIGEST, stamps=((AUTHOR_A, 7), (AUTHOR_B, 0)))
 STAMPS = Stamps((("bitfi-stamp1 x", SIG), (PRINTABLE, "f" * 128)), True)
 EXAMPLES: list[Message] = [
     VERSION,
+    VERSION_1,
     Verack(),
     GetAddr(),
     Prune(),
@@ -116,9 +122,8 @@ hostnames = st.from_regex(
     r"\A[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?){0,3}\Z"
 )
 hosts = st.one_of(st.ip_addresses().map(str), hostnames)
-versions = st.builds(
-    Version,
-    protocol_version=st.integers(min_value=1, max_value=2**32 - 1),
+hex64 = st.from_regex(r"\A[0-9a-f]{64}\Z")
+_version_fields: dict[str, st.SearchStrategy[Any]] = dict(
     network=st.text(st.characters(codec="utf-8"), min_size=1, max_size=64),
     pair=st.text(st.characters(codec="utf-8"), min_size=1, max_size=32),
     node_id=node_ids,
@@ -128,6 +133,15 @@ versions = st.builds(
     nonce=u64,
     time=times,
 )
+versions = st.one_of(
+    st.builds(
+        Version,
+        protocol_version=st.integers(min_value=FAIR_ORDER_VERSION, max_value=2**32 - 1),
+        witnesses=hex64,
+        **_version_fields,
+    ),
+    st.builds(Version, protocol_version=st.just(1), witnesses=st.just(""), **_version_fields),
+)
 net_addresses = st.builds(
     NetAddress,
     host=hosts,
@@ -136,7 +150,6 @@ net_addresses = st.builds(
     time=times,
 )
 addrs = st.builds(Addr, st.lists(net_addresses, max_size=20).map(tuple))
-hex64 = st.from_regex(r"\A[0-9a-f]{64}\Z")
 ttls = st.integers(min_value=0, max_value=MAX_TTL)
 id_tuples = st.lists(hex64, min_size=1, max_size=20).map(tuple)
 invs = st.builds(Inv, id_tuples, ttls)
@@ -220,6 +233,7 @@ class RoundTripTests(SynchronousTestCase):
                 "services",
                 "nonce",
                 "time",
+                "witnesses",
             },
         )
 
@@ -541,6 +555,35 @@ class RejectionTests(SynchronousTestCase):
         self.assert_field_rejected(VERSION, "services", [""])
         self.assert_field_rejected(VERSION, "services", ["s" * 33])
         self.assert_field_rejected(VERSION, "services", ["s"] * 33)
+
+    def test_version_witnesses(self) -> None:
+        """From protocol version 2 on, the witness set's digest: 64 lowercase hex digits."""
+        for value in ["", "C" * 64, "c" * 63, "c" * 65, "g" * 64, " " + "c" * 63, 5, None]:
+            with self.subTest(value=value):
+                self.assert_field_rejected(VERSION, "witnesses", value)
+        self.assert_field_rejected(VERSION, "witnesses", ["c" * 64])
+        error = self.assertRaises(MessageError, replace, VERSION, witnesses="")
+        self.assertEqual(error.field, "witnesses")
+        self.assertIn("witness set digest", str(error))
+        obj = payload_of(VERSION)
+        del obj["witnesses"]
+        self.assert_rejected("version", dump(obj), "witnesses", "missing")
+
+    def test_version_1_has_no_witnesses(self) -> None:
+        """
+        A version 1 ``version`` decodes without witnesses (the handshake
+        refuses the peer, not the codec); a key sent anyway is ignored.
+        """
+        obj = payload_of(VERSION_1)
+        self.assertNotIn("witnesses", obj)
+        self.assertEqual(decode_message("version", dump(obj)), VERSION_1)
+        obj["witnesses"] = "not a digest"
+        self.assertEqual(decode_message("version", dump(obj)), VERSION_1)
+        error = self.assertRaises(MessageError, replace, VERSION_1, witnesses=WITNESSES)
+        self.assertEqual(error.field, "witnesses")
+        obj = payload_of(VERSION)
+        obj["protocol_version"] = "2"
+        self.assert_rejected("version", dump(obj), "protocol_version")
 
     def test_event_id_count(self) -> None:
         """inv and getdata hold 1 to MAX_INV event ids."""

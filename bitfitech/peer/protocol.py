@@ -64,6 +64,9 @@ Direction = Literal["inbound", "outbound"]
 REASON_SELF = "connected to self"
 REASON_DUPLICATE = "duplicate link"
 
+#: how the close reason of a link whose peer names other witnesses begins
+REASON_WITNESSES = "wrong witness set"
+
 #: close reason of a link whose peer leaves what we write unread
 REASON_STALLED = "peer does not read"
 
@@ -516,6 +519,15 @@ class PeerProtocol(Protocol):
             return
         if version.protocol_version < MIN_PROTOCOL_VERSION:
             self._refuse(unsupported_version(version.protocol_version))
+            return
+        if version.witnesses != self.local.witnesses:
+            # Another witness set orders events otherwise: a configuration
+            # mismatch, as another network is, not misbehaviour.
+            self._refuse(
+                f"{REASON_WITNESSES} {version.witnesses[:16]}... "
+                f"(ours is {self.local.witnesses[:16]}...: all nodes of a network "
+                "must name the same --witness set)"
+            )
             return
         if version.node_id == self.local.node_id or self.owner.is_own_nonce(version.nonce):
             log.debug("Connected to myself through {peer}; dropping", peer=self.describe())

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.address import PeerAddress
 from bitfitech.config import LinkTiming
 from bitfitech.peer import protocol as protocol_module
-from bitfitech.peer.protocol import REASON_SELF, LinkClosed, PeerProtocol
+from bitfitech.peer.protocol import REASON_SELF, REASON_WITNESSES, LinkClosed, PeerProtocol
 from bitfitech.testing import (
     NO_WITNESSES,
     RecordingOwner,
@@ -31,6 +33,7 @@ from bitfitech.wire.messages import (
     Version,
     decode_message,
 )
+from bitfitech.witnesses import WitnessSet
 
 TIMING = LinkTiming(handshake_timeout=10.0, ping_interval=30.0, ping_timeout=20.0)
 
@@ -211,6 +214,75 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual((link.owner.ready, link.owner.misbehaved), ([], []))
         self.assertTrue(link.transport.disconnecting)
         self.assertEqual(link.sent(), [])  # no verack
+
+
+#: the digests of two witness sets
+WITNESSES_A = WitnessSet.of([node_id_of(7), node_id_of(8), node_id_of(9)]).digest
+WITNESSES_B = WitnessSet.of([node_id_of(7), node_id_of(8), node_id_of(10)]).digest
+
+
+class WitnessHandshakeTests(SynchronousTestCase):
+    """Two protocols in memory (iosim): only nodes naming the same witness set link."""
+
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.events)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events)
+
+    def handshake(
+        self, ours: str, theirs: str
+    ) -> tuple[PeerProtocol, PeerProtocol, RecordingOwner, RecordingOwner]:
+        """Node 1 (witness digest C{ours}) dials node 2 (C{theirs}); both sides handshake."""
+        clock = Clock()
+        owners = RecordingOwner(), RecordingOwner()
+        client = PeerProtocol(local_node(1, witnesses=ours), owners[0], clock, "outbound",
+                              timing=TIMING, nonce=1)  # fmt: skip
+        server = PeerProtocol(local_node(2, witnesses=theirs), owners[1], clock, "inbound",
+                              timing=TIMING, nonce=2)  # fmt: skip
+        pump = connect(server, FakeTransport(server, True), client, FakeTransport(client, False))
+        pump.flush()
+        return client, server, *owners
+
+    def test_same_witnesses_link(self) -> None:
+        client, server, client_owner, server_owner = self.handshake(WITNESSES_A, WITNESSES_A)
+        self.assertEqual((client.state, server.state), ("ready", "ready"))
+        self.assertEqual((client_owner.ready, server_owner.ready), ([client], [server]))
+        assert client.remote is not None
+        self.assertEqual(client.remote.witnesses, WITNESSES_A)
+
+    def test_other_witnesses_refused_both_ways(self) -> None:
+        client, server, client_owner, server_owner = self.handshake(WITNESSES_A, WITNESSES_B)
+        sides = [
+            (client, client_owner, WITNESSES_B, WITNESSES_A),
+            (server, server_owner, WITNESSES_A, WITNESSES_B),
+        ]
+        for link, owner, theirs, ours in sides:
+            self.assertEqual(link.state, "closed")
+            reason = link.close_reason or ""
+            self.assertTrue(reason.startswith(f"{REASON_WITNESSES} {theirs[:16]}"), reason)
+            self.assertIn(f"ours is {ours[:16]}", reason)
+            self.assertEqual(owner.ready, [])
+            # a configuration mismatch, like another network: not misbehaviour
+            self.assertEqual(owner.misbehaved, [])
+            self.assertEqual([r for _, r in owner.closed], [reason])
+        refusals = [e for e in self.events if e.get("log_format") == "Refusing {peer}: {reason}"]
+        self.assertEqual(
+            sorted(e["reason"] for e in refusals),
+            sorted([client.close_reason, server.close_reason]),
+        )
+        self.assertEqual({e["log_level"] for e in refusals}, {LogLevel.info})
+
+    def test_no_witnesses_and_witnesses_refused(self) -> None:
+        client, server, _, _ = self.handshake(NO_WITNESSES, WITNESSES_A)
+        self.assertEqual((client.state, server.state), ("closed", "closed"))
+        self.assertIn(REASON_WITNESSES, client.close_reason or "")
+
+    def test_wrong_network_logged_alike(self) -> None:
+        link = Link()
+        link.receive(version_of(2, network="other"))
+        [event] = [e for e in self.events if e.get("log_format") == "Refusing {peer}: {reason}"]
+        self.assertEqual(event["reason"], "wrong network 'other'")
+        self.assertEqual(link.owner.misbehaved, [])
 
 
 class ViolationTests(SynchronousTestCase):

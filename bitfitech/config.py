@@ -340,7 +340,7 @@ def coerce_count(text: str) -> int:
 
 
 def coerce_outbound(text: str) -> int:
-    """An outbound target: 0 (never dial) to 10000."""
+    """An outbound target: 0 (dial no one but the witnesses) to 10000."""
     return _whole_number(text, 0, 10000)
 
 

@@ -193,7 +193,7 @@ def build_node(
         max_inbound=config.max_inbound, timing=config.timing, rng=rng,
         max_inbound_per_ip=config.max_inbound_per_ip,
         max_handshakes_per_ip=config.max_handshakes_per_ip,
-        bans=bans, ban_duration=config.ban_duration,
+        bans=bans, ban_duration=config.ban_duration, witnesses=witnesses.ids,
     )  # fmt: skip
     security = LinkSecurity(
         plain=config.plain_tcp, certificate=config.certificate, ca_bundle=config.ca_bundle,
@@ -201,7 +201,8 @@ def build_node(
     )  # fmt: skip
     dialer = Dialer(
         hub, addrbook, TCPConnector(reactor, hub, security, config.connect_timeout), clock,
-        target=config.outbound, bootstrap=config.bootstrap, interval=config.dial_interval,
+        target=config.outbound, bootstrap=config.bootstrap, witnesses=config.witnesses,
+        interval=config.dial_interval,
     )  # fmt: skip
     peers = PeerService(
         config, storage, reactor, hub=hub, addrbook=addrbook, bans=bans, security=security,

@@ -1,6 +1,6 @@
 """The address book: where peers listen, between discovery and the outbound dialler.
 
-Addresses arrive from the command line (``bootstrap``), the API (``manual``),
+Addresses arrive from the command line (``bootstrap``, ``witness``), the API (``manual``),
 peers' ``addr`` messages, inbound handshakes, mDNS and the DHT.  The dialler
 asks :meth:`AddressBook.candidates` whom to call, reports back with
 ``record_attempt``/``record_success``/``record_failure``, and a
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from bitfitech.address import PeerAddress, check_port, is_node_id, normalize_host
 
 #: Where an address can come from.
-SOURCES = ("bootstrap", "manual", "addr", "inbound", "mdns", "dht")
+SOURCES = ("bootstrap", "witness", "manual", "addr", "inbound", "mdns", "dht")
 #: Sources that record the operator's intent: never evicted or pruned, and
 #: they take over an entry learned another way.
-PROTECTED_SOURCES = frozenset({"bootstrap", "manual"})
+PROTECTED_SOURCES = frozenset({"bootstrap", "witness", "manual"})
 
 _COLUMNS = (
     "host",
@@ -174,8 +174,8 @@ class AddressBook:
         rng: random.Random | None = None,
     ) -> None:
         """
-        :param max_entries: how many entries to keep (bootstrap and manual
-            entries are never evicted, so there can be more of those).
+        :param max_entries: how many entries to keep (bootstrap, witness and
+            manual entries are never evicted, so there can be more of those).
         :param policy: the retry policy for failing addresses.
         :param rng: randomness for ordering and sampling.
         """
@@ -267,11 +267,11 @@ class AddressBook:
 
         For a known address, C{last_seen} moves forward to C{seen} (or
         C{now}); a given C{node_id} replaces the recorded one (the address
-        now belongs to that node); the source changes only to ``bootstrap``
-        or ``manual``.  C{seen} (a peer's claim) is clamped to C{now}.
+        now belongs to that node); the source changes only to one of
+        :data:`PROTECTED_SOURCES`.  C{seen} (a peer's claim) is clamped to C{now}.
 
-        When the book overflows, one entry is evicted: never a bootstrap or
-        manual one; the one with the most consecutive failures, then the
+        When the book overflows, one entry is evicted: never one of
+        :data:`PROTECTED_SOURCES`; the one with the most consecutive failures, then the
         oldest C{last_seen}.  That can be the new entry itself.
 
         :param source: one of :data:`SOURCES`.
@@ -383,7 +383,7 @@ class AddressBook:
 
     def prune(self, now: float, *, max_age: float = 30 * 86400.0) -> int:
         """
-        Drop failing addresses not seen for C{max_age} (never bootstrap or manual ones).
+        Drop failing addresses not seen for C{max_age} (never :data:`PROTECTED_SOURCES`).
 
         :return: how many entries were dropped.
         """
@@ -412,7 +412,7 @@ class AddressBook:
         The addresses that may be dialled at C{now}, best first.
 
         Addresses that worked before come first (most recent success first),
-        then bootstrap and manual ones, then the rest; within the last two
+        then bootstrap, witness and manual ones, then the rest; within the last two
         groups the order is random, to spread load.
 
         :param exclude_node_ids: node ids we are already connected to.

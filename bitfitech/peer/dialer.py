@@ -9,6 +9,15 @@ row rests behind its circuit breaker), dials them, and records each outcome.
 An address the hub has banned is never dialled.
 A refused, timed-out or unresolvable dial is logged and retried later, never
 fatal.  Time comes from an injected clock.
+
+Witnesses come first: the dialer keeps a link to every witness of the
+network (but this node), whatever the outbound target.  Each tick dials
+each witness that has no link (in either direction) and no dial under
+way, once its address is past its backoff (the same
+:class:`~bitfitech.peer.addrbook.RetryPolicy` as any address), before it
+looks at the target.  Links to witnesses do not count towards the target,
+and the hub admits them past ``max_peers``; there is no eviction of links
+that could drop them.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ class Dialer(Service):
 
     :ivar pending: dials under way, by ``(host, port)``.
     :ivar pinned: node ids that addresses given as ``NODEID@host:port`` must prove.
+    :ivar witnesses: the node id of each witness to keep a link to, by
+        ``(host, port)`` (this node left out; filled at start).
     """
 
     name = "dialer"
@@ -58,17 +69,27 @@ class Dialer(Service):
         *,
         target: int,
         bootstrap: tuple[PeerAddress, ...] = (),
+        witnesses: tuple[PeerAddress, ...] = (),
         interval: float = 1.0,
     ) -> None:
+        """
+        :param target: outbound links to keep, besides those to witnesses.
+        :param bootstrap: addresses entered in the address book at start.
+        :param witnesses: the network's witnesses, each pinned to its node
+            id: a link to each is kept (this node's own is skipped).
+        :param interval: seconds between two checks.
+        """
         self.hub = hub
         self.addrbook = addrbook
         self._connect = connect
         self.clock = clock
         self.target = target
         self.bootstrap = bootstrap
+        self._witness_addresses = witnesses
         self.interval = interval
         self.pending: dict[tuple[str, int], Deferred[PeerProtocol]] = {}
         self.pinned: dict[tuple[str, int], str] = {}
+        self.witnesses: dict[tuple[str, int], str] = {}
         self._waiters: dict[tuple[str, int], list[Deferred[PeerProtocol]]] = {}
         self._loop: LoopingCall | None = None
         self._pruner: LoopingCall | None = None
@@ -77,7 +98,10 @@ class Dialer(Service):
         self.dial_failures = 0
 
     def startService(self) -> None:
-        """Enter the bootstrap addresses, dial at once, then check every C{interval}."""
+        """
+        Enter the bootstrap and witness addresses, dial at once, then check
+        every C{interval}.
+        """
         super().startService()
         now = self.clock.seconds()
         for address in self.bootstrap:
@@ -85,6 +109,14 @@ class Dialer(Service):
                               node_id=address.node_id)  # fmt: skip
             if address.node_id:
                 self.pinned[address.endpoint] = address.node_id
+        own = self.hub.local.node_id
+        for address in self._witness_addresses:
+            if address.node_id is None or address.node_id == own:
+                continue  # unpinned: refused by the config; own: this node is a witness
+            self.addrbook.add(address.host, address.port, source="witness", now=now,
+                              node_id=address.node_id)  # fmt: skip
+            self.pinned[address.endpoint] = address.node_id
+            self.witnesses[address.endpoint] = address.node_id
         self.hub.subscribe(self.kick)
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
@@ -117,18 +149,40 @@ class Dialer(Service):
         self.tick()
 
     def tick(self) -> None:
-        """Dial as many candidates as the outbound target is short of."""
-        missing = self.target - self.hub.count("outbound") - len(self.pending)
+        """
+        Dial every witness without a link, then as many other candidates as
+        the outbound target is short of.
+        """
+        now = self.clock.seconds()
+        connected = self.hub.connected_endpoints()
+        if self.witnesses:
+            self._dial_witnesses(now, connected)
+        others_pending = sum(1 for key in self.pending if key not in self.witnesses)
+        missing = self.target - self.hub.count("outbound", witness_links=False) - others_pending
         if missing <= 0 or self.hub.count() + len(self.pending) >= self.hub.max_peers:
             return
         exclude_ids = set(self.hub.links) | {self.hub.local.node_id}
-        exclude_endpoints = self.hub.connected_endpoints() | set(self.pending)
+        exclude_endpoints = connected | set(self.pending) | set(self.witnesses)
         candidates = self.addrbook.candidates(
-            self.clock.seconds(), exclude_node_ids=exclude_ids, exclude_endpoints=exclude_endpoints
+            now, exclude_node_ids=exclude_ids, exclude_endpoints=exclude_endpoints
         )
         allowed = [entry for entry in candidates if not self.hub.is_banned(entry.host)]
         for entry in allowed[:missing]:
             self._start_dial(PeerAddress(entry.host, entry.port, self.pinned.get(entry.key)))
+
+    def _dial_witnesses(self, now: float, connected: set[tuple[str, int]]) -> None:
+        """Dial each witness not linked nor being dialled, once its backoff allows."""
+        for (host, port), node_id in self.witnesses.items():
+            if node_id in self.hub.links or (host, port) in self.pending:
+                continue
+            if (host, port) in connected or self.hub.is_banned(host):
+                continue  # a link with it is in its handshake; or banned for misbehaviour
+            entry = self.addrbook.get(host, port)
+            if entry is None:  # forgotten meanwhile: a witness is always known
+                self.addrbook.add(host, port, source="witness", now=now, node_id=node_id)
+            elif self.addrbook.policy.next_attempt_at(entry) > now:
+                continue
+            self._start_dial(PeerAddress(host, port, node_id))
 
     def dial(self, address: PeerAddress) -> Deferred[PeerProtocol]:
         """

@@ -6,7 +6,9 @@ The hub admits links (bans and connection limits, overall and per remote
 IP address, when a connection arrives; one link per node id), keeps the
 ready ones by node id, answers ``getaddr`` and learns from ``addr``, relays newly learned addresses
 to a few peers, and tells its subscribers (the dialer) when links or
-addresses change.
+addresses change.  It knows the network's witnesses by node id
+(:meth:`PeerHub.is_witness_link`): the dialer keeps a link to each, past
+``max_peers`` if need be.
 
 Misbehaviour reported by a link is scored against the link's remote IP
 address (:class:`~bitfitech.peer.misbehaviour.ScoreBoard`); an address
@@ -18,7 +20,7 @@ loses every link and is banned for ``ban_duration`` seconds
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -75,6 +77,8 @@ class PeerHub:
 
     :ivar links: ready links by the peer's node id.
     :ivar pending: links still in their handshake.
+    :ivar witnesses: the node ids of the network's witnesses (empty
+        without witnesses; this node's own id may be among them).
     :ivar bans: the banned IP addresses.
     :ivar scores: misbehaviour scores by remote IP address.
     :ivar misbehaviour_count: misbehaviour reports, ever.
@@ -98,6 +102,7 @@ class PeerHub:
         bans: BanList | None = None,
         ban_duration: float = DEFAULT_BAN_DURATION,
         scores: ScoreBoard | None = None,
+        witnesses: Collection[str] = (),
     ) -> None:
         """
         :param gossip: told of ready links and handed the messages the hub
@@ -111,6 +116,9 @@ class PeerHub:
         :param ban_duration: seconds an address reaching the threshold is
             banned; 0 never bans (scores are still kept and logged).
         :param scores: the scoreboard; a default one if ``None``.
+        :param witnesses: the node ids of the network's witnesses: an
+            outbound link dialled to one of them (pinned to its id) is
+            admitted past C{max_peers}.
         """
         self._local: LocalNode | None = None
         self.addrbook = addrbook
@@ -134,6 +142,7 @@ class PeerHub:
         self.refused_banned = 0
         self.banned_count = 0
         self.gossip = gossip
+        self.witnesses = frozenset(witnesses)
 
     def start(self, local: LocalNode) -> None:
         """
@@ -164,13 +173,41 @@ class PeerHub:
         yield from self.links.values()
         yield from self.pending
 
-    def count(self, direction: Direction | None = None) -> int:
-        """Links, ready or handshaking, optionally of one direction."""
-        return sum(1 for link in self._all_links() if direction in (None, link.direction))
+    def count(self, direction: Direction | None = None, *, witness_links: bool = True) -> int:
+        """
+        Links, ready or handshaking, optionally of one direction.
 
-    def ready_count(self, direction: Direction) -> int:
-        """Ready links of one direction."""
-        return sum(1 for link in self.links.values() if link.direction == direction)
+        :param witness_links: count links to witnesses too.
+        """
+        return sum(
+            1
+            for link in self._all_links()
+            if direction in (None, link.direction)
+            and (witness_links or not self.is_witness_link(link))
+        )
+
+    def ready_count(self, direction: Direction, *, witness_links: bool = True) -> int:
+        """
+        Ready links of one direction.
+
+        :param witness_links: count links to witnesses too.
+        """
+        return sum(
+            1
+            for link in self.links.values()
+            if link.direction == direction and (witness_links or not self.is_witness_link(link))
+        )
+
+    def is_witness_link(self, link: PeerProtocol) -> bool:
+        """
+        Whether C{link} leads to one of the network's witnesses: its peer's
+        node id (once its ``version`` arrived), or before that the node id
+        the dialled address is pinned to, is a witness's.
+        """
+        node_id = link.node_id
+        if node_id is None and link.dialed is not None:
+            node_id = link.dialed.node_id
+        return node_id is not None and node_id in self.witnesses
 
     def connected_endpoints(self) -> set[tuple[str, int]]:
         """Listening addresses of all links, ready or dialled and handshaking."""
@@ -213,7 +250,10 @@ class PeerHub:
                           direction=direction.capitalize(), where=where)  # fmt: skip
                 return None
         total = self.count()
-        if total >= self.max_peers or (
+        to_witness = (
+            direction == "outbound" and dialed is not None and (dialed.node_id in self.witnesses)
+        )
+        if (total >= self.max_peers and not to_witness) or (
             direction == "inbound" and self.count("inbound") >= self.max_inbound
         ):
             if direction == "inbound":

@@ -256,5 +256,6 @@ class PeerService(ListeningService):
         return found
 
     def wants_peers(self) -> bool:
-        """Whether the node has fewer outbound links than its target."""
-        return bool(self.running) and self.hub.ready_count("outbound") < self.config.outbound
+        """Whether the node has fewer outbound links than its target (witnesses aside)."""
+        ready = self.hub.ready_count("outbound", witness_links=False)
+        return bool(self.running) and ready < self.config.outbound

@@ -13,8 +13,14 @@ from bitfitech.address import PeerAddress
 from bitfitech.peer.addrbook import AddressBook
 from bitfitech.peer.dialer import Dialer
 from bitfitech.peer.hub import PeerHub
-from bitfitech.peer.protocol import REASON_DUPLICATE, REASON_SELF, LinkClosed, PeerProtocol
-from bitfitech.testing import local_node, node_id_of
+from bitfitech.peer.protocol import (
+    REASON_DUPLICATE,
+    REASON_SELF,
+    Direction,
+    LinkClosed,
+    PeerProtocol,
+)
+from bitfitech.testing import local_node, node_id_of, version_of
 
 
 class FakeLink:
@@ -219,3 +225,134 @@ class DialerTests(SynchronousTestCase):
         self.assertEqual(self.connector.dials, [])
         self.clock.advance(1)
         self.assertEqual(self.dials_to("10.0.0.1", 3000), 1)
+
+
+#: witnesses 1 (this node, in these tests) to 4, pinned
+WITNESSES = tuple(PeerAddress(f"10.0.1.{n}", 3000, node_id_of(n)) for n in (1, 2, 3, 4))
+
+
+class WitnessDialTests(SynchronousTestCase):
+    """Every witness but this node is dialled first, kept linked, and backs off like any address."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.book = AddressBook(rng=random.Random(1))
+        self.hub = PeerHub(self.book, self.clock, max_peers=10, max_inbound=2,
+                           witnesses=[a.node_id for a in WITNESSES if a.node_id])  # fmt: skip
+        self.hub.start(local_node(1))
+        self.connector = Connector()
+
+    def dialer(self, target: int = 2, witnesses: tuple[PeerAddress, ...] = WITNESSES) -> Dialer:
+        dialer = Dialer(self.hub, self.book, self.connector, self.clock, target=target,
+                        witnesses=witnesses, interval=1.0)  # fmt: skip
+        dialer.startService()
+        self.addCleanup(dialer.stopService)
+        return dialer
+
+    def link(self, direction: Direction, n: int, dialed: PeerAddress | None = None) -> PeerProtocol:
+        """A link to node C{n} that the hub admitted as ready (its handshake skipped)."""
+        link = self.hub.build_link(direction, dialed, host=f"10.0.1.{n}")
+        assert link is not None
+        link.remote = version_of(n)
+        self.assertIsNone(self.hub.link_ready(link))
+        link.state = "ready"
+        return link
+
+    def dials_to(self, address: PeerAddress) -> int:
+        return sum(1 for a in self.connector.dials if a.endpoint == address.endpoint)
+
+    def test_witnesses_dialled_first_pinned_and_beside_the_target(self) -> None:
+        self.connector.hold = True
+        for i in range(5):
+            self.book.add(f"10.0.0.{i + 1}", 3000, source="addr", now=self.clock.seconds())
+        dialer = self.dialer(target=2)
+        # witnesses 2, 3 and 4 first, pinned to their ids; then the target's two
+        self.assertEqual(set(self.connector.dials[:3]), set(WITNESSES[1:]))
+        self.assertEqual(len(self.connector.dials), 5)
+        self.assertTrue(all(a.host.startswith("10.0.0.") for a in self.connector.dials[3:]))
+        self.assertEqual(dialer.witnesses, {a.endpoint: a.node_id for a in WITNESSES[1:]})
+        for address in WITNESSES[1:]:
+            entry = self.book.get(address.host, address.port)
+            assert entry is not None
+            self.assertEqual((entry.source, entry.node_id), ("witness", address.node_id))
+        self.clock.advance(5)
+        self.assertEqual(len(self.connector.dials), 5)
+
+    def test_own_witness_address_never_dialled(self) -> None:
+        self.connector.hold = True
+        dialer = self.dialer()
+        self.clock.advance(10)
+        self.assertEqual(self.dials_to(WITNESSES[0]), 0)
+        self.assertIsNone(self.book.get(WITNESSES[0].host, WITNESSES[0].port))
+        self.assertNotIn(WITNESSES[0].endpoint, dialer.witnesses)
+
+    def test_witnesses_dialled_with_target_zero(self) -> None:
+        self.connector.hold = True
+        self.book.add("10.0.0.1", 3000, source="addr", now=self.clock.seconds())
+        self.dialer(target=0)
+        self.assertEqual(sorted(self.connector.dials), sorted(WITNESSES[1:]))
+
+    def test_refused_witness_backs_off_exponentially(self) -> None:
+        self.dialer(witnesses=WITNESSES[:2])
+        times = [self.clock.seconds()]
+        for _ in range(40):
+            before = self.dials_to(WITNESSES[1])
+            self.clock.advance(0.25)
+            if self.dials_to(WITNESSES[1]) > before:
+                times.append(self.clock.seconds())
+            if len(times) == 4:
+                break
+        gaps = [round(b - a) for a, b in zip(times, times[1:], strict=False)]
+        self.assertEqual(gaps, [1, 2, 4])
+
+    def test_linked_witness_kept_and_redialled_once_lost(self) -> None:
+        links: list[PeerProtocol] = []
+
+        def connect(address: PeerAddress) -> Deferred[PeerProtocol]:
+            self.connector.dials.append(address)
+            assert address.node_id is not None
+            links.append(self.link("outbound", int(address.node_id, 16), address))
+            return succeed(links[-1])
+
+        dialer = Dialer(self.hub, self.book, connect, self.clock, target=0,
+                        witnesses=WITNESSES[:2], interval=1.0)  # fmt: skip
+        dialer.startService()
+        self.addCleanup(dialer.stopService)
+        [link] = links
+        self.assertTrue(self.hub.is_witness_link(link))
+        self.assertEqual(self.hub.count("outbound"), 1)
+        self.assertEqual(self.hub.count("outbound", witness_links=False), 0)
+        self.clock.advance(60)
+        self.assertEqual(self.dials_to(WITNESSES[1]), 1)
+        self.hub.link_closed(link, "gone")
+        self.clock.advance(0)
+        self.assertEqual(self.dials_to(WITNESSES[1]), 2)
+
+    def test_witness_linked_inbound_not_dialled(self) -> None:
+        self.connector.hold = True
+        link = self.link("inbound", 2)
+        self.assertTrue(self.hub.is_witness_link(link))
+        self.dialer()
+        self.clock.advance(10)
+        self.assertEqual(self.dials_to(WITNESSES[1]), 0)
+        self.assertEqual(self.dials_to(WITNESSES[2]), 1)
+
+    def test_banned_witness_not_dialled(self) -> None:
+        self.connector.hold = True
+        self.hub.ban(WITNESSES[1].host, "test")
+        self.dialer()
+        self.clock.advance(10)
+        self.assertEqual(self.dials_to(WITNESSES[1]), 0)
+        self.assertEqual(self.dials_to(WITNESSES[2]), 1)
+
+    def test_forgotten_witness_address_entered_again(self) -> None:
+        self.connector.hold = True
+        dialer = self.dialer(witnesses=WITNESSES[:2])
+        self.connector.held[0].errback(ConnectionRefusedError())
+        self.book.forget(WITNESSES[1].host, WITNESSES[1].port)
+        dialer.tick()
+        self.assertEqual(self.dials_to(WITNESSES[1]), 2)
+        entry = self.book.get(WITNESSES[1].host, WITNESSES[1].port)
+        assert entry is not None
+        self.assertEqual(entry.source, "witness")

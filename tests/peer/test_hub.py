@@ -180,6 +180,34 @@ class HubTests(SynchronousTestCase):
         self.assertIsNone(hub.build_link("outbound"))
         self.assertEqual(hub.refused_inbound, 1)
 
+    def test_dial_to_a_witness_admitted_past_max_peers(self) -> None:
+        net = Net()
+        hub = net.hub(1, max_peers=2, max_inbound=1, witnesses=[node_id_of(7), node_id_of(8)])
+        self.assertIsNotNone(hub.build_link("inbound"))
+        self.assertIsNotNone(hub.build_link("outbound"))
+        self.assertIsNone(hub.build_link("outbound", PeerAddress("10.0.0.9", 3000)))
+        self.assertIsNone(hub.build_link("outbound", PeerAddress("10.0.0.9", 3000, node_id_of(9))))
+        to_witness = hub.build_link("outbound", PeerAddress("10.0.0.7", 3000, node_id_of(7)))
+        assert to_witness is not None
+        self.assertTrue(hub.is_witness_link(to_witness))  # pinned, before its handshake
+        self.assertEqual((hub.count(), hub.count(witness_links=False)), (3, 2))
+        self.assertIsNone(hub.build_link("inbound"))
+
+    def test_witness_links_known_by_node_id(self) -> None:
+        net = Net()
+        a = net.hub(1, witnesses=[node_id_of(2)])
+        net.hub(2, witnesses=[node_id_of(2)])
+        net.hub(3, witnesses=[node_id_of(2)])
+        to_witness, _ = net.link(1, 2)  # dialled unpinned: a witness by its version
+        at_3, from_3 = net.link(3, 1)
+        self.assertEqual((to_witness.state, from_3.state), ("ready", "ready"))
+        self.assertTrue(a.is_witness_link(to_witness))
+        self.assertFalse(a.is_witness_link(from_3))
+        self.assertFalse(net.hubs[3].is_witness_link(at_3))
+        self.assertEqual(a.ready_count("outbound"), 1)
+        self.assertEqual(a.ready_count("outbound", witness_links=False), 0)
+        self.assertEqual(a.ready_count("inbound", witness_links=False), 1)
+
     def test_duplicate_links_both_ends_keep_the_same_one(self) -> None:
         net = Net()
         a, b = net.hub(1), net.hub(2)

@@ -1,0 +1,72 @@
+"""Integration: real nodes on 127.0.0.1 link to their witnesses, and only nodes of one set link."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+
+from bitfitech.address import PeerAddress
+from bitfitech.identity import load_or_create_identity
+from bitfitech.node import Node
+from bitfitech.testing import HANG_GUARD, ClusterTestCase, free_ports, poll_until, wait_for
+
+
+class WitnessLinkTests(ClusterTestCase):
+    timeout = 60
+
+    def witness_addresses(self, count: int) -> tuple[PeerAddress, ...]:
+        """
+        The addresses of the cluster's next C{count} nodes, pinned to the
+        keys made for them now in their data directories.
+        """
+        ports = free_ports(count)
+        addresses = []
+        for i, port in enumerate(ports):
+            data_dir = os.path.join(self.cluster.base_dir, f"node{len(self.cluster.nodes) + i}")
+            os.makedirs(data_dir)
+            node_id = load_or_create_identity(data_dir).node_id
+            addresses.append(PeerAddress("127.0.0.1", port, node_id))
+        return tuple(addresses)
+
+    def linked(self, node: Node, other: Node) -> bool:
+        return other.storage.identity.node_id in node.peers.hub.links
+
+    async def test_nodes_link_to_every_witness_and_refuse_another_set(self) -> None:
+        """
+        Two witnesses and a node with no bootstrap and no outbound target:
+        each links to the others through the witness addresses alone.  A
+        node naming another set is refused by a witness it bootstraps to.
+        """
+        witnesses = self.witness_addresses(2)
+        w0, w1 = (
+            self.cluster.start_node(port=address.port, witnesses=witnesses) for address in witnesses
+        )
+        plain = self.cluster.start_node(witnesses=witnesses, outbound=0)
+        nodes = [w0, w1, plain]
+
+        def linked() -> bool:
+            return all(self.linked(a, b) for a in nodes for b in nodes if a is not b)
+
+        await wait_for(nodes, linked, HANG_GUARD, self.reactor, "links to every witness")
+        hub = plain.peers.hub
+        self.assertEqual(len(hub.links), 2)
+        self.assertTrue(all(hub.is_witness_link(link) for link in hub.links.values()))
+        self.assertEqual(hub.ready_count("outbound", witness_links=False), 0)
+        self.assertEqual(w0.peers.dialer.witnesses, {witnesses[1].endpoint: witnesses[1].node_id})
+
+        events = EventLoggingObserver()
+        globalLogPublisher.addObserver(events)
+        self.addCleanup(globalLogPublisher.removeObserver, events)
+        other = self.cluster.start_node(witnesses=witnesses[:1], bootstrap=witnesses[:1])
+        await poll_until(self.reactor, lambda: other.peers.dialer.dial_failures >= 2,
+                         HANG_GUARD, "the other set's node refused twice")  # fmt: skip
+        self.assertEqual(other.peers.hub.links, {})
+        self.assertFalse(self.linked(w0, other))
+        self.assertEqual(other.peers.hub.misbehaviour_count + w0.peers.hub.misbehaviour_count, 0)
+        refusals = [
+            e["reason"] for e in events if e.get("log_format") == "Refusing {peer}: {reason}"
+        ]
+        self.assertTrue(refusals)
+        self.assertTrue(all(reason.startswith("wrong witness set") for reason in refusals))

@@ -324,12 +324,17 @@ class Gossip:
         timing: GossipTiming | None = None,
         rng: random.Random | None = None,
         verifier: Verifier | None = None,
+        witnesses: frozenset[str] | tuple[str, ...] = (),
     ) -> None:
         """
         :param verifier: checks batches of signatures (:func:`verify_inline`
             by default; a node uses a :class:`ThreadedVerifier`).
+        :param witnesses: the node ids of the network's witnesses: this
+            node's own events are pushed to each of them first, whatever
+            the fanout (their receipts give the events their fair time).
         """
         self.store = store
+        self.witnesses = frozenset(witnesses)
         self.clock = clock
         self.timing = timing or GossipTiming()
         self._rng = rng or random.Random()
@@ -852,6 +857,12 @@ class Gossip:
             eager = [peer for peer in targets if source is None or not peer.lazy]
             if len(eager) > timing.fanout:
                 eager = self._rng.sample(eager, timing.fanout)
+        if source is None and self.witnesses:
+            # This node's own event goes to every witness at once: the
+            # sooner they see it, the sooner (and fairer) its fair time.
+            witnesses = self.witnesses
+            first = [peer for peer in targets if peer.link.node_id in witnesses]
+            eager = first + [peer for peer in eager if peer not in first]
         for peer in targets:
             peer.knows(ident)
             if peer in eager:
@@ -912,7 +923,12 @@ class Gossip:
         now = self._last_flush = self.clock.seconds()
         stats = self.stats
         sent = self._items_sent()
-        for peer in list(self.peers.values()):
+        peers = list(self.peers.values())
+        if self.witnesses:
+            # Witnesses first: their receipts time this node's events.
+            witnesses = self.witnesses
+            peers.sort(key=lambda peer: peer.link.node_id not in witnesses)
+        for peer in peers:
             link = peer.link
             if peer.stamps_out:
                 stamps, peer.stamps_out = peer.stamps_out, []

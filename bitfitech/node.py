@@ -182,10 +182,13 @@ def build_node(
     market = MarketService(
         config, storage, clock,
         syncer=lambda storage: ThreadedSyncer(reactor, storage.database_path),
+        witnesses=witnesses,
     )  # fmt: skip
 
     # Gossip between the market and the peer links; the peer layer under it.
-    gossip = Gossip(market, clock, config.gossip, rng, ThreadedVerifier(reactor))
+    gossip = Gossip(
+        market, clock, config.gossip, rng, ThreadedVerifier(reactor), witnesses=witnesses.ids
+    )
     addrbook = AddressBook()
     bans = BanList()
     hub = PeerHub(

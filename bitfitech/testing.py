@@ -42,7 +42,7 @@ from zope.interface import implementer
 
 from .address import PeerAddress
 from .config import LinkTiming, NodeConfig
-from .identity import NodeIdentity
+from .identity import NodeIdentity, load_or_create_identity
 from .interfaces import ILinkOwner
 from .market.events import Author
 from .node import Node, build_node
@@ -175,6 +175,45 @@ class LocalCluster:
         self.nodes.append(node)
         node.startService()
         return node
+
+    def witness_addresses(self, count: int) -> tuple[PeerAddress, ...]:
+        """
+        The addresses of the cluster's next C{count} nodes, on free ports and
+        pinned to the keys made for them now in their data directories:
+        start them next, in order, with these ports.
+        """
+        addresses = []
+        for i, port in enumerate(free_ports(count)):
+            data_dir = os.path.join(self.base_dir, f"node{len(self.nodes) + i}")
+            os.makedirs(data_dir, exist_ok=True)
+            node_id = load_or_create_identity(data_dir).node_id
+            addresses.append(PeerAddress("127.0.0.1", port, node_id))
+        return tuple(addresses)
+
+    def start_witnesses(
+        self, count: int, **changes: Any
+    ) -> tuple[tuple[PeerAddress, ...], list[Node]]:
+        """
+        Start C{count} witness nodes of one network (a fair-order network),
+        each naming them all.
+
+        :return: their addresses (for other nodes' ``witnesses``) and the nodes.
+        """
+        addresses = self.witness_addresses(count)
+        nodes = [
+            self.start_node(port=address.port, witnesses=addresses, **changes)
+            for address in addresses
+        ]
+        return addresses, nodes
+
+    def restart_node(self, node: Node) -> Node:
+        """Build and start a stopped node again, from the same configuration and data directory."""
+        if node.running:
+            raise ValueError("stop the node first")
+        again = build_node(node.config, self.reactor)
+        self.nodes.append(again)
+        again.startService()
+        return again
 
     def stop_node(self, node: Node) -> Deferred[Any]:
         """Stop one node (it stays in :attr:`nodes`)."""

@@ -2,59 +2,38 @@
 
 from __future__ import annotations
 
-import os
-
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
-from bitfitech.address import PeerAddress
-from bitfitech.identity import load_or_create_identity
 from bitfitech.node import Node
-from bitfitech.testing import HANG_GUARD, ClusterTestCase, free_ports, poll_until, wait_for
+from bitfitech.testing import HANG_GUARD, ClusterTestCase, poll_until, wait_for
 
 
 class WitnessLinkTests(ClusterTestCase):
     timeout = 60
-
-    def witness_addresses(self, count: int) -> tuple[PeerAddress, ...]:
-        """
-        The addresses of the cluster's next C{count} nodes, pinned to the
-        keys made for them now in their data directories.
-        """
-        ports = free_ports(count)
-        addresses = []
-        for i, port in enumerate(ports):
-            data_dir = os.path.join(self.cluster.base_dir, f"node{len(self.cluster.nodes) + i}")
-            os.makedirs(data_dir)
-            node_id = load_or_create_identity(data_dir).node_id
-            addresses.append(PeerAddress("127.0.0.1", port, node_id))
-        return tuple(addresses)
 
     def linked(self, node: Node, other: Node) -> bool:
         return other.storage.identity.node_id in node.peers.hub.links
 
     async def test_nodes_link_to_every_witness_and_refuse_another_set(self) -> None:
         """
-        Two witnesses and a node with no bootstrap and no outbound target:
+        Three witnesses and a node with no bootstrap and no outbound target:
         each links to the others through the witness addresses alone.  A
         node naming another set is refused by a witness it bootstraps to.
         """
-        witnesses = self.witness_addresses(2)
-        w0, w1 = (
-            self.cluster.start_node(port=address.port, witnesses=witnesses) for address in witnesses
-        )
+        witnesses, (w0, w1, w2) = self.cluster.start_witnesses(3)
         plain = self.cluster.start_node(witnesses=witnesses, outbound=0)
-        nodes = [w0, w1, plain]
+        nodes = [w0, w1, w2, plain]
 
         def linked() -> bool:
             return all(self.linked(a, b) for a in nodes for b in nodes if a is not b)
 
         await wait_for(nodes, linked, HANG_GUARD, self.reactor, "links to every witness")
         hub = plain.peers.hub
-        self.assertEqual(len(hub.links), 2)
+        self.assertEqual(len(hub.links), 3)
         self.assertTrue(all(hub.is_witness_link(link) for link in hub.links.values()))
         self.assertEqual(hub.ready_count("outbound", witness_links=False), 0)
-        self.assertEqual(w0.peers.dialer.witnesses, {witnesses[1].endpoint: witnesses[1].node_id})
+        self.assertEqual(w0.peers.dialer.witnesses, {w.endpoint: w.node_id for w in witnesses[1:]})
 
         events = EventLoggingObserver()
         globalLogPublisher.addObserver(events)

@@ -1,0 +1,94 @@
+"""Integration: real nodes on 127.0.0.1 in fair order, with three witnesses.
+
+Orders entered on two plain nodes get their fair time from the witnesses'
+stamps, every node derives the same trade, and it goes tentative, settled,
+final; a witness stopped for a while stalls final but not settlement.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+
+from bitfitech.market.ledger import FINAL, SETTLED
+from bitfitech.node import Node
+from bitfitech.testing import HANG_GUARD, ClusterTestCase, poll_until, wait_for
+
+
+def status_of_trade(node: Node) -> str | None:
+    """The state of the node's newest trade, or ``None`` without one."""
+    ledger = node.market.ledger
+    trades = ledger.trades(1)
+    return ledger.status_at(trades[0].position) if trades else None
+
+
+class FairOrderTests(ClusterTestCase):
+    timeout = 90
+
+    async def start(self) -> tuple[list[Node], list[Node]]:
+        """Three witnesses and two plain nodes, all linked to one another's witnesses."""
+        witnesses, chosen = self.cluster.start_witnesses(3)
+        plain = [
+            self.cluster.start_node(witnesses=witnesses, bootstrap_to=chosen[:1]) for _ in range(2)
+        ]
+        nodes = chosen + plain
+
+        def linked() -> bool:
+            return all(len(node.peers.hub.links) >= 3 for node in plain) and all(
+                len(node.peers.hub.links) >= 2 for node in chosen
+            )
+
+        await wait_for(nodes, linked, HANG_GUARD, self.reactor, "links to the witnesses")
+        return chosen, plain
+
+    async def test_trade_settles_then_final(self) -> None:
+        """A trade between two plain nodes is the same everywhere and becomes final."""
+        witnesses, (seller, buyer) = await self.start()
+        nodes = witnesses + [seller, buyer]
+        await seller.market.submit("sell", "100", "1", "limit")
+        await buyer.market.submit("buy", "100", "1", "limit")
+        await poll_until(
+            self.reactor,
+            lambda: all(status_of_trade(node) == FINAL for node in nodes),
+            HANG_GUARD,
+            "the trade final everywhere",
+        )
+        hashes = {node.market.ledger.state_hash() for node in nodes}
+        self.assertEqual(len(hashes), 1)
+        status = buyer.control.status()
+        self.assertEqual(status["ordering"], "fair")
+        self.assertEqual(status["witnesses"]["n"], 3)
+        self.assertEqual(status["witnesses"]["flagged"], {})
+        self.assertEqual(status["market"]["revisions"], 0)
+        self.assertIsNone(status["witnesses"]["me"])
+        self.assertEqual(witnesses[0].control.status()["witnesses"]["me"] is not None, True)
+
+    async def test_witness_down_stalls_final_not_settled(self) -> None:
+        """
+        With one witness stopped, a new trade settles but is not final;
+        restarted (same key, same journal), it catches up and the trade
+        becomes final.
+        """
+        witnesses, (seller, buyer) = await self.start()
+        down = witnesses[2]
+        await self.cluster.stop_node(down)
+        await seller.market.submit("sell", "100", "1", "limit")
+        await buyer.market.submit("buy", "100", "1", "limit")
+        live = witnesses[:2] + [seller, buyer]
+        await poll_until(
+            self.reactor,
+            lambda: all(status_of_trade(node) == SETTLED for node in live),
+            HANG_GUARD,
+            "the trade settled with a witness down",
+        )
+        pause: Deferred[None] = Deferred()
+        self.reactor.callLater(1.0, pause.callback, None)
+        await pause
+        self.assertEqual({status_of_trade(node) for node in live}, {SETTLED})
+        again = self.cluster.restart_node(down)
+        await poll_until(
+            self.reactor,
+            lambda: all(status_of_trade(node) == FINAL for node in [*live, again]),
+            HANG_GUARD,
+            "the trade final once the witness is back",
+        )
+        self.assertEqual(len({node.market.ledger.state_hash() for node in [*live, again]}), 1)

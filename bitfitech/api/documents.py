@@ -15,14 +15,22 @@ from __future__ import annotations
 from typing import Any
 
 from ..market.events import Event
-from ..market.ledger import Ledger, TradeRecord
+from ..market.ledger import TENTATIVE, Ledger, TradeRecord
 from ..market.service import MarketService
 
 
+def _fair_time(ledger: Ledger, event_id: str) -> int | None:
+    fair = ledger.fair
+    return fair.fair_time(event_id) if fair is not None else None
+
+
 def trade_doc(ledger: Ledger, trade: TradeRecord) -> dict[str, Any]:
-    """The API's view of one trade of C{ledger}."""
+    """
+    The API's view of one trade of C{ledger}: its ``status`` is
+    ``tentative``, ``settled`` or (with witnesses) ``final``.
+    """
     params = ledger.params
-    settled = trade.lamport <= ledger.settled_through
+    status = ledger.status_at(trade.position)
     return {
         "id": trade.id,
         "price": params.format_price(trade.price),
@@ -32,8 +40,9 @@ def trade_doc(ledger: Ledger, trade: TradeRecord) -> dict[str, Any]:
         "maker": trade.maker,
         "lamport": trade.lamport,
         "time": trade.ts,
-        "settled": settled,
-        "status": "settled" if settled else "tentative",
+        "fair_time": _fair_time(ledger, trade.taker),
+        "settled": status != TENTATIVE,
+        "status": status,
     }
 
 
@@ -45,6 +54,7 @@ def order_doc(market: MarketService, event: Event) -> dict[str, Any]:
     filled = sum(trade.amount for trade in trades)
     open_order = ledger.open_order(event.id)
     outcome = ledger.outcome(event.id)
+    position = ledger.position_of(event)
     reason: str | None = None
     if open_order is not None:
         status, remaining = "open", open_order.remaining
@@ -67,7 +77,8 @@ def order_doc(market: MarketService, event: Event) -> dict[str, Any]:
         "lamport": event.lamport,
         "created_at": event.ts,
         "applied_at": market.applied_at(event.id),
-        "settled": event.lamport <= ledger.settled_through,
+        "fair_time": _fair_time(ledger, event.id),
+        "settled": position is not None and ledger.status_at(position) != TENTATIVE,
         "trades": [trade_doc(ledger, trade) for trade in trades],
     }
 

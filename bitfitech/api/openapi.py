@@ -117,6 +117,11 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "lamport": COUNT,
                 "state_hash": HEX64,
                 "settled_through": COUNT,
+                "ordering": {
+                    "enum": ["fair", "author"],
+                    "description": "fair: by the witnesses' stamps; author: by author clocks.",
+                },
+                "witnesses": {"type": "object"},
                 "market": {"type": "object"},
                 "gossip": {"type": "object"},
             },
@@ -173,8 +178,17 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "maker": HEX64,
             "lamport": COUNT,
             "time": {"type": "integer", "description": "Unix milliseconds."},
+            "fair_time": nullable(
+                {
+                    "type": "integer",
+                    "description": "The taker's fair time, unix ms (networks with witnesses).",
+                }
+            ),
             "settled": {"type": "boolean"},
-            "status": {"enum": ["tentative", "settled"]},
+            "status": {
+                "enum": ["tentative", "settled", "final"],
+                "description": "final: every witness's stamps are held past it (fair order).",
+            },
         }
     ),
     "Order": obj(
@@ -193,6 +207,9 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "lamport": COUNT,
             "created_at": {"type": "integer", "description": "Unix milliseconds, author's clock."},
             "applied_at": nullable(NUMBER),
+            "fair_time": nullable(
+                {"type": "integer", "description": "Unix ms, from the witnesses' stamps."}
+            ),
             "settled": {"type": "boolean"},
             "trades": {"type": "array", "items": ref("Trade")},
         }

@@ -186,6 +186,41 @@ class FairOrderTests(SynchronousTestCase):
         (trade,) = held.trades(10)
         self.assertEqual(trade.taker, victim.id)
 
+    def test_author_equivocation_late_rival_loses(self) -> None:
+        """
+        An author's second event for the seq of a settled one, with a
+        smaller id, released later, does not take the slot: the slot goes
+        to the smaller fair time.  Before it has a fair time the rival
+        does not displace the settled event either.
+        """
+        b1 = order(BOB, 1, 1, "sell", "100", "1")
+        c1 = order(CAROL, 1, 2, "buy", "100", "1")
+        rival = next(
+            candidate
+            for ts in range(1000)
+            if (candidate := BOB.order(1, 1, ts, "sell", "limit", "99", "1")).id < b1.id
+        )
+        stamps = witnessed({b1: 50, c1: 300, rival: 3000}, until=4000).all()
+        held = ledger()
+        held.insert([b1, c1])
+        held.insert_stamps([s for s in stamps if s.t < T0 + 2000])
+        held.settle(0.0, 0.0)
+        before = [tuple(trade) for trade in held.trades(10)]
+        self.assertEqual(held.status_at(before[0][-1]), FINAL)
+        held.insert([rival])
+        self.assertEqual(ids(held), [b1.id, c1.id])
+        held.insert_stamps(stamps)
+        held.settle(0.0, 0.0)
+        self.assertEqual(ids(held), [b1.id, c1.id])
+        self.assertEqual([tuple(trade) for trade in held.trades(10)], before)
+        self.assertEqual(held.revisions, 0)
+        self.assertEqual(held.flagged, {BOB.author: "equivocation"})
+        # The other order of arrival gives the same state.
+        other = ledger()
+        other.insert_stamps(stamps)
+        other.insert([rival, c1, b1])
+        self.assertEqual(state(other), state(held))
+
     def test_equivocating_witness(self) -> None:
         """A witness that signs two stamps for one seq is flagged and every node agrees."""
         b1 = order(BOB, 1, 1, "sell", "100", "1")
@@ -226,6 +261,11 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Event], list[Stamp], int]:
             price = str(draw(st.integers(98, 102)))
             kind = draw(st.sampled_from(["limit", "limit", "post_only", "ioc"]))
             events.append(order(authors[who], seqs[who], seqs[who], side, price, "1", kind))
+    if events and draw(st.integers(0, 3)) == 0:
+        # An author signs a second event for one of its seqs.
+        target = draw(st.sampled_from(events))
+        who = next(a for a in authors if a.author == target.author)
+        events.append(who.order(target.seq, target.lamport, 7, "buy", "limit", "97", "1"))
     seen: dict[int, dict[str, int]] = {w: {} for w in range(3)}
     for event in events:
         base = draw(st.integers(10, 1500))

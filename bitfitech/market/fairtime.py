@@ -16,8 +16,10 @@ for a network of n witnesses of which f = (n - 1) // 2 may be faulty:
   w itself at S's time, any other witness at the time its acks say it held
   S.  A stamp withheld and released late is known to too few in time, so
   its receipts never count, and nobody's order changes because of it.
-* **Fair time** of an event: the (f + 1)-th smallest counted receipt time
-  (each witness's first).  An event has none until f + 1 counted receipts.
+* **Fair time** of an event: the (f + 1)-th smallest counted receipt time,
+  taking each witness's earliest counted receipt (a witness lists an event
+  again when its first receipt did not count).  An event has none until
+  f + 1 witnesses have a counted receipt of it.
 * **Horizons.**  :meth:`StampChains.horizon` gives the time T through
   which nothing more can change: with k chains held past T + W, every
   receipt at or before T that will ever count is held and counted, and so
@@ -128,8 +130,8 @@ class StampChains:
     def _reset(self) -> None:
         n = self.witnesses.n
         self._chains = [_Chain(n) for _ in range(n)]
-        # event id -> witness index -> (receipt time, stamp seq), first receipt only
-        self._receipts: dict[str, dict[int, tuple[int, int]]] = {}
+        # event id -> witness index -> its receipts (time, stamp seq), in chain order
+        self._receipts: dict[str, dict[int, list[tuple[int, int]]]] = {}
         # (witness index, seq) -> counting threshold: receipts at or after it count
         self._threshold: dict[tuple[int, int], int] = {}
         self._fair: dict[str, int] = {}
@@ -153,11 +155,20 @@ class StampChains:
         return self._fair.get(event_id)
 
     def receipts(self, event_id: str) -> dict[int, tuple[int, bool]]:
-        """Witness index -> (receipt time, whether it counts) for C{event_id}."""
+        """
+        Witness index -> (receipt time, whether it counts) for C{event_id}:
+        the witness's earliest counted receipt, or its first if none counts.
+        """
         out = {}
-        for index, (at, seq) in self._receipts.get(event_id, {}).items():
-            out[index] = (at, at >= self._threshold.get((index, seq), _INFINITY))
+        for index, listed in self._receipts.get(event_id, {}).items():
+            counted = self._earliest_counted(index, listed)
+            out[index] = (listed[0][0], False) if counted is None else (counted, True)
         return out
+
+    def _earliest_counted(self, index: int, listed: list[tuple[int, int]]) -> int | None:
+        threshold = self._threshold
+        counted = [at for at, seq in listed if at >= threshold.get((index, seq), _INFINITY)]
+        return min(counted) if counted else None
 
     def vector(self) -> dict[str, int]:
         """Witness public key -> the highest seq held without a gap (the anti-entropy summary)."""
@@ -318,13 +329,17 @@ class StampChains:
 
     def _take_receipts(self, index: int, stamp: Stamp, changed: dict[str, int | None]) -> None:
         receipts = self._receipts
+        t, seq = stamp.t, stamp.seq
         for event_id, offset in stamp.receipts:
             per_witness = receipts.get(event_id)
             if per_witness is None:
-                per_witness = receipts[event_id] = {}
-            elif index in per_witness:
-                continue  # a witness's first receipt of an event is the one that counts
-            per_witness[index] = (stamp.t - offset, stamp.seq)
+                receipts[event_id] = {index: [(t - offset, seq)]}
+            else:
+                listed = per_witness.get(index)
+                if listed is None:
+                    per_witness[index] = [(t - offset, seq)]
+                else:
+                    listed.append((t - offset, seq))
         self._recount(index, stamp, changed)
 
     def _knower_times(self, index: int, stamp: Stamp) -> list[int]:
@@ -352,14 +367,15 @@ class StampChains:
         t = stamp.t
         for event_id, offset in stamp.receipts:
             at = t - offset
-            if threshold <= at < old and self._receipts[event_id][index] == (at, stamp.seq):
+            if threshold <= at < old:
                 self._refair(event_id, changed)
 
     def _refair(self, event_id: str, changed: dict[str, int | None]) -> None:
+        earliest = self._earliest_counted
         counted = sorted(
             at
-            for index, (at, seq) in self._receipts[event_id].items()
-            if at >= self._threshold.get((index, seq), _INFINITY)
+            for index, listed in self._receipts[event_id].items()
+            if (at := earliest(index, listed)) is not None  # type: ignore[assignment]
         )
         fair = counted[self._counted - 1] if len(counted) >= self._counted else None
         if fair != self._fair.get(event_id):

@@ -81,6 +81,21 @@ ANNOUNCED_KEPT = 4096
 #: most trades or own orders announced as settled by one settlement step
 SETTLED_SCAN = 1000
 
+#: seconds a witness waits after it starts before it signs: its peers'
+#: sync answers bring it any stamp of its own chain it signed and spread
+#: but lost (the journal keeps stamps without an fsync), and signing that
+#: seq again would prove it faulty
+WITNESS_START_DELAY = 2.0
+
+#: a witness lists again an event it listed this long ago (ms, in units of
+#: the counting window) that still has no fair time: its receipt did not
+#: count (its stamp reached too few witnesses in time), and an event
+#: nobody's receipts count for would never be ordered
+RELIST_WINDOWS = 2
+
+#: most events a witness tracks for listing again
+RELIST_KEPT = 100_000
+
 _REJECTION_TEXT = {
     "invalid_side": "side must be buy or sell",
     "invalid_type": f"type must be one of {', '.join(sorted(ORDER_TYPES))}",
@@ -251,9 +266,13 @@ class MarketService(Service):
         self.witness_lag: list[int | None] = [None] * self.witnesses.n
         self._signer: StampSigner | None = None
         self._stamper: LoopingCall | None = None
+        self._stamp_from = 0.0
         # This node as a witness: events first seen since its last stamp.
         self._first_seen: dict[str, int] = {}
+        # ... and those it listed that have no fair time yet, with when.
+        self._listed: OrderedDict[str, int] = OrderedDict()
         self.stamps_signed = 0
+        self.relisted = 0
 
     # -- lifecycle
 
@@ -308,6 +327,7 @@ class MarketService(Service):
             )
             self._stamper = LoopingCall(self._stamp)
             self._stamper.clock = self.clock
+            self._stamp_from = self.clock.seconds() + WITNESS_START_DELAY
             self._stamper.start(self.witnesses.stamp_ms / 1000, now=False)
             log.info("This node is witness {index} of {n}", index=self._signer.index + 1,
                      n=self.witnesses.n)  # fmt: skip
@@ -721,16 +741,39 @@ class MarketService(Service):
         ledger, signer = self._ledger, self._signer
         if ledger is None or signer is None or ledger.fair is None:
             return
+        if self.clock.seconds() < self._stamp_from:
+            return  # see WITNESS_START_DELAY; what it sees meanwhile waits
+        self.flush()  # stamps from peers first: the acks say what is held
         fair = ledger.fair
         own = signer.index
         last = fair.last(own)
         now_ms = int(self.clock.seconds() * 1000)
-        seen = sorted(self._first_seen.items(), key=lambda item: (item[1], item[0]))
-        self._first_seen = {}
+        window, interval = self.witnesses.window_ms, self.witnesses.stamp_ms
+        # An event whose fair time is settled needs no receipt: a later one
+        # cannot change it (a witness catching up on history sees many).
+        settled = ledger.settled_horizon
+        first_seen, self._first_seen = self._first_seen, {}
+        seen = [
+            item
+            for item in first_seen.items()
+            if (at := fair.fair_time(item[0])) is None or at > settled
+        ]
+        seen.extend(self._relist(ledger, now_ms - RELIST_WINDOWS * window, first_seen, now_ms))
+        seen.sort(key=lambda item: (item[1], item[0]))
+        listed = self._listed
+        for event_id, _ in seen:
+            listed[event_id] = now_ms
+            listed.move_to_end(event_id)
+        while len(listed) > RELIST_KEPT:
+            listed.popitem(last=False)
         stamps = []
         while True:
             prev_t = last.t if last is not None else 0
             t = max(now_ms, prev_t + 1)
+            # A receipt older than the window less a stamp interval would
+            # reach the others too late to count (this witness was busy, or
+            # just started): it is stated as that old, no older.
+            oldest = max(prev_t + 1, t - (window - interval - 10))
             acks = []
             for index, (held, since) in enumerate(self._held_since):
                 old = last.acks[index][0] if last is not None else 0
@@ -741,7 +784,7 @@ class MarketService(Service):
                 else:
                     acks.append((old, 0))
             batch, seen = seen[:MAX_RECEIPTS], seen[MAX_RECEIPTS:]
-            receipts = [(event_id, t - min(max(at, prev_t + 1), t)) for event_id, at in batch]
+            receipts = [(event_id, t - min(max(at, oldest), t)) for event_id, at in batch]
             try:
                 stamp = signer.sign(
                     (last.seq if last is not None else 0) + 1,
@@ -761,6 +804,28 @@ class MarketService(Service):
         self._apply_stamps(stamps)
         if self._write_call is None and not self._syncing:
             self._write_call = self.clock.callLater(0, self._start_write)
+
+    def _relist(
+        self, ledger: Ledger, before: int, listing: dict[str, int], now_ms: int
+    ) -> list[tuple[str, int]]:
+        """
+        Events this witness listed before C{before} that are held and still
+        have no fair time: list them again, as seen now.  Those that have
+        one, or are no longer held, are forgotten.
+        """
+        fair = ledger.fair
+        assert fair is not None
+        listed = self._listed
+        again: list[tuple[str, int]] = []
+        for event_id, at in list(listed.items()):
+            if at >= before:
+                break  # oldest first: the rest are recent
+            if fair.fair_time(event_id) is not None or event_id not in ledger:
+                del listed[event_id]
+            elif event_id not in listing:
+                again.append((event_id, now_ms))
+        self.relisted += len(again)
+        return again
 
     def _load_stamps(self, journal: EventJournal, ledger: Ledger) -> None:
         """Read the journaled stamps back into a new ledger (before its events)."""
@@ -1065,6 +1130,7 @@ class MarketService(Service):
             "me": self._signer.index if self._signer is not None else None,
             "stamps": len(fair),
             "stamps_signed": self.stamps_signed,
+            "relisted": self.relisted,
             "settled_through_ms": settled if settled != NEVER else None,
             "final_through_ms": final if final != NEVER else None,
             "settled_events": ledger.settled_position(),

@@ -206,7 +206,7 @@ class FairOrderTests(SynchronousTestCase):
         held.insert_stamps([s for s in stamps if s.t < T0 + 2000])
         held.settle(0.0, 0.0)
         before = [tuple(trade) for trade in held.trades(10)]
-        self.assertEqual(held.status_at(before[0][-1]), FINAL)
+        self.assertEqual(held.status_at(held.trades(1)[0].position), FINAL)
         held.insert([rival])
         self.assertEqual(ids(held), [b1.id, c1.id])
         held.insert_stamps(stamps)

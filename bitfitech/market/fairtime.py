@@ -64,7 +64,7 @@ class StampInsert:
     :ivar flagged: witnesses (public keys) newly found faulty.
     :ivar changed: event id -> its fair time now (``None``: it lost its
         last counted receipts to a flagged witness), for every event whose
-        fair time changed.
+        fair time, or number of counted receipts, changed.
     """
 
     new: list[Stamp] = field(default_factory=list)
@@ -135,6 +135,8 @@ class StampChains:
         # (witness index, seq) -> counting threshold: receipts at or after it count
         self._threshold: dict[tuple[int, int], int] = {}
         self._fair: dict[str, int] = {}
+        # event id -> how many witnesses have a counted receipt of it
+        self._witnesses_counted: dict[str, int] = {}
         self._unseen: set[str] = set()
 
     # -- queries
@@ -153,6 +155,10 @@ class StampChains:
     def fair_time(self, event_id: str) -> int | None:
         """C{event_id}'s fair time, or ``None`` while fewer than f + 1 receipts count."""
         return self._fair.get(event_id)
+
+    def complete(self, event_id: str) -> bool:
+        """Whether every witness not flagged has a counted receipt of C{event_id}."""
+        return self._witnesses_counted.get(event_id, 0) >= self.live
 
     def receipts(self, event_id: str) -> dict[int, tuple[int, bool]]:
         """
@@ -378,6 +384,7 @@ class StampChains:
             if (at := earliest(index, listed)) is not None  # type: ignore[assignment]
         )
         fair = counted[self._counted - 1] if len(counted) >= self._counted else None
+        witnesses = self._witnesses_counted
         if fair != self._fair.get(event_id):
             if fair is None:
                 del self._fair[event_id]
@@ -387,12 +394,22 @@ class StampChains:
                 if not self._held(event_id):
                     self._unseen.add(event_id)
             changed[event_id] = fair
+        if len(counted) != witnesses.get(event_id, 0):
+            witnesses[event_id] = len(counted)
+            changed[event_id] = fair
 
-    def arrived(self, event_ids: Iterable[str]) -> None:
-        """Tell that these events are now held (their fair times no longer hold horizons back)."""
+    def arrived(self, event_ids: Iterable[str]) -> bool:
+        """
+        Tell that these events are now held (their fair times no longer hold horizons back).
+
+        :return: whether one of them had a fair time already (the horizons may move).
+        """
         unseen = self._unseen
-        if unseen:
-            unseen.difference_update(event_ids)
+        if not unseen:
+            return False
+        before = len(unseen)
+        unseen.difference_update(event_ids)
+        return len(unseen) < before
 
     # -- horizons
 

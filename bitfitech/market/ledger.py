@@ -39,7 +39,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from heapq import merge
+from heapq import heappop, heappush, merge
 from itertools import islice
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
@@ -264,6 +264,11 @@ class Ledger:
         self.settled_horizon = NEVER
         self.final_horizon = NEVER
         self.witness_revisions = 0
+        # Fair order: slot winners with a fair time, waiting to be placed
+        # (see _placeable), as (fair time, event id) in a heap.
+        self._unplaced: list[tuple[int, str]] = []
+        self._waiting: set[str] = set()
+        self._horizon_at_start = NEVER
         if self.witnesses:
             self.fair = StampChains(self.witnesses, self._by_id.__contains__)
             self._key = self._fair_key  # type: ignore[method-assign]
@@ -495,18 +500,28 @@ class Ledger:
         """
         fair = self.fair
         if fair is not None:
-            settled = fair.horizon(self.witnesses.quorum)
-            final = fair.horizon(max(fair.live, self.witnesses.quorum))
-            if settled > self.settled_horizon:
-                self.settled_horizon = settled
-                fair.advance(settled)
-            if final > self.final_horizon:
-                self.final_horizon = final
+            self._horizon_at_start = self.settled_horizon
+            changed: dict[str, int] = {}
+            self._advance(changed)
+            if changed:
+                self._refresh(changed, InsertResult())
             return self.settled_position()
         clock = self._clock
         while clock and clock[0][0] <= now - horizon:
             self.settled_through = max(self.settled_through, clock.popleft()[1])
         return self.settled_position()
+
+    def _revision_position(self) -> int:
+        """
+        How many events at the start of the log were settled when the
+        current insert began: trades there must not change.  (In fair
+        order the horizon may advance during an insert, and the events it
+        then places are new to the settled part, not revisions of it.)
+        """
+        if self.fair is None:
+            return self.settled_position()
+        horizon = self._horizon_at_start
+        return 0 if horizon == NEVER else bisect_left(self._keys, self._bound(horizon))
 
     def _bound(self, horizon: int) -> FairKey:
         """The smallest fair key an event with a fair time after C{horizon} can have."""
@@ -655,6 +670,7 @@ class Ledger:
         result = InsertResult()
         changed: dict[str, int] = {}
         by_id, chains = self._by_id, self._chains
+        self._horizon_at_start = self.settled_horizon
         for event in events:
             if event.id in by_id:
                 result.duplicates += 1
@@ -687,7 +703,8 @@ class Ledger:
                 changed[author] = seq
         fair = self.fair
         if fair is not None:
-            fair.arrived([event.id for event in result.new])
+            if fair.arrived([event.id for event in result.new]):
+                self._advance(changed)
             if changed:
                 self._refresh(changed, result)
         elif changed:
@@ -707,32 +724,77 @@ class Ledger:
         fair = self.fair
         if fair is None:
             raise ValueError("this network has no witnesses")
+        self._horizon_at_start = self.settled_horizon
         stamped = fair.insert(stamps)
         result = InsertResult()
         changed: dict[str, int] = {}
+        until: dict[str, int] = {}
         if self._conflicts:
             self._rerank(stamped.changed, changed)
         by_id = self._by_id
         for event_id in stamped.changed:
             event = by_id.get(event_id)
             if event is not None:
-                chain = self._chains[event.author]
-                if chain.winners.get(event.seq) is event:
-                    low = changed.get(event.author)
-                    if low is None or event.seq < low:
-                        changed[event.author] = event.seq
+                author, seq = event.author, event.seq
+                chain = self._chains[author]
+                if chain.winners.get(seq) is event:
+                    low = changed.get(author)
+                    if low is None or seq < low:
+                        changed[author] = seq
+                    if seq > until.get(author, 0):
+                        until[author] = seq
+        self._advance(changed)
         if changed:
-            self._refresh(changed, result)
+            self._refresh(changed, result, None if stamped.flagged else until)
         if stamped.flagged and result.revised:
             self.witness_revisions += 1
         return stamped, result
 
-    def _refresh(self, changed: dict[str, int], result: InsertResult) -> None:
-        """Fair order: recompute the C{changed} authors' prefixes and keys, and update the log."""
+    def _advance(self, changed: dict[str, int]) -> None:
+        """
+        Fair order: bring the horizons up to date, and add to C{changed}
+        the authors of events that wait to be placed and now may be.
+
+        An event is placed in the log once every witness not flagged has a
+        counted receipt of it, or once the settled horizon passes its fair
+        time: until then a receipt still to count could lower its fair
+        time, and each move of an applied event is a rollback.
+        """
+        fair = self.fair
+        assert fair is not None
+        settled = fair.horizon(self.witnesses.quorum)
+        if settled > self.settled_horizon:
+            self.settled_horizon = settled
+            fair.advance(settled)
+        final = fair.horizon(max(fair.live, self.witnesses.quorum))
+        if final > self.final_horizon:
+            self.final_horizon = final
+        unplaced, by_id = self._unplaced, self._by_id
+        while unplaced and unplaced[0][0] <= self.settled_horizon:
+            event_id = heappop(unplaced)[1]
+            self._waiting.discard(event_id)
+            event = by_id.get(event_id)
+            if event is not None and not self.is_applied(event):
+                low = changed.get(event.author)
+                if low is None or event.seq < low:
+                    changed[event.author] = event.seq
+
+    def _refresh(
+        self, changed: dict[str, int], result: InsertResult, until: dict[str, int] | None = None
+    ) -> None:
+        """
+        Fair order: recompute the C{changed} authors' prefixes and keys
+        (from the seq given), and update the log.
+
+        :param until: per author, the highest seq whose fair time may have
+            changed: past it, the walk stops at the first event that keeps
+            its place and key (the rest of the prefix cannot change).
+        """
         fair = self.fair
         assert fair is not None
         fair_keys = self._fair_keys
         slot_ms = self._slot_ms
+        unplaced, waiting = self._unplaced, self._waiting
         removed: list[Event] = []
         added: list[Event] = []
         new_keys: dict[str, FairKey] = {}
@@ -741,23 +803,39 @@ class Ledger:
             prefix = chain.in_log
             if low > len(prefix) + 1:
                 continue  # behind a gap: nothing changes yet
+            last = until.get(author, low) if until is not None else None
             previous = fair_keys[prefix[low - 2].id] if low > 1 else None
             winners = chain.winners
             tail: list[Event] = []
             keys: list[FairKey] = []
             seq = low
+            end = len(prefix) + 1
             while (event := winners.get(seq)) is not None:
                 at = fair.fair_time(event.id)
                 if at is None:
                     break
+                if not (fair.complete(event.id) or at <= self.settled_horizon):
+                    if event.id not in waiting:
+                        waiting.add(event.id)
+                        heappush(unplaced, (at, event.id))
+                    break
                 key = FairKey(at // slot_ms, event_class(event), at, event.id, 0)
                 if previous is not None and key <= previous:
                     key = previous._replace(sub=previous.sub + 1)
+                if (
+                    last is not None
+                    and seq > last
+                    and seq < end
+                    and prefix[seq - 1] is event
+                    and fair_keys[event.id] == key
+                ):
+                    end = seq  # this one and the rest of the prefix stay
+                    break
                 tail.append(event)
                 keys.append(key)
                 previous = key
                 seq += 1
-            old = prefix[low - 1 :]
+            old = prefix[low - 1 : end - 1]
             same = 0
             while (
                 same < len(old)
@@ -770,7 +848,8 @@ class Ledger:
             added.extend(tail[same:])
             for event, key in zip(tail[same:], keys[same:], strict=True):
                 new_keys[event.id] = key
-            prefix[low - 1 :] = tail
+                waiting.discard(event.id)
+            prefix[low - 1 : end - 1] = tail
         if removed or added:
             result.placed = added
             self._update_log(removed, added, result, new_keys)
@@ -826,7 +905,7 @@ class Ledger:
             fair_keys.update(new_keys)
         added.sort(key=key)
         keys = self._keys
-        settled = self.settled_position()
+        settled = self._revision_position()
         if removed_low is None and (not keys or key(added[0]) > keys[-1]):
             start = len(self._log)
             first_trade = len(self._trades)
@@ -839,7 +918,9 @@ class Ledger:
             # Even without a rollback, a late event may add settled trades
             # (when the log ended below the settled point).
             trades = self._trades
-            if first_trade < len(trades) and trades[first_trade].position < self.settled_position():
+            if first_trade < len(trades) and trades[first_trade].position < (
+                self._revision_position()
+            ):
                 result.revised = True
                 self.revisions += 1
             return
@@ -882,7 +963,7 @@ class Ledger:
         replayed = len(self._log) - snap.position
         self.rollbacks += 1
         self.replayed += replayed
-        after = _settled_part(self._trades[snap.trade_count :], self.settled_position())
+        after = _settled_part(self._trades[snap.trade_count :], self._revision_position())
         revised = before != after
         if revised:
             self.revisions += 1

@@ -116,7 +116,7 @@ class FairOrderTests(SynchronousTestCase):
         held = ledger()
         held.insert([b1, c1])
         stamps = witnessed({b1: 50, c1: 1000}, until=3000).all()
-        early = [s for s in stamps if s.t <= T0 + 1100]
+        early = [s for s in stamps if s.t <= T0 + 1130]
         held.insert_stamps(early)
         held.settle(0.0, 0.0)
         (trade,) = held.trades(10)

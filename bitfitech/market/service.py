@@ -96,6 +96,16 @@ RELIST_WINDOWS = 2
 #: most events a witness tracks for listing again
 RELIST_KEPT = 100_000
 
+#: seconds after the last event or receipt it saw that a witness keeps
+#: signing every stamp interval; after that, while nothing happens, it
+#: signs a heartbeat every IDLE_STAMP seconds only (stamps are kept
+#: forever, and an idle network would otherwise grow by ten a second per
+#: witness)
+ACTIVE_AFTER = 5.0
+
+#: seconds between a witness's stamps on an idle network
+IDLE_STAMP = 1.0
+
 _REJECTION_TEXT = {
     "invalid_side": "side must be buy or sell",
     "invalid_type": f"type must be one of {', '.join(sorted(ORDER_TYPES))}",
@@ -267,6 +277,8 @@ class MarketService(Service):
         self._signer: StampSigner | None = None
         self._stamper: LoopingCall | None = None
         self._stamp_from = 0.0
+        self._active_until = 0.0
+        self._last_signed = float("-inf")
         # This node as a witness: events first seen since its last stamp.
         self._first_seen: dict[str, int] = {}
         # ... and those it listed that have no fair time yet, with when.
@@ -455,6 +467,7 @@ class MarketService(Service):
                     self._buffer_lamport = event.lamport
                 if first_seen is not None:
                     first_seen.setdefault(event.id, now_ms)
+                    self._active_until = self.clock.seconds() + ACTIVE_AFTER
         if len(buffer) >= MAX_BUFFER:
             self._tick()
         elif buffer:
@@ -517,6 +530,8 @@ class MarketService(Service):
                 buffer[stamp.id] = stamp
                 if stamp.member < len(self.witness_lag):
                     self.witness_lag[stamp.member] = now_ms - stamp.t
+                if stamp.receipts and self._signer is not None:
+                    self._active_until = self.clock.seconds() + ACTIVE_AFTER
         if buffer:
             self._schedule(self.apply_delay)
 
@@ -631,6 +646,7 @@ class MarketService(Service):
     def _queue_own(self, event: Event) -> Deferred[Event]:
         if self._signer is not None:
             self._first_seen.setdefault(event.id, int(self.clock.seconds() * 1000))
+            self._active_until = self.clock.seconds() + ACTIVE_AFTER
         pending = _Pending(event)
         self._signed.append(pending)
         self._signed_ids[event.id] = event
@@ -741,8 +757,12 @@ class MarketService(Service):
         ledger, signer = self._ledger, self._signer
         if ledger is None or signer is None or ledger.fair is None:
             return
-        if self.clock.seconds() < self._stamp_from:
+        now = self.clock.seconds()
+        if now < self._stamp_from:
             return  # see WITNESS_START_DELAY; what it sees meanwhile waits
+        if now >= self._active_until and now - self._last_signed < IDLE_STAMP - 1e-6:
+            return  # an idle network: a heartbeat every IDLE_STAMP
+        self._last_signed = now
         self.flush()  # stamps from peers first: the acks say what is held
         fair = ledger.fair
         own = signer.index

@@ -489,17 +489,22 @@ class Gossip:
 
     def _spread_stamp(self, stamp: Stamp, source: _Peer | None) -> None:
         """
-        Send C{stamp} to every peer not known to hold it.  Stamps are few
-        (each witness signs ten a second) and every node needs every one
-        at once, so they are flooded, not announced; each link carries a
-        stamp at most once each way.
+        Send C{stamp} on.  Every node keeps a link to every witness, so a
+        witness's own stamps (and evidence this node found) go in full to
+        every peer not known to hold them; a stamp from a peer is only
+        announced (``inv``): the peers linked to its witness have it
+        already, and the others ask for it (``getdata``).
         """
         ident = stamp.id
         self._remember(ident, 0)
+        ttl = self.timing.ttl
         for peer in self.peers.values():
             if peer is not source and ident not in peer.known:
                 peer.knows(ident)
-                peer.stamps_out.append(stamp)
+                if source is None:
+                    peer.stamps_out.append(stamp)
+                else:
+                    peer.announcements.add(ident, ttl)
         self._flush_soon()
 
     def _on_stamps(self, peer: _Peer, message: Stamps) -> None:
@@ -509,10 +514,12 @@ class Gossip:
         if not message.more:
             peer.last_answer = self.clock.seconds()
         new: list[Stamp] = []
+        requested = self._requested
         for text, sig in message.stamps:
             stats["stamps_received"] += 1
             ident = stamp_id(text)
             peer.knows(ident)
+            requested.pop(ident, None)
             if ident in seen or store.has_stamp(ident):
                 stats["stamps_duplicate"] += 1
                 continue
@@ -726,7 +733,7 @@ class Gossip:
         deadline = now + delay + timing.request_timeout
         for ident in message.ids:
             peer.knows(ident)
-            if ident in seen or store.has(ident):
+            if ident in seen or store.has(ident) or store.has_stamp(ident):
                 continue
             request = requested.get(ident)
             if request is not None:
@@ -765,10 +772,14 @@ class Gossip:
 
     def _on_getdata(self, peer: _Peer, message: GetData) -> None:
         self._graft(peer)
+        store = self.store
         for ident in message.ids:
-            event = self.store.get(ident)
+            event = store.get(ident)
             if event is not None:
                 peer.answers.setdefault(max(self._seen.get(ident, 0), 0), []).append(event)
+                peer.knows(ident)
+            elif (stamp := store.get_stamp(ident)) is not None:
+                peer.stamps_out.append(stamp)
                 peer.knows(ident)
         self._flush_soon()
 

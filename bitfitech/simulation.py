@@ -195,6 +195,10 @@ class LedgerStore:
         fair = self.ledger.fair
         return fair is not None and stamp_id in fair
 
+    def get_stamp(self, stamp_id: str) -> Stamp | None:
+        fair = self.ledger.fair
+        return fair.get(stamp_id) if fair is not None else None
+
     def stamp_vector(self) -> dict[str, int]:
         fair = self.ledger.fair
         return fair.vector() if fair is not None else {}

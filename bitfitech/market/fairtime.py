@@ -152,6 +152,10 @@ class StampChains:
         """How many witnesses are not flagged."""
         return self.witnesses.n - len(self._flagged_index)
 
+    def get(self, stamp_id: str) -> Stamp | None:
+        """A held stamp by id (evidence included)."""
+        return self._by_id.get(stamp_id)
+
     def fair_time(self, event_id: str) -> int | None:
         """C{event_id}'s fair time, or ``None`` while fewer than f + 1 receipts count."""
         return self._fair.get(event_id)

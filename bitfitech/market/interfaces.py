@@ -84,6 +84,9 @@ class IEventStore(Interface):
     def has_stamp(stamp_id: str) -> bool:
         """Whether the witness stamp is held (or waiting to be applied)."""
 
+    def get_stamp(stamp_id: str) -> Stamp | None:
+        """A held (or waiting) witness stamp by id."""
+
     def receive_stamps(stamps: Sequence[Stamp]) -> None:
         """Take new witness stamps from peers, parsed and verified by the caller."""
 

@@ -518,6 +518,13 @@ class MarketService(Service):
         fair = self._ledger.fair if self._ledger is not None else None
         return stamp_id in self._stamp_buffer or (fair is not None and stamp_id in fair)
 
+    def get_stamp(self, stamp_id: str) -> Stamp | None:
+        """A held or waiting stamp."""
+        stamp = self._stamp_buffer.get(stamp_id)
+        if stamp is None and self._ledger is not None and self._ledger.fair is not None:
+            stamp = self._ledger.fair.get(stamp_id)
+        return stamp
+
     def receive_stamps(self, stamps: Sequence[Stamp]) -> None:
         """Take verified stamps from peers; they are applied at the next tick."""
         ledger = self._ledger

@@ -14,6 +14,9 @@
 - The load client: ``python benchmarks/_cluster.py --client SPEC`` posts
   orders from several threads until a deadline and prints what was
   acknowledged as JSON (:func:`run_clients` starts and collects them).
+- The paced load client: ``python benchmarks/_cluster.py --paced SPEC``
+  posts a given number of orders at a given rate and prints when each was
+  acknowledged (:func:`run_paced_client`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bitfitech.identity import load_or_create_identity
 from bitfitech.testing import free_ports
 
 #: the checkout's root (holds ``bitfitech`` and ``twisted/plugins``)
@@ -300,7 +304,12 @@ class NodeProcess:
         max_peers: int = 50,
         data_dir: str | None = None,
         log_level: str = "warn",
+        witnesses: Sequence[str] = (),
     ) -> None:
+        """
+        :param witnesses: the network's witnesses, each ``NODEID@host:port``
+            (``--witness``); none: author-clock order.
+        """
         self.index = index
         self.port = port
         self.api_port = api_port
@@ -319,6 +328,8 @@ class NodeProcess:
         ]  # fmt: skip
         for peer in bootstrap:
             self.args += ["--bootstrap", f"127.0.0.1:{peer}"]
+        for witness in witnesses:
+            self.args += ["--witness", witness]
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.node_id = ""
@@ -441,7 +452,15 @@ class Cluster:
     """
 
     def __init__(
-        self, size: int, links: int, name: str = "bench", seed: int = 1, slack: int = 2
+        self,
+        size: int,
+        links: int,
+        name: str = "bench",
+        seed: int = 1,
+        slack: int = 2,
+        *,
+        witnesses: int = 0,
+        max_peers: int | None = None,
     ) -> None:
         """
         :param slack: inbound slots beyond C{links/2}.  With exactly
@@ -450,11 +469,18 @@ class Cluster:
             full: they get refused and, never having linked, never learn
             another address.  A little slack lets every node reach its
             outbound target; the mean stays about C{links}.
+        :param witnesses: how many of the nodes, the first ones, are the
+            network's witnesses (fair order); 0: author-clock order.
+        :param max_peers: ``--max-peers`` instead of C{links} plus
+            C{slack}: a witness takes a link from every node.
         """
         self.size = size
         self.links = links
         self.outbound = max(1, links // 2)
-        self.max_peers = max(links, self.outbound) + slack
+        self.max_peers = max_peers or max(links, self.outbound) + slack
+        self.witness_count = witnesses
+        #: ``NODEID@127.0.0.1:port`` of each witness, once :meth:`start` chose them
+        self.witnesses: list[str] = []
         self.repairs = 0
         self.base = tempfile.mkdtemp(prefix=f"bitfi-{name}-")
         self.nodes: list[NodeProcess] = []
@@ -483,12 +509,18 @@ class Cluster:
         """
         ports = free_ports(2 * self.size)
         started = time.monotonic()
+        # A witness is named by its node id: make its key before it starts.
+        for i in range(self.witness_count):
+            data_dir = os.path.join(self.base, f"node{i}", "data")
+            os.makedirs(data_dir, exist_ok=True)
+            node_id = load_or_create_identity(data_dir).node_id
+            self.witnesses.append(f"{node_id}@127.0.0.1:{ports[2 * i]}")
         for i in range(self.size):
             earlier = [n.port for n in self.nodes]
             bootstrap = self.rng.sample(earlier, min(3, len(earlier)))
             node = NodeProcess(
                 i, self.base, ports[2 * i], ports[2 * i + 1], bootstrap=bootstrap,
-                outbound=self.outbound, max_peers=self.max_peers,
+                outbound=self.outbound, max_peers=self.max_peers, witnesses=self.witnesses,
             )  # fmt: skip
             self.nodes.append(node)
             node.start()
@@ -793,6 +825,112 @@ def run_clients(
                 child.wait()
 
 
+def paced_client_main(spec_text: str) -> None:
+    """
+    The paced load client: post C{count} orders, order i due at
+    ``start_at + i / rate`` on node ``i % len(ports)``, from C{threads}
+    threads (an order is posted late when every thread is busy); print JSON.
+
+    Each acknowledged order is ``[id, node, due, acknowledged]``, both
+    times ``time.time()`` in this process.
+    """
+    spec = json.loads(spec_text)
+    ports: list[int] = spec["ports"]
+    rate: float = spec["rate"]
+    count: int = spec["count"]
+    start_at: float = spec["start_at"]
+    lock = threading.Lock()
+    taken = [0]
+    acked: list[list[Any]] = []
+    errors: dict[str, int] = {}
+
+    def worker(t: int) -> None:
+        rng = random.Random(spec["seed"] * 1000 + t)
+        apis: dict[int, Api] = {}
+        try:
+            while True:
+                with lock:
+                    i = taken[0]
+                    if i >= count:
+                        return
+                    taken[0] += 1
+                due = start_at + i / rate
+                delay = due - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                node = i % len(ports)
+                api = apis.get(node)
+                if api is None:
+                    api = apis[node] = Api(ports[node])
+                try:
+                    status, body = api.request("POST", "/orders", random_order(rng))
+                except ApiError as e:
+                    with lock:
+                        key = type(e.__cause__).__name__
+                        errors[key] = errors.get(key, 0) + 1
+                    continue
+                done = time.time()
+                with lock:
+                    if status == 201:
+                        acked.append([body["id"], node, due, done])
+                    else:
+                        errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
+        finally:
+            for api in apis.values():
+                api.close()
+
+    threads = [
+        threading.Thread(target=worker, args=(t,), daemon=True) for t in range(spec["threads"])
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    json.dump(
+        {"acked": acked, "errors": errors, "cpu_s": usage.ru_utime + usage.ru_stime}, sys.stdout
+    )
+
+
+def run_paced_client(
+    ports: Sequence[int],
+    rate: float,
+    count: int,
+    threads: int = 16,
+    start_delay: float = 0.5,
+    seed: int = 1,
+) -> tuple[float, dict[str, Any]]:
+    """
+    Post C{count} orders at C{rate} a second, round-robin over the nodes
+    whose APIs listen on C{ports}, from one paced client process.
+
+    :return: the wall-clock start time (``time.time()``) and the client's
+        result (see :func:`paced_client_main`).
+    """
+    start_at = time.time() + start_delay
+    spec = {
+        "ports": list(ports), "rate": rate, "count": count, "threads": threads,
+        "start_at": start_at, "seed": seed,
+    }  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--paced", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    try:
+        out, _ = child.communicate(timeout=count / rate + start_delay + 120)
+        if child.returncode != 0:
+            raise RuntimeError(f"paced load client exited with status {child.returncode}")
+        result: dict[str, Any] = json.loads(out)
+        return start_at, result
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 @contextlib.contextmanager
 def cleanup_on_interrupt() -> Iterator[None]:
     """Install the signal handlers; print a line instead of a traceback on Ctrl-C."""
@@ -806,5 +944,11 @@ def cleanup_on_interrupt() -> Iterator[None]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="bitfi benchmark load client")
-    parser.add_argument("--client", required=True, help="JSON spec")
-    client_main(parser.parse_args().client)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--client", help="JSON spec: post as fast as acknowledged")
+    mode.add_argument("--paced", help="JSON spec: post at a given rate")
+    options = parser.parse_args()
+    if options.client is not None:
+        client_main(options.client)
+    else:
+        paced_client_main(options.paced)

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 3000
 BOOTSTRAP ?=
 TRIAL_JOBS ?= 2
-# make bench QUICK=1: every benchmark's small version (under a minute in all)
+# make bench QUICK=1: every benchmark's small version (about a minute and a half in all)
 QUICK ?=
 BENCH_STAMP := $(VENV)/.bench-installed
 

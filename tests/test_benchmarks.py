@@ -2,7 +2,9 @@
 
 They run the runner in a subprocess on the cheapest real benchmark
 (``bench_crypto --quick``) and on two stand-in benchmarks, one broken, and
-check the JSON documents' shape; never a measured time.
+check the JSON documents' shape; never a measured time.  The benchmarks
+that start node clusters are only checked to parse their options here
+(``make bench QUICK=1`` runs them).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL = ROOT / "benchmarks" / "run_all.py"
+BENCH_FAIR = ROOT / "benchmarks" / "bench_fair.py"
 
 FIGURE_KEYS = {"figure", "value", "unit", "target", "met"}
 
@@ -145,3 +148,31 @@ class RunAllTests(SynchronousTestCase):
         done = run_all("--only", "bench_nonexistent", "--results", os.path.abspath(self.mktemp()))
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("bench_nonexistent", done.stderr)
+
+
+class BenchFairTests(SynchronousTestCase):
+    """``bench_fair.py`` imports and checks its options before it starts any node."""
+
+    def run_bench(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return subprocess.run(
+            [sys.executable, str(BENCH_FAIR), *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def test_help(self) -> None:
+        """``--help`` lists the results protocol's options and the attack's knobs."""
+        done = self.run_bench("--help")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        for option in ("--quick", "--json", "--trials", "--baseline-trials", "--rate", "--grind"):
+            self.assertIn(option, done.stdout)
+
+    def test_too_few_nodes(self) -> None:
+        """A network too small for three witnesses, a victim and the local node is refused."""
+        done = self.run_bench("--nodes", "4", "--json", os.path.abspath(self.mktemp()))
+        self.assertEqual(done.returncode, 2, done.stdout + done.stderr)
+        self.assertIn("--nodes: at least 5", done.stderr)

@@ -277,6 +277,7 @@ class NodeConfig:
             raise ConfigError(f"{option} needs TLS: it cannot go with --insecure-plain-tcp")
         try:
             check_witnesses(self.witnesses)
+            check_witness_count(self.witnesses)
         except ValueError as e:
             raise ConfigError(f"--witness: {e}") from None
 
@@ -355,7 +356,9 @@ def coerce_bootstrap(text: str) -> tuple[PeerAddress, ...]:
 def check_witnesses(addresses: Sequence[PeerAddress]) -> tuple[PeerAddress, ...]:
     """
     Check a list of witness addresses: each pinned to a node id, no node id
-    or ``host:port`` named twice, at most :data:`~bitfitech.witnesses.MAX_WITNESSES`.
+    or ``host:port`` named twice, at most :data:`~bitfitech.witnesses.MAX_WITNESSES`
+    (the count's parity is checked once the list is complete:
+    :func:`check_witness_count`).
 
     :raises ValueError: with a short reason.
     """
@@ -375,6 +378,19 @@ def check_witnesses(addresses: Sequence[PeerAddress]) -> tuple[PeerAddress, ...]
         ids.add(address.node_id)
         endpoints.add(address.endpoint)
     return tuple(addresses)
+
+
+def check_witness_count(addresses: Sequence[PeerAddress]) -> None:
+    """
+    A network names an odd number of witnesses, n = 2f + 1 (an even n adds
+    one but tolerates no more faults).
+
+    :raises ValueError: for an even number.
+    """
+    if len(addresses) % 2 == 0 and addresses:
+        raise ValueError(
+            f"name an odd number of witnesses (n = 2f + 1: 1, 3, 5, ...), not {len(addresses)}"
+        )
 
 
 def coerce_witnesses(text: str) -> tuple[PeerAddress, ...]:

@@ -132,9 +132,13 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
         ),
     ),
     "WITNESSES": (
-        f"{WITNESS_IDS[1]}@10.0.0.2:3000, {WITNESS_IDS[0]}@[::1]:3001",
+        f"{WITNESS_IDS[1]}@10.0.0.2:3000, {WITNESS_IDS[0]}@[::1]:3001,{WITNESS_IDS[2]}@h.example:1",
         "witnesses",
-        (PeerAddress("10.0.0.2", 3000, WITNESS_IDS[1]), PeerAddress("::1", 3001, WITNESS_IDS[0])),
+        (
+            PeerAddress("10.0.0.2", 3000, WITNESS_IDS[1]),
+            PeerAddress("::1", 3001, WITNESS_IDS[0]),
+            PeerAddress("h.example", 1, WITNESS_IDS[2]),
+        ),
     ),
     "MAX_PEERS": ("20", "max_peers", 20),
     "OUTBOUND_PEERS": ("3", "outbound", 3),
@@ -323,6 +327,14 @@ class EnvironmentTests(SynchronousTestCase):
         env = with_xdg(WITNESSES=f"{WITNESS_IDS[0]}@10.0.0.9:1,bogus")
         config = parse(["--witness", f"{WITNESS_IDS[1]}@10.0.0.1:3000"], env)
         self.assertEqual(config.witnesses, (PeerAddress("10.0.0.1", 3000, WITNESS_IDS[1]),))
+
+    def test_even_number_of_witnesses(self) -> None:
+        """Two witnesses are refused once the options are complete (n = 2f + 1)."""
+        w0, w1 = (f"{node_id}@10.0.0.{i}:3000" for i, node_id in enumerate(WITNESS_IDS[:2]))
+        error = self.assertRaises(UsageError, parse, ["--witness", w0, "--witness", w1])
+        self.assertIn("odd number of witnesses", str(error))
+        error = self.assertRaises(UsageError, parse, [], with_xdg(WITNESSES=f"{w0},{w1}"))
+        self.assertIn("odd number of witnesses", str(error))
 
     def test_witness_must_be_pinned(self) -> None:
         error = self.assertRaises(UsageError, parse, ["--witness", "10.0.0.1:3000"])

@@ -338,10 +338,10 @@ class LocalNode:
         self.watch = StatusWatch(self.node)
         self.attacker = Attacker(self)
 
-    def _tapped(self, events: Sequence[Event]) -> None:
+    def _tapped(self, events: Sequence[Event], arrived: float | None = None) -> None:
         now = self.node.clock.seconds()
         self.watch.arrived(events, now)
-        self._receive(events)
+        self._receive(events, arrived)
         self.attacker.arrived(events, now)
 
     def inject(self, event: Event) -> None:

@@ -619,7 +619,7 @@ class Gossip:
             results = peer.in_order.addCallback(lambda _: verified)
         peer.queued += 1
         peer.in_order = results
-        results.addCallback(self._verified, peer, parsed, message)
+        results.addCallback(self._verified, peer, parsed, message, now)
         results.addErrback(self._verify_failed, peer, parsed)
         results.addCallback(self._handled, peer)
 
@@ -679,9 +679,20 @@ class Gossip:
         log.failure("Handling events from {peer} failed", failure, peer=peer.link)
 
     def _verified(
-        self, results: list[bool], peer: _Peer, parsed: list[Event], message: Events
+        self,
+        results: list[bool],
+        peer: _Peer,
+        parsed: list[Event],
+        message: Events,
+        arrived: float,
     ) -> None:
-        """Take the events whose signatures verified; a bad one costs the peer its link."""
+        """
+        Take the events whose signatures verified; a bad one costs the peer its link.
+
+        :param arrived: when their message was read (the market's receipt
+            time: checking signatures may take longer for one message than
+            for a later one).
+        """
         relay_ttl = message.ttl - 1
         new: list[Event] = []
         forged: list[str] = []
@@ -702,7 +713,7 @@ class Gossip:
             peer.link.violation(f"bad signature on event {forged[0]}")
         if new:
             self.stats["events_new"] += len(new)
-            self.store.receive(new)
+            self.store.receive(new, arrived)
             now = self.clock.seconds()
             if relay_ttl >= 0:
                 self._observe_lag(now, new)

@@ -185,7 +185,7 @@ class LedgerStore:
         for publisher in list(self.publishers):
             publisher.publish(events)
 
-    def receive(self, events: Sequence[Event]) -> None:
+    def receive(self, events: Sequence[Event], arrived: float | None = None) -> None:
         self.ledger.insert(events)
 
     def receive_stamps(self, stamps: Sequence[Stamp]) -> None:
@@ -255,7 +255,7 @@ class SimStore(LedgerStore):
         """Insert this node's own C{events}."""
         self.on_new(self.ledger.insert(events, self.clock.seconds()).new)
 
-    def receive(self, events: Sequence[Event]) -> None:
+    def receive(self, events: Sequence[Event], arrived: float | None = None) -> None:
         self.add(events)
 
 

@@ -116,9 +116,9 @@ class FakeStore(LedgerStore):
         """Insert events as this node's own (not through gossip)."""
         self.ledger.insert(events)
 
-    def receive(self, events: Sequence[Event]) -> None:
+    def receive(self, events: Sequence[Event], arrived: float | None = None) -> None:
         self.received.append(list(events))
-        super().receive(events)
+        super().receive(events, arrived)
 
 
 class FakeLink:

@@ -20,8 +20,10 @@ from ..market.service import MarketService
 
 
 def _fair_time(ledger: Ledger, event_id: str) -> int | None:
+    """An event's fair time in unix ms (the ledger keeps microseconds), or ``None``."""
     fair = ledger.fair
-    return fair.fair_time(event_id) if fair is not None else None
+    at = fair.fair_time(event_id) if fair is not None else None
+    return None if at is None else at // 1000
 
 
 def trade_doc(ledger: Ledger, trade: TradeRecord) -> dict[str, Any]:

@@ -120,7 +120,7 @@ class StampChains:
         self.witnesses = witnesses
         self.flagged: dict[str, str] = {}
         self._held = held
-        self._window = witnesses.window_ms
+        self._window = witnesses.window_ms * 1000  # stamps state microseconds
         self._counted = witnesses.counted
         self._by_id: dict[str, Stamp] = {}
         self._evidence: dict[tuple[int, int], list[Stamp]] = {}
@@ -424,7 +424,7 @@ class StampChains:
         :param chains: how many witnesses' chains must be held past it:
             :attr:`WitnessSet.quorum` (n - f) for the settled horizon, n
             for the final one.
-        :return: a time in unix ms, or :data:`NEVER`.
+        :return: a time in unix microseconds, or :data:`NEVER`.
         """
         window, counted = self._window, self._counted
         live = [

@@ -45,8 +45,13 @@ class IEventStore(Interface):
     def get(event_id: str) -> Event | None:
         """A held event by id."""
 
-    def receive(events: Sequence[Event]) -> None:
-        """Take new events from peers, parsed and verified by the caller."""
+    def receive(events: Sequence[Event], arrived: float | None = None) -> None:
+        """
+        Take new events from peers, parsed and verified by the caller.
+
+        :param arrived: when they arrived (clock seconds), if not now: a
+            witness states it as when it saw them.
+        """
 
     def vector() -> dict[str, int]:
         """Author -> highest seq held without a gap."""

@@ -84,7 +84,7 @@ class FairKey(NamedTuple):
 
     :ivar slot: fair time // slot width.
     :ivar cls: 0 post-only orders, 1 cancels, 2 other orders.
-    :ivar fair: the fair time, unix ms.
+    :ivar fair: the fair time, unix microseconds.
     :ivar anchor: the event's own id; for an event moved after its
         author's previous one, that event's anchor.
     :ivar sub: 0; one more than the previous event's for a moved event.
@@ -260,7 +260,7 @@ class Ledger:
         self.witnesses = witnesses if witnesses is not None else WitnessSet()
         self.fair: StampChains | None = None
         self._fair_keys: dict[str, FairKey] = {}
-        self._slot_ms = self.witnesses.slot_ms
+        self._slot = self.witnesses.slot_ms * 1000  # fair times are in microseconds
         self.settled_horizon = NEVER
         self.final_horizon = NEVER
         self.witness_revisions = 0
@@ -526,7 +526,7 @@ class Ledger:
     def _bound(self, horizon: int) -> FairKey:
         """The smallest fair key an event with a fair time after C{horizon} can have."""
         after = horizon + 1
-        return FairKey(after // self._slot_ms, POST_ONLY_CLASS, after, "", 0)
+        return FairKey(after // self._slot, POST_ONLY_CLASS, after, "", 0)
 
     def final_position(self) -> int:
         """How many events at the start of the log are final (0 without witnesses)."""
@@ -793,7 +793,7 @@ class Ledger:
         fair = self.fair
         assert fair is not None
         fair_keys = self._fair_keys
-        slot_ms = self._slot_ms
+        slot = self._slot
         unplaced, waiting = self._unplaced, self._waiting
         removed: list[Event] = []
         added: list[Event] = []
@@ -819,7 +819,7 @@ class Ledger:
                         waiting.add(event.id)
                         heappush(unplaced, (at, event.id))
                     break
-                key = FairKey(at // slot_ms, event_class(event), at, event.id, 0)
+                key = FairKey(at // slot, event_class(event), at, event.id, 0)
                 if previous is not None and key <= previous:
                     key = previous._replace(sub=previous.sub + 1)
                 if (

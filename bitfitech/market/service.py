@@ -87,7 +87,7 @@ SETTLED_SCAN = 1000
 #: seq again would prove it faulty
 WITNESS_START_DELAY = 2.0
 
-#: a witness lists again an event it listed this long ago (ms, in units of
+#: a witness lists again an event it listed this long ago (in units of
 #: the counting window) that still has no fair time: its receipt did not
 #: count (its stamp reached too few witnesses in time), and an event
 #: nobody's receipts count for would never be ordered
@@ -95,6 +95,9 @@ RELIST_WINDOWS = 2
 
 #: most events a witness tracks for listing again
 RELIST_KEPT = 100_000
+
+#: the longest seconds stamps from peers wait to be applied
+STAMP_APPLY_DELAY = 0.005
 
 #: seconds after the last event or receipt it saw that a witness keeps
 #: signing every stamp interval; after that, while nothing happens, it
@@ -268,8 +271,9 @@ class MarketService(Service):
         # Fair order: stamps from peers waiting for the next tick, and
         # stamps applied but not journaled yet.
         self._stamp_buffer: dict[str, Stamp] = {}
+        self._stamp_arrivals: dict[str, int] = {}
         self._unjournaled_stamps: list[Stamp] = []
-        # Per witness: (seq held without a gap, when it was first held, ms).
+        # Per witness: (seq held without a gap, when it was first held, unix us).
         self._held_since: list[tuple[int, int]] = [(0, 0)] * self.witnesses.n
         # Per witness: this node's clock minus the witness's, at its last
         # stamp's arrival (network delay included), ms.
@@ -453,20 +457,25 @@ class MarketService(Service):
             event = self._ledger.get(event_id)
         return event
 
-    def receive(self, events: Sequence[Event]) -> None:
-        """Take verified events from peers; they are applied within :attr:`apply_delay`."""
+    def receive(self, events: Sequence[Event], arrived: float | None = None) -> None:
+        """
+        Take verified events from peers; they are applied within :attr:`apply_delay`.
+
+        :param arrived: when they arrived (clock seconds), if not now: this
+            node as a witness lists them as seen then.
+        """
         if self._ledger is None:
             return
         buffer = self._buffer
         first_seen = self._first_seen if self._signer is not None else None
-        now_ms = int(self.clock.seconds() * 1000)
+        now_us = int((self.clock.seconds() if arrived is None else arrived) * 1_000_000)
         for event in events:
             if event.id not in buffer and event.id not in self._ledger:
                 buffer[event.id] = event
                 if event.lamport > self._buffer_lamport:
                     self._buffer_lamport = event.lamport
                 if first_seen is not None:
-                    first_seen.setdefault(event.id, now_ms)
+                    first_seen.setdefault(event.id, now_us)
                     self._active_until = self.clock.seconds() + ACTIVE_AFTER
         if len(buffer) >= MAX_BUFFER:
             self._tick()
@@ -530,17 +539,20 @@ class MarketService(Service):
         ledger = self._ledger
         if ledger is None or ledger.fair is None:
             return
-        now_ms = int(self.clock.seconds() * 1000)
+        now_us = int(self.clock.seconds() * 1_000_000)
         buffer = self._stamp_buffer
         for stamp in stamps:
             if stamp.id not in buffer and stamp.id not in ledger.fair:
                 buffer[stamp.id] = stamp
+                self._stamp_arrivals[stamp.id] = now_us
                 if stamp.member < len(self.witness_lag):
-                    self.witness_lag[stamp.member] = now_ms - stamp.t
+                    self.witness_lag[stamp.member] = (now_us - stamp.t) // 1000
                 if stamp.receipts and self._signer is not None:
                     self._active_until = self.clock.seconds() + ACTIVE_AFTER
         if buffer:
-            self._schedule(self.apply_delay)
+            # Stamps move fair times and horizons: applied soon even when a
+            # heavy load has stretched the apply delay.
+            self._schedule(min(self.apply_delay, STAMP_APPLY_DELAY))
 
     def stamp_vector(self) -> dict[str, int]:
         """Witness key -> highest seq held without a gap."""
@@ -652,7 +664,7 @@ class MarketService(Service):
 
     def _queue_own(self, event: Event) -> Deferred[Event]:
         if self._signer is not None:
-            self._first_seen.setdefault(event.id, int(self.clock.seconds() * 1000))
+            self._first_seen.setdefault(event.id, int(self.clock.seconds() * 1_000_000))
             self._active_until = self.clock.seconds() + ACTIVE_AFTER
         pending = _Pending(event)
         self._signed.append(pending)
@@ -732,11 +744,18 @@ class MarketService(Service):
         if not stamped.new:
             return
         self._unjournaled_stamps.extend(stamped.new)
-        now_ms = int(self.clock.seconds() * 1000)
+        now_us = int(self.clock.seconds() * 1_000_000)
         held_since = self._held_since
+        arrivals = self._stamp_arrivals
         for index, seq in enumerate(fair.acks()):
             if seq > held_since[index][0]:
-                held_since[index] = (seq, now_ms)
+                # Held without a gap through seq once its last missing stamp
+                # arrived; the stamps up to it arrived no later, as a rule.
+                last = fair.last(index)
+                at = arrivals.get(last.id, now_us) if last is not None else now_us
+                held_since[index] = (seq, at)
+        for stamp in stamped.new:
+            arrivals.pop(stamp.id, None)
         self._report(result)
         for witness in stamped.flagged:
             log.warn(
@@ -774,8 +793,8 @@ class MarketService(Service):
         fair = ledger.fair
         own = signer.index
         last = fair.last(own)
-        now_ms = int(self.clock.seconds() * 1000)
-        window, interval = self.witnesses.window_ms, self.witnesses.stamp_ms
+        now_us = int(self.clock.seconds() * 1_000_000)
+        window, interval = self.witnesses.window_ms * 1000, self.witnesses.stamp_ms * 1000
         # An event whose fair time is settled needs no receipt: a later one
         # cannot change it (a witness catching up on history sees many).
         settled = ledger.settled_horizon
@@ -785,22 +804,22 @@ class MarketService(Service):
             for item in first_seen.items()
             if (at := fair.fair_time(item[0])) is None or at > settled
         ]
-        seen.extend(self._relist(ledger, now_ms - RELIST_WINDOWS * window, first_seen, now_ms))
+        seen.extend(self._relist(ledger, now_us - RELIST_WINDOWS * window, first_seen, now_us))
         seen.sort(key=lambda item: (item[1], item[0]))
         listed = self._listed
         for event_id, _ in seen:
-            listed[event_id] = now_ms
+            listed[event_id] = now_us
             listed.move_to_end(event_id)
         while len(listed) > RELIST_KEPT:
             listed.popitem(last=False)
         stamps = []
         while True:
             prev_t = last.t if last is not None else 0
-            t = max(now_ms, prev_t + 1)
+            t = max(now_us, prev_t + 1)
             # A receipt older than the window less a stamp interval would
             # reach the others too late to count (this witness was busy, or
             # just started): it is stated as that old, no older.
-            oldest = max(prev_t + 1, t - (window - interval - 10))
+            oldest = max(prev_t + 1, t - (window - interval - 10_000))
             acks = []
             for index, (held, since) in enumerate(self._held_since):
                 old = last.acks[index][0] if last is not None else 0
@@ -833,7 +852,7 @@ class MarketService(Service):
             self._write_call = self.clock.callLater(0, self._start_write)
 
     def _relist(
-        self, ledger: Ledger, before: int, listing: dict[str, int], now_ms: int
+        self, ledger: Ledger, before: int, listing: dict[str, int], now_us: int
     ) -> list[tuple[str, int]]:
         """
         Events this witness listed before C{before} that are held and still
@@ -850,7 +869,7 @@ class MarketService(Service):
             if fair.fair_time(event_id) is not None or event_id not in ledger:
                 del listed[event_id]
             elif event_id not in listing:
-                again.append((event_id, now_ms))
+                again.append((event_id, now_us))
         self.relisted += len(again)
         return again
 
@@ -1158,8 +1177,8 @@ class MarketService(Service):
             "stamps": len(fair),
             "stamps_signed": self.stamps_signed,
             "relisted": self.relisted,
-            "settled_through_ms": settled if settled != NEVER else None,
-            "final_through_ms": final if final != NEVER else None,
+            "settled_through_ms": settled // 1000 if settled != NEVER else None,
+            "final_through_ms": final // 1000 if final != NEVER else None,
             "settled_events": ledger.settled_position(),
             "final_events": ledger.final_position(),
             "waiting_events": len(ledger) - ledger.applied,

@@ -11,7 +11,9 @@ Ed25519 key (the key of its node id)::
 id, ``sha256(key)[:20]``, must be in the network's
 :class:`~bitfitech.witnesses.WitnessSet`); ``seq`` numbers its stamps 1,
 2, 3, ...; ``t`` is its clock in unix milliseconds, strictly increasing
-along the chain; ``prev`` is the id of stamp ``seq - 1`` (64 zeros for
+along the chain (every time a stamp states is in unix *microseconds*:
+events that reach a witness within one millisecond still get distinct
+times); ``prev`` is the id of stamp ``seq - 1`` (64 zeros for
 the first).  ``acks`` has one entry per witness of the set, in the set's
 order: ``<seq>:<offset>`` says that at time ``t - offset`` this witness
 held that witness's chain without gaps through ``seq`` (its own entry is
@@ -76,7 +78,7 @@ class Stamp(NamedTuple):
     :ivar witness: the witness's public key, hex.
     :ivar member: the witness's place in the set.
     :ivar seq: its place in the witness's chain, from 1.
-    :ivar t: the witness's clock when it signed, unix ms.
+    :ivar t: the witness's clock when it signed, unix microseconds.
     :ivar prev: the id of the witness's previous stamp (:data:`NO_PREV` for seq 1).
     :ivar acks: per witness of the set, ``(seq, offset)``.
     :ivar receipts: ``(event id, offset)`` pairs, ids unique.

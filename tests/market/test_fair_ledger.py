@@ -23,7 +23,7 @@ from bitfitech.market.stamps import Stamp
 
 from .strategies import AUTHORS
 from .test_ledger import cancel, order, state
-from .witnessing import T0, Run, run, witness_seeds
+from .witnessing import Run, at, run, witness_seeds
 
 ALICE, BOB, CAROL, DAVE, ERIN = AUTHORS
 WITNESSES = witness_seeds(3)
@@ -116,7 +116,7 @@ class FairOrderTests(SynchronousTestCase):
         held = ledger()
         held.insert([b1, c1])
         stamps = witnessed({b1: 50, c1: 1000}, until=3000).all()
-        early = [s for s in stamps if s.t <= T0 + 1130]
+        early = [s for s in stamps if s.t <= at(1130)]
         held.insert_stamps(early)
         held.settle(0.0, 0.0)
         (trade,) = held.trades(10)
@@ -150,7 +150,7 @@ class FairOrderTests(SynchronousTestCase):
         held = ledger()
         held.insert([b1, c1])
         stamps = witnessed({b1: 50, c1: 200, d1: 5200}, until=6000).all()
-        held.insert_stamps([s for s in stamps if s.t < T0 + 5000])
+        held.insert_stamps([s for s in stamps if s.t < at(5000)])
         held.settle(0.0, 0.0)
         settled = held.settled_position()
         self.assertEqual(settled, 2)
@@ -181,8 +181,8 @@ class FairOrderTests(SynchronousTestCase):
         held.insert_stamps(run(3, seen, until=2000, witnesses=WITNESSES).all())
         fair = held.fair
         assert fair is not None
-        self.assertTrue(T0 + 300 <= fair.fair_time(victim.id) <= T0 + 302)  # type: ignore[operator]
-        self.assertTrue(T0 + 340 <= fair.fair_time(accomplice.id) <= T0 + 345)  # type: ignore[operator]
+        self.assertTrue(at(300) <= fair.fair_time(victim.id) <= at(302))  # type: ignore[operator]
+        self.assertTrue(at(340) <= fair.fair_time(accomplice.id) <= at(345))  # type: ignore[operator]
         (trade,) = held.trades(10)
         self.assertEqual(trade.taker, victim.id)
 
@@ -203,7 +203,7 @@ class FairOrderTests(SynchronousTestCase):
         stamps = witnessed({b1: 50, c1: 300, rival: 3000}, until=4000).all()
         held = ledger()
         held.insert([b1, c1])
-        held.insert_stamps([s for s in stamps if s.t < T0 + 2000])
+        held.insert_stamps([s for s in stamps if s.t < at(2000)])
         held.settle(0.0, 0.0)
         before = [tuple(trade) for trade in held.trades(10)]
         self.assertEqual(held.status_at(held.trades(1)[0].position), FINAL)
@@ -323,8 +323,8 @@ class FairPropertyTests(SynchronousTestCase):
         stamps = arrival_order(stamps, lag)
         settled_log: list[str] = []
         settled_trades: list[Any] = []
-        for at in range(0, len(stamps), 5):
-            held.insert_stamps(stamps[at : at + 5])
+        for start in range(0, len(stamps), 5):
+            held.insert_stamps(stamps[start : start + 5])
             if late and rng.randrange(3) == 0:
                 held.insert([late.pop()])
             held.settle(0.0, 0.0)

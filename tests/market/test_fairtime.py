@@ -23,7 +23,7 @@ from bitfitech.market.stamps import (
     verify_stamp,
 )
 
-from .witnessing import NETWORK, PAIR, T0, run, witness_seeds
+from .witnessing import NETWORK, PAIR, T0, at, run, witness_seeds
 
 X, Y, Z = ("a" * 64, "b" * 64, "c" * 64)
 
@@ -104,25 +104,25 @@ class FairTimeTests(SynchronousTestCase):
         """Three witnesses, three receipts: the middle one."""
         made = run(3, {0: {X: 50}, 1: {X: 20}, 2: {X: 35}}, until=1000)
         held = chains(made.all())
-        self.assertEqual(held.fair_time(X), T0 + 35)
+        self.assertEqual(held.fair_time(X), at(35))
 
     def test_needs_f_plus_one(self) -> None:
         """One receipt of three is not enough."""
         held = chains(run(3, {0: {X: 50}}, until=1000).all())
         self.assertIsNone(held.fair_time(X))
-        self.assertEqual(held.receipts(X), {0: (T0 + 50, True)})
+        self.assertEqual(held.receipts(X), {0: (at(50), True)})
 
     def test_five_witnesses(self) -> None:
         """n = 5, f = 2: the third smallest receipt; two liars cannot go below the honest ones."""
         seen = {0: {X: 10}, 1: {X: 30}, 2: {X: 50}, 3: {X: 1}, 4: {X: 2}}
         held = chains(run(5, seen, until=1000).all(), n=5)
-        self.assertEqual(held.fair_time(X), T0 + 10)
+        self.assertEqual(held.fair_time(X), at(10))
 
     def test_one_witness(self) -> None:
         """A network with one witness orders by its receipts alone."""
         held = chains(run(1, {0: {X: 42}}, until=500).all(), n=1)
-        self.assertEqual(held.fair_time(X), T0 + 42)
-        self.assertGreater(held.horizon(1), T0 + 42)
+        self.assertEqual(held.fair_time(X), at(42))
+        self.assertGreater(held.horizon(1), at(42))
 
     def test_any_order(self) -> None:
         """Stamps inserted in any order, in any batches, give the same fair times and horizons."""
@@ -156,8 +156,8 @@ class FairTimeTests(SynchronousTestCase):
         seen = {0: {X: 300}, 1: {X: 400}, 2: {X: 5}}
         made = run(3, seen, until=2000, withheld={2: 1500})
         held = chains(made.all())
-        self.assertEqual(held.fair_time(X), T0 + 400)
-        self.assertEqual(held.receipts(X)[2], (T0 + 5, False))
+        self.assertEqual(held.fair_time(X), at(400))
+        self.assertEqual(held.receipts(X)[2], (at(5), False))
 
 
 class FlaggedWitnessTests(SynchronousTestCase):
@@ -167,14 +167,14 @@ class FlaggedWitnessTests(SynchronousTestCase):
         """Two stamps for one seq flag the witness; fair times fall back to the others."""
         made = run(3, {0: {X: 10}, 1: {X: 20}, 2: {X: 30}}, until=600)
         held = chains(made.all())
-        self.assertEqual(held.fair_time(X), T0 + 20)
+        self.assertEqual(held.fair_time(X), at(20))
         first = made.stamps[0][2]
         rival = made.signers[0].sign(first.seq, first.t, first.prev, list(first.acks), [(Y, 1)])
         result = held.insert([rival])
         self.assertEqual(held.flagged, {rival.witness: EQUIVOCATION})
         self.assertEqual(result.flagged, [rival.witness])
-        self.assertEqual(held.fair_time(X), T0 + 30)
-        self.assertEqual(result.changed, {X: T0 + 30})
+        self.assertEqual(held.fair_time(X), at(30))
+        self.assertEqual(result.changed, {X: at(30)})
         self.assertEqual(set(held.evidence()), {first, rival})
 
     def test_broken_chain(self) -> None:
@@ -205,30 +205,30 @@ class HorizonTests(SynchronousTestCase):
         made = run(3, {0: {X: 10}, 1: {X: 20}, 2: {X: 30}}, until=2000)
         held = chains(made.all())
         settled, final = held.horizon(2), held.horizon(3)
-        self.assertGreater(settled, T0 + 1500)
+        self.assertGreater(settled, at(1500))
         self.assertLessEqual(final, settled)
-        self.assertGreater(final, T0 + 1500)
+        self.assertGreater(final, at(1500))
 
     def test_witness_down(self) -> None:
         """A witness down stalls final but not settled; final resumes when it is back."""
         seen = {0: {X: 1500}, 1: {X: 1500}, 2: {}}
         down = run(3, seen, until=3000, silent={2: (1000, 10_000)})
         held = chains(down.all())
-        self.assertGreater(held.horizon(2), T0 + 2500)
-        self.assertLess(held.horizon(3), T0 + 1000)
-        self.assertEqual(held.fair_time(X), T0 + 1500)
+        self.assertGreater(held.horizon(2), at(2500))
+        self.assertLess(held.horizon(3), at(1000))
+        self.assertEqual(held.fair_time(X), at(1500))
         back = run(3, seen, until=4000, silent={2: (1000, 3000)})
         again = chains(back.all())
-        self.assertGreater(again.horizon(3), T0 + 3500)
-        self.assertEqual(again.fair_time(X), T0 + 1500)
+        self.assertGreater(again.horizon(3), at(3500))
+        self.assertEqual(again.fair_time(X), at(1500))
 
     def test_unseen_event_holds_back(self) -> None:
         """A fair time of an event not held keeps the horizons before it."""
         made = run(3, {0: {X: 500}, 1: {X: 500}, 2: {X: 500}}, until=2000)
         held = chains(made.all(), held=frozenset())
-        self.assertEqual(held.horizon(2), T0 + 499)
+        self.assertEqual(held.horizon(2), at(500) - 1)
         held.arrived([X])
-        self.assertGreater(held.horizon(2), T0 + 1500)
+        self.assertGreater(held.horizon(2), at(1500))
 
     def test_nothing_yet(self) -> None:
         """No stamps, no horizon."""
@@ -240,7 +240,7 @@ class HorizonTests(SynchronousTestCase):
         at its witness's last stamp held: its receipts may count.
         """
         made = run(3, {0: {X: 10}, 1: {X: 20}, 2: {X: 1005}}, until=2000)
-        partial = [s for s in made.all() if s.member != 2 or s.t < T0 + 1000]
+        partial = [s for s in made.all() if s.member != 2 or s.t < at(1000)]
         held = chains(partial)
         last_2 = held.last(2)
         assert last_2 is not None

@@ -1,6 +1,7 @@
 """A deterministic run of witnesses for the fair-order tests: who saw what when, and their stamps.
 
-:func:`run` plays n witnesses on one timeline: each first sees events at
+:func:`run` plays n witnesses on one timeline in milliseconds (stamps
+state times in microseconds: :func:`at` converts): each first sees events at
 the times given, signs a stamp every ``stamp_ms`` (from its own phase),
 and holds another witness's stamp ``delay`` ms after that one was signed,
 which its next stamp then acknowledges.  Withheld stamps reach nobody
@@ -23,6 +24,11 @@ from bitfitech.witnesses import WitnessSet
 NETWORK, PAIR = "testnet", "BTC/USD"
 T0 = 1_700_000_000_000
 """A start time, unix ms."""
+
+
+def at(ms: int) -> int:
+    """The time C{ms} milliseconds after :data:`T0`, in unix microseconds (as stamps state it)."""
+    return (T0 + ms) * 1000
 
 
 def witness_seeds(n: int, tag: str = "w") -> tuple[WitnessSet, list[bytes]]:
@@ -97,7 +103,7 @@ def run(
             continue
         chain = result.stamps[w]
         prev = chain[-1] if chain else None
-        prev_t = prev.t if prev else 0
+        prev_t = prev.t // 1000 if prev else 0
         acks: list[tuple[int, int]] = []
         for u in range(n):
             if u == w:
@@ -106,13 +112,13 @@ def run(
             release = T0 + withheld.get(u, 0)
             held_seq, held_at = 0, 0
             for s in result.stamps[u]:
-                arrival = max(s.t + delay + slow.get((u, w), 0), release)
+                arrival = max(s.t // 1000 + delay + slow.get((u, w), 0), release)
                 if arrival <= t:
                     held_seq, held_at = s.seq, arrival
             old = last_acks[w][u]
             if held_seq > old[0]:
                 offset = t - max(held_at, prev_t + 1)
-                acks.append((held_seq, offset))
+                acks.append((held_seq, offset * 1000))
             else:
                 acks.append((old[0], 0))
         last_acks[w] = acks
@@ -122,11 +128,11 @@ def run(
             if prev_t < when <= t and event_id not in stamped[w]:
                 if off is not None and T0 + off[0] <= when < T0 + off[1]:
                     continue
-                receipts.append((event_id, t - when))
+                receipts.append((event_id, (t - when) * 1000))
                 stamped[w].add(event_id)
         receipts.sort()
         stamp = signers[w].sign(
-            len(chain) + 1, t, prev.id if prev else NO_PREV, acks, receipts[:1000]
+            len(chain) + 1, t * 1000, prev.id if prev else NO_PREV, acks, receipts[:1000]
         )
         chain.append(stamp)
     return result

@@ -7,6 +7,8 @@ with ``http.client``; no reactor) -> the node's JSON API -> the renderers
 ``--json``, the node's answer unchanged -> stdout.  ``bitfi watch`` reads
 the node's Server-Sent Events from ``GET /stream`` through
 :class:`EventStreamParser`, a small pure parser with bounded lines.
+Two commands need no node: ``bitfi token`` and ``bitfi node-id`` work on a
+node's data directory (its API token, its key).
 
 Exit status: 0 done; 1 the node answered an error (its ``{"error"}`` is
 printed to stderr) or the stream ended; 2 a usage error or bad input,
@@ -433,8 +435,12 @@ def duration(seconds: object) -> str:
     return f"{secs}s"
 
 
-def render_status(status: Mapping[str, Any]) -> list[str]:
-    """A compact summary of ``GET /status``."""
+def render_status(status: Mapping[str, Any], now: float) -> list[str]:
+    """
+    A compact summary of ``GET /status``.
+
+    :param now: unix time, for the age of each witness's last stamp.
+    """
     peers = status.get("peers") or {}
     market = status.get("market") or {}
     p2p = status.get("p2p") or {}
@@ -453,13 +459,80 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
                    f"lamport {status.get('lamport', 0)}; "
                    f"{market.get('open_orders', 0)} open orders; "
                    f"{market.get('trades', 0)} trades"),
-        ("state", f"{short(state_hash, 16)}  settled through lamport "
-                  f"{status.get('settled_through', 0)}"),
+        *_order_summary(status, state_hash, now),
         ("mdns", _mdns_summary(status.get("mdns"))),
         ("dht", _dht_summary(status.get("dht"))),
     ]  # fmt: skip
     width = max(len(name) for name, _ in lines)
     return [f"{name.ljust(width)}  {value}" for name, value in lines]
+
+
+def _order_summary(
+    status: Mapping[str, Any], state_hash: object, now: float
+) -> list[tuple[str, str]]:
+    """
+    The ``state`` and ``order`` lines of ``bitfi status``, and one
+    ``witness`` line per witness on a network with fair order.
+    """
+    witnesses = status.get("witnesses") or {}
+    if status.get("ordering") != "fair" or not witnesses:
+        return [
+            ("state", f"{short(state_hash, 16)}  settled through lamport "
+                      f"{status.get('settled_through', 0)}"),
+            ("order", "author clocks (no witnesses): trades settle, never final"),
+        ]  # fmt: skip
+    n, f, me = witnesses.get("n", 0), witnesses.get("f", 0), witnesses.get("me")
+    order = (
+        f"fair, {n} witness{'' if n == 1 else 'es'} "
+        + (f"(up to {f} may be faulty); " if f else "(no fault tolerated); ")
+        + ("this node is not one" if me is None else f"this node is witness {me + 1} of {n}")
+    )
+    waiting = witnesses.get("waiting_events", 0)
+    if waiting:
+        order += f"; {waiting} event{'' if waiting == 1 else 's'} wait for a fair time"
+    flagged = len(witnesses.get("flagged") or {})
+    if flagged:
+        order += f"; {flagged} flagged faulty"
+    lines = [
+        ("state", f"{short(state_hash, 16)}  settled {witnesses.get('settled_events', 0)} events "
+                  f"through {_horizon(witnesses.get('settled_through_ms'))}; final "
+                  f"{witnesses.get('final_events', 0)} through "
+                  f"{_horizon(witnesses.get('final_through_ms'))}"),
+        ("order", order),
+    ]  # fmt: skip
+    for chain in witnesses.get("chains") or ():
+        lines.append(("witness", _witness_summary(chain, now)))
+    return lines
+
+
+def _horizon(milliseconds: object) -> str:
+    """A settled or final point: its UTC time to the millisecond, or ``none yet``."""
+    if milliseconds is None:
+        return "none yet"
+    ms = int(Decimal(str(milliseconds)))
+    return f"{utc_time_ms(ms)}.{ms % 1000:03d}"
+
+
+def _witness_summary(chain: Mapping[str, Any], now: float) -> str:
+    """One witness of ``GET /status``: its id, stamps held, last stamp's age, lag, and faults."""
+    parts = [f"{short(chain.get('node_id'), 16)}  {chain.get('seq', 0)} stamps"]
+    t = chain.get("t")
+    parts.append("none yet" if t is None else f"last {_age(now - int(t) / 1000)} ago")
+    lag = chain.get("lag_ms")
+    if lag is not None:
+        parts.append(f"lag {lag} ms")
+    if chain.get("waiting"):
+        parts.append(f"{chain['waiting']} past a gap")
+    if chain.get("flagged"):
+        parts.append(f"FLAGGED: {chain['flagged']}")
+    return ", ".join(parts)
+
+
+def _age(seconds: float) -> str:
+    """A short age: ``0.3 s`` under a minute, else as :func:`duration`."""
+    if seconds < 60:
+        return f"{max(seconds, 0.0):.1f} s"
+    return duration(seconds)
 
 
 def _mdns_summary(mdns: Mapping[str, Any] | None) -> str:
@@ -538,16 +611,27 @@ def render_trades(trades: Sequence[Mapping[str, Any]]) -> list[str]:
             str(t.get("side")),
             decimal_text(t.get("price")),
             decimal_text(t.get("amount")),
-            "yes" if t.get("settled") else "no",
+            trade_status(t),
             short(t.get("id")),
             short(t.get("taker")),
             short(t.get("maker")),
         ]
         for t in trades
     ]
-    headers = ["TIME (UTC)", "TAKER", "PRICE", "AMOUNT", "SETTLED", "TRADE", "TAKER ORDER",
+    headers = ["TIME (UTC)", "TAKER", "PRICE", "AMOUNT", "STATUS", "TRADE", "TAKER ORDER",
                "MAKER ORDER"]  # fmt: skip
     return table(headers, rows, "llddllll")
+
+
+def trade_status(trade: Mapping[str, Any]) -> str:
+    """
+    A trade's ``status``: ``tentative``, ``settled`` or ``final`` (from
+    ``settled`` for a node that does not say).
+    """
+    status = trade.get("status")
+    if status is None and trade.get("settled") is not None:
+        status = "settled" if trade["settled"] else "tentative"
+    return "-" if status is None else str(status)
 
 
 def order_state(order: Mapping[str, Any]) -> str:
@@ -587,10 +671,12 @@ def render_order(order: Mapping[str, Any]) -> list[str]:
         f"{what}: {order_state(order)}; filled {order.get('filled')}, "
         f"remaining {order.get('remaining')}",
     ]
+    if order.get("status") == "pending":
+        lines[1] = f"{what}: pending (not in the book yet: it waits for its fair time)"
     for trade in order.get("trades") or ():
         lines.append(
             f"  trade {short(trade.get('id'))}: {trade.get('amount')} @ {trade.get('price')}"
-            f"{'' if trade.get('settled') else ' (not settled yet)'}"
+            f" ({trade_status(trade)})"
         )
     return lines
 
@@ -648,12 +734,10 @@ def _no_gist(data: Mapping[str, Any]) -> str | None:
 
 
 def _trade_gist(data: Mapping[str, Any]) -> str:
-    status = data.get("status")
-    if status is None and data.get("settled") is not None:
-        status = "settled" if data["settled"] else "tentative"
+    status = trade_status(data)
     return (
         f"{data.get('side', '?')} {data['amount']} @ {data['price']}"
-        + ("" if status is None else f" {status}")
+        + ("" if status == "-" else f" {status}")
         + f" (trade {short(data.get('id'))}, taker {short(data.get('taker'))}, "
         f"maker {short(data.get('maker'))})"
     )
@@ -792,7 +876,8 @@ class Console:
 
 def run_status(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
     """``bitfi status``."""
-    return console.answer(client.request("GET", "/status"), render_status)
+    now = time.time()
+    return console.answer(client.request("GET", "/status"), lambda doc: render_status(doc, now))
 
 
 def run_peers(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
@@ -902,7 +987,46 @@ def run_token(args: argparse.Namespace, console: Console, environ: Mapping[str, 
     return EXIT_OK
 
 
+def run_node_id(args: argparse.Namespace, console: Console, environ: Mapping[str, str]) -> int:
+    """
+    ``bitfi node-id [--port PORT] [--network NAME] [--data-dir DIR] [--host HOST]``:
+    print the node id of the key in the data directory that ``twistd bitfi``
+    would use with the same options and environment, making the key now if
+    there is none (the node then starts with it).  With ``--host``, print
+    the address to pin the node by, ``NODEID@HOST:PORT``, as ``--witness``
+    and ``--bootstrap`` take it.
+    """
+    from .address import PeerAddress, normalize_host
+    from .config import ConfigError, config_from_options
+    from .identity import KEY_FILE_NAME, IdentityError, identity_before_start
+
+    given = {"port": args.port, "network": args.network, "data-dir": args.data_dir}
+    try:
+        config = config_from_options(given, None, False, environ)
+        host = None if args.host is None else normalize_host(args.host)
+    except (ConfigError, AddressError) as error:
+        raise CommandUsageError(f"bitfi node-id: error: {error}") from None
+    if host is not None and config.port == 0:
+        raise CommandUsageError("bitfi node-id: error: --host needs the node's --port (not 0)")
+    key_file = os.path.join(config.data_dir, KEY_FILE_NAME)
+    made = not os.path.lexists(key_file)
+    try:
+        identity = identity_before_start(config.data_dir)
+    except IdentityError as error:
+        raise CommandError(str(error)) from None
+    address = None if host is None else str(PeerAddress(host, config.port, identity.node_id))
+    if console.as_json:
+        document = {"node_id": identity.node_id, "data_dir": config.data_dir, "address": address}
+        console.stdout.write(json.dumps(document) + "\n")
+    else:
+        console.stdout.write((address or identity.node_id) + "\n")
+    if made:
+        console.stderr.write(f"bitfi: made a new node key in {key_file}\n")
+    return EXIT_OK
+
+
 Runner = Callable[[NodeClient, argparse.Namespace, Console], int]
+LocalRunner = Callable[[argparse.Namespace, Console, Mapping[str, str]], int]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -989,10 +1113,27 @@ def build_parser(stdout: TextIO, stderr: TextIO) -> argparse.ArgumentParser:
     sub = command("unban", run_unban, "lift the ban on an IP address")
     sub.add_argument("address", metavar="ADDRESS", type=ip_argument)
     sub = command("token", None, "make a new API token file in a node's data directory")
+    sub.set_defaults(local=run_token)
     sub.add_argument(
         "--data-dir", metavar="DIR", help="the node's data directory ($BITFI_DATA_DIR)"
     )
     sub.add_argument("--force", action="store_true", help="replace an existing token file")
+    sub = command(
+        "node-id", None,
+        "print a node's id, making its key if it has none yet (to name it as a witness)",
+    )  # fmt: skip
+    sub.set_defaults(local=run_node_id)
+    sub.add_argument("--port", help="the node's P2P port, as for twistd bitfi ($P2P_PORT, 3000)")
+    sub.add_argument("--network", metavar="NAME", help="its network ($BITFI_NETWORK, main)")
+    sub.add_argument(
+        "--data-dir", metavar="DIR",
+        help="its data directory ($BITFI_DATA_DIR; by default the one twistd bitfi "
+        "derives from the port and network)",
+    )  # fmt: skip
+    sub.add_argument(
+        "--host", help="print NODEID@HOST:PORT, the address other nodes pin it by "
+        "(--witness, --bootstrap)",
+    )  # fmt: skip
     return parser
 
 
@@ -1026,7 +1167,8 @@ def main(
     console = Console(out, err, as_json=getattr(args, "json", False))
     try:
         if args.runner is None:
-            return run_token(args, console, env)
+            local: LocalRunner = args.local
+            return local(args, console, env)
         try:
             client = NodeClient(
                 getattr(args, "node", None) or env.get("BITFI_NODE") or DEFAULT_NODE,

@@ -195,3 +195,20 @@ def load_or_create_identity(data_dir: str) -> NodeIdentity:
         _create_key_file(path, secrets.token_bytes(SEED_LENGTH))
     # Always read back what is on disk, whoever wrote it.
     return NodeIdentity.from_seed(_read_key_file(path))
+
+
+def identity_before_start(data_dir: str) -> NodeIdentity:
+    """
+    The identity of the node that will use C{data_dir}, made now if it has
+    none: for naming a node (``--witness NODEID@host:port``) before it first
+    starts.  The directory is made as the node's storage makes it (mode
+    0700); the node then loads the same key.
+
+    :raises IdentityError: if the directory cannot be made, or as
+        :func:`load_or_create_identity` does.
+    """
+    try:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise IdentityError(f"cannot create data directory {data_dir!r}: {e.strerror or e}") from e
+    return load_or_create_identity(data_dir)

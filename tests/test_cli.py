@@ -226,7 +226,9 @@ class NodeTests(ClusterTestCase):
         self.assertIn("mdns     off", run.out)
         self.assertIn("dht      off", run.out)
         state_hash = self.node.market.ledger.state_hash()
-        self.assertIn(f"state    {state_hash[:16]}", run.out)
+        self.assertIn(f"state    {state_hash[:16]}  settled through lamport 0", run.out)
+        self.assertIn("order    author clocks (no witnesses): trades settle, never final", run.out)
+        self.assertNotIn("witness ", run.out)
 
         run = await self.on(self.node, "status", "--json")  # global options after the command too
         self.assertEqual(run.code, 0)
@@ -313,7 +315,8 @@ class NodeTests(ClusterTestCase):
         run = await self.on(taker, "trades")
         self.assertEqual(run.code, 0)
         header, row = run.out.splitlines()
-        self.assertEqual(row.split()[2:6], ["buy", "101.5", "0.5", "no"])
+        self.assertEqual(row.split()[2:6], ["buy", "101.5", "0.5", "tentative"])
+        self.assertIn("STATUS", header)
         self.assertIn(sell_id[:12], row)
         trades = (await self.on(taker, "trades", "--json", "--limit", "5")).json()["trades"]
         self.assertEqual((trades[0]["price"], trades[0]["amount"]), ("101.5", "0.5"))
@@ -335,6 +338,50 @@ class NodeTests(ClusterTestCase):
         run = await self.on(taker, "cancel", sell_id)  # the maker's: not ours to cancel
         self.assertEqual(run.code, 1)
         self.assertEqual(run.err, f"bitfi: 403 order {sell_id} was not placed by this node\n")
+
+    async def test_fair_order(self) -> None:
+        """
+        On a network with one witness: ``status`` says so and names the
+        witness, an order waits for its fair time, and trades go final.
+        """
+        [address] = self.cluster.witness_addresses(1)
+        witness = self.cluster.start_node(port=address.port, witnesses=(address,))
+        plain = self.cluster.start_node(witnesses=(address,))
+        await wait_for([witness, plain], lambda: len(plain.peers.hub.links) == 1, HANG_GUARD,
+                       self.reactor, "a link to the witness")  # fmt: skip
+        self.assertEqual((await self.on(witness, "sell", "1", "100")).code, 0)
+        await poll_until(self.reactor, lambda: plain.market.status()["events"] == 1, HANG_GUARD,
+                         "the sell at the plain node")  # fmt: skip
+        run = await self.on(plain, "buy", "0.5", "100")
+        self.assertEqual(run.code, 0)
+        self.assertIn(run.out.splitlines()[1], [
+            "buy limit 0.5 @ 100: pending (not in the book yet: it waits for its fair time)",
+            "buy limit 0.5 @ 100: filled; filled 0.5, remaining 0",
+        ])  # fmt: skip
+
+        def final() -> bool:
+            trades = plain.control.trades(1, 0)
+            return bool(trades) and trades[0]["status"] == "final"
+
+        await poll_until(self.reactor, final, HANG_GUARD, "the trade final")
+        run = await self.on(plain, "status")
+        self.assertEqual((run.code, run.err), (0, ""))
+        lines = dict(line.split(None, 1) for line in run.out.splitlines())
+        self.assertEqual(
+            lines["order"], "fair, 1 witness (no fault tolerated); this node is not one"
+        )
+        self.assertRegex(lines["state"], r"^[0-9a-f]{16}  settled 2 events through \d{4}-\d\d-\d\d "
+                         r"\d\d:\d\d:\d\d\.\d{3}; final 2 through ")  # fmt: skip
+        assert address.node_id is not None
+        self.assertRegex(lines["witness"], rf"^{address.node_id[:16]}  \d+ stamps, last "
+                         r"\d+\.\d s ago, lag -?\d+ ms$")  # fmt: skip
+        run = await self.on(witness, "status")
+        self.assertIn("order    fair, 1 witness (no fault tolerated); this node is witness 1 of 1",
+                      run.out)  # fmt: skip
+        run = await self.on(plain, "trades")
+        # (Which order is the taker is the fair order's call: events a new
+        # witness sees in its first seconds share one receipt time.)
+        self.assertEqual(run.out.splitlines()[1].split()[3:6], ["100", "0.5", "final"])
 
     async def test_order_errors(self) -> None:
         run = await self.on(self.node, "buy", "0.5", "100.001")
@@ -620,6 +667,68 @@ class TokenTests(SynchronousTestCase):
         self.assertIn("--data-dir is required", run.err)
 
 
+class NodeIdTests(SynchronousTestCase):
+    """``bitfi node-id`` names a node before it starts, by the key it will use."""
+
+    def run_cli(self, *argv: str, environ: Mapping[str, str] | None = None) -> Run:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(list(argv), stdout=out, stderr=err, environ=dict(environ or {}))
+        return Run(code, out.getvalue(), err.getvalue())
+
+    def test_default_data_dir(self) -> None:
+        """The key lands where ``twistd bitfi --port`` looks for it, and is kept."""
+        from bitfitech.config import default_data_dir
+        from bitfitech.identity import KEY_FILE_NAME, load_or_create_identity
+
+        env = {"XDG_DATA_HOME": os.path.abspath(self.mktemp()), "BITFI_NETWORK": "dev"}
+        run = self.run_cli("node-id", "--port", "3001", environ=env)
+        self.assertEqual(run.code, 0, run)
+        data_dir = default_data_dir("dev", 3001, env)
+        self.assertEqual(run.err, f"bitfi: made a new node key in "
+                                  f"{os.path.join(data_dir, KEY_FILE_NAME)}\n")  # fmt: skip
+        node_id = load_or_create_identity(data_dir).node_id
+        self.assertEqual(run.out, node_id + "\n")
+        self.assertEqual(stat.S_IMODE(os.stat(data_dir).st_mode), 0o700)
+
+        again = self.run_cli("node-id", "--host", "127.0.0.1", environ={**env, "P2P_PORT": "3001"})
+        self.assertEqual((again.code, again.out, again.err), (0, f"{node_id}@127.0.0.1:3001\n", ""))
+        as_json = self.run_cli("node-id", "--port", "3001", "--host", "::1", "--json", environ=env)
+        self.assertEqual(as_json.json(), {"node_id": node_id, "data_dir": data_dir,
+                                          "address": f"{node_id}@[::1]:3001"})  # fmt: skip
+        other = self.run_cli("node-id", "--port", "3002", "--network", "main", environ=env)
+        self.assertNotEqual(other.out, run.out)
+
+    def test_data_dir(self) -> None:
+        data_dir = os.path.abspath(os.path.join(self.mktemp(), "w1"))
+        run = self.run_cli("node-id", environ={"BITFI_DATA_DIR": data_dir})
+        self.assertEqual(run.code, 0)
+        same = self.run_cli("node-id", "--data-dir", data_dir, "--port", "0")
+        self.assertEqual((same.out, same.err), (run.out, ""))
+
+    def test_usage_errors(self) -> None:
+        data_dir = os.path.abspath(self.mktemp())
+        cases = [
+            (["--port", "x"], "bitfi node-id: error: --port: not an integer"),
+            (["--port", "0"], "--data-dir is required with --port 0"),
+            (["--network", "Main"], "--network: invalid network name"),
+            (["--data-dir", data_dir, "--port", "0", "--host", "h"], "--host needs the node's"),
+            (["--data-dir", data_dir, "--host", "a b"], "bitfi node-id: error: "),
+        ]
+        for argv, message in cases:
+            run = self.run_cli("node-id", *argv)
+            self.assertEqual((run.code, run.out), (2, ""), argv)
+            self.assertIn(message, run.err, argv)
+        self.assertFalse(os.path.exists(data_dir))
+
+    def test_unusable_data_dir(self) -> None:
+        blocker = os.path.abspath(self.mktemp())
+        with open(blocker, "w"):
+            pass
+        run = self.run_cli("node-id", "--data-dir", os.path.join(blocker, "node"))
+        self.assertEqual((run.code, run.out), (1, ""))
+        self.assertIn("bitfi: cannot create data directory", run.err)
+
+
 class ProcessTests(TestCase):
     """The command as a process: ``python -m bitfitech.cli`` and the ``bitfi`` script."""
 
@@ -688,6 +797,53 @@ class RenderTests(SynchronousTestCase):
         lines = cli.render_book(book)
         self.assertIn("0.30000000000000004", lines[1])
         self.assertEqual(lines[2], "----  spread 0.20000000000000004 (100.000%)")
+
+    def test_status_in_fair_order(self) -> None:
+        """Three witnesses, one of them flagged: the order, the points, each witness."""
+        now = 1_700_000_010.0
+        chains = [
+            {"node_id": "a" * 40, "seq": 120, "t": 1_700_000_009_900, "waiting": 0,
+             "flagged": None, "lag_ms": 12},
+            {"node_id": "b" * 40, "seq": 80, "t": 1_700_000_000_000, "waiting": 3,
+             "flagged": None, "lag_ms": -4},
+            {"node_id": "c" * 40, "seq": 0, "t": None, "waiting": 0, "flagged": "equivocation",
+             "lag_ms": None},
+        ]  # fmt: skip
+        status = {
+            "node_id": "d" * 40, "state_hash": "e" * 64, "ordering": "fair",
+            "witnesses": {
+                "n": 3, "f": 1, "me": 0, "settled_through_ms": 1_700_000_009_650,
+                "final_through_ms": None, "settled_events": 7, "final_events": 0,
+                "waiting_events": 1, "flagged": {"f" * 64: "equivocation"}, "chains": chains,
+            },
+        }  # fmt: skip
+        lines = cli.render_status(status, now)
+        self.assertIn(f"state    {'e' * 16}  settled 7 events through 2023-11-14 22:13:29.650; "
+                      "final 0 through none yet", lines)  # fmt: skip
+        self.assertIn("order    fair, 3 witnesses (up to 1 may be faulty); this node is witness "
+                      "1 of 3; 1 event wait for a fair time; 1 flagged faulty", lines)  # fmt: skip
+        witness_lines = [line for line in lines if line.startswith("witness")]
+        self.assertEqual(witness_lines, [
+            f"witness  {'a' * 16}  120 stamps, last 0.1 s ago, lag 12 ms",
+            f"witness  {'b' * 16}  80 stamps, last 10.0 s ago, lag -4 ms, 3 past a gap",
+            f"witness  {'c' * 16}  0 stamps, none yet, FLAGGED: equivocation",
+        ])  # fmt: skip
+        self.assertEqual(lines.index(witness_lines[-1]) + 1, lines.index("mdns     off"))
+
+    def test_trade_statuses(self) -> None:
+        base = {"id": "c" * 64, "price": "1", "amount": "2", "side": "buy", "taker": "d" * 64,
+                "maker": "a" * 64, "time": 1_700_000_000_500}  # fmt: skip
+        rows = cli.render_trades([{**base, "status": s} for s in ("final", "settled")]
+                                 + [{**base, "settled": False}, base])  # fmt: skip
+        self.assertEqual([row.split()[5] for row in rows[1:]],
+                         ["final", "settled", "tentative", "-"])  # fmt: skip
+        order = {"id": "e" * 64, "side": "buy", "type": "limit", "amount": "2", "price": "1",
+                 "status": "filled", "filled": "2", "remaining": "0",
+                 "trades": [{**base, "status": "final"}]}  # fmt: skip
+        self.assertEqual(cli.render_order(order)[2], f"  trade {'c' * 12}: 2 @ 1 (final)")
+        gist = cli.render_event(cli.ServerEvent("trade", json.dumps({**base, "status": "final"})),
+                                0.0)  # fmt: skip
+        self.assertIn("buy 2 @ 1 final (trade", gist)
 
     def test_duration(self) -> None:
         self.assertEqual([cli.duration(s) for s in (5, 65, 3700, 90000)],

@@ -16,6 +16,7 @@ from bitfitech.identity import (
     KEY_FILE_NAME,
     IdentityError,
     NodeIdentity,
+    identity_before_start,
     load_or_create_identity,
     node_id_from_public_key,
 )
@@ -124,3 +125,22 @@ class LoadOrCreateTests(SynchronousTestCase):
         error = self.assertRaises(IdentityError, load_or_create_identity, missing)
         self.assertIn("does not exist", str(error))
         self.assertFalse(os.path.exists(missing))
+
+
+class BeforeStartTests(SynchronousTestCase):
+    """A node's id before its first start: the directory and key made as the node makes them."""
+
+    def test_makes_directory_and_key(self) -> None:
+        data_dir = os.path.join(self.mktemp(), "main-3001")
+        identity = identity_before_start(data_dir)
+        self.assertEqual(_mode(data_dir), 0o700)
+        self.assertEqual(_mode(os.path.join(data_dir, KEY_FILE_NAME)), 0o600)
+        self.assertEqual(identity.node_id, load_or_create_identity(data_dir).node_id)
+        self.assertEqual(identity_before_start(data_dir).node_id, identity.node_id)
+
+    def test_directory_cannot_be_made(self) -> None:
+        blocker = self.mktemp()
+        with open(blocker, "w"):
+            pass
+        error = self.assertRaises(IdentityError, identity_before_start, os.path.join(blocker, "d"))
+        self.assertIn("cannot create data directory", str(error))

@@ -24,6 +24,7 @@ import twisted.plugins
 from bitfitech import tap
 from bitfitech.address import PeerAddress
 from bitfitech.config import ENVIRONMENT
+from bitfitech.identity import KEY_FILE_NAME, load_or_create_identity
 from bitfitech.node import Node
 from tests.test_config import ENV_CASES
 
@@ -129,17 +130,27 @@ class TacTests(SynchronousTestCase):
             os.environ.pop(var, None)
         os.environ.update(values)
 
-    def load(self, name: str, values: Mapping[str, str]) -> tuple[Any, list[Node]]:
-        """Load C{tac/name} with C{values} as the environment; check it opened nothing."""
+    def load(
+        self, name: str, values: Mapping[str, str], keys_made: int = 0
+    ) -> tuple[Any, list[Node]]:
+        """
+        Load C{tac/name} with C{values} as the environment; check it opened
+        nothing, and made nothing on disk but the keys of the first
+        C{keys_made} nodes (witnesses are named by their node ids).
+        """
         self.set_environ(values)
         before = reactor_activity()
         application = loadApplication(os.path.join(ROOT, "tac", name), "python")
         self.assertEqual(reactor_activity(), before, name)
         nodes = list(IServiceCollection(application))
-        for node in nodes:
+        for number, node in enumerate(nodes):
             assert isinstance(node, Node)
             self.assertFalse(node.running, name)
-            self.assertFalse(os.path.exists(node.config.data_dir), name)
+            made = sorted(os.listdir(node.config.data_dir)) if number < keys_made else None
+            if made is None:
+                self.assertFalse(os.path.exists(node.config.data_dir), name)
+            else:
+                self.assertEqual(made, [KEY_FILE_NAME], name)
         return application, cast(list[Node], nodes)
 
     def test_tac_files_exist(self) -> None:
@@ -172,20 +183,22 @@ class TacTests(SynchronousTestCase):
     def test_local_cluster(self) -> None:
         base = os.path.abspath(self.mktemp())
         application, nodes = self.load(
-            "local-cluster.tac", {"BITFI_DATA_DIR": base, "BASE_PORT": "4100"}
+            "local-cluster.tac", {"BITFI_DATA_DIR": base, "BASE_PORT": "4100"}, keys_made=3
         )
-        self.assertEqual([node.name for node in nodes], ["node1", "node2", "node3"])
-        self.assertEqual([n.config.port for n in nodes], [4100, 4101, 4102])
-        self.assertEqual([n.config.api_port for n in nodes], [14100, 14101, 14102])
-        self.assertEqual([n.config.dht_listen_port for n in nodes], [4100, 4101, 4102])
+        self.assertEqual([node.name for node in nodes], ["node1", "node2", "node3", "node4"])
+        self.assertEqual([n.config.port for n in nodes], [4100, 4101, 4102, 4103])
+        self.assertEqual([n.config.api_port for n in nodes], [14100, 14101, 14102, 14103])
+        self.assertEqual([n.config.dht_listen_port for n in nodes], [4100, 4101, 4102, 4103])
         self.assertEqual(
             [n.config.data_dir for n in nodes],
-            [os.path.join(base, f"node{i}") for i in (1, 2, 3)],
+            [os.path.join(base, f"node{i}") for i in (1, 2, 3, 4)],
         )
         seed = (PeerAddress("127.0.0.1", 4100),)
-        self.assertEqual([n.config.bootstrap for n in nodes], [(), seed, seed])
+        self.assertEqual([n.config.bootstrap for n in nodes], [(), seed, seed, seed])
         dht_seed = (("127.0.0.1", 4100),)
-        self.assertEqual([n.config.dht_bootstrap for n in nodes], [(), dht_seed, dht_seed])
+        self.assertEqual(
+            [n.config.dht_bootstrap for n in nodes], [(), dht_seed, dht_seed, dht_seed]
+        )
         for node in nodes:
             self.assertEqual((node.config.host, node.config.api_host), ("127.0.0.1",) * 2)
             self.assertFalse(node.config.mdns_enabled)
@@ -193,21 +206,45 @@ class TacTests(SynchronousTestCase):
             self.assertEqual(node.config.max_inbound_per_ip, 64)
         self.assertIsNone(application.getComponent(ILogObserver, None))
 
+    def test_local_cluster_witnesses(self) -> None:
+        """The first three nodes are the witnesses, named by the keys made in their directories."""
+        base = os.path.abspath(self.mktemp())
+        env = {"BITFI_DATA_DIR": base, "BASE_PORT": "4100", "WITNESSES": "ignored"}
+        _, nodes = self.load("local-cluster.tac", env, keys_made=3)
+        witnesses = tuple(
+            PeerAddress("127.0.0.1", 4100 + i, load_or_create_identity(n.config.data_dir).node_id)
+            for i, n in enumerate(nodes[:3])
+        )
+        self.assertEqual({n.config.witnesses for n in nodes}, {witnesses})
+        self.assertEqual(nodes[0].config.witness_set.n, 3)
+        self.assertEqual(nodes[0].config.witness_set.ordering, "fair")
+        # Loaded again, the cluster keeps its keys, and so its witness set.
+        _, again = self.load("local-cluster.tac", env, keys_made=3)
+        self.assertEqual(again[3].config.witnesses, witnesses)
+
     def test_local_cluster_defaults(self) -> None:
         xdg = os.path.abspath(self.mktemp())
         _, nodes = self.load(
-            "local-cluster.tac", {"XDG_DATA_HOME": xdg, "EXCHANGE_PAIR": "eth/usd"}
+            "local-cluster.tac", {"XDG_DATA_HOME": xdg, "EXCHANGE_PAIR": "eth/usd"}, keys_made=3
         )
-        self.assertEqual([n.config.port for n in nodes], [3100, 3101, 3102])
+        self.assertEqual([n.config.port for n in nodes], [3100, 3101, 3102, 3103])
         self.assertEqual(
             nodes[0].config.data_dir, os.path.join(xdg, "bitfi", "local-cluster-3100", "node1")
         )
         self.assertEqual({n.config.pair for n in nodes}, {"ETH/USD"})
 
+    def test_local_cluster_witness_key_unusable(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(base, "node2", KEY_FILE_NAME))  # a directory, not a key
+        self.set_environ({"BITFI_DATA_DIR": base})
+        path = os.path.join(ROOT, "tac", "local-cluster.tac")
+        error = self.assertRaises(UsageError, loadApplication, path, "python")
+        self.assertIn("witness node2: ", str(error))
+
     def test_json_logs(self) -> None:
-        for name in ("node.tac", "local-cluster.tac"):
+        for name, keys in (("node.tac", 0), ("local-cluster.tac", 3)):
             values = {"BITFI_DATA_DIR": os.path.abspath(self.mktemp()), "BITFI_LOG_FORMAT": "json"}
-            application, _ = self.load(name, values)
+            application, _ = self.load(name, values, keys_made=keys)
             observer = application.getComponent(ILogObserver, None)
             self.assertIsInstance(observer, FileLogObserver, name)
 

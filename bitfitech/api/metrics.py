@@ -67,6 +67,11 @@ GOSSIP_HELP: Mapping[str, str] = {
     "sync_events_sent": "Events sent to peers in answer to their anti-entropy summaries.",
     "requests_expired": "Requests for events (getdata) not answered in time.",
     "requests_dropped": "Requests for events given up (no other peer to ask).",
+    "stamps_received": "Witness stamps received from peers, new or not.",
+    "stamps_new": "Witness stamps received from peers that were new to this node.",
+    "stamps_duplicate": "Witness stamps received from peers that this node held already.",
+    "stamps_invalid": "Witness stamps received from peers that were malformed or badly signed.",
+    "stamps_sent": "Witness stamps sent to peers.",
 }
 #: gossip summary entries that are not counters
 _GOSSIP_NOT_COUNTERS = frozenset({"requests_in_flight", "fanout"})
@@ -157,6 +162,7 @@ class NodeCollector:
         yield from self._node(status)
         yield from self._peers(status["peers"])
         yield from self._market(status)
+        yield from self._fair_order(status.get("witnesses") or {})
         yield from self._gossip(status["gossip"])
         yield from self._discovery(status.get("mdns"), status.get("dht"))
 
@@ -214,9 +220,11 @@ class NodeCollector:
                      market["applied"])  # fmt: skip
         yield _gauge("bitfi_authors", "Authors (node keys) with events held.", status["authors"])
         yield _gauge("bitfi_lamport_clock", "The node's Lamport clock.", status["lamport"])
-        yield _gauge("bitfi_settled_through_lamport",
-                     "The Lamport time through which the book and trades are settled.",
-                     status["settled_through"])  # fmt: skip
+        if status.get("ordering", "author") == "author":
+            yield _gauge("bitfi_settled_through_lamport",
+                         "Author-clock order: the Lamport time through which the book and "
+                         "trades are settled.",
+                         status["settled_through"])  # fmt: skip
         yield _counter("bitfi_orders",
                        "Order events applied to the book, this node's and its peers' "
                        "(orders per second: rate(bitfi_orders_total[1m]) in PromQL).",
@@ -248,6 +256,92 @@ class NodeCollector:
                        market["journal_writes"])  # fmt: skip
         yield _counter("bitfi_journal_failures", "Journal writes that failed.",
                        market["journal_failures"])  # fmt: skip
+
+    def _fair_order(self, witnesses: Mapping[str, Any]) -> Iterator[Metric]:
+        """
+        The fair order (``GET /status``'s ``witnesses``): only
+        ``bitfi_witnesses`` (0) on a network without witnesses.
+        """
+        yield _gauge("bitfi_witnesses",
+                     "Witnesses the network names (n = 2f + 1); 0: events are in "
+                     "author-clock order, and no trade is ever final.",
+                     witnesses.get("n", 0))  # fmt: skip
+        if not witnesses:
+            return
+        yield _gauge("bitfi_witness_faults_tolerated",
+                     "Faulty witnesses the fair order tolerates (f).", witnesses["f"])  # fmt: skip
+        yield _gauge("bitfi_fair_settled_events",
+                     "Events at the start of the log that are settled: n - f witnesses' "
+                     "stamps are held past them.",
+                     witnesses["settled_events"])  # fmt: skip
+        yield _gauge("bitfi_fair_final_events",
+                     "Events at the start of the log that are final: every witness's stamps "
+                     "are held past them.",
+                     witnesses["final_events"])  # fmt: skip
+        yield _gauge("bitfi_fair_waiting_events",
+                     "Events held that wait for their fair time (f + 1 counted receipts).",
+                     witnesses["waiting_events"])  # fmt: skip
+        for point in ("settled", "final"):
+            through = witnesses[f"{point}_through_ms"]
+            if through is not None:
+                yield _gauge(f"bitfi_fair_{point}_through_ms",
+                             f"The fair time (unix ms) through which state is {point}; "
+                             f"how far it lags: time() * 1000 - bitfi_fair_{point}_through_ms.",
+                             through)  # fmt: skip
+        yield _gauge("bitfi_stamps", "Witness stamps held.", witnesses["stamps"])
+        yield _counter("bitfi_stamps_signed",
+                       "Stamps this node signed as a witness (0 on other nodes).",
+                       witnesses["stamps_signed"])  # fmt: skip
+        yield _counter("bitfi_stamps_relisted",
+                       "Events this node, as a witness, listed again in a later stamp because "
+                       "their first receipt did not count.",
+                       witnesses.get("relisted", 0))  # fmt: skip
+        yield _gauge("bitfi_witnesses_flagged",
+                     "Witnesses proven faulty (equivocation, a broken chain); above "
+                     "bitfi_witness_faults_tolerated the order is no longer fair.",
+                     len(witnesses["flagged"]))  # fmt: skip
+        yield _counter("bitfi_witness_revisions",
+                       "Stamps of a newly flagged witness that changed settled trades.",
+                       witnesses["witness_revisions"])  # fmt: skip
+        chains = witnesses["chains"]
+        seq = GaugeMetricFamily(
+            "bitfi_witness_stamps",
+            "Per witness: its stamps held without a gap (its chain's length).",
+            labels=("witness",),
+        )
+        waiting = GaugeMetricFamily(
+            "bitfi_witness_stamps_waiting",
+            "Per witness: its stamps held beyond a gap in its chain.",
+            labels=("witness",),
+        )
+        flagged = GaugeMetricFamily(
+            "bitfi_witness_flagged",
+            "Per witness: 1 if it is proven faulty, else 0.",
+            labels=("witness",),
+        )
+        lag = GaugeMetricFamily(
+            "bitfi_witness_lag_ms",
+            "Per witness: this node's clock minus the witness's at its last stamp's "
+            "arrival, in ms (network delay included; absent until a stamp arrives, and "
+            "for this node's own chain).",
+            labels=("witness",),
+        )
+        last = GaugeMetricFamily(
+            "bitfi_witness_last_stamp_ms",
+            "Per witness: the time (unix ms, the witness's clock) of its last stamp held "
+            "without a gap; how long ago: time() * 1000 - bitfi_witness_last_stamp_ms.",
+            labels=("witness",),
+        )
+        for chain in chains:
+            label = [str(chain["node_id"])]
+            seq.add_metric(label, chain["seq"])
+            waiting.add_metric(label, chain["waiting"])
+            flagged.add_metric(label, 1 if chain["flagged"] else 0)
+            if chain["lag_ms"] is not None:
+                lag.add_metric(label, chain["lag_ms"])
+            if chain["t"] is not None:
+                last.add_metric(label, chain["t"])
+        yield from (seq, waiting, flagged, lag, last)
 
     def _gossip(self, gossip: Mapping[str, Any]) -> Iterator[Metric]:
         yield _gauge("bitfi_sync_requests_in_flight",

@@ -132,11 +132,73 @@ class NodeMetricsTests(ClusterTestCase):
             self.assertEqual(families["bitfi_orders"].type, "counter")
             self.assertIn("rate(bitfi_orders_total", families["bitfi_orders"].documentation)
             self.assertEqual(families["bitfi_peers"].type, "gauge")
+            # Author-clock order: settled by Lamport time, nothing of the fair order.
+            self.assertEqual(value(samples, "bitfi_witnesses"), 0)
+            self.assertEqual(value(samples, "bitfi_settled_through_lamport"),
+                             ledger.settled_through)  # fmt: skip
+            fair = [name for name in families if name.startswith(("bitfi_fair_", "bitfi_stamps",
+                                                                  "bitfi_witness_"))]  # fmt: skip
+            self.assertEqual(fair, [])
         # What each node learned from the other, it learned by gossip.
         for node in (first, second):
             _, samples = parse(scrape(node.metrics)[1])
             self.assertEqual(value(samples, "bitfi_gossip_events_new_total"), 1)
         self.assertEqual(value(samples, "bitfi_peers", direction="outbound"), 1)
+
+    async def test_fair_order(self) -> None:
+        """
+        A network of one witness and a plain node: the fair order's gauges
+        say what ``GET /status`` says, per witness too, once a trade is final.
+        """
+        [address] = self.cluster.witness_addresses(1)
+        witness = self.cluster.start_node(port=address.port, witnesses=(address,))
+        plain = self.cluster.start_node(witnesses=(address,))
+        await poll_until(self.reactor, lambda: address.node_id in plain.peers.hub.links,
+                         DEADLINE, "the link to the witness")  # fmt: skip
+        await witness.control.submit_order("sell", "50000", "0.5", "limit")
+        await poll_until(self.reactor, lambda: len(plain.market.ledger) == 1, DEADLINE,
+                         "the sell at the plain node")  # fmt: skip
+        await plain.control.submit_order("buy", "50000", "0.2", "limit")
+
+        def final(node: Node) -> bool:
+            trades = node.control.trades(1, 0)
+            return bool(trades) and trades[0]["status"] == "final"
+
+        await poll_until(self.reactor, lambda: final(plain) and final(witness), DEADLINE,
+                         "the trade final on both nodes")  # fmt: skip
+        for node, me in ((plain, False), (witness, True)):
+            # Stamps keep coming: the scrape and the status, read in one reactor
+            # turn, agree.
+            families, samples = parse(scrape(node.metrics)[1])
+            status = node.control.status()["witnesses"]
+            self.assertEqual(value(samples, "bitfi_witnesses"), 1)
+            self.assertEqual(value(samples, "bitfi_witness_faults_tolerated"), 0)
+            self.assertNotIn("bitfi_settled_through_lamport", families)
+            for name in ("settled_events", "final_events", "waiting_events"):
+                self.assertEqual(value(samples, f"bitfi_fair_{name}"), status[name], name)
+            self.assertEqual(value(samples, "bitfi_fair_final_events"), 2)
+            for name in ("settled_through_ms", "final_through_ms"):
+                self.assertEqual(value(samples, f"bitfi_fair_{name}"), status[name], name)
+            self.assertEqual(value(samples, "bitfi_stamps"), status["stamps"])
+            self.assertEqual(value(samples, "bitfi_stamps_signed_total"), status["stamps_signed"])
+            self.assertEqual(value(samples, "bitfi_stamps_relisted_total"), status["relisted"])
+            self.assertEqual(status["stamps_signed"] > 0, me)
+            self.assertEqual(value(samples, "bitfi_witnesses_flagged"), 0)
+            self.assertEqual(value(samples, "bitfi_witness_revisions_total"), 0)
+            [chain] = status["chains"]
+            label = {"witness": str(address.node_id)}
+            self.assertEqual(value(samples, "bitfi_witness_stamps", **label), chain["seq"])
+            self.assertEqual(value(samples, "bitfi_witness_stamps_waiting", **label), 0)
+            self.assertEqual(value(samples, "bitfi_witness_flagged", **label), 0)
+            self.assertEqual(value(samples, "bitfi_witness_last_stamp_ms", **label), chain["t"])
+            if me:  # its own chain: no stamp of it ever arrives
+                self.assertEqual(families["bitfi_witness_lag_ms"].samples, [])
+            else:
+                self.assertEqual(value(samples, "bitfi_witness_lag_ms", **label), chain["lag_ms"])
+            self.assertEqual(families["bitfi_stamps_signed"].type, "counter")
+            self.assertIn("time() * 1000", families["bitfi_fair_final_through_ms"].documentation)
+        self.assertGreater(value(samples, "bitfi_gossip_stamps_sent_total"), 0)
+        self.assertNotIn("Gossip counter", families["bitfi_gossip_stamps_new"].documentation)
 
     async def test_counts_follow_the_node(self) -> None:
         first, second = await self.trading_pair()

@@ -116,18 +116,100 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "authors": COUNT,
                 "lamport": COUNT,
                 "state_hash": HEX64,
-                "settled_through": COUNT,
+                "settled_through": {
+                    **COUNT,
+                    "description": "Author-clock order: the Lamport time through which state "
+                    "is settled (fair order: see `witnesses`).",
+                },
                 "ordering": {
                     "enum": ["fair", "author"],
                     "description": "fair: by the witnesses' stamps; author: by author clocks.",
                 },
-                "witnesses": {"type": "object"},
+                "witnesses": {
+                    "anyOf": [ref("WitnessStatus"), {"type": "object", "maxProperties": 0}],
+                    "description": "The fair order and its witnesses; {} without witnesses.",
+                },
                 "market": {"type": "object"},
                 "gossip": {"type": "object"},
             },
             closed=False,
         ),
         "description": "What the node is and how it is doing; more keys may come.",
+    },
+    "WitnessStatus": {
+        **obj(
+            {
+                "n": {"type": "integer", "minimum": 1, "description": "Witnesses named (2f + 1)."},
+                "f": {**COUNT, "description": "Faulty witnesses the order tolerates."},
+                "digest": {**HEX64, "description": "The set's digest, as `version` carries it."},
+                "me": nullable(
+                    {**COUNT, "description": "This node's place in the set; null: no witness."}
+                ),
+                "stamps": {**COUNT, "description": "Witness stamps held."},
+                "stamps_signed": {**COUNT, "description": "Stamps this node signed."},
+                "relisted": {
+                    **COUNT,
+                    "description": "Events this node, a witness, listed again in a later stamp "
+                    "because their first receipt did not count.",
+                },
+                "settled_through_ms": nullable(
+                    {"type": "integer", "description": "The settled point: a fair time, unix ms."}
+                ),
+                "final_through_ms": nullable(
+                    {"type": "integer", "description": "The final point: a fair time, unix ms."}
+                ),
+                "settled_events": {
+                    **COUNT,
+                    "description": "Events at the start of the log that are settled "
+                    "(n - f witnesses' stamps held past them).",
+                },
+                "final_events": {
+                    **COUNT,
+                    "description": "Events at the start of the log that are final "
+                    "(every witness's stamps held past them).",
+                },
+                "waiting_events": {**COUNT, "description": "Events waiting for a fair time."},
+                "flagged": {
+                    "type": "object",
+                    "propertyNames": {"pattern": "^[0-9a-f]{64}$"},
+                    "additionalProperties": ref("WitnessFault"),
+                    "description": "Witnesses proven faulty, by public key.",
+                },
+                "witness_revisions": {
+                    **COUNT,
+                    "description": "Times a flagged witness's stamps changed settled trades.",
+                },
+                "chains": {
+                    "type": "array",
+                    "items": ref("WitnessChain"),
+                    "description": "One per witness, in the set's order.",
+                },
+            }
+        ),
+        "description": "The fair order (`GET /status`, `witnesses`); docs/consistency.rst.",
+    },
+    "WitnessChain": obj(
+        {
+            "node_id": HEX40,
+            "seq": {**COUNT, "description": "Its stamps held without a gap."},
+            "t": nullable(
+                {"type": "integer", "description": "Its last such stamp's time, unix ms."}
+            ),
+            "waiting": {**COUNT, "description": "Its stamps held beyond a gap."},
+            "flagged": nullable(ref("WitnessFault")),
+            "lag_ms": nullable(
+                {
+                    "type": "integer",
+                    "description": "This node's clock minus the witness's when its last stamp "
+                    "arrived (delay included); null until one arrives, and for the node's own.",
+                }
+            ),
+        }
+    ),
+    "WitnessFault": {
+        "enum": ["equivocation", "broken_chain"],
+        "description": "Why a witness is flagged: two stamps for one seq, or a stamp that "
+        "does not follow its predecessor.",
     },
     "MDNSStatus": obj({"interface": TEXT, "instance": TEXT, "discovered": COUNT}, closed=False),
     "DHTStatus": obj(

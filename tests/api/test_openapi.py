@@ -102,6 +102,30 @@ class DocumentTests(SynchronousTestCase):
         events = DOC["paths"]["/stream"]["get"]["x-sse-events"]
         self.assertEqual(set(events), {"book", "trade", "order", "peer", "status"})
 
+    def test_witnesses_block(self) -> None:
+        """``witnesses`` is ``{}`` without witnesses, else the whole block, nothing between."""
+        from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped]
+
+        from bitfitech.market.fairtime import BROKEN_CHAIN, EQUIVOCATION
+
+        schema = DOC["components"]["schemas"]["Status"]["properties"]["witnesses"]
+        chain = {"node_id": "ab" * 20, "seq": 3, "t": 1_700_000_000_000, "waiting": 1,
+                 "flagged": EQUIVOCATION, "lag_ms": -2}  # fmt: skip
+        block = {
+            "n": 3, "f": 1, "digest": "cd" * 32, "me": None, "stamps": 9, "stamps_signed": 0,
+            "relisted": 0,
+            "settled_through_ms": 1_700_000_000_000, "final_through_ms": None,
+            "settled_events": 4, "final_events": 0, "waiting_events": 1,
+            "flagged": {"ef" * 32: BROKEN_CHAIN}, "witness_revisions": 0, "chains": [chain] * 3,
+        }  # fmt: skip
+        validate(schema, {})
+        validate(schema, block)
+        for bad in ({"n": 3}, {**block, "extra": 1}, {**block, "flagged": {"x": EQUIVOCATION}},
+                    {**block, "chains": [{**chain, "flagged": "lazy"}]}):  # fmt: skip
+            self.assertRaises(ValidationError, validate, schema, bad)
+        fault = DOC["components"]["schemas"]["WitnessFault"]["enum"]
+        self.assertEqual(set(fault), {EQUIVOCATION, BROKEN_CHAIN})
+
     def test_served(self) -> None:
         stub: Any = StubTreq(site_root(FakeNode()))
         d = stub.get(f"{URL}/openapi.json")
@@ -316,6 +340,47 @@ class RealNodeTests(ClusterTestCase):
         missing = documented - self.checked - {("GET", "/stream", 200)}
         # 503s and a 404 for an unknown peer to disconnect are checked with a fake node.
         self.assertLessEqual({s for _, _, s in missing}, {503, 404, 401}, sorted(missing))
+
+    async def test_fair_order(self) -> None:
+        """
+        A node of a network with one witness: its status (with the
+        ``witnesses`` block), trades (final) and orders (pending, then
+        filled) match the document, as do the witness's own.
+        """
+        [address] = self.cluster.witness_addresses(1)
+        witness = self.cluster.start_node(port=address.port, witnesses=(address,),
+                                          plain_tcp=True, api_token=TOKEN)  # fmt: skip
+        plain = self.cluster.start_node(witnesses=(address,), plain_tcp=True, api_token=TOKEN)
+        await poll_until(self.reactor, lambda: address.node_id in plain.peers.hub.links,
+                         HANG_GUARD, "the link to the witness")  # fmt: skip
+        await witness.control.submit_order("sell", "100", "1", "limit")
+        await poll_until(self.reactor, lambda: len(plain.market.ledger) == 1, HANG_GUARD,
+                         "the sell at the plain node")  # fmt: skip
+        for node in (witness, plain):
+            assert node.api is not None
+            self.port = node.api.listen_port
+            status = await self.call("GET", "/status")
+            self.assertEqual(status["ordering"], "fair")
+            self.assertEqual(status["witnesses"]["n"], 1)
+        buy = await self.call("POST", "/orders", body={"side": "buy", "price": "100",
+                                                       "amount": "0.5"}, expect=201)  # fmt: skip
+        self.assertIn(buy["status"], ("pending", "filled"))
+
+        def final() -> bool:
+            trades = plain.control.trades(1, 0)
+            return bool(trades) and trades[0]["status"] == "final"
+
+        await poll_until(self.reactor, final, HANG_GUARD, "the trade final")
+        [trade] = (await self.call("GET", "/trades"))["trades"]
+        self.assertEqual(trade["status"], "final")
+        self.assertIsInstance(trade["fair_time"], int)
+        order = await self.call("GET", "/orders/{order_id}", f"/orders/{buy['id']}")
+        self.assertEqual((order["status"], order["trades"][0]["status"]), ("filled", "final"))
+        status = await self.call("GET", "/status")
+        block = status["witnesses"]
+        self.assertEqual((block["final_events"], block["me"], block["flagged"]), (2, None, {}))
+        [chain] = block["chains"]
+        self.assertEqual(chain["node_id"], address.node_id)
 
     async def check_stream(self, a: Node) -> None:
         """``GET /stream`` over a raw connection: headers, first events, and cleanup."""

@@ -26,3 +26,15 @@ class ReferenceTests(SynchronousTestCase):
             for method in ("get", "post", "delete"):
                 if method in item:
                     self.assertIn(f"``{method.upper()} {path}``", page)
+
+    def test_every_schema_and_field_is_in_the_page(self) -> None:
+        page = reference()
+        for name, schema in document()["components"]["schemas"].items():
+            self.assertIn(f"``{name}``\n{'~' * (len(name) + 4)}\n", page)
+            for field in schema.get("properties", {}):
+                self.assertIn(f"- ``{field}`` (", page, (name, field))
+        self.assertIn("- ``witnesses`` (``WitnessStatus`` or ``{}``): ", page)
+        self.assertIn("- ``chains`` (array of ``WitnessChain``): ", page)
+        self.assertIn("- ``me`` (integer or null): ", page)
+        self.assertIn('Values: ``"equivocation"`` | ``"broken_chain"``.', page)
+        self.assertIn("(fair order: see ``witnesses``)", page)  # Markdown code spans as reST

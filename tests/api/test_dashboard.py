@@ -88,6 +88,24 @@ class PageTests(DashboardTestCase):
                     text = text.replace('"http://www.w3.org/2000/svg"', "")
                 self.assertNotIn(marker, text, f"{name} refers to {marker}")
 
+    def test_page_shows_the_ordering(self) -> None:
+        """
+        The page has places for the ordering, its points and the witnesses,
+        and styles every trade status the API gives (the browser test,
+        tests/integration/test_browser.py, sees them filled).
+        """
+        page = static_files().joinpath("index.html").read_text("utf-8")
+        for element_id in ("ordering", "settled-point", "final-point", "witnesses-summary",
+                           "witnesses"):  # fmt: skip
+            self.assertIn(f'id="{element_id}"', page)
+        script = static_files().joinpath("app.js").read_text("utf-8")
+        style = static_files().joinpath("style.css").read_text("utf-8")
+        for status in ("tentative", "settled", "final"):
+            self.assertIn(f"{status}: ", script)  # a title for its badge
+            self.assertIn(f".badge.{status} ", style)
+        for name in ("witnesses", "settled_through_ms", "final_through_ms", "chains", "lag_ms"):
+            self.assertIn(name, script)
+
     def test_api_index_for_other_clients(self) -> None:
         """curl (``Accept: */*``) and JSON clients still get the API's JSON index at ``/``."""
         for accept in ("*/*", "application/json"):

@@ -150,7 +150,11 @@ def browser_steps(url: str, node_id: str) -> dict[str, Any]:
         wait.until(
             lambda _: text("node-id") == node_id, "the status panel never showed the node id"
         )
+        wait.until(lambda _: text("ordering") != "…", "the ordering never showed")
         shown: dict[str, Any] = {"title": driver.title, "network": text("network")}
+        for element_id in ("ordering", "settled-point", "final-point", "witnesses-summary"):
+            shown[element_id] = text(element_id)
+        shown["witness_rows"] = read("#witnesses tbody")
 
         def place(side: str, price: str, amount: str) -> None:
             click(f'input[name="side"][value="{side}"]')
@@ -194,6 +198,58 @@ def browser_steps(url: str, node_id: str) -> dict[str, Any]:
         browser.quit()
 
 
+def fair_steps(url: str, witness_id: str, price: str) -> dict[str, Any]:
+    """
+    In a thread: load the dashboard of a witness (of a network of one), sell
+    through the form into a buy of another node, and watch the trade go final.
+
+    :return: what the page showed.
+    """
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = Browser()
+    try:
+        driver = browser.driver
+        wait = WebDriverWait(
+            driver, WAIT, poll_frequency=0.1,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        )  # fmt: skip
+
+        def text(selector: str) -> str:
+            return str(driver.find_element(By.CSS_SELECTOR, selector).text)
+
+        driver.get(url)
+        wait.until(lambda _: text("#ordering") != "…", "the ordering never showed")
+        driver.find_element(By.CSS_SELECTOR, 'input[name="side"][value="sell"]').click()
+        for element_id, value in [("order-price", price), ("order-amount", AMOUNT)]:
+            driver.find_element(By.ID, element_id).send_keys(value)
+        driver.find_element(By.ID, "order-submit").click()
+        badge = "#trades tbody tr.trade.final .badge.final"
+        wait.until(lambda _: text(badge) != "", "the trade was never shown final")
+        witness_row = f'#witnesses tbody tr[data-id="{witness_id}"]'
+        wait.until(lambda _: "(this node)" in text(witness_row), "the witness row never showed")
+        # The points come from GET /status, polled (every 10 s once the stream is live).
+        wait.until(lambda _: "(2 events)" in text("#final-point"), "the final point never moved")
+        return {
+            "badge": text(badge),
+            "badge_title": driver.find_element(By.CSS_SELECTOR, badge).get_attribute("title"),
+            "trade_row": text("#trades tbody tr.trade.final"),
+            "ordering": text("#ordering"),
+            "ordering_kind": driver.find_element(By.CSS_SELECTOR, "#ordering .badge").get_attribute(
+                "class"
+            ),
+            "settled": text("#settled-point"),
+            "final": text("#final-point"),
+            "summary": text("#witnesses-summary"),
+            "witness_row": text(witness_row),
+            "script_errors": browser.script_errors(),
+        }
+    finally:
+        browser.quit()
+
+
 class BrowserTests(ClusterTestCase):
     """The dashboard in a real browser, against a real node."""
 
@@ -201,32 +257,39 @@ class BrowserTests(ClusterTestCase):
 
     skip = _missing()
 
-    def setUp(self) -> None:
-        super().setUp()
-        self.node: Node = self.cluster.start_node(api_enabled=False)
-        site = ApiSite(with_dashboard(api_root(self.node.control)), reactor=self.reactor)
+    def serve(self, node: Node) -> str:
+        """Serve C{node}'s dashboard and API on a loopback port; return its URL."""
+        site = ApiSite(with_dashboard(api_root(node.control)), reactor=self.reactor)
         # Track the browser's connections, to close any it leaves open.
-        self.factory = WrappingFactory(site)
-        self.port = self.reactor.listenTCP(0, self.factory, interface="127.0.0.1")
-        self.addCleanup(self.close_connections)
-        self.url = f"http://127.0.0.1:{self.port.getHost().port}/"
+        factory = WrappingFactory(site)
+        port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self.close_connections, port, factory)
+        return f"http://127.0.0.1:{port.getHost().port}/"
 
-    def close_connections(self) -> Deferred[float]:
-        self.port.stopListening()
-        for protocol in list(self.factory.protocols):
+    def close_connections(self, port: Any, factory: WrappingFactory) -> Deferred[float]:
+        port.stopListening()
+        for protocol in list(factory.protocols):
             protocol.transport.abortConnection()
         return poll_until(
             self.reactor,
-            lambda: not self.factory.protocols,
+            lambda: not factory.protocols,
             HANG_GUARD,
             "browser connections closed",
         )
 
     async def test_order_through_the_form(self) -> None:
         """An order placed in the form shows in the book and open orders, and cancels."""
+        self.node: Node = self.cluster.start_node(api_enabled=False)
+        self.url = self.serve(self.node)
         node_id = self.node.storage.identity.node_id
         shown = await deferToThread(browser_steps, self.url, node_id)
         self.assertIn("BTC/USD", shown["network"])
+        # A network without witnesses: author clocks, and never final.
+        self.assertEqual(shown["ordering"], "author clocks")
+        self.assertEqual(shown["settled-point"], "through Lamport 0")
+        self.assertEqual(shown["final-point"], "never (no witnesses)")
+        self.assertIn("names no witnesses", shown["witnesses-summary"])
+        self.assertEqual(shown["witness_rows"], "no witnesses")
         self.assertIn(PRICE, shown["book_row"])
         self.assertIn(PRICE, shown["order_row"])
         self.assertIn(shown["connection"], ("polling", "live"))
@@ -237,3 +300,33 @@ class BrowserTests(ClusterTestCase):
         self.assertEqual((order["side"], order["price"], order["amount"]), ("buy", PRICE, AMOUNT))
         self.assertEqual(order["status"], "cancelled")
         self.assertEqual(self.node.control.book(20), {"bids": [], "asks": []})
+
+    async def test_fair_order(self) -> None:
+        """
+        On a network with a witness, the page says so, lists the witness
+        (this node), and shows a trade's badge go final.
+        """
+        [address] = self.cluster.witness_addresses(1)
+        witness = self.cluster.start_node(port=address.port, witnesses=(address,),
+                                          api_enabled=False)  # fmt: skip
+        plain = self.cluster.start_node(witnesses=(address,), api_enabled=False)
+        await poll_until(self.reactor, lambda: address.node_id in plain.peers.hub.links,
+                         HANG_GUARD, "the link to the witness")  # fmt: skip
+        await plain.control.submit_order("buy", PRICE, AMOUNT, "limit")
+        await poll_until(self.reactor, lambda: len(witness.market.ledger) == 1, HANG_GUARD,
+                         "the buy at the witness")  # fmt: skip
+        assert address.node_id is not None
+        shown = await deferToThread(fair_steps, self.serve(witness), address.node_id, PRICE)
+        self.assertEqual(shown["badge"], "final")
+        self.assertIn("every witness", shown["badge_title"])
+        self.assertIn(PRICE, shown["trade_row"])
+        self.assertEqual(shown["ordering"], "fair order, 1 witness")
+        self.assertEqual(shown["ordering_kind"], "badge fair")
+        self.assertRegex(shown["settled"], r"^through \d\d:\d\d:\d\d\.\d{3} \(2 events\)$")
+        self.assertRegex(shown["final"], r"^through \d\d:\d\d:\d\d\.\d{3} \(2 events\)$")
+        self.assertIn("n = 1, f = 0: a trade is settled once 1 of 1", shown["summary"])
+        self.assertRegex(shown["witness_row"], rf"^{address.node_id[:12]}… \(this node\) \d+ "
+                         r"\d+\.\d s ago — 0 ok$")  # fmt: skip
+        self.assertEqual(shown["script_errors"], [])
+        [trade] = plain.control.trades(1, 0)
+        self.assertEqual(trade["status"], "final")

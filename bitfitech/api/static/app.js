@@ -5,7 +5,9 @@
 // Events) connects, its events update the page at once and polling slows to
 // a resync every 10 s.  Prices and amounts are decimal strings from the API
 // to the screen and from the form to the API: Number() is used only to place
-// things on the depth chart, never for a value sent back.
+// things on the depth chart, never for a value sent back.  The ordering (fair
+// order by witness stamps, or author clocks), its settled and final points
+// and the witnesses come from GET /status ("ordering", "witnesses").
 "use strict";
 
 (function () {
@@ -18,6 +20,7 @@
 
   const state = {
     status: null,
+    statusAt: 0,
     book: { bids: [], asks: [] },
     trades: [],
     orders: [],
@@ -192,11 +195,100 @@
       (s.mdns.discovered !== undefined ? ", " + s.mdns.discovered + " discovered" : "") : s.mdns === null ? "off" : "—");
     setText("dht", s.dht ? "on, port " + s.dht.port + ", " + (s.dht.routing_table_size ?? 0) + " in routing table" +
       (s.dht.peers_found !== undefined ? ", " + s.dht.peers_found + " peers found" : "") : s.dht === null ? "off" : "—");
+    renderOrdering(s);
     if (typeof s.uptime_s === "number") {
       const t = Math.floor(s.uptime_s);
       setText("uptime", Math.floor(t / 3600) + " h " + Math.floor((t % 3600) / 60) + " min " + (t % 60) + " s");
     }
     if (s.pair) document.title = "bitfi " + s.pair;
+  }
+
+  function plural(count, one, many) {
+    return count + " " + (count === 1 ? one : many);
+  }
+
+  // Unix ms as local HH:MM:SS.mmm (fair times differ by milliseconds).
+  function clockTime(ms) {
+    const d = new Date(ms);
+    const two = (n) => String(n).padStart(2, "0");
+    return two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds()) + "." +
+      String(d.getMilliseconds()).padStart(3, "0");
+  }
+
+  function age(ms) {
+    if (ms < 0) return "just now";
+    if (ms < 60000) return (ms / 1000).toFixed(1) + " s ago";
+    return Math.floor(ms / 60000) + " min ago";
+  }
+
+  // A settled or final point of the fair order: where it is, and how many events it covers.
+  function point(through, events) {
+    if (through === null || through === undefined) return "not yet";
+    return "through " + clockTime(through) + " (" + plural(events ?? 0, "event", "events") + ")";
+  }
+
+  function setBadge(id, kind, text, title) {
+    const node = $(id);
+    let badge = node.firstElementChild;
+    if (!badge || badge.tagName !== "SPAN") {
+      badge = el("span", {});
+      node.replaceChildren(badge);
+    }
+    badge.className = "badge " + kind;
+    badge.title = title;
+    if (badge.textContent !== text) badge.textContent = text;
+  }
+
+  function renderOrdering(s) {
+    const w = s.witnesses || {};
+    const fair = s.ordering === "fair" && w.n;
+    if (fair) {
+      setBadge("ordering", "fair", "fair order, " + plural(w.n, "witness", "witnesses"),
+        "events are ordered by the witnesses' stamps (up to " + w.f + " may be faulty)" +
+        (w.me === null || w.me === undefined ? "" : "; this node is one of them"));
+      setText("settled-point", point(w.settled_through_ms, w.settled_events));
+      setText("final-point", point(w.final_through_ms, w.final_events));
+    } else if (s.ordering !== undefined) {
+      setBadge("ordering", "author", "author clocks",
+        "no witnesses: events are ordered by their authors' Lamport clocks");
+      setText("settled-point", "through Lamport " + (s.settled_through ?? 0));
+      setText("final-point", "never (no witnesses)");
+    }
+    renderWitnesses(fair ? w : null);
+  }
+
+  function renderWitnesses(w) {
+    const chains = w ? w.chains || [] : [];
+    const at = state.statusAt;
+    if (!changed("witnesses", [w, at])) return;
+    if (!w) {
+      setText("witnesses-summary", "This network names no witnesses: events are ordered by " +
+        "their authors' clocks, trades settle after a delay and are never final.");
+      fill($("witnesses").tBodies[0], [], "no witnesses", 6);
+      return;
+    }
+    const flagged = Object.keys(w.flagged || {}).length;
+    setText("witnesses-summary", "n = " + w.n + ", f = " + w.f + ": a trade is settled once " +
+      (w.n - w.f) + " of " + w.n + " witnesses' stamps are past it, and final once all are; " +
+      plural(w.waiting_events ?? 0, "event waits", "events wait") + " for a fair time; " +
+      plural(w.stamps ?? 0, "stamp", "stamps") + " held" +
+      (flagged ? "; " + flagged + " flagged faulty." : "."));
+    const rows = chains.map((c, i) => {
+      const me = i === w.me;
+      let stateCell;
+      if (c.flagged) stateCell = el("span", { class: "badge flagged", title: "proven faulty: its receipts are ignored", text: "flagged: " + c.flagged });
+      else if (c.t === null || c.t === undefined) stateCell = el("span", { class: "badge quiet", title: "no stamp of it held yet", text: "no stamps yet" });
+      else stateCell = el("span", { class: "badge ok", title: "its chain of stamps is sound", text: "ok" });
+      return el("tr", { "data-id": c.node_id, class: c.flagged ? "flagged" : "" }, [
+        el("td", {}, [el("code", { title: c.node_id, text: short(c.node_id) }), me ? " (this node)" : ""]),
+        el("td", { class: "num", text: String(c.seq ?? 0) }),
+        el("td", c.t === null || c.t === undefined ? { text: "—" } : { title: "its clock: " + new Date(c.t).toISOString(), text: age(at - c.t) }),
+        el("td", { class: "num", text: c.lag_ms === null || c.lag_ms === undefined ? "—" : String(c.lag_ms) }),
+        el("td", { class: "num", text: String(c.waiting ?? 0) }),
+        el("td", {}, [stateCell]),
+      ]);
+    });
+    fill($("witnesses").tBodies[0], rows, "no witness chains", 6);
   }
 
   function levelRows(levels, side) {
@@ -272,9 +364,21 @@
     chart.replaceChildren(...keep, ...axis, ...area(bids, "bid"), ...area(asks, "ask"));
   }
 
+  const TRADE_STATES = {
+    tentative: "may still be revised",
+    settled: "settled: no event this node has not seen can change it",
+    final: "final: every witness's stamps are past it",
+  };
+
   function tradeStatus(trade) {
-    if (trade.status === "settled" || trade.status === "tentative") return trade.status;
+    if (trade.status in TRADE_STATES) return trade.status;
     return trade.settled ? "settled" : "tentative";
+  }
+
+  // Newest first: by fair time on a network with witnesses, else by Lamport time.
+  function newestFirst(a, b) {
+    const fair = typeof a.fair_time === "number" && typeof b.fair_time === "number";
+    return (fair ? b.fair_time - a.fair_time : (b.lamport ?? 0) - (a.lamport ?? 0)) || (b.time ?? 0) - (a.time ?? 0);
   }
 
   function renderTrades() {
@@ -287,7 +391,7 @@
         el("td", { class: t.side, text: t.side || "" }),
         el("td", { text: t.price }),
         el("td", { text: t.amount }),
-        el("td", {}, [el("span", { class: "badge " + status, title: status === "tentative" ? "may still be revised" : "final", text: status })]),
+        el("td", {}, [el("span", { class: "badge " + status, title: TRADE_STATES[status], text: status })]),
       ]);
     });
     fill($("trades").tBodies[0], rows, "no trades yet", 5);
@@ -370,6 +474,7 @@
         api("GET", "/peers"),
       ]);
       state.status = status;
+      state.statusAt = Date.now();
       state.book = book;
       state.trades = trades.trades || [];
       state.orders = orders.orders || [];
@@ -450,7 +555,7 @@
     });
     on(source, "trade", (trade) => {
       upsert(state.trades, trade, true);
-      state.trades.sort((a, b) => (b.lamport ?? 0) - (a.lamport ?? 0) || (b.time ?? 0) - (a.time ?? 0));
+      state.trades.sort(newestFirst);
       state.trades.length = Math.min(state.trades.length, MAX_TRADES);
       renderTrades();
     });

@@ -570,7 +570,9 @@
       renderPeers();
     });
     on(source, "status", (status) => {
-      state.status = { ...(state.status || {}), ...status };
+      // The event's "peers" is a count; the page keeps GET /status's counts by direction.
+      const { peers, ...rest } = status;
+      state.status = { ...(state.status || {}), ...rest };
       renderStatus();
     });
   }

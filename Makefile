@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 3000
 BOOTSTRAP ?=
+# NODEID@host:port,... of the network's witnesses; empty: the node is its own (n = 1)
+WITNESSES ?=
 TRIAL_JOBS ?= 2
 # make bench QUICK=1: every benchmark's small version (about a minute and a half in all)
 QUICK ?=
@@ -26,8 +28,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
+# Fair order by default: without WITNESSES (here or in the environment) the
+# node is its own network's one witness (n = 1), named by the key that
+# `bitfi node-id` makes in its data directory before it starts.
 run: $(STAMP)
-	$(VENV)/bin/twistd -n --pidfile= --logfile=- bitfi --port $(PORT) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP))
+	$(VENV)/bin/twistd -n --pidfile= --logfile=- bitfi --port $(PORT) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) $(if $(WITNESSES),,--witness $$($(VENV)/bin/bitfi node-id --port $(PORT) --host 127.0.0.1))
 
 # ruff, then the import contracts of pyproject.toml ([tool.importlinter]):
 # layers in data-path order, no cycles, no Twisted in the pure core

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -33,6 +34,7 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -150,6 +152,8 @@ class NodeProcess:
         self.extra_args = tuple(extra_args)
         self.dht = dht
         self.status: int | None = None
+        self.environ: dict[str, str] = {}
+        """Variables added to the child's environment."""
         self._http = http
         self._transport: IProcessTransport | None = None
         self._collector: _OutputCollector | None = None
@@ -179,7 +183,7 @@ class NodeProcess:
             self._collector,
             argv[0],
             argv,
-            env=child_environment(),
+            env={**child_environment(), **self.environ},
             path=str(Path(self.data_dir).parent),
         )
 
@@ -284,6 +288,48 @@ class NodeProcess:
                     f"{last_error})\n{self.describe()}"
                 )
             await deferLater(reactor, POLL_INTERVAL, lambda: None)
+
+
+class ClusterTacProcess(NodeProcess):
+    """
+    ``twistd -ny tac/local-cluster.tac``: its four nodes in one process, on
+    ``base_port`` to ``base_port + 3``; the API client talks to the last
+    one, the plain node.
+    """
+
+    def __init__(self, name: str, *, base_port: int, data_dir: str, http: HTTPClient) -> None:
+        super().__init__(name, port=base_port + 3, api_port=base_port + 10003,
+                         data_dir=data_dir, http=http)  # fmt: skip
+        self.environ = {"BASE_PORT": str(base_port), "BITFI_DATA_DIR": data_dir}
+
+    def argv(self) -> list[str]:
+        tac = str(REPO_ROOT / "tac" / "local-cluster.tac")
+        return [sys.executable, "-c", TWISTD, "-ny", tac, "--pidfile=", "--logfile=-"]
+
+
+def free_port_run(count: int, tries: int = 50) -> int:
+    """
+    The first of C{count} consecutive ports free on 127.0.0.1 for TCP and
+    UDP, whose numbers + 10000 are free for TCP too (``local-cluster.tac``'s
+    P2P, DHT and API ports); a hang guard of C{tries} random bases.
+    """
+    for _ in range(tries):
+        base = random.randrange(20000, 30000)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                for number, kind in ((port, socket.SOCK_STREAM), (port, socket.SOCK_DGRAM),
+                                     (port + 10000, socket.SOCK_STREAM)):  # fmt: skip
+                    sock = socket.socket(socket.AF_INET, kind)
+                    held.append(sock)
+                    sock.bind(("127.0.0.1", number))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise AssertionError(f"no {count} consecutive free ports in {tries} tries")
 
 
 def _describe_all(nodes: Iterable[NodeProcess]) -> str:
@@ -605,3 +651,114 @@ class NodeProcessTests(TestCase):
         for order_id in acknowledged[-20:]:
             doc = await b.get_json(f"/orders/{order_id}")
             self.assertEqual(doc["id"], order_id)
+
+    async def test_node_as_its_own_witness_then_a_second_node(self) -> None:
+        """
+        ``make run``'s default, as processes: ``bitfi node-id`` makes a key
+        and prints the node's address, the node names itself as the one
+        witness (fair order, n = 1); a second node naming the same witness
+        links, and a trade between them becomes final on both.
+        """
+        ports = free_ports(4)
+        data_dir = os.path.abspath(self.mktemp())
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "bitfitech.cli", "node-id", "--data-dir", data_dir, "--port", str(ports[0]),
+             "--host", "127.0.0.1"],
+            env=child_environment(), path=str(REPO_ROOT), reactor=global_reactor(),
+        )  # fmt: skip
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"made a new node key in", err)
+        witness_address = out.decode("ascii").strip()
+        witness_arg = ["--witness", witness_address]
+        witness = self.spawn_node("witness", ports[0], ports[1], data_dir=data_dir,
+                                  extra_args=witness_arg)  # fmt: skip
+        status = await witness.wait_for_api()
+        self.assertEqual(f"{status['node_id']}@127.0.0.1:{ports[0]}", witness_address)
+        self.assertEqual(status["ordering"], "fair")
+        self.assertEqual((status["witnesses"]["n"], status["witnesses"]["me"]), (1, 0))
+        self.assertIn("This node is witness 1 of 1", witness.output)
+        plain = self.spawn_node("plain", ports[2], ports[3], extra_args=witness_arg)
+        await plain.wait_for_api()
+        last: dict[str, Any] = {}
+
+        async def stamps_held() -> bool:
+            last["plain"] = await plain.get_json("/status")
+            [chain] = last["plain"]["witnesses"]["chains"]
+            return bool(chain["seq"] > 0 and last["plain"]["peers"]["outbound"] == 1)
+
+        await self.eventually(stamps_held, "the plain node holds the witness's stamps",
+                              lambda: json.dumps(last, indent=1))  # fmt: skip
+        code, _ = await witness.post_json("/orders", {"side": "sell", "price": "100",
+                                                      "amount": "1"})  # fmt: skip
+        self.assertEqual(code, 201)
+
+        async def sell_seen() -> bool:
+            return bool((await plain.get_json("/status"))["events"] == 1)
+
+        await self.eventually(sell_seen, "the plain node holds the sell", lambda: "")
+        code, _ = await plain.post_json("/orders", {"side": "buy", "price": "100",
+                                                    "amount": "0.5"})  # fmt: skip
+        self.assertEqual(code, 201)
+
+        async def final() -> bool:
+            for node in (witness, plain):
+                last[node.name] = await node.get_json("/trades")
+            return all([t["status"] for t in last[n]["trades"]] == ["final"] for n in last)
+
+        await self.eventually(final, "the trade final on both nodes",
+                              lambda: json.dumps(last, indent=1))  # fmt: skip
+        statuses = await gatherResults([Deferred.fromCoroutine(_stop(n)) for n in self.nodes])
+        for node, exit_status in zip(self.nodes, statuses, strict=True):
+            assert_clean_exit(self, node, exit_status)
+
+    async def test_local_cluster_tac(self) -> None:
+        """
+        ``twistd -ny tac/local-cluster.tac``: the plain node (node 4) links
+        to the three witnesses, says ``"ordering": "fair"``, holds every
+        witness's stamps and sees its trade go final; the process stops in
+        order.
+        """
+        base = free_port_run(4)
+        data_dir = os.path.abspath(self.mktemp())
+        cluster = ClusterTacProcess("local-cluster", base_port=base, data_dir=data_dir,
+                                    http=self.http)  # fmt: skip
+        Path(cluster.data_dir).parent.mkdir(parents=True, exist_ok=True)
+        cluster.start()
+        self.addCleanup(cluster.kill)
+        self.nodes.append(cluster)
+        await cluster.wait_for_api()
+        last: dict[str, Any] = {}
+
+        async def fair_and_linked() -> bool:
+            status = last["status"] = await cluster.get_json("/status")
+            chains = status["witnesses"]["chains"]
+            return bool(
+                status["ordering"] == "fair" and status["witnesses"]["me"] is None
+                and len(chains) == 3 and all(c["seq"] > 0 for c in chains)
+                and status["peers"]["outbound"] + status["peers"]["inbound"] >= 3
+                and status["witnesses"]["final_through_ms"] is not None
+            )  # fmt: skip
+
+        await self.eventually(fair_and_linked, "node 4 in fair order, holding 3 witnesses' stamps",
+                              lambda: json.dumps(last, indent=1))  # fmt: skip
+        code, _ = await cluster.post_json("/orders", {"side": "sell", "price": "100",
+                                                      "amount": "1"})  # fmt: skip
+        self.assertEqual(code, 201)
+        node1 = f"http://127.0.0.1:{base + 10000}"
+
+        async def sell_at_node1() -> bool:
+            response = await self.http.get(f"{node1}/status", timeout=REQUEST_TIMEOUT)
+            return bool(json.loads(await treq.content(response))["events"] == 1)
+
+        await self.eventually(sell_at_node1, "node 1 holds the sell", lambda: "")
+        buy = b'{"side": "buy", "price": "100", "amount": "1"}'
+        response = await self.http.post(f"{node1}/orders", data=buy, timeout=REQUEST_TIMEOUT)
+        self.assertEqual(response.code, 201, await treq.content(response))
+
+        async def final() -> bool:
+            last["trades"] = await cluster.get_json("/trades")
+            return bool([t["status"] for t in last["trades"]["trades"]] == ["final"])
+
+        await self.eventually(final, "the trade final at node 4", lambda: json.dumps(last))
+        assert_clean_exit(self, cluster, await _stop(cluster))

@@ -184,6 +184,19 @@ SyncerFactory = Callable[[Storage], Syncer]
 """Makes the syncer at the first durable write."""
 
 
+def _fit(seen: list[tuple[str, int]], low: int, high: int) -> list[tuple[str, int]]:
+    """
+    Receipt times C{seen} (sorted by time) within [C{low}, C{high}]: if
+    the earliest is before C{low}, all are mapped linearly from [earliest,
+    C{high}] onto [C{low}, C{high}], so their order holds.
+    """
+    if not seen or seen[0][1] >= low:
+        return [(event_id, min(at, high)) for event_id, at in seen]
+    first = seen[0][1]
+    span, room = high - first, high - low
+    return [(event_id, low + (min(at, high) - first) * room // span) for event_id, at in seen]
+
+
 def inline_syncer(storage: Storage) -> Syncer:
     """fsync in the reactor thread (tests, tools)."""
     return InlineSyncer(storage.database_path)
@@ -818,7 +831,8 @@ class MarketService(Service):
             t = max(now_us, prev_t + 1)
             # A receipt older than the window less a stamp interval would
             # reach the others too late to count (this witness was busy, or
-            # just started): it is stated as that old, no older.
+            # just started): the batch's receipt times are then compressed
+            # into that span, keeping their order.
             oldest = max(prev_t + 1, t - (window - interval - 10_000))
             acks = []
             for index, (held, since) in enumerate(self._held_since):
@@ -830,7 +844,7 @@ class MarketService(Service):
                 else:
                     acks.append((old, 0))
             batch, seen = seen[:MAX_RECEIPTS], seen[MAX_RECEIPTS:]
-            receipts = [(event_id, t - min(max(at, oldest), t)) for event_id, at in batch]
+            receipts = [(event_id, t - at) for event_id, at in _fit(batch, oldest, t)]
             try:
                 stamp = signer.sign(
                     (last.seq if last is not None else 0) + 1,

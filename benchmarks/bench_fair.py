@@ -681,7 +681,7 @@ def attack_run(
             if fair is not None:
                 a, b = fair.fair_time(attack.id), fair.fair_time(run.buy)
                 if a is not None and b is not None:
-                    gaps.append(a - b)
+                    gaps.append(a - b)  # microseconds
         return {
             "won": won, "lost": lost, "undecided": undecided, "not_attacked": not_attacked,
             "gaps_ms": gaps, "reactions": reactions,
@@ -719,7 +719,8 @@ def attack_rows(name: str, run: dict[str, Any]) -> list[tuple[str, str]]:
         gaps = run["gaps_ms"]
         rows += [
             (f"{name}: attacker's fair time minus victim's min / p50 / max (ms)",
-             f"{min(gaps)} / {percentile(gaps, 0.5):.0f} / {max(gaps)}"),
+             f"{min(gaps) / 1000:.3f} / {percentile(gaps, 0.5) / 1000:.3f} / "
+             f"{max(gaps) / 1000:.3f}"),
             (f"{name}: attacker's fair time earlier / equal / later",
              f"{sum(g < 0 for g in gaps)} / {sum(g == 0 for g in gaps)} / "
              f"{sum(g > 0 for g in gaps)}"),

@@ -298,6 +298,7 @@ class MarketService(Service):
         self._last_signed = float("-inf")
         # This node as a witness: events first seen since its last stamp.
         self._first_seen: dict[str, int] = {}
+        self._last_seen = 0
         # ... and those it listed that have no fair time yet, with when.
         self._listed: OrderedDict[str, int] = OrderedDict()
         self.stamps_signed = 0
@@ -487,9 +488,8 @@ class MarketService(Service):
                 buffer[event.id] = event
                 if event.lamport > self._buffer_lamport:
                     self._buffer_lamport = event.lamport
-                if first_seen is not None:
-                    first_seen.setdefault(event.id, now_us)
-                    self._active_until = self.clock.seconds() + ACTIVE_AFTER
+                if first_seen is not None and event.id not in first_seen:
+                    self._note_seen(event.id, now_us)
         if len(buffer) >= MAX_BUFFER:
             self._tick()
         elif buffer:
@@ -676,9 +676,8 @@ class MarketService(Service):
         return lamport, ts
 
     def _queue_own(self, event: Event) -> Deferred[Event]:
-        if self._signer is not None:
-            self._first_seen.setdefault(event.id, int(self.clock.seconds() * 1_000_000))
-            self._active_until = self.clock.seconds() + ACTIVE_AFTER
+        if self._signer is not None and event.id not in self._first_seen:
+            self._note_seen(event.id, int(self.clock.seconds() * 1_000_000))
         pending = _Pending(event)
         self._signed.append(pending)
         self._signed_ids[event.id] = event
@@ -865,6 +864,19 @@ class MarketService(Service):
         if self._write_call is None and not self._syncing:
             self._write_call = self.clock.callLater(0, self._start_write)
 
+    def _note_seen(self, event_id: str, at: int) -> None:
+        """
+        This node as a witness first saw C{event_id} at C{at} (unix us).
+
+        Receipt times strictly increase in the order events are taken
+        (events of one message in the sender's order): no two tie, and a
+        tie would be broken by event id, which an author can choose.
+        """
+        at = max(at, self._last_seen + 1)
+        self._last_seen = at
+        self._first_seen[event_id] = at
+        self._active_until = self.clock.seconds() + ACTIVE_AFTER
+
     def _relist(
         self, ledger: Ledger, before: int, listing: dict[str, int], now_us: int
     ) -> list[tuple[str, int]]:
@@ -883,7 +895,7 @@ class MarketService(Service):
             if fair.fair_time(event_id) is not None or event_id not in ledger:
                 del listed[event_id]
             elif event_id not in listing:
-                again.append((event_id, now_us))
+                again.append((event_id, now_us + len(again)))  # no two tie
         self.relisted += len(again)
         return again
 

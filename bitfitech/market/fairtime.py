@@ -444,7 +444,11 @@ class StampChains:
                 if position and stamps[position - 1].t >= horizon:
                     break  # its receipts, and later ones, are after the horizon
                 stamp = stamps[position]
+                if not stamp.receipts:
+                    continue
                 threshold = self._threshold.get((index, stamp.seq), _INFINITY)
+                if threshold <= stamp.t - max(offset for _, offset in stamp.receipts):
+                    continue  # every receipt counts (the usual case)
                 for _, offset in stamp.receipts:
                     receipt = stamp.t - offset
                     if receipt > horizon or receipt >= threshold:

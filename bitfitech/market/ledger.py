@@ -269,6 +269,8 @@ class Ledger:
         self._unplaced: list[tuple[int, str]] = []
         self._waiting: set[str] = set()
         self._horizon_at_start = NEVER
+        # Fair order: whether stamps or events came that may move the horizons.
+        self._horizons_stale = True
         if self.witnesses:
             self.fair = StampChains(self.witnesses, self._by_id.__contains__)
             self._key = self._fair_key  # type: ignore[method-assign]
@@ -704,6 +706,7 @@ class Ledger:
         fair = self.fair
         if fair is not None:
             if fair.arrived([event.id for event in result.new]):
+                self._horizons_stale = True
                 self._advance(changed)
             if changed:
                 self._refresh(changed, result)
@@ -726,6 +729,7 @@ class Ledger:
             raise ValueError("this network has no witnesses")
         self._horizon_at_start = self.settled_horizon
         stamped = fair.insert(stamps)
+        self._horizons_stale = True
         result = InsertResult()
         changed: dict[str, int] = {}
         until: dict[str, int] = {}
@@ -762,6 +766,9 @@ class Ledger:
         """
         fair = self.fair
         assert fair is not None
+        if not self._horizons_stale:
+            return
+        self._horizons_stale = False
         settled = fair.horizon(self.witnesses.quorum)
         if settled > self.settled_horizon:
             self.settled_horizon = settled

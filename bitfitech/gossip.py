@@ -476,9 +476,23 @@ class Gossip:
     # -- IEventPublisher
 
     def publish(self, events: Sequence[Event]) -> None:
-        """Spread this node's new events (or equivocation evidence) with the full ttl."""
+        """
+        Spread this node's new events (or equivocation evidence) with the full ttl.
+
+        With witnesses they go out at the next reactor turn even on a busy
+        node (which otherwise batches its sends): the witnesses' receipts
+        of them are their place in the queue.
+        """
         for event in events:
             self._spread(event, self.timing.ttl, None)
+        if self.witnesses and events:
+            self._flush_at_once()
+
+    def _flush_at_once(self) -> None:
+        """Flush at the next reactor turn, even if a later flush is scheduled."""
+        call = self._flush_call
+        if call is not None and call.active() and call.getTime() > self.clock.seconds():
+            call.reset(0)
 
     def publish_stamps(self, stamps: Sequence[Stamp]) -> None:
         """Spread witness stamps (this node's own, or evidence against a witness) to every peer."""

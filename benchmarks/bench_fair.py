@@ -833,9 +833,18 @@ def run_network(
             if "3" in sections:
                 out["throughput"] = throughput_run(net, args)
                 rows += throughput_rows("3. throughput", out["throughput"])
-            statuses = net.statuses()
+            # Every node's last events may still be on their way: wait (at
+            # most 15 s) until every node holds as many events as any.
+            deadline = time.monotonic() + 15.0
+            while time.monotonic() < deadline:
+                statuses = net.statuses()
+                counts = {s["events"] for s in statuses}
+                if len(counts) == 1 and len({s["state_hash"] for s in statuses}) == 1:
+                    break
+                time.sleep(0.5)
             out["revisions"] = sum(s["market"]["revisions"] for s in statuses)
             out["hashes"] = len({s["state_hash"] for s in statuses})
+            out["counts"] = sorted({s["events"] for s in statuses})
             witness_revisions = sum(
                 (s["witnesses"] or {}).get("witness_revisions", 0) for s in statuses
             )
@@ -844,8 +853,9 @@ def run_network(
                 ("revisions of settled trades, all nodes", f"{out['revisions']}"),
                 ("witness revisions / authors flagged, all nodes",
                  f"{witness_revisions} / {flagged}"),
-                ("state hashes equal at the end",
-                 "yes" if out["hashes"] == 1 else f"NO ({out['hashes']})"),
+                ("state hashes equal at the end (within 15 s)",
+                 "yes" if out["hashes"] == 1
+                 else f"NO ({out['hashes']} hashes; events held {out['counts']})"),
             ]  # fmt: skip
         finally:
             rt.call(net.local.stop)

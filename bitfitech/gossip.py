@@ -525,8 +525,6 @@ class Gossip:
         """Dedup, parse and verify witness stamps; hand the new ones on and spread them."""
         stats, store, seen = self.stats, self.store, self._seen
         witnesses = store.witnesses
-        if not message.more:
-            peer.last_answer = self.clock.seconds()
         new: list[Stamp] = []
         requested = self._requested
         for text, sig in message.stamps:
@@ -1088,6 +1086,9 @@ class Gossip:
         self._update_lag()
         patience = max(GAP_CHECK, 2 * self._lag)
         marks = self.store.gap_marks()
+        if self.store.witnesses:
+            # A witness's stamps held beyond a missing one: the same repair.
+            marks |= {(f"stamps:{w}", seq) for w, seq in self.store.stamp_gap_marks()}
         first_seen = self._gap_marks
         self._gap_marks = {mark: first_seen.get(mark, now) for mark in marks}
         # A peer whose anti-entropy answers are still coming is left alone:

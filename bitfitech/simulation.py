@@ -199,6 +199,10 @@ class LedgerStore:
         fair = self.ledger.fair
         return fair.get(stamp_id) if fair is not None else None
 
+    def stamp_gap_marks(self) -> set[tuple[str, int]]:
+        fair = self.ledger.fair
+        return fair.gap_marks() if fair is not None else set()
+
     def stamp_vector(self) -> dict[str, int]:
         fair = self.ledger.fair
         return fair.vector() if fair is not None else {}

@@ -13,7 +13,7 @@ import random
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitfitech.gossip import Gossip
+from bitfitech.gossip import GAP_CHECK, Gossip
 from bitfitech.market.stamps import stamp_id
 from bitfitech.peer import misbehaviour
 from bitfitech.simulation import LedgerStore
@@ -121,3 +121,20 @@ class StampGossipTests(SynchronousTestCase):
         answer = stamps_sent(first.take())
         expected = [s.id for s in self.stamps if s.seq > 2]
         self.assertEqual(sorted(answer), sorted(expected))
+
+    def test_stamp_gap_pulls(self) -> None:
+        """A stamp missing behind others held makes the node sync with a peer after a gap check."""
+        self.gossip.start()
+        self.addCleanup(self.gossip.stop)
+        first, _ = self.links
+        chain = [s for s in self.stamps if s.member == 0]
+        self.deliver(first, Stamps(tuple(s.wire for s in chain[:1] + chain[2:]), more=False))
+        self.clock.advance(0)
+        self.assertEqual(self.store.stamp_gap_marks(), {(chain[0].witness, 1)})
+        for link in self.links:
+            link.take()
+        self.clock.advance(GAP_CHECK)
+        self.clock.advance(GAP_CHECK)
+        syncs = [m for link in self.links for m in link.take() if isinstance(m, Sync)]
+        self.assertEqual(len(syncs), 1)
+        self.assertIn((chain[0].witness, 1), syncs[0].stamps)

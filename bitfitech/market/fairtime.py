@@ -184,6 +184,14 @@ class StampChains:
         """Witness public key -> the highest seq held without a gap (the anti-entropy summary)."""
         return {chain.witness: len(chain.stamps) for chain in self._chains if chain.stamps}
 
+    def gap_marks(self) -> set[tuple[str, int]]:
+        """``(witness, seq held without a gap)`` of each witness with stamps waiting past a gap."""
+        return {
+            (chain.witness, len(chain.stamps))
+            for index, chain in enumerate(self._chains)
+            if chain.waiting and index not in self._flagged_index
+        }
+
     def acks(self) -> list[int]:
         """Per witness of the set, the seq held without a gap: what a witness's stamp acks."""
         return [len(chain.stamps) for chain in self._chains]

@@ -95,6 +95,9 @@ class IEventStore(Interface):
     def receive_stamps(stamps: Sequence[Stamp]) -> None:
         """Take new witness stamps from peers, parsed and verified by the caller."""
 
+    def stamp_gap_marks() -> set[tuple[str, int]]:
+        """``(witness, seq held without a gap)`` of every witness with stamps held beyond a gap."""
+
     def stamp_vector() -> dict[str, int]:
         """Witness key -> highest seq of its stamps held without a gap."""
 

@@ -567,6 +567,12 @@ class MarketService(Service):
             # heavy load has stretched the apply delay.
             self._schedule(min(self.apply_delay, STAMP_APPLY_DELAY))
 
+    def stamp_gap_marks(self) -> set[tuple[str, int]]:
+        """Witnesses with stamps held beyond a missing one, and where their gap starts."""
+        self.flush()
+        fair = self.ledger.fair
+        return fair.gap_marks() if fair is not None else set()
+
     def stamp_vector(self) -> dict[str, int]:
         """Witness key -> highest seq held without a gap."""
         self.flush()

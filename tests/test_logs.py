@@ -40,7 +40,7 @@ from bitfitech.logs import (
     twistd_json_observer,
 )
 from bitfitech.testing import free_ports, global_reactor, poll_until
-from tests.integration.test_processes import STOP_DEADLINE, NodeProcess
+from tests.integration.processes import STOP_DEADLINE, NodeProcess
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bitfitech"
 

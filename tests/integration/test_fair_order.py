@@ -3,13 +3,19 @@
 Orders entered on two plain nodes get their fair time from the witnesses'
 stamps, every node derives the same trade, and it goes tentative, settled,
 final; a witness stopped for a while stalls final but not settlement.
+Stamps that reach the other witnesses late for a moment leave no order
+out of the log for good (a known bug: that test is marked todo).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from twisted.internet.defer import Deferred
 
 from bitfitech.market.ledger import FINAL, SETTLED
+from bitfitech.market.stamps import Stamp
 from bitfitech.node import Node
 from bitfitech.testing import HANG_GUARD, ClusterTestCase, poll_until, wait_for
 
@@ -19,6 +25,26 @@ def status_of_trade(node: Node) -> str | None:
     ledger = node.market.ledger
     trades = ledger.trades(1)
     return ledger.status_at(trades[0].position) if trades else None
+
+
+class LateStamps:
+    """
+    Holds back the stamps a witness signs by C{delay} seconds, in order,
+    while C{late} is set: its links to the other witnesses are slow.
+    """
+
+    def __init__(self, node: Node, delay: float, reactor: Any) -> None:
+        self.gossip, self.delay, self.reactor = node.gossip, delay, reactor
+        self.late = True
+        self._publish = self.gossip.publish_stamps
+        self.gossip.publish_stamps = self.publish  # type: ignore[method-assign]
+
+    def publish(self, stamps: Sequence[Stamp]) -> None:
+        """The gossip's ``publish_stamps``, which the market calls with each own stamp."""
+        if self.late:
+            self.reactor.callLater(self.delay, self._publish, stamps)
+        else:
+            self._publish(stamps)
 
 
 class FairOrderTests(ClusterTestCase):
@@ -92,3 +118,58 @@ class FairOrderTests(ClusterTestCase):
             "the trade final once the witness is back",
         )
         self.assertEqual(len({node.market.ledger.state_hash() for node in [*live, again]}), 1)
+
+    async def test_late_stamps_strand_no_order(self) -> None:
+        """
+        Two of the three witnesses' stamps reach the others 400 ms late for
+        a moment (more than the 250 ms window), just as they stamp an
+        order: their receipts of it do not count.  Once they are on time
+        again, the order still gets a fair time and trades.
+        """
+        witnesses, (seller, buyer) = await self.start()
+        nodes = witnesses + [seller, buyer]
+        slow = [LateStamps(w, 0.4, self.reactor) for w in witnesses[:2]]
+        sell = await seller.market.submit("sell", "100", "1", "limit")
+        own = [w.market.witnesses.index(w.storage.identity.node_id) for w in witnesses]
+
+        def stamped() -> bool:
+            fair = [w.market.ledger.fair for w in witnesses]
+            return all(
+                f is not None and i in f.receipts(sell.id) for f, i in zip(fair, own, strict=True)
+            )
+
+        await poll_until(self.reactor, stamped, HANG_GUARD, "the sell stamped by every witness")
+        pause: Deferred[None] = Deferred()
+        self.reactor.callLater(0.5, pause.callback, None)
+        await pause
+        for late in slow:
+            late.late = False
+        buy = await buyer.market.submit("buy", "100", "1", "limit")
+
+        def decided() -> bool:
+            # placed everywhere, or the settled horizon 2 s past every receipt
+            # of the sell on every node: past that, nothing more can count
+            for node in nodes:
+                ledger = node.market.ledger
+                fair = ledger.fair
+                assert fair is not None
+                if ledger.is_applied(sell):
+                    continue
+                receipts = fair.receipts(sell.id)
+                if len(receipts) < 3:
+                    return False
+                if ledger.settled_horizon < max(at for at, _ in receipts.values()) + 2000:
+                    return False
+            return True
+
+        await poll_until(self.reactor, decided, HANG_GUARD, "the sell decided everywhere")
+        for node in nodes:
+            ledger = node.market.ledger
+            self.assertTrue(ledger.is_applied(sell), node.market.ledger.fair.receipts(sell.id))  # type: ignore[union-attr]
+            self.assertEqual([t.taker for t in ledger.trades(1)], [buy.id])
+
+    test_late_stamps_strand_no_order.todo = (  # type: ignore[attr-defined]
+        "an event whose receipts do not count when stamped (f + 1 witnesses did not hold "
+        "the stamps within the window) never gets a fair time, however the witnesses "
+        "behave later: nothing stamps it again, and it blocks its author's later events"
+    )

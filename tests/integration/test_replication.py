@@ -16,15 +16,26 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
+from bitfitech.address import PeerAddress
 from bitfitech.config import GossipTiming
 from bitfitech.node import Node
-from bitfitech.testing import HANG_GUARD, ClusterTestCase, market_state, poll_until
+from bitfitech.testing import (
+    HANG_GUARD,
+    ClusterTestCase,
+    market_state,
+    poll_placed,
+    poll_until,
+)
 
 #: seconds a test may wait for nodes to link up or converge (a hang guard)
 DEADLINE = HANG_GUARD
 
 #: quick anti-entropy, so that healing does not wait for the 30 s default
 GOSSIP = GossipTiming(sync_interval=1.0)
+
+#: links a node may keep to witnesses and, for a witness, from every other
+#: node of a test (at most 5 + 1), on top of its place in the line
+WITNESS_LINKS = 8
 
 
 def trades_of(node: Node) -> list[tuple[Any, ...]]:
@@ -34,13 +45,42 @@ def trades_of(node: Node) -> list[tuple[Any, ...]]:
 
 
 class ReplicationTests(ClusterTestCase):
-    """Several real nodes in a line: orders anywhere end up identical everywhere."""
+    """
+    Several real nodes in a line: orders anywhere end up identical everywhere.
+
+    :cvar witnesses: how many witnesses the network names: 0 here (author
+        order); :class:`FairReplicationTests` sets 3.
+    """
 
     timeout = 120
+    witnesses = 0
 
     def setUp(self) -> None:
         super().setUp()
         self.rng = random.Random(4)
+        self.witness_addresses: tuple[PeerAddress, ...] = ()
+
+    def start_node(self, **changes: Any) -> Node:
+        """
+        Start one more node of the test's network.  With witnesses, every
+        node names them, and the first ones started are them.
+
+        A witness takes a link from every node (``docs/operations.rst``:
+        give it a ``max_peers`` to match), and a plain node's links to the
+        witnesses count towards its own ``max_peers``: so, with witnesses,
+        C{max_peers} (when given) stays the number of links a node keeps
+        besides them.
+        """
+        if self.witnesses and not self.cluster.nodes:
+            self.witness_addresses = self.cluster.witness_addresses(self.witnesses)
+        started = len(self.cluster.nodes)
+        if self.witness_addresses:
+            changes["witnesses"] = self.witness_addresses
+            if "max_peers" in changes:
+                changes["max_peers"] += WITNESS_LINKS
+            if started < len(self.witness_addresses):
+                changes["port"] = self.witness_addresses[started].port
+        return self.cluster.start_node(**changes)
 
     def start_line(self, count: int, max_peers: int = 2) -> list[Node]:
         """
@@ -50,7 +90,7 @@ class ReplicationTests(ClusterTestCase):
         nodes: list[Node] = []
         for _ in range(count):
             nodes.append(
-                self.cluster.start_node(
+                self.start_node(
                     bootstrap_to=nodes[-1:], outbound=1, max_peers=max_peers, gossip=GOSSIP
                 )
             )
@@ -67,14 +107,23 @@ class ReplicationTests(ClusterTestCase):
         )
 
     async def converged(self, nodes: list[Node], events: int) -> None:
-        """Wait until every node holds C{events} events and the same state."""
+        """
+        Wait until every node holds C{events} events and the same state
+        (with witnesses: every event also placed in the log, none waiting
+        for its fair time).
+        """
 
         def same() -> bool:
             states = {market_state(node) for node in nodes}
+            if self.witnesses and any(node.market.ledger.applied != events for node in nodes):
+                return False
             return len(states) == 1 and next(iter(states))[1] == events
 
         try:
-            await poll_until(self.reactor, same, DEADLINE, "convergence")
+            if self.witnesses:  # skipped if an event can never be placed (a node bug)
+                await poll_placed(self.reactor, nodes, same, DEADLINE, "convergence")
+            else:
+                await poll_until(self.reactor, same, DEADLINE, "convergence")
         except TimeoutError:
             self.fail(f"no convergence: {[market_state(node) for node in nodes]}")
         first = trades_of(nodes[0])
@@ -132,9 +181,7 @@ class ReplicationTests(ClusterTestCase):
         await self.linked(nodes, [(1, 0), (2, 1)])
         await self.trade(nodes, 300)
         await self.converged(nodes, 300)
-        late = self.cluster.start_node(
-            bootstrap_to=[nodes[2]], outbound=1, max_peers=2, gossip=GOSSIP
-        )
+        late = self.start_node(bootstrap_to=[nodes[2]], outbound=1, max_peers=2, gossip=GOSSIP)
         await self.converged([*nodes, late], 300)
         self.assertGreater(late.gossip.stats["sync_received"] + late.gossip.stats["sync_sent"], 0)
 
@@ -166,9 +213,47 @@ class ReplicationTests(ClusterTestCase):
         await self.trade(left, 60)
         await self.trade(right, 60)
         await self.converged(left, 110)
-        await self.converged(right, 110)
+        if self.witnesses:
+            # Fair order: the left half (witnesses 0 and 1) is n - f = 2
+            # witnesses, and settles everything it holds.
+            await poll_until(
+                self.reactor,
+                lambda: all(node.market.ledger.settled_position() == 110 for node in left),
+                DEADLINE,
+                "the left half settled",
+            )
+            # The right half (witness 2 and node 3) has one witness of three,
+            # short of the f + 1 = 2 receipts a fair time needs.  It holds
+            # its 60 events but cannot place them: they wait, on both of its
+            # nodes, until the halves meet again.
+            await self.held(right, 110, placed=50)
+        else:
+            await self.converged(right, 110)
         self.assertNotEqual(market_state(left[0]), market_state(right[0]))
 
         # Node 2 dialed node 1 at first; its outbound slot is the free one.
         await nodes[2].control.connect(f"127.0.0.1:{nodes[1].peers.listen_port}")
         await self.converged(nodes, 170)
+        if self.witnesses:
+            # The right half's events get their fair times at the heal, after
+            # everything the left half settled: nothing settled is revised.
+            self.assertEqual([node.market.ledger.revisions for node in nodes], [0] * 4)
+
+    async def held(self, nodes: list[Node], events: int, placed: int) -> None:
+        """Wait until every node holds C{events} events, of which C{placed} are in the log."""
+
+        def held() -> bool:
+            for node in nodes:
+                node.market.flush()
+                ledger = node.market.ledger
+                if (len(ledger), ledger.applied) != (events, placed):
+                    return False
+            return True
+
+        await poll_until(self.reactor, held, DEADLINE, f"{events} events held, {placed} placed")
+
+
+class FairReplicationTests(ReplicationTests):
+    """:class:`ReplicationTests` with three witnesses, the first three nodes of each test."""
+
+    witnesses = 3

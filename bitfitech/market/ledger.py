@@ -442,12 +442,12 @@ class Ledger:
         return self._closed.get(event_id)
 
     def is_applied(self, event: Event) -> bool:
-        """Whether C{event} is in the log."""
+        """Whether C{event} (this ledger's copy or another with its id) is in the log."""
         chain = self._chains.get(event.author)
         return (
             chain is not None
             and event.seq <= len(chain.in_log)
-            and chain.in_log[event.seq - 1] is event
+            and chain.in_log[event.seq - 1].id == event.id
         )
 
     def open_order(self, order_id: str) -> OpenOrder | None:

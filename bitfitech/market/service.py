@@ -753,15 +753,20 @@ class MarketService(Service):
             self._signed_ids.pop(pending.event.id, None)
             pending.done.callback(pending.event)
 
-    def _apply_stamps(self, stamps: list[Stamp]) -> None:
-        """Insert stamps into the ledger; settle; publish what a witness signed or evidence."""
+    def _apply_stamps(self, stamps: list[Stamp], journaled: bool = False) -> None:
+        """
+        Insert stamps into the ledger; settle; publish what a witness signed or evidence.
+
+        :param journaled: they are in the journal already (this witness's own).
+        """
         ledger = self.ledger
         fair = ledger.fair
         assert fair is not None
         stamped, result = ledger.insert_stamps(stamps)
         if not stamped.new:
             return
-        self._unjournaled_stamps.extend(stamped.new)
+        if not journaled:
+            self._unjournaled_stamps.extend(stamped.new)
         now_us = int(self.clock.seconds() * 1_000_000)
         held_since = self._held_since
         arrivals = self._stamp_arrivals
@@ -863,12 +868,22 @@ class MarketService(Service):
                 return
             stamps.append(stamp)
             last = stamp
-            self.stamps_signed += 1
             if not seen:
                 break
-        self._apply_stamps(stamps)
-        if self._write_call is None and not self._syncing:
-            self._write_call = self.clock.callLater(0, self._start_write)
+        # Journaled before anyone sees them: a witness killed after sending
+        # a stamp it had not kept would sign that seq again at its restart
+        # and be flagged on every node.  (Written at once, not with the
+        # next group: an own order's fsync may be in flight.)
+        journal = self._journal
+        try:
+            if journal is not None:
+                journal.write([], durable=False, stamps=stamps)
+        except JournalError as e:
+            self.journal_failures += 1
+            log.error("Cannot journal this witness's stamp: {error}", error=str(e))
+            return  # signed again, with the same seq, at the next tick
+        self.stamps_signed += len(stamps)
+        self._apply_stamps(stamps, journaled=True)
 
     def _note_seen(self, event_id: str, at: int) -> None:
         """

@@ -149,9 +149,9 @@ class BackdatingAuthor:
         self._receive = node.market.receive
         node.market.receive = self.receive  # type: ignore[method-assign]
 
-    def receive(self, events: Sequence[Event]) -> None:
+    def receive(self, events: Sequence[Event], arrived: float | None = None) -> None:
         """The market's ``receive``, which gossip calls: take the events, then answer."""
-        self._receive(events)
+        self._receive(events, arrived)
         for event in events:
             if event.author == self.victim and event.is_order and event.id not in self.answers:
                 answer = self.author.order(
@@ -185,14 +185,14 @@ class LyingStamps:
     def stamp(self) -> None:
         """Edit what the witness first saw since its last stamp, then sign as it would."""
         seen = self.market._first_seen
-        now_ms = int(self.market.clock.seconds() * 1000)
+        now_us = int(self.market.clock.seconds() * 1_000_000)  # stamps state microseconds
         if self.early:
-            seen[self.early] = now_ms
+            seen[self.early] = now_us
             self.early = ""
         if self.late in seen:
             self._late_since = seen.pop(self.late)
-        elif self._late_since is not None and now_ms >= self._late_since + self.hold_ms:
-            seen[self.late] = now_ms
+        elif self._late_since is not None and now_us >= self._late_since + self.hold_ms * 1000:
+            seen[self.late] = now_us
             self._late_since = None
             self.late = ""
         self._honest()
@@ -335,12 +335,6 @@ class FairAttackTests(ClusterTestCase):
             len(lost), 0, f"the attacker went first in {len(lost)} of {TRIALS}: {shown}"
         )
 
-    test_backdating_author_never_trades_first.todo = (  # type: ignore[attr-defined]
-        "peer links leave Nagle's algorithm on (no TCP_NODELAY): a node's push of its "
-        "own order to the witnesses waits behind unacknowledged stamp traffic, and an "
-        "attacker one hop away overtakes it in about half the trials"
-    )
-
     # -- 2. a withheld event
 
     async def test_withheld_event_sorts_at_release(self) -> None:
@@ -420,15 +414,16 @@ class FairAttackTests(ClusterTestCase):
         await settled(self, nodes, 3, "both orders settled")
         settled_times = [(fair_time(node, buy), fair_time(node, early)) for node in nodes]
         # Settled by the honest witnesses' stamps alone, maybe; now every
-        # node also holds the liar's stamps with the lies, which move nothing.
+        # node also holds the liar's early stamp, which moves nothing.  (Its
+        # late one may never come: a witness lists no event whose fair time
+        # is settled, the liar's own market included.)
         await poll_until(
             self.reactor,
-            lambda: all(
-                liar_index in receipts(node, event) for node in nodes for event in (buy, early)
-            ),
+            lambda: all(liar_index in receipts(node, early) for node in nodes),
             HANG_GUARD,
-            "the lies held everywhere",
+            "the early lie held everywhere",
         )
+        await deferLater(self.reactor, 0.5, lambda: None)  # the late lie's time, if it comes
         self.assertEqual(
             [(fair_time(node, buy), fair_time(node, early)) for node in nodes], settled_times
         )
@@ -439,11 +434,12 @@ class FairAttackTests(ClusterTestCase):
                 at = fair_time(node, event)
                 assert at is not None
                 self.assertTrue(min(window) <= at <= max(window), (at, stated))
-            told = receipts(node, early)[liar_index][0], receipts(node, buy)[liar_index][0]
             honest_early = [t for i, (t, _) in receipts(node, early).items() if i != liar_index]
-            honest_buy = [t for i, (t, _) in receipts(node, buy).items() if i != liar_index]
-            self.assertLess(told[0], min(honest_early))  # the lies were told
-            self.assertGreater(told[1], max(honest_buy) + 200)
+            self.assertLess(receipts(node, early)[liar_index][0], min(honest_early))  # told
+            told_late = receipts(node, buy).get(liar_index)
+            if told_late is not None:  # the late lie, if it came (microseconds)
+                honest_buy = [t for i, (t, _) in receipts(node, buy).items() if i != liar_index]
+                self.assertGreater(told_late[0], max(honest_buy) + 200_000)
             (trade,) = node.market.ledger.trades(1)
             self.assertEqual(trade.taker, buy.id)
             self.assertEqual(node.market.ledger.revisions, 0)

@@ -172,8 +172,11 @@ class ReplicationTests(ClusterTestCase):
         await self.converged(nodes, 500)
         self.assertGreater(nodes[0].market.ledger.trade_count, 50)
         # The line forces events through several hops, and arrivals out of
-        # key order: some node must have rolled back.
-        self.assertTrue(any(node.market.ledger.rollbacks for node in nodes))
+        # key order: in author order some node must have rolled back.  (In
+        # fair order an event is placed once its receipts are all in, and
+        # rollbacks are rare.)
+        if not self.witnesses:
+            self.assertTrue(any(node.market.ledger.rollbacks for node in nodes))
 
     async def test_late_joiner_catches_up(self) -> None:
         """A node that joins after 300 orders reaches the same state by anti-entropy."""

@@ -263,15 +263,24 @@ def _parse_checked(text: str, sig: str, network: str, pair: str) -> Event:
     return event
 
 
-def verify_event(event: Event) -> bool:
-    """Whether C{event}'s signature is its author's over its text."""
+def signed_by(sig: str, text: str, key: str) -> bool:
+    """
+    Whether C{sig} (128 hex digits) is the Ed25519 signature of C{text}'s
+    ASCII bytes by the public key C{key} (64 hex digits): events and
+    witness stamps are both checked so.
+    """
     try:
         nacl.bindings.crypto_sign_open(
-            bytes.fromhex(event.sig) + event.text.encode("ascii"), bytes.fromhex(event.author)
+            bytes.fromhex(sig) + text.encode("ascii"), bytes.fromhex(key)
         )
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
         return False
     return True
+
+
+def verify_event(event: Event) -> bool:
+    """Whether C{event}'s signature is its author's over its text."""
+    return signed_by(event.sig, event.text, event.author)
 
 
 def decode_event(text: str, sig: str, network: str, pair: str) -> Event:

@@ -295,7 +295,7 @@ class MarketService(Service):
         self._stamper: LoopingCall | None = None
         self._stamp_from = 0.0
         self._active_until = 0.0
-        self._last_signed = float("-inf")
+        self._last_signed: float | None = None
         # This node as a witness: events first seen since its last stamp.
         self._first_seen: dict[str, int] = {}
         self._last_seen = 0
@@ -809,7 +809,12 @@ class MarketService(Service):
         now = self.clock.seconds()
         if now < self._stamp_from:
             return  # see WITNESS_START_DELAY; what it sees meanwhile waits
-        if now >= self._active_until and now - self._last_signed < IDLE_STAMP - 1e-6:
+        signed_at = self._last_signed
+        if (
+            now >= self._active_until
+            and signed_at is not None
+            and now - signed_at < IDLE_STAMP - 1e-6
+        ):
             return  # an idle network: a heartbeat every IDLE_STAMP
         self._last_signed = now
         self.flush()  # stamps from peers first: the acks say what is held

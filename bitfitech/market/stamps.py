@@ -42,6 +42,7 @@ import nacl.exceptions
 
 from ..identity import node_id_from_public_key
 from ..witnesses import WitnessSet
+from .events import signed_by
 
 TAG: Final = "bitfi-stamp1"
 """First field of every stamp text: the format and its version."""
@@ -177,13 +178,7 @@ def parse_stamp(text: str, sig: str, network: str, pair: str, witnesses: Witness
 
 def verify_stamp(stamp: Stamp) -> bool:
     """Whether C{stamp}'s signature is its witness's over its text."""
-    try:
-        nacl.bindings.crypto_sign_open(
-            bytes.fromhex(stamp.sig) + stamp.text.encode("ascii"), bytes.fromhex(stamp.witness)
-        )
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
-        return False
-    return True
+    return signed_by(stamp.sig, stamp.text, stamp.witness)
 
 
 def decode_stamp(text: str, sig: str, network: str, pair: str, witnesses: WitnessSet) -> Stamp:

@@ -638,24 +638,7 @@ class Events:
     def __post_init__(self) -> None:
         """:raises MessageError: for a bad count, a malformed event, a bad ttl or more."""
         c = self.command
-        # Up to 1000 events per message, on the hot path: plain loops, no per-entry objects.
-        for index, entry in enumerate(_tuple(self.events, 0, MAX_EVENTS, c, "events")):
-            if not isinstance(entry, tuple) or len(entry) != 2:
-                _bad_pair(entry, "(text, sig)", c, f"events[{index}]")
-            text, sig = entry
-            if (
-                not isinstance(text, str)
-                or not 1 <= len(text) <= MAX_EVENT_TEXT
-                or not text.isascii()
-                or not text.isprintable()
-            ):
-                _bad_event_text(text, c, f"events[{index}][0]")
-            if not isinstance(sig, str) or _SIG_RE.fullmatch(sig) is None:
-                raise MessageError(
-                    f"must be a signature (128 lowercase hex digits), not {_show(sig)}",
-                    command=c,
-                    field=f"events[{index}][1]",
-                )
+        _check_signed_texts(self.events, MAX_EVENTS, MAX_EVENT_TEXT, c, "events")
         _int(self.ttl, 0, MAX_TTL, c, "ttl")
         if type(self.more) is not bool:
             raise MessageError(
@@ -680,12 +663,42 @@ class Events:
         )
 
 
-def _bad_event_text(text: object, command: str, field: str) -> NoReturn:
-    """Say what is wrong with an event text that failed the fast check."""
+def _check_signed_texts(
+    entries: object, max_count: int, max_text: int, command: str, field: str
+) -> None:
+    """
+    Check the ``(text, sig)`` pairs of an ``events`` or ``stamps`` message:
+    0 to C{max_count} of them, each text 1 to C{max_text} printable ASCII
+    characters, each sig 128 lowercase hex digits.
+    """
+    # Up to 1000 entries per message, on the hot path: plain loops, no per-entry objects.
+    for index, entry in enumerate(_tuple(entries, 0, max_count, command, field)):
+        if not isinstance(entry, tuple) or len(entry) != 2:
+            _bad_pair(entry, "(text, sig)", command, f"{field}[{index}]")
+        text, sig = entry
+        if (
+            not isinstance(text, str)
+            or not 1 <= len(text) <= max_text
+            or not text.isascii()
+            or not text.isprintable()
+        ):
+            _bad_event_text(text, command, f"{field}[{index}][0]", max_text)
+        if not isinstance(sig, str) or _SIG_RE.fullmatch(sig) is None:
+            raise MessageError(
+                f"must be a signature (128 lowercase hex digits), not {_show(sig)}",
+                command=command,
+                field=f"{field}[{index}][1]",
+            )
+
+
+def _bad_event_text(
+    text: object, command: str, field: str, max_text: int = MAX_EVENT_TEXT
+) -> NoReturn:
+    """Say what is wrong with an event's (or stamp's) text that failed the fast check."""
     if not isinstance(text, str):
         problem = f"must be a string, not {_show(text)}"
-    elif not 1 <= len(text) <= MAX_EVENT_TEXT:
-        problem = f"must be 1 to {MAX_EVENT_TEXT} characters long, not {len(text)}"
+    elif not 1 <= len(text) <= max_text:
+        problem = f"must be 1 to {max_text} characters long, not {len(text)}"
     else:
         problem = f"must be printable ASCII (0x20 to 0x7e), not {_show(text)}"
     raise MessageError(problem, command=command, field=field)
@@ -714,27 +727,7 @@ class Stamps:
     def __post_init__(self) -> None:
         """:raises MessageError: for a bad count, a malformed stamp, or a bad more."""
         c = self.command
-        for index, entry in enumerate(_tuple(self.stamps, 0, MAX_STAMPS, c, "stamps")):
-            if not isinstance(entry, tuple) or len(entry) != 2:
-                _bad_pair(entry, "(text, sig)", c, f"stamps[{index}]")
-            text, sig = entry
-            if (
-                not isinstance(text, str)
-                or not 1 <= len(text) <= MAX_STAMP_TEXT
-                or not text.isascii()
-                or not text.isprintable()
-            ):
-                raise MessageError(
-                    f"must be 1 to {MAX_STAMP_TEXT} printable ASCII characters, not {_show(text)}",
-                    command=c,
-                    field=f"stamps[{index}][0]",
-                )
-            if not isinstance(sig, str) or _SIG_RE.fullmatch(sig) is None:
-                raise MessageError(
-                    f"must be a signature (128 lowercase hex digits), not {_show(sig)}",
-                    command=c,
-                    field=f"stamps[{index}][1]",
-                )
+        _check_signed_texts(self.stamps, MAX_STAMPS, MAX_STAMP_TEXT, c, "stamps")
         if type(self.more) is not bool:
             raise MessageError(
                 f"must be true or false, not {_show(self.more)}", command=c, field="more"

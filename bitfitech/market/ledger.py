@@ -299,7 +299,9 @@ class Ledger:
         at = fair.fair_time(event.id)
         return (_NO_FAIR_TIME if at is None else at, event.id)
 
-    def _rerank(self, event_ids: Iterable[str], changed: dict[str, int]) -> None:
+    def _rerank(
+        self, event_ids: Iterable[str], changed: dict[str, int], until: dict[str, int]
+    ) -> None:
         """Fair order: slots claimed twice whose fair times changed may have a new winner."""
         conflicts, by_id = self._conflicts, self._by_id
         for event_id in event_ids:
@@ -313,9 +315,7 @@ class Ledger:
             chain = self._chains[event.author]
             if chain.winners[event.seq] is not winner:
                 chain.winners[event.seq] = winner
-                low = changed.get(event.author)
-                if low is None or event.seq < low:
-                    changed[event.author] = event.seq
+                _mark(changed, until, event.author, event.seq)
 
     @property
     def ordering(self) -> str:
@@ -700,9 +700,7 @@ class Ledger:
                 if self._rank(event) > self._rank(current):
                     continue
                 chain.winners[seq] = event
-            low = changed.get(author)
-            if low is None or seq < low:
-                changed[author] = seq
+            _mark(changed, None, author, seq)
         fair = self.fair
         if fair is not None:
             if fair.arrived([event.id for event in result.new]):
@@ -734,30 +732,24 @@ class Ledger:
         changed: dict[str, int] = {}
         until: dict[str, int] = {}
         if self._conflicts:
-            self._rerank(stamped.changed, changed)
+            self._rerank(stamped.changed, changed, until)
         by_id = self._by_id
         for event_id in stamped.changed:
             event = by_id.get(event_id)
-            if event is not None:
-                author, seq = event.author, event.seq
-                chain = self._chains[author]
-                if chain.winners.get(seq) is event:
-                    low = changed.get(author)
-                    if low is None or seq < low:
-                        changed[author] = seq
-                    if seq > until.get(author, 0):
-                        until[author] = seq
-        self._advance(changed)
+            if event is not None and self._chains[event.author].winners.get(event.seq) is event:
+                _mark(changed, until, event.author, event.seq)
+        self._advance(changed, until)
         if changed:
             self._refresh(changed, result, None if stamped.flagged else until)
         if stamped.flagged and result.revised:
             self.witness_revisions += 1
         return stamped, result
 
-    def _advance(self, changed: dict[str, int]) -> None:
+    def _advance(self, changed: dict[str, int], until: dict[str, int] | None = None) -> None:
         """
         Fair order: bring the horizons up to date, and add to C{changed}
-        the authors of events that wait to be placed and now may be.
+        (and C{until}, for :meth:`_refresh`) the authors of events that
+        wait to be placed and now may be.
 
         An event is placed in the log once every witness not flagged has a
         counted receipt of it, or once the settled horizon passes its fair
@@ -782,9 +774,9 @@ class Ledger:
             self._waiting.discard(event_id)
             event = by_id.get(event_id)
             if event is not None and not self.is_applied(event):
-                low = changed.get(event.author)
-                if low is None or event.seq < low:
-                    changed[event.author] = event.seq
+                # Its walk must reach it: taken off the queue, it is placed
+                # now or queued again, never left behind.
+                _mark(changed, until, event.author, event.seq)
 
     def _refresh(
         self, changed: dict[str, int], result: InsertResult, until: dict[str, int] | None = None
@@ -1081,3 +1073,16 @@ def _chain_from(chain: _Chain, seq: int, last: int) -> Iterator[Event]:
         event = winners.get(number)
         if event is not None:
             yield event
+
+
+def _mark(changed: dict[str, int], until: dict[str, int] | None, author: str, seq: int) -> None:
+    """
+    Note that C{author}'s prefix must be walked again from C{seq} at the
+    latest (C{changed}), and at least through C{seq} (C{until}, when
+    given: see :meth:`Ledger._refresh`).
+    """
+    low = changed.get(author)
+    if low is None or seq < low:
+        changed[author] = seq
+    if until is not None and seq > until.get(author, 0):
+        until[author] = seq

@@ -127,6 +127,34 @@ class FairOrderTests(SynchronousTestCase):
         self.assertEqual(held.status_at(trade.position), FINAL)
         self.assertEqual(held.revisions, 0)
 
+    def test_placed_when_horizon_passes_during_recount(self) -> None:
+        """
+        An event waiting for the settled horizon is placed when one batch
+        of stamps both moves the horizon past it and changes the count of
+        receipts of an event placed before it, further back in its
+        author's chain.  (Such a batch once dropped the waiting event from
+        the queue without placing it: it then waited forever.)
+        """
+        bob = [order(BOB, seq, seq, "sell", str(100 + seq), "1") for seq in range(1, 5)]
+        seen: dict[int, dict[str, int]] = {
+            0: {bob[0].id: 100, bob[1].id: 150, bob[2].id: 200, bob[3].id: 400},
+            1: {bob[0].id: 101, bob[1].id: 151, bob[2].id: 201, bob[3].id: 401},
+            2: {bob[0].id: 600},  # a late receipt, counted once the others ack it
+        }
+        stamps = run(3, seen, until=1500, witnesses=WITNESSES).all()
+        held = ledger()
+        held.insert(bob)
+        held.insert_stamps([s for s in stamps if s.t <= at(560)])
+        self.assertEqual(ids(held), [e.id for e in bob[:3]])  # the fourth waits for the horizon
+        assert held.fair is not None
+        self.assertGreater(held.fair.fair_time(bob[3].id) or 0, held.settled_horizon)
+        held.insert_stamps([s for s in stamps if s.t > at(560)])
+        self.assertEqual(ids(held), [e.id for e in bob])
+        whole = ledger()
+        whole.insert(bob)
+        whole.insert_stamps(stamps)
+        self.assertEqual(state(held), state(whole))
+
     def test_witness_down_settles_not_final(self) -> None:
         """With a witness down, trades settle but are not final."""
         b1 = order(BOB, 1, 1, "sell", "100", "1")
@@ -266,12 +294,15 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Event], list[Stamp], int]:
         target = draw(st.sampled_from(events))
         who = next(a for a in authors if a.author == target.author)
         events.append(who.order(target.seq, target.lamport, 7, "buy", "limit", "97", "1"))
-    seen: dict[int, dict[str, int]] = {w: {} for w in range(3)}
+    seen: dict[int, dict[str, int | list[int]]] = {w: {} for w in range(3)}
     for event in events:
         base = draw(st.integers(10, 1500))
         for w in range(3):
             if draw(st.integers(0, 9)):  # a witness misses one now and then
-                seen[w][event.id] = base + draw(st.integers(0, 60))
+                first = base + draw(st.integers(0, 60))
+                # ... and lists one again now and then (as when its receipt did not count)
+                again = draw(st.sampled_from([[], [], [], [500], [500, 1000]]))
+                seen[w][event.id] = [first, *(first + later for later in again)]
     withheld = draw(st.sampled_from([{}, {2: 2000}]))
     slow = draw(st.sampled_from([{}, {(0, 1): 400}, {(0, 1): 300, (1, 0): 300}]))
     stamps = run(3, seen, until=2600, witnesses=WITNESSES, withheld=withheld, slow=slow).all()

@@ -12,7 +12,7 @@ same timeline would sign.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import nacl.bindings
@@ -60,7 +60,7 @@ class Run:
 
 def run(
     n: int,
-    seen: Mapping[int, Mapping[str, int]],
+    seen: Mapping[int, Mapping[str, int | Sequence[int]]],
     *,
     until: int,
     delay: int = 5,
@@ -74,7 +74,9 @@ def run(
     """
     Play C{n} witnesses from T0 to T0 + C{until}.
 
-    :param seen: witness index -> event id -> when (ms after T0) it first saw it.
+    :param seen: witness index -> event id -> when (ms after T0) it first
+        saw it, or when it listed it, each time (a witness lists an event
+        again when its receipt did not count).
     :param delay: ms from a stamp's signing to every other witness holding it.
     :param phases: witness -> ms after T0 of its first stamp (default: 10 * index + 1).
     :param silent: witness -> (from, to): it signs nothing between these times
@@ -95,7 +97,7 @@ def run(
         for w in range(n)
         for k in range((until - phases.get(w, 10 * w + 1)) // stamp_ms + 1)
     )
-    stamped: list[set[str]] = [set() for _ in range(n)]
+    stamped: list[set[tuple[str, int]]] = [set() for _ in range(n)]
     last_acks: list[list[tuple[int, int]]] = [[(0, 0)] * n for _ in range(n)]
     for t, w in ticks:
         off = silent.get(w)
@@ -123,13 +125,15 @@ def run(
                 acks.append((old[0], 0))
         last_acks[w] = acks
         receipts = []
-        for event_id, at in seen.get(w, {}).items():
-            when = T0 + at
-            if prev_t < when <= t and event_id not in stamped[w]:
-                if off is not None and T0 + off[0] <= when < T0 + off[1]:
-                    continue
-                receipts.append((event_id, (t - when) * 1000))
-                stamped[w].add(event_id)
+        for event_id, times in seen.get(w, {}).items():
+            for at in (times,) if isinstance(times, int) else times:
+                when = T0 + at
+                if prev_t < when <= t and (event_id, at) not in stamped[w]:
+                    if off is not None and T0 + off[0] <= when < T0 + off[1]:
+                        continue
+                    receipts.append((event_id, (t - when) * 1000))
+                    stamped[w].add((event_id, at))
+                    break  # one receipt of an event per stamp
         receipts.sort()
         stamp = signers[w].sign(
             len(chain) + 1, t * 1000, prev.id if prev else NO_PREV, acks, receipts[:1000]

@@ -857,6 +857,15 @@ def run_network(
                  "yes" if out["hashes"] == 1
                  else f"NO ({out['hashes']} hashes; events held {out['counts']})"),
             ]  # fmt: skip
+            for index, status in enumerate(statuses):
+                block = status["witnesses"] or {}
+                if block.get("waiting_events"):
+                    chains = "; ".join(
+                        f"{c['seq']}+{c['waiting']} t={c['t']}" for c in block["chains"]
+                    )
+                    rows.append((f"node {index}: events waiting; settled held by; chains",
+                                 f"{block['waiting_events']}; {block.get('settled_held_by')}; "
+                                 f"{chains}"))  # fmt: skip
         finally:
             rt.call(net.local.stop)
         out["problems"] = cluster.problems()

@@ -158,6 +158,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "final_through_ms": nullable(
                     {"type": "integer", "description": "The final point: a fair time, unix ms."}
                 ),
+                "settled_held_by": ref("SettledHeldBy"),
                 "settled_events": {
                     **COUNT,
                     "description": "Events at the start of the log that are settled "
@@ -187,6 +188,26 @@ SCHEMAS: Final[dict[str, Schema]] = {
             }
         ),
         "description": "The fair order (`GET /status`, `witnesses`); docs/consistency.rst.",
+    },
+    "SettledHeldBy": {
+        **obj(
+            {
+                "by": {
+                    "enum": ["chains", "receipt", "stamp", "event"],
+                    "description": "chains: n - f witnesses' stamps are held only this far "
+                    "(less the counting window); receipt: a witness's receipt that may yet "
+                    "count; stamp: a stamp other witnesses hold and this node lacks; event: "
+                    "an event with a fair time that this node lacks.",
+                },
+                "event": {**HEX64, "description": "The event (receipt, event)."},
+                "witness": {**HEX40, "description": "The witness (receipt, stamp)."},
+                "t": {"type": "integer", "description": "The receipt's time, unix ms."},
+                "seq": {**COUNT, "description": "The stamp's seq."},
+            },
+            optional=("event", "witness", "t", "seq"),
+        ),
+        "description": "What holds the settled point where it is: a node whose settled point "
+        "stalls shows why here.",
     },
     "WitnessChain": obj(
         {

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from heapq import merge
 from itertools import islice
+from typing import Any
 
 from ..witnesses import WitnessSet
 from .stamps import Stamp
@@ -434,6 +435,18 @@ class StampChains:
             for the final one.
         :return: a time in unix microseconds, or :data:`NEVER`.
         """
+        return self.horizon_why(chains)[0]
+
+    def horizon_why(self, chains: int) -> tuple[int, dict[str, Any]]:
+        """
+        :meth:`horizon`, and what holds it where it is (for ``/status``):
+        ``{"by": "chains"}`` (the C{chains}-th chain held, less the window),
+        ``{"by": "receipt", "event", "witness", "t"}`` (a receipt, at t
+        unix us, of the witness of that index, that may yet count),
+        ``{"by": "stamp", "witness", "seq"}`` (a stamp others acknowledged
+        and this node lacks) or ``{"by": "event", "event"}`` (an event with
+        a fair time, not held).
+        """
         window, counted = self._window, self._counted
         live = [
             (index, chain)
@@ -442,9 +455,10 @@ class StampChains:
         ]
         held = sorted((chain.held_time for _, chain in live), reverse=True)
         if len(held) < chains or chains < 1 or held[chains - 1] == NEVER:
-            return NEVER
+            return NEVER, {"by": "chains"}
         base = held[chains - 1] - window
         horizon = base
+        why: dict[str, Any] = {"by": "chains"}
         # Receipts held whose counting could still change.
         for index, chain in live:
             stamps = chain.stamps
@@ -457,12 +471,18 @@ class StampChains:
                 threshold = self._threshold.get((index, stamp.seq), _INFINITY)
                 if threshold <= stamp.t - max(offset for _, offset in stamp.receipts):
                     continue  # every receipt counts (the usual case)
-                for _, offset in stamp.receipts:
+                for event_id, offset in stamp.receipts:
                     receipt = stamp.t - offset
                     if receipt > horizon or receipt >= threshold:
                         continue
                     if self._could_count(index, stamp, receipt + window, live):
                         horizon = receipt - 1
+                        why = {
+                            "by": "receipt",
+                            "event": event_id,
+                            "witness": index,
+                            "t": receipt,
+                        }
         # Stamps acknowledged by others that this node does not hold yet.
         for index, chain in live:
             if chain.held_time >= base + window:
@@ -476,12 +496,14 @@ class StampChains:
             )
             if could >= counted and chain.held_time < horizon:
                 horizon = chain.held_time
+                why = {"by": "stamp", "witness": index, "seq": missing}
         # Events with a fair time that are not held yet.
         for event_id in self._unseen:
             fair = self._fair[event_id]
             if fair <= horizon:
                 horizon = fair - 1
-        return max(horizon, NEVER)
+                why = {"by": "event", "event": event_id}
+        return max(horizon, NEVER), why
 
     def _could_count(
         self, index: int, stamp: Stamp, by: int, live: list[tuple[int, _Chain]]

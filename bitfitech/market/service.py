@@ -40,7 +40,7 @@ from ..storage import Storage
 from ..witnesses import WitnessSet
 from .book import MARKET, ORDER_TYPES, BookParams, OrderBook
 from .events import Author, Event, EventError, parse_event
-from .fairtime import NEVER
+from .fairtime import NEVER, StampChains
 from .interfaces import IEventPublisher, IEventStore
 from .journal import EventJournal, InlineSyncer, JournalError, Syncer, write_file
 from .ledger import InsertResult, Ledger, TradeRecord
@@ -348,24 +348,38 @@ class MarketService(Service):
                 trades=self._ledger.trade_count,
                 replayed=self._ledger.applied - self.resumed_at,
             )  # fmt: skip
-        self._settler = LoopingCall(self._settle)
-        self._settler.clock = self.clock
-        self._settler.start(max(0.05, min(1.0, self.config.settle_after / 4)), now=False)
+        self._settler = self._repeat(
+            self._settle, max(0.05, min(1.0, self.config.settle_after / 4)), "settling"
+        )
         if identity.node_id in self.witnesses:
             self._signer = StampSigner(
                 bytes(identity.signing_key), self.network, self.pair, self.witnesses
             )
-            self._stamper = LoopingCall(self._stamp)
-            self._stamper.clock = self.clock
             self._stamp_from = self.clock.seconds() + WITNESS_START_DELAY
-            self._stamper.start(self.witnesses.stamp_ms / 1000, now=False)
+            self._stamper = self._repeat(
+                self._stamp, self.witnesses.stamp_ms / 1000, "signing witness stamps"
+            )
             log.info("This node is witness {index} of {n}", index=self._signer.index + 1,
                      n=self.witnesses.n)  # fmt: skip
         self._checkpointed = self.resumed_at
-        self._checkpointer = LoopingCall(self._checkpoint_settled)
-        self._checkpointer.clock = self.clock
-        self._checkpointer.start(CHECKPOINT_INTERVAL, now=False)
+        self._checkpointer = self._repeat(
+            self._checkpoint_settled, CHECKPOINT_INTERVAL, "checkpointing"
+        )
         super().startService()
+
+    def _repeat(self, function: Callable[[], object], interval: float, what: str) -> LoopingCall:
+        """
+        Call C{function} every C{interval} seconds from now on.  Should it
+        ever raise, the loop stops: that is logged as critical, never
+        silent (a witness that stopped signing unnoticed once stalled
+        every node's settled point).
+        """
+        loop = LoopingCall(function)
+        loop.clock = self.clock
+        loop.start(interval, now=False).addErrback(
+            lambda failure: log.failure("The market stopped {what}", failure, what=what)
+        )
+        return loop
 
     def stopService(self) -> Deferred[None]:
         """Journal and apply everything on its way, close the syncer, then stop."""
@@ -1212,6 +1226,15 @@ class MarketService(Service):
             },
         }
 
+    def _held_by(self, fair: StampChains) -> dict[str, Any]:
+        """What holds the settled point where it is, for ``/status`` (ids and unix ms)."""
+        why = dict(fair.horizon_why(self.witnesses.quorum)[1])
+        if "witness" in why:
+            why["witness"] = self.witnesses.ids[why["witness"]]
+        if "t" in why:
+            why["t"] = why["t"] // 1000
+        return why
+
     def _witness_status(self, ledger: Ledger) -> dict[str, Any]:
         """The fair order's part of ``GET /status`` (``{}`` without witnesses)."""
         fair = ledger.fair
@@ -1220,6 +1243,8 @@ class MarketService(Service):
         chains = fair.status()
         for chain, lag in zip(chains, self.witness_lag, strict=True):
             chain["lag_ms"] = lag
+            if isinstance(t := chain["t"], int):
+                chain["t"] = t // 1000  # stamps state microseconds; /status, ms
         settled, final = ledger.settled_horizon, ledger.final_horizon
         return {
             "n": self.witnesses.n,
@@ -1231,6 +1256,7 @@ class MarketService(Service):
             "relisted": self.relisted,
             "settled_through_ms": settled // 1000 if settled != NEVER else None,
             "final_through_ms": final // 1000 if final != NEVER else None,
+            "settled_held_by": self._held_by(fair),
             "settled_events": ledger.settled_position(),
             "final_events": ledger.final_position(),
             "waiting_events": len(ledger) - ledger.applied,

@@ -115,13 +115,16 @@ class DocumentTests(SynchronousTestCase):
             "n": 3, "f": 1, "digest": "cd" * 32, "me": None, "stamps": 9, "stamps_signed": 0,
             "relisted": 0,
             "settled_through_ms": 1_700_000_000_000, "final_through_ms": None,
+            "settled_held_by": {"by": "receipt", "event": "12" * 32, "witness": "ab" * 20,
+                                "t": 1_700_000_000_000},
             "settled_events": 4, "final_events": 0, "waiting_events": 1,
             "flagged": {"ef" * 32: BROKEN_CHAIN}, "witness_revisions": 0, "chains": [chain] * 3,
         }  # fmt: skip
         validate(schema, {})
         validate(schema, block)
         for bad in ({"n": 3}, {**block, "extra": 1}, {**block, "flagged": {"x": EQUIVOCATION}},
-                    {**block, "chains": [{**chain, "flagged": "lazy"}]}):  # fmt: skip
+                    {**block, "chains": [{**chain, "flagged": "lazy"}]},
+                    {**block, "settled_held_by": {"by": "weather"}}):  # fmt: skip
             self.assertRaises(ValidationError, validate, schema, bad)
         fault = DOC["components"]["schemas"]["WitnessFault"]["enum"]
         self.assertEqual(set(fault), {EQUIVOCATION, BROKEN_CHAIN})

@@ -216,6 +216,7 @@ class HorizonTests(SynchronousTestCase):
         held = chains(down.all())
         self.assertGreater(held.horizon(2), at(2500))
         self.assertLess(held.horizon(3), at(1000))
+        self.assertEqual(held.horizon_why(2)[1], {"by": "chains"})
         self.assertEqual(held.fair_time(X), at(1500))
         back = run(3, seen, until=4000, silent={2: (1000, 3000)})
         again = chains(back.all())
@@ -226,7 +227,7 @@ class HorizonTests(SynchronousTestCase):
         """A fair time of an event not held keeps the horizons before it."""
         made = run(3, {0: {X: 500}, 1: {X: 500}, 2: {X: 500}}, until=2000)
         held = chains(made.all(), held=frozenset())
-        self.assertEqual(held.horizon(2), at(500) - 1)
+        self.assertEqual(held.horizon_why(2), (at(500) - 1, {"by": "event", "event": X}))
         held.arrived([X])
         self.assertGreater(held.horizon(2), at(1500))
 
@@ -245,3 +246,20 @@ class HorizonTests(SynchronousTestCase):
         last_2 = held.last(2)
         assert last_2 is not None
         self.assertLessEqual(held.horizon(2), last_2.t)
+        self.assertEqual(
+            held.horizon_why(2)[1], {"by": "stamp", "witness": 2, "seq": last_2.seq + 1}
+        )
+
+    def test_receipt_that_may_count(self) -> None:
+        """
+        With a witness down, a receipt the other live witness acknowledged
+        too late may still count (the witness down may have known its
+        stamp in time): the settled horizon waits before it, and says so.
+        """
+        seen = {0: {X: 1500}, 1: {X: 1500}, 2: {}}
+        down = run(3, seen, until=3000, silent={2: (1000, 10_000)}, slow={(0, 1): 400})
+        held = chains(down.all())
+        horizon, why = held.horizon_why(2)
+        self.assertEqual(why["by"], "receipt")
+        self.assertEqual((why["event"], why["witness"]), (X, 0))
+        self.assertEqual(horizon, why["t"] - 1)

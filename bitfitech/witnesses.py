@@ -26,9 +26,13 @@ SLOT_MS: Final = 100
 """Width of an ordering slot, in milliseconds (the key's first field is fair time // this)."""
 
 STAMP_MS: Final = 100
-"""How often a witness signs a stamp, in milliseconds."""
+"""
+How often a busy witness signs a stamp at the least, in milliseconds
+(a *heartbeat*, timed just after each slot's end plus :data:`WINDOW_MS`,
+when its stamp settles that slot); it signs sooner when it has receipts.
+"""
 
-WINDOW_MS: Final = 250
+WINDOW_MS: Final = 200
 """
 How long after a receipt time its stamp may reach f + 1 witnesses (itself
 included) and still count: a stamp released later, however it was

@@ -109,6 +109,25 @@ ACTIVE_AFTER = 5.0
 #: seconds between a witness's stamps on an idle network
 IDLE_STAMP = 1.0
 
+#: seconds within which a witness signs the receipt of an event it saw
+#: (but see MIN_STAMP_GAP): the sooner its stamp reaches the others, the
+#: surer the receipt counts
+RECEIPT_DELAY = 0.01
+
+#: the fewest seconds between two stamps of a witness signed for their
+#: receipts: under a heavy load receipts wait for each other a little,
+#: rather than every node checking a hundred stamps a second per witness
+MIN_STAMP_GAP = 0.025
+
+#: seconds a witness's stamp may take to reach another witness and still
+#: have its receipts count: older receipts are signed as seen this long
+#: less the counting window before the stamp (see :func:`_fit`)
+REACH = 0.1
+
+#: seconds after a slot's settling point (its end plus the counting
+#: window) at which a busy witness signs its heartbeat
+HEARTBEAT_LEAD = 0.001
+
 _REJECTION_TEXT = {
     "invalid_side": "side must be buy or sell",
     "invalid_type": f"type must be one of {', '.join(sorted(ORDER_TYPES))}",
@@ -292,7 +311,8 @@ class MarketService(Service):
         # stamp's arrival (network delay included), ms.
         self.witness_lag: list[int | None] = [None] * self.witnesses.n
         self._signer: StampSigner | None = None
-        self._stamper: LoopingCall | None = None
+        self._stamp_call: IDelayedCall | None = None
+        self._witnessing = False  # signing stamps: from start to stop
         self._stamp_from = 0.0
         self._active_until = 0.0
         self._last_signed: float | None = None
@@ -356,9 +376,8 @@ class MarketService(Service):
                 bytes(identity.signing_key), self.network, self.pair, self.witnesses
             )
             self._stamp_from = self.clock.seconds() + WITNESS_START_DELAY
-            self._stamper = self._repeat(
-                self._stamp, self.witnesses.stamp_ms / 1000, "signing witness stamps"
-            )
+            self._witnessing = True
+            self._stamp_by(self._stamp_from)
             log.info("This node is witness {index} of {n}", index=self._signer.index + 1,
                      n=self.witnesses.n)  # fmt: skip
         self._checkpointed = self.resumed_at
@@ -371,8 +390,7 @@ class MarketService(Service):
         """
         Call C{function} every C{interval} seconds from now on.  Should it
         ever raise, the loop stops: that is logged as critical, never
-        silent (a witness that stopped signing unnoticed once stalled
-        every node's settled point).
+        silent.
         """
         loop = LoopingCall(function)
         loop.clock = self.clock
@@ -384,9 +402,13 @@ class MarketService(Service):
     def stopService(self) -> Deferred[None]:
         """Journal and apply everything on its way, close the syncer, then stop."""
         super().stopService()
-        for loop in (self._settler, self._checkpointer, self._stamper):
+        for loop in (self._settler, self._checkpointer):
             if loop is not None and loop.running:
                 loop.stop()
+        self._witnessing = False
+        if self._stamp_call is not None and self._stamp_call.active():
+            self._stamp_call.cancel()
+        self._stamp_call = None
         return self._drain().addCallback(self._close)
 
     def _drain(self) -> Deferred[None]:
@@ -576,6 +598,7 @@ class MarketService(Service):
                     self.witness_lag[stamp.member] = (now_us - stamp.t) // 1000
                 if stamp.receipts and self._signer is not None:
                     self._active_until = self.clock.seconds() + ACTIVE_AFTER
+                    self._stamp_by(self._next_heartbeat())
         if buffer:
             # Stamps move fair times and horizons: applied soon even when a
             # heavy load has stretched the apply delay.
@@ -812,6 +835,48 @@ class MarketService(Service):
                 if evidence:
                     publisher.publish_stamps(evidence)
 
+    # -- this node as a witness: when it signs
+
+    def _stamp_by(self, at: float) -> None:
+        """Have this witness sign its next stamp at clock time C{at} at the latest."""
+        if not self._witnessing:
+            return
+        now = self.clock.seconds()
+        call = self._stamp_call
+        if call is not None and call.active():
+            if call.getTime() <= at:
+                return
+            call.reset(max(0.0, at - now))
+        else:
+            self._stamp_call = self.clock.callLater(max(0.0, at - now), self._stamp_due)
+
+    def _next_heartbeat(self) -> float:
+        """
+        When this witness signs its next stamp if it sees nothing new: while
+        the network is busy, just after the next slot's settling point (its
+        end plus the counting window), when a stamp of n - f witnesses
+        settles that slot everywhere; on an idle network, :data:`IDLE_STAMP`
+        after its last stamp.
+        """
+        now = self.clock.seconds()
+        if now >= self._active_until and self._last_signed is not None:
+            return self._last_signed + IDLE_STAMP
+        # In whole microseconds: float division would put the next one
+        # at the one just signed now and then.
+        period = self.witnesses.stamp_ms * 1000
+        phase = (self.witnesses.window_ms * 1000 + int(HEARTBEAT_LEAD * 1_000_000)) % period
+        now_us = int(now * 1_000_000)
+        return (((now_us - phase) // period + 1) * period + phase) / 1_000_000
+
+    def _stamp_due(self) -> None:
+        self._stamp_call = None
+        try:
+            if self.clock.seconds() >= self._stamp_from:
+                self._stamp()
+        except Exception:
+            log.failure("This witness failed to sign a stamp")
+        self._stamp_by(max(self._stamp_from, self._next_heartbeat()))
+
     def _stamp(self) -> None:
         """
         This node as a witness: sign the next stamp of its chain, with the
@@ -820,23 +885,13 @@ class MarketService(Service):
         ledger, signer = self._ledger, self._signer
         if ledger is None or signer is None or ledger.fair is None:
             return
-        now = self.clock.seconds()
-        if now < self._stamp_from:
-            return  # see WITNESS_START_DELAY; what it sees meanwhile waits
-        signed_at = self._last_signed
-        if (
-            now >= self._active_until
-            and signed_at is not None
-            and now - signed_at < IDLE_STAMP - 1e-6
-        ):
-            return  # an idle network: a heartbeat every IDLE_STAMP
-        self._last_signed = now
+        self._last_signed = self.clock.seconds()
         self.flush()  # stamps from peers first: the acks say what is held
         fair = ledger.fair
         own = signer.index
         last = fair.last(own)
         now_us = int(self.clock.seconds() * 1_000_000)
-        window, interval = self.witnesses.window_ms * 1000, self.witnesses.stamp_ms * 1000
+        window = self.witnesses.window_ms * 1000
         # An event whose fair time is settled needs no receipt: a later one
         # cannot change it (a witness catching up on history sees many).
         settled = ledger.settled_horizon
@@ -858,11 +913,11 @@ class MarketService(Service):
         while True:
             prev_t = last.t if last is not None else 0
             t = max(now_us, prev_t + 1)
-            # A receipt older than the window less a stamp interval would
-            # reach the others too late to count (this witness was busy, or
-            # just started): the batch's receipt times are then compressed
-            # into that span, keeping their order.
-            oldest = max(prev_t + 1, t - (window - interval - 10_000))
+            # A receipt older than the window less REACH would reach the
+            # others too late to count (this witness was busy, or just
+            # started): the batch's receipt times are then compressed into
+            # that span, keeping their order.
+            oldest = max(prev_t + 1, t - (window - int(REACH * 1_000_000)))
             acks = []
             for index, (held, since) in enumerate(self._held_since):
                 old = last.acks[index][0] if last is not None else 0
@@ -915,7 +970,10 @@ class MarketService(Service):
         at = max(at, self._last_seen + 1)
         self._last_seen = at
         self._first_seen[event_id] = at
-        self._active_until = self.clock.seconds() + ACTIVE_AFTER
+        now = self.clock.seconds()
+        self._active_until = now + ACTIVE_AFTER
+        after = self._last_signed + MIN_STAMP_GAP if self._last_signed is not None else now
+        self._stamp_by(max(now + RECEIPT_DELAY, after))
 
     def _relist(
         self, ledger: Ledger, before: int, listing: dict[str, int], now_us: int

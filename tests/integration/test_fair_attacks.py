@@ -174,13 +174,12 @@ class LyingStamps:
 
     def __init__(self, node: Node, early: str, late: str, hold_ms: int) -> None:
         market: MarketService = node.market
-        stamper = market._stamper
-        assert stamper is not None, "not a witness"
+        assert market._signer is not None, "not a witness"
         self.market = market
         self.early, self.late, self.hold_ms = early, late, hold_ms
         self._late_since: int | None = None
-        self._honest = stamper.f
-        stamper.f = self.stamp
+        self._honest = market._stamp
+        market._stamp = self.stamp  # type: ignore[method-assign]
 
     def stamp(self) -> None:
         """Edit what the witness first saw since its last stamp, then sign as it would."""

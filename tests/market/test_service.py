@@ -30,9 +30,14 @@ from bitfitech.market.journal import (
 )
 from bitfitech.market.ledger import InsertResult
 from bitfitech.market.service import (
+    ACTIVE_AFTER,
     ADAPT_WINDOW,
+    HEARTBEAT_LEAD,
+    IDLE_STAMP,
     LOAD_RATE,
     MAX_APPLY_DELAY,
+    MIN_STAMP_GAP,
+    RECEIPT_DELAY,
     WITNESS_START_DELAY,
     MarketService,
 )
@@ -463,3 +468,83 @@ class WitnessStampTests(MarketTestCase):
         self.assertEqual(
             sorted(self.journaled_stamps()), sorted(stamp.text for stamp in self.publisher.stamps)
         )
+
+    def run_until(self, end: float) -> None:
+        """Advance the clock to C{end}, stopping at each call due on the way (at its time)."""
+        while True:
+            due = [c.getTime() for c in self.clock.getDelayedCalls() if c.getTime() <= end]
+            if not due:
+                break
+            self.clock.advance(max(0.0, min(due) - self.clock.seconds()))
+        self.clock.advance(max(0.0, end - self.clock.seconds()))
+
+    def start_witnessing(self) -> None:
+        """Past the start delay, and the stamp signed then."""
+        self.clock.advance(WITNESS_START_DELAY)
+        self.clock.advance(0)
+        self.publisher.stamps.clear()
+
+    def test_receipt_signed_soon(self) -> None:
+        """A witness signs the receipt of an event within RECEIPT_DELAY of seeing it."""
+        self.start_witnessing()
+        self.clock.advance(MIN_STAMP_GAP + 0.003)
+        seen = self.clock.seconds()
+        event = peer_author(2).order(1, 1, 0, "buy", "limit", "100", "1")
+        self.market.receive([event])
+        self.clock.advance(RECEIPT_DELAY)
+        (stamp,) = self.publisher.stamps
+        self.assertEqual([event_id for event_id, _ in stamp.receipts], [event.id])
+        self.assertEqual(stamp.t - dict(stamp.receipts)[event.id], int(seen * 1_000_000))
+        self.assertApproximates(stamp.t, int((seen + RECEIPT_DELAY) * 1_000_000), 1)
+
+    def test_busy_heartbeats_at_settling_points(self) -> None:
+        """
+        While busy, a witness signs a heartbeat every STAMP_MS, just after
+        each slot's end plus the counting window: the stamp that settles it.
+        """
+        self.start_witnessing()
+        event = peer_author(2).order(1, 1, 0, "buy", "limit", "100", "1")
+        self.market.receive([event])
+        self.run_until(self.clock.seconds() + 0.5)
+        heartbeats = [s for s in self.publisher.stamps if not s.receipts]
+        self.assertGreaterEqual(len(heartbeats), 4)
+        witnesses = self.market.witnesses
+        phase = (witnesses.window_ms * 1000 + int(HEARTBEAT_LEAD * 1_000_000)) % (
+            witnesses.stamp_ms * 1000
+        )
+        for stamp in heartbeats:  # (the clock's floats may put one a microsecond early)
+            self.assertApproximates(stamp.t % (witnesses.stamp_ms * 1000), phase, 1)
+
+    def test_idle_heartbeat(self) -> None:
+        """On an idle network a witness signs a heartbeat every IDLE_STAMP only."""
+        self.start_witnessing()
+        self.clock.advance(ACTIVE_AFTER)
+        self.publisher.stamps.clear()
+        self.run_until(self.clock.seconds() + 3 * IDLE_STAMP + 0.01)
+        times = [stamp.t for stamp in self.publisher.stamps]
+        self.assertEqual(len(times), 3)
+        for a, b in zip(times, times[1:], strict=False):
+            self.assertApproximates(b - a, int(IDLE_STAMP * 1_000_000), 1)
+
+    def test_no_stamp_after_stop(self) -> None:
+        """A stopped witness signs nothing more, whatever it saw while stopping."""
+        self.start_witnessing()
+        self.market.stopService()
+        self.publisher.stamps.clear()
+        self.clock.advance(IDLE_STAMP * 3)
+        self.assertEqual(self.publisher.stamps, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_receipts_under_load_batched(self) -> None:
+        """Under a steady stream of events, receipt stamps come MIN_STAMP_GAP apart at the least."""
+        self.start_witnessing()
+        author = peer_author(2)
+        for seq in range(1, 101):
+            self.market.receive([author.order(seq, seq, 0, "buy", "limit", "100", "1")])
+            self.run_until(self.clock.seconds() + 0.002)
+        self.run_until(self.clock.seconds() + MIN_STAMP_GAP)
+        stamps = [s for s in self.publisher.stamps if s.receipts]
+        self.assertEqual(sum(len(s.receipts) for s in stamps), 100)
+        gaps = [b.t - a.t for a, b in zip(stamps, stamps[1:], strict=False)]
+        self.assertGreaterEqual(min(gaps), int(MIN_STAMP_GAP * 1_000_000) - 1)
+        self.assertLessEqual(len(stamps), 10)

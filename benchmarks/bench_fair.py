@@ -9,8 +9,10 @@ witnesses (``--witness``, n = 3, f = 1); the author network has none.
 The first fair network runs sections 2 and 1, a fresh one section 3 (a
 saturating load leaves a fair network changed: see "never in the log"),
 the author network sections 2 and 3.  The local node is a plain node,
-bootstrapped to the *victim* (the first plain process), so it hears the
-victim's orders one hop away.
+bootstrapped to the *victim* (the first plain process) and told to dial it
+at once, as ``POST /peers`` does, so it hears the victim's orders one hop
+away (in a fair network its three witness links fill its ``--outbound 2``
+and it would not dial the victim by itself).
 
 Observing without disturbing: the processes are never polled while a
 figure is measured (``GET /status`` hashes the whole book); every time
@@ -100,6 +102,7 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogBeginner
 from zope.interface import implementer
 
+from bitfitech.address import PeerAddress
 from bitfitech.identity import load_or_create_identity
 from bitfitech.market.events import Author, Event
 from bitfitech.market.ledger import FINAL, TENTATIVE
@@ -353,6 +356,11 @@ class LocalNode:
         self.watch.stop()
         return self.node.stopService()
 
+    def dial(self, port: int) -> None:
+        """Link to the node listening on C{port} now, past the outbound target."""
+        d = self.node.peers.dialer.dial(PeerAddress("127.0.0.1", port))
+        d.addErrback(lambda _: None)  # the wait for the links says so if it never links
+
     def linked_to(self, node_ids: Sequence[str]) -> bool:
         linked = {link.node_id for link in self.node.peers.hub.links.values()}
         return all(node_id in linked for node_id in node_ids)
@@ -494,6 +502,7 @@ def start_network(mode: str, rt: ReactorThread, cluster: Cluster) -> Network:
     maker = plain[1] if len(plain) > 1 else cluster.nodes[0]
     local = LocalNode(cluster, [victim.port, cluster.nodes[0].port])
     rt.call(local.start, rt.reactor)
+    rt.call(local.dial, victim.port)
     want = [node.node_id for node in cluster.nodes[:witnesses]] + [victim.node_id]
     wait_until(lambda: rt.call(local.linked_to, want), 60, "the local node's links")
     formed = time.monotonic() - started

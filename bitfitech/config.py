@@ -186,8 +186,9 @@ class NodeConfig:
         must name the same set.
     :ivar max_peers: cap on all peer links, inbound and outbound (the links
         this node dials to witnesses may go past it, by at most their number).
-    :ivar outbound: how many outbound links the dialer keeps (links to
-        witnesses not counted).
+    :ivar outbound: how many outbound links the dialer keeps, links with
+        witnesses (either direction) counted among them; every witness is
+        dialled even when they outnumber it.
     :ivar data_dir: the node's own directory (database, key).
     :ivar network: network name; the wire magic derives from it.
     :ivar pair: the trading pair of this network's book, ``BASE/QUOTE``.

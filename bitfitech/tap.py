@@ -63,7 +63,8 @@ class Options(usage.Options):
          f"Cap on all peer links, inbound and outbound [default {cfg.DEFAULT_MAX_PEERS}; "
          f"env {_env('max-peers')}]", _cli("max-peers", cfg.coerce_count)],
         ["outbound", None, None,
-         "Outbound links to keep, besides those to witnesses "
+         "Outbound links to keep, links with witnesses among them (every witness "
+         "is dialled, even past this) "
          f"[default {cfg.DEFAULT_OUTBOUND}, at most --max-peers; "
          f"env {_env('outbound')}]",
          _cli("outbound", cfg.coerce_outbound)],

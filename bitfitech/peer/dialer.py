@@ -15,9 +15,20 @@ network (but this node), whatever the outbound target.  Each tick dials
 each witness that has no link (in either direction) and no dial under
 way, once its address is past its backoff (the same
 :class:`~bitfitech.peer.addrbook.RetryPolicy` as any address), before it
-looks at the target.  Links to witnesses do not count towards the target,
-and the hub admits them past ``max_peers``; there is no eviction of links
-that could drop them.
+looks at the target.  The hub admits those dials past ``max_peers``, and
+there is no eviction of links that could drop them.
+
+Links to witnesses count within the target: the links that fill it are
+the outbound ones and those with witnesses, whichever end dialled them
+(:meth:`~bitfitech.peer.hub.PeerHub.target_count`; a witness that dialled
+this node is not dialled back, so its link stands for the one the dialer
+would have made), and every dial under way, a witness's included.  Other
+peers are dialled only while those are below the target: with as many
+witnesses as the target, or more, a node dials no one else.  Only links
+that exist count, not the witnesses configured: a witness that is down
+holds a place only while a dial to it is under way, and once that fails
+the next tick dials another peer in its stead.  Nothing is closed to make
+room: a witness linked again later comes on top of the target.
 """
 
 from __future__ import annotations
@@ -73,7 +84,9 @@ class Dialer(Service):
         interval: float = 1.0,
     ) -> None:
         """
-        :param target: outbound links to keep, besides those to witnesses.
+        :param target: outbound links to keep, links with witnesses included
+            (either direction), but all the witnesses are dialled even when
+            they outnumber it.
         :param bootstrap: addresses entered in the address book at start.
         :param witnesses: the network's witnesses, each pinned to its node
             id: a link to each is kept (this node's own is skipped).
@@ -151,14 +164,14 @@ class Dialer(Service):
     def tick(self) -> None:
         """
         Dial every witness without a link, then as many other candidates as
-        the outbound target is short of.
+        the outbound target is short of, counting the links with witnesses
+        and every dial under way within it.
         """
         now = self.clock.seconds()
         connected = self.hub.connected_endpoints()
         if self.witnesses:
             self._dial_witnesses(now, connected)
-        others_pending = sum(1 for key in self.pending if key not in self.witnesses)
-        missing = self.target - self.hub.count("outbound", witness_links=False) - others_pending
+        missing = self.target - self.hub.target_count() - len(self.pending)
         if missing <= 0 or self.hub.count() + len(self.pending) >= self.hub.max_peers:
             return
         exclude_ids = set(self.hub.links) | {self.hub.local.node_id}

@@ -8,7 +8,8 @@ ready ones by node id, answers ``getaddr`` and learns from ``addr``, relays newl
 to a few peers, and tells its subscribers (the dialer) when links or
 addresses change.  It knows the network's witnesses by node id
 (:meth:`PeerHub.is_witness_link`): the dialer keeps a link to each, past
-``max_peers`` if need be.
+``max_peers`` if need be, and those links fill the outbound target as
+outbound links do, whichever end dialled them (:meth:`PeerHub.target_count`).
 
 Misbehaviour reported by a link is scored against the link's remote IP
 address (:class:`~bitfitech.peer.misbehaviour.ScoreBoard`); an address
@@ -173,29 +174,27 @@ class PeerHub:
         yield from self.links.values()
         yield from self.pending
 
-    def count(self, direction: Direction | None = None, *, witness_links: bool = True) -> int:
-        """
-        Links, ready or handshaking, optionally of one direction.
+    def count(self, direction: Direction | None = None) -> int:
+        """Links, ready or handshaking, optionally of one direction."""
+        return sum(1 for link in self._all_links() if direction in (None, link.direction))
 
-        :param witness_links: count links to witnesses too.
+    def ready_count(self, direction: Direction) -> int:
+        """Ready links of one direction."""
+        return sum(1 for link in self.links.values() if link.direction == direction)
+
+    def target_count(self, *, ready: bool = False) -> int:
         """
+        Links that fill the outbound target (``--outbound``): every outbound
+        link, and every link with a witness, whichever end dialled it.  The
+        dialer dials a witness only while no link with it exists, so a link
+        the witness dialled stands for the one this node would have dialled,
+        and counts the same.  Inbound links from other nodes do not count.
+
+        :param ready: count only ready links, not those in their handshake.
+        """
+        links = self.links.values() if ready else self._all_links()
         return sum(
-            1
-            for link in self._all_links()
-            if direction in (None, link.direction)
-            and (witness_links or not self.is_witness_link(link))
-        )
-
-    def ready_count(self, direction: Direction, *, witness_links: bool = True) -> int:
-        """
-        Ready links of one direction.
-
-        :param witness_links: count links to witnesses too.
-        """
-        return sum(
-            1
-            for link in self.links.values()
-            if link.direction == direction and (witness_links or not self.is_witness_link(link))
+            1 for link in links if link.direction == "outbound" or self.is_witness_link(link)
         )
 
     def is_witness_link(self, link: PeerProtocol) -> bool:

@@ -256,6 +256,12 @@ class PeerService(ListeningService):
         return found
 
     def wants_peers(self) -> bool:
-        """Whether the node has fewer outbound links than its target (witnesses aside)."""
-        ready = self.hub.ready_count("outbound", witness_links=False)
+        """
+        Whether the node has fewer ready links than its outbound target,
+        counted as the dialer counts them: outbound links and links with
+        witnesses, inbound ones included (:meth:`PeerHub.target_count`).
+        Links in their handshake and dials under way, which the dialer
+        also counts, are not links yet: they do not satisfy the wish.
+        """
+        ready = self.hub.target_count(ready=True)
         return bool(self.running) and ready < self.config.outbound

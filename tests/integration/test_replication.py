@@ -96,6 +96,17 @@ class ReplicationTests(ClusterTestCase):
             )
         return nodes
 
+    def line_links(self, count: int) -> list[tuple[int, int]]:
+        """
+        The pairs of a line of C{count} nodes (indexes) that link: each node
+        and the one before it.  With witnesses, each node and every witness
+        started before it: a node links to every witness, and its links with
+        them fill its outbound target of 1, so a plain node dials no other.
+        """
+        if not self.witnesses:
+            return [(i, i - 1) for i in range(1, count)]
+        return [(i, w) for i in range(1, count) for w in range(min(i, self.witnesses))]
+
     async def linked(self, nodes: list[Node], links: list[tuple[int, int]]) -> None:
         """Wait until each pair in C{links} (indexes into C{nodes}) is linked."""
         ids = [node.storage.identity.node_id for node in nodes]
@@ -167,7 +178,7 @@ class ReplicationTests(ClusterTestCase):
         line give every node the same state hash and the same trades.
         """
         nodes = self.start_line(5)
-        await self.linked(nodes, [(i, i - 1) for i in range(1, 5)])
+        await self.linked(nodes, self.line_links(5))
         await self.trade(nodes, 500)
         await self.converged(nodes, 500)
         self.assertGreater(nodes[0].market.ledger.trade_count, 50)
@@ -181,7 +192,7 @@ class ReplicationTests(ClusterTestCase):
     async def test_late_joiner_catches_up(self) -> None:
         """A node that joins after 300 orders reaches the same state by anti-entropy."""
         nodes = self.start_line(3, max_peers=3)
-        await self.linked(nodes, [(1, 0), (2, 1)])
+        await self.linked(nodes, self.line_links(3))
         await self.trade(nodes, 300)
         await self.converged(nodes, 300)
         late = self.start_node(bootstrap_to=[nodes[2]], outbound=1, max_peers=2, gossip=GOSSIP)
@@ -194,7 +205,7 @@ class ReplicationTests(ClusterTestCase):
         converge once one link joins them again.
         """
         nodes = self.start_line(4)
-        await self.linked(nodes, [(1, 0), (2, 1), (3, 2)])
+        await self.linked(nodes, self.line_links(4))
         await self.trade(nodes, 50)
         await self.converged(nodes, 50)
         left, right = nodes[:2], nodes[2:]

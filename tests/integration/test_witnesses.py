@@ -17,22 +17,31 @@ class WitnessLinkTests(ClusterTestCase):
 
     async def test_nodes_link_to_every_witness_and_refuse_another_set(self) -> None:
         """
-        Three witnesses and a node with no bootstrap and no outbound target:
-        each links to the others through the witness addresses alone.  A
-        node naming another set is refused by a witness it bootstraps to.
+        Three witnesses and a node with an outbound target of 2,
+        bootstrapped to a node that is no witness: each links to the
+        others through the witness addresses alone, and the three witness
+        links fill the node's target, so it dials no one else and wants no
+        more peers.  A node naming another set is refused by a witness it
+        bootstraps to.
         """
         witnesses, (w0, w1, w2) = self.cluster.start_witnesses(3)
-        plain = self.cluster.start_node(witnesses=witnesses, outbound=0)
+        bystander = self.cluster.start_node(witnesses=witnesses, outbound=2)
+        plain = self.cluster.start_node(witnesses=witnesses, outbound=2, bootstrap_to=[bystander])
         nodes = [w0, w1, w2, plain]
 
         def linked() -> bool:
             return all(self.linked(a, b) for a in nodes for b in nodes if a is not b)
 
         await wait_for(nodes, linked, HANG_GUARD, self.reactor, "links to every witness")
-        hub = plain.peers.hub
+        hub, dialer = plain.peers.hub, plain.peers.dialer
         self.assertEqual(len(hub.links), 3)
         self.assertTrue(all(hub.is_witness_link(link) for link in hub.links.values()))
-        self.assertEqual(hub.ready_count("outbound", witness_links=False), 0)
+        self.assertEqual(hub.target_count(ready=True), 3)  # whichever end dialled each
+        self.assertFalse(plain.peers.wants_peers())
+        dials = dialer.dials
+        dialer.tick()
+        self.assertEqual((dialer.dials, dialer.pending), (dials, {}))
+        self.assertFalse(self.linked(plain, bystander))
         self.assertEqual(w0.peers.dialer.witnesses, {w.endpoint: w.node_id for w in witnesses[1:]})
 
         events = EventLoggingObserver()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Collection
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
@@ -243,9 +244,14 @@ class WitnessDialTests(SynchronousTestCase):
         self.hub.start(local_node(1))
         self.connector = Connector()
 
-    def dialer(self, target: int = 2, witnesses: tuple[PeerAddress, ...] = WITNESSES) -> Dialer:
-        dialer = Dialer(self.hub, self.book, self.connector, self.clock, target=target,
-                        witnesses=witnesses, interval=1.0)  # fmt: skip
+    def dialer(
+        self,
+        target: int = 2,
+        witnesses: tuple[PeerAddress, ...] = WITNESSES,
+        connect: Connector | Callable[[PeerAddress], Deferred[PeerProtocol]] | None = None,
+    ) -> Dialer:
+        dialer = Dialer(self.hub, self.book, connect or self.connector, self.clock,
+                        target=target, witnesses=witnesses, interval=1.0)  # fmt: skip
         dialer.startService()
         self.addCleanup(dialer.stopService)
         return dialer
@@ -262,22 +268,97 @@ class WitnessDialTests(SynchronousTestCase):
     def dials_to(self, address: PeerAddress) -> int:
         return sum(1 for a in self.connector.dials if a.endpoint == address.endpoint)
 
-    def test_witnesses_dialled_first_pinned_and_beside_the_target(self) -> None:
-        self.connector.hold = True
-        for i in range(5):
+    def other_dials(self) -> list[PeerAddress]:
+        """The dials to addresses that are not witnesses'."""
+        return [a for a in self.connector.dials if a not in WITNESSES]
+
+    def add_others(self, count: int) -> None:
+        """Put C{count} addresses of other nodes in the address book."""
+        for i in range(count):
             self.book.add(f"10.0.0.{i + 1}", 3000, source="addr", now=self.clock.seconds())
+
+    def linking(
+        self, down: Collection[PeerAddress] = ()
+    ) -> Callable[[PeerAddress], Deferred[PeerProtocol]]:
+        """
+        A connector: a dial to a witness links at once (a ready outbound
+        link in the hub), or is refused while the witness is in C{down}; a
+        dial to any other address is held.
+        """
+
+        def connect(address: PeerAddress) -> Deferred[PeerProtocol]:
+            if address not in WITNESSES:
+                return self.connector(address)
+            self.connector.dials.append(address)
+            if address in down:
+                return fail(ConnectionRefusedError())
+            assert address.node_id is not None
+            return succeed(self.link("outbound", int(address.node_id, 16), address))
+
+        self.connector.hold = True
+        return connect
+
+    def test_witnesses_dialled_first_pinned_and_within_the_target(self) -> None:
+        self.connector.hold = True
+        self.add_others(5)
         dialer = self.dialer(target=2)
-        # witnesses 2, 3 and 4 first, pinned to their ids; then the target's two
-        self.assertEqual(set(self.connector.dials[:3]), set(WITNESSES[1:]))
-        self.assertEqual(len(self.connector.dials), 5)
-        self.assertTrue(all(a.host.startswith("10.0.0.") for a in self.connector.dials[3:]))
+        # witnesses 2, 3 and 4, pinned to their ids, all dialled although
+        # the target is 2; their dials fill it: no one else is dialled
+        self.assertEqual(sorted(self.connector.dials), sorted(WITNESSES[1:]))
         self.assertEqual(dialer.witnesses, {a.endpoint: a.node_id for a in WITNESSES[1:]})
         for address in WITNESSES[1:]:
             entry = self.book.get(address.host, address.port)
             assert entry is not None
             self.assertEqual((entry.source, entry.node_id), ("witness", address.node_id))
         self.clock.advance(5)
-        self.assertEqual(len(self.connector.dials), 5)
+        self.assertEqual(len(self.connector.dials), 3)
+
+    def test_more_witnesses_than_the_target_all_linked_no_other(self) -> None:
+        self.add_others(5)
+        self.dialer(target=2, connect=self.linking())
+        self.clock.advance(5)
+        self.assertEqual(sorted(self.connector.dials), sorted(WITNESSES[1:]))
+        self.assertEqual(len(self.hub.links), 3)
+        self.assertEqual(self.hub.target_count(), 3)
+
+    def test_linked_witnesses_fill_the_target(self) -> None:
+        """Target 4, three witnesses linked: exactly one other node is dialled."""
+        self.add_others(5)
+        self.dialer(target=4, connect=self.linking())
+        self.assertEqual(sorted(self.connector.dials[:3]), sorted(WITNESSES[1:]))
+        self.assertEqual(len(self.other_dials()), 1)
+        self.clock.advance(5)
+        self.assertEqual(len(self.other_dials()), 1)
+
+    def test_witness_that_dialled_us_fills_the_target(self) -> None:
+        """A link from a witness counts as the dialer's own would have: one other dial, not two."""
+        self.link("inbound", 2)
+        self.add_others(5)
+        self.dialer(target=4, connect=self.linking())
+        self.clock.advance(5)
+        self.assertEqual(sorted(self.connector.dials[:2]), sorted(WITNESSES[2:]))
+        self.assertEqual(len(self.other_dials()), 1)
+        self.assertEqual(self.dials_to(WITNESSES[1]), 0)
+
+    def test_witness_down_leaves_its_place_to_another_node(self) -> None:
+        """
+        Target 4, one witness of three refusing: two other nodes are
+        dialled, and no more while the witness is retried; once it is back,
+        its link comes on top of the target.
+        """
+        down = {WITNESSES[3]}
+        self.add_others(5)
+        self.dialer(target=4, connect=self.linking(down))
+        self.assertEqual(len(self.hub.links), 2)
+        self.assertEqual(len(self.other_dials()), 2)
+        self.clock.pump([1.0] * 10)  # 1 + 2 + 4 s of backoff: retried three times
+        self.assertEqual(self.dials_to(WITNESSES[3]), 4)
+        self.assertEqual(len(self.other_dials()), 2)
+        down.clear()  # back: linked at its next retry (8 s later)
+        self.clock.pump([1.0] * 10)
+        self.assertEqual(self.dials_to(WITNESSES[3]), 5)
+        self.assertEqual(len(self.hub.links), 3)
+        self.assertEqual(len(self.other_dials()), 2)
 
     def test_own_witness_address_never_dialled(self) -> None:
         self.connector.hold = True
@@ -321,8 +402,7 @@ class WitnessDialTests(SynchronousTestCase):
         self.addCleanup(dialer.stopService)
         [link] = links
         self.assertTrue(self.hub.is_witness_link(link))
-        self.assertEqual(self.hub.count("outbound"), 1)
-        self.assertEqual(self.hub.count("outbound", witness_links=False), 0)
+        self.assertEqual((self.hub.count("outbound"), self.hub.target_count()), (1, 1))
         self.clock.advance(60)
         self.assertEqual(self.dials_to(WITNESSES[1]), 1)
         self.hub.link_closed(link, "gone")

@@ -190,7 +190,7 @@ class HubTests(SynchronousTestCase):
         to_witness = hub.build_link("outbound", PeerAddress("10.0.0.7", 3000, node_id_of(7)))
         assert to_witness is not None
         self.assertTrue(hub.is_witness_link(to_witness))  # pinned, before its handshake
-        self.assertEqual((hub.count(), hub.count(witness_links=False)), (3, 2))
+        self.assertEqual((hub.count(), hub.target_count()), (3, 2))
         self.assertIsNone(hub.build_link("inbound"))
 
     def test_witness_links_known_by_node_id(self) -> None:
@@ -204,9 +204,39 @@ class HubTests(SynchronousTestCase):
         self.assertTrue(a.is_witness_link(to_witness))
         self.assertFalse(a.is_witness_link(from_3))
         self.assertFalse(net.hubs[3].is_witness_link(at_3))
-        self.assertEqual(a.ready_count("outbound"), 1)
-        self.assertEqual(a.ready_count("outbound", witness_links=False), 0)
-        self.assertEqual(a.ready_count("inbound", witness_links=False), 1)
+        self.assertEqual((a.ready_count("outbound"), a.ready_count("inbound")), (1, 1))
+
+    def test_target_counts_outbound_links_and_witness_links_both_ways(self) -> None:
+        """
+        The outbound target is filled by outbound links, and by links with
+        witnesses that the witness dialled; not by other inbound links.
+        """
+        net = Net()
+        witnesses = [node_id_of(2), node_id_of(3)]
+        a = net.hub(1, witnesses=witnesses)
+        for n in (2, 3, 4, 5):
+            net.hub(n, witnesses=witnesses)
+        net.link(1, 3)  # to a witness
+        net.link(1, 4)  # to another node
+        net.link(2, 1)  # from a witness
+        net.link(5, 1)  # from another node
+        self.assertEqual(len(a.links), 4)
+        self.assertEqual((a.ready_count("outbound"), a.ready_count("inbound")), (2, 2))
+        self.assertEqual((a.target_count(), a.target_count(ready=True)), (3, 3))
+        # a witness's end: its links with the other witness count, whichever end dialled
+        self.assertEqual(net.hubs[2].target_count(ready=True), 1)
+        self.assertEqual(net.hubs[3].target_count(ready=True), 0)  # a dialled it
+
+    def test_target_counts_links_in_their_handshake_unless_ready_only(self) -> None:
+        """A link from a witness counts once its ``version`` says whose it is."""
+        net = Net()
+        a = net.hub(1, witnesses=[node_id_of(2)])
+        net.hub(2, witnesses=[node_id_of(2)])
+        net.link(1, 4, pump=False)
+        net.link(2, 1, pump=False)
+        self.assertEqual((a.target_count(), a.target_count(ready=True)), (1, 0))
+        net.flush()
+        self.assertEqual((a.target_count(), a.target_count(ready=True)), (2, 2))
 
     def test_duplicate_links_both_ends_keep_the_same_one(self) -> None:
         net = Net()

@@ -36,9 +36,9 @@ thus good to about 5 ms, the scan period.
    progress for ``--stall`` seconds are given up), and how many witness
    receipts the local node holds and counts for those.  Target: settled
    p99 <= 300 ms.  By design a receipt counts once f + 1 witnesses knew its
-   stamp within W = 250 ms, and the settled horizon must pass the end of
-   the order's 100 ms slot: expect settled near slot end + W + one stamp
-   interval (100 ms).
+   stamp within W = 200 ms, and the settled horizon must pass the end of
+   the order's 100 ms slot: expect settled near slot end + W + delivery
+   (the witnesses' heartbeats come 1 ms after each slot's end + W).
 2. Front-running: the maker (a process) rests one sell per trial, each at
    its own price (ascending, amount 1).  Per trial the victim posts a buy
    at that price; the moment the local node's tap sees it, the attacker

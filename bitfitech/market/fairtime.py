@@ -136,9 +136,14 @@ class StampChains:
         # (witness index, seq) -> counting threshold: receipts at or after it count
         self._threshold: dict[tuple[int, int], int] = {}
         self._fair: dict[str, int] = {}
+        # event id -> witness index -> its earliest counted receipt
+        self._earliest: dict[str, dict[int, int]] = {}
         # event id -> how many witnesses have a counted receipt of it
         self._witnesses_counted: dict[str, int] = {}
         self._unseen: set[str] = set()
+        # (witness index, seq) of stamps whose every receipt is decided:
+        # it counts, or can no longer count (both stay so: see horizon_why)
+        self._decided: set[tuple[int, int]] = set()
 
     # -- queries
 
@@ -171,15 +176,15 @@ class StampChains:
         the witness's earliest counted receipt, or its first if none counts.
         """
         out = {}
+        earliest = self._earliest.get(event_id, {})
         for index, listed in self._receipts.get(event_id, {}).items():
-            counted = self._earliest_counted(index, listed)
+            counted = earliest.get(index)
             out[index] = (listed[0][0], False) if counted is None else (counted, True)
         return out
 
-    def _earliest_counted(self, index: int, listed: list[tuple[int, int]]) -> int | None:
-        threshold = self._threshold
-        counted = [at for at, seq in listed if at >= threshold.get((index, seq), _INFINITY)]
-        return min(counted) if counted else None
+    def counted(self, event_id: str, index: int) -> bool:
+        """Whether witness C{index} has a counted receipt of C{event_id}."""
+        return index in self._earliest.get(event_id, {})
 
     def vector(self) -> dict[str, int]:
         """Witness public key -> the highest seq held without a gap (the anti-entropy summary)."""
@@ -387,15 +392,17 @@ class StampChains:
         for event_id, offset in stamp.receipts:
             at = t - offset
             if threshold <= at < old:
-                self._refair(event_id, changed)
+                self._count(event_id, index, at, changed)
 
-    def _refair(self, event_id: str, changed: dict[str, int | None]) -> None:
-        earliest = self._earliest_counted
-        counted = sorted(
-            at
-            for index, listed in self._receipts[event_id].items()
-            if (at := earliest(index, listed)) is not None  # type: ignore[assignment]
-        )
+    def _count(self, event_id: str, index: int, at: int, changed: dict[str, int | None]) -> None:
+        """Witness C{index}'s receipt of C{event_id} at C{at} now counts: its fair time may move."""
+        per_witness = self._earliest.get(event_id)
+        if per_witness is None:
+            per_witness = self._earliest[event_id] = {}
+        elif (current := per_witness.get(index)) is not None and current <= at:
+            return  # it has an earlier counted receipt: nothing moves
+        per_witness[index] = at
+        counted = sorted(per_witness.values())
         fair = counted[self._counted - 1] if len(counted) >= self._counted else None
         witnesses = self._witnesses_counted
         if fair != self._fair.get(event_id):
@@ -459,23 +466,36 @@ class StampChains:
         base = held[chains - 1] - window
         horizon = base
         why: dict[str, Any] = {"by": "chains"}
-        # Receipts held whose counting could still change.
+        # Receipts held whose counting could still change.  A receipt that
+        # counts keeps counting (thresholds only fall), and one that cannot
+        # count any more never will (the chains that did not know its stamp
+        # in time are held past that time, and later acks are later): a
+        # stamp whose receipts are all one or the other is not looked at
+        # again.
+        decided = self._decided
         for index, chain in live:
             stamps = chain.stamps
             for position in range(chain.done, len(stamps)):
                 if position and stamps[position - 1].t >= horizon:
                     break  # its receipts, and later ones, are after the horizon
                 stamp = stamps[position]
-                if not stamp.receipts:
+                key = (index, stamp.seq)
+                if not stamp.receipts or key in decided:
                     continue
-                threshold = self._threshold.get((index, stamp.seq), _INFINITY)
+                threshold = self._threshold.get(key, _INFINITY)
                 if threshold <= stamp.t - max(offset for _, offset in stamp.receipts):
-                    continue  # every receipt counts (the usual case)
+                    decided.add(key)  # every receipt counts (the usual case)
+                    continue
+                done = True
                 for event_id, offset in stamp.receipts:
                     receipt = stamp.t - offset
-                    if receipt > horizon or receipt >= threshold:
+                    if receipt >= threshold:
+                        continue
+                    if receipt > horizon:
+                        done = False
                         continue
                     if self._could_count(index, stamp, receipt + window, live):
+                        done = False
                         horizon = receipt - 1
                         why = {
                             "by": "receipt",
@@ -483,6 +503,8 @@ class StampChains:
                             "witness": index,
                             "t": receipt,
                         }
+                if done:
+                    decided.add(key)
         # Stamps acknowledged by others that this node does not hold yet.
         for index, chain in live:
             if chain.held_time >= base + window:

@@ -106,6 +106,15 @@ class FairTimeTests(SynchronousTestCase):
         held = chains(made.all())
         self.assertEqual(held.fair_time(X), at(35))
 
+    def test_counted_per_witness(self) -> None:
+        """Which witnesses' receipts of an event count (witness 0's stamp reaches none in time)."""
+        made = run(
+            3, {0: {X: 10}, 1: {X: 20}, 2: {X: 30}}, until=1000, slow={(0, 1): 400, (0, 2): 400}
+        )
+        held = chains(made.all())
+        self.assertEqual([held.counted(X, w) for w in range(3)], [False, True, True])
+        self.assertFalse(held.counted(Y, 1))
+
     def test_needs_f_plus_one(self) -> None:
         """One receipt of three is not enough."""
         held = chains(run(3, {0: {X: 50}}, until=1000).all())

@@ -512,6 +512,12 @@ def start_network(mode: str, rt: ReactorThread, cluster: Cluster) -> Network:
     return Network(mode, cluster, local, rt, victim, maker, formed, mean_links)
 
 
+def witnessing(statuses: list[dict[str, Any]]) -> tuple[int, int]:
+    """Stamps the witnesses signed, and events they listed again, since they started."""
+    blocks = [s["witnesses"] for s in statuses if s["witnesses"]]
+    return sum(b["stamps_signed"] for b in blocks), sum(b["relisted"] for b in blocks)
+
+
 def held_without_fair_time(statuses: list[dict[str, Any]]) -> int:
     """The most events any node holds without a fair time (``waiting_events``)."""
     return max(int((s["witnesses"] or {}).get("waiting_events", 0)) for s in statuses)
@@ -776,6 +782,7 @@ def throughput_run(net: Network, args: argparse.Namespace) -> dict[str, Any]:
         "bytes": sent,
         "idle_bytes_s": idle[0] / args.idle if idle is not None else None,
         "stuck": held_without_fair_time(net.statuses()),
+        "witnessing": witnessing(net.statuses()),
         "cpu_nodes": cpu_nodes,
         "cpu_self": cpu_self,
         "cpu_clients": cpu_clients,
@@ -801,6 +808,8 @@ def throughput_rows(name: str, run: dict[str, Any]) -> list[tuple[str, str]]:
         (f"{name}: idle P2P traffic before, all nodes (B/s)",
          f"{run['idle_bytes_s']:,.0f}" if run["idle_bytes_s"] is not None else "n/a"),
         (f"{name}: events held without a fair time after, max per node", f"{run['stuck']}"),
+        (f"{name}: stamps signed; events listed again (all witnesses)",
+         "{:,}; {:,}".format(*run["witnessing"])),
         (f"{name}: CPU s: nodes / load clients / this process / others",
          f"{run['cpu_nodes']:.1f} / {run['cpu_clients']:.1f} / {run['cpu_self']:.1f} / "
          f"{max(0.0, run['cpu_other']):.1f}"),

@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from heapq import heappop, heappush
 from typing import Any
 
 from twisted.application.service import Service
@@ -95,6 +96,12 @@ RELIST_WINDOWS = 2
 
 #: most events a witness tracks for listing again
 RELIST_KEPT = 100_000
+
+#: a witness waits twice as long before each further listing of one event,
+#: up to 2 ** RELIST_BACKOFF times RELIST_WINDOWS: on an overloaded network,
+#: where stamps reach the others late, listing everything again every
+#: 400 ms would only add to the load (it once made up most of the bytes)
+RELIST_BACKOFF = 5
 
 #: the longest seconds stamps from peers wait to be applied
 STAMP_APPLY_DELAY = 0.005
@@ -320,7 +327,10 @@ class MarketService(Service):
         self._first_seen: dict[str, int] = {}
         self._last_seen = 0
         # ... and those it listed that have no fair time yet, with when.
-        self._listed: OrderedDict[str, int] = OrderedDict()
+        # This witness's listings: event id -> how many times it listed it,
+        # and (when due, event id): when to look whether to list it again.
+        self._listings: dict[str, int] = {}
+        self._relist_due: list[tuple[int, str]] = []
         self.stamps_signed = 0
         self.relisted = 0
 
@@ -901,14 +911,15 @@ class MarketService(Service):
             for item in first_seen.items()
             if (at := fair.fair_time(item[0])) is None or at > settled
         ]
-        seen.extend(self._relist(ledger, now_us - RELIST_WINDOWS * window, first_seen, now_us))
+        seen.extend(self._relist(ledger, first_seen, now_us))
         seen.sort(key=lambda item: (item[1], item[0]))
-        listed = self._listed
+        listings, due = self._listings, self._relist_due
         for event_id, _ in seen:
-            listed[event_id] = now_us
-            listed.move_to_end(event_id)
-        while len(listed) > RELIST_KEPT:
-            listed.popitem(last=False)
+            times = listings[event_id] = listings.get(event_id, 0) + 1
+            wait = RELIST_WINDOWS * window << min(times - 1, RELIST_BACKOFF)
+            heappush(due, (now_us + wait, event_id))
+        while len(listings) > RELIST_KEPT:
+            listings.pop(heappop(due)[1], None)
         stamps = []
         while True:
             prev_t = last.t if last is not None else 0
@@ -976,23 +987,33 @@ class MarketService(Service):
         self._stamp_by(max(now + RECEIPT_DELAY, after))
 
     def _relist(
-        self, ledger: Ledger, before: int, listing: dict[str, int], now_us: int
+        self, ledger: Ledger, listing: dict[str, int], now_us: int
     ) -> list[tuple[str, int]]:
         """
-        Events this witness listed before C{before} that are held and still
-        have no fair time: list them again, as seen now.  Those that have
-        one, or are no longer held, are forgotten.
+        Events this witness listed whose time to look again has come
+        (:data:`RELIST_WINDOWS` after their last listing, twice as long each
+        time), that are held and still have no fair time, and whose receipt
+        of this witness did not count: list them again, as seen now.  Those
+        that have one, whose receipt counted (the others' receipts are what
+        they wait for), or that are no longer held, are forgotten.
         """
         fair = ledger.fair
-        assert fair is not None
-        listed = self._listed
+        signer = self._signer
+        assert fair is not None and signer is not None
+        own = signer.index
+        listings, due = self._listings, self._relist_due
         again: list[tuple[str, int]] = []
-        for event_id, at in list(listed.items()):
-            if at >= before:
-                break  # oldest first: the rest are recent
-            if fair.fair_time(event_id) is not None or event_id not in ledger:
-                del listed[event_id]
-            elif event_id not in listing:
+        while due and due[0][0] <= now_us:
+            event_id = heappop(due)[1]
+            if event_id not in listings or event_id in listing:
+                continue  # forgotten, or listed in this stamp anyway
+            if (
+                fair.fair_time(event_id) is not None
+                or event_id not in ledger
+                or fair.counted(event_id, own)
+            ):
+                del listings[event_id]
+            else:
                 again.append((event_id, now_us + len(again)))  # no two tie
         self.relisted += len(again)
         return again

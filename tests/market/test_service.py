@@ -38,6 +38,7 @@ from bitfitech.market.service import (
     MAX_APPLY_DELAY,
     MIN_STAMP_GAP,
     RECEIPT_DELAY,
+    RELIST_WINDOWS,
     WITNESS_START_DELAY,
     MarketService,
 )
@@ -548,3 +549,23 @@ class WitnessStampTests(MarketTestCase):
         gaps = [b.t - a.t for a, b in zip(stamps, stamps[1:], strict=False)]
         self.assertGreaterEqual(min(gaps), int(MIN_STAMP_GAP * 1_000_000) - 1)
         self.assertLessEqual(len(stamps), 10)
+
+    def test_listed_again_with_backoff(self) -> None:
+        """
+        An event whose receipt did not count (here no other witness ever
+        acknowledges this one's stamps) is listed again RELIST_WINDOWS
+        windows later, then twice as long after each listing.
+        """
+        self.start_witnessing()
+        event = peer_author(2).order(1, 1, 0, "buy", "limit", "100", "1")
+        self.market.receive([event])
+        self.run_until(self.clock.seconds() + 7.5)
+        listed = [s.t for s in self.publisher.stamps if event.id in dict(s.receipts)]
+        window = self.market.witnesses.window_ms * 1000
+        gaps = [b - a for a, b in zip(listed, listed[1:], strict=False)]
+        self.assertEqual(len(listed), 5)  # at 0, 0.4, 1.2, 2.8 and 6.0 s, about
+        for gap, times in zip(gaps, (1, 2, 4, 8), strict=True):
+            # (at the next stamp: once idle, a stamp comes every IDLE_STAMP)
+            self.assertGreaterEqual(gap, RELIST_WINDOWS * window * times)
+            self.assertLess(gap, RELIST_WINDOWS * window * times + IDLE_STAMP * 1_000_000)
+        self.assertEqual(self.market.relisted, 4)

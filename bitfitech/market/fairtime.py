@@ -131,8 +131,6 @@ class StampChains:
     def _reset(self) -> None:
         n = self.witnesses.n
         self._chains = [_Chain(n) for _ in range(n)]
-        # event id -> witness index -> its receipts (time, stamp seq), in chain order
-        self._receipts: dict[str, dict[int, list[tuple[int, int]]]] = {}
         # (witness index, seq) -> counting threshold: receipts at or after it count
         self._threshold: dict[tuple[int, int], int] = {}
         self._fair: dict[str, int] = {}
@@ -175,11 +173,18 @@ class StampChains:
         Witness index -> (receipt time, whether it counts) for C{event_id}:
         the witness's earliest counted receipt, or its first if none counts.
         """
-        out = {}
         earliest = self._earliest.get(event_id, {})
-        for index, listed in self._receipts.get(event_id, {}).items():
-            counted = earliest.get(index)
-            out[index] = (listed[0][0], False) if counted is None else (counted, True)
+        out = {index: (at, True) for index, at in earliest.items()}
+        # The first listing of a witness none of whose receipts counts: a
+        # walk of the chains (a diagnostic, not kept per receipt).
+        for index, chain in enumerate(self._chains):
+            if index in out:
+                continue
+            for stamp in chain.stamps:
+                offset = next((o for e, o in stamp.receipts if e == event_id), None)
+                if offset is not None:
+                    out[index] = (stamp.t - offset, False)
+                    break
         return out
 
     def counted(self, event_id: str, index: int) -> bool:
@@ -330,7 +335,7 @@ class StampChains:
             del chain.waiting[stamp.seq]
             chain.stamps.append(stamp)
             self._take_acks(index, stamp, changed)
-            self._take_receipts(index, stamp, changed)
+            self._recount(index, stamp, changed)  # its receipts, once it is known in time
         return True
 
     def _take_acks(self, index: int, stamp: Stamp, changed: dict[str, int | None]) -> None:
@@ -350,21 +355,6 @@ class StampChains:
             acked = self._chains[other].stamps
             for acked_seq in range(low + 1, min(seq, len(acked)) + 1):
                 self._recount(other, acked[acked_seq - 1], changed)
-
-    def _take_receipts(self, index: int, stamp: Stamp, changed: dict[str, int | None]) -> None:
-        receipts = self._receipts
-        t, seq = stamp.t, stamp.seq
-        for event_id, offset in stamp.receipts:
-            per_witness = receipts.get(event_id)
-            if per_witness is None:
-                receipts[event_id] = {index: [(t - offset, seq)]}
-            else:
-                listed = per_witness.get(index)
-                if listed is None:
-                    per_witness[index] = [(t - offset, seq)]
-                else:
-                    listed.append((t - offset, seq))
-        self._recount(index, stamp, changed)
 
     def _knower_times(self, index: int, stamp: Stamp) -> list[int]:
         """When each witness that did knew C{stamp} (its own at its time), sorted."""

@@ -105,7 +105,9 @@ def event_class(event: Event) -> int:
 
 
 _EMPTY_HASH = b"\0" * 32
+
 _NO_FAIR_TIME = 2**63
+"""Later than every fair time (an event without one; one not queued for placement)."""
 
 
 class TradeRecord(NamedTuple):
@@ -265,9 +267,11 @@ class Ledger:
         self.final_horizon = NEVER
         self.witness_revisions = 0
         # Fair order: slot winners with a fair time, waiting to be placed
-        # (see _placeable), as (fair time, event id) in a heap.
+        # (see _placeable), as (fair time, event id) in a heap, and the
+        # fair time each was queued at (a fair time that falls later queues
+        # the event again; the older entry is then passed over).
         self._unplaced: list[tuple[int, str]] = []
-        self._waiting: set[str] = set()
+        self._waiting: dict[str, int] = {}
         self._horizon_at_start = NEVER
         # Fair order: whether stamps or events came that may move the horizons.
         self._horizons_stale = True
@@ -769,9 +773,12 @@ class Ledger:
         if final > self.final_horizon:
             self.final_horizon = final
         unplaced, by_id = self._unplaced, self._by_id
+        waiting = self._waiting
         while unplaced and unplaced[0][0] <= self.settled_horizon:
-            event_id = heappop(unplaced)[1]
-            self._waiting.discard(event_id)
+            at, event_id = heappop(unplaced)
+            if waiting.get(event_id) != at:
+                continue  # queued again since, at an earlier fair time
+            del waiting[event_id]
             event = by_id.get(event_id)
             if event is not None and not self.is_applied(event):
                 # Its walk must reach it: taken off the queue, it is placed
@@ -814,8 +821,8 @@ class Ledger:
                 if at is None:
                     break
                 if not (fair.complete(event.id) or at <= self.settled_horizon):
-                    if event.id not in waiting:
-                        waiting.add(event.id)
+                    if waiting.get(event.id, _NO_FAIR_TIME) > at:
+                        waiting[event.id] = at
                         heappush(unplaced, (at, event.id))
                     break
                 key = FairKey(at // slot, event_class(event), at, event.id, 0)
@@ -847,7 +854,7 @@ class Ledger:
             added.extend(tail[same:])
             for event, key in zip(tail[same:], keys[same:], strict=True):
                 new_keys[event.id] = key
-                waiting.discard(event.id)
+                waiting.pop(event.id, None)
             prefix[low - 1 : end - 1] = tail
         if removed or added:
             result.placed = added

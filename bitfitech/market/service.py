@@ -124,7 +124,8 @@ RECEIPT_DELAY = 0.01
 #: the fewest seconds between two stamps of a witness signed for their
 #: receipts: under a heavy load receipts wait for each other a little,
 #: rather than every node checking a hundred stamps a second per witness
-MIN_STAMP_GAP = 0.025
+#: (each costs every node a signature check and a pass of the horizons)
+MIN_STAMP_GAP = 0.05
 
 #: seconds a witness's stamp may take to reach another witness and still
 #: have its receipts count: older receipts are signed as seen this long

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, NoReturn, Self, TypeAlias, get_args
@@ -229,6 +229,37 @@ def _pairs(
             )
         pairs.append((item[0], item[1]))
     return tuple(pairs)
+
+
+def _keyed_pairs(
+    items: object,
+    high: int,
+    command: str,
+    field: str,
+    names: tuple[str, str, str],
+    check_value: Callable[[object, str], object],
+) -> None:
+    """
+    Check a tuple of at most C{high} ``(key, value)`` pairs: each key a
+    public key (64 lowercase hex digits), none twice; each value by
+    C{check_value(value, field)}.
+
+    :param names: for the errors, what a key is (``"author"``, ``"an
+        author key"``) and what a pair is (``"(author, seq)"``).
+    """
+    key_name, key_what, pair = names
+    seen: set[str] = set()
+    for index, entry in enumerate(_tuple(items, 0, high, command, field)):
+        if not isinstance(entry, tuple) or len(entry) != 2:
+            _bad_pair(entry, pair, command, f"{field}[{index}]")
+        key, value = entry
+        _hex64(key, key_what, command, f"{field}[{index}][0]")
+        if key in seen:
+            raise MessageError(
+                f"duplicate {key_name} {key}", command=command, field=f"{field}[{index}][0]"
+            )
+        seen.add(key)
+        check_value(value, f"{field}[{index}][1]")
 
 
 def _bad_pair(entry: object, what: str, command: str, field: str) -> NoReturn:
@@ -776,43 +807,31 @@ class Sync:
     def __post_init__(self) -> None:
         """:raises MessageError: for a bad count, a malformed or repeated entry, a bad digest."""
         c = self.command
-        seen: set[str] = set()
-        for index, entry in enumerate(_tuple(self.vector, 0, MAX_VECTOR, c, "vector")):
-            if not isinstance(entry, tuple) or len(entry) != 2:
-                _bad_pair(entry, "(author, seq)", c, f"vector[{index}]")
-            author, seq = entry
-            _hex64(author, "an author key", c, f"vector[{index}][0]")
-            if author in seen:
-                raise MessageError(
-                    f"duplicate author {author}", command=c, field=f"vector[{index}][0]"
-                )
-            seen.add(author)
-            _int(seq, 0, MAX_SEQ, c, f"vector[{index}][1]")
+        _keyed_pairs(
+            self.vector,
+            MAX_VECTOR,
+            c,
+            "vector",
+            ("author", "an author key", "(author, seq)"),
+            lambda seq, field: _int(seq, 0, MAX_SEQ, c, field),
+        )
         _hex64(self.digest, "a digest", c, "digest")
-        seen.clear()
-        for index, entry in enumerate(_tuple(self.chains, 0, MAX_CHAINS, c, "chains")):
-            if not isinstance(entry, tuple) or len(entry) != 2:
-                _bad_pair(entry, "(author, digest)", c, f"chains[{index}]")
-            author, digest = entry
-            _hex64(author, "an author key", c, f"chains[{index}][0]")
-            if author in seen:
-                raise MessageError(
-                    f"duplicate author {author}", command=c, field=f"chains[{index}][0]"
-                )
-            seen.add(author)
-            _hex64(digest, "a digest", c, f"chains[{index}][1]")
-        seen.clear()
-        for index, entry in enumerate(_tuple(self.stamps, 0, MAX_WITNESS_VECTOR, c, "stamps")):
-            if not isinstance(entry, tuple) or len(entry) != 2:
-                _bad_pair(entry, "(witness, seq)", c, f"stamps[{index}]")
-            witness, seq = entry
-            _hex64(witness, "a witness key", c, f"stamps[{index}][0]")
-            if witness in seen:
-                raise MessageError(
-                    f"duplicate witness {witness}", command=c, field=f"stamps[{index}][0]"
-                )
-            seen.add(witness)
-            _int(seq, 0, MAX_SEQ, c, f"stamps[{index}][1]")
+        _keyed_pairs(
+            self.chains,
+            MAX_CHAINS,
+            c,
+            "chains",
+            ("author", "an author key", "(author, digest)"),
+            lambda digest, field: _hex64(digest, "a digest", c, field),
+        )
+        _keyed_pairs(
+            self.stamps,
+            MAX_WITNESS_VECTOR,
+            c,
+            "stamps",
+            ("witness", "a witness key", "(witness, seq)"),
+            lambda seq, field: _int(seq, 0, MAX_SEQ, c, field),
+        )
 
     def _to_json(self) -> dict[str, object]:
         out: dict[str, object] = {

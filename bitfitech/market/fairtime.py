@@ -136,8 +136,6 @@ class StampChains:
         self._fair: dict[str, int] = {}
         # event id -> witness index -> its earliest counted receipt
         self._earliest: dict[str, dict[int, int]] = {}
-        # event id -> how many witnesses have a counted receipt of it
-        self._witnesses_counted: dict[str, int] = {}
         self._unseen: set[str] = set()
         # (witness index, seq) of stamps whose every receipt is decided:
         # it counts, or can no longer count (both stay so: see horizon_why)
@@ -166,7 +164,7 @@ class StampChains:
 
     def complete(self, event_id: str) -> bool:
         """Whether every witness not flagged has a counted receipt of C{event_id}."""
-        return self._witnesses_counted.get(event_id, 0) >= self.live
+        return len(self._earliest.get(event_id, ())) >= self.live
 
     def receipts(self, event_id: str) -> dict[int, tuple[int, bool]]:
         """
@@ -385,28 +383,29 @@ class StampChains:
                 self._count(event_id, index, at, changed)
 
     def _count(self, event_id: str, index: int, at: int, changed: dict[str, int | None]) -> None:
-        """Witness C{index}'s receipt of C{event_id} at C{at} now counts: its fair time may move."""
-        per_witness = self._earliest.get(event_id)
-        if per_witness is None:
-            per_witness = self._earliest[event_id] = {}
-        elif (current := per_witness.get(index)) is not None and current <= at:
+        """
+        Witness C{index}'s receipt of C{event_id} at C{at} now counts: its
+        fair time may fall, or appear, and one more witness may count.
+        (Counting only grows, so a fair time never goes away here.)
+        """
+        per_witness = self._earliest.setdefault(event_id, {})
+        current = per_witness.get(index)
+        if current is not None and current <= at:
             return  # it has an earlier counted receipt: nothing moves
         per_witness[index] = at
         counted = sorted(per_witness.values())
-        fair = counted[self._counted - 1] if len(counted) >= self._counted else None
-        witnesses = self._witnesses_counted
+        if len(counted) < self._counted:
+            if current is None:
+                changed[event_id] = None  # one more witness counts; no fair time yet
+            return
+        fair = counted[self._counted - 1]
         if fair != self._fair.get(event_id):
-            if fair is None:
-                del self._fair[event_id]
-                self._unseen.discard(event_id)
-            else:
-                self._fair[event_id] = fair
-                if not self._held(event_id):
-                    self._unseen.add(event_id)
+            self._fair[event_id] = fair
+            if not self._held(event_id):
+                self._unseen.add(event_id)
             changed[event_id] = fair
-        if len(counted) != witnesses.get(event_id, 0):
-            witnesses[event_id] = len(counted)
-            changed[event_id] = fair
+        elif current is None:
+            changed[event_id] = fair  # one more witness counts: complete() may change
 
     def arrived(self, event_ids: Iterable[str]) -> bool:
         """

@@ -46,17 +46,22 @@ with open(args.json, "w") as f:
 BROKEN = "import sys\nprint('about to fail')\nsys.exit(3)\n"
 
 
-def run_all(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``benchmarks/run_all.py`` with C{args} from the checkout."""
+def run_script(script: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the Python C{script} with C{args} from the checkout."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, str(RUN_ALL), *args],
+        [sys.executable, str(script), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
+
+
+def run_all(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/run_all.py`` with C{args} from the checkout."""
+    return run_script(RUN_ALL, *args, timeout=120)
 
 
 def load(path: Path) -> Any:
@@ -154,15 +159,7 @@ class BenchFairTests(SynchronousTestCase):
     """``bench_fair.py`` imports and checks its options before it starts any node."""
 
     def run_bench(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        return subprocess.run(
-            [sys.executable, str(BENCH_FAIR), *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_script(BENCH_FAIR, *args, timeout=60)
 
     def test_help(self) -> None:
         """``--help`` lists the results protocol's options and the attack's knobs."""

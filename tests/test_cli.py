@@ -80,6 +80,13 @@ async def bitfi(
     return Run(code, out.getvalue(), err.getvalue())
 
 
+def run_local(*argv: str, environ: Mapping[str, str] | None = None) -> Run:
+    """Run ``bitfi`` C{argv} in this process (commands that need no node)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), stdout=out, stderr=err, environ=dict(environ or {}))
+    return Run(code, out.getvalue(), err.getvalue())
+
+
 def url_of(node: Node) -> str:
     """The base URL of C{node}'s API."""
     assert node.api is not None
@@ -637,14 +644,9 @@ class FakeServerTests(TestCase):
 class TokenTests(SynchronousTestCase):
     """``bitfi token`` makes the API token file."""
 
-    def run_cli(self, *argv: str, environ: Mapping[str, str] | None = None) -> Run:
-        out, err = io.StringIO(), io.StringIO()
-        code = cli.main(list(argv), stdout=out, stderr=err, environ=dict(environ or {}))
-        return Run(code, out.getvalue(), err.getvalue())
-
     def test_token(self) -> None:
         data_dir = os.path.join(self.mktemp(), "node")
-        run = self.run_cli("token", "--data-dir", data_dir)
+        run = run_local("token", "--data-dir", data_dir)
         self.assertEqual(run.code, 0)
         path = os.path.join(os.path.abspath(data_dir), "api.token")
         self.assertIn(f"wrote a new API token to {path} (mode 0600)", run.err)
@@ -653,16 +655,16 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         self.assertGreaterEqual(len(run.out.strip()), 43)
 
-        again = self.run_cli("token", "--data-dir", data_dir)
+        again = run_local("token", "--data-dir", data_dir)
         self.assertEqual((again.code, again.out), (1, ""))
         self.assertIn("exists already; pass --force", again.err)
-        forced = self.run_cli("token", "--force", "--json", environ={"BITFI_DATA_DIR": data_dir})
+        forced = run_local("token", "--force", "--json", environ={"BITFI_DATA_DIR": data_dir})
         self.assertEqual(forced.code, 0)
         self.assertEqual(forced.json()["path"], path)
         self.assertNotEqual(forced.json()["token"], run.out.strip())
 
     def test_no_data_dir(self) -> None:
-        run = self.run_cli("token")
+        run = run_local("token")
         self.assertEqual(run.code, 2)
         self.assertIn("--data-dir is required", run.err)
 
@@ -670,18 +672,13 @@ class TokenTests(SynchronousTestCase):
 class NodeIdTests(SynchronousTestCase):
     """``bitfi node-id`` names a node before it starts, by the key it will use."""
 
-    def run_cli(self, *argv: str, environ: Mapping[str, str] | None = None) -> Run:
-        out, err = io.StringIO(), io.StringIO()
-        code = cli.main(list(argv), stdout=out, stderr=err, environ=dict(environ or {}))
-        return Run(code, out.getvalue(), err.getvalue())
-
     def test_default_data_dir(self) -> None:
         """The key lands where ``twistd bitfi --port`` looks for it, and is kept."""
         from bitfitech.config import default_data_dir
         from bitfitech.identity import KEY_FILE_NAME, load_or_create_identity
 
         env = {"XDG_DATA_HOME": os.path.abspath(self.mktemp()), "BITFI_NETWORK": "dev"}
-        run = self.run_cli("node-id", "--port", "3001", environ=env)
+        run = run_local("node-id", "--port", "3001", environ=env)
         self.assertEqual(run.code, 0, run)
         data_dir = default_data_dir("dev", 3001, env)
         self.assertEqual(run.err, f"bitfi: made a new node key in "
@@ -690,19 +687,19 @@ class NodeIdTests(SynchronousTestCase):
         self.assertEqual(run.out, node_id + "\n")
         self.assertEqual(stat.S_IMODE(os.stat(data_dir).st_mode), 0o700)
 
-        again = self.run_cli("node-id", "--host", "127.0.0.1", environ={**env, "P2P_PORT": "3001"})
+        again = run_local("node-id", "--host", "127.0.0.1", environ={**env, "P2P_PORT": "3001"})
         self.assertEqual((again.code, again.out, again.err), (0, f"{node_id}@127.0.0.1:3001\n", ""))
-        as_json = self.run_cli("node-id", "--port", "3001", "--host", "::1", "--json", environ=env)
+        as_json = run_local("node-id", "--port", "3001", "--host", "::1", "--json", environ=env)
         self.assertEqual(as_json.json(), {"node_id": node_id, "data_dir": data_dir,
                                           "address": f"{node_id}@[::1]:3001"})  # fmt: skip
-        other = self.run_cli("node-id", "--port", "3002", "--network", "main", environ=env)
+        other = run_local("node-id", "--port", "3002", "--network", "main", environ=env)
         self.assertNotEqual(other.out, run.out)
 
     def test_data_dir(self) -> None:
         data_dir = os.path.abspath(os.path.join(self.mktemp(), "w1"))
-        run = self.run_cli("node-id", environ={"BITFI_DATA_DIR": data_dir})
+        run = run_local("node-id", environ={"BITFI_DATA_DIR": data_dir})
         self.assertEqual(run.code, 0)
-        same = self.run_cli("node-id", "--data-dir", data_dir, "--port", "0")
+        same = run_local("node-id", "--data-dir", data_dir, "--port", "0")
         self.assertEqual((same.out, same.err), (run.out, ""))
 
     def test_usage_errors(self) -> None:
@@ -715,7 +712,7 @@ class NodeIdTests(SynchronousTestCase):
             (["--data-dir", data_dir, "--host", "a b"], "bitfi node-id: error: "),
         ]
         for argv, message in cases:
-            run = self.run_cli("node-id", *argv)
+            run = run_local("node-id", *argv)
             self.assertEqual((run.code, run.out), (2, ""), argv)
             self.assertIn(message, run.err, argv)
         self.assertFalse(os.path.exists(data_dir))
@@ -724,7 +721,7 @@ class NodeIdTests(SynchronousTestCase):
         blocker = os.path.abspath(self.mktemp())
         with open(blocker, "w"):
             pass
-        run = self.run_cli("node-id", "--data-dir", os.path.join(blocker, "node"))
+        run = run_local("node-id", "--data-dir", os.path.join(blocker, "node"))
         self.assertEqual((run.code, run.out), (1, ""))
         self.assertIn("bitfi: cannot create data directory", run.err)
 

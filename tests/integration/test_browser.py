@@ -102,6 +102,23 @@ class Browser:
         finally:
             shutil.rmtree(self.profile, ignore_errors=True)
 
+    def waiter(self) -> Any:
+        """
+        A WebDriverWait of :data:`WAIT`: the page redraws tables when the
+        node's answers change, so an element found a moment ago may be
+        gone, and every step retries until then.
+        """
+        from selenium.common.exceptions import (
+            NoSuchElementException,
+            StaleElementReferenceException,
+        )
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(
+            self.driver, WAIT, poll_frequency=0.1,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        )  # fmt: skip
+
     def script_errors(self) -> list[str]:
         """Severe console messages other than failed loads (the 400 we provoke, no /stream)."""
         return [
@@ -118,20 +135,14 @@ def browser_steps(url: str, node_id: str) -> dict[str, Any]:
 
     :return: what the page showed, for the test to check in the reactor thread.
     """
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     browser = Browser()
     try:
         driver = browser.driver
-        # The page redraws tables when the node's answers change: an element
-        # found a moment ago may be gone, so every step retries until WAIT.
-        wait = WebDriverWait(
-            driver, WAIT, poll_frequency=0.1,
-            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-        )  # fmt: skip
+        wait = browser.waiter()
 
         def text(element_id: str) -> str:
             return str(driver.find_element(By.ID, element_id).text)
@@ -205,17 +216,12 @@ def fair_steps(url: str, witness_id: str, price: str) -> dict[str, Any]:
 
     :return: what the page showed.
     """
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser = Browser()
     try:
         driver = browser.driver
-        wait = WebDriverWait(
-            driver, WAIT, poll_frequency=0.1,
-            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-        )  # fmt: skip
+        wait = browser.waiter()
 
         def text(selector: str) -> str:
             return str(driver.find_element(By.CSS_SELECTOR, selector).text)

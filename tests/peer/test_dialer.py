@@ -24,6 +24,22 @@ from bitfitech.peer.protocol import (
 from bitfitech.testing import local_node, node_id_of, version_of
 
 
+def redial_gaps(clock: Clock, dials: Callable[[], int], count: int = 3) -> list[int]:
+    """
+    Whole seconds between the next C{count} dials that C{dials} counts,
+    the clock stepped a quarter second at a time (for at most 10 s).
+    """
+    times = [clock.seconds()]
+    for _ in range(40):
+        before = dials()
+        clock.advance(0.25)
+        if dials() > before:
+            times.append(clock.seconds())
+        if len(times) == count + 1:
+            break
+    return [round(b - a) for a, b in zip(times, times[1:], strict=False)]
+
+
 class FakeLink:
     """Stands in for a connected PeerProtocol: its handshake outcome is preset."""
 
@@ -84,15 +100,7 @@ class DialerTests(SynchronousTestCase):
 
     def test_refused_dial_backs_off_exponentially(self) -> None:
         self.dialer(bootstrap=(PeerAddress("127.0.0.1", 3002),))
-        times = [self.clock.seconds()]
-        for _ in range(40):
-            before = self.dials_to("127.0.0.1", 3002)
-            self.clock.advance(0.25)
-            if self.dials_to("127.0.0.1", 3002) > before:
-                times.append(self.clock.seconds())
-            if len(times) == 4:
-                break
-        gaps = [round(b - a) for a, b in zip(times, times[1:], strict=False)]
+        gaps = redial_gaps(self.clock, lambda: self.dials_to("127.0.0.1", 3002))
         self.assertEqual(gaps, [1, 2, 4])
 
     def test_circuit_breaker_rests_then_half_open(self) -> None:
@@ -376,15 +384,7 @@ class WitnessDialTests(SynchronousTestCase):
 
     def test_refused_witness_backs_off_exponentially(self) -> None:
         self.dialer(witnesses=WITNESSES[:2])
-        times = [self.clock.seconds()]
-        for _ in range(40):
-            before = self.dials_to(WITNESSES[1])
-            self.clock.advance(0.25)
-            if self.dials_to(WITNESSES[1]) > before:
-                times.append(self.clock.seconds())
-            if len(times) == 4:
-                break
-        gaps = [round(b - a) for a, b in zip(times, times[1:], strict=False)]
+        gaps = redial_gaps(self.clock, lambda: self.dials_to(WITNESSES[1]))
         self.assertEqual(gaps, [1, 2, 4])
 
     def test_linked_witness_kept_and_redialled_once_lost(self) -> None:

@@ -1,14 +1,15 @@
 """Benchmark: fair order by witness stamps, against the author-clock order, on 127.0.0.1.
 
-Three networks run one after the other, built alike: N - 1 real
+Three networks run, built alike: N - 1 real
 ``twistd bitfi`` processes (``benchmarks/_cluster.py``; TLS on,
 ``--outbound 2 --max-peers 16``) and one more node, built by the same
 code from the same options, in this process on a reactor thread: the
 *local node*.  In a fair network the first three processes are its
 witnesses (``--witness``, n = 3, f = 1); the author network has none.
-The first fair network runs sections 2 and 1, a fresh one section 3 (a
-saturating load leaves a fair network changed: see "never in the log"),
-the author network sections 2 and 3.  The local node is a plain node,
+The first fair network runs sections 2 and 1; then a fresh one (a
+saturating load leaves a fair network changed: see "never in the log")
+and the author network run side by side: the author network's section 2,
+then section 3 in both.  The local node is a plain node,
 bootstrapped to the *victim* (the first plain process) and told to dial it
 at once, as ``POST /peers`` does, so it hears the victim's orders one hop
 away (in a fair network its three witness links fill its ``--outbound 2``
@@ -55,12 +56,15 @@ thus good to about 5 ms, the scan period.
    summed over every node; target 0).
 3. Throughput and bytes: the load client processes of
    ``bench_replication`` post as fast as they are answered for the same
-   time in both networks (the same offered load); accepted orders/s, and
-   bytes sent per order: the ``bytes_sent`` of every established TCP
-   socket of the nodes' P2P ports (``ss -ti``, the kernel's count, TLS
-   included), from just before the push until every node holds every
-   order, over the orders accepted.  Target: fair at most 10% below
-   author.
+   time in both networks (the same offered load), in ``--rounds`` pushes
+   per network that take turns (fair, author, author, fair: the machine's
+   speed drifts by more than the difference measured, and this order
+   favours neither), each once the other network's processes are quiet;
+   accepted orders/s (each push's too), and bytes sent per order: the
+   ``bytes_sent`` of every established TCP socket of the nodes' P2P ports
+   (``ss -ti``, the kernel's count, TLS included), from just before each
+   push until every node holds every order, over the orders accepted.
+   Target: fair at most 10% below author.
 
 Run ``python benchmarks/bench_fair.py [--quick] [--json PATH]``; ``--help``
 lists the knobs.  Full: 10 nodes, 100 + 50 trials, about 100 s;
@@ -77,7 +81,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -774,6 +779,8 @@ def throughput_run(net: Network, args: argparse.Namespace) -> dict[str, Any]:
             errors[key] = errors.get(key, 0) + count
     return {
         "accepted": total / push_s,
+        "pushes": [total / push_s],
+        "push_s": push_s,
         "orders": total,
         "errors": errors,
         "converged": converged,
@@ -790,6 +797,48 @@ def throughput_run(net: Network, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def wait_quiet(cluster: Cluster, timeout: float, busy: float = 0.05) -> None:
+    """
+    Wait until C{cluster}'s processes together use under C{busy} of a core
+    (over half a second), at most C{timeout} seconds: a fair network signs
+    stamps for a few seconds after its last order, and another network's
+    push must not share the machine with that.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = cluster.cpu_seconds()
+        time.sleep(0.5)
+        if cluster.cpu_seconds() - before < busy * 0.5:
+            return
+
+
+def combine_pushes(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One network's pushes as one: orders and seconds, bytes and CPU added up."""
+    if len(runs) == 1:
+        return runs[0]
+    total = sum(r["orders"] for r in runs)
+    push_s = sum(r["push_s"] for r in runs)
+    sent = [r["bytes"] for r in runs]
+    idle = [r["idle_bytes_s"] for r in runs]
+    errors: Counter[str] = Counter()
+    for r in runs:
+        errors.update(r["errors"])
+    added = ("converge_s", "window_s", "cpu_nodes", "cpu_self", "cpu_clients", "cpu_other")
+    return {
+        "accepted": total / push_s,
+        "pushes": [p for r in runs for p in r["pushes"]],
+        "push_s": push_s,
+        "orders": total,
+        "errors": dict(errors),
+        "converged": all(r["converged"] for r in runs),
+        **{key: sum(r[key] for r in runs) for key in added},
+        "bytes": None if None in sent else (sum(b[0] for b in sent), sum(b[1] for b in sent)),
+        "idle_bytes_s": None if None in idle else max(idle),
+        "stuck": max(r["stuck"] for r in runs),
+        "witnessing": runs[-1]["witnessing"],
+    }
+
+
 def throughput_rows(name: str, run: dict[str, Any]) -> list[tuple[str, str]]:
     sent = run["bytes"]
     per_order = f"{sent[0] / max(1, run['orders']):,.0f}" if sent is not None else "n/a (no ss)"
@@ -798,6 +847,8 @@ def throughput_rows(name: str, run: dict[str, Any]) -> list[tuple[str, str]]:
         converged = f"NO (gave up after {converged})"
     return [
         (f"{name}: orders/s accepted", f"{run['accepted']:,.0f}"),
+        (f"{name}: orders/s accepted, each push",
+         ", ".join(f"{p:,.0f}" for p in run["pushes"])),
         (f"{name}: orders acknowledged; requests failed",
          f"{run['orders']:,}; " + (", ".join(f"{k}: {v}" for k, v in run["errors"].items())
                                    or "0")),
@@ -819,75 +870,120 @@ def throughput_rows(name: str, run: dict[str, Any]) -> list[tuple[str, str]]:
 # -- the runs
 
 
-def run_network(
-    mode: str, sections: str, args: argparse.Namespace, rt: ReactorThread
-) -> dict[str, Any]:
-    """
-    Start a network (``fair`` or ``author``), run the C{sections} it takes
-    part in (``"1"``, ``"2"``, ``"3"``), stop it; its figures and table rows.
-    """
-    out: dict[str, Any] = {"rows": []}
+@contextmanager
+def network(mode: str, args: argparse.Namespace, rt: ReactorThread) -> Iterator[Network]:
+    """A running network (``fair`` or ``author``), stopped on the way out."""
     witnesses = 3 if mode == "fair" else 0
     with Cluster(
         args.nodes - 1, 4, name=f"fair-{mode}", seed=5, witnesses=witnesses, max_peers=16
     ) as cluster:
         net = start_network(mode, rt, cluster)
         try:
-            rows = out["rows"]
-            rows += [
-                ("nodes: processes + local; witnesses", f"{len(cluster.nodes)} + 1; {witnesses}"),
-                ("links per node, mean; started and linked (s)",
-                 f"{net.mean_links:.1f}; {net.formed_s:.1f}"),
-            ]  # fmt: skip
-            if "2" in sections:
-                trials = args.trials if mode == "fair" else args.baseline_trials
-                out["attack"] = attack_run(net, trials, args.spacing, args)
-                rows += attack_rows("2. front-running", out["attack"])
-            if "1" in sections:
-                out["light"] = latency_run(net, args.light_rate, args.light_s, args)
-                rows += latency_rows("1. light load", out["light"])
-                out["heavy"] = latency_run(net, args.rate, args.heavy_s, args)
-                rows += latency_rows("1. heavy load", out["heavy"])
-            if "3" in sections:
-                out["throughput"] = throughput_run(net, args)
-                rows += throughput_rows("3. throughput", out["throughput"])
-            # Every node's last events may still be on their way: wait (at
-            # most 15 s) until every node holds as many events as any.
-            deadline = time.monotonic() + 15.0
-            while time.monotonic() < deadline:
-                statuses = net.statuses()
-                counts = {s["events"] for s in statuses}
-                if len(counts) == 1 and len({s["state_hash"] for s in statuses}) == 1:
-                    break
-                time.sleep(0.5)
-            out["revisions"] = sum(s["market"]["revisions"] for s in statuses)
-            out["hashes"] = len({s["state_hash"] for s in statuses})
-            out["counts"] = sorted({s["events"] for s in statuses})
-            witness_revisions = sum(
-                (s["witnesses"] or {}).get("witness_revisions", 0) for s in statuses
-            )
-            flagged = sum(len(s["market"]["flagged_authors"]) for s in statuses)
-            rows += [
-                ("revisions of settled trades, all nodes", f"{out['revisions']}"),
-                ("witness revisions / authors flagged, all nodes",
-                 f"{witness_revisions} / {flagged}"),
-                ("state hashes equal at the end (within 15 s)",
-                 "yes" if out["hashes"] == 1
-                 else f"NO ({out['hashes']} hashes; events held {out['counts']})"),
-            ]  # fmt: skip
-            for index, status in enumerate(statuses):
-                block = status["witnesses"] or {}
-                if block.get("waiting_events"):
-                    chains = "; ".join(
-                        f"{c['seq']}+{c['waiting']} t={c['t']}" for c in block["chains"]
-                    )
-                    rows.append((f"node {index}: events waiting; settled held by; chains",
-                                 f"{block['waiting_events']}; {block.get('settled_held_by')}; "
-                                 f"{chains}"))  # fmt: skip
+            yield net
         finally:
             rt.call(net.local.stop)
-        out["problems"] = cluster.problems()
+
+
+def network_rows(net: Network) -> list[tuple[str, str]]:
+    witnesses = 3 if net.mode == "fair" else 0
+    return [
+        ("nodes: processes + local; witnesses", f"{len(net.cluster.nodes)} + 1; {witnesses}"),
+        ("links per node, mean; started and linked (s)",
+         f"{net.mean_links:.1f}; {net.formed_s:.1f}"),
+    ]  # fmt: skip
+
+
+def closing_checks(net: Network, out: dict[str, Any]) -> None:
+    """
+    Wait (at most 15 s) until every node holds as many events as any (the
+    last ones may be on their way), then note revisions, state hashes and
+    the problems logged into C{out}.
+    """
+    deadline = time.monotonic() + 15.0
+    while time.monotonic() < deadline:
+        statuses = net.statuses()
+        counts = {s["events"] for s in statuses}
+        if len(counts) == 1 and len({s["state_hash"] for s in statuses}) == 1:
+            break
+        time.sleep(0.5)
+    out["revisions"] = sum(s["market"]["revisions"] for s in statuses)
+    out["hashes"] = len({s["state_hash"] for s in statuses})
+    out["counts"] = sorted({s["events"] for s in statuses})
+    witness_revisions = sum((s["witnesses"] or {}).get("witness_revisions", 0) for s in statuses)
+    flagged = sum(len(s["market"]["flagged_authors"]) for s in statuses)
+    rows = out["rows"]
+    rows += [
+        ("revisions of settled trades, all nodes", f"{out['revisions']}"),
+        ("witness revisions / authors flagged, all nodes", f"{witness_revisions} / {flagged}"),
+        ("state hashes equal at the end (within 15 s)",
+         "yes" if out["hashes"] == 1
+         else f"NO ({out['hashes']} hashes; events held {out['counts']})"),
+    ]  # fmt: skip
+    for index, status in enumerate(statuses):
+        block = status["witnesses"] or {}
+        if block.get("waiting_events"):
+            chains = "; ".join(f"{c['seq']}+{c['waiting']} t={c['t']}" for c in block["chains"])
+            rows.append((f"node {index}: events waiting; settled held by; chains",
+                         f"{block['waiting_events']}; {block.get('settled_held_by')}; "
+                         f"{chains}"))  # fmt: skip
+    out["problems"] = net.cluster.problems()
+
+
+def run_network(
+    mode: str, sections: str, args: argparse.Namespace, rt: ReactorThread
+) -> dict[str, Any]:
+    """
+    Start a network (``fair`` or ``author``), run sections 2 and 1 (those
+    of them in C{sections}), stop it; its figures and table rows.
+    """
+    with network(mode, args, rt) as net:
+        out: dict[str, Any] = {"rows": network_rows(net)}
+        rows = out["rows"]
+        if "2" in sections:
+            trials = args.trials if mode == "fair" else args.baseline_trials
+            out["attack"] = attack_run(net, trials, args.spacing, args)
+            rows += attack_rows("2. front-running", out["attack"])
+        if "1" in sections:
+            out["light"] = latency_run(net, args.light_rate, args.light_s, args)
+            rows += latency_rows("1. light load", out["light"])
+            out["heavy"] = latency_run(net, args.rate, args.heavy_s, args)
+            rows += latency_rows("1. heavy load", out["heavy"])
+        closing_checks(net, out)
     return out
+
+
+def run_side_by_side(
+    sections: str, args: argparse.Namespace, rt: ReactorThread
+) -> dict[str, dict[str, Any]]:
+    """
+    Start a fresh fair network and the author network side by side; run
+    the author network's section 2, then section 3 in both, their pushes
+    taking turns (fair, author, author, fair, ...: a machine whose speed
+    drifts during the run favours neither), each once the other network is
+    quiet.  Per mode: its figures and table rows.
+    """
+    with network("fair", args, rt) as fair, network("author", args, rt) as author:
+        nets = {"fair": fair, "author": author}
+        outs: dict[str, dict[str, Any]] = {
+            mode: {"rows": network_rows(net)} for mode, net in nets.items()
+        }
+        if "2" in sections:
+            outs["author"]["attack"] = attack_run(author, args.baseline_trials, args.spacing, args)
+            outs["author"]["rows"] += attack_rows("2. front-running", outs["author"]["attack"])
+        if "3" in sections:
+            pushes: dict[str, list[dict[str, Any]]] = {"fair": [], "author": []}
+            for turn in range(args.rounds):
+                order = ("fair", "author") if turn % 2 == 0 else ("author", "fair")
+                for mode in order:
+                    other = nets["author" if mode == "fair" else "fair"]
+                    wait_quiet(other.cluster, args.wait)
+                    pushes[mode].append(throughput_run(nets[mode], args))
+            for mode, runs in pushes.items():
+                outs[mode]["throughput"] = run = combine_pushes(runs)
+                outs[mode]["rows"] += throughput_rows("3. throughput", run)
+        for mode, net in nets.items():
+            closing_checks(net, outs[mode])
+    return outs
 
 
 def main(argv: list[str]) -> int:
@@ -913,7 +1009,13 @@ def main(argv: list[str]) -> int:
         help="the attacker re-signs (timestamp one lower each time) until its event id sorts "
              "below the victim's, the tie-break of equal fair times",
     )  # fmt: skip
-    parser.add_argument("--duration", type=float, help="throughput push seconds [8; quick 3]")
+    parser.add_argument(
+        "--duration", type=float, help="seconds of each throughput push [5; quick 3]"
+    )
+    parser.add_argument(
+        "--rounds", type=int,
+        help="throughput pushes per network, taking turns with the other [2; quick 1]",
+    )  # fmt: skip
     parser.add_argument("--clients", type=int, default=2, help="load client processes [2]")
     parser.add_argument("--threads", type=int, default=8, help="threads per client [8]")
     parser.add_argument(
@@ -935,7 +1037,8 @@ def main(argv: list[str]) -> int:
     args.heavy_s = args.heavy_s or (2.0 if quick else 5.0)
     args.trials = args.trials or (20 if quick else 100)
     args.baseline_trials = args.baseline_trials or (10 if quick else 50)
-    args.duration = args.duration or (3.0 if quick else 8.0)
+    args.duration = args.duration or (3.0 if quick else 5.0)
+    args.rounds = args.rounds or (1 if quick else 2)
     if args.nodes < 5:
         parser.error("--nodes: at least 5 (3 witnesses, the victim, the local node)")
     report = Results("bench_fair", quick=quick)
@@ -945,23 +1048,31 @@ def main(argv: list[str]) -> int:
     rt = ReactorThread()
     rt.start()
     runs: dict[str, dict[str, Any]] = {}
-    plan = (
-        ("fair network, sections 2 and 1", "fair", "21"),
-        ("fresh fair network, section 3", "fair", "3"),
-        ("author-clock network, sections 2 and 3", "author", "23"),
+    titles = (
+        "fair network, sections 2 and 1",
+        "fresh fair network, section 3",
+        "author-clock network, sections 2 and 3",
     )
     try:
         with cleanup_on_interrupt():
-            for title, mode, sections in plan:
-                wanted = "".join(c for c in sections if c in args.sections)
-                if wanted:
-                    runs[title] = run_network(mode, wanted, args, rt)
-                    print_table(f"{title}: {header}", runs[title]["rows"])
+            wanted = "".join(c for c in "21" if c in args.sections)
+            if wanted:
+                runs[titles[0]] = run_network("fair", wanted, args, rt)
+                print_table(f"{titles[0]}: {header}", runs[titles[0]]["rows"])
+            wanted = "".join(c for c in "23" if c in args.sections)
+            if wanted:
+                pair = run_side_by_side(wanted, args, rt)
+                if "3" in wanted:
+                    runs[titles[1]] = pair["fair"]
+                runs[titles[2]] = pair["author"]
+                for title in titles[1:]:
+                    if title in runs:
+                        print_table(f"{title}: {header}", runs[title]["rows"])
     finally:
         rt.stop()
-    fair = runs.get(plan[0][0], {})
-    fair3 = runs.get(plan[1][0], {})
-    author = runs.get(plan[2][0], {})
+    fair = runs.get(titles[0], {})
+    fair3 = runs.get(titles[1], {})
+    author = runs.get(titles[2], {})
     verdicts: list[tuple[str, str]] = []
 
     for name in ("light", "heavy"):

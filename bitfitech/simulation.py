@@ -164,6 +164,7 @@ class LedgerStore:
 
     network: str = NETWORK
     pair: str = PAIR
+    witnessing: bool = False
 
     def __init__(self, witnesses: WitnessSet | None = None) -> None:
         """:param witnesses: the network's witnesses (none: author-clock order)."""

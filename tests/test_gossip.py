@@ -134,6 +134,7 @@ class FakeLink:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.node_id = name
         self.owner = RecordingOwner()
         self.sent: list[Message] = []
         self.closed = False
@@ -707,6 +708,32 @@ class PushHopsTests(SynchronousTestCase):
         self.assertEqual(
             other.take(), [Events((near.wire,), ttl=15, more=False), Inv((far.id,), ttl=14)]
         )
+
+    def test_witness_pushes_relays_to_witnesses_only(self) -> None:
+        """
+        A witness relays a peer's event by push to the other witnesses
+        only, and announces it to the rest; its own events it pushes as
+        any node does.
+        """
+        relayed, own = order(author(1), 1), order(author(2), 1)
+        node = Node(timing=self.TIMING)
+        node.gossip = Gossip(
+            node.store, node.clock, self.TIMING, random.Random(1), witnesses=("me", "witness")
+        )
+        sender, witness, plain = (node.connect(name) for name in ("sender", "witness", "plain"))
+        node.store.witnessing = True
+        node.deliver(sender, Events((relayed.wire,), ttl=16, more=False))
+        node.gossip.publish([own])
+        node.clock.advance(0)
+        self.assertEqual(sorted(full(witness.take())), sorted([own.id, relayed.id]))
+        sent = plain.take()
+        self.assertEqual((full(sent), announced(sent)), ([own.id], [relayed.id]))
+        # The same relay from a node that is no witness is pushed.
+        node.store.witnessing = False
+        later = order(author(1), 2)
+        node.deliver(sender, Events((later.wire,), ttl=16, more=False))
+        node.clock.advance(1)
+        self.assertEqual(full(plain.take()), [later.id])
 
     def test_duplicate_push_prunes_the_pusher_once(self) -> None:
         """

@@ -38,6 +38,8 @@ class IEventStore(Interface):
     network: str
     pair: str
     witnesses: WitnessSet
+    #: whether this node is one of the witnesses, signing stamps
+    witnessing: bool
 
     def has(event_id: str) -> bool:
         """Whether the event is held (or waiting to be applied)."""

@@ -338,6 +338,11 @@ class MarketService(Service):
     # -- lifecycle
 
     @property
+    def witnessing(self) -> bool:
+        """Whether this node is one of the witnesses, signing stamps (while running)."""
+        return self._witnessing
+
+    @property
     def ledger(self) -> Ledger:
         """The ledger (only while running)."""
         if self._ledger is None:

@@ -189,6 +189,46 @@ class StampChains:
         """Whether witness C{index} has a counted receipt of C{event_id}."""
         return index in self._earliest.get(event_id, {})
 
+    def may_yet_count(self, index: int, seq: int, receipt: int) -> bool:
+        """
+        Whether witness C{index}'s receipt at C{receipt} in its stamp C{seq}
+        does not count yet but still may: too few witnesses' acks of that
+        stamp are held to tell.  (Once it counts, or cannot any more, that
+        stays so.)
+        """
+        chain = self._chains[index]
+        if index in self._flagged_index or not 0 < seq <= len(chain.stamps):
+            return False
+        if receipt >= self._threshold.get((index, seq), _INFINITY):
+            return False  # it counts
+        live = [
+            (other, other_chain)
+            for other, other_chain in enumerate(self._chains)
+            if other not in self._flagged_index
+        ]
+        return self._could_count(index, chain.stamps[seq - 1], receipt + self._window, live)
+
+    def reach(self, index: int, since: int) -> int | None:
+        """
+        How long witness C{index}'s stamps took lately to reach the others:
+        per other witness not flagged whose chain is held past C{since},
+        the time its acks say it took to hold the last stamp of C{index} it
+        acknowledged; the f-th shortest of those (a stamp's receipts count
+        once f others held it in time).  ``None`` while fewer than f tell.
+        """
+        stamps = self._chains[index].stamps
+        times: list[int] = []
+        for other, chain in enumerate(self._chains):
+            if other == index or other in self._flagged_index or chain.held_time <= since:
+                continue
+            seqs = chain.ack_seqs[index]
+            if seqs and seqs[-1] <= len(stamps):
+                times.append(chain.ack_times[index][-1] - stamps[seqs[-1] - 1].t)
+        f = self._counted - 1
+        if f < 1:
+            return 0
+        return sorted(times)[f - 1] if len(times) >= f else None
+
     def vector(self) -> dict[str, int]:
         """Witness public key -> the highest seq held without a gap (the anti-entropy summary)."""
         return {chain.witness: len(chain.stamps) for chain in self._chains if chain.stamps}

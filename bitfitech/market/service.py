@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
@@ -129,8 +129,25 @@ MIN_STAMP_GAP = 0.05
 
 #: seconds a witness's stamp may take to reach another witness and still
 #: have its receipts count: older receipts are signed as seen this long
-#: less the counting window before the stamp (see :func:`_fit`)
+#: less the counting window before the stamp (see :func:`_fit`), or
+#: longer when its stamps took longer lately (see :meth:`MarketService._reach`)
 REACH = 0.1
+
+#: seconds a witness adds to how long its stamps took lately to reach the
+#: others, for the reach of its next stamp's receipts
+REACH_MARGIN = 0.02
+
+#: the shortest span, in seconds, that a stamp's receipts are fitted into
+#: before its time, however long its stamps take to reach the others
+FIT_SPAN = 0.01
+
+#: seconds without a stamp after which a witness's acks say nothing of how
+#: long stamps take to reach it now
+REACH_FRESH = 2.0
+
+#: seconds over which a witness takes the longest its stamps took to reach
+#: the others (it changes from one stamp to the next under load)
+REACH_RECENT = 1.0
 
 #: seconds after a slot's settling point (its end plus the counting
 #: window) at which a busy witness signs its heartbeat
@@ -327,11 +344,13 @@ class MarketService(Service):
         # This node as a witness: events first seen since its last stamp.
         self._first_seen: dict[str, int] = {}
         self._last_seen = 0
-        # ... and those it listed that have no fair time yet, with when.
         # This witness's listings: event id -> how many times it listed it,
+        # the seq of the stamp that did last and the receipt's time there,
         # and (when due, event id): when to look whether to list it again.
-        self._listings: dict[str, int] = {}
+        self._listings: dict[str, tuple[int, int, int]] = {}
         self._relist_due: list[tuple[int, str]] = []
+        # (when, us): how long this witness's stamps took lately to reach the others
+        self._reach_seen: deque[tuple[int, int]] = deque()
         self.stamps_signed = 0
         self.relisted = 0
 
@@ -919,13 +938,8 @@ class MarketService(Service):
         ]
         seen.extend(self._relist(ledger, first_seen, now_us))
         seen.sort(key=lambda item: (item[1], item[0]))
-        listings, due = self._listings, self._relist_due
-        for event_id, _ in seen:
-            times = listings[event_id] = listings.get(event_id, 0) + 1
-            wait = RELIST_WINDOWS * window << min(times - 1, RELIST_BACKOFF)
-            heappush(due, (now_us + wait, event_id))
-        while len(listings) > RELIST_KEPT:
-            listings.pop(heappop(due)[1], None)
+        listed = dict(seen)
+        reach = self._reach(now_us)
         stamps = []
         while True:
             prev_t = last.t if last is not None else 0
@@ -934,7 +948,7 @@ class MarketService(Service):
             # others too late to count (this witness was busy, or just
             # started): the batch's receipt times are then compressed into
             # that span, keeping their order.
-            oldest = max(prev_t + 1, t - (window - int(REACH * 1_000_000)))
+            oldest = max(prev_t + 1, t - (window - reach))
             acks = []
             for index, (held, since) in enumerate(self._held_since):
                 old = last.acks[index][0] if last is not None else 0
@@ -972,9 +986,46 @@ class MarketService(Service):
         except JournalError as e:
             self.journal_failures += 1
             log.error("Cannot journal this witness's stamp: {error}", error=str(e))
-            return  # signed again, with the same seq, at the next tick
+            # Signed again, with the same seq, at the next tick: with the
+            # same receipts.
+            self._first_seen = {**listed, **self._first_seen}
+            return
         self.stamps_signed += len(stamps)
+        listings, due = self._listings, self._relist_due
+        for stamp in stamps:
+            for event_id, offset in stamp.receipts:
+                times = listings.get(event_id, (0, 0, 0))[0] + 1
+                listings[event_id] = (times, stamp.seq, stamp.t - offset)
+                wait = RELIST_WINDOWS * window << min(times - 1, RELIST_BACKOFF)
+                heappush(due, (now_us + wait, event_id))
+        while len(listings) > RELIST_KEPT:
+            listings.pop(heappop(due)[1], None)
         self._apply_stamps(stamps, journaled=True)
+
+    def _reach(self, now_us: int) -> int:
+        """
+        How long (in us) this witness expects its next stamp to take to
+        reach f other witnesses: the longest its stamps took over the last
+        :data:`REACH_RECENT` (see :meth:`StampChains.reach`) plus
+        :data:`REACH_MARGIN`; at least :data:`REACH`, at most the window
+        less :data:`FIT_SPAN`.  Its receipts are fitted into the window
+        less that before the stamp, where they count if it arrives in time.
+        """
+        ledger = self._ledger
+        window = self.witnesses.window_ms * 1000
+        least = int(REACH * 1_000_000)
+        if ledger is None or ledger.fair is None or self._signer is None:
+            return least
+        took = ledger.fair.reach(self._signer.index, now_us - int(REACH_FRESH * 1_000_000))
+        if took is None:
+            return least
+        recent = self._reach_seen
+        recent.append((now_us, took))
+        while recent[0][0] < now_us - int(REACH_RECENT * 1_000_000):
+            recent.popleft()
+        took = max(seen for _, seen in recent)
+        took += int(REACH_MARGIN * 1_000_000)
+        return min(window - int(FIT_SPAN * 1_000_000), max(least, took))
 
     def _note_seen(self, event_id: str, at: int) -> None:
         """
@@ -999,19 +1050,36 @@ class MarketService(Service):
         Events this witness listed whose time to look again has come
         (:data:`RELIST_WINDOWS` after their last listing, twice as long each
         time), that are held and still have no fair time, and whose receipt
-        of this witness did not count: list them again, as seen now.  Those
-        that have one, whose receipt counted (the others' receipts are what
-        they wait for), or that are no longer held, are forgotten.
+        of this witness did not count and never will: list them again, as
+        seen now.  Those whose receipt may yet count (the others' acks of
+        its stamp are late: listing them again would only add to the load)
+        are looked at again a stamp interval later.  Those that have a fair
+        time, whose receipt counted (the others' receipts are what they
+        wait for), or that are no longer held, are forgotten.  Nothing is
+        listed again while this witness's stamps take about the window to
+        reach the others (see :meth:`_reach`).
         """
         fair = ledger.fair
         signer = self._signer
         assert fair is not None and signer is not None
         own = signer.index
         listings, due = self._listings, self._relist_due
+        later = self.witnesses.stamp_ms * 1000
+        # A witness that has not stamped for REACH_FRESH past the window
+        # may be down: a receipt its acks could still make count is not
+        # waited for longer.
+        patience = self.witnesses.window_ms * 1000 + int(REACH_FRESH * 1_000_000)
         again: list[tuple[str, int]] = []
+        if self._reach(now_us) >= self.witnesses.window_ms * 1000 - int(FIT_SPAN * 1_000_000):
+            # This witness's stamps reach the others about too late for any
+            # receipt to count (an overloaded network): listing events
+            # again would only add to the load.  They wait until stamps are
+            # quick again.
+            return again
         while due and due[0][0] <= now_us:
             event_id = heappop(due)[1]
-            if event_id not in listings or event_id in listing:
+            entry = listings.get(event_id)
+            if entry is None or event_id in listing:
                 continue  # forgotten, or listed in this stamp anyway
             if (
                 fair.fair_time(event_id) is not None
@@ -1019,6 +1087,8 @@ class MarketService(Service):
                 or fair.counted(event_id, own)
             ):
                 del listings[event_id]
+            elif now_us < entry[2] + patience and fair.may_yet_count(own, entry[1], entry[2]):
+                heappush(due, (now_us + later, event_id))
             else:
                 again.append((event_id, now_us + len(again)))  # no two tie
         self.relisted += len(again)

@@ -169,6 +169,44 @@ class FairTimeTests(SynchronousTestCase):
         self.assertEqual(held.receipts(X)[2], (at(5), False))
 
 
+class ReachTests(SynchronousTestCase):
+    """How long stamps take to reach the others, and receipts whose counting is open."""
+
+    def test_reach_is_the_f_th_shortest(self) -> None:
+        """With n = 3 (f = 1): the quicker of the two others' latest acks."""
+        made = run(3, {}, until=1000, slow={(0, 1): 40, (0, 2): 90})
+        held = chains(made.all())
+        self.assertEqual(held.reach(0, NEVER), 45_000)  # delay 5 ms + 40 ms, in us
+        self.assertEqual(held.reach(1, NEVER), 5_000)
+        self.assertEqual(chains(made.all(), n=3).reach(2, NEVER), 5_000)
+
+    def test_reach_leaves_out_silent_witnesses(self) -> None:
+        """A witness whose chain is not held past C{since} says nothing of the reach now."""
+        made = run(3, {}, until=1500, slow={(0, 2): 90}, silent={1: (500, 10_000)})
+        held = chains(made.all())
+        self.assertEqual(held.reach(0, NEVER), 5_000)
+        self.assertEqual(held.reach(0, at(600)), 95_000)
+        self.assertIsNone(held.reach(0, at(1500)))
+
+    def test_may_yet_count(self) -> None:
+        """
+        A receipt late to one live witness may yet count while another has
+        not stamped past it; not once every chain is past it, nor once it
+        counts.
+        """
+        seen = {0: {X: 1500}, 1: {X: 1500}, 2: {}}
+        down = run(3, seen, until=3000, silent={2: (1000, 10_000)}, slow={(0, 1): 400})
+        late = run(3, seen, until=3000, slow={(0, 1): 400, (0, 2): 400})
+        quick = run(3, seen, until=3000)
+        for made, expected in ((down, True), (late, False), (quick, False)):
+            (stamp,) = [s for s in made.stamps[0] if s.receipts]
+            ((event_id, offset),) = stamp.receipts
+            held = chains(made.all())
+            self.assertEqual(held.may_yet_count(0, stamp.seq, stamp.t - offset), expected)
+        self.assertTrue(chains(quick.all()).counted(X, 0))
+        self.assertFalse(chains(late.all()).counted(X, 0))
+
+
 class FlaggedWitnessTests(SynchronousTestCase):
     """Provably faulty witnesses lose all their receipts, everywhere alike."""
 

@@ -9,14 +9,17 @@ grows under heavy rollbacks and comes back.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from nacl.bindings import crypto_sign_seed_keypair
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from bitfitech.identity import node_id_from_public_key
 from bitfitech.interfaces import ServiceUnavailable
 from bitfitech.market import service as service_module
 from bitfitech.market.events import Author, Event
@@ -37,12 +40,13 @@ from bitfitech.market.service import (
     LOAD_RATE,
     MAX_APPLY_DELAY,
     MIN_STAMP_GAP,
+    REACH_FRESH,
     RECEIPT_DELAY,
     RELIST_WINDOWS,
     WITNESS_START_DELAY,
     MarketService,
 )
-from bitfitech.market.stamps import Stamp
+from bitfitech.market.stamps import NO_PREV, Stamp, StampSigner
 from bitfitech.storage import Storage
 from bitfitech.testing import TEST_NETWORK, TEST_PAIR, loopback_config, node_id_of
 from bitfitech.witnesses import WitnessSet
@@ -434,7 +438,28 @@ class AdaptTests(MarketTestCase):
         self.assertIn(event.id, self.market.ledger)
 
 
-class WitnessStampTests(MarketTestCase):
+class WitnessTestCase(MarketTestCase):
+    """A market that is one of the witnesses, driven by the clock."""
+
+    publisher: Publisher
+
+    def run_until(self, end: float) -> None:
+        """Advance the clock to C{end}, stopping at each call due on the way (at its time)."""
+        while True:
+            due = [c.getTime() for c in self.clock.getDelayedCalls() if c.getTime() <= end]
+            if not due:
+                break
+            self.clock.advance(max(0.0, min(due) - self.clock.seconds()))
+        self.clock.advance(max(0.0, end - self.clock.seconds()))
+
+    def start_witnessing(self) -> None:
+        """Past the start delay, and the stamp signed then."""
+        self.clock.advance(WITNESS_START_DELAY)
+        self.clock.advance(0)
+        self.publisher.stamps.clear()
+
+
+class WitnessStampTests(WitnessTestCase):
     """This node as one of three witnesses: its stamps and its journal."""
 
     def make_market(self) -> MarketService:
@@ -469,21 +494,6 @@ class WitnessStampTests(MarketTestCase):
         self.assertEqual(
             sorted(self.journaled_stamps()), sorted(stamp.text for stamp in self.publisher.stamps)
         )
-
-    def run_until(self, end: float) -> None:
-        """Advance the clock to C{end}, stopping at each call due on the way (at its time)."""
-        while True:
-            due = [c.getTime() for c in self.clock.getDelayedCalls() if c.getTime() <= end]
-            if not due:
-                break
-            self.clock.advance(max(0.0, min(due) - self.clock.seconds()))
-        self.clock.advance(max(0.0, end - self.clock.seconds()))
-
-    def start_witnessing(self) -> None:
-        """Past the start delay, and the stamp signed then."""
-        self.clock.advance(WITNESS_START_DELAY)
-        self.clock.advance(0)
-        self.publisher.stamps.clear()
 
     def test_receipt_signed_soon(self) -> None:
         """A witness signs the receipt of an event within RECEIPT_DELAY of seeing it."""
@@ -552,20 +562,109 @@ class WitnessStampTests(MarketTestCase):
 
     def test_listed_again_with_backoff(self) -> None:
         """
-        An event whose receipt did not count (here no other witness ever
-        acknowledges this one's stamps) is listed again RELIST_WINDOWS
-        windows later, then twice as long after each listing.
+        An event whose receipt has not counted is listed again
+        RELIST_WINDOWS windows later, then twice as long after each
+        listing; while a silent witness's stamps could still make it count
+        (here no other witness ever stamps), REACH_FRESH past the window.
         """
         self.start_witnessing()
         event = peer_author(2).order(1, 1, 0, "buy", "limit", "100", "1")
         self.market.receive([event])
-        self.run_until(self.clock.seconds() + 7.5)
+        self.run_until(self.clock.seconds() + 14.5)
         listed = [s.t for s in self.publisher.stamps if event.id in dict(s.receipts)]
         window = self.market.witnesses.window_ms * 1000
+        patience = window + int(REACH_FRESH * 1_000_000)
         gaps = [b - a for a, b in zip(listed, listed[1:], strict=False)]
-        self.assertEqual(len(listed), 5)  # at 0, 0.4, 1.2, 2.8 and 6.0 s, about
+        self.assertEqual(len(listed), 5)  # at 0, 2.2, 4.4, 7.0 and 11 s, about
         for gap, times in zip(gaps, (1, 2, 4, 8), strict=True):
-            # (at the next stamp: once idle, a stamp comes every IDLE_STAMP)
-            self.assertGreaterEqual(gap, RELIST_WINDOWS * window * times)
-            self.assertLess(gap, RELIST_WINDOWS * window * times + IDLE_STAMP * 1_000_000)
+            # Patience runs from the receipt, up to a window before its
+            # stamp; the listing is at the next stamp (once idle, one comes
+            # every IDLE_STAMP).
+            least = max(patience, RELIST_WINDOWS * window * times)
+            self.assertGreaterEqual(gap, least - window)
+            self.assertLess(gap, least + IDLE_STAMP * 1_000_000)
         self.assertEqual(self.market.relisted, 4)
+
+
+class WitnessReachTests(WitnessTestCase):
+    """
+    This node as one of three witnesses whose co-witnesses sign real
+    stamps: how long its stamps take to reach them sets how its receipts
+    are fitted, and whether events are listed again.
+    """
+
+    def make_market(self) -> MarketService:
+        own = self.storage.identity.node_id
+        seeds = [hashlib.sha256(f"co-witness {n}".encode()).digest() for n in range(2)]
+        ids = [node_id_from_public_key(crypto_sign_seed_keypair(seed)[0]) for seed in seeds]
+        witnesses = WitnessSet.of([own, *ids])
+        self.others = [StampSigner(seed, TEST_NETWORK, TEST_PAIR, witnesses) for seed in seeds]
+        self.chains: list[list[Stamp]] = [[], []]
+        market = MarketService(
+            loopback_config(self.data_dir), self.storage, self.clock,
+            syncer=lambda storage: self.syncer, witnesses=witnesses,
+        )  # fmt: skip
+        self.publisher = Publisher()
+        market.add_publisher(self.publisher)
+        return market
+
+    def acknowledge(self, took: float) -> None:
+        """
+        Both co-witnesses sign a stamp: they held this witness's last
+        stamp signed C{took} s ago or before C{took} s after it.
+        """
+        now = int(self.clock.seconds() * 1_000_000)
+        late = now - int(took * 1_000_000)
+        mine = [stamp for stamp in self.publisher.stamps if stamp.t <= late][-1]
+        for signer, chain in zip(self.others, self.chains, strict=True):
+            acks = [(0, 0)] * 3
+            acks[mine.member] = (mine.seq, now - (mine.t + int(took * 1_000_000)))
+            acks[signer.index] = (len(chain), 0)
+            last = chain[-1] if chain else None
+            chain.append(signer.sign(len(chain) + 1, now, last.id if last else NO_PREV, acks, []))
+        self.market.receive_stamps([chain[-1] for chain in self.chains])
+        self.clock.advance(0.006)  # applied (STAMP_APPLY_DELAY)
+
+    def see(self, seq: int) -> Event:
+        event = peer_author(2).order(seq, seq, 0, "buy", "limit", "100", "1")
+        self.market.receive([event])
+        return event
+
+    def test_receipts_fitted_to_reach(self) -> None:
+        """
+        Once its stamps take 150 ms to reach the others, a witness states
+        its receipts at most the window less 170 ms (REACH_MARGIN more)
+        before its stamp, where they still count.
+        """
+        self.start_witnessing()
+        self.see(1)
+        self.run_until(self.clock.seconds() + 0.2)
+        self.acknowledge(0.15)
+        self.see(2)
+        self.clock.advance(0.001)
+        self.see(3)  # its stamp waits MIN_STAMP_GAP
+        self.run_until(self.clock.seconds() + 0.2)
+        window = self.market.witnesses.window_ms * 1000
+        offsets = [offset for stamp in self.publisher.stamps[-3:] for _, offset in stamp.receipts]
+        self.assertTrue(offsets)
+        self.assertLessEqual(max(offsets), window - 170_000)
+
+    def test_not_listed_again_while_stamps_are_late(self) -> None:
+        """
+        While its stamps take about the window or longer to reach the
+        others, a witness lists nothing again (no receipt would count);
+        once they are quick, it lists what waited.
+        """
+        self.start_witnessing()
+        self.see(1)
+        self.run_until(self.clock.seconds() + 0.3)
+        for _ in range(8):  # its receipt did not count: 250 ms late
+            self.run_until(self.clock.seconds() + 0.1)
+            self.acknowledge(0.25)
+        self.run_until(self.clock.seconds() + 0.5)
+        self.assertEqual(self.market.relisted, 0)
+        for _ in range(15):
+            self.run_until(self.clock.seconds() + 0.1)
+            self.acknowledge(0.01)
+        self.run_until(self.clock.seconds() + 0.5)
+        self.assertEqual(self.market.relisted, 1)

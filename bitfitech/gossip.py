@@ -889,11 +889,13 @@ class Gossip:
             # A pruned link is skipped for relays only: no peer can have
             # this node's own new event from anyone else.
             eager = [peer for peer in targets if source is None or not peer.lazy]
-            if source is not None and self.store.witnessing:
-                # A witness relays others' events to other witnesses only
-                # by push: every node links to it and sends it its events
-                # first, so it would be every push tree's root, and the
-                # load would delay its stamps past the counting window.
+            if source is not None and self._busy and self.store.witnessing:
+                # A busy witness relays others' events to other witnesses
+                # only by push: every node links to it and sends it its
+                # events first, so it would be every push tree's root, and
+                # the load would delay its stamps past the counting window.
+                # (An idle one pushes: fetching after an announcement
+                # would add to every event's way a round trip.)
                 witnesses = self.witnesses
                 eager = [peer for peer in eager if peer.link.node_id in witnesses]
             if len(eager) > timing.fanout:

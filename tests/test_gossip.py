@@ -709,11 +709,11 @@ class PushHopsTests(SynchronousTestCase):
             other.take(), [Events((near.wire,), ttl=15, more=False), Inv((far.id,), ttl=14)]
         )
 
-    def test_witness_pushes_relays_to_witnesses_only(self) -> None:
+    def test_busy_witness_pushes_relays_to_witnesses_only(self) -> None:
         """
-        A witness relays a peer's event by push to the other witnesses
-        only, and announces it to the rest; its own events it pushes as
-        any node does.
+        A busy witness relays a peer's event by push to the other
+        witnesses only, and announces it to the rest; its own events it
+        pushes as any node does.
         """
         relayed, own = order(author(1), 1), order(author(2), 1)
         node = Node(timing=self.TIMING)
@@ -722,18 +722,22 @@ class PushHopsTests(SynchronousTestCase):
         )
         sender, witness, plain = (node.connect(name) for name in ("sender", "witness", "plain"))
         node.store.witnessing = True
+        node.gossip._busy = True  # noqa: SLF001 (more than BUSY_RATE items sent a second)
         node.deliver(sender, Events((relayed.wire,), ttl=16, more=False))
         node.gossip.publish([own])
         node.clock.advance(0)
         self.assertEqual(sorted(full(witness.take())), sorted([own.id, relayed.id]))
         sent = plain.take()
         self.assertEqual((full(sent), announced(sent)), ([own.id], [relayed.id]))
-        # The same relay from a node that is no witness is pushed.
-        node.store.witnessing = False
-        later = order(author(1), 2)
-        node.deliver(sender, Events((later.wire,), ttl=16, more=False))
-        node.clock.advance(1)
-        self.assertEqual(full(plain.take()), [later.id])
+        # The same relay from a witness that is not busy, or from a node
+        # that is no witness, is pushed.
+        for busy, witnessing, seq in ((False, True, 2), (True, False, 3)):
+            node.gossip._busy = busy  # noqa: SLF001
+            node.store.witnessing = witnessing
+            later = order(author(1), seq)
+            node.deliver(sender, Events((later.wire,), ttl=16, more=False))
+            node.clock.advance(0.01)
+            self.assertEqual(full(plain.take()), [later.id])
 
     def test_duplicate_push_prunes_the_pusher_once(self) -> None:
         """

@@ -936,10 +936,10 @@ class MarketService(Service):
             for item in first_seen.items()
             if (at := fair.fair_time(item[0])) is None or at > settled
         ]
-        seen.extend(self._relist(ledger, first_seen, now_us))
+        reach = self._reach(now_us)
+        seen.extend(self._relist(ledger, first_seen, now_us, reach))
         seen.sort(key=lambda item: (item[1], item[0]))
         listed = dict(seen)
-        reach = self._reach(now_us)
         stamps = []
         while True:
             prev_t = last.t if last is not None else 0
@@ -1044,7 +1044,7 @@ class MarketService(Service):
         self._stamp_by(max(now + RECEIPT_DELAY, after))
 
     def _relist(
-        self, ledger: Ledger, listing: dict[str, int], now_us: int
+        self, ledger: Ledger, listing: dict[str, int], now_us: int, reach: int
     ) -> list[tuple[str, int]]:
         """
         Events this witness listed whose time to look again has come
@@ -1057,7 +1057,7 @@ class MarketService(Service):
         time, whose receipt counted (the others' receipts are what they
         wait for), or that are no longer held, are forgotten.  Nothing is
         listed again while this witness's stamps take about the window to
-        reach the others (see :meth:`_reach`).
+        reach the others (C{reach}, from :meth:`_reach`).
         """
         fair = ledger.fair
         signer = self._signer
@@ -1070,7 +1070,7 @@ class MarketService(Service):
         # waited for longer.
         patience = self.witnesses.window_ms * 1000 + int(REACH_FRESH * 1_000_000)
         again: list[tuple[str, int]] = []
-        if self._reach(now_us) >= self.witnesses.window_ms * 1000 - int(FIT_SPAN * 1_000_000):
+        if reach >= self.witnesses.window_ms * 1000 - int(FIT_SPAN * 1_000_000):
             # This witness's stamps reach the others about too late for any
             # receipt to count (an overloaded network): listing events
             # again would only add to the load.  They wait until stamps are

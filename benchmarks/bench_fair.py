@@ -26,12 +26,14 @@ the load client process (``time.time()`` when a ``POST /orders`` got its
 201); the local node's reactor clock is the same wall clock.  Times are
 thus good to about 5 ms, the scan period.
 
-1. Latency (fair network only): a paced client process posts orders
+1. Latency (fair network; with ``--author-latency`` an author network
+   too, after it): a paced client process posts orders
    (crossing buys and sells near one price, round-robin over the
    processes) at a light load (20 orders/s) and at a heavy one
    (``--rate``, 600/s by default: offered and accepted are both
-   reported).  Per order, from entry: *tentative* (in the local node's
-   log: it has a fair time there), *settled* and *final* (``status_at`` of
+   reported; ``--rate 200,400,600`` runs each in turn).  Per order,
+   from entry: *tentative* (in the local node's log: it has a fair time
+   there), *settled* and *final* (``status_at`` of
    its position first says so), p50 and p99, over the orders that got
    there; also how many never entered the log (waits that make no
    progress for ``--stall`` seconds are given up), and how many witness
@@ -40,6 +42,9 @@ thus good to about 5 ms, the scan period.
    stamp within W = 200 ms, and the settled horizon must pass the end of
    the order's 100 ms slot: expect settled near slot end + W + delivery
    (the witnesses' heartbeats come 1 ms after each slot's end + W).
+   In the author network only arrival and tentative are timed (it settles
+   at its fixed horizon): its entry to tentative is what the same load
+   costs with no witnesses, the machine's own limit.
 2. Front-running: the maker (a process) rests one sell per trial, each at
    its own price (ascending, amount 1).  Per trial the victim posts a buy
    at that price; the moment the local node's tap sees it, the attacker
@@ -111,6 +116,7 @@ from bitfitech.address import PeerAddress
 from bitfitech.identity import load_or_create_identity
 from bitfitech.market.events import Author, Event
 from bitfitech.market.ledger import FINAL, TENTATIVE
+from bitfitech.market.service import REACH_RECENT
 from bitfitech.node import Node, build_node
 from bitfitech.tap import Options
 from bitfitech.testing import free_ports, global_reactor
@@ -123,6 +129,17 @@ ATTACK_BASE = 40_000
 SCAN_S = 0.005
 #: the settled-latency target
 SETTLED_TARGET_S = 0.3
+
+
+def rates(text: str) -> list[float]:
+    """The orders/s of C{text}: one or more positive numbers, comma-separated."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not all(0 < value < float("inf") for value in values):
+        raise argparse.ArgumentTypeError("rates must be positive")
+    return values
 
 
 def ms(seconds: float) -> str:
@@ -243,6 +260,10 @@ class StatusWatch:
                 if status == FINAL:
                     times.final = now
                     self._unfinal.discard(event_id)
+
+    def not_in_log(self, ids: Sequence[str]) -> int:
+        """How many of the orders C{ids} are not in the log here yet (or never arrived)."""
+        return sum(1 for i in ids if i not in self.times or self.times[i].tentative is None)
 
     def not_final(self, ids: Sequence[str]) -> int:
         """How many of the orders C{ids} are not final here yet (or never arrived)."""
@@ -511,6 +532,18 @@ def start_network(mode: str, rt: ReactorThread, cluster: Cluster) -> Network:
     want = [node.node_id for node in cluster.nodes[:witnesses]] + [victim.node_id]
     wait_until(lambda: rt.call(local.linked_to, want), 60, "the local node's links")
     formed = time.monotonic() - started
+    if witnesses:
+        # A witness fits its receipts to the longest delay its stamps showed
+        # over the last REACH_RECENT; while the witnesses link up, that is
+        # their start-up, not gossip (the first order waited 0.4 to 1.3 s).
+        # Measure from stamps signed once that has passed.
+        steady_ms = (time.time() + REACH_RECENT + 0.5) * 1000
+
+        def steady() -> bool:
+            chains = rt.call(local.status)["witnesses"]["chains"]
+            return all(isinstance(c["t"], int) and c["t"] >= steady_ms for c in chains)
+
+        wait_until(steady, 30, "the witnesses' stamps")
     rows = cluster.peer_rows()
     local_links = rt.call(lambda: len(local.node.peers.hub.links))
     mean_links = (sum(len(r) for r in rows) + local_links) / (len(rows) + 1)
@@ -543,8 +576,11 @@ def latency_run(
         acked = result["acked"]
         ids = [row[0] for row in acked]
 
+        # The author order never calls a trade final: there, wait for the log.
+        waiting = watch.not_final if net.mode == "fair" else watch.not_in_log
+
         def probe() -> tuple[bool, object]:
-            left = rt.call(watch.not_final, ids)
+            left = rt.call(waiting, ids)
             return left == 0, left
 
         complete, _ = wait_steady(probe, args.wait, args.stall)
@@ -565,6 +601,7 @@ def latency_run(
     post = [done - due for _, _, due, done in acked]
     last = max((row[3] for row in acked), default=start_at)
     return {
+        "mode": net.mode,
         "offered": rate,
         "count": count,
         "acked": len(acked),
@@ -590,7 +627,10 @@ def latency_rows(name: str, run: dict[str, Any]) -> list[tuple[str, str]]:
         (f"{name}: due to acknowledged p50 / p99 (ms)",
          f"{ms(run['post_p50'])} / {ms(run['post_p99'])}"),
     ]  # fmt: skip
-    for stage in ("arrived", "tentative", "settled", "final"):
+    # The author order settles at a fixed horizon and is never final: its
+    # run waits for the log only.
+    stages = ("arrived", "tentative", "settled", "final")[: 4 if run["mode"] == "fair" else 2]
+    for stage in stages:
         values = run["stages"][stage]
         rows.append(
             (f"{name}: entry to {stage} p50 / p99 / max (ms)",
@@ -598,12 +638,13 @@ def latency_rows(name: str, run: dict[str, Any]) -> list[tuple[str, str]]:
              f"{ms(max(values, default=float('nan')))}")
         )  # fmt: skip
     missing = run["missing"]
-    rows += [
-        (f"{name}: never arrived / tentative / settled / final",
-         f"{missing['arrived']} / {missing['tentative']} / {missing['settled']} / "
-         f"{missing['final']}"),
-        (f"{name}: events held without a fair time after, max per node", f"{run['stuck']}"),
-    ]  # fmt: skip
+    rows.append(
+        (f"{name}: never {' / '.join(stages)}", " / ".join(str(missing[s]) for s in stages))
+    )
+    if run["mode"] == "fair":
+        rows.append(
+            (f"{name}: events held without a fair time after, max per node", f"{run['stuck']}")
+        )
     if run["receipts"]:
         rows.append(
             (f"{name}: never in the log: receipts held, counted (orders)",
@@ -944,10 +985,14 @@ def run_network(
             out["attack"] = attack_run(net, trials, args.spacing, args)
             rows += attack_rows("2. front-running", out["attack"])
         if "1" in sections:
-            out["light"] = latency_run(net, args.light_rate, args.light_s, args)
-            rows += latency_rows("1. light load", out["light"])
-            out["heavy"] = latency_run(net, args.rate, args.heavy_s, args)
-            rows += latency_rows("1. heavy load", out["heavy"])
+            out["loads"] = loads = {}
+            loads["light"] = latency_run(net, args.light_rate, args.light_s, args)
+            rows += latency_rows("1. light load", loads["light"])
+            for rate in args.rate:
+                name = "heavy" if len(args.rate) == 1 else f"{rate:g}/s"
+                wait_quiet(net.cluster, args.wait)
+                loads[name] = run = latency_run(net, rate, args.heavy_s, args)
+                rows += latency_rows(f"1. {name} load", run)
         closing_checks(net, out)
     return out
 
@@ -994,8 +1039,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--light-rate", type=float, default=20.0, help="light load, orders/s [20]")
     parser.add_argument("--light-s", type=float, help="light load seconds [10; quick 3]")
     parser.add_argument(
-        "--rate", type=float, default=600.0, help="heavy load offered, orders/s [600]"
-    )  # noqa: E501
+        "--rate", type=rates, default=[600.0],
+        help="heavy load offered, orders/s; several, comma-separated, run one after another [600]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--author-latency", action="store_true",
+        help="run section 1 in an author-clock network too, after the fair one: its entry to "
+             "tentative (into the log) is the time the same load takes without witnesses",
+    )  # fmt: skip
     parser.add_argument("--heavy-s", type=float, help="heavy load seconds [5; quick 2]")
     parser.add_argument(
         "--trials", type=int, help="front-running trials with witnesses [100; quick 20]"
@@ -1052,6 +1103,7 @@ def main(argv: list[str]) -> int:
         "fair network, sections 2 and 1",
         "fresh fair network, section 3",
         "author-clock network, sections 2 and 3",
+        "author-clock network, section 1",
     )
     try:
         with cleanup_on_interrupt():
@@ -1059,6 +1111,9 @@ def main(argv: list[str]) -> int:
             if wanted:
                 runs[titles[0]] = run_network("fair", wanted, args, rt)
                 print_table(f"{titles[0]}: {header}", runs[titles[0]]["rows"])
+            if "1" in args.sections and args.author_latency:
+                runs[titles[3]] = run_network("author", "1", args, rt)
+                print_table(f"{titles[3]}: {header}", runs[titles[3]]["rows"])
             wanted = "".join(c for c in "23" if c in args.sections)
             if wanted:
                 pair = run_side_by_side(wanted, args, rt)
@@ -1075,10 +1130,7 @@ def main(argv: list[str]) -> int:
     author = runs.get(titles[2], {})
     verdicts: list[tuple[str, str]] = []
 
-    for name in ("light", "heavy"):
-        if name not in fair:
-            continue
-        run = fair[name]
+    for name, run in fair.get("loads", {}).items():
         where = f"{args.nodes} nodes, 3 witnesses, {run['offered']:g} orders/s offered"
         for stage in ("tentative", "settled", "final"):
             values = run["stages"][stage]
@@ -1099,6 +1151,13 @@ def main(argv: list[str]) -> int:
         report.add(f"orders never in the log, {name} load", never, "orders", "0", never == 0)
         verdicts.append((f"1. every order in the log, {name} load",
                          f"{never} of {run['acked']} never: {'met' if not never else 'MISSED'}"))  # fmt: skip  # noqa: E501
+    for name, run in runs.get(titles[3], {}).get("loads", {}).items():
+        where = f"{args.nodes} nodes, {run['offered']:g} orders/s offered"
+        for q in (0.5, 0.99):
+            report.add(f"entry to tentative p{q * 100:.0f}, author order, {name} load ({where})",
+                       round(percentile(run["stages"]["tentative"], q) * 1000), "ms")  # fmt: skip
+        report.add(f"orders/s accepted, author order, {name} load ({run['offered']:g} offered)",
+                   round(run["accepted"]), "orders/s")  # fmt: skip
     for mode, network in (("fair", fair), ("author", author)):
         if "attack" not in network:
             continue

@@ -165,8 +165,18 @@ class BenchFairTests(SynchronousTestCase):
         """``--help`` lists the results protocol's options and the attack's knobs."""
         done = self.run_bench("--help")
         self.assertEqual(done.returncode, 0, done.stderr)
-        for option in ("--quick", "--json", "--trials", "--baseline-trials", "--rate", "--grind"):
+        for option in (
+            "--quick", "--json", "--trials", "--baseline-trials", "--rate", "--grind",
+            "--author-latency",
+        ):  # fmt: skip
             self.assertIn(option, done.stdout)
+
+    def test_bad_rates(self) -> None:
+        """``--rate`` takes positive orders/s, comma-separated; anything else is refused."""
+        for rates in ("600,", "fast", "200,-1", "0", "inf"):
+            done = self.run_bench("--rate", rates, "--json", os.path.abspath(self.mktemp()))
+            self.assertEqual(done.returncode, 2, f"{rates}: {done.stdout}{done.stderr}")
+            self.assertIn("--rate", done.stderr)
 
     def test_too_few_nodes(self) -> None:
         """A network too small for three witnesses, a victim and the local node is refused."""

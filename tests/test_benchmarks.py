@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL = ROOT / "benchmarks" / "run_all.py"
 BENCH_FAIR = ROOT / "benchmarks" / "bench_fair.py"
+BENCH_INGEST = ROOT / "benchmarks" / "bench_ingest.py"
 
 FIGURE_KEYS = {"figure", "value", "unit", "target", "met"}
 
@@ -153,6 +154,27 @@ class RunAllTests(SynchronousTestCase):
         done = run_all("--only", "bench_nonexistent", "--results", os.path.abspath(self.mktemp()))
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("bench_nonexistent", done.stderr)
+
+
+class BenchIngestTests(SynchronousTestCase):
+    """``bench_ingest.py`` checks its options before it signs or starts anything."""
+
+    def run_bench(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_script(BENCH_INGEST, *args, timeout=60)
+
+    def test_help(self) -> None:
+        """``--help`` lists the results protocol's options and the feed's knobs."""
+        done = self.run_bench("--help")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        for option in ("--quick", "--json", "--events", "--links", "--per-message", "--trace"):
+            self.assertIn(option, done.stdout)
+
+    def test_bad_feed(self) -> None:
+        """A feed of no events, no links or oversized messages is refused."""
+        for args in (("--events", "0"), ("--links", "0"), ("--per-message", "101")):
+            done = self.run_bench(*args, "--json", os.path.abspath(self.mktemp()))
+            self.assertEqual(done.returncode, 2, f"{args}: {done.stdout}{done.stderr}")
+            self.assertIn("--per-message 1 to 100", done.stderr)
 
 
 class BenchFairTests(SynchronousTestCase):

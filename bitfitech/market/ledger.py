@@ -106,6 +106,17 @@ def event_class(event: Event) -> int:
 
 _EMPTY_HASH = b"\0" * 32
 
+DENSE_SPAN: Final = 4096
+"""
+Log positions behind the newest snapshot within which every snapshot is
+kept.  Under load, events from a slower link land hundreds to thousands of
+positions back; with snapshots kept only over the last few hundred, each
+such one replayed a whole batch or more (up to 8 replays per event in
+``bench_ingest``).  Snapshots are at least ``len(book) / 32`` positions
+apart, so this many positions hold about 128 of a small book and a few
+of a large one: the memory stays bounded whatever the book.
+"""
+
 _NO_FAIR_TIME = 2**63
 """Later than every fair time (an event without one; one not queued for placement)."""
 
@@ -219,6 +230,7 @@ class Ledger:
         *,
         snapshot_interval: int = 32,
         max_snapshots: int = 32,
+        dense_span: int = DENSE_SPAN,
         witnesses: WitnessSet | None = None,
     ) -> None:
         """
@@ -228,14 +240,20 @@ class Ledger:
             author-clock order.
         :param snapshot_interval: the fewest log positions between snapshots
             (more apart as the book grows: see :meth:`_apply_from`).
-        :param max_snapshots: snapshots kept (older ones are thinned out).
+        :param max_snapshots: snapshots kept (older ones are thinned out),
+            besides those within C{dense_span} of the newest.
+        :param dense_span: log positions behind the newest snapshot within
+            which every snapshot is kept (:data:`DENSE_SPAN`).
         """
-        if snapshot_interval < 1 or max_snapshots < 4:
-            raise ValueError("snapshot_interval must be >= 1 and max_snapshots >= 4")
+        if snapshot_interval < 1 or max_snapshots < 4 or dense_span < 0:
+            raise ValueError(
+                "snapshot_interval must be >= 1, max_snapshots >= 4 and dense_span >= 0"
+            )
         self.book = OrderBook(params)
         self.params = self.book.params
         self.snapshot_interval = snapshot_interval
         self.max_snapshots = max_snapshots
+        self.dense_span = dense_span
         self.lamport = 0
         self.flagged: dict[str, str] = {}
         self.revisions = 0
@@ -989,7 +1007,7 @@ class Ledger:
         # anyway), and further apart as the book grows: a snapshot costs time
         # in proportion to the open orders, so at least 32 events apart per
         # open order keeps its cost per event constant.
-        snapshot_from = end - interval * (self.max_snapshots // 2)
+        snapshot_from = end - max(interval * (self.max_snapshots // 2), self.dense_span)
         last_snapshot = self._snapshots[-1].position
         for position in range(start, end):
             event = log[position]
@@ -1057,15 +1075,24 @@ class Ledger:
         if snap.position <= snapshots[-1].position:
             return
         snapshots.append(snap)
-        if len(snapshots) > self.max_snapshots:
-            # Keep the empty book and the newest half; drop every other older one.
-            keep_recent = self.max_snapshots // 2
+        # Keep the empty book, the newest half and every snapshot within
+        # dense_span of the newest (where late events land); once the older
+        # ones fill the other half, drop every other one of them.
+        half = self.max_snapshots // 2
+        dense_from = snap.position - self.dense_span
+        dense = len(snapshots) - bisect_left(snapshots, dense_from, 1, key=_position)
+        keep_recent = max(half, dense)
+        if len(snapshots) > keep_recent + self.max_snapshots - half:
             older = snapshots[1:-keep_recent]
             snapshots[1:-keep_recent] = older[::2]
 
     def snapshot_positions(self) -> list[int]:
         """Log positions of the snapshots kept (for tests and metrics)."""
         return [snap.position for snap in self._snapshots]
+
+
+def _position(snap: _Snapshot) -> int:
+    return snap.position
 
 
 def _settled_part(trades: list[TradeRecord], settled: int) -> list[tuple[str, int, int]]:

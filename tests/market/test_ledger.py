@@ -474,7 +474,7 @@ class RollbackTests(SynchronousTestCase):
         # A large resting sell below every price, early: every later buy trades with it.
         early = order(DAVE, 1, 1, "sell", "98", "50")
         middle = order(ERIN, 1, top // 2, "buy", "101.5", "5")
-        ledger = Ledger(snapshot_interval=3, max_snapshots=6)
+        ledger = Ledger(snapshot_interval=3, max_snapshots=6, dense_span=0)
         for event in events:
             ledger.insert([event])
             self.assertLessEqual(len(ledger.snapshot_positions()), 6)
@@ -511,7 +511,7 @@ class RollbackTests(SynchronousTestCase):
         """However many events, the snapshots kept stay within max_snapshots."""
         events = random_events(random.Random(3), 4, 400, twins=False).events
         for interval, kept in ((1, 4), (2, 5), (5, 8)):
-            ledger = Ledger(snapshot_interval=interval, max_snapshots=kept)
+            ledger = Ledger(snapshot_interval=interval, max_snapshots=kept, dense_span=0)
             most = 0
             for event in sorted(events, key=lambda event: event.key):
                 ledger.insert([event])
@@ -522,6 +522,43 @@ class RollbackTests(SynchronousTestCase):
                 self.assertLessEqual(positions[-1], ledger.applied)
             self.assertLessEqual(most, kept)
             self.assertGreaterEqual(most, 3)
+
+    def test_dense_span_kept(self) -> None:
+        """
+        Every snapshot within dense_span of the newest stays, so an event
+        that far back replays from just before it; older ones are thinned
+        as before, and the count stays bounded.
+        """
+        events = sorted(
+            random_events(random.Random(5), 4, 600, twins=False, stale=False).events,
+            key=lambda e: e.key,
+        )
+        dense = Ledger(snapshot_interval=2, max_snapshots=6, dense_span=60)
+        thin = Ledger(snapshot_interval=2, max_snapshots=6, dense_span=0)
+        for event in events:
+            for ledger in (dense, thin):
+                ledger.insert([event])
+        newest = dense.snapshot_positions()[-1]
+        kept = [p for p in dense.snapshot_positions() if p >= newest - 60]
+        self.assertEqual(kept, list(range(kept[0], newest + 1, 2)))
+        self.assertLessEqual(kept[0], newest - 58)
+        self.assertLessEqual(len(dense.snapshot_positions()), 6 + 60 // 2 + 1)
+        self.assertEqual(dense.snapshot_positions()[0], 0)
+        self.assertLess(len(thin.snapshot_positions()), len(dense.snapshot_positions()))
+
+        # A late event 50 positions back: the dense ledger replays about
+        # 50 events, the thin one from a snapshot further back.
+        late = events[-50]
+        twin = order(ERIN, 1, late.lamport, "sell", "98", "1")
+        for ledger in (dense, thin):
+            ledger.insert([twin])
+        self.assertLessEqual(dense.replayed, 53)
+        self.assertGreater(thin.replayed, dense.replayed)
+        self.assertEqual(state(dense), state(thin))
+
+    def test_dense_span_checked(self) -> None:
+        """A negative dense span is refused."""
+        self.assertRaises(ValueError, Ledger, dense_span=-1)
 
 
 class AntiEntropyTests(SynchronousTestCase):

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL = ROOT / "benchmarks" / "run_all.py"
 BENCH_FAIR = ROOT / "benchmarks" / "bench_fair.py"
 BENCH_INGEST = ROOT / "benchmarks" / "bench_ingest.py"
+BENCH_ENTRY = ROOT / "benchmarks" / "bench_entry.py"
 
 FIGURE_KEYS = {"figure", "value", "unit", "target", "met"}
 
@@ -154,6 +155,19 @@ class RunAllTests(SynchronousTestCase):
         done = run_all("--only", "bench_nonexistent", "--results", os.path.abspath(self.mktemp()))
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("bench_nonexistent", done.stderr)
+
+
+class BenchEntryTests(SynchronousTestCase):
+    """``bench_entry.py`` checks its options before it starts a node."""
+
+    def test_bad_options(self) -> None:
+        """No time, no clients or a batch the API refuses are refused."""
+        for args in (("--duration", "0"), ("--clients", "0"), ("--batch", "1"), ("--batch", "101")):
+            done = run_script(
+                BENCH_ENTRY, *args, "--json", os.path.abspath(self.mktemp()), timeout=60
+            )
+            self.assertEqual(done.returncode, 2, f"{args}: {done.stdout}{done.stderr}")
+            self.assertIn("--batch 2 to 100", done.stderr)
 
 
 class BenchIngestTests(SynchronousTestCase):

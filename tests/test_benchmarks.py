@@ -23,6 +23,7 @@ RUN_ALL = ROOT / "benchmarks" / "run_all.py"
 BENCH_FAIR = ROOT / "benchmarks" / "bench_fair.py"
 BENCH_INGEST = ROOT / "benchmarks" / "bench_ingest.py"
 BENCH_ENTRY = ROOT / "benchmarks" / "bench_entry.py"
+BENCH_MEMORY = ROOT / "benchmarks" / "bench_memory.py"
 
 FIGURE_KEYS = {"figure", "value", "unit", "target", "met"}
 
@@ -155,6 +156,33 @@ class RunAllTests(SynchronousTestCase):
         done = run_all("--only", "bench_nonexistent", "--results", os.path.abspath(self.mktemp()))
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("bench_nonexistent", done.stderr)
+
+
+class BenchMemoryTests(SynchronousTestCase):
+    """``bench_memory.py`` checks its options before it signs anything."""
+
+    def test_bad_options(self) -> None:
+        for args in (("--orders", "0"), ("--authors", "0")):
+            done = run_script(
+                BENCH_MEMORY, *args, "--json", os.path.abspath(self.mktemp()), timeout=60
+            )
+            self.assertEqual(done.returncode, 2, f"{args}: {done.stdout}{done.stderr}")
+            self.assertIn("--orders and --authors at least 1", done.stderr)
+
+    def test_resting_orders_never_cross(self) -> None:
+        """The history is all resting orders: no buy at or above any sell."""
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        self.addCleanup(sys.path.remove, str(ROOT / "benchmarks"))
+        from bench_memory import resting_orders
+
+        from bitfitech.market.book import OrderBook
+
+        events = resting_orders(2000, 20, seed=3)
+        book = OrderBook()
+        for event in events:
+            book.place(event.id, event.side, event.price, event.amount, event.author, "limit")
+        self.assertEqual(len(book), 2000)
+        self.assertEqual([e.lamport for e in events], list(range(1, 2001)))
 
 
 class BenchEntryTests(SynchronousTestCase):

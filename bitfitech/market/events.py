@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from sys import intern
 from typing import Final, NamedTuple
 
 import nacl.bindings
@@ -188,15 +189,18 @@ def _from_match(match: re.Match[str], text: str, sig: str, network: str, pair: s
     event.id = event_id(text)
     event.text = text
     event.sig = sig
-    event.author = author
+    # An author's key, a side, an order type, a price level: a few values
+    # each, held by every event and resting order; one string apiece.
+    event.author = author = intern(author)
     event.seq = seq_n
     event.lamport = lamport_n
     event.ts = ts_n
     event.key = Key(lamport_n, author, seq_n)
     if target is None:
         event.kind = ORDER
-        event.side, event.order_type, event.amount, event.target = side, order_type, amount, ""
-        event.price = None if price == "-" else price
+        event.side, event.order_type = intern(side), intern(order_type)
+        event.amount, event.target = amount, ""
+        event.price = None if price == "-" else intern(price)
     else:
         event.kind = CANCEL
         event.side = event.order_type = event.amount = ""
@@ -224,7 +228,7 @@ def _parse_checked(text: str, sig: str, network: str, pair: str) -> Event:
     event.id = event_id(text)
     event.text = text
     event.sig = sig
-    event.author = author
+    event.author = author = intern(author)
     event.seq = seq = _int(fields[4], 1, MAX_INT, "seq")
     event.lamport = lamport = _int(fields[5], 1, MAX_INT, "lamport")
     event.ts = _int(fields[6], 0, MAX_TS, "ts")
@@ -245,10 +249,11 @@ def _parse_checked(text: str, sig: str, network: str, pair: str) -> Event:
         elif _DECIMAL.fullmatch(price) is None:
             raise EventError(f"price must be a plain decimal, not {price!r}")
         else:
-            event.price = price
+            event.price = intern(price)
         if _DECIMAL.fullmatch(amount) is None:
             raise EventError(f"amount must be a plain decimal, not {amount!r}")
-        event.side, event.order_type, event.amount, event.target = side, order_type, amount, ""
+        event.side, event.order_type = intern(side), intern(order_type)
+        event.amount, event.target = amount, ""
     elif kind == CANCEL:
         if count != 9:
             raise EventError("a cancel has 9 fields")

@@ -6,6 +6,12 @@ text and signature it travels as, keyed by its id; reading the journal back
 in the order it was written and inserting it into a fresh ledger rebuilds
 the same book, because the book depends only on the set of events.
 
+The journal is append-only and has no index on the event id (an index on
+a random key made every insert cost several times the row): it writes
+what it is given.  The market hands it each event once, when the event
+is new to it; an event journaled twice all the same (a bug) would cost a
+row, nothing more, since loading skips repeats like any duplicate.
+
 A batch is one transaction, committed with the database's
 ``synchronous=NORMAL``: it survives a killed process at once.  To survive a
 power cut too, a node's own orders (acknowledged to the user only
@@ -64,7 +70,8 @@ class EventJournal:
 
     def write(self, events: Iterable[Event], *, durable: bool, stamps: Iterable[Stamp] = ()) -> int:
         """
-        Journal C{events} and C{stamps} in one transaction; those already
+        Journal C{events} and C{stamps} in one transaction.  Events are
+        appended as given (the caller gives each once); stamps already
         there are skipped.
 
         :param durable: commit with ``synchronous=FULL`` (an fsync of the WAL).
@@ -83,9 +90,7 @@ class EventJournal:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     before = db.total_changes
-                    db.executemany(
-                        "INSERT OR IGNORE INTO events (id, text, sig) VALUES (?, ?, ?)", rows
-                    )
+                    db.executemany("INSERT INTO events (id, text, sig) VALUES (?, ?, ?)", rows)
                     if stamp_rows:
                         db.executemany(
                             "INSERT OR IGNORE INTO stamps (id, text, sig) VALUES (?, ?, ?)",

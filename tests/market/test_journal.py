@@ -1,12 +1,15 @@
 """Tests for :mod:`bitfitech.market.journal`: events in the node's SQLite database.
 
 A batch is one transaction (durable batches with ``synchronous=FULL``),
-duplicates are skipped, a failed batch leaves nothing behind, and reading
-the journal back, after a restart too, rebuilds the same ledger.
+events are appended as given, a failed batch leaves nothing behind, and
+reading the journal back, after a restart too, rebuilds the same ledger
+(a repeated row changes nothing).  Databases of schema version 4, whose
+``events`` table had its id as primary key, are migrated in order.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 
@@ -15,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from bitfitech.market.events import Event, parse_event, verify_event
 from bitfitech.market.journal import EventJournal, JournalError
 from bitfitech.market.ledger import Ledger
-from bitfitech.storage import SCHEMA_VERSION, Storage, schema_version
+from bitfitech.storage import MIGRATIONS, SCHEMA_VERSION, Storage, schema_version
 
 from .strategies import EVENT_NETWORK, EVENT_PAIR, random_events
 
@@ -36,6 +39,43 @@ def unsigned_events(count: int) -> list[Event]:
         )
         for seq in range(1, count + 1)
     ]
+
+
+class MigrationTests(SynchronousTestCase):
+    """A version 4 journal (id as primary key) becomes the unindexed one, rows in order."""
+
+    def test_version_4_journal(self) -> None:
+        data_dir = self.mktemp()
+        storage = Storage(data_dir)
+        storage.open()
+        path = storage.database_path
+        storage.close()
+        # Rebuild the database as version 4 left it.
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+        db = sqlite3.connect(path, isolation_level=None)
+        for statements in MIGRATIONS[:4]:
+            for statement in statements:
+                db.execute(statement)
+        db.execute("INSERT INTO settings (key, value) VALUES ('schema_version', '4')")
+        events = some_events(30)[::-1]
+        db.executemany(
+            "INSERT INTO events (id, text, sig) VALUES (?, ?, ?)",
+            [(event.id, event.text, event.sig) for event in events],
+        )
+        db.close()
+
+        storage = Storage(data_dir)
+        storage.open()
+        self.addCleanup(storage.close)
+        self.assertEqual(schema_version(storage.connection), SCHEMA_VERSION)
+        journal = EventJournal(storage.connection)
+        self.assertEqual(list(journal.load()), [event.wire for event in events])
+        self.assertEqual(storage.connection.execute("PRAGMA index_list(events)").fetchall(), [])
+        more = some_events(33)[30:]
+        self.assertEqual(journal.write(more, durable=True), 3)
+        self.assertEqual(list(journal.load()), [e.wire for e in events + more])
 
 
 class JournalTests(SynchronousTestCase):
@@ -74,7 +114,7 @@ class JournalTests(SynchronousTestCase):
         return int(value)
 
     def test_schema(self) -> None:
-        """The migrated database has the events table: id (primary key), text, sig."""
+        """The migrated database has the events table: id, text, sig; no key, no index."""
         db = self.storage.connection
         self.assertEqual(schema_version(db), SCHEMA_VERSION)
         columns = [
@@ -82,8 +122,9 @@ class JournalTests(SynchronousTestCase):
             for _, name, kind, notnull, _, pk in db.execute("PRAGMA table_info(events)")
         ]
         self.assertEqual(
-            columns, [("id", "TEXT", 1, 1), ("text", "TEXT", 1, 0), ("sig", "TEXT", 1, 0)]
+            columns, [("id", "TEXT", 1, 0), ("text", "TEXT", 1, 0), ("sig", "TEXT", 1, 0)]
         )
+        self.assertEqual(db.execute("PRAGMA index_list(events)").fetchall(), [])
         self.assertEqual(len(self.journal), 0)
         self.assertEqual(self.rows(), [])
 
@@ -118,13 +159,24 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual(self.journal.write(iter(()), durable=False), 0)
         self.assertEqual(recorded, [])
 
-    def test_duplicates_skipped(self) -> None:
-        """Events already journaled, or twice in one batch, are written once."""
+    def test_repeats_written_and_harmless(self) -> None:
+        """
+        The journal appends what it is given, a repeat too (the market gives
+        each event once); a journal holding repeats loads into the same ledger.
+        """
         e1, e2, e3 = some_events(3)
         self.assertEqual(self.journal.write([e1, e2], durable=False), 2)
-        self.assertEqual(self.journal.write([e2, e3, e3], durable=True), 1)
-        self.assertEqual(self.journal.write([e1, e2, e3], durable=False), 0)
-        self.assertEqual(self.rows(), [e1.wire, e2.wire, e3.wire])
+        self.assertEqual(self.journal.write([e2, e3], durable=True), 2)
+        self.assertEqual(self.rows(), [e1.wire, e2.wire, e2.wire, e3.wire])
+        loaded = Ledger()
+        result = loaded.insert(
+            parse_event(t, sig, EVENT_NETWORK, EVENT_PAIR) for t, sig in self.rows()
+        )
+        self.assertEqual(result.duplicates, 1)
+        once = Ledger()
+        once.insert([e1, e2, e3])
+        self.assertEqual(loaded.state_hash(), once.state_hash())
+        self.assertEqual(loaded.log_hash, once.log_hash)
 
     def test_load_in_write_order(self) -> None:
         """load() gives (text, sig) in the order written, not by id or by key."""
@@ -166,7 +218,7 @@ class JournalTests(SynchronousTestCase):
             self.assertFalse(db.in_transaction)
             self.assertEqual(self.synchronous(), SYNCHRONOUS_NORMAL)
         db.execute("DROP TRIGGER refuse")
-        self.assertEqual(self.journal.write(events, durable=True), 4)
+        self.assertEqual(self.journal.write(events[1:], durable=True), 4)
         self.assertEqual(self.rows(), [event.wire for event in events])
 
     def test_disk_full(self) -> None:

@@ -33,6 +33,7 @@ import re
 import resource
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -44,8 +45,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bitfitech.identity import load_or_create_identity
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from bitfitech.identity import NodeIdentity, load_or_create_identity
+from bitfitech.peer.tls import node_certificate, node_private_key
 from bitfitech.testing import free_ports
+from bitfitech.wire.framing import encode_frame, network_magic
+from bitfitech.wire.messages import Message, encode_message
 
 #: the checkout's root (holds ``bitfitech`` and ``twisted/plugins``)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -952,3 +958,40 @@ if __name__ == "__main__":
         client_main(options.client)
     else:
         paced_client_main(options.paced)
+
+
+# -- speaking to a node as a peer, and pinning it to a CPU
+
+
+def frame(message: Message) -> bytes:
+    """The bytes of C{message} framed for the benchmark network (:data:`NETWORK`)."""
+    command, payload = encode_message(message)
+    return encode_frame(network_magic(NETWORK), command, payload)
+
+
+def client_tls_context(directory: str, rng: random.Random) -> tuple[ssl.SSLContext, str]:
+    """
+    A client TLS context with a certificate for a fresh node key (written
+    into C{directory}), as a peer presents; and that key's node id.
+    """
+    identity = NodeIdentity.from_seed(rng.randbytes(32))
+    cert_path = os.path.join(directory, f"{identity.node_id}.crt")
+    key_path = os.path.join(directory, f"{identity.node_id}.key")
+    with open(cert_path, "wb") as f:
+        f.write(node_certificate(identity, time.time()).public_bytes(Encoding.PEM))
+    with open(key_path, "wb") as f:
+        key = node_private_key(identity)
+        f.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(cert_path, key_path)
+    return context, identity.node_id
+
+
+def pin(pid: int, cpus: set[int]) -> int:
+    """Pin every thread of process C{pid} to C{cpus}; how many threads it has."""
+    tasks = os.listdir(f"/proc/{pid}/task")
+    for task in tasks:
+        os.sched_setaffinity(int(task), cpus)
+    return len(tasks)

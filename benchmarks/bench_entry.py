@@ -31,6 +31,7 @@ from _cluster import (
     NodeProcess,
     cleanup_on_interrupt,
     machine_info,
+    pin,
     print_table,
     run_clients,
     wait_api,
@@ -42,14 +43,6 @@ from bitfitech.testing import free_ports
 
 POST_CPU_TARGET_US = 300
 BATCH_TARGET = 5_000
-
-
-def pin(pid: int, cpus: set[int]) -> int:
-    """Pin every thread of process C{pid} to C{cpus}; how many threads."""
-    tasks = os.listdir(f"/proc/{pid}/task")
-    for task in tasks:
-        os.sched_setaffinity(int(task), cpus)
-    return len(tasks)
 
 
 def phase(node: NodeProcess, args: argparse.Namespace, batch: int, cpu: int) -> dict[str, Any]:

@@ -49,41 +49,31 @@ from _cluster import (
     NETWORK,
     NodeProcess,
     cleanup_on_interrupt,
+    client_tls_context,
+    frame,
     machine_info,
+    pin,
     print_table,
     wait_api,
     wait_until,
 )
 from _results import Results, add_arguments
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from bitfitech.config import GossipTiming
-from bitfitech.identity import NodeIdentity
 from bitfitech.market.events import Author, Event
-from bitfitech.peer.tls import node_certificate, node_private_key
 from bitfitech.testing import free_ports
-from bitfitech.wire.framing import encode_frame, network_magic
 from bitfitech.wire.messages import (
     PROTOCOL_VERSION,
     Events,
-    Message,
     Verack,
     Version,
-    encode_message,
 )
 from bitfitech.witnesses import WitnessSet
 
 PAIR = "BTC/USD"
-MAGIC = network_magic(NETWORK)
 TARGET = 10_000
 """Events a second the node should take in (the replication hot path's target)."""
 POLL_S = 0.2
-
-
-def frame(message: Message) -> bytes:
-    """The bytes of C{message} framed for the benchmark network."""
-    command, payload = encode_message(message)
-    return encode_frame(MAGIC, command, payload)
 
 
 def sign_events(count: int, authors: int, seed: int) -> list[list[Event]]:
@@ -118,23 +108,6 @@ def feed_frames(chains: Sequence[list[Event]], links: int, per_message: int) -> 
             part = interleaved[start : start + per_message]
             out[link].append(frame(Events(tuple(e.wire for e in part), ttl=ttl, more=False)))
     return out
-
-
-def tls_context(directory: str, rng: random.Random) -> tuple[ssl.SSLContext, str]:
-    """A client TLS context with a certificate for a fresh node key; and its node id."""
-    identity = NodeIdentity.from_seed(rng.randbytes(32))
-    cert_path = os.path.join(directory, f"{identity.node_id}.crt")
-    key_path = os.path.join(directory, f"{identity.node_id}.key")
-    with open(cert_path, "wb") as f:
-        f.write(node_certificate(identity, time.time()).public_bytes(Encoding.PEM))
-    with open(key_path, "wb") as f:
-        key = node_private_key(identity)
-        f.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.load_cert_chain(cert_path, key_path)
-    return context, identity.node_id
 
 
 @dataclass
@@ -181,7 +154,7 @@ def send_all(links: Sequence[Link]) -> None:
 
 def connect(port: int, directory: str, rng: random.Random, frames: list[bytes]) -> Link:
     """A link to the node, past its handshake, reading in a thread of its own."""
-    context, node_id = tls_context(directory, rng)
+    context, node_id = client_tls_context(directory, rng)
     raw = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock = context.wrap_socket(raw)
     hello = Version(PROTOCOL_VERSION, NETWORK, PAIR, node_id, 0, "bitfi-bench-ingest/0", (),
@@ -201,14 +174,6 @@ def trace_line(at: float, status: dict[str, Any]) -> str:
         f"{market['buffered']:,}; rollbacks {market['rollbacks']:,} replaying "
         f"{market['replayed']:,}; apply delay {market['apply_delay_ms']} ms"
     )
-
-
-def pin(pid: int, cpus: set[int]) -> int:
-    """Pin every thread of process C{pid} to C{cpus}; how many threads."""
-    tasks = os.listdir(f"/proc/{pid}/task")
-    for task in tasks:
-        os.sched_setaffinity(int(task), cpus)
-    return len(tasks)
 
 
 def main(argv: list[str]) -> int:

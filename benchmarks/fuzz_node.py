@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import socket
 import ssl
@@ -45,20 +44,15 @@ from _cluster import (
     NETWORK,
     NodeProcess,
     cleanup_on_interrupt,
+    client_tls_context,
+    frame,
     machine_info,
     print_table,
     wait_api,
     wait_until,
 )
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-)
 
-from bitfitech.identity import NodeIdentity
 from bitfitech.market.events import Author
-from bitfitech.peer.tls import node_certificate, node_private_key
 from bitfitech.testing import free_ports
 from bitfitech.wire.framing import encode_frame, network_magic
 from bitfitech.wire.messages import (
@@ -112,12 +106,6 @@ class Tally:
             self.dropped += dropped
             for kind, count in kinds.items():
                 self.kinds[kind] = self.kinds.get(kind, 0) + count
-
-
-def frame(message: Message) -> bytes:
-    """The bytes of C{message} framed for the benchmark network."""
-    command, payload = encode_message(message)
-    return encode_frame(MAGIC, command, payload)
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
@@ -215,23 +203,6 @@ class FrameSource:
         return "bad signatures", self.forged_events()
 
 
-def tls_context(directory: str, rng: random.Random) -> tuple[ssl.SSLContext, str]:
-    """A client TLS context with a certificate for a fresh key; and that key's node id."""
-    identity = NodeIdentity.from_seed(rng.randbytes(32))
-    cert_path = os.path.join(directory, f"{identity.node_id}.crt")
-    key_path = os.path.join(directory, f"{identity.node_id}.key")
-    with open(cert_path, "wb") as f:
-        f.write(node_certificate(identity, time.time()).public_bytes(Encoding.PEM))
-    with open(key_path, "wb") as f:
-        key = node_private_key(identity)
-        f.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.load_cert_chain(cert_path, key_path)
-    return context, identity.node_id
-
-
 def drain(sock: ssl.SSLSocket) -> bool:
     """Read whatever T sent, without waiting; C{False} once T closed the link."""
     sock.setblocking(False)
@@ -302,7 +273,7 @@ def fuzz(port: int, frames: int, threads: int, seed: int, directory: str) -> Tal
 
     def worker(number: int) -> None:
         rng = random.Random(seed * 1000 + number)
-        context, node_id = tls_context(directory, rng)
+        context, node_id = client_tls_context(directory, rng)
         while tally.fuzzed < frames:
             fuzz_connection(port, context, node_id, rng, rng.randint(50, 500), tally)
 

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,16 +159,33 @@ class RunAllTests(SynchronousTestCase):
         self.assertIn("bench_nonexistent", done.stderr)
 
 
-class BenchMemoryTests(SynchronousTestCase):
+class OptionsTestCase(SynchronousTestCase):
+    """A benchmark script that refuses bad options with status 2 before it starts anything."""
+
+    def assertHelpLists(self, script: Path, options: Sequence[str]) -> None:
+        """C{script}'s ``--help`` exits with 0 and names each of C{options}."""
+        done = run_script(script, "--help", timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        for option in options:
+            self.assertIn(option, done.stdout)
+
+    def assertRefused(self, script: Path, cases: Sequence[Sequence[str]], says: str) -> None:
+        """Each of C{cases} (its options) makes C{script} exit with 2, saying C{says}."""
+        for args in cases:
+            done = run_script(script, *args, "--json", os.path.abspath(self.mktemp()), timeout=60)
+            self.assertEqual(done.returncode, 2, f"{args}: {done.stdout}{done.stderr}")
+            self.assertIn(says, done.stderr)
+
+
+class BenchMemoryTests(OptionsTestCase):
     """``bench_memory.py`` checks its options before it signs anything."""
 
     def test_bad_options(self) -> None:
-        for args in (("--orders", "0"), ("--authors", "0")):
-            done = run_script(
-                BENCH_MEMORY, *args, "--json", os.path.abspath(self.mktemp()), timeout=60
-            )
-            self.assertEqual(done.returncode, 2, f"{args}: {done.stdout}{done.stderr}")
-            self.assertIn("--orders and --authors at least 1", done.stderr)
+        self.assertRefused(
+            BENCH_MEMORY,
+            [("--orders", "0"), ("--authors", "0")],
+            "--orders and --authors at least 1",
+        )
 
     def test_resting_orders_never_cross(self) -> None:
         """The history is all resting orders: no buy at or above any sell."""
@@ -185,41 +203,30 @@ class BenchMemoryTests(SynchronousTestCase):
         self.assertEqual([e.lamport for e in events], list(range(1, 2001)))
 
 
-class BenchEntryTests(SynchronousTestCase):
+class BenchEntryTests(OptionsTestCase):
     """``bench_entry.py`` checks its options before it starts a node."""
 
     def test_bad_options(self) -> None:
         """No time, no clients or a batch the API refuses are refused."""
-        for args in (("--duration", "0"), ("--clients", "0"), ("--batch", "1"), ("--batch", "101")):
-            done = run_script(
-                BENCH_ENTRY, *args, "--json", os.path.abspath(self.mktemp()), timeout=60
-            )
-            self.assertEqual(done.returncode, 2, f"{args}: {done.stdout}{done.stderr}")
-            self.assertIn("--batch 2 to 100", done.stderr)
+        cases = [("--duration", "0"), ("--clients", "0"), ("--batch", "1"), ("--batch", "101")]
+        self.assertRefused(BENCH_ENTRY, cases, "--batch 2 to 100")
 
 
-class BenchIngestTests(SynchronousTestCase):
+class BenchIngestTests(OptionsTestCase):
     """``bench_ingest.py`` checks its options before it signs or starts anything."""
-
-    def run_bench(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_script(BENCH_INGEST, *args, timeout=60)
 
     def test_help(self) -> None:
         """``--help`` lists the results protocol's options and the feed's knobs."""
-        done = self.run_bench("--help")
-        self.assertEqual(done.returncode, 0, done.stderr)
-        for option in ("--quick", "--json", "--events", "--links", "--per-message", "--trace"):
-            self.assertIn(option, done.stdout)
+        options = ("--quick", "--json", "--events", "--links", "--per-message", "--trace")
+        self.assertHelpLists(BENCH_INGEST, options)
 
     def test_bad_feed(self) -> None:
         """A feed of no events, no links or oversized messages is refused."""
-        for args in (("--events", "0"), ("--links", "0"), ("--per-message", "101")):
-            done = self.run_bench(*args, "--json", os.path.abspath(self.mktemp()))
-            self.assertEqual(done.returncode, 2, f"{args}: {done.stdout}{done.stderr}")
-            self.assertIn("--per-message 1 to 100", done.stderr)
+        cases = [("--events", "0"), ("--links", "0"), ("--per-message", "101")]
+        self.assertRefused(BENCH_INGEST, cases, "--per-message 1 to 100")
 
 
-class BenchFairTests(SynchronousTestCase):
+class BenchFairTests(OptionsTestCase):
     """``bench_fair.py`` imports and checks its options before it starts any node."""
 
     def run_bench(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -227,20 +234,16 @@ class BenchFairTests(SynchronousTestCase):
 
     def test_help(self) -> None:
         """``--help`` lists the results protocol's options and the attack's knobs."""
-        done = self.run_bench("--help")
-        self.assertEqual(done.returncode, 0, done.stderr)
-        for option in (
+        options = (
             "--quick", "--json", "--trials", "--baseline-trials", "--rate", "--grind",
             "--author-latency",
-        ):  # fmt: skip
-            self.assertIn(option, done.stdout)
+        )  # fmt: skip
+        self.assertHelpLists(BENCH_FAIR, options)
 
     def test_bad_rates(self) -> None:
         """``--rate`` takes positive orders/s, comma-separated; anything else is refused."""
-        for rates in ("600,", "fast", "200,-1", "0", "inf"):
-            done = self.run_bench("--rate", rates, "--json", os.path.abspath(self.mktemp()))
-            self.assertEqual(done.returncode, 2, f"{rates}: {done.stdout}{done.stderr}")
-            self.assertIn("--rate", done.stderr)
+        cases = [("--rate", rates) for rates in ("600,", "fast", "200,-1", "0", "inf")]
+        self.assertRefused(BENCH_FAIR, cases, "--rate")
 
     def test_too_few_nodes(self) -> None:
         """A network too small for three witnesses, a victim and the local node is refused."""

@@ -92,6 +92,7 @@ from .wire.messages import (
     Prune,
     Stamps,
     Sync,
+    event_fragment,
 )
 
 log = logger(__name__)
@@ -111,6 +112,9 @@ verifies one (in threads), it decodes and applies the others."""
 
 SEEN_CACHE = 65536
 """Ids remembered for dedup beyond the events held (invalid ones included)."""
+
+FRAGMENTS = 8192
+"""Events whose JSON fragment is kept for the next peer they are sent to."""
 
 KNOWN_PER_PEER = 16384
 """Ids remembered per peer as already held by it."""
@@ -340,6 +344,7 @@ class Gossip:
         self._rng = rng or random.Random()
         self.peers: dict[IPeerLink, _Peer] = {}
         self._seen: OrderedDict[str, int] = OrderedDict()
+        self._fragments: OrderedDict[str, str] = OrderedDict()
         self._requested: dict[str, _Request] = {}
         self._to_fetch: deque[tuple[float, str]] = deque()
         self._fetch_call: IDelayedCall | None = None
@@ -865,7 +870,26 @@ class Gossip:
 
     def _send_answer(self, peer: _Peer, events: list[Event], more: bool) -> None:
         self.stats["sync_events_sent"] += len(events)
-        peer.link.send(Events(tuple(event.wire for event in events), ttl=0, more=more))
+        # Answers are one peer's: their fragments are not kept for others.
+        wire = tuple(event.wire for event in events)
+        peer.link.send(Events.prepared(wire, [event_fragment(*w) for w in wire], 0, more))
+
+    def _events_message(self, events: list[Event], ttl: int) -> Events:
+        """
+        An ``events`` message relaying C{events}: each event's JSON is
+        built once and kept (the last :data:`FRAGMENTS`), since the same
+        event goes to several peers in messages of their own.
+        """
+        kept = self._fragments
+        fragments = []
+        for event in events:
+            fragment = kept.get(event.id)
+            if fragment is None:
+                fragment = kept[event.id] = event_fragment(event.text, event.sig)
+                if len(kept) > FRAGMENTS:
+                    kept.popitem(last=False)
+            fragments.append(fragment)
+        return Events.prepared(tuple(event.wire for event in events), fragments, ttl, False)
 
     # -- sending
 
@@ -993,7 +1017,7 @@ class Gossip:
             for ttl, events in batches:
                 stats["events_pushed"] += len(events)
                 for part in _chunks(events, MAX_EVENTS):
-                    link.send(Events(tuple(e.wire for e in part), ttl=ttl, more=False))
+                    link.send(self._events_message(part, ttl))
             if peer.announcements.items:
                 idents, ttl = peer.announcements.take()
                 stats["inv_sent"] += len(idents)

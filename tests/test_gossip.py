@@ -369,6 +369,23 @@ class PublishTests(SynchronousTestCase):
         wires = tuple(event.wire for event in events)
         self.assertEqual(node.take_all(), [[Events(wires, ttl=16, more=False)]] * 3)
 
+    def test_pushed_bytes_as_checked_fragments_bounded(self) -> None:
+        """
+        Pushed events go out as messages prepared from each event's JSON,
+        built once for all peers: byte for byte what a checked Events
+        encodes to; the fragments kept stay within FRAGMENTS.
+        """
+        self.patch(gossip_module, "FRAGMENTS", 4)
+        events = chain(author(1), 10)
+        node = Node(3, *events, timing=replace(TIMING, fanout=5))
+        node.gossip.publish(events)
+        node.clock.advance(0)
+        wires = tuple(event.wire for event in events)
+        for sent in node.take_all():
+            self.assertEqual(len(sent), 1)
+            self.assertEqual(encode_message(sent[0]), encode_message(Events(wires, 16, False)))
+        self.assertEqual(list(node.gossip._fragments), [e.id for e in events[-4:]])
+
     def test_publishes_batched_per_kind_with_fanout_one(self) -> None:
         """
         With fanout 1, each peer gets at most one ``events`` and one ``inv``

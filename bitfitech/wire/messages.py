@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, NoReturn, Self, TypeAlias, get_args
@@ -684,6 +684,31 @@ class Events:
         }
 
     @classmethod
+    def prepared(
+        cls, events: tuple[tuple[str, str], ...], fragments: Sequence[str], ttl: int, more: bool
+    ) -> Events:
+        """
+        An ``events`` message of events the node has parsed and checked
+        already, with each one's :func:`event_fragment`: not checked again,
+        and :func:`encode_message` joins the fragments instead of encoding
+        the events (a relayed event is encoded once, not once per peer).
+
+        The caller vouches for the rest: at most :data:`MAX_EVENTS`
+        events, C{ttl} from 0 to :data:`MAX_TTL`.
+        """
+        message = object.__new__(cls)
+        object.__setattr__(message, "events", events)
+        object.__setattr__(message, "ttl", ttl)
+        object.__setattr__(message, "more", more)
+        payload = b'{"events":[%s],"more":%s,"ttl":%d}' % (
+            ",".join(fragments).encode("utf-8"),
+            b"true" if more else b"false",
+            ttl,
+        )
+        object.__setattr__(message, "_payload", payload)
+        return message
+
+    @classmethod
     def _from_json(cls, obj: Mapping[str, object]) -> Self:
         c = cls.command
         raw = _list(obj, "events", 0, MAX_EVENTS, c)
@@ -920,16 +945,24 @@ def describe(message: Message) -> str:
     return message.command
 
 
+def event_fragment(text: str, sig: str) -> str:
+    """One event's ``[text, sig]`` entry in an ``events`` payload, as encode_message writes it."""
+    return json.dumps([text, sig], separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_message(message: Message) -> tuple[str, bytes]:
     """
     Turn a message into a frame's command and payload.
 
     :return: the command and the compact, deterministic UTF-8 JSON payload
-        (the raw payload for :class:`Unknown`).
+        (the raw payload for :class:`Unknown`, the joined fragments for
+        :meth:`Events.prepared`).
     :raises TypeError: for something that is not a message.
     """
     if isinstance(message, Unknown):
         return message.command, message.payload
+    if type(message) is Events and "_payload" in message.__dict__:
+        return message.command, message.__dict__["_payload"]
     if not isinstance(message, _KNOWN_CLASSES):
         raise TypeError(f"not a message: {_show(message)}")
     text = json.dumps(message._to_json(), separators=(",", ":"), sort_keys=True, ensure_ascii=False)

@@ -41,6 +41,7 @@ from bitfitech.wire.messages import (
     decode_message,
     describe,
     encode_message,
+    event_fragment,
 )
 
 NODE_A = "0123456789abcdef0123456789abcdef01234567"
@@ -348,6 +349,19 @@ class RoundTripTests(SynchronousTestCase):
     def test_events_property(self, message: Events) -> None:
         """Any valid Events round-trips."""
         self.assertEqual(decode_message(*encode_message(message)), message)
+
+    @settings(max_examples=200, deadline=None)
+    @given(events_messages)
+    def test_prepared_events_property(self, message: Events) -> None:
+        """
+        An Events prepared from its entries' fragments equals the checked one
+        and encodes to the very same bytes (text with quotes and backslashes too).
+        """
+        fragments = [event_fragment(text, sig) for text, sig in message.events]
+        prepared = Events.prepared(message.events, fragments, message.ttl, message.more)
+        self.assertEqual(prepared, message)
+        self.assertEqual(encode_message(prepared), encode_message(message))
+        self.assertEqual(decode_message(*encode_message(prepared)), message)
 
     @settings(max_examples=200, deadline=None)
     @given(syncs)

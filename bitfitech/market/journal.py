@@ -2,7 +2,7 @@
 
 Data path: :class:`~bitfitech.market.service.MarketService` ->
 :class:`EventJournal` -> the ``events`` table.  An event is stored as the
-text and signature it travels as, keyed by its id; reading the journal back
+text and signature it travels as, with its id; reading the journal back
 in the order it was written and inserting it into a fresh ledger rebuilds
 the same book, because the book depends only on the set of events.
 

@@ -32,8 +32,14 @@ import tempfile
 import time
 from decimal import Decimal
 
-from _cluster import NETWORK, NodeProcess, cleanup_on_interrupt, machine_info, print_table
-from _cluster import wait_api as wait_answer
+from _cluster import (
+    NETWORK,
+    NodeProcess,
+    cleanup_on_interrupt,
+    machine_info,
+    print_table,
+    wait_api,
+)
 from _results import Results, add_arguments
 from bench_join import write_journal
 
@@ -82,7 +88,7 @@ def holding(node: NodeProcess, count: int, timeout: float) -> tuple[float, dict[
     """Wait until the node holds C{count} events; the seconds from its start, and its counts."""
     deadline = time.monotonic() + timeout
     while True:
-        status = wait_answer(node, timeout)
+        status = wait_api(node, timeout)
         counts = {"events": status["events"], "open": status["market"]["open_orders"]}
         if counts["events"] >= count:
             return time.monotonic() - node.started_at, counts

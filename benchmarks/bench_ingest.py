@@ -10,7 +10,9 @@ carries one to a few), ``ttl`` as an author's node sends its own, so the
 node pushes each in full to the other links: every event is parsed,
 signature-checked, applied, journaled and relayed, the whole hot path
 of a node one hop from the authors.  Each author's events go down one
-link, in order.
+link, in order.  ``--signed-together N`` has each author sign N of its
+events at a time under one batch signature, as a node signs a group
+commit (default 1: every event signed alone, the costliest mix).
 
 The links then send everything as fast as the node reads (TCP's own
 backpressure, and the node's per-link rate limits, which this feed stays
@@ -60,7 +62,7 @@ from _cluster import (
 from _results import Results, add_arguments
 
 from bitfitech.config import GossipTiming
-from bitfitech.market.events import Author, Event
+from bitfitech.market.events import MAX_BATCH, Author, Event
 from bitfitech.testing import free_ports
 from bitfitech.wire.messages import (
     PROTOCOL_VERSION,
@@ -76,10 +78,12 @@ TARGET = 10_000
 POLL_S = 0.2
 
 
-def sign_events(count: int, authors: int, seed: int) -> list[list[Event]]:
+def sign_events(count: int, authors: int, seed: int, together: int = 1) -> list[list[Event]]:
     """
     C{count} orders of C{authors} keys, per author in its own order: buys
-    and sells around one price, so that about a third of them cross.
+    and sells around one price, so that about a third of them cross.  Each
+    author signs C{together} of its events at a time (one batch signature,
+    as a node signs a group commit); 1 signs every event alone.
     """
     rng = random.Random(seed)
     keys = [Author(rng.randbytes(32), NETWORK, PAIR) for _ in range(authors)]
@@ -92,7 +96,12 @@ def sign_events(count: int, authors: int, seed: int) -> list[list[Event]]:
         offset = rng.randint(-20, 20) + (5 if side == "buy" else -5)
         price = str(Decimal(50_000 + offset))
         amount = str(Decimal(rng.randint(1, 50)) / 100)
-        chain.append(keys[index].order(len(chain) + 1, n + 1, now_ms, side, "limit", price, amount))
+        chain.append(
+            keys[index].draft_order(len(chain) + 1, n + 1, now_ms, side, "limit", price, amount)
+        )
+    for key, chain in zip(keys, chains, strict=True):
+        for start in range(0, len(chain), together):
+            key.sign(chain[start : start + together])
     return chains
 
 
@@ -182,6 +191,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--authors", type=int, default=200, help="signing keys [200]")
     parser.add_argument("--links", type=int, default=4, help="feeding peer links [4]")
     parser.add_argument("--per-message", type=int, default=4, help="events per events message [4]")  # noqa: E501
+    parser.add_argument(
+        "--signed-together", type=int, default=1, metavar="N",
+        help="events each author signs at once, under one batch signature [1: each alone]",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=120.0, help="longest wait, s [120]")
     parser.add_argument(
         "--trace", action="store_true",
@@ -193,13 +206,15 @@ def main(argv: list[str]) -> int:
         args.events = 4_000 if args.quick else 40_000
     if args.events < 1 or args.authors < 1 or args.links < 1 or not 1 <= args.per_message <= 100:
         parser.error("--events, --authors and --links at least 1; --per-message 1 to 100")
+    if not 1 <= args.signed_together <= MAX_BATCH:
+        parser.error(f"--signed-together must be from 1 to {MAX_BATCH}")
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         parser.error(f"needs two CPUs, one for the node and one for the feed; this has {cpus}")
     report = Results("bench_ingest", quick=args.quick)
     rng = random.Random(7)
     prepared = time.monotonic()
-    chains = sign_events(args.events, args.authors, seed=7)
+    chains = sign_events(args.events, args.authors, seed=7, together=args.signed_together)
     feeds = feed_frames(chains, args.links, args.per_message)
     prepared = time.monotonic() - prepared
     fed_bytes = sum(len(data) for feed in feeds for data in feed)
@@ -250,6 +265,7 @@ def main(argv: list[str]) -> int:
     rows = [
         ("events fed; authors; links; events per message",
          f"{args.events:,}; {args.authors}; {args.links}; {args.per_message}"),
+        ("events per signature", f"{args.signed_together}"),
         ("signing and framing them, before the clock (s)", f"{prepared:.1f}"),
         ("bytes fed (frames, before TLS)", f"{fed_bytes:,}"),
         ("node threads pinned to CPU", f"{threads} to CPU {cpus[0]}; feed on {cpus[1:]}"),

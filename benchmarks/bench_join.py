@@ -52,7 +52,7 @@ from _cluster import (
 from _results import Results, add_arguments
 
 from bitfitech.market.book import OrderBook
-from bitfitech.market.events import Author, Event
+from bitfitech.market.events import MAX_BATCH, Author, Event
 from bitfitech.market.journal import EventJournal
 from bitfitech.storage import Storage
 from bitfitech.testing import free_ports
@@ -61,11 +61,14 @@ PAIR = "BTC/USD"
 BATCH = 5000
 
 
-def build_history(count: int, authors: int, seed: int) -> tuple[list[Event], OrderBook]:
+def build_history(
+    count: int, authors: int, seed: int, together: int = 1
+) -> tuple[list[Event], OrderBook]:
     """
     C{count} signed events: orders within 20 of the mid and, for about a
     quarter of the events, a cancel of one of the author's resting orders.
-    The last event is an order.
+    The last event is an order.  Each author signs C{together} of its
+    events at a time, under one batch signature (1: each alone).
 
     :return: the events in Lamport order, and the book they make.
     """
@@ -88,17 +91,24 @@ def build_history(count: int, authors: int, seed: int) -> tuple[list[Event], Ord
                 if book.order(candidate) is not None:
                     target = candidate
         if target is not None:
-            event = signer.cancel(seqs[a], lamport, ts + lamport, target)
+            event = signer.draft_cancel(seqs[a], lamport, ts + lamport, target)
             book.cancel(target)
         else:
             side = rng.choice(("buy", "sell"))
             price = str(MID + rng.randint(-20, 20))
             amount = three_decimals(rng)
-            event = signer.order(seqs[a], lamport, ts + lamport, side, "limit", price, amount)
+            event = signer.draft_order(seqs[a], lamport, ts + lamport, side, "limit", price, amount)
             book.place(event.id, side, price, amount, signer.author, "limit")
             if book.order(event.id) is not None:
                 resting[a].append(event.id)
         events.append(event)
+    chains: dict[str, list[Event]] = {signer.author: [] for signer in signers}
+    for event in events:
+        chains[event.author].append(event)
+    for signer in signers:
+        chain = chains[signer.author]
+        for start in range(0, len(chain), together):
+            signer.sign(chain[start : start + together])
     return events, book
 
 
@@ -176,6 +186,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="10,000 events (well under a minute)")
     parser.add_argument("--events", type=int, help="history length [100,000; quick 10,000]")
     parser.add_argument("--authors", type=int, default=50, help="authors [50]")
+    parser.add_argument(
+        "--signed-together", type=int, default=1, metavar="N",
+        help="events each author signs at once, under one batch signature [1: each alone]",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=300.0, help="per wait, seconds [300]")
     parser.add_argument(
         "--sync-sizes", type=sizes_list,
@@ -183,6 +197,8 @@ def main(argv: list[str]) -> int:
     )  # fmt: skip
     add_arguments(parser, quick=False)
     args = parser.parse_args(argv)
+    if not 1 <= args.signed_together <= MAX_BATCH:
+        parser.error(f"--signed-together must be from 1 to {MAX_BATCH}")
     count = args.events or (10_000 if args.quick else 100_000)
     sync_sizes = sorted(
         set(args.sync_sizes or ([10_000] if args.quick else [10_000, 50_000, 100_000]))
@@ -195,7 +211,7 @@ def main(argv: list[str]) -> int:
         nodes: list[NodeProcess] = []
         try:
             started = time.perf_counter()
-            events, book = build_history(count, args.authors, seed=5)
+            events, book = build_history(count, args.authors, seed=5, together=args.signed_together)
             built = time.perf_counter() - started
             source_dir = os.path.join(base, "source-data")
             started = time.perf_counter()
@@ -205,7 +221,7 @@ def main(argv: list[str]) -> int:
             last_order = events[-1].id
             rows += [
                 ("events (orders / cancels)", f"{count:,} ({count - cancels:,} / {cancels:,})"),
-                ("authors", f"{args.authors}"),
+                ("authors; events per signature", f"{args.authors}; {args.signed_together}"),
                 ("trades / open orders at the end", f"{book.trade_count:,} / {len(book):,}"),
                 ("history signed, offline (s)", f"{built:.2f}"),
                 ("journal written, offline (s)", f"{written:.2f}"),
@@ -331,7 +347,7 @@ def main(argv: list[str]) -> int:
 
             # Sync time against history size: one fresh join per other size.
             for k, size in enumerate(s for s in sync_sizes if s not in sync_points):
-                sized, _ = build_history(size, args.authors, seed=5)
+                sized, _ = build_history(size, args.authors, seed=5, together=args.signed_together)
                 sync_points[size] = join_time(base, 10 + 2 * k, sized, args.timeout, nodes)
             sizes = sorted(sync_points)
             report.add_series(

@@ -17,6 +17,20 @@ its SHA-256 is the event's id, and nodes forward it unchanged.  Binding
 network and pair into the text stops an event from being replayed on
 another book.
 
+An event's signature is either its own (128 hex digits: Ed25519 over the
+text) or a *batch signature*: one Ed25519 signature over the root of a
+Merkle tree of many events' ids, with the event's place in the tree and
+the sibling hashes that lead from its id to the root::
+
+    b<size>.<index>.<signature: 128 hex><sibling hashes: 64 hex each>
+
+An author that signs many events at once (a node's group commit, a batch
+of orders) pays for one signature, and so does every node that checks
+them: the root's check is remembered, and each further event of the batch
+costs a few SHA-256 hashes.  Every event still carries everything needed
+to check it alone, so the rest of the system (journal, relay, sync,
+evidence of equivocation) treats the signature as an opaque string.
+
 Pure: no Twisted, no I/O.  :func:`parse_event` checks the form,
 :func:`verify_event` the signature (kept apart so a node can drop a
 duplicate before paying for a signature check, and check many in threads).
@@ -26,6 +40,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
+from functools import lru_cache
 from sys import intern
 from typing import Final, NamedTuple
 
@@ -49,8 +65,18 @@ MAX_TS: Final = 2**53 - 1
 MAX_TEXT: Final = 400
 """Longest event text, in characters (the wire limit too)."""
 
+MAX_BATCH: Final = 1024
+"""Most events under one batch signature (a tree at most 10 levels deep)."""
+
+BATCH_TAG: Final = "bitfi-batch1"
+"""First field of the text a batch signature signs: ``bitfi-batch1 <size> <root>``."""
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_HEX128 = re.compile(r"[0-9a-f]{128}")
+_SIGNATURE = re.compile(
+    r"[0-9a-f]{128}|b[1-9][0-9]{0,3}\.(?:0|[1-9][0-9]{0,3})\.(?:[0-9a-f]{64}){2,12}"
+)
+"""An event signature: one of its own, or a batch signature (its shape only)."""
+_BATCH_SIG = re.compile(r"b([0-9]+)\.([0-9]+)\.([0-9a-f]{128})((?:[0-9a-f]{64})*)")
 _DECIMAL = re.compile(r"[0-9]{1,64}(?:\.[0-9]{1,63})?")
 _INTEGER = re.compile(r"0|[1-9][0-9]{0,18}")
 _DEC = r"[0-9]{1,64}(?:\.[0-9]{1,63})?"
@@ -81,7 +107,8 @@ class Event:
 
     :ivar id: SHA-256 of the text, 64 lowercase hex digits.
     :ivar text: the canonical text.
-    :ivar sig: the Ed25519 signature of the text, 128 lowercase hex digits.
+    :ivar sig: the Ed25519 signature of the text, 128 lowercase hex
+        digits, or a batch signature (see the module's docstring).
     :ivar author: the author's public key, 64 lowercase hex digits.
     :ivar seq: the author's sequence number, from 1.
     :ivar lamport: the Lamport time, from 1.
@@ -158,14 +185,15 @@ def parse_event(text: str, sig: str, network: str, pair: str) -> Event:
     is wrong.
 
     :param text: the canonical text.
-    :param sig: the signature, 128 lowercase hex digits.
+    :param sig: the signature: 128 lowercase hex digits, or a batch
+        signature.
     :param network: this node's network; the event must name it.
     :param pair: this node's pair; the event must name it.
     :raises EventError: for anything malformed, or another network or pair.
     """
     if type(text) is str and type(sig) is str and len(text) <= MAX_TEXT:
         match = _WELL_FORMED.fullmatch(text)
-        if match is not None and _HEX128.fullmatch(sig) is not None:
+        if match is not None and _SIGNATURE.fullmatch(sig) is not None:
             event = _from_match(match, text, sig, network, pair)
             if event is not None:
                 return event
@@ -213,8 +241,11 @@ def _parse_checked(text: str, sig: str, network: str, pair: str) -> Event:
     """:func:`parse_event` field by field, raising with what is wrong."""
     if type(text) is not str or not 0 < len(text) <= MAX_TEXT or not text.isascii():
         raise EventError(f"event text must be 1 to {MAX_TEXT} ASCII characters")
-    if type(sig) is not str or _HEX128.fullmatch(sig) is None:
-        raise EventError("signature must be 128 lowercase hex digits")
+    if type(sig) is not str or _SIGNATURE.fullmatch(sig) is None:
+        raise EventError(
+            "signature must be 128 lowercase hex digits or a batch signature"
+            " (b<size>.<index>.<hex>)"
+        )
     fields = text.split(" ")
     count = len(fields)
     if count < 8 or fields[0] != TAG:
@@ -284,8 +315,87 @@ def signed_by(sig: str, text: str, key: str) -> bool:
 
 
 def verify_event(event: Event) -> bool:
-    """Whether C{event}'s signature is its author's over its text."""
-    return signed_by(event.sig, event.text, event.author)
+    """Whether C{event}'s signature (its own or its batch's) is its author's."""
+    sig = event.sig
+    if len(sig) == 128:
+        return signed_by(sig, event.text, event.author)
+    return _batch_signed(sig, event.id, event.author)
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    """An inner node of a batch's Merkle tree (RFC 9162's, with ids as leaves)."""
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _split(size: int) -> int:
+    """The size of a tree's left part: the largest power of two below C{size}."""
+    return 1 << ((size - 1).bit_length() - 1)
+
+
+def _tree(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The root of a Merkle tree of C{leaves}, and each leaf's path to it (leaf first)."""
+    size = len(leaves)
+    if size == 1:
+        return leaves[0], [[]]
+    k = _split(size)
+    left, left_paths = _tree(leaves[:k])
+    right, right_paths = _tree(leaves[k:])
+    for path in left_paths:
+        path.append(right)
+    for path in right_paths:
+        path.append(left)
+    return _node(left, right), left_paths + right_paths
+
+
+def _root(leaf: bytes, index: int, size: int, path: Sequence[bytes]) -> bytes | None:
+    """
+    The root that C{path} leads to from C{leaf} at C{index} of a tree of
+    C{size} leaves (RFC 9162, 2.1.3.2); ``None`` if the path has the
+    wrong length for that place.
+    """
+    fn, sn, node = index, size - 1, leaf
+    for sibling in path:
+        if sn == 0:
+            return None
+        if fn & 1 or fn == sn:
+            node = _node(sibling, node)
+            while not fn & 1 and fn:
+                fn >>= 1
+                sn >>= 1
+        else:
+            node = _node(node, sibling)
+        fn >>= 1
+        sn >>= 1
+    return node if sn == 0 else None
+
+
+def batch_text(size: int, root: bytes) -> str:
+    """The text a batch signature signs, for a tree of C{size} ids with C{root}."""
+    return f"{BATCH_TAG} {size} {root.hex()}"
+
+
+def _batch_signed(sig: str, event_id: str, author: str) -> bool:
+    """Whether the batch signature C{sig} puts C{event_id} under C{author}'s key."""
+    match = _BATCH_SIG.fullmatch(sig)
+    if match is None:
+        return False
+    size, index = int(match[1]), int(match[2])
+    hashes = match[4]
+    if not (index < size <= MAX_BATCH):
+        return False
+    path = [bytes.fromhex(hashes[i : i + 64]) for i in range(0, len(hashes), 64)]
+    root = _root(bytes.fromhex(event_id), index, size, path)
+    return root is not None and _root_signed(match[3], batch_text(size, root), author)
+
+
+@lru_cache(maxsize=8192)
+def _root_signed(sig: str, text: str, key: str) -> bool:
+    """
+    :func:`signed_by`, remembered: the events of one batch share the
+    root's signature, checked once (the answer depends only on the three
+    strings, so a remembered one is as good as a new check).
+    """
+    return signed_by(sig, text, key)
 
 
 def decode_event(text: str, sig: str, network: str, pair: str) -> Event:
@@ -319,12 +429,63 @@ class Author:
         self.network = network
         self.pair = pair
 
-    def _sign(self, body: str, seq: int, lamport: int, ts: int) -> Event:
+    def _draft(self, body: str, seq: int, lamport: int, ts: int) -> Event:
         text = f"{TAG} {self.network} {self.pair} {self.author} {seq} {lamport} {ts} {body}"
         if not text.isascii():
             raise EventError("event fields must be ASCII")
-        signed = nacl.bindings.crypto_sign(text.encode("ascii"), self._secret)
-        return parse_event(text, signed[:64].hex(), self.network, self.pair)
+        # The parse checks the form; the placeholder signature is replaced by sign().
+        event = parse_event(text, _UNSIGNED, self.network, self.pair)
+        event.sig = ""
+        return event
+
+    def draft_order(
+        self,
+        seq: int,
+        lamport: int,
+        ts: int,
+        side: str,
+        order_type: str,
+        price: str | None,
+        amount: str,
+    ) -> Event:
+        """
+        An order event with its id but no signature yet: :meth:`sign` gives
+        it one (alone or with others).  Until then it must not leave the
+        author.
+
+        :raises EventError: if the fields do not make a well-formed order.
+        """
+        shown_price = "-" if price is None else price
+        return self._draft(f"{ORDER} {side} {order_type} {shown_price} {amount}", seq, lamport, ts)
+
+    def draft_cancel(self, seq: int, lamport: int, ts: int, order_id: str) -> Event:
+        """
+        A cancel of the order C{order_id}, not signed yet (see :meth:`draft_order`).
+
+        :raises EventError: if C{order_id} is not an event id.
+        """
+        return self._draft(f"{CANCEL} {order_id}", seq, lamport, ts)
+
+    def sign(self, events: Sequence[Event]) -> None:
+        """
+        Sign this author's drafts C{events}: one alone gets its own
+        signature; two or more (up to :data:`MAX_BATCH` per signature)
+        share batch signatures.
+        """
+        for start in range(0, len(events), MAX_BATCH):
+            part = events[start : start + MAX_BATCH]
+            if len(part) == 1:
+                event = part[0]
+                event.sig = self._signature(event.text)
+                continue
+            root, paths = _tree([bytes.fromhex(event.id) for event in part])
+            size = len(part)
+            head = self._signature(batch_text(size, root))
+            for index, (event, path) in enumerate(zip(part, paths, strict=True)):
+                event.sig = f"b{size}.{index}.{head}{b''.join(path).hex()}"
+
+    def _signature(self, text: str) -> str:
+        return nacl.bindings.crypto_sign(text.encode("ascii"), self._secret)[:64].hex()
 
     def order(
         self,
@@ -341,8 +502,9 @@ class Author:
 
         :raises EventError: if the fields do not make a well-formed order.
         """
-        shown_price = "-" if price is None else price
-        return self._sign(f"{ORDER} {side} {order_type} {shown_price} {amount}", seq, lamport, ts)
+        event = self.draft_order(seq, lamport, ts, side, order_type, price, amount)
+        self.sign([event])
+        return event
 
     def cancel(self, seq: int, lamport: int, ts: int, order_id: str) -> Event:
         """
@@ -350,4 +512,9 @@ class Author:
 
         :raises EventError: if C{order_id} is not an event id.
         """
-        return self._sign(f"{CANCEL} {order_id}", seq, lamport, ts)
+        event = self.draft_cancel(seq, lamport, ts, order_id)
+        self.sign([event])
+        return event
+
+
+_UNSIGNED: Final = "0" * 128

@@ -698,7 +698,9 @@ class MarketService(Service):
         if order_type == MARKET:
             price = None
         lamport, ts = self._next_clock()
-        event = self.author.order(self._next_seq, lamport, ts, side, order_type, price, amount)
+        event = self.author.draft_order(
+            self._next_seq, lamport, ts, side, order_type, price, amount
+        )
         return self._queue_own(event)
 
     def cancel(self, order_id: str) -> Deferred[Event]:
@@ -717,7 +719,7 @@ class MarketService(Service):
         if target.author != self.author.author:
             raise PermissionError(order_id)
         lamport, ts = self._next_clock()
-        return self._queue_own(self.author.cancel(self._next_seq, lamport, ts, order_id))
+        return self._queue_own(self.author.draft_cancel(self._next_seq, lamport, ts, order_id))
 
     def check(self, side: str, price: str | None, amount: str, order_type: str) -> None:
         """
@@ -1150,6 +1152,9 @@ class MarketService(Service):
         peers, self._unjournaled = self._unjournaled, []
         stamps, self._unjournaled_stamps = self._unjournaled_stamps, []
         mine = [pending.event for pending in own]
+        # The group commit signs too: its events share one batch signature,
+        # one check for every node that receives them.
+        self.author.sign(mine)
         self.journal_writes += 1
         try:
             journal.write(peers + mine, durable=False, stamps=stamps)

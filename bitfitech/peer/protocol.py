@@ -41,6 +41,7 @@ from ..logs import logger
 from ..ratelimit import TokenBucket
 from ..wire.framing import MAX_PAYLOAD, FrameDecoder, FramingError, encode_frame, network_magic
 from ..wire.messages import (
+    BATCH_SIGNATURE_VERSION,
     FAIR_ORDER_VERSION,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
@@ -85,6 +86,8 @@ def unsupported_version(protocol_version: int) -> str:
     )
     if protocol_version < FAIR_ORDER_VERSION:
         reason += f": version {protocol_version} has no fair order"
+    elif protocol_version < BATCH_SIGNATURE_VERSION:
+        reason += f": version {protocol_version} cannot read batch signatures"
     return reason + ")"
 
 

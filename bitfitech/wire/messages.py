@@ -27,14 +27,18 @@ from typing import ClassVar, NoReturn, Self, TypeAlias, get_args
 from bitfitech.address import AddressError, check_port, is_node_id, normalize_host
 from bitfitech.wire.framing import MAX_PAYLOAD, is_command
 
-PROTOCOL_VERSION: int = 2
+PROTOCOL_VERSION: int = 3
 """The protocol version this code speaks."""
 
-MIN_PROTOCOL_VERSION: int = 2
-"""The oldest protocol version this code still talks to (version 1 has no fair order)."""
+MIN_PROTOCOL_VERSION: int = 3
+"""The oldest protocol version this code still talks to (version 2 cannot
+read batch signatures, version 1 has no fair order)."""
 
 FAIR_ORDER_VERSION: int = 2
 """The first protocol version whose ``version`` names the sender's witness set."""
+
+BATCH_SIGNATURE_VERSION: int = 3
+"""The first protocol version whose events may carry batch signatures."""
 
 MAX_PROTOCOL_VERSION: int = 2**32 - 1
 """The largest ``protocol_version`` a ``version`` message may carry."""
@@ -96,6 +100,10 @@ MAX_WITNESS_VECTOR: int = 31
 _SERVICE_RE = re.compile(r"[a-z0-9_]{1,32}")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _SIG_RE = re.compile(r"[0-9a-f]{128}")
+_EVENT_SIG_RE = re.compile(r"[0-9a-f]{128}|b[0-9][0-9a-f.]{130,777}")
+"""An event's signature, by shape: its own (128 hex digits) or a batch
+signature (``b<size>.<index>.<hex>``, at most 779 characters); the event
+module checks the rest."""
 _SHOWN = 60
 
 
@@ -653,7 +661,9 @@ class Events:
 
     :ivar events: at most :data:`MAX_EVENTS` pairs ``(text, sig)``: ``text``
         is 1 to :data:`MAX_EVENT_TEXT` printable ASCII characters (0x20 to
-        0x7e), ``sig`` is 128 lowercase hex digits.  May be empty.
+        0x7e), ``sig`` is 128 lowercase hex digits or a batch signature
+        (``b`` then digits, dots and hex digits, at most 779 characters).
+        May be empty.
     :ivar ttl: hops the events may still be relayed, 0 to :data:`MAX_TTL`;
         0 means do not relay.
     :ivar more: ``True`` when the sender has more events for the receiver in
@@ -669,7 +679,7 @@ class Events:
     def __post_init__(self) -> None:
         """:raises MessageError: for a bad count, a malformed event, a bad ttl or more."""
         c = self.command
-        _check_signed_texts(self.events, MAX_EVENTS, MAX_EVENT_TEXT, c, "events")
+        _check_signed_texts(self.events, MAX_EVENTS, MAX_EVENT_TEXT, c, "events", _EVENT_SIG_RE)
         _int(self.ttl, 0, MAX_TTL, c, "ttl")
         if type(self.more) is not bool:
             raise MessageError(
@@ -720,12 +730,17 @@ class Events:
 
 
 def _check_signed_texts(
-    entries: object, max_count: int, max_text: int, command: str, field: str
+    entries: object,
+    max_count: int,
+    max_text: int,
+    command: str,
+    field: str,
+    sig_shape: re.Pattern[str],
 ) -> None:
     """
     Check the ``(text, sig)`` pairs of an ``events`` or ``stamps`` message:
     0 to C{max_count} of them, each text 1 to C{max_text} printable ASCII
-    characters, each sig 128 lowercase hex digits.
+    characters, each sig of C{sig_shape}.
     """
     # Up to 1000 entries per message, on the hot path: plain loops, no per-entry objects.
     for index, entry in enumerate(_tuple(entries, 0, max_count, command, field)):
@@ -739,9 +754,12 @@ def _check_signed_texts(
             or not text.isprintable()
         ):
             _bad_event_text(text, command, f"{field}[{index}][0]", max_text)
-        if not isinstance(sig, str) or _SIG_RE.fullmatch(sig) is None:
+        if not isinstance(sig, str) or sig_shape.fullmatch(sig) is None:
+            shape = "128 lowercase hex digits"
+            if sig_shape is _EVENT_SIG_RE:
+                shape += " or a batch signature"
             raise MessageError(
-                f"must be a signature (128 lowercase hex digits), not {_show(sig)}",
+                f"must be a signature ({shape}), not {_show(sig)}",
                 command=command,
                 field=f"{field}[{index}][1]",
             )
@@ -783,7 +801,7 @@ class Stamps:
     def __post_init__(self) -> None:
         """:raises MessageError: for a bad count, a malformed stamp, or a bad more."""
         c = self.command
-        _check_signed_texts(self.stamps, MAX_STAMPS, MAX_STAMP_TEXT, c, "stamps")
+        _check_signed_texts(self.stamps, MAX_STAMPS, MAX_STAMP_TEXT, c, "stamps", _SIG_RE)
         if type(self.more) is not bool:
             raise MessageError(
                 f"must be true or false, not {_show(self.more)}", command=c, field="more"

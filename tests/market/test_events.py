@@ -14,6 +14,7 @@ import nacl.bindings
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.market.events import (
+    MAX_BATCH,
     MAX_INT,
     MAX_TEXT,
     MAX_TS,
@@ -22,9 +23,11 @@ from bitfitech.market.events import (
     EventError,
     Key,
     _parse_checked,
+    _root_signed,
     decode_event,
     event_id,
     parse_event,
+    signed_by,
     verify_event,
 )
 
@@ -459,6 +462,147 @@ class SignatureTests(SynchronousTestCase):
         self.assertRaises(EventError, decode_event, self.event.text, ANY_SIG, NETWORK, PAIR)
         self.assertRaises(EventError, decode_event, "bitfi1", self.event.sig, NETWORK, PAIR)
         self.assertRaises(EventError, decode_event, self.event.text, self.event.sig, "main", PAIR)
+
+
+def reference_root(ids: list[bytes]) -> bytes:
+    """RFC 9162's Merkle tree hash with the ids as leaf hashes, written plainly."""
+    if len(ids) == 1:
+        return ids[0]
+    k = 1
+    while k * 2 < len(ids):
+        k *= 2
+    left, right = reference_root(ids[:k]), reference_root(ids[k:])
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+class BatchSignatureTests(SynchronousTestCase):
+    """Events signed together share one signature over a Merkle root of their ids."""
+
+    SIZES = (*range(2, 34), 63, 64, 65, 100)
+
+    def setUp(self) -> None:
+        self.author = Author(SEED, NETWORK, PAIR)
+
+    def drafts(self, count: int, first_seq: int = 1) -> list[Event]:
+        return [
+            self.author.draft_order(seq, seq, 1700000000000, "buy", "limit", str(seq), "1")
+            for seq in range(first_seq, first_seq + count)
+        ]
+
+    def signed(self, count: int, first_seq: int = 1) -> list[Event]:
+        events = self.drafts(count, first_seq)
+        self.author.sign(events)
+        return events
+
+    def test_draft_has_no_signature(self) -> None:
+        """A draft has its id and fields but no signature, and does not verify."""
+        draft = self.drafts(1)[0]
+        self.assertEqual(draft.sig, "")
+        self.assertEqual(draft.id, event_id(draft.text))
+        self.assertFalse(verify_event(draft))
+
+    def test_one_draft_gets_its_own_signature(self) -> None:
+        """Signed alone, an event gets the plain 128-digit signature, as order() gives."""
+        (event,) = self.signed(1)
+        self.assertEqual(event.sig, self.author.order(1, 1, 1700000000000, "buy", "limit", "1",
+                                                      "1").sig)  # fmt: skip
+
+    def test_every_event_of_a_batch_verifies(self) -> None:
+        """For many sizes, every event verifies, and all share one signature of the root."""
+        for size in self.SIZES:
+            events = self.signed(size)
+            heads = set()
+            for index, event in enumerate(events):
+                self.assertTrue(event.sig.startswith(f"b{size}.{index}."), (size, index))
+                head = event.sig.split(".", 2)[2][:128]
+                heads.add(head)
+                self.assertTrue(verify_event(event), (size, index))
+                self.assertEqual(decode_event(event.text, event.sig, NETWORK, PAIR), event)
+            self.assertEqual(len(heads), 1)
+            root = reference_root([bytes.fromhex(event.id) for event in events])
+            self.assertTrue(signed_by(heads.pop(), f"bitfi-batch1 {size} {root.hex()}",
+                                      AUTHOR_HEX))  # fmt: skip
+
+    def test_path_lengths(self) -> None:
+        """Each event carries only its path: about log2(size) sibling hashes."""
+        for size in self.SIZES:
+            for event in self.signed(size):
+                path = event.sig.split(".", 2)[2][128:]
+                self.assertEqual(len(path) % 64, 0)
+                self.assertLessEqual(len(path) // 64, (size - 1).bit_length())
+
+    def test_one_signature_check_per_batch(self) -> None:
+        """A node checks the root's signature once, not once per event of the batch."""
+        events = self.signed(50, first_seq=1000)
+        _root_signed.cache_clear()
+        self.assertTrue(all(verify_event(event) for event in events))
+        self.assertEqual(_root_signed.cache_info().misses, 1)
+
+    def test_large_batches_split(self) -> None:
+        """More than MAX_BATCH drafts take more than one signature, each verifiable."""
+        events = self.signed(MAX_BATCH + 2)
+        self.assertTrue(events[0].sig.startswith(f"b{MAX_BATCH}.0."))
+        self.assertTrue(events[MAX_BATCH].sig.startswith("b2.0."))
+        self.assertTrue(verify_event(events[0]))
+        self.assertTrue(verify_event(events[-1]))
+
+    def test_tampered(self) -> None:
+        """Any change of the place, the path, the signature or the text fails the check."""
+        events = self.signed(11)
+        other = self.signed(11, first_seq=100)
+        event = events[5]
+        size, index, rest = event.sig.split(".", 2)
+        forged = [
+            f"{size}.4.{rest}",
+            f"{size}.6.{rest}",
+            f"b12.{index}.{rest}",
+            f"b10.{index}.{rest}",
+            f"{size}.{index}.{flip_hex(rest, 3)}",
+            f"{size}.{index}.{flip_hex(rest, 130)}",
+            f"{size}.{index}.{flip_hex(rest, len(rest) - 1)}",
+            f"{size}.{index}.{rest[:-64]}",
+            f"{size}.{index}.{rest}{'ab' * 32}",
+            other[5].sig,
+            events[4].sig,
+        ]
+        for sig in forged:
+            self.assertFalse(verify_event(parse(event.text, sig)), sig)
+        changed = event.text[:-1] + "2"  # the amount
+        self.assertFalse(verify_event(parse(changed, event.sig)))
+
+    def test_another_authors_batch(self) -> None:
+        """A batch signed by another key does not put events under this author."""
+        other = Author(b"\x07" * 32, NETWORK, PAIR)
+        drafts = [other.draft_order(seq, seq, 0, "buy", "limit", "1", "1") for seq in (1, 2, 3)]
+        other.sign(drafts)
+        for draft in drafts:
+            swapped = draft.text.replace(other.author, AUTHOR_HEX)
+            self.assertFalse(verify_event(parse(swapped, draft.sig)))
+
+    def test_batch_signature_form(self) -> None:
+        """The parser takes only well-formed batch signatures."""
+        head, hashes = "ab" * 64, "cd" * 32
+        self.assertEqual(parse(VALID_ORDER, f"b2.1.{head}{hashes}").sig, f"b2.1.{head}{hashes}")
+        self.assertEqual(parse(VALID_ORDER, f"b1.0.{head}").sig, f"b1.0.{head}")
+        for sig in (
+            f"b0.0.{head}",
+            f"b02.1.{head}{hashes}",
+            f"b2.01.{head}{hashes}",
+            f"b10000.1.{head}{hashes}",
+            f"b2.1.{head}{hashes[:-1]}",
+            f"b2.1.{head}{hashes.upper()}",
+            f"b2.1.{head}{hashes * 11}",
+            f"b2.1{head}{hashes}",
+            f"B2.1.{head}{hashes}",
+        ):
+            self.assertRaises(EventError, parse, VALID_ORDER, sig)
+
+    def test_place_out_of_range_does_not_verify(self) -> None:
+        """An index at or past the size, or a size above MAX_BATCH, never verifies."""
+        event = self.signed(2)[1]
+        _, _, rest = event.sig.split(".", 2)
+        for sig in (f"b2.2.{rest}", f"b{MAX_BATCH + 1}.1.{rest}"):
+            self.assertFalse(verify_event(parse(event.text, sig)), sig)
 
 
 class EqualityTests(SynchronousTestCase):

@@ -22,7 +22,7 @@ from zope.interface import implementer
 from bitfitech.identity import node_id_from_public_key
 from bitfitech.interfaces import ServiceUnavailable
 from bitfitech.market import service as service_module
-from bitfitech.market.events import Author, Event
+from bitfitech.market.events import Author, Event, verify_event
 from bitfitech.market.interfaces import IEventPublisher
 from bitfitech.market.journal import (
     EventJournal,
@@ -140,6 +140,31 @@ class OwnOrderTests(MarketTestCase):
         self.assertEqual(self.market.journal_writes, 1)
         for d in orders:
             self.assertNoResult(d)
+
+    def test_group_shares_one_signature(self) -> None:
+        """
+        A group commit signs its events together: one batch signature, each
+        event verifiable alone, and the journal holds them as published.
+        """
+        orders = [self.submit(str(100 + n)) for n in range(3)]
+        self.clock.advance(0)
+        self.syncer.calls[0].callback(None)
+        events = [self.successResultOf(d) for d in orders]
+        self.assertEqual([event.sig[:5] for event in events], ["b3.0.", "b3.1.", "b3.2."])
+        self.assertEqual(len({event.sig.split(".")[2][:128] for event in events}), 1)
+        self.assertTrue(all(verify_event(event) for event in events))
+        self.assertEqual(list(EventJournal(self.storage.connection).load()),
+                         [event.wire for event in events])  # fmt: skip
+        self.assertEqual(self.publisher.published, events)
+
+    def test_single_order_signed_alone(self) -> None:
+        """An order alone in its group gets its own plain signature."""
+        d = self.submit()
+        self.clock.advance(0)
+        self.syncer.calls[0].callback(None)
+        event = self.successResultOf(d)
+        self.assertEqual(len(event.sig), 128)
+        self.assertTrue(verify_event(event))
 
     def test_acknowledged_only_after_sync(self) -> None:
         """Before the fsync: not applied, not published, not acknowledged."""

@@ -193,12 +193,23 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(link.protocol.protocol_version, PROTOCOL_VERSION)
         self.assertEqual(link.protocol.state, "ready")
 
-    def test_sends_protocol_version_2_with_witnesses(self) -> None:
+    def test_sends_protocol_version_3_with_witnesses(self) -> None:
         link = Link()
         [version] = link.sent()
         assert isinstance(version, Version)
-        self.assertEqual((version.protocol_version, PROTOCOL_VERSION), (2, 2))
+        self.assertEqual((version.protocol_version, PROTOCOL_VERSION), (3, 3))
         self.assertEqual(version.witnesses, NO_WITNESSES)
+
+    def test_version_2_peer_refused_without_misbehaviour(self) -> None:
+        """A version 2 node cannot read batch signatures: refused with a clear reason."""
+        link = Link()
+        link.sent()
+        link.receive(version_of(2, protocol_version=2), Verack())
+        self.assertEqual(link.protocol.state, "closed")
+        reason = link.protocol.close_reason or ""
+        self.assertIn("unsupported protocol version 2", reason)
+        self.assertIn("cannot read batch signatures", reason)
+        self.assertEqual((link.owner.ready, link.owner.misbehaved), ([], []))
 
     def test_version_1_peer_refused_without_misbehaviour(self) -> None:
         """A version 1 node has no fair order: refused with a clear reason, not scored."""

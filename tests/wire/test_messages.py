@@ -49,7 +49,7 @@ NODE_B = "f" * 40
 
 WITNESSES = "c" * 64
 VERSION = Version(
-    protocol_version=2,
+    protocol_version=3,
     network="main",
     pair="BTC/USD",
     node_id=NODE_A,
@@ -72,6 +72,7 @@ ADDR = Addr(
 EVENT_A = "0123456789abcdef" * 4
 EVENT_B = "f" * 64
 SIG = "0123456789abcdef" * 8
+TEXT = "example event text"
 AUTHOR_A = "a" * 64
 AUTHOR_B = "fedcba9876543210" * 4
 DIGEST = "d" * 64
@@ -705,8 +706,30 @@ class RejectionTests(SynchronousTestCase):
         error = self.assertRaises(MessageError, Events, (("", SIG),), 0, False)
         self.assertIn("1 to 400 characters", str(error))
 
+    def test_event_batch_sig(self) -> None:
+        """
+        A batch signature passes the wire's shape check (the event module
+        checks the rest); anything too long or not of its characters fails.
+        """
+        good = "b3.2." + SIG + "ab" * 64
+        self.assertEqual(Events(((TEXT, good),), 0, False).events[0][1], good)
+        longest = "b1024.1023." + SIG + "cd" * 320
+        self.assertEqual(len(longest), 779)
+        self.assertEqual(Events(((TEXT, longest),), 0, False).events[0][1], longest)
+        for bad in [longest + "0", "b3.2." + SIG.upper(), "b3.2 " + SIG, "b" + SIG, "x3.2." + SIG]:
+            with self.subTest(bad=bad):
+                error = self.assertRaises(MessageError, Events, ((TEXT, bad),), 0, False)
+                self.assertIn("or a batch signature", str(error))
+
+    def test_largest_events_fit(self) -> None:
+        """The most events, each of the longest text (escaped) and signature, fit one frame."""
+        text = '"' * MAX_EVENT_TEXT
+        sig = "b1024.1023." + SIG + "cd" * 320
+        _, payload = encode_message(Events(((text, sig),) * MAX_EVENTS, 255, True))
+        self.assertLessEqual(len(payload), MAX_PAYLOAD)
+
     def test_event_sig(self) -> None:
-        """Signatures are exactly 128 lowercase hex digits."""
+        """Signatures are exactly 128 lowercase hex digits, or a batch signature."""
         for bad in [
             "0" * 127,
             "0" * 129,

@@ -72,7 +72,14 @@ from zope.interface import implementer
 from .config import GossipTiming
 from .interfaces import IGossip, IPeerLink
 from .logs import logger
-from .market.events import Event, EventError, event_id, parse_event, verify_event
+from .market.events import (
+    SIGNATURE_LENGTH,
+    Event,
+    EventError,
+    event_id,
+    parse_event,
+    verify_event,
+)
 from .market.interfaces import IEventPublisher, IEventStore
 from .market.stamps import Stamp, StampError, parse_stamp, stamp_id, verify_stamp
 from .peer import misbehaviour
@@ -186,7 +193,8 @@ class ThreadedVerifier:
 
     PyNaCl releases the GIL while libsodium verifies, so a batch split over
     ``threads`` threads takes about ``1 / threads`` of the time.  Batches
-    smaller than ``threshold`` are checked at once, in the reactor thread:
+    with fewer than ``threshold`` events signed alone (batch-signed events
+    cost a few hashes each) are checked at once, in the reactor thread:
     live gossip stays as prompt as it was, and catching up (anti-entropy
     answers of up to 1,000 events) uses every core.
     """
@@ -202,7 +210,10 @@ class ThreadedVerifier:
         self.threshold = threshold
 
     def __call__(self, events: list[Event]) -> Deferred[list[bool]]:
-        if len(events) < self.threshold:
+        # Only an event's own signature is worth a thread: a batch-signed
+        # event costs a few hashes (its batch's signature is checked once),
+        # Python work that would only contend for the GIL there.
+        if sum(len(event.sig) == SIGNATURE_LENGTH for event in events) < self.threshold:
             return verify_inline(events)
         size = -(-len(events) // self.threads)
         pool = self.reactor.getThreadPool()

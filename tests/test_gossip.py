@@ -1584,3 +1584,19 @@ class ThreadedVerifierTests(TestCase):
         self.assertEqual(self.successResultOf(small), [True] * 5 + [False] + [True] * 4)
         results = await verifier(batch)
         self.assertEqual(results, [True] * 5 + [False] + [True] * 64)
+
+    def test_batch_signed_inline(self) -> None:
+        """
+        Batch-signed events are checked at once however many: a few hashes
+        each, not worth a thread; a forged one is still ``False``.
+        """
+        from twisted.internet import reactor
+
+        signer = author(1)
+        drafts = [signer.draft_order(n, n, 0, "buy", "limit", "1", "1") for n in range(1, 101)]
+        signer.sign(drafts)
+        forged = parse_event(drafts[5].text, drafts[6].sig, TEST_NETWORK, TEST_PAIR)
+        batch = [*drafts[:5], forged, *drafts[6:]]
+        checked = ThreadedVerifier(reactor, threads=2, threshold=64)(batch)
+        self.assertTrue(checked.called)
+        self.assertEqual(self.successResultOf(checked), [True] * 5 + [False] + [True] * 94)

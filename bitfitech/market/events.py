@@ -72,11 +72,23 @@ BATCH_TAG: Final = "bitfi-batch1"
 """First field of the text a batch signature signs: ``bitfi-batch1 <size> <root>``."""
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_SIGNATURE = re.compile(
-    r"[0-9a-f]{128}|b[1-9][0-9]{0,3}\.(?:0|[1-9][0-9]{0,3})\.(?:[0-9a-f]{64}){2,12}"
-)
-"""An event signature: one of its own, or a batch signature (its shape only)."""
-_BATCH_SIG = re.compile(r"b([0-9]+)\.([0-9]+)\.([0-9a-f]{128})((?:[0-9a-f]{64})*)")
+SIGNATURE_LENGTH: Final = 128
+"""Characters of an event's own signature (batch signatures are longer)."""
+
+_HEX128 = re.compile(r"[0-9a-f]{128}")
+_BATCH_SIG = re.compile(r"b([1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})\.[0-9a-f]{128,768}")
+"""A batch signature: size, index, then the signature and the path (a
+whole number of hashes: see :func:`_is_signature`)."""
+
+
+def _is_signature(sig: str) -> bool:
+    """Whether C{sig} has the shape of an event signature: its own, or a batch signature."""
+    if len(sig) == SIGNATURE_LENGTH:
+        return _HEX128.fullmatch(sig) is not None
+    match = _BATCH_SIG.fullmatch(sig)
+    return match is not None and (len(sig) - match.end(2) - 1) % 64 == 0
+
+
 _DECIMAL = re.compile(r"[0-9]{1,64}(?:\.[0-9]{1,63})?")
 _INTEGER = re.compile(r"0|[1-9][0-9]{0,18}")
 _DEC = r"[0-9]{1,64}(?:\.[0-9]{1,63})?"
@@ -193,7 +205,7 @@ def parse_event(text: str, sig: str, network: str, pair: str) -> Event:
     """
     if type(text) is str and type(sig) is str and len(text) <= MAX_TEXT:
         match = _WELL_FORMED.fullmatch(text)
-        if match is not None and _SIGNATURE.fullmatch(sig) is not None:
+        if match is not None and _is_signature(sig):
             event = _from_match(match, text, sig, network, pair)
             if event is not None:
                 return event
@@ -241,7 +253,7 @@ def _parse_checked(text: str, sig: str, network: str, pair: str) -> Event:
     """:func:`parse_event` field by field, raising with what is wrong."""
     if type(text) is not str or not 0 < len(text) <= MAX_TEXT or not text.isascii():
         raise EventError(f"event text must be 1 to {MAX_TEXT} ASCII characters")
-    if type(sig) is not str or _SIGNATURE.fullmatch(sig) is None:
+    if type(sig) is not str or not _is_signature(sig):
         raise EventError(
             "signature must be 128 lowercase hex digits or a batch signature"
             " (b<size>.<index>.<hex>)"
@@ -317,7 +329,7 @@ def signed_by(sig: str, text: str, key: str) -> bool:
 def verify_event(event: Event) -> bool:
     """Whether C{event}'s signature (its own or its batch's) is its author's."""
     sig = event.sig
-    if len(sig) == 128:
+    if len(sig) == SIGNATURE_LENGTH:
         return signed_by(sig, event.text, event.author)
     return _batch_signed(sig, event.id, event.author)
 
@@ -380,22 +392,24 @@ def _batch_signed(sig: str, event_id: str, author: str) -> bool:
     if match is None:
         return False
     size, index = int(match[1]), int(match[2])
-    hashes = match[4]
-    if not (index < size <= MAX_BATCH):
+    start = match.end(2) + 1
+    if not index < size <= MAX_BATCH or (len(sig) - start) % 64:
         return False
-    path = [bytes.fromhex(hashes[i : i + 64]) for i in range(0, len(hashes), 64)]
+    hashes = bytes.fromhex(sig[start + 128 :])
+    path = [hashes[i : i + 32] for i in range(0, len(hashes), 32)]
     root = _root(bytes.fromhex(event_id), index, size, path)
-    return root is not None and _root_signed(match[3], batch_text(size, root), author)
+    return root is not None and _root_signed(sig[start : start + 128], size, root, author)
 
 
 @lru_cache(maxsize=8192)
-def _root_signed(sig: str, text: str, key: str) -> bool:
+def _root_signed(sig: str, size: int, root: bytes, key: str) -> bool:
     """
-    :func:`signed_by`, remembered: the events of one batch share the
-    root's signature, checked once (the answer depends only on the three
-    strings, so a remembered one is as good as a new check).
+    Whether C{sig} is C{key}'s signature of the batch C{size}, C{root};
+    remembered: the events of one batch share it, checked once (the
+    answer depends only on the arguments, so a remembered one is as good
+    as a new check).
     """
-    return signed_by(sig, text, key)
+    return signed_by(sig, batch_text(size, root), key)
 
 
 def decode_event(text: str, sig: str, network: str, pair: str) -> Event:

@@ -181,6 +181,8 @@ class PeerProtocol(Protocol):
         self.tls_version: str | None = None
         self.close_reason: str | None = None
         self._verack_received = False
+        # Frames carry checksums until the handshake; on TLS, not after it.
+        self._checksummed = True
         self._decoder = FrameDecoder(local.magic, max_payload)
         self._handshake_timer: IDelayedCall | None = None
         self._pinger: LoopingCall | None = None
@@ -283,7 +285,7 @@ class PeerProtocol(Protocol):
         if self.state == "closed" or self.transport is None:
             return
         command, payload = encode_message(message)
-        frame = encode_frame(self.local.magic, command, payload)
+        frame = encode_frame(self.local.magic, command, payload, checksummed=self._checksummed)
         if self._stall_timer is not None:
             self._queued += len(frame)
             if self._queued > self.timing.limits.max_queued:
@@ -500,6 +502,10 @@ class PeerProtocol(Protocol):
                                    else "duplicate verack")  # fmt: skip
                     return
                 self._verack_received = True
+                if self.local.tls:
+                    # TLS authenticates every byte; the peer's later frames
+                    # carry no checksum (docs/protocol.rst, "Frames").
+                    self._decoder.checksummed = False
                 self._maybe_ready()
             else:
                 self.violation(f"{type(message).__name__.lower()} before handshake")
@@ -550,6 +556,8 @@ class PeerProtocol(Protocol):
             return
         self.protocol_version = min(PROTOCOL_VERSION, version.protocol_version)
         self.send(Verack())
+        if self.local.tls:
+            self._checksummed = False
         self._maybe_ready()
 
     def _refuse(self, reason: str) -> None:

@@ -6,7 +6,9 @@ A TCP link carries a stream of frames, Bitcoin style.  Each frame is a
     magic (4) | command (12, ASCII, NUL padded) | length (uint32 LE) | checksum (4)
 
 The magic names the network (:func:`network_magic`), the command names the
-message, the checksum is the first four bytes of ``sha256(sha256(payload))``.
+message, the checksum is the first four bytes of ``sha256(sha256(payload))``,
+or :data:`NO_CHECKSUM` where the link itself protects every byte (TLS,
+after the handshake: see ``docs/protocol.rst``).
 :class:`FrameDecoder` cuts a stream into :class:`Frame` objects; what a
 payload means is :mod:`bitfitech.wire.messages`' business.
 
@@ -37,6 +39,9 @@ COMMAND_SIZE: int = 12
 
 CHECKSUM_SIZE: int = 4
 """Size of the payload checksum in bytes."""
+
+NO_CHECKSUM: bytes = bytes(CHECKSUM_SIZE)
+"""The checksum field of a frame sent without a checksum."""
 
 _HEADER = struct.Struct("<4s12sI4s")
 _COMMAND_RE = re.compile(r"[a-z0-9_]{1,12}")
@@ -101,13 +106,14 @@ class Frame:
     payload: bytes
 
 
-def encode_frame(magic: bytes, command: str, payload: bytes) -> bytes:
+def encode_frame(magic: bytes, command: str, payload: bytes, *, checksummed: bool = True) -> bytes:
     """
     Build the bytes of one frame.
 
     :param magic: the network magic (:func:`network_magic`), 4 bytes.
     :param command: 1 to 12 of ``[a-z0-9_]``.
     :param payload: at most :data:`MAX_PAYLOAD` bytes.
+    :param checksummed: with the payload's checksum; else :data:`NO_CHECKSUM`.
     :return: header and payload, ready to write to the link.
     :raises FramingError: for a bad magic, a bad command or an oversize payload.
     """
@@ -117,7 +123,8 @@ def encode_frame(magic: bytes, command: str, payload: bytes) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise FramingError(f"{command}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     payload = bytes(payload)
-    header = _HEADER.pack(magic, command.encode("ascii"), len(payload), checksum(payload))
+    check = checksum(payload) if checksummed else NO_CHECKSUM
+    header = _HEADER.pack(magic, command.encode("ascii"), len(payload), check)
     return header + payload
 
 
@@ -147,6 +154,10 @@ class FrameDecoder:
 
     Drained this way, the decoder holds at most ``HEADER_SIZE +
     max_payload`` bytes plus the last chunk fed.
+
+    :ivar checksummed: whether frames carry a checksum to verify (set it
+        to ``False`` between two frames once the link's own integrity
+        check covers them; the field is then not looked at).
     """
 
     def __init__(self, magic: bytes, max_payload: int = MAX_PAYLOAD) -> None:
@@ -171,6 +182,7 @@ class FrameDecoder:
         # is not complete yet.
         self._pending: tuple[str, int, bytes] | None = None
         self._error: str | None = None
+        self.checksummed = True
 
     @property
     def buffered(self) -> int:
@@ -222,7 +234,7 @@ class FrameDecoder:
             return None
         with memoryview(self._buffer) as view:
             payload = bytes(view[start + HEADER_SIZE : end])
-        if checksum(payload) != expected:
+        if self.checksummed and checksum(payload) != expected:
             raise FramingError(
                 f"{command}: checksum mismatch (header {expected.hex()}, "
                 f"payload {checksum(payload).hex()})"

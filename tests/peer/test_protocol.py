@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
@@ -20,7 +22,7 @@ from bitfitech.testing import (
     node_id_of,
     version_of,
 )
-from bitfitech.wire.framing import FrameDecoder, network_magic
+from bitfitech.wire.framing import NO_CHECKSUM, FrameDecoder, encode_frame, network_magic
 from bitfitech.wire.messages import (
     PROTOCOL_VERSION,
     Addr,
@@ -348,6 +350,63 @@ class ViolationTests(SynchronousTestCase):
         for i in range(len(data)):
             link.protocol.dataReceived(data[i : i + 1])
         self.assertEqual(link.protocol.state, "ready")
+
+
+class ChecksumTests(SynchronousTestCase):
+    """On TLS links frames after each side's ``verack`` carry no checksum; on plain ones they do."""
+
+    def link(self, tls: bool) -> tuple[PeerProtocol, StringTransport, RecordingOwner]:
+        self.patch(protocol_module, "proven_node_id", lambda transport: node_id_of(2))
+        owner = RecordingOwner()
+        local = dataclasses.replace(local_node(1), tls=tls)
+        protocol = PeerProtocol(
+            local, owner, Clock(), "outbound", timing=TIMING, nonce=77,  # type: ignore[arg-type]
+        )  # fmt: skip
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport, owner
+
+    def checksums(self, data: bytes) -> list[tuple[str, bytes]]:
+        """(command, checksum field) of each frame in C{data}."""
+        decoder = FrameDecoder(network_magic("test"))
+        decoder.checksummed = False
+        decoder.feed(data)
+        out = []
+        offset = 0
+        while (frame := decoder.next_frame()) is not None:
+            out.append((frame.command, data[offset + 20 : offset + 24]))
+            offset += 24 + len(frame.payload)
+        return out
+
+    def test_tls_link_drops_checksums_after_verack(self) -> None:
+        protocol, transport, owner = self.link(tls=True)
+        protocol.dataReceived(frame_of(version_of(2)))
+        bad_ping = encode_frame(network_magic("test"), "ping", b'{"nonce":5}', checksummed=False)
+        protocol.dataReceived(frame_of(Verack()) + bad_ping)
+        self.assertEqual((protocol.state, owner.misbehaved), ("ready", []))
+        sent = self.checksums(transport.value())
+        self.assertEqual([command for command, _ in sent[:2]], ["version", "verack"])
+        self.assertTrue(all(check != NO_CHECKSUM for _, check in sent[:2]))
+        self.assertIn("pong", [command for command, _ in sent[2:]])
+        self.assertEqual({check for _, check in sent[2:]}, {NO_CHECKSUM})
+
+    def test_tls_link_checks_the_handshake(self) -> None:
+        """Before the peer's verack a frame's checksum is still checked."""
+        protocol, _, owner = self.link(tls=True)
+        version = encode_frame(network_magic("test"), "version", frame_of(version_of(2))[24:],
+                               checksummed=False)  # fmt: skip
+        protocol.dataReceived(version)
+        self.assertEqual(protocol.state, "closed")
+        self.assertIn("checksum", owner.misbehaved[0][1])
+
+    def test_plain_link_keeps_checksums(self) -> None:
+        protocol, transport, owner = self.link(tls=False)
+        protocol.dataReceived(frame_of(version_of(2)) + frame_of(Verack()) + frame_of(Ping(5)))
+        self.assertEqual(protocol.state, "ready")
+        self.assertNotIn(NO_CHECKSUM, [check for _, check in self.checksums(transport.value())])
+        bad_ping = encode_frame(network_magic("test"), "ping", b'{"nonce":6}', checksummed=False)
+        protocol.dataReceived(bad_ping)
+        self.assertIn("checksum", owner.misbehaved[0][1])
 
 
 class ReadyTests(SynchronousTestCase):

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from bitfitech.wire.framing import (
     HEADER_SIZE,
     MAX_PAYLOAD,
+    NO_CHECKSUM,
     Frame,
     FrameDecoder,
     FramingError,
@@ -102,6 +103,26 @@ class EncodeFrameTests(SynchronousTestCase):
 
 class FrameDecoderTests(SynchronousTestCase):
     """Tests for :class:`FrameDecoder`."""
+
+    def test_without_checksum(self) -> None:
+        """
+        A frame sent without a checksum carries four zero bytes there; a
+        decoder checks it until told the link needs none, then reads any
+        checksum field without looking at it.
+        """
+        unchecked = encode_frame(MAGIC, "ping", b"0123", checksummed=False)
+        self.assertEqual(unchecked[20:24], NO_CHECKSUM)
+        self.assertEqual(unchecked[24:], b"0123")
+        decoder = FrameDecoder(MAGIC)
+        decoder.feed(unchecked)
+        self.assertRaises(FramingError, decoder.next_frame)
+        decoder = FrameDecoder(MAGIC)
+        decoder.feed(encode_frame(MAGIC, "verack", b"") + unchecked)
+        self.assertEqual(decoder.next_frame(), Frame("verack", b""))
+        decoder.checksummed = False
+        self.assertEqual(decoder.next_frame(), Frame("ping", b"0123"))
+        decoder.feed(raw_header(b"ping", 2, checksum=b"\xff" * 4) + b"ab")
+        self.assertEqual(decoder.next_frame(), Frame("ping", b"ab"))
 
     def test_round_trip(self) -> None:
         """Encoded frames decode to the same command and payload, in order."""

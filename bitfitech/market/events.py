@@ -118,7 +118,8 @@ class Event:
     One parsed event.  Immutable by convention; compared by :attr:`id`.
 
     :ivar id: SHA-256 of the text, 64 lowercase hex digits.
-    :ivar text: the canonical text.
+    :ivar network: the network it is for (the parser's, shared).
+    :ivar pair: the pair it is for (the parser's, shared).
     :ivar sig: the Ed25519 signature of the text, 128 lowercase hex
         digits, or a batch signature (see the module's docstring).
     :ivar author: the author's public key, 64 lowercase hex digits.
@@ -135,13 +136,14 @@ class Event:
     """
 
     __slots__ = (
-        "id", "text", "sig", "author", "seq", "lamport", "ts", "kind", "side", "order_type",
-        "price", "amount", "target", "key",
+        "id", "sig", "network", "pair", "author", "seq", "lamport", "ts", "kind", "side",
+        "order_type", "price", "amount", "target", "key", "_text",
     )  # fmt: skip
 
     id: str
-    text: str
     sig: str
+    network: str
+    pair: str
     author: str
     seq: int
     lamport: int
@@ -153,6 +155,35 @@ class Event:
     amount: str
     target: str
     key: Key
+    _text: str | None
+
+    @property
+    def text(self) -> str:
+        """
+        The canonical text: the one parsed until :meth:`forget_text`, then
+        written again from the fields, exactly the same (the parser takes
+        only the canonical form).
+        """
+        text = self._text
+        if text is not None:
+            return text
+        if self.kind == ORDER:
+            price = "-" if self.price is None else self.price
+            body = f"{ORDER} {self.side} {self.order_type} {price} {self.amount}"
+        else:
+            body = f"{CANCEL} {self.target}"
+        return (
+            f"{TAG} {self.network} {self.pair} {self.author} {self.seq} {self.lamport} "
+            f"{self.ts} {body}"
+        )
+
+    def forget_text(self) -> None:
+        """
+        Drop the parsed text (it is journaled): an event held for long keeps
+        no second copy of what its fields say, and :attr:`text` writes it
+        again when asked (relaying an old event, answering anti-entropy).
+        """
+        self._text = None
 
     def __repr__(self) -> str:
         return f"<Event {self.id[:12]} {self.author[:8]}#{self.seq} L{self.lamport} {self.kind}>"
@@ -227,8 +258,9 @@ def _from_match(match: re.Match[str], text: str, sig: str, network: str, pair: s
         return None
     event = Event()
     event.id = event_id(text)
-    event.text = text
     event.sig = sig
+    event.network, event.pair = network, pair
+    event._text = text
     # An author's key, a side, an order type, a price level: a few values
     # each, held by every event and resting order; one string apiece.
     event.author = author = intern(author)
@@ -269,8 +301,9 @@ def _parse_checked(text: str, sig: str, network: str, pair: str) -> Event:
         raise EventError("author must be 64 lowercase hex digits")
     event = Event()
     event.id = event_id(text)
-    event.text = text
     event.sig = sig
+    event.network, event.pair = network, pair
+    event._text = text
     event.author = author = intern(author)
     event.seq = seq = _int(fields[4], 1, MAX_INT, "seq")
     event.lamport = lamport = _int(fields[5], 1, MAX_INT, "lamport")

@@ -388,9 +388,12 @@ class MarketService(Service):
             self._load_stamps(self._journal, self._ledger)
         for text, sig in self._journal.load():
             try:
-                events.append(parse_event(text, sig, self.network, self.pair))
+                event = parse_event(text, sig, self.network, self.pair)
             except EventError as e:
                 log.error("Skipping unreadable journaled event: {error}", error=str(e))
+                continue
+            event.forget_text()  # journaled: written again from its fields if asked
+            events.append(event)
         self.resumed_at = self._ledger.load(events, self.clock.seconds(), self._read_checkpoint())
         self.loaded_events = len(events)
         self.load_seconds = time.perf_counter() - started
@@ -1156,8 +1159,9 @@ class MarketService(Service):
         # one check for every node that receives them.
         self.author.sign(mine)
         self.journal_writes += 1
+        written = peers + mine
         try:
-            journal.write(peers + mine, durable=False, stamps=stamps)
+            journal.write(written, durable=False, stamps=stamps)
         except JournalError as e:
             # Nothing of the batch was kept.  Peer events stay applied:
             # after a restart they are fetched again.
@@ -1166,6 +1170,9 @@ class MarketService(Service):
             if own:
                 self._fail_own(own, f"the journal failed: {e}")
             return
+        for event in written:
+            # Journaled: an event held for long keeps no second copy of its text.
+            event.forget_text()
         if not own:
             return
         if self._syncer is None:

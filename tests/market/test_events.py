@@ -11,6 +11,8 @@ import hashlib
 from typing import Any
 
 import nacl.bindings
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.market.events import (
@@ -603,6 +605,50 @@ class BatchSignatureTests(SynchronousTestCase):
         _, _, rest = event.sig.split(".", 2)
         for sig in (f"b2.2.{rest}", f"b{MAX_BATCH + 1}.1.{rest}"):
             self.assertFalse(verify_event(parse(event.text, sig)), sig)
+
+
+integers = st.integers(min_value=0, max_value=MAX_INT).map(str)
+decimals = st.from_regex(r"\A[0-9]{1,8}(\.[0-9]{1,8})?\Z")
+order_bodies = st.tuples(
+    st.sampled_from(["buy", "sell"]),
+    st.sampled_from(["limit", "ioc", "fok", "post_only", "market"]),
+    decimals,
+    decimals,
+).map(lambda f: f"order {f[0]} {f[1]} {'-' if f[1] == 'market' else f[2]} {f[3]}")
+cancel_bodies = st.from_regex(r"\A[0-9a-f]{64}\Z").map(lambda target: f"cancel {target}")
+well_formed = st.tuples(integers, integers, integers, order_bodies | cancel_bodies).map(
+    lambda f: order_text(*f[:3], *f[3].split(" "))
+)
+
+
+class TextTests(SynchronousTestCase):
+    """An event keeps no copy of its text: it writes it again from its fields, exactly."""
+
+    @given(well_formed)
+    def test_text_written_again_is_the_text(self, text: str) -> None:
+        try:
+            event = parse(text)
+        except EventError:
+            return  # a zero seq or Lamport time, or a ts out of range
+        self.assertEqual(event.text, text)
+        self.assertEqual(event.id, event_id(text))
+        self.assertEqual(_parse_checked(text, ANY_SIG, NETWORK, PAIR).text, text)
+
+    @given(st.text(alphabet=" 0123456789abf.-ordeyulimtcnsk_p", max_size=80))
+    def test_any_text_that_parses_is_written_again_exactly(self, tail: str) -> None:
+        text = order_text() + " " + tail
+        try:
+            event = parse(text)
+        except EventError:
+            return
+        self.assertEqual(event.text, text)
+
+    def test_examples(self) -> None:
+        for text in (VALID_ORDER, VALID_CANCEL):
+            self.assertEqual(parse(text).text, text)
+        event = Author(SEED, NETWORK, PAIR).order(1, 2, 3, "sell", "market", None, "0.5")
+        self.assertEqual(event.text, order_text("1", "2", "3", "order", "sell", "market", "-",
+                                                "0.5"))  # fmt: skip
 
 
 class EqualityTests(SynchronousTestCase):

@@ -48,6 +48,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from bitfitech.identity import NodeIdentity, load_or_create_identity
+from bitfitech.market.events import MAX_BATCH
 from bitfitech.peer.tls import node_certificate, node_private_key
 from bitfitech.testing import free_ports
 from bitfitech.wire.framing import encode_frame, network_magic
@@ -961,6 +962,24 @@ if __name__ == "__main__":
 
 
 # -- speaking to a node as a peer, and pinning it to a CPU
+
+
+def add_signed_together(parser: argparse.ArgumentParser) -> None:
+    """Add ``--signed-together N``: events each author signs under one batch signature."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if not 1 <= value <= MAX_BATCH:
+            raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_BATCH}, not {value}")
+        return value
+
+    parser.add_argument(
+        "--signed-together", type=count, default=1, metavar="N",
+        help="events each author signs at once, under one batch signature [1: each alone]",
+    )  # fmt: skip
 
 
 def frame(message: Message) -> bytes:

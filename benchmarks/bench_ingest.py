@@ -50,6 +50,7 @@ from typing import Any
 from _cluster import (
     NETWORK,
     NodeProcess,
+    add_signed_together,
     cleanup_on_interrupt,
     client_tls_context,
     frame,
@@ -62,7 +63,7 @@ from _cluster import (
 from _results import Results, add_arguments
 
 from bitfitech.config import GossipTiming
-from bitfitech.market.events import MAX_BATCH, Author, Event
+from bitfitech.market.events import Author, Event
 from bitfitech.testing import free_ports
 from bitfitech.wire.messages import (
     PROTOCOL_VERSION,
@@ -191,10 +192,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--authors", type=int, default=200, help="signing keys [200]")
     parser.add_argument("--links", type=int, default=4, help="feeding peer links [4]")
     parser.add_argument("--per-message", type=int, default=4, help="events per events message [4]")  # noqa: E501
-    parser.add_argument(
-        "--signed-together", type=int, default=1, metavar="N",
-        help="events each author signs at once, under one batch signature [1: each alone]",
-    )  # fmt: skip
+    add_signed_together(parser)
     parser.add_argument("--timeout", type=float, default=120.0, help="longest wait, s [120]")
     parser.add_argument(
         "--trace", action="store_true",
@@ -206,8 +204,6 @@ def main(argv: list[str]) -> int:
         args.events = 4_000 if args.quick else 40_000
     if args.events < 1 or args.authors < 1 or args.links < 1 or not 1 <= args.per_message <= 100:
         parser.error("--events, --authors and --links at least 1; --per-message 1 to 100")
-    if not 1 <= args.signed_together <= MAX_BATCH:
-        parser.error(f"--signed-together must be from 1 to {MAX_BATCH}")
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         parser.error(f"needs two CPUs, one for the node and one for the feed; this has {cpus}")

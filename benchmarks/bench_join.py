@@ -40,6 +40,7 @@ from _cluster import (
     NETWORK,
     ApiError,
     NodeProcess,
+    add_signed_together,
     busy_seconds,
     cleanup_on_interrupt,
     machine_info,
@@ -52,7 +53,7 @@ from _cluster import (
 from _results import Results, add_arguments
 
 from bitfitech.market.book import OrderBook
-from bitfitech.market.events import MAX_BATCH, Author, Event
+from bitfitech.market.events import Author, Event
 from bitfitech.market.journal import EventJournal
 from bitfitech.storage import Storage
 from bitfitech.testing import free_ports
@@ -186,10 +187,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="10,000 events (well under a minute)")
     parser.add_argument("--events", type=int, help="history length [100,000; quick 10,000]")
     parser.add_argument("--authors", type=int, default=50, help="authors [50]")
-    parser.add_argument(
-        "--signed-together", type=int, default=1, metavar="N",
-        help="events each author signs at once, under one batch signature [1: each alone]",
-    )  # fmt: skip
+    add_signed_together(parser)
     parser.add_argument("--timeout", type=float, default=300.0, help="per wait, seconds [300]")
     parser.add_argument(
         "--sync-sizes", type=sizes_list,
@@ -197,8 +195,6 @@ def main(argv: list[str]) -> int:
     )  # fmt: skip
     add_arguments(parser, quick=False)
     args = parser.parse_args(argv)
-    if not 1 <= args.signed_together <= MAX_BATCH:
-        parser.error(f"--signed-together must be from 1 to {MAX_BATCH}")
     count = args.events or (10_000 if args.quick else 100_000)
     sync_sizes = sorted(
         set(args.sync_sizes or ([10_000] if args.quick else [10_000, 50_000, 100_000]))

@@ -217,13 +217,19 @@ class BenchIngestTests(OptionsTestCase):
 
     def test_help(self) -> None:
         """``--help`` lists the results protocol's options and the feed's knobs."""
-        options = ("--quick", "--json", "--events", "--links", "--per-message", "--trace")
+        options = ("--quick", "--json", "--events", "--links", "--per-message", "--trace",
+                   "--signed-together")  # fmt: skip
         self.assertHelpLists(BENCH_INGEST, options)
 
     def test_bad_feed(self) -> None:
         """A feed of no events, no links or oversized messages is refused."""
         cases = [("--events", "0"), ("--links", "0"), ("--per-message", "101")]
         self.assertRefused(BENCH_INGEST, cases, "--per-message 1 to 100")
+
+    def test_bad_signed_together(self) -> None:
+        """No events per signature, or more than one batch signature covers, is refused."""
+        for count in ("0", "1025", "x"):
+            self.assertRefused(BENCH_INGEST, [("--signed-together", count)], "--signed-together")
 
 
 class BenchFairTests(OptionsTestCase):

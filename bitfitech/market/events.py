@@ -75,6 +75,9 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 SIGNATURE_LENGTH: Final = 128
 """Characters of an event's own signature (batch signatures are longer)."""
 
+_UNSIGNED: Final = "0" * SIGNATURE_LENGTH
+"""A well-formed placeholder signature, for parsing a draft before it is signed."""
+
 _HEX128 = re.compile(r"[0-9a-f]{128}")
 _BATCH_SIG = re.compile(r"b([1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})\.[0-9a-f]{128,768}")
 """A batch signature: size, index, then the signature and the path (a
@@ -562,6 +565,3 @@ class Author:
         event = self.draft_cancel(seq, lamport, ts, order_id)
         self.sign([event])
         return event
-
-
-_UNSIGNED: Final = "0" * 128

@@ -9,12 +9,13 @@ inserted into the ledger together: concurrent events often arrive out of
 their total order, and one insert of a batch costs at most one rollback.
 Under a heavy load the delay grows (see :meth:`MarketService._adapt`).
 
-This node's own orders are signed at once (so their seq and Lamport time are
-fixed in call order), journaled with the others signed in the same reactor
-turn or during the previous fsync (group commit: written in the reactor
-thread, fsynced in a thread of their own), and only then applied, published
-to peers and acknowledged.  Peer events are journaled after they are
-applied, without an fsync: a lost one is fetched again from the peers.
+This node's own orders are drafted at once (so their seq and Lamport time are
+fixed in call order), then signed and journaled with the others drafted in
+the same reactor turn or during the previous fsync (group commit: one batch
+signature, written in the reactor thread, fsynced in a thread of their
+own), and only then applied, published to peers and acknowledged.  Peer
+events are journaled after they are applied, without an fsync: a lost one
+is fetched again from the peers.
 """
 
 from __future__ import annotations
@@ -251,10 +252,10 @@ class MarketService(Service):
     """
     Holds the ledger and the journal; signs this node's orders.
 
-    Own orders go through three steps: *signed* (seq and Lamport time
-    fixed, in call order), *journaled* (written, then made durable by an
-    fsync in the syncer's thread; one fsync in flight at a time, so the
-    orders signed meanwhile make the next group), then *applied* at the
+    Own orders go through three steps: *drafted* (seq and Lamport time
+    fixed, in call order), *journaled* (signed together and written, then
+    made durable by an fsync in the syncer's thread; one fsync in flight at
+    a time, so the orders drafted meanwhile make the next group), then *applied* at the
     next tick, together with the buffered peer events: inserted into the
     ledger, published and acknowledged.  Peer events are applied at a tick
     and written right after, without waiting for the disk.
@@ -691,7 +692,8 @@ class MarketService(Service):
 
     def submit(self, side: str, price: str | None, amount: str, order_type: str) -> Deferred[Event]:
         """
-        Sign a new order of this node; fires once it is journaled and applied.
+        Draft a new order of this node (signed with its group commit); fires
+        once it is journaled and applied.
 
         :raises ValueError: for an order the book would reject.
         :raises ServiceUnavailable: when the market is not running.
@@ -708,7 +710,7 @@ class MarketService(Service):
 
     def cancel(self, order_id: str) -> Deferred[Event]:
         """
-        Sign a cancel of one of this node's orders.
+        Draft a cancel of one of this node's orders (signed with its group commit).
 
         :raises KeyError: for an order this node does not know.
         :raises PermissionError: for another author's order.

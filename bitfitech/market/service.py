@@ -255,10 +255,10 @@ class MarketService(Service):
     Own orders go through three steps: *drafted* (seq and Lamport time
     fixed, in call order), *journaled* (signed together and written, then
     made durable by an fsync in the syncer's thread; one fsync in flight at
-    a time, so the orders drafted meanwhile make the next group), then *applied* at the
-    next tick, together with the buffered peer events: inserted into the
-    ledger, published and acknowledged.  Peer events are applied at a tick
-    and written right after, without waiting for the disk.
+    a time, so the orders drafted meanwhile make the next group), then
+    *applied* as soon as the fsync is done: inserted into the ledger,
+    published and acknowledged.  Peer events are applied at a tick and
+    written right after, without waiting for the disk.
 
     :ivar ledger: the ledger (only while running).
     :ivar author: this node's event author (only while running).

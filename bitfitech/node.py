@@ -4,7 +4,7 @@
 :class:`Node` (a ``MultiService``), constructing each part once, top to
 bottom in data-path order, and handing each the parts it calls: nothing is
 built inside another part's ``startService``, and no link is assigned
-after construction.  The children start in this order and stop in reverse:
+after construction.  The children start in this order:
 
 1. ``storage``: the data directory, SQLite database and node key
    (:mod:`bitfitech.storage`);
@@ -18,6 +18,10 @@ after construction.  The children start in this order and stop in reverse:
 5. ``api``: the HTTP API, its metrics and dashboard
    (:mod:`bitfitech.api.service`; it can be off).
 
+A stop is bounded in time (:meth:`Node.stopService`): the parts facing
+the network are told to stop first, the market journals and writes its
+checkpoint without waiting for them, and the storage closes last.
+
 What is known only once the node starts (its id, read from the data
 directory; the port it got) reaches the parts at start, not at build:
 building opens nothing.  This module and :mod:`bitfitech.tap` are the only
@@ -28,11 +32,11 @@ them.
 from __future__ import annotations
 
 import random
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python.failure import Failure
 
@@ -62,6 +66,11 @@ from .storage import Storage, StorageError, StorageService
 from .wire.messages import PROTOCOL_VERSION
 
 log = logger(__name__)
+
+#: seconds a stop may wait for peer links and API clients to close, from
+#: SIGTERM (or ``stopService``); the market's journal and checkpoint are
+#: written before, and the storage closed after, whatever is still open
+STOP_DEADLINE = 4.0
 
 
 class Node(MultiService):
@@ -114,7 +123,8 @@ class Node(MultiService):
         self.metrics = metrics
         self.api = api
         self.exit_on_startup_error = exit_on_startup_error
-        children: list[IService] = [StorageService(storage), market, peers]
+        self._storage_service = StorageService(storage)
+        children: list[IService] = [self._storage_service, market, peers]
         children += [service for service in (mdns, dht, api) if service is not None]
         for child in children:
             child.setServiceParent(self)
@@ -139,24 +149,71 @@ class Node(MultiService):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop the children one after the other, in reverse order: the API
-        and the peers first, then the market (which journals what is on
-        its way), and the storage last, once nothing writes to it.
+        Stop in a bounded time, whatever peers and clients do.
+
+        1. Everything facing the network is told to stop at once, and not
+           waited for yet: the API stops accepting and drops its clients,
+           discovery stops, the peer layer stops dialling and listening and
+           asks every link to close (aborting those still open after
+           :data:`~bitfitech.peer.service.CLOSE_GRACE`).
+        2. The market journals what is on its way and writes its
+           checkpoint: it waits on the disk only, never on the network, so
+           a stuck peer cannot cost the next start a full replay.
+        3. The network parts get what is left of :data:`STOP_DEADLINE`
+           to finish; what has not is logged and left behind.
+        4. The storage closes last, once nothing writes to it.
         """
         Service.stopService(self)
-        done: Deferred[None] = succeed(None)
-        for service in reversed(list(self)):
-            done.addCallback(_stop_child, service)
-            done.addErrback(_stop_failed, service)
-        return done
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        clock = self.clock
+        deadline = clock.seconds() + STOP_DEADLINE
+        facing = [s for s in reversed(list(self)) if s not in (self.market, self._storage_service)]
+        closing = DeferredList([_stopped(service) for service in facing], consumeErrors=True)
+        await _stopped(self.market)
+        if not await _within(closing, deadline - clock.seconds(), clock):
+            log.warn(
+                "Stopping without waiting longer for {count} peer links to close "
+                "({seconds:g} s deadline)",
+                count=self.peers.open_links, seconds=STOP_DEADLINE,
+            )  # fmt: skip
+        await _stopped(self._storage_service)
 
 
-def _stop_child(_: object, service: IService) -> Deferred[None]:
-    return maybeDeferred(service.stopService)
+def _stopped(service: IService) -> Deferred[None]:
+    """Stop C{service}; fires once it has stopped (a failure is logged, not passed on)."""
+    d: Deferred[None] = maybeDeferred(service.stopService)
+    d.addErrback(_stop_failed, service)
+    return d
 
 
 def _stop_failed(failure: Failure, service: IService) -> None:
     log.failure("Stopping the {name} service failed", failure, name=service.name)
+
+
+def _within(waited: Deferred[Any], seconds: float, clock: IReactorTime) -> Deferred[bool]:
+    """
+    Fires with ``True`` once C{waited} fires, or with ``False`` after
+    C{seconds} if it has not (C{waited} is left alone: a Deferred that
+    cannot be cancelled would complain when it fires later).
+    """
+    result: Deferred[bool] = Deferred()
+
+    def expired() -> None:
+        if not result.called:
+            result.callback(False)
+
+    timer = clock.callLater(max(0.0, seconds), expired)
+
+    def finished(_: object) -> None:
+        if timer.active():
+            timer.cancel()
+        if not result.called:
+            result.callback(True)
+
+    waited.addBoth(finished)
+    return result
 
 
 def build_node(

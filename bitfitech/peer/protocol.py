@@ -315,6 +315,17 @@ class PeerProtocol(Protocol):
             else:
                 self.transport.loseConnection()
 
+    def abort(self, reason: str = "aborted") -> None:
+        """
+        Drop the connection at once, even one already closing: what its
+        close left queued, and a TLS handshake or shutdown under way, are
+        given up.
+        """
+        if self.state != "closed":
+            self.close(reason, abort=True)
+        elif self.transport is not None and not self.connection_lost:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
     def violation(self, reason: str) -> None:
         """The peer broke the protocol: log, report to the owner, drop the link."""
         if self.state == "closed":

@@ -41,6 +41,10 @@ from .tls import LinkSecurity, NodeTLS, TLSFileError, TLSLink
 
 log = logger(__name__)
 
+#: seconds links get at stop to close cleanly (sending what is queued)
+#: before they are aborted
+CLOSE_GRACE = 1.5
+
 
 def _host_of(addr: IAddress | None) -> str | None:
     """The IP address of a connection's remote end, if it has one."""
@@ -208,21 +212,46 @@ class PeerService(ListeningService):
             network=config.network, pair=config.pair,
         )  # fmt: skip
 
+    @property
+    def open_links(self) -> int:
+        """How many connections the layer holds: links, and connections in their handshake."""
+        return len(self.hub.links) + len(self.hub.pending)
+
     def stopService(self) -> Deferred[Any]:
-        """Stop dialling, stop listening, close every link and wait for them to go."""
+        """
+        Stop dialling and listening, and ask every link to close; fires
+        once every link is gone.  A link still open after
+        :data:`CLOSE_GRACE` (a peer that reads nothing, or a TLS handshake
+        that never completes: its close would wait for it) is aborted.
+        """
         super().stopService()
-        waits: list[Deferred[Any]] = []
         if self.dialer.running:
             self.dialer.stopService()
         self.gossip.stop()
+        waits: list[Deferred[Any]] = []
         stopped = self.stop_listening()
         if stopped is not None:
             waits.append(stopped)
         links = list(self.hub.links.values()) + list(self.hub.pending)
-        for link in links:
-            waits.append(link.when_lost())
+        lost = [link.when_lost() for link in links]
         self.hub.close_all()
-        return DeferredList(waits, consumeErrors=True)
+        if any(not d.called for d in lost):
+            abort = self.clock.callLater(CLOSE_GRACE, self._abort_links, links)
+
+            def all_closed(_: object) -> None:
+                if abort.active():
+                    abort.cancel()
+
+            DeferredList(lost).addCallback(all_closed)
+        return DeferredList(waits + lost, consumeErrors=True)
+
+    def _abort_links(self, links: list[PeerProtocol]) -> None:
+        """Drop the links that did not close within the grace."""
+        left = [link for link in links if not link.connection_lost]
+        log.info("Aborting {count} peer links that did not close within {grace:g} s",
+                 count=len(left), grace=CLOSE_GRACE)  # fmt: skip
+        for link in left:
+            link.abort()
 
     def learn(self, host: str, port: int, node_id: str | None, *, source: str) -> bool:
         """

@@ -219,7 +219,7 @@ class NodeProcess:
         self._waiters.append(waiter)
         return waiter
 
-    def _signal(self, name: str) -> None:
+    def _signal(self, name: str | int) -> None:
         if self._transport is None or self.status is not None:
             return
         try:
@@ -240,6 +240,14 @@ class NodeProcess:
         if within is not None:
             d.addTimeout(within, global_reactor())
         return d
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): its sockets stay open, nothing is read or answered."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused process run again (SIGCONT)."""
+        self._signal(signal.SIGCONT)
 
     def kill(self) -> Deferred[int]:
         """Send SIGKILL if still running; fires with the exit status once ended."""

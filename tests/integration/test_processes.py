@@ -166,6 +166,48 @@ class NodeProcessTests(ProcessTestCase):
         self.assertEqual(b2_status["node_id"], b_id, "the node key did not persist")
         await self.eventually(linked(b2), "restarted B has an outbound link to A again", details)
 
+    async def test_sigterm_with_stuck_peers_then_resumes_from_checkpoint(self) -> None:
+        """
+        SIGTERM stops a node whose peers are stuck (one linked node frozen
+        with SIGSTOP, so it reads nothing; one TCP connection that never
+        says a word, so its TLS handshake never completes): the links are
+        aborted after a grace, the market wrote its checkpoint first, and
+        the restarted node resumes from it instead of replaying its journal.
+
+        (The stop's speed, with its 5 s target, is bench_lifecycle's figure.)
+        """
+        ports = free_ports(4)
+        a = self.spawn_node("A", ports[0], ports[1])
+        await a.wait_for_api()
+        b = self.spawn_node("B", ports[2], ports[3], bootstrap=[a.port])
+        await b.wait_for_api()
+
+        async def linked() -> bool:
+            return len(await a.get_json("/peers")) >= 1
+
+        await self.eventually(linked, "A and B are linked", lambda: "")
+        order = {"side": "buy", "price": "100", "amount": "1"}
+        for _ in range(3):
+            status, body = await a.post_json("/orders/batch", {"orders": [order] * 50})
+            self.assertEqual(status, 201, body)
+
+        silent = socket.create_connection(("127.0.0.1", a.port))
+        self.addCleanup(silent.close)
+        b.pause()
+        self.addCleanup(b.resume)
+        for _ in range(3):
+            status, body = await a.post_json("/orders/batch", {"orders": [order] * 50})
+            self.assertEqual(status, 201, body)
+
+        self.nodes.remove(a)  # A stopping is expected from here on
+        assert_clean_exit(self, a, await stop_process(a))
+        self.assertIn("Aborting", a.output, a.describe())
+
+        restarted = self.spawn_node("A-restarted", a.port, a.api_port, data_dir=a.data_dir)
+        market = (await restarted.wait_for_api())["market"]
+        self.assertEqual(market["loaded_events"], 300, restarted.describe())
+        self.assertEqual(market["resumed_at"], 300, restarted.describe())
+
     async def test_refused_bootstrap_keeps_running(self) -> None:
         """
         A node whose only bootstrap address refuses connections stays up and

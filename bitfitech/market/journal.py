@@ -114,6 +114,43 @@ class EventJournal:
         return written
 
 
+    def probe(self) -> None:
+        """
+        Write one row (the time of this probe, in the ``settings`` table) to
+        see whether the database takes writes again.
+
+        :raises JournalError: if it does not.
+        """
+        try:
+            self.connection.execute(
+                "INSERT INTO settings (key, value) VALUES ('journal_probe', datetime('now')) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            )
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot write to the database: {e}") from e
+
+    def flush_wal(self) -> None:
+        """
+        Copy the whole write-ahead log into the database, sync it, and empty
+        the log (``PRAGMA wal_checkpoint(TRUNCATE)``).
+
+        After a failed fsync, the kernel may have dropped pages of the log
+        it could not write, while SQLite believes them written: copying the
+        log through SQLite (which still reads it whole, from the page cache)
+        and syncing the database makes every commit durable again, before
+        any order is acknowledged on top of them.
+
+        :raises JournalError: if the database refuses, or another
+            connection keeps the copy from completing.
+        """
+        try:
+            busy, _, _ = self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot copy the write-ahead log into the database: {e}") from e
+        if busy:
+            raise JournalError("cannot copy the write-ahead log into the database: busy")
+
+
 class Syncer(Protocol):
     """Makes what the journal wrote so far survive a power cut; writes files durably."""
 

@@ -71,6 +71,14 @@ CHECKPOINT_INTERVAL = 30.0
 #: newly settled events that make a new checkpoint worth writing
 CHECKPOINT_EVENTS = 10_000
 
+#: seconds before the first retry of a journal that cannot be written
+#: (full disk, I/O error, read-only file system); each further retry waits
+#: twice as long, up to :data:`JOURNAL_RETRY_MAX`
+JOURNAL_RETRY = 1.0
+
+#: the longest seconds between two retries of a journal that cannot be written
+JOURNAL_RETRY_MAX = 10.0
+
 #: events whose local arrival time is remembered (``applied_at``)
 ARRIVALS_KEPT = 65536
 
@@ -297,7 +305,13 @@ class MarketService(Service):
         self._make_syncer = syncer
         self._syncer: Syncer | None = None
         self._journal: EventJournal | None = None
-        self._broken = ""
+        # Why the journal cannot be written now ("": it can), since when,
+        # and whether it may have lost what it wrote (a failed fsync).
+        self._journal_fault = ""
+        self._fault_since = 0.0
+        self._fsync_failed = False
+        self._retry_call: IDelayedCall | None = None
+        self._retry_delay = JOURNAL_RETRY
         self._ledger: Ledger | None = None
         self._author: Author | None = None
         self._buffer: dict[str, Event] = {}
@@ -384,7 +398,8 @@ class MarketService(Service):
         started = time.perf_counter()
         events = []
         self._journal = EventJournal(self.storage.connection)
-        self._broken = ""
+        self._journal_fault = ""
+        self._fsync_failed = False
         if self.witnesses:
             self._load_stamps(self._journal, self._ledger)
         for text, sig in self._journal.load():
@@ -445,9 +460,10 @@ class MarketService(Service):
             if loop is not None and loop.running:
                 loop.stop()
         self._witnessing = False
-        if self._stamp_call is not None and self._stamp_call.active():
-            self._stamp_call.cancel()
-        self._stamp_call = None
+        for call in (self._stamp_call, self._retry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._stamp_call = self._retry_call = None
         return self._drain().addCallback(self._close)
 
     def _drain(self) -> Deferred[None]:
@@ -458,6 +474,9 @@ class MarketService(Service):
                 waiter: Deferred[None] = Deferred()
                 self._sync_waiters.append(waiter)
                 return waiter.addCallback(lambda _: self._drain())
+            if self._journal_fault:
+                self._last_write()
+                break
             if not (
                 self._buffer
                 or self._signed
@@ -467,6 +486,25 @@ class MarketService(Service):
             ):
                 break
         return succeed(None)
+
+    def _last_write(self) -> None:
+        """
+        At a stop with a journal that cannot be written: try once more to
+        write what waits; what cannot be is lost to this node only (its
+        peers send it again after the restart).
+        """
+        journal = self._journal
+        if journal is None:
+            return
+        try:
+            self._write_waiting(journal)
+        except JournalError as e:
+            log.warn(
+                "Stopping with {events} peer events and {stamps} stamps not journaled "
+                "({error}): peers send them again after the restart",
+                events=len(self._unjournaled), stamps=len(self._unjournaled_stamps),
+                error=str(e),
+            )  # fmt: skip
 
     @property
     def checkpoint_path(self) -> str:
@@ -492,7 +530,7 @@ class MarketService(Service):
         replaying everything.
         """
         ledger = self._ledger
-        if ledger is None or self._checkpointing:
+        if ledger is None or self._checkpointing or self._journal_fault:
             return
         settled = ledger.settled_position()
         if settled - self._checkpointed < CHECKPOINT_EVENTS:
@@ -739,8 +777,8 @@ class MarketService(Service):
         ledger = self.ledger
         if not self.running:
             raise ServiceUnavailable("the market is stopping")
-        if self._broken:
-            raise ServiceUnavailable(self._broken)
+        if self._journal_fault:
+            raise ServiceUnavailable(self._journal_fault)
         return ledger
 
     def _next_clock(self) -> tuple[int, int]:
@@ -925,7 +963,9 @@ class MarketService(Service):
         events it first saw since the last one, and apply and spread it.
         """
         ledger, signer = self._ledger, self._signer
-        if ledger is None or signer is None or ledger.fair is None:
+        if ledger is None or signer is None or ledger.fair is None or self._journal_fault:
+            # A stamp is journaled before it is sent: none while the journal
+            # cannot be written (the events seen wait for the next stamp).
             return
         self._last_signed = self.clock.seconds()
         self.flush()  # stamps from peers first: the acks say what is held
@@ -991,8 +1031,7 @@ class MarketService(Service):
             if journal is not None:
                 journal.write([], durable=False, stamps=stamps)
         except JournalError as e:
-            self.journal_failures += 1
-            log.error("Cannot journal this witness's stamp: {error}", error=str(e))
+            self._journal_failed(str(e))
             # Signed again, with the same seq, at the next tick: with the
             # same receipts.
             self._first_seen = {**listed, **self._first_seen}
@@ -1149,7 +1188,8 @@ class MarketService(Service):
         if call is not None and call.active():
             call.cancel()
         journal = self._journal
-        if self._syncing or journal is None:
+        if self._syncing or journal is None or self._journal_fault:
+            # A journal that cannot be written is retried by its own timer.
             return
         if not (self._signed or self._unjournaled or self._unjournaled_stamps):
             return
@@ -1165,12 +1205,14 @@ class MarketService(Service):
         try:
             journal.write(written, durable=False, stamps=stamps)
         except JournalError as e:
-            # Nothing of the batch was kept.  Peer events stay applied:
-            # after a restart they are fetched again.
-            self.journal_failures += 1
-            log.error("Journal write failed: {error}", error=str(e))
+            # Nothing of the batch was kept.  Peer events and stamps stay
+            # applied, and wait to be written once the journal can be;
+            # own orders were not acknowledged: they fail.
+            self._unjournaled[:0] = peers
+            self._unjournaled_stamps[:0] = stamps
+            self._journal_failed(str(e))
             if own:
-                self._fail_own(own, f"the journal failed: {e}")
+                self._fail_own(own, self._journal_fault)
             return
         for event in written:
             # Journaled: an event held for long keeps no second copy of its text.
@@ -1212,23 +1254,109 @@ class MarketService(Service):
 
     def _sync_failed(self, failure: Failure, own: list[_Pending]) -> None:
         """
-        The disk refused an fsync: the node stops taking orders.  The
-        events were written (they may still be there after a restart, like
-        any order whose answer was lost), so their seqs are not reused.
+        The disk refused an fsync: the group fails, and so does every own
+        order signed since, and no order is taken until the journal can be
+        written and synced again (see :meth:`_retry_journal`).  The events
+        were written (they may still be there after a restart, like any
+        order whose answer was lost), so their seqs are not reused.
         """
         self._syncing = False
-        self.journal_failures += 1
-        self._broken = (
-            f"the journal could not be synced to disk ({failure.getErrorMessage()}); "
-            "restart the node"
-        )
-        log.critical("{reason}", reason=self._broken)
+        self._fsync_failed = True
+        self._journal_failed(f"fsync: {failure.getErrorMessage()}")
         failed, self._signed = own + self._signed, []
-        error = ServiceUnavailable(self._broken)
+        error = ServiceUnavailable(self._journal_fault)
         for pending in failed:
             self._signed_ids.pop(pending.event.id, None)
             pending.done.errback(error)
         self._sync_done()
+
+    # -- a journal that cannot be written
+
+    def _journal_failed(self, cause: str) -> None:
+        """
+        The journal cannot be written: refuse orders until it can, retry on
+        a timer, and log the cause once (not once per order or retry).
+        """
+        self.journal_failures += 1
+        if not self._journal_fault:
+            self._fault_since = self.clock.seconds()
+            self._retry_delay = JOURNAL_RETRY
+            log.error(
+                "The journal cannot be written ({cause}): new orders and cancels are "
+                "refused (503) until it can, retrying every {retry:g}-{most:g} s; "
+                "the book and peers' events are kept in memory",
+                cause=cause, retry=JOURNAL_RETRY, most=JOURNAL_RETRY_MAX,
+            )  # fmt: skip
+        self._journal_fault = (
+            f"the journal cannot be written ({cause}); orders are refused until it can"
+        )
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if not self.running or (self._retry_call is not None and self._retry_call.active()):
+            return
+        self._retry_call = self.clock.callLater(self._retry_delay, self._retry_journal)
+        self._retry_delay = min(JOURNAL_RETRY_MAX, self._retry_delay * 2)
+
+    def _retry_journal(self) -> None:
+        """
+        Try the journal again: after a failed fsync, copy the write-ahead
+        log into the database first (what was written may not have reached
+        the disk); write what waits (or a probe, if nothing does); then
+        fsync.  Once all that worked, orders are taken again.
+        """
+        self._retry_call = None
+        journal = self._journal
+        if journal is None or self._syncing:
+            return
+        try:
+            self._write_waiting(journal)
+        except JournalError as e:
+            self.journal_failures += 1
+            log.debug("The journal still cannot be written: {error}", error=str(e))
+            self._schedule_retry()
+            return
+        if self._syncer is None:
+            self._syncer = self._make_syncer(self.storage)
+        self._syncing = True
+        self._syncer.sync().addCallbacks(self._journal_recovered, self._retry_failed)
+
+    def _write_waiting(self, journal: EventJournal) -> None:
+        """
+        Write the peer events and stamps that wait (or a probe, if none
+        do), after a failed fsync once the write-ahead log is copied.
+
+        :raises JournalError: if the database still refuses.
+        """
+        if self._fsync_failed:
+            journal.flush_wal()
+            self._fsync_failed = False
+        peers, stamps = self._unjournaled, self._unjournaled_stamps
+        if not (peers or stamps):
+            journal.probe()
+            return
+        journal.write(peers, durable=False, stamps=stamps)
+        self._unjournaled, self._unjournaled_stamps = [], []
+        for event in peers:
+            event.forget_text()
+
+    def _journal_recovered(self, _: None) -> None:
+        self._syncing = False
+        log.info(
+            "The journal can be written again after {seconds:.1f} s: taking orders again",
+            seconds=self.clock.seconds() - self._fault_since,
+        )  # fmt: skip
+        self._journal_fault = ""
+        self._sync_done()
+        self._start_write()
+
+    def _retry_failed(self, failure: Failure) -> None:
+        self._syncing = False
+        self._fsync_failed = True
+        self.journal_failures += 1
+        log.debug("The journal still cannot be synced: {error}", error=failure.getErrorMessage())
+        self._sync_done()
+        self._schedule_retry()
 
     def _sync_done(self) -> None:
         waiters, self._sync_waiters = self._sync_waiters, []
@@ -1387,6 +1515,7 @@ class MarketService(Service):
                 "flagged_authors": dict(ledger.flagged),
                 "settle_after_s": self.config.settle_after,
                 "journal_failures": self.journal_failures,
+                "journal_error": self._journal_fault or None,
                 "journal_writes": self.journal_writes,
                 "apply_delay_ms": round(self.apply_delay * 1000, 1),
                 "loaded_events": self.loaded_events,

@@ -2,9 +2,10 @@
 
 Own orders are signed at once, written and synced as one group, and only
 then applied, published and acknowledged; peer events are buffered and
-applied at a tick; a failure of the journal fails the orders it concerns
-and no others; stopping journals everything on its way; the apply delay
-grows under heavy rollbacks and comes back.
+applied at a tick; a failure of the journal fails the orders it concerns,
+refuses new ones until the journal works again and recovers by itself;
+stopping journals everything on its way; the apply delay grows under heavy
+rollbacks and comes back.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 from nacl.bindings import crypto_sign_seed_keypair
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -37,6 +40,8 @@ from bitfitech.market.service import (
     ADAPT_WINDOW,
     HEARTBEAT_LEAD,
     IDLE_STAMP,
+    JOURNAL_RETRY,
+    JOURNAL_RETRY_MAX,
     LOAD_RATE,
     MAX_APPLY_DELAY,
     MIN_STAMP_GAP,
@@ -190,8 +195,11 @@ class OwnOrderTests(MarketTestCase):
         self.syncer.calls[1].callback(None)
         self.assertEqual([self.successResultOf(d).seq for d in later], [2, 3])
 
-    def test_sync_failure_stops_taking_orders(self) -> None:
-        """A failed fsync fails the group and later orders, and every order after."""
+    def test_sync_failure_fails_the_group_and_refuses_orders(self) -> None:
+        """
+        A failed fsync fails its group and the orders signed since, and
+        orders are refused until the journal works again (JournalFaultTests).
+        """
         d = self.submit()
         self.clock.advance(0)
         waiting = self.submit("101")
@@ -200,9 +208,8 @@ class OwnOrderTests(MarketTestCase):
             self.failureResultOf(failed, ServiceUnavailable)
         with self.assertRaises(ServiceUnavailable) as caught:
             self.submit()
-        self.assertIn("restart the node", str(caught.exception))
+        self.assertIn("Input/output error", str(caught.exception))
         self.assertEqual(self.market.journal_failures, 1)
-        self.flushLoggedErrors()
 
     def test_write_failure_reuses_seq(self) -> None:
         """A refused write keeps nothing; the next order takes the failed seq."""
@@ -217,10 +224,144 @@ class OwnOrderTests(MarketTestCase):
         self.clock.advance(0)
         self.assertIn("disk full", str(self.failureResultOf(d, ServiceUnavailable).value))
         del journal.write
+        self.clock.advance(JOURNAL_RETRY)
+        self.syncer.calls[0].callback(None)  # the retry's
         again = self.submit()
         self.clock.advance(0)
-        self.syncer.calls[0].callback(None)
+        self.syncer.calls[1].callback(None)
         self.assertEqual(self.successResultOf(again).seq, 1)
+
+
+class JournalFaultTests(MarketTestCase):
+    """
+    A journal that cannot be written (full disk, I/O error, read-only):
+    orders are refused with the reason, reads keep working, peers' events
+    are kept and written later, the cause is logged once, and the market
+    recovers by itself once the database takes writes again.
+
+    The database is made to refuse writes for real, on demand, with
+    ``PRAGMA query_only``.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.observer = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.observer)
+        self.addCleanup(globalLogPublisher.removeObserver, self.observer)
+
+    def refuse_writes(self, refuse: bool = True) -> None:
+        self.storage.connection.execute(f"PRAGMA query_only = {int(refuse)}")
+
+    def logged(self, text: str) -> list[dict[str, Any]]:
+        return [e for e in self.observer if text in e.get("log_format", "")]
+
+    def fail_the_journal(self) -> None:
+        self.refuse_writes()
+        d = self.submit()
+        self.clock.advance(0)
+        error = self.failureResultOf(d, ServiceUnavailable).value
+        self.assertIn("the journal cannot be written", str(error))
+        self.assertIn("readonly", str(error))
+
+    def test_orders_refused_with_the_reason_logged_once(self) -> None:
+        self.fail_the_journal()
+        for price in ("101", "102", "103"):
+            with self.assertRaises(ServiceUnavailable) as caught:
+                self.submit(price)
+            self.assertIn("the journal cannot be written", str(caught.exception))
+        self.clock.pump([1.0] * 30)  # retries
+        self.assertEqual(len(self.logged("The journal cannot be written")), 1)
+        self.assertGreater(self.market.journal_failures, 3)
+        self.assertIn("cannot be written", self.market.status()["market"]["journal_error"])
+
+    def test_reads_work_and_peer_events_are_kept_then_written(self) -> None:
+        self.fail_the_journal()
+        peer = peer_author(1).order(1, 1, 0, "sell", "limit", "200", "1")
+        self.market.receive([peer])
+        self.clock.advance(self.market.apply_delay)
+        self.assertIn(peer.id, self.market.ledger, "applied, readable")
+        self.assertEqual(self.journaled(), [])
+        self.refuse_writes(False)
+        self.clock.advance(JOURNAL_RETRY)
+        self.assertEqual(len(self.syncer.calls), 1, "the retry syncs what it wrote")
+        self.assertNoResult(self.syncer.calls[0])
+        self.syncer.calls[0].callback(None)
+        self.assertEqual(self.journaled(), [peer.text])
+        self.assertIsNone(self.market.status()["market"]["journal_error"])
+        self.assertEqual(len(self.logged("can be written again")), 1)
+
+    def test_recovers_by_itself_and_takes_orders_again(self) -> None:
+        self.fail_the_journal()
+        self.clock.pump([JOURNAL_RETRY_MAX] * 5)
+        self.assertEqual(self.syncer.calls, [], "no sync while writes fail")
+        self.refuse_writes(False)
+        self.clock.advance(JOURNAL_RETRY_MAX)
+        self.syncer.calls[0].callback(None)
+        d = self.submit()
+        self.clock.advance(0)
+        self.syncer.calls[1].callback(None)
+        self.assertEqual(self.successResultOf(d).seq, 1, "the failed order's seq is reused")
+        self.assertEqual(len(self.journaled()), 1)
+
+    def test_retries_back_off(self) -> None:
+        self.fail_the_journal()
+        failures = []
+        for _ in range(8):
+            self.clock.advance(JOURNAL_RETRY_MAX)
+            failures.append(self.market.journal_failures)
+        steps = [later - earlier for earlier, later in zip(failures, failures[1:], strict=False)]
+        self.assertEqual(steps[-3:], [1, 1, 1], "one retry per JOURNAL_RETRY_MAX at most")
+
+    def test_failed_fsync_copies_the_wal_before_taking_orders(self) -> None:
+        """
+        After a failed fsync, the retry first copies the write-ahead log
+        into the database (what was written may not be on disk), then
+        syncs; orders are taken once that sync succeeded.
+        """
+        first = self.submit()
+        self.clock.advance(0)
+        self.syncer.calls[0].errback(OSError(5, "Input/output error"))
+        self.failureResultOf(first, ServiceUnavailable)
+        flushes = []
+        journal = self.market._journal  # noqa: SLF001
+        assert journal is not None
+        real_flush = journal.flush_wal
+
+        def flush_wal() -> None:
+            flushes.append(True)
+            real_flush()
+
+        journal.flush_wal = flush_wal  # type: ignore[method-assign]
+        self.clock.advance(JOURNAL_RETRY)
+        self.assertEqual(flushes, [True])
+        self.syncer.calls[1].errback(OSError(5, "Input/output error"))
+        with self.assertRaises(ServiceUnavailable):
+            self.submit()
+        self.clock.advance(JOURNAL_RETRY_MAX)
+        self.assertEqual(flushes, [True, True], "copied again after another failed fsync")
+        self.syncer.calls[2].callback(None)
+        d = self.submit()
+        self.clock.advance(0)
+        self.syncer.calls[3].callback(None)
+        self.assertEqual(self.successResultOf(d).seq, 2, "the unsynced order's seq is not reused")
+
+    def test_stop_does_not_wait_for_the_journal(self) -> None:
+        self.fail_the_journal()
+        peer = peer_author(1).order(1, 1, 0, "sell", "limit", "200", "1")
+        self.market.receive([peer])
+        self.clock.advance(self.market.apply_delay)
+        self.successResultOf(self.market.stopService())
+        self.assertEqual(len(self.logged("not journaled")), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_writes_what_waits_if_the_journal_works_again(self) -> None:
+        self.fail_the_journal()
+        peer = peer_author(1).order(1, 1, 0, "sell", "limit", "200", "1")
+        self.market.receive([peer])
+        self.clock.advance(self.market.apply_delay)
+        self.refuse_writes(False)
+        self.successResultOf(self.market.stopService())
+        self.assertEqual(self.journaled(), [peer.text])
 
 
 class ClockTests(MarketTestCase):

@@ -21,6 +21,9 @@ from collections.abc import Iterator
 from twisted.application.service import Service
 
 from bitfitech.identity import NodeIdentity, load_or_create_identity
+from bitfitech.logs import logger
+
+log = logger(__name__)
 
 DATABASE_NAME = "bitfi.sqlite3"
 LOCK_FILE_NAME = "LOCK"
@@ -291,6 +294,44 @@ def _set_setting(connection: sqlite3.Connection, key: str, value: str) -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+class WriteThrough:
+    """
+    Writes an in-memory mirror's changes through to its table (the address
+    book's, the ban list's).  A write the database refuses (a full disk, a
+    read-only file system, an I/O error) is logged once, not raised into
+    the network code that made the change: the mirror keeps the change,
+    and only a restart before the database takes writes again loses it.
+
+    :ivar connection: the open database, or ``None`` (changes stay in memory).
+    :ivar failing: whether the last write was refused.
+    """
+
+    def __init__(self, what: str) -> None:
+        """:param what: names the table's contents in the log (``"the ban list"``)."""
+        self.what = what
+        self.connection: sqlite3.Connection | None = None
+        self.failing = False
+
+    def execute(self, sql: str, parameters: tuple[object, ...]) -> None:
+        """Run one statement that writes, if there is a database; a refusal is logged once."""
+        if self.connection is None:
+            return
+        try:
+            self.connection.execute(sql, parameters)
+        except sqlite3.Error as e:
+            if not self.failing:
+                self.failing = True
+                log.warn(
+                    "Cannot save {what} ({error}): changes are kept in memory until the "
+                    "database takes writes again",
+                    what=self.what, error=str(e),
+                )  # fmt: skip
+            return
+        if self.failing:
+            self.failing = False
+            log.info("Saving {what} again", what=self.what)
 
 
 def schema_version(connection: sqlite3.Connection) -> int:

@@ -6,6 +6,8 @@ import os
 import sqlite3
 import stat
 
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.identity import KEY_FILE_NAME, IdentityError
@@ -16,6 +18,7 @@ from bitfitech.storage import (
     Storage,
     StorageError,
     StorageService,
+    WriteThrough,
     schema_version,
 )
 
@@ -216,3 +219,42 @@ class StorageServiceTests(SynchronousTestCase):
         service = StorageService(Storage(data_dir))
         self.assertRaises(StorageError, service.startService)
         self.assertFalse(service.running)
+
+
+class WriteThroughTests(SynchronousTestCase):
+    """A mirror's write the database refuses is logged once, never raised, and recovery said."""
+
+    def setUp(self) -> None:
+        storage = Storage(self.mktemp())
+        storage.open()
+        self.addCleanup(storage.close)
+        self.connection = storage.connection
+        self.table = WriteThrough("the ban list")
+        self.table.connection = self.connection
+        self.observer = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.observer)
+        self.addCleanup(globalLogPublisher.removeObserver, self.observer)
+
+    def set(self, key: str) -> None:
+        self.table.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, 'v')", (key,))
+
+    def logged(self, text: str) -> int:
+        return sum(text in e.get("log_format", "") for e in self.observer)
+
+    def test_refused_writes_logged_once_then_recovery(self) -> None:
+        self.connection.execute("PRAGMA query_only = 1")
+        for key in ("a", "b", "c"):
+            self.set(key)
+        self.assertTrue(self.table.failing)
+        self.assertEqual(self.logged("Cannot save {what}"), 1)
+        self.connection.execute("PRAGMA query_only = 0")
+        self.set("d")
+        self.assertFalse(self.table.failing)
+        self.assertEqual(self.logged("Saving {what} again"), 1)
+        rows = self.connection.execute("SELECT key FROM settings WHERE value = 'v'").fetchall()
+        self.assertEqual(rows, [("d",)])
+
+    def test_without_a_database_nothing_is_written(self) -> None:
+        self.table.connection = None
+        self.set("a")
+        self.assertFalse(self.table.failing)

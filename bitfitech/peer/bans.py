@@ -22,6 +22,8 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..storage import WriteThrough
+
 #: most bans kept; past it the ban that ends soonest is dropped
 MAX_BANS = 10_000
 
@@ -97,7 +99,7 @@ class BanList:
         """
         :param max_bans: how many bans to keep.
         """
-        self._connection: sqlite3.Connection | None = None
+        self._table = WriteThrough("the ban list")
         self._max_bans = max_bans
         self._bans: dict[str, Ban] = {}
 
@@ -111,11 +113,11 @@ class BanList:
         :param connection: the database, or ``None`` to keep the list in
             memory only (it is emptied).
         """
-        self._connection = connection
+        self._table.connection = connection
         self._bans.clear()
         if connection is None:
             return
-        connection.execute("DELETE FROM bans WHERE until <= ?", (now,))
+        self._table.execute("DELETE FROM bans WHERE until <= ?", (now,))
         for row in connection.execute(_SELECT + " ORDER BY banned_at"):
             ban = Ban(*row)
             self._bans[ban.address] = ban
@@ -150,8 +152,7 @@ class BanList:
         ban = Ban(ban_address(address), node_id, reason[:_MAX_REASON], now, until)
         self._bans.pop(ban.address, None)
         self._bans[ban.address] = ban
-        if self._connection is not None:
-            self._connection.execute(_UPSERT, tuple(getattr(ban, c) for c in _COLUMNS))
+        self._table.execute(_UPSERT, tuple(getattr(ban, c) for c in _COLUMNS))
         while len(self._bans) > self._max_bans:
             self._remove(min(self._bans.values(), key=lambda b: b.until).address)
         return ban
@@ -171,8 +172,7 @@ class BanList:
 
     def _remove(self, key: str) -> None:
         del self._bans[key]
-        if self._connection is not None:
-            self._connection.execute(_DELETE, (key,))
+        self._table.execute(_DELETE, (key,))
 
     def active(self, now: float) -> list[Ban]:
         """The bans in force at C{now}, newest first (expired ones are deleted)."""

@@ -181,6 +181,7 @@ class DHTService(Service):
         self._refreshing = False
         self._last_lookup_at: float | None = None
         self._last_saved_at = 0.0
+        self._contacts_unsaved = False
         self._fallback: list[Address] = []
         self._found_peers: OrderedDict[Address, None] = OrderedDict()
         self._peers_found = 0
@@ -618,7 +619,12 @@ class DHTService(Service):
                 CONTACTS_SETTING, json.dumps([[c.host, c.port] for c in good])
             )
         except Exception:
-            log.failure("DHT contacts not saved")
+            # A full or read-only disk: said once, tried again at the next save.
+            if not self._contacts_unsaved:
+                log.failure("DHT contacts not saved (said once until a save works)")
+            self._contacts_unsaved = True
+        else:
+            self._contacts_unsaved = False
 
 
 def _quietly(d: Deferred[Any]) -> Deferred[Any]:

@@ -955,7 +955,12 @@ class MarketService(Service):
                 self._stamp()
         except Exception:
             log.failure("This witness failed to sign a stamp")
-        self._stamp_by(max(self._stamp_from, self._next_heartbeat()))
+        at = max(self._stamp_from, self._next_heartbeat())
+        if self._journal_fault:
+            # Nothing was signed: try again a stamp interval from now, not
+            # at a heartbeat time already past.
+            at = max(at, self.clock.seconds() + self.witnesses.stamp_ms / 1000)
+        self._stamp_by(at)
 
     def _stamp(self) -> None:
         """

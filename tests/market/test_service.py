@@ -661,6 +661,34 @@ class WitnessStampTests(WitnessTestCase):
             sorted(self.journaled_stamps()), sorted(stamp.text for stamp in self.publisher.stamps)
         )
 
+    def test_no_stamp_while_the_journal_cannot_be_written(self) -> None:
+        """
+        A stamp is journaled before it is sent: while the database refuses
+        writes the witness signs none (no seq is used twice), and once it
+        takes them again the chain goes on from where it was, the events
+        seen meanwhile listed.
+        """
+        self.clock.advance(WITNESS_START_DELAY + 0.1)
+        self.clock.advance(0)
+        before = len(self.publisher.stamps)
+        self.assertGreater(before, 0)
+        self.storage.connection.execute("PRAGMA query_only = 1")
+        self.clock.pump([0.1] * 5)
+        peer = peer_author(1).order(1, 1, 0, "sell", "limit", "200", "1")
+        self.market.receive([peer])
+        self.clock.pump([0.1] * 5)
+        self.assertEqual(len(self.publisher.stamps), before)
+        self.assertIsNotNone(self.market.status()["market"]["journal_error"])
+        self.storage.connection.execute("PRAGMA query_only = 0")
+        self.clock.advance(JOURNAL_RETRY_MAX)
+        self.syncer.calls[-1].callback(None)
+        self.clock.pump([0.1] * 3)
+        stamps = self.publisher.stamps
+        self.assertEqual([stamp.seq for stamp in stamps], list(range(1, len(stamps) + 1)))
+        listed = {event_id for stamp in stamps[before:] for event_id, _ in stamp.receipts}
+        self.assertIn(peer.id, listed)
+        self.assertEqual(sorted(self.journaled_stamps()), sorted(stamp.text for stamp in stamps))
+
     def test_receipt_signed_soon(self) -> None:
         """A witness signs the receipt of an event within RECEIPT_DELAY of seeing it."""
         self.start_witnessing()

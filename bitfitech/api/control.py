@@ -122,7 +122,19 @@ class NodeControl:
         return self._peers().hub.link_rows()
 
     def connect(self, address: str) -> Deferred[dict[str, Any]]:
-        """``POST /peers``: dial now and answer with the peer's row."""
+        """
+        ``POST /peers``: dial now and answer with the peer's row.
+
+        The address enters the address book, as ``manual`` (kept for good),
+        only once the handshake succeeded.  A dial that fails fails the
+        Deferred with its reason (a :class:`ConnectionError` or one of
+        Twisted's connect errors: the API answers 502) and leaves nothing
+        behind: the node neither redials the address nor tells peers of it.
+
+        :raises ValueError: for an address that does not parse.
+        :raises PermissionError: for a banned address.
+        :raises ServiceUnavailable: if the peer layer is not running.
+        """
         try:
             parsed = parse_address(address)
         except AddressError as e:
@@ -134,9 +146,7 @@ class NodeControl:
                 f"{ban.address} is banned until {ban.until:.0f} (unix time): {ban.reason}; "
                 f"lift the ban with DELETE /peers/banned/{ban.address}"
             )
-        peers.addrbook.add(parsed.host, parsed.port, source="manual",
-                           now=self.clock.seconds(), node_id=parsed.node_id)  # fmt: skip
-        d = peers.dialer.dial(parsed)
+        d = peers.dialer.dial(parsed, manual=True)
 
         def row(link: PeerProtocol) -> dict[str, Any]:
             for entry in peers.hub.link_rows():

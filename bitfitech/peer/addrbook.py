@@ -1,12 +1,22 @@
 """The address book: where peers listen, between discovery and the outbound dialler.
 
-Addresses arrive from the command line (``bootstrap``, ``witness``), the API (``manual``),
-peers' ``addr`` messages, inbound handshakes, mDNS and the DHT.  The dialler
-asks :meth:`AddressBook.candidates` whom to call, reports back with
+Addresses arrive from the command line (``bootstrap``, ``witness``), the API
+(``manual``, kept only once its dial succeeded), peers' ``addr`` messages,
+inbound handshakes, mDNS and the DHT.  The dialler asks
+:meth:`AddressBook.candidates` whom to call, reports back with
 ``record_attempt``/``record_success``/``record_failure``, and a
 :class:`RetryPolicy` (exponential backoff plus a circuit breaker) decides
-when a failing address may be tried again.  ``getaddr`` answers come from
-:meth:`AddressBook.sample`.
+when a failing address may be tried again.
+
+An address is a *candidate* until a handshake with it succeeds.  Only
+addresses reached within :data:`SHARE_WINDOW`, and not failed since, are
+shared with peers (:meth:`AddressBook.sample`, for ``getaddr`` answers).
+Addresses that keep failing are aged out, on the model of Bitcoin Core's
+``IsTerrible``: never reached after :data:`NEVER_REACHED_MAX_FAILURES`
+failures in a row, or :data:`REACHED_MAX_FAILURES` failures in a row with
+the last success over :data:`REACHED_FAILURE_GRACE` ago
+(:meth:`AddressEntry.is_terrible`); bootstrap and witness addresses, and
+manual ones once reached, never are (:attr:`AddressEntry.protected`).
 
 The book is bounded, keeps an in-memory mirror for reads and writes every
 change through to the ``addresses`` table (created by
@@ -24,12 +34,54 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from bitfitech.address import PeerAddress, check_port, is_node_id, normalize_host
+from bitfitech.storage import WriteThrough
 
 #: Where an address can come from.
 SOURCES = ("bootstrap", "witness", "manual", "addr", "inbound", "mdns", "dht")
-#: Sources that record the operator's intent: never evicted or pruned, and
-#: they take over an entry learned another way.
-PROTECTED_SOURCES = frozenset({"bootstrap", "witness", "manual"})
+#: Sources that record the operator's intent: they take over an entry
+#: learned another way, and are dialled before other never-reached addresses.
+OPERATOR_SOURCES = frozenset({"bootstrap", "witness", "manual"})
+#: Sources from the node's configuration: never evicted, pruned or aged out,
+#: however often they fail (a ``manual`` entry is too, once reached:
+#: :attr:`AddressEntry.protected`).
+PROTECTED_SOURCES = frozenset({"bootstrap", "witness"})
+
+SHARE_WINDOW = 3 * 3600.0
+"""
+Seconds after a successful handshake during which this node vouches for
+an address: of the book's addresses, only one reached this recently, and
+whose dials have not failed since (:meth:`AddressEntry.shareable`), goes
+into ``getaddr`` answers, and only one just reached is announced to peers.
+An address merely heard of (from a peer, mDNS, the DHT, an inbound link or
+by hand) is never passed on from the book.  (A ``getaddr`` answer also
+names the peers linked at the time: :class:`~bitfitech.peer.hub.PeerHub`.)
+"""
+
+NEVER_REACHED_MAX_FAILURES = 3
+"""
+Failed dials in a row after which an address never reached is forgotten
+(Bitcoin Core's ``ADDRMAN_RETRIES``).  With the default backoff that is
+about three seconds of trying.
+"""
+
+REACHED_MAX_FAILURES = 10
+"""
+Failed dials in a row after which an address reached before is forgotten,
+if its last success is also older than :data:`REACHED_FAILURE_GRACE`
+(Bitcoin Core's ``ADDRMAN_MAX_FAILURES``).
+"""
+
+REACHED_FAILURE_GRACE = 7 * 86400.0
+"""
+How long an address that was reached is kept through failures: seven days
+after its last success (Bitcoin Core's ``ADDRMAN_MIN_FAIL``).
+"""
+
+STALE_AGE = 30 * 86400.0
+"""
+A failing address not heard of for this long is forgotten by
+:meth:`AddressBook.prune` (Bitcoin Core's ``ADDRMAN_HORIZON``).
+"""
 
 _COLUMNS = (
     "host",
@@ -98,6 +150,46 @@ class AddressEntry:
     def address(self) -> PeerAddress:
         """The entry as a :class:`~bitfitech.address.PeerAddress`, pinned to its node id."""
         return PeerAddress(self.host, self.port, self.node_id)
+
+    @property
+    def protected(self) -> bool:
+        """
+        Whether the entry stays whatever happens: never evicted, pruned nor
+        aged out.  Bootstrap and witness addresses always are; a manual one
+        once a handshake with it succeeded (the API keeps a manual address
+        only then; one that never worked, left by an older version, ages
+        out like a learned one).
+        """
+        if self.source in PROTECTED_SOURCES:
+            return True
+        return self.source == "manual" and self.last_success is not None
+
+    def shareable(self, now: float) -> bool:
+        """
+        Whether this node vouches for the address at C{now}: a handshake
+        with it succeeded within :data:`SHARE_WINDOW` and no dial has failed
+        since.
+        """
+        return (
+            self.last_success is not None
+            and now - self.last_success <= SHARE_WINDOW
+            and self.failures == 0
+        )
+
+    def is_terrible(self, now: float) -> bool:
+        """
+        Whether the address failed too often to be worth keeping (Bitcoin
+        Core's ``IsTerrible``): never reached and
+        :data:`NEVER_REACHED_MAX_FAILURES` failures in a row, or
+        :data:`REACHED_MAX_FAILURES` failures in a row and no success for
+        :data:`REACHED_FAILURE_GRACE`.  Protection is not considered.
+        """
+        if self.last_success is None:
+            return self.failures >= NEVER_REACHED_MAX_FAILURES
+        return (
+            self.failures >= REACHED_MAX_FAILURES
+            and now - self.last_success > REACHED_FAILURE_GRACE
+        )
 
 
 @dataclass(frozen=True)
@@ -174,14 +266,15 @@ class AddressBook:
         rng: random.Random | None = None,
     ) -> None:
         """
-        :param max_entries: how many entries to keep (bootstrap, witness and
-            manual entries are never evicted, so there can be more of those).
+        :param max_entries: how many entries to keep (protected entries,
+            :attr:`AddressEntry.protected`, are never evicted, so there can be
+            more of those).
         :param policy: the retry policy for failing addresses.
         :param rng: randomness for ordering and sampling.
         """
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
-        self._connection: sqlite3.Connection | None = None
+        self._table = WriteThrough("the address book")
         self._max_entries = max_entries
         self.policy = policy
         self._rng = rng if rng is not None else random.Random()
@@ -198,7 +291,7 @@ class AddressBook:
         :param connection: the database, or ``None`` to keep the book in
             memory only (it is emptied).
         """
-        self._connection = connection
+        self._table.connection = connection
         self._entries.clear()
         if connection is None:
             return
@@ -207,12 +300,10 @@ class AddressBook:
             self._entries[entry.key] = entry
 
     def _save(self, entry: AddressEntry) -> None:
-        if self._connection is not None:
-            self._connection.execute(_UPSERT, tuple(getattr(entry, column) for column in _COLUMNS))
+        self._table.execute(_UPSERT, tuple(getattr(entry, column) for column in _COLUMNS))
 
     def _delete(self, key: tuple[str, int]) -> None:
-        if self._connection is not None:
-            self._connection.execute(_DELETE, key)
+        self._table.execute(_DELETE, key)
 
     # -- lookups -------------------------------------------------------------
 
@@ -268,10 +359,16 @@ class AddressBook:
         For a known address, C{last_seen} moves forward to C{seen} (or
         C{now}); a given C{node_id} replaces the recorded one (the address
         now belongs to that node); the source changes only to one of
-        :data:`PROTECTED_SOURCES`.  C{seen} (a peer's claim) is clamped to C{now}.
+        :data:`OPERATOR_SOURCES`, and ``manual`` never replaces ``bootstrap``
+        or ``witness``.  C{seen} (a peer's claim) is clamped to C{now}.
 
-        When the book overflows, one entry is evicted: never one of
-        :data:`PROTECTED_SOURCES`; the one with the most consecutive failures, then the
+        Adding an address makes it a candidate to dial, nothing more: it is
+        shared with peers only once a handshake with it succeeded
+        (:meth:`AddressEntry.shareable`).
+
+        When the book overflows, one entry is evicted: never a protected one
+        (:attr:`AddressEntry.protected`); a never-reached one before one
+        reached, then the one with the most consecutive failures, then the
         oldest C{last_seen}.  That can be the new entry itself.
 
         :param source: one of :data:`SOURCES`.
@@ -281,6 +378,42 @@ class AddressBook:
         :return: ``True`` if the address was new and is now in the book.
         :raises ValueError: for an invalid host, port, source, node id or
             C{seen} (:class:`~bitfitech.address.AddressError` for the first two).
+        """
+        entry, new = self._upsert(host, port, source=source, now=now, node_id=node_id, seen=seen)
+        if not new:
+            return False
+        self._evict_overflow()
+        return entry.key in self._entries
+
+    def keep_manual(self, host: str, port: int, *, now: float, node_id: str | None) -> bool:
+        """
+        Keep an address the user dialled by hand once its handshake
+        succeeded: entered (or taken over, unless it is a bootstrap or
+        witness address) as ``manual`` and recorded as reached in one step,
+        so that it is protected before the book makes room for it.
+
+        :param node_id: the node id the peer proved.
+        :return: as :meth:`record_success`: whether it is newly shareable.
+        :raises ValueError: as :meth:`add`.
+        """
+        entry, _ = self._upsert(host, port, source="manual", now=now, node_id=node_id)
+        newly_shareable = self.record_success(entry.host, entry.port, now, node_id)
+        self._evict_overflow()
+        return newly_shareable
+
+    def _upsert(
+        self,
+        host: str,
+        port: int,
+        *,
+        source: str,
+        now: float,
+        node_id: str | None,
+        seen: float | None = None,
+    ) -> tuple[AddressEntry, bool]:
+        """
+        :meth:`add` without the eviction: the entry (the book's own) and
+        whether it is new.
         """
         host = normalize_host(host)
         check_port(port)
@@ -297,22 +430,25 @@ class AddressBook:
             entry.last_seen = max(entry.last_seen, seen_at)
             if node_id is not None:
                 entry.node_id = node_id
-            if source in PROTECTED_SOURCES:
+            if source in OPERATOR_SOURCES and not (
+                source == "manual" and entry.source in PROTECTED_SOURCES
+            ):
                 entry.source = source
             self._save(entry)
-            return False
+            return entry, False
         entry = AddressEntry(host, port, node_id, source, first_seen=now, last_seen=seen_at)
         self._entries[key] = entry
         self._save(entry)
-        self._evict_overflow()
-        return key in self._entries
+        return entry, True
 
     def _evict_overflow(self) -> None:
         while len(self._entries) > self._max_entries:
-            evictable = [e for e in self._entries.values() if e.source not in PROTECTED_SOURCES]
+            evictable = [e for e in self._entries.values() if not e.protected]
             if not evictable:
                 return
-            victim = max(evictable, key=lambda e: (e.failures, -e.last_seen))
+            victim = max(
+                evictable, key=lambda e: (e.last_success is None, e.failures, -e.last_seen)
+            )
             del self._entries[victim.key]
             self._delete(victim.key)
 
@@ -323,15 +459,19 @@ class AddressBook:
             entry.last_attempt = now
             self._save(entry)
 
-    def record_success(self, host: str, port: int, now: float, node_id: str | None) -> None:
+    def record_success(self, host: str, port: int, now: float, node_id: str | None) -> bool:
         """
-        Note a completed connection: it closes the breaker and resets backoff.
+        Note a completed handshake: it closes the breaker and resets backoff,
+        and makes the address shareable (:meth:`AddressEntry.shareable`).
 
         :param node_id: the node id the peer proved, recorded if given.
+        :return: ``True`` if the address was not shareable before and is
+            now: news worth announcing to peers.
         """
         entry = self._find(host, port)
         if entry is None:
-            return
+            return False
+        newly_shareable = not entry.shareable(now)
         entry.successes += 1
         entry.failures = 0
         entry.last_success = now
@@ -339,17 +479,31 @@ class AddressBook:
         if node_id is not None:
             entry.node_id = node_id
         self._save(entry)
+        return newly_shareable
 
-    def record_failure(self, host: str, port: int, now: float) -> None:
-        """Note a failed connection; backoff runs from the last attempt (C{now} if none)."""
+    def record_failure(self, host: str, port: int, now: float) -> AddressEntry | None:
+        """
+        Note a failed connection; backoff runs from the last attempt (C{now} if none).
+
+        An unprotected address that has now failed too often
+        (:meth:`AddressEntry.is_terrible`) is removed from the book.
+
+        :return: a copy of the entry if this failure aged it out (it is no
+            longer in the book), else ``None``.
+        """
         entry = self._find(host, port)
         if entry is None:
-            return
+            return None
         entry.failures += 1
         entry.total_failures += 1
         if entry.last_attempt is None:
             entry.last_attempt = now
+        if not entry.protected and entry.is_terrible(now):
+            del self._entries[entry.key]
+            self._delete(entry.key)
+            return dataclasses.replace(entry)
         self._save(entry)
+        return None
 
     def suspend(self, node_id: str, until: float) -> int:
         """
@@ -381,18 +535,20 @@ class AddressBook:
         self._delete(entry.key)
         return True
 
-    def prune(self, now: float, *, max_age: float = 30 * 86400.0) -> int:
+    def prune(self, now: float, *, max_age: float = STALE_AGE) -> int:
         """
-        Drop failing addresses not seen for C{max_age} (never :data:`PROTECTED_SOURCES`).
+        Drop the unprotected addresses that failed too often
+        (:meth:`AddressEntry.is_terrible`, such as ones loaded from a book
+        kept by an older version), and the failing ones not heard of for
+        C{max_age}.
 
         :return: how many entries were dropped.
         """
         stale = [
             entry
             for entry in self._entries.values()
-            if entry.source not in PROTECTED_SOURCES
-            and entry.failures > 0
-            and now - entry.last_seen > max_age
+            if not entry.protected
+            and (entry.is_terrible(now) or (entry.failures > 0 and now - entry.last_seen > max_age))
         ]
         for entry in stale:
             del self._entries[entry.key]
@@ -412,8 +568,9 @@ class AddressBook:
         The addresses that may be dialled at C{now}, best first.
 
         Addresses that worked before come first (most recent success first),
-        then bootstrap, witness and manual ones, then the rest; within the last two
-        groups the order is random, to spread load.
+        then bootstrap, witness and manual ones (:data:`OPERATOR_SOURCES`),
+        then the rest; within the last two groups the order is random, to
+        spread load.
 
         :param exclude_node_ids: node ids we are already connected to.
         :param exclude_endpoints: ``(host, port)`` pairs already connected or
@@ -422,7 +579,7 @@ class AddressBook:
         excluded_node_ids = set(exclude_node_ids)
         excluded_endpoints = {_normalize_endpoint(endpoint) for endpoint in exclude_endpoints}
         succeeded: list[AddressEntry] = []
-        protected: list[AddressEntry] = []
+        operator: list[AddressEntry] = []
         rest: list[AddressEntry] = []
         for entry in self._entries.values():
             if self.policy.next_attempt_at(entry) > now or entry.suspended_until > now:
@@ -433,29 +590,31 @@ class AddressBook:
                 continue
             if entry.last_success is not None:
                 succeeded.append(entry)
-            elif entry.source in PROTECTED_SOURCES:
-                protected.append(entry)
+            elif entry.source in OPERATOR_SOURCES:
+                operator.append(entry)
             else:
                 rest.append(entry)
         succeeded.sort(key=lambda e: e.last_success or 0.0, reverse=True)
-        self._rng.shuffle(protected)
+        self._rng.shuffle(operator)
         self._rng.shuffle(rest)
-        return _copies(succeeded + protected + rest)
+        return _copies(succeeded + operator + rest)
 
     def sample(
         self,
         count: int,
         now: float,
         *,
-        max_age: float = 3 * 3600.0,
         exclude_node_ids: Collection[str] = (),
     ) -> list[AddressEntry]:
         """
         Up to C{count} random addresses worth sharing, for a ``getaddr`` answer.
 
-        :param max_age: only addresses seen within this many seconds.
+        Only shareable addresses are chosen (:meth:`AddressEntry.shareable`:
+        reached within :data:`SHARE_WINDOW` and not failed since), whatever
+        their source: an address this node never reached is never passed on.
+
         :param exclude_node_ids: node ids not to share (such as the asker's).
-        :return: copies of the chosen entries, without open breakers.
+        :return: copies of the chosen entries.
         """
         if count <= 0:
             return []
@@ -463,8 +622,7 @@ class AddressBook:
         eligible = [
             entry
             for entry in self._entries.values()
-            if now - entry.last_seen <= max_age
-            and not self.policy.breaker_open(entry, now)
+            if entry.shareable(now)
             and not (entry.node_id is not None and entry.node_id in excluded_node_ids)
         ]
         return _copies(self._rng.sample(eligible, min(count, len(eligible))))

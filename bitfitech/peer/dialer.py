@@ -10,6 +10,16 @@ An address the hub has banned is never dialled.
 A refused, timed-out or unresolvable dial is logged and retried later, never
 fatal.  Time comes from an injected clock.
 
+The outcomes keep the book clean: a dial that fails too often removes an
+address (:meth:`~bitfitech.peer.addrbook.AddressEntry.is_terrible`; never
+a bootstrap, witness or reached manual one), an hourly prune drops the
+rest, and an address reached for the first time in
+:data:`~bitfitech.peer.addrbook.SHARE_WINDOW` is announced to a few peers
+(:meth:`~bitfitech.peer.hub.PeerHub.announce`).  A dial the user
+asked for (:meth:`Dialer.dial` with ``manual``, the API's ``POST /peers``)
+keeps its address in the book, as ``manual``, only if it succeeds: one that
+fails is reported to the caller and leaves nothing to redial or share.
+
 Witnesses come first: the dialer keeps a link to every witness of the
 network (but this node), whatever the outbound target.  Each tick dials
 each witness that has no link (in either direction) and no dial under
@@ -55,7 +65,7 @@ Connector = Callable[[PeerAddress], "Deferred[PeerProtocol]"]
 #: how long a node the user disconnected is not redialled
 USER_DISCONNECT_REST = 600.0
 
-#: how often stale, failing addresses are pruned from the address book
+#: how often addresses that kept failing are pruned from the address book
 PRUNE_INTERVAL = 3600.0
 
 
@@ -104,6 +114,7 @@ class Dialer(Service):
         self.pinned: dict[tuple[str, int], str] = {}
         self.witnesses: dict[tuple[str, int], str] = {}
         self._waiters: dict[tuple[str, int], list[Deferred[PeerProtocol]]] = {}
+        self._manual: set[tuple[str, int]] = set()
         self._loop: LoopingCall | None = None
         self._pruner: LoopingCall | None = None
         self._kick: IDelayedCall | None = None
@@ -112,8 +123,9 @@ class Dialer(Service):
 
     def startService(self) -> None:
         """
-        Enter the bootstrap and witness addresses, dial at once, then check
-        every C{interval}.
+        Enter the bootstrap and witness addresses, prune the book, dial at
+        once, then check every C{interval} (and prune every
+        :data:`PRUNE_INTERVAL`).
         """
         super().startService()
         now = self.clock.seconds()
@@ -131,12 +143,13 @@ class Dialer(Service):
             self.pinned[address.endpoint] = address.node_id
             self.witnesses[address.endpoint] = address.node_id
         self.hub.subscribe(self.kick)
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True)
+        # Pruned first: what an older version kept, failing, is not dialled again.
         self._pruner = LoopingCall(self.prune)
         self._pruner.clock = self.clock
         self._pruner.start(PRUNE_INTERVAL, now=True)
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True)
 
     def stopService(self) -> None:
         """Stop dialling; dials under way are cancelled."""
@@ -197,10 +210,14 @@ class Dialer(Service):
                 continue
             self._start_dial(PeerAddress(host, port, node_id))
 
-    def dial(self, address: PeerAddress) -> Deferred[PeerProtocol]:
+    def dial(self, address: PeerAddress, *, manual: bool = False) -> Deferred[PeerProtocol]:
         """
         Dial C{address} now, whatever its backoff (joining a dial under way).
 
+        :param manual: the user asked for this dial: if its handshake
+            succeeds, the address is kept in the book as ``manual`` (never
+            aged out); if it fails, nothing new is kept (an address already
+            in the book just counts one more failure).
         :return: a new Deferred that fires with the ready link, or fails
             with the reason the dial failed (:class:`LinkClosed` at once
             for a banned address).
@@ -209,6 +226,8 @@ class Dialer(Service):
             return fail(LinkClosed(f"{address.host} is banned"))
         waiter: Deferred[PeerProtocol] = Deferred()
         self._waiters.setdefault(address.endpoint, []).append(waiter)
+        if manual:
+            self._manual.add(address.endpoint)
         if address.endpoint not in self.pending:
             self._start_dial(address)
         return waiter
@@ -227,35 +246,88 @@ class Dialer(Service):
 
     def _dialed(self, result: PeerProtocol | Failure, address: PeerAddress) -> None:
         self.pending.pop(address.endpoint, None)
+        manual = address.endpoint in self._manual
+        self._manual.discard(address.endpoint)
+        if self.running:  # else stopping: the dial was cancelled, nothing to learn
+            # Recorded before the waiters hear: a manual address is in the
+            # book, as such, by the time the API shows the new link's row.
+            self._record(result, address, manual=manual)
         for waiter in self._waiters.pop(address.endpoint, []):
             waiter.errback(result) if isinstance(result, Failure) else waiter.callback(result)
-        if not self.running:
-            return  # stopping: the dial was cancelled, nothing to learn
+        if self.running:
+            self.kick()
+
+    def _record(
+        self, result: PeerProtocol | Failure, address: PeerAddress, *, manual: bool
+    ) -> None:
+        """Write the outcome of a dial into the address book, and log a failure."""
         now = self.clock.seconds()
         where = format_hostport(address.host, address.port)
         closed = result.value.reason if isinstance(result, Failure) and isinstance(
             result.value, LinkClosed) else None  # fmt: skip
         if not isinstance(result, Failure):
-            self.addrbook.record_success(address.host, address.port, now, result.node_id)
+            self._reached(address, now, result.node_id, manual=manual)
         elif closed == REASON_SELF:
             # Our own address: remember it as ours so it is never dialled again.
             self.addrbook.add(address.host, address.port, source="addr", now=now,
                               node_id=self.hub.local.node_id)  # fmt: skip
             self.addrbook.record_success(address.host, address.port, now, self.hub.local.node_id)
         elif closed == REASON_DUPLICATE:
-            pass  # already linked to that node through another connection
+            # Already linked to that node through another connection: the
+            # handshake went through, so the address works.
+            self._reached(address, now, None, manual=False)
         else:
             self.dial_failures += 1
-            self.addrbook.record_failure(address.host, address.port, now)
-            log.info("Dial to {address} failed: {reason}", address=where,
-                     reason=result.getErrorMessage())  # fmt: skip
-        self.kick()
+            known = (address.host, address.port) in self.addrbook
+            aged_out = self.addrbook.record_failure(address.host, address.port, now)
+            reason = result.getErrorMessage()
+            if manual and not known:
+                log.info("Dial to {address} failed, not kept in the address book (given by "
+                         "hand, never reached): {reason}", address=where,
+                         reason=reason)  # fmt: skip
+            elif aged_out is not None and aged_out.last_success is None:
+                log.info("Dial to {address} failed, address forgotten (never reached, "
+                         "{failures} failures in a row; source {source}): {reason}",
+                         address=where, failures=aged_out.failures, source=aged_out.source,
+                         reason=reason)  # fmt: skip
+            elif aged_out is not None:
+                log.info("Dial to {address} failed, address forgotten ({failures} failures in "
+                         "a row since it was last reached, at {last_success:.0f}; source "
+                         "{source}): {reason}", address=where, failures=aged_out.failures,
+                         last_success=aged_out.last_success, source=aged_out.source,
+                         reason=reason)  # fmt: skip
+            else:
+                log.info("Dial to {address} failed: {reason}", address=where,
+                         reason=reason)  # fmt: skip
+
+    def _reached(
+        self, address: PeerAddress, now: float, node_id: str | None, *, manual: bool
+    ) -> None:
+        """
+        Record a handshake with C{address} (keeping it as ``manual`` if the
+        user asked for the dial); announce the address to a few peers if it
+        has just become shareable.
+        """
+        if manual:
+            newly_shareable = self.addrbook.keep_manual(
+                address.host, address.port, now=now, node_id=node_id
+            )
+        else:
+            newly_shareable = self.addrbook.record_success(address.host, address.port, now, node_id)
+        if not newly_shareable:
+            return
+        entry = self.addrbook.get(address.host, address.port)
+        if entry is not None:
+            self.hub.announce(entry.address)
 
     def prune(self) -> None:
-        """Drop addresses that kept failing and were not seen for a long time."""
+        """
+        Drop the addresses that failed too often, and the failing ones not
+        heard of for a long time (never bootstrap, witness or reached manual ones).
+        """
         dropped = self.addrbook.prune(self.clock.seconds())
         if dropped:
-            log.info("Pruned {count} stale addresses", count=dropped)
+            log.info("Pruned {count} addresses that kept failing", count=dropped)
 
     def rest_node(self, node_id: str, seconds: float = USER_DISCONNECT_REST) -> int:
         """Do not dial C{node_id} for C{seconds}; returns how many addresses rest."""

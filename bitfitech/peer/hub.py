@@ -4,12 +4,23 @@ Data path: :class:`~bitfitech.peer.protocol.PeerProtocol` -> :class:`PeerHub`
 -> the address book, and the gossip layer (:class:`~bitfitech.interfaces.IGossip`).
 The hub admits links (bans and connection limits, overall and per remote
 IP address, when a connection arrives; one link per node id), keeps the
-ready ones by node id, answers ``getaddr`` and learns from ``addr``, relays newly learned addresses
-to a few peers, and tells its subscribers (the dialer) when links or
-addresses change.  It knows the network's witnesses by node id
-(:meth:`PeerHub.is_witness_link`): the dialer keeps a link to each, past
-``max_peers`` if need be, and those links fill the outbound target as
-outbound links do, whichever end dialled them (:meth:`PeerHub.target_count`).
+ready ones by node id, answers ``getaddr`` and learns from ``addr``, and
+tells its subscribers (the dialer) when links or addresses change.  It
+knows the network's witnesses by node id (:meth:`PeerHub.is_witness_link`):
+the dialer keeps a link to each, past ``max_peers`` if need be, and those
+links fill the outbound target as outbound links do, whichever end dialled
+them (:meth:`PeerHub.target_count`).
+
+Address hygiene: whatever arrives (``addr``, an inbound link's listening
+address) is only a candidate in the address book, and an address learned
+from an ``addr`` is never relayed.  A node passes on only the addresses
+it vouches for: those of the peers linked to it now, and those the book
+says a dial reached within :data:`~bitfitech.peer.addrbook.SHARE_WINDOW`
+(and not failed since).  They go into ``getaddr`` answers, and a few
+peers are told unasked (:meth:`PeerHub.announce`) of a peer that has just
+linked in and of an address the dialer has just reached.  So an address
+travels one hop beyond the nodes that reached it, and one that no node
+can reach dies out instead of spreading.
 
 Misbehaviour reported by a link is scored against the link's remote IP
 address (:class:`~bitfitech.peer.misbehaviour.ScoreBoard`); an address
@@ -44,9 +55,7 @@ from .protocol import REASON_DUPLICATE, Direction, LocalNode, PeerProtocol, link
 
 log = logger(__name__)
 
-#: an ``addr`` this small is an announcement and its new addresses are relayed
-RELAY_MAX_ADDRS = 10
-#: how many peers each newly learned address is relayed to
+#: how many peers are told of a peer just linked in, or an address just reached
 RELAY_FANOUT = 2
 
 _UNSPECIFIED = frozenset({"0.0.0.0", "::"})
@@ -310,8 +319,11 @@ class PeerHub:
                  count=len(self.links))  # fmt: skip
         address = link.listen_address
         if link.direction == "inbound" and address is not None:
+            # A candidate to dial (the port is the peer's claim); told to a
+            # few peers while the link lives, never relayed on by them.
             if self.learn(address, "inbound", int(self.clock.seconds())):
-                self._relay([address], exclude=link)
+                if is_ip_literal(address.host):
+                    self.announce(address)
         link.send(GetAddr())
         if self.gossip is not None:
             self.gossip.link_ready(link)
@@ -430,7 +442,8 @@ class PeerHub:
 
     def learn(self, address: PeerAddress, source: str, seen: int | None = None) -> bool:
         """
-        Put one address in the book; ``True`` if new.  Own and unusable ones are skipped.
+        Put one address in the book as a candidate to dial; ``True`` if new.
+        Own and unusable ones are skipped.  Nothing is passed on to peers.
 
         :param seen: when the address was last heard of (a peer's claim), if not now.
         """
@@ -445,37 +458,72 @@ class PeerHub:
             return False
 
     def _on_addr(self, link: PeerProtocol, message: Addr) -> None:
-        new = [
-            PeerAddress(a.host, a.port, a.node_id)
-            for a in message.addrs
-            if self.learn(PeerAddress(a.host, a.port, a.node_id), "addr", a.time)
-        ]
+        """
+        Learn the addresses of an ``addr`` as candidates (whether an answer
+        or an announcement), and have the dialer look at the new ones.
+        None is relayed: this node has not reached them.
+        """
+        new = 0
+        for a in message.addrs:
+            if self.learn(PeerAddress(a.host, a.port, a.node_id), "addr", a.time):
+                new += 1
         if not new:
             return
-        log.debug("Learned {count} new addresses from {peer}", count=len(new),
+        log.debug("Learned {count} new addresses from {peer}", count=new,
                   peer=link.describe())  # fmt: skip
-        if len(message.addrs) <= RELAY_MAX_ADDRS:
-            self._relay(new, exclude=link)
         self._changed()
 
-    def _relay(self, addresses: list[PeerAddress], exclude: PeerProtocol) -> None:
-        """Announce newly learned addresses to a few random other peers."""
-        others = [other for other in self.links.values() if other is not exclude]
+    def announce(self, address: PeerAddress) -> None:
+        """
+        Tell up to :data:`RELAY_FANOUT` random ready peers, the node itself
+        left out, of an address this node has just come to vouch for: one
+        the dialer has just reached (it was not shareable before), or the
+        listening address of a peer that has just linked in.  These are the
+        only addresses this node sends unasked.
+
+        :param address: the address, with the node id proven there.
+        """
+        if address.node_id == self.local.node_id or address.host in _UNSPECIFIED:
+            return
+        others = [link for node_id, link in self.links.items() if node_id != address.node_id]
         if not others:
             return
         now = int(self.clock.seconds())
-        message = Addr(addrs=tuple(NetAddress(a.host, a.port, a.node_id, now) for a in addresses))
+        message = Addr(addrs=(NetAddress(address.host, address.port, address.node_id, now),))
         for other in self._rng.sample(others, min(RELAY_FANOUT, len(others))):
             other.send(message)
 
+    def _vouched_link_address(self, link: PeerProtocol) -> PeerAddress | None:
+        """
+        The listening address of a ready link, if a ``getaddr`` answer may
+        name it: an outbound link's is the address dialled and reached; an
+        inbound link's (its remote IP with the port its ``version`` claims)
+        only while the book holds it with no failed dial of ours since its
+        last success (an address our own dials fail is not passed on, nor
+        one aged out of the book).  Only IP literals.
+        """
+        address = link.listen_address
+        if address is None or not is_ip_literal(address.host):
+            return None
+        if link.direction == "inbound":
+            entry = self.addrbook.get(address.host, address.port)
+            if entry is None or entry.failures > 0:
+                return None
+        return address
+
     def _addresses_for(self, asker: PeerProtocol) -> list[NetAddress]:
-        """Up to ``MAX_ADDRS`` listening addresses for a ``getaddr`` answer."""
+        """
+        Up to ``MAX_ADDRS`` listening addresses for a ``getaddr`` answer: the
+        peers linked now (:meth:`_vouched_link_address`), then addresses the
+        book vouches for (:meth:`~bitfitech.peer.addrbook.AddressBook.sample`:
+        reached within :data:`~bitfitech.peer.addrbook.SHARE_WINDOW`).
+        """
         now = self.clock.seconds()
         skip_ids = {self.local.node_id} | ({asker.node_id} if asker.node_id else set())
         out: dict[tuple[str, int], NetAddress] = {}
         for link in self.links.values():
-            address = link.listen_address
-            if link is not asker and address is not None and is_ip_literal(address.host):
+            address = self._vouched_link_address(link) if link is not asker else None
+            if address is not None:
                 out[address.endpoint] = NetAddress(address.host, address.port, link.node_id,
                                                    int(now))  # fmt: skip
         for entry in self.addrbook.sample(MAX_ADDRS, now, exclude_node_ids=skip_ids):

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import random
+from typing import Any, cast
 
-from twisted.internet.defer import Deferred
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from bitfitech.address import PeerAddress
 from bitfitech.api.control import NodeControl
+from bitfitech.api.resources import api_root
 from bitfitech.interfaces import BatchRejected, ServiceUnavailable
 from bitfitech.market.service import MarketService
+from bitfitech.peer.addrbook import AddressBook
+from bitfitech.peer.dialer import Dialer
+from bitfitech.peer.hub import PeerHub
+from bitfitech.peer.protocol import PeerProtocol
+from bitfitech.peer.service import PeerService
 from bitfitech.storage import Storage
-from bitfitech.testing import loopback_config
+from bitfitech.testing import local_node, loopback_config, node_id_of
 
 BUY = ("buy", "100.5", "1", "limit")
 SELL = ("sell", "101", "2", "limit")
@@ -105,3 +116,92 @@ class SubmitOrdersTests(SynchronousTestCase):
         failure = self.failureResultOf(d, ServiceUnavailable)
         self.assertIn("disk full", failure.getErrorMessage())
         self.flushLoggedErrors()
+
+
+class _ReadyLink:
+    """Stands in for a dialled link whose handshake succeeded."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+
+    def when_ready(self) -> Deferred[_ReadyLink]:
+        return succeed(self)
+
+
+class _PeerLayer:
+    """
+    What :meth:`NodeControl.connect` uses of a running
+    :class:`~bitfitech.peer.service.PeerService`: the real hub, address book
+    and dialer, over a connector that answers from a table (refused by default).
+    """
+
+    running = True
+
+    def __init__(self, clock: Clock) -> None:
+        self.reachable: dict[tuple[str, int], str] = {}
+        self.dialled: list[PeerAddress] = []
+        self.addrbook = AddressBook(rng=random.Random(1))
+        self.hub = PeerHub(self.addrbook, clock, max_peers=10, max_inbound=5)
+        self.hub.start(local_node(1))
+        self.dialer = Dialer(self.hub, self.addrbook, self.connect, clock, target=3)
+
+    def connect(self, address: PeerAddress) -> Deferred[PeerProtocol]:
+        self.dialled.append(address)
+        node_id = self.reachable.get(address.endpoint)
+        if node_id is None:
+            return fail(ConnectionRefusedError("Connection refused"))
+        return succeed(cast(PeerProtocol, _ReadyLink(node_id)))
+
+
+class ConnectTests(SynchronousTestCase):
+    """
+    ``POST /peers`` (``bitfi connect``): a failed dial is answered 502 and
+    leaves nothing behind; a successful one is kept as a manual address.
+    """
+
+    def setUp(self) -> None:
+        data_dir = self.mktemp()
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.storage = Storage(data_dir)
+        self.storage.open()
+        self.addCleanup(self.storage.close)
+        config = loopback_config(data_dir)
+        market = MarketService(config, self.storage, self.clock)
+        self.peers = _PeerLayer(self.clock)
+        self.peers.dialer.startService()
+        self.addCleanup(self.peers.dialer.stopService)
+        control = NodeControl(config, self.clock, self.storage, market,
+                              peers=cast(PeerService, self.peers))  # fmt: skip
+        # StubTreq builds its request methods at run time; mypy cannot see them.
+        self.stub: Any = StubTreq(api_root(control, clock=self.clock))
+
+    def post_peer(self, address: str) -> tuple[int, dict[str, Any]]:
+        d = self.stub.post("http://127.0.0.1:13000/peers", json={"address": address})
+        self.stub.flush()
+        response = self.successResultOf(d)
+        content = self.successResultOf(response.content())
+        return response.code, json.loads(content)
+
+    def test_failed_dial_answered_502_and_not_kept(self) -> None:
+        status, body = self.post_peer("127.0.0.1:1")
+        self.assertEqual(status, 502)
+        self.assertEqual(
+            body["error"],
+            "could not connect to 127.0.0.1:1: Connection was refused by other side: "
+            "Connection refused.",
+        )
+        self.assertIsNone(self.peers.addrbook.get("127.0.0.1", 1))
+        self.assertEqual(len(self.peers.addrbook), 0)
+        self.clock.pump([10.0] * 400)  # over an hour of dialer ticks: never dialled again
+        self.assertEqual([a.endpoint for a in self.peers.dialled], [("127.0.0.1", 1)])
+
+    def test_successful_dial_kept_as_manual(self) -> None:
+        self.peers.reachable[("127.0.0.1", 3002)] = node_id_of(2)
+        status, body = self.post_peer("127.0.0.1:3002")
+        self.assertEqual((status, body["node_id"]), (200, node_id_of(2)))
+        entry = self.peers.addrbook.get("127.0.0.1", 3002)
+        assert entry is not None
+        self.assertEqual((entry.source, entry.successes, entry.node_id),
+                         ("manual", 1, node_id_of(2)))  # fmt: skip
+        self.assertTrue(entry.protected)

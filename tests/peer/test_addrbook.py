@@ -10,7 +10,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.address import AddressError, PeerAddress
 from bitfitech.peer.addrbook import (
+    NEVER_REACHED_MAX_FAILURES,
     PROTECTED_SOURCES,
+    REACHED_FAILURE_GRACE,
+    REACHED_MAX_FAILURES,
+    SHARE_WINDOW,
     SOURCES,
     AddressBook,
     AddressEntry,
@@ -29,10 +33,16 @@ def make_book(**kwargs: object) -> AddressBook:
     return AddressBook(**kwargs)  # type: ignore[arg-type]
 
 
-def fail(book: AddressBook, host: str, port: int, now: float) -> None:
-    """One dial attempt at C{now} that fails."""
+def fail(book: AddressBook, host: str, port: int, now: float) -> AddressEntry | None:
+    """One dial attempt at C{now} that fails; the entry if that aged it out."""
     book.record_attempt(host, port, now)
-    book.record_failure(host, port, now)
+    return book.record_failure(host, port, now)
+
+
+def reach(book: AddressBook, host: str, port: int, now: float, node_id: str | None = None) -> bool:
+    """One dial attempt at C{now} whose handshake succeeds; whether it became shareable."""
+    book.record_attempt(host, port, now)
+    return book.record_success(host, port, now, node_id)
 
 
 class AddTests(SynchronousTestCase):
@@ -188,10 +198,29 @@ class EvictionTests(SynchronousTestCase):
     def test_protected_may_exceed(self) -> None:
         book = make_book(max_entries=1)
         book.add("10.0.0.1", 1, source="bootstrap", now=1.0)
-        book.add("10.0.0.2", 1, source="manual", now=2.0)
-        self.assertEqual(len(book), 2)
-        self.assertFalse(book.add("10.0.0.3", 1, source="addr", now=3.0))
-        self.assertEqual(len(book), 2)
+        book.add("10.0.0.2", 1, source="witness", now=2.0)
+        book.keep_manual("10.0.0.3", 1, now=3.0, node_id=None)  # kept once reached
+        self.assertEqual(len(book), 3)
+        self.assertFalse(book.add("10.0.0.4", 1, source="addr", now=4.0))
+        self.assertEqual(len(book), 3)
+
+    def test_manual_never_reached_is_evictable(self) -> None:
+        """A manual entry that never worked (left by an older version) is not protected."""
+        book = make_book(max_entries=1)
+        book.add("10.0.0.1", 1, source="manual", now=1.0)
+        self.assertTrue(book.add("10.0.0.2", 1, source="addr", now=2.0))
+        self.assertEqual([e.host for e in book.entries()], ["10.0.0.2"])
+
+    def test_never_reached_evicted_before_reached(self) -> None:
+        book = make_book(max_entries=2)
+        book.add("10.0.0.1", 1, source="addr", now=1.0)
+        fail(book, "10.0.0.1", 1, 2.0)
+        reach(book, "10.0.0.1", 1, 3.0)  # reached once, then failing again
+        fail(book, "10.0.0.1", 1, 4.0)
+        fail(book, "10.0.0.1", 1, 5.0)
+        book.add("10.0.0.2", 1, source="addr", now=6.0)  # never reached, never failed
+        book.add("10.0.0.3", 1, source="addr", now=7.0)
+        self.assertEqual(sorted(e.host for e in book.entries()), ["10.0.0.1", "10.0.0.3"])
 
     @settings(max_examples=100, deadline=None)
     @given(
@@ -273,7 +302,7 @@ class DiallingTests(SynchronousTestCase):
 
     def test_backoff_schedule(self) -> None:
         book = make_book(policy=RetryPolicy(base_delay=1.0, max_delay=300.0))
-        book.add("10.0.0.1", 1, source="addr", now=0.0)
+        book.add("10.0.0.1", 1, source="bootstrap", now=0.0)  # protected: never aged out
         now = 0.0
         expected_delays = [1.0, 2.0, 4.0, 8.0]
         for delay in expected_delays:
@@ -288,7 +317,7 @@ class DiallingTests(SynchronousTestCase):
     def test_breaker_cycle(self) -> None:
         policy = RetryPolicy(base_delay=1.0, max_delay=300.0, breaker_threshold=5, cooldown=900.0)
         book = make_book(policy=policy)
-        book.add("10.0.0.1", 1, source="addr", now=0.0)
+        book.add("10.0.0.1", 1, source="witness", now=0.0)  # protected: never aged out
         now = 0.0
         for _ in range(5):
             now = policy.next_attempt_at(book.get("10.0.0.1", 1))  # type: ignore[arg-type]
@@ -381,30 +410,46 @@ class DiallingTests(SynchronousTestCase):
 
 
 class SampleTests(SynchronousTestCase):
-    """Choosing addresses to share in a getaddr answer."""
+    """Choosing addresses to share in a getaddr answer: only those reached recently."""
 
-    def test_sample_filters(self) -> None:
-        policy = RetryPolicy(breaker_threshold=2, cooldown=100.0)
-        book = make_book(policy=policy)
-        now = 10_000.0
-        book.add("10.0.0.1", 1, source="addr", now=now)  # fresh
-        book.add("10.0.0.2", 1, source="addr", now=now, seen=now - 3 * 3600.0 - 1)  # too old
-        book.add("10.0.0.3", 1, source="addr", now=now, node_id=NODE_A)  # excluded
-        book.add("10.0.0.4", 1, source="addr", now=now)  # breaker open
-        fail(book, "10.0.0.4", 1, now)
-        fail(book, "10.0.0.4", 1, now)
-        book.add("10.0.0.5", 1, source="addr", now=now)  # one failure is fine
-        fail(book, "10.0.0.5", 1, now)
-        result = book.sample(10, now + 1.0, exclude_node_ids=[NODE_A])
-        self.assertEqual(sorted(e.host for e in result), ["10.0.0.1", "10.0.0.5"])
-        # After the cooldown the breaker is half-open and the address shareable again.
-        result = book.sample(10, now + 100.0, max_age=1e9)
-        self.assertEqual(len(result), 5)
+    def test_only_recently_reached_shared(self) -> None:
+        book = make_book()
+        now = 100_000.0
+        for host in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"):
+            book.add(host, 1, source="addr", now=now - SHARE_WINDOW - 10)
+        book.add("10.0.0.6", 1, source="bootstrap", now=now)  # never reached, even configured
+        book.add("10.0.0.7", 1, source="manual", now=now)  # (an older version kept these)
+        book.add("10.0.0.8", 1, source="addr", now=now, node_id=NODE_A)
+        reach(book, "10.0.0.1", 1, now - SHARE_WINDOW)  # just within the window
+        reach(book, "10.0.0.2", 1, now - SHARE_WINDOW - 1)  # just outside it
+        reach(book, "10.0.0.3", 1, now - 60)
+        fail(book, "10.0.0.3", 1, now - 30)  # reached, then failed: not vouched for
+        reach(book, "10.0.0.4", 1, now - 60)
+        reach(book, "10.0.0.8", 1, now - 60)  # reached, but the asker's own
+        # 10.0.0.5: heard of, never dialled
+        result = book.sample(10, now, exclude_node_ids=[NODE_A])
+        self.assertEqual(sorted(e.host for e in result), ["10.0.0.1", "10.0.0.4"])
+        for entry in result:
+            self.assertTrue(entry.shareable(now))
+        # reached again, 10.0.0.3 is shared again
+        reach(book, "10.0.0.3", 1, now)
+        self.assertIn("10.0.0.3", {e.host for e in book.sample(10, now)})
+
+    def test_record_success_says_when_newly_shareable(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=0.0)
+        self.assertTrue(reach(book, "10.0.0.1", 1, 10.0))
+        self.assertFalse(reach(book, "10.0.0.1", 1, 20.0))  # still within the window
+        fail(book, "10.0.0.1", 1, 30.0)
+        self.assertTrue(reach(book, "10.0.0.1", 1, 40.0))  # failed in between
+        self.assertTrue(reach(book, "10.0.0.1", 1, 40.0 + SHARE_WINDOW + 1))
+        self.assertFalse(book.record_success("10.0.0.9", 1, 50.0, None))  # not in the book
 
     def test_sample_count(self) -> None:
         book = make_book()
         for i in range(1, 21):
             book.add(f"10.0.0.{i}", 1, source="addr", now=0.0)
+            reach(book, f"10.0.0.{i}", 1, 0.5)
         self.assertEqual(len(book.sample(5, 1.0)), 5)
         self.assertEqual(len({e.key for e in book.sample(5, 1.0)}), 5)
         self.assertEqual(len(book.sample(100, 1.0)), 20)
@@ -412,8 +457,169 @@ class SampleTests(SynchronousTestCase):
         self.assertEqual(book.sample(-1, 1.0), [])
 
 
+class AgingTests(SynchronousTestCase):
+    """Addresses that keep failing leave the book; protected ones stay."""
+
+    def test_never_reached_forgotten_after_max_failures(self) -> None:
+        book = make_book()
+        for source in ("addr", "inbound", "mdns", "dht"):
+            book.add("10.0.0.1", 1, source=source, now=0.0)
+            for attempt in range(1, NEVER_REACHED_MAX_FAILURES):
+                self.assertIsNone(fail(book, "10.0.0.1", 1, float(attempt)))
+                self.assertIn(("10.0.0.1", 1), book)
+            aged_out = fail(book, "10.0.0.1", 1, 10.0)
+            assert aged_out is not None
+            self.assertEqual(
+                (aged_out.source, aged_out.failures, aged_out.last_success),
+                (source, NEVER_REACHED_MAX_FAILURES, None),
+            )
+            self.assertNotIn(("10.0.0.1", 1), book)
+            self.assertEqual(book.candidates(1e9), [])
+
+    def test_reached_kept_through_failures_within_the_grace(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=0.0)
+        reach(book, "10.0.0.1", 1, 100.0)
+        now = 100.0
+        for _ in range(REACHED_MAX_FAILURES * 3):  # many failures, every breaker cooldown
+            now += 900.0
+            self.assertIsNone(fail(book, "10.0.0.1", 1, now))
+        self.assertLess(now - 100.0, REACHED_FAILURE_GRACE)
+        self.assertIn(("10.0.0.1", 1), book)
+
+    def test_reached_forgotten_after_max_failures_once_the_grace_is_over(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=0.0)
+        reach(book, "10.0.0.1", 1, 0.0)
+        after_grace = REACHED_FAILURE_GRACE + 1.0
+        # the grace is over, but not enough failures yet
+        for i in range(REACHED_MAX_FAILURES - 1):
+            self.assertIsNone(fail(book, "10.0.0.1", 1, after_grace + i))
+        aged_out = fail(book, "10.0.0.1", 1, after_grace + 100)
+        assert aged_out is not None
+        self.assertEqual((aged_out.failures, aged_out.successes), (REACHED_MAX_FAILURES, 1))
+        self.assertNotIn(("10.0.0.1", 1), book)
+
+    def test_a_success_resets_the_count(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=0.0)
+        for _ in range(2 * NEVER_REACHED_MAX_FAILURES):
+            for _ in range(NEVER_REACHED_MAX_FAILURES - 1):
+                fail(book, "10.0.0.1", 1, 1.0)
+            reach(book, "10.0.0.1", 1, 2.0)
+        self.assertIn(("10.0.0.1", 1), book)
+
+    def test_protected_never_forgotten(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="bootstrap", now=0.0)
+        book.add("10.0.0.2", 1, source="witness", now=0.0, node_id=NODE_A)
+        book.add("10.0.0.3", 1, source="manual", now=0.0)
+        reach(book, "10.0.0.3", 1, 0.0)  # a manual address is kept once reached
+        book.add("10.0.0.4", 1, source="addr", now=0.0)
+        reach(book, "10.0.0.4", 1, 0.0)
+        book.add("10.0.0.4", 1, source="manual", now=0.0)  # connected to by hand: taken over
+        years = 3 * 365 * 86400.0
+        for host in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"):
+            for i in range(100):
+                self.assertIsNone(fail(book, host, 1, years + i))
+        self.assertEqual(book.prune(2 * years), 0)
+        self.assertEqual(len(book), 4)
+        for entry in book.entries():
+            self.assertTrue(entry.protected)
+            self.assertTrue(entry.is_terrible(2 * years))
+
+    def test_manual_never_reached_is_not_protected(self) -> None:
+        """A manual entry that never worked, as older versions kept them, ages out."""
+        book = make_book()
+        book.add("127.0.0.1", 1, source="manual", now=0.0)
+        self.assertFalse(book.get("127.0.0.1", 1).protected)  # type: ignore[union-attr]
+        for i in range(NEVER_REACHED_MAX_FAILURES):
+            fail(book, "127.0.0.1", 1, float(i))
+        self.assertNotIn(("127.0.0.1", 1), book)
+
+    def test_manual_does_not_replace_configuration(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="bootstrap", now=0.0)
+        book.add("10.0.0.2", 1, source="witness", now=0.0)
+        for host in ("10.0.0.1", "10.0.0.2"):
+            book.add(host, 1, source="manual", now=1.0)
+        self.assertEqual([e.source for e in book.entries()], ["bootstrap", "witness"])
+
+    @settings(max_examples=100, deadline=None)
+    @given(
+        steps=st.lists(
+            st.tuples(
+                st.integers(min_value=1, max_value=6),  # host suffix
+                st.sampled_from(SOURCES),
+                st.sampled_from(("add", "success", "failure")),
+                st.floats(min_value=0.0, max_value=REACHED_FAILURE_GRACE / 4),  # time step
+            ),
+            max_size=80,
+        ),
+    )
+    def test_invariants(self, steps: list[tuple[int, str, str, float]]) -> None:
+        """
+        Whatever happens: no unprotected entry is terrible, protected ones
+        stay, and only recently reached addresses, never failed since, are
+        shared.
+        """
+        book = make_book()
+        now = 0.0
+        kept: set[tuple[str, int]] = set()
+        for suffix, source, step, elapsed in steps:
+            now += elapsed
+            host = f"10.0.0.{suffix}"
+            if step == "add":
+                book.add(host, 3000, source=source, now=now)
+            elif step == "success":
+                reach(book, host, 3000, now)
+            else:
+                fail(book, host, 3000, now)
+                entry = book.get(host, 3000)
+                # the failure that makes an address terrible removes it
+                self.assertTrue(entry is None or entry.protected or not entry.is_terrible(now))
+            kept |= {e.key for e in book.entries() if e.protected}
+            book.prune(now)  # time alone can make one terrible: the hourly prune drops it
+            self.assertLessEqual(kept, {e.key for e in book.entries()})
+            for entry in book.entries():
+                self.assertTrue(entry.protected or not entry.is_terrible(now), entry)
+            for entry in book.sample(100, now):
+                self.assertIsNotNone(entry.last_success)
+                self.assertLessEqual(now - (entry.last_success or 0.0), SHARE_WINDOW)
+                self.assertEqual(entry.failures, 0)
+
+
+class KeepManualTests(SynchronousTestCase):
+    """An address dialled by hand enters the book only once reached, protected at once."""
+
+    def test_kept_and_protected_in_a_full_book(self) -> None:
+        book = make_book(max_entries=2)
+        for host in ("10.0.0.1", "10.0.0.2"):
+            book.add(host, 1, source="addr", now=0.0)
+            reach(book, host, 1, 0.0)
+        self.assertTrue(book.keep_manual("10.0.0.3", 1, now=1.0, node_id=NODE_A))
+        entry = book.get("10.0.0.3", 1)
+        assert entry is not None
+        self.assertEqual(
+            (entry.source, entry.successes, entry.last_success, entry.node_id),
+            ("manual", 1, 1.0, NODE_A),
+        )
+        self.assertTrue(entry.protected)
+        self.assertEqual(len(book), 2)  # a learned address made room
+
+    def test_takes_over_learned_addresses_not_configured_ones(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=0.0)
+        book.add("10.0.0.2", 1, source="bootstrap", now=0.0)
+        self.assertTrue(book.keep_manual("10.0.0.1", 1, now=1.0, node_id=None))
+        self.assertTrue(book.keep_manual("10.0.0.2", 1, now=1.0, node_id=None))
+        self.assertFalse(book.keep_manual("10.0.0.1", 1, now=2.0, node_id=None))
+        self.assertEqual([e.source for e in book.entries()], ["manual", "bootstrap"])
+        self.assertRaises(AddressError, book.keep_manual, "bad host", 1, now=1.0, node_id=None)
+
+
 class PruneTests(SynchronousTestCase):
-    """Dropping stale, failing addresses."""
+    """Dropping stale and terrible addresses."""
 
     def test_prune(self) -> None:
         book = make_book()
@@ -431,6 +637,18 @@ class PruneTests(SynchronousTestCase):
         )
         self.assertEqual(book.prune(31 * day, max_age=5 * day), 1)
         self.assertEqual(book.prune(31 * day), 0)
+
+    def test_prune_drops_terrible_entries(self) -> None:
+        """Reached long ago and failing since: pruned, even if heard of recently."""
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=0.0)
+        reach(book, "10.0.0.1", 1, 0.0)
+        for i in range(REACHED_MAX_FAILURES):
+            fail(book, "10.0.0.1", 1, 3600.0 * (i + 1))
+        book.add("10.0.0.1", 1, source="addr", now=REACHED_FAILURE_GRACE)  # a peer names it
+        self.assertEqual(book.prune(REACHED_FAILURE_GRACE), 0)
+        self.assertEqual(book.prune(REACHED_FAILURE_GRACE + 1), 1)
+        self.assertEqual(len(book), 0)
 
 
 class PersistenceTests(SynchronousTestCase):
@@ -493,12 +711,49 @@ class PersistenceTests(SynchronousTestCase):
         book = AddressBook(max_entries=2)
         book.load(self.storage.connection)
         book.add("10.0.0.1", 1, source="manual", now=1.0)
+        reach(book, "10.0.0.1", 1, 1.0)  # protected once reached
         book.add("10.0.0.2", 1, source="addr", now=2.0)
         book.add("10.0.0.3", 1, source="addr", now=3.0)
         fail(book, "10.0.0.3", 1, 4.0)
         self.assertEqual(book.prune(1e9), 1)
         reloaded = self.reopen()
         self.assertEqual([e.host for e in reloaded.entries()], ["10.0.0.1"])
+
+    def test_aging_out_persists(self) -> None:
+        book = AddressBook()
+        book.load(self.storage.connection)
+        book.add("10.0.0.1", 1, source="addr", now=1.0)
+        book.add("10.0.0.2", 1, source="bootstrap", now=1.0)
+        for i in range(NEVER_REACHED_MAX_FAILURES):
+            fail(book, "10.0.0.1", 1, 2.0 + i)
+            fail(book, "10.0.0.2", 1, 2.0 + i)
+        reloaded = self.reopen()
+        self.assertEqual([e.host for e in reloaded.entries()], ["10.0.0.2"])
+
+    def test_terrible_entries_of_an_older_version_pruned(self) -> None:
+        """
+        Older versions kept a manual address whatever its dial did, and
+        never aged anything out: such rows are dropped by the first prune.
+        """
+        rows = [
+            ("127.0.0.1", 1, None, "manual", 1.0, 1.0, 50.0, None, 0, 5, 5, 0.0),
+            ("10.0.0.1", 3000, None, "addr", 1.0, 1.0, 50.0, None, 0, 7, 7, 0.0),
+            ("10.0.0.2", 3000, None, "bootstrap", 1.0, 1.0, 50.0, None, 0, 9, 9, 0.0),
+            ("10.0.0.3", 3000, NODE_A, "manual", 1.0, 40.0, 50.0, 40.0, 1, 2, 2, 0.0),
+            ("10.0.0.4", 3000, None, "addr", 1.0, 1.0, 50.0, None, 0, 2, 2, 0.0),
+        ]
+        self.storage.connection.executemany(
+            "INSERT INTO addresses (host, port, node_id, source, first_seen, last_seen, "
+            "last_attempt, last_success, successes, failures, total_failures, suspended_until) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        book = self.reopen()
+        self.assertEqual(len(book), 5)
+        self.assertEqual(book.prune(100.0), 2)
+        self.assertEqual(
+            sorted(e.host for e in self.reopen().entries()), ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+        )
 
     def test_load_replaces_memory(self) -> None:
         book = AddressBook()

@@ -5,15 +5,20 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Collection
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.test.iosim import FakeTransport, IOPump
+from twisted.test.iosim import connect as connect_pair
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.address import PeerAddress
-from bitfitech.peer.addrbook import AddressBook
+from bitfitech.peer.addrbook import NEVER_REACHED_MAX_FAILURES, REACHED_MAX_FAILURES, AddressBook
 from bitfitech.peer.dialer import Dialer
-from bitfitech.peer.hub import PeerHub
+from bitfitech.peer.hub import RELAY_FANOUT, PeerHub
 from bitfitech.peer.protocol import (
     REASON_DUPLICATE,
     REASON_SELF,
@@ -21,7 +26,9 @@ from bitfitech.peer.protocol import (
     LinkClosed,
     PeerProtocol,
 )
+from bitfitech.storage import Storage
 from bitfitech.testing import local_node, node_id_of, version_of
+from bitfitech.wire.messages import Addr, GetAddr
 
 
 def redial_gaps(clock: Clock, dials: Callable[[], int], count: int = 3) -> list[int]:
@@ -436,3 +443,282 @@ class WitnessDialTests(SynchronousTestCase):
         entry = self.book.get(WITNESSES[1].host, WITNESSES[1].port)
         assert entry is not None
         self.assertEqual(entry.source, "witness")
+
+
+class AddressHygieneTests(SynchronousTestCase):
+    """What dials leave in the address book, and what peers are told of it."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.book = AddressBook(rng=random.Random(1))
+        self.hub = PeerHub(self.book, self.clock, max_peers=10, max_inbound=5,
+                           rng=random.Random(2))  # fmt: skip
+        self.hub.start(local_node(1))
+        self.connector = Connector()
+        self.sent: dict[int, list[object]] = {}
+        self.events = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.events)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events)
+
+    def dialer(self, target: int = 3) -> Dialer:
+        dialer = Dialer(self.hub, self.book, self.connector, self.clock, target=target,
+                        interval=1.0)  # fmt: skip
+        dialer.startService()
+        self.addCleanup(dialer.stopService)
+        return dialer
+
+    def peer(self, n: int) -> PeerProtocol:
+        """A ready inbound link from node C{n}; what it is sent goes to C{self.sent[n]}."""
+        link = self.hub.build_link("inbound", host=f"10.0.9.{n}")
+        assert link is not None
+        link.remote = version_of(n)
+        self.assertIsNone(self.hub.link_ready(link))
+        link.state = "ready"
+        self.sent[n] = []
+        link.send = self.sent[n].append  # type: ignore[method-assign, assignment]
+        return link
+
+    def announced(self, host: str, port: int) -> int:
+        """How many ``addr`` messages sent so far carry C{host}:C{port}."""
+        return sum(
+            1
+            for messages in self.sent.values()
+            for message in messages
+            if isinstance(message, Addr) and any((a.host, a.port) == (host, port)
+                                                 for a in message.addrs)
+        )  # fmt: skip
+
+    def getaddr_answer(self, link: PeerProtocol) -> set[tuple[str, int]]:
+        """The addresses this node answers C{link}'s ``getaddr`` with."""
+        assert link.node_id is not None
+        sent = self.sent[int(link.node_id, 16)]
+        link.getaddr_answered = False
+        before = len(sent)
+        self.hub.link_message(link, GetAddr())
+        [answer] = sent[before:]
+        del sent[before:]
+        assert isinstance(answer, Addr)
+        return {(a.host, a.port) for a in answer.addrs}
+
+    def log_lines(self, fragment: str) -> list[str]:
+        return [formatEvent(e) for e in self.events if fragment in formatEvent(e)]
+
+    def dials_to(self, host: str, port: int) -> int:
+        return sum(1 for a in self.connector.dials if a.endpoint == (host, port))
+
+    def test_failed_manual_dial_leaves_nothing_and_is_never_passed_on(self) -> None:
+        """The reported bug: ``bitfi connect 127.0.0.1:1`` must not be kept nor spread."""
+        peers = [self.peer(2), self.peer(3)]
+        dialer = self.dialer(target=3)
+        d = dialer.dial(PeerAddress("127.0.0.1", 1), manual=True)
+        self.failureResultOf(d, ConnectionRefusedError)
+        self.assertIsNone(self.book.get("127.0.0.1", 1))
+        self.assertEqual(len(self.book), 0)
+        self.clock.pump([10.0] * 400)  # over an hour: the dialer never tries it again
+        self.assertEqual(self.dials_to("127.0.0.1", 1), 1)
+        self.assertEqual((dialer.dials, dialer.dial_failures), (1, 1))
+        self.assertEqual(self.announced("127.0.0.1", 1), 0)
+        for link in peers:
+            self.assertNotIn(("127.0.0.1", 1), self.getaddr_answer(link))
+        [line] = self.log_lines("127.0.0.1:1")
+        self.assertIn("Dial to 127.0.0.1:1 failed, not kept", line)
+        self.assertIn("not kept in the address book", line)
+
+    def test_manual_dial_that_succeeds_is_kept_protected_and_announced(self) -> None:
+        peers = [self.peer(2), self.peer(3), self.peer(4)]
+        self.connector.outcomes[("10.0.0.7", 3007)] = FakeLink(node_id_of(7))
+        dialer = self.dialer(target=0)
+        d = dialer.dial(PeerAddress("10.0.0.7", 3007), manual=True)
+        self.assertEqual(self.successResultOf(d).node_id, node_id_of(7))
+        entry = self.book.get("10.0.0.7", 3007)
+        assert entry is not None
+        self.assertEqual((entry.source, entry.successes, entry.node_id),
+                         ("manual", 1, node_id_of(7)))  # fmt: skip
+        self.assertTrue(entry.protected)
+        self.assertEqual(self.announced("10.0.0.7", 3007), RELAY_FANOUT)
+        self.assertIn(("10.0.0.7", 3007), self.getaddr_answer(peers[0]))
+        # it goes down for good: redialled behind the breaker, and kept
+        del self.connector.outcomes[("10.0.0.7", 3007)]
+        dialer.target = 3
+        self.clock.pump([900.0] * (8 * 96))  # eight days
+        entry = self.book.get("10.0.0.7", 3007)
+        assert entry is not None
+        self.assertGreater(entry.failures, REACHED_MAX_FAILURES)
+        self.assertNotIn(("10.0.0.7", 3007), self.getaddr_answer(peers[0]))
+
+    def test_failed_manual_dial_of_a_known_address_counts_one_failure(self) -> None:
+        self.book.add("10.0.0.8", 3000, source="addr", now=self.clock.seconds())
+        dialer = self.dialer(target=0)
+        self.failureResultOf(dialer.dial(PeerAddress("10.0.0.8", 3000), manual=True))
+        entry = self.book.get("10.0.0.8", 3000)
+        assert entry is not None
+        self.assertEqual((entry.source, entry.failures), ("addr", 1))
+
+    def test_learned_address_that_keeps_failing_is_forgotten(self) -> None:
+        self.peer(2)
+        now = self.clock.seconds()
+        self.book.add("10.0.0.9", 3000, source="addr", now=now)
+        self.book.add("10.0.0.10", 3000, source="bootstrap", now=now)
+        self.dialer(target=3)
+        self.clock.pump([0.25] * 40)
+        self.assertEqual(self.dials_to("10.0.0.9", 3000), NEVER_REACHED_MAX_FAILURES)
+        self.assertIsNone(self.book.get("10.0.0.9", 3000))
+        [line] = self.log_lines("forgotten")
+        self.assertIn("10.0.0.9:3000", line)
+        self.assertIn("never reached", line)
+        self.clock.pump([60.0] * 60)
+        self.assertEqual(self.dials_to("10.0.0.9", 3000), NEVER_REACHED_MAX_FAILURES)
+        # a bootstrap address is kept, and retried, however often it fails
+        self.assertGreater(self.dials_to("10.0.0.10", 3000), NEVER_REACHED_MAX_FAILURES)
+        self.assertIsNotNone(self.book.get("10.0.0.10", 3000))
+        self.assertEqual(self.announced("10.0.0.9", 3000), 0)
+
+    def test_learned_address_announced_once_reached(self) -> None:
+        link = self.peer(2)
+        self.peer(3)
+        self.peer(4)
+        self.book.add("10.0.0.5", 3000, source="addr", now=self.clock.seconds())
+        self.assertNotIn(("10.0.0.5", 3000), self.getaddr_answer(link))
+        self.connector.outcomes[("10.0.0.5", 3000)] = FakeLink(node_id_of(5))
+        dialer = self.dialer(target=3)
+        self.assertEqual(self.dials_to("10.0.0.5", 3000), 1)
+        self.assertEqual(self.announced("10.0.0.5", 3000), RELAY_FANOUT)
+        self.assertIn(("10.0.0.5", 3000), self.getaddr_answer(link))
+        # reached again within the window: no news, no announcement
+        self.successResultOf(dialer.dial(PeerAddress("10.0.0.5", 3000)))
+        self.assertEqual(self.announced("10.0.0.5", 3000), RELAY_FANOUT)
+
+    def test_duplicate_link_counts_as_reached(self) -> None:
+        self.book.add("10.0.0.6", 3000, source="addr", now=self.clock.seconds())
+        self.connector.outcomes[("10.0.0.6", 3000)] = FakeLink(None, closed=REASON_DUPLICATE)
+        dialer = self.dialer(target=3)
+        entry = self.book.get("10.0.0.6", 3000)
+        assert entry is not None
+        self.assertEqual((entry.successes, entry.failures), (1, 0))
+        self.assertTrue(entry.shareable(self.clock.seconds()))
+        self.assertEqual(dialer.dial_failures, 0)
+
+    def test_failing_entries_of_an_older_version_pruned_before_any_dial(self) -> None:
+        storage = Storage(self.mktemp())
+        storage.open()
+        self.addCleanup(storage.close)
+        storage.connection.execute(
+            "INSERT INTO addresses (host, port, node_id, source, first_seen, last_seen, "
+            "last_attempt, last_success, successes, failures, total_failures, suspended_until) "
+            "VALUES ('127.0.0.1', 1, NULL, 'manual', 1.0, 1.0, 2.0, NULL, 0, 5, 5, 0.0)"
+        )
+        self.book.load(storage.connection)
+        self.dialer(target=3)
+        self.clock.advance(10)
+        self.assertEqual(self.connector.dials, [])
+        self.assertEqual(len(self.book), 0)
+        self.assertEqual(len(self.log_lines("Pruned 1 addresses")), 1)
+
+
+class InProcessMesh:
+    """
+    Nodes 1 to C{size} in one process on one clock: real hubs, books and
+    dialers, whose dials connect the two hubs through iosim (node C{n}
+    listens on 127.0.0.C{n}, port 3000 + C{n}).  No socket.
+    """
+
+    def __init__(self, size: int, *, target: int = 8, seed: int = 0) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.pumps: list[IOPump] = []
+        self.hubs: dict[int, PeerHub] = {}
+        self.dialers: dict[int, Dialer] = {}
+        first = (PeerAddress("127.0.0.1", 3001),)
+        for n in range(1, size + 1):
+            book = AddressBook(rng=random.Random(seed * 1000 + n))
+            hub = PeerHub(book, self.clock, max_peers=50, max_inbound=40,
+                          rng=random.Random(seed * 1000 + n))  # fmt: skip
+            hub.start(local_node(n, port=3000 + n))
+            self.hubs[n] = hub
+            self.dialers[n] = Dialer(hub, book, self.connector(n), self.clock, target=target,
+                                     bootstrap=first if n > 1 else (), interval=1.0)  # fmt: skip
+
+    def connector(self, a: int) -> Callable[[PeerAddress], Deferred[PeerProtocol]]:
+        """Node C{a}'s dials: a link to the node listening at the address, or refused."""
+
+        def connect(address: PeerAddress) -> Deferred[PeerProtocol]:
+            b = address.port - 3000
+            if b not in self.hubs or address.host != f"127.0.0.{b}":
+                return fail(ConnectionRefusedError())
+            a_ip, b_ip = f"127.0.0.{a}", address.host
+            client = self.hubs[a].build_link("outbound", address, host=b_ip)
+            server = self.hubs[b].build_link("inbound", host=a_ip)
+            if client is None or server is None:
+                return fail(ConnectionRefusedError())
+            client_transport = FakeTransport(client, False, IPv4Address("TCP", a_ip, 40000),
+                                             IPv4Address("TCP", b_ip, address.port))  # fmt: skip
+            server_transport = FakeTransport(server, True, IPv4Address("TCP", b_ip, address.port),
+                                             IPv4Address("TCP", a_ip, 40000))  # fmt: skip
+            self.pumps.append(connect_pair(server, server_transport, client, client_transport,
+                                           greet=False))  # fmt: skip
+            return succeed(client)
+
+        return connect
+
+    def start(self) -> None:
+        for dialer in self.dialers.values():
+            dialer.startService()
+
+    def stop(self) -> None:
+        for dialer in self.dialers.values():
+            dialer.stopService()
+        for hub in self.hubs.values():
+            hub.close_all()
+        self.flush()
+
+    def flush(self) -> None:
+        for _ in range(50):
+            if not any([pump.pump() for pump in self.pumps]):
+                return
+
+    def run(self, seconds: float) -> None:
+        """Let C{seconds} pass, a quarter of a second at a time, delivering every write."""
+        for _ in range(int(seconds * 4)):
+            self.clock.advance(0.25)
+            self.flush()
+
+    def known(self, n: int) -> set[int]:
+        """The other nodes whose listening address node C{n}'s book holds."""
+        book = self.hubs[n].addrbook
+        return {m for m in self.hubs if m != n and (f"127.0.0.{m}", 3000 + m) in book}
+
+
+class MeshTests(SynchronousTestCase):
+    """
+    Address exchange still spreads the network although only vouched-for
+    addresses are passed on: ten nodes bootstrapped to one come to know and
+    link to each other (the in-process twin of ``tests.integration.test_mesh``).
+    """
+
+    def formed(self, mesh: InProcessMesh) -> None:
+        for n, hub in mesh.hubs.items():
+            self.assertEqual(mesh.known(n), set(mesh.hubs) - {n}, f"node {n}")
+            self.assertGreaterEqual(len(hub.links), 3, f"node {n}")
+        for hub in mesh.hubs.values():
+            for entry in hub.addrbook.entries():  # every address in a book is a real node's
+                self.assertEqual(entry.host, f"127.0.0.{entry.port - 3000}")
+        self.assertEqual(sum(d.dial_failures for d in mesh.dialers.values()), 0)
+
+    def test_ten_nodes_started_together(self) -> None:
+        mesh = InProcessMesh(10)
+        mesh.start()
+        self.addCleanup(mesh.stop)
+        mesh.run(30)
+        self.formed(mesh)
+
+    def test_ten_nodes_started_one_after_another(self) -> None:
+        """The later nodes are told of by the nodes they link to: one hop is enough."""
+        for seed in range(5):
+            mesh = InProcessMesh(10, seed=seed)
+            self.addCleanup(mesh.stop)
+            for dialer in mesh.dialers.values():
+                dialer.startService()
+                mesh.run(0.5)
+            mesh.run(30)
+            self.formed(mesh)

@@ -14,14 +14,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.address import PeerAddress
 from bitfitech.logs import log_level, set_log_level
-from bitfitech.peer.addrbook import AddressBook
+from bitfitech.peer.addrbook import SHARE_WINDOW, AddressBook
 from bitfitech.peer.bans import BanList
-from bitfitech.peer.hub import PeerHub
+from bitfitech.peer.hub import RELAY_FANOUT, PeerHub
 from bitfitech.peer.misbehaviour import MALFORMED_EVENT, RATE_EXCEEDED, VIOLATION
 from bitfitech.peer.protocol import REASON_DUPLICATE, PeerProtocol
 from bitfitech.storage import Storage
 from bitfitech.testing import local_node, node_id_of
-from bitfitech.wire.messages import Addr, NetAddress
+from bitfitech.wire.messages import Addr, GetAddr, NetAddress
 
 
 class Net:
@@ -91,17 +91,124 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(a.ready_count("outbound"), 1)
         self.assertEqual(b.ready_count("inbound"), 1)
 
-    def test_getaddr_answered_with_known_addresses(self) -> None:
+    def test_getaddr_answered_with_reached_addresses(self) -> None:
         net = Net()
         a, b = net.hub(1), net.hub(2)
+        now = net.clock.seconds()
         for i in range(5):
-            b.addrbook.add(f"10.0.0.{i + 1}", 4000, source="addr", now=net.clock.seconds(),
+            b.addrbook.add(f"10.0.0.{i + 1}", 4000, source="addr", now=now,
                            node_id=node_id_of(100 + i))  # fmt: skip
+            b.addrbook.record_success(f"10.0.0.{i + 1}", 4000, now, None)
         net.link(1, 2)
         for i in range(5):
             self.assertIsNotNone(a.addrbook.get(f"10.0.0.{i + 1}", 4000))
         # a never stores its own address
         self.assertIsNone(a.addrbook.get("127.0.0.1", 3001))
+
+    def test_getaddr_answer_holds_only_recently_reached_addresses(self) -> None:
+        """
+        Of the book, only addresses reached within the window and not failed
+        since are offered: never those heard of, nor configured ones never reached.
+        """
+        net = Net()
+        a, b = net.hub(1), net.hub(2)
+        now = net.clock.seconds()
+        book = b.addrbook
+        for n, source in enumerate(("addr", "addr", "addr", "addr", "bootstrap", "manual",
+                                    "mdns", "dht", "inbound"), start=1):  # fmt: skip
+            book.add(f"10.0.0.{n}", 4000, source=source, now=now)  # all heard of just now
+        book.record_success("10.0.0.1", 4000, now - 60, node_id_of(101))  # offered
+        book.record_success("10.0.0.2", 4000, now - SHARE_WINDOW - 1, None)  # too long ago
+        book.record_success("10.0.0.3", 4000, now - 60, None)
+        book.record_failure("10.0.0.3", 4000, now - 30)  # reached, failed since
+        # 10.0.0.4 to 10.0.0.9: never reached
+        net.link(1, 2)  # a learns from b's answer: b's links (a alone) and its book
+        self.assertEqual([(e.host, e.port, e.node_id) for e in a.addrbook.entries()],
+                         [("10.0.0.1", 4000, node_id_of(101))])  # fmt: skip
+
+    def test_addr_learned_not_relayed_nor_offered_until_reached(self) -> None:
+        net = Net()
+        hub = net.hub(1)
+        links = [net.link(n, 1)[1] for n in range(2, 6)]
+        sent: dict[int, list[object]] = {i: [] for i in range(len(links))}
+        for i, link in enumerate(links):
+            link.send = sent[i].append  # type: ignore[method-assign, assignment]
+        now = int(net.clock.seconds())
+        for addrs in (
+            (NetAddress("10.1.1.1", 5000, node_id_of(50), now),),  # small: an announcement
+            tuple(NetAddress(f"10.2.0.{i}", 5000, None, now) for i in range(1, 12)),
+        ):
+            hub.link_message(links[0], Addr(addrs=addrs))
+        self.assertEqual([m for m in sent.values() if m], [])  # nothing relayed
+        self.assertEqual(len([e for e in hub.addrbook.entries() if e.source == "addr"]), 12)
+
+        def offered(asker: int) -> set[str]:
+            links[asker].getaddr_answered = False
+            hub.link_message(links[asker], GetAddr())
+            [answer] = sent[asker]
+            sent[asker].clear()
+            assert isinstance(answer, Addr)
+            return {x.host for x in answer.addrs}
+
+        self.assertEqual(offered(1), {"127.0.0.2", "127.0.0.4", "127.0.0.5"})  # the links only
+        hub.addrbook.record_success("10.1.1.1", 5000, net.clock.seconds(), node_id_of(50))
+        self.assertIn("10.1.1.1", offered(1))
+        self.assertEqual([m for m in sent.values() if m], [])  # still nothing sent unasked
+
+    def test_announce_to_at_most_two_other_peers(self) -> None:
+        net = Net()
+        hub = net.hub(1)
+        links = [net.link(n, 1)[1] for n in range(2, 7)]
+        sent: dict[int, list[object]] = {i: [] for i in range(len(links))}
+        for i, link in enumerate(links):
+            link.send = sent[i].append  # type: ignore[method-assign, assignment]
+        # the dialer just reached node 2 at another address: not told to node 2 itself
+        for _ in range(20):
+            hub.announce(PeerAddress("10.1.1.1", 5000, node_id_of(2)))
+            receivers = [i for i, msgs in sent.items() if msgs]
+            self.assertEqual(len(receivers), RELAY_FANOUT)
+            self.assertNotIn(0, receivers)
+            for i in receivers:
+                [message] = sent[i]
+                assert isinstance(message, Addr)
+                self.assertEqual([(x.host, x.port, x.node_id) for x in message.addrs],
+                                 [("10.1.1.1", 5000, node_id_of(2))])  # fmt: skip
+                sent[i].clear()
+        # never this node's own address, nor an unspecified one
+        hub.announce(PeerAddress("10.1.1.2", 5000, node_id_of(1)))
+        hub.announce(PeerAddress("0.0.0.0", 5000, node_id_of(9)))
+        self.assertEqual([m for m in sent.values() if m], [])
+
+    def test_inbound_peer_offered_while_linked_unless_our_dials_fail(self) -> None:
+        """
+        The listening address of a peer linked now is offered (its IP is
+        that of the live connection), unless our own dials to it fail.
+        """
+        net = Net()
+        hub = net.hub(1)
+        _, from_2 = net.link(2, 1)
+        _, from_3 = net.link(3, 1)
+        sent: list[object] = []
+        from_3.send = sent.append  # type: ignore[method-assign, assignment]
+
+        def offered() -> set[tuple[str, int]]:
+            from_3.getaddr_answered = False
+            hub.link_message(from_3, GetAddr())
+            [answer] = sent
+            sent.clear()
+            assert isinstance(answer, Addr)
+            return {(x.host, x.port) for x in answer.addrs}
+
+        self.assertEqual(offered(), {("127.0.0.2", 3002)})
+        hub.addrbook.record_failure("127.0.0.2", 3002, net.clock.seconds())
+        self.assertEqual(offered(), set())
+        hub.addrbook.record_success("127.0.0.2", 3002, net.clock.seconds(), node_id_of(2))
+        self.assertEqual(offered(), {("127.0.0.2", 3002)})
+        hub.addrbook.forget("127.0.0.2", 3002)  # aged out, say
+        self.assertEqual(offered(), set())
+        from_2.close("gone")
+        net.flush()
+        self.assertEqual(offered(), set())
 
     def test_getaddr_answered_once_per_link(self) -> None:
         net = Net()
@@ -115,48 +222,30 @@ class HubTests(SynchronousTestCase):
         net.hubs[2].link_message(inn, GetAddr())
         self.assertEqual(sent, [])
 
-    def test_three_peers_newcomer_announced(self) -> None:
+    def test_newcomer_announced_one_hop_only(self) -> None:
+        """
+        A peer that links in is told to a few peers of the node it dialled
+        (it is linked there now), as a candidate they never relay on.
+        """
         net = Net()
-        a, _, c = net.hub(1), net.hub(2), net.hub(3)
-        net.link(1, 2)
-        net.link(3, 2)
-        # b relays c's (new) listening address to a
-        entry = a.addrbook.get("127.0.0.3", 3003)
+        a, b, c = net.hub(1), net.hub(2), net.hub(3)
+        net.link(1, 2)  # a -> b
+        _, from_4 = net.link(4, 1)  # d -> a
+        told_d: list[object] = []
+        from_4.send = told_d.append  # type: ignore[method-assign, assignment]
+        net.link(3, 2)  # the newcomer c -> b
+        entry = b.addrbook.get("127.0.0.3", 3003)
         assert entry is not None
-        self.assertEqual(entry.node_id, node_id_of(3))
-        # c learned a's address from b's getaddr answer
-        self.assertIsNotNone(c.addrbook.get("127.0.0.1", 3001))
-
-    def test_small_addr_relayed_to_at_most_two(self) -> None:
-        net = Net()
-        hub = net.hub(1)
-        links = [net.link(n, 1)[1] for n in range(2, 6)]
-        sent: dict[int, list[object]] = {i: [] for i in range(len(links))}
-        for i, link in enumerate(links):
-            link.send = sent[i].append  # type: ignore[method-assign, assignment]
-        now = int(net.clock.seconds())
-        hub.link_message(links[0], Addr(addrs=(NetAddress("10.1.1.1", 5000, None, now),)))
-        receivers = [i for i, msgs in sent.items() if msgs]
-        self.assertEqual(len(receivers), 2)
-        self.assertNotIn(0, receivers)
-        # the same address again is not new: no relay
-        for msgs in sent.values():
-            msgs.clear()
-        hub.link_message(links[0], Addr(addrs=(NetAddress("10.1.1.1", 5000, None, now),)))
-        self.assertEqual([m for m in sent.values() if m], [])
-
-    def test_large_addr_not_relayed(self) -> None:
-        net = Net()
-        hub = net.hub(1)
-        links = [net.link(n, 1)[1] for n in range(2, 5)]
-        sent: list[object] = []
-        for link in links[1:]:
-            link.send = sent.append  # type: ignore[method-assign, assignment]
-        now = int(net.clock.seconds())
-        addrs = tuple(NetAddress(f"10.2.0.{i}", 5000, None, now) for i in range(1, 12))
-        hub.link_message(links[0], Addr(addrs=addrs))
-        self.assertEqual(sent, [])
-        self.assertEqual(len([e for e in hub.addrbook.entries() if e.host.startswith("10.2.")]), 11)
+        self.assertEqual((entry.source, entry.last_success), ("inbound", None))
+        entry = a.addrbook.get("127.0.0.3", 3003)  # b told a
+        assert entry is not None
+        self.assertEqual((entry.source, entry.node_id, entry.last_success),
+                         ("addr", node_id_of(3), None))  # fmt: skip
+        self.assertEqual(told_d, [])  # a does not pass it on
+        # c learned a's address from b's getaddr answer: a is linked to b now
+        entry = c.addrbook.get("127.0.0.1", 3001)
+        assert entry is not None
+        self.assertEqual((entry.source, entry.node_id), ("addr", node_id_of(1)))
 
     def test_own_and_unspecified_addresses_ignored(self) -> None:
         net = Net()

@@ -34,6 +34,12 @@ DEFAULT_BAN_DURATION = 86400.0
 MAX_BAN_DURATION = 30 * 86400
 DEFAULT_MAX_INBOUND_PER_IP = 8
 DEFAULT_MAX_HANDSHAKES_PER_IP = 4
+DEFAULT_API_MAX_CONNECTIONS = 256
+"""HTTP API connections open at once, streams included (a 503 beyond)."""
+DEFAULT_API_IDLE_TIMEOUT = 60.0
+"""Seconds an HTTP API connection may sit idle, or take to send one request, before it is closed."""
+MAX_API_IDLE_TIMEOUT = 3600
+"""Longest ``--api-idle-timeout``, in seconds."""
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 LOG_FORMATS = ("text", "json")
 
@@ -68,6 +74,8 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "api-port": ("API_PORT",),
     "api-host": ("API_HOST",),
     "api-token": ("BITFI_API_TOKEN",),
+    "api-max-connections": ("BITFI_API_MAX_CONNECTIONS",),
+    "api-idle-timeout": ("BITFI_API_IDLE_TIMEOUT",),
     "no-api": ("BITFI_NO_API",),
     "log-level": ("LOG_LEVEL",),
     "log-format": ("BITFI_LOG_FORMAT",),
@@ -198,6 +206,11 @@ class NodeConfig:
     :ivar api_token: the bearer token every API request must carry, or
         ``None`` (then the data directory's ``api.token`` is used if it
         exists; a non-loopback :attr:`api_host` requires one).
+    :ivar api_max_connections: HTTP API connections open at once, live
+        streams included; one more is answered 503 and closed.
+    :ivar api_idle_timeout: seconds an HTTP API connection may sit idle
+        between requests, and may take to send one whole request, before
+        it is closed (never while it is answered: a live stream stays).
     :ivar log_level: minimum level of bitfi's own log events.
     :ivar log_format: how twistd writes log events: ``text`` (human-readable
         lines) or ``json`` (one JSON object per line, :mod:`bitfitech.logs`).
@@ -247,6 +260,8 @@ class NodeConfig:
     api_host: str = DEFAULT_API_HOST
     api_port: int = 0
     api_token: str | None = field(default=None, repr=False)
+    api_max_connections: int = DEFAULT_API_MAX_CONNECTIONS
+    api_idle_timeout: float = DEFAULT_API_IDLE_TIMEOUT
     log_level: LogLevel = LogLevel.info
     log_format: str = "text"
     timing: LinkTiming = field(default_factory=LinkTiming)
@@ -484,6 +499,17 @@ def coerce_ban_duration(text: str) -> float:
     return float(value)
 
 
+def coerce_idle_timeout(text: str) -> float:
+    """An idle timeout in seconds, 1 to 3600, decimals allowed (``2.5``)."""
+    try:
+        value = Decimal(text.strip())
+    except ArithmeticError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not value.is_finite() or not 1 <= value <= MAX_API_IDLE_TIMEOUT:
+        raise ValueError(f"must be from 1 to {MAX_API_IDLE_TIMEOUT} seconds, not {text.strip()!r}")
+    return float(value)
+
+
 def coerce_flag(text: str) -> bool:
     """A boolean from the environment: 1/true/yes/on or 0/false/no/off."""
     value = text.strip().lower()
@@ -638,6 +664,12 @@ def config_from_options(
         api_host=_pick("api-host", given, env, coerce_host, DEFAULT_API_HOST),
         api_port=_pick("api-port", given, env, coerce_port, default_api_port(port)),
         api_token=_pick("api-token", given, env, coerce_api_token, no_file),
+        api_max_connections=_pick(
+            "api-max-connections", given, env, coerce_count, DEFAULT_API_MAX_CONNECTIONS
+        ),
+        api_idle_timeout=_pick(
+            "api-idle-timeout", given, env, coerce_idle_timeout, DEFAULT_API_IDLE_TIMEOUT
+        ),
         log_level=_pick("log-level", given, env, coerce_log_level, LogLevel.info),
         log_format=_pick("log-format", given, env, coerce_log_format, "text"),
         settle_after=_pick("settle-after", given, env, coerce_seconds, DEFAULT_SETTLE_AFTER),

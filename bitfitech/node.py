@@ -174,9 +174,10 @@ class Node(MultiService):
         await _stopped(self.market)
         if not await _within(closing, deadline - clock.seconds(), clock):
             log.warn(
-                "Stopping without waiting longer for {count} peer links to close "
-                "({seconds:g} s deadline)",
-                count=self.peers.open_links, seconds=STOP_DEADLINE,
+                "Stopping without waiting longer for {links} peer links and {clients} API "
+                "connections to close ({seconds:g} s deadline)",
+                links=self.peers.open_links, seconds=STOP_DEADLINE,
+                clients=self.api.site.open_connections if self.api is not None else 0,
             )  # fmt: skip
         await _stopped(self._storage_service)
 

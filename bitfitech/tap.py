@@ -89,6 +89,17 @@ class Options(usage.Options):
          "non-loopback address unless the data directory holds api.token (make one with "
          f"`python -m bitfitech.api.token --data-dir DIR`) [default none; env {_env('api-token')}]",
          _cli("api-token", cfg.coerce_api_token)],
+        ["api-max-connections", None, None,
+         "HTTP API connections open at once, live streams included; one more is answered "
+         "503 with Retry-After and closed "
+         f"[default {cfg.DEFAULT_API_MAX_CONNECTIONS}; env {_env('api-max-connections')}]",
+         _cli("api-max-connections", cfg.coerce_count)],
+        ["api-idle-timeout", None, None,
+         "Seconds an HTTP API connection may sit idle between requests, or take to send "
+         "one whole request, before it is closed (a live stream is never timed out) "
+         f"[default {cfg.DEFAULT_API_IDLE_TIMEOUT:g}, 1 to {cfg.MAX_API_IDLE_TIMEOUT}; "
+         f"env {_env('api-idle-timeout')}]",
+         _cli("api-idle-timeout", cfg.coerce_idle_timeout)],
         ["log-level", None, None,
          f"Minimum level of bitfi's log events: {', '.join(cfg.LOG_LEVELS)} "
          f"[default info; env {_env('log-level')}]", _cli("log-level", cfg.coerce_log_level)],

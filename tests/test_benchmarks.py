@@ -25,6 +25,7 @@ BENCH_FAIR = ROOT / "benchmarks" / "bench_fair.py"
 BENCH_INGEST = ROOT / "benchmarks" / "bench_ingest.py"
 BENCH_ENTRY = ROOT / "benchmarks" / "bench_entry.py"
 BENCH_MEMORY = ROOT / "benchmarks" / "bench_memory.py"
+BENCH_API_LOAD = ROOT / "benchmarks" / "bench_api_load.py"
 
 FIGURE_KEYS = {"figure", "value", "unit", "target", "met"}
 
@@ -210,6 +211,23 @@ class BenchEntryTests(OptionsTestCase):
         """No time, no clients or a batch the API refuses are refused."""
         cases = [("--duration", "0"), ("--clients", "0"), ("--batch", "1"), ("--batch", "101")]
         self.assertRefused(BENCH_ENTRY, cases, "--batch 2 to 100")
+
+
+class BenchApiLoadTests(OptionsTestCase):
+    """``bench_api_load.py`` checks its options before it starts a node."""
+
+    def test_help(self) -> None:
+        """``--help`` lists the results protocol's options and the load's knobs, not --flood."""
+        options = ("--quick", "--json", "--duration", "--orders", "--idle", "--flooders",
+                   "--probe-interval")  # fmt: skip
+        self.assertHelpLists(BENCH_API_LOAD, options)
+        self.assertNotIn("--flood ", run_script(BENCH_API_LOAD, "--help", timeout=60).stdout)
+
+    def test_bad_options(self) -> None:
+        """No time, no flood, or more connections than the node's cap leaves room for."""
+        cases = [("--duration", "0"), ("--flooders", "0"), ("--idle", "-1"), ("--orders", "0"),
+                 ("--idle", "240", "--flooders", "20")]  # fmt: skip
+        self.assertRefused(BENCH_API_LOAD, cases, "--idle + --flooders at most 253")
 
 
 class BenchIngestTests(OptionsTestCase):

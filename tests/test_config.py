@@ -67,6 +67,7 @@ class DefaultTests(SynchronousTestCase):
         self.assertEqual(config.log_level, LogLevel.info)
         self.assertEqual(config.ban_duration, 86400.0)
         self.assertEqual((config.max_inbound_per_ip, config.max_handshakes_per_ip), (8, 4))
+        self.assertEqual((config.api_max_connections, config.api_idle_timeout), (256, 60.0))
 
     def test_ban_duration_bounds(self) -> None:
         self.assertEqual(parse(["--ban-duration", "2592000"]).ban_duration, 30 * 86400.0)
@@ -149,6 +150,8 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
     "API_PORT": ("8080", "api_port", 8080),
     "API_HOST": ("0.0.0.0", "api_host", "0.0.0.0"),
     "BITFI_API_TOKEN": (API_TOKEN, "api_token", API_TOKEN),
+    "BITFI_API_MAX_CONNECTIONS": ("32", "api_max_connections", 32),
+    "BITFI_API_IDLE_TIMEOUT": ("7.5", "api_idle_timeout", 7.5),
     "BITFI_NO_API": ("1", "api_enabled", False),
     "LOG_LEVEL": ("DEBUG", "log_level", LogLevel.debug),
     "BITFI_LOG_FORMAT": ("JSON", "log_format", "json"),
@@ -182,6 +185,8 @@ CLI_CASES: dict[str, tuple[str, object, str, str]] = {
     "api-port": ("9090", 9090, "API_PORT", "8080"),
     "api-host": ("::1", "::1", "API_HOST", "0.0.0.0"),
     "api-token": (API_TOKEN, API_TOKEN, "BITFI_API_TOKEN", "env-token-0123456789abcdef"),
+    "api-max-connections": ("1000", 1000, "BITFI_API_MAX_CONNECTIONS", "8"),
+    "api-idle-timeout": ("1", 1.0, "BITFI_API_IDLE_TIMEOUT", "600"),
     "log-level": ("error", LogLevel.error, "LOG_LEVEL", "debug"),
     "log-format": ("json", "json", "BITFI_LOG_FORMAT", "text"),
     "settle-after": ("0.5", 0.5, "BITFI_SETTLE_AFTER", "30"),
@@ -206,6 +211,8 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "api-port": ("x", "70000"),
     "api-host": ("no_such host",),
     "api-token": ("", "short", "has space in it 0123456789", "x" * 257, "t\u00f6ken-0123456789abc"),
+    "api-max-connections": ("0", "10001", "-1", "many", "2.5"),
+    "api-idle-timeout": ("0", "0.5", "3601", "-1", "nan", "inf", "soon", ""),
     "log-level": ("loud", ""),
     "log-format": ("xml", "", "json lines"),
     "settle-after": ("-1", "86401", "soon", "nan", "inf", ""),

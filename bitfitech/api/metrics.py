@@ -6,9 +6,11 @@ the API's view of the node (:meth:`~bitfitech.api.control.NodeControl.status`,
 the numbers of ``GET /status``) and the market's ledger -> the registry ->
 :class:`MetricsResource` renders it with
 :func:`prometheus_client.exposition.generate_latest`.  Nothing is counted
-twice and nothing runs between scrapes, except the API's request latency,
-which :class:`~bitfitech.api.site.ApiSite` observes as requests finish into
-the histogram of :func:`api_latency`.
+twice and nothing runs between scrapes, except what the API's site keeps
+itself: the request latency, which :class:`~bitfitech.api.site.ApiSite`
+observes as requests finish into the histogram of :func:`api_latency`, and
+its connections (open, refused at the cap, timed out, bodies refused), in
+the metrics of :func:`api_connections`.
 
 Every node has its own :class:`~prometheus_client.CollectorRegistry` (made
 by :func:`node_registry` from what it measures), never
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -81,8 +83,9 @@ def node_registry(
     status: Callable[[], Mapping[str, Any]], market: MarketService
 ) -> CollectorRegistry:
     """
-    A new registry of one node: its :class:`NodeCollector` and (made by
-    :func:`api_latency`) the API latency histogram.  Building it opens nothing.
+    A new registry of one node: its :class:`NodeCollector`, the API latency
+    histogram (:func:`api_latency`) and the API's connection metrics
+    (:func:`api_connections`).  Building it opens nothing.
 
     :param status: the node's status (``GET /status``), read at each scrape.
     :param market: the node's market, whose ledger is read at each scrape.
@@ -90,6 +93,7 @@ def node_registry(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(status, market))
     api_latency(registry)
+    api_connections(registry)
     return registry
 
 
@@ -113,6 +117,107 @@ def api_latency(registry: CollectorRegistry) -> Histogram:
             registry=registry,
         )
     return histogram
+
+
+#: the ``answer`` of a connection refused at the cap: a 503, or closed at accept
+REFUSED_ANSWERS = ("503", "closed")
+#: the ``phase`` of a timed-out connection: idle between requests, or in a request
+TIMEOUT_PHASES = ("idle", "request")
+
+
+class ServingSite(Protocol):
+    """What :class:`ApiConnectionMetrics` reads of an HTTP site at scrape time."""
+
+    @property
+    def serving(self) -> bool:
+        """Whether the site is listening (between its factory's start and stop)."""
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, counted against the cap."""
+
+    @property
+    def max_connections(self) -> int:
+        """The cap (``--api-max-connections``)."""
+
+
+class ApiConnectionMetrics:
+    """
+    The HTTP API's connections, a collector of one registry: counters the
+    sites (:class:`~bitfitech.api.site.ApiSite`) keep as connections are
+    refused or time out, and, read at scrape time from the sites serving
+    now, the connections open and the cap.  Like :class:`NodeCollector`'s
+    families, these are reported only while a site serves (the node runs).
+
+    :ivar sites: the sites counting here (the API's site is made anew at
+        each start, its counters live as long as the registry).
+    :ivar refused: connections refused at the cap, by answer
+        (:data:`REFUSED_ANSWERS`: a 503, or closed at accept).
+    :ivar timed_out: connections closed by the idle timeout, by phase
+        (:data:`TIMEOUT_PHASES`).
+    :ivar too_large: requests answered 413 before their body was read.
+    """
+
+    def __init__(self) -> None:
+        self.sites: weakref.WeakSet[ServingSite] = weakref.WeakSet()
+        self.refused: dict[str, int] = dict.fromkeys(REFUSED_ANSWERS, 0)
+        self.timed_out: dict[str, int] = dict.fromkeys(TIMEOUT_PHASES, 0)
+        self.too_large = 0
+
+    def describe(self) -> list[Metric]:
+        """Nothing: the families are there only while a site serves."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The connection families, read now; none while no site serves."""
+        serving = [site for site in list(self.sites) if site.serving]
+        if not serving:
+            return
+        yield _gauge("bitfi_api_connections",
+                     "HTTP API connections open now: keep-alive, in a request or streaming.",
+                     sum(site.open_connections for site in serving))  # fmt: skip
+        yield _gauge("bitfi_api_connections_max",
+                     "Cap on open HTTP API connections (--api-max-connections).",
+                     sum(site.max_connections for site in serving))  # fmt: skip
+        refused = CounterMetricFamily(
+            "bitfi_api_connections_refused",
+            "HTTP API connections refused at the cap: answered 503 (answer=503), or closed "
+            "at accept while too many refusals were in progress (answer=closed).",
+            labels=("answer",),
+        )
+        for answer, count in self.refused.items():
+            refused.add_metric([answer], count)
+        yield refused
+        timed_out = CounterMetricFamily(
+            "bitfi_api_connections_timed_out",
+            "HTTP API connections closed by --api-idle-timeout: idle between requests "
+            "(phase=idle), or a request not sent whole in time (phase=request).",
+            labels=("phase",),
+        )
+        for phase, count in self.timed_out.items():
+            timed_out.add_metric([phase], count)
+        yield timed_out
+        yield _counter("bitfi_api_requests_too_large",
+                       "HTTP API requests answered 413 before their body was read (a body "
+                       "past the API's limit).",
+                       self.too_large)  # fmt: skip
+
+
+_connections: weakref.WeakKeyDictionary[CollectorRegistry, ApiConnectionMetrics] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def api_connections(registry: CollectorRegistry) -> ApiConnectionMetrics:
+    """
+    The API's connection metrics of C{registry}, made and registered on
+    first use (like :func:`api_latency`).
+    """
+    metrics = _connections.get(registry)
+    if metrics is None:
+        metrics = _connections[registry] = ApiConnectionMetrics()
+        registry.register(metrics)
+    return metrics
 
 
 def observe_request(histogram: Histogram, method: str, status: int, seconds: float) -> None:
@@ -256,6 +361,9 @@ class NodeCollector:
                        market["journal_writes"])  # fmt: skip
         yield _counter("bitfi_journal_failures", "Journal writes that failed.",
                        market["journal_failures"])  # fmt: skip
+        yield _gauge("bitfi_journal_writable",
+                     "Whether the journal takes writes (1) or orders are refused (0).",
+                     0 if market.get("journal_error") else 1)  # fmt: skip
 
     def _fair_order(self, witnesses: Mapping[str, Any]) -> Iterator[Metric]:
         """

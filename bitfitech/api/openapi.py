@@ -480,7 +480,14 @@ known.
 
 When the node has an API token (always when it listens beyond loopback),
 every request but `GET /openapi.json` and the dashboard's files must carry
-`Authorization: Bearer <token>`, or is answered 401."""
+`Authorization: Bearer <token>`, or is answered 401.
+
+Limits (docs/operations.rst, "The HTTP API under overload"): a request body
+over 64 KiB is answered 413 before it is read; past `--api-max-connections`
+open connections (256), a new one is answered 503 with `Retry-After`; a
+connection idle for `--api-idle-timeout` seconds (60), or that takes longer
+to send one request, is closed.  While the node's journal cannot be written
+(a full disk), orders and cancels are answered 503 with the cause."""
 
 
 def build() -> Schema:

@@ -6,7 +6,9 @@ Data path: TCP on ``api_host:api_port`` -> :class:`~bitfitech.api.site.ApiSite`
 (:class:`~bitfitech.api.control.NodeControl`).  The root and the site are
 built with the node; :class:`ApiService` reads the API's token at start
 (``--api-token``, else the data directory's ``api.token``), listens, and at
-stop ends the live streams and stops listening.
+stop stops listening, ends the live streams and closes every HTTP
+connection, within about two seconds whatever the clients do
+(:meth:`~bitfitech.api.site.ApiSite.close_connections`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 
 from ..address import format_hostport
 from ..config import NodeConfig
 from ..listening import ListeningService, StartupError, listen_now, tcp_server_endpoint
 from ..logs import logger
 from .resources import Root
-from .site import ApiSite
+from .site import CLOSE_GRACE, ApiSite
 from .token import TokenError, api_token
 
 log = logger(__name__)
@@ -46,14 +48,22 @@ class ApiService(ListeningService):
     ) -> None:
         """
         :param root: the site's root (:func:`~bitfitech.api.app.site_root`).
-        :param reactor: listens (``IReactorTCP``) and times the requests.
-        :param registry: the node's metrics, where the site observes request latency.
+        :param reactor: listens (``IReactorTCP``), times the requests and
+            the connections' timeouts.
+        :param registry: the node's metrics, where the site observes request
+            latency and counts its connections.
         """
         super().__init__()
         self.config = config
         self.root = root
         self.reactor = reactor
-        self.site = ApiSite(root, reactor=reactor, registry=registry)
+        self.site = ApiSite(
+            root,
+            reactor=reactor,
+            registry=registry,
+            max_connections=config.api_max_connections,
+            idle_timeout=config.api_idle_timeout,
+        )
         self.token: str | None = None
 
     def startService(self) -> None:
@@ -80,8 +90,20 @@ class ApiService(ListeningService):
         log.info("HTTP API on http://{where}/", where=format_hostport(
             config.api_host, self.listen_port))  # fmt: skip
 
-    def stopService(self) -> Deferred[Any] | None:
-        """End the live streams and stop listening."""
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop accepting connections, end the live streams, then close every
+        HTTP connection: idle ones at once, one being answered once its
+        answer is written; what is still open after
+        :data:`~bitfitech.api.site.CLOSE_GRACE` seconds is aborted.
+
+        :return: fires once the port is closed and every connection gone,
+            after about two seconds at the latest whatever the clients do.
+        """
         super().stopService()
+        listening = self.stop_listening()
         self.root.feed.close_all()
-        return self.stop_listening()
+        closing = self.site.close_connections(CLOSE_GRACE)
+        waits: list[Deferred[Any]] = [closing] if listening is None else [listening, closing]
+        stopped: Deferred[None] = gatherResults(waits).addCallback(lambda _: None)
+        return stopped

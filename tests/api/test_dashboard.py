@@ -14,7 +14,9 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
@@ -233,7 +235,7 @@ def raw_get(root: DashboardRoot, target: bytes) -> tuple[int, bytes]:
     protocol.makeConnection(transport)
     protocol.dataReceived(b"GET " + target + b" HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
     head, _, body = transport.value().partition(b"\r\n\r\n")
-    protocol.connectionLost(None)
+    protocol.connectionLost(Failure(ConnectionDone()))
     status = int(head.split(b" ", 2)[1])
     return status, body
 

@@ -31,6 +31,7 @@ from bitfitech.api.metrics import (
     observe_request,
 )
 from bitfitech.api.site import ApiSite
+from bitfitech.interfaces import ServiceUnavailable
 from bitfitech.node import Node, build_node
 from bitfitech.testing import HANG_GUARD, ClusterTestCase, loopback_config, market_state, poll_until
 
@@ -122,6 +123,7 @@ class NodeMetricsTests(ClusterTestCase):
             self.assertEqual(value(samples, "bitfi_replayed_events_total"), ledger.replayed)
             self.assertEqual(value(samples, "bitfi_sync_buffered_events"), 0)
             self.assertEqual(value(samples, "bitfi_bans"), 0)
+            self.assertEqual(value(samples, "bitfi_journal_writable"), 1)
             self.assertEqual(value(samples, "bitfi_peer_addresses_known"),
                              len(node.peers.addrbook or ()))  # fmt: skip
             self.assertEqual(value(samples, "bitfi_gossip_events_duplicate_total"),
@@ -139,6 +141,13 @@ class NodeMetricsTests(ClusterTestCase):
             fair = [name for name in families if name.startswith(("bitfi_fair_", "bitfi_stamps",
                                                                   "bitfi_witness_"))]  # fmt: skip
             self.assertEqual(fair, [])
+        # A database that refuses writes: orders are refused, and the gauge says so.
+        first.storage.connection.execute("PRAGMA query_only = 1")
+        self.addCleanup(first.storage.connection.execute, "PRAGMA query_only = 0")
+        with self.assertRaises(ServiceUnavailable):
+            await first.market.submit("buy", "100", "1", "limit")
+        _, samples = parse(scrape(first.metrics)[1])
+        self.assertEqual(value(samples, "bitfi_journal_writable"), 0)
         # What each node learned from the other, it learned by gossip.
         for node in (first, second):
             _, samples = parse(scrape(node.metrics)[1])

@@ -105,7 +105,7 @@ class StopTests(ClusterTestCase):
         self.assertTrue(os.path.exists(node.market.checkpoint_path))
         self.assertFalse(client.lost.called, "the link was given its grace, not waited for")
         warnings = [e for e in observer if "without waiting longer" in e.get("log_format", "")]
-        self.assertEqual([e["count"] for e in warnings], [1])
+        self.assertEqual([e["links"] for e in warnings], [1])
 
 
 def _abort(client: Silent) -> Deferred[None]:

@@ -18,7 +18,16 @@ that CPU too):
   ``GET /book`` and posting a resting ``POST /orders`` in turn, each as
   soon as the previous one is answered, for as long again.
 
-Figures: the probe's p50 / p99 alone and under load, what the flood got
+All the while an honest peer, a second node B linked to the flooded node
+A (and pinned with the clients), takes one of A's resting orders every
+``--peer-interval`` seconds: a small sell through ``POST /orders`` on B,
+which trades as soon as A applies it.  A listener on A's ``GET /stream``
+(``types=trade``) notes when each of these trades appears on A: the time
+from B's answer to that is how long an honest peer's order takes to
+reach A and be matched there, alone and beside the flood.
+
+Figures: the probe's p50 / p99 alone and under load, the peer's order
+from B to a trade on A (p50 / p99) alone and under load, what the flood got
 answered (and any error: every connection here is under the cap, so
 there should be none), the node's CPU, and the connections the node counts
 (``bitfi_api_connections`` in ``/metrics``).  Target: the probe's p99 under
@@ -59,6 +68,7 @@ from _cluster import (
     print_table,
     three_decimals,
     wait_api,
+    wait_until,
 )
 from _results import Results, add_arguments
 
@@ -69,10 +79,14 @@ from bitfitech.testing import free_ports
 #: the probe's p99 under load must stay at or below this
 P99_TARGET_MS = 100.0
 #: connections the benchmark holds besides the idle ones and the flood's:
-#: the probe, the one that placed the book, the one that reads ``/metrics``
-OWN_CONNECTIONS = 3
+#: the probe, the one that placed the book, the one that reads ``/metrics``,
+#: the stream listener
+OWN_CONNECTIONS = 4
 #: resting prices: this far from the mid at least, and within SPREAD of that
 GAP, SPREAD = 100, 1000
+#: the honest peer's sells: at the lowest resting buy's price, so each takes
+#: the best buy (a small part of it) and trades at once
+PEER_SELL = {"side": "sell", "price": str(MID - GAP - SPREAD), "amount": "0.001"}
 
 
 def resting_order(rng: random.Random) -> dict[str, str]:
@@ -186,6 +200,109 @@ def probe(api: Api, seconds: float, interval: float) -> tuple[list[float], int]:
     return latencies, errors
 
 
+class PeerProbe:
+    """
+    The honest peer's orders, placed on B, and their trades seen on A's
+    live stream: each trade's delay from B's answer to A's stream event.
+
+    :ivar delays: per phase (``alone``, ``loaded``), the delays seen, seconds.
+    :ivar lost: orders B answered whose trade A's stream never showed.
+    """
+
+    def __init__(self, peer_api_port: int, stream_port: int, interval: float) -> None:
+        self.peer = Api(peer_api_port)
+        self.stream_port = stream_port
+        self.interval = interval
+        self.phase = "alone"
+        self.delays: dict[str, list[float]] = {"alone": [], "loaded": []}
+        self.lost = 0
+        self.errors = 0
+        self._answered: dict[str, tuple[str, float]] = {}
+        self._seen: dict[str, float] = {}
+        self._done: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stream: http.client.HTTPConnection | None = None
+        self._threads = [
+            threading.Thread(target=self._listen, daemon=True),
+            threading.Thread(target=self._place, daemon=True),
+        ]
+
+    def start(self) -> None:
+        """Open A's stream (its first event read), then start placing orders."""
+        self._stream = http.client.HTTPConnection("127.0.0.1", self.stream_port, timeout=60)
+        self._stream.request("GET", "/stream?types=trade")
+        response = self._stream.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"GET /stream on A: {response.status}")
+        self._response = response
+        for thread in self._threads:
+            thread.start()
+
+    def _listen(self) -> None:
+        """Read A's stream until :meth:`stop` closes it (after the last trades came)."""
+        event = ""
+        while True:
+            try:
+                line = self._response.readline()
+            except (OSError, ValueError, AttributeError, http.client.HTTPException):
+                return  # closed by stop(), from the other thread
+            if not line:
+                return
+            text = line.decode("utf-8").rstrip("\n")
+            if text.startswith("event: "):
+                event = text[7:]
+            elif text.startswith("data: ") and event == "trade":
+                now = time.perf_counter()
+                taker = json.loads(text[6:]).get("taker")
+                with self._lock:
+                    # The first trade of each taker: a trade is announced again
+                    # once settled, and a rollback can give a taker a new maker.
+                    if taker is not None and taker not in self._seen and taker not in self._done:
+                        self._seen[taker] = now
+                        self._match(taker)
+
+    def _place(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            try:
+                status, body = self.peer.request("POST", "/orders", PEER_SELL)
+            except ApiError:
+                status, body = 0, None
+            answered = time.perf_counter()
+            if status == 201:
+                with self._lock:
+                    self._answered[body["id"]] = (self.phase, answered)
+                    self._match(body["id"])
+            else:
+                self.errors += 1
+            self._stop.wait(max(0.0, self.interval - (time.perf_counter() - started)))
+
+    def _match(self, order_id: str) -> None:
+        """Record the delay of C{order_id} once both its answer and its trade are seen."""
+        if order_id in self._answered and order_id in self._seen:
+            phase, answered = self._answered.pop(order_id)
+            self.delays[phase].append(max(0.0, self._seen.pop(order_id) - answered))
+            self._done.add(order_id)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def stop(self, settle: float = 2.0) -> None:
+        """Stop placing, give the last trades C{settle} s to show, then stop listening."""
+        self._stop.set()
+        self._threads[1].join()
+        deadline = time.monotonic() + settle
+        while self._answered and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.lost = len(self._answered)
+        if self._stream is not None:
+            self._stream.close()
+        self.peer.close()
+
+
 def open_idle(port: int, count: int) -> list[http.client.HTTPConnection]:
     """C{count} keep-alive connections, each after one answered request, left idle."""
     connections = []
@@ -229,6 +346,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--flooders", type=int, default=20, help="flood client threads [20]")
     parser.add_argument("--probe-interval", type=float, default=0.005,
                         help="seconds between two probe requests [0.005]")  # fmt: skip
+    parser.add_argument("--peer-interval", type=float, default=0.05,
+                        help="seconds between two of the honest peer's orders [0.05]")  # fmt: skip
     parser.add_argument("--flood", metavar="SPEC", help=argparse.SUPPRESS)
     add_arguments(parser)
     args = parser.parse_args(argv)
@@ -244,32 +363,43 @@ def main(argv: list[str]) -> int:
         or args.idle < 0
         or args.flooders < 1
         or args.probe_interval < 0
+        or args.peer_interval <= 0
         or args.idle + args.flooders > room
     ):
         parser.error(
-            "--duration above 0; --orders, --flooders at least 1; --idle, --probe-interval "
-            f"at least 0; --idle + --flooders at most {room} (the node's connection cap, "
-            f"{DEFAULT_API_MAX_CONNECTIONS}, less {OWN_CONNECTIONS} of the benchmark's own)"
+            "--duration, --peer-interval above 0; --orders, --flooders at least 1; --idle, "
+            f"--probe-interval at least 0; --idle + --flooders at most {room} (the node's "
+            f"connection cap, {DEFAULT_API_MAX_CONNECTIONS}, less {OWN_CONNECTIONS} of the "
+            "benchmark's own)"
         )
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         parser.error(f"needs two CPUs, one for the node and one for the clients; this has {cpus}")
     report = Results("bench_api_load", quick=args.quick)
     base = tempfile.mkdtemp(prefix="bitfi-api-load-")
-    api_port, port = free_ports(2)
+    api_port, port, peer_api_port, peer_port = free_ports(4)
     node = NodeProcess(0, base, port, api_port, outbound=0)
+    peer = NodeProcess(1, base, peer_port, peer_api_port, bootstrap=[port])
     rng = random.Random(1)
     with cleanup_on_interrupt():
         flood: subprocess.Popen[bytes] | None = None
         idle: list[http.client.HTTPConnection] = []
         probe_api = Api(api_port)
+        peer_probe: PeerProbe | None = None
         try:
             node.start()
+            peer.start()
             wait_api(node)
+            wait_api(peer)
             place_book(node.api, args.orders, rng)
+            wait_until(lambda: len(peer.api.get("/book")["bids"]) > 0, 60, "B holds A's book")
             pin(node.pid, {cpus[0]})
+            pin(peer.pid, set(cpus[1:]))
             os.sched_setaffinity(0, set(cpus[1:]))  # the flood inherits it
+            peer_probe = PeerProbe(peer_api_port, api_port, args.peer_interval)
+            peer_probe.start()
             alone, alone_errors = probe(probe_api, args.duration, args.probe_interval)
+            peer_probe.phase = "loaded"
 
             idle = open_idle(api_port, args.idle)
             start_at = time.time() + 0.5  # the flood process starts up meanwhile
@@ -279,12 +409,15 @@ def main(argv: list[str]) -> int:
             loaded, loaded_errors = probe(probe_api, args.duration, args.probe_interval)
             busy = (node.cpu_seconds() - cpu_before) / args.duration
             counted = open_connections(api_port)
+            peer_probe.stop()
             out, _ = flood.communicate(timeout=args.duration + 120)
             if flood.returncode != 0:
                 raise RuntimeError(f"the flood process exited with status {flood.returncode}")
             totals = json.loads(out)
-            problems = node.log_problems()
+            problems = node.log_problems() + peer.log_problems()
         finally:
+            if peer_probe is not None and not peer_probe.stopped:
+                peer_probe.stop(settle=0)
             for connection in idle:
                 connection.close()
             probe_api.close()
@@ -292,14 +425,20 @@ def main(argv: list[str]) -> int:
                 flood.kill()
                 flood.wait()
             node.stop()
+            peer.stop()
     answered: dict[str, int] = totals["answered"]
+    assert peer_probe is not None
+    peer_alone, peer_loaded = peer_probe.delays["alone"], peer_probe.delays["loaded"]
     flood_ok = sum(n for key, n in answered.items() if key.endswith((" 200", " 201")))
     flood_errors = {**{k: n for k, n in answered.items() if not k.endswith((" 200", " 201"))},
                     **totals["failures"]}  # fmt: skip
     flood_seconds = args.duration + 1.0
     p99_loaded = milliseconds(loaded, 0.99)
     met = p99_loaded <= P99_TARGET_MS
-    errors = alone_errors + loaded_errors + sum(flood_errors.values())
+    errors = (
+        alone_errors + loaded_errors + sum(flood_errors.values())
+        + peer_probe.errors + peer_probe.lost
+    )  # fmt: skip
     print_table(f"the HTTP API under load ({'quick; ' if args.quick else ''}{machine_info()})", [
         ("node threads pinned to CPU; probe and flood", f"CPU {cpus[0]}; CPUs {cpus[1:]}"),
         ("resting orders in the book at start", f"{args.orders:,}"),
@@ -310,6 +449,14 @@ def main(argv: list[str]) -> int:
         ("probe GET /book under load: answers", f"{len(loaded):,}"),
         ("probe GET /book under load: p50 / p99 (ms)",
          f"{milliseconds(loaded, 0.5):.2f} / {p99_loaded:.2f}"),
+        ("peer's order, B to a trade on A, alone: orders; p50 / p99 (ms)",
+         f"{len(peer_alone)}; {milliseconds(peer_alone, 0.5):.1f} / "
+         f"{milliseconds(peer_alone, 0.99):.1f}"),
+        ("peer's order, B to a trade on A, under load: orders; p50 / p99 (ms)",
+         f"{len(peer_loaded)}; {milliseconds(peer_loaded, 0.5):.1f} / "
+         f"{milliseconds(peer_loaded, 0.99):.1f}"),
+        ("peer's orders: errors on B; trades never seen on A",
+         f"{peer_probe.errors}; {peer_probe.lost}"),
         ("flood: answers; per second", f"{flood_ok:,}; {flood_ok / flood_seconds:,.0f}"),
         ("flood: GET /book; POST /orders answered",
          f"{answered.get('GET /book 200', 0):,}; {answered.get('POST /orders 201', 0):,}"),
@@ -328,6 +475,10 @@ def main(argv: list[str]) -> int:
     report.add("GET /book under load, p50", round(milliseconds(loaded, 0.5), 2), "ms")
     report.add("GET /book under load, p99", round(p99_loaded, 2), "ms",
                f"<= {P99_TARGET_MS:g} ms", met)  # fmt: skip
+    report.add("peer's order to a trade on A, alone, p99",
+               round(milliseconds(peer_alone, 0.99), 1), "ms")  # fmt: skip
+    report.add("peer's order to a trade on A, under load, p99",
+               round(milliseconds(peer_loaded, 0.99), 1), "ms")  # fmt: skip
     report.add("flood answers per second", round(flood_ok / flood_seconds), "requests/s")
     report.add("node CPU busy under load", round(busy * 100), "%")
     report.add("open API connections under load", counted, "connections")
@@ -335,7 +486,7 @@ def main(argv: list[str]) -> int:
     report.write(args.json)
     if not problems:
         shutil.rmtree(base, ignore_errors=True)
-    return 1 if not alone or not loaded or errors else 0
+    return 1 if not alone or not loaded or not peer_alone or not peer_loaded or errors else 0
 
 
 if __name__ == "__main__":

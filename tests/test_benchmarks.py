@@ -219,15 +219,16 @@ class BenchApiLoadTests(OptionsTestCase):
     def test_help(self) -> None:
         """``--help`` lists the results protocol's options and the load's knobs, not --flood."""
         options = ("--quick", "--json", "--duration", "--orders", "--idle", "--flooders",
-                   "--probe-interval")  # fmt: skip
+                   "--probe-interval", "--peer-interval")  # fmt: skip
         self.assertHelpLists(BENCH_API_LOAD, options)
         self.assertNotIn("--flood ", run_script(BENCH_API_LOAD, "--help", timeout=60).stdout)
 
     def test_bad_options(self) -> None:
         """No time, no flood, or more connections than the node's cap leaves room for."""
         cases = [("--duration", "0"), ("--flooders", "0"), ("--idle", "-1"), ("--orders", "0"),
+                 ("--peer-interval", "0"),
                  ("--idle", "240", "--flooders", "20")]  # fmt: skip
-        self.assertRefused(BENCH_API_LOAD, cases, "--idle + --flooders at most 253")
+        self.assertRefused(BENCH_API_LOAD, cases, "--idle + --flooders at most 252")
 
 
 class BenchIngestTests(OptionsTestCase):

@@ -53,7 +53,7 @@ from twisted.python.failure import Failure
 
 from ..address import PeerAddress, format_hostport
 from ..logs import logger
-from .addrbook import AddressBook
+from .addrbook import AddressBook, RetryPolicy
 from .hub import PeerHub
 from .protocol import REASON_DUPLICATE, REASON_SELF, LinkClosed, PeerProtocol
 
@@ -64,6 +64,12 @@ Connector = Callable[[PeerAddress], "Deferred[PeerProtocol]"]
 
 #: how long a node the user disconnected is not redialled
 USER_DISCONNECT_REST = 600.0
+
+#: how a witness without a link is retried: backoff doubling up to 10 s,
+#: and no circuit breaker (the network's order waits for its witnesses, and
+#: a string of short partitions, each failing a few dials, would otherwise
+#: rest the address for the breaker's 15 minutes)
+WITNESS_RETRY = RetryPolicy(max_delay=10.0, breaker_threshold=2**31)
 
 #: how often addresses that kept failing are pruned from the address book
 PRUNE_INTERVAL = 3600.0
@@ -197,7 +203,10 @@ class Dialer(Service):
             self._start_dial(PeerAddress(entry.host, entry.port, self.pinned.get(entry.key)))
 
     def _dial_witnesses(self, now: float, connected: set[tuple[str, int]]) -> None:
-        """Dial each witness not linked nor being dialled, once its backoff allows."""
+        """
+        Dial each witness not linked nor being dialled, once its backoff
+        allows (:data:`WITNESS_RETRY`: at most 10 s, never the breaker's rest).
+        """
         for (host, port), node_id in self.witnesses.items():
             if node_id in self.hub.links or (host, port) in self.pending:
                 continue
@@ -206,7 +215,7 @@ class Dialer(Service):
             entry = self.addrbook.get(host, port)
             if entry is None:  # forgotten meanwhile: a witness is always known
                 self.addrbook.add(host, port, source="witness", now=now, node_id=node_id)
-            elif self.addrbook.policy.next_attempt_at(entry) > now:
+            elif WITNESS_RETRY.next_attempt_at(entry) > now:
                 continue
             self._start_dial(PeerAddress(host, port, node_id))
 

@@ -394,6 +394,21 @@ class WitnessDialTests(SynchronousTestCase):
         gaps = redial_gaps(self.clock, lambda: self.dials_to(WITNESSES[1]))
         self.assertEqual(gaps, [1, 2, 4])
 
+    def test_refused_witness_never_rests_past_the_cap(self) -> None:
+        """
+        However often a witness refuses, it is dialled again within
+        WITNESS_RETRY's 10 s: no circuit breaker rests it (a string of short
+        partitions once left two witnesses unlinked for 15 minutes).
+        """
+        self.dialer(witnesses=WITNESSES[:2])
+        self.clock.pump([0.25] * 4 * 120)  # two minutes of refusals
+        before = self.dials_to(WITNESSES[1])
+        self.clock.pump([0.25] * 4 * 60)
+        self.assertEqual(self.dials_to(WITNESSES[1]) - before, 6, "one dial every 10 s")
+        entry = self.book.get(WITNESSES[1].host, WITNESSES[1].port)
+        assert entry is not None
+        self.assertGreater(entry.failures, self.book.policy.breaker_threshold)
+
     def test_linked_witness_kept_and_redialled_once_lost(self) -> None:
         links: list[PeerProtocol] = []
 

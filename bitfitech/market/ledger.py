@@ -620,6 +620,16 @@ class Ledger:
             )  # fmt: skip
         )
 
+    def unordered(self) -> list[str]:
+        """
+        Fair order: the ids of the events held that have no fair time yet
+        (too few witnesses' receipts of them count), in the order they came.
+        """
+        fair = self.fair
+        if fair is None:
+            return []
+        return [event_id for event_id in self._by_id if fair.fair_time(event_id) is None]
+
     def settled_position(self) -> int:
         """
         How many events at the start of the log are settled: with Lamport

@@ -353,6 +353,7 @@ class MarketService(Service):
         self._signer: StampSigner | None = None
         self._stamp_call: IDelayedCall | None = None
         self._witnessing = False  # signing stamps: from start to stop
+        self._catching_up = False  # the first stamp after start lists what waits
         self._stamp_from = 0.0
         self._active_until = 0.0
         self._last_signed: float | None = None
@@ -431,6 +432,7 @@ class MarketService(Service):
             )
             self._stamp_from = self.clock.seconds() + WITNESS_START_DELAY
             self._witnessing = True
+            self._catching_up = True
             self._stamp_by(self._stamp_from)
             log.info("This node is witness {index} of {n}", index=self._signer.index + 1,
                      n=self.witnesses.n)  # fmt: skip
@@ -952,6 +954,9 @@ class MarketService(Service):
         self._stamp_call = None
         try:
             if self.clock.seconds() >= self._stamp_from:
+                if self._catching_up and not self._journal_fault:
+                    self._catching_up = False
+                    self._list_unordered()
                 self._stamp()
         except Exception:
             log.failure("This witness failed to sign a stamp")
@@ -1077,6 +1082,31 @@ class MarketService(Service):
         took = max(seen for _, seen in recent)
         took += int(REACH_MARGIN * 1_000_000)
         return min(window - int(FIT_SPAN * 1_000_000), max(least, took))
+
+    def _list_unordered(self) -> None:
+        """
+        This node as a witness, at its first stamp after a start: list, as
+        seen now, every event held that has no fair time and no counted
+        receipt of this witness.  What it saw before it stopped is lost to
+        it (it may have stopped before stamping it, or its receipt did not
+        count and the record of when to list it again was in memory), and
+        an event that f + 1 witnesses' receipts do not count for would
+        wait forever, and every later event of its author with it.
+        """
+        ledger, signer = self._ledger, self._signer
+        if ledger is None or signer is None or ledger.fair is None:
+            return
+        fair, own = ledger.fair, signer.index
+        now_us = int(self.clock.seconds() * 1_000_000)
+        waiting = [e for e in ledger.unordered() if not fair.counted(e, own)]
+        # In the order they came to this node (the journal's): not by id,
+        # which an author chooses.
+        for event_id in waiting:
+            if event_id not in self._first_seen:
+                self._note_seen(event_id, now_us)
+        if waiting:
+            log.info("Listing {count} events that wait for their fair time, as seen now",
+                     count=len(waiting))  # fmt: skip
 
     def _note_seen(self, event_id: str, at: int) -> None:
         """

@@ -740,6 +740,27 @@ class WitnessStampTests(WitnessTestCase):
         self.assertEqual(self.publisher.stamps, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_restarted_witness_lists_what_waits(self) -> None:
+        """
+        A witness stopped before its stamp listed an event (or whose
+        receipt did not count) lists, at its first stamp after a restart,
+        every held event that has no fair time and no counted receipt of
+        its own, as seen then: else an event the other witnesses' receipts
+        alone do not order would wait forever.
+        """
+        author = peer_author(2)
+        events = [author.order(seq, seq, 0, "buy", "limit", "100", "1") for seq in (1, 2)]
+        self.market.receive(events)
+        self.clock.advance(self.market.apply_delay)  # applied and journaled, not stamped yet
+        self.market.stopService()
+        self.assertEqual(self.publisher.stamps, [])
+        self.market = self.make_market()
+        self.market.startService()
+        self.clock.advance(WITNESS_START_DELAY)  # its first stamp: nothing new seen
+        self.clock.advance(0)
+        listed = [event_id for stamp in self.publisher.stamps for event_id, _ in stamp.receipts]
+        self.assertEqual(listed, [event.id for event in events])
+
     def test_receipts_under_load_batched(self) -> None:
         """Under a steady stream of events, receipt stamps come MIN_STAMP_GAP apart at the least."""
         self.start_witnessing()

@@ -26,6 +26,7 @@ BENCH_INGEST = ROOT / "benchmarks" / "bench_ingest.py"
 BENCH_ENTRY = ROOT / "benchmarks" / "bench_entry.py"
 BENCH_MEMORY = ROOT / "benchmarks" / "bench_memory.py"
 BENCH_API_LOAD = ROOT / "benchmarks" / "bench_api_load.py"
+BENCH_FAULTS = ROOT / "benchmarks" / "bench_faults.py"
 
 FIGURE_KEYS = {"figure", "value", "unit", "target", "met"}
 
@@ -275,3 +276,19 @@ class BenchFairTests(OptionsTestCase):
         done = self.run_bench("--nodes", "4", "--json", os.path.abspath(self.mktemp()))
         self.assertEqual(done.returncode, 2, done.stdout + done.stderr)
         self.assertIn("--nodes: at least 5", done.stderr)
+
+
+class BenchFaultsTests(OptionsTestCase):
+    """``bench_faults.py`` imports and checks its options before it starts any node."""
+
+    def test_help(self) -> None:
+        """``--help`` lists the results protocol's options and the fault plan's knobs."""
+        options = ("--quick", "--json", "--runs", "--faults", "--seed", "--modes", "--hold",
+                   "--lead", "--stop-guard", "--keep")  # fmt: skip
+        self.assertHelpLists(BENCH_FAULTS, options)
+
+    def test_bad_options(self) -> None:
+        """No faults, an unknown partition mode or an empty range of holds is refused."""
+        self.assertRefused(BENCH_FAULTS, [("--faults", "0"), ("--runs", "0")], "at least 1")
+        self.assertRefused(BENCH_FAULTS, [("--modes", "sometimes")], "--modes")
+        self.assertRefused(BENCH_FAULTS, [("--hold", "3,1"), ("--hold", "x")], "--hold")

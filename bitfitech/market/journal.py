@@ -113,7 +113,6 @@ class EventJournal:
             ) from e
         return written
 
-
     def probe(self) -> None:
         """
         Write one row (the time of this probe, in the ``settings`` table) to

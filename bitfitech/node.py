@@ -146,6 +146,13 @@ class Node(MultiService):
             if self.exit_on_startup_error:
                 raise SystemExit(f"bitfi: {e}") from None
             raise
+        url = self.api.url if self.api is not None else None
+        if url is not None:
+            log.info("bitfi is running: open the dashboard at {url} (data directory {data_dir})",
+                     url=url, data_dir=self.config.data_dir)  # fmt: skip
+        else:
+            log.info("bitfi is running without its HTTP API (data directory {data_dir})",
+                     data_dir=self.config.data_dir)  # fmt: skip
 
     def stopService(self) -> Deferred[None]:
         """
@@ -298,11 +305,12 @@ def build_node(
         )  # fmt: skip
 
     # The end of the path: the API's view of the node, its metrics, the HTTP site.
+    api: ApiService | None = None
     control = NodeControl(
-        config, clock, storage, market, gossip=gossip, peers=peers, mdns=mdns, dht=dht
-    )
+        config, clock, storage, market, gossip=gossip, peers=peers, mdns=mdns, dht=dht,
+        api_url=lambda: api.url if api is not None else None,
+    )  # fmt: skip
     metrics = node_registry(control.status, market)
-    api = None
     if config.api_enabled:
         root = site_root(control, clock=clock, registry=metrics)
         api = ApiService(config, root, reactor, metrics)

@@ -53,6 +53,7 @@ class NodeControl:
         peers: PeerService | None = None,
         mdns: DiscoveryService | None = None,
         dht: DiscoveryService | None = None,
+        api_url: Callable[[], str | None] = lambda: None,
     ) -> None:
         """
         :param storage: the node's storage (its identity, once open).
@@ -61,6 +62,8 @@ class NodeControl:
             market's side alone, in tests): no links, no status.
         :param mdns: mDNS discovery, or ``None`` when it is off.
         :param dht: the DHT, or ``None`` when it is off.
+        :param api_url: the HTTP API's address while it listens (its
+            dashboard for browsers), else ``None`` (``--no-api``).
         """
         self.config = config
         self.clock = clock
@@ -70,6 +73,7 @@ class NodeControl:
         self.peer_layer = peers
         self.mdns = mdns
         self.dht = dht
+        self.api_url = api_url
         self._link_observers: list[Observer] = []
         self._watched_hub: PeerHub | None = None
         self._known_links: dict[str, tuple[str | None, str]] = {}
@@ -112,6 +116,8 @@ class NodeControl:
                 "bans": len(hub.bans.active(now)),
             },
             "uptime_s": round(now - (peers.started_at or now), 3),
+            "api": {"url": api, "dashboard": api} if (api := self.api_url()) else None,
+            "data_dir": config.data_dir,
             **self.discovery(),
             **self.market.status(),
             "gossip": self.gossip.summary() if self.gossip is not None else {},

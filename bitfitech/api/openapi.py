@@ -110,6 +110,14 @@ SCHEMAS: Final[dict[str, Schema]] = {
                     closed=False,
                 ),  # fmt: skip
                 "uptime_s": NUMBER,
+                "api": nullable(
+                    {
+                        **obj({"url": TEXT, "dashboard": TEXT}),
+                        "description": "Where the HTTP API listens, and its dashboard (the "
+                        "same address, for browsers); null with `--no-api`.",
+                    }
+                ),
+                "data_dir": {**TEXT, "description": "The node's data directory."},
                 "mdns": nullable(ref("MDNSStatus")),
                 "dht": nullable(ref("DHTStatus")),
                 "events": COUNT,

@@ -87,8 +87,14 @@ class ApiService(ListeningService):
             f"the HTTP API on {where}",
         )
         super().startService()
-        log.info("HTTP API on http://{where}/", where=format_hostport(
-            config.api_host, self.listen_port))  # fmt: skip
+        log.info("HTTP API and dashboard on {url}", url=self.url)
+
+    @property
+    def url(self) -> str | None:
+        """The API's address while it listens (browsers get the dashboard there), or ``None``."""
+        if self.port is None:
+            return None
+        return f"http://{format_hostport(self.config.api_host, self.listen_port)}/"
 
     def stopService(self) -> Deferred[None]:
         """

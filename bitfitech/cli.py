@@ -36,7 +36,7 @@ from decimal import Decimal
 from typing import Any, NoReturn, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
-from . import USER_AGENT
+from . import USER_AGENT, __version__
 from .address import AddressError, parse_address
 
 DEFAULT_NODE = "http://127.0.0.1:13000"
@@ -1079,6 +1079,10 @@ def build_parser(stdout: TextIO, stderr: TextIO) -> argparse.ArgumentParser:
         "3 cannot reach the node, 4 unauthorized (pass --token).",
         parents=[common],
     )
+    parser.add_argument(
+        "--version", action="version", version=f"bitfi {__version__}",
+        help="print the version of this bitfi and exit",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def command(name: str, runner: Runner | None, help_text: str) -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from bitfitech import cli
+from bitfitech import __version__, cli
 from bitfitech.node import Node
 from bitfitech.testing import (
     HANG_GUARD,
@@ -149,6 +149,11 @@ class UsageTests(SynchronousTestCase):
                         "cancel", "watch", "token", "banned", "unban"):  # fmt: skip
             self.assertIn(command, run.out)
         self.assertIn("4 unauthorized", run.out)
+
+    def test_version(self) -> None:
+        """``bitfi --version`` prints the version (the one ``/status`` reports)."""
+        run = self.run_cli("--version")
+        self.assertEqual((run.code, run.out, run.err), (0, f"bitfi {__version__}\n", ""))
 
     def test_no_command(self) -> None:
         run = self.run_cli()

@@ -459,12 +459,28 @@ def render_status(status: Mapping[str, Any], now: float) -> list[str]:
                    f"lamport {status.get('lamport', 0)}; "
                    f"{market.get('open_orders', 0)} open orders; "
                    f"{market.get('trades', 0)} trades"),
+        ("sync", _sync_summary(status.get("sync"))),
         *_order_summary(status, state_hash, now),
         ("mdns", _mdns_summary(status.get("mdns"))),
         ("dht", _dht_summary(status.get("dht"))),
     ]  # fmt: skip
     width = max(len(name) for name, _ in lines)
     return [f"{name.ljust(width)}  {value}" for name, value in lines]
+
+
+def _sync_summary(sync: Mapping[str, Any] | None) -> str:
+    """The ``sync`` line of ``bitfi status``: how far the node is behind its peers."""
+    if not sync:
+        return "unknown"
+    state = sync.get("state")
+    if state != "syncing":
+        return f"{state} ({sync.get('events', 0):,} events)"
+    events, known = sync.get("events", 0), sync.get("known", 0)
+    eta = sync.get("eta_s")
+    left = f"about {duration(eta)} left" if eta is not None else "time left unknown"
+    percent = 100 * events / known if known else 0
+    return (f"syncing: {events:,} of {known:,} events ({percent:.0f} %), "
+            f"{sync.get('rate', 0):,.0f} events/s, {left}")  # fmt: skip
 
 
 def _order_summary(

@@ -270,6 +270,7 @@ class _Peer:
         "authors",
         "last_rate_report",
         "stamps_out",
+        "claims",
     )
 
     def __init__(self, link: IPeerLink, authors: BucketTable) -> None:
@@ -303,6 +304,9 @@ class _Peer:
         self.queued = 0
         # Witness stamps to send at the next flush.
         self.stamps_out: list[Stamp] = []
+        # What its last sync said it holds, author -> seq (None: no sync
+        # yet): how far behind this node is (Gossip.progress).
+        self.claims: dict[str, int] | None = None
 
     def knows(self, event_id: str) -> None:
         known = self.known
@@ -383,6 +387,15 @@ class Gossip:
         self._lag = 0.0
         self._ages = 0.0
         self._aged = 0
+        # Sync progress: (when, events held) at the last looks; since when,
+        # and from how many events held, this node is catching up (None:
+        # it is not); the last look.
+        self._held_samples: deque[tuple[float, int]] = deque(maxlen=PROGRESS_SAMPLES)
+        self._catching_up: tuple[float, int] | None = None
+        self._progress: dict[str, Any] = {
+            "state": "waiting for peers", "events": 0, "known": 0, "behind": 0, "rate": 0.0,
+            "eta_s": None,
+        }  # fmt: skip
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "events_received", "events_new", "events_duplicate", "events_invalid",
@@ -409,6 +422,7 @@ class Gossip:
             (GAP_CHECK, self._check_gaps),
             (self.timing.request_timeout / 4, self._expire_requests),
             (AUTHOR_PRUNE, self._prune_authors),
+            (PROGRESS_INTERVAL, self._check_progress),
         ):
             loop = LoopingCall(call)
             loop.clock = self.clock
@@ -824,6 +838,10 @@ class Gossip:
 
     def _on_sync(self, peer: _Peer, message: Sync) -> None:
         self.stats["sync_received"] += 1
+        first = peer.claims is None
+        peer.claims = dict(message.vector)
+        if first and self._catching_up is None:
+            self._check_progress()  # a first look at once, not at the next tick
         store = self.store
         if message.chains:
             self._send_differing_chains(peer, message)
@@ -1201,6 +1219,69 @@ class Gossip:
             peer.out_getdata.append(ident)
         self._flush_soon()
 
+    # -- sync progress
+
+    def _check_progress(self) -> None:
+        """
+        Look how far this node is behind its peers (what their last syncs
+        said they hold, beyond what it holds), and log it when it is
+        :data:`PROGRESS_LOG_MIN` events behind or more: then, every
+        :data:`PROGRESS_INTERVAL` while it is behind, and once it has
+        caught up.
+        """
+        now = self.clock.seconds()
+        ours = self.store.vector()
+        held = sum(ours.values())
+        claimed: dict[str, int] = {}
+        heard = False
+        for peer in self.peers.values():
+            if peer.claims is None:
+                continue
+            heard = True
+            for author, seq in peer.claims.items():
+                if seq > claimed.get(author, 0):
+                    claimed[author] = seq
+        behind = sum(max(0, seq - ours.get(author, 0)) for author, seq in claimed.items())
+        samples = self._held_samples
+        samples.append((now, held))
+        rate = 0.0
+        if len(samples) > 1 and now > samples[0][0]:
+            rate = max(0.0, (held - samples[0][1]) / (now - samples[0][0]))
+        eta = behind / rate if behind and rate > 0 else None
+        state = "syncing" if behind else ("synced" if heard else "waiting for peers")
+        self._progress = {
+            "state": state, "events": held, "known": held + behind, "behind": behind,
+            "rate": round(rate, 1), "eta_s": round(eta, 1) if eta is not None else None,
+        }  # fmt: skip
+        started = self._catching_up
+        if behind >= PROGRESS_LOG_MIN and started is None:
+            self._catching_up = (now, held)
+            log.info("Syncing with peers: {behind} events to fetch, {held} held",
+                     behind=behind, held=held)  # fmt: skip
+        elif behind and started is not None:
+            left = f"about {eta:.0f} s left" if eta is not None else "time left unknown"
+            log.info(
+                "Syncing: {held} of {known} events ({percent:.0f} %), {rate:.0f} events/s, "
+                "{left}", held=held, known=held + behind, percent=100 * held / (held + behind),
+                rate=rate, left=left,
+            )  # fmt: skip
+        elif not behind and started is not None:
+            self._catching_up = None
+            log.info("Synced: {fetched} events in {seconds:.1f} s; {held} events held",
+                     fetched=held - started[1], seconds=now - started[0], held=held)  # fmt: skip
+
+    def progress(self) -> dict[str, Any]:
+        """
+        The ``sync`` part of ``GET /status``, as of the last look (at most
+        :data:`PROGRESS_INTERVAL` old): ``state`` (``syncing``, ``synced``
+        or ``waiting for peers``), the ``events`` held, those ``known`` to
+        exist from the peers' last syncs, how many this node is ``behind``
+        by, the ``rate`` it gains events at (events/s, over the last half
+        minute) and the estimated seconds left (``eta_s``, ``None`` if
+        unknown).
+        """
+        return dict(self._progress)
+
     def summary(self) -> dict[str, Any]:
         """The gossip part of ``GET /status``."""
         return {**self.stats, "requests_in_flight": len(self._requested),
@@ -1218,3 +1299,14 @@ def _vector_entries(vector: dict[str, int], limit: int) -> list[tuple[str, int]]
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+#: seconds between two looks at how far this node is behind its peers
+#: (``GET /status``'s ``sync``, and a log line each while it is behind);
+#: its rate is taken over the last PROGRESS_SAMPLES looks
+PROGRESS_INTERVAL = 5.0
+PROGRESS_SAMPLES = 6
+
+#: events behind from which catching up is logged (fewer are the events in
+#: flight on a busy network, not a node catching up)
+PROGRESS_LOG_MIN = 500

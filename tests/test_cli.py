@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -831,6 +832,17 @@ class RenderTests(SynchronousTestCase):
             f"witness  {'c' * 16}  0 stamps, none yet, FLAGGED: equivocation",
         ])  # fmt: skip
         self.assertEqual(lines.index(witness_lines[-1]) + 1, lines.index("mdns     off"))
+
+    def test_status_sync_line(self) -> None:
+        """How far the node is behind its peers: syncing with a rate and time left, or synced."""
+        syncing = {"state": "syncing", "events": 40_000, "known": 100_000, "behind": 60_000,
+                   "rate": Decimal("5000.0"), "eta_s": Decimal("12.0")}  # fmt: skip
+        lines = cli.render_status({"sync": syncing}, 0.0)
+        self.assertIn("sync     syncing: 40,000 of 100,000 events (40 %), 5,000 events/s, "
+                      "about 12s left", lines)  # fmt: skip
+        synced = {**syncing, "state": "synced", "events": 100_000, "behind": 0, "eta_s": None}
+        self.assertIn("sync     synced (100,000 events)", cli.render_status({"sync": synced}, 0.0))
+        self.assertIn("sync     unknown", cli.render_status({}, 0.0))
 
     def test_trade_statuses(self) -> None:
         base = {"id": "c" * 64, "price": "1", "amount": "2", "side": "buy", "taker": "d" * 64,

@@ -121,6 +121,7 @@ class NodeControl:
             **self.discovery(),
             **self.market.status(),
             "gossip": self.gossip.summary() if self.gossip is not None else {},
+            "sync": self.gossip.progress() if self.gossip is not None else None,
         }
 
     def peers(self) -> list[dict[str, Any]]:

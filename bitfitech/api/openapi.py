@@ -139,10 +139,28 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 },
                 "market": {"type": "object"},
                 "gossip": {"type": "object"},
+                "sync": nullable(ref("SyncStatus")),
             },
             closed=False,
         ),
         "description": "What the node is and how it is doing; more keys may come.",
+    },
+    "SyncStatus": {
+        **obj(
+            {
+                "state": {"enum": ["syncing", "synced", "waiting for peers"]},
+                "events": {**COUNT, "description": "Events held (without gaps)."},
+                "known": {
+                    **COUNT,
+                    "description": "Events known to exist: held, and beyond them what the "
+                    "peers' last syncs said they hold.",
+                },
+                "behind": {**COUNT, "description": "known - events."},
+                "rate": {**NUMBER, "description": "Events gained per second, lately."},
+                "eta_s": nullable({**NUMBER, "description": "Seconds left at that rate."}),
+            }
+        ),
+        "description": "How far the node is behind its peers, looked at every 5 s.",
     },
     "WitnessStatus": {
         **obj(

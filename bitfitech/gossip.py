@@ -389,13 +389,10 @@ class Gossip:
         self._aged = 0
         # Sync progress: (when, events held) at the last looks; since when,
         # and from how many events held, this node is catching up (None:
-        # it is not); the last look.
+        # it is not); when that was last logged.
         self._held_samples: deque[tuple[float, int]] = deque(maxlen=PROGRESS_SAMPLES)
         self._catching_up: tuple[float, int] | None = None
-        self._progress: dict[str, Any] = {
-            "state": "waiting for peers", "events": 0, "known": 0, "behind": 0, "rate": 0.0,
-            "eta_s": None,
-        }  # fmt: skip
+        self._progress_logged = float("-inf")
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "events_received", "events_new", "events_duplicate", "events_invalid",
@@ -422,7 +419,7 @@ class Gossip:
             (GAP_CHECK, self._check_gaps),
             (self.timing.request_timeout / 4, self._expire_requests),
             (AUTHOR_PRUNE, self._prune_authors),
-            (PROGRESS_INTERVAL, self._check_progress),
+            (PROGRESS_CHECK, self._check_progress),
         ):
             loop = LoopingCall(call)
             loop.clock = self.clock
@@ -1223,43 +1220,25 @@ class Gossip:
 
     def _check_progress(self) -> None:
         """
-        Look how far this node is behind its peers (what their last syncs
-        said they hold, beyond what it holds), and log it when it is
-        :data:`PROGRESS_LOG_MIN` events behind or more: then, every
-        :data:`PROGRESS_INTERVAL` while it is behind, and once it has
-        caught up.
+        Every :data:`PROGRESS_CHECK`: look how far this node is behind its
+        peers, and log it when it is :data:`PROGRESS_LOG_MIN` events behind
+        or more: then, every :data:`PROGRESS_INTERVAL` while it is behind,
+        and as soon as it has caught up.
         """
         now = self.clock.seconds()
-        ours = self.store.vector()
-        held = sum(ours.values())
-        claimed: dict[str, int] = {}
-        heard = False
-        for peer in self.peers.values():
-            if peer.claims is None:
-                continue
-            heard = True
-            for author, seq in peer.claims.items():
-                if seq > claimed.get(author, 0):
-                    claimed[author] = seq
-        behind = sum(max(0, seq - ours.get(author, 0)) for author, seq in claimed.items())
+        held, behind, heard = self._measure()
         samples = self._held_samples
         samples.append((now, held))
-        rate = 0.0
-        if len(samples) > 1 and now > samples[0][0]:
-            rate = max(0.0, (held - samples[0][1]) / (now - samples[0][0]))
-        eta = behind / rate if behind and rate > 0 else None
-        state = "syncing" if behind else ("synced" if heard else "waiting for peers")
-        self._progress = {
-            "state": state, "events": held, "known": held + behind, "behind": behind,
-            "rate": round(rate, 1), "eta_s": round(eta, 1) if eta is not None else None,
-        }  # fmt: skip
         started = self._catching_up
         if behind >= PROGRESS_LOG_MIN and started is None:
             self._catching_up = (now, held)
+            self._progress_logged = now
             log.info("Syncing with peers: {behind} events to fetch, {held} held",
                      behind=behind, held=held)  # fmt: skip
-        elif behind and started is not None:
-            left = f"about {eta:.0f} s left" if eta is not None else "time left unknown"
+        elif behind and started is not None and now - self._progress_logged >= PROGRESS_INTERVAL:
+            self._progress_logged = now
+            rate = self._rate()
+            left = f"about {behind / rate:.0f} s left" if rate > 0 else "time left unknown"
             log.info(
                 "Syncing: {held} of {known} events ({percent:.0f} %), {rate:.0f} events/s, "
                 "{left}", held=held, known=held + behind, percent=100 * held / (held + behind),
@@ -1270,17 +1249,50 @@ class Gossip:
             log.info("Synced: {fetched} events in {seconds:.1f} s; {held} events held",
                      fetched=held - started[1], seconds=now - started[0], held=held)  # fmt: skip
 
+    def _measure(self) -> tuple[int, int, bool]:
+        """
+        Events held (without gaps), how many more the peers' last syncs
+        said they hold, and whether any peer has sent one yet.
+        """
+        ours = self.store.vector()
+        claimed: dict[str, int] = {}
+        heard = False
+        for peer in self.peers.values():
+            if peer.claims is None:
+                continue
+            heard = True
+            for author, seq in peer.claims.items():
+                if seq > claimed.get(author, 0):
+                    claimed[author] = seq
+        behind = sum(max(0, seq - ours.get(author, 0)) for author, seq in claimed.items())
+        return sum(ours.values()), behind, heard
+
+    def _rate(self) -> float:
+        """Events gained per second over the last looks (:data:`PROGRESS_SAMPLES`)."""
+        samples = self._held_samples
+        if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
+            return 0.0
+        return max(0.0, (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0]))
+
     def progress(self) -> dict[str, Any]:
         """
-        The ``sync`` part of ``GET /status``, as of the last look (at most
-        :data:`PROGRESS_INTERVAL` old): ``state`` (``syncing``, ``synced``
-        or ``waiting for peers``), the ``events`` held, those ``known`` to
-        exist from the peers' last syncs, how many this node is ``behind``
-        by, the ``rate`` it gains events at (events/s, over the last half
-        minute) and the estimated seconds left (``eta_s``, ``None`` if
+        The ``sync`` part of ``GET /status``, measured now: ``state``
+        (``syncing``, ``synced`` or ``waiting for peers``), the ``events``
+        held, those ``known`` to exist from the peers' last syncs, how many
+        this node is ``behind`` by, the ``rate`` it gained events at lately
+        (events/s) and the estimated seconds left (``eta_s``; ``None`` if
         unknown).
         """
-        return dict(self._progress)
+        held, behind, heard = self._measure()
+        rate = self._rate()
+        return {
+            "state": "syncing" if behind else ("synced" if heard else "waiting for peers"),
+            "events": held,
+            "known": held + behind,
+            "behind": behind,
+            "rate": round(rate, 1),
+            "eta_s": round(behind / rate, 1) if behind and rate > 0 else None,
+        }
 
     def summary(self) -> dict[str, Any]:
         """The gossip part of ``GET /status``."""
@@ -1302,10 +1314,11 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 
 
 #: seconds between two looks at how far this node is behind its peers
-#: (``GET /status``'s ``sync``, and a log line each while it is behind);
-#: its rate is taken over the last PROGRESS_SAMPLES looks
+#: (its rate is taken over the last PROGRESS_SAMPLES looks), and between
+#: two log lines while it catches up
+PROGRESS_CHECK = 1.0
+PROGRESS_SAMPLES = 30
 PROGRESS_INTERVAL = 5.0
-PROGRESS_SAMPLES = 6
 
 #: events behind from which catching up is logged (fewer are the events in
 #: flight on a busy network, not a node catching up)

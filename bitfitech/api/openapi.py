@@ -160,7 +160,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "eta_s": nullable({**NUMBER, "description": "Seconds left at that rate."}),
             }
         ),
-        "description": "How far the node is behind its peers, looked at every 5 s.",
+        "description": "How far the node is behind its peers, measured at the request.",
     },
     "WitnessStatus": {
         **obj(

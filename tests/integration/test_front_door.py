@@ -58,6 +58,7 @@ class SyncProgressTests(ClusterTestCase):
     """A joining node says how far behind it is, in ``/status`` and the log, until synced."""
 
     async def test_join_progress_then_synced(self) -> None:
+        self.patch(gossip_module, "PROGRESS_CHECK", 0.05)
         self.patch(gossip_module, "PROGRESS_INTERVAL", 0.1)
         self.patch(gossip_module, "PROGRESS_LOG_MIN", 100)
         observer = EventLoggingObserver()
@@ -71,14 +72,20 @@ class SyncProgressTests(ClusterTestCase):
             )
         b = self.cluster.start_node(bootstrap_to=[a])
 
+        def gossip_lines() -> list[str]:
+            return [
+                formatEvent(e) for e in observer if e.get("log_namespace") == "bitfitech.gossip"
+            ]
+
         def synced() -> bool:
             sync = b.control.status()["sync"]
-            return bool(sync["state"] == "synced" and sync["events"] == 1000)
+            logged = any(line.startswith("Synced:") for line in gossip_lines())
+            return bool(sync["state"] == "synced" and sync["events"] == 1000 and logged)
 
         await poll_until(self.reactor, synced, HANG_GUARD, "B synced")
         sync = b.control.status()["sync"]
         self.assertEqual((sync["known"], sync["behind"], sync["eta_s"]), (1000, 0, None))
-        lines = [formatEvent(e) for e in observer if e.get("log_namespace") == "bitfitech.gossip"]
+        lines = gossip_lines()
         started = [line for line in lines if line.startswith("Syncing with peers")]
         done = [line for line in lines if line.startswith("Synced:")]
         self.assertEqual(len(started), 1, lines)

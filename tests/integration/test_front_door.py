@@ -24,9 +24,7 @@ class FrontDoorTests(ClusterTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.observer = EventLoggingObserver()
-        globalLogPublisher.addObserver(self.observer)
-        self.addCleanup(globalLogPublisher.removeObserver, self.observer)
+        self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
     def lines(self) -> list[str]:
         return [formatEvent(event) for event in self.observer]
@@ -61,9 +59,7 @@ class SyncProgressTests(ClusterTestCase):
         self.patch(gossip_module, "PROGRESS_CHECK", 0.05)
         self.patch(gossip_module, "PROGRESS_INTERVAL", 0.1)
         self.patch(gossip_module, "PROGRESS_LOG_MIN", 100)
-        observer = EventLoggingObserver()
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         a = self.cluster.start_node()
         self.assertEqual(a.control.status()["sync"]["state"], "waiting for peers")
         for _ in range(2):

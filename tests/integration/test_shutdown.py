@@ -94,9 +94,7 @@ class StopTests(ClusterTestCase):
         """
         self.patch(peer_service, "CLOSE_GRACE", 30.0)
         self.patch(node_module, "STOP_DEADLINE", 0.3)
-        observer = EventLoggingObserver()
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         node = self.cluster.start_node()
         await self.place_orders(node)
         client = await self.silent_client(node)

@@ -18,9 +18,10 @@ after construction.  The children start in this order:
 5. ``api``: the HTTP API, its metrics and dashboard
    (:mod:`bitfitech.api.service`; it can be off).
 
-A stop is bounded in time (:meth:`Node.stopService`): the parts facing
-the network are told to stop first, the market journals and writes its
-checkpoint without waiting for them, and the storage closes last.
+A stop is bounded in time (:meth:`Node.stopService`, with
+:mod:`bitfitech.lifecycle`): the parts facing the network are told to stop
+first, the market journals and writes its checkpoint without waiting for
+them, and the storage closes last.
 
 What is known only once the node starts (its id, read from the data
 directory; the port it got) reaches the parts at start, not at build:
@@ -32,13 +33,12 @@ them.
 from __future__ import annotations
 
 import random
-from typing import Any, cast
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorTime
-from twisted.python.failure import Failure
 
 from .address import format_hostport
 from .api.app import site_root
@@ -52,6 +52,7 @@ from .discovery.mdns import MDNSService
 from .discovery.service import DiscoveryService, dht_bind_host
 from .gossip import Gossip, ThreadedVerifier
 from .identity import IdentityError
+from .lifecycle import announce_running, stop_in_order
 from .listening import StartupError
 from .logs import logger, set_log_level
 from .market.journal import ThreadedSyncer
@@ -66,11 +67,6 @@ from .storage import Storage, StorageError, StorageService
 from .wire.messages import PROTOCOL_VERSION
 
 log = logger(__name__)
-
-#: seconds a stop may wait for peer links and API clients to close, from
-#: SIGTERM (or ``stopService``); the market's journal and checkpoint are
-#: written before, and the storage closed after, whatever is still open
-STOP_DEADLINE = 4.0
 
 
 class Node(MultiService):
@@ -146,82 +142,30 @@ class Node(MultiService):
             if self.exit_on_startup_error:
                 raise SystemExit(f"bitfi: {e}") from None
             raise
-        url = self.api.url if self.api is not None else None
-        if url is not None:
-            log.info("bitfi is running: open the dashboard at {url} (data directory {data_dir})",
-                     url=url, data_dir=self.config.data_dir)  # fmt: skip
-        else:
-            log.info("bitfi is running without its HTTP API (data directory {data_dir})",
-                     data_dir=self.config.data_dir)  # fmt: skip
+        announce_running(self.api.url if self.api is not None else None, self.config.data_dir)
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop in a bounded time, whatever peers and clients do.
-
-        1. Everything facing the network is told to stop at once, and not
-           waited for yet: the API stops accepting and drops its clients,
-           discovery stops, the peer layer stops dialling and listening and
-           asks every link to close (aborting those still open after
-           :data:`~bitfitech.peer.service.CLOSE_GRACE`).
-        2. The market journals what is on its way and writes its
-           checkpoint: it waits on the disk only, never on the network, so
-           a stuck peer cannot cost the next start a full replay.
-        3. The network parts get what is left of :data:`STOP_DEADLINE`
-           to finish; what has not is logged and left behind.
-        4. The storage closes last, once nothing writes to it.
+        Stop in a bounded time, whatever peers and clients do
+        (:func:`~bitfitech.lifecycle.stop_in_order`): the API, discovery and
+        the peers are told to stop at once, the market journals and writes
+        its checkpoint without waiting for them, and the storage stops last.
         """
         Service.stopService(self)
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
-        clock = self.clock
-        deadline = clock.seconds() + STOP_DEADLINE
         facing = [s for s in reversed(list(self)) if s not in (self.market, self._storage_service)]
-        closing = DeferredList([_stopped(service) for service in facing], consumeErrors=True)
-        await _stopped(self.market)
-        if not await _within(closing, deadline - clock.seconds(), clock):
-            log.warn(
-                "Stopping without waiting longer for {links} peer links and {clients} API "
-                "connections to close ({seconds:g} s deadline)",
-                links=self.peers.open_links, seconds=STOP_DEADLINE,
-                clients=self.api.site.open_connections if self.api is not None else 0,
-            )  # fmt: skip
-        await _stopped(self._storage_service)
+        return Deferred.fromCoroutine(
+            stop_in_order(
+                self.clock, facing=facing, disk=self.market, last=self._storage_service,
+                still_open=self._still_open,
+            )
+        )  # fmt: skip
 
-
-def _stopped(service: IService) -> Deferred[None]:
-    """Stop C{service}; fires once it has stopped (a failure is logged, not passed on)."""
-    d: Deferred[None] = maybeDeferred(service.stopService)
-    d.addErrback(_stop_failed, service)
-    return d
-
-
-def _stop_failed(failure: Failure, service: IService) -> None:
-    log.failure("Stopping the {name} service failed", failure, name=service.name)
-
-
-def _within(waited: Deferred[Any], seconds: float, clock: IReactorTime) -> Deferred[bool]:
-    """
-    Fires with ``True`` once C{waited} fires, or with ``False`` after
-    C{seconds} if it has not (C{waited} is left alone: a Deferred that
-    cannot be cancelled would complain when it fires later).
-    """
-    result: Deferred[bool] = Deferred()
-
-    def expired() -> None:
-        if not result.called:
-            result.callback(False)
-
-    timer = clock.callLater(max(0.0, seconds), expired)
-
-    def finished(_: object) -> None:
-        if timer.active():
-            timer.cancel()
-        if not result.called:
-            result.callback(True)
-
-    waited.addBoth(finished)
-    return result
+    def _still_open(self) -> dict[str, int]:
+        api = self.api
+        return {
+            "links": self.peers.open_links,
+            "clients": api.site.open_connections if api is not None else 0,
+        }
 
 
 def build_node(

@@ -23,7 +23,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from bitfitech import node as node_module
+from bitfitech import lifecycle
 from bitfitech.node import Node
 from bitfitech.peer import service as peer_service
 from bitfitech.testing import ClusterTestCase
@@ -93,7 +93,7 @@ class StopTests(ClusterTestCase):
         how many links were left.
         """
         self.patch(peer_service, "CLOSE_GRACE", 30.0)
-        self.patch(node_module, "STOP_DEADLINE", 0.3)
+        self.patch(lifecycle, "STOP_DEADLINE", 0.3)
         observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         node = self.cluster.start_node()
         await self.place_orders(node)

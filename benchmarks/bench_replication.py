@@ -146,14 +146,15 @@ def light_load(
 
 
 def fetch_applied(cluster: Cluster, orders: list[Placed]) -> list[list[float | None]]:
-    """``applied_at`` of every order on every node (``None`` where missing)."""
+    """``applied_at`` of every order on every node, in seconds (``None`` where missing)."""
     pool = ApiPool()
 
     def row(order: Placed) -> list[float | None]:
         out: list[float | None] = []
         for node in cluster.nodes:
             status, doc = pool.api(node.api_port).request("GET", f"/orders/{order.id}")
-            out.append(doc.get("applied_at") if status == 200 else None)
+            at = doc.get("applied_at") if status == 200 else None
+            out.append(None if at is None else at / 1000)
         return out
 
     with ThreadPoolExecutor(max_workers=8) as executor:

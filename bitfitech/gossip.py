@@ -1280,8 +1280,8 @@ class Gossip:
         (``syncing``, ``synced`` or ``waiting for peers``), the ``events``
         held, those ``known`` to exist from the peers' last syncs, how many
         this node is ``behind`` by, the ``rate`` it gained events at lately
-        (events/s) and the estimated seconds left (``eta_s``; ``None`` if
-        unknown).
+        (events/s) and the estimated time left (``eta_ms``, milliseconds;
+        ``None`` if unknown).
         """
         held, behind, heard = self._measure()
         rate = self._rate()
@@ -1291,7 +1291,7 @@ class Gossip:
             "known": held + behind,
             "behind": behind,
             "rate": round(rate, 1),
-            "eta_s": round(behind / rate, 1) if behind and rate > 0 else None,
+            "eta_ms": round(behind / rate * 1000) if behind and rate > 0 else None,
         }
 
     def summary(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ module imports nothing of bitfi's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from zope.interface import Attribute, Interface
 
@@ -22,6 +22,21 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from twisted.internet.defer import Deferred
+
+
+@overload
+def unix_ms(seconds: float) -> int: ...
+@overload
+def unix_ms(seconds: None) -> None: ...
+@overload
+def unix_ms(seconds: float | None) -> int | None: ...
+def unix_ms(seconds: float | None) -> int | None:
+    """
+    A clock time in seconds as the API states every time: integer unix
+    milliseconds (``None`` stays ``None``).  Durations go out in
+    milliseconds too, under names ending ``_ms``.
+    """
+    return None if seconds is None else round(seconds * 1000)
 
 
 class ILinkOwner(Interface):
@@ -95,8 +110,8 @@ class INodeControl(Interface):
     def banned() -> list[dict[str, Any]]:
         """
         The bans in force, newest first (``GET /peers/banned``): ``{"address":
-        IP, "node_id": hex40 | None, "reason": str, "banned_at": float,
-        "until": float}`` each, times in unix seconds.
+        IP, "node_id": hex40 | None, "reason": str, "banned_at": int,
+        "until": int}`` each, times in unix ms.
         """
 
     def unban(address: str) -> dict[str, Any] | None:
@@ -132,8 +147,8 @@ class INodeControl(Interface):
         "open" | "filled" | "cancelled" | "rejected" | "pending" (held,
         waiting for an earlier event of its author), "reason": str | None,
         "author": hex64, "seq": int, "lamport": int, "created_at": int (unix
-        ms, the author's clock), "applied_at": float | None (unix seconds,
-        when this node first applied it; remembered for recent events only),
+        ms, the author's clock), "applied_at": int | None (unix ms, when
+        this node first applied it; remembered for recent events only),
         "settled": bool, "trades": [trade, ...]}``, and a trade document ``{"id": hex64,
         "price": str, "amount": str, "side": "buy" | "sell" (the taker's),
         "taker": hex64, "maker": hex64, "lamport": int, "time": int (unix
@@ -193,6 +208,15 @@ class INodeControl(Interface):
         The aggregated book (``GET /book``): ``{"bids": [[price, amount,
         count], ...], "asks": [...]}``, best level first, at most C{depth}
         levels a side; price and amount are decimal strings, count an int.
+        """
+
+    def ticker() -> dict[str, Any]:
+        """
+        The market over the last 24 hours (``GET /ticker``): ``{"pair",
+        "last", "open", "change", "change_pct", "high", "low", "volume",
+        "quote_volume", "trades", "best_bid", "best_ask", "spread", "mid",
+        "window_ms", "at"}``; prices and amounts are decimal strings (``null``
+        where there is none), ``trades`` a count, times unix ms.
         """
 
     def trades(limit: int, offset: int = 0) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ trades and the book are made here, from the market's objects, by
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
@@ -25,9 +26,10 @@ from ..address import AddressError, parse_address
 from ..config import NodeConfig
 from ..discovery.service import DiscoveryService
 from ..gossip import Gossip
-from ..interfaces import BatchRejected, INodeControl, ServiceUnavailable
+from ..interfaces import BatchRejected, INodeControl, ServiceUnavailable, unix_ms
 from ..market.events import Event
 from ..market.service import MarketChange, MarketService
+from ..market.ticker import Ticker
 from ..peer.hub import PeerHub
 from ..peer.protocol import PeerProtocol
 from ..peer.service import PeerService
@@ -74,6 +76,7 @@ class NodeControl:
         self.mdns = mdns
         self.dht = dht
         self.api_url = api_url
+        self._ticker = Ticker()
         self._link_observers: list[Observer] = []
         self._watched_hub: PeerHub | None = None
         self._known_links: dict[str, tuple[str | None, str]] = {}
@@ -115,7 +118,7 @@ class NodeControl:
                 "protocol_violations": hub.misbehaviour_count,
                 "bans": len(hub.bans.active(now)),
             },
-            "uptime_s": round(now - (peers.started_at or now), 3),
+            "uptime_ms": round((now - (peers.started_at or now)) * 1000),
             "api": {"url": api, "dashboard": api} if (api := self.api_url()) else None,
             "data_dir": config.data_dir,
             **self.discovery(),
@@ -150,7 +153,7 @@ class NodeControl:
         ban = peers.hub.bans.get(parsed.host, self.clock.seconds())
         if ban is not None:
             raise PermissionError(
-                f"{ban.address} is banned until {ban.until:.0f} (unix time): {ban.reason}; "
+                f"{ban.address} is banned until {_utc(ban.until)}: {ban.reason}; "
                 f"lift the ban with DELETE /peers/banned/{ban.address}"
             )
         d = peers.dialer.dial(parsed, manual=True)
@@ -239,6 +242,13 @@ class NodeControl:
         market.flush()
         return book_doc(market.ledger, depth)
 
+    def ticker(self) -> dict[str, Any]:
+        """``GET /ticker``."""
+        market = self._market()
+        market.flush()
+        now = unix_ms(self.clock.seconds())
+        return {"pair": self.config.pair, **self._ticker.read(market.ledger, now)}
+
     def trades(self, limit: int, offset: int = 0) -> list[dict[str, Any]]:
         """``GET /trades``: newest first."""
         market = self._market()
@@ -318,6 +328,11 @@ class NodeControl:
                         "direction": direction}  # fmt: skip
             for observer in list(self._link_observers):
                 observer("peer", document)
+
+
+def _utc(seconds: float) -> str:
+    """Clock time C{seconds} as an RFC 3339 UTC time, to the second, for messages."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _first_failure(failure: Failure) -> Failure:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..interfaces import unix_ms
 from ..market.events import Event
 from ..market.ledger import TENTATIVE, Ledger, TradeRecord
 from ..market.service import MarketService
@@ -78,7 +79,7 @@ def order_doc(market: MarketService, event: Event) -> dict[str, Any]:
         "seq": event.seq,
         "lamport": event.lamport,
         "created_at": event.ts,
-        "applied_at": market.applied_at(event.id),
+        "applied_at": unix_ms(market.applied_at(event.id)),
         "fair_time": _fair_time(ledger, event.id),
         "settled": position is not None and ledger.status_at(position) != TENTATIVE,
         "trades": [trade_doc(ledger, trade) for trade in trades],

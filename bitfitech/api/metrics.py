@@ -284,7 +284,9 @@ class NodeCollector:
             },
         )
         yield info
-        yield _gauge("bitfi_uptime_seconds", "Seconds since the node started.", status["uptime_s"])
+        yield _gauge(
+            "bitfi_uptime_seconds", "Seconds since the node started.", status["uptime_ms"] / 1000
+        )
 
     def _peers(self, peers: Mapping[str, Any]) -> Iterator[Metric]:
         links = GaugeMetricFamily(

@@ -25,7 +25,14 @@ from .jsonresource import (
     ORDERS_LIMIT,
     SIDES,
 )
-from .stream import BOOK_DEPTH, MAX_BACKLOG, MAX_CLIENTS, STATUS_INTERVAL, STREAM_TYPES
+from .stream import (
+    BOOK_DEPTH,
+    MAX_BACKLOG,
+    MAX_CLIENTS,
+    STATUS_INTERVAL,
+    STREAM_TYPES,
+    TICKET_LIFETIME,
+)
 
 Schema = dict[str, Any]
 
@@ -61,9 +68,18 @@ DECIMAL: Final[Schema] = {
     "pattern": r"^[0-9]+(\.[0-9]+)?$",
     "description": "A decimal in a JSON string, exact (never a JSON number).",
 }
+SIGNED_DECIMAL: Final[Schema] = {
+    "type": "string",
+    "pattern": r"^-?[0-9]+(\.[0-9]+)?$",
+    "description": "A decimal in a JSON string, exact, with a '-' when negative.",
+}
 COUNT: Final[Schema] = {"type": "integer", "minimum": 0}
 NUMBER: Final[Schema] = {"type": "number"}
 TEXT: Final[Schema] = {"type": "string"}
+UNIX_MS: Final[Schema] = {
+    "type": "integer",
+    "description": "A time: integer milliseconds since the unix epoch (UTC).",
+}
 LEVEL: Final[Schema] = {
     "type": "array",
     "prefixItems": [DECIMAL, DECIMAL, {"type": "integer", "minimum": 1}],
@@ -109,7 +125,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                     },
                     closed=False,
                 ),  # fmt: skip
-                "uptime_s": NUMBER,
+                "uptime_ms": {**COUNT, "description": "Milliseconds since the node started."},
                 "api": nullable(
                     {
                         **obj({"url": TEXT, "dashboard": TEXT}),
@@ -129,6 +145,14 @@ SCHEMAS: Final[dict[str, Schema]] = {
                     "description": "Author-clock order: the Lamport time through which state "
                     "is settled (fair order: see `witnesses`).",
                 },
+                "settled_through_ms": nullable(
+                    {
+                        **UNIX_MS,
+                        "description": "The settled point as a time: the fair time (fair "
+                        "order) or the Lamport time, which follows the authors' clocks in "
+                        "unix ms (author-clock order); null while nothing is settled.",
+                    }
+                ),
                 "ordering": {
                     "enum": ["fair", "author"],
                     "description": "fair: by the witnesses' stamps; author: by author clocks.",
@@ -157,7 +181,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 },
                 "behind": {**COUNT, "description": "known - events."},
                 "rate": {**NUMBER, "description": "Events gained per second, lately."},
-                "eta_s": nullable({**NUMBER, "description": "Seconds left at that rate."}),
+                "eta_ms": nullable({**COUNT, "description": "Milliseconds left at that rate."}),
             }
         ),
         "description": "How far the node is behind its peers, measured at the request.",
@@ -179,10 +203,10 @@ SCHEMAS: Final[dict[str, Schema]] = {
                     "because their first receipt did not count.",
                 },
                 "settled_through_ms": nullable(
-                    {"type": "integer", "description": "The settled point: a fair time, unix ms."}
+                    {**UNIX_MS, "description": "The settled point: a fair time, unix ms."}
                 ),
                 "final_through_ms": nullable(
-                    {"type": "integer", "description": "The final point: a fair time, unix ms."}
+                    {**UNIX_MS, "description": "The final point: a fair time, unix ms."}
                 ),
                 "settled_held_by": ref("SettledHeldBy"),
                 "settled_events": {
@@ -227,7 +251,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 },
                 "event": {**HEX64, "description": "The event (receipt, event)."},
                 "witness": {**HEX40, "description": "The witness (receipt, stamp)."},
-                "t": {"type": "integer", "description": "The receipt's time, unix ms."},
+                "t": {**UNIX_MS, "description": "The receipt's time, unix ms."},
                 "seq": {**COUNT, "description": "The stamp's seq."},
             },
             optional=("event", "witness", "t", "seq"),
@@ -239,9 +263,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         {
             "node_id": HEX40,
             "seq": {**COUNT, "description": "Its stamps held without a gap."},
-            "t": nullable(
-                {"type": "integer", "description": "Its last such stamp's time, unix ms."}
-            ),
+            "t": nullable({**UNIX_MS, "description": "Its last such stamp's time, unix ms."}),
             "waiting": {**COUNT, "description": "Its stamps held beyond a gap."},
             "flagged": nullable(ref("WitnessFault")),
             "lag_ms": nullable(
@@ -265,7 +287,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "port": COUNT,
             "info_hash": HEX40,
             "routing_table_size": COUNT,
-            "announced_at": nullable(NUMBER),
+            "announced_at": nullable(UNIX_MS),
             "peers_found": COUNT,
         },
         closed=False,
@@ -277,7 +299,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "address": nullable(TEXT),
             "remote": TEXT,
             "direction": {"enum": ["inbound", "outbound"]},
-            "connected_since": nullable(NUMBER),
+            "connected_since": nullable(UNIX_MS),
             "rtt_ms": nullable(NUMBER),
             "source": nullable(TEXT),
             "user_agent": nullable(TEXT),
@@ -293,8 +315,8 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "address": TEXT,
             "node_id": nullable(HEX40),
             "reason": TEXT,
-            "banned_at": NUMBER,
-            "until": NUMBER,
+            "banned_at": UNIX_MS,
+            "until": UNIX_MS,
         }
     ),  # fmt: skip
     "Trade": obj(
@@ -306,10 +328,10 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "taker": HEX64,
             "maker": HEX64,
             "lamport": COUNT,
-            "time": {"type": "integer", "description": "Unix milliseconds."},
+            "time": UNIX_MS,
             "fair_time": nullable(
                 {
-                    "type": "integer",
+                    **UNIX_MS,
                     "description": "The taker's fair time, unix ms (networks with witnesses).",
                 }
             ),
@@ -334,17 +356,51 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "author": HEX64,
             "seq": {"type": "integer", "minimum": 1},
             "lamport": COUNT,
-            "created_at": {"type": "integer", "description": "Unix milliseconds, author's clock."},
-            "applied_at": nullable(NUMBER),
-            "fair_time": nullable(
-                {"type": "integer", "description": "Unix ms, from the witnesses' stamps."}
+            "created_at": {**UNIX_MS, "description": "Its author's clock when signed."},
+            "applied_at": nullable(
+                {**UNIX_MS, "description": "When this node first applied it (recent orders)."}
             ),
+            "fair_time": nullable({**UNIX_MS, "description": "From the witnesses' stamps."}),
             "settled": {"type": "boolean"},
             "trades": {"type": "array", "items": ref("Trade")},
         }
     ),
     "Orders": obj({"orders": {"type": "array", "items": ref("Order")}}),
     "Trades": obj({"trades": {"type": "array", "items": ref("Trade")}}),
+    "Ticker": {
+        **obj(
+            {
+                "pair": TEXT,
+                "last": nullable({**DECIMAL, "description": "The last trade's price."}),
+                "open": nullable({**DECIMAL, "description": "The first price in the window."}),
+                "change": nullable({**SIGNED_DECIMAL, "description": "last - open."}),
+                "change_pct": nullable(
+                    {**SIGNED_DECIMAL, "description": "The change in % of open, to 0.01."}
+                ),
+                "high": nullable(DECIMAL),
+                "low": nullable(DECIMAL),
+                "volume": {**DECIMAL, "description": "Base amount traded in the window."},
+                "quote_volume": {**DECIMAL, "description": "Quote amount (price x amount)."},
+                "trades": {**COUNT, "description": "Trades in the window."},
+                "best_bid": nullable(DECIMAL),
+                "best_ask": nullable(DECIMAL),
+                "spread": nullable({**SIGNED_DECIMAL, "description": "best_ask - best_bid."}),
+                "mid": nullable({**DECIMAL, "description": "(best_bid + best_ask) / 2."}),
+                "window_ms": {**COUNT, "description": "The window: 24 hours."},
+                "at": {**UNIX_MS, "description": "When the figures were read."},
+            }
+        ),
+        "description": "The market over the last 24 hours; a trade's time is its taker's "
+        "(`time` in `GET /trades`).  The window's figures may be up to 1 s old; `last` "
+        "and the book's are read at the request.",
+    },
+    "StreamTicket": obj(
+        {
+            "ticket": TEXT,
+            "expires_at": UNIX_MS,
+            "expires_in_ms": {**COUNT, "description": "The ticket's lifetime."},
+        }
+    ),
     "Book": obj(
         {"bids": {"type": "array", "items": LEVEL}, "asks": {"type": "array", "items": LEVEL}}
     ),
@@ -492,11 +548,24 @@ At most {MAX_CLIENTS} clients at once (503 beyond); a client that does not
 read while {MAX_BACKLOG} events wait for it is disconnected.  The data of
 each type follows the schema named under `x-sse-events`."""
 
+TICKET_DESCRIPTION: Final = f"""\
+A browser's `EventSource` cannot send an `Authorization` header.  With the
+token, ask for a ticket here, then open `GET /stream?ticket=<ticket>`
+without the header: a ticket is random, good for one stream, and expires
+{TICKET_LIFETIME:g} s after it is issued, so the token never appears in a
+URL.  A spent, unknown or expired ticket is answered 401.  (A node without
+a token issues tickets too, and ignores them.)"""
+
 DESCRIPTION: Final = """\
 The HTTP API of a bitfi node.  Every answer but `GET /stream` is JSON;
 every 4xx/5xx answer is `{"error": "..."}`.  Any unknown path answers 404,
 and a method a path does not answer 405 with an `Allow` header; `HEAD` is
 answered as `GET`.  Prices and amounts are decimals in JSON strings.
+
+Times: every time is an integer of milliseconds since the unix epoch
+(UTC), and every duration an integer of milliseconds under a name ending
+`_ms` (`uptime_ms`, `rtt_ms`); Lamport times (`lamport`, `settled_through`)
+are logical clocks, not times.
 
 Lists (`/peers`, `/peers/banned`, `/orders`, `/trades`) stay JSON arrays
 (or the arrays of `{"orders": [...]}` and `{"trades": [...]}`) and take
@@ -597,6 +666,9 @@ def build() -> Schema:
             extra={"parameters": [{"name": "depth", "in": "query", "required": False,
                                    "schema": {"type": "integer", "minimum": 1,
                                               "maximum": MAX_LIMIT, "default": 20}}]})},
+        "/ticker": {"get": operation(
+            "The market over the last 24 hours: last price, change, high, low, volume",
+            {"200": answer(ref("Ticker"))}, errors=("503",))},
         "/trades": {"get": operation(
             "The trades, newest first",
             {"200": answer(ref("Trades"), headers=("Link", "X-Total-Count"))},
@@ -620,6 +692,10 @@ def build() -> Schema:
                     "peer": ref("PeerEvent"), "status": ref("StreamStatus"),
                 },
             })},
+        "/stream/ticket": {"post": operation(
+            "A ticket for one GET /stream (for clients that cannot send the token)",
+            {"201": answer(ref("StreamTicket"))},
+            extra={"description": TICKET_DESCRIPTION})},
         "/metrics": {"get": operation(
             "The node's metrics in the Prometheus text format",
             {"200": {"description": "Every metric (``bitfi_*``), read at the request; see "

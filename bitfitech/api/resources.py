@@ -54,12 +54,13 @@ from .jsonresource import (
     JSONResource,
     choice_param,
     int_param,
+    query_value,
     read_json_object,
     unavailable_error,
     write_json,
 )
 from .openapi import document
-from .stream import Stream, StreamFeed
+from .stream import Stream, StreamFeed, StreamTickets
 from .token import token_matches
 
 ORDER_FIELDS: Final = frozenset({"side", "price", "amount", "type"})
@@ -79,8 +80,10 @@ ROUTES: Final = (
     "/orders/batch",
     "/orders/{order_id}",
     "/book",
+    "/ticker",
     "/trades",
     "/stream",
+    "/stream/ticket",
     "/metrics",
     "/static/{name}",
 )
@@ -99,10 +102,15 @@ def is_order_id(value: object) -> bool:
 class Unauthorized(JSONResource):
     """Any request without the API's token: a JSON 401 with a ``WWW-Authenticate`` challenge."""
 
-    def __init__(self, given: bool) -> None:
-        """:param given: whether the request carried an ``Authorization`` header."""
+    def __init__(self, given: bool, ticket: bool = False) -> None:
+        """
+        :param given: whether the request carried an ``Authorization`` header.
+        :param ticket: whether it carried a stream ticket (refused: unknown,
+            spent or expired).
+        """
         super().__init__()
         self.given = given
+        self.ticket = ticket
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         return self
@@ -112,10 +120,14 @@ class Unauthorized(JSONResource):
         if self.given:
             challenge += ', error="invalid_token"'
         request.setHeader(b"www-authenticate", challenge.encode("ascii"))
-        return write_json(
-            request, 401,
-            {"error": "this API requires a token: send 'Authorization: Bearer <token>'"},
-        )  # fmt: skip
+        if self.ticket:
+            error = (
+                "this stream ticket is unknown, spent or expired: a ticket is good for one "
+                "GET /stream within 30 s; ask POST /stream/ticket for another"
+            )
+        else:
+            error = "this API requires a token: send 'Authorization: Bearer <token>'"
+        return write_json(request, 401, {"error": error})
 
 
 def page_params(request: Request, default: int) -> tuple[int, int]:
@@ -490,6 +502,17 @@ class Book(JSONResource):
         return self.node.book(int_param(request, "depth", 20))
 
 
+class Ticker(JSONResource):
+    """``GET /ticker``: the market over the last 24 hours, with its best bid and ask."""
+
+    def __init__(self, node: INodeControl) -> None:
+        super().__init__()
+        self.node = node
+
+    def render_GET(self, request: Request) -> object:
+        return self.node.ticker()
+
+
 class Trades(JSONResource):
     """``GET /trades?limit=&offset=``: the trades, newest first."""
 
@@ -560,14 +583,16 @@ class Root(JSONResource):
         self.public: dict[bytes, IResource] = {b"openapi.json": OpenAPIDocument()}
         self.browser_index: IResource | None = None
         self.feed = StreamFeed(node, clock)
+        self.tickets = StreamTickets(self.feed)
         self.putChild(b"api", ApiIndex())
         self.putChild(b"status", Status(node))
         self.putChild(b"discovery", Discovery(node))
         self.putChild(b"peers", Peers(node))
         self.putChild(b"orders", Orders(node))
         self.putChild(b"book", Book(node))
+        self.putChild(b"ticker", Ticker(node))
         self.putChild(b"trades", Trades(node))
-        self.putChild(b"stream", Stream(self.feed))
+        self.putChild(b"stream", Stream(self.feed, self.tickets))
 
     def mount_public(self, name: bytes, resource: IResource) -> None:
         """Serve C{resource} at ``/name`` without asking for the token."""
@@ -581,10 +606,23 @@ class Root(JSONResource):
             return self.browser_index
         if self.token is not None:
             authorization = request.getHeader(b"authorization")
-            if not token_matches(self.token, authorization):
-                return Unauthorized(authorization is not None)
+            if not token_matches(self.token, authorization) and not (
+                authorization is None and self._ticket_admits(path, request)
+            ):
+                ticket = path == b"stream" and b"ticket" in (request.args or {})
+                return Unauthorized(authorization is not None, ticket)
         child: IResource = super().getChildWithDefault(path, request)
         return child
+
+    def _ticket_admits(self, path: bytes, request: Request) -> bool:
+        """Whether C{request} is a ``GET /stream`` with a ticket, and spends it."""
+        if path != b"stream" or request.method != b"GET" or request.postpath not in ([], [b""]):
+            return False
+        try:
+            ticket = query_value(request, "ticket")
+        except ApiError:
+            return False
+        return ticket is not None and self.tickets.redeem(ticket.decode("ascii", "replace"))
 
     def render_GET(self, request: Request) -> object:
         return api_index()

@@ -49,6 +49,7 @@ aborts those still open after a grace period.
 
 from __future__ import annotations
 
+import re
 import weakref
 from io import BytesIO
 from typing import Any, Final
@@ -71,6 +72,9 @@ from .metrics import ApiConnectionMetrics, api_connections, api_latency, observe
 
 log = logger(__name__)
 access_log = logger("bitfitech.api.access")
+
+#: a stream ticket in a request's URI: the access log writes ``ticket=-``
+_TICKET_RE = re.compile(rb"([?&]ticket=)[^&]*")
 
 RETRY_AFTER: Final = 2
 """Seconds a client refused at the connection cap is told to wait (``Retry-After``)."""
@@ -626,7 +630,7 @@ class ApiSite(Site):
             '{client} "{method} {uri}" {status} {length}',
             client=getattr(address, "host", "-"),
             method=request.method.decode("ascii", "backslashreplace"),
-            uri=request.uri.decode("ascii", "backslashreplace"),
+            uri=_TICKET_RE.sub(rb"\1-", request.uri).decode("ascii", "backslashreplace"),
             path=request.path.decode("ascii", "backslashreplace"),
             status=request.code,
             length=request.sentLength,

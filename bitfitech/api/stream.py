@@ -19,7 +19,14 @@ are comments)::
     status  {"node_id", "peers", "events", "state_hash"}; once at connect,
             then every 15 s (the keepalive)
 
-``?types=book,trade`` picks some types (all by default).  At most
+``?types=book,trade`` picks some types (all by default).
+
+A browser's ``EventSource`` cannot send the bearer token, so a client of a
+node with a token first asks ``POST /stream/ticket`` (with the token) for a
+ticket (:class:`StreamTickets`): random, good for one ``GET
+/stream?ticket=...`` within :data:`TICKET_LIFETIME` seconds.  The token
+itself never goes in a URL; a ticket that does (and may reach an access log
+or a browser's history) is spent at once or soon worthless.  At most
 :data:`MAX_CLIENTS` clients listen at once (a 503 beyond); a client that
 stops reading while :data:`MAX_BACKLOG` events wait for it is dropped.
 The feed watches the node only while a client listens.
@@ -28,7 +35,8 @@ The feed watches the node only while a client listens.
 from __future__ import annotations
 
 import json
-from collections import deque
+import secrets
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -37,7 +45,7 @@ from twisted.internet.task import LoopingCall
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from ..interfaces import INodeControl
+from ..interfaces import INodeControl, unix_ms
 from ..logs import logger
 from .jsonresource import ApiError, JSONResource, query_value, write_json
 
@@ -55,6 +63,12 @@ BOOK_INTERVAL: Final = 0.1
 """Least seconds between two ``book`` events (at most 10 a second)."""
 STATUS_INTERVAL: Final = 15.0
 """Seconds between two ``status`` events."""
+
+TICKET_LIFETIME: Final = 30.0
+"""Seconds a stream ticket may wait for its ``GET /stream``."""
+
+MAX_TICKETS: Final = 256
+"""Most tickets waiting at once; a new one beyond drops the oldest."""
 
 CONTENT_TYPE: Final = b"text/event-stream; charset=utf-8"
 
@@ -285,6 +299,59 @@ class StreamFeed:
             self.broadcast("status", status)
 
 
+class StreamTickets:
+    """
+    The stream's tickets: each good for one ``GET /stream`` within
+    :data:`TICKET_LIFETIME` seconds of being issued.  Held in memory only,
+    at most :data:`MAX_TICKETS` (the oldest dropped first), and compared in
+    constant time.
+    """
+
+    def __init__(self, feed: StreamFeed) -> None:
+        self.feed = feed
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+
+    def issue(self) -> dict[str, Any]:
+        """A new ticket: ``{"ticket", "expires_at" (unix ms), "expires_in_ms"}``."""
+        now = self.feed.clock.seconds()
+        self._prune(now)
+        while len(self._expiry) >= MAX_TICKETS:
+            self._expiry.popitem(last=False)
+        ticket = secrets.token_urlsafe(24)
+        self._expiry[ticket] = now + TICKET_LIFETIME
+        return {"ticket": ticket, "expires_at": unix_ms(now + TICKET_LIFETIME),
+                "expires_in_ms": round(TICKET_LIFETIME * 1000)}  # fmt: skip
+
+    def redeem(self, ticket: str) -> bool:
+        """Spend C{ticket}: whether it was issued, unspent and unexpired."""
+        now = self.feed.clock.seconds()
+        self._prune(now)
+        for held in self._expiry:
+            if secrets.compare_digest(held, ticket):
+                del self._expiry[held]
+                return True
+        return False
+
+    def _prune(self, now: float) -> None:
+        expiry = self._expiry
+        while expiry and next(iter(expiry.values())) <= now:
+            expiry.popitem(last=False)
+
+
+class StreamTicket(JSONResource):
+    """``POST /stream/ticket``: a ticket for one ``GET /stream`` (:class:`StreamTickets`)."""
+
+    ok_status = 201
+
+    def __init__(self, tickets: StreamTickets) -> None:
+        super().__init__()
+        self.tickets = tickets
+
+    def render_POST(self, request: Request) -> object:
+        request.setHeader(b"cache-control", b"no-store")
+        return self.tickets.issue()
+
+
 def types_param(request: Request) -> frozenset[str]:
     """
     The ``types`` query parameter: a comma-separated list of stream types
@@ -308,9 +375,10 @@ def types_param(request: Request) -> frozenset[str]:
 class Stream(JSONResource):
     """``GET /stream?types=``: the live stream (Server-Sent Events)."""
 
-    def __init__(self, feed: StreamFeed) -> None:
+    def __init__(self, feed: StreamFeed, tickets: StreamTickets) -> None:
         super().__init__()
         self.feed = feed
+        self.putChild(b"ticket", StreamTicket(tickets))
 
     def render(self, request: Request) -> bytes | int:
         if request.method == b"HEAD":

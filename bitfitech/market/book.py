@@ -235,6 +235,15 @@ class BookParams:
         """An amount in lots as a canonical decimal string."""
         return _format_units(lots * self.lot_units, self.amount_scale)
 
+    def format_quote(self, ticks_lots: int) -> str:
+        """A quote amount (a price in ticks times an amount in lots) as a decimal string."""
+        units = ticks_lots * self.tick_units * self.lot_units
+        return _format_units(units, self.price_scale + self.amount_scale)
+
+    def format_half_price(self, ticks: int) -> str:
+        """Half a price in ticks (a mid price) as a canonical decimal string."""
+        return _format_units(ticks * self.tick_units * 5, self.price_scale + 1)
+
 
 def _units(text: object, scale: int) -> int | None:
     """Parse a plain decimal into integer units of ``10**-scale``.

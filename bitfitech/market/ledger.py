@@ -37,7 +37,7 @@ import hashlib
 import marshal
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from heapq import heappop, heappush, merge
 from itertools import islice
@@ -65,6 +65,9 @@ APPLIED: Final = "applied"
 
 NOT_OWNER: Final = "not_owner"
 """Why a cancel of another author's order did nothing."""
+
+PROGRESS_EVERY = 4096
+"""Events applied between two calls of a :meth:`Ledger.load` progress callback."""
 
 _TERMINAL = frozenset({FILLED, CANCELLED, REJECTED})
 _CHECKPOINT_TAG = "bitfi-ledger-checkpoint-2"
@@ -276,6 +279,7 @@ class Ledger:
         self._hash_cache: tuple[int, str] | None = None
         self._version = 0
         self._checkpoint: bytes | None = None
+        self._progress: Callable[[int, int], None] | None = None
         self.checkpoint_position = 0
         self.witnesses = witnesses if witnesses is not None else WitnessSet()
         self.fair: StampChains | None = None
@@ -485,6 +489,21 @@ class Ledger:
         """The newest C{limit} trades, newest first."""
         return self._trades[: -limit - 1 if limit < len(self._trades) else None : -1]
 
+    def trades_after(self, count: int) -> list[TradeRecord]:
+        """The trades after the first C{count}, oldest first."""
+        return self._trades[count:]
+
+    def trades_since(self, ts: int) -> list[TradeRecord]:
+        """
+        The newest trades back to the first older than C{ts} (unix ms),
+        oldest first: the trades of a time window, as the log orders them.
+        """
+        trades = self._trades
+        start = len(trades)
+        while start and trades[start - 1].ts >= ts:
+            start -= 1
+        return trades[start:]
+
     def trades_of(self, order_id: str) -> list[TradeRecord]:
         """The trades an order took part in, oldest first."""
         return [self._trades[index] for index in self._trades_of.get(order_id, ())]
@@ -642,7 +661,13 @@ class Ledger:
             return 0
         return bisect_left(self._keys, self._bound(self.settled_horizon))
 
-    def load(self, events: Iterable[Event], now: float, checkpoint: bytes | None) -> int:
+    def load(
+        self,
+        events: Iterable[Event],
+        now: float,
+        checkpoint: bytes | None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
         """
         Fill an empty ledger with C{events} (a journal read back), resuming
         from C{checkpoint} if it was taken on the same log prefix.
@@ -652,15 +677,17 @@ class Ledger:
         was lost) is ignored, and every event is replayed: the result is
         the same either way, only slower.
 
+        :param progress: called with the events applied so far and the
+            events to apply, every :data:`PROGRESS_EVERY` events applied.
         :return: the log position resumed from (0: full replay).
         """
         if self._by_id:
             raise ValueError("load fills an empty ledger")
-        self._checkpoint = checkpoint
+        self._checkpoint, self._progress = checkpoint, progress
         try:
             self.insert(events, now)
         finally:
-            self._checkpoint = None
+            self._checkpoint, self._progress = None, None
         return self.checkpoint_position
 
     def _resume(self, checkpoint: bytes) -> int:
@@ -1019,6 +1046,7 @@ class Ledger:
         # open order keeps its cost per event constant.
         snapshot_from = end - max(interval * (self.max_snapshots // 2), self.dense_span)
         last_snapshot = self._snapshots[-1].position
+        progress, every = self._progress, PROGRESS_EVERY
         for position in range(start, end):
             event = log[position]
             event_id = event.id
@@ -1066,6 +1094,8 @@ class Ledger:
                         closed_log.append(order_id)
             log_hash = sha256(log_hash + bytes.fromhex(event_id)).digest()
             done = position + 1
+            if progress is not None and not (done - start) % every:
+                progress(done - start, end - start)
             if done - last_snapshot >= interval and done >= snapshot_from:
                 if done - last_snapshot >= len(book) >> 5:
                     self._log_hash, self._trade_hash = log_hash, trade_hash

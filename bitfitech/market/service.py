@@ -44,7 +44,14 @@ from .book import MARKET, ORDER_TYPES, BookParams, OrderBook
 from .events import Author, Event, EventError, parse_event
 from .fairtime import NEVER, StampChains
 from .interfaces import IEventPublisher, IEventStore
-from .journal import EventJournal, InlineSyncer, JournalError, Syncer, write_file
+from .journal import (
+    EventJournal,
+    InlineSyncer,
+    JournalError,
+    JournalReplay,
+    Syncer,
+    write_file,
+)
 from .ledger import InsertResult, Ledger, TradeRecord
 from .stamps import MAX_RECEIPTS, NO_PREV, Stamp, StampError, StampSigner, parse_stamp
 
@@ -286,14 +293,18 @@ class MarketService(Service):
         params: BookParams | None = None,
         syncer: SyncerFactory = inline_syncer,
         witnesses: WitnessSet | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """
         :param syncer: makes the syncer (a node passes a
             :class:`~bitfitech.market.journal.ThreadedSyncer` factory).
         :param witnesses: the network's witnesses (none: author-clock order).
             If this node's id is among them, it signs stamps.
+        :param monotonic: the time of the journal's replay at start, which
+            runs before any reactor timer can fire (a fake in tests).
         """
         self.config = config
+        self._monotonic = monotonic
         self.witnesses = witnesses if witnesses is not None else WitnessSet()
         self.storage = storage
         self.clock = clock
@@ -392,37 +403,41 @@ class MarketService(Service):
         return self._author
 
     def startService(self) -> None:
-        """Load the journal into a new ledger, then start settling."""
+        """Replay the journal into a new ledger (see :class:`JournalReplay`), then start settling."""
         identity = self.storage.identity
         self._author = Author(bytes(identity.signing_key), self.network, self.pair)
         self._ledger = Ledger(self.params, witnesses=self.witnesses)
-        started = time.perf_counter()
-        events = []
-        self._journal = EventJournal(self.storage.connection)
+        self._journal = journal = EventJournal(self.storage.connection)
         self._journal_fault = ""
         self._fsync_failed = False
+        replay = JournalReplay(
+            self.storage.database_path, len(journal),
+            journal.stamp_count() if self.witnesses else 0, self._monotonic,
+        )  # fmt: skip
+        replay.start()
         if self.witnesses:
-            self._load_stamps(self._journal, self._ledger)
-        for text, sig in self._journal.load():
+            self._load_stamps(journal, self._ledger, replay)
+        events = []
+        for read, (text, sig) in enumerate(journal.load(), 1):
+            replay.read(read)
             try:
                 event = parse_event(text, sig, self.network, self.pair)
             except EventError as e:
-                log.error("Skipping unreadable journaled event: {error}", error=str(e))
+                replay.skip("event", str(e))
                 continue
             event.forget_text()  # journaled: written again from its fields if asked
             events.append(event)
-        self.resumed_at = self._ledger.load(events, self.clock.seconds(), self._read_checkpoint())
+        self.resumed_at = self._ledger.load(
+            events, self.clock.seconds(), self._read_checkpoint(), progress=replay.applying
+        )
         self.loaded_events = len(events)
-        self.load_seconds = time.perf_counter() - started
+        self.load_seconds = replay.seconds
         self._next_seq = self._ledger.next_seq(self._author.author)
-        if events:
-            log.info(
-                "Loaded {count} events from the journal in {seconds:.3f}s "
-                "({orders} open orders, {trades} trades; {replayed} events replayed)",
-                count=len(events), seconds=self.load_seconds, orders=len(self._ledger.book),
-                trades=self._ledger.trade_count,
-                replayed=self._ledger.applied - self.resumed_at,
-            )  # fmt: skip
+        replay.finish(
+            loaded=len(events), applied=self._ledger.applied - self.resumed_at,
+            resumed=self.resumed_at, orders=len(self._ledger.book),
+            trades=self._ledger.trade_count, state_hash=self._ledger.state_hash(),
+        )  # fmt: skip
         self._settler = self._repeat(
             self._settle, max(0.05, min(1.0, self.config.settle_after / 4)), "settling"
         )
@@ -1175,14 +1190,15 @@ class MarketService(Service):
         self.relisted += len(again)
         return again
 
-    def _load_stamps(self, journal: EventJournal, ledger: Ledger) -> None:
+    def _load_stamps(self, journal: EventJournal, ledger: Ledger, replay: JournalReplay) -> None:
         """Read the journaled stamps back into a new ledger (before its events)."""
         stamps = []
-        for text, sig in journal.load_stamps():
+        for read, (text, sig) in enumerate(journal.load_stamps(), 1):
+            replay.read(read, stamps=True)
             try:
                 stamps.append(parse_stamp(text, sig, self.network, self.pair, self.witnesses))
             except StampError as e:
-                log.error("Skipping unreadable journaled stamp: {error}", error=str(e))
+                replay.skip("stamp", str(e))
         ledger.insert_stamps(stamps)
         fair = ledger.fair
         assert fair is not None
@@ -1507,7 +1523,8 @@ class MarketService(Service):
 
     def applied_at(self, event_id: str) -> float | None:
         """
-        When this node first applied event C{event_id} (clock seconds), for
+        When this node first applied event C{event_id} (clock seconds; the
+        API states it in unix ms), for
         the :data:`ARRIVALS_KEPT` most recent events; ``None`` for others.
         """
         return self._arrivals.get(event_id)
@@ -1531,14 +1548,21 @@ class MarketService(Service):
     def status(self) -> dict[str, Any]:
         """The market's part of ``GET /status``."""
         ledger = self.ledger
+        witnesses = self._witness_status(ledger)
+        if ledger.fair is not None:
+            settled_ms = witnesses["settled_through_ms"]
+        else:
+            # Author-clock order: Lamport times follow the authors' clocks (unix ms).
+            settled_ms = ledger.settled_through or None
         return {
             "events": len(ledger),
             "authors": ledger.authors,
             "lamport": ledger.lamport,
             "state_hash": ledger.state_hash(),
             "settled_through": ledger.settled_through,
+            "settled_through_ms": settled_ms,
             "ordering": ledger.ordering,
-            "witnesses": self._witness_status(ledger),
+            "witnesses": witnesses,
             "market": {
                 "applied": ledger.applied,
                 "buffered": len(self._buffer),
@@ -1548,14 +1572,14 @@ class MarketService(Service):
                 "replayed": ledger.replayed,
                 "revisions": ledger.revisions,
                 "flagged_authors": dict(ledger.flagged),
-                "settle_after_s": self.config.settle_after,
+                "settle_after_ms": round(self.config.settle_after * 1000),
                 "journal_failures": self.journal_failures,
                 "journal_error": self._journal_fault or None,
                 "journal_writes": self.journal_writes,
                 "apply_delay_ms": round(self.apply_delay * 1000, 1),
                 "loaded_events": self.loaded_events,
                 "resumed_at": self.resumed_at,
-                "load_s": round(self.load_seconds, 3),
+                "load_ms": round(self.load_seconds * 1000),
             },
         }
 

@@ -22,6 +22,7 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..interfaces import unix_ms
 from ..storage import WriteThrough
 
 #: most bans kept; past it the ban that ends soonest is dropped
@@ -84,8 +85,8 @@ class Ban:
     until: float
 
     def row(self) -> dict[str, Any]:
-        """The JSON-ready ``GET /peers/banned`` row."""
-        return asdict(self)
+        """The JSON-ready ``GET /peers/banned`` row (times in unix ms, as the API's)."""
+        return {**asdict(self), "banned_at": unix_ms(self.banned_at), "until": unix_ms(self.until)}
 
 
 class BanList:

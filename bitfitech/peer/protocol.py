@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from ..address import PeerAddress, format_hostport, normalize_host
 from ..config import LinkTiming
-from ..interfaces import ILinkOwner, IPeerLink
+from ..interfaces import ILinkOwner, IPeerLink, unix_ms
 from ..logs import logger
 from ..ratelimit import TokenBucket
 from ..wire.framing import MAX_PAYLOAD, FrameDecoder, FramingError, encode_frame, network_magic
@@ -655,7 +655,7 @@ def link_info(link: PeerProtocol, source: str | None) -> dict[str, Any]:
         "address": str(PeerAddress(address.host, address.port)) if address else None,
         "remote": format_hostport(link.peer_host, getattr(peer, "port", 0)),
         "direction": link.direction,
-        "connected_since": link.connected_since,
+        "connected_since": unix_ms(link.connected_since),
         "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 3),
         "source": source,
         "user_agent": link.remote.user_agent if link.remote else None,

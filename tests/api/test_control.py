@@ -16,6 +16,7 @@ from bitfitech.address import PeerAddress
 from bitfitech.api.control import NodeControl
 from bitfitech.api.resources import api_root
 from bitfitech.interfaces import BatchRejected, ServiceUnavailable
+from bitfitech.market.book import ALLOW, BookParams
 from bitfitech.market.service import MarketService
 from bitfitech.peer.addrbook import AddressBook
 from bitfitech.peer.dialer import Dialer
@@ -116,6 +117,49 @@ class SubmitOrdersTests(SynchronousTestCase):
         failure = self.failureResultOf(d, ServiceUnavailable)
         self.assertIn("disk full", failure.getErrorMessage())
         self.flushLoggedErrors()
+
+
+class TimeConventionTests(SynchronousTestCase):
+    """Every time the API states is integer unix ms; durations are ms under ``_ms`` names."""
+
+    def setUp(self) -> None:
+        data_dir = self.mktemp()
+        self.clock = Clock()
+        self.storage = Storage(data_dir)
+        self.storage.open()
+        self.addCleanup(self.storage.close)
+        config = loopback_config(data_dir, settle_after=2.5)
+        self.market = MarketService(config, self.storage, self.clock, BookParams(self_trade=ALLOW))
+        self.market.startService()
+        self.addCleanup(self.market.stopService)
+        self.control = NodeControl(config, self.clock, self.storage, self.market)
+
+    def committed(self, d: Deferred[Any]) -> Any:
+        for _ in range(5):
+            self.clock.advance(0)
+        return self.successResultOf(d)
+
+    def test_order_and_status_times(self) -> None:
+        self.clock.advance(1_700_000_000.25)
+        [document] = self.committed(self.control.submit_orders([BUY]))
+        self.assertEqual(document["applied_at"], 1_700_000_000_250)
+        self.assertIsInstance(document["created_at"], int)
+        status = self.market.status()
+        self.assertIsNone(status["settled_through_ms"])
+        self.clock.advance(self.market.config.settle_after + 1)
+        status = self.market.status()
+        self.assertEqual(status["settled_through_ms"], status["settled_through"])
+        self.assertGreaterEqual(status["settled_through_ms"], document["created_at"])
+        self.assertEqual(status["market"]["settle_after_ms"], 2500)
+
+    def test_ticker(self) -> None:
+        self.clock.advance(1_700_000_000)
+        self.committed(self.control.submit_orders([BUY, ("sell", "100.5", "0.25", "ioc")]))
+        ticker = self.control.ticker()
+        self.assertEqual(
+            (ticker["pair"], ticker["last"], ticker["volume"], ticker["best_bid"], ticker["at"]),
+            ("BTC/USD", "100.5", "0.25", "100.5", 1_700_000_000_000),
+        )
 
 
 class _ReadyLink:

@@ -306,6 +306,11 @@ class RealNodeTests(ClusterTestCase):
         self.assertEqual(order["filled"], "0.25")
         await self.call("GET", "/book")
         await self.call("GET", "/book", "/book?depth=x", expect=400)
+        ticker = await self.call("GET", "/ticker")
+        self.assertEqual(
+            (ticker["last"], ticker["volume"], ticker["trades"], ticker["best_bid"]),
+            ("100", "0.25", 1, "100"),
+        )
 
         # Peers and bans.
         rows = await self.call("GET", "/peers", "/peers?limit=1")
@@ -329,8 +334,14 @@ class RealNodeTests(ClusterTestCase):
         await self.call("DELETE", "/peers/banned/{address}", "/peers/banned/nope", expect=400)
         await self.call("GET", "/stream", "/stream?types=nope", expect=400)
 
-        # The live stream over a real connection.
-        await self.check_stream(a)
+        # The live stream over a real connection: with the token, then with a ticket.
+        await self.check_stream(a, b"/stream?types=book,status", TOKEN)
+        await self.call("POST", "/stream/ticket", token=None, expect=401)
+        ticket = (await self.call("POST", "/stream/ticket", expect=201))["ticket"]
+        await self.check_stream(a, f"/stream?types=book,status&ticket={ticket}".encode(), None)
+        refused = await self.call("GET", "/stream", f"/stream?ticket={ticket}", token=None,
+                                  expect=401)  # fmt: skip
+        self.assertIn("ticket", refused["error"])
 
         await self.call("DELETE", "/peers/{node_id}", "/peers/xyz", expect=400)
         await self.call("DELETE", "/peers/{node_id}", f"/peers/{b_id}")
@@ -385,10 +396,12 @@ class RealNodeTests(ClusterTestCase):
         [chain] = block["chains"]
         self.assertEqual(chain["node_id"], address.node_id)
 
-    async def check_stream(self, a: Node) -> None:
-        """``GET /stream`` over a raw connection: headers, first events, and cleanup."""
-        request = (b"GET /stream?types=book,status HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                   b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")  # fmt: skip
+    async def check_stream(self, a: Node, target: bytes, token: str | None) -> None:
+        """``GET`` C{target} (a stream) over a raw connection: headers, first events, cleanup."""
+        request = b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        if token is not None:
+            request += b"Authorization: Bearer " + token.encode() + b"\r\n"
+        request += b"\r\n"
         client = _SSEClient(request, b"event: book|event: status")
         endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port)
         await endpoint.connect(Factory.forProtocol(lambda: client))

@@ -101,9 +101,9 @@ DOC_A = order_doc(ORDER_A, "buy", "limit", "50000.5", "0.25") | {
 }
 DOC_F = order_doc(ORDER_F, "sell", "limit", "50001", "1")
 BAN_A = {"address": "192.0.2.7", "node_id": NODE_B, "reason": "bad checksum",
-         "banned_at": 1_700_000_000.5, "until": 1_700_086_400.5}  # fmt: skip
+         "banned_at": 1_700_000_000_500, "until": 1_700_086_400_500}  # fmt: skip
 BAN_B = {"address": "2001:db8::1", "node_id": None, "reason": "malformed event",
-         "banned_at": 1_700_000_100.0, "until": 1_700_086_500.0}  # fmt: skip
+         "banned_at": 1_700_000_100_000, "until": 1_700_086_500_000}  # fmt: skip
 BOOK = {"bids": [["50000.5", "0.15", 1]], "asks": [["50001", "1", 1], ["50002.25", "3.5", 2]]}
 
 
@@ -125,6 +125,7 @@ class FakeNode:
         self.queries: list[tuple[str, object]] = []
         self.book_doc: dict[str, Any] = BOOK
         self.trade_docs: list[dict[str, Any]] = [TRADE_A]
+        self.ticker_doc: dict[str, Any] = {"pair": "BTC/USD", "last": None}
         self.journal: Deferred[None] | None = None
         """When set, submits and cancels answer once it fires (or fail with it)."""
         self.bans: dict[str, dict[str, Any]] = {"192.0.2.7": BAN_A, "2001:db8::1": BAN_B}
@@ -230,6 +231,10 @@ class FakeNode:
     def trade_count(self) -> int:
         return len(self.trade_docs)
 
+    def ticker(self) -> dict[str, Any]:
+        self.queries.append(("ticker", None))
+        return self.ticker_doc
+
     def discovery(self) -> dict[str, Any]:
         return self.discovery_doc
 
@@ -308,7 +313,7 @@ class ReadTests(APITestCase):
         self.assertEqual((status, body), (200, {"mdns": None, "dht": None}))
 
     def test_status(self) -> None:
-        self.node.status_doc = {"node_id": NODE_B, "uptime_s": 1.5, "p2p": {"port": 3000}}
+        self.node.status_doc = {"node_id": NODE_B, "uptime_ms": 1500, "p2p": {"port": 3000}}
         status, body, headers = self.answer(self.stub.get(f"{URL}/status"))
         self.assertEqual(status, 200)
         self.assertEqual(body, self.node.status_doc)
@@ -1125,15 +1130,20 @@ class TokenTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.node = FakeNode()
-        self.root = api_root(self.node, clock=Clock(), token=TOKEN)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.root = api_root(self.node, clock=self.clock, token=TOKEN)
         self.stub: Any = StubTreq(self.root)
 
-    def get(self, path: str, authorization: str | None = None) -> tuple[int, Any, Any]:
+    def get(
+        self, path: str, authorization: str | None = None, method: str = "GET"
+    ) -> tuple[int, Any, Any]:
         headers = {} if authorization is None else {"authorization": authorization}
-        d = self.stub.get(URL + path, headers=headers)
+        d = self.stub.request(method, URL + path, headers=headers)
         self.stub.flush()
         response = self.successResultOf(d)
-        body = json.loads(self.successResultOf(response.content()))
+        content = self.successResultOf(response.content())
+        body = json.loads(content) if method != "HEAD" else None
         return response.code, body, response.headers
 
     def test_refused_without_token(self) -> None:
@@ -1157,6 +1167,45 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual((status, body), (200, self.node.status_doc))
         self.assertEqual(self.get("/peers", f"bearer  {TOKEN}")[0], 200)
         self.assertEqual(self.get("/nope", f"Bearer {TOKEN}")[0], 404)
+
+    def ticket(self) -> str:
+        status, body, headers = self.get("/stream/ticket", f"Bearer {TOKEN}", "POST")
+        self.assertEqual(status, 201)
+        expires_at = round((self.clock.seconds() + 30) * 1000)
+        self.assertEqual((body["expires_in_ms"], body["expires_at"]), (30_000, expires_at))
+        self.assertEqual(headers.getRawHeaders(b"cache-control"), [b"no-store"])
+        ticket: str = body["ticket"]
+        return ticket
+
+    def test_stream_ticket(self) -> None:
+        """A ticket lets one GET /stream in without the header (a bad ``types`` shows it got in)."""
+        self.assertEqual(self.get("/stream/ticket", method="POST")[0], 401)
+        ticket = self.ticket()
+        status, body, _ = self.get(f"/stream?types=nope&ticket={ticket}")
+        self.assertEqual(status, 400, body)
+        status, body, headers = self.get(f"/stream?types=nope&ticket={ticket}")
+        self.assertEqual(status, 401)
+        self.assertIn("spent or expired", body["error"])
+        self.assertEqual(headers.getRawHeaders(b"www-authenticate"), [b'Bearer realm="bitfi"'])
+
+    def test_ticket_opens_nothing_else(self) -> None:
+        """A ticket admits GET /stream only, and is not spent by other requests."""
+        ticket = self.ticket()
+        for method, path in (("GET", "/status"), ("POST", "/stream/ticket"),
+                             ("GET", "/stream/ticket"), ("HEAD", "/stream")):  # fmt: skip
+            self.assertEqual(self.get(f"{path}?ticket={ticket}", method=method)[0], 401, path)
+        self.assertEqual(self.get(f"/stream?ticket={ticket}&ticket={ticket}")[0], 401)
+        self.assertEqual(self.get(f"/stream?ticket={ticket}", "Bearer wrong-token-0123")[0], 401)
+        self.assertEqual(self.get(f"/stream?types=nope&ticket={ticket}")[0], 400)
+        self.assertEqual(self.node.queries, [])
+
+    def test_ticket_expires(self) -> None:
+        first = self.ticket()
+        self.clock.advance(29.9)
+        second = self.ticket()
+        self.clock.advance(0.1)
+        self.assertEqual(self.get(f"/stream?types=nope&ticket={first}")[0], 401)
+        self.assertEqual(self.get(f"/stream?types=nope&ticket={second}")[0], 400)
 
     def test_public(self) -> None:
         status, body, _ = self.get("/openapi.json")
@@ -1217,6 +1266,14 @@ class AccessLogTests(SynchronousTestCase):
         self.assertEqual(
             formatEvent(event), f'127.0.0.1 "GET /orders/x/y?limit=5" 404 {event["length"]}'
         )
+
+    def test_ticket_not_logged(self) -> None:
+        """A stream ticket in a URI is left out of the access log."""
+        set_log_level(LogLevel.debug)
+        self.request(b"GET /stream?types=nope&ticket=s3cr3t&x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        [event] = self.events
+        self.assertEqual(event["uri"], "/stream?types=nope&ticket=-&x=1")
+        self.assertNotIn("s3cr3t", formatEvent(event))
 
     def test_enabled(self) -> None:
         set_log_level(LogLevel.warn)

@@ -17,10 +17,13 @@ from bitfitech.api.control import NodeControl
 from bitfitech.api.resources import api_root
 from bitfitech.api.stream import (
     BOOK_DEPTH,
+    MAX_TICKETS,
     STATUS_INTERVAL,
     STREAM_TYPES,
+    TICKET_LIFETIME,
     Stream,
     StreamFeed,
+    StreamTickets,
     sse_event,
 )
 from bitfitech.market.book import ALLOW, BookParams
@@ -82,7 +85,7 @@ class FeedTests(SynchronousTestCase):
         self.node.status_doc = STATUS_DOC
         self.clock = Clock()
         self.feed = StreamFeed(self.node, self.clock, max_clients=3, max_backlog=4)
-        self.stream = Stream(self.feed)
+        self.stream = Stream(self.feed, StreamTickets(self.feed))
 
     def connect(self, query: bytes = b"") -> StreamRequest:
         request = StreamRequest(query)
@@ -223,6 +226,33 @@ class FeedTests(SynchronousTestCase):
         self.assertEqual(self.feed.clients, set())
 
 
+class TicketTests(SynchronousTestCase):
+    """:class:`StreamTickets`: single use, short-lived, bounded."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.tickets = StreamTickets(StreamFeed(FakeNode(), self.clock))
+
+    def test_single_use(self) -> None:
+        ticket = self.tickets.issue()["ticket"]
+        self.assertFalse(self.tickets.redeem(ticket + "x"))
+        self.assertTrue(self.tickets.redeem(ticket))
+        self.assertFalse(self.tickets.redeem(ticket))
+
+    def test_lifetime(self) -> None:
+        ticket = self.tickets.issue()["ticket"]
+        self.clock.advance(TICKET_LIFETIME)
+        self.assertFalse(self.tickets.redeem(ticket))
+
+    def test_bounded(self) -> None:
+        """Past :data:`MAX_TICKETS` waiting, the oldest is dropped."""
+        first = self.tickets.issue()["ticket"]
+        issued = [self.tickets.issue()["ticket"] for _ in range(MAX_TICKETS)]
+        self.assertEqual(len(set(issued)), MAX_TICKETS)
+        self.assertFalse(self.tickets.redeem(first))
+        self.assertTrue(all(self.tickets.redeem(ticket) for ticket in issued))
+
+
 class StubTreqTests(SynchronousTestCase):
     """``GET /stream`` through the whole resource tree and an HTTP connection in memory."""
 
@@ -270,7 +300,7 @@ class MarketStreamTests(SynchronousTestCase):
         self.addCleanup(self.stop_market)
         self.control = _Control(config, self.clock, self.storage, self.market)
         self.feed = StreamFeed(self.control, self.clock)
-        self.stream = Stream(self.feed)
+        self.stream = Stream(self.feed, StreamTickets(self.feed))
 
     def stop_market(self) -> None:
         self.feed.close_all()

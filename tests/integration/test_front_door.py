@@ -80,7 +80,7 @@ class SyncProgressTests(ClusterTestCase):
 
         await poll_until(self.reactor, synced, HANG_GUARD, "B synced")
         sync = b.control.status()["sync"]
-        self.assertEqual((sync["known"], sync["behind"], sync["eta_s"]), (1000, 0, None))
+        self.assertEqual((sync["known"], sync["behind"], sync["eta_ms"]), (1000, 0, None))
         lines = gossip_lines()
         started = [line for line in lines if line.startswith("Syncing with peers")]
         done = [line for line in lines if line.startswith("Synced:")]

@@ -224,7 +224,7 @@ class NodeProcessTests(ProcessTestCase):
         self.assertTrue(node.running, node.describe())
         self.assertGreaterEqual(reactor.seconds() - first_at, 3.0)
         self.assertEqual(second["node_id"], first["node_id"])
-        self.assertGreater(second["uptime_s"], first["uptime_s"], node.describe())
+        self.assertGreater(second["uptime_ms"], first["uptime_ms"], node.describe())
         self.assertEqual(second["peers"]["outbound"], 0, node.describe())
         self.assertEqual(await node.get_json("/peers"), [], node.describe())
 

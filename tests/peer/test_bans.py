@@ -120,7 +120,7 @@ class BanListTests(SynchronousTestCase):
         self.assertEqual(
             ban.row(),
             {"address": "192.0.2.1", "node_id": NODE, "reason": "bad magic",
-             "banned_at": NOW, "until": NOW + 60},
+             "banned_at": NOW * 1000, "until": (NOW + 60) * 1000},
         )  # fmt: skip
 
     def test_reloaded_from_the_database(self) -> None:

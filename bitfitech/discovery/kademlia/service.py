@@ -53,6 +53,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from bitfitech.discovery import PeerFound, SettingsStore
+from bitfitech.interfaces import unix_ms
 from bitfitech.logs import logger
 
 from .ids import is_id, parse_hex_id, random_id, random_id_between
@@ -223,7 +224,7 @@ class DHTService(Service):
             "port": self.listen_port,
             "info_hash": self.info_hash.hex(),
             "routing_table_size": len(routing) if routing is not None else 0,
-            "announced_at": self.announced_at,
+            "announced_at": unix_ms(self.announced_at),
             "peers_found": self._peers_found,
         }
 

@@ -31,8 +31,11 @@ SELL = ("sell", "101", "2", "limit")
 MARKET_SELL = ("sell", None, "0.5", "market")
 
 
-class SubmitOrdersTests(SynchronousTestCase):
-    """``NodeControl.submit_orders``: all or none, signed in order, one group commit."""
+class MarketControlCase(SynchronousTestCase):
+    """A :class:`NodeControl` over a real market and journal, on a fake clock."""
+
+    params: BookParams | None = None
+    changes: dict[str, Any] = {}
 
     def setUp(self) -> None:
         data_dir = self.mktemp()
@@ -40,8 +43,8 @@ class SubmitOrdersTests(SynchronousTestCase):
         self.storage = Storage(data_dir)
         self.storage.open()
         self.addCleanup(self.storage.close)
-        config = loopback_config(data_dir)
-        self.market = MarketService(config, self.storage, self.clock)
+        config = loopback_config(data_dir, **self.changes)
+        self.market = MarketService(config, self.storage, self.clock, self.params)
         self.market.startService()
         self.addCleanup(self.stop_market)
         self.control = NodeControl(config, self.clock, self.storage, self.market)
@@ -55,6 +58,10 @@ class SubmitOrdersTests(SynchronousTestCase):
         for _ in range(5):
             self.clock.advance(0)
         return self.successResultOf(d)
+
+
+class SubmitOrdersTests(MarketControlCase):
+    """``NodeControl.submit_orders``: all or none, signed in order, one group commit."""
 
     def test_batch(self) -> None:
         documents = self.committed(self.control.submit_orders([BUY, SELL, MARKET_SELL]))
@@ -119,25 +126,11 @@ class SubmitOrdersTests(SynchronousTestCase):
         self.flushLoggedErrors()
 
 
-class TimeConventionTests(SynchronousTestCase):
+class TimeConventionTests(MarketControlCase):
     """Every time the API states is integer unix ms; durations are ms under ``_ms`` names."""
 
-    def setUp(self) -> None:
-        data_dir = self.mktemp()
-        self.clock = Clock()
-        self.storage = Storage(data_dir)
-        self.storage.open()
-        self.addCleanup(self.storage.close)
-        config = loopback_config(data_dir, settle_after=2.5)
-        self.market = MarketService(config, self.storage, self.clock, BookParams(self_trade=ALLOW))
-        self.market.startService()
-        self.addCleanup(self.market.stopService)
-        self.control = NodeControl(config, self.clock, self.storage, self.market)
-
-    def committed(self, d: Deferred[Any]) -> Any:
-        for _ in range(5):
-            self.clock.advance(0)
-        return self.successResultOf(d)
+    params = BookParams(self_trade=ALLOW)
+    changes = {"settle_after": 2.5}
 
     def test_order_and_status_times(self) -> None:
         self.clock.advance(1_700_000_000.25)

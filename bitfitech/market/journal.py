@@ -20,6 +20,13 @@ reactor thread; one fsync covers every batch written before it (group
 commit).  Peer events are not waited for: a lost one is fetched again from
 the peers.  (:meth:`EventJournal.write` with ``durable=True`` commits with
 ``synchronous=FULL`` instead, in the calling thread.)
+
+At start the market reads the whole journal back and replays it into a
+new ledger, before the node does anything else (the reactor waits, and
+the HTTP API is not listening yet).  :class:`JournalReplay` says so in the
+log: a line as the replay starts, a progress line now and then while a
+long one runs (its time read from a monotonic clock the market is given,
+since no reactor timer can fire meanwhile), and a line at the end.
 """
 
 from __future__ import annotations
@@ -33,8 +40,24 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 
+from ..logs import logger
 from .events import Event
 from .stamps import Stamp
+
+log = logger(__name__)
+
+#: seconds a replay of the journal runs before its progress is logged
+REPLAY_QUIET = 2.0
+
+#: seconds between two progress lines of a long replay
+REPLAY_PROGRESS_INTERVAL = 5.0
+
+#: events or stamps read between two looks at the clock
+READ_CHECK_EVERY = 1024
+
+#: unreadable journaled events or stamps logged one by one at start; the
+#: rest are only counted (a journal of another network would log them all)
+UNREADABLE_LOGGED = 10
 
 
 class JournalError(Exception):
@@ -61,6 +84,11 @@ class EventJournal:
         cursor = self.connection.execute("SELECT text, sig FROM events ORDER BY rowid")
         while rows := cursor.fetchmany(4096):
             yield from rows
+
+    def stamp_count(self) -> int:
+        """How many witness stamps are journaled."""
+        (count,) = self.connection.execute("SELECT count(*) FROM stamps").fetchone()
+        return int(count)
 
     def load_stamps(self) -> Iterator[tuple[str, str]]:
         """Every journaled witness stamp as ``(text, sig)``, in the order written."""
@@ -148,6 +176,130 @@ class EventJournal:
             raise JournalError(f"cannot copy the write-ahead log into the database: {e}") from e
         if busy:
             raise JournalError("cannot copy the write-ahead log into the database: busy")
+
+
+class JournalReplay:
+    """
+    The log lines of one replay of the journal into a new ledger, at start.
+
+    The replay reads the journaled stamps and events (:meth:`read`), then
+    applies the events to the book (:meth:`applying`, called by
+    :meth:`~bitfitech.market.ledger.Ledger.load`).  The whole replay runs
+    in one go, before the reactor runs anything else, so its time comes
+    from C{monotonic}: a replay that takes :data:`REPLAY_QUIET` seconds
+    or more logs where it is every :data:`REPLAY_PROGRESS_INTERVAL`
+    seconds (the step, how many of how many, the percentage, events a
+    second since the previous line); a shorter one logs its start and its
+    end only.
+
+    :param path: the database the journal is in (named in the log).
+    :param events: how many events the journal holds.
+    :param stamps: how many witness stamps it holds.
+    :param monotonic: seconds from a monotonic clock (``time.monotonic``;
+        a fake in tests).
+    :ivar skipped: unreadable events and stamps skipped (see :meth:`skip`).
+    """
+
+    def __init__(self, path: str, events: int, stamps: int, monotonic: Callable[[], float]) -> None:
+        self.path = path
+        self.events = events
+        self.stamps = stamps
+        self._monotonic = monotonic
+        self.skipped = 0
+        self._started = self._mark = monotonic()
+        self._next_line = self._started + REPLAY_QUIET
+        # The step under way, how far it was and when, at the last line (or its start).
+        self._step = "reading stamps" if stamps else "reading events"
+        self._step_done = 0
+
+    @property
+    def seconds(self) -> float:
+        """Seconds since the replay started."""
+        return self._monotonic() - self._started
+
+    def start(self) -> None:
+        """Log that the replay starts (nothing for an empty journal)."""
+        if self.stamps:
+            log.info(
+                "Replaying {events} events and {stamps} witness stamps from the journal in {path}",
+                events=self.events, stamps=self.stamps, path=self.path,
+            )  # fmt: skip
+        elif self.events:
+            log.info("Replaying {events} events from the journal in {path}",
+                     events=self.events, path=self.path)  # fmt: skip
+
+    def read(self, done: int, stamps: bool = False) -> None:
+        """
+        C{done} events (or stamps) of the journal have been read so far.
+        Cheap: it looks at the clock every :data:`READ_CHECK_EVERY` only.
+        """
+        if done % READ_CHECK_EVERY:
+            return
+        if stamps:
+            self._report("reading stamps", done, self.stamps)
+        else:
+            self._report("reading events", done, self.events)
+
+    def applying(self, done: int, total: int) -> None:
+        """C{done} of the C{total} events to apply have been applied to the book."""
+        self._report("applying events", done, total)
+
+    def skip(self, what: str, error: str) -> None:
+        """
+        Skip an unreadable journaled C{what} (``event`` or ``stamp``): the
+        first :data:`UNREADABLE_LOGGED` are logged, the rest only counted
+        (:meth:`finish` says how many in all).
+        """
+        self.skipped += 1
+        if self.skipped <= UNREADABLE_LOGGED:
+            log.error("Skipping unreadable journaled {what}: {error}", what=what, error=error)
+
+    def _report(self, step: str, done: int, total: int) -> None:
+        now = self._monotonic()
+        if step != self._step:
+            # A new step: its rate is measured from here, its first line comes next time.
+            self._step, self._step_done, self._mark = step, done, now
+            return
+        if now < self._next_line:
+            return
+        elapsed = now - self._mark
+        rate = (done - self._step_done) / elapsed if elapsed > 0 else 0.0
+        self._mark, self._step_done = now, done
+        self._next_line = now + REPLAY_PROGRESS_INTERVAL
+        log.info(
+            "Replaying the journal: {step}, {done} of {total} ({percent:.0f} %), {rate:.0f}/s",
+            step=step, done=done, total=total,
+            percent=100 * done / total if total else 100.0, rate=rate,
+        )  # fmt: skip
+
+    def finish(
+        self, *, loaded: int, applied: int, resumed: int, orders: int, trades: int,
+        state_hash: str,
+    ) -> float:  # fmt: skip
+        """
+        Log the end of the replay (nothing if the journal held nothing),
+        and how many unreadable entries were skipped, if any.
+
+        :param loaded: events read back (unreadable ones left out).
+        :param applied: events applied to the book.
+        :param resumed: events restored from the ledger checkpoint instead.
+        :return: the seconds the replay took.
+        """
+        seconds = self.seconds
+        if self.events or self.stamps:
+            log.info(
+                "Replayed {loaded} events in {seconds:.2f} s ({applied} applied, {resumed} "
+                "restored from the checkpoint): {orders} open orders, {trades} trades; "
+                "state hash {state_hash}",
+                loaded=loaded, seconds=seconds, applied=applied, resumed=resumed,
+                orders=orders, trades=trades, state_hash=state_hash,
+            )  # fmt: skip
+        if self.skipped:
+            log.warn(
+                "Skipped {skipped} unreadable journaled events and stamps ({logged} logged above)",
+                skipped=self.skipped, logged=min(self.skipped, UNREADABLE_LOGGED),
+            )  # fmt: skip
+        return seconds
 
 
 class Syncer(Protocol):

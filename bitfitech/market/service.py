@@ -403,7 +403,7 @@ class MarketService(Service):
         return self._author
 
     def startService(self) -> None:
-        """Replay the journal into a new ledger (see :class:`JournalReplay`), then start settling."""
+        """Replay the journal into a new ledger (:class:`JournalReplay`), then start settling."""
         identity = self.storage.identity
         self._author = Author(bytes(identity.signing_key), self.network, self.pair)
         self._ledger = Ledger(self.params, witnesses=self.witnesses)
@@ -431,9 +431,8 @@ class MarketService(Service):
             events, self.clock.seconds(), self._read_checkpoint(), progress=replay.applying
         )
         self.loaded_events = len(events)
-        self.load_seconds = replay.seconds
         self._next_seq = self._ledger.next_seq(self._author.author)
-        replay.finish(
+        self.load_seconds = replay.finish(
             loaded=len(events), applied=self._ledger.applied - self.resumed_at,
             resumed=self.resumed_at, orders=len(self._ledger.book),
             trades=self._ledger.trade_count, state_hash=self._ledger.state_hash(),

@@ -5,15 +5,21 @@ options, input checks) -> :class:`NodeClient` (one blocking HTTP request
 with ``http.client``; no reactor) -> the node's JSON API -> the renderers
 (aligned tables, prices and amounts as the API's decimal strings) or, with
 ``--json``, the node's answer unchanged -> stdout.  ``bitfi watch`` reads
-the node's Server-Sent Events from ``GET /stream`` through
-:class:`EventStreamParser`, a small pure parser with bounded lines.
+the node's Server-Sent Events from ``GET /stream`` (:class:`EventStream`,
+through :class:`EventStreamParser`, a small pure parser with bounded
+lines), prints a line when one says something new (:class:`WatchLines`)
+and follows the stream across reconnections (:func:`follow_stream`).
 Two commands need no node: ``bitfi token`` and ``bitfi node-id`` work on a
 node's data directory (its API token, its key).
 
+Times: the API gives every instant as an integer of unix milliseconds
+(UTC) and every duration in milliseconds, in a field named ``..._ms``;
+they are shown as UTC times (:func:`utc_time_ms`) and short durations
+(:func:`duration_ms`).
+
 Exit status: 0 done; 1 the node answered an error (its ``{"error"}`` is
-printed to stderr) or the stream ended; 2 a usage error or bad input,
-found before anything is sent; 3 the node cannot be reached; 4 the node
-wants an API token (401).
+printed to stderr); 2 a usage error or bad input, found before anything is
+sent; 3 the node cannot be reached; 4 the node wants an API token (401).
 """
 
 from __future__ import annotations
@@ -30,10 +36,10 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from . import USER_AGENT, __version__
@@ -49,6 +55,13 @@ MAX_ANSWER = 16 * 1024 * 1024
 """The largest answer body read from the node."""
 MAX_EVENT_LINE = 1024 * 1024
 """The longest line :class:`EventStreamParser` accepts."""
+STREAM_SILENCE = 60.0
+"""Seconds a live stream may stay silent before it counts as lost (the node
+sends a ``status`` event every 15 s as its keepalive)."""
+RECONNECT_FIRST = 1.0
+"""Seconds ``bitfi watch`` waits before its first attempt to reconnect."""
+RECONNECT_MAX = 30.0
+"""The longest wait between attempts: the wait doubles up to it."""
 
 EXIT_OK = 0
 EXIT_NODE_ERROR = 1
@@ -90,16 +103,21 @@ class NodeError(CommandError):
 
 
 class Unreachable(CommandError):
-    """The node cannot be reached: refused, timed out, unknown host, not HTTP."""
+    """
+    The node cannot be reached: refused, timed out, unknown host, not HTTP.
+
+    :ivar reason: why, in a few words (``connection refused``).
+    """
 
     exit_status = EXIT_UNREACHABLE
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"cannot reach the node at {url}: {reason}; is it running? (make run)")
+        self.reason = reason
 
 
 class StreamError(CommandError):
-    """The event stream broke its format, or ended."""
+    """The event stream broke: its connection failed, it went silent, or it broke its format."""
 
 
 class CommandUsageError(CommandError):
@@ -249,41 +267,88 @@ class NodeClient:
             raise NodeError(response.status, f"the node's answer is not JSON: {raw[:80]!r}")
         return Answer(response.status, document, raw)
 
-    def events(self, path: str) -> Generator[ServerEvent, None, None]:
+    def open_events(self, path: str, silence: float = STREAM_SILENCE) -> EventStream:
         """
-        Follow the Server-Sent Events at C{path}, until the node ends them.
+        Open the Server-Sent Events at C{path}.
 
-        The timeout covers connecting and the answer's head; then reads wait
-        as long as the stream is quiet.
+        The timeout covers connecting and the answer's head; then the
+        stream counts as broken after C{silence} seconds without a byte.
 
-        :raises Unreachable: if no answer came, or the stream broke.
+        :raises Unreachable: if no answer came.
         :raises NodeError: for an error status.
-        :raises StreamError: for a stream that breaks the SSE format.
         """
         connection, response = self._send("GET", path, None, self._headers("text/event-stream"))
-        try:
-            if not 200 <= response.status < 300:
+        if not 200 <= response.status < 300:
+            try:
                 raw = response.read(MAX_ANSWER + 1)
-                try:
-                    document = parse_json(raw)
-                except ValueError:
-                    document = None
-                raise NodeError(response.status, _error_message(response, document, raw))
-            if connection.sock is not None:
-                connection.sock.settimeout(None)
-            parser = EventStreamParser()
-            while True:
-                try:
-                    data = response.read1(65536)
-                except (OSError, http.client.HTTPException) as error:
-                    raise Unreachable(
-                        self.url, f"the stream broke: {self._reason(error)}"
-                    ) from None
-                if not data:
-                    return
-                yield from parser.feed(data)
-        finally:
-            connection.close()
+            except (OSError, http.client.HTTPException) as error:
+                raise Unreachable(self.url, self._reason(error)) from None
+            finally:
+                connection.close()
+            try:
+                document = parse_json(raw)
+            except ValueError:
+                document = None
+            raise NodeError(response.status, _error_message(response, document, raw))
+        if connection.sock is not None:
+            connection.sock.settimeout(silence)
+        return EventStream(connection, response, silence, self._reason)
+
+
+class LiveEvents(Protocol):
+    """An open stream of events (:class:`EventStream`, or a fake in tests)."""
+
+    def __iter__(self) -> Iterator[ServerEvent]:
+        """The events as they come, until the stream ends; :class:`StreamError` if it breaks."""
+
+    def close(self) -> None:
+        """Let the stream go."""
+
+
+class EventStream:
+    """
+    An open ``text/event-stream`` answer: iterate over it for its events
+    until the node ends it, and close it when done (:class:`LiveEvents`).
+    """
+
+    def __init__(
+        self,
+        connection: http.client.HTTPConnection,
+        response: http.client.HTTPResponse,
+        silence: float,
+        reason: Callable[[BaseException], str],
+    ) -> None:
+        """
+        :param silence: the read timeout set on the connection, in seconds.
+        :param reason: words for a failed read (:meth:`NodeClient._reason`).
+        """
+        self._connection = connection
+        self._response = response
+        self._silence = silence
+        self._reason = reason
+
+    def __iter__(self) -> Iterator[ServerEvent]:
+        """
+        The events, as they come; the iteration ends when the node ends the stream.
+
+        :raises StreamError: if the connection fails, stays silent too long,
+            or the stream breaks the SSE format.
+        """
+        parser = EventStreamParser()
+        while True:
+            try:
+                data = self._response.read1(65536)
+            except TimeoutError:
+                raise StreamError(f"nothing heard for {self._silence:g} s") from None
+            except (OSError, http.client.HTTPException) as error:
+                raise StreamError(self._reason(error)) from None
+            if not data:
+                return
+            yield from parser.feed(data)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._connection.close()
 
 
 def _error_message(response: http.client.HTTPResponse, document: Any, raw: bytes) -> str:
@@ -405,19 +470,20 @@ def short(value: object, length: int = 12) -> str:
     return "-" if value is None else str(value)[:length]
 
 
-def utc_time(seconds: object) -> str:
-    """Unix time C{seconds} as ``2025-01-31 12:00:00`` UTC (``-`` for none)."""
-    if seconds is None:
-        return "-"
-    moment = datetime.datetime.fromtimestamp(int(Decimal(str(seconds))), datetime.UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
-
-
 def utc_time_ms(milliseconds: object) -> str:
-    """Unix time in C{milliseconds} as :func:`utc_time` does."""
+    """
+    An instant of the API, unix time in C{milliseconds}, as ``2025-01-31
+    12:00:00`` (UTC, to the second; ``-`` for none).
+    """
     if milliseconds is None:
         return "-"
-    return utc_time(Decimal(str(milliseconds)) / 1000)
+    seconds = int(Decimal(str(milliseconds))) // 1000
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration_ms(milliseconds: object) -> str:
+    """A duration of the API, in C{milliseconds}, as :func:`duration` shows it."""
+    return duration(int(Decimal(str(milliseconds or 0))) // 1000)
 
 
 def duration(seconds: object) -> str:
@@ -447,7 +513,7 @@ def render_status(status: Mapping[str, Any], now: float) -> list[str]:
     state_hash = status.get("state_hash")
     lines = [
         ("node", f"{status.get('node_id')}  ({status.get('user_agent', '?')}, "
-                 f"up {duration(status.get('uptime_s'))})"),
+                 f"up {duration_ms(status.get('uptime_ms'))})"),
         ("network", f"{status.get('network')}  {status.get('pair')}"),
         ("p2p", f"{p2p.get('host')}:{p2p.get('port')}  "
                 f"{'TLS' if p2p.get('tls') else 'plain TCP (no TLS)'}"),
@@ -476,8 +542,8 @@ def _sync_summary(sync: Mapping[str, Any] | None) -> str:
     if state != "syncing":
         return f"{state} ({sync.get('events', 0):,} events)"
     events, known = sync.get("events", 0), sync.get("known", 0)
-    eta = sync.get("eta_s")
-    left = f"about {duration(eta)} left" if eta is not None else "time left unknown"
+    eta = sync.get("eta_ms")
+    left = f"about {duration_ms(eta)} left" if eta is not None else "time left unknown"
     percent = 100 * events / known if known else 0
     return (f"syncing: {events:,} of {known:,} events ({percent:.0f} %), "
             f"{sync.get('rate', 0):,.0f} events/s, {left}")  # fmt: skip
@@ -492,9 +558,11 @@ def _order_summary(
     """
     witnesses = status.get("witnesses") or {}
     if status.get("ordering") != "fair" or not witnesses:
+        settled = status.get("settled_through_ms")
         return [
-            ("state", f"{short(state_hash, 16)}  settled through lamport "
-                      f"{status.get('settled_through', 0)}"),
+            ("state", f"{short(state_hash, 16)}  "
+                      + ("nothing settled yet" if settled is None
+                         else f"settled through {_horizon(settled)}")),
             ("order", "author clocks (no witnesses): trades settle, never final"),
         ]  # fmt: skip
     n, f, me = witnesses.get("n", 0), witnesses.get("f", 0), witnesses.get("me")
@@ -526,7 +594,7 @@ def _horizon(milliseconds: object) -> str:
     if milliseconds is None:
         return "none yet"
     ms = int(Decimal(str(milliseconds)))
-    return f"{utc_time_ms(ms)}.{ms % 1000:03d}"
+    return f"{utc_time_ms(ms)}.{ms % 1000:03d} UTC"
 
 
 def _witness_summary(chain: Mapping[str, Any], now: float) -> str:
@@ -561,15 +629,19 @@ def _dht_summary(dht: Mapping[str, Any] | None) -> str:
     if not dht:
         return "off"
     announced = dht.get("announced_at")
+    when = "not announced yet" if announced is None else f"announced {utc_time_ms(announced)} UTC"
     return (
         f"on (UDP port {dht.get('port')}), {dht.get('routing_table_size', 0)} in the routing "
-        f"table, {dht.get('peers_found', 0)} peers found, "
-        + ("not announced yet" if announced is None else f"announced {utc_time(announced)}")
+        f"table, {dht.get('peers_found', 0)} peers found, {when}"
     )
 
 
 def render_peers(rows: Sequence[Mapping[str, Any]], now: float) -> list[str]:
-    """``GET /peers`` as a table."""
+    """
+    ``GET /peers`` as a table.
+
+    :param now: unix time in seconds, for how long each peer has been linked.
+    """
     if not rows:
         return ["no peers linked"]
     body = [
@@ -580,7 +652,7 @@ def render_peers(rows: Sequence[Mapping[str, Any]], now: float) -> list[str]:
             str(row.get("tls") or "plain"),
             "-" if row.get("rtt_ms") is None else f"{row['rtt_ms']} ms",
             "-" if row.get("connected_since") is None
-            else duration(now - float(row["connected_since"])),
+            else duration(now - int(row["connected_since"]) / 1000),
             str(row.get("source", "-")),
             str(row.get("user_agent", "-")),
         ]
@@ -713,8 +785,8 @@ def render_bans(bans: Sequence[Mapping[str, Any]]) -> list[str]:
         [
             str(b.get("address")),
             short(b.get("node_id"), 40),
-            utc_time(b.get("banned_at")),
-            utc_time(b.get("until")),
+            utc_time_ms(b.get("banned_at")),
+            utc_time_ms(b.get("until")),
             str(b.get("reason")),
         ]
         for b in bans
@@ -723,8 +795,19 @@ def render_bans(bans: Sequence[Mapping[str, Any]]) -> list[str]:
     return table(headers, rows, "lllll")
 
 
-def render_event(event: ServerEvent, now: float) -> str:
-    """One line for one event of ``GET /stream``: its time, type and gist."""
+def render_event(event: ServerEvent, now: float, gist: str | None = None) -> str:
+    """
+    One line for one event of ``GET /stream``: its local time, type and gist.
+
+    :param now: unix time in seconds.
+    :param gist: the event's :func:`event_gist`, if known already.
+    """
+    clock = datetime.datetime.fromtimestamp(now).strftime("%H:%M:%S")
+    return f"{clock}  {event.type:<6}  {event_gist(event) if gist is None else gist}"
+
+
+def event_gist(event: ServerEvent) -> str:
+    """What one event of ``GET /stream`` says, in a few words (its compact JSON if unknown)."""
     try:
         data = parse_json(event.data)
     except ValueError:
@@ -737,8 +820,7 @@ def render_event(event: ServerEvent, now: float) -> str:
             gist = None
     if gist is None:
         gist = data if isinstance(data, str) else _compact(data)
-    clock = datetime.datetime.fromtimestamp(now).strftime("%H:%M:%S")
-    return f"{clock}  {event.type:<6}  {gist}"
+    return gist
 
 
 def _compact(data: object) -> str:
@@ -953,17 +1035,118 @@ def run_unban(client: NodeClient, args: argparse.Namespace, console: Console) ->
     )
 
 
-def run_watch(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
-    """``bitfi watch``: one line per event of ``GET /stream`` until Ctrl-C or its end."""
-    with contextlib.closing(client.events("/stream")) as events:
-        for event in events:
-            if console.as_json:
-                data = event.data if _is_json(event.data) else json.dumps(event.data)
-                console.stdout.write(f'{{"event":{json.dumps(event.type)},"data":{data}}}\n')
-            else:
-                console.stdout.write(render_event(event, time.time()) + "\n")
-            console.stdout.flush()
-    raise StreamError(f"the event stream of {client.url} ended")
+class WatchLines:
+    """
+    The lines of ``bitfi watch``: one per event that says something new.
+
+    The node sends the book and its status again and again (at each
+    connection, after each change, every 15 s as a keepalive), often
+    unchanged; an event is printed only when what its line says differs
+    from the last line printed for its type.  With ``--json`` the line is
+    the event as JSON, and its data is what must differ.
+    """
+
+    def __init__(self, console: Console, clock: Callable[[], float] = time.time) -> None:
+        """
+        :param clock: unix time in seconds, for the time at the start of each line.
+        """
+        self._console = console
+        self._clock = clock
+        self._last: dict[str, str] = {}
+
+    def show(self, event: ServerEvent) -> None:
+        """Print C{event}'s line, unless its type's last line said the same."""
+        said = event.data if self._console.as_json else event_gist(event)
+        if self._last.get(event.type) == said:
+            return
+        self._last[event.type] = said
+        if self._console.as_json:
+            data = event.data if _is_json(event.data) else json.dumps(event.data)
+            line = f'{{"event":{json.dumps(event.type)},"data":{data}}}'
+        else:
+            line = render_event(event, self._clock(), said)
+        self._console.lines([line])
+
+
+def follow_stream(
+    open_stream: Callable[[], LiveEvents],
+    show: Callable[[ServerEvent], None],
+    note: Callable[[str], None],
+    sleep: Callable[[float], None],
+) -> NoReturn:
+    """
+    Follow a live stream until Ctrl-C, reconnecting whenever it is lost.
+
+    The first connection must succeed: its errors are raised, as every
+    command raises them.  Once the stream has been open, a stream that ends
+    or breaks, and a node that cannot be reached or answers 429 or 5xx, are
+    waited out: :data:`RECONNECT_FIRST` seconds, doubling up to
+    :data:`RECONNECT_MAX`, back to the first wait once a stream delivers an
+    event.  Each loss and each failed attempt is one C{note}, and so is the
+    reconnection.
+
+    :param open_stream: opens the stream (:meth:`NodeClient.open_events`).
+    :param show: takes each event.
+    :param note: takes a one-line note for stderr.
+    :param sleep: waits that many seconds (:func:`time.sleep`; a fake in tests).
+    :raises NodeError: for an answer that will not change by waiting (401,
+        404, other 4xx), or any error of the first connection.
+    :raises Unreachable: if the first connection fails.
+    :raises KeyboardInterrupt: at Ctrl-C: this never returns.
+    """
+    delay = RECONNECT_FIRST
+    attempt = 0  # openings tried since the stream was last open: 0 before the first
+    while True:
+        try:
+            stream = open_stream()
+        except (Unreachable, NodeError) as error:
+            if attempt == 0 or not _worth_retrying(error):
+                raise
+            reason = error.reason if isinstance(error, Unreachable) else str(error)
+            note(f"cannot reconnect ({reason}); trying again in {delay:g} s")
+        else:
+            if attempt:
+                note("reconnected")
+            attempt = 0
+            with contextlib.closing(stream):
+                try:
+                    for event in stream:
+                        delay = RECONNECT_FIRST
+                        show(event)
+                    reason = "the node ended it"
+                except StreamError as error:
+                    reason = str(error)
+            note(f"stream lost ({reason}); reconnecting in {delay:g} s")
+        sleep(delay)
+        attempt += 1
+        delay = min(delay * 2, RECONNECT_MAX)
+
+
+def _worth_retrying(error: CommandError) -> bool:
+    """Whether waiting may change C{error}: the node is away, busy or failing, not refusing."""
+    if isinstance(error, NodeError):
+        return error.status == 429 or error.status >= 500
+    return isinstance(error, Unreachable)
+
+
+def run_watch(
+    client: NodeClient,
+    args: argparse.Namespace,
+    console: Console,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """
+    ``bitfi watch``: one line per change the node's ``GET /stream`` tells
+    (:class:`WatchLines`), until Ctrl-C; a lost stream is reopened
+    (:func:`follow_stream`), with a note on stderr.
+    """
+    lines = WatchLines(console)
+
+    def note(text: str) -> None:
+        console.stderr.write(f"bitfi: {text}\n")
+        console.stderr.flush()
+
+    follow_stream(lambda: client.open_events("/stream"), lines.show, note, sleep)
 
 
 def _is_json(text: str) -> bool:
@@ -1047,8 +1230,9 @@ LocalRunner = Callable[[argparse.Namespace, Console, Mapping[str, str]], int]
 
 class _Parser(argparse.ArgumentParser):
     """
-    An ArgumentParser that raises instead of exiting, and writes to
-    :attr:`streams` instead of ``sys.stdout`` and ``sys.stderr``.
+    An ArgumentParser that raises instead of exiting, writes to
+    :attr:`streams` instead of ``sys.stdout`` and ``sys.stderr``, and
+    reports a usage error in one line and a hint (not under the usage).
     """
 
     streams: tuple[TextIO, TextIO] = (sys.stdout, sys.stderr)
@@ -1056,6 +1240,9 @@ class _Parser(argparse.ArgumentParser):
     def _print_message(self, message: str, file: object = None) -> None:
         if message:
             (self.streams[1] if file is sys.stderr else self.streams[0]).write(message)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\ntry '{self.prog} --help'\n")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if message:

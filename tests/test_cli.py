@@ -12,13 +12,15 @@ are tested directly.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import os
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from importlib.metadata import entry_points
 from typing import Any
@@ -81,6 +83,28 @@ async def bitfi(
     return Run(code, out.getvalue(), err.getvalue())
 
 
+async def watch(url: str, sleep: Callable[[float], None], *argv: str) -> Run:
+    """
+    Run ``bitfi --node url watch argv`` in a thread, C{sleep} standing in
+    for :func:`time.sleep` between reconnections (it raises
+    KeyboardInterrupt for Ctrl-C); the exit status is as main() gives it.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    args = cli.build_parser(out, err).parse_args(["--node", url, "watch", *argv])
+    console = cli.Console(out, err, as_json=getattr(args, "json", False))
+
+    def run() -> int:
+        try:
+            return cli.run_watch(cli.NodeClient(url), args, console, sleep)
+        except KeyboardInterrupt:
+            return cli.EXIT_OK
+        except cli.CommandError as error:
+            return error.exit_status
+
+    code = await deferToThread(run)
+    return Run(code, out.getvalue(), err.getvalue())
+
+
 def run_local(*argv: str, environ: Mapping[str, str] | None = None) -> Run:
     """Run ``bitfi`` C{argv} in this process (commands that need no node)."""
     out, err = io.StringIO(), io.StringIO()
@@ -95,15 +119,27 @@ def url_of(node: Node) -> str:
 
 
 class InterruptAfter(io.StringIO):
-    """A stdout that gets Ctrl-C (KeyboardInterrupt) once C{lines} lines were written."""
+    """
+    A stdout that gets Ctrl-C (KeyboardInterrupt) once C{lines} lines were
+    written, or with C{kind}, C{lines} lines of ``bitfi watch`` on events
+    of that type.
+    """
 
-    def __init__(self, lines: int) -> None:
+    def __init__(self, lines: int, kind: str | None = None) -> None:
         super().__init__()
         self.lines = lines
+        self.kind = kind
+
+    def count(self) -> int:
+        """The lines written so far (of the type C{kind}, if given)."""
+        lines = self.getvalue().splitlines()
+        if self.kind is None:
+            return len(lines)
+        return sum(line[10:].startswith(f"{self.kind} ") for line in lines)
 
     def write(self, text: str) -> int:
         written = super().write(text)
-        if self.getvalue().count("\n") >= self.lines:
+        if self.count() >= self.lines:
             raise KeyboardInterrupt
         return written
 
@@ -165,6 +201,19 @@ class UsageTests(SynchronousTestCase):
         run = self.run_cli("launch")
         self.assertEqual(run.code, 2)
         self.assertIn("invalid choice: 'launch'", run.err)
+
+    def test_one_line_and_a_hint(self) -> None:
+        """An argparse error is its line and where to read more, not the usage first."""
+        run = self.run_cli("book", "--depth", "0")
+        self.assertEqual((run.code, run.out), (2, ""))
+        self.assertEqual(run.err, "bitfi book: error: argument --depth: must be a whole number "
+                                  "from 1 to 1000\ntry 'bitfi book --help'\n")  # fmt: skip
+        for argv in (["launch"], ["--timeout", "soon", "status"], ["cancel"]):
+            run = self.run_cli(*argv)
+            self.assertEqual(run.code, 2, argv)
+            error, hint = run.err.splitlines()
+            self.assertRegex(error, r"^bitfi( cancel)?: error: ", argv)
+            self.assertRegex(hint, r"^try 'bitfi( cancel)? --help'$", argv)
 
     def test_bad_decimals(self) -> None:
         for argv in (["buy", "1e3", "100"], ["sell", "0.5", "-1"], ["buy", "0", "100"],
@@ -239,7 +288,7 @@ class NodeTests(ClusterTestCase):
         self.assertIn("mdns     off", run.out)
         self.assertIn("dht      off", run.out)
         state_hash = self.node.market.ledger.state_hash()
-        self.assertIn(f"state    {state_hash[:16]}  settled through lamport 0", run.out)
+        self.assertIn(f"state    {state_hash[:16]}  nothing settled yet", run.out)
         self.assertIn("order    author clocks (no witnesses): trades settle, never final", run.out)
         self.assertNotIn("witness ", run.out)
 
@@ -384,7 +433,7 @@ class NodeTests(ClusterTestCase):
             lines["order"], "fair, 1 witness (no fault tolerated); this node is not one"
         )
         self.assertRegex(lines["state"], r"^[0-9a-f]{16}  settled 2 events through \d{4}-\d\d-\d\d "
-                         r"\d\d:\d\d:\d\d\.\d{3}; final 2 through ")  # fmt: skip
+                         r"\d\d:\d\d:\d\d\.\d{3} UTC; final 2 through ")  # fmt: skip
         assert address.node_id is not None
         self.assertRegex(lines["witness"], rf"^{address.node_id[:16]}  \d+ stamps, last "
                          r"\d+\.\d s ago, lag -?\d+ ms$")  # fmt: skip
@@ -475,6 +524,30 @@ class NodeTests(ClusterTestCase):
         lines = run.out.splitlines()
         self.assertIn("  order   sell limit 1 @ 100: open, filled 0", "\n".join(lines[2:]))
         self.assertIn("  book    best bid none, best ask 1 @ 100; no bids", "\n".join(lines[2:]))
+
+    async def test_watch_remote_orders(self) -> None:
+        """
+        One line per change of the book, however often the node sends it
+        (on a network with a witness, an order from a peer is sent as it
+        arrives, as it gets its fair time, and as it settles).
+        """
+        [address] = self.cluster.witness_addresses(1)
+        witness = self.cluster.start_node(port=address.port, witnesses=(address,))
+        remote = self.cluster.start_node(witnesses=(address,))
+        await wait_for([witness, remote], lambda: len(remote.peers.hub.links) == 1, HANG_GUARD,
+                       self.reactor, "a link to the witness")  # fmt: skip
+        stdout = InterruptAfter(3, kind="book")
+        watching = Deferred.fromCoroutine(bitfi("--node", url_of(witness), "watch", stdout=stdout))
+        await poll_until(self.reactor, lambda: stdout.count() == 1, HANG_GUARD, "the first book")
+        self.assertEqual((await self.on(remote, "sell", "1", "100")).code, 0)
+        await poll_until(self.reactor, lambda: stdout.count() == 2, HANG_GUARD, "a second book")
+        self.assertEqual((await self.on(remote, "sell", "1", "99")).code, 0)
+        run = await watching
+        self.assertEqual((run.code, run.err), (0, ""))
+        lines = [line[10:] for line in run.out.splitlines() if line[10:].startswith("book ")]
+        self.assertEqual(lines, ["book    best bid none, best ask none; no asks",
+                                 "book    best bid none, best ask 1 @ 100; no bids",
+                                 "book    best bid none, best ask 1 @ 99; no bids"])  # fmt: skip
 
     async def test_token_required(self) -> None:
         node = self.cluster.start_node(api_token=TOKEN)
@@ -573,8 +646,16 @@ TRADE = {"id": "c" * 64, "price": "50000.5", "amount": "0.1", "side": "sell", "t
 class FakeServerTests(TestCase):
     """Answers a node gives rarely, from a fake server."""
 
-    async def test_watch_until_the_stream_ends(self) -> None:
-        def stream(request: Request) -> bytes:
+    async def test_watch_across_reconnections(self) -> None:
+        """
+        The node ends the stream, is busy once (503), then streams again:
+        one line per change, a note on each loss and at the reconnection,
+        and a 401 (the node now wants a token) ends the command.
+        """
+        status = ("status", '{"events": 3, "peers": 1, "state_hash": "' + "e" * 64 + '"}')
+        answers: list[Callable[[Request], bytes]] = []
+
+        def first(request: Request) -> bytes:
             request.setHeader(b"content-type", b"text/event-stream")
             return (
                 b": hello\r\n\r\n"
@@ -582,14 +663,33 @@ class FakeServerTests(TestCase):
                 + b"event: peer\r\ndata: "
                 + b'{"event": "joined", "node_id": "' + b"b" * 40 + b'", "address": '
                 b'"127.0.0.1:3001", "direction": "inbound"}\r\n\r\n'
-                + sse(("status", '{"events": 3, "peers": 1, "state_hash": "' + "e" * 64 + '"}'))
-                + sse(("surprise", '{"x": 1}'), ("book", "not json"))
+                + sse(status, ("surprise", '{"x": 1}'), ("book", "not json"), ("book", "not json"),
+                      status)
             )  # fmt: skip
 
-        server = FakeServer(self, {b"/stream": stream})
-        run = await bitfi("--node", server.url, "watch")
-        self.assertEqual(run.code, 1)
-        self.assertEqual(run.err, f"bitfi: the event stream of {server.url} ended\n")
+        def busy(request: Request) -> bytes:
+            request.setResponseCode(503)
+            return b'{"error": "too many stream clients (at most 64)"}'
+
+        def again(request: Request) -> bytes:
+            request.setHeader(b"content-type", b"text/event-stream")
+            return sse(("book", "not json"), status, ("book", '{"bids": [], "asks": []}'))
+
+        def refuse(request: Request) -> bytes:
+            request.setResponseCode(401)
+            return b'{"error": "this API requires a token"}'
+
+        answers += [first, busy, again, refuse]
+        server = FakeServer(self, {b"/stream": lambda request: answers.pop(0)(request)})
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            if not answers:
+                raise KeyboardInterrupt
+
+        run = await watch(server.url, sleep)
+        self.assertEqual(run.code, 4)  # the NodeError of the 401, as main() reports it
         lines = [line[10:] for line in run.out.splitlines()]  # without the time
         self.assertEqual(lines, [
             f"trade   sell 0.1 @ 50000.5 tentative (trade {'c' * 12}, taker {'d' * 12}, "
@@ -598,14 +698,45 @@ class FakeServerTests(TestCase):
             f"status  3 events, 1 peers, state {'e' * 16}",
             'surprise  {"x":1}',
             "book    not json",
+            "book    best bid none, best ask none; no asks",
         ])  # fmt: skip
+        self.assertEqual(run.err.splitlines(), [
+            "bitfi: stream lost (the node ended it); reconnecting in 1 s",
+            "bitfi: cannot reconnect (503 too many stream clients (at most 64)); "
+            "trying again in 2 s",
+            "bitfi: reconnected",
+            "bitfi: stream lost (the node ended it); reconnecting in 1 s",
+        ])  # fmt: skip
+        self.assertEqual(waits, [1, 2, 1])
         self.assertEqual(server.requests[0].getHeader(b"accept"), b"text/event-stream")
 
-        run = await bitfi("--node", server.url, "watch", "--json")
-        self.assertEqual(run.code, 1)
+        answers += [first]
+        run = await watch(server.url, sleep, "--json")
+        self.assertEqual(run.code, 0)  # Ctrl-C in the wait after the first stream
         events = [json.loads(line) for line in run.out.splitlines()]
         self.assertEqual(events[0], {"event": "trade", "data": TRADE})
+        self.assertEqual([e["event"] for e in events[2:]], ["status", "surprise", "book"])
         self.assertEqual(events[-1], {"event": "book", "data": "not json"})
+
+    async def test_silent_stream(self) -> None:
+        """A stream that sends nothing for too long is lost (the node's keepalive is every 15 s)."""
+
+        def quiet(request: Request) -> object:
+            request.setHeader(b"content-type", b"text/event-stream")
+            request.write(sse(("book", "not json")))
+            return NOT_DONE_YET
+
+        server = FakeServer(self, {b"/stream": quiet})
+
+        def read() -> list[cli.ServerEvent]:
+            events: list[cli.ServerEvent] = []
+            with contextlib.closing(cli.NodeClient(server.url).open_events("/stream", 0.3)) as s:
+                for event in s:
+                    events.append(event)
+            return events
+
+        error = await self.assertFailure(deferToThread(read), cli.StreamError)
+        self.assertEqual(str(error), "nothing heard for 0.3 s")
 
     async def test_watch_without_a_stream(self) -> None:
         server = FakeServer(self, {})
@@ -787,6 +918,155 @@ class EventStreamParserTests(SynchronousTestCase):
         self.assertRaises(cli.StreamError, parser.feed, b"data: 678901\n")
 
 
+class FakeStream:
+    """A :class:`~bitfitech.cli.LiveEvents` that gives C{events}, then ends or raises C{error}."""
+
+    def __init__(self, *events: cli.ServerEvent, error: Exception | None = None) -> None:
+        self.events = events
+        self.error = error
+        self.closed = False
+
+    def __iter__(self) -> Iterator[cli.ServerEvent]:
+        yield from self.events
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FollowStreamTests(SynchronousTestCase):
+    """:func:`~bitfitech.cli.follow_stream`: reconnections and their waits, with fakes."""
+
+    def follow(self, *script: FakeStream | Exception) -> tuple[list[str], list[float], list[str]]:
+        """
+        Follow a stream whose openings give C{script} in turn, until Ctrl-C
+        in the first wait after the script; return the events' data, the
+        waits and the notes.
+        """
+        steps = list(script)
+        shown: list[str] = []
+        waits: list[float] = []
+        notes: list[str] = []
+
+        def open_stream() -> FakeStream:
+            step = steps.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return step
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            if not steps:
+                raise KeyboardInterrupt
+
+        self.assertRaises(
+            KeyboardInterrupt,
+            cli.follow_stream, open_stream, lambda e: shown.append(e.data), notes.append, sleep,
+        )  # fmt: skip
+        return shown, waits, notes
+
+    def test_backoff(self) -> None:
+        """1 s, doubling up to 30 s while the node is away; back to 1 s after an event."""
+        event = cli.ServerEvent("book", "1")
+        away = cli.Unreachable("http://node", "connection refused")
+        lost = cli.StreamError("reset")
+        streams = [FakeStream(event), FakeStream(), FakeStream(event, error=lost)]
+        shown, waits, notes = self.follow(streams[0], *[away] * 6, streams[1], streams[2])
+        self.assertEqual(shown, ["1", "1"])
+        self.assertEqual(waits, [1, 2, 4, 8, 16, 30, 30, 30, 1])
+        self.assertEqual(notes, [
+            "stream lost (the node ended it); reconnecting in 1 s",
+            *(f"cannot reconnect (connection refused); trying again in {s} s"
+              for s in (2, 4, 8, 16, 30, 30)),
+            "reconnected",
+            "stream lost (the node ended it); reconnecting in 30 s",  # it gave no event
+            "reconnected",
+            "stream lost (reset); reconnecting in 1 s",
+        ])  # fmt: skip
+        self.assertTrue(all(stream.closed for stream in streams))
+
+    def test_busy_or_failing_node(self) -> None:
+        """429 and 5xx are waited out."""
+        _, waits, notes = self.follow(
+            FakeStream(), cli.NodeError(503, "too many stream clients"),
+            cli.NodeError(429, "slow down"), cli.NodeError(500, "oops"), FakeStream(),
+        )  # fmt: skip
+        self.assertEqual(waits, [1, 2, 4, 8, 16])
+        self.assertEqual(notes[1], "cannot reconnect (503 too many stream clients); "
+                                   "trying again in 2 s")  # fmt: skip
+
+    def test_refused(self) -> None:
+        """A 401, a 404 or another 4xx will not change by waiting: it ends the command."""
+        for status in (401, 404, 400):
+            steps: list[FakeStream | Exception] = [FakeStream(), cli.NodeError(status, "no")]
+            error = self.assertRaises(
+                cli.NodeError, cli.follow_stream, functools.partial(_pop, steps), _ignore,
+                _ignore, _ignore,
+            )  # fmt: skip
+            self.assertEqual(error.status, status)
+
+    def test_first_connection(self) -> None:
+        """Before the stream was ever open, every error ends the command (no node: exit 3)."""
+        for first in (cli.Unreachable("http://node", "connection refused"),
+                      cli.NodeError(503, "busy")):  # fmt: skip
+            waits: list[float] = []
+            raised = self.assertRaises(
+                type(first), cli.follow_stream, functools.partial(_pop, [first]), _ignore,
+                _ignore, waits.append,
+            )  # fmt: skip
+            self.assertIs(raised, first)
+            self.assertEqual(waits, [])
+
+
+def _ignore(value: object) -> None:
+    """Take C{value} and do nothing with it."""
+
+
+def _pop(steps: list[Any]) -> Any:
+    """The next of C{steps}: a stream to return, or an exception to raise."""
+    step = steps.pop(0)
+    if isinstance(step, Exception):
+        raise step
+    return step
+
+
+class WatchLinesTests(SynchronousTestCase):
+    """:class:`~bitfitech.cli.WatchLines`: a line only when it says something new."""
+
+    BOOK = '{"bids": [["99", "1", 1]], "asks": []}'
+    STATUS = '{"events": 3, "peers": 1, "state_hash": "' + "e" * 64 + '"}'
+
+    def lines(self, as_json: bool, *events: tuple[str, str]) -> list[str]:
+        out = io.StringIO()
+        lines = cli.WatchLines(cli.Console(out, io.StringIO(), as_json), clock=lambda: 0.0)
+        for kind, data in events:
+            lines.show(cli.ServerEvent(kind, data))
+        return out.getvalue().splitlines()
+
+    def test_same_book_and_status_once(self) -> None:
+        other_book = '{"bids": [["99", "2", 2]], "asks": []}'
+        same_book = '{"asks": [], "bids": [["99", "1", 1]]}'  # says the same, written otherwise
+        events = [("book", self.BOOK), ("status", self.STATUS), ("book", same_book),
+                  ("book", self.BOOK), ("status", self.STATUS), ("book", other_book),
+                  ("book", self.BOOK)]  # fmt: skip
+        lines = [line[10:] for line in self.lines(False, *events)]
+        self.assertEqual(lines, [
+            "book    best bid 1 @ 99, best ask none; no asks",
+            f"status  3 events, 1 peers, state {'e' * 16}",
+            "book    best bid 2 @ 99, best ask none; no asks",
+            "book    best bid 1 @ 99, best ask none; no asks",
+        ])  # fmt: skip
+
+    def test_json(self) -> None:
+        """With --json, the data must differ, byte for byte."""
+        events = [("book", self.BOOK), ("book", self.BOOK), ("status", self.STATUS),
+                  ("book", '{"asks": [], "bids": [["99", "1", 1]]}')]  # fmt: skip
+        lines = self.lines(True, *events)
+        self.assertEqual([json.loads(line)["event"] for line in lines], ["book", "status", "book"])
+        self.assertEqual(json.loads(lines[0]), {"event": "book", "data": json.loads(self.BOOK)})
+
+
 class RenderTests(SynchronousTestCase):
     """The tables: aligned, decimals as written."""
 
@@ -821,8 +1101,8 @@ class RenderTests(SynchronousTestCase):
             },
         }  # fmt: skip
         lines = cli.render_status(status, now)
-        self.assertIn(f"state    {'e' * 16}  settled 7 events through 2023-11-14 22:13:29.650; "
-                      "final 0 through none yet", lines)  # fmt: skip
+        self.assertIn(f"state    {'e' * 16}  settled 7 events through 2023-11-14 22:13:29.650 "
+                      "UTC; final 0 through none yet", lines)  # fmt: skip
         self.assertIn("order    fair, 3 witnesses (up to 1 may be faulty); this node is witness "
                       "1 of 3; 1 event wait for a fair time; 1 flagged faulty", lines)  # fmt: skip
         witness_lines = [line for line in lines if line.startswith("witness")]
@@ -836,11 +1116,11 @@ class RenderTests(SynchronousTestCase):
     def test_status_sync_line(self) -> None:
         """How far the node is behind its peers: syncing with a rate and time left, or synced."""
         syncing = {"state": "syncing", "events": 40_000, "known": 100_000, "behind": 60_000,
-                   "rate": Decimal("5000.0"), "eta_s": Decimal("12.0")}  # fmt: skip
+                   "rate": Decimal("5000.0"), "eta_ms": 12_400}  # fmt: skip
         lines = cli.render_status({"sync": syncing}, 0.0)
         self.assertIn("sync     syncing: 40,000 of 100,000 events (40 %), 5,000 events/s, "
                       "about 12s left", lines)  # fmt: skip
-        synced = {**syncing, "state": "synced", "events": 100_000, "behind": 0, "eta_s": None}
+        synced = {**syncing, "state": "synced", "events": 100_000, "behind": 0, "eta_ms": None}
         self.assertIn("sync     synced (100,000 events)", cli.render_status({"sync": synced}, 0.0))
         self.assertIn("sync     unknown", cli.render_status({}, 0.0))
 
@@ -858,6 +1138,29 @@ class RenderTests(SynchronousTestCase):
         gist = cli.render_event(cli.ServerEvent("trade", json.dumps({**base, "status": "final"})),
                                 0.0)  # fmt: skip
         self.assertIn("buy 2 @ 1 final (trade", gist)
+
+    def test_times(self) -> None:
+        """Every instant of the API is unix ms (UTC), every duration ms in a field ``..._ms``."""
+        status = {"node_id": "d" * 40, "uptime_ms": 3_725_999, "state_hash": "e" * 64,
+                  "ordering": "author", "settled_through_ms": 1_796_454_723_120,
+                  "dht": {"port": 3000, "announced_at": 1_796_454_700_999}}  # fmt: skip
+        lines = cli.render_status(status, 0.0)
+        self.assertTrue(lines[0].endswith(", up 1h 2m)"), lines[0])
+        self.assertIn(f"state    {'e' * 16}  settled through 2026-12-05 07:12:03.120 UTC", lines)
+        self.assertIn("dht      on (UDP port 3000), 0 in the routing table, 0 peers found, "
+                      "announced 2026-12-05 07:11:40 UTC", lines)  # fmt: skip
+        nothing = cli.render_status({**status, "settled_through_ms": None}, 0.0)
+        self.assertIn(f"state    {'e' * 16}  nothing settled yet", nothing)
+
+        peer = {"node_id": "a" * 40, "address": "127.0.0.1:3001", "direction": "inbound",
+                "rtt_ms": 3, "connected_since": 1_700_000_000_000}  # fmt: skip
+        row = cli.render_peers([peer], 1_700_000_065.5)[1]
+        self.assertIn("  3 ms  ", row)
+        self.assertIn("  1m 5s  ", row)
+        ban = {"address": "192.0.2.7", "node_id": None, "reason": "bad frame",
+               "banned_at": 1_700_000_000_000, "until": 1_700_086_400_000}  # fmt: skip
+        self.assertIn("2023-11-14 22:13:20  2023-11-15 22:13:20  bad frame",
+                      cli.render_bans([ban])[1])  # fmt: skip
 
     def test_duration(self) -> None:
         self.assertEqual([cli.duration(s) for s in (5, 65, 3700, 90000)],

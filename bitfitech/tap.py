@@ -5,12 +5,19 @@ environment variable it falls back to; :func:`makeService` turns the
 validated :class:`~bitfitech.config.NodeConfig` into the node's service tree
 through :func:`bitfitech.node.build_node`.  No side effects happen here: no
 socket, file or timer is opened before the service starts.
+
+A bad setting ends the process with two lines on stderr, the error and a
+hint, and exit status 1: under twistd (:meth:`Options.parseOptions`) and in
+a ``.tac`` file (:func:`tac_options`, :func:`tac_usage_error`).  Left to
+itself, twistd would print its whole ``--help`` before a usage error, and a
+traceback for an error in a ``.tac``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -24,14 +31,17 @@ def _cli(name: str, coerce: Callable[[str], object]) -> Callable[[str], object]:
     """Check an option's text at parse time; the error names the option.
 
     The text itself is kept: :func:`~bitfitech.config.config_from_options`
-    coerces command line and environment values alike.
+    coerces command line and environment values alike.  The error is a
+    :class:`~twisted.python.usage.UsageError` already, so Twisted passes it
+    on as it is (a ``ValueError`` would gain "Parameter type enforcement
+    failed: " in front).
     """
 
     def check(text: str) -> str:
         try:
             coerce(text)
         except ValueError as e:
-            raise ValueError(f"--{name}: {e}") from None
+            raise usage.UsageError(f"--{name}: {e}") from None
         return text
 
     check.coerceDoc = ""  # type: ignore[attr-defined]
@@ -40,6 +50,25 @@ def _cli(name: str, coerce: Callable[[str], object]) -> Callable[[str], object]:
 
 def _env(name: str) -> str:
     return " or ".join(f"${v}" for v in cfg.ENVIRONMENT[name])
+
+
+_OPTION = re.compile(r"--([a-z][a-z-]*)")
+"""An option's name in an error message."""
+
+
+def usage_exit(where: str, message: str, hint: str) -> SystemExit:
+    """
+    The exception that ends the process for a usage error.
+
+    Python writes a ``SystemExit`` with a text to stderr and exits with
+    status 1 (as twistd does for its own usage errors); twistd catches no
+    ``SystemExit``, neither around the options nor around loading a ``.tac``.
+
+    :param where: the command or file, as the error's first word.
+    :param message: what is wrong, naming the option or variable.
+    :param hint: where to read more, on a line of its own.
+    """
+    return SystemExit(f"{where}: error: {message}\n{hint}")
 
 
 class Options(usage.Options):
@@ -189,6 +218,25 @@ class Options(usage.Options):
             raise usage.UsageError(f"--dht-bootstrap: {e}") from None
         self._dht_bootstrap = [*(self._dht_bootstrap or []), *nodes]
 
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse C{options}, then the environment for what they do not give.
+
+        Under twistd (a C{parent}, twistd's own options) a usage error ends
+        the process here, with the error and a hint (:func:`usage_exit`):
+        twistd would print the whole ``--help`` before it, which ``--help``
+        alone still does.  Parsed alone (a ``.tac`` file, a test) the
+        options raise the :class:`~twisted.python.usage.UsageError`.
+
+        :raises SystemExit: for a usage error under twistd.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            raise usage_exit("twistd bitfi", str(e), "try 'twistd bitfi --help'") from None
+
     def postOptions(self) -> None:
         """Read the environment for what was not given, cross-check, and freeze the config."""
         given = {str(row[0]): self[str(row[0])] for row in self.optParameters}
@@ -213,3 +261,42 @@ def makeService(options: Options) -> IService:
     assert options.config is not None, "parseOptions() was not called"
     # Under twistd, a node that cannot start says why in one line and exits 1.
     return build_node(options.config, exit_on_startup_error=True)
+
+
+def tac_options(tac: str, args: Sequence[str] = ()) -> Options:
+    """
+    The options of one node of a ``.tac`` file: C{args}, then the
+    environment, parsed as ``twistd bitfi`` parses them.
+
+    :param tac: the file, as twistd names it (its ``__file__``).
+    :param args: the options the file sets itself.
+    :raises SystemExit: for a bad setting (:func:`tac_usage_error`).
+    """
+    options = Options()
+    try:
+        options.parseOptions(list(args))
+    except usage.UsageError as e:
+        raise tac_usage_error(tac, str(e), args) from None
+    return options
+
+
+def tac_usage_error(tac: str, message: str, args: Sequence[str] = ()) -> SystemExit:
+    """
+    The exception that stops loading a ``.tac`` file for a bad setting
+    (:func:`usage_exit`).
+
+    A ``.tac`` reads its settings from environment variables, so an error
+    that names options only (a cross-check such as ``--data-dir is required
+    with --port 0``) gains the variables of those options, except of the
+    options the file sets itself (C{args}).
+    """
+    own = {arg[2:] for arg in args if arg.startswith("--")}
+    named = [
+        f"--{option} is {_env(option)}"
+        for option in dict.fromkeys(_OPTION.findall(message))
+        if option in cfg.ENVIRONMENT and option not in own
+    ]
+    if named and "$" not in message:
+        message += "; in a .tac, " + ", ".join(named)
+    hint = f"see the top of {tac}, and 'twistd bitfi --help' for the variable of each option"
+    return usage_exit(tac, message, hint)

@@ -30,13 +30,12 @@ import sys
 
 from twisted.application import service
 from twisted.logger import ILogObserver
-from twisted.python.usage import UsageError
 
 from bitfitech.address import PeerAddress
 from bitfitech.config import coerce_path, coerce_port
 from bitfitech.identity import IdentityError, identity_before_start
 from bitfitech.logs import json_file_observer
-from bitfitech.tap import Options, makeService
+from bitfitech.tap import makeService, tac_options, tac_usage_error
 
 NODES = 4
 WITNESSES = 3  # the first three nodes: n = 2f + 1 with f = 1
@@ -50,12 +49,14 @@ def _setting(name, coerce, default):
     try:
         return coerce(raw)
     except ValueError as e:
-        raise UsageError(f"${name}: {e}") from None
+        raise tac_usage_error(__file__, f"${name}: {e}") from None
 
 
 base_port = _setting("BASE_PORT", coerce_port, 3100)
 if not 1 <= base_port <= 65535 - NODES - 10000:
-    raise UsageError(f"$BASE_PORT: must be from 1 to {65535 - NODES - 10000}, not {base_port}")
+    raise tac_usage_error(
+        __file__, f"$BASE_PORT: must be from 1 to {65535 - NODES - 10000}, not {base_port}"
+    )
 xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
 data_root = _setting(
     "BITFI_DATA_DIR", coerce_path, os.path.join(xdg, "bitfi", f"local-cluster-{base_port}")
@@ -72,7 +73,7 @@ for number in range(1, WITNESSES + 1):
     try:
         node_id = identity_before_start(_data_dir(number)).node_id
     except IdentityError as e:
-        raise UsageError(f"witness node{number}: {e}") from None
+        raise tac_usage_error(__file__, f"witness node{number}: {e}") from None
     witnesses.append(str(PeerAddress("127.0.0.1", base_port + number - 1, node_id)))
 
 application = service.Application("bitfi-local-cluster")
@@ -91,8 +92,7 @@ for number in range(1, NODES + 1):
     if number > 1:
         args += ["--bootstrap", f"127.0.0.1:{base_port}"]
         args += ["--dht-bootstrap", f"127.0.0.1:{base_port}"]
-    options = Options()
-    options.parseOptions(args)  # the rest from the environment
+    options = tac_options(__file__, args)  # the rest from the environment; a bad value exits
     node = makeService(options)
     node.setName(f"node{number}")
     node.setServiceParent(application)

@@ -3,7 +3,8 @@
 The same :class:`bitfitech.tap.Options` as ``twistd bitfi`` reads and
 validates the settings, so every variable of ``twistd bitfi --help`` works
 here (``P2P_PORT``, ``BOOTSTRAP_PEERS``, ``BITFI_DATA_DIR``, ``API_PORT``,
-``LOG_LEVEL``, ...) and a bad value stops the load with the option's name.
+``LOG_LEVEL``, ...) and a bad value stops the load with one line that names
+the variable and its option, and exit status 1.
 Run from a checkout, one node per shell::
 
     PYTHONPATH=. P2P_PORT=3000 twistd -ny tac/node.tac --pidfile= --logfile=-
@@ -26,10 +27,9 @@ from twisted.application import service
 from twisted.logger import ILogObserver
 
 from bitfitech.logs import json_file_observer
-from bitfitech.tap import Options, makeService
+from bitfitech.tap import makeService, tac_options
 
-options = Options()
-options.parseOptions([])  # everything from the environment
+options = tac_options(__file__)  # everything from the environment; a bad value exits
 assert options.config is not None
 
 application = service.Application("bitfi")

@@ -26,6 +26,7 @@ from bitfitech.address import PeerAddress
 from bitfitech.config import ENVIRONMENT
 from bitfitech.identity import KEY_FILE_NAME, load_or_create_identity
 from bitfitech.node import Node
+from bitfitech.testing import HANG_GUARD
 from tests.test_config import ENV_CASES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,6 +72,26 @@ class PluginTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout.strip(), "[]")
+
+
+class UsageErrorTests(SynchronousTestCase):
+    """A bad option: under twistd, one line and a hint; parsed alone, a UsageError."""
+
+    def test_under_twistd(self) -> None:
+        from twisted.scripts.twistd import ServerOptions  # type: ignore[attr-defined]
+
+        error = self.assertRaises(
+            SystemExit, ServerOptions().parseOptions, ["-n", "bitfi", "--port", "70000"]
+        )
+        self.assertEqual(str(error.code), "twistd bitfi: error: --port: port must be an integer "
+                                          "from 0 to 65535, not 70000\n"
+                                          "try 'twistd bitfi --help'")  # fmt: skip
+
+    def test_alone(self) -> None:
+        """Without twistd (a .tac, a test) the options raise, as Twisted's do."""
+        options = tap.Options()
+        error = self.assertRaises(UsageError, options.parseOptions, ["--max-peers", "x"])
+        self.assertEqual(str(error), "--max-peers: not an integer: 'x'")
 
 
 class MakeServiceTests(SynchronousTestCase):
@@ -238,8 +259,8 @@ class TacTests(SynchronousTestCase):
         os.makedirs(os.path.join(base, "node2", KEY_FILE_NAME))  # a directory, not a key
         self.set_environ({"BITFI_DATA_DIR": base})
         path = os.path.join(ROOT, "tac", "local-cluster.tac")
-        error = self.assertRaises(UsageError, loadApplication, path, "python")
-        self.assertIn("witness node2: ", str(error))
+        error = self.assertRaises(SystemExit, loadApplication, path, "python")
+        self.assertIn(f"{path}: error: witness node2: ", str(error))
 
     def test_json_logs(self) -> None:
         for name, keys in (("node.tac", 0), ("local-cluster.tac", 3)):
@@ -249,16 +270,94 @@ class TacTests(SynchronousTestCase):
             self.assertIsInstance(observer, FileLogObserver, name)
 
     def test_bad_environment(self) -> None:
+        """
+        A bad variable stops the load: twistd lets the SystemExit through,
+        and Python prints its text, the error and a hint, and exits 1.
+        """
         cases = [
             ("node.tac", {"P2P_PORT": "not-a-port"}, ("--port", "$P2P_PORT")),
             ("node.tac", {"LOG_LEVEL": "loud"}, ("--log-level", "$LOG_LEVEL")),
             ("local-cluster.tac", {"LOG_LEVEL": "loud"}, ("--log-level", "$LOG_LEVEL")),
             ("local-cluster.tac", {"BASE_PORT": "x"}, ("$BASE_PORT",)),
             ("local-cluster.tac", {"BASE_PORT": "65000"}, ("$BASE_PORT",)),
-        ]
+            ("local-cluster.tac", {"MAX_PEERS": "2", "OUTBOUND_PEERS": "3"},
+             ("$MAX_PEERS", "$OUTBOUND_PEERS")),
+        ]  # fmt: skip
         for name, values, named in cases:
             self.set_environ({"BITFI_DATA_DIR": self.mktemp(), **values})
             path = os.path.join(ROOT, "tac", name)
-            error = self.assertRaises(UsageError, loadApplication, path, "python")
+            error = self.assertRaises(SystemExit, loadApplication, path, "python")
+            first, hint = str(error.code).splitlines()
+            self.assertTrue(first.startswith(f"{path}: error: "), first)
             for text in named:
-                self.assertIn(text, str(error), (name, values))
+                self.assertIn(text, first, (name, values))
+            self.assertIn("'twistd bitfi --help'", hint)
+
+    def test_cross_check_names_the_variables(self) -> None:
+        """An error about options only names their variables too, but for the file's own."""
+        self.set_environ({"P2P_PORT": "0"})
+        path = os.path.join(ROOT, "tac", "node.tac")
+        error = self.assertRaises(SystemExit, loadApplication, path, "python")
+        self.assertEqual(str(error).splitlines()[0], (
+            f"{path}: error: --data-dir is required with --port 0 (no port to name it after); "
+            "in a .tac, --data-dir is $BITFI_DATA_DIR or $PEER_STORAGE_PATH, --port is $P2P_PORT"
+        ))  # fmt: skip
+        message = str(tap.tac_usage_error("x.tac", "--port clashes with --network", ["--port"]))
+        self.assertEqual(message.splitlines()[0], "x.tac: error: --port clashes with "
+                                                  "--network; in a .tac, --network is "
+                                                  "$BITFI_NETWORK")  # fmt: skip
+
+
+class ProcessTests(SynchronousTestCase):
+    """
+    twistd as a person runs it: a bad option or variable is two lines on
+    stderr (the error, naming it, and a hint), exit status 1, no traceback,
+    no help; nothing is started.
+    """
+
+    def twistd(self, *args: str, **environ: str) -> subprocess.CompletedProcess[str]:
+        """Run ``twistd -n --pidfile= --logfile=- args`` from a checkout, in a new directory."""
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        ours = {var for names in ENVIRONMENT.values() for var in names} | {"BASE_PORT"}
+        env = {k: v for k, v in os.environ.items() if k not in ours}
+        env.update(PYTHONPATH=ROOT, XDG_DATA_HOME=home, **environ)
+        # (python -m twisted is twist, not twistd)
+        run = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+        command = [sys.executable, "-c", run, "-n", "--pidfile=", "--logfile=-", *args]
+        return subprocess.run(
+            command, cwd=home, env=env, capture_output=True, text=True, timeout=HANG_GUARD
+        )
+
+    def assert_brief(self, result: subprocess.CompletedProcess[str], *named: str) -> None:
+        """C{result} is the error naming C{named}, and a hint naming ``--help``."""
+        self.assertEqual((result.returncode, result.stdout), (1, ""), result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+        error, hint = result.stderr.splitlines()
+        for text in named:
+            self.assertIn(text, error)
+        self.assertIn("--help", hint)
+
+    def test_bad_option(self) -> None:
+        safe = ["--host", "127.0.0.1", "--api-host", "127.0.0.1", "--no-mdns", "--no-dht"]
+        result = self.twistd("bitfi", *safe, "--port", "0")  # and no --data-dir
+        self.assert_brief(result, "twistd bitfi: error: ", "--data-dir", "--port")
+        self.assertEqual(result.stderr.splitlines()[1], "try 'twistd bitfi --help'")
+        self.assert_brief(self.twistd("bitfi", *safe, "--port", "70000"), "--port", "70000")
+        self.assert_brief(self.twistd("bitfi", "--frobnicate"), "--frobnicate")
+
+    def test_help(self) -> None:
+        """``--help`` is where the whole help is."""
+        result = self.twistd("bitfi", "--help")
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        self.assertIn("--max-handshakes-per-ip=", result.stdout)
+
+    def test_bad_variable_in_a_tac(self) -> None:
+        safe = {"P2P_HOST": "127.0.0.1", "BITFI_NO_MDNS": "1", "BITFI_NO_DHT": "1"}
+        node = os.path.join(ROOT, "tac", "node.tac")
+        result = self.twistd("-y", node, P2P_PORT="x", **safe)
+        self.assert_brief(result, f"{node}: error: ", "$P2P_PORT", "--port")
+        result = self.twistd("-y", node, P2P_PORT="0", **safe)
+        self.assert_brief(result, "$P2P_PORT", "$BITFI_DATA_DIR")
+        cluster = os.path.join(ROOT, "tac", "local-cluster.tac")
+        self.assert_brief(self.twistd("-y", cluster, BASE_PORT="x"), "$BASE_PORT")

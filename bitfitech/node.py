@@ -54,7 +54,7 @@ from .gossip import Gossip, ThreadedVerifier
 from .identity import IdentityError
 from .lifecycle import announce_running, stop_in_order
 from .listening import StartupError
-from .logs import logger, set_log_level
+from .logs import TaggedReactor, logger, set_log_level, tagged
 from .market.journal import ThreadedSyncer
 from .market.service import MarketService
 from .peer.addrbook import AddressBook
@@ -87,6 +87,8 @@ class Node(MultiService):
     :ivar api: the HTTP API service, or ``None`` with ``--no-api``.
     :ivar exit_on_startup_error: exit the process with one clear line
         when a child cannot start (set for twistd), instead of raising.
+    :ivar log_tag: the tag of every line the node logs, when one process
+        runs several nodes (:mod:`bitfitech.logs`), else ``None``.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class Node(MultiService):
         metrics: CollectorRegistry,
         api: ApiService | None,
         exit_on_startup_error: bool = False,
+        log_tag: str | None = None,
     ) -> None:
         """Hold the parts and make the services among them children, in start order."""
         super().__init__()
@@ -119,11 +122,16 @@ class Node(MultiService):
         self.metrics = metrics
         self.api = api
         self.exit_on_startup_error = exit_on_startup_error
+        self.log_tag = log_tag
         self._storage_service = StorageService(storage)
         children: list[IService] = [self._storage_service, market, peers]
         children += [service for service in (mdns, dht, api) if service is not None]
         for child in children:
             child.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        with tagged(self.log_tag):
+            super().privilegedStartService()
 
     def startService(self) -> None:
         """
@@ -134,15 +142,16 @@ class Node(MultiService):
         :attr:`exit_on_startup_error` the process exits with status 1 and
         one clear line instead of a traceback.
         """
-        set_log_level(self.config.log_level)
-        try:
-            super().startService()
-        except (StartupError, StorageError, IdentityError) as e:
-            log.critical("bitfi cannot start: {error}", error=str(e))
-            if self.exit_on_startup_error:
-                raise SystemExit(f"bitfi: {e}") from None
-            raise
-        announce_running(self.api.url if self.api is not None else None, self.config.data_dir)
+        with tagged(self.log_tag):
+            set_log_level(self.config.log_level)
+            try:
+                super().startService()
+            except (StartupError, StorageError, IdentityError) as e:
+                log.critical("bitfi cannot start: {error}", error=str(e))
+                if self.exit_on_startup_error:
+                    raise SystemExit(f"bitfi: {e}") from None
+                raise
+            announce_running(self.api.url if self.api is not None else None, self.config.data_dir)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -153,12 +162,13 @@ class Node(MultiService):
         """
         Service.stopService(self)
         facing = [s for s in reversed(list(self)) if s not in (self.market, self._storage_service)]
-        return Deferred.fromCoroutine(
-            stop_in_order(
-                self.clock, facing=facing, disk=self.market, last=self._storage_service,
-                still_open=self._still_open,
-            )
-        )  # fmt: skip
+        with tagged(self.log_tag):
+            return Deferred.fromCoroutine(
+                stop_in_order(
+                    self.clock, facing=facing, disk=self.market, last=self._storage_service,
+                    still_open=self._still_open,
+                )
+            )  # fmt: skip
 
     def _still_open(self) -> dict[str, int]:
         api = self.api
@@ -169,7 +179,11 @@ class Node(MultiService):
 
 
 def build_node(
-    config: NodeConfig, reactor: IReactorCore | None = None, *, exit_on_startup_error: bool = False
+    config: NodeConfig,
+    reactor: IReactorCore | None = None,
+    *,
+    exit_on_startup_error: bool = False,
+    log_tag: str | None = None,
 ) -> Node:
     """
     Build a node's parts and its service tree; nothing is opened until it starts.
@@ -177,11 +191,17 @@ def build_node(
     :param reactor: the reactor to use; the global one when ``None``.
     :param exit_on_startup_error: exit the process with one clear line when
         the node cannot start, instead of raising (for twistd).
+    :param log_tag: for one of several nodes in a process: the tag of every
+        line it logs (``node2``).  The node then runs on its own view of the
+        reactor (:class:`~bitfitech.logs.TaggedReactor`), and starts and
+        stops under the tag.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = cast(IReactorCore, global_reactor)
+    if log_tag is not None:
+        reactor = cast(IReactorCore, TaggedReactor(reactor, log_tag))
     clock = cast(IReactorTime, reactor)
     rng = random.SystemRandom()
     witnesses = config.witness_set
@@ -261,5 +281,5 @@ def build_node(
     return Node(
         config, clock, storage=storage, market=market, gossip=gossip, peers=peers,
         mdns=mdns, dht=dht, control=control, metrics=metrics, api=api,
-        exit_on_startup_error=exit_on_startup_error,
+        exit_on_startup_error=exit_on_startup_error, log_tag=log_tag,
     )  # fmt: skip

@@ -254,13 +254,18 @@ class Options(usage.Options):
             use_json_under_twistd(self.parent)
 
 
-def makeService(options: Options) -> IService:
-    """Build the node's service tree from parsed options (no side effects)."""
+def makeService(options: Options, log_tag: str | None = None) -> IService:
+    """
+    Build the node's service tree from parsed options (no side effects).
+
+    :param log_tag: the tag of the node's log lines, for one of several
+        nodes in a process (a ``.tac``'s); see :func:`bitfitech.node.build_node`.
+    """
     from .node import build_node
 
     assert options.config is not None, "parseOptions() was not called"
     # Under twistd, a node that cannot start says why in one line and exits 1.
-    return build_node(options.config, exit_on_startup_error=True)
+    return build_node(options.config, exit_on_startup_error=True, log_tag=log_tag)
 
 
 def tac_options(tac: str, args: Sequence[str] = ()) -> Options:

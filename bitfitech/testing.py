@@ -152,6 +152,10 @@ class LocalCluster:
     """
     Real nodes in one process and reactor, on 127.0.0.1 with OS-chosen ports.
 
+    Each node logs under its data directory's name as node tag (``node0``,
+    ``node1``...; see :mod:`bitfitech.logs` and :func:`build_node`'s
+    ``log_tag``).
+
     :ivar nodes: the started nodes, in start order.
     """
 
@@ -169,12 +173,16 @@ class LocalCluster:
         bootstrap = tuple(changes.pop("bootstrap", ())) + tuple(
             PeerAddress(n.config.host, n.peers.listen_port) for n in bootstrap_to
         )
-        node = build_node(loopback_config(data_dir, bootstrap=bootstrap, **changes), self.reactor)
+        node = self._build(loopback_config(data_dir, bootstrap=bootstrap, **changes))
         # Listed first, so that :meth:`stop` also stops a node whose start
         # failed half-way (its running flag is set before its children start).
         self.nodes.append(node)
         node.startService()
         return node
+
+    def _build(self, config: NodeConfig) -> Node:
+        """Build a node whose lines carry its tag (:func:`log_tag`)."""
+        return build_node(config, self.reactor, log_tag=log_tag(config))
 
     def witness_addresses(self, count: int) -> tuple[PeerAddress, ...]:
         """
@@ -210,7 +218,7 @@ class LocalCluster:
         """Build and start a stopped node again, from the same configuration and data directory."""
         if node.running:
             raise ValueError("stop the node first")
-        again = build_node(node.config, self.reactor)
+        again = self._build(node.config)
         self.nodes.append(again)
         again.startService()
         return again
@@ -227,6 +235,11 @@ class LocalCluster:
 
 async def _none() -> None:
     return None
+
+
+def log_tag(config: NodeConfig) -> str:
+    """The node tag of a :class:`LocalCluster` node: its data directory's name."""
+    return os.path.basename(os.path.normpath(config.data_dir))
 
 
 S = TypeVar("S", str, bytes)

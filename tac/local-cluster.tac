@@ -93,7 +93,8 @@ for number in range(1, NODES + 1):
         args += ["--bootstrap", f"127.0.0.1:{base_port}"]
         args += ["--dht-bootstrap", f"127.0.0.1:{base_port}"]
     options = tac_options(__file__, args)  # the rest from the environment; a bad value exits
-    node = makeService(options)
+    # Every line this node logs carries its name (docs/operations.rst, "Logs").
+    node = makeService(options, log_tag=f"node{number}")
     node.setName(f"node{number}")
     node.setServiceParent(application)
     nodes.append(node)

@@ -37,7 +37,6 @@ from urllib.parse import parse_qs, quote, urlsplit
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.protocols.policies import WrappingFactory
-from twisted.trial.unittest import SkipTest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
@@ -545,13 +544,10 @@ def token_steps(
     token in the page's form, and watch the live stream come up with a
     ticket, drop, and come back with a fresh one.
 
-    :return: what the page showed; ``"tickets"``: whether the node has
-        ``POST /stream/ticket``.
+    :return: what the page showed.
     """
     from selenium.webdriver.common.by import By
 
-    status, _ = NodeApi(url, TOKEN).call("POST", "stream/ticket")
-    tickets = status == 201
     browser = Browser()
     try:
         driver = browser.driver
@@ -571,16 +567,57 @@ def token_steps(
         wait.until(lambda _: find("node-id").get_attribute("title") == node_id,
                    "the page never showed the node with the token")  # fmt: skip
         shown["form_hidden"] = not find("token-form").is_displayed()
-        if tickets:
-            wait.until(lambda _: mode() == "live", "the stream never went live with a ticket")
-            # The stream drops: the page must come back with a fresh ticket.
-            blockingCallFromThread(reactor, feed.close_all)
-            wait.until(lambda _: len(stream_tickets(root.uris)) >= 2 and mode() == "live",
-                       "the stream never came back after a drop")  # fmt: skip
-        else:
-            wait.until(lambda _: find("connection-text").text == "polling (no stream)",
-                       "the page did not fall back to polling")  # fmt: skip
-        shown.update(tickets=tickets, mode=mode(), script_errors=browser.script_errors())
+        wait.until(lambda _: mode() == "live", "the stream never went live with a ticket")
+        # The stream drops: the page must come back with a fresh ticket.
+        blockingCallFromThread(reactor, feed.close_all)
+        wait.until(lambda _: len(stream_tickets(root.uris)) >= 2 and mode() == "live",
+                   "the stream never came back after a drop")  # fmt: skip
+        shown.update(mode=mode(), script_errors=browser.script_errors())
+        return shown
+    finally:
+        browser.quit()
+
+
+#: the sync block of a node a tenth of the way through a join (``GET /status``)
+SYNCING = {"state": "syncing", "events": 10_000, "known": 100_000, "behind": 90_000,
+           "rate": 15_000.0, "eta_ms": 6_000}  # fmt: skip
+
+
+def sync_steps(url: str, progress: list[dict[str, Any]]) -> dict[str, Any]:
+    """
+    In a thread: load the dashboard of a node that says it is syncing, and
+    read its sync chip and bars; then let the node say it is synced.
+
+    :param progress: the node's sync block, which this changes.
+    :return: what the page showed, syncing and synced.
+    """
+    from selenium.webdriver.common.by import By
+
+    browser = Browser()
+    try:
+        driver = browser.driver
+        wait = browser.waiter()
+
+        def read() -> dict[str, Any]:
+            bars = {
+                name: driver.execute_script(
+                    "const bar = document.getElementById(arguments[0]);"
+                    "return {hidden: bar.hidden, visible: bar.offsetWidth > 0, value: bar.value};",
+                    name,
+                )
+                for name in ("sync-bar", "sync-bar-node")
+            }
+            chip = driver.find_element(By.ID, "sync-chip")
+            return {"chip": chip.text, "state": chip.get_attribute("data-state"),
+                    "node": driver.find_element(By.ID, "sync").text, "bars": bars}  # fmt: skip
+
+        driver.get(url)
+        wait.until(lambda _: read()["state"] == "busy", "the page never showed the sync")
+        shown: dict[str, Any] = {"syncing": read()}
+        progress[0] = {**SYNCING, "state": "synced", "events": 100_000, "behind": 0,
+                       "eta_ms": None}  # fmt: skip
+        wait.until(lambda _: read()["state"] == "ok", "the page never showed the node synced")
+        shown.update(synced=read(), script_errors=browser.script_errors())
         return shown
     finally:
         browser.quit()
@@ -794,16 +831,30 @@ class BrowserTests(ClusterTestCase):
             self.assertNotIn(quote(TOKEN).encode(), uri)
             self.assertNotIn(b"token=", uri)
         streams = stream_tickets(recording.uris)
-        if not shown["tickets"]:
-            self.assertEqual(streams, [])
-            self.assertEqual(shown["mode"], "polling")
-            raise SkipTest("pending: this node has no POST /stream/ticket; checked the fallback")
         self.assertEqual(shown["mode"], "live")
         self.assertGreaterEqual(len(streams), 2)
         # Every stream request carries one ticket, and no ticket serves twice.
         self.assertTrue(all(len(tickets) == 1 for tickets in streams), streams)
         used = [tickets[0] for tickets in streams]
         self.assertEqual(len(used), len(set(used)))
+
+    async def test_sync_progress(self) -> None:
+        """A node catching up shows how far it is, as a share and a bar; synced, no bar."""
+        node = self.cluster.start_node(api_enabled=False)
+        assert node.gossip is not None
+        progress = [dict(SYNCING)]
+        node.gossip.progress = lambda: progress[0]  # type: ignore[method-assign]
+        shown = await deferToThread(sync_steps, self.serve_node(node), progress)
+        syncing, synced = shown["syncing"], shown["synced"]
+        self.assertEqual(syncing["chip"], "syncing 10 %, 90,000 events behind")
+        self.assertIn("10,000 of 100,000 known events held, 90,000 behind", syncing["node"])
+        self.assertIn("about 6 s left", syncing["node"])
+        for bar in syncing["bars"].values():
+            self.assertEqual(bar, {"hidden": False, "visible": True, "value": 0.1})
+        self.assertEqual(synced["chip"], "synced")
+        for bar in synced["bars"].values():
+            self.assertEqual((bar["hidden"], bar["visible"]), (True, False))
+        self.assertEqual(shown["script_errors"], [])
 
     async def test_fair_order(self) -> None:
         """

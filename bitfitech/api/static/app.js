@@ -276,8 +276,13 @@
     return id ? String(id).slice(0, 12) + "…" : "—";
   }
 
-  function plural(count, one, many) {
-    return count + " " + (count === 1 ? one : many);
+  // A count grouped by thousands (100,000), whatever the browser's locale.
+  function grouped(n) {
+    return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  }
+
+  function plural(n, one, many) {
+    return grouped(n) + " " + (n === 1 ? one : many);
   }
 
   const drawn = new Map();
@@ -456,12 +461,32 @@
       setText("sync-text", "synced");
     } else if (sync.state === "syncing") {
       syncChip.dataset.state = "busy";
-      setText("sync-text", "syncing, " + plural(sync.behind ?? 0, "event", "events") + " behind");
+      const share = syncShare(sync);
+      setText("sync-text", "syncing " + (share === null ? "" : Math.floor(share * 100) + " %, ") +
+        plural(sync.behind ?? 0, "event", "events") + " behind");
     } else {
       syncChip.dataset.state = "warn";
       setText("sync-text", sync.state || "sync ?");
     }
     syncChip.title = syncLine(sync);
+    showSyncBar($("sync-bar"), sync);
+    showSyncBar($("sync-bar-node"), sync);
+  }
+
+  // The share of the known events held while syncing (0 to 1), else null.
+  function syncShare(sync) {
+    if (!sync || sync.state !== "syncing" || !(sync.known > 0)) return null;
+    return Math.min(1, Math.max(0, (sync.events ?? 0) / sync.known));
+  }
+
+  // A progress bar of the sync: shown while the node catches up.
+  function showSyncBar(bar, sync) {
+    const share = syncShare(sync);
+    bar.hidden = share === null;
+    if (share !== null) {
+      bar.value = share;
+      bar.title = Math.floor(share * 100) + " % of the known events held";
+    }
   }
 
   function etaMs(sync) {
@@ -471,8 +496,8 @@
   function syncLine(sync) {
     if (!sync) return "this node does not sync (no gossip)";
     const eta = etaMs(sync);
-    return sync.state + ": " + (sync.events ?? 0) + " of " + (sync.known ?? 0) + " known events held" +
-      (sync.behind ? ", " + sync.behind + " behind" : "") +
+    return sync.state + ": " + grouped(sync.events ?? 0) + " of " + grouped(sync.known ?? 0) +
+      " known events held" + (sync.behind ? ", " + grouped(sync.behind) + " behind" : "") +
       (sync.rate ? ", " + Number(sync.rate).toFixed(1) + " events a second" : "") +
       (eta !== null && sync.behind ? ", about " + duration(eta) + " left" : "");
   }

@@ -251,21 +251,32 @@ class NodeClient:
         """
         data = None if body is None else json.dumps(body).encode("utf-8")
         connection, response = self._send(method, path, data, self._headers("application/json"))
-        try:
-            raw = response.read(MAX_ANSWER + 1)
-        except (OSError, http.client.HTTPException) as error:
-            raise Unreachable(self.url, self._reason(error)) from None
-        finally:
-            connection.close()
-        try:
-            document = parse_json(raw)
-        except ValueError:
-            document = None
+        raw, document = self._read(connection, response)
         if not 200 <= response.status < 300:
             raise NodeError(response.status, _error_message(response, document, raw))
         if document is None and raw.strip() != b"null":
             raise NodeError(response.status, f"the node's answer is not JSON: {raw[:80]!r}")
         return Answer(response.status, document, raw)
+
+    def _read(
+        self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse
+    ) -> tuple[bytes, Any]:
+        """
+        Read a whole answer and close its connection: its bytes, and its
+        JSON document (``None`` if it is not JSON).
+
+        :raises Unreachable: if the answer broke off.
+        """
+        try:
+            raw: bytes = response.read(MAX_ANSWER + 1)
+        except (OSError, http.client.HTTPException) as error:
+            raise Unreachable(self.url, self._reason(error)) from None
+        finally:
+            connection.close()
+        try:
+            return raw, parse_json(raw)
+        except ValueError:
+            return raw, None
 
     def open_events(self, path: str, silence: float = STREAM_SILENCE) -> EventStream:
         """
@@ -279,16 +290,7 @@ class NodeClient:
         """
         connection, response = self._send("GET", path, None, self._headers("text/event-stream"))
         if not 200 <= response.status < 300:
-            try:
-                raw = response.read(MAX_ANSWER + 1)
-            except (OSError, http.client.HTTPException) as error:
-                raise Unreachable(self.url, self._reason(error)) from None
-            finally:
-                connection.close()
-            try:
-                document = parse_json(raw)
-            except ValueError:
-                document = None
+            raw, document = self._read(connection, response)
             raise NodeError(response.status, _error_message(response, document, raw))
         if connection.sock is not None:
             connection.sock.settimeout(silence)

@@ -72,15 +72,16 @@ class ServiceUnavailable(Exception):
 
 class BatchRejected(ValueError):
     """
-    A batch of orders refused as a whole: one of its orders is invalid, and
-    none of them was signed.
+    A batch of orders (or events) refused as a whole: one of them is
+    invalid, and none of them was signed (or taken).
 
-    :ivar index: the position of the first invalid order in the batch.
-    :ivar reason: why the book would reject it (``"price_not_tick_multiple: ..."``).
+    :ivar index: the position of the first invalid one in the batch.
+    :ivar reason: why it is refused (``"price_not_tick_multiple: ..."``).
     """
 
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(f"orders[{index}]: {reason}")
+    def __init__(self, index: int, reason: str, items: str = "orders") -> None:
+        """:param items: what the batch holds, as its field names them."""
+        super().__init__(f"{items}[{index}]: {reason}")
         self.index = index
         self.reason = reason
 
@@ -209,6 +210,33 @@ class INodeControl(Interface):
         count], ...], "asks": [...]}``, best level first, at most C{depth}
         levels a side; price and amount are decimal strings, count an int.
         """
+
+    def submit_events(signed: Sequence[tuple[str, str]]) -> Deferred[list[dict[str, Any]]]:
+        """
+        Take events their authors signed (``POST /events``), each a
+        ``(text, sig)``: every one is checked as an event from a peer is
+        (form, network, pair, signature) and against what this node holds,
+        then all are journaled, applied and relayed unchanged.
+
+        :return: fires once all are durable, with one ``{"id", "author",
+            "seq", "kind": "order" | "cancel", "status": "applied" |
+            "pending", "order": order document | None}`` each (``order``:
+            the order itself, or the one a cancel cancels).
+        :raises BatchRejected: synchronously, naming the first event
+            refused (``events[i]: bad_signature: ...``); none is taken.
+        """
+
+    def key(key: str) -> dict[str, Any]:
+        """
+        What a client signing for key C{key} needs (``GET /keys/{key}``):
+        ``{"key", "network", "pair", "next_seq", "lamport", "events"}``.
+        """
+
+    def key_orders(key: str, state: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """Key C{key}'s orders, newest first, as ``GET /orders`` lists this node's."""
+
+    def key_trades(key: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """The trades of key C{key}'s orders (taker or maker), newest first."""
 
     def ticker() -> dict[str, Any]:
         """

@@ -27,14 +27,14 @@ from ..config import NodeConfig
 from ..discovery.service import DiscoveryService
 from ..gossip import Gossip
 from ..interfaces import BatchRejected, INodeControl, ServiceUnavailable, unix_ms
-from ..market.events import Event
+from ..market.events import Event, EventError, parse_event, verify_event
 from ..market.service import MarketChange, MarketService
 from ..market.ticker import Ticker
 from ..peer.hub import PeerHub
 from ..peer.protocol import PeerProtocol
 from ..peer.service import PeerService
 from ..storage import Storage
-from .documents import book_doc, order_doc, trade_doc
+from .documents import book_doc, event_doc, order_doc, trade_doc
 
 Observer = Callable[[str, "dict[str, Any] | None"], None]
 """C{observer(kind, document)}: see :meth:`INodeControl.watch`."""
@@ -241,6 +241,66 @@ class NodeControl:
         market = self._market()
         market.flush()
         return book_doc(market.ledger, depth)
+
+    def submit_events(self, signed: Sequence[tuple[str, str]]) -> Deferred[list[dict[str, Any]]]:
+        """``POST /events`` and ``POST /events/batch``: all or none."""
+        market = self._market()
+        config = self.config
+        events: list[Event] = []
+        for index, (text, sig) in enumerate(signed):
+            try:
+                event = parse_event(text, sig, config.network, config.pair)
+            except EventError as e:
+                raise BatchRejected(index, f"invalid_event: {e}", "events") from None
+            if not verify_event(event):
+                raise BatchRejected(
+                    index, f"bad_signature: not key {event.author}'s signature over this event",
+                    "events",
+                )  # fmt: skip
+            earlier = {(e.author, e.seq): e for e in events}
+            try:
+                market.check_signed(event, earlier)
+            except ValueError as e:
+                raise BatchRejected(index, str(e), "events") from None
+            events.append(event)
+
+        def documents(taken: list[Event]) -> list[dict[str, Any]]:
+            return [event_doc(market, event) for event in taken]
+
+        return market.submit_signed(events).addCallbacks(documents, _first_failure)
+
+    def key(self, key: str) -> dict[str, Any]:
+        """``GET /keys/{key}``."""
+        market = self._market()
+        market.flush()
+        return {
+            "key": key,
+            "network": self.config.network,
+            "pair": self.config.pair,
+            "next_seq": market.next_seq_of(key),
+            "lamport": market.next_lamport(),
+            "events": market.ledger.next_seq(key) - 1,
+        }
+
+    def key_orders(self, key: str, state: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """``GET /keys/{key}/orders``: newest first."""
+        market = self._market()
+        market.flush()
+        events = market.orders_of(key, state, limit + offset)[offset:]
+        return [order_doc(market, event) for event in events]
+
+    def key_trades(self, key: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """``GET /keys/{key}/trades``: newest first."""
+        market = self._market()
+        market.flush()
+        ledger = market.ledger
+        trades = {
+            trade.id: trade
+            for event in market.orders_of(key, "all", ledger.next_seq(key))
+            for trade in ledger.trades_of(event.id)
+        }
+        newest = sorted(trades.values(), key=lambda trade: trade.seq, reverse=True)
+        return [trade_doc(ledger, trade) for trade in newest[offset : offset + limit]]
 
     def ticker(self) -> dict[str, Any]:
         """``GET /ticker``."""

@@ -86,6 +86,24 @@ def order_doc(market: MarketService, event: Event) -> dict[str, Any]:
     }
 
 
+def event_doc(market: MarketService, event: Event) -> dict[str, Any]:
+    """
+    The API's answer for one event its author signed (``POST /events``):
+    whether it is applied or waits for an earlier event of its author, and
+    the order it is or cancels (``None`` if this node does not hold it).
+    """
+    ledger = market.ledger
+    order = event if event.is_order else ledger.get(event.target)
+    return {
+        "id": event.id,
+        "author": event.author,
+        "seq": event.seq,
+        "kind": "order" if event.is_order else "cancel",
+        "status": "applied" if ledger.is_applied(event) else "pending",
+        "order": None if order is None or not order.is_order else order_doc(market, order),
+    }
+
+
 def book_doc(ledger: Ledger, depth: int) -> dict[str, Any]:
     """``GET /book``: the best C{depth} levels of each side of C{ledger}'s book."""
     params = ledger.params

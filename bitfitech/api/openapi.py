@@ -426,6 +426,77 @@ SCHEMAS: Final[dict[str, Schema]] = {
             }
         }
     ),  # fmt: skip
+    "SignedEvent": {
+        **obj(
+            {
+                "text": {
+                    **TEXT,
+                    "description": "The event's text: `bitfi1 <network> <pair> <author> <seq> "
+                    "<lamport> <ts> order <side> <type> <price|-> <amount>` or `... cancel "
+                    "<order id>` (docs/protocol.rst).",
+                },
+                "sig": {
+                    **TEXT,
+                    "description": "Its author's Ed25519 signature over the text (128 hex), "
+                    "or a batch signature.",
+                },
+            }
+        ),
+        "description": "An event signed by its author's own key.",
+    },
+    "EventBatchRequest": obj(
+        {
+            "events": {
+                "type": "array",
+                "items": ref("SignedEvent"),
+                "minItems": 1,
+                "maxItems": MAX_BATCH,
+            }
+        }
+    ),
+    "EventTaken": obj(
+        {
+            "id": HEX64,
+            "author": HEX64,
+            "seq": {"type": "integer", "minimum": 1},
+            "kind": {"enum": ["order", "cancel"]},
+            "status": {
+                "enum": ["applied", "pending"],
+                "description": "pending: it waits for an earlier event of its author.",
+            },
+            "order": nullable(
+                {
+                    **ref("Order"),
+                    "description": "The order it is, or the order it cancels (null if this "
+                    "node does not hold that order).",
+                }
+            ),
+        }
+    ),
+    "EventsTaken": obj({"events": {"type": "array", "items": ref("EventTaken")}}),
+    "KeyInfo": {
+        **obj(
+            {
+                "key": HEX64,
+                "network": TEXT,
+                "pair": TEXT,
+                "next_seq": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "The seq the key's next event must carry, as this node "
+                    "sees the key's events.",
+                },
+                "lamport": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "A Lamport time above every one this node holds: a new "
+                    "event's should be at least this (and above the key's last).",
+                },
+                "events": {**COUNT, "description": "The highest seq of the key held."},
+            }
+        ),
+        "description": "What a client signing for this key needs to write its next event.",
+    },
     "ConnectRequest": obj(
         {"address": {"type": "string", "description": "host:port or NODEID@host:port"}},
         closed=False,
@@ -454,6 +525,8 @@ PARAMETERS: Final[dict[str, Schema]] = {
                 "description": "An IP address (percent-encoded).", "schema": TEXT},
     "order_id": {"name": "order_id", "in": "path", "required": True,
                  "description": "An order id, 64 hex digits.", "schema": TEXT},
+    "key": {"name": "key", "in": "path", "required": True,
+            "description": "An author's Ed25519 public key, 64 hex digits.", "schema": TEXT},
 }  # fmt: skip
 
 HEADERS: Final[dict[str, Schema]] = {
@@ -547,6 +620,19 @@ are comments.  The types (all unless `types` picks some):
 At most {MAX_CLIENTS} clients at once (503 beyond); a client that does not
 read while {MAX_BACKLOG} events wait for it is disconnected.  The data of
 each type follows the schema named under `x-sse-events`."""
+
+EVENTS_DESCRIPTION: Final = """\
+A user who holds their own Ed25519 key signs their orders and cancels
+themselves (the `bitfi` CLI does, with `--key`) and sends them here: the
+node checks each as it checks an event from a peer (form, network, pair,
+signature), and against the key's events it holds (a seq already taken by
+another event, a seq more than 100 past the key's next, a Lamport time not
+above the key's previous: 400), then journals, applies and relays it
+unchanged.  It cannot alter, forge or cancel the key's events: only the
+key's own signed cancel cancels its order.  `GET /keys/{key}` gives the
+next seq and a Lamport time to use.  An event held already is answered as
+taken.  Events of this node's own key are refused (`POST /orders` places
+those)."""
 
 TICKET_DESCRIPTION: Final = f"""\
 A browser's `EventSource` cannot send an `Authorization` header.  With the
@@ -650,6 +736,39 @@ def build() -> Schema:
             "Place several orders, all or none, in one group commit",
             {"201": answer(ref("Orders"), "Created")},
             body="BatchRequest", errors=("400", "503"))},
+        "/events": {"post": operation(
+            "Take an event its author signed: checked as a peer's, then journaled, applied "
+            "and relayed unchanged; answers once journaled",
+            {"201": answer(ref("EventTaken"), "Created")},
+            body="SignedEvent", errors=("400", "503"),
+            extra={"description": EVENTS_DESCRIPTION})},
+        "/events/batch": {"post": operation(
+            "Take several events their authors signed, all or none",
+            {"201": answer(ref("EventsTaken"), "Created")},
+            body="EventBatchRequest", errors=("400", "503"))},
+        "/keys/{key}": {
+            "parameters": [{"$ref": "#/components/parameters/key"}],
+            "get": operation("What a client signing for this key needs",
+                             {"200": answer(ref("KeyInfo"))}, errors=("400", "503"))},
+        "/keys/{key}/orders": {
+            "parameters": [{"$ref": "#/components/parameters/key"}],
+            "get": operation(
+                "The key's orders this node holds, newest first",
+                {"200": answer(ref("Orders"), headers=("Link",))},
+                errors=("400", "503"),
+                extra={"parameters": [
+                    {"$ref": "#/components/parameters/limit"},
+                    {"$ref": "#/components/parameters/offset"},
+                    {"name": "state", "in": "query", "required": False,
+                     "schema": {"enum": list(ORDER_STATES), "default": "open"}},
+                ], "description": f"`limit` defaults to {ORDERS_LIMIT}."})},
+        "/keys/{key}/trades": {
+            "parameters": [{"$ref": "#/components/parameters/key"}],
+            "get": operation(
+                "The trades of the key's orders (taker or maker), newest first",
+                {"200": answer(ref("Trades"), headers=("Link",))},
+                parameters=list_params, errors=("400", "503"),
+                extra={"description": f"`limit` defaults to {DEFAULT_LIMIT}."})},
         "/orders/{order_id}": {
             "parameters": [{"$ref": "#/components/parameters/order_id"}],
             "get": operation("Any order this node holds", {"200": answer(ref("Order"))},

@@ -52,6 +52,7 @@ from .jsonresource import (
     Answer,
     ApiError,
     JSONResource,
+    NotFound,
     choice_param,
     int_param,
     query_value,
@@ -81,6 +82,11 @@ ROUTES: Final = (
     "/orders/{order_id}",
     "/book",
     "/ticker",
+    "/events",
+    "/events/batch",
+    "/keys/{key}",
+    "/keys/{key}/orders",
+    "/keys/{key}/trades",
     "/trades",
     "/stream",
     "/stream/ticket",
@@ -491,6 +497,180 @@ class OrderBatch(JSONResource):
         return d  # type: ignore[return-value]
 
 
+SignedEvent = tuple[str, str]
+"""One event of ``POST /events``: ``(text, sig)``."""
+
+#: the longest event text or signature ``POST /events`` reads (a batch
+#: signature of the largest batch is about 1,300 characters)
+MAX_EVENT_FIELD = 4096
+
+
+def signed_event(body: object) -> SignedEvent:
+    """
+    Check one event of ``POST /events``: ``{"text": "bitfi1 ...", "sig":
+    "..."}``, both strings, nothing else.
+
+    :raises ApiError: 400 naming what is wrong.
+    """
+    if not isinstance(body, dict):
+        raise ApiError(400, 'an event must be a JSON object {"text": "...", "sig": "..."}')
+    unknown = sorted(set(body) - {"text", "sig"})
+    if unknown:
+        raise ApiError(
+            400, f"unknown field(s) {', '.join(map(repr, unknown))}; expected text and sig"
+        )
+    fields = []
+    for name in ("text", "sig"):
+        value = body.get(name)
+        if not isinstance(value, str) or not value or len(value) > MAX_EVENT_FIELD:
+            raise ApiError(
+                400, f"{name} is required: a string of 1 to {MAX_EVENT_FIELD} characters"
+            )
+        fields.append(value)
+    return fields[0], fields[1]
+
+
+class Events(JSONResource):
+    """
+    ``POST /events {"text", "sig"}``: an event its author signed (a user's
+    own key), checked as an event from a peer is, then journaled, applied
+    and relayed unchanged.
+    """
+
+    ok_status = http.CREATED
+
+    def __init__(self, node: INodeControl) -> None:
+        super().__init__()
+        self.node = node
+        self.putChild(b"batch", EventBatch(node))
+
+    def render_POST(self, request: Request) -> Deferred[object]:
+        event = signed_event(read_json_object(request))
+        try:
+            d = self.node.submit_events([event])
+        except BatchRejected as e:
+            raise ApiError(400, e.reason) from None
+        except ServiceUnavailable as e:
+            raise unavailable_error(e) from None
+        d.addCallbacks(lambda documents: documents[0], _unavailable)
+        return d  # type: ignore[return-value]
+
+
+class EventBatch(JSONResource):
+    """``POST /events/batch {"events": [event, ...]}``: several events, all or none."""
+
+    ok_status = http.CREATED
+
+    def __init__(self, node: INodeControl) -> None:
+        super().__init__()
+        self.node = node
+
+    def render_POST(self, request: Request) -> Deferred[object]:
+        body = read_json_object(request)
+        events = body.get("events")
+        if set(body) != {"events"} or not isinstance(events, list):
+            raise ApiError(400, f'expected {{"events": [event, ...]}} with 1 to {MAX_BATCH} events')
+        if not 1 <= len(events) <= MAX_BATCH:
+            raise ApiError(400, f"events must hold 1 to {MAX_BATCH} events, not {len(events)}")
+        signed = []
+        for index, entry in enumerate(events):
+            try:
+                signed.append(signed_event(entry))
+            except ApiError as e:
+                raise ApiError(400, f"events[{index}]: {e.message}", {"index": index}) from None
+        try:
+            d = self.node.submit_events(signed)
+        except BatchRejected as e:
+            raise ApiError(400, str(e), {"index": e.index}) from None
+        except ServiceUnavailable as e:
+            raise unavailable_error(e) from None
+        d.addCallbacks(lambda documents: {"events": documents}, _unavailable)
+        return d  # type: ignore[return-value]
+
+
+class Keys(JSONResource):
+    """``/keys/{key}``: what this node holds of one author's key."""
+
+    def __init__(self, node: INodeControl) -> None:
+        super().__init__()
+        self.node = node
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        if not path:
+            return NotFound()
+        return Key(self.node, path.decode("utf-8", "replace").lower())
+
+    def render(self, request: Request) -> bytes:
+        # /keys itself lists nothing.
+        return NotFound().render(request)
+
+
+def checked_key(key: str) -> str:
+    """
+    The key of a path: an Ed25519 public key in hex.
+
+    :raises ApiError: 400 if it is not 64 hex digits.
+    """
+    if _ORDER_ID_RE.match(key) is None:
+        raise ApiError(400, f"invalid key {key[:80]!r} (expected 64 hex digits)")
+    return key
+
+
+class Key(JSONResource):
+    """
+    ``GET /keys/{key}``: what a client signing for the key needs (its next
+    seq, a Lamport time); ``/orders`` and ``/trades`` below it.
+    """
+
+    def __init__(self, node: INodeControl, key: str) -> None:
+        super().__init__()
+        self.node = node
+        self.key = key
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        if not path:
+            return self
+        if path == b"orders":
+            return KeyOrders(self.node, self.key)
+        if path == b"trades":
+            return KeyTrades(self.node, self.key)
+        return NotFound()
+
+    def render_GET(self, request: Request) -> object:
+        return self.node.key(checked_key(self.key))
+
+
+class KeyOrders(JSONResource):
+    """``GET /keys/{key}/orders?state=&limit=&offset=``: the key's orders, newest first."""
+
+    def __init__(self, node: INodeControl, key: str) -> None:
+        super().__init__()
+        self.node = node
+        self.key = key
+
+    def render_GET(self, request: Request) -> object:
+        state = choice_param(request, "state", ORDER_STATES, "open")
+        limit, offset = page_params(request, ORDERS_LIMIT)
+        documents = self.node.key_orders(checked_key(self.key), state, limit + 1, offset)
+        more = len(documents) > limit
+        return page(request, {"orders": documents[:limit]}, limit, offset, more, None)
+
+
+class KeyTrades(JSONResource):
+    """``GET /keys/{key}/trades?limit=&offset=``: the trades of the key's orders, newest first."""
+
+    def __init__(self, node: INodeControl, key: str) -> None:
+        super().__init__()
+        self.node = node
+        self.key = key
+
+    def render_GET(self, request: Request) -> object:
+        limit, offset = page_params(request, DEFAULT_LIMIT)
+        documents = self.node.key_trades(checked_key(self.key), limit + 1, offset)
+        more = len(documents) > limit
+        return page(request, {"trades": documents[:limit]}, limit, offset, more, None)
+
+
 class Book(JSONResource):
     """``GET /book?depth=``: the aggregated book, best levels first."""
 
@@ -591,6 +771,8 @@ class Root(JSONResource):
         self.putChild(b"orders", Orders(node))
         self.putChild(b"book", Book(node))
         self.putChild(b"ticker", Ticker(node))
+        self.putChild(b"events", Events(node))
+        self.putChild(b"keys", Keys(node))
         self.putChild(b"trades", Trades(node))
         self.putChild(b"stream", Stream(self.feed, self.tickets))
 

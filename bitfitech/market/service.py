@@ -23,13 +23,13 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -85,6 +85,10 @@ JOURNAL_RETRY = 1.0
 
 #: the longest seconds between two retries of a journal that cannot be written
 JOURNAL_RETRY_MAX = 10.0
+
+#: how far past an author's next seq an event its author signed may come
+#: through the API (the events between are on their way from elsewhere)
+MAX_SEQ_AHEAD = 100
 
 #: events whose local arrival time is remembered (``applied_at``)
 ARRIVALS_KEPT = 65536
@@ -209,6 +213,21 @@ def check_order(
     raise ValueError(f"{reason}: {detail}")
 
 
+def _follow(done: Deferred[Event]) -> Deferred[Event]:
+    """A Deferred that fires as C{done} does, leaving C{done}'s result alone."""
+    follower: Deferred[Event] = Deferred()
+
+    def relay(result: Event | Failure) -> Event | Failure:
+        if isinstance(result, Failure):
+            follower.errback(result)
+        else:
+            follower.callback(result)
+        return result
+
+    done.addBoth(relay)
+    return follower
+
+
 @dataclass(frozen=True)
 class MarketChange:
     """
@@ -231,13 +250,18 @@ MarketObserver = Callable[[MarketChange], None]
 
 
 class _Pending:
-    """One of this node's events on its way: signed, journaled, applied, acknowledged."""
+    """
+    One event on its way through this node's group commit: signed (unless
+    its author signed it: :attr:`presigned`), journaled, applied,
+    acknowledged.
+    """
 
-    __slots__ = ("event", "done")
+    __slots__ = ("event", "done", "presigned")
 
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: Event, presigned: bool = False) -> None:
         self.event = event
         self.done: Deferred[Event] = Deferred()
+        self.presigned = presigned
 
 
 SyncerFactory = Callable[[Storage], Syncer]
@@ -330,6 +354,8 @@ class MarketService(Service):
         self._tick_call: IDelayedCall | None = None
         self._signed: list[_Pending] = []
         self._signed_ids: dict[str, Event] = {}
+        # events their authors signed, on their way: (author, seq) -> pending
+        self._presigned_slots: dict[tuple[str, int], _Pending] = {}
         self._unjournaled: list[Event] = []
         self._syncing = False
         self._write_call: IDelayedCall | None = None
@@ -780,6 +806,107 @@ class MarketService(Service):
         lamport, ts = self._next_clock()
         return self._queue_own(self.author.draft_cancel(self._next_seq, lamport, ts, order_id))
 
+    # -- events their authors signed (users' own keys, through the API)
+
+    def check_signed(
+        self, event: Event, earlier: Mapping[tuple[str, int], Event] | None = None
+    ) -> bool:
+        """
+        Check an event its author signed (its form, network, pair and
+        signature are checked already) against what this node holds.
+
+        :param earlier: events of the same request before this one, by
+            ``(author, seq)``: they count as held.
+
+        :return: ``True`` for a new event, ``False`` for one held already.
+        :raises ValueError: ``"<code>: <explanation>"`` for an event this
+            node will not take: one of its own key's, one whose seq holds
+            another event, a seq far past the author's last, a Lamport time
+            that does not follow the author's previous event, or an order
+            the book would reject.
+        :raises ServiceUnavailable: when the market cannot take events now.
+        """
+        ledger = self._running_ledger()
+        author, seq = event.author, event.seq
+        earlier = earlier or {}
+        if author == self.author.author:
+            raise ValueError(
+                "own_key: this node signs its own key's events; place them with POST /orders"
+            )
+        if event.id in ledger or event.id in self._buffer or event.id in self._signed_ids:
+            return False
+        taken = self._slot(author, seq, earlier)
+        if taken is not None and taken.id == event.id:
+            return False
+        if taken is not None:
+            raise ValueError(
+                f"seq_taken: event {taken.id} holds seq {seq} of key {author} already; "
+                f"this key's next seq is {self.next_seq_of(author)}"
+            )
+        next_seq = max([self.next_seq_of(author), *(s + 1 for (a, s) in earlier if a == author)])
+        if seq > next_seq + MAX_SEQ_AHEAD:
+            raise ValueError(
+                f"seq_gap: seq {seq} is more than {MAX_SEQ_AHEAD} past this key's next, {next_seq}"
+            )
+        previous = self._slot(author, seq - 1, earlier)
+        if previous is not None and event.lamport <= previous.lamport:
+            raise ValueError(
+                f"lamport_not_increasing: Lamport time {event.lamport} does not follow "
+                f"{previous.lamport}, of this key's seq {seq - 1}"
+            )
+        if event.is_order:
+            check_order(ledger.book, event.side, event.price, event.amount, event.order_type)
+        return True
+
+    def submit_signed(self, events: Sequence[Event]) -> Deferred[list[Event]]:
+        """
+        Take events their authors signed (each passed :meth:`check_signed`):
+        journal them durably with this node's next group commit, then apply
+        and publish them as this node's own events, never re-signed or
+        changed.  Fires once every one is journaled and applied; an event
+        held already fires at once.
+        """
+        self._running_ledger()
+        done: list[Deferred[Event]] = []
+        for event in events:
+            if event.id in self.ledger or event.id in self._buffer:
+                done.append(succeed(event))
+                continue
+            slot = (event.author, event.seq)
+            waiting = self._presigned_slots.get(slot)
+            if waiting is not None and waiting.event.id == event.id:
+                done.append(_follow(waiting.done))
+                continue
+            pending = _Pending(event, presigned=True)
+            self._presigned_slots[slot] = pending
+            done.append(self._queue(pending))
+        # A failure arrives wrapped in FirstError.
+        return gatherResults(done, consumeErrors=True)
+
+    def next_seq_of(self, author: str) -> int:
+        """The seq the next event of C{author} must carry, counting those on their way here."""
+        in_flight = [seq for (key, seq) in self._presigned_slots if key == author]
+        return max([self.ledger.next_seq(author), *(seq + 1 for seq in in_flight)])
+
+    def next_lamport(self) -> int:
+        """
+        A Lamport time for a new event: above every one held (a hybrid
+        logical clock: the wall clock in ms if that is higher).
+        """
+        ts = int(self.clock.seconds() * 1000)
+        held = max(self.ledger.lamport, self._buffer_lamport, self._own_lamport)
+        return max(held + 1, ts)
+
+    def _slot(
+        self, author: str, seq: int, earlier: Mapping[tuple[str, int], Event]
+    ) -> Event | None:
+        """The event held, on its way, or in C{earlier} for slot C{(author, seq)}."""
+        held = self.ledger.chain_event(author, seq) or earlier.get((author, seq))
+        if held is not None:
+            return held
+        pending = self._presigned_slots.get((author, seq))
+        return None if pending is None else pending.event
+
     def check(self, side: str, price: str | None, amount: str, order_type: str) -> None:
         """
         Check a new order as :meth:`submit` does, without signing it.
@@ -809,18 +936,21 @@ class MarketService(Service):
         where applying it would replay everything since on every node.
         """
         ts = int(self.clock.seconds() * 1000)
-        held = max(self.ledger.lamport, self._buffer_lamport, self._own_lamport)
-        lamport = max(held + 1, ts)
+        lamport = self.next_lamport()
         self._own_lamport = lamport
         return lamport, ts
 
     def _queue_own(self, event: Event) -> Deferred[Event]:
+        self._next_seq += 1
+        return self._queue(_Pending(event))
+
+    def _queue(self, pending: _Pending) -> Deferred[Event]:
+        """Put C{pending} in the next group commit."""
+        event = pending.event
         if self._signer is not None and event.id not in self._first_seen:
             self._note_seen(event.id, int(self.clock.seconds() * 1_000_000))
-        pending = _Pending(event)
         self._signed.append(pending)
         self._signed_ids[event.id] = event
-        self._next_seq += 1
         if self._write_call is None and not self._syncing:
             # The group commit: every order signed in this reactor turn.
             self._write_call = self.clock.callLater(0, self._start_write)
@@ -883,8 +1013,10 @@ class MarketService(Service):
                 if evidence:
                     publisher.publish(evidence)
         for pending in own:
-            self._signed_ids.pop(pending.event.id, None)
-            pending.done.callback(pending.event)
+            event = pending.event
+            self._signed_ids.pop(event.id, None)
+            self._presigned_slots.pop((event.author, event.seq), None)
+            pending.done.callback(event)
 
     def _apply_stamps(self, stamps: list[Stamp], journaled: bool = False) -> None:
         """
@@ -1249,7 +1381,7 @@ class MarketService(Service):
         mine = [pending.event for pending in own]
         # The group commit signs too: its events share one batch signature,
         # one check for every node that receives them.
-        self.author.sign(mine)
+        self.author.sign([pending.event for pending in own if not pending.presigned])
         self.journal_writes += 1
         written = peers + mine
         try:
@@ -1284,10 +1416,14 @@ class MarketService(Service):
         a gap); the next order is signed with the first failed seq.
         """
         failed, self._signed = own + self._signed, []
-        self._next_seq = failed[0].event.seq
+        node_signed = [pending for pending in failed if not pending.presigned]
+        if node_signed:
+            self._next_seq = node_signed[0].event.seq
         error = ServiceUnavailable(reason)
         for pending in failed:
-            self._signed_ids.pop(pending.event.id, None)
+            event = pending.event
+            self._signed_ids.pop(event.id, None)
+            self._presigned_slots.pop((event.author, event.seq), None)
             pending.done.errback(error)
 
     def _synced(self, _: None, own: list[_Pending]) -> None:
@@ -1316,7 +1452,9 @@ class MarketService(Service):
         failed, self._signed = own + self._signed, []
         error = ServiceUnavailable(self._journal_fault)
         for pending in failed:
-            self._signed_ids.pop(pending.event.id, None)
+            event = pending.event
+            self._signed_ids.pop(event.id, None)
+            self._presigned_slots.pop((event.author, event.seq), None)
             pending.done.errback(error)
         self._sync_done()
 
@@ -1530,8 +1668,11 @@ class MarketService(Service):
 
     def own_orders(self, state: str, limit: int) -> list[Event]:
         """This node's orders, newest first: ``open``, ``closed`` or ``all``."""
+        return self.orders_of(self.author.author, state, limit)
+
+    def orders_of(self, author: str, state: str, limit: int) -> list[Event]:
+        """C{author}'s orders held, newest first: ``open``, ``closed`` or ``all``."""
         ledger = self.ledger
-        author = self.author.author
         out: list[Event] = []
         for seq in range(ledger.next_seq(author) - 1, 0, -1):
             if len(out) >= limit:

@@ -24,6 +24,7 @@ from twisted.web.client import HTTPConnectionPool
 from bitfitech.api.app import site_root
 from bitfitech.api.openapi import document
 from bitfitech.api.resources import ROUTES
+from bitfitech.market.events import Author
 from bitfitech.node import Node
 from bitfitech.testing import HANG_GUARD, ClusterTestCase, poll_until, wait_for
 from tests.api.test_resources import URL, FakeNode
@@ -31,7 +32,8 @@ from tests.api.test_resources import URL, FakeNode
 DOC = document()
 METHODS = ("get", "post", "delete", "put", "patch")
 TOKEN = "openapi-test-token-0123456789"
-SAMPLES = {"{node_id}": "ab" * 20, "{address}": "192.0.2.1", "{order_id}": "cd" * 32}
+SAMPLES = {"{node_id}": "ab" * 20, "{address}": "192.0.2.1", "{order_id}": "cd" * 32,
+           "{key}": "ef" * 32}  # fmt: skip
 _REGISTRY: Registry[Any] = Registry().with_resource(
     "urn:bitfi", Resource.from_contents(DOC, default_specification=DRAFT202012)
 )
@@ -311,6 +313,37 @@ class RealNodeTests(ClusterTestCase):
             (ticker["last"], ticker["volume"], ticker["trades"], ticker["best_bid"]),
             ("100", "0.25", 1, "100"),
         )
+
+        # Events a user's own key signed, and what the node holds of that key.
+        user = Author(bytes(range(32)), a.config.network, a.config.pair)
+        info = await self.call("GET", "/keys/{key}", f"/keys/{user.author}")
+        self.assertEqual((info["next_seq"], info["events"]), (1, 0))
+        ts = int(self.reactor.seconds() * 1000)
+        own = user.order(1, info["lamport"], ts, "sell", "limit", "101", "0.5")
+        taken = await self.call("POST", "/events", body={"text": own.text, "sig": own.sig},
+                                expect=201)  # fmt: skip
+        self.assertEqual((taken["id"], taken["status"], taken["order"]["author"]),
+                         (own.id, "applied", user.author))  # fmt: skip
+        tampered = own.text.replace(" 0.5", " 5")
+        refused = await self.call("POST", "/events", body={"text": tampered, "sig": own.sig},
+                                  expect=400)  # fmt: skip
+        self.assertIn("bad_signature", refused["error"])
+        cancel = user.cancel(2, info["lamport"] + 1, ts, own.id)
+        batch_taken = await self.call(
+            "POST", "/events/batch", body={"events": [{"text": cancel.text, "sig": cancel.sig}]},
+            expect=201,
+        )  # fmt: skip
+        self.assertEqual(batch_taken["events"][0]["order"]["status"], "cancelled")
+        await self.call("POST", "/events/batch", body={"events": []}, expect=400)
+        orders = await self.call(
+            "GET", "/keys/{key}/orders", f"/keys/{user.author}/orders?state=all"
+        )
+        self.assertEqual([o["id"] for o in orders["orders"]], [own.id])
+        await self.call("GET", "/keys/{key}/trades", f"/keys/{user.author}/trades")
+        await self.call("GET", "/keys/{key}", "/keys/xyz", expect=400)
+        await self.call("GET", "/keys/{key}/orders", "/keys/xyz/orders", expect=400)
+        await self.call("GET", "/keys/{key}/trades", f"/keys/{user.author}/trades?limit=0",
+                        expect=400)  # fmt: skip
 
         # Peers and bans.
         rows = await self.call("GET", "/peers", "/peers?limit=1")

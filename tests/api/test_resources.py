@@ -126,6 +126,7 @@ class FakeNode:
         self.book_doc: dict[str, Any] = BOOK
         self.trade_docs: list[dict[str, Any]] = [TRADE_A]
         self.ticker_doc: dict[str, Any] = {"pair": "BTC/USD", "last": None}
+        self.submitted_events: list[tuple[str, str]] = []
         self.journal: Deferred[None] | None = None
         """When set, submits and cancels answer once it fires (or fail with it)."""
         self.bans: dict[str, dict[str, Any]] = {"192.0.2.7": BAN_A, "2001:db8::1": BAN_B}
@@ -234,6 +235,28 @@ class FakeNode:
     def ticker(self) -> dict[str, Any]:
         self.queries.append(("ticker", None))
         return self.ticker_doc
+
+    def submit_events(self, signed: Sequence[tuple[str, str]]) -> Deferred[list[dict[str, Any]]]:
+        for index, (text, _) in enumerate(signed):
+            if not text.startswith("bitfi1 "):
+                raise BatchRejected(index, "invalid_event: not an event", "events")
+        self.submitted_events.extend(signed)
+        documents = [{"id": "e" * 64, "author": "a" * 64, "seq": 1, "kind": "order",
+                      "status": "applied", "order": None} for _ in signed]  # fmt: skip
+        return self.journaled(documents)
+
+    def key(self, key: str) -> dict[str, Any]:
+        self.queries.append(("key", key))
+        return {"key": key, "network": "test", "pair": "BTC/USD", "next_seq": 1,
+                "lamport": 1, "events": 0}  # fmt: skip
+
+    def key_orders(self, key: str, state: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        self.queries.append(("key_orders", (key, state, limit, offset)))
+        return []
+
+    def key_trades(self, key: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        self.queries.append(("key_trades", (key, limit, offset)))
+        return self.trade_docs[offset : offset + limit]
 
     def discovery(self) -> dict[str, Any]:
         return self.discovery_doc

@@ -70,6 +70,23 @@ class ServiceUnavailable(Exception):
     """The node cannot take orders now (not started, stopping, or its journal failed)."""
 
 
+class KeyRateLimited(Exception):
+    """
+    A key sent more events than its author's rate allows (``POST /events``):
+    none of the request's events was taken.
+
+    :ivar retry_after: seconds until the key's events are taken again.
+    """
+
+    def __init__(self, key: str, retry_after: float) -> None:
+        super().__init__(
+            f"rate_limited: key {key[:16]}... sends events faster than peers relay an "
+            f"author's; try again in {retry_after:.1f} s"
+        )
+        self.key = key
+        self.retry_after = retry_after
+
+
 class BatchRejected(ValueError):
     """
     A batch of orders (or events) refused as a whole: one of them is
@@ -224,6 +241,9 @@ class INodeControl(Interface):
             the order itself, or the one a cancel cancels).
         :raises BatchRejected: synchronously, naming the first event
             refused (``events[i]: bad_signature: ...``); none is taken.
+        :raises KeyRateLimited: synchronously, when a key's events come
+            faster than peers relay one author's (5,000 a second, bursts
+            of 20,000); none is taken.
         """
 
     def key(key: str) -> dict[str, Any]:

@@ -26,13 +26,20 @@ from ..address import AddressError, parse_address
 from ..config import NodeConfig
 from ..discovery.service import DiscoveryService
 from ..gossip import Gossip
-from ..interfaces import BatchRejected, INodeControl, ServiceUnavailable, unix_ms
+from ..interfaces import (
+    BatchRejected,
+    INodeControl,
+    KeyRateLimited,
+    ServiceUnavailable,
+    unix_ms,
+)
 from ..market.events import Event, EventError, parse_event, verify_event
 from ..market.service import MarketChange, MarketService
 from ..market.ticker import Ticker
 from ..peer.hub import PeerHub
 from ..peer.protocol import PeerProtocol
 from ..peer.service import PeerService
+from ..ratelimit import BucketTable
 from ..storage import Storage
 from .documents import book_doc, event_doc, order_doc, trade_doc
 
@@ -77,6 +84,8 @@ class NodeControl:
         self.dht = dht
         self.api_url = api_url
         self._ticker = Ticker()
+        timing = config.gossip
+        self._key_buckets = BucketTable(timing.author_rate, timing.author_burst)
         self._link_observers: list[Observer] = []
         self._watched_hub: PeerHub | None = None
         self._known_links: dict[str, tuple[str | None, str]] = {}
@@ -263,11 +272,33 @@ class NodeControl:
             except ValueError as e:
                 raise BatchRejected(index, str(e), "events") from None
             events.append(event)
+        self._admit_keys(events)
 
         def documents(taken: list[Event]) -> list[dict[str, Any]]:
             return [event_doc(market, event) for event in taken]
 
         return market.submit_signed(events).addCallbacks(documents, _first_failure)
+
+    def _admit_keys(self, events: Sequence[Event]) -> None:
+        """
+        Count C{events} against their keys' rates: the rate at which peers
+        relay one author's new events (``GossipTiming.author_rate``), so
+        that this node never relays more of a key than its peers take, and
+        is not taken for the key's flood.
+
+        :raises KeyRateLimited: if a key is over; nothing is counted then.
+        """
+        now = self.clock.seconds()
+        counts: dict[str, int] = {}
+        for event in events:
+            counts[event.author] = counts.get(event.author, 0) + 1
+        for key, count in counts.items():
+            bucket = self._key_buckets.bucket(key, now)
+            held = bucket.available(now)
+            if held < count:
+                raise KeyRateLimited(key, max(0.1, (count - held) / bucket.rate))
+        for key, count in counts.items():
+            self._key_buckets.take(key, now, count)
 
     def key(self, key: str) -> dict[str, Any]:
         """``GET /keys/{key}``."""

@@ -671,6 +671,15 @@ to send one request, is closed.  While the node's journal cannot be written
 (a full disk), orders and cancels are answered 503 with the cause."""
 
 
+RATE_LIMITED: Final = {
+    **error(
+        "A key's events came faster than peers relay one author's: none was taken; "
+        "`Retry-After` says in how many seconds to try again."
+    ),
+    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+}
+
+
 def build() -> Schema:
     """The OpenAPI document, fresh."""
     list_params = ("limit", "offset")
@@ -739,12 +748,12 @@ def build() -> Schema:
         "/events": {"post": operation(
             "Take an event its author signed: checked as a peer's, then journaled, applied "
             "and relayed unchanged; answers once journaled",
-            {"201": answer(ref("EventTaken"), "Created")},
+            {"201": answer(ref("EventTaken"), "Created"), "429": RATE_LIMITED},
             body="SignedEvent", errors=("400", "503"),
             extra={"description": EVENTS_DESCRIPTION})},
         "/events/batch": {"post": operation(
             "Take several events their authors signed, all or none",
-            {"201": answer(ref("EventsTaken"), "Created")},
+            {"201": answer(ref("EventsTaken"), "Created"), "429": RATE_LIMITED},
             body="EventBatchRequest", errors=("400", "503"))},
         "/keys/{key}": {
             "parameters": [{"$ref": "#/components/parameters/key"}],

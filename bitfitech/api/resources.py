@@ -26,12 +26,13 @@ float.
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import unquote, urlencode
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectError, NoProtocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -40,7 +41,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ..address import is_node_id
-from ..interfaces import BatchRejected, INodeControl, ServiceUnavailable
+from ..interfaces import BatchRejected, INodeControl, KeyRateLimited, ServiceUnavailable
 from .jsonresource import (
     DEFAULT_LIMIT,
     MAX_BATCH,
@@ -530,6 +531,12 @@ def signed_event(body: object) -> SignedEvent:
     return fields[0], fields[1]
 
 
+def rate_limited(error: KeyRateLimited) -> Deferred[object]:
+    """The 429 answer to a key over its rate, with ``Retry-After`` (whole seconds)."""
+    retry = str(max(1, math.ceil(error.retry_after)))
+    return succeed(Answer({"error": str(error)}, 429, {"retry-after": retry}))
+
+
 class Events(JSONResource):
     """
     ``POST /events {"text", "sig"}``: an event its author signed (a user's
@@ -550,6 +557,8 @@ class Events(JSONResource):
             d = self.node.submit_events([event])
         except BatchRejected as e:
             raise ApiError(400, e.reason) from None
+        except KeyRateLimited as e:
+            return rate_limited(e)
         except ServiceUnavailable as e:
             raise unavailable_error(e) from None
         d.addCallbacks(lambda documents: documents[0], _unavailable)
@@ -582,6 +591,8 @@ class EventBatch(JSONResource):
             d = self.node.submit_events(signed)
         except BatchRejected as e:
             raise ApiError(400, str(e), {"index": e.index}) from None
+        except KeyRateLimited as e:
+            return rate_limited(e)
         except ServiceUnavailable as e:
             raise unavailable_error(e) from None
         d.addCallbacks(lambda documents: {"events": documents}, _unavailable)

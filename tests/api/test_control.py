@@ -15,8 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from bitfitech.address import PeerAddress
 from bitfitech.api.control import NodeControl
 from bitfitech.api.resources import api_root
-from bitfitech.interfaces import BatchRejected, ServiceUnavailable
+from bitfitech.config import GossipTiming
+from bitfitech.interfaces import BatchRejected, KeyRateLimited, ServiceUnavailable
 from bitfitech.market.book import ALLOW, BookParams
+from bitfitech.market.events import Author
 from bitfitech.market.service import MarketService
 from bitfitech.peer.addrbook import AddressBook
 from bitfitech.peer.dialer import Dialer
@@ -124,6 +126,33 @@ class SubmitOrdersTests(MarketControlCase):
         failure = self.failureResultOf(d, ServiceUnavailable)
         self.assertIn("disk full", failure.getErrorMessage())
         self.flushLoggedErrors()
+
+
+class KeyRateTests(MarketControlCase):
+    """A key's events through the API are limited at the rate peers relay an author's."""
+
+    changes = {"gossip": GossipTiming(author_rate=1.0, author_burst=2.0)}
+
+    def signed(self, author: Author, seq: int) -> tuple[str, str]:
+        event = author.order(seq, 1000 + seq, 5, "buy", "limit", "100", "1")
+        return event.text, event.sig
+
+    def test_over_the_rate(self) -> None:
+        config = self.control.config
+        user = Author(bytes([7]) * 32, config.network, config.pair)
+        other = Author(bytes([8]) * 32, config.network, config.pair)
+        with self.assertRaises(KeyRateLimited) as caught:
+            self.control.submit_events([self.signed(user, seq) for seq in (1, 2, 3)])
+        self.assertAlmostEqual(caught.exception.retry_after, 1.0)
+        self.assertIn("rate_limited", str(caught.exception))
+        # Nothing was counted: the burst is still there.
+        self.committed(self.control.submit_events([self.signed(user, seq) for seq in (1, 2)]))
+        with self.assertRaises(KeyRateLimited):
+            self.control.submit_events([self.signed(user, 3)])
+        # Another key is not limited by this one.
+        self.committed(self.control.submit_events([self.signed(other, 1)]))
+        self.clock.advance(1.0)
+        self.committed(self.control.submit_events([self.signed(user, 3)]))
 
 
 class TimeConventionTests(MarketControlCase):

@@ -385,8 +385,9 @@ class RealNodeTests(ClusterTestCase):
             for status in item[method]["responses"]
         }  # fmt: skip
         missing = documented - self.checked - {("GET", "/stream", 200)}
-        # 503s and a 404 for an unknown peer to disconnect are checked with a fake node.
-        self.assertLessEqual({s for _, _, s in missing}, {503, 404, 401}, sorted(missing))
+        # 503s, a 404 for an unknown peer to disconnect and a key's 429 are
+        # checked with a fake node (tests.api.test_resources).
+        self.assertLessEqual({s for _, _, s in missing}, {503, 404, 401, 429}, sorted(missing))
 
     async def test_fair_order(self) -> None:
         """

@@ -29,7 +29,7 @@ from bitfitech.address import AddressError, parse_address
 from bitfitech.api.jsonresource import MAX_BATCH, MAX_BODY, ORDER_TYPES, NotFound
 from bitfitech.api.resources import api_root
 from bitfitech.api.site import ApiSite
-from bitfitech.interfaces import BatchRejected, INodeControl, ServiceUnavailable
+from bitfitech.interfaces import BatchRejected, INodeControl, KeyRateLimited, ServiceUnavailable
 from bitfitech.logs import enabled, log_level, set_log_level
 from bitfitech.market.book import ORDER_TYPES as BOOK_ORDER_TYPES
 from bitfitech.peer.bans import ban_address
@@ -238,6 +238,8 @@ class FakeNode:
 
     def submit_events(self, signed: Sequence[tuple[str, str]]) -> Deferred[list[dict[str, Any]]]:
         for index, (text, _) in enumerate(signed):
+            if text.endswith(" flood"):
+                raise KeyRateLimited("a" * 64, 1.5)
             if not text.startswith("bitfi1 "):
                 raise BatchRejected(index, "invalid_event: not an event", "events")
         self.submitted_events.extend(signed)
@@ -1146,6 +1148,44 @@ class ErrorTests(APITestCase):
 
 
 TOKEN = "s3cret-token-0123456789"
+
+
+class EventTests(APITestCase):
+    """``POST /events`` and ``/events/batch``: the body's checks and the answers."""
+
+    def post(self, path: str, body: object) -> Deferred[Any]:
+        d: Deferred[Any] = self.stub.post(f"{URL}{path}", json=body)
+        return d
+
+    def test_taken(self) -> None:
+        status, body, _ = self.answer(self.post("/events", {"text": "bitfi1 x", "sig": "ab"}))
+        assert isinstance(body, dict)
+        self.assertEqual((status, body["status"]), (201, "applied"))
+        self.assertEqual(self.node.submitted_events, [("bitfi1 x", "ab")])
+
+    def test_bad_bodies(self) -> None:
+        bodies: list[object] = [
+            {"text": "bitfi1 x"}, {"text": "bitfi1 x", "sig": 5}, [],
+            {"text": "bitfi1 x", "sig": "ab", "extra": 1}, {"text": "x" * 5000, "sig": "ab"},
+        ]  # fmt: skip
+        for body in bodies:
+            self.assert_error(self.post("/events", body), 400)
+        self.assert_error(self.post("/events", {"text": "nope", "sig": "ab"}), 400, "invalid_event")
+        d = self.post("/events/batch", {"events": [{"text": "bitfi1 x", "sig": "a"}, {}]})
+        status, error, _ = self.answer(d)
+        assert isinstance(error, dict)
+        self.assertEqual((status, error["index"]), (400, 1))
+        self.assertIn("events[1]: ", error["error"])
+        self.assert_error(self.post("/events/batch", {"events": []}), 400)
+        self.assertEqual(self.node.submitted_events, [])
+
+    def test_rate_limited(self) -> None:
+        d = self.post("/events", {"text": "bitfi1 flood", "sig": "ab"})
+        status, body, headers = self.answer(d)
+        assert isinstance(body, dict)
+        self.assertEqual(status, 429)
+        self.assertIn("rate_limited", body["error"])
+        self.assertEqual(headers.getRawHeaders(b"retry-after"), [b"2"])
 
 
 class TokenTests(SynchronousTestCase):

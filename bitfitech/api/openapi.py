@@ -495,7 +495,10 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "events": {**COUNT, "description": "The highest seq of the key held."},
             }
         ),
-        "description": "What a client signing for this key needs to write its next event.",
+        "description": "What a client signing for this key needs to write its next event.  "
+        "A client signs seq = max(next_seq, its own last seq + 1) and lamport = max(lamport, "
+        "its clock in unix ms, its last lamport + 1), and keeps its recent events to send "
+        "again to a node that lacks them (a seq signed twice is an equivocation).",
     },
     "ConnectRequest": obj(
         {"address": {"type": "string", "description": "host:port or NODEID@host:port"}},

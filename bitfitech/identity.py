@@ -11,7 +11,10 @@ file::
 
 The file is created atomically with mode 0600 (a crash never leaves half a
 key behind) and is never replaced: a file that cannot be read as a key is an
-error for the operator to resolve, not something to overwrite.
+error for the operator to resolve, not something to overwrite.  A user's
+own key (:mod:`bitfitech.userkey`) is kept in the same format, written and
+read with the helpers here (:func:`encode_key_file`, :func:`decode_key_file`,
+:func:`create_key_file`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ KEY_FILE_HEADER = "bitfi-ed25519-seed-v1"
 SEED_LENGTH = 32
 NODE_ID_BYTES = 20
 _KEY_FILE_MODE = 0o600
-_MAX_KEY_FILE_SIZE = 4096
+MAX_KEY_FILE_SIZE = 4096
+"""The most bytes read from a key file."""
 
 
 class IdentityError(Exception):
@@ -84,33 +88,63 @@ class NodeIdentity:
         return signature
 
 
-def _encode_key_file(seed: bytes) -> bytes:
+class CorruptKeyFileError(IdentityError):
+    """
+    A key file's text is not a key (:func:`decode_key_file`).  Neither the
+    message nor C{reason} quotes the file.
+
+    :ivar reason: what is wrong, in a few words.
+    :ivar foreign: true if the text is no key file at all (it is not ASCII,
+        or its first line is not :data:`KEY_FILE_HEADER`), false if it is
+        a key file whose seed line is damaged.
+    """
+
+    def __init__(self, path: str, reason: str, foreign: bool) -> None:
+        super().__init__(f"identity key file {path!r} is corrupt: {reason}")
+        self.reason = reason
+        self.foreign = foreign
+
+
+def encode_key_file(seed: bytes) -> bytes:
+    """
+    The text of a key file: :data:`KEY_FILE_HEADER`, then the seed in hex.
+
+    :param seed: the 32-byte Ed25519 seed.
+    """
     return f"{KEY_FILE_HEADER}\n{seed.hex()}\n".encode("ascii")
 
 
-def _decode_key_file(path: str, data: bytes) -> bytes:
-    """Return the seed in C{data}, or raise L{IdentityError} naming C{path}."""
-    prefix = f"identity key file {path!r} is corrupt"
+def decode_key_file(path: str, data: bytes) -> bytes:
+    """
+    The seed in the text of a key file (what :func:`encode_key_file` writes).
+
+    :param path: the file, for the message.
+    :param data: its text.
+    :return: the 32-byte seed.
+    :raises CorruptKeyFileError: if C{data} is not a key file's text.
+    """
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
-        raise IdentityError(f"{prefix}: it is not ASCII text") from None
+        raise CorruptKeyFileError(path, "it is not ASCII text", foreign=True) from None
     lines = text.splitlines()
     if not lines or lines[0].strip() != KEY_FILE_HEADER:
-        raise IdentityError(f"{prefix}: its first line is not {KEY_FILE_HEADER!r}")
+        raise CorruptKeyFileError(path, f"its first line is not {KEY_FILE_HEADER!r}", foreign=True)
     if len(lines) < 2:
-        raise IdentityError(f"{prefix}: the seed line is missing")
+        raise CorruptKeyFileError(path, "the seed line is missing", foreign=False)
     if any(line.strip() for line in lines[2:]):
-        raise IdentityError(f"{prefix}: unexpected text after the seed line")
+        raise CorruptKeyFileError(path, "unexpected text after the seed line", foreign=False)
     seed_hex = lines[1].strip()
     if len(seed_hex) != 2 * SEED_LENGTH:
-        raise IdentityError(
-            f"{prefix}: the seed must be {2 * SEED_LENGTH} hex digits, not {len(seed_hex)}"
+        raise CorruptKeyFileError(
+            path,
+            f"the seed must be {2 * SEED_LENGTH} hex digits, not {len(seed_hex)}",
+            foreign=False,
         )
     try:
         return binascii.unhexlify(seed_hex)
     except (binascii.Error, ValueError):
-        raise IdentityError(f"{prefix}: the seed is not hexadecimal") from None
+        raise CorruptKeyFileError(path, "the seed is not hexadecimal", foreign=False) from None
 
 
 def _read_key_file(path: str) -> bytes:
@@ -120,12 +154,12 @@ def _read_key_file(path: str) -> bytes:
         if mode & ~_KEY_FILE_MODE & 0o777:
             os.chmod(path, _KEY_FILE_MODE)
         with open(path, "rb") as key_file:
-            data = key_file.read(_MAX_KEY_FILE_SIZE + 1)
+            data = key_file.read(MAX_KEY_FILE_SIZE + 1)
     except OSError as e:
         raise IdentityError(f"cannot read identity key file {path!r}: {e.strerror or e}") from e
-    if len(data) > _MAX_KEY_FILE_SIZE:
+    if len(data) > MAX_KEY_FILE_SIZE:
         raise IdentityError(f"identity key file {path!r} is corrupt: it is far too large")
-    return _decode_key_file(path, data)
+    return decode_key_file(path, data)
 
 
 def _fsync_directory(directory: str) -> None:
@@ -142,19 +176,26 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def _create_key_file(path: str, seed: bytes) -> None:
+def create_key_file(path: str, seed: bytes) -> bool:
     """
-    Write a new key file at C{path} atomically, never replacing an existing one.
+    Write a new key file at C{path} atomically, with mode 0600, never
+    replacing an existing one.
 
-    If another process creates the file first, its key is kept and C{seed}
-    is dropped.
+    The file is written whole under a temporary name in the same directory
+    (which must exist), then published; if another process creates C{path}
+    first, its key is kept and C{seed} is dropped.
+
+    :param path: the key file.
+    :param seed: the 32-byte Ed25519 seed.
+    :return: whether this call made the file (false: a key was there).
+    :raises OSError: if the file cannot be made.
     """
-    directory = os.path.dirname(path)
-    temp_path = os.path.join(directory, f".{KEY_FILE_NAME}.{secrets.token_hex(8)}.tmp")
+    directory = os.path.dirname(path) or "."
+    temp_path = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
     try:
-        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _KEY_FILE_MODE)
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _KEY_FILE_MODE)
         try:
-            os.write(fd, _encode_key_file(seed))
+            os.write(fd, encode_key_file(seed))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -163,15 +204,14 @@ def _create_key_file(path: str, seed: bytes) -> None:
             # already exists, so a concurrent creator's key is never replaced.
             os.link(temp_path, path)
         except FileExistsError:
-            return
+            return False
         except OSError:
             # Filesystems without hard links: fall back to an atomic rename.
             if os.path.lexists(path):
-                return
+                return False
             os.replace(temp_path, path)
         _fsync_directory(directory)
-    except OSError as e:
-        raise IdentityError(f"cannot create identity key file {path!r}: {e.strerror or e}") from e
+        return True
     finally:
         try:
             os.unlink(temp_path)
@@ -192,7 +232,12 @@ def load_or_create_identity(data_dir: str) -> NodeIdentity:
         raise IdentityError(f"data directory {data_dir!r} does not exist")
     path = os.path.join(data_dir, KEY_FILE_NAME)
     if not os.path.lexists(path):
-        _create_key_file(path, secrets.token_bytes(SEED_LENGTH))
+        try:
+            create_key_file(path, secrets.token_bytes(SEED_LENGTH))
+        except OSError as e:
+            raise IdentityError(
+                f"cannot create identity key file {path!r}: {e.strerror or e}"
+            ) from e
     # Always read back what is on disk, whoever wrote it.
     return NodeIdentity.from_seed(_read_key_file(path))
 

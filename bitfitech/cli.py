@@ -9,8 +9,20 @@ the node's Server-Sent Events from ``GET /stream`` (:class:`EventStream`,
 through :class:`EventStreamParser`, a small pure parser with bounded
 lines), prints a line when one says something new (:class:`WatchLines`)
 and follows the stream across reconnections (:func:`follow_stream`).
-Two commands need no node: ``bitfi token`` and ``bitfi node-id`` work on a
-node's data directory (its API token, its key).
+Three commands need no node: ``bitfi token`` and ``bitfi node-id`` work on a
+node's data directory (its API token, its key), and ``bitfi key`` on the
+user's own key.
+
+The user's own key: with ``--key PATH``, ``$BITFI_KEY`` or ``--user-key``,
+``bitfi buy``, ``sell`` and ``cancel`` sign their event in this process
+with the user's Ed25519 key (:class:`~bitfitech.userkey.UserKey`, a file
+of the user's that only they can read) and send it signed (``POST
+/events``): the node journals, applies and relays it but cannot alter,
+forge or cancel it.  The secret is read from the file and used here, never
+sent, printed or put in a message.
+:class:`~bitfitech.userkey.SentEvents`, a file beside the key, remembers
+the events signed lately, so that a seq is never signed twice and a node
+that missed some of them gets them again (:func:`send_signed`).
 
 Times: the API gives every instant as an integer of unix milliseconds
 (UTC) and every duration in milliseconds, in a field named ``..._ms``;
@@ -18,8 +30,9 @@ they are shown as UTC times (:func:`utc_time_ms`) and short durations
 (:func:`duration_ms`).
 
 Exit status: 0 done; 1 the node answered an error (its ``{"error"}`` is
-printed to stderr); 2 a usage error or bad input, found before anything is
-sent; 3 the node cannot be reached; 4 the node wants an API token (401).
+printed to stderr), or a local file (the user's key) cannot be used; 2 a
+usage error or bad input, found before anything is sent; 3 the node cannot
+be reached; 4 the node wants an API token (401).
 """
 
 from __future__ import annotations
@@ -39,11 +52,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, NoReturn, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from . import USER_AGENT, __version__
 from .address import AddressError, parse_address
+from .userkey import SentEvents, UserKey, UserKeyError, default_key_path, open_user_key
+
+if TYPE_CHECKING:
+    from .market.events import Author, Event
 
 DEFAULT_NODE = "http://127.0.0.1:13000"
 DEFAULT_TIMEOUT = 10.0
@@ -168,13 +185,23 @@ class NodeClient:
     :ivar url: the node's base URL, without a trailing slash.
     """
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        ca_bundle: str | None = None,
+    ):
         """
         :param url: ``http://host:port`` or ``https://host:port``, optionally
             with a path prefix.
         :param token: the API token sent as ``Authorization: Bearer``.
         :param timeout: seconds to connect, and to wait for each read.
-        :raises ValueError: for a URL that is not http(s) with a host.
+        :param ca_bundle: a PEM file of the certificates to trust for an
+            ``https://`` node (a node's own, or its CA's) instead of the
+            system's; unused for ``http://``.
+        :raises ValueError: for a URL that is not http(s) with a host, or a
+            C{ca_bundle} that cannot be loaded.
         """
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -189,10 +216,20 @@ class NodeClient:
         self._prefix = parts.path.rstrip("/")
         self._token = token
         self._timeout = timeout
+        self._tls: ssl.SSLContext | None = None
+        if self._https and ca_bundle:
+            try:
+                self._tls = ssl.create_default_context(cafile=ca_bundle)
+            except ssl.SSLError:
+                raise ValueError(f"--ca-bundle {ca_bundle}: no PEM certificate in it") from None
+            except OSError as error:
+                raise ValueError(f"--ca-bundle {ca_bundle}: {error.strerror}") from None
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout)
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._timeout, context=self._tls
+            )
         return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
 
     def _headers(self, accept: str) -> dict[str, str]:
@@ -231,6 +268,11 @@ class NodeClient:
             return f"cannot resolve {self._host}: {error.strerror}"
         if isinstance(error, http.client.RemoteDisconnected):
             return "it closed the connection without answering"
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return (
+                f"TLS failed: {error.verify_message or error.reason}; to trust the node's own "
+                "certificate, pass it with --ca-bundle FILE (or BITFI_API_CA_BUNDLE)"
+            )
         if isinstance(error, ssl.SSLError):
             return f"TLS failed: {error.reason or error}"
         if isinstance(error, http.client.HTTPException):
@@ -771,6 +813,34 @@ def render_order(order: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def render_signed_order(sent: Mapping[str, Any]) -> list[str]:
+    """The node's answer to an order signed by your key: the order, then who signed it."""
+    order = sent.get("order")
+    lines = render_order(order) if isinstance(order, Mapping) else [f"order {sent.get('id')}"]
+    lines.append(_signed_by(sent))
+    return lines
+
+
+def render_signed_cancel(sent: Mapping[str, Any], order_id: str) -> list[str]:
+    """The node's answer to a cancel signed by your key: the order it cancels, then the cancel."""
+    order = sent.get("order")
+    if isinstance(order, Mapping):
+        lines = render_order(order)
+    else:
+        lines = [f"order {order_id}: this node does not hold it (yet); the cancel counts "
+                 "wherever it is"]  # fmt: skip
+    lines.append(f"cancel {sent.get('id')}")
+    lines.append(_signed_by(sent))
+    return lines
+
+
+def _signed_by(sent: Mapping[str, Any]) -> str:
+    return (
+        f"signed by your key {short(sent.get('author'), 16)}, seq {sent.get('seq')}: "
+        f"{sent.get('status')}"
+    )
+
+
 def render_peer(row: Mapping[str, Any]) -> list[str]:
     """The row of a newly linked peer."""
     return [
@@ -943,6 +1013,141 @@ def seconds_argument(text: str) -> float:
     return seconds
 
 
+# The user's own key: orders and cancels signed in this process.
+
+
+Draft = Callable[["Author", int, int, int], "Event"]
+"""Makes one signed event: ``(author, seq, lamport, ts)`` to the event."""
+
+
+@dataclass(frozen=True)
+class Sent:
+    """
+    What :func:`send_signed` sent, and the node's answer for it.
+
+    :ivar document: the node's answer for the new event (``id``, ``author``,
+        ``seq``, ``kind``, ``status``, ``order``).
+    :ivar raw: the answer as received (a batch's holds every event's).
+    :ivar resent: the ``(seq, id)`` of earlier events sent again with it.
+    """
+
+    document: Mapping[str, Any]
+    raw: bytes
+    resent: Sequence[tuple[int, str]]
+
+
+def key_chain(client: NodeClient, public_key: str) -> tuple[str, str, int, int]:
+    """
+    ``GET /keys/{key}``: the node's network and pair, the seq the key's next
+    event must have as the node sees the key's chain, and a Lamport time
+    above every one the node holds.
+
+    :raises CommandError: for an answer without them.
+    """
+    try:
+        answer = client.request("GET", f"/keys/{public_key}")
+    except NodeError as error:
+        if error.status == http.client.NOT_FOUND:
+            raise CommandError(
+                f"{error}: this node does not take events signed by your own key "
+                "(it has no /keys API: it is older than this bitfi)"
+            ) from None
+        raise
+    document = answer.document
+    try:
+        network, pair = document["network"], document["pair"]
+        next_seq, lamport = document["next_seq"], document["lamport"]
+        if not (isinstance(network, str) and isinstance(pair, str)):
+            raise TypeError
+        if type(next_seq) is not int or type(lamport) is not int or next_seq < 1 or lamport < 0:
+            raise TypeError
+    except (KeyError, TypeError):
+        raise CommandError(
+            f"the node's answer to GET /keys/{public_key} lacks a network, pair, next_seq "
+            "or lamport"
+        ) from None
+    return network, pair, next_seq, lamport
+
+
+def send_signed(
+    client: NodeClient,
+    key: UserKey,
+    draft: Draft,
+    clock: Callable[[], float] = time.time,
+) -> Sent:
+    """
+    Sign one event with C{key} and send it, with the key's lock held.
+
+    The event's seq follows both the key's chain as the node sees it
+    (:func:`key_chain`) and the events of C{key}'s :class:`SentEvents`: a
+    node that misses some of those gets them again, in one
+    ``POST /events/batch`` with the new event (if it misses more than
+    :data:`~bitfitech.userkey.KEPT_EVENTS`, nothing is sent).  Its Lamport time is above the
+    node's, this machine's clock in unix ms, and the key's last event.  The
+    event is recorded before it is sent, so its seq is never signed again
+    even if its answer is lost; a node that refuses it (4xx) took nothing,
+    and the record forgets it.
+
+    :param draft: signs the event, given the author, seq, Lamport time and ts.
+    :param clock: unix time in seconds.
+    :raises CommandError: as the requests do, or if the node is too far behind.
+    """
+    from .market.events import EventError, parse_event
+
+    with key.locked():
+        network, pair, next_seq, node_lamport = key_chain(client, key.public_key)
+        record = SentEvents.load(key.path + ".sent")
+        kept = record.events(network, pair)
+        try:
+            parsed = [parse_event(text, sig, network, pair) for text, sig in kept]
+        except EventError as error:
+            raise UserKeyError(f"{record.path} holds an event that is not one: {error}") from None
+        last_seq = parsed[-1].seq if parsed else 0
+        last_lamport = parsed[-1].lamport if parsed else 0
+        missing = [event for event in parsed if event.seq >= next_seq]
+        if next_seq <= last_seq and parsed[0].seq > next_seq:
+            raise CommandError(
+                f"the node holds your key's events on {network} {pair} up to seq "
+                f"{next_seq - 1}, but this key signed up to seq {last_seq}, and {record.path} "
+                "no longer keeps all those it misses: send to a node that holds them, or "
+                "wait for this one to catch up"
+            )
+        seq = max(next_seq, last_seq + 1)
+        now = int(clock() * 1000)
+        lamport = max(node_lamport, now, last_lamport + 1)
+        try:
+            event = draft(key.author(network, pair), seq, lamport, now)
+        except EventError as error:
+            raise CommandError(f"cannot sign this event: {error}") from None
+        chain = kept if seq == last_seq + 1 else []
+        record.set_events(network, pair, [*chain, event.wire])
+        record.save()
+        batch = [*missing, event]
+        try:
+            if len(batch) == 1:
+                answer = client.request("POST", "/events", {"text": event.text, "sig": event.sig})
+                document = answer.document
+            else:
+                body = {"events": [{"text": e.text, "sig": e.sig} for e in batch]}
+                answer = client.request("POST", "/events/batch", body)
+                document = answer.document["events"][-1]
+        except NodeError as error:
+            if 400 <= error.status < 500:
+                # Refused: the node took none of it.  A 400 for a batch with
+                # earlier events means the node holds others at their seqs
+                # (seq_taken): the record is wrong, and is dropped so that
+                # the next event follows what the node holds.
+                disagree = missing and error.status == http.client.BAD_REQUEST
+                record.set_events(network, pair, [] if disagree else chain)
+                record.save()
+            raise
+        except (KeyError, IndexError, TypeError):
+            raise CommandError("the node's answer to POST /events/batch has no events") from None
+        if not isinstance(document, Mapping):
+            raise CommandError("the node's answer to POST /events is not an object")
+        return Sent(document, answer.raw, [(e.seq, e.id) for e in missing])
+
+
 # Commands.
 
 
@@ -973,6 +1178,25 @@ class Console:
             self.lines(render(answer.document))
         return EXIT_OK
 
+    def sent(self, sent: Sent, render: Callable[[Mapping[str, Any]], list[str]]) -> int:
+        """
+        Print the node's answer for a signed event (its JSON with ``--json``),
+        after a note on stderr for each earlier event sent again; return 0.
+        """
+        for seq, event_id in sent.resent:
+            self.stderr.write(
+                f"bitfi: sent again your event {event_id} (seq {seq}), which this node "
+                "did not hold yet\n"
+            )
+        if self.as_json and not sent.resent:
+            self.answer(Answer(201, sent.document, sent.raw), render)
+        elif self.as_json:
+            self.stdout.write(json.dumps(sent.document, default=str) + "\n")
+            self.stdout.flush()
+        else:
+            self.lines(render(sent.document))
+        return EXIT_OK
+
 
 def run_status(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
     """``bitfi status``."""
@@ -999,29 +1223,120 @@ def run_book(client: NodeClient, args: argparse.Namespace, console: Console) -> 
 
 
 def run_trades(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
-    """``bitfi trades [--limit N]``."""
-    answer = client.request("GET", "/trades?" + urlencode({"limit": args.limit}))
+    """``bitfi trades [--limit N] [--mine]``: the node's trades, or those of your key's orders."""
+    where = f"/keys/{_public_key(args)}/trades" if args.mine else "/trades"
+    answer = client.request("GET", f"{where}?" + urlencode({"limit": args.limit}))
     return console.answer(answer, lambda doc: render_trades(doc["trades"]))
 
 
 def run_orders(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
-    """``bitfi orders [--state open|closed|all] [--limit N]``."""
+    """
+    ``bitfi orders [--state open|closed|all] [--limit N] [--mine]``: the
+    node's own orders, or with ``--mine`` those your key signed (as this
+    node holds them: any node can list them).
+    """
+    where = f"/keys/{_public_key(args)}/orders" if args.mine else "/orders"
     query = urlencode({"state": args.state, "limit": args.limit})
-    answer = client.request("GET", "/orders?" + query)
+    answer = client.request("GET", f"{where}?{query}")
     return console.answer(answer, lambda doc: render_orders(doc["orders"]))
 
 
+def _public_key(args: argparse.Namespace) -> str:
+    """The public key in the user's key file (which must exist)."""
+    key, _ = open_user_key(args.key_path, create=False)
+    with key:
+        return key.public_key
+
+
 def run_place(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
-    """``bitfi buy|sell AMOUNT PRICE [--type TYPE]``."""
+    """
+    ``bitfi buy|sell AMOUNT PRICE [--type TYPE]``: the node signs the
+    order (``POST /orders``), or with your key, this command does
+    (``POST /events``).
+    """
+    if args.signer is not None:
+        return _place_signed(client, args, console)
     body: dict[str, str] = {"side": args.command, "amount": args.amount, "type": args.type}
     if args.price is not None:
         body["price"] = args.price
     return console.answer(client.request("POST", "/orders", body), render_order)
 
 
+def _place_signed(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi buy|sell`` with your own key."""
+
+    def draft(author: Author, seq: int, lamport: int, ts: int) -> Event:
+        return author.order(seq, lamport, ts, args.command, args.type, args.price, args.amount)
+
+    key, made = open_user_key(args.signer, create=True)
+    with key:
+        if made:
+            _note_new_key(console, key)
+        sent = send_signed(client, key, draft)
+    return console.sent(sent, render_signed_order)
+
+
 def run_cancel(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
-    """``bitfi cancel ID``."""
-    return console.answer(client.request("DELETE", f"/orders/{args.order_id}"), render_order)
+    """
+    ``bitfi cancel ID``: the node signs the cancel (``DELETE /orders/ID``),
+    or with your key, this command does (``POST /events``).
+    """
+    if args.signer is None:
+        return console.answer(client.request("DELETE", f"/orders/{args.order_id}"), render_order)
+    order_id: str = args.order_id
+
+    def draft(author: Author, seq: int, lamport: int, ts: int) -> Event:
+        return author.cancel(seq, lamport, ts, order_id)
+
+    key, _ = open_user_key(args.signer, create=False)
+    with key:
+        _check_own_order(client, key, order_id)
+        sent = send_signed(client, key, draft)
+    return console.sent(sent, lambda doc: render_signed_cancel(doc, order_id))
+
+
+def _check_own_order(client: NodeClient, key: UserKey, order_id: str) -> None:
+    """
+    Refuse to cancel an order the node knows another key placed: such a
+    cancel has no effect anywhere, and would cost a seq of your chain.
+    """
+    try:
+        order = client.request("GET", f"/orders/{order_id}").document
+    except NodeError as error:
+        if error.status == http.client.NOT_FOUND:
+            return  # not here (yet): the cancel counts wherever the order is
+        raise
+    author = order.get("author") if isinstance(order, dict) else None
+    if isinstance(author, str) and author != key.public_key:
+        raise CommandError(
+            f"order {order_id} was placed by the key {author}, not by yours "
+            f"({key.public_key}): only its own key can cancel it"
+        )
+
+
+def _note_new_key(console: Console, key: UserKey) -> None:
+    console.stderr.write(
+        f"bitfi: made your key in {key.path} (mode 0600; public key {key.public_key}); "
+        "keep it and back it up: it alone can cancel the orders it signs\n"
+    )
+
+
+def run_key(args: argparse.Namespace, console: Console, environ: Mapping[str, str]) -> int:
+    """
+    ``bitfi key``: print the public key of your own key (the ``author`` of
+    the events it signs), making the key if there is none, and where it is.
+    """
+    key, made = open_user_key(args.key_path, create=True)
+    with key:
+        if console.as_json:
+            console.stdout.write(json.dumps({"key": key.public_key, "path": key.path}) + "\n")
+        else:
+            console.stdout.write(key.public_key + "\n")
+        if made:
+            _note_new_key(console, key)
+        elif not console.as_json:
+            console.stderr.write(f"bitfi: your key is in {key.path}\n")
+    return EXIT_OK
 
 
 def run_banned(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
@@ -1277,11 +1592,26 @@ def build_parser(stdout: TextIO, stderr: TextIO) -> argparse.ArgumentParser:
         "--timeout", type=seconds_argument, metavar="SECONDS", default=argparse.SUPPRESS,
         help=f"seconds to wait for the node (default: {DEFAULT_TIMEOUT:g})",
     )  # fmt: skip
+    common.add_argument(
+        "--ca-bundle", metavar="FILE", default=argparse.SUPPRESS,
+        help="PEM certificates to trust for an https:// node, such as its own self-signed "
+        "one (default: $BITFI_API_CA_BUNDLE, else the system's)",
+    )  # fmt: skip
+    common.add_argument(
+        "--key", metavar="PATH", default=argparse.SUPPRESS,
+        help="your own key file: buy, sell and cancel are signed with it here, not by the "
+        "node (default: $BITFI_KEY; without either, the node signs)",
+    )  # fmt: skip
+    common.add_argument(
+        "--user-key", action="store_true", default=argparse.SUPPRESS,
+        help="sign buy, sell and cancel with your own key in its default file "
+        "($XDG_CONFIG_HOME/bitfi/key, else ~/.config/bitfi/key; made on first use)",
+    )  # fmt: skip
     parser = Parser(
         prog="bitfi",
         description="Talk to a bitfi node through its HTTP API.",
-        epilog="Exit status: 0 ok, 1 the node answered an error, 2 usage error, "
-        "3 cannot reach the node, 4 unauthorized (pass --token).",
+        epilog="Exit status: 0 ok, 1 the node answered an error (or your key file cannot be "
+        "used), 2 usage error, 3 cannot reach the node, 4 unauthorized (pass --token).",
         parents=[common],
     )
     parser.add_argument(
@@ -1306,21 +1636,31 @@ def build_parser(stdout: TextIO, stderr: TextIO) -> argparse.ArgumentParser:
     sub.add_argument("--depth", type=count_argument, default=20, help="price levels a side (20)")
     sub = command("trades", run_trades, "the last trades, newest first")
     sub.add_argument("--limit", type=count_argument, default=50, help="how many (50)")
+    sub.add_argument("--mine", action="store_true",
+                     help="the trades of the orders your own key signed")  # fmt: skip
     sub = command("orders", run_orders, "this node's orders, newest first")
     sub.add_argument("--state", choices=ORDER_STATES, default="open", help="which (open)")
     sub.add_argument("--limit", type=count_argument, default=100, help="how many (100)")
+    sub.add_argument("--mine", action="store_true",
+                     help="the orders your own key signed, not the node's")  # fmt: skip
     for side in ("buy", "sell"):
         sub = command(side, run_place, f"place a {side} order")
         sub.add_argument("amount", metavar="AMOUNT", type=decimal_argument)
         sub.add_argument("price", metavar="PRICE", type=decimal_argument, nargs="?",
                          help="the limit price; none for a market order")  # fmt: skip
         sub.add_argument("--type", choices=ORDER_TYPES, default="limit", help="(limit)")
-    sub = command("cancel", run_cancel, "cancel one of this node's orders")
+    sub = command("cancel", run_cancel, "cancel one of this node's orders (with --key: yours)")
     sub.add_argument("order_id", metavar="ID", type=order_id_argument, help="64 hex digits")
     command("watch", run_watch, "follow the node's live events until Ctrl-C")
     command("banned", run_banned, "the IP addresses banned for misbehaviour")
     sub = command("unban", run_unban, "lift the ban on an IP address")
     sub.add_argument("address", metavar="ADDRESS", type=ip_argument)
+    sub = command(
+        "key", None,
+        "print your own public key (the author of the orders you sign), making the key "
+        "if there is none",
+    )  # fmt: skip
+    sub.set_defaults(local=run_key)
     sub = command("token", None, "make a new API token file in a node's data directory")
     sub.set_defaults(local=run_token)
     sub.add_argument(
@@ -1357,8 +1697,9 @@ def main(
     Run one ``bitfi`` command and return its exit status.
 
     :param argv: the arguments, without the program name (default: ``sys.argv[1:]``).
-    :param environ: the environment read for ``BITFI_NODE`` and
-        ``BITFI_API_TOKEN`` (default: ``os.environ``).
+    :param environ: the environment read for ``BITFI_NODE``,
+        ``BITFI_API_TOKEN``, ``BITFI_API_CA_BUNDLE``, ``BITFI_KEY`` and where the
+        user's key is by default (default: ``os.environ``).
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
@@ -1374,6 +1715,11 @@ def main(
     except _ParserExit as done:
         return done.status
     console = Console(out, err, as_json=getattr(args, "json", False))
+    # The user's key: the file --key or $BITFI_KEY names signs; --user-key
+    # signs with the default file; bitfi key and --mine read either.
+    named = getattr(args, "key", None) or env.get("BITFI_KEY") or None
+    args.key_path = os.path.abspath(os.path.expanduser(named or default_key_path(env)))
+    args.signer = args.key_path if named or getattr(args, "user_key", False) else None
     try:
         if args.runner is None:
             local: LocalRunner = args.local
@@ -1383,6 +1729,7 @@ def main(
                 getattr(args, "node", None) or env.get("BITFI_NODE") or DEFAULT_NODE,
                 token=getattr(args, "token", None) or env.get("BITFI_API_TOKEN") or None,
                 timeout=getattr(args, "timeout", DEFAULT_TIMEOUT),
+                ca_bundle=getattr(args, "ca_bundle", None) or env.get("BITFI_API_CA_BUNDLE"),
             )
         except ValueError as error:
             err.write(f"bitfi: {error}\n")
@@ -1401,6 +1748,9 @@ def main(
     except CommandError as error:
         err.write(f"bitfi: {error}\n")
         return error.exit_status
+    except UserKeyError as error:
+        err.write(f"bitfi: {error}\n")
+        return EXIT_NODE_ERROR
     except KeyboardInterrupt:
         return EXIT_OK if args.command == "watch" else 130
     except BrokenPipeError:

@@ -35,7 +35,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from bitfitech import __version__, cli
+from bitfitech import __version__, cli, userkey
 from bitfitech.node import Node
 from bitfitech.testing import (
     HANG_GUARD,
@@ -162,6 +162,7 @@ class ContractTests(SynchronousTestCase):
         self.assertEqual(cli.MAX_LIMIT, jsonresource.MAX_LIMIT)
         self.assertEqual(cli.ORDER_TYPES, jsonresource.ORDER_TYPES)
         self.assertEqual(cli.ORDER_STATES, jsonresource.ORDER_STATES)
+        self.assertEqual(userkey.MAX_EVENTS_BATCH, jsonresource.MAX_BATCH)
 
     def test_no_reactor(self) -> None:
         code = "import sys, bitfitech.cli; print(sorted(m for m in sys.modules if 'twisted' in m))"
@@ -183,7 +184,7 @@ class UsageTests(SynchronousTestCase):
         run = self.run_cli("--help")
         self.assertEqual(run.code, 0)
         for command in ("status", "peers", "connect", "book", "trades", "orders", "buy", "sell",
-                        "cancel", "watch", "token", "banned", "unban"):  # fmt: skip
+                        "cancel", "watch", "key", "token", "banned", "unban"):  # fmt: skip
             self.assertIn(command, run.out)
         self.assertIn("4 unauthorized", run.out)
 

@@ -24,6 +24,9 @@ from .witnesses import MAX_WITNESSES, WitnessSet
 DEFAULT_PORT = 3000
 DEFAULT_NETWORK = "main"
 DEFAULT_PAIR = "BTC/USD"
+DEFAULT_MARKETS = (DEFAULT_PAIR,)
+MAX_MARKETS = 16
+"""Most markets one node serves (``--market``)."""
 DEFAULT_MAX_PEERS = 50
 DEFAULT_OUTBOUND = 8
 DEFAULT_HOST = "0.0.0.0"
@@ -71,6 +74,7 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "data-dir": ("BITFI_DATA_DIR", "PEER_STORAGE_PATH"),
     "network": ("BITFI_NETWORK",),
     "pair": ("EXCHANGE_PAIR",),
+    "market": ("MARKETS",),
     "api-port": ("API_PORT",),
     "api-host": ("API_HOST",),
     "api-token": ("BITFI_API_TOKEN",),
@@ -199,7 +203,13 @@ class NodeConfig:
         dialled even when they outnumber it.
     :ivar data_dir: the node's own directory (database, key).
     :ivar network: network name; the wire magic derives from it.
-    :ivar pair: the trading pair of this network's book, ``BASE/QUOTE``.
+    :ivar pair: the node's first market (:attr:`markets`), ``BASE/QUOTE``:
+        what every part that serves one market serves.  Set from
+        :attr:`markets` when they are given; a ``pair`` other than the
+        default that differs from their first is an error.
+    :ivar markets: the markets (trading pairs) the node serves, ``BASE/QUOTE``
+        each, in order (the first is :attr:`pair`); unique, at most
+        :data:`MAX_MARKETS`.  Left empty, it becomes ``(pair,)``.
     :ivar api_enabled: whether the HTTP API runs.
     :ivar api_host: HTTP API bind address.
     :ivar api_port: HTTP API port (0: the OS chooses).
@@ -256,6 +266,7 @@ class NodeConfig:
     outbound: int = DEFAULT_OUTBOUND
     network: str = DEFAULT_NETWORK
     pair: str = DEFAULT_PAIR
+    markets: tuple[str, ...] = ()
     api_enabled: bool = True
     api_host: str = DEFAULT_API_HOST
     api_port: int = 0
@@ -296,6 +307,23 @@ class NodeConfig:
             check_witness_count(self.witnesses)
         except ValueError as e:
             raise ConfigError(f"--witness: {e}") from None
+        self._settle_markets()
+
+    def _settle_markets(self) -> None:
+        """Make :attr:`markets` and :attr:`pair` agree: ``pair`` is the first market."""
+        if not self.markets:
+            object.__setattr__(self, "markets", (self.pair,))
+            return
+        try:
+            markets = check_markets(self.markets)
+        except ValueError as e:
+            raise ConfigError(f"--market: {e}") from None
+        if self.pair not in (DEFAULT_PAIR, markets[0]):
+            raise ConfigError(
+                f"--pair is {self.pair} but the first --market is {markets[0]}; {ONE_MARKET_FORM}"
+            )
+        object.__setattr__(self, "markets", markets)
+        object.__setattr__(self, "pair", markets[0])
 
     @property
     def witness_set(self) -> WitnessSet:
@@ -313,7 +341,17 @@ class NodeConfig:
         return self.max_peers - self.outbound
 
     def with_changes(self, **changes: object) -> NodeConfig:
-        """Return a copy with some fields replaced (validated again)."""
+        """
+        Return a copy with some fields replaced (validated again).
+
+        Replacing one of :attr:`pair` and :attr:`markets` makes the other
+        follow: new ``markets`` set ``pair`` to their first, and a new
+        ``pair`` replaces a one-market ``markets``.
+        """
+        if "markets" in changes and "pair" not in changes:
+            changes["pair"] = DEFAULT_PAIR
+        elif "pair" in changes and "markets" not in changes and len(self.markets) == 1:
+            changes["markets"] = ()
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
@@ -456,6 +494,65 @@ def coerce_pair(text: str) -> str:
     value = text.strip().upper()
     if not _PAIR_RE.match(value):
         raise ValueError(f"invalid pair {text!r} (expected BASE/QUOTE, like BTC/USD)")
+    return value
+
+
+ONE_MARKET_FORM = "--pair is the one-market form of --market: give one or the other"
+
+
+def check_markets(pairs: Sequence[str]) -> tuple[str, ...]:
+    """
+    Check a list of markets: at least one, each a pair (:func:`coerce_pair`,
+    which also upper-cases it), none named twice, at most :data:`MAX_MARKETS`.
+
+    :return: the markets, upper-cased, in their order (the first is the node's
+        first market, :attr:`NodeConfig.pair`).
+    :raises ValueError: with a short reason.
+    """
+    if not pairs:
+        raise ValueError("no market named (expected BASE/QUOTE, like BTC/USD)")
+    if len(pairs) > MAX_MARKETS:
+        raise ValueError(f"at most {MAX_MARKETS} markets, not {len(pairs)}")
+    markets: list[str] = []
+    for text in pairs:
+        market = coerce_pair(text)
+        if market in markets:
+            raise ValueError(f"market {market} is named twice")
+        markets.append(market)
+    return tuple(markets)
+
+
+def coerce_markets(text: str) -> tuple[str, ...]:
+    """A comma-separated list of markets, ``BASE/QUOTE`` each (:func:`check_markets`)."""
+    return check_markets([part for part in text.split(",") if part.strip()])
+
+
+def market_slug(pair: str) -> str:
+    """
+    A market as one URL path segment or name part: ``BTC/USD`` -> ``BTC-USD``.
+
+    ``-`` is not in a pair, so :func:`parse_market_slug` reads it back.
+
+    :raises ValueError: for text that is not a pair (:func:`coerce_pair`).
+    """
+    return coerce_pair(pair).replace("/", "-")
+
+
+def parse_market_slug(text: str) -> str:
+    """
+    A market from its slug: ``btc-usd`` or ``BTC-USD`` -> ``BTC/USD``; the
+    pair itself (``BTC/USD``) is taken too.  Case-insensitive; nothing
+    around it (no spaces), ASCII only.
+
+    :raises ValueError: with a short reason.
+    """
+    value = text.upper() if text.isascii() else ""
+    if "/" not in value and value.count("-") == 1:
+        value = value.replace("-", "/")
+    if not _PAIR_RE.match(value):
+        raise ValueError(
+            f"invalid market {text!r} (expected BASE-QUOTE or BASE/QUOTE, like BTC-USD)"
+        )
     return value
 
 
@@ -604,6 +701,40 @@ def _pick(
         raise ConfigError(f"{source}: {e}") from None
 
 
+def _pick_markets(
+    given: Mapping[str, str | None], markets: Sequence[str] | None, env: Mapping[str, str]
+) -> tuple[str, ...]:
+    """
+    The node's markets: the command line's ``--market`` list, else its
+    ``--pair``, else ``$MARKETS``, else ``$EXCHANGE_PAIR``, else the default.
+
+    :param markets: the command line's ``--market`` list, or ``None``.
+    :raises ConfigError: for a bad value, ``--market`` with ``--pair``, or
+        ``$EXCHANGE_PAIR`` that is not the first of ``$MARKETS``.
+    """
+    if markets is not None:
+        if given.get("pair") is not None:
+            raise ConfigError(ONE_MARKET_FORM)
+        try:
+            return check_markets(markets)
+        except ValueError as e:
+            raise ConfigError(f"--market: {e}") from None
+    if given.get("pair") is not None:
+        return (_pick("pair", given, env, coerce_pair, DEFAULT_PAIR),)
+    no_markets: tuple[str, ...] = ()
+    from_env = _pick("market", {}, env, coerce_markets, no_markets)
+    no_pair: str | None = None
+    pair = _pick("pair", {}, env, coerce_pair, no_pair)
+    if not from_env:
+        return DEFAULT_MARKETS if pair is None else (pair,)
+    if pair is not None and pair != from_env[0]:
+        raise ConfigError(
+            f"$EXCHANGE_PAIR is {pair} but $MARKETS begins with {from_env[0]}: "
+            "$EXCHANGE_PAIR is the one-market form of $MARKETS; give one or the other"
+        )
+    return from_env
+
+
 def config_from_options(
     given: Mapping[str, str | None],
     bootstrap: Sequence[PeerAddress] | None,
@@ -615,6 +746,7 @@ def config_from_options(
     no_mdns: bool = False,
     no_dht: bool = False,
     insecure_plain_tcp: bool = False,
+    markets: Sequence[str] | None = None,
 ) -> NodeConfig:
     """
     Build a config from command-line values (``None`` when not given) and the environment.
@@ -627,6 +759,9 @@ def config_from_options(
     :param no_mdns: whether ``--no-mdns`` was given.
     :param no_dht: whether ``--no-dht`` was given.
     :param insecure_plain_tcp: whether ``--insecure-plain-tcp`` was given.
+    :param markets: markets from the command line (``--market``), or ``None``
+        when none were given; see :func:`_pick_markets` for how they, ``--pair``
+        and the environment combine.
     :param env: the process environment.
     :raises ConfigError: naming the first bad option.
     """
@@ -645,6 +780,7 @@ def config_from_options(
         witnesses = _pick("witness", {}, env, coerce_witnesses, no_witnesses)
     api_off = no_api or _pick("no-api", {}, env, coerce_flag, False)
     max_peers = _pick("max-peers", given, env, coerce_count, DEFAULT_MAX_PEERS)
+    node_markets = _pick_markets(given, markets, env)
     if dht_bootstrap is None:
         no_nodes: tuple[tuple[str, int], ...] = ()
         dht_bootstrap = _pick("dht-bootstrap", {}, env, coerce_dht_bootstrap, no_nodes)
@@ -659,7 +795,8 @@ def config_from_options(
         max_peers=max_peers,
         outbound=_pick("outbound", given, env, coerce_outbound, min(DEFAULT_OUTBOUND, max_peers)),
         network=network,
-        pair=_pick("pair", given, env, coerce_pair, DEFAULT_PAIR),
+        pair=node_markets[0],
+        markets=node_markets,
         api_enabled=not api_off,
         api_host=_pick("api-host", given, env, coerce_host, DEFAULT_API_HOST),
         api_port=_pick("api-port", given, env, coerce_port, default_api_port(port)),

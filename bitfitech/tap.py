@@ -71,6 +71,13 @@ def usage_exit(where: str, message: str, hint: str) -> SystemExit:
     return SystemExit(f"{where}: error: {message}\n{hint}")
 
 
+MANY_MARKETS_NOT_YET = (
+    "serving several markets on one node is not built yet (docs/plans/many-markets.md); "
+    "give one --market"
+)
+"""The error for more than one market, until a node can serve them."""
+
+
 class Options(usage.Options):
     """Options of ``twistd bitfi``; each falls back to its environment variable."""
 
@@ -105,8 +112,8 @@ class Options(usage.Options):
          f"Network name; the wire magic derives from it [default {cfg.DEFAULT_NETWORK}; "
          f"env {_env('network')}]", _cli("network", cfg.coerce_network)],
         ["pair", None, None,
-         f"Trading pair of the book, BASE/QUOTE [default {cfg.DEFAULT_PAIR}; "
-         f"env {_env('pair')}]", _cli("pair", cfg.coerce_pair)],
+         "Trading pair of the book, BASE/QUOTE: the one-market form of --market "
+         f"[default {cfg.DEFAULT_PAIR}; env {_env('pair')}]", _cli("pair", cfg.coerce_pair)],
         ["api-port", None, None,
          f"HTTP API port [default --port + {cfg.API_PORT_OFFSET} (13000 for 3000); "
          f"env {_env('api-port')}]", _cli("api-port", cfg.coerce_port)],
@@ -187,6 +194,7 @@ class Options(usage.Options):
         self._bootstrap: list[PeerAddress] | None = None
         self._witnesses: list[PeerAddress] | None = None
         self._dht_bootstrap: list[tuple[str, int]] | None = None
+        self._markets: list[str] | None = None
         self.config: cfg.NodeConfig | None = None
         self.environ: dict[str, str] = dict(os.environ)
 
@@ -218,6 +226,14 @@ class Options(usage.Options):
             raise usage.UsageError(f"--dht-bootstrap: {e}") from None
         self._dht_bootstrap = [*(self._dht_bootstrap or []), *nodes]
 
+    def opt_market(self, value: str) -> None:
+        """Market (trading pair) the node serves, BASE/QUOTE; repeatable or comma-separated; --pair is the one-market form of --market: give one or the other; one market for now (serving several is not built yet) [default BTC/USD; env $MARKETS]"""  # noqa: E501 (one line: twistd --help prints it as is)
+        try:
+            markets = cfg.check_markets([*(self._markets or []), *cfg.coerce_markets(value)])
+        except ValueError as e:
+            raise usage.UsageError(f"--market: {e}") from None
+        self._markets = list(markets)
+
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """
         Parse C{options}, then the environment for what they do not give.
@@ -238,17 +254,24 @@ class Options(usage.Options):
             raise usage_exit("twistd bitfi", str(e), "try 'twistd bitfi --help'") from None
 
     def postOptions(self) -> None:
-        """Read the environment for what was not given, cross-check, and freeze the config."""
+        """
+        Read the environment for what was not given, cross-check, and freeze
+        the config; more than one market is refused until a node can serve
+        them (docs/plans/many-markets.md).
+        """
         given = {str(row[0]): self[str(row[0])] for row in self.optParameters}
         try:
-            self.config = cfg.config_from_options(
+            config = cfg.config_from_options(
                 given, self._bootstrap, bool(self["no-api"]), self.environ,
                 witnesses=self._witnesses, dht_bootstrap=self._dht_bootstrap,
                 no_mdns=bool(self["no-mdns"]), no_dht=bool(self["no-dht"]),
-                insecure_plain_tcp=bool(self["insecure-plain-tcp"]),
+                insecure_plain_tcp=bool(self["insecure-plain-tcp"]), markets=self._markets,
             )  # fmt: skip
         except cfg.ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if len(config.markets) > 1:
+            raise usage.UsageError(MANY_MARKETS_NOT_YET)
+        self.config = config
         if self.config.log_format == "json" and self.parent is not None:
             # Under twistd: its --logger option, resolved after this, names the JSON observer.
             use_json_under_twistd(self.parent)

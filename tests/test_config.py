@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.logger import LogLevel
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
@@ -12,15 +14,20 @@ from twisted.trial.unittest import SynchronousTestCase
 from bitfitech.address import PeerAddress
 from bitfitech.config import (
     ENVIRONMENT,
+    MAX_MARKETS,
     ConfigError,
     NodeConfig,
+    check_markets,
     coerce_flag,
+    coerce_markets,
     coerce_outbound,
     config_from_options,
     default_api_port,
     default_data_dir,
+    market_slug,
+    parse_market_slug,
 )
-from bitfitech.tap import Options
+from bitfitech.tap import MANY_MARKETS_NOT_YET, Options
 from bitfitech.witnesses import WitnessSet
 
 XDG = "/xdg-data"
@@ -31,6 +38,8 @@ WITNESS_IDS = ("0a" * 20, "0b" * 20, "0c" * 20)
 #: the file exists; the node reads it at start, see tests/integration/test_ca_trust.py)
 SOME_FILE = os.path.abspath(__file__)
 OTHER_FILE = os.path.join(os.path.dirname(SOME_FILE), "__init__.py")
+#: more markets than a node may serve
+TOO_MANY = tuple(f"M{i}/USD" for i in range(MAX_MARKETS + 1))
 
 
 def parse(args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> NodeConfig:
@@ -147,6 +156,7 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
     "PEER_STORAGE_PATH": ("/srv/peers", "data_dir", "/srv/peers"),
     "BITFI_NETWORK": ("testnet", "network", "testnet"),
     "EXCHANGE_PAIR": ("eth/usdt", "pair", "ETH/USDT"),
+    "MARKETS": (" xmr/btc, ", "markets", ("XMR/BTC",)),
     "API_PORT": ("8080", "api_port", 8080),
     "API_HOST": ("0.0.0.0", "api_host", "0.0.0.0"),
     "BITFI_API_TOKEN": (API_TOKEN, "api_token", API_TOKEN),
@@ -208,6 +218,7 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "data-dir": ("", "  "),
     "network": ("Main", "", "a b", "-x"),
     "pair": ("BTC", "BTC-USD", "BTC/", "/USD"),
+    "market": ("BTC", "BTC-USD", "BTC/USD,ETH", "BTC/USD,btc/usd", "", ",", ",".join(TOO_MANY)),
     "api-port": ("x", "70000"),
     "api-host": ("no_such host",),
     "api-token": ("", "short", "has space in it 0123456789", "x" * 257, "t\u00f6ken-0123456789abc"),
@@ -251,6 +262,8 @@ class EnvironmentTests(SynchronousTestCase):
             others = {name for _, name, _ in ENV_CASES.values()} - {field}
             if field in ("port", "network"):
                 others -= {"data_dir", "api_port"}
+            if field in ("pair", "markets"):
+                others -= {"pair", "markets"}  # one follows the other
             for name in others:
                 self.assertEqual(getattr(config, name), getattr(parse(), name), (var, name))
 
@@ -402,6 +415,210 @@ class EnvironmentTests(SynchronousTestCase):
         self.assertEqual(config.host, "::1")
         self.assertEqual(config.api_host, "::1")
         self.assertEqual(config.bootstrap, (PeerAddress("::1", 3000),))
+
+
+def markets_of(
+    env: Mapping[str, str], markets: Sequence[str] | None = None, pair: str | None = None
+) -> tuple[str, ...]:
+    """The markets that C{config_from_options} picks: not held to one, as the options are."""
+    given = {"pair": pair, "data-dir": "/d"}
+    return config_from_options(given, None, False, env, markets=markets).markets
+
+
+class MarketOptionTests(SynchronousTestCase):
+    """``--market`` and ``$MARKETS``; ``--pair`` and ``$EXCHANGE_PAIR``: their one-market form."""
+
+    def test_default(self) -> None:
+        config = parse()
+        self.assertEqual((config.pair, config.markets), ("BTC/USD", ("BTC/USD",)))
+
+    def test_market_is_pair(self) -> None:
+        """One market given either way makes the same config."""
+        config = parse(["--market", "eth/usd"])
+        self.assertEqual((config.pair, config.markets), ("ETH/USD", ("ETH/USD",)))
+        self.assertEqual(config, parse(["--pair", "ETH/USD"]))
+        self.assertEqual(config, parse(["--market=ETH/USD,"]))
+        self.assertEqual(config, parse([], with_xdg(MARKETS="ETH/USD")))
+        self.assertEqual(config, parse([], with_xdg(EXCHANGE_PAIR="ETH/USD")))
+        self.assertEqual(config, parse([], with_xdg(MARKETS="eth/usd", EXCHANGE_PAIR="ETH/USD")))
+
+    def test_precedence(self) -> None:
+        """--market, else --pair, else $MARKETS, else $EXCHANGE_PAIR, else the default."""
+        both = {"MARKETS": "ltc/usd,eth/usd", "EXCHANGE_PAIR": "ltc/usd"}
+        cases: list[tuple[Sequence[str] | None, str | None, dict[str, str], tuple[str, ...]]] = [
+            (None, None, {}, ("BTC/USD",)),
+            (None, None, {"EXCHANGE_PAIR": "eth/usd"}, ("ETH/USD",)),
+            (None, None, {"MARKETS": "xmr/btc, eth/usd"}, ("XMR/BTC", "ETH/USD")),
+            (None, None, both, ("LTC/USD", "ETH/USD")),
+            (None, "sol/usd", both, ("SOL/USD",)),
+            (["sol/usd", "btc/eur"], None, both, ("SOL/USD", "BTC/EUR")),
+            # the command line wins over bad variables, which it does not read
+            (None, "sol/usd", {"MARKETS": "bogus", "EXCHANGE_PAIR": "bogus"}, ("SOL/USD",)),
+            (["sol/usd"], None, {"MARKETS": "bogus", "EXCHANGE_PAIR": "bogus"}, ("SOL/USD",)),
+        ]
+        for markets, pair, env, expected in cases:
+            self.assertEqual(markets_of(env, markets, pair), expected, (markets, pair, env))
+            config = config_from_options({"pair": pair, "data-dir": "/d"}, None, False, env,
+                                         markets=markets)  # fmt: skip
+            self.assertEqual(config.pair, expected[0])
+
+    def test_market_with_pair(self) -> None:
+        for args in (["--market", "BTC/USD", "--pair", "BTC/USD"],
+                     ["--pair", "ETH/USD", "--market", "BTC/USD"]):  # fmt: skip
+            error = self.assertRaises(UsageError, parse, args)
+            self.assertEqual(
+                str(error), "--pair is the one-market form of --market: give one or the other"
+            )
+
+    def test_markets_with_exchange_pair(self) -> None:
+        """The two variables may both be set only if they agree on the first market."""
+        env = with_xdg(MARKETS="BTC/USD", EXCHANGE_PAIR="ETH/USD")
+        error = self.assertRaises(UsageError, parse, [], env)
+        self.assertEqual(
+            str(error),
+            "$EXCHANGE_PAIR is ETH/USD but $MARKETS begins with BTC/USD: "
+            "$EXCHANGE_PAIR is the one-market form of $MARKETS; give one or the other",
+        )
+        env = {"MARKETS": "eth/usd,btc/usd", "EXCHANGE_PAIR": "btc/usd"}
+        self.assertRaises(ConfigError, markets_of, env)
+        # a bad $EXCHANGE_PAIR is bad beside $MARKETS too
+        error = self.assertRaises(UsageError, parse, [], with_xdg(MARKETS="BTC/USD",
+                                                                  EXCHANGE_PAIR="BTC"))  # fmt: skip
+        self.assertIn("--pair (from $EXCHANGE_PAIR): invalid pair", str(error))
+
+    def test_duplicates(self) -> None:
+        for args in (["--market", "BTC/USD", "--market", "btc/usd"],
+                     ["--market", "BTC/USD,ETH/USD", "--market", "eth/usd"],
+                     ["--market", "BTC/USD,ETH/USD,btc/usd"]):  # fmt: skip
+            error = self.assertRaises(UsageError, parse, args)
+            self.assertIn("--market: market ", str(error))
+            self.assertIn(" is named twice", str(error))
+        error = self.assertRaises(UsageError, parse, [], with_xdg(MARKETS="eth/usd,ETH/USD"))
+        self.assertEqual(str(error), "--market (from $MARKETS): market ETH/USD is named twice")
+        error = self.assertRaises(ValueError, coerce_markets, "a/b,c/d,A/B")
+        self.assertEqual(str(error), "market A/B is named twice")
+        self.assertRaises(ConfigError, markets_of, {}, ["a/b", "A/B"])
+
+    def test_cap(self) -> None:
+        most = TOO_MANY[:MAX_MARKETS]
+        self.assertEqual(check_markets(most), most)
+        self.assertEqual(coerce_markets(",".join(most)), most)
+        self.assertEqual(markets_of({"MARKETS": ",".join(most)}), most)
+        error = self.assertRaises(ValueError, check_markets, TOO_MANY)
+        self.assertEqual(str(error), f"at most {MAX_MARKETS} markets, not {MAX_MARKETS + 1}")
+        # the cap is checked as the options are read, before the one-market guard
+        args = [arg for market in TOO_MANY for arg in ("--market", market)]
+        error = self.assertRaises(UsageError, parse, args)
+        self.assertEqual(str(error), f"--market: at most {MAX_MARKETS} markets, not 17")
+        error = self.assertRaises(UsageError, parse, args[:-2])
+        self.assertEqual(str(error), MANY_MARKETS_NOT_YET)
+
+    def test_several_markets_not_yet(self) -> None:
+        """Until a node serves several markets, more than one is a usage error."""
+        for args, env in (
+            (["--market", "BTC/USD", "--market", "ETH/USD"], with_xdg()),
+            (["--market", "BTC/USD,ETH/USD"], with_xdg()),
+            ([], with_xdg(MARKETS="BTC/USD,ETH/USD")),
+        ):
+            options = Options()
+            options.environ = env
+            error = self.assertRaises(UsageError, options.parseOptions, args)
+            self.assertEqual(str(error), MANY_MARKETS_NOT_YET)
+            self.assertIsNone(options.config)
+        self.assertEqual(
+            MANY_MARKETS_NOT_YET,
+            "serving several markets on one node is not built yet "
+            "(docs/plans/many-markets.md); give one --market",
+        )
+
+    def test_no_market_named(self) -> None:
+        for value in ("", ",", " , "):
+            error = self.assertRaises(UsageError, parse, ["--market", value])
+            self.assertIn("--market: no market named", str(error))
+        error = self.assertRaises(UsageError, parse, [], with_xdg(MARKETS=""))
+        self.assertIn("--market (from $MARKETS): no market named", str(error))
+
+
+class MarketConfigTests(SynchronousTestCase):
+    """``NodeConfig.markets`` and ``pair``, built directly: ``pair`` is the first market."""
+
+    def test_markets_follow_pair(self) -> None:
+        self.assertEqual(NodeConfig(data_dir="/d").markets, ("BTC/USD",))
+        config = NodeConfig(data_dir="/d", pair="ETH/USD")
+        self.assertEqual((config.pair, config.markets), ("ETH/USD", ("ETH/USD",)))
+
+    def test_pair_follows_markets(self) -> None:
+        config = NodeConfig(data_dir="/d", markets=("eth/usd", "btc/usd"))
+        self.assertEqual((config.pair, config.markets), ("ETH/USD", ("ETH/USD", "BTC/USD")))
+        same = NodeConfig(data_dir="/d", pair="ETH/USD", markets=("ETH/USD", "BTC/USD"))
+        self.assertEqual(same, config)
+        self.assertRaises(AttributeError, setattr, config, "markets", ())
+
+    def test_pair_other_than_first_market(self) -> None:
+        error = self.assertRaises(
+            ConfigError, NodeConfig, data_dir="/d", pair="XMR/BTC", markets=("ETH/USD",)
+        )
+        self.assertEqual(
+            str(error),
+            "--pair is XMR/BTC but the first --market is ETH/USD; "
+            "--pair is the one-market form of --market: give one or the other",
+        )
+        self.assertRaises(ConfigError, NodeConfig, data_dir="/d", pair="BTC/EUR",
+                          markets=("ETH/USD", "BTC/EUR"))  # fmt: skip
+        # The default pair counts as not given (a dataclass cannot tell).
+        config = NodeConfig(data_dir="/d", pair="BTC/USD", markets=("ETH/USD", "BTC/USD"))
+        self.assertEqual(config.pair, "ETH/USD")
+
+    def test_bad_markets(self) -> None:
+        for markets in (("BTC",), ("BTC/USD", "btc/usd"), TOO_MANY):
+            error = self.assertRaises(ConfigError, NodeConfig, data_dir="/d", markets=markets)
+            self.assertTrue(str(error).startswith("--market: "), str(error))
+
+    def test_with_changes(self) -> None:
+        one = NodeConfig(data_dir="/d", pair="ETH/USD")
+        self.assertEqual(one.with_changes(pair="XMR/BTC").markets, ("XMR/BTC",))
+        moved = one.with_changes(markets=("XMR/BTC", "ETH/USD"))
+        self.assertEqual((moved.pair, moved.markets), ("XMR/BTC", ("XMR/BTC", "ETH/USD")))
+        self.assertEqual(moved.with_changes(markets=()).markets, ("BTC/USD",))
+        self.assertEqual(moved.with_changes(pair="XMR/BTC"), moved)
+        self.assertRaises(ConfigError, moved.with_changes, pair="ETH/USD")
+        self.assertEqual(moved.with_changes(port=1).markets, moved.markets)
+
+
+#: a pair in any case, as a person may type it
+PAIRS = st.from_regex(r"\A[A-Za-z0-9]{1,12}/[A-Za-z0-9]{1,12}\Z")
+
+
+class MarketSlugTests(SynchronousTestCase):
+    """A market in a URL or a name: ``BTC-USD``."""
+
+    def test_slug(self) -> None:
+        self.assertEqual(market_slug("BTC/USD"), "BTC-USD")
+        self.assertEqual(market_slug("eth/usdt"), "ETH-USDT")
+        for slug in ("btc-usd", "BTC-USD", "Btc-uSd", "BTC/USD", "btc/usd"):
+            self.assertEqual(parse_market_slug(slug), "BTC/USD", slug)
+
+    @given(PAIRS)
+    def test_round_trip(self, pair: str) -> None:
+        market = pair.upper()
+        slug = market_slug(pair)
+        self.assertEqual(slug, market.replace("/", "-"))
+        self.assertEqual(parse_market_slug(slug), market)
+        self.assertEqual(parse_market_slug(slug.lower()), market)
+        self.assertEqual(parse_market_slug(pair), market)
+
+    def test_bad_slugs(self) -> None:
+        bad = ("", "BTC", "-", "/", "BTC-", "-USD", "BTC--USD", "BTC-USD-EUR", "BTC_USD",
+               "BTC/USD-EUR", " BTC-USD", "BTC-USD ", "BTC-USD\n", "BTC%2FUSD", "BTC.USD",
+               "\u017fOL-USD", "BTC-\uff35SD", "ABCDEFGHIJKLM-USD", "BTC-USD/")  # fmt: skip
+        for text in bad:
+            error = self.assertRaises(ValueError, parse_market_slug, text)
+            self.assertEqual(
+                str(error),
+                f"invalid market {text!r} (expected BASE-QUOTE or BASE/QUOTE, like BTC-USD)",
+            )
+        for text in ("BTC", "BTC-USD", "", "BTC/"):
+            self.assertRaises(ValueError, market_slug, text)
 
 
 class ValidationTests(SynchronousTestCase):

@@ -87,6 +87,32 @@ class UsageErrorTests(SynchronousTestCase):
                                           "from 0 to 65535, not 70000\n"
                                           "try 'twistd bitfi --help'")  # fmt: skip
 
+    def test_several_markets_under_twistd(self) -> None:
+        """Until a node serves several markets, more than one is a one-line usage error."""
+        from twisted.scripts.twistd import ServerOptions  # type: ignore[attr-defined]
+
+        for markets in (["--market", "BTC/USD", "--market", "ETH/USD"],
+                        ["--market", "BTC/USD,ETH/USD"]):  # fmt: skip
+            error = self.assertRaises(
+                SystemExit, ServerOptions().parseOptions, ["-n", "bitfi", *markets]
+            )
+            self.assertEqual(str(error.code), "twistd bitfi: error: serving several markets on "
+                                              "one node is not built yet "
+                                              "(docs/plans/many-markets.md); give one --market\n"
+                                              "try 'twistd bitfi --help'")  # fmt: skip
+
+    def test_market_with_pair_under_twistd(self) -> None:
+        from twisted.scripts.twistd import ServerOptions  # type: ignore[attr-defined]
+
+        error = self.assertRaises(
+            SystemExit,
+            ServerOptions().parseOptions,
+            ["-n", "bitfi", "--market", "BTC/USD", "--pair", "BTC/USD"],
+        )
+        self.assertEqual(str(error.code), "twistd bitfi: error: --pair is the one-market form "
+                                          "of --market: give one or the other\n"
+                                          "try 'twistd bitfi --help'")  # fmt: skip
+
     def test_alone(self) -> None:
         """Without twistd (a .tac, a test) the options raise, as Twisted's do."""
         options = tap.Options()
@@ -127,6 +153,17 @@ class MakeServiceTests(SynchronousTestCase):
     def test_no_discovery(self) -> None:
         service, _ = self.make("--no-mdns", "--no-dht")
         self.assertEqual(child_names(service), ["storage", "market", "peers", "api"])
+
+    def test_one_market(self) -> None:
+        """``--market`` with one market builds what ``--pair`` builds."""
+        service, _ = self.make("--market", "eth/usd")
+        assert isinstance(service, Node)
+        self.assertEqual((service.config.pair, service.config.markets), ("ETH/USD", ("ETH/USD",)))
+        by_pair, _ = self.make("--pair", "ETH/USD")
+        assert isinstance(by_pair, Node)
+        self.assertEqual(by_pair.config.with_changes(data_dir=service.config.data_dir),
+                         service.config)  # fmt: skip
+        self.assertEqual(child_names(service), child_names(by_pair))
 
     def test_unparsed(self) -> None:
         self.assertRaises(AssertionError, tap.makeService, tap.Options())
@@ -254,6 +291,11 @@ class TacTests(SynchronousTestCase):
         )
         self.assertEqual({n.config.pair for n in nodes}, {"ETH/USD"})
 
+    def test_node_market(self) -> None:
+        values = {"BITFI_DATA_DIR": os.path.abspath(self.mktemp()), "MARKETS": "eth/usd"}
+        _, [node] = self.load("node.tac", values)
+        self.assertEqual((node.config.pair, node.config.markets), ("ETH/USD", ("ETH/USD",)))
+
     def test_local_cluster_witness_key_unusable(self) -> None:
         base = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(base, "node2", KEY_FILE_NAME))  # a directory, not a key
@@ -282,6 +324,12 @@ class TacTests(SynchronousTestCase):
             ("local-cluster.tac", {"BASE_PORT": "65000"}, ("$BASE_PORT",)),
             ("local-cluster.tac", {"MAX_PEERS": "2", "OUTBOUND_PEERS": "3"},
              ("$MAX_PEERS", "$OUTBOUND_PEERS")),
+            ("node.tac", {"MARKETS": "BTC/USD,ETH/USD"}, ("several markets", "$MARKETS")),
+            ("local-cluster.tac", {"MARKETS": "BTC/USD,ETH/USD"},
+             ("several markets", "$MARKETS")),
+            ("node.tac", {"MARKETS": "BTC/USD", "EXCHANGE_PAIR": "ETH/USD"},
+             ("$MARKETS", "$EXCHANGE_PAIR")),
+            ("node.tac", {"MARKETS": "BTC/USD,btc/usd"}, ("--market", "$MARKETS", "twice")),
         ]  # fmt: skip
         for name, values, named in cases:
             self.set_environ({"BITFI_DATA_DIR": self.mktemp(), **values})
@@ -345,12 +393,15 @@ class ProcessTests(SynchronousTestCase):
         self.assertEqual(result.stderr.splitlines()[1], "try 'twistd bitfi --help'")
         self.assert_brief(self.twistd("bitfi", *safe, "--port", "70000"), "--port", "70000")
         self.assert_brief(self.twistd("bitfi", "--frobnicate"), "--frobnicate")
+        result = self.twistd("bitfi", *safe, "--market", "BTC/USD", "--market", "ETH/USD")
+        self.assert_brief(result, "twistd bitfi: error: serving several markets", "--market")
 
     def test_help(self) -> None:
         """``--help`` is where the whole help is."""
         result = self.twistd("bitfi", "--help")
         self.assertEqual((result.returncode, result.stderr), (0, ""))
         self.assertIn("--max-handshakes-per-ip=", result.stdout)
+        self.assertIn("--market=", result.stdout)
 
     def test_bad_variable_in_a_tac(self) -> None:
         safe = {"P2P_HOST": "127.0.0.1", "BITFI_NO_MDNS": "1", "BITFI_NO_DHT": "1"}

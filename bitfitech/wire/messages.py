@@ -27,7 +27,7 @@ from typing import ClassVar, NoReturn, Self, TypeAlias, get_args
 from bitfitech.address import AddressError, check_port, is_node_id, normalize_host
 from bitfitech.wire.framing import MAX_PAYLOAD, is_command
 
-PROTOCOL_VERSION: int = 3
+PROTOCOL_VERSION: int = 4
 """The protocol version this code speaks."""
 
 MIN_PROTOCOL_VERSION: int = 3
@@ -39,6 +39,10 @@ FAIR_ORDER_VERSION: int = 2
 
 BATCH_SIGNATURE_VERSION: int = 3
 """The first protocol version whose events may carry batch signatures."""
+
+MARKETS_VERSION: int = 4
+"""The first protocol version whose ``version`` may list several markets
+and whose gossip messages may name the market they are about."""
 
 MAX_PROTOCOL_VERSION: int = 2**32 - 1
 """The largest ``protocol_version`` a ``version`` message may carry."""
@@ -54,6 +58,9 @@ MAX_NETWORK: int = 64
 
 MAX_PAIR: int = 32
 """Longest trading pair name, in characters."""
+
+MAX_MARKETS: int = 16
+"""Most markets (trading pairs) in the ``markets`` of one ``version`` message."""
 
 MAX_SERVICES: int = 32
 """Most service names in one ``version`` message."""
@@ -275,6 +282,26 @@ def _bad_pair(entry: object, what: str, command: str, field: str) -> NoReturn:
     raise MessageError(f"must be a pair {what}, not {_show(entry)}", command=command, field=field)
 
 
+def _check_market(value: object, command: str) -> None:
+    """
+    Check the ``market`` of a gossip message: ``""`` (the sender's
+    ``pair``) or a trading pair name of 1 to :data:`MAX_PAIR` characters.
+    """
+    _str(value, 0, MAX_PAIR, command, "market")
+
+
+def _with_market(out: dict[str, object], market: str) -> dict[str, object]:
+    """``out`` with a ``market`` key added, unless ``market`` is empty (then the JSON has none)."""
+    if market:
+        out["market"] = market
+    return out
+
+
+def _market_of(obj: Mapping[str, object]) -> object:
+    """The ``market`` of a gossip payload, not checked yet: ``""`` when the key is absent."""
+    return obj.get("market", "")
+
+
 def _port(value: object, command: str, field: str, *, allow_zero: bool) -> int:
     """Check a TCP port with :func:`bitfitech.address.check_port`."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -295,7 +322,8 @@ class Version:
         (a peer below :data:`MIN_PROTOCOL_VERSION` is refused by the handshake,
         not by the codec: every version's ``version`` must decode).
     :ivar network: the network name, 1 to 64 characters.
-    :ivar pair: the trading pair, such as ``"BTC/USD"``, 1 to 32 characters.
+    :ivar pair: the trading pair, such as ``"BTC/USD"``, 1 to 32 characters:
+        the sender's only market, or the first of :attr:`markets`.
     :ivar node_id: the sender's node id, 40 lowercase hex digits.
     :ivar port: the sender's listening TCP port, or 0 if it accepts no
         connections.
@@ -310,6 +338,12 @@ class Version:
         digits; required from :data:`FAIR_ORDER_VERSION` on.  A version 1
         ``version`` has none: it decodes with ``""`` here (a key sent
         anyway is ignored, as version 1 knows no such field).
+    :ivar markets: every market (trading pair) the sender carries, in its
+        order, from :data:`MARKETS_VERSION` on: empty, or 1 to
+        :data:`MAX_MARKETS` distinct names of 1 to 32 characters, the first
+        one :attr:`pair`.  Empty means the sender carries exactly
+        :attr:`pair`.  Below :data:`MARKETS_VERSION` it is always empty (a
+        key sent anyway is ignored, as those versions know no such field).
     """
 
     command: ClassVar[str] = "version"
@@ -324,6 +358,7 @@ class Version:
     nonce: int
     time: int
     witnesses: str
+    markets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """:raises MessageError: for any field out of its type or range."""
@@ -362,9 +397,40 @@ class Version:
                 )
         _int(self.nonce, 0, MAX_NONCE, c, "nonce")
         _int(self.time, 0, MAX_TIME, c, "time")
+        self._check_markets()
+
+    def _check_markets(self) -> None:
+        """
+        :raises MessageError: for markets that are not a tuple of distinct
+            pair names led by :attr:`pair`, too many of them, or any below
+            :data:`MARKETS_VERSION`.
+        """
+        c = self.command
+        markets = _tuple(self.markets, 0, MAX_MARKETS, c, "markets")
+        if not markets:
+            return
+        if self.protocol_version < MARKETS_VERSION:
+            raise MessageError(
+                f"must be empty below protocol version {MARKETS_VERSION}, not {_show(markets)}",
+                command=c,
+                field="markets",
+            )
+        seen: set[object] = set()
+        for index, market in enumerate(markets):
+            field = f"markets[{index}]"
+            _str(market, 1, MAX_PAIR, c, field)
+            if market in seen:
+                raise MessageError(f"duplicate market {_show(market)}", command=c, field=field)
+            seen.add(market)
+        if markets[0] != self.pair:
+            raise MessageError(
+                f"must be the pair {_show(self.pair)}, not {_show(markets[0])}",
+                command=c,
+                field="markets[0]",
+            )
 
     def _to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "protocol_version": self.protocol_version,
             "network": self.network,
             "pair": self.pair,
@@ -374,7 +440,12 @@ class Version:
             "services": list(self.services),
             "nonce": self.nonce,
             "time": self.time,
-        } | ({"witnesses": self.witnesses} if self.witnesses else {})
+        }
+        if self.witnesses:
+            out["witnesses"] = self.witnesses
+        if self.markets:
+            out["markets"] = list(self.markets)
+        return out
 
     @classmethod
     def _from_json(cls, obj: Mapping[str, object]) -> Self:
@@ -385,6 +456,9 @@ class Version:
         witnesses: object = ""
         if protocol_version >= FAIR_ORDER_VERSION:
             witnesses = _require(obj, "witnesses", c)
+        markets: tuple[object, ...] = ()
+        if protocol_version >= MARKETS_VERSION and "markets" in obj:
+            markets = tuple(_list(obj, "markets", 0, MAX_MARKETS, c))
         services = _require(obj, "services", c)
         if not isinstance(services, list):
             raise MessageError(
@@ -401,6 +475,7 @@ class Version:
             nonce=_require(obj, "nonce", c),  # type: ignore[arg-type]
             time=_require(obj, "time", c),  # type: ignore[arg-type]
             witnesses=witnesses,  # type: ignore[arg-type]
+            markets=markets,  # type: ignore[arg-type]
         )
 
 
@@ -433,17 +508,35 @@ class GetAddr(_EmptyMessage):
 
 
 @dataclass(frozen=True)
-class Prune(_EmptyMessage):
+class Prune:
     """
-    Stop pushing events to me in full; announce them (``inv``) instead.
+    Stop pushing events of a market to me in full; announce them (``inv``) instead.
 
     Sent to a peer whose push brought an event already held: the link
-    becomes lazy both ways until either side asks the other for an event
-    (``getdata``), which makes it eager again (``docs/consistency.rst``).
+    becomes lazy both ways, for that market, until either side asks the
+    other for an event of it (``getdata``), which makes it eager again
+    (``docs/consistency.rst``).
     A peer that does not know the command ignores it and keeps pushing.
+
+    :ivar market: the market the message is about: a trading pair of 1 to
+        :data:`MAX_PAIR` characters, or ``""`` (absent from the JSON) for the
+        sender's ``pair``.
     """
 
     command: ClassVar[str] = "prune"
+
+    market: str = ""
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for a bad market."""
+        _check_market(self.market, self.command)
+
+    def _to_json(self) -> dict[str, object]:
+        return _with_market({}, self.market)
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        return cls(market=_market_of(obj))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -597,20 +690,25 @@ class Inv:
 
     :ivar ids: 1 to :data:`MAX_INV` event ids, each 64 lowercase hex digits.
     :ivar ttl: hops the announcement may still travel, 0 to :data:`MAX_TTL`.
+    :ivar market: the market the message is about: a trading pair of 1 to
+        :data:`MAX_PAIR` characters, or ``""`` (absent from the JSON) for the
+        sender's ``pair``.
     """
 
     command: ClassVar[str] = "inv"
 
     ids: tuple[str, ...]
     ttl: int
+    market: str = ""
 
     def __post_init__(self) -> None:
-        """:raises MessageError: for a bad count, a bad id or a ttl out of range."""
+        """:raises MessageError: for a bad count, a bad id, a ttl out of range or a bad market."""
         _check_ids(self.ids, self.command)
         _int(self.ttl, 0, MAX_TTL, self.command, "ttl")
+        _check_market(self.market, self.command)
 
     def _to_json(self) -> dict[str, object]:
-        return {"ids": list(self.ids), "ttl": self.ttl}
+        return _with_market({"ids": list(self.ids), "ttl": self.ttl}, self.market)
 
     @classmethod
     def _from_json(cls, obj: Mapping[str, object]) -> Self:
@@ -618,6 +716,7 @@ class Inv:
         return cls(
             ids=tuple(_list(obj, "ids", 1, MAX_INV, c)),  # type: ignore[arg-type]
             ttl=_require(obj, "ttl", c),  # type: ignore[arg-type]
+            market=_market_of(obj),  # type: ignore[arg-type]
         )
 
 
@@ -627,22 +726,30 @@ class GetData:
     A request for events by id, typically those of an ``inv`` the receiver lacks.
 
     :ivar ids: 1 to :data:`MAX_INV` event ids, each 64 lowercase hex digits.
+    :ivar market: the market the message is about: a trading pair of 1 to
+        :data:`MAX_PAIR` characters, or ``""`` (absent from the JSON) for the
+        sender's ``pair``.
     """
 
     command: ClassVar[str] = "getdata"
 
     ids: tuple[str, ...]
+    market: str = ""
 
     def __post_init__(self) -> None:
-        """:raises MessageError: for a bad count or a bad id."""
+        """:raises MessageError: for a bad count, a bad id or a bad market."""
         _check_ids(self.ids, self.command)
+        _check_market(self.market, self.command)
 
     def _to_json(self) -> dict[str, object]:
-        return {"ids": list(self.ids)}
+        return _with_market({"ids": list(self.ids)}, self.market)
 
     @classmethod
     def _from_json(cls, obj: Mapping[str, object]) -> Self:
-        return cls(tuple(_list(obj, "ids", 1, MAX_INV, cls.command)))  # type: ignore[arg-type]
+        return cls(
+            ids=tuple(_list(obj, "ids", 1, MAX_INV, cls.command)),  # type: ignore[arg-type]
+            market=_market_of(obj),  # type: ignore[arg-type]
+        )
 
 
 def _check_ids(ids: object, command: str) -> None:
@@ -668,6 +775,9 @@ class Events:
         0 means do not relay.
     :ivar more: ``True`` when the sender has more events for the receiver in
         an anti-entropy exchange.
+    :ivar market: the market the message is about: a trading pair of 1 to
+        :data:`MAX_PAIR` characters, or ``""`` (absent from the JSON) for the
+        sender's ``pair``.
     """
 
     command: ClassVar[str] = "events"
@@ -675,9 +785,10 @@ class Events:
     events: tuple[tuple[str, str], ...]
     ttl: int
     more: bool
+    market: str = ""
 
     def __post_init__(self) -> None:
-        """:raises MessageError: for a bad count, a malformed event, a bad ttl or more."""
+        """:raises MessageError: for a bad count, a malformed event, a bad ttl, more or market."""
         c = self.command
         _check_signed_texts(self.events, MAX_EVENTS, MAX_EVENT_TEXT, c, "events", _EVENT_SIG_RE)
         _int(self.ttl, 0, MAX_TTL, c, "ttl")
@@ -685,17 +796,24 @@ class Events:
             raise MessageError(
                 f"must be true or false, not {_show(self.more)}", command=c, field="more"
             )
+        _check_market(self.market, c)
 
     def _to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "events": [[text, sig] for text, sig in self.events],
             "ttl": self.ttl,
             "more": self.more,
         }
+        return _with_market(out, self.market)
 
     @classmethod
     def prepared(
-        cls, events: tuple[tuple[str, str], ...], fragments: Sequence[str], ttl: int, more: bool
+        cls,
+        events: tuple[tuple[str, str], ...],
+        fragments: Sequence[str],
+        ttl: int,
+        more: bool,
+        market: str = "",
     ) -> Events:
         """
         An ``events`` message of events the node has parsed and checked
@@ -704,14 +822,22 @@ class Events:
         the events (a relayed event is encoded once, not once per peer).
 
         The caller vouches for the rest: at most :data:`MAX_EVENTS`
-        events, C{ttl} from 0 to :data:`MAX_TTL`.
+        events, C{ttl} from 0 to :data:`MAX_TTL`.  The market, one per
+        message, is checked.
+
+        :raises MessageError: for a bad C{market}.
         """
+        _check_market(market, cls.command)
         message = object.__new__(cls)
         object.__setattr__(message, "events", events)
         object.__setattr__(message, "ttl", ttl)
         object.__setattr__(message, "more", more)
-        payload = b'{"events":[%s],"more":%s,"ttl":%d}' % (
+        object.__setattr__(message, "market", market)
+        # The keys in encode_message's order (sorted): events, market, more, ttl.
+        named = b'"market":%s,' % _json_text(market).encode("utf-8") if market else b""
+        payload = b'{"events":[%s],%s"more":%s,"ttl":%d}' % (
             ",".join(fragments).encode("utf-8"),
+            named,
             b"true" if more else b"false",
             ttl,
         )
@@ -726,6 +852,7 @@ class Events:
             events=_pairs(raw, "[text, sig]", c, "events"),  # type: ignore[arg-type]
             ttl=_require(obj, "ttl", c),  # type: ignore[arg-type]
             more=_require(obj, "more", c),  # type: ignore[arg-type]
+            market=_market_of(obj),  # type: ignore[arg-type]
         )
 
 
@@ -791,24 +918,33 @@ class Stamps:
         lowercase hex digits.
     :ivar more: ``True`` when the sender has more stamps for the receiver
         in an anti-entropy exchange.
+    :ivar market: the market the message is about: a trading pair of 1 to
+        :data:`MAX_PAIR` characters, or ``""`` (absent from the JSON) for the
+        sender's ``pair``.
     """
 
     command: ClassVar[str] = "stamps"
 
     stamps: tuple[tuple[str, str], ...]
     more: bool
+    market: str = ""
 
     def __post_init__(self) -> None:
-        """:raises MessageError: for a bad count, a malformed stamp, or a bad more."""
+        """:raises MessageError: for a bad count, a malformed stamp, a bad more or market."""
         c = self.command
         _check_signed_texts(self.stamps, MAX_STAMPS, MAX_STAMP_TEXT, c, "stamps", _SIG_RE)
         if type(self.more) is not bool:
             raise MessageError(
                 f"must be true or false, not {_show(self.more)}", command=c, field="more"
             )
+        _check_market(self.market, c)
 
     def _to_json(self) -> dict[str, object]:
-        return {"stamps": [[text, sig] for text, sig in self.stamps], "more": self.more}
+        out: dict[str, object] = {
+            "stamps": [[text, sig] for text, sig in self.stamps],
+            "more": self.more,
+        }
+        return _with_market(out, self.market)
 
     @classmethod
     def _from_json(cls, obj: Mapping[str, object]) -> Self:
@@ -817,6 +953,7 @@ class Stamps:
         return cls(
             stamps=_pairs(raw, "[text, sig]", c, "stamps"),  # type: ignore[arg-type]
             more=_require(obj, "more", c),  # type: ignore[arg-type]
+            market=_market_of(obj),  # type: ignore[arg-type]
         )
 
 
@@ -838,6 +975,9 @@ class Sync:
         ``(witness, seq)``: per witness key (64 lowercase hex digits,
         unique), the highest seq of its stamps the sender holds without a
         gap; absent from the JSON when empty.
+    :ivar market: the market the message is about: a trading pair of 1 to
+        :data:`MAX_PAIR` characters, or ``""`` (absent from the JSON) for the
+        sender's ``pair``.
     """
 
     command: ClassVar[str] = "sync"
@@ -846,9 +986,13 @@ class Sync:
     digest: str
     chains: tuple[tuple[str, str], ...] = ()
     stamps: tuple[tuple[str, int], ...] = ()
+    market: str = ""
 
     def __post_init__(self) -> None:
-        """:raises MessageError: for a bad count, a malformed or repeated entry, a bad digest."""
+        """
+        :raises MessageError: for a bad count, a malformed or repeated
+            entry, a bad digest or a bad market.
+        """
         c = self.command
         _keyed_pairs(
             self.vector,
@@ -875,6 +1019,7 @@ class Sync:
             ("witness", "a witness key", "(witness, seq)"),
             lambda seq, field: _int(seq, 0, MAX_SEQ, c, field),
         )
+        _check_market(self.market, c)
 
     def _to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -885,7 +1030,7 @@ class Sync:
             out["chains"] = [[author, digest] for author, digest in self.chains]
         if self.stamps:
             out["stamps"] = [[witness, seq] for witness, seq in self.stamps]
-        return out
+        return _with_market(out, self.market)
 
     @classmethod
     def _from_json(cls, obj: Mapping[str, object]) -> Self:
@@ -904,6 +1049,7 @@ class Sync:
             digest=_require(obj, "digest", c),  # type: ignore[arg-type]
             chains=chains,  # type: ignore[arg-type]
             stamps=stamps,  # type: ignore[arg-type]
+            market=_market_of(obj),  # type: ignore[arg-type]
         )
 
 
@@ -966,6 +1112,11 @@ def describe(message: Message) -> str:
 def event_fragment(text: str, sig: str) -> str:
     """One event's ``[text, sig]`` entry in an ``events`` payload, as encode_message writes it."""
     return json.dumps([text, sig], separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_text(value: str) -> str:
+    """A string as a JSON string, as :func:`encode_message` writes it (raw UTF-8, not escaped)."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def encode_message(message: Message) -> tuple[str, bytes]:

@@ -195,11 +195,11 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(link.protocol.protocol_version, PROTOCOL_VERSION)
         self.assertEqual(link.protocol.state, "ready")
 
-    def test_sends_protocol_version_3_with_witnesses(self) -> None:
+    def test_sends_protocol_version_4_with_witnesses(self) -> None:
         link = Link()
         [version] = link.sent()
         assert isinstance(version, Version)
-        self.assertEqual((version.protocol_version, PROTOCOL_VERSION), (3, 3))
+        self.assertEqual((version.protocol_version, PROTOCOL_VERSION), (4, 4))
         self.assertEqual(version.witnesses, NO_WITNESSES)
 
     def test_version_2_peer_refused_without_misbehaviour(self) -> None:

@@ -27,10 +27,13 @@ from bitfitech.wire.messages import (
 
 from ..wire.test_messages import (
     EXAMPLES,
+    VERSION_4,
     addrs,
     events_messages,
     getdatas,
     invs,
+    prunes,
+    stamps_messages,
     syncs,
     u64,
     versions,
@@ -44,6 +47,8 @@ known_messages = st.one_of(
     getdatas,
     events_messages,
     syncs,
+    stamps_messages,
+    prunes,
     st.builds(Ping, u64),
     st.builds(Pong, u64),
     st.just(Verack()),
@@ -98,7 +103,8 @@ class DecodeTests(SynchronousTestCase):
     @given(
         st.sampled_from(sorted(COMMANDS)),
         st.sampled_from(["nonce", "ttl", "more", "ids", "events", "vector", "digest", "port",
-                         "addrs", "services", "network", "protocol_version", "witnesses"]),
+                         "addrs", "services", "network", "protocol_version", "witnesses",
+                         "market", "markets", "chains", "stamps"]),
         st.integers(1, 1200),
     )  # fmt: skip
     def test_deep_nesting_in_any_field(self, command: str, field: str, depth: int) -> None:
@@ -118,11 +124,14 @@ class RegressionTests(SynchronousTestCase):
         several stack depths, for each field reported through a ``repr``.
         """
         limit = sys.getrecursionlimit()
+        version = encode_message(VERSION_4)[1].replace(b'"ETH/USD"', b"%s")
         templates = [
             ("ping", b'{"nonce":%s}'),
             ("inv", b'{"ids":[%s],"ttl":0}'),
             ("events", b'{"events":[],"ttl":0,"more":%s}'),
             ("addr", b'{"addrs":[{"host":"a","port":%s,"time":0}]}'),
+            ("prune", b'{"market":%s}'),
+            ("version", version),
         ]
 
         def at_depth(frames: int, command: str, payload: bytes) -> None:

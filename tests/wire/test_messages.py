@@ -14,14 +14,19 @@ from bitfitech.wire.framing import MAX_PAYLOAD
 from bitfitech.wire.messages import (
     COMMANDS,
     FAIR_ORDER_VERSION,
+    MARKETS_VERSION,
     MAX_ADDRS,
     MAX_EVENT_TEXT,
     MAX_EVENTS,
     MAX_INV,
+    MAX_MARKETS,
+    MAX_PAIR,
     MAX_SEQ,
     MAX_TTL,
     MAX_USER_AGENT,
     MAX_VECTOR,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
     Addr,
     Events,
     GetAddr,
@@ -62,6 +67,8 @@ VERSION = Version(
 )
 #: what a version 1 node sends: no witnesses
 VERSION_1 = replace(VERSION, protocol_version=1, witnesses="")
+#: what a version 4 node of three markets sends
+VERSION_4 = replace(VERSION, protocol_version=4, markets=("BTC/USD", "ETH/USD", "ETH/BTC"))
 ADDR = Addr(
     (
         NetAddress("192.0.2.1", 3000, NODE_B, 1_700_000_000),
@@ -84,9 +91,23 @@ NO_EVENTS = Events((), 0, True)
 SYNC = Sync(((AUTHOR_A, 0), (AUTHOR_B, 2**63 - 1)), DIGEST)
 SYNC_STAMPS = Sync((), DIGEST, stamps=((AUTHOR_A, 7), (AUTHOR_B, 0)))
 STAMPS = Stamps((("bitfi-stamp1 x", SIG), (PRINTABLE, "f" * 128)), True)
+MARKET = "ETH/USD"
+GossipMessage = Inv | GetData | Events | Sync | Stamps | Prune
+"""The messages that may name a market."""
+#: the gossip messages of version 4: each names its market
+WITH_MARKET: list[GossipMessage] = [
+    replace(INV, market=MARKET),
+    replace(GETDATA, market=MARKET),
+    replace(EVENTS, market=MARKET),
+    replace(NO_EVENTS, market="é/€"),
+    replace(SYNC_STAMPS, chains=((AUTHOR_B, DIGEST),), market=MARKET),
+    replace(STAMPS, market=MARKET),
+    Prune(MARKET),
+]
 EXAMPLES: list[Message] = [
     VERSION,
     VERSION_1,
+    VERSION_4,
     Verack(),
     GetAddr(),
     Prune(),
@@ -102,6 +123,7 @@ EXAMPLES: list[Message] = [
     SYNC_STAMPS,
     STAMPS,
     Stamps((), False),
+    *WITH_MARKET,
 ]
 
 
@@ -125,9 +147,12 @@ hostnames = st.from_regex(
 )
 hosts = st.one_of(st.ip_addresses().map(str), hostnames)
 hex64 = st.from_regex(r"\A[0-9a-f]{64}\Z")
+pairs = st.text(st.characters(codec="utf-8"), min_size=1, max_size=MAX_PAIR)
+market_fields = st.just("") | pairs
+"""The ``market`` of a gossip message: none (the sender's pair), or any valid name."""
 _version_fields: dict[str, st.SearchStrategy[Any]] = dict(
     network=st.text(st.characters(codec="utf-8"), min_size=1, max_size=64),
-    pair=st.text(st.characters(codec="utf-8"), min_size=1, max_size=32),
+    pair=pairs,
     node_id=node_ids,
     port=st.integers(min_value=0, max_value=65535),
     user_agent=st.text(st.characters(codec="utf-8"), max_size=MAX_USER_AGENT),
@@ -135,14 +160,28 @@ _version_fields: dict[str, st.SearchStrategy[Any]] = dict(
     nonce=u64,
     time=times,
 )
+_versions_with_witnesses = st.builds(
+    Version,
+    protocol_version=st.integers(min_value=FAIR_ORDER_VERSION, max_value=2**32 - 1),
+    witnesses=hex64,
+    **_version_fields,
+)
+
+
+@st.composite
+def _with_markets(draw: st.DrawFn, version: Version) -> Version:
+    """``version`` from :data:`MARKETS_VERSION` on, listing its pair and up to 15 other markets."""
+    protocol_version = draw(st.integers(min_value=MARKETS_VERSION, max_value=2**32 - 1))
+    others = draw(
+        st.lists(pairs.filter(lambda m: m != version.pair), max_size=MAX_MARKETS - 1, unique=True)
+    )
+    return replace(version, protocol_version=protocol_version, markets=(version.pair, *others))
+
+
 versions = st.one_of(
-    st.builds(
-        Version,
-        protocol_version=st.integers(min_value=FAIR_ORDER_VERSION, max_value=2**32 - 1),
-        witnesses=hex64,
-        **_version_fields,
-    ),
+    _versions_with_witnesses,
     st.builds(Version, protocol_version=st.just(1), witnesses=st.just(""), **_version_fields),
+    _versions_with_witnesses.flatmap(_with_markets),
 )
 net_addresses = st.builds(
     NetAddress,
@@ -154,23 +193,34 @@ net_addresses = st.builds(
 addrs = st.builds(Addr, st.lists(net_addresses, max_size=20).map(tuple))
 ttls = st.integers(min_value=0, max_value=MAX_TTL)
 id_tuples = st.lists(hex64, min_size=1, max_size=20).map(tuple)
-invs = st.builds(Inv, id_tuples, ttls)
-getdatas = st.builds(GetData, id_tuples)
+invs = st.builds(Inv, id_tuples, ttls, market_fields)
+getdatas = st.builds(GetData, id_tuples, market_fields)
+prunes = st.builds(Prune, market_fields)
 event_texts = st.text(
     st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=MAX_EVENT_TEXT
 )
 sigs = st.from_regex(r"\A[0-9a-f]{128}\Z")
 events_messages = st.builds(
-    Events, st.lists(st.tuples(event_texts, sigs), max_size=10).map(tuple), ttls, st.booleans()
+    Events,
+    st.lists(st.tuples(event_texts, sigs), max_size=10).map(tuple),
+    ttls,
+    st.booleans(),
+    market_fields,
 )
+_keyed = st.tuples(hex64, st.integers(min_value=0, max_value=MAX_SEQ))
 syncs = st.builds(
     Sync,
-    st.lists(
-        st.tuples(hex64, st.integers(min_value=0, max_value=MAX_SEQ)),
-        max_size=20,
-        unique_by=lambda entry: entry[0],
-    ).map(tuple),
+    st.lists(_keyed, max_size=20, unique_by=lambda entry: entry[0]).map(tuple),
     hex64,
+    chains=st.lists(st.tuples(hex64, hex64), max_size=3, unique_by=lambda e: e[0]).map(tuple),
+    stamps=st.lists(_keyed, max_size=3, unique_by=lambda entry: entry[0]).map(tuple),
+    market=market_fields,
+)
+stamps_messages = st.builds(
+    Stamps,
+    st.lists(st.tuples(event_texts, sigs), max_size=5).map(tuple),
+    st.booleans(),
+    market_fields,
 )
 
 
@@ -359,7 +409,9 @@ class RoundTripTests(SynchronousTestCase):
         and encodes to the very same bytes (text with quotes and backslashes too).
         """
         fragments = [event_fragment(text, sig) for text, sig in message.events]
-        prepared = Events.prepared(message.events, fragments, message.ttl, message.more)
+        prepared = Events.prepared(
+            message.events, fragments, message.ttl, message.more, message.market
+        )
         self.assertEqual(prepared, message)
         self.assertEqual(encode_message(prepared), encode_message(message))
         self.assertEqual(decode_message(*encode_message(prepared)), message)
@@ -368,6 +420,12 @@ class RoundTripTests(SynchronousTestCase):
     @given(syncs)
     def test_sync_property(self, message: Sync) -> None:
         """Any valid Sync round-trips."""
+        self.assertEqual(decode_message(*encode_message(message)), message)
+
+    @settings(max_examples=200, deadline=None)
+    @given(stamps_messages | prunes)
+    def test_stamps_prune_property(self, message: Stamps | Prune) -> None:
+        """Any valid Stamps and Prune round-trips."""
         self.assertEqual(decode_message(*encode_message(message)), message)
 
     @settings(max_examples=200, deadline=None)
@@ -449,7 +507,9 @@ class RejectionTests(SynchronousTestCase):
         """Every required field must be present."""
         for message in EXAMPLES:
             for field in payload_of(message):
-                if isinstance(message, Sync) and field in ("chains", "stamps"):
+                if field in ("market", "markets") or (
+                    isinstance(message, Sync) and field in ("chains", "stamps")
+                ):
                     continue  # optional
                 with self.subTest(command=describe(message), field=field):
                     obj = payload_of(message)
@@ -942,6 +1002,8 @@ class ArbitraryPayloadTests(SynchronousTestCase):
                             "more",
                             "vector",
                             "digest",
+                            "market",
+                            "markets",
                             "x",
                         ]
                     )
@@ -956,3 +1018,193 @@ class ArbitraryPayloadTests(SynchronousTestCase):
     def test_arbitrary_json(self, command: str, value: object) -> None:
         """Random JSON values, with plausible keys, as a payload of any known command."""
         self.check(command, json.dumps(value).encode("ascii"))
+
+
+class MarketTests(SynchronousTestCase):
+    """
+    Protocol version 4: a ``version`` lists the sender's markets and each
+    gossip message may name its market; version 3 payloads have neither.
+    """
+
+    def test_constants(self) -> None:
+        """Version 4 speaks markets; version 3 peers are still talked to."""
+        self.assertEqual(
+            (PROTOCOL_VERSION, MARKETS_VERSION, MIN_PROTOCOL_VERSION, MAX_MARKETS), (4, 4, 3, 16)
+        )
+
+    def test_version_3_payloads(self) -> None:
+        """
+        A payload without the new keys (all a version 3 node sends) decodes
+        with no markets and no market, and today's messages encode to the
+        very same bytes as before.
+        """
+        obj = payload_of(VERSION)
+        self.assertNotIn("markets", obj)
+        decoded = decode_message("version", dump(obj))
+        assert isinstance(decoded, Version)
+        self.assertEqual(decoded.markets, ())
+        old: list[tuple[GossipMessage, bytes]] = [
+            (Inv((EVENT_B,), 0), b'{"ids":["%s"],"ttl":0}' % EVENT_B.encode()),
+            (GetData((EVENT_A,)), b'{"ids":["%s"]}' % EVENT_A.encode()),
+            (NO_EVENTS, b'{"events":[],"more":true,"ttl":0}'),
+            (Sync((), DIGEST), b'{"digest":"%s","vector":[]}' % DIGEST.encode()),
+            (Stamps((), False), b'{"more":false,"stamps":[]}'),
+            (Prune(), b"{}"),
+        ]
+        for message, payload in old:
+            with self.subTest(message=describe(message)):
+                self.assertEqual(encode_message(message), (describe(message), payload))
+                decoded = decode_message(describe(message), payload)
+                self.assertEqual(decoded, message)
+                self.assertEqual(getattr(decoded, "market", None), "")
+
+    def test_market_round_trip(self) -> None:
+        """Each gossip message names its market in a ``market`` key, in sorted place."""
+        self.assertEqual(
+            {describe(message) for message in WITH_MARKET},
+            {"inv", "getdata", "events", "sync", "stamps", "prune"},
+        )
+        for message in WITH_MARKET:
+            with self.subTest(message=describe(message)):
+                command, payload = encode_message(message)
+                self.assertEqual(decode_message(command, payload), message)
+                keys = list(json.loads(payload))
+                self.assertEqual(keys, sorted(keys))
+                self.assertEqual(json.loads(payload)["market"], message.market)
+                plain = replace(message, market="")  # type: ignore[call-arg]
+                self.assertNotIn("market", payload_of(plain))
+        self.assertEqual(
+            encode_message(Inv((EVENT_B,), 2, "ETH/USD")),
+            ("inv", b'{"ids":["%s"],"market":"ETH/USD","ttl":2}' % EVENT_B.encode()),
+        )
+        self.assertEqual(encode_message(Prune("BTC/USD")), ("prune", b'{"market":"BTC/USD"}'))
+        self.assertEqual(
+            encode_message(Events((), 0, False, "é/€")),
+            ("events", '{"events":[],"market":"é/€","more":false,"ttl":0}'.encode()),
+        )
+
+    def test_market_empty_key(self) -> None:
+        """An explicit empty ``market`` means the same as none."""
+        for message in WITH_MARKET:
+            with self.subTest(message=describe(message)):
+                obj = payload_of(message)
+                obj["market"] = ""
+                plain = replace(message, market="")  # type: ignore[call-arg]
+                self.assertEqual(decode_message(describe(message), dump(obj)), plain)
+
+    def test_bad_market(self) -> None:
+        """A market is a string of 1 to 32 characters, valid Unicode; anything else is refused."""
+        for message in WITH_MARKET:
+            for bad in ["p" * (MAX_PAIR + 1), 5, True, None, ["BTC/USD"], {"pair": "BTC/USD"}]:
+                with self.subTest(message=describe(message), bad=bad):
+                    obj = payload_of(message)
+                    obj["market"] = bad
+                    error = self.assertRaises(
+                        MessageError, decode_message, describe(message), dump(obj)
+                    )
+                    self.assertEqual((error.command, error.field), (describe(message), "market"))
+                    self.assertRaises(
+                        MessageError,
+                        replace,
+                        message,
+                        market=bad,  # type: ignore[call-arg]
+                    )
+            with self.subTest(message=describe(message), bad="lone surrogate"):
+                payload = dump({**payload_of(message), "market": "SURROGATE"})
+                payload = payload.replace(b'"SURROGATE"', b'"\\ud800"')
+                error = self.assertRaises(MessageError, decode_message, describe(message), payload)
+                self.assertEqual(error.field, "market")
+        self.assertEqual(Inv((EVENT_A,), 0, "p" * MAX_PAIR).market, "p" * MAX_PAIR)
+
+    def test_prepared_events_with_market(self) -> None:
+        """
+        A prepared ``events`` encodes to the same bytes as the checked
+        message, with a market and without; a bad market is refused.
+        """
+        for market in ["", "BTC/USD", "é/€", 'quo"te\\']:
+            for message in [replace(EVENTS, market=market), replace(NO_EVENTS, market=market)]:
+                with self.subTest(market=market, events=len(message.events)):
+                    fragments = [event_fragment(text, sig) for text, sig in message.events]
+                    prepared = Events.prepared(
+                        message.events, fragments, message.ttl, message.more, market
+                    )
+                    self.assertEqual(prepared, message)
+                    self.assertEqual(encode_message(prepared), encode_message(message))
+                    self.assertEqual(decode_message(*encode_message(prepared)), message)
+        fragments = [event_fragment(text, sig) for text, sig in EVENTS.events]
+        for bad in ["p" * (MAX_PAIR + 1), "\ud800"]:
+            with self.subTest(bad=bad):
+                self.assertRaises(
+                    MessageError, Events.prepared, EVENTS.events, fragments, 0, False, bad
+                )
+
+    def test_version_markets(self) -> None:
+        """A version 4 ``version`` lists its markets, the pair first; no key when there are none."""
+        obj = payload_of(VERSION_4)
+        self.assertEqual(obj["markets"], ["BTC/USD", "ETH/USD", "ETH/BTC"])
+        self.assertEqual(decode_message("version", dump(obj)), VERSION_4)
+        one = replace(VERSION_4, markets=())
+        self.assertNotIn("markets", payload_of(one))
+        obj["markets"] = []
+        self.assertEqual(decode_message("version", dump(obj)), one)
+        most = tuple(f"M{i}" for i in range(1, MAX_MARKETS))
+        full = replace(VERSION_4, markets=("BTC/USD", *most))
+        self.assertEqual(decode_message(*encode_message(full)), full)
+        only = replace(VERSION_4, markets=("BTC/USD",))
+        self.assertEqual(decode_message(*encode_message(only)), only)
+
+    def test_bad_version_markets(self) -> None:
+        """
+        Markets are refused when repeated, too many, not led by the pair, or
+        not each a valid pair name, naming the field at fault.
+        """
+        cases: list[tuple[object, str, str]] = [
+            (["BTC/USD", "ETH/USD", "BTC/USD"], "markets[2]", "duplicate"),
+            (["BTC/USD", "ETH/USD", "ETH/USD"], "markets[2]", "duplicate"),
+            (["BTC/USD", *(f"M{i}" for i in range(MAX_MARKETS))], "markets", "0 to 16"),
+            (["ETH/USD", "BTC/USD"], "markets[0]", "pair"),
+            (["ETH/USD"], "markets[0]", "pair"),
+            (["BTC/USD", ""], "markets[1]", "1 to 32"),
+            (["BTC/USD", "p" * (MAX_PAIR + 1)], "markets[1]", "1 to 32"),
+            (["BTC/USD", 5], "markets[1]", "string"),
+            (["BTC/USD", None], "markets[1]", "string"),
+            (["BTC/USD", ["ETH/USD"]], "markets[1]", "string"),
+            ("BTC/USD", "markets", "list"),
+            ({"BTC/USD": 1}, "markets", "list"),
+            (None, "markets", "list"),
+        ]
+        for bad, field, word in cases:
+            with self.subTest(bad=bad):
+                obj = payload_of(VERSION_4)
+                obj["markets"] = bad
+                error = self.assert_rejected_version(dump(obj), word)
+                self.assertEqual(error.field, field)
+                if isinstance(bad, list):
+                    self.assertRaises(MessageError, replace, VERSION_4, markets=tuple(bad))
+        payload = dump(payload_of(VERSION_4)).replace(b'"ETH/BTC"', b'"\\ud800"')
+        self.assertEqual(self.assert_rejected_version(payload, "Unicode").field, "markets[2]")
+        self.assertRaises(MessageError, replace, VERSION_4, markets=["BTC/USD"])
+
+    def test_no_markets_below_version_4(self) -> None:
+        """
+        Below version 4 ``version`` has no markets: a key sent anyway is
+        ignored (those versions know no such field), and none can be built.
+        """
+        for old in [VERSION, VERSION_1, replace(VERSION, protocol_version=MARKETS_VERSION - 1)]:
+            with self.subTest(protocol_version=old.protocol_version):
+                obj = payload_of(old)
+                obj["markets"] = ["BTC/USD", "ETH/USD"]
+                self.assertEqual(decode_message("version", dump(obj)), old)
+                obj["markets"] = "junk"
+                self.assertEqual(decode_message("version", dump(obj)), old)
+                error = self.assertRaises(
+                    MessageError, replace, old, markets=("BTC/USD", "ETH/USD")
+                )
+                self.assertEqual(error.field, "markets")
+
+    def assert_rejected_version(self, payload: bytes, word: str) -> MessageError:
+        """Assert that a ``version`` payload is refused with ``word`` in the error."""
+        error: MessageError = self.assertRaises(MessageError, decode_message, "version", payload)
+        self.assertEqual(error.command, "version")
+        self.assertIn(word, str(error))
+        return error

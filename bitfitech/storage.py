@@ -5,9 +5,10 @@ exclusive ``flock`` on ``LOCK`` inside it, loads (or creates) the node's
 identity (:mod:`bitfitech.identity`) and opens ``bitfi.sqlite3`` in WAL mode,
 bringing its schema up to date.  Every other part that persists state (the
 address book, the ban list, the ledger) receives the open connection from
-the composition root.  :class:`StorageService` does the opening and closing in
-``startService``/``stopService``, so a node whose directory is in use or
-unreadable refuses to start.
+the composition root; each market's journal is kept in the tables that
+:meth:`Storage.journal_tables` names for it.  :class:`StorageService` does
+the opening and closing in ``startService``/``stopService``, so a node whose
+directory is in use or unreadable refuses to start.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from twisted.application.service import Service
 
+from bitfitech.config import coerce_pair
 from bitfitech.identity import NodeIdentity, load_or_create_identity
 from bitfitech.logs import logger
 
@@ -105,8 +109,106 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE events",
         "ALTER TABLE events_v5 RENAME TO events",
     ),
+    (
+        # The journal tables of each market (Storage.journal_tables): the
+        # historic events/stamps tables and ledger.checkpoint belong to the
+        # market their rows name; each other market has tables of its own.
+        """
+        CREATE TABLE markets (
+            market TEXT PRIMARY KEY NOT NULL,
+            events TEXT NOT NULL,
+            stamps TEXT NOT NULL,
+            checkpoint TEXT NOT NULL,
+            added_at REAL NOT NULL
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# A market's own journal tables have exactly the schemas of the historic
+# ``events`` (since version 5) and ``stamps`` (since version 4) tables.
+# Their names are made of a checked pair's letters and digits only; an
+# object of that name already there (not ours) fails the registration.
+_CREATE_EVENTS = "CREATE TABLE {} (id TEXT NOT NULL, text TEXT NOT NULL, sig TEXT NOT NULL)"
+_CREATE_STAMPS = """
+CREATE TABLE {} (
+    id TEXT PRIMARY KEY NOT NULL,
+    text TEXT NOT NULL,
+    sig TEXT NOT NULL
+)
+"""
+
+# The first field of an event's text and of a stamp's text (the market's
+# events and stamps modules, a layer above); the third is the pair.
+_EVENT_TAG = "bitfi1"
+_STAMP_TAG = "bitfi-stamp1"
+
+
+@dataclass(frozen=True)
+class JournalTables:
+    """
+    Where one market's journal is kept (see :meth:`Storage.journal_tables`).
+
+    :ivar events: the table of its events.
+    :ivar stamps: the table of its witness stamps.
+    :ivar checkpoint: its ledger checkpoint's file name, in the data directory.
+    """
+
+    events: str
+    stamps: str
+    checkpoint: str
+
+
+#: the journal from before markets had tables of their own: a node of one
+#: market writes exactly these, and they belong to the market their rows name
+HISTORIC_TABLES = JournalTables("events", "stamps", "ledger.checkpoint")
+
+
+def market_tables(market: str) -> JournalTables:
+    """
+    The journal tables a market gets when the historic ones belong to
+    another: ``events_btc_usd``, ``stamps_btc_usd`` and
+    ``ledger.BTC-USD.checkpoint`` for ``BTC/USD``.
+
+    :param market: a pair ``BASE/QUOTE``, as :func:`bitfitech.config.coerce_pair`
+        gives it (upper case).
+    :raises ValueError: if it is not one: nothing else may reach a table name.
+    """
+    base, quote = _checked_pair(market).split("/")
+    suffix = f"{base.lower()}_{quote.lower()}"
+    return JournalTables(
+        f"events_{suffix}", f"stamps_{suffix}", f"ledger.{base}-{quote}.checkpoint"
+    )
+
+
+def _checked_pair(market: str) -> str:
+    """C{market} if it is a pair in canonical form, else :exc:`ValueError`."""
+    if coerce_pair(market) != market:
+        raise ValueError(f"invalid pair {market!r} (expected BASE/QUOTE in upper case)")
+    return market
+
+
+def _legacy_market(db: sqlite3.Connection) -> tuple[str | None, str]:
+    """
+    The pair the historic journal's rows name: field 3 of the first event's
+    text, or of the first stamp's if there is no event.
+
+    :return: ``(pair, "")``; ``(None, "")`` when both tables are empty;
+        ``(None, why)`` when the first row names no pair.
+    """
+    for table, tag in (("events", _EVENT_TAG), ("stamps", _STAMP_TAG)):
+        row = db.execute(f"SELECT text FROM {table} ORDER BY rowid LIMIT 1").fetchone()
+        if row is None:
+            continue
+        fields = str(row[0]).split(" ", 3)
+        if len(fields) < 3 or fields[0] != tag:
+            return None, f"its first {table} row is not a {tag} text"
+        try:
+            return _checked_pair(fields[2]), ""
+        except ValueError:
+            return None, f"its first {table} row names no valid pair ({fields[2][:40]!r})"
+    return None, ""
 
 
 class StorageError(Exception):
@@ -264,6 +366,85 @@ class Storage:
         """
         return _transaction(self.connection)
 
+    def journal_tables(self, market: str, now: float | None = None) -> JournalTables:
+        """
+        The tables and checkpoint file of C{market}'s journal, registered in
+        the ``markets`` table at its first start (one transaction).
+
+        The historic journal (:data:`HISTORIC_TABLES`) belongs to the market
+        its rows name, adopted as it is: nothing is moved or copied.  When
+        it is empty, the first market asked for gets it, so a node of one
+        market writes exactly the tables and file it always did.  Every
+        other market gets tables of its own (:func:`market_tables`), empty.
+        A journal whose first row names no pair goes to C{market} (a
+        warning says so): its rows of another market, if any, are skipped
+        as unreadable at replay, as they always were.
+
+        :param market: a pair ``BASE/QUOTE`` (upper case).
+        :param now: the time of the registration, unix seconds (default: now).
+        :raises ValueError: if C{market} is not a pair.
+        :raises StorageError: if the database refuses; nothing is registered.
+        """
+        _checked_pair(market)
+        added_at = time.time() if now is None else now
+        try:
+            return self._journal_tables(market, added_at)
+        except sqlite3.Error as e:
+            raise StorageError(
+                f"cannot find or make the journal tables of {market} in {self.database_path!r}: {e}"
+            ) from e
+
+    def _journal_tables(self, market: str, added_at: float) -> JournalTables:
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT events, stamps, checkpoint FROM markets WHERE market = ?", (market,)
+            ).fetchone()
+            if row is not None:
+                return JournalTables(*row)
+            owner = db.execute(
+                "SELECT market FROM markets WHERE events = ?", (HISTORIC_TABLES.events,)
+            ).fetchone()
+            if owner is None:
+                legacy, unreadable = _legacy_market(db)
+                if legacy is None or legacy == market:
+                    if unreadable:
+                        log.warn(
+                            "The journal in {path} is given to {market}, but {why}: its "
+                            "events of another market, if any, are skipped at replay",
+                            path=self.database_path, market=market, why=unreadable,
+                        )  # fmt: skip
+                    else:
+                        log.info(
+                            "The journal of {market} is kept in the tables {events} and "
+                            "{stamps} ({how})",
+                            market=market, events=HISTORIC_TABLES.events,
+                            stamps=HISTORIC_TABLES.stamps,
+                            how="adopted" if legacy else "new",
+                        )  # fmt: skip
+                    _register(db, market, HISTORIC_TABLES, added_at)
+                    return HISTORIC_TABLES
+                log.info(
+                    "The journal in the tables {events} and {stamps} is of {legacy}: it stays "
+                    "that market's; {market} gets tables of its own",
+                    events=HISTORIC_TABLES.events, stamps=HISTORIC_TABLES.stamps,
+                    legacy=legacy, market=market,
+                )  # fmt: skip
+                _register(db, legacy, HISTORIC_TABLES, added_at)
+            tables = market_tables(market)
+            db.execute(_CREATE_EVENTS.format(tables.events))
+            db.execute(_CREATE_STAMPS.format(tables.stamps))
+            _register(db, market, tables, added_at)
+            log.info(
+                "New journal of {market} in the tables {events} and {stamps}",
+                market=market, events=tables.events, stamps=tables.stamps,
+            )  # fmt: skip
+            return tables
+
+    def stored_markets(self) -> list[str]:
+        """Every market with a journal in the database, in the order they were added."""
+        rows = self.connection.execute("SELECT market FROM markets ORDER BY rowid")
+        return [str(market) for (market,) in rows]
+
 
 @contextlib.contextmanager
 def _transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -286,6 +467,13 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]
             connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
+
+
+def _register(db: sqlite3.Connection, market: str, tables: JournalTables, now: float) -> None:
+    db.execute(
+        "INSERT INTO markets (market, events, stamps, checkpoint, added_at) VALUES (?, ?, ?, ?, ?)",
+        (market, tables.events, tables.stamps, tables.checkpoint, now),
+    )
 
 
 def _set_setting(connection: sqlite3.Connection, key: str, value: str) -> None:

@@ -1,10 +1,12 @@
 """The event journal: every event a node holds, in its SQLite database.
 
 Data path: :class:`~bitfitech.market.service.MarketService` ->
-:class:`EventJournal` -> the ``events`` table.  An event is stored as the
-text and signature it travels as, with its id; reading the journal back
-in the order it was written and inserting it into a fresh ledger rebuilds
-the same book, because the book depends only on the set of events.
+:class:`EventJournal` -> its market's events table (``events`` on a node
+of one market; see :meth:`bitfitech.storage.Storage.journal_tables`).  An
+event is stored as the text and signature it travels as, with its id;
+reading the journal back in the order it was written and inserting it
+into a fresh ledger rebuilds the same book, because the book depends only
+on the set of events.
 
 The journal is append-only and has no index on the event id (an index on
 a random key made every insert cost several times the row): it writes
@@ -41,6 +43,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, fail, succeed
 
 from ..logs import logger
+from ..storage import HISTORIC_TABLES, JournalTables
 from .events import Event
 from .stamps import Stamp
 
@@ -66,33 +69,48 @@ class JournalError(Exception):
 
 class EventJournal:
     """
-    Append-only storage of events.
+    Append-only storage of one market's events and witness stamps.
 
     :param connection: the node's open database (autocommit mode).
+    :param tables: the market's tables, as the storage gives them (trusted:
+        their names go into the SQL as they are); by default the historic
+        ``events`` and ``stamps``.
+    :ivar tables: the market's tables.
     """
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, tables: JournalTables = HISTORIC_TABLES
+    ) -> None:
         self.connection = connection
+        self.tables = tables
+        events, stamps = tables.events, tables.stamps
+        # Built once: the write path runs them for every batch.
+        self._count_events = f"SELECT count(*) FROM {events}"
+        self._load_events = f"SELECT text, sig FROM {events} ORDER BY rowid"
+        self._insert_events = f"INSERT INTO {events} (id, text, sig) VALUES (?, ?, ?)"
+        self._count_stamps = f"SELECT count(*) FROM {stamps}"
+        self._load_stamps = f"SELECT text, sig FROM {stamps} ORDER BY rowid"
+        self._insert_stamps = f"INSERT OR IGNORE INTO {stamps} (id, text, sig) VALUES (?, ?, ?)"
 
     def __len__(self) -> int:
         """How many events are journaled."""
-        (count,) = self.connection.execute("SELECT count(*) FROM events").fetchone()
+        (count,) = self.connection.execute(self._count_events).fetchone()
         return int(count)
 
     def load(self) -> Iterator[tuple[str, str]]:
         """Every journaled event as ``(text, sig)``, in the order written."""
-        cursor = self.connection.execute("SELECT text, sig FROM events ORDER BY rowid")
+        cursor = self.connection.execute(self._load_events)
         while rows := cursor.fetchmany(4096):
             yield from rows
 
     def stamp_count(self) -> int:
         """How many witness stamps are journaled."""
-        (count,) = self.connection.execute("SELECT count(*) FROM stamps").fetchone()
+        (count,) = self.connection.execute(self._count_stamps).fetchone()
         return int(count)
 
     def load_stamps(self) -> Iterator[tuple[str, str]]:
         """Every journaled witness stamp as ``(text, sig)``, in the order written."""
-        cursor = self.connection.execute("SELECT text, sig FROM stamps ORDER BY rowid")
+        cursor = self.connection.execute(self._load_stamps)
         while rows := cursor.fetchmany(4096):
             yield from rows
 
@@ -118,12 +136,9 @@ class EventJournal:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     before = db.total_changes
-                    db.executemany("INSERT INTO events (id, text, sig) VALUES (?, ?, ?)", rows)
+                    db.executemany(self._insert_events, rows)
                     if stamp_rows:
-                        db.executemany(
-                            "INSERT OR IGNORE INTO stamps (id, text, sig) VALUES (?, ?, ?)",
-                            stamp_rows,
-                        )
+                        db.executemany(self._insert_stamps, stamp_rows)
                     written = db.total_changes - before
                     db.execute("COMMIT")
                 except BaseException:
@@ -197,11 +212,15 @@ class JournalReplay:
     :param stamps: how many witness stamps it holds.
     :param monotonic: seconds from a monotonic clock (``time.monotonic``;
         a fake in tests).
+    :param market: the market whose journal it is (a field of every line).
     :ivar skipped: unreadable events and stamps skipped (see :meth:`skip`).
     """
 
-    def __init__(self, path: str, events: int, stamps: int, monotonic: Callable[[], float]) -> None:
+    def __init__(
+        self, path: str, events: int, stamps: int, monotonic: Callable[[], float], market: str = ""
+    ) -> None:
         self.path = path
+        self.market = market
         self.events = events
         self.stamps = stamps
         self._monotonic = monotonic
@@ -222,11 +241,11 @@ class JournalReplay:
         if self.stamps:
             log.info(
                 "Replaying {events} events and {stamps} witness stamps from the journal in {path}",
-                events=self.events, stamps=self.stamps, path=self.path,
+                events=self.events, stamps=self.stamps, path=self.path, market=self.market,
             )  # fmt: skip
         elif self.events:
             log.info("Replaying {events} events from the journal in {path}",
-                     events=self.events, path=self.path)  # fmt: skip
+                     events=self.events, path=self.path, market=self.market)  # fmt: skip
 
     def read(self, done: int, stamps: bool = False) -> None:
         """
@@ -252,7 +271,8 @@ class JournalReplay:
         """
         self.skipped += 1
         if self.skipped <= UNREADABLE_LOGGED:
-            log.error("Skipping unreadable journaled {what}: {error}", what=what, error=error)
+            log.error("Skipping unreadable journaled {what}: {error}",
+                      what=what, error=error, market=self.market)  # fmt: skip
 
     def _report(self, step: str, done: int, total: int) -> None:
         now = self._monotonic()
@@ -269,7 +289,7 @@ class JournalReplay:
         log.info(
             "Replaying the journal: {step}, {done} of {total} ({percent:.0f} %), {rate:.0f}/s",
             step=step, done=done, total=total,
-            percent=100 * done / total if total else 100.0, rate=rate,
+            percent=100 * done / total if total else 100.0, rate=rate, market=self.market,
         )  # fmt: skip
 
     def finish(
@@ -292,12 +312,13 @@ class JournalReplay:
                 "restored from the checkpoint): {orders} open orders, {trades} trades; "
                 "state hash {state_hash}",
                 loaded=loaded, seconds=seconds, applied=applied, resumed=resumed,
-                orders=orders, trades=trades, state_hash=state_hash,
+                orders=orders, trades=trades, state_hash=state_hash, market=self.market,
             )  # fmt: skip
         if self.skipped:
             log.warn(
                 "Skipped {skipped} unreadable journaled events and stamps ({logged} logged above)",
                 skipped=self.skipped, logged=min(self.skipped, UNREADABLE_LOGGED),
+                market=self.market,
             )  # fmt: skip
         return seconds
 

@@ -38,7 +38,7 @@ from zope.interface import implementer
 from ..config import NodeConfig
 from ..interfaces import ServiceUnavailable
 from ..logs import logger
-from ..storage import Storage
+from ..storage import HISTORIC_TABLES, JournalTables, Storage
 from ..witnesses import WitnessSet
 from .book import MARKET, ORDER_TYPES, BookParams, OrderBook
 from .events import Author, Event, EventError, parse_event
@@ -69,8 +69,9 @@ LOAD_RATE = 200
 #: seconds over which replays are counted to adapt the apply delay
 ADAPT_WINDOW = 0.5
 
-#: the ledger checkpoint's file name, in the data directory
-CHECKPOINT_FILE = "ledger.checkpoint"
+#: the ledger checkpoint's file name, in the data directory, of the market
+#: that has the historic journal (others: :func:`bitfitech.storage.market_tables`)
+CHECKPOINT_FILE = HISTORIC_TABLES.checkpoint
 
 #: seconds between checks for a new checkpoint of the settled log
 CHECKPOINT_INTERVAL = 30.0
@@ -299,6 +300,9 @@ class MarketService(Service):
     published and acknowledged.  Peer events are applied at a tick and
     written right after, without waiting for the disk.
 
+    :ivar pair: the market, ``BASE/QUOTE``: its events and stamps only are
+        read, journaled and applied.
+    :ivar tables: where its journal is kept (from the start on).
     :ivar ledger: the ledger (only while running).
     :ivar author: this node's event author (only while running).
     :ivar apply_delay: the current delay before buffered events are
@@ -318,6 +322,7 @@ class MarketService(Service):
         syncer: SyncerFactory = inline_syncer,
         witnesses: WitnessSet | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        market: str | None = None,
     ) -> None:
         """
         :param syncer: makes the syncer (a node passes a
@@ -326,6 +331,9 @@ class MarketService(Service):
             If this node's id is among them, it signs stamps.
         :param monotonic: the time of the journal's replay at start, which
             runs before any reactor timer can fire (a fake in tests).
+        :param market: the market, ``BASE/QUOTE`` (default: ``config.pair``).
+            The service of ``config.pair`` is named ``market``, another
+            ``market BASE/QUOTE``.
         """
         self.config = config
         self._monotonic = monotonic
@@ -334,7 +342,10 @@ class MarketService(Service):
         self.clock = clock
         self.params = params or BookParams()
         self.network = config.network
-        self.pair = config.pair
+        self.pair = market or config.pair
+        if self.pair != config.pair:
+            self.name = f"market {self.pair}"
+        self.tables: JournalTables | None = None
         self._publishers: list[IEventPublisher] = []
         self.apply_delay = config.apply_delay
         self._make_syncer = syncer
@@ -430,15 +441,16 @@ class MarketService(Service):
 
     def startService(self) -> None:
         """Replay the journal into a new ledger (:class:`JournalReplay`), then start settling."""
+        self.tables = self.storage.journal_tables(self.pair, self.clock.seconds())
         identity = self.storage.identity
         self._author = Author(bytes(identity.signing_key), self.network, self.pair)
         self._ledger = Ledger(self.params, witnesses=self.witnesses)
-        self._journal = journal = EventJournal(self.storage.connection)
+        self._journal = journal = EventJournal(self.storage.connection, self.tables)
         self._journal_fault = ""
         self._fsync_failed = False
         replay = JournalReplay(
             self.storage.database_path, len(journal),
-            journal.stamp_count() if self.witnesses else 0, self._monotonic,
+            journal.stamp_count() if self.witnesses else 0, self._monotonic, market=self.pair,
         )  # fmt: skip
         replay.start()
         if self.witnesses:
@@ -550,8 +562,13 @@ class MarketService(Service):
 
     @property
     def checkpoint_path(self) -> str:
-        """Where the ledger's checkpoint is kept, in the data directory."""
-        return os.path.join(self.storage.data_dir, CHECKPOINT_FILE)
+        """
+        Where the ledger's checkpoint is kept, in the data directory (known
+        from the start on).
+        """
+        if self.tables is None:
+            raise ServiceUnavailable("the market has not started")
+        return os.path.join(self.storage.data_dir, self.tables.checkpoint)
 
     def _read_checkpoint(self) -> bytes | None:
         try:
@@ -560,7 +577,8 @@ class MarketService(Service):
         except FileNotFoundError:
             return None
         except OSError as e:
-            log.warn("Cannot read the ledger checkpoint: {error}", error=str(e))
+            log.warn("Cannot read the ledger checkpoint of {market}: {error}",
+                     market=self.pair, error=str(e))  # fmt: skip
             return None
 
     def _checkpoint_settled(self) -> None:
@@ -588,7 +606,8 @@ class MarketService(Service):
             self._checkpointed = position
 
         def failed(failure: Failure) -> None:
-            log.warn("Cannot write the ledger checkpoint: {error}", error=failure.getErrorMessage())
+            log.warn("Cannot write the ledger checkpoint of {market}: {error}",
+                     market=self.pair, error=failure.getErrorMessage())  # fmt: skip
 
         def done(_: None) -> None:
             self._checkpointing = False
@@ -602,7 +621,8 @@ class MarketService(Service):
         try:
             write_file(self.checkpoint_path, ledger.checkpoint()[1])
         except OSError as e:
-            log.warn("Cannot write the ledger checkpoint: {error}", error=str(e))
+            log.warn("Cannot write the ledger checkpoint of {market}: {error}",
+                     market=self.pair, error=str(e))  # fmt: skip
 
     def _close(self, _: object) -> None:
         if self._ledger is not None and self._ledger.applied:

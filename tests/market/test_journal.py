@@ -4,7 +4,8 @@ A batch is one transaction (durable batches with ``synchronous=FULL``),
 events are appended as given, a failed batch leaves nothing behind, and
 reading the journal back, after a restart too, rebuilds the same ledger
 (a repeated row changes nothing).  Databases of schema version 4, whose
-``events`` table had its id as primary key, are migrated in order.
+``events`` table had its id as primary key, are migrated in order.  A
+journal given a market's own tables reads and writes those only.
 """
 
 from __future__ import annotations
@@ -18,9 +19,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from bitfitech.market.events import Event, parse_event, verify_event
 from bitfitech.market.journal import EventJournal, JournalError
 from bitfitech.market.ledger import Ledger
-from bitfitech.storage import MIGRATIONS, SCHEMA_VERSION, Storage, schema_version
+from bitfitech.storage import (
+    HISTORIC_TABLES,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Storage,
+    market_tables,
+    schema_version,
+)
 
 from .strategies import EVENT_NETWORK, EVENT_PAIR, random_events
+from .witnessing import run
 
 SYNCHRONOUS_NORMAL = 1
 
@@ -292,3 +301,56 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual(rebuilt.trades(10**9), ledger.trades(10**9))
         self.assertEqual(rebuilt.vector(), ledger.vector())
         self.assertEqual(len(rebuilt), len(ledger))
+
+
+class NamedTablesTests(SynchronousTestCase):
+    """A journal of a market with tables of its own: every statement goes to them."""
+
+    def setUp(self) -> None:
+        self.storage = Storage(self.mktemp())
+        self.storage.open()
+        self.addCleanup(self.storage.close)
+        self.storage.journal_tables("ETH/USD")
+        self.tables = self.storage.journal_tables(EVENT_PAIR)
+        self.journal = EventJournal(self.storage.connection, self.tables)
+        self.historic = EventJournal(self.storage.connection)
+
+    def test_default_is_the_historic_tables(self) -> None:
+        self.assertEqual(self.historic.tables, HISTORIC_TABLES)
+        self.assertEqual(self.tables, market_tables(EVENT_PAIR))
+        self.assertNotEqual(self.tables.events, HISTORIC_TABLES.events)
+
+    def test_reads_and_writes_only_its_tables(self) -> None:
+        """Each journal sees its own events and stamps; the SQL names its tables."""
+        mine, theirs = some_events(6)[:3], some_events(6)[3:]
+        recorded: list[str] = []
+        self.storage.connection.set_trace_callback(recorded.append)
+        self.addCleanup(self.storage.connection.set_trace_callback, None)
+        self.assertEqual(self.journal.write(mine, durable=True), 3)
+        self.assertTrue(any(self.tables.events in statement for statement in recorded))
+        self.assertFalse(any(" events " in statement for statement in recorded))
+        self.assertEqual(self.historic.write(theirs, durable=False), 3)
+        self.assertEqual((len(self.journal), len(self.historic)), (3, 3))
+        self.assertEqual(list(self.journal.load()), [event.wire for event in mine])
+        self.assertEqual(list(self.historic.load()), [event.wire for event in theirs])
+        rows = self.storage.connection.execute(f"SELECT id FROM {self.tables.events}").fetchall()
+        self.assertEqual(rows, [(event.id,) for event in mine])
+
+    def test_stamps_in_its_table(self) -> None:
+        """Stamps go to the market's stamps table (repeats skipped), not the historic one."""
+        stamps = run(1, {}, until=250).stamps[0]
+        self.assertEqual(self.journal.write([], durable=False, stamps=stamps), len(stamps))
+        self.assertEqual(self.journal.write([], durable=False, stamps=stamps[:1]), 0)
+        self.assertEqual(self.journal.stamp_count(), len(stamps))
+        self.assertEqual(list(self.journal.load_stamps()), [s.wire for s in stamps])
+        self.assertEqual((self.historic.stamp_count(), list(self.historic.load_stamps())), (0, []))
+
+    def test_reopen(self) -> None:
+        """After a restart the storage gives the same tables, and they hold what was written."""
+        events = some_events(10)
+        self.journal.write(events, durable=False)
+        self.storage.close()
+        self.storage.open()
+        journal = EventJournal(self.storage.connection, self.storage.journal_tables(EVENT_PAIR))
+        self.assertEqual(list(journal.load()), [event.wire for event in events])
+        self.assertEqual(len(EventJournal(self.storage.connection)), 0)

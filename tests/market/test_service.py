@@ -5,12 +5,14 @@ then applied, published and acknowledged; peer events are buffered and
 applied at a tick; a failure of the journal fails the orders it concerns,
 refuses new ones until the journal works again and recovers by itself;
 stopping journals everything on its way; the apply delay grows under heavy
-rollbacks and comes back.
+rollbacks and comes back.  Two markets on one storage keep separate
+journals and checkpoints.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,7 +54,7 @@ from bitfitech.market.service import (
     MarketService,
 )
 from bitfitech.market.stamps import NO_PREV, Stamp, StampSigner
-from bitfitech.storage import Storage
+from bitfitech.storage import HISTORIC_TABLES, Storage, market_tables
 from bitfitech.testing import TEST_NETWORK, TEST_PAIR, loopback_config, node_id_of
 from bitfitech.witnesses import WitnessSet
 
@@ -883,3 +885,151 @@ class WitnessReachTests(WitnessTestCase):
             self.acknowledge(0.01)
         self.run_until(self.clock.seconds() + 0.5)
         self.assertEqual(self.market.relisted, 1)
+
+
+OTHER_PAIR = "ETH/USD"
+
+
+class TwoMarketsTests(SynchronousTestCase):
+    """
+    Two markets on one storage: each its own journal tables, checkpoint
+    file and ledger; a restart of one leaves the other's history as it
+    was, and an event of one market never enters the other's ledger.
+    """
+
+    def setUp(self) -> None:
+        self.data_dir = self.mktemp()
+        self.clock = Clock()
+        self.storage = Storage(self.data_dir)
+        self.storage.open()
+        self.addCleanup(self.storage.close)
+        self.config = loopback_config(self.data_dir)
+        self.running: list[MarketService] = []
+        self.addCleanup(self.stop_all)
+        self.observer = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.observer)
+        self.addCleanup(globalLogPublisher.removeObserver, self.observer)
+
+    def start(self, pair: str | None = None) -> MarketService:
+        market = MarketService(self.config, self.storage, self.clock, market=pair)
+        market.startService()
+        self.running.append(market)
+        return market
+
+    def stop(self, market: MarketService) -> None:
+        self.successResultOf(market.stopService())
+
+    def stop_all(self) -> None:
+        for market in self.running:
+            if market.running:
+                self.stop(market)
+
+    def trade(self, market: MarketService) -> list[Event]:
+        """A peer's sell and this node's buy in C{market}, journaled and applied: a trade."""
+        peer = Author(b"\x07" * 32, TEST_NETWORK, market.pair)
+        sell = peer.order(1, 1, 0, "sell", "limit", "100", "1")
+        market.receive([sell])
+        d = market.submit("buy", "100", "1", "limit")
+        self.clock.advance(0)
+        self.clock.advance(market.apply_delay)
+        return [sell, self.successResultOf(d)]
+
+    def journaled(self, market: MarketService) -> list[str]:
+        assert market.tables is not None
+        return [text for text, _ in EventJournal(self.storage.connection, market.tables).load()]
+
+    def test_separate_journals_and_checkpoints(self) -> None:
+        """The first market keeps today's tables, name and file; the other has its own."""
+        btc, eth = self.start(), self.start(OTHER_PAIR)
+        self.assertEqual((btc.pair, eth.pair), (TEST_PAIR, OTHER_PAIR))
+        self.assertEqual((btc.name, eth.name), ("market", f"market {OTHER_PAIR}"))
+        self.assertEqual((btc.tables, eth.tables), (HISTORIC_TABLES, market_tables(OTHER_PAIR)))
+        self.assertEqual(
+            (btc.checkpoint_path, eth.checkpoint_path),
+            (
+                os.path.join(self.data_dir, "ledger.checkpoint"),
+                os.path.join(self.data_dir, "ledger.ETH-USD.checkpoint"),
+            ),
+        )
+        btc_events, eth_events = self.trade(btc), self.trade(eth)
+        self.assertEqual(sorted(self.journaled(btc)), sorted(event.text for event in btc_events))
+        self.assertEqual(sorted(self.journaled(eth)), sorted(event.text for event in eth_events))
+        for market, own, theirs in ((btc, btc_events, eth_events), (eth, eth_events, btc_events)):
+            self.assertEqual({event.pair for event in own}, {market.pair})
+            self.assertEqual((market.ledger.trade_count, len(market.ledger)), (1, 2))
+            self.assertTrue(all(event.id in market.ledger for event in own))
+            self.assertFalse(any(event.id in market.ledger for event in theirs))
+        self.stop(btc)
+        self.assertTrue(os.path.exists(btc.checkpoint_path))
+        self.assertFalse(os.path.exists(eth.checkpoint_path), "the running one writes its own")
+        self.stop(eth)
+        self.assertTrue(os.path.exists(eth.checkpoint_path))
+        self.assertEqual(self.storage.stored_markets(), [TEST_PAIR, OTHER_PAIR])
+
+    def test_market_of_the_config_is_named_market(self) -> None:
+        market = MarketService(self.config, self.storage, self.clock, market=TEST_PAIR)
+        self.assertEqual((market.name, market.pair), ("market", TEST_PAIR))
+        self.assertRaises(ServiceUnavailable, lambda: market.checkpoint_path)
+
+    def test_restart_of_one_keeps_the_others_history(self) -> None:
+        """
+        Each market resumes from its own checkpoint (a checkpoint checks
+        itself against its log: another market's would be ignored) to its
+        state before; the other, running meanwhile, is untouched.
+        """
+        btc, eth = self.start(), self.start(OTHER_PAIR)
+        self.trade(btc)
+        self.trade(eth)
+        before = {market.pair: market.ledger.state_hash() for market in (btc, eth)}
+        self.stop(eth)
+        eth = self.start(OTHER_PAIR)
+        self.assertEqual((eth.loaded_events, eth.resumed_at), (2, 2))
+        self.assertEqual(eth.ledger.state_hash(), before[OTHER_PAIR])
+        self.assertEqual(btc.ledger.state_hash(), before[TEST_PAIR])
+        self.assertEqual(len(self.journaled(btc)), 2)
+        self.stop(btc)
+        btc = self.start()
+        self.assertEqual((btc.loaded_events, btc.resumed_at), (2, 2))
+        self.assertEqual(btc.ledger.state_hash(), before[TEST_PAIR])
+        self.assertEqual(eth.ledger.state_hash(), before[OTHER_PAIR])
+
+    def test_another_markets_event_is_never_replayed(self) -> None:
+        """
+        An event of ETH/USD found in BTC/USD's journal (it could only be
+        put there by a bug) is skipped at replay: each market parses its
+        journal with its own pair.
+        """
+        btc, eth = self.start(), self.start(OTHER_PAIR)
+        self.trade(btc)
+        [stray, _] = self.trade(eth)
+        self.stop(btc)
+        assert btc.tables is not None
+        EventJournal(self.storage.connection, btc.tables).write([stray], durable=False)
+        btc = self.start()
+        self.assertEqual(btc.loaded_events, 2)
+        self.assertNotIn(stray.id, btc.ledger)
+        skipped = [e for e in self.observer if "Skipping unreadable" in e.get("log_format", "")]
+        self.assertEqual([e["market"] for e in skipped], [TEST_PAIR])
+        self.assertIn(stray.id, eth.ledger)
+
+    def test_journal_of_another_market_kept_under_its_name(self) -> None:
+        """
+        A journal written before markets had tables, of ETH/USD, on a node
+        whose first market is BTC/USD: BTC/USD starts empty in tables of its
+        own (nothing skipped), ETH/USD finds its history in the old ones.
+        """
+        author = Author(b"\x08" * 32, TEST_NETWORK, OTHER_PAIR)
+        history = [author.order(seq, seq, 0, "buy", "limit", str(90 + seq), "1")
+                   for seq in range(1, 6)]  # fmt: skip
+        EventJournal(self.storage.connection).write(history, durable=False)
+        btc = self.start()
+        self.assertEqual(btc.tables, market_tables(TEST_PAIR))
+        self.assertEqual((btc.loaded_events, len(btc.ledger)), (0, 0))
+        self.assertEqual(
+            btc.checkpoint_path, os.path.join(self.data_dir, "ledger.BTC-USD.checkpoint")
+        )
+        eth = self.start(OTHER_PAIR)
+        self.assertEqual(eth.tables, HISTORIC_TABLES)
+        self.assertEqual(eth.loaded_events, 5)
+        self.assertTrue(all(event.id in eth.ledger for event in history))
+        self.assertEqual([e for e in self.observer if "Skipping" in e.get("log_format", "")], [])

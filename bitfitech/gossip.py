@@ -1,6 +1,7 @@
 """Gossip: how events travel between nodes, and how nodes catch up.
 
-Data path: :class:`~bitfitech.peer.hub.PeerHub` -> :class:`Gossip` ->
+Data path: :class:`~bitfitech.peer.hub.PeerHub` -> :class:`GossipRouter`
+(by market) -> :class:`Gossip` (one per market) ->
 the market (:class:`~bitfitech.market.interfaces.IEventStore`); and the
 market -> :meth:`Gossip.publish` (as its
 :class:`~bitfitech.market.interfaces.IEventPublisher`, added at
@@ -49,6 +50,10 @@ market -> :meth:`Gossip.publish` (as its
   peers, and a node with a gap that outlasts the usual delivery delay asks
   one peer at a time, so partitions heal and new nodes catch up without
   a busy network being loaded with repairs of events that are only late.
+* **One market each.**  A :class:`Gossip` spreads one market's events
+  and stamps, over the links whose peers carry that market too (the
+  :class:`GossipRouter` hands it only those), and names the market in
+  every message to a peer that reads it (``docs/protocol.rst``, "Markets").
 * Events, announcements and requests are never sent from inside a
   protocol callback: they are queued per link and written at the next
   reactor turn (a busy node: every ``flush_interval``), batched.
@@ -60,7 +65,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -271,11 +276,18 @@ class _Peer:
         "last_rate_report",
         "stamps_out",
         "claims",
+        "market",
     )
 
-    def __init__(self, link: IPeerLink, authors: BucketTable) -> None:
-        """:param authors: the new events of each author this peer relays."""
+    def __init__(self, link: IPeerLink, authors: BucketTable, market: str = "") -> None:
+        """
+        :param authors: the new events of each author this peer relays.
+        :param market: the ``market`` of every message sent to this peer:
+            the store's pair, or ``""`` for a peer that reads no market
+            (its pair is ours, or the link would not be here).
+        """
         self.link = link
+        self.market = market
         self.authors = authors
         self.last_rate_report = float("-inf")
         self.known: OrderedDict[str, None] = OrderedDict()
@@ -451,7 +463,8 @@ class Gossip:
             timing.author_burst + PEER_SLACK * timing.author_rate,
             AUTHOR_BUCKETS_PER_PEER,
         )
-        peer = self.peers[link] = _Peer(link, authors)
+        market = self.store.pair if link.names_markets else ""
+        peer = self.peers[link] = _Peer(link, authors, market)
         self._pull(peer)
         if self._unsent:
             # Pushed now, they spread as any new event; the peer would
@@ -591,12 +604,12 @@ class Gossip:
         size = 0
         for stamp in stamps:
             if part and (len(part) >= MAX_STAMPS or size + len(stamp.text) > STAMP_BYTES):
-                peer.link.send(Stamps(tuple(part), more=False))
+                peer.link.send(Stamps(tuple(part), more=False, market=peer.market))
                 part, size = [], 0
             part.append(stamp.wire)
             size += len(stamp.text)
         if part:
-            peer.link.send(Stamps(tuple(part), more=more))
+            peer.link.send(Stamps(tuple(part), more=more, market=peer.market))
 
     # -- receiving
 
@@ -898,13 +911,16 @@ class Gossip:
         self.stats["sync_events_sent"] += len(events)
         # Answers are one peer's: their fragments are not kept for others.
         wire = tuple(event.wire for event in events)
-        peer.link.send(Events.prepared(wire, [event_fragment(*w) for w in wire], 0, more))
+        fragments = [event_fragment(*w) for w in wire]
+        peer.link.send(Events.prepared(wire, fragments, 0, more, peer.market))
 
-    def _events_message(self, events: list[Event], ttl: int) -> Events:
+    def _events_message(self, events: list[Event], ttl: int, market: str) -> Events:
         """
         An ``events`` message relaying C{events}: each event's JSON is
         built once and kept (the last :data:`FRAGMENTS`), since the same
         event goes to several peers in messages of their own.
+
+        :param market: the message's ``market`` (see :class:`_Peer`).
         """
         kept = self._fragments
         fragments = []
@@ -915,7 +931,8 @@ class Gossip:
                 if len(kept) > FRAGMENTS:
                     kept.popitem(last=False)
             fragments.append(fragment)
-        return Events.prepared(tuple(event.wire for event in events), fragments, ttl, False)
+        wire = tuple(event.wire for event in events)
+        return Events.prepared(wire, fragments, ttl, False, market)
 
     # -- sending
 
@@ -974,7 +991,7 @@ class Gossip:
         """
         peer.lazy = True
         self.stats["prunes_sent"] += 1
-        peer.link.send(Prune())
+        peer.link.send(Prune(market=peer.market))
 
     @staticmethod
     def _graft(peer: _Peer) -> None:
@@ -1034,7 +1051,7 @@ class Gossip:
                     peer.asked.clear()  # answers that never came
                 peer.asked.update(ids)
                 for chunk in _chunks(ids, MAX_INV):
-                    link.send(GetData(tuple(chunk)))
+                    link.send(GetData(tuple(chunk), market=peer.market))
             batches = list(peer.answers.items())
             peer.answers = {}
             if peer.pushes.items:
@@ -1043,12 +1060,12 @@ class Gossip:
             for ttl, events in batches:
                 stats["events_pushed"] += len(events)
                 for part in _chunks(events, MAX_EVENTS):
-                    link.send(self._events_message(part, ttl))
+                    link.send(self._events_message(part, ttl, peer.market))
             if peer.announcements.items:
                 idents, ttl = peer.announcements.take()
                 stats["inv_sent"] += len(idents)
                 for chunk in _chunks(idents, MAX_INV):
-                    link.send(Inv(tuple(chunk), ttl=ttl))
+                    link.send(Inv(tuple(chunk), ttl=ttl, market=peer.market))
         self._count_sent(self._items_sent() - sent, now)
 
     def _items_sent(self) -> int:
@@ -1077,9 +1094,11 @@ class Gossip:
         if self.store.witnesses:
             stamps = tuple(self.store.stamp_vector().items())[:MAX_WITNESS_VECTOR]
         self.stats["sync_sent"] += 1
-        peer.link.send(
-            Sync(vector=entries, digest=self.store.digest(), chains=digests, stamps=stamps)
+        digest = self.store.digest()
+        sync = Sync(
+            vector=entries, digest=digest, chains=digests, stamps=stamps, market=peer.market
         )
+        peer.link.send(sync)
 
     def _sync_all(self, exclude: set[IPeerLink] | frozenset[IPeerLink] = frozenset()) -> None:
         """Pull from every peer except those in C{exclude}."""
@@ -1298,6 +1317,136 @@ class Gossip:
         """The gossip part of ``GET /status``."""
         return {**self.stats, "requests_in_flight": len(self._requested),
                 "fanout": self.timing.fanout}  # fmt: skip
+
+
+GOSSIP_MESSAGES = (Events, Inv, GetData, Sync, Prune, Stamps)
+"""The message classes of the gossip layer: each is about one market."""
+
+GossipMessage = Events | Inv | GetData | Sync | Prune | Stamps
+"""A message of :data:`GOSSIP_MESSAGES`."""
+
+
+@implementer(IGossip)
+class GossipRouter:
+    """
+    The gossip layer of a node of one or more markets: one :class:`Gossip`
+    per market, and what the hub reports fanned out to them.
+
+    A ready link is handed to the Gossip of each market both ends carry
+    (:attr:`~bitfitech.interfaces.IPeerLink.shared_markets`), and to no
+    other: so a Gossip sends a peer only what is about a market the peer
+    carries, and a version 3 peer, which takes every gossip message as
+    about its own pair, only messages about that pair.  A link that shares
+    no market stays up for address exchange (which the hub handles) and
+    reaches no Gossip.
+
+    A gossip message is about the market its ``market`` names or, without
+    one (and always from a version 3 peer, which knows no such key), the
+    sender's pair (``docs/protocol.rst``, "Markets"): it goes to that
+    market's Gossip; one about a market the sender did not announce is a
+    protocol violation; one about a market it announced and this node does
+    not carry is ignored.
+
+    :ivar gossips: one Gossip per market, in the node's order.
+    :ivar messages_in: per market, the gossip messages handed to its Gossip.
+    :ivar ignored: gossip messages about markets this node does not carry.
+    """
+
+    def __init__(self, gossips: Mapping[str, Gossip]) -> None:
+        """
+        :param gossips: the Gossip of each market the node carries, the
+            first market first.
+        :raises ValueError: for no market.
+        """
+        if not gossips:
+            raise ValueError("a gossip router needs at least one market")
+        self.gossips: dict[str, Gossip] = dict(gossips)
+        self.messages_in: dict[str, int] = dict.fromkeys(self.gossips, 0)
+        self.ignored = 0
+        # The markets whose Gossip each ready link was handed to.
+        self._links: dict[IPeerLink, tuple[str, ...]] = {}
+
+    @property
+    def first(self) -> Gossip:
+        """The Gossip of the node's first market."""
+        return next(iter(self.gossips.values()))
+
+    # -- IGossip
+
+    def start(self) -> None:
+        """Start every market's Gossip."""
+        for gossip in self.gossips.values():
+            gossip.start()
+
+    def stop(self) -> None:
+        """Stop every market's Gossip and forget the links."""
+        for gossip in self.gossips.values():
+            gossip.stop()
+        self._links.clear()
+
+    def link_ready(self, link: IPeerLink) -> None:
+        """Hand a new link to the Gossip of each market both ends carry (maybe none)."""
+        markets = tuple(market for market in link.shared_markets if market in self.gossips)
+        self._links[link] = markets
+        if not markets:
+            log.info("Peer {node_id} carries none of our markets (it carries {theirs}); the "
+                     "link serves address exchange only", node_id=link.node_id,
+                     theirs=", ".join(link.markets))  # fmt: skip
+        for market in markets:
+            self.gossips[market].link_ready(link)
+
+    def link_closed(self, link: IPeerLink) -> None:
+        """Tell the Gossips that had the link that it is gone."""
+        for market in self._links.pop(link, ()):
+            self.gossips[market].link_closed(link)
+
+    def link_message(self, link: IPeerLink, message: Message) -> bool:
+        """
+        Hand a gossip message to its market's Gossip (see the class
+        docstring); ``False`` if it is not a gossip message.
+        """
+        if not isinstance(message, GOSSIP_MESSAGES):
+            return False
+        market = self.market_of(link, message)
+        if market not in link.markets:
+            link.violation(f"{message.command} about market {market!r}, which it did not announce")
+            return True
+        if market not in self._links.get(link, ()):
+            self.ignored += 1
+            return True
+        self.messages_in[market] += 1
+        self.gossips[market].link_message(link, message)
+        return True
+
+    @staticmethod
+    def market_of(link: IPeerLink, message: GossipMessage) -> str:
+        """
+        The market C{message} from C{link} is about: the one it names, if
+        the peer reads (and so sends) markets; else the peer's pair.
+        """
+        named = message.market if link.names_markets else ""
+        return named or link.markets[0]
+
+    # -- status
+
+    def summary(self) -> dict[str, Any]:
+        """
+        The gossip part of ``GET /status``: the first market's counters
+        (:meth:`Gossip.summary`), as a node of one market shows them; the
+        gossip messages ``ignored`` (about markets this node does not
+        carry); and under ``markets``, each market's ``messages_in``.
+        """
+        return {
+            **self.first.summary(),
+            "ignored": self.ignored,
+            "markets": {
+                market: {"messages_in": self.messages_in[market]} for market in self.gossips
+            },
+        }
+
+    def progress(self) -> dict[str, Any]:
+        """The ``sync`` part of ``GET /status``: the first market's (:meth:`Gossip.progress`)."""
+        return self.first.progress()
 
 
 def _vector_entries(vector: dict[str, int], limit: int) -> list[tuple[str, int]]:

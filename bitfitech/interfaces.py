@@ -299,6 +299,18 @@ class IPeerLink(Interface):
 
     closed = Attribute("Whether the link is closed (or closing).")
     node_id = Attribute("The peer's node id (a ready link has one).")
+    markets = Attribute(
+        "The markets the peer carries, its pair first (a tuple of pair names): those its "
+        "version announced, or its pair alone."
+    )
+    shared_markets = Attribute(
+        "The markets both ends carry, in this node's order (a tuple): the gossip the link "
+        "carries.  Empty: the link serves address exchange only."
+    )
+    names_markets = Attribute(
+        "Whether the peer reads the market named in gossip messages (protocol version 4 on). "
+        "If not, it takes every gossip message as about its pair: messages to it name none."
+    )
 
     def send(message: Any) -> None:
         """Frame and write one wire message (dropped once the link is closed)."""

@@ -50,7 +50,7 @@ from .discovery.kademlia.ids import network_info_hash
 from .discovery.kademlia.service import DHTService
 from .discovery.mdns import MDNSService
 from .discovery.service import DiscoveryService, dht_bind_host
-from .gossip import Gossip, ThreadedVerifier
+from .gossip import Gossip, GossipRouter, ThreadedVerifier
 from .identity import IdentityError
 from .lifecycle import announce_running, stop_in_order
 from .listening import StartupError
@@ -214,14 +214,16 @@ def build_node(
         witnesses=witnesses,
     )  # fmt: skip
 
-    # Gossip between the market and the peer links; the peer layer under it.
+    # Gossip between the market and the peer links, routed by market; the
+    # peer layer under it.
     gossip = Gossip(
         market, clock, config.gossip, rng, ThreadedVerifier(reactor), witnesses=witnesses.ids
     )
+    router = GossipRouter({config.pair: gossip})
     addrbook = AddressBook()
     bans = BanList()
     hub = PeerHub(
-        addrbook, clock, gossip=gossip, max_peers=config.max_peers,
+        addrbook, clock, gossip=router, max_peers=config.max_peers,
         max_inbound=config.max_inbound, timing=config.timing, rng=rng,
         max_inbound_per_ip=config.max_inbound_per_ip,
         max_handshakes_per_ip=config.max_handshakes_per_ip,
@@ -238,7 +240,7 @@ def build_node(
     )  # fmt: skip
     peers = PeerService(
         config, storage, reactor, hub=hub, addrbook=addrbook, bans=bans, security=security,
-        dialer=dialer, gossip=gossip, witness_digest=witnesses.digest,
+        dialer=dialer, gossip=router, witness_digest=witnesses.digest,
     )  # fmt: skip
 
     # Discovery: hands the addresses it finds to the peer layer.

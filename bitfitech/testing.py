@@ -20,7 +20,7 @@ import random
 import secrets
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from cryptography import x509
@@ -49,7 +49,15 @@ from .node import Node, build_node
 from .peer.protocol import LocalNode
 from .peer.tls import NodeTLS, TLSLinkFactory
 from .wire.framing import encode_frame, network_magic
-from .wire.messages import PROTOCOL_VERSION, Events, Message, Verack, Version, encode_message
+from .wire.messages import (
+    MARKETS_VERSION,
+    PROTOCOL_VERSION,
+    Events,
+    Message,
+    Verack,
+    Version,
+    encode_message,
+)
 from .witnesses import WitnessSet
 
 TEST_NETWORK = "test"
@@ -77,22 +85,35 @@ def node_id_of(n: int) -> str:
 
 
 def local_node(
-    n: int = 1, *, port: int = 3000, network: str = TEST_NETWORK, witnesses: str = NO_WITNESSES
-) -> LocalNode:
-    """A :class:`LocalNode` for test node C{n}."""
-    return LocalNode(network=network, pair=TEST_PAIR, node_id=node_id_of(n), listen_port=port,
-                     user_agent="bitfi-test/0", witnesses=witnesses)  # fmt: skip
+    n: int = 1, *, port: int = 3000, network: str = TEST_NETWORK, witnesses: str = NO_WITNESSES,
+    markets: Sequence[str] = (TEST_PAIR,),
+) -> LocalNode:  # fmt: skip
+    """A :class:`LocalNode` for test node C{n}, carrying C{markets} (the first is its pair)."""
+    return LocalNode(network=network, pair=markets[0], node_id=node_id_of(n), listen_port=port,
+                     user_agent="bitfi-test/0", witnesses=witnesses,
+                     markets=tuple(markets))  # fmt: skip
 
 
-def version_of(n: int, *, port: int = 3000, nonce: int = 0, **changes: Any) -> Version:
-    """A valid ``version`` as sent by test node C{n}."""
+def version_of(
+    n: int, *, port: int = 3000, nonce: int = 0, markets: Sequence[str] | None = None,
+    **changes: Any,
+) -> Version:  # fmt: skip
+    """
+    A valid ``version`` as sent by test node C{n}.
+
+    :param markets: the markets it announces; by default, as a node of its
+        protocol version says: its pair from
+        :data:`~bitfitech.wire.messages.MARKETS_VERSION` on, else none.
+    """
     fields: dict[str, Any] = dict(
         protocol_version=PROTOCOL_VERSION, network=TEST_NETWORK, pair=TEST_PAIR,
         node_id=node_id_of(n), port=port, user_agent="bitfi-test/0", services=(),
         nonce=nonce or n + 1000, time=0, witnesses=NO_WITNESSES,
     )  # fmt: skip
     fields.update(changes)
-    return Version(**fields)
+    if markets is None:
+        markets = (fields["pair"],) if fields["protocol_version"] >= MARKETS_VERSION else ()
+    return Version(**fields, markets=tuple(markets))
 
 
 @implementer(ILinkOwner)

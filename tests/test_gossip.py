@@ -125,16 +125,25 @@ class FakeLink:
     """
     What gossip uses of a peer link (:class:`~bitfitech.interfaces.IPeerLink`):
     ``send``, ``closed``, ``violation`` and ``misbehaved``, which report to
-    ``owner.link_misbehaved`` like the real link.
+    ``owner.link_misbehaved`` like the real link, and the peer's markets.
 
     :ivar sent: messages sent and not yet taken.
     :ivar remote: in a :class:`Mesh`, the node index and link that receive
         what this link sends.
+    :ivar markets: the peer's markets (the test pair by default).
+    :ivar shared_markets: those the test node carries too (the test pair).
+    :ivar names_markets: whether the peer reads the ``market`` of messages;
+        by default not (a version 3 peer), so messages carry none.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, *, markets: tuple[str, ...] = (TEST_PAIR,), names_markets: bool = False
+    ) -> None:
         self.name = name
         self.node_id = name
+        self.markets = markets
+        self.shared_markets = tuple(market for market in (TEST_PAIR,) if market in markets)
+        self.names_markets = names_markets
         self.owner = RecordingOwner()
         self.sent: list[Message] = []
         self.closed = False

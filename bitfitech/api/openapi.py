@@ -304,6 +304,18 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "source": nullable(TEXT),
             "user_agent": nullable(TEXT),
             "protocol_version": nullable({"type": "integer"}),
+            "markets": {
+                "type": "array",
+                "items": TEXT,
+                "description": "The markets (trading pairs) the peer carries, its pair first: "
+                "those its version announced, or its pair alone (a version 3 peer).",
+            },
+            "shared_markets": {
+                "type": "array",
+                "items": TEXT,
+                "description": "The markets both ends carry, in this node's order: those whose "
+                "gossip the link carries. Empty: the link serves address exchange only.",
+            },
             "tls": nullable(TEXT),
             "throttled": {**COUNT, "description": "How often reading paused for a rate limit."},
         },

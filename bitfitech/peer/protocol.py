@@ -6,7 +6,9 @@ check that the peer's certificate proves the node id it claims, liveness)
 -> the link owner (:class:`~bitfitech.peer.hub.PeerHub`).  The protocol is
 glue: it feeds bytes to the pure frame decoder, decodes frames
 to messages, runs the ``version``/``verack`` handshake and ``ping``/``pong``,
-and hands every other message to its owner.  A protocol violation closes
+and hands every other message to its owner.  The handshake also says which
+markets each end carries (:attr:`PeerProtocol.shared_markets`); a peer of
+other markets is linked all the same, for address exchange.  A protocol violation closes
 this link only and is reported to the owner; nothing raises out of
 :meth:`PeerProtocol.dataReceived`.  Time comes from an injected clock.
 
@@ -43,6 +45,7 @@ from ..wire.framing import MAX_PAYLOAD, FrameDecoder, FramingError, encode_frame
 from ..wire.messages import (
     BATCH_SIGNATURE_VERSION,
     FAIR_ORDER_VERSION,
+    MARKETS_VERSION,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Message,
@@ -105,7 +108,7 @@ class LocalNode:
     What this node says about itself in ``version``.
 
     :ivar network: network name (also gives the wire magic).
-    :ivar pair: trading pair.
+    :ivar pair: trading pair: the first of :attr:`markets`.
     :ivar node_id: this node's id.
     :ivar listen_port: P2P port peers can dial back, 0 if not listening.
     :ivar user_agent: software name and version.
@@ -117,6 +120,8 @@ class LocalNode:
     :ivar tls: whether links run over TLS, where each peer must prove the
         node id its ``version`` claims with the key of its certificate (a
         link without that proof is dropped).
+    :ivar markets: every market (trading pair) this node carries, in its
+        order, :attr:`pair` first; given empty, just :attr:`pair`.
     """
 
     network: str
@@ -127,6 +132,14 @@ class LocalNode:
     witnesses: str
     services: tuple[str, ...] = ()
     tls: bool = False
+    markets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """:raises ValueError: for markets that do not start with the pair."""
+        if not self.markets:
+            object.__setattr__(self, "markets", (self.pair,))
+        elif self.markets[0] != self.pair:
+            raise ValueError(f"the first market {self.markets[0]!r} is not the pair {self.pair!r}")
 
     @property
     def magic(self) -> bytes:
@@ -145,6 +158,8 @@ class PeerProtocol(Protocol):
     :ivar direction: ``inbound`` or ``outbound``.
     :ivar dialed: the address dialled (outbound), possibly pinned to a node id.
     :ivar remote: the peer's ``version`` once received.
+    :ivar protocol_version: the version both ends speak: the lower of
+        theirs and ours, once the peer's ``version`` was accepted.
     :ivar connected_since: clock time the handshake finished.
     :ivar rtt: last ping round-trip time in seconds, or ``None``.
     :ivar tls_version: the negotiated TLS version once the peer proved its
@@ -214,6 +229,36 @@ class PeerProtocol(Protocol):
     def node_id(self) -> str | None:
         """The peer's node id once its ``version`` arrived."""
         return self.remote.node_id if self.remote else None
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        """
+        The markets the peer carries, once its ``version`` arrived: those it
+        announced, or just its ``pair`` (a version 3 peer announces none).
+        """
+        if self.remote is None:
+            return ()
+        return self.remote.markets or (self.remote.pair,)
+
+    @property
+    def shared_markets(self) -> tuple[str, ...]:
+        """
+        The markets both ends carry, in this node's order: those whose
+        gossip the link carries.  Empty for a peer of other markets only: the
+        link then serves address exchange alone.
+        """
+        theirs = self.markets
+        return tuple(market for market in self.local.markets if market in theirs)
+
+    @property
+    def names_markets(self) -> bool:
+        """
+        Whether the peer reads the ``market`` of gossip messages (both ends
+        speak protocol version 4 or later): messages to it name their
+        market.  A version 3 peer takes every gossip message as being about
+        its own ``pair``, and is sent no other.
+        """
+        return self.remote is not None and self.protocol_version >= MARKETS_VERSION
 
     @property
     def peer_host(self) -> str:
@@ -373,6 +418,7 @@ class PeerProtocol(Protocol):
                 nonce=self.nonce,
                 time=int(self.clock.seconds()),
                 witnesses=self.local.witnesses,
+                markets=self.local.markets,
             )
         )
 
@@ -540,9 +586,8 @@ class PeerProtocol(Protocol):
         if version.network != self.local.network:
             self._refuse(f"wrong network {version.network!r}")
             return
-        if version.pair != self.local.pair:
-            self._refuse(f"wrong pair {version.pair!r}")
-            return
+        # A peer of other markets is linked too, for address exchange: the
+        # gossip layer hands it only the markets both carry (none, maybe).
         if version.protocol_version < MIN_PROTOCOL_VERSION:
             self._refuse(unsupported_version(version.protocol_version))
             return
@@ -574,7 +619,7 @@ class PeerProtocol(Protocol):
     def _refuse(self, reason: str) -> None:
         """
         Close a link whose peer is configured for another network (another
-        network, pair, protocol version or witness set): no misbehaviour.
+        network, protocol version or witness set): no misbehaviour.
         """
         log.info("Refusing {peer}: {reason}", peer=self.describe(), reason=reason)
         self.close(reason)
@@ -660,6 +705,8 @@ def link_info(link: PeerProtocol, source: str | None) -> dict[str, Any]:
         "source": source,
         "user_agent": link.remote.user_agent if link.remote else None,
         "protocol_version": link.protocol_version,
+        "markets": list(link.markets),
+        "shared_markets": list(link.shared_markets),
         "tls": link.tls_version,
         "throttled": link.throttled,
     }

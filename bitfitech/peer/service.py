@@ -193,6 +193,7 @@ class PeerService(ListeningService):
         local = LocalNode(
             network=config.network,
             pair=config.pair,
+            markets=config.markets,
             node_id=identity.node_id,
             listen_port=self.listen_port,
             user_agent=USER_AGENT,
@@ -206,10 +207,10 @@ class PeerService(ListeningService):
         self.dialer.startService()
         log.info(
             "Node {node_id} listening for peers on {where} over {transport} "
-            "(network {network}, pair {pair})",
+            "(network {network}, markets {markets})",
             node_id=local.node_id, where=format_hostport(config.host, self.listen_port),
             transport="TLS" if self.tls is not None else "plain TCP",
-            network=config.network, pair=config.pair,
+            network=config.network, markets=", ".join(local.markets),
         )  # fmt: skip
 
     @property

@@ -13,7 +13,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from bitfitech.address import PeerAddress
 from bitfitech.config import LinkTiming
 from bitfitech.peer import protocol as protocol_module
-from bitfitech.peer.protocol import REASON_SELF, REASON_WITNESSES, LinkClosed, PeerProtocol
+from bitfitech.peer.protocol import (
+    REASON_SELF,
+    REASON_WITNESSES,
+    LinkClosed,
+    LocalNode,
+    PeerProtocol,
+)
 from bitfitech.testing import (
     NO_WITNESSES,
     RecordingOwner,
@@ -44,11 +50,12 @@ class Link:
     """A PeerProtocol connected to a StringTransport, and what it wrote."""
 
     def __init__(self, direction: str = "outbound", dialed: PeerAddress | None = None,
-                 owner: RecordingOwner | None = None) -> None:  # fmt: skip
+                 owner: RecordingOwner | None = None,
+                 local: LocalNode | None = None) -> None:  # fmt: skip
         self.clock = Clock()
         self.owner = owner or RecordingOwner()
         self.protocol = PeerProtocol(
-            local_node(1), self.owner, self.clock, direction,  # type: ignore[arg-type]
+            local or local_node(1), self.owner, self.clock, direction,  # type: ignore[arg-type]
             dialed=dialed, timing=TIMING, nonce=77,
         )  # fmt: skip
         self.transport = StringTransport(peerAddress=None)
@@ -136,10 +143,18 @@ class HandshakeTests(SynchronousTestCase):
         self.assertIn("wrong network", link.protocol.close_reason or "")
         self.assertEqual(link.owner.ready, [])
 
-    def test_wrong_pair_disconnects(self) -> None:
+    def test_peer_of_another_pair_links_with_no_shared_market(self) -> None:
+        """
+        A peer of another pair is no longer refused (``wrong pair``): it
+        links, for address exchange, and shares no market with us.
+        """
         link = Link()
-        link.receive(version_of(2, pair="ETH/USD"))
-        self.assertIn("wrong pair", link.protocol.close_reason or "")
+        link.receive(version_of(2, pair="ETH/USD"), Verack())
+        self.assertEqual(link.protocol.state, "ready")
+        self.assertEqual(link.owner.ready, [link.protocol])
+        self.assertEqual(link.protocol.markets, ("ETH/USD",))
+        self.assertEqual(link.protocol.shared_markets, ())
+        self.assertEqual(link.owner.misbehaved, [])
 
     def test_connecting_to_self_by_nonce(self) -> None:
         owner = RecordingOwner()

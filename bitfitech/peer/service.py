@@ -274,13 +274,14 @@ class PeerService(ListeningService):
             self.dialer.kick()
         return new
 
-    def found_by(self, source: str) -> Callable[[str, int, str | None], None]:
+    def found_by(self, source: str) -> Callable[[str, int, str | None, tuple[str, ...]], None]:
         """
         The callback a discovery service hands addresses to (see :meth:`learn`;
-        a :data:`bitfitech.discovery.PeerFound`).
+        a :data:`bitfitech.discovery.PeerFound`).  The markets it may say the
+        peer carries are not kept yet.
         """
 
-        def found(host: str, port: int, node_id: str | None) -> None:
+        def found(host: str, port: int, node_id: str | None, markets: tuple[str, ...] = ()) -> None:
             self.learn(host, port, node_id, source=source)
 
         return found

@@ -119,11 +119,11 @@ class InteropTests(TestCase):
         found: set[tuple[str, int]] = set()
         service = DHTService(
             reactor,
-            info_hash=INFO_HASH,
+            info_hashes={"BTC/USD": INFO_HASH},
             port=0,
             host="127.0.0.1",
             p2p_port=lambda: BITFI_P2P,
-            found=lambda h, p, _: found.add((h, p)),
+            found=lambda h, p, _, markets: found.add((h, p)),
             wants_peers=lambda: True,
             rng=random.Random(1),
             timing=FAST,

@@ -12,7 +12,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitfitech.discovery.kademlia.ids import network_info_hash
+from bitfitech.discovery.kademlia.ids import market_info_hash, network_info_hash
 from bitfitech.discovery.kademlia.lookup import LookupResult
 from bitfitech.discovery.kademlia.service import (
     CONTACTS_SETTING,
@@ -352,3 +352,163 @@ class LossTests(ServiceTestCase):
         self.assertNotIn(c.node_id, [n.node_id for n in result.closest])
         self.assertEqual((result.failures, result.retries), (2, 1))
         self.assertIsNone(b.routing_table.get(c.node_id))  # type: ignore[union-attr]
+
+
+BTC = market_info_hash("test", "BTC/USD")
+ETH = market_info_hash("test", "ETH/USD")
+Found = tuple[str, int, "str | None", "tuple[str, ...]"]
+
+
+class MarketTests(ServiceTestCase):
+    """One info-hash per market: each looked up and announced, peers found by market."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.found_in: dict[str, list[Found]] = {}
+
+    def make_markets(
+        self,
+        host: str,
+        markets: dict[str, bytes],
+        *,
+        p2p: int,
+        bootstrap: list[tuple[str, int]] | None = None,
+        wants: list[bool] | None = None,
+    ) -> DHTService:
+        found = self.found_in.setdefault(host, [])
+        service = DHTService(
+            self.reactor, info_hashes=markets, port=6881, host=host, p2p_port=lambda: p2p,
+            found=lambda h, p, n, m: found.append((h, p, n, m)),
+            wants_peers=lambda: bool(wants and wants[0]), bootstrap=bootstrap or [],
+            rng=random.Random(host), timing=TIMING,
+        )  # fmt: skip
+        self.services.append(service)
+        service.startService()
+        return service
+
+    def lookups_of(self, service: DHTService) -> list[tuple[float, bytes]]:
+        """Record (time, info-hash) of each ``get_peers`` lookup C{service} starts."""
+        started: list[tuple[float, bytes]] = []
+        get_peers = service.get_peers
+
+        def recording(info_hash: bytes) -> Deferred[LookupResult]:
+            started.append((self.clock.seconds(), info_hash))
+            return get_peers(info_hash)
+
+        self.patch(service, "get_peers", recording)
+        return started
+
+    def test_arguments(self) -> None:
+        """info_hashes or info_hash, one: 20 bytes each, no two markets with one hash."""
+        bad: list[dict[str, Any]] = [
+            {},
+            {"info_hash": BTC, "info_hashes": {"BTC/USD": BTC}},
+            {"info_hashes": {}},
+            {"info_hashes": {"BTC/USD": BTC, "ETH/USD": b"short"}},
+            {"info_hashes": {"BTC/USD": BTC, "ETH/USD": BTC}},
+        ]
+        for arguments in bad:
+            with self.assertRaises(ValueError, msg=repr(arguments)):
+                DHTService(
+                    self.reactor, port=0, p2p_port=lambda: 1, found=lambda h, p, n: None,
+                    wants_peers=lambda: False, **arguments,
+                )  # fmt: skip
+
+    def test_status(self) -> None:
+        """info_hash is the first market's; info_hashes and peers_found_by_market go by market."""
+        service = self.make_markets("10.0.0.1", {"ETH/USD": ETH, "BTC/USD": BTC}, p2p=9001)
+        status = service.status()
+        self.assertEqual(service.info_hash, ETH)
+        self.assertEqual(service.info_hashes, {"ETH/USD": ETH, "BTC/USD": BTC})
+        self.assertEqual(status["info_hash"], ETH.hex())
+        self.assertEqual(status["info_hashes"], {"ETH/USD": ETH.hex(), "BTC/USD": BTC.hex()})
+        self.assertEqual(status["peers_found_by_market"], {"ETH/USD": 0, "BTC/USD": 0})
+        # The older form: one info-hash of no named market.
+        old = self.make("10.0.0.2").status()
+        self.assertEqual(old["info_hashes"], {"": INFO_HASH.hex()})
+        self.assertEqual(old["peers_found_by_market"], {"": 0})
+
+    def test_two_hashes_announced_and_looked_up(self) -> None:
+        """Two nodes of two markets: each hash looked up and announced, each peer found in both."""
+        both = {"BTC/USD": BTC, "ETH/USD": ETH}
+        a = self.make_markets("10.0.0.1", both, p2p=9001)
+        b = self.make_markets("10.0.0.2", both, p2p=9002, bootstrap=[("10.0.0.1", 6881)])
+        lookups = self.lookups_of(b)
+        run_for(self.clock, 60)
+        self.assertEqual({info_hash for _, info_hash in lookups}, {BTC, ETH})
+        self.assertEqual(set(b.last_lookups), {"BTC/USD", "ETH/USD"})
+        store = a.protocol.store  # type: ignore[union-attr]
+        now = self.clock.seconds()
+        self.assertEqual(store.peers(BTC, now), [("10.0.0.2", 9002)])
+        self.assertEqual(store.peers(ETH, now), [("10.0.0.2", 9002)])
+        self.assertEqual(
+            sorted(set(self.found_in["10.0.0.2"])),
+            [("10.0.0.1", 9001, None, ("BTC/USD",)), ("10.0.0.1", 9001, None, ("ETH/USD",))],
+        )
+        self.assertEqual(
+            sorted(set(self.found_in["10.0.0.1"])),
+            [("10.0.0.2", 9002, None, ("BTC/USD",)), ("10.0.0.2", 9002, None, ("ETH/USD",))],
+        )
+        status = b.status()
+        self.assertIsNotNone(status["announced_at"])
+        self.assertEqual(status["peers_found"], 1)
+        self.assertEqual(status["peers_found_by_market"], {"BTC/USD": 1, "ETH/USD": 1})
+
+    def test_peers_found_per_market(self) -> None:
+        """A node of one market finds only the nodes announced under its market's hash."""
+        a = self.make_markets("10.0.0.1", {"BTC/USD": BTC, "ETH/USD": ETH}, p2p=9001)
+        seed = [("10.0.0.1", 6881)]
+        self.make_markets("10.0.0.2", {"BTC/USD": BTC}, p2p=9002, bootstrap=seed)
+        self.make_markets("10.0.0.3", {"ETH/USD": ETH}, p2p=9003, bootstrap=seed)
+        run_for(self.clock, 60)
+        self.assertEqual(set(self.found_in["10.0.0.2"]), {("10.0.0.1", 9001, None, ("BTC/USD",))})
+        self.assertEqual(set(self.found_in["10.0.0.3"]), {("10.0.0.1", 9001, None, ("ETH/USD",))})
+        self.assertEqual(
+            set(self.found_in["10.0.0.1"]),
+            {("10.0.0.2", 9002, None, ("BTC/USD",)), ("10.0.0.3", 9003, None, ("ETH/USD",))},
+        )
+        status = a.status()
+        self.assertEqual(status["peers_found"], 2)
+        self.assertEqual(status["peers_found_by_market"], {"BTC/USD": 1, "ETH/USD": 1})
+
+    def test_one_lookup_per_tick(self) -> None:
+        """
+        Lookups are staggered: at most one starts per housekeeping run, the
+        most overdue market first; each market's repeat every lookup_interval,
+        or min_lookup_gap while peers are wanted.
+        """
+        wants = [False]
+        both = {"BTC/USD": BTC, "ETH/USD": ETH}
+        self.make_markets("10.0.0.1", both, p2p=9001)
+        b = self.make_markets(
+            "10.0.0.2", both, p2p=9002, bootstrap=[("10.0.0.1", 6881)], wants=wants
+        )
+        lookups = self.lookups_of(b)
+        run_for(self.clock, 650)
+        quiet = Counter(info_hash for _, info_hash in lookups)
+        # Once at the start, then every 300 s: three each in 650 s.
+        self.assertEqual(quiet, {BTC: 3, ETH: 3})
+        del lookups[:]
+        wants[0] = True
+        run_for(self.clock, 100)
+        eager = Counter(info_hash for _, info_hash in lookups)
+        # One each every 5 s: about 20 each in 100 s, never two in one tick.
+        self.assertGreaterEqual(min(eager.values()), 18)
+        self.assertLessEqual(max(eager.values()), 21)
+        times = [when for when, _ in lookups]
+        self.assertEqual(len(times), len(set(times)))
+        for market in (BTC, ETH):
+            mine = [when for when, info_hash in lookups if info_hash == market]
+            self.assertGreaterEqual(min(b - a for a, b in zip(mine, mine[1:], strict=False)), 5)
+
+    def test_discover_looks_up_each_market(self) -> None:
+        """discover() looks up every market's hash in turn."""
+        both = {"BTC/USD": BTC, "ETH/USD": ETH}
+        self.make_markets("10.0.0.1", both, p2p=9001)
+        b = self.make_markets("10.0.0.2", both, p2p=9002, bootstrap=[("10.0.0.1", 6881)])
+        run_for(self.clock, 60)
+        lookups = self.lookups_of(b)
+        d = b.discover(announce=False)
+        run_for(self.clock, 3)
+        self.successResultOf(d)
+        self.assertEqual([info_hash for _, info_hash in lookups], [BTC, ETH])

@@ -9,7 +9,12 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.discovery.kademlia.bencode import decode, encode
-from bitfitech.discovery.kademlia.ids import distance, network_info_hash, parse_hex_id
+from bitfitech.discovery.kademlia.ids import (
+    distance,
+    market_info_hash,
+    network_info_hash,
+    parse_hex_id,
+)
 from bitfitech.discovery.kademlia.krpc import (
     METHOD_UNKNOWN,
     PROTOCOL_ERROR,
@@ -77,6 +82,16 @@ class IdsTests(SynchronousTestCase):
             network_info_hash("main", "BTC/USD"), network_info_hash("test", "BTC/USD")
         )
         self.assertRaises(UnicodeEncodeError, network_info_hash, "mäin", "BTC/USD")
+
+    def test_market_info_hash(self) -> None:
+        """One info-hash per market, by today's rule: a one-market node announces today's hash."""
+        self.assertIs(market_info_hash, network_info_hash)
+        self.assertEqual(
+            market_info_hash("main", "ETH/USD"), hashlib.sha1(b"bitfi:main:ETH/USD").digest()
+        )
+        self.assertNotEqual(
+            market_info_hash("main", "BTC/USD"), market_info_hash("main", "ETH/USD")
+        )
 
     def test_distance_and_hex(self) -> None:
         """XOR distance is symmetric and zero to oneself; hex ids parse back."""

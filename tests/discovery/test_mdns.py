@@ -14,7 +14,13 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.discovery.mdns import service as service_module
-from bitfitech.discovery.mdns.browser import MAX_INTERVAL, Browser
+from bitfitech.discovery.mdns.browser import (
+    MAX_INTERVAL,
+    TXT_STRING,
+    Browser,
+    instance_markets,
+    instance_txt,
+)
 from bitfitech.discovery.mdns.codec import (
     MAX_PACKET,
     TYPE_A,
@@ -703,6 +709,144 @@ class LearningTests(BrowserTestCase):
         self.assertEqual(len(self.found), 4)
 
 
+MARKETS16 = tuple(f"{n:012X}/USDTUSDTUSDT" for n in range(16))
+
+
+class MarketsTXTTests(SynchronousTestCase):
+    """TXT ``pair`` + ``markets`` (split at 255 bytes), and reading them back."""
+
+    def test_one_market(self) -> None:
+        txt = instance_txt(NODE, "main", ["BTC/USD"], 4)
+        self.assertEqual(
+            txt.strings,
+            (b"id=" + NODE.encode(), b"net=main", b"pair=BTC/USD", b"markets=BTC/USD", b"v=4"),
+        )
+        self.assertEqual(instance_markets(parse_txt(txt)), ("BTC/USD",))
+
+    def test_without_markets_the_pair(self) -> None:
+        """An instance from before markets carries its pair alone; one with neither, nothing."""
+        self.assertEqual(instance_markets(parse_txt(peer_txt(pair="ETH/USD"))), ("ETH/USD",))
+        self.assertEqual(instance_markets(parse_txt(TXTData((b"net=main",)))), ())
+        both = TXTData((b"pair=BTC/USD", b"markets=BTC/USD,ETH/USD,,BTC/USD"))
+        self.assertEqual(instance_markets(parse_txt(both)), ("BTC/USD", "ETH/USD"))
+
+    def test_split_at_255_bytes(self) -> None:
+        """16 long markets: ``markets`` and ``markets1``, each string at most 255 bytes."""
+        txt = instance_txt(NODE, "main", MARKETS16, 4)
+        self.assertTrue(all(len(string) <= TXT_STRING for string in txt.strings))
+        pairs = parse_txt(txt)
+        self.assertEqual(pairs["pair"], MARKETS16[0].encode())
+        self.assertEqual([key for key in pairs if key.startswith("markets")],
+                         ["markets", "markets1"])  # fmt: skip
+        # Packed greedily: the next market would not have fitted in the first string.
+        first = (pairs["markets"] or b"").split(b",")
+        self.assertGreater(len(b"markets=" + b",".join([*first, b"X" * 25])), TXT_STRING)
+        self.assertEqual(instance_markets(pairs), MARKETS16)
+        # Encoded and decoded by the codec, as a browser receives it.
+        record = Record(PEER_INSTANCE, TYPE_TXT, 4500, txt)
+        [decoded] = decode_packet(encode_packet(Packet(True, answers=(record,)))).answers
+        assert isinstance(decoded.data, TXTData)
+        self.assertEqual(instance_markets(parse_txt(decoded.data)), MARKETS16)
+
+    def test_split_read_in_order_until_a_gap(self) -> None:
+        txt = TXTData((b"markets1=B/C", b"markets=A/B", b"markets3=X/Y"))
+        self.assertEqual(instance_markets(parse_txt(txt)), ("A/B", "B/C"))
+
+    def test_bad_markets(self) -> None:
+        self.assertRaises(ValueError, instance_txt, NODE, "main", [], 4)
+        self.assertRaises(ValueError, instance_txt, NODE, "main", ["BTC/USD,ETH/USD"], 4)
+        self.assertRaises(ValueError, instance_txt, NODE, "main", ["X" * 250], 4)
+
+
+def market_txt(markets: str | None, pair: str = "BTC/USD", node_id: str = PEER) -> TXTData:
+    """A peer's TXT with C{markets} (none when ``None``) beside C{pair}."""
+    listed = {} if markets is None else {"markets": markets}
+    return make_txt({"id": node_id, "net": "main", "pair": pair, **listed, "v": "4"})
+
+
+class MarketBrowserTests(SynchronousTestCase):
+    """A browser given our markets: instances are handed on with the markets they share."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.found: list[tuple[str, int, str | None, tuple[str, ...]]] = []
+        self.browser = Browser(
+            self.clock, lambda packet, destination: None, random.Random(2), node_id=NODE,
+            network="main", markets=("ETH/USD", "BTC/USD"),
+            found=lambda host, port, node_id, markets: self.found.append(
+                (host, port, node_id, markets)
+            ),
+        )  # fmt: skip
+
+    def hear(self, txt: TXTData, number: int = 0, address: str = "192.0.2.20") -> None:
+        node_id = f"{number + 1:040x}"
+        self.browser.handle_response(
+            announcement(
+                instance=f"{node_id}.{SERVICE_TYPE}",
+                host=f"h{number}.local.",
+                address=address,
+                txt=make_txt({**{k: (v or b"").decode() for k, v in parse_txt(txt).items()},
+                              "id": node_id}),
+            ),
+            (address, 5353),
+        )  # fmt: skip
+
+    def test_arguments(self) -> None:
+        forms: list[dict[str, Any]] = [{}, {"pair": "BTC/USD", "markets": ("BTC/USD",)}]
+        for arguments in forms:
+            with self.assertRaises(ValueError):
+                Browser(self.clock, lambda p, d: None, random.Random(0), node_id=NODE,
+                        network="main", found=lambda *a: None, **arguments)  # fmt: skip
+
+    def test_old_style_instance_matched_by_pair(self) -> None:
+        self.hear(market_txt(None, pair="BTC/USD"))
+        self.assertEqual(self.found, [("192.0.2.20", 7000, f"{1:040x}", ("BTC/USD",))])
+
+    def test_shared_markets_in_our_order(self) -> None:
+        self.hear(market_txt("BTC/USD,LTC/USD,ETH/USD"))
+        self.assertEqual(self.found, [("192.0.2.20", 7000, f"{1:040x}", ("ETH/USD", "BTC/USD"))])
+
+    def test_no_shared_market_dropped(self) -> None:
+        self.hear(market_txt("LTC/USD,XRP/USD", pair="LTC/USD"))
+        self.hear(market_txt(None, pair="LTC/USD"), number=1)
+        self.assertEqual(self.found, [])
+        self.assertEqual(
+            {instance.ignored for instance in self.browser.instances.values()},
+            {"no shared market"},
+        )
+        self.assertEqual(self.browser.discovered(), 0)
+
+    def test_markets_listed_win_over_the_pair(self) -> None:
+        """With ``markets`` present, ``pair`` is only its first entry, not read again."""
+        self.hear(market_txt("LTC/USD", pair="BTC/USD"))
+        self.assertEqual(self.found, [])
+
+    def test_split_markets(self) -> None:
+        """A market of ours in ``markets1`` is found."""
+        self.hear(TXTData((b"id=x", b"net=main", b"pair=A/B",
+                           b"markets=A/B,C/D", b"markets1=E/F,BTC/USD")))  # fmt: skip
+        self.assertEqual([found[3] for found in self.found], [("BTC/USD",)])
+
+    def test_discovered_by_market(self) -> None:
+        self.hear(market_txt("ETH/USD,BTC/USD"), number=0, address="192.0.2.20")
+        self.hear(market_txt(None, pair="BTC/USD"), number=1, address="192.0.2.21")
+        self.hear(market_txt("LTC/USD"), number=2, address="192.0.2.22")
+        self.assertEqual(self.browser.discovered(), 2)
+        self.assertEqual(self.browser.discovered_by_market(), {"ETH/USD": 1, "BTC/USD": 2})
+
+    def test_changed_markets_handed_on_again(self) -> None:
+        """A TXT whose shared markets change is handed on again; one that shares none is dropped."""
+        self.hear(market_txt("BTC/USD"))
+        self.clock.advance(2)
+        self.hear(market_txt("BTC/USD,ETH/USD"))
+        self.assertEqual([found[3] for found in self.found],
+                         [("BTC/USD",), ("ETH/USD", "BTC/USD")])  # fmt: skip
+        self.clock.advance(2)
+        self.hear(market_txt("LTC/USD"))
+        self.assertEqual(len(self.found), 2)
+        self.assertEqual(self.browser.discovered_by_market(), {"ETH/USD": 0, "BTC/USD": 0})
+
+
 class FakeMulticastReactor(Clock):
     """A Clock that also listens on multicast, with RecordingUDPTransports."""
 
@@ -759,7 +903,13 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual((transport.ttl, transport.loopback_mode), (255, 1))
         self.assertEqual(transport.outgoing_interface, "127.0.0.1")
         self.assertEqual(
-            service.status(), {"interface": "127.0.0.1", "instance": INSTANCE, "discovered": 0}
+            service.status(),
+            {
+                "interface": "127.0.0.1",
+                "instance": INSTANCE,
+                "discovered": 0,
+                "discovered_by_market": {"BTC/USD": 0},
+            },
         )
         self.reactor.pump([0.25] * 20)
         packets = [decode_packet(data) for data, _ in transport.clear()]
@@ -769,7 +919,14 @@ class ServiceTests(SynchronousTestCase):
         txt = next(r.data for r in announced[0].answers if r.rtype == TYPE_TXT)
         assert isinstance(txt, TXTData)
         self.assertEqual(
-            parse_txt(txt), {"id": NODE.encode(), "net": b"main", "pair": b"BTC/USD", "v": b"3"}
+            parse_txt(txt),
+            {
+                "id": NODE.encode(),
+                "net": b"main",
+                "pair": b"BTC/USD",
+                "markets": b"BTC/USD",
+                "v": b"3",
+            },
         )
         d = service.stopService()
         self.successResultOf(d)
@@ -834,6 +991,14 @@ class ServiceTests(SynchronousTestCase):
             p2p_port=lambda: 1,
             found=lambda *a: None,
         )
+
+    def test_markets_or_pair(self) -> None:
+        """markets, or the older pair: one of them."""
+        forms: list[dict[str, Any]] = [{}, {"pair": "BTC/USD", "markets": ("BTC/USD",)}]
+        for form in forms:
+            with self.assertRaises(ValueError):
+                MDNSService(self.reactor, node_id=NODE, network="m", version=1,
+                            p2p_port=lambda: 1, found=lambda *a: None, **form)  # fmt: skip
 
     def test_finds_a_peer_and_answers_a_browser(self) -> None:
         service = self.service()
@@ -963,12 +1128,15 @@ class TwoNodeTests(SynchronousTestCase):
         self.reactor = HubReactor()
         self.found: dict[int, list[tuple[str, int, str | None]]] = {}
 
-    def service(self, number: int, node_id: str) -> MDNSService:
+    def service(
+        self, number: int, node_id: str, markets: tuple[str, ...] | None = None
+    ) -> MDNSService:
         found = self.found.setdefault(number, [])
+        form: dict[str, Any] = {"pair": "BTC/USD"} if markets is None else {"markets": markets}
         service = MDNSService(
-            self.reactor, node_id=node_id, network="main", pair="BTC/USD", version=1,
+            self.reactor, node_id=node_id, network="main", version=1,
             p2p_port=lambda: 9000 + number, found=lambda *args: found.append(args),
-            interface="127.0.0.1", rng=random.Random(number),
+            interface="127.0.0.1", rng=random.Random(number), **form,
         )  # fmt: skip
         service.startService()
         self.addCleanup(service.stopService)
@@ -990,3 +1158,23 @@ class TwoNodeTests(SynchronousTestCase):
         self.assertEqual(second.status()["instance"], f"{NODE} (2).{SERVICE_TYPE}")
         # Both are ourselves to each other: nobody is handed on.
         self.assertEqual(self.found, {0: [], 1: []})
+
+    def test_markets(self) -> None:
+        """Nodes that share a market find each other, with it; a node of another market, nobody."""
+        third = "c" * 40
+        both = self.service(0, NODE, ("BTC/USD", "ETH/USD"))
+        self.service(1, PEER, ("ETH/USD",))
+        alone = self.service(2, third, ("LTC/USD",))
+        # A node from before markets: TXT ``pair`` only, and found without markets.
+        old = self.service(3, "d" * 40)
+        self.reactor.pump([0.05] * 40)
+        self.assertEqual(
+            sorted(self.found[0]),
+            [("127.0.0.1", 9001, PEER, ("ETH/USD",)), ("127.0.0.1", 9003, "d" * 40, ("BTC/USD",))],
+        )
+        self.assertEqual(self.found[1], [("127.0.0.1", 9000, NODE, ("ETH/USD",))])
+        self.assertEqual(self.found[2], [])
+        self.assertEqual(self.found[3], [("127.0.0.1", 9000, NODE)])
+        self.assertEqual(both.status()["discovered_by_market"], {"BTC/USD": 1, "ETH/USD": 1})
+        self.assertEqual(alone.status()["discovered"], 0)
+        self.assertEqual(old.status()["discovered_by_market"], {"BTC/USD": 1})

@@ -47,15 +47,17 @@ class ZeroconfTests(TestCase):
         from twisted.internet import reactor
 
         self.reactor: Any = reactor
-        self.found: list[tuple[str, int, str | None]] = []
+        self.found: list[tuple[str, int, str | None, tuple[str, ...]]] = []
         self.service = MDNSService(
             reactor,
             node_id=NODE,
             network="main",
-            pair="BTC/USD",
+            markets=("BTC/USD", "ETH/USD"),
             version=2,
             p2p_port=lambda: 9100,
-            found=lambda host, port, node_id: self.found.append((host, port, node_id)),
+            found=lambda host, port, node_id, markets: self.found.append(
+                (host, port, node_id, markets)
+            ),
             interface="127.0.0.1",
             rng=random.Random(5),
         )
@@ -91,27 +93,37 @@ class ZeroconfTests(TestCase):
         self.assertEqual(info.parsed_addresses(), ["127.0.0.1"])
         self.assertEqual(
             info.properties,
-            {b"id": NODE.encode(), b"net": b"main", b"pair": b"BTC/USD", b"v": b"2"},
+            {
+                b"id": NODE.encode(),
+                b"net": b"main",
+                b"pair": b"BTC/USD",
+                b"markets": b"BTC/USD,ETH/USD",
+                b"v": b"2",
+            },
         )
 
     def test_we_find_a_zeroconf_service(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self.we_find_a_zeroconf_service())
 
     async def we_find_a_zeroconf_service(self) -> None:
+        # An instance of a node from before markets: TXT ``pair`` only.
         info = zeroconf.ServiceInfo(
             SERVICE_TYPE,
             f"{OTHER}.{SERVICE_TYPE}",
             addresses=[socket.inet_aton("127.0.0.1")],
             port=9200,
-            properties={"id": OTHER, "net": "main", "pair": "BTC/USD", "v": "2"},
+            properties={"id": OTHER, "net": "main", "pair": "ETH/USD", "v": "2"},
             server="zeroconf-test.local.",
         )
         # register_service probes for seconds: in a thread.
         await deferToThread(self.zeroconf.register_service, info)
         await poll_until(self.reactor, lambda: bool(self.found), HANG_GUARD,
                          "finding zeroconf's service")  # fmt: skip
-        self.assertEqual(self.found, [("127.0.0.1", 9200, OTHER)])
+        self.assertEqual(self.found, [("127.0.0.1", 9200, OTHER, ("ETH/USD",))])
         self.assertEqual(self.service.status()["discovered"], 1)
+        self.assertEqual(
+            self.service.status()["discovered_by_market"], {"BTC/USD": 0, "ETH/USD": 1}
+        )
         await deferToThread(self.zeroconf.unregister_service, info)
         await poll_until(
             self.reactor,

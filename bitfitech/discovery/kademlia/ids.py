@@ -2,7 +2,7 @@
 
 Data path: every layer above the codec: the routing table files contacts by
 id, lookups walk towards a target by XOR distance, and the service
-announces under the info-hash of its network (:func:`network_info_hash`).
+announces under the info-hash of each of its markets (:func:`market_info_hash`).
 
 Ids and info-hashes are 160-bit values held as 20-byte ``bytes``; distances
 and bucket ranges are plain ``int``.  Pure: no Twisted, no I/O.
@@ -23,19 +23,26 @@ ID_SPACE = 1 << ID_BITS
 """Number of possible ids: ids are the integers ``0 <= n < ID_SPACE``."""
 
 
-def network_info_hash(network: str, pair: str) -> bytes:
+def market_info_hash(network: str, market: str) -> bytes:
     """
-    The info-hash under which the nodes of one bitfi network and pair meet.
+    The info-hash under which the nodes of one bitfi network that carry one
+    market (trading pair) meet.
 
-    The rule: the SHA-1 digest of the ASCII string ``bitfi:<network>:<pair>``,
-    for instance ``sha1(b"bitfi:main:BTC/USD")``.  Every node of the network
-    announces its P2P port under it and looks it up to find the others.
+    The rule: the SHA-1 digest of the ASCII string ``bitfi:<network>:<market>``,
+    for instance ``sha1(b"bitfi:main:BTC/USD")``.  Every node announces its
+    P2P port under the info-hash of each of its markets and looks them up
+    to find the others; a node of one market announces the same hash as
+    the nodes did when a node had one pair.
 
     :param network: the network name (``main``, ``test``...).
-    :param pair: the traded pair (``BTC/USD``).
+    :param market: the market, a pair such as ``BTC/USD``.
     :raise UnicodeEncodeError: if either name is not ASCII.
     """
-    return hashlib.sha1(f"bitfi:{network}:{pair}".encode("ascii")).digest()
+    return hashlib.sha1(f"bitfi:{network}:{market}".encode("ascii")).digest()
+
+
+network_info_hash = market_info_hash
+"""The older name of :func:`market_info_hash` (``network_info_hash(network, pair)``)."""
 
 
 def is_id(value: object) -> bool:

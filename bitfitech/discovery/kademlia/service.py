@@ -1,11 +1,12 @@
-"""The DHT service: joins the BEP 5 DHT, finds the network's peers, announces ours.
+"""The DHT service: joins the BEP 5 DHT, finds the peers of our markets, announces ours.
 
 Data path: :class:`DHTService` owns one UDP port and its
 :class:`~bitfitech.discovery.kademlia.protocol.DHTProtocol`; it runs
 :class:`~bitfitech.discovery.kademlia.lookup.Lookup`\\ s through it and hands
-every peer found under the network's info-hash to the node's
-:data:`~bitfitech.discovery.PeerFound` callback (and so to the address
-book, source ``dht``).  It never dials a peer itself.
+every peer found under one of our markets' info-hashes
+(:func:`~bitfitech.discovery.kademlia.ids.market_info_hash`), with that
+market, to the node's :data:`~bitfitech.discovery.PeerFound` callback (and
+so to the address book, source ``dht``).  It never dials a peer itself.
 
 Its life:
 
@@ -20,11 +21,15 @@ Its life:
    the first bucket refresh.  While the routing table stays empty,
    bootstrap again after a growing delay, so a node started before its
    bootstrap node still joins.
-3. **Discover**: a ``get_peers`` lookup of the info-hash, every peer found
-   handed on, then ``announce_peer`` of our P2P port to the nearest nodes
-   that gave a token.  Lookups repeat every ``lookup_interval``, and after
-   ``min_lookup_gap`` when the node wants peers; announces repeat every
-   ``announce_interval``.
+3. **Discover**, one market at a time: a ``get_peers`` lookup of its
+   info-hash, every peer found handed on, then ``announce_peer`` of our P2P
+   port to the nearest nodes that gave a token.  Each market's lookup
+   repeats every ``lookup_interval``, and after ``min_lookup_gap`` when the
+   node wants peers; its announce repeats every ``announce_interval``.
+   Housekeeping starts at most one lookup per run, of the market most
+   overdue, so the load stays one lookup per ``check_interval`` however
+   many markets (with more than ``lookup_interval / check_interval``
+   markets, each is looked up less often than ``lookup_interval``).
 4. **Housekeeping**, every ``check_interval``: expire announced peers,
    ping a few questionable contacts (so dead ones are found out and
    dropped), refresh buckets untouched for ``refresh_interval`` (a lookup
@@ -42,7 +47,7 @@ from __future__ import annotations
 import json
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +57,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from bitfitech.discovery import PeerFound, SettingsStore
+from bitfitech.discovery import OnePeerFound, PeerFound, SettingsStore, reporting
 from bitfitech.interfaces import unix_ms
 from bitfitech.logs import logger
 
@@ -87,10 +92,12 @@ class DHTTiming:
     Timers and rates of the DHT, in seconds (tests shrink them).
 
     :ivar query_timeout: how long a query waits for its reply.
-    :ivar lookup_interval: seconds between two ``get_peers`` lookups.
-    :ivar min_lookup_gap: least seconds between two lookups, however
-        much the node wants peers.
-    :ivar announce_interval: seconds between two announces.
+    :ivar lookup_interval: seconds between two ``get_peers`` lookups of
+        one market's info-hash.
+    :ivar min_lookup_gap: least seconds between two lookups of one
+        market's info-hash, however much the node wants peers.
+    :ivar announce_interval: seconds between two announces under one
+        market's info-hash.
     :ivar check_interval: seconds between housekeeping runs (which also
         ask whether the node wants peers).
     :ivar refresh_interval: a bucket untouched that long is refreshed.
@@ -120,18 +127,41 @@ class DHTTiming:
     query_burst: float = 200.0
 
 
+@dataclass
+class _Market:
+    """
+    One market's info-hash and the state of its lookups and announces.
+
+    :ivar looked_up_at: when its last lookup started (reactor seconds).
+    :ivar announced_at: when our port was last announced under it.
+    :ivar last_lookup: the result of its last lookup.
+    :ivar peers_found: peers found under it (each address once).
+    """
+
+    info_hash: bytes
+    looked_up_at: float | None = None
+    announced_at: float | None = None
+    last_lookup: LookupResult | None = None
+    peers_found: int = 0
+
+
 class DHTService(Service):
     """
-    A BEP 5 DHT node that finds and announces one info-hash.
+    A BEP 5 DHT node that finds and announces the info-hash of each market.
 
     :param reactor: provides ``listenUDP`` and ``IReactorTime`` (and
         ``resolve``, used only for bootstrap host names).
-    :param info_hash: the 20-byte info-hash to find and announce
-        (:func:`~bitfitech.discovery.kademlia.ids.network_info_hash`).
+    :param info_hashes: market -> the 20-byte info-hash to find and announce
+        (:func:`~bitfitech.discovery.kademlia.ids.market_info_hash`), the
+        first market first.
+    :param info_hash: the older, one-market form of C{info_hashes}: one
+        info-hash, of no named market (give one or the other).
     :param port: UDP port to bind (0: any free port).
     :param host: interface to bind (an IPv4 address).
     :param p2p_port: returns the TCP port peers should dial (announced).
-    :param found: called with ``(host, port, None)`` for every peer found.
+    :param found: called with ``(host, port, None, (market,))`` for every
+        peer found under a market's info-hash; built with C{info_hash},
+        with ``(host, port, None)``.
     :param wants_peers: whether the node would like more peers now.
     :param bootstrap: ``(host, port)`` of DHT nodes to join through.
     :param settings: where the node id and contacts persist, if anywhere.
@@ -145,25 +175,35 @@ class DHTService(Service):
         self,
         reactor: Any,
         *,
-        info_hash: bytes,
+        info_hashes: Mapping[str, bytes] | None = None,
+        info_hash: bytes | None = None,
         port: int,
         host: str = "0.0.0.0",
         p2p_port: Callable[[], int],
-        found: PeerFound,
+        found: PeerFound | OnePeerFound,
         wants_peers: Callable[[], bool],
         bootstrap: Sequence[tuple[str, int]] = (),
         settings: SettingsStore | None = None,
         rng: random.Random | None = None,
         timing: DHTTiming = DHTTiming(),
     ) -> None:
-        if not is_id(info_hash):
-            raise ValueError(f"an info-hash is 20 bytes, not {len(info_hash)}")
+        if (info_hashes is None) == (info_hash is None):
+            raise ValueError("give info_hashes or info_hash, not both or neither")
+        hashes = dict(info_hashes) if info_hashes is not None else {"": info_hash or b""}
+        if not hashes:
+            raise ValueError("no info-hash to find and announce")
+        for value in hashes.values():
+            if not is_id(value):
+                raise ValueError(f"an info-hash is 20 bytes, not {len(value)}")
+        if len(set(hashes.values())) < len(hashes):
+            raise ValueError("two markets with one info-hash")
         self._reactor = reactor
-        self.info_hash = info_hash
+        self._markets = {market: _Market(value) for market, value in hashes.items()}
+        self._market_of = {value: market for market, value in hashes.items()}
         self._port_number = port
         self._host = host
         self._p2p_port = p2p_port
-        self._found = found
+        self._found = reporting(found, markets=info_hashes is not None)
         self._wants_peers = wants_peers
         self._bootstrap = list(bootstrap)
         self._settings = settings
@@ -180,18 +220,37 @@ class DHTService(Service):
         self._bootstrapping = False
         self._discovering = False
         self._refreshing = False
-        self._last_lookup_at: float | None = None
         self._last_saved_at = 0.0
         self._contacts_unsaved = False
         self._fallback: list[Address] = []
-        self._found_peers: OrderedDict[Address, None] = OrderedDict()
+        # Address -> the markets it was found under (bounded, oldest out).
+        self._found_peers: OrderedDict[Address, set[str]] = OrderedDict()
         self._peers_found = 0
-        self.announced_at: float | None = None
-        """When our port was last announced (reactor seconds), if ever."""
         self.last_lookup: LookupResult | None = None
-        """The result of the last ``get_peers`` lookup of the info-hash."""
+        """The result of the last ``get_peers`` lookup, of any market."""
 
     # What the node reads.
+
+    @property
+    def info_hash(self) -> bytes:
+        """The first market's info-hash."""
+        return next(iter(self._markets.values())).info_hash
+
+    @property
+    def info_hashes(self) -> dict[str, bytes]:
+        """Market -> its info-hash, the first market first."""
+        return {market: state.info_hash for market, state in self._markets.items()}
+
+    @property
+    def announced_at(self) -> float | None:
+        """When our port was last announced under any market (reactor seconds), if ever."""
+        times = [s.announced_at for s in self._markets.values() if s.announced_at is not None]
+        return max(times) if times else None
+
+    @property
+    def last_lookups(self) -> dict[str, LookupResult]:
+        """Market -> the result of its last ``get_peers`` lookup, for those looked up."""
+        return {m: s.last_lookup for m, s in self._markets.items() if s.last_lookup is not None}
 
     @property
     def listen_port(self) -> int:
@@ -217,15 +276,21 @@ class DHTService(Service):
         return self._protocol
 
     def status(self) -> dict[str, Any]:
-        """A summary for the API: ids in hex, ports, table size, announce time, peers found."""
+        """
+        A summary for the API: ids in hex, ports, table size, announce time,
+        peers found; ``info_hash`` is the first market's, ``info_hashes``
+        and ``peers_found_by_market`` go by market.
+        """
         routing = self.routing_table
         return {
             "node_id": self._node_id.hex() if self._node_id is not None else None,
             "port": self.listen_port,
             "info_hash": self.info_hash.hex(),
+            "info_hashes": {m: s.info_hash.hex() for m, s in self._markets.items()},
             "routing_table_size": len(routing) if routing is not None else 0,
             "announced_at": unix_ms(self.announced_at),
             "peers_found": self._peers_found,
+            "peers_found_by_market": {m: s.peers_found for m, s in self._markets.items()},
         }
 
     # Service.
@@ -260,10 +325,13 @@ class DHTService(Service):
             lambda f: log.failure("DHT housekeeping stopped", f)
         )
         log.info(
-            "DHT started on UDP port {port}, node id {node_id}, info-hash {info_hash}",
+            "DHT started on UDP port {port}, node id {node_id}, info-hashes {info_hashes}",
             port=self.listen_port,
             node_id=node_id.hex(),
-            info_hash=self.info_hash.hex(),
+            info_hashes=", ".join(
+                f"{market} {state.info_hash.hex()}" if market else state.info_hash.hex()
+                for market, state in self._markets.items()
+            ),
         )
         self._start_bootstrap()
 
@@ -305,11 +373,12 @@ class DHTService(Service):
 
     def discover(self, *, announce: bool = True) -> Deferred[None]:
         """
-        Look up our info-hash now, hand on the peers found and (unless
-        C{announce} is false, or the last announce is recent) announce our
-        port; fires when done, at once if a discovery is already running.
+        Look up each market's info-hash now, one after the other, hand on
+        the peers found and (unless C{announce} is false, or the market's
+        last announce is recent) announce our port; fires when done, at
+        once if a discovery is already running.
         """
-        return self._spawn(self._discover(announce=announce))
+        return self._spawn(self._discover(list(self._markets), announce=announce))
 
     def _lookup(
         self, target: bytes, *, peers: bool, seeds: Sequence[NodeInfo] = ()
@@ -373,7 +442,7 @@ class DHTService(Service):
         self._retry_delay = self.timing.bootstrap_retry
         log.debug("DHT joined: {size} contacts", size=len(protocol.routing))
         if not self._discovering:
-            self._spawn(self._discover(announce=True))
+            self._spawn(self._discover(list(self._markets)[:1], announce=True))
 
     async def _join(self) -> None:
         addresses = await self._bootstrap_addresses()
@@ -426,43 +495,53 @@ class DHTService(Service):
         unique = list(dict.fromkeys(a for a in literal if 0 < a[1] < 65536))
         return unique[:MAX_BOOTSTRAP]
 
-    async def _discover(self, *, announce: bool) -> None:
-        protocol = self._protocol
-        if protocol is None or self._discovering:
+    async def _discover(self, markets: list[str], *, announce: bool) -> None:
+        """Look up (and announce) C{markets} in turn: one discovery runs at a time."""
+        if self._protocol is None or self._discovering:
             return
         self._discovering = True
         try:
-            self._last_lookup_at = self._reactor.seconds()
-            result = await self.get_peers(self.info_hash)
-            if self._protocol is not protocol:
-                return
-            self.last_lookup = result
-            log.debug(
-                "DHT lookup: {peers} peers, {nodes} nodes, {rounds} rounds, {queries} queries",
-                peers=len(result.peers),
-                nodes=len(result.closest),
-                rounds=result.rounds,
-                queries=result.queries,
-            )
-            local = protocol.store.peers(self.info_hash, self._reactor.seconds())
-            self._hand_on(result.peers + local)
-            due = (
-                self.announced_at is None
-                or self._reactor.seconds() - self.announced_at >= self.timing.announce_interval
-            )
-            if announce and due:
-                await self._announce(protocol, result)
+            for market in markets:
+                protocol = self._protocol
+                if protocol is None:
+                    return
+                await self._discover_market(protocol, market, announce=announce)
         finally:
             self._discovering = False
 
-    async def _announce(self, protocol: DHTProtocol, result: LookupResult) -> None:
+    async def _discover_market(self, protocol: DHTProtocol, market: str, *, announce: bool) -> None:
+        state = self._markets[market]
+        state.looked_up_at = self._reactor.seconds()
+        result = await self.get_peers(state.info_hash)
+        if self._protocol is not protocol:
+            return
+        state.last_lookup = self.last_lookup = result
+        log.debug(
+            "DHT lookup{of}: {peers} peers, {nodes} nodes, {rounds} rounds, {queries} queries",
+            of=f" of {market}" if market else "",
+            peers=len(result.peers),
+            nodes=len(result.closest),
+            rounds=result.rounds,
+            queries=result.queries,
+        )
+        local = protocol.store.peers(state.info_hash, self._reactor.seconds())
+        self._hand_on(result.peers + local, market)
+        due = (
+            state.announced_at is None
+            or self._reactor.seconds() - state.announced_at >= self.timing.announce_interval
+        )
+        if announce and due:
+            await self._announce(protocol, market, result)
+
+    async def _announce(self, protocol: DHTProtocol, market: str, result: LookupResult) -> None:
+        state = self._markets[market]
         port = self._p2p_port()
         targets = result.announce_targets()
         replies = await gatherResults(
             [
                 _quietly(
                     protocol.announce_peer(
-                        node.address, self.info_hash, port, token, node_id=node.node_id
+                        node.address, state.info_hash, port, token, node_id=node.node_id
                     )
                 )
                 for node, token in targets
@@ -472,38 +551,53 @@ class DHTService(Service):
         if not stored or self._protocol is not protocol:
             log.debug("DHT announce reached no node ({count} tried)", count=len(targets))
             return
-        first = self.announced_at is None
-        self.announced_at = self._reactor.seconds()
-        if first:
-            log.info("DHT announced P2P port {port} to {count} nodes", port=port, count=stored)
-        else:
-            log.debug("DHT announced P2P port {port} to {count} nodes", port=port, count=stored)
+        first = state.announced_at is None
+        state.announced_at = self._reactor.seconds()
+        say = log.info if first else log.debug
+        say(
+            "DHT announced P2P port {port}{under} to {count} nodes",
+            port=port,
+            under=f" for {market}" if market else "",
+            count=stored,
+        )
 
     def _announced(self, info_hash: bytes, host: str, port: int) -> None:
-        # A peer that announces our info-hash to us is one we are looking for.
-        if info_hash == self.info_hash:
-            self._hand_on([(host, port)])
+        # A peer that announces one of our info-hashes to us is one we are looking for.
+        market = self._market_of.get(info_hash)
+        if market is not None:
+            self._hand_on([(host, port)], market)
 
-    def _hand_on(self, peers: list[Address]) -> None:
+    def _hand_on(self, peers: list[Address], market: str) -> None:
         own = (self._host, self._p2p_port())
-        new = 0
+        state = self._markets[market]
+        new = new_here = 0
         for host, port in dict.fromkeys(peers):
             if (host, port) == own:
                 continue
-            if (host, port) in self._found_peers:
-                self._found_peers.move_to_end((host, port))
-            else:
+            markets = self._found_peers.get((host, port))
+            if markets is None:
                 new += 1
-                self._found_peers[(host, port)] = None
+                markets = self._found_peers[(host, port)] = set()
                 if len(self._found_peers) > MAX_FOUND_REMEMBERED:
                     self._found_peers.popitem(last=False)
+            else:
+                self._found_peers.move_to_end((host, port))
+            if market not in markets:
+                markets.add(market)
+                new_here += 1
             try:
-                self._found(host, port, None)
+                self._found(host, port, None, (market,))
             except Exception:
                 log.failure("DHT peer {host}:{port} not taken", host=host, port=port)
-        if new:
-            self._peers_found += new
-            log.info("DHT found {new} new peers ({total} in all)", new=new, total=self._peers_found)
+        state.peers_found += new_here
+        self._peers_found += new
+        if new_here:
+            log.info(
+                "DHT found {new} new peers{of} ({total} in all)",
+                new=new_here,
+                of=f" of {market}" if market else "",
+                total=self._peers_found,
+            )
 
     def _tick(self) -> None:
         try:
@@ -524,8 +618,10 @@ class DHTService(Service):
             return
         for contact in routing.to_ping(now, PINGS_PER_CHECK):
             _quietly(protocol.ping(contact.address, contact.node_id))
-        if not self._discovering and self._lookup_due(now):
-            self._spawn(self._discover(announce=True))
+        if not self._discovering:
+            market = self._lookup_due(now)
+            if market is not None:
+                self._spawn(self._discover([market], announce=True))
         if not self._refreshing:
             stale = routing.stale_buckets(now, self.timing.refresh_interval)
             if stale:
@@ -533,19 +629,22 @@ class DHTService(Service):
         if now - self._last_saved_at >= self.timing.save_interval:
             self._save_contacts()
 
-    def _lookup_due(self, now: float) -> bool:
-        if self._last_lookup_at is None:
-            return True
-        since = now - self._last_lookup_at
+    def _lookup_due(self, now: float) -> str | None:
+        """The market whose lookup is due, the most overdue first, or ``None``."""
+        never = [market for market, state in self._markets.items() if state.looked_up_at is None]
+        if never:
+            return never[0]
+        market = min(self._markets, key=lambda m: self._markets[m].looked_up_at or 0.0)
+        since = now - (self._markets[market].looked_up_at or 0.0)
         if since >= self.timing.lookup_interval:
-            return True
+            return market
         if since < self.timing.min_lookup_gap:
-            return False
+            return None
         try:
-            return bool(self._wants_peers())
+            return market if self._wants_peers() else None
         except Exception:
             log.failure("DHT could not ask whether the node wants peers")
-            return False
+            return None
 
     async def _refresh(self, count: int) -> None:
         self._refreshing = True

@@ -8,7 +8,8 @@ Data path, bottom up:
   ``<node id>._bitfi._tcp.local.`` instance (probe, announce, answer,
   defend, goodbye);
 - :mod:`~bitfitech.discovery.mdns.browser`: finds the other instances and
-  hands those of our network and pair to ``found(host, port, node_id)``;
+  hands those of our network that share a market with us to
+  ``found(host, port, node_id, markets)``;
 - :mod:`~bitfitech.discovery.mdns.service`: the multicast socket
   (:class:`MDNSProtocol`) and the :class:`MDNSService` the node runs.
 """

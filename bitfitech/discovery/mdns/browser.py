@@ -3,7 +3,8 @@
 Data path: :class:`~bitfitech.discovery.mdns.service.MDNSProtocol` ->
 :meth:`Browser.handle_response` -> a bounded record cache -> one
 :class:`_Instance` per ``_bitfi._tcp.local.`` instance -> ``found(host,
-port, node_id)`` -> the address book.  Queries go out through ``send``.
+port, node_id, markets)`` -> the address book.  Queries go out through
+``send``.
 
 * **Browsing.**  A PTR query for the service type 20-120 ms after start,
   then after 1 s, the interval doubling up to 60 minutes (RFC 6762 §5.2),
@@ -19,10 +20,16 @@ port, node_id)`` -> the address book.  Queries go out through ``send``.
 * **Resolving.**  An instance whose SRV, TXT or address is missing is
   asked for them (up to three times, 1, 2 and 4 s apart).
 * **Handing on.**  A complete instance whose TXT says ``id`` (40 lowercase
-  hex, not ours), ``net`` and ``pair`` (ours) is handed to ``found`` once
-  per new or changed (address, port); the address is the A record (an
-  AAAA one when there is none), preferring the packet's source address.
-  An instance whose PTR or SRV expires or says goodbye is forgotten.
+  hex, not ours), ``net`` (ours) and markets that share one with ours is
+  handed to ``found`` once per new or changed (address, port, shared
+  markets); the address is the A record (an AAAA one when there is none),
+  preferring the packet's source address.  An instance whose PTR or SRV
+  expires or says goodbye is forgotten.
+* **Markets in TXT** (:func:`instance_txt`, :func:`instance_markets`):
+  ``pair`` is the first market (what browsers before markets read), and
+  ``markets`` lists them all, comma-separated, continued in ``markets1``,
+  ``markets2``... when one string would pass 255 bytes (RFC 6763 §6.1).
+  An instance with no ``markets`` carries its ``pair`` only.
 
 Pure apart from ``send``, ``found`` and the injected clock.
 """
@@ -30,7 +37,7 @@ Pure apart from ``send``, ``found`` and the injected clock.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -38,7 +45,7 @@ from twisted.internet.task import LoopingCall
 
 from ...address import is_node_id
 from ...logs import logger
-from .. import PeerFound
+from .. import OnePeerFound, PeerFound, reporting
 from .codec import (
     TYPE_A,
     TYPE_AAAA,
@@ -54,6 +61,7 @@ from .codec import (
     SRVData,
     TXTData,
     encode_packet,
+    make_txt,
     name_key,
     parse_txt,
 )
@@ -88,7 +96,51 @@ TICK = 1.0
 QUERY_PACKET = 1400
 """Largest query datagram built with known answers (fits an Ethernet frame)."""
 
+TXT_STRING = 255
+"""Longest character string of a TXT record, in bytes (RFC 6763 §6.1)."""
+
 Send = Callable[[Packet, "tuple[str, int] | None"], None]
+
+
+def instance_txt(node_id: str, network: str, markets: Sequence[str], version: int) -> TXTData:
+    """
+    The TXT data of our instance: ``id``, ``net``, ``pair`` (the first
+    market), ``markets`` (every market, comma-separated; continued in
+    ``markets1``, ``markets2``... so that no string passes
+    :data:`TXT_STRING` bytes) and ``v``.
+
+    :raises ValueError: for no market, a market with a comma, or a value
+        too long for one string.
+    """
+    if not markets or any("," in market for market in markets):
+        raise ValueError(f"markets must be one or more names without commas, not {markets!r}")
+    pairs = {"id": node_id, "net": network, "pair": markets[0]}
+    lists: list[list[str]] = [[]]
+    for market in markets:
+        key = f"markets{len(lists) - 1 or ''}"
+        longer = f"{key}={','.join([*lists[-1], market])}"
+        if lists[-1] and len(longer.encode()) > TXT_STRING:
+            lists.append([])
+        lists[-1].append(market)
+    for number, names in enumerate(lists):
+        pairs[f"markets{number or ''}"] = ",".join(names)
+    pairs["v"] = str(version)
+    return make_txt(pairs)
+
+
+def instance_markets(pairs: Mapping[str, bytes | None]) -> tuple[str, ...]:
+    """
+    The markets an instance's parsed TXT data lists: ``markets``,
+    ``markets1``... joined, else its ``pair`` alone, else none.
+    """
+    strings: list[bytes] = []
+    while (value := pairs.get(f"markets{len(strings) or ''}")) is not None:
+        strings.append(value)
+    if not strings:
+        pair = pairs.get("pair")
+        strings = [pair] if pair else []
+    names = b",".join(strings).decode("ascii", "replace").split(",")
+    return tuple(dict.fromkeys(name for name in names if name))
 
 
 @dataclass
@@ -106,6 +158,7 @@ class _Instance:
     name: str
     source: str = ""
     reported: tuple[str, int] | None = None
+    markets: tuple[str, ...] = ()
     node_id: str | None = None
     ignored: str | None = None
     resolve_tries: int = 0
@@ -123,8 +176,9 @@ def _instance_label(name: str) -> str | None:
 
 class Browser:
     """
-    Finds other bitfi nodes of our network and pair through mDNS.
+    Finds other bitfi nodes of our network that share a market with us through mDNS.
 
+    :ivar markets: our markets.
     :ivar instances: the instances tracked, by folded name.
     """
 
@@ -136,8 +190,9 @@ class Browser:
         *,
         node_id: str,
         network: str,
-        pair: str,
-        found: PeerFound,
+        markets: Sequence[str] | None = None,
+        pair: str | None = None,
+        found: PeerFound | OnePeerFound,
         max_instances: int = MAX_INSTANCES,
     ) -> None:
         """
@@ -146,17 +201,24 @@ class Browser:
         :param rng: draws the random delays.
         :param node_id: our node id, never handed to C{found}.
         :param network: the network name instances must advertise.
-        :param pair: the trading pair instances must advertise.
-        :param found: called with C{(host, port, node_id)} for each peer.
+        :param markets: our markets: an instance must carry one of them.
+        :param pair: the older, one-market form of C{markets} (give one or
+            the other).
+        :param found: called with C{(host, port, node_id, markets)} for each
+            peer, C{markets} being those of ours it carries; built with
+            C{pair}, with C{(host, port, node_id)}.
         :param max_instances: most instances tracked.
+        :raises ValueError: for both or neither of C{markets} and C{pair}.
         """
+        if (markets is None) == (pair is None):
+            raise ValueError("give markets or pair, not both or neither")
         self._clock = clock
         self._send = send
         self._rng = rng
         self._node_id = node_id
         self._network = network
-        self._pair = pair
-        self._found = found
+        self.markets = tuple(markets) if markets is not None else (pair or "",)
+        self._found = reporting(found, markets=markets is not None)
         self._max_instances = max_instances
         self._cache: dict[tuple[str, int], dict[RecordKey, _Entry]] = {}
         self.instances: dict[str, _Instance] = {}
@@ -185,8 +247,17 @@ class Browser:
             self._tick.stop()
 
     def discovered(self) -> int:
-        """How many other instances of our network and pair are known now."""
+        """How many other instances of our network that share a market are known now."""
         return sum(1 for instance in self.instances.values() if instance.reported is not None)
+
+    def discovered_by_market(self) -> dict[str, int]:
+        """Each of our markets -> how many of the instances known now carry it."""
+        counts = dict.fromkeys(self.markets, 0)
+        for instance in self.instances.values():
+            if instance.reported is not None:
+                for market in instance.markets:
+                    counts[market] += 1
+        return counts
 
     # -- browsing
 
@@ -371,7 +442,7 @@ class Browser:
         txt = max(txts, key=lambda entry: entry.received).record.data if txts else None
         if not isinstance(txt, TXTData):
             return
-        node_id, ignored = self._check_txt(txt)
+        node_id, shared, ignored = self._check_txt(txt)
         if ignored is not None:
             if instance.ignored != ignored:
                 log.debug("mDNS: ignoring {instance}: {why}", instance=instance.name, why=ignored)
@@ -384,9 +455,15 @@ class Browser:
             instance.reported = None
             return
         current = (address, srv.port)
-        if current == instance.reported:
+        if current == instance.reported and shared == instance.markets:
             return
-        if instance.reported is None:
+        if current == instance.reported:
+            log.debug(
+                "mDNS: {instance} now shares {markets}",
+                instance=instance.name,
+                markets=", ".join(shared),
+            )
+        elif instance.reported is None:
             log.info(
                 "mDNS discovered {instance} at {address}:{port}",
                 instance=instance.name,
@@ -401,24 +478,30 @@ class Browser:
                 port=srv.port,
             )
         instance.reported = current
+        instance.markets = shared
         instance.node_id = node_id
         instance.resolve_tries = 0
-        self._found(address, srv.port, node_id)
+        self._found(address, srv.port, node_id, shared)
 
-    def _check_txt(self, txt: TXTData) -> tuple[str, str | None]:
-        """The node id in an instance's TXT data, and why it is not handed on (or ``None``)."""
+    def _check_txt(self, txt: TXTData) -> tuple[str, tuple[str, ...], str | None]:
+        """
+        The node id in an instance's TXT data, the markets of ours it
+        carries, and why it is not handed on (or ``None``).
+        """
         pairs = parse_txt(txt)
         raw = pairs.get("id") or b""
         node_id = raw.decode("ascii", "replace")
         if not is_node_id(node_id):
-            return node_id, "malformed TXT id"
+            return node_id, (), "malformed TXT id"
         if node_id == self._node_id:
-            return node_id, "ourselves"
+            return node_id, (), "ourselves"
         if pairs.get("net") != self._network.encode():
-            return node_id, "another network"
-        if pairs.get("pair") != self._pair.encode():
-            return node_id, "another pair"
-        return node_id, None
+            return node_id, (), "another network"
+        theirs = set(instance_markets(pairs))
+        shared = tuple(market for market in self.markets if market in theirs)
+        if not shared:
+            return node_id, (), "no shared market"
+        return node_id, shared, None
 
     def _forget(self, name: str, why: str) -> None:
         instance = self.instances.pop(name, None)

@@ -34,8 +34,8 @@ from twisted.python.failure import Failure
 
 from ...address import is_node_id
 from ...logs import logger
-from .. import PeerFound
-from .browser import Browser
+from .. import OnePeerFound, PeerFound, reporting
+from .browser import Browser, instance_txt
 from .codec import (
     MAX_PACKET,
     MDNSDecodeError,
@@ -43,7 +43,6 @@ from .codec import (
     TXTData,
     decode_packet,
     encode_packet,
-    make_txt,
 )
 from .responder import MDNS_PORT, Responder
 
@@ -244,7 +243,8 @@ class MDNSService(Service):
     Multicast DNS / DNS-SD discovery of bitfi nodes on the local link.
 
     It publishes this node's P2P listener as ``<node_id>._bitfi._tcp.local.``
-    and hands other nodes of the same network and pair to C{found}.
+    with its markets in the TXT record, and hands other nodes of the same
+    network that share a market with it to C{found}.
     """
 
     name = "mdns"
@@ -255,10 +255,11 @@ class MDNSService(Service):
         *,
         node_id: str | Callable[[], str],
         network: str,
-        pair: str,
+        markets: Sequence[str] | None = None,
+        pair: str | None = None,
         version: int,
         p2p_port: Callable[[], int],
-        found: PeerFound,
+        found: PeerFound | OnePeerFound,
         interface: str | None = None,
         rng: random.Random | None = None,
         port: int = MDNS_PORT,
@@ -270,24 +271,33 @@ class MDNSService(Service):
             gives it at start (a node's id is read from its data directory
             as it starts).
         :param network: the network name, published in TXT ``net``.
-        :param pair: the trading pair, published in TXT ``pair``.
+        :param markets: the node's markets, the first published in TXT
+            ``pair`` and all in TXT ``markets`` (see
+            :func:`~bitfitech.discovery.mdns.browser.instance_txt`).
+        :param pair: the older, one-market form of C{markets} (give one or
+            the other).
         :param version: the protocol version, published in TXT ``v``.
         :param p2p_port: gives the node's TCP P2P port, read at start.
-        :param found: called with C{(host, port, node_id)} for each peer found.
+        :param found: called with C{(host, port, node_id, markets)} for each
+            peer found, C{markets} being those of ours it carries; built
+            with C{pair}, with C{(host, port, node_id)}.
         :param interface: ``None`` for all interfaces, or an IPv4 interface address.
         :param rng: draws the random delays (tests pass a seeded one).
         :param port: the mDNS UDP port (5353; tests may use another).
-        :raises ValueError: for a malformed node id, or TXT values too long.
+        :raises ValueError: for a malformed node id, TXT values too long, or
+            both or neither of C{markets} and C{pair}.
         """
+        if (markets is None) == (pair is None):
+            raise ValueError("give markets or pair, not both or neither")
         self._reactor = reactor
         self._node_id_of = node_id if callable(node_id) else None
         self._node_id = ""
         self._txt = TXTData(())
         self._version = version
         self._network = network
-        self._pair = pair
+        self._markets = tuple(markets) if markets is not None else (pair or "",)
         self._p2p_port = p2p_port
-        self._found = found
+        self._found = reporting(found, markets=markets is not None)
         self._interface = interface
         self._rng = rng if rng is not None else random.Random()
         self._port = port
@@ -306,9 +316,7 @@ class MDNSService(Service):
         """
         if not is_node_id(node_id):
             raise ValueError(f"node id must be 40 lowercase hex digits, not {node_id!r}")
-        self._txt = make_txt(
-            {"id": node_id, "net": self._network, "pair": self._pair, "v": str(self._version)}
-        )
+        self._txt = instance_txt(node_id, self._network, self._markets, self._version)
         self._node_id = node_id
 
     def startService(self) -> None:
@@ -381,7 +389,7 @@ class MDNSService(Service):
             self._rng,
             node_id=self._node_id,
             network=self._network,
-            pair=self._pair,
+            markets=self._markets,
             found=self._found,
         )
         Service.startService(self)
@@ -418,8 +426,10 @@ class MDNSService(Service):
     def status(self) -> dict[str, Any]:
         """
         What the status endpoint shows: ``interface`` (``"all"`` or the
-        address), ``instance`` (the full instance name in use) and
-        ``discovered`` (other instances of our network and pair known now).
+        address), ``instance`` (the full instance name in use),
+        ``discovered`` (other instances of our network that share a market
+        with us, known now) and ``discovered_by_market`` (each of our
+        markets -> how many of them carry it).
         """
         if self.responder is not None:
             instance = self.responder.instance_name
@@ -429,4 +439,9 @@ class MDNSService(Service):
             "interface": self._interface or "all",
             "instance": instance,
             "discovered": self.browser.discovered() if self.browser is not None else 0,
+            "discovered_by_market": (
+                self.browser.discovered_by_market()
+                if self.browser is not None
+                else dict.fromkeys(self._markets, 0)
+            ),
         }

@@ -4,8 +4,8 @@ Not a stage of the data path but what :class:`bitfitech.node.Node` does
 with all of them at once: once every service has started,
 :func:`announce_running` says in one line where the dashboard and the data
 directory are; at stop, :func:`stop_in_order` stops the services so that
-no peer or client can hold the stop, nor keep the market from writing
-its checkpoint.
+no peer or client can hold the stop, nor keep the markets from writing
+their checkpoints.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .logs import logger
 log = logger(__name__)
 
 #: seconds a stop may wait for peer links and API clients to close, from
-#: SIGTERM (or ``stopService``); the market's journal and checkpoint are
+#: SIGTERM (or ``stopService``); the markets' journals and checkpoints are
 #: written before, and the storage closed after, whatever is still open
 STOP_DEADLINE = 4.0
 
@@ -55,8 +55,8 @@ async def stop_in_order(
     1. The services C{facing} the network are told to stop at once, and not
        waited for yet (the API drops its clients, the peer layer asks every
        link to close and aborts those still open after a grace).
-    2. C{disk} (the market) journals what is on its way and writes its
-       checkpoint: it waits on the disk only, never on the network, so a
+    2. C{disk} (the markets) journals what is on its way and writes the
+       checkpoints: it waits on the disk only, never on the network, so a
        stuck peer cannot cost the next start a full replay.
     3. The C{facing} services get what is left of :data:`STOP_DEADLINE` to
        finish; what has not is logged and left behind.

@@ -8,11 +8,13 @@ after construction.  The children start in this order:
 
 1. ``storage``: the data directory, SQLite database and node key
    (:mod:`bitfitech.storage`);
-2. ``market``: the event journal, the ledger and the book
-   (:mod:`bitfitech.market.service`);
+2. ``market``: per market the node carries, the event journal, the
+   ledger and the book (:mod:`bitfitech.market.markets`,
+   :mod:`bitfitech.market.service`);
 3. ``peers``: the P2P listener, the hub of live links, the address book,
-   the bans, the dialer, and the gossip of events between peers
-   (:mod:`bitfitech.peer.service`, :mod:`bitfitech.gossip`);
+   the bans, the dialer, and the gossip of events between peers, one
+   gossip per market behind a router (:mod:`bitfitech.peer.service`,
+   :mod:`bitfitech.gossip`);
 4. ``mdns`` and ``dht``: discovery, which hands the addresses it finds to
    the peer layer (:mod:`bitfitech.discovery.service`; each can be off);
 5. ``api``: the HTTP API, its metrics and dashboard
@@ -20,8 +22,8 @@ after construction.  The children start in this order:
 
 A stop is bounded in time (:meth:`Node.stopService`, with
 :mod:`bitfitech.lifecycle`): the parts facing the network are told to stop
-first, the market journals and writes its checkpoint without waiting for
-them, and the storage closes last.
+first, every market journals and writes its checkpoint without waiting
+for them, and the storage closes last.
 
 What is known only once the node starts (its id, read from the data
 directory; the port it got) reaches the parts at start, not at build:
@@ -33,6 +35,7 @@ them.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import cast
 
 from prometheus_client import CollectorRegistry
@@ -46,7 +49,7 @@ from .api.control import NodeControl
 from .api.metrics import node_registry
 from .api.service import ApiService
 from .config import NodeConfig
-from .discovery.kademlia.ids import network_info_hash
+from .discovery.kademlia.ids import market_info_hash
 from .discovery.kademlia.service import DHTService
 from .discovery.mdns import MDNSService
 from .discovery.service import DiscoveryService, dht_bind_host
@@ -55,7 +58,8 @@ from .identity import IdentityError
 from .lifecycle import announce_running, stop_in_order
 from .listening import StartupError
 from .logs import TaggedReactor, logger, set_log_level, tagged
-from .market.journal import ThreadedSyncer
+from .market.journal import SharedSyncer, ThreadedSyncer
+from .market.markets import Markets
 from .market.service import MarketService
 from .peer.addrbook import AddressBook
 from .peer.bans import BanList
@@ -76,8 +80,9 @@ class Node(MultiService):
     :ivar config: what it was built from.
     :ivar clock: its reactor's clock.
     :ivar storage: the data directory and database.
-    :ivar market: the ledger, journal and book.
-    :ivar gossip: how events travel between this node and its peers.
+    :ivar markets: each market's ledger, journal and book, in order.
+    :ivar gossips: each market's gossip (how its events travel between
+        this node and its peers), by market, in order.
     :ivar peers: the peer layer.
     :ivar mdns: mDNS / DNS-SD discovery, or ``None`` with ``--no-mdns``.
     :ivar dht: the Kademlia DHT, or ``None`` with ``--no-dht``.
@@ -97,8 +102,8 @@ class Node(MultiService):
         clock: IReactorTime,
         *,
         storage: Storage,
-        market: MarketService,
-        gossip: Gossip,
+        markets: Markets,
+        gossips: Mapping[str, Gossip],
         peers: PeerService,
         mdns: DiscoveryService | None,
         dht: DiscoveryService | None,
@@ -113,8 +118,8 @@ class Node(MultiService):
         self.config = config
         self.clock = clock
         self.storage = storage
-        self.market = market
-        self.gossip = gossip
+        self.markets = markets
+        self.gossips = dict(gossips)
         self.peers = peers
         self.mdns = mdns
         self.dht = dht
@@ -124,10 +129,20 @@ class Node(MultiService):
         self.exit_on_startup_error = exit_on_startup_error
         self.log_tag = log_tag
         self._storage_service = StorageService(storage)
-        children: list[IService] = [self._storage_service, market, peers]
+        children: list[IService] = [self._storage_service, markets, peers]
         children += [service for service in (mdns, dht, api) if service is not None]
         for child in children:
             child.setServiceParent(self)
+
+    @property
+    def market(self) -> MarketService:
+        """The first market's service (``config.pair``'s)."""
+        return self.markets.first
+
+    @property
+    def gossip(self) -> Gossip:
+        """The first market's gossip."""
+        return self.gossips[self.markets.first.pair]
 
     def privilegedStartService(self) -> None:
         with tagged(self.log_tag):
@@ -157,15 +172,15 @@ class Node(MultiService):
         """
         Stop in a bounded time, whatever peers and clients do
         (:func:`~bitfitech.lifecycle.stop_in_order`): the API, discovery and
-        the peers are told to stop at once, the market journals and writes
+        the peers are told to stop at once, every market journals and writes
         its checkpoint without waiting for them, and the storage stops last.
         """
         Service.stopService(self)
-        facing = [s for s in reversed(list(self)) if s not in (self.market, self._storage_service)]
+        facing = [s for s in reversed(list(self)) if s not in (self.markets, self._storage_service)]
         with tagged(self.log_tag):
             return Deferred.fromCoroutine(
                 stop_in_order(
-                    self.clock, facing=facing, disk=self.market, last=self._storage_service,
+                    self.clock, facing=facing, disk=self.markets, last=self._storage_service,
                     still_open=self._still_open,
                 )
             )  # fmt: skip
@@ -206,20 +221,26 @@ def build_node(
     rng = random.SystemRandom()
     witnesses = config.witness_set
 
-    # The data directory, then the market: the only writer of book state.
+    # The data directory, then the markets, in order: each the only writer
+    # of its book state; their journals share the database and its fsync.
     storage = Storage(config.data_dir)
-    market = MarketService(
-        config, storage, clock,
-        syncer=lambda storage: ThreadedSyncer(reactor, storage.database_path),
-        witnesses=witnesses,
+    syncer = SharedSyncer(lambda storage: ThreadedSyncer(reactor, storage.database_path))
+    markets = Markets(
+        MarketService(config, storage, clock, market=pair, syncer=syncer.open,
+                      witnesses=witnesses)
+        for pair in config.markets
     )  # fmt: skip
 
-    # Gossip between the market and the peer links, routed by market; the
+    # Gossip between each market and the peer links, routed by market; the
     # peer layer under it.
-    gossip = Gossip(
-        market, clock, config.gossip, rng, ThreadedVerifier(reactor), witnesses=witnesses.ids
-    )
-    router = GossipRouter({config.pair: gossip})
+    verifier = ThreadedVerifier(reactor)
+    gossips = {
+        service.pair: Gossip(service, clock, config.gossip, rng, verifier, witnesses=witnesses.ids)
+        for service in markets
+    }
+    router = GossipRouter(gossips)
+    # The API and the metrics see the first market only (for now).
+    market, gossip = markets.first, gossips[config.pair]
     addrbook = AddressBook()
     bans = BanList()
     hub = PeerHub(
@@ -250,9 +271,9 @@ def build_node(
             "mdns",
             MDNSService(
                 reactor, node_id=lambda: storage.identity.node_id, network=config.network,
-                pair=config.pair, version=PROTOCOL_VERSION, p2p_port=lambda: peers.listen_port,
-                found=peers.found_by("mdns"), interface=config.mdns_interface, rng=rng,
-                port=config.mdns_port,
+                markets=config.markets, version=PROTOCOL_VERSION,
+                p2p_port=lambda: peers.listen_port, found=peers.found_by("mdns"),
+                interface=config.mdns_interface, rng=rng, port=config.mdns_port,
             ),
             required=False, what=f"mDNS on {config.mdns_interface or 'all interfaces'}",
         )  # fmt: skip
@@ -261,8 +282,8 @@ def build_node(
         dht = DiscoveryService(
             "dht",
             DHTService(
-                reactor, info_hash=network_info_hash(config.network, config.pair),
-                port=config.dht_listen_port, host=dht_bind_host(config.host),
+                reactor, port=config.dht_listen_port, host=dht_bind_host(config.host),
+                info_hashes={m: market_info_hash(config.network, m) for m in config.markets},
                 p2p_port=lambda: peers.listen_port, found=peers.found_by("dht"),
                 wants_peers=peers.wants_peers, bootstrap=config.dht_bootstrap,
                 settings=storage, rng=rng,
@@ -281,7 +302,7 @@ def build_node(
         root = site_root(control, clock=clock, registry=metrics)
         api = ApiService(config, root, reactor, metrics)
     return Node(
-        config, clock, storage=storage, market=market, gossip=gossip, peers=peers,
+        config, clock, storage=storage, markets=markets, gossips=gossips, peers=peers,
         mdns=mdns, dht=dht, control=control, metrics=metrics, api=api,
         exit_on_startup_error=exit_on_startup_error, log_tag=log_tag,
     )  # fmt: skip

@@ -188,7 +188,9 @@ class LocalCluster:
     def start_node(self, *, bootstrap_to: Iterable[Node] = (), **changes: Any) -> Node:
         """
         Build and start one more node, bootstrapped to C{bootstrap_to}
-        (plus any C{bootstrap} addresses given among the config C{changes}).
+        (plus any C{bootstrap} addresses given among the config C{changes}:
+        :class:`~bitfitech.config.NodeConfig` fields, such as
+        ``markets=("BTC/USD", "ETH/USD")`` for a node of two markets).
         """
         data_dir = os.path.join(self.base_dir, f"node{len(self.nodes)}")
         bootstrap = tuple(changes.pop("bootstrap", ())) + tuple(
@@ -423,11 +425,14 @@ def poll_until(
     return d
 
 
-def market_state(node: Node) -> tuple[str, int, int]:
-    """A node's ``(state hash, events held, trades)``, with buffered events applied."""
-    market = node.market
-    market.flush()
-    ledger = market.ledger
+def market_state(node: Node, market: str | None = None) -> tuple[str, int, int]:
+    """
+    A node's ``(state hash, events held, trades)`` in C{market} (by
+    default its first), with buffered events applied.
+    """
+    service = node.markets[market] if market is not None else node.market
+    service.flush()
+    ledger = service.ledger
     return ledger.state_hash(), len(ledger), ledger.trade_count
 
 
@@ -441,14 +446,15 @@ STRANDED = (
 """Why :func:`poll_placed` skips a test."""
 
 
-def stranded_events(node: Node) -> list[Event]:
+def stranded_events(node: Node, market: str | None = None) -> list[Event]:
     """
-    The events, first of their authors, that C{node} holds and can never
-    place in fair order: every witness's receipt of it is held, fewer than
-    f + 1 count, and the settled horizon is past them all (so their
-    counting is decided).  See :data:`STRANDED`.
+    The events, first of their authors, that C{node} holds in C{market}
+    (by default its first) and can never place in fair order: every
+    witness's receipt of it is held, fewer than f + 1 count, and the
+    settled horizon is past them all (so their counting is decided).  See
+    :data:`STRANDED`.
     """
-    ledger = node.market.ledger
+    ledger = (node.markets[market] if market is not None else node.market).ledger
     fair = ledger.fair
     if fair is None:
         return []
@@ -489,7 +495,8 @@ async def poll_placed(
         if predicate():
             return True
         for node in nodes:
-            stranded.extend(stranded_events(node))
+            for market in node.markets.names:
+                stranded.extend(stranded_events(node, market))
         return bool(stranded)
 
     await poll_until(reactor, done, timeout, what)

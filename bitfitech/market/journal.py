@@ -41,9 +41,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 
 from ..logs import logger
-from ..storage import HISTORIC_TABLES, JournalTables
+from ..storage import HISTORIC_TABLES, JournalTables, Storage
 from .events import Event
 from .stamps import Stamp
 
@@ -335,6 +336,13 @@ class Syncer(Protocol):
     def close(self) -> None:
         """Release the syncer once nothing is in flight."""
 
+    def wal_flushed(self) -> None:
+        """
+        The write-ahead log was copied into the database and synced
+        (:meth:`EventJournal.flush_wal`) after a failed sync: everything
+        committed before is on disk, and a sync may be trusted again.
+        """
+
 
 def write_file(path: str, data: bytes) -> None:
     """
@@ -397,6 +405,9 @@ class InlineSyncer:
     def close(self) -> None:
         pass
 
+    def wal_flushed(self) -> None:
+        pass
+
 
 _Job = tuple[Callable[..., None], tuple[Any, ...], Deferred[None]]
 
@@ -448,3 +459,88 @@ class ThreadedSyncer:
         """Stop the thread once the syncs queued before are done."""
         self._queue.put(None)
         self._thread.join()
+
+    def wal_flushed(self) -> None:
+        pass
+
+
+class SharedSyncer:
+    """
+    The one syncer of every market of a node.
+
+    All the markets journal into one SQLite database, so into one
+    write-ahead log: one fsync makes every market's commits before it
+    durable, and one thread does them all, in turn.  Each market is given
+    :meth:`open` as its syncer factory: the real syncer is made at the
+    first call (the first market that needs it, at its first durable write
+    or checkpoint), every call returns this same object, and the real
+    syncer is closed when the last market that opened it closes it (each
+    closes it once, at its stop).
+
+    A failed fsync is a fault of the whole log, not of the market that
+    asked: the kernel may have dropped pages of the log that other markets
+    wrote, and SQLite would stop reading the log at the first lost frame,
+    taking every later commit with it.  So from a failure on, every sync
+    fails (those queued behind it, which the disk may wrongly report
+    done, and those asked later), and each market refuses orders as for a
+    failure of its own, until one of them has copied the whole log into
+    the database (:meth:`wal_flushed`).
+
+    :param factory: makes the real syncer (a node's makes a
+        :class:`ThreadedSyncer`).
+    :ivar users: the markets that opened it and have not closed it yet.
+    """
+
+    def __init__(self, factory: Callable[[Storage], Syncer]) -> None:
+        self._factory = factory
+        self._syncer: Syncer | None = None
+        self._fault: BaseException | None = None
+        self.users = 0
+
+    def open(self, storage: Storage) -> Syncer:
+        """A market's syncer factory: this object, the real syncer made at the first call."""
+        if self._syncer is None:
+            self._syncer = self._factory(storage)
+        self.users += 1
+        return self
+
+    def _real(self) -> Syncer:
+        if self._syncer is None:
+            raise RuntimeError("the shared syncer is not open")
+        return self._syncer
+
+    def sync(self) -> Deferred[None]:
+        """Fires once everything committed before is on disk; fails while the log is at fault."""
+        if self._fault is not None:
+            return fail(self._fault)
+        return self._real().sync().addCallbacks(self._synced, self._failed)
+
+    def _synced(self, _: None) -> None:
+        if self._fault is not None:
+            raise self._fault
+
+    def _failed(self, failure: Failure) -> Failure:
+        if self._fault is None:
+            self._fault = failure.value
+        return failure
+
+    def write_file(self, path: str, data: bytes) -> Deferred[None]:
+        """Replace the file at C{path} with C{data}, durably, in the shared thread."""
+        return self._real().write_file(path, data)
+
+    def wal_flushed(self) -> None:
+        """The log was copied into the database: syncs are trusted again."""
+        self._fault = None
+        self._real().wal_flushed()
+
+    def close(self) -> None:
+        """
+        One market is done with it; the last one closes the real syncer
+        (once the syncs queued before are done).
+        """
+        if self.users == 0:
+            return
+        self.users -= 1
+        if self.users == 0:
+            syncer, self._syncer, self._fault = self._real(), None, None
+            syncer.close()

@@ -325,8 +325,9 @@ class MarketService(Service):
         market: str | None = None,
     ) -> None:
         """
-        :param syncer: makes the syncer (a node passes a
-            :class:`~bitfitech.market.journal.ThreadedSyncer` factory).
+        :param syncer: makes the syncer, at its first use (a node passes
+            every market the ``open`` of one
+            :class:`~bitfitech.market.journal.SharedSyncer`).
         :param witnesses: the network's witnesses (none: author-clock order).
             If this node's id is among them, it signs stamps.
         :param monotonic: the time of the journal's replay at start, which
@@ -1539,6 +1540,8 @@ class MarketService(Service):
         if self._fsync_failed:
             journal.flush_wal()
             self._fsync_failed = False
+            if self._syncer is not None:
+                self._syncer.wal_flushed()
         peers, stamps = self._unjournaled, self._unjournaled_stamps
         if not (peers or stamps):
             journal.probe()

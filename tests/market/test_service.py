@@ -66,6 +66,7 @@ class ManualSyncer:
         self.calls: list[Deferred[None]] = []
         self.written: list[str] = []
         self.closed = False
+        self.flushed = 0
 
     def sync(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
@@ -79,6 +80,9 @@ class ManualSyncer:
 
     def close(self) -> None:
         self.closed = True
+
+    def wal_flushed(self) -> None:
+        self.flushed += 1
 
 
 @implementer(IEventPublisher)

@@ -17,27 +17,13 @@ from typing import Any
 
 from twisted.internet.defer import gatherResults
 
-from bitfitech.config import GossipTiming
-from bitfitech.gossip import GossipRouter
 from bitfitech.node import Node
 from bitfitech.testing import HANG_GUARD, TEST_PAIR, ClusterTestCase, market_state, poll_until
 
+from .test_pairs import GOSSIP, node_id, router_of
+
 BTC, ETH = TEST_PAIR, "ETH/USD"
 BOTH = (BTC, ETH)
-
-#: quick anti-entropy: a sync round every second
-GOSSIP = GossipTiming(sync_interval=1.0)
-
-
-def router_of(node: Node) -> GossipRouter:
-    """The gossip router a node's peer layer reports to."""
-    router = node.peers.gossip
-    assert isinstance(router, GossipRouter)
-    return router
-
-
-def node_id(node: Node) -> str:
-    return node.storage.identity.node_id
 
 
 def pairs_held(node: Node, market: str) -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
@@ -19,39 +19,27 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.interfaces import ServiceUnavailable
 from bitfitech.market.events import Author, Event
-from bitfitech.market.journal import EventJournal, SharedSyncer, write_file
+from bitfitech.market.journal import EventJournal, SharedSyncer
 from bitfitech.market.markets import Markets
 from bitfitech.market.service import JOURNAL_RETRY, MarketService
 from bitfitech.storage import HISTORIC_TABLES, Storage, market_tables
 from bitfitech.testing import TEST_NETWORK, TEST_PAIR, loopback_config
 
+from .test_service import ManualSyncer
+
 ETH = "ETH/USD"
 
 
-class RecordingSyncer:
-    """A syncer whose syncs fire when the test says so, and that counts its closes."""
+class RecordingSyncer(ManualSyncer):
+    """A :class:`ManualSyncer` that counts its closes."""
 
     def __init__(self) -> None:
-        self.calls: list[Deferred[None]] = []
-        self.written: list[str] = []
+        super().__init__()
         self.closes = 0
-        self.flushed = 0
-
-    def sync(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self.calls.append(d)
-        return d
-
-    def write_file(self, path: str, data: bytes) -> Deferred[None]:
-        self.written.append(path)
-        write_file(path, data)
-        return succeed(None)
 
     def close(self) -> None:
+        super().close()
         self.closes += 1
-
-    def wal_flushed(self) -> None:
-        self.flushed += 1
 
     def fire(self) -> None:
         """Fire every sync not fired yet, as done."""

@@ -123,6 +123,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        # The markets each known address was last said to carry (by its
+        # version, or by discovery), comma-joined; '' when not known
+        # (bitfitech.peer.addrbook).
+        "ALTER TABLE addresses ADD COLUMN markets TEXT NOT NULL DEFAULT ''",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -346,7 +346,7 @@ class JournalTablesTests(SynchronousTestCase):
         storage = self.open_storage()
         db = storage.connection
         self.assertEqual(schema_version(db), SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 6)
+        self.assertEqual(SCHEMA_VERSION, 7)
         columns = [
             (name, kind, notnull, pk)
             for _, name, kind, notnull, _, pk in db.execute("PRAGMA table_info(markets)")
@@ -364,8 +364,24 @@ class JournalTablesTests(SynchronousTestCase):
         self.assertEqual(storage.stored_markets(), [])
         self.assertEqual(self.texts(storage, "events"), events)
         self.assertEqual(self.texts(storage, "stamps"), stamps)
-        self.assertEqual(db.execute("SELECT host, port FROM addresses").fetchall(),
-                         [("10.0.0.1", 9000)])  # fmt: skip
+        self.assertEqual(db.execute("SELECT host, port, markets FROM addresses").fetchall(),
+                         [("10.0.0.1", 9000, "")])  # fmt: skip
+
+    def test_migration_from_version_6_adds_the_markets_of_addresses(self) -> None:
+        """Version 6 becomes 7: each address gets its markets, none known; no row lost."""
+        self.legacy([event_text("BTC/USD", 1)], version=6)
+        storage = self.open_storage()
+        db = storage.connection
+        self.assertEqual(schema_version(db), 7)
+        [markets] = [
+            (kind, notnull, default)
+            for _, name, kind, notnull, default, _ in db.execute("PRAGMA table_info(addresses)")
+            if name == "markets"
+        ]
+        self.assertEqual(markets, ("TEXT", 1, "''"))
+        self.assertEqual(db.execute("SELECT host, port, source, markets FROM addresses").fetchall(),
+                         [("10.0.0.1", 9000, "test", "")])  # fmt: skip
+        self.assertEqual(self.texts(storage, "events"), [event_text("BTC/USD", 1)])
 
     def test_fresh_node_writes_the_historic_tables(self) -> None:
         """The first market of a new node gets events, stamps and ledger.checkpoint."""

@@ -22,6 +22,12 @@ The book is bounded, keeps an in-memory mirror for reads and writes every
 change through to the ``addresses`` table (created by
 :mod:`bitfitech.storage`).  It is pure apart from that: time is passed in as
 ``now``.
+
+Each entry also keeps the markets its node was last said to carry
+(:attr:`AddressEntry.markets`): from the peer's own ``version`` once a
+handshake succeeds, or from discovery (a DHT lookup of a market's hash, an
+mDNS TXT record).  The dialler asks for candidates known to carry its
+markets first (:meth:`AddressBook.candidates` with ``prefer``).
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ _COLUMNS = (
     "failures",
     "total_failures",
     "suspended_until",
+    "markets",
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM addresses"
 _UPSERT = (
@@ -126,6 +133,8 @@ class AddressEntry:
     :ivar failures: consecutive failures since the last success.
     :ivar total_failures: failures, ever.
     :ivar suspended_until: not to be dialled before this time.
+    :ivar markets: the markets the node there was last said to carry
+        (empty if not known).
     """
 
     host: str
@@ -140,6 +149,7 @@ class AddressEntry:
     failures: int = 0
     total_failures: int = 0
     suspended_until: float = 0.0
+    markets: frozenset[str] = frozenset()
 
     @property
     def key(self) -> tuple[str, int]:
@@ -150,6 +160,15 @@ class AddressEntry:
     def address(self) -> PeerAddress:
         """The entry as a :class:`~bitfitech.address.PeerAddress`, pinned to its node id."""
         return PeerAddress(self.host, self.port, self.node_id)
+
+    def carries(self, markets: Collection[str]) -> bool | None:
+        """
+        Whether the node at this address carries one of C{markets}:
+        ``None`` if its markets are not known.
+        """
+        if not self.markets:
+            return None
+        return not self.markets.isdisjoint(markets)
 
     @property
     def protected(self) -> bool:
@@ -296,11 +315,14 @@ class AddressBook:
         if connection is None:
             return
         for row in connection.execute(_SELECT + " ORDER BY first_seen, host, port"):
-            entry = AddressEntry(*row)
+            fields = dict(zip(_COLUMNS, row, strict=True))
+            fields["markets"] = _split_markets(fields["markets"])
+            entry = AddressEntry(**fields)
             self._entries[entry.key] = entry
 
     def _save(self, entry: AddressEntry) -> None:
-        self._table.execute(_UPSERT, tuple(getattr(entry, column) for column in _COLUMNS))
+        row = [getattr(entry, column) for column in _COLUMNS[:-1]]
+        self._table.execute(_UPSERT, (*row, _join_markets(entry.markets)))
 
     def _delete(self, key: tuple[str, int]) -> None:
         self._table.execute(_DELETE, key)
@@ -352,6 +374,7 @@ class AddressBook:
         now: float,
         node_id: str | None = None,
         seen: float | None = None,
+        markets: Collection[str] = (),
     ) -> bool:
         """
         Learn of an address, or refresh one already known.
@@ -375,11 +398,15 @@ class AddressBook:
         :param now: the current time.
         :param node_id: the node id said to listen there.
         :param seen: when the address was last heard of, if not C{now}.
+        :param markets: the markets the node there is said to carry (by
+            discovery); they replace those recorded, unless empty.
         :return: ``True`` if the address was new and is now in the book.
         :raises ValueError: for an invalid host, port, source, node id or
             C{seen} (:class:`~bitfitech.address.AddressError` for the first two).
         """
-        entry, new = self._upsert(host, port, source=source, now=now, node_id=node_id, seen=seen)
+        entry, new = self._upsert(
+            host, port, source=source, now=now, node_id=node_id, seen=seen, markets=markets
+        )
         if not new:
             return False
         self._evict_overflow()
@@ -410,6 +437,7 @@ class AddressBook:
         now: float,
         node_id: str | None,
         seen: float | None = None,
+        markets: Collection[str] = (),
     ) -> tuple[AddressEntry, bool]:
         """
         :meth:`add` without the eviction: the entry (the book's own) and
@@ -430,13 +458,16 @@ class AddressBook:
             entry.last_seen = max(entry.last_seen, seen_at)
             if node_id is not None:
                 entry.node_id = node_id
+            if markets:
+                entry.markets = frozenset(markets)
             if source in OPERATOR_SOURCES and not (
                 source == "manual" and entry.source in PROTECTED_SOURCES
             ):
                 entry.source = source
             self._save(entry)
             return entry, False
-        entry = AddressEntry(host, port, node_id, source, first_seen=now, last_seen=seen_at)
+        entry = AddressEntry(host, port, node_id, source, first_seen=now, last_seen=seen_at,
+                             markets=frozenset(markets))  # fmt: skip
         self._entries[key] = entry
         self._save(entry)
         return entry, True
@@ -459,12 +490,21 @@ class AddressBook:
             entry.last_attempt = now
             self._save(entry)
 
-    def record_success(self, host: str, port: int, now: float, node_id: str | None) -> bool:
+    def record_success(
+        self,
+        host: str,
+        port: int,
+        now: float,
+        node_id: str | None,
+        markets: Collection[str] = (),
+    ) -> bool:
         """
         Note a completed handshake: it closes the breaker and resets backoff,
         and makes the address shareable (:meth:`AddressEntry.shareable`).
 
         :param node_id: the node id the peer proved, recorded if given.
+        :param markets: the markets the peer's ``version`` announced,
+            recorded if given.
         :return: ``True`` if the address was not shareable before and is
             now: news worth announcing to peers.
         """
@@ -478,8 +518,20 @@ class AddressBook:
         entry.last_seen = max(entry.last_seen, now)
         if node_id is not None:
             entry.node_id = node_id
+        if markets:
+            entry.markets = frozenset(markets)
         self._save(entry)
         return newly_shareable
+
+    def record_markets(self, host: str, port: int, markets: Collection[str]) -> None:
+        """
+        Note the markets a peer linked at C{host}:C{port} announced in its
+        ``version`` (an inbound link's listening address, or a dial's).
+        """
+        entry = self._find(host, port)
+        if entry is not None and markets and entry.markets != frozenset(markets):
+            entry.markets = frozenset(markets)
+            self._save(entry)
 
     def record_failure(self, host: str, port: int, now: float) -> AddressEntry | None:
         """
@@ -563,6 +615,7 @@ class AddressBook:
         *,
         exclude_node_ids: Collection[str] = (),
         exclude_endpoints: Collection[tuple[str, int]] = (),
+        prefer: Collection[str] = (),
     ) -> list[AddressEntry]:
         """
         The addresses that may be dialled at C{now}, best first.
@@ -570,11 +623,14 @@ class AddressBook:
         Addresses that worked before come first (most recent success first),
         then bootstrap, witness and manual ones (:data:`OPERATOR_SOURCES`),
         then the rest; within the last two groups the order is random, to
-        spread load.
+        spread load.  With C{prefer}, that order holds within each of three
+        groups, in turn: the addresses known to carry one of those markets,
+        those whose markets are not known, and those known to carry none.
 
         :param exclude_node_ids: node ids we are already connected to.
         :param exclude_endpoints: ``(host, port)`` pairs already connected or
             being dialled.
+        :param prefer: markets whose carriers come first.
         """
         excluded_node_ids = set(exclude_node_ids)
         excluded_endpoints = {_normalize_endpoint(endpoint) for endpoint in exclude_endpoints}
@@ -597,7 +653,11 @@ class AddressBook:
         succeeded.sort(key=lambda e: e.last_success or 0.0, reverse=True)
         self._rng.shuffle(operator)
         self._rng.shuffle(rest)
-        return _copies(succeeded + operator + rest)
+        ordered = succeeded + operator + rest
+        if prefer:
+            rank = {True: 0, None: 1, False: 2}
+            ordered.sort(key=lambda entry: rank[entry.carries(prefer)])  # stable
+        return _copies(ordered)
 
     def sample(
         self,
@@ -630,6 +690,16 @@ class AddressBook:
 
 def _copies(entries: Iterable[AddressEntry]) -> list[AddressEntry]:
     return [dataclasses.replace(entry) for entry in entries]
+
+
+def _join_markets(markets: frozenset[str]) -> str:
+    """C{markets} as the ``markets`` column keeps them: sorted, comma-joined."""
+    return ",".join(sorted(markets))
+
+
+def _split_markets(text: str) -> frozenset[str]:
+    """The markets of a ``markets`` column ('' for none known)."""
+    return frozenset(market for market in text.split(",") if market)
 
 
 def _normalize_endpoint(endpoint: tuple[str, int]) -> tuple[str, int]:

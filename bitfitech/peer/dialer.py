@@ -39,6 +39,17 @@ that exist count, not the witnesses configured: a witness that is down
 holds a place only while a dial to it is under way, and once that fails
 the next tick dials another peer in its stead.  Nothing is closed to make
 room: a witness linked again later comes on top of the target.
+
+Markets: only links sharing a market with this node fill the target
+(:meth:`~bitfitech.peer.hub.PeerHub.target_count`), and the candidates
+known to carry one of its markets are dialled first.  An address known to
+carry none is dialled at most every :data:`FEELER_INTERVAL`: such a link
+is a feeler, closed by the hub once it has given us addresses.  A node of
+several markets also keeps :data:`MIN_LINKS_PER_MARKET` links to each
+(no more than the target): a market with fewer, dials under way to its
+carriers included, gets dials to addresses known to carry it even when the
+target is met, within ``max_peers``.  A node of one market dials as if
+this rule did not exist: its target is that market's.
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ from twisted.python.failure import Failure
 
 from ..address import PeerAddress, format_hostport
 from ..logs import logger
-from .addrbook import AddressBook, RetryPolicy
+from .addrbook import AddressBook, AddressEntry, RetryPolicy
 from .hub import PeerHub
 from .protocol import REASON_DUPLICATE, REASON_SELF, LinkClosed, PeerProtocol
 
@@ -73,6 +84,12 @@ WITNESS_RETRY = RetryPolicy(max_delay=10.0, breaker_threshold=2**31)
 
 #: how often addresses that kept failing are pruned from the address book
 PRUNE_INTERVAL = 3600.0
+
+#: the links a node of several markets keeps to each of them, beyond the target if need be
+MIN_LINKS_PER_MARKET = 2
+
+#: least seconds between two dials to an address known to carry none of our markets
+FEELER_INTERVAL = 300.0
 
 
 class Dialer(Service):
@@ -184,23 +201,76 @@ class Dialer(Service):
         """
         Dial every witness without a link, then as many other candidates as
         the outbound target is short of, counting the links with witnesses
-        and every dial under way within it.
+        and every dial under way within it; then, for a node of several
+        markets, carriers of each market short of :data:`MIN_LINKS_PER_MARKET`.
         """
         now = self.clock.seconds()
         connected = self.hub.connected_endpoints()
         if self.witnesses:
             self._dial_witnesses(now, connected)
         missing = self.target - self.hub.target_count() - len(self.pending)
-        if missing <= 0 or self.hub.count() + len(self.pending) >= self.hub.max_peers:
+        if self.hub.count() + len(self.pending) >= self.hub.max_peers:
             return
+        markets = self.hub.local.markets
+        if missing > 0:
+            allowed = self._candidates(now, connected, markets)
+            for entry in allowed[:missing]:
+                self._start_dial(PeerAddress(entry.host, entry.port, self.pinned.get(entry.key)))
+        if len(markets) > 1:
+            self._dial_starved_markets(now, connected)
+
+    def _candidates(
+        self, now: float, connected: set[tuple[str, int]], markets: tuple[str, ...]
+    ) -> list[AddressEntry]:
+        """
+        The address book's candidates (carriers of C{markets} first), less
+        those linked, being dialled, witnesses, banned, or known to carry
+        none of C{markets} and tried within :data:`FEELER_INTERVAL`.
+        """
         exclude_ids = set(self.hub.links) | {self.hub.local.node_id}
         exclude_endpoints = connected | set(self.pending) | set(self.witnesses)
         candidates = self.addrbook.candidates(
-            now, exclude_node_ids=exclude_ids, exclude_endpoints=exclude_endpoints
+            now, exclude_node_ids=exclude_ids, exclude_endpoints=exclude_endpoints, prefer=markets
         )
-        allowed = [entry for entry in candidates if not self.hub.is_banned(entry.host)]
-        for entry in allowed[:missing]:
-            self._start_dial(PeerAddress(entry.host, entry.port, self.pinned.get(entry.key)))
+        return [
+            entry
+            for entry in candidates
+            if not self.hub.is_banned(entry.host)
+            and not (
+                entry.carries(markets) is False
+                and entry.last_attempt is not None
+                and now - entry.last_attempt < FEELER_INTERVAL
+            )
+        ]
+
+    def _dial_starved_markets(self, now: float, connected: set[tuple[str, int]]) -> None:
+        """
+        Dial addresses known to carry each market of ours that has fewer
+        than :data:`MIN_LINKS_PER_MARKET` ready links (at most the target),
+        dials under way to its carriers counted, while ``max_peers`` allows.
+        """
+        floor = min(MIN_LINKS_PER_MARKET, self.target)
+        by_market = self.hub.links_by_market()
+        for market in self.hub.local.markets:
+            dialling = 0
+            for host, port in self.pending:
+                entry = self.addrbook.get(host, port)
+                if entry is not None and entry.carries((market,)):
+                    dialling += 1
+            short = floor - by_market.get(market, 0) - dialling
+            room = self.hub.max_peers - self.hub.count() - len(self.pending)
+            if short <= 0 or room <= 0:
+                continue
+            carriers = [
+                entry
+                for entry in self._candidates(now, connected, (market,))
+                if entry.carries((market,))
+            ]
+            for entry in carriers[: min(short, room)]:
+                log.debug("Dialling {address} for {market}, which has {count} links",
+                          address=format_hostport(entry.host, entry.port), market=market,
+                          count=by_market.get(market, 0))  # fmt: skip
+                self._start_dial(PeerAddress(entry.host, entry.port, self.pinned.get(entry.key)))
 
     def _dial_witnesses(self, now: float, connected: set[tuple[str, int]]) -> None:
         """
@@ -276,6 +346,8 @@ class Dialer(Service):
             result.value, LinkClosed) else None  # fmt: skip
         if not isinstance(result, Failure):
             self._reached(address, now, result.node_id, manual=manual)
+            if isinstance(result, PeerProtocol):  # its version said which markets it carries
+                self.addrbook.record_markets(address.host, address.port, result.markets)
         elif closed == REASON_SELF:
             # Our own address: remember it as ours so it is never dialled again.
             self.addrbook.add(address.host, address.port, source="addr", now=now,

@@ -11,6 +11,17 @@ the dialer keeps a link to each, past ``max_peers`` if need be, and those
 links fill the outbound target as outbound links do, whichever end dialled
 them (:meth:`PeerHub.target_count`).
 
+Markets: a ready link fills the target only if its peer carries one of
+this node's markets (:attr:`~bitfitech.peer.protocol.PeerProtocol.shared_markets`),
+so that links to nodes of other markets cannot starve this node's own
+(:meth:`PeerHub.links_by_market` says how many links each market has).
+An inbound link with no shared market stays up, for address exchange; an
+outbound one is a *feeler*: it is closed (:data:`REASON_NO_SHARED_MARKET`)
+once the peer has answered our ``getaddr``, or after
+:data:`FEELER_TIMEOUT` if it never does.  That is no failure of the
+address: the dial reached it, and the book notes the markets its
+``version`` announced (:meth:`~bitfitech.peer.addrbook.AddressBook.record_markets`).
+
 Address hygiene: whatever arrives (``addr``, an inbound link's listening
 address) is only a candidate in the address book, and an address learned
 from an ``addr`` is never relayed.  A node passes on only the addresses
@@ -35,7 +46,7 @@ import random
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from ..address import AddressError, PeerAddress, format_hostport, is_ip_literal
@@ -57,6 +68,12 @@ log = logger(__name__)
 
 #: how many peers are told of a peer just linked in, or an address just reached
 RELAY_FANOUT = 2
+
+#: close reason of an outbound link with no shared market, once it gave us addresses
+REASON_NO_SHARED_MARKET = "no shared market"
+
+#: seconds a feeler (outbound, no shared market) waits for its ``addr`` answer
+FEELER_TIMEOUT = 30.0
 
 _UNSPECIFIED = frozenset({"0.0.0.0", "::"})
 
@@ -147,6 +164,7 @@ class PeerHub:
         self._nonces: set[int] = set()
         self._subscribers: list[Callable[[], None]] = []
         self._hosts: dict[PeerProtocol, str] = {}
+        self._feelers: dict[PeerProtocol, IDelayedCall] = {}
         self.misbehaviour_count = 0
         self.refused_inbound = 0
         self.refused_banned = 0
@@ -197,13 +215,40 @@ class PeerHub:
         link, and every link with a witness, whichever end dialled it.  The
         dialer dials a witness only while no link with it exists, so a link
         the witness dialled stands for the one this node would have dialled,
-        and counts the same.  Inbound links from other nodes do not count.
+        and counts the same.  Inbound links from other nodes do not count,
+        nor does a link whose peer carries none of this node's markets
+        (once its ``version`` said so: a link whose peer has not said yet
+        counts while its handshake lasts).
 
         :param ready: count only ready links, not those in their handshake.
         """
         links = self.links.values() if ready else self._all_links()
         return sum(
-            1 for link in links if link.direction == "outbound" or self.is_witness_link(link)
+            1
+            for link in links
+            if (link.direction == "outbound" or self.is_witness_link(link))
+            and (link.remote is None or link.shared_markets)
+        )
+
+    def links_by_market(self) -> dict[str, int]:
+        """The ready links sharing each of this node's markets, by market (0 for none)."""
+        counts = dict.fromkeys(self.local.markets, 0)
+        for link in self.links.values():
+            for market in link.shared_markets:
+                counts[market] += 1
+        return counts
+
+    def is_feeler(self, link: PeerProtocol) -> bool:
+        """
+        Whether C{link} is a feeler: a ready outbound link, not to a
+        witness, whose peer carries none of this node's markets.  It is
+        kept only until the peer has answered our ``getaddr``.
+        """
+        return (
+            link.direction == "outbound"
+            and link.remote is not None
+            and not link.shared_markets
+            and not self.is_witness_link(link)
         )
 
     def is_witness_link(self, link: PeerProtocol) -> bool:
@@ -324,6 +369,12 @@ class PeerHub:
             if self.learn(address, "inbound", int(self.clock.seconds())):
                 if is_ip_literal(address.host):
                     self.announce(address)
+        if address is not None:
+            self.addrbook.record_markets(address.host, address.port, link.markets)
+        if self.is_feeler(link):
+            self._feelers[link] = self.clock.callLater(
+                FEELER_TIMEOUT, self._feeler_done, link, "no addr answer"
+            )
         link.send(GetAddr())
         if self.gossip is not None:
             self.gossip.link_ready(link)
@@ -350,13 +401,26 @@ class PeerHub:
         self.pending.discard(link)
         self._hosts.pop(link, None)
         self._nonces.discard(link.nonce)
+        timer = self._feelers.pop(link, None)
+        if timer is not None and timer.active():
+            timer.cancel()
         if self.gossip is not None:
             self.gossip.link_closed(link)
         if link.node_id is not None and self.links.get(link.node_id) is link:
             del self.links[link.node_id]
-            log.info("Peer {peer} disconnected: {reason} ({count} links)",
-                     peer=link.describe(), reason=reason, count=len(self.links))  # fmt: skip
+            level = log.debug if reason == REASON_NO_SHARED_MARKET else log.info
+            level("Peer {peer} disconnected: {reason} ({count} links)",
+                  peer=link.describe(), reason=reason, count=len(self.links))  # fmt: skip
         self._changed()
+
+    def _feeler_done(self, link: PeerProtocol, why: str) -> None:
+        """Close a feeler: its peer answered our ``getaddr`` (C{why}), or never did."""
+        timer = self._feelers.pop(link, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        log.debug("Closing feeler {peer}, which shares no market with us ({why})",
+                  peer=link.describe(), why=why)  # fmt: skip
+        link.close(REASON_NO_SHARED_MARKET)
 
     def link_misbehaved(self, link: PeerProtocol, reason: str, score: int) -> None:
         """
@@ -440,19 +504,27 @@ class PeerHub:
 
     # -- addresses
 
-    def learn(self, address: PeerAddress, source: str, seen: int | None = None) -> bool:
+    def learn(
+        self,
+        address: PeerAddress,
+        source: str,
+        seen: int | None = None,
+        *,
+        markets: Collection[str] = (),
+    ) -> bool:
         """
         Put one address in the book as a candidate to dial; ``True`` if new.
         Own and unusable ones are skipped.  Nothing is passed on to peers.
 
         :param seen: when the address was last heard of (a peer's claim), if not now.
+        :param markets: the markets the node there is said to carry (by discovery).
         """
         if address.node_id == self.local.node_id or address.host in _UNSPECIFIED:
             return False
         try:
             return self.addrbook.add(
                 address.host, address.port, source=source, now=self.clock.seconds(),
-                node_id=address.node_id, seen=seen,
+                node_id=address.node_id, seen=seen, markets=markets,
             )  # fmt: skip
         except (ValueError, AddressError):
             return False
@@ -461,17 +533,20 @@ class PeerHub:
         """
         Learn the addresses of an ``addr`` as candidates (whether an answer
         or an announcement), and have the dialer look at the new ones.
-        None is relayed: this node has not reached them.
+        None is relayed: this node has not reached them.  A feeler
+        (:meth:`is_feeler`) has done its work: it is closed.
         """
         new = 0
         for a in message.addrs:
             if self.learn(PeerAddress(a.host, a.port, a.node_id), "addr", a.time):
                 new += 1
-        if not new:
-            return
-        log.debug("Learned {count} new addresses from {peer}", count=new,
-                  peer=link.describe())  # fmt: skip
-        self._changed()
+        if new:
+            log.debug("Learned {count} new addresses from {peer}", count=new,
+                      peer=link.describe())  # fmt: skip
+        if link in self._feelers:
+            self._feeler_done(link, f"{len(message.addrs)} addresses given")
+        elif new:
+            self._changed()
 
     def announce(self, address: PeerAddress) -> None:
         """

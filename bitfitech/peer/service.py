@@ -17,7 +17,7 @@ goes the other way and closes every link.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -254,20 +254,31 @@ class PeerService(ListeningService):
         for link in left:
             link.abort()
 
-    def learn(self, host: str, port: int, node_id: str | None, *, source: str) -> bool:
+    def learn(
+        self,
+        host: str,
+        port: int,
+        node_id: str | None,
+        *,
+        source: str,
+        markets: Collection[str] = (),
+    ) -> bool:
         """
         Put an address a discovery service found in the address book, and
         have the dialer look at it soon if it is new.  This node's own
         address and invalid ones are skipped.
 
         :param source: ``mdns`` or ``dht``.
+        :param markets: the markets discovery says the node there carries
+            (kept in the book, where the dialer prefers the carriers of its
+            own; empty if not said).
         :return: ``True`` if the address was new.
         """
         if not self.running:
             return False
         if port == self.listen_port and host in (self.config.host, "127.0.0.1", "::1"):
             return False
-        new = self.hub.learn(PeerAddress(host, port, node_id), source)
+        new = self.hub.learn(PeerAddress(host, port, node_id), source, markets=markets)
         if new:
             log.debug("Learned {where} from {source}", where=format_hostport(host, port),
                       source=source)  # fmt: skip
@@ -277,12 +288,12 @@ class PeerService(ListeningService):
     def found_by(self, source: str) -> Callable[[str, int, str | None, tuple[str, ...]], None]:
         """
         The callback a discovery service hands addresses to (see :meth:`learn`;
-        a :data:`bitfitech.discovery.PeerFound`).  The markets it may say the
-        peer carries are not kept yet.
+        a :data:`bitfitech.discovery.PeerFound`), with the markets it may
+        say the peer carries.
         """
 
         def found(host: str, port: int, node_id: str | None, markets: tuple[str, ...] = ()) -> None:
-            self.learn(host, port, node_id, source=source)
+            self.learn(host, port, node_id, source=source, markets=markets)
 
         return found
 

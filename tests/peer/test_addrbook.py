@@ -771,3 +771,118 @@ class PersistenceTests(SynchronousTestCase):
 
     def test_rejects_bad_max_entries(self) -> None:
         self.assertRaises(ValueError, AddressBook, max_entries=0)
+
+
+ETH, SOL = "ETH/USD", "SOL/USD"
+
+
+class MarketsTests(SynchronousTestCase):
+    """The markets known of each address: learned, kept, persisted and preferred."""
+
+    def test_learned_from_a_handshake_and_from_discovery(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=1.0)
+        self.assertEqual(book.get("10.0.0.1", 1).markets, frozenset())  # type: ignore[union-attr]
+        book.record_success("10.0.0.1", 1, 2.0, NODE_A, markets=("BTC/USD", ETH))
+        self.assertEqual(book.get("10.0.0.1", 1).markets,  # type: ignore[union-attr]
+                         frozenset({"BTC/USD", ETH}))  # fmt: skip
+        book.record_markets("10.0.0.1", 1, (SOL,))
+        self.assertEqual(book.get("10.0.0.1", 1).markets, frozenset({SOL}))  # type: ignore[union-attr]
+        # discovery says so for a new address, and for a known one; silence keeps them
+        book.add("10.0.0.2", 1, source="dht", now=3.0, markets=(ETH,))
+        book.add("10.0.0.1", 1, source="mdns", now=3.0, markets=(ETH,))
+        book.add("10.0.0.1", 1, source="addr", now=4.0)
+        book.record_success("10.0.0.1", 1, 5.0, NODE_A)
+        for host in ("10.0.0.1", "10.0.0.2"):
+            self.assertEqual(book.get(host, 1).markets, frozenset({ETH}))  # type: ignore[union-attr]
+        book.record_markets("10.0.0.9", 1, (ETH,))  # unknown: nothing
+        self.assertIsNone(book.get("10.0.0.9", 1))
+
+    def test_carries(self) -> None:
+        entry = AddressEntry("10.0.0.1", 1, None, "addr", 1.0, 1.0)
+        self.assertIsNone(entry.carries((ETH,)))
+        entry.markets = frozenset({ETH, SOL})
+        self.assertTrue(entry.carries(("BTC/USD", ETH)))
+        self.assertFalse(entry.carries(("BTC/USD",)))
+
+    def test_candidates_prefer_carriers_then_unknown_then_others(self) -> None:
+        book = make_book()
+        book.add("10.0.0.1", 1, source="addr", now=1.0, markets=(SOL,))
+        reach(book, "10.0.0.1", 1, 2.0)  # reached: first without a preference
+        book.add("10.0.0.2", 1, source="addr", now=1.0)
+        book.add("10.0.0.3", 1, source="addr", now=1.0, markets=(SOL, ETH))
+        book.add("10.0.0.4", 1, source="bootstrap", now=1.0)
+        book.add("10.0.0.5", 1, source="addr", now=1.0, markets=(ETH,))
+        reach(book, "10.0.0.5", 1, 3.0)  # reached last: first of all without a preference
+        hosts = [e.host for e in book.candidates(10.0)]
+        self.assertEqual(hosts[:2], ["10.0.0.5", "10.0.0.1"])
+        hosts = [e.host for e in book.candidates(10.0, prefer=(ETH,))]
+        self.assertEqual(hosts[:2], ["10.0.0.5", "10.0.0.3"])
+        self.assertEqual(hosts[2:4], ["10.0.0.4", "10.0.0.2"])  # unknown, operator first
+        self.assertEqual(hosts[4:], ["10.0.0.1"])
+
+    def test_persisted(self) -> None:
+        storage = Storage(self.mktemp())
+        storage.open()
+        self.addCleanup(storage.close)
+        book = make_book()
+        book.load(storage.connection)
+        book.add("10.0.0.1", 1, source="addr", now=1.0)
+        book.add("10.0.0.2", 1, source="dht", now=1.0, markets=(ETH,))
+        book.record_success("10.0.0.1", 1, 2.0, NODE_A, markets=(SOL, "BTC/USD"))
+        book.add("10.0.0.3", 1, source="addr", now=1.0)
+        self.assertEqual(
+            sorted(storage.connection.execute("SELECT host, markets FROM addresses")),
+            [("10.0.0.1", "BTC/USD,SOL/USD"), ("10.0.0.2", "ETH/USD"), ("10.0.0.3", "")],
+        )
+        storage.close()
+        storage.open()
+        reloaded = make_book()
+        reloaded.load(storage.connection)
+        self.assertEqual(sorted(reloaded.entries(), key=lambda e: e.key),
+                         sorted(book.entries(), key=lambda e: e.key))  # fmt: skip
+        self.assertEqual(reloaded.get("10.0.0.1", 1).markets,  # type: ignore[union-attr]
+                         frozenset({"BTC/USD", SOL}))  # fmt: skip
+
+    def test_book_of_schema_6_loads_with_no_markets_known(self) -> None:
+        """A schema 6 database (before markets) keeps every address, its markets not known."""
+        import os
+        import sqlite3
+
+        from bitfitech.storage import DATABASE_NAME, MIGRATIONS, schema_version
+
+        data_dir = self.mktemp()
+        os.makedirs(data_dir)
+        db = sqlite3.connect(os.path.join(data_dir, DATABASE_NAME), isolation_level=None)
+        for statements in MIGRATIONS[:6]:
+            for statement in statements:
+                db.execute(statement)
+        db.execute("INSERT INTO settings (key, value) VALUES ('schema_version', '6')")
+        db.executemany(
+            "INSERT INTO addresses (host, port, node_id, source, first_seen, last_seen, "
+            "last_attempt, last_success, successes, failures, total_failures, suspended_until) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [("10.0.0.1", 3000, NODE_A, "addr", 1.0, 5.0, 4.0, 4.0, 2, 0, 1, 0.0),
+             ("10.0.0.2", 3000, None, "bootstrap", 1.0, 1.0, None, None, 0, 0, 0, 0.0)],
+        )  # fmt: skip
+        db.close()
+        storage = Storage(data_dir)
+        storage.open()
+        self.addCleanup(storage.close)
+        self.assertEqual(schema_version(storage.connection), 7)
+        book = make_book()
+        book.load(storage.connection)
+        self.assertEqual(
+            book.entries(),
+            [
+                AddressEntry("10.0.0.1", 3000, NODE_A, "addr", 1.0, 5.0, 4.0, 4.0, 2, 0, 1, 0.0),
+                AddressEntry("10.0.0.2", 3000, None, "bootstrap", 1.0, 1.0),
+            ],
+        )
+        book.record_success("10.0.0.2", 3000, 9.0, NODE_B, markets=(ETH,))
+        self.assertEqual(
+            storage.connection.execute(
+                "SELECT markets FROM addresses WHERE host = '10.0.0.2'"
+            ).fetchone(),
+            (ETH,),
+        )

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.address import PeerAddress
 from bitfitech.peer.addrbook import NEVER_REACHED_MAX_FAILURES, REACHED_MAX_FAILURES, AddressBook
-from bitfitech.peer.dialer import Dialer
+from bitfitech.peer.dialer import FEELER_INTERVAL, MIN_LINKS_PER_MARKET, Dialer
 from bitfitech.peer.hub import RELAY_FANOUT, PeerHub
 from bitfitech.peer.protocol import (
     REASON_DUPLICATE,
@@ -27,7 +27,7 @@ from bitfitech.peer.protocol import (
     PeerProtocol,
 )
 from bitfitech.storage import Storage
-from bitfitech.testing import local_node, node_id_of, version_of
+from bitfitech.testing import TEST_PAIR, local_node, node_id_of, version_of
 from bitfitech.wire.messages import Addr, GetAddr
 
 
@@ -737,3 +737,145 @@ class MeshTests(SynchronousTestCase):
                 mesh.run(0.5)
             mesh.run(30)
             self.formed(mesh)
+
+
+ETH, SOL = "ETH/USD", "SOL/USD"
+
+
+class MarketDialTests(SynchronousTestCase):
+    """A node of several markets keeps links to each; a node of one dials as it always did."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.book = AddressBook(rng=random.Random(1))
+        self.connector = Connector()
+        self.connector.hold = True
+
+    def hub(self, markets: tuple[str, ...], max_peers: int = 10) -> PeerHub:
+        self.hub_ = PeerHub(self.book, self.clock, max_peers=max_peers, max_inbound=2)
+        self.hub_.start(local_node(1, markets=markets))
+        return self.hub_
+
+    def dialer(self, target: int = 2) -> Dialer:
+        dialer = Dialer(self.hub_, self.book, self.connector, self.clock, target=target,
+                        interval=1.0)  # fmt: skip
+        dialer.startService()
+        self.addCleanup(dialer.stopService)
+        return dialer
+
+    def linked(self, n: int, markets: tuple[str, ...]) -> PeerProtocol:
+        """A ready outbound link to node C{n} of C{markets} (its handshake skipped)."""
+        address = PeerAddress(f"10.0.1.{n}", 3000, node_id_of(n))
+        self.book.add(address.host, address.port, source="addr", now=self.clock.seconds())
+        link = self.hub_.build_link("outbound", address, host=address.host)
+        assert link is not None
+        link.remote = version_of(n, pair=markets[0], markets=markets)
+        self.assertIsNone(self.hub_.link_ready(link))
+        link.state = "ready"
+        return link
+
+    def known(self, n: int, markets: tuple[str, ...] = ()) -> None:
+        """Put node C{n}'s address in the book, carrying C{markets} (not known if empty)."""
+        self.book.add(f"10.0.0.{n}", 3000, source="addr", now=self.clock.seconds(),
+                      markets=markets)  # fmt: skip
+
+    def dialled(self) -> list[str]:
+        return [a.host for a in self.connector.dials]
+
+    def test_starved_market_dialled_beyond_the_target(self) -> None:
+        """
+        Target 2, met by two links of BTC/USD: ETH/USD has none, so its
+        known carriers are dialled (two at most), and no one else.
+        """
+        self.hub((TEST_PAIR, ETH))
+        self.linked(2, (TEST_PAIR,))
+        self.linked(3, (TEST_PAIR,))
+        for n, markets in ((4, (TEST_PAIR,)), (5, ()), (6, (ETH,)), (7, (SOL, ETH)), (8, (ETH,))):
+            self.known(n, markets)
+        self.assertEqual(self.hub_.target_count(), 2)
+        self.assertEqual(self.hub_.links_by_market(), {TEST_PAIR: 2, ETH: 0})
+        self.dialer(target=2)
+        self.assertEqual(len(self.dialled()), MIN_LINKS_PER_MARKET)
+        self.assertLessEqual(set(self.dialled()), {"10.0.0.6", "10.0.0.7", "10.0.0.8"})
+        self.clock.advance(5)  # the dials under way count: no more
+        self.assertEqual(len(self.dialled()), MIN_LINKS_PER_MARKET)
+
+    def test_market_with_enough_links_dials_no_more(self) -> None:
+        self.hub((TEST_PAIR, ETH))
+        self.linked(2, (TEST_PAIR, ETH))
+        self.linked(3, (ETH, TEST_PAIR))
+        self.known(6, (ETH,))
+        self.known(4, (TEST_PAIR,))
+        self.dialer(target=2)
+        self.clock.advance(5)
+        self.assertEqual(self.dialled(), [])
+
+    def test_starved_market_dials_bounded_by_max_peers(self) -> None:
+        self.hub((TEST_PAIR, ETH), max_peers=3)
+        self.linked(2, (TEST_PAIR,))
+        self.linked(3, (TEST_PAIR,))
+        self.known(6, (ETH,))
+        self.known(7, (ETH,))
+        self.dialer(target=2)
+        self.clock.advance(5)
+        self.assertEqual(len(self.dialled()), 1)
+
+    def test_starved_market_unknown_carriers_not_dialled(self) -> None:
+        """Only addresses known to carry the market get its dials."""
+        self.hub((TEST_PAIR, ETH))
+        self.linked(2, (TEST_PAIR,))
+        self.linked(3, (TEST_PAIR,))
+        self.known(5)
+        self.dialer(target=2)
+        self.clock.advance(5)
+        self.assertEqual(self.dialled(), [])
+
+    def test_one_market_node_dials_only_for_its_target(self) -> None:
+        """With one market, a target met is all: its carriers known are not dialled."""
+        self.hub((TEST_PAIR,))
+        self.linked(2, (TEST_PAIR,))
+        self.linked(3, (TEST_PAIR,))
+        self.known(4, (TEST_PAIR,))
+        self.dialer(target=2)
+        self.clock.advance(5)
+        self.assertEqual(self.dialled(), [])
+
+    def test_links_of_other_markets_leave_the_target_short(self) -> None:
+        """
+        A one-market node whose links go to other markets dials for its
+        target, its market's carriers first.
+        """
+        self.hub((TEST_PAIR,))
+        self.linked(2, (ETH,))
+        self.linked(3, (ETH,))
+        self.known(4)
+        self.known(5, (TEST_PAIR,))
+        self.assertEqual(self.hub_.target_count(), 0)
+        self.dialer(target=2)
+        self.assertEqual(self.dialled(), ["10.0.0.5", "10.0.0.4"])
+
+    def test_address_of_other_markets_felt_at_most_every_feeler_interval(self) -> None:
+        self.hub((TEST_PAIR,))
+        self.known(4, (SOL,))
+        self.book.record_attempt("10.0.0.4", 3000, self.clock.seconds())
+        self.book.record_success("10.0.0.4", 3000, self.clock.seconds(), node_id_of(4))
+        self.dialer(target=2)
+        self.clock.advance(FEELER_INTERVAL - 2)
+        self.assertEqual(self.dialled(), [])
+        self.clock.advance(3)
+        self.assertEqual(self.dialled(), ["10.0.0.4"])
+
+    def test_markets_of_a_peer_reached_by_hand_noted(self) -> None:
+        self.hub((TEST_PAIR, ETH))
+        self.connector.hold = False
+        link = self.hub_.build_link("outbound", PeerAddress("10.0.0.4", 3000), host="10.0.0.4")
+        assert link is not None
+        link.remote = version_of(4, markets=(TEST_PAIR, SOL))
+        link.state = "ready"
+        self.connector.outcomes[("10.0.0.4", 3000)] = link
+        dialer = self.dialer(target=0)
+        self.successResultOf(dialer.dial(PeerAddress("10.0.0.4", 3000), manual=True))
+        entry = self.book.get("10.0.0.4", 3000)
+        assert entry is not None
+        self.assertEqual((entry.successes, entry.markets), (1, frozenset({TEST_PAIR, SOL})))

@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,12 +16,13 @@ from bitfitech.address import PeerAddress
 from bitfitech.logs import log_level, set_log_level
 from bitfitech.peer.addrbook import SHARE_WINDOW, AddressBook
 from bitfitech.peer.bans import BanList
-from bitfitech.peer.hub import RELAY_FANOUT, PeerHub
+from bitfitech.peer.hub import FEELER_TIMEOUT, REASON_NO_SHARED_MARKET, RELAY_FANOUT, PeerHub
 from bitfitech.peer.misbehaviour import MALFORMED_EVENT, RATE_EXCEEDED, VIOLATION
 from bitfitech.peer.protocol import REASON_DUPLICATE, PeerProtocol
 from bitfitech.storage import Storage
-from bitfitech.testing import local_node, node_id_of
-from bitfitech.wire.messages import Addr, GetAddr, NetAddress
+from bitfitech.testing import TEST_PAIR, frame_of, local_node, node_id_of, version_of
+from bitfitech.wire.framing import FrameDecoder, network_magic
+from bitfitech.wire.messages import Addr, GetAddr, Message, NetAddress, Verack, decode_message
 
 
 class Net:
@@ -33,10 +34,13 @@ class Net:
         self.hubs: dict[int, PeerHub] = {}
         self.pumps: list[object] = []
 
-    def hub(self, n: int, *, max_peers: int = 10, max_inbound: int = 5, **options: Any) -> PeerHub:
+    def hub(
+        self, n: int, *, max_peers: int = 10, max_inbound: int = 5,
+        markets: tuple[str, ...] = (TEST_PAIR,), **options: Any,
+    ) -> PeerHub:  # fmt: skip
         hub = PeerHub(AddressBook(), self.clock, max_peers=max_peers, max_inbound=max_inbound,
                       rng=random.Random(n), **options)  # fmt: skip
-        hub.start(local_node(n, port=3000 + n))
+        hub.start(local_node(n, port=3000 + n, markets=markets))
         self.hubs[n] = hub
         return hub
 
@@ -570,3 +574,135 @@ class PerAddressLimitTests(_Observing):
         [event] = events
         self.assertEqual(event["log_level"], LogLevel.debug)
         self.assertEqual(event["host"], "192.0.2.1")
+
+
+ETH, SOL = "ETH/USD", "SOL/USD"
+
+
+class MarketTargetTests(_Observing):
+    """Only links sharing a market fill the target; an outbound link sharing none is a feeler."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.net = Net()
+        self.hub = self.net.hub(1, markets=(TEST_PAIR, ETH))
+        self.observer = self.observe()
+
+    def feeler_timers(self) -> list[object]:
+        """The hub's timers waiting for a feeler's answer."""
+        return [
+            call
+            for call in self.net.clock.getDelayedCalls()
+            if getattr(call, "func", None) == self.hub._feeler_done
+        ]
+
+    def wired(
+        self, direction: str, n: int, markets: tuple[str, ...]
+    ) -> tuple[PeerProtocol, StringTransport]:
+        """
+        A link of the hub with node C{n} of C{markets} over a StringTransport,
+        its handshake done; an outbound one dials an address in the book.
+        """
+        host = f"10.0.0.{n}"
+        dialed = None
+        if direction == "outbound":
+            dialed = PeerAddress(host, 3000 + n)
+            self.hub.addrbook.add(host, 3000 + n, source="addr", now=self.net.clock.seconds())
+        link = self.hub.build_link(direction, dialed, host=host)  # type: ignore[arg-type]
+        assert link is not None
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 3000 + n))
+        link.makeConnection(transport)
+        version = version_of(n, port=3000 + n, pair=markets[0], markets=markets)
+        link.dataReceived(frame_of(version) + frame_of(Verack()))
+        self.assertEqual(link.state, "ready")
+        return link, transport
+
+    def sent(self, transport: StringTransport) -> list[Message]:
+        decoder = FrameDecoder(network_magic("test"))
+        decoder.feed(transport.value())
+        out = []
+        while (frame := decoder.next_frame()) is not None:
+            out.append(decode_message(frame.command, frame.payload))
+        return out
+
+    def addr_answer(self) -> bytes:
+        now = int(self.net.clock.seconds())
+        return frame_of(Addr(addrs=(NetAddress("10.0.9.9", 4000, node_id_of(99), now),)))
+
+    def test_target_counts_only_links_sharing_a_market(self) -> None:
+        self.wired("outbound", 2, (TEST_PAIR,))
+        self.wired("outbound", 3, (ETH, SOL))
+        feeler, _ = self.wired("outbound", 4, (SOL,))
+        self.wired("inbound", 5, (TEST_PAIR, ETH))
+        self.wired("inbound", 6, (SOL,))
+        self.assertEqual(len(self.hub.links), 5)
+        self.assertEqual(self.hub.target_count(ready=True), 2)
+        self.assertEqual(self.hub.target_count(), 2)
+        self.assertEqual(self.hub.links_by_market(), {TEST_PAIR: 2, ETH: 2})
+        self.assertTrue(self.hub.is_feeler(feeler))
+
+    def test_link_in_its_handshake_counts(self) -> None:
+        link = self.hub.build_link("outbound", PeerAddress("10.0.0.2", 3002), host="10.0.0.2")
+        assert link is not None
+        self.assertEqual(self.hub.target_count(), 1)
+        self.assertEqual(self.hub.links_by_market(), {TEST_PAIR: 0, ETH: 0})
+
+    def test_feeler_closed_after_its_addr_answer_with_no_failure(self) -> None:
+        """
+        The outbound link to a node of other markets is asked for addresses,
+        closed once they came, and nothing counts against it: no
+        misbehaviour, no failure, no rest; its markets are noted.
+        """
+        link, transport = self.wired("outbound", 4, (SOL,))
+        self.assertIn(GetAddr(), self.sent(transport))
+        self.assertEqual(link.state, "ready")
+        link.dataReceived(frame_of(GetAddr()))  # its own getaddr, answered
+        self.assertEqual(len([m for m in self.sent(transport) if isinstance(m, Addr)]), 1)
+        self.assertEqual(link.state, "ready")
+        link.dataReceived(self.addr_answer())
+        self.assertEqual((link.state, link.close_reason), ("closed", REASON_NO_SHARED_MARKET))
+        self.assertTrue(transport.disconnecting)
+        link.connectionLost(None)  # type: ignore[arg-type]
+        self.assertEqual(self.hub.links, {})
+        self.assertIsNotNone(self.hub.addrbook.get("10.0.9.9", 4000))
+        entry = self.hub.addrbook.get("10.0.0.4", 3004)
+        assert entry is not None
+        self.assertEqual((entry.failures, entry.suspended_until), (0, 0.0))
+        self.assertEqual(entry.markets, frozenset({SOL}))
+        self.assertEqual(self.hub.misbehaviour_count, 0)
+        self.assertEqual(self.feeler_timers(), [])
+        shown = [e for e in self.observer if e["log_level"] >= LogLevel.info
+                 and REASON_NO_SHARED_MARKET in str(e.get("reason", ""))]  # fmt: skip
+        self.assertEqual(shown, [])
+
+    def test_feeler_that_never_answers_closed_after_a_while(self) -> None:
+        link, _ = self.wired("outbound", 4, (SOL,))
+        self.assertEqual(len(self.feeler_timers()), 1)
+        self.net.clock.advance(FEELER_TIMEOUT - 1)
+        self.assertEqual(link.state, "ready")
+        self.net.clock.advance(1)
+        self.assertEqual((link.state, link.close_reason), ("closed", REASON_NO_SHARED_MARKET))
+
+    def test_inbound_link_sharing_no_market_stays(self) -> None:
+        link, _ = self.wired("inbound", 6, (SOL,))
+        link.dataReceived(self.addr_answer())
+        self.assertEqual(link.state, "ready")
+        self.assertFalse(self.hub.is_feeler(link))
+        self.assertEqual(self.feeler_timers(), [])
+        entry = self.hub.addrbook.get("10.0.0.6", 3006)
+        assert entry is not None
+        self.assertEqual(entry.markets, frozenset({SOL}))
+
+    def test_outbound_link_sharing_a_market_stays(self) -> None:
+        link, _ = self.wired("outbound", 3, (ETH, SOL))
+        link.dataReceived(self.addr_answer())
+        self.assertEqual(link.state, "ready")
+        entry = self.hub.addrbook.get("10.0.0.3", 3003)
+        assert entry is not None
+        self.assertEqual(entry.markets, frozenset({ETH, SOL}))
+
+    def test_link_to_a_witness_of_other_markets_is_no_feeler(self) -> None:
+        self.hub.witnesses = frozenset({node_id_of(4)})
+        link, _ = self.wired("outbound", 4, (SOL,))
+        link.dataReceived(self.addr_answer())
+        self.assertEqual(link.state, "ready")

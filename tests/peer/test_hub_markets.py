@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.gossip import Gossip, GossipRouter
 from bitfitech.peer.addrbook import AddressBook
-from bitfitech.peer.hub import PeerHub
+from bitfitech.peer.hub import REASON_NO_SHARED_MARKET, PeerHub
 from bitfitech.peer.protocol import PeerProtocol
 from bitfitech.testing import TEST_PAIR, frame_of, local_node, node_id_of, version_of
 from bitfitech.wire.framing import FrameDecoder, network_magic
@@ -52,7 +52,10 @@ class MarketNet(Net):
 
 class NoSharedMarketTests(SynchronousTestCase):
     def test_link_without_shared_market_still_answers_getaddr(self) -> None:
-        """Nodes of two pairs link, and exchange addresses as any two nodes do."""
+        """
+        Nodes of two pairs link, and exchange addresses as any two nodes do;
+        then the dialling end closes its link, a feeler, as no market is shared.
+        """
         net = MarketNet()
         a, b = net.hub(1), net.hub(2, markets=(ETH,))
         now = net.clock.seconds()
@@ -61,7 +64,9 @@ class NoSharedMarketTests(SynchronousTestCase):
                            node_id=node_id_of(100 + i))  # fmt: skip
             b.addrbook.record_success(f"10.0.0.{i + 1}", 4000, now, None)
         out, inn = net.link(1, 2)
-        self.assertEqual((out.state, inn.state), ("ready", "ready"))
+        self.assertEqual((out.state, inn.state), ("closed", "closed"))
+        self.assertEqual(out.close_reason, REASON_NO_SHARED_MARKET)
+        self.assertEqual((a.links, b.links), ({}, {}))
         self.assertEqual((out.shared_markets, inn.shared_markets), ((), ()))
         self.assertTrue(out.getaddr_answered and inn.getaddr_answered)
         for i in range(3):

@@ -59,8 +59,8 @@ class ClosingTransport(LinkTransport):
         self.lost()
 
 
-class StopTests(SynchronousTestCase):
-    """:meth:`PeerService.stopService` closes links, aborting those still open after a grace."""
+class _ServiceTestCase(SynchronousTestCase):
+    """A peer service on a Clock, not started, with a hub that has."""
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -75,6 +75,10 @@ class StopTests(SynchronousTestCase):
             bans=BanList(), security=LinkSecurity(plain=True), dialer=dialer,
             gossip=cast(IGossip, _Gossip()), witness_digest="",
         )  # fmt: skip
+
+
+class StopTests(_ServiceTestCase):
+    """:meth:`PeerService.stopService` closes links, aborting those still open after a grace."""
 
     def link(self, transport: LinkTransport) -> PeerProtocol:
         link = self.hub.build_link("inbound", host=transport.peer)
@@ -113,6 +117,22 @@ class StopTests(SynchronousTestCase):
         self.successResultOf(done)
         self.assertFalse(stuck.aborted)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class FoundTests(_ServiceTestCase):
+    """What discovery finds goes into the address book, with the markets it says."""
+
+    def test_found_address_kept_with_its_markets(self) -> None:
+        self.service.running = True  # as started: what it learns reaches the book
+        found = self.service.found_by("dht")
+        found("10.0.0.7", 4000, None, ("ETH/USD", "BTC/USD"))
+        found("10.0.0.8", 4000, None, ())
+        entry = self.hub.addrbook.get("10.0.0.7", 4000)
+        assert entry is not None
+        self.assertEqual((entry.source, entry.markets), ("dht", frozenset({"ETH/USD", "BTC/USD"})))
+        other = self.hub.addrbook.get("10.0.0.8", 4000)
+        assert other is not None
+        self.assertEqual(other.markets, frozenset())
 
 
 def _never_connects(address: object) -> Deferred[PeerProtocol]:

@@ -103,43 +103,11 @@ class BatchRejected(ValueError):
         self.reason = reason
 
 
-class INodeControl(Interface):
-    """What the HTTP API and the CLI may read and do on a node."""
-
-    def status() -> dict[str, Any]:
-        """A JSON-ready summary of the node (``GET /status``)."""
-
-    def peers() -> list[dict[str, Any]]:
-        """JSON-ready rows, one per live peer link (``GET /peers``)."""
-
-    def connect(address: str) -> Deferred[dict[str, Any]]:
-        """
-        Dial C{address} now (``host:port`` or ``NODEID@host:port``).
-
-        :return: fires with the peer's row once linked; fails with
-            :class:`ValueError` for a bad address or :class:`ConnectionError`.
-        :raises PermissionError: synchronously, if the address is banned
-            (nothing is dialled).
-        """
-
-    def disconnect(node_id: str) -> bool:
-        """Close the link to C{node_id} and rest its addresses; ``False`` if not linked."""
-
-    def banned() -> list[dict[str, Any]]:
-        """
-        The bans in force, newest first (``GET /peers/banned``): ``{"address":
-        IP, "node_id": hex40 | None, "reason": str, "banned_at": int,
-        "until": int}`` each, times in unix ms.
-        """
-
-    def unban(address: str) -> dict[str, Any] | None:
-        """
-        Lift the ban on IP address C{address} and reset its misbehaviour
-        score (``DELETE /peers/banned/{address}``).
-
-        :return: the row of the ban lifted, or ``None`` if it was not banned.
-        :raises ValueError: if C{address} is not an IP address.
-        """
+class IMarketControl(Interface):
+    """
+    What the HTTP API and the CLI may read and do in one market of a node
+    (``/markets/{market}/...``; today's paths are the first market's).
+    """
 
     def submit_order(
         side: str, price: str | None, amount: str, order_type: str
@@ -276,21 +244,80 @@ class INodeControl(Interface):
     def trade_count() -> int:
         """How many trades the book holds (the total of ``GET /trades``)."""
 
+    def watch(observer: Callable[[str, dict[str, Any] | None], None]) -> Callable[[], None]:
+        """
+        Call C{observer(kind, document)} on changes (the live stream):
+        ``("book", None)`` when the book may have changed, ``("trade",
+        trade)`` when a trade appears or settles, ``("order", order)`` when
+        one of this node's orders is created or changes; the node's own
+        (:class:`INodeControl`) also tells of links, ``("peer", {"event":
+        "joined" | "left", "node_id", "address", "direction"})``.
+
+        :return: a function that stops the calls.
+        """
+
+
+class INodeControl(IMarketControl):
+    """
+    What the HTTP API and the CLI may read and do on a node.  Its market
+    methods (those of :class:`IMarketControl`) are the first market's: the
+    market of today's paths (``/orders``, ``/book``, ...).
+    """
+
+    def status() -> dict[str, Any]:
+        """A JSON-ready summary of the node (``GET /status``)."""
+
+    def peers() -> list[dict[str, Any]]:
+        """JSON-ready rows, one per live peer link (``GET /peers``)."""
+
+    def connect(address: str) -> Deferred[dict[str, Any]]:
+        """
+        Dial C{address} now (``host:port`` or ``NODEID@host:port``).
+
+        :return: fires with the peer's row once linked; fails with
+            :class:`ValueError` for a bad address or :class:`ConnectionError`.
+        :raises PermissionError: synchronously, if the address is banned
+            (nothing is dialled).
+        """
+
+    def disconnect(node_id: str) -> bool:
+        """Close the link to C{node_id} and rest its addresses; ``False`` if not linked."""
+
+    def banned() -> list[dict[str, Any]]:
+        """
+        The bans in force, newest first (``GET /peers/banned``): ``{"address":
+        IP, "node_id": hex40 | None, "reason": str, "banned_at": int,
+        "until": int}`` each, times in unix ms.
+        """
+
+    def unban(address: str) -> dict[str, Any] | None:
+        """
+        Lift the ban on IP address C{address} and reset its misbehaviour
+        score (``DELETE /peers/banned/{address}``).
+
+        :return: the row of the ban lifted, or ``None`` if it was not banned.
+        :raises ValueError: if C{address} is not an IP address.
+        """
+
     def discovery() -> dict[str, Any]:
         """
         The discovery services (``GET /discovery``): ``{"mdns": status |
         None, "dht": status | None}``, ``None`` for a service that is off.
         """
 
-    def watch(observer: Callable[[str, dict[str, Any] | None], None]) -> Callable[[], None]:
+    def markets() -> list[dict[str, Any]]:
         """
-        Call C{observer(kind, document)} on changes (the live stream):
-        ``("book", None)`` when the book may have changed, ``("trade",
-        trade)`` when a trade appears or settles, ``("order", order)`` when
-        one of this node's orders is created or changes, and ``("peer",
-        {"event": "joined" | "left", "node_id", "address", "direction"})``.
+        One row per market the node carries, in its order, the first first
+        (``GET /markets``): ``{"market": "BTC/USD", "slug": "BTC-USD",
+        "best_bid", "best_ask", "last" (decimal strings or ``null``),
+        "state_hash", "events", "trades", "open_orders", "ordering"}``.
+        """
 
-        :return: a function that stops the calls.
+    def market(name: str) -> IMarketControl:
+        """
+        The control of market C{name} (``BASE/QUOTE``).
+
+        :raises KeyError: if the node does not carry it.
         """
 
 

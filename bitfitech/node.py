@@ -239,8 +239,8 @@ def build_node(
         for service in markets
     }
     router = GossipRouter(gossips)
-    # The API and the metrics see the first market only (for now).
-    market, gossip = markets.first, gossips[config.pair]
+    # The metrics see the first market only (for now).
+    market = markets.first
     addrbook = AddressBook()
     bans = BanList()
     hub = PeerHub(
@@ -294,7 +294,7 @@ def build_node(
     # The end of the path: the API's view of the node, its metrics, the HTTP site.
     api: ApiService | None = None
     control = NodeControl(
-        config, clock, storage, market, gossip=gossip, peers=peers, mdns=mdns, dht=dht,
+        config, clock, storage, markets, gossips=gossips, peers=peers, mdns=mdns, dht=dht,
         api_url=lambda: api.url if api is not None else None,
     )  # fmt: skip
     metrics = node_registry(control.status, market)

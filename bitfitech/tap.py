@@ -71,13 +71,6 @@ def usage_exit(where: str, message: str, hint: str) -> SystemExit:
     return SystemExit(f"{where}: error: {message}\n{hint}")
 
 
-MANY_MARKETS_NOT_YET = (
-    "serving several markets on one node is not built yet (docs/plans/many-markets.md); "
-    "give one --market"
-)
-"""The error for more than one market, until a node can serve them."""
-
-
 class Options(usage.Options):
     """Options of ``twistd bitfi``; each falls back to its environment variable."""
 
@@ -227,7 +220,7 @@ class Options(usage.Options):
         self._dht_bootstrap = [*(self._dht_bootstrap or []), *nodes]
 
     def opt_market(self, value: str) -> None:
-        """Market (trading pair) the node serves, BASE/QUOTE; repeatable or comma-separated; --pair is the one-market form of --market: give one or the other; one market for now (serving several is not built yet) [default BTC/USD; env $MARKETS]"""  # noqa: E501 (one line: twistd --help prints it as is)
+        """Market (trading pair) the node serves, BASE/QUOTE; repeatable or comma-separated; --pair is the one-market form of --market: give one or the other; the first is the market of the API's paths without /markets/{market} [default BTC/USD; env $MARKETS]"""  # noqa: E501 (one line: twistd --help prints it as is)
         try:
             markets = cfg.check_markets([*(self._markets or []), *cfg.coerce_markets(value)])
         except ValueError as e:
@@ -269,8 +262,6 @@ class Options(usage.Options):
             )  # fmt: skip
         except cfg.ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        if len(config.markets) > 1:
-            raise usage.UsageError(MANY_MARKETS_NOT_YET)
         self.config = config
         if self.config.log_format == "json" and self.parent is not None:
             # Under twistd: its --logger option, resolved after this, names the JSON observer.

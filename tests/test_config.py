@@ -27,7 +27,7 @@ from bitfitech.config import (
     market_slug,
     parse_market_slug,
 )
-from bitfitech.tap import MANY_MARKETS_NOT_YET, Options
+from bitfitech.tap import Options
 from bitfitech.witnesses import WitnessSet
 
 XDG = "/xdg-data"
@@ -506,15 +506,14 @@ class MarketOptionTests(SynchronousTestCase):
         self.assertEqual(markets_of({"MARKETS": ",".join(most)}), most)
         error = self.assertRaises(ValueError, check_markets, TOO_MANY)
         self.assertEqual(str(error), f"at most {MAX_MARKETS} markets, not {MAX_MARKETS + 1}")
-        # the cap is checked as the options are read, before the one-market guard
+        # the cap is checked as the options are read
         args = [arg for market in TOO_MANY for arg in ("--market", market)]
         error = self.assertRaises(UsageError, parse, args)
         self.assertEqual(str(error), f"--market: at most {MAX_MARKETS} markets, not 17")
-        error = self.assertRaises(UsageError, parse, args[:-2])
-        self.assertEqual(str(error), MANY_MARKETS_NOT_YET)
+        self.assertEqual(parse(args[:-2]).markets, most)
 
-    def test_several_markets_not_yet(self) -> None:
-        """Until a node serves several markets, more than one is a usage error."""
+    def test_several_markets(self) -> None:
+        """Several markets, repeated, comma-separated or from $MARKETS: the first is the pair."""
         for args, env in (
             (["--market", "BTC/USD", "--market", "ETH/USD"], with_xdg()),
             (["--market", "BTC/USD,ETH/USD"], with_xdg()),
@@ -522,14 +521,10 @@ class MarketOptionTests(SynchronousTestCase):
         ):
             options = Options()
             options.environ = env
-            error = self.assertRaises(UsageError, options.parseOptions, args)
-            self.assertEqual(str(error), MANY_MARKETS_NOT_YET)
-            self.assertIsNone(options.config)
-        self.assertEqual(
-            MANY_MARKETS_NOT_YET,
-            "serving several markets on one node is not built yet "
-            "(docs/plans/many-markets.md); give one --market",
-        )
+            options.parseOptions(args)
+            assert options.config is not None
+            self.assertEqual((options.config.pair, options.config.markets),
+                             ("BTC/USD", ("BTC/USD", "ETH/USD")))  # fmt: skip
 
     def test_no_market_named(self) -> None:
         for value in ("", ",", " , "):

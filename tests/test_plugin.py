@@ -87,20 +87,6 @@ class UsageErrorTests(SynchronousTestCase):
                                           "from 0 to 65535, not 70000\n"
                                           "try 'twistd bitfi --help'")  # fmt: skip
 
-    def test_several_markets_under_twistd(self) -> None:
-        """Until a node serves several markets, more than one is a one-line usage error."""
-        from twisted.scripts.twistd import ServerOptions  # type: ignore[attr-defined]
-
-        for markets in (["--market", "BTC/USD", "--market", "ETH/USD"],
-                        ["--market", "BTC/USD,ETH/USD"]):  # fmt: skip
-            error = self.assertRaises(
-                SystemExit, ServerOptions().parseOptions, ["-n", "bitfi", *markets]
-            )
-            self.assertEqual(str(error.code), "twistd bitfi: error: serving several markets on "
-                                              "one node is not built yet "
-                                              "(docs/plans/many-markets.md); give one --market\n"
-                                              "try 'twistd bitfi --help'")  # fmt: skip
-
     def test_market_with_pair_under_twistd(self) -> None:
         from twisted.scripts.twistd import ServerOptions  # type: ignore[attr-defined]
 
@@ -164,6 +150,16 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(by_pair.config.with_changes(data_dir=service.config.data_dir),
                          service.config)  # fmt: skip
         self.assertEqual(child_names(service), child_names(by_pair))
+
+    def test_several_markets(self) -> None:
+        """``--market`` twice builds a node of two markets, one gossip each, the first first."""
+        service, _ = self.make("--market", "BTC/USD", "--market", "eth/usd")
+        assert isinstance(service, Node)
+        self.assertEqual(service.config.markets, ("BTC/USD", "ETH/USD"))
+        self.assertEqual(service.markets.names, ("BTC/USD", "ETH/USD"))
+        self.assertEqual(list(service.gossips), ["BTC/USD", "ETH/USD"])
+        self.assertIs(service.market, service.markets["BTC/USD"])
+        self.assertEqual(child_names(service), ["storage", "market", "peers", "mdns", "dht", "api"])
 
     def test_unparsed(self) -> None:
         self.assertRaises(AssertionError, tap.makeService, tap.Options())
@@ -295,6 +291,9 @@ class TacTests(SynchronousTestCase):
         values = {"BITFI_DATA_DIR": os.path.abspath(self.mktemp()), "MARKETS": "eth/usd"}
         _, [node] = self.load("node.tac", values)
         self.assertEqual((node.config.pair, node.config.markets), ("ETH/USD", ("ETH/USD",)))
+        values = {"BITFI_DATA_DIR": os.path.abspath(self.mktemp()), "MARKETS": "BTC/USD,eth/usd"}
+        _, [node] = self.load("node.tac", values)
+        self.assertEqual(node.markets.names, ("BTC/USD", "ETH/USD"))
 
     def test_local_cluster_witness_key_unusable(self) -> None:
         base = os.path.abspath(self.mktemp())
@@ -324,9 +323,6 @@ class TacTests(SynchronousTestCase):
             ("local-cluster.tac", {"BASE_PORT": "65000"}, ("$BASE_PORT",)),
             ("local-cluster.tac", {"MAX_PEERS": "2", "OUTBOUND_PEERS": "3"},
              ("$MAX_PEERS", "$OUTBOUND_PEERS")),
-            ("node.tac", {"MARKETS": "BTC/USD,ETH/USD"}, ("several markets", "$MARKETS")),
-            ("local-cluster.tac", {"MARKETS": "BTC/USD,ETH/USD"},
-             ("several markets", "$MARKETS")),
             ("node.tac", {"MARKETS": "BTC/USD", "EXCHANGE_PAIR": "ETH/USD"},
              ("$MARKETS", "$EXCHANGE_PAIR")),
             ("node.tac", {"MARKETS": "BTC/USD,btc/usd"}, ("--market", "$MARKETS", "twice")),
@@ -393,8 +389,8 @@ class ProcessTests(SynchronousTestCase):
         self.assertEqual(result.stderr.splitlines()[1], "try 'twistd bitfi --help'")
         self.assert_brief(self.twistd("bitfi", *safe, "--port", "70000"), "--port", "70000")
         self.assert_brief(self.twistd("bitfi", "--frobnicate"), "--frobnicate")
-        result = self.twistd("bitfi", *safe, "--market", "BTC/USD", "--market", "ETH/USD")
-        self.assert_brief(result, "twistd bitfi: error: serving several markets", "--market")
+        result = self.twistd("bitfi", *safe, "--market", "BTC/USD", "--market", "btc/usd")
+        self.assert_brief(result, "twistd bitfi: error: --market", "named twice")
 
     def test_help(self) -> None:
         """``--help`` is where the whole help is."""

@@ -2,8 +2,10 @@
 
 Data path: the HTTP resources and the live stream
 (:class:`~bitfitech.interfaces.INodeControl`) -> :class:`NodeControl` ->
-down the path: the market (orders, the book, trades), the peer layer
-(links, dials, bans), the gossip layer and discovery (their counters).
+down the path: each market (orders, the book, trades; one
+:class:`MarketControl` each, the first market's serving today's paths),
+the peer layer (links, dials, bans), the gossip layer and discovery (their
+counters).
 Nothing here climbs back up: :func:`bitfitech.node.build_node` hands
 :class:`NodeControl` each part it reads, and the JSON documents of orders,
 trades and the book are made here, from the market's objects, by
@@ -12,7 +14,7 @@ trades and the book are made here, from the market's objects, by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,11 +25,12 @@ from zope.interface import implementer
 
 from .. import USER_AGENT, __version__
 from ..address import AddressError, parse_address
-from ..config import NodeConfig
+from ..config import NodeConfig, market_slug
 from ..discovery.service import DiscoveryService
 from ..gossip import Gossip
 from ..interfaces import (
     BatchRejected,
+    IMarketControl,
     INodeControl,
     KeyRateLimited,
     ServiceUnavailable,
@@ -47,150 +50,63 @@ Observer = Callable[[str, "dict[str, Any] | None"], None]
 """C{observer(kind, document)}: see :meth:`INodeControl.watch`."""
 
 
-@implementer(INodeControl)
-class NodeControl:
-    """What the API may see and do, over the node's parts."""
+@implementer(IMarketControl)
+class MarketControl:
+    """
+    What the API may see and do in one market of the node
+    (``/markets/{market}/...``).
+
+    :ivar market: the market's service.
+    :ivar gossip: its gossip layer, or ``None`` (a market alone, in tests).
+    """
 
     def __init__(
         self,
         config: NodeConfig,
         clock: IReactorTime,
-        storage: Storage,
         market: MarketService,
         *,
         gossip: Gossip | None = None,
-        peers: PeerService | None = None,
-        mdns: DiscoveryService | None = None,
-        dht: DiscoveryService | None = None,
-        api_url: Callable[[], str | None] = lambda: None,
+        key_buckets: BucketTable | None = None,
     ) -> None:
         """
-        :param storage: the node's storage (its identity, once open).
-        :param gossip: the gossip layer, whose counters ``/status`` shows.
-        :param peers: the peer layer; ``None`` for a node without one (the
-            market's side alone, in tests): no links, no status.
-        :param mdns: mDNS discovery, or ``None`` when it is off.
-        :param dht: the DHT, or ``None`` when it is off.
-        :param api_url: the HTTP API's address while it listens (its
-            dashboard for browsers), else ``None`` (``--no-api``).
+        :param key_buckets: each key's rate of ``POST /events``, shared by
+            every market of the node (one author's rate is the node's); a
+            table of this market's own if ``None``.
         """
         self.config = config
         self.clock = clock
-        self.storage = storage
         self.market = market
         self.gossip = gossip
-        self.peer_layer = peers
-        self.mdns = mdns
-        self.dht = dht
-        self.api_url = api_url
         self._ticker = Ticker()
-        timing = config.gossip
-        self._key_buckets = BucketTable(timing.author_rate, timing.author_burst)
-        self._link_observers: list[Observer] = []
-        self._watched_hub: PeerHub | None = None
-        self._known_links: dict[str, tuple[str | None, str]] = {}
+        if key_buckets is None:
+            timing = config.gossip
+            key_buckets = BucketTable(timing.author_rate, timing.author_burst)
+        self._key_buckets = key_buckets
 
-    def _peers(self) -> PeerService:
-        peers = self.peer_layer
-        if peers is None or not peers.running:
-            raise ServiceUnavailable("the peer layer is not running")
-        return peers
+    @property
+    def pair(self) -> str:
+        """The market's name (``BASE/QUOTE``)."""
+        return self.market.pair
 
-    def status(self) -> dict[str, Any]:
-        """``GET /status``."""
-        config = self.config
-        peers = self._peers()
-        hub = peers.hub
-        now = self.clock.seconds()
+    def row(self) -> dict[str, Any]:
+        """The market's row of ``GET /markets``."""
+        market = self._market()
+        market.flush()
+        ledger = market.ledger
+        figures = self._ticker.read(ledger, unix_ms(self.clock.seconds()))
         return {
-            "node_id": self.storage.identity.node_id,
-            "network": config.network,
-            "pair": config.pair,
-            "version": __version__,
-            "user_agent": USER_AGENT,
-            "p2p": {
-                "host": config.host,
-                "port": peers.listen_port,
-                "tls": peers.tls is not None,
-            },
-            "peers": {
-                "inbound": hub.ready_count("inbound"),
-                "outbound": hub.ready_count("outbound"),
-                "handshaking": len(hub.pending),
-                "known_addresses": len(peers.addrbook),
-                "max_peers": config.max_peers,
-                "outbound_target": config.outbound,
-                "dials": peers.dialer.dials,
-                "dial_failures": peers.dialer.dial_failures,
-                "refused_inbound": hub.refused_inbound,
-                "refused_banned": hub.refused_banned,
-                "protocol_violations": hub.misbehaviour_count,
-                "bans": len(hub.bans.active(now)),
-            },
-            "uptime_ms": round((now - (peers.started_at or now)) * 1000),
-            "api": {"url": api, "dashboard": api} if (api := self.api_url()) else None,
-            "data_dir": config.data_dir,
-            **self.discovery(),
-            **self.market.status(),
-            "gossip": self.gossip.summary() if self.gossip is not None else {},
-            "sync": self.gossip.progress() if self.gossip is not None else None,
+            "market": market.pair,
+            "slug": market_slug(market.pair),
+            "best_bid": figures["best_bid"],
+            "best_ask": figures["best_ask"],
+            "last": figures["last"],
+            "state_hash": ledger.state_hash(),
+            "events": len(ledger),
+            "trades": ledger.trade_count,
+            "open_orders": len(ledger.book),
+            "ordering": ledger.ordering,
         }
-
-    def peers(self) -> list[dict[str, Any]]:
-        """``GET /peers``."""
-        return self._peers().hub.link_rows()
-
-    def connect(self, address: str) -> Deferred[dict[str, Any]]:
-        """
-        ``POST /peers``: dial now and answer with the peer's row.
-
-        The address enters the address book, as ``manual`` (kept for good),
-        only once the handshake succeeded.  A dial that fails fails the
-        Deferred with its reason (a :class:`ConnectionError` or one of
-        Twisted's connect errors: the API answers 502) and leaves nothing
-        behind: the node neither redials the address nor tells peers of it.
-
-        :raises ValueError: for an address that does not parse.
-        :raises PermissionError: for a banned address.
-        :raises ServiceUnavailable: if the peer layer is not running.
-        """
-        try:
-            parsed = parse_address(address)
-        except AddressError as e:
-            raise ValueError(str(e)) from None
-        peers = self._peers()
-        ban = peers.hub.bans.get(parsed.host, self.clock.seconds())
-        if ban is not None:
-            raise PermissionError(
-                f"{ban.address} is banned until {_utc(ban.until)}: {ban.reason}; "
-                f"lift the ban with DELETE /peers/banned/{ban.address}"
-            )
-        d = peers.dialer.dial(parsed, manual=True)
-
-        def row(link: PeerProtocol) -> dict[str, Any]:
-            for entry in peers.hub.link_rows():
-                if entry["node_id"] == link.node_id:
-                    return entry
-            return {"node_id": link.node_id, "address": str(parsed)}
-
-        return d.addCallback(row)
-
-    def disconnect(self, node_id: str) -> bool:
-        """``DELETE /peers/{node_id}``."""
-        peers = self._peers()
-        rested = peers.dialer.rest_node(node_id)
-        closed = peers.hub.disconnect(node_id)
-        return closed or rested > 0
-
-    def banned(self) -> list[dict[str, Any]]:
-        """``GET /peers/banned``: the bans in force, newest first."""
-        hub = self._peers().hub
-        return [ban.row() for ban in hub.bans.active(self.clock.seconds())]
-
-    def unban(self, address: str) -> dict[str, Any] | None:
-        """``DELETE /peers/banned/{address}``: lift a ban; ``None`` if there was none."""
-        ban = self._peers().hub.unban(address)
-        return None if ban is None else ban.row()
 
     def _market(self) -> MarketService:
         market = self.market
@@ -258,7 +174,7 @@ class NodeControl:
         events: list[Event] = []
         for index, (text, sig) in enumerate(signed):
             try:
-                event = parse_event(text, sig, config.network, config.pair)
+                event = parse_event(text, sig, config.network, market.pair)
             except EventError as e:
                 raise BatchRejected(index, f"invalid_event: {e}", "events") from None
             if not verify_event(event):
@@ -307,7 +223,7 @@ class NodeControl:
         return {
             "key": key,
             "network": self.config.network,
-            "pair": self.config.pair,
+            "pair": market.pair,
             "next_seq": market.next_seq_of(key),
             "lamport": market.next_lamport(),
             "events": market.ledger.next_seq(key) - 1,
@@ -338,7 +254,7 @@ class NodeControl:
         market = self._market()
         market.flush()
         now = unix_ms(self.clock.seconds())
-        return {"pair": self.config.pair, **self._ticker.read(market.ledger, now)}
+        return {"pair": market.pair, **self._ticker.read(market.ledger, now)}
 
     def trades(self, limit: int, offset: int = 0) -> list[dict[str, Any]]:
         """``GET /trades``: newest first."""
@@ -353,15 +269,8 @@ class NodeControl:
         market.flush()
         return market.ledger.trade_count
 
-    def discovery(self) -> dict[str, Any]:
-        """``GET /discovery``."""
-        return {
-            "mdns": self.mdns.status() if self.mdns is not None else None,
-            "dht": self.dht.status() if self.dht is not None else None,
-        }
-
     def watch(self, observer: Observer) -> Callable[[], None]:
-        """Tell C{observer} of market and link changes (the API's live stream)."""
+        """Tell C{observer} of the market's changes (its live stream)."""
         market = self.market
 
         def changed(change: MarketChange) -> None:
@@ -372,7 +281,242 @@ class NodeControl:
             for event in change.orders:
                 observer("order", order_doc(market, event))
 
-        unwatch_market = market.watch(changed)
+        return market.watch(changed)
+
+
+@implementer(INodeControl)
+class NodeControl:
+    """What the API may see and do, over the node's parts."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        clock: IReactorTime,
+        storage: Storage,
+        markets: Iterable[MarketService],
+        *,
+        gossips: Mapping[str, Gossip] | None = None,
+        peers: PeerService | None = None,
+        mdns: DiscoveryService | None = None,
+        dht: DiscoveryService | None = None,
+        api_url: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        """
+        :param storage: the node's storage (its identity, once open).
+        :param markets: the services of the markets the node carries, the
+            first first (a :class:`~bitfitech.market.markets.Markets`).
+        :param gossips: each market's gossip layer, by pair, whose counters
+            ``/status`` shows; ``None`` for markets alone (in tests).
+        :param peers: the peer layer; ``None`` for a node without one (the
+            market's side alone, in tests): no links, no status.
+        :param mdns: mDNS discovery, or ``None`` when it is off.
+        :param dht: the DHT, or ``None`` when it is off.
+        :param api_url: the HTTP API's address while it listens (its
+            dashboard for browsers), else ``None`` (``--no-api``).
+        """
+        self.config = config
+        self.clock = clock
+        self.storage = storage
+        self.peer_layer = peers
+        self.mdns = mdns
+        self.dht = dht
+        self.api_url = api_url
+        timing = config.gossip
+        # One rate per key for the whole node, whatever market its events are of.
+        key_buckets = BucketTable(timing.author_rate, timing.author_burst)
+        gossips = gossips or {}
+        self.by_name: dict[str, MarketControl] = {
+            market.pair: MarketControl(config, clock, market, gossip=gossips.get(market.pair),
+                                       key_buckets=key_buckets)
+            for market in markets
+        }  # fmt: skip
+        if not self.by_name:
+            raise ValueError("a node carries at least one market")
+        self.first = next(iter(self.by_name.values()))
+        self.gossip = self.first.gossip
+        self._link_observers: list[Observer] = []
+        self._watched_hub: PeerHub | None = None
+        self._known_links: dict[str, tuple[str | None, str]] = {}
+
+    def _peers(self) -> PeerService:
+        peers = self.peer_layer
+        if peers is None or not peers.running:
+            raise ServiceUnavailable("the peer layer is not running")
+        return peers
+
+    def status(self) -> dict[str, Any]:
+        """``GET /status``."""
+        config = self.config
+        peers = self._peers()
+        hub = peers.hub
+        now = self.clock.seconds()
+        return {
+            "node_id": self.storage.identity.node_id,
+            "network": config.network,
+            "pair": config.pair,
+            "version": __version__,
+            "user_agent": USER_AGENT,
+            "p2p": {
+                "host": config.host,
+                "port": peers.listen_port,
+                "tls": peers.tls is not None,
+            },
+            "peers": {
+                "inbound": hub.ready_count("inbound"),
+                "outbound": hub.ready_count("outbound"),
+                "handshaking": len(hub.pending),
+                "known_addresses": len(peers.addrbook),
+                "max_peers": config.max_peers,
+                "outbound_target": config.outbound,
+                "dials": peers.dialer.dials,
+                "dial_failures": peers.dialer.dial_failures,
+                "refused_inbound": hub.refused_inbound,
+                "refused_banned": hub.refused_banned,
+                "protocol_violations": hub.misbehaviour_count,
+                "bans": len(hub.bans.active(now)),
+            },
+            "uptime_ms": round((now - (peers.started_at or now)) * 1000),
+            "api": {"url": api, "dashboard": api} if (api := self.api_url()) else None,
+            "data_dir": config.data_dir,
+            **self.discovery(),
+            **self.first.market.status(),
+            "gossip": self.gossip.summary() if self.gossip is not None else {},
+            "sync": self.gossip.progress() if self.gossip is not None else None,
+            "markets": list(self.by_name),
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        """``GET /peers``."""
+        return self._peers().hub.link_rows()
+
+    def connect(self, address: str) -> Deferred[dict[str, Any]]:
+        """
+        ``POST /peers``: dial now and answer with the peer's row.
+
+        The address enters the address book, as ``manual`` (kept for good),
+        only once the handshake succeeded.  A dial that fails fails the
+        Deferred with its reason (a :class:`ConnectionError` or one of
+        Twisted's connect errors: the API answers 502) and leaves nothing
+        behind: the node neither redials the address nor tells peers of it.
+
+        :raises ValueError: for an address that does not parse.
+        :raises PermissionError: for a banned address.
+        :raises ServiceUnavailable: if the peer layer is not running.
+        """
+        try:
+            parsed = parse_address(address)
+        except AddressError as e:
+            raise ValueError(str(e)) from None
+        peers = self._peers()
+        ban = peers.hub.bans.get(parsed.host, self.clock.seconds())
+        if ban is not None:
+            raise PermissionError(
+                f"{ban.address} is banned until {_utc(ban.until)}: {ban.reason}; "
+                f"lift the ban with DELETE /peers/banned/{ban.address}"
+            )
+        d = peers.dialer.dial(parsed, manual=True)
+
+        def row(link: PeerProtocol) -> dict[str, Any]:
+            for entry in peers.hub.link_rows():
+                if entry["node_id"] == link.node_id:
+                    return entry
+            return {"node_id": link.node_id, "address": str(parsed)}
+
+        return d.addCallback(row)
+
+    def disconnect(self, node_id: str) -> bool:
+        """``DELETE /peers/{node_id}``."""
+        peers = self._peers()
+        rested = peers.dialer.rest_node(node_id)
+        closed = peers.hub.disconnect(node_id)
+        return closed or rested > 0
+
+    def banned(self) -> list[dict[str, Any]]:
+        """``GET /peers/banned``: the bans in force, newest first."""
+        hub = self._peers().hub
+        return [ban.row() for ban in hub.bans.active(self.clock.seconds())]
+
+    def unban(self, address: str) -> dict[str, Any] | None:
+        """``DELETE /peers/banned/{address}``: lift a ban; ``None`` if there was none."""
+        ban = self._peers().hub.unban(address)
+        return None if ban is None else ban.row()
+
+    def discovery(self) -> dict[str, Any]:
+        """``GET /discovery``."""
+        return {
+            "mdns": self.mdns.status() if self.mdns is not None else None,
+            "dht": self.dht.status() if self.dht is not None else None,
+        }
+
+    def markets(self) -> list[dict[str, Any]]:
+        """``GET /markets``: one row per market, the first first."""
+        return [control.row() for control in self.by_name.values()]
+
+    def market(self, name: str) -> MarketControl:
+        """The control of market C{name}; :class:`KeyError` if the node does not carry it."""
+        return self.by_name[name]
+
+    # The market methods of today's paths: the first market's.
+
+    def submit_order(
+        self, side: str, price: str | None, amount: str, order_type: str
+    ) -> Deferred[dict[str, Any]]:
+        """``POST /orders``: in the first market."""
+        return self.first.submit_order(side, price, amount, order_type)
+
+    def submit_orders(
+        self, orders: Sequence[tuple[str, str | None, str, str]]
+    ) -> Deferred[list[dict[str, Any]]]:
+        """``POST /orders/batch``: in the first market."""
+        return self.first.submit_orders(orders)
+
+    def cancel_order(self, order_id: str) -> Deferred[dict[str, Any]]:
+        """``DELETE /orders/{id}``: in the first market."""
+        return self.first.cancel_order(order_id)
+
+    def order(self, order_id: str) -> dict[str, Any] | None:
+        """``GET /orders/{id}``: in the first market."""
+        return self.first.order(order_id)
+
+    def orders(self, state: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """``GET /orders``: in the first market."""
+        return self.first.orders(state, limit, offset)
+
+    def book(self, depth: int) -> dict[str, Any]:
+        """``GET /book``: the first market's."""
+        return self.first.book(depth)
+
+    def submit_events(self, signed: Sequence[tuple[str, str]]) -> Deferred[list[dict[str, Any]]]:
+        """``POST /events``: events of the first market."""
+        return self.first.submit_events(signed)
+
+    def key(self, key: str) -> dict[str, Any]:
+        """``GET /keys/{key}``: in the first market."""
+        return self.first.key(key)
+
+    def key_orders(self, key: str, state: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """``GET /keys/{key}/orders``: in the first market."""
+        return self.first.key_orders(key, state, limit, offset)
+
+    def key_trades(self, key: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """``GET /keys/{key}/trades``: in the first market."""
+        return self.first.key_trades(key, limit, offset)
+
+    def ticker(self) -> dict[str, Any]:
+        """``GET /ticker``: the first market's."""
+        return self.first.ticker()
+
+    def trades(self, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """``GET /trades``: the first market's."""
+        return self.first.trades(limit, offset)
+
+    def trade_count(self) -> int:
+        """The total of ``GET /trades``: the first market's."""
+        return self.first.trade_count()
+
+    def watch(self, observer: Observer) -> Callable[[], None]:
+        """Tell C{observer} of the first market's and the links' changes (``/stream``)."""
+        unwatch_market = self.first.watch(observer)
         self._watch_links()
         self._link_observers.append(observer)
 

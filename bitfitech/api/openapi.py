@@ -379,6 +379,23 @@ SCHEMAS: Final[dict[str, Schema]] = {
     ),
     "Orders": obj({"orders": {"type": "array", "items": ref("Order")}}),
     "Trades": obj({"trades": {"type": "array", "items": ref("Trade")}}),
+    "Market": {
+        **obj(
+            {
+                "market": {**TEXT, "description": "The pair, BASE/QUOTE."},
+                "slug": {**TEXT, "description": "Its path segment, BASE-QUOTE."},
+                "best_bid": nullable(DECIMAL),
+                "best_ask": nullable(DECIMAL),
+                "last": nullable({**DECIMAL, "description": "The last trade's price."}),
+                "state_hash": HEX64,
+                "events": COUNT,
+                "trades": COUNT,
+                "open_orders": COUNT,
+                "ordering": {"enum": ["fair", "author"]},
+            }
+        ),
+        "description": "One market the node carries (`GET /markets`).",
+    },
     "Ticker": {
         **obj(
             {
@@ -542,6 +559,9 @@ PARAMETERS: Final[dict[str, Schema]] = {
                  "description": "An order id, 64 hex digits.", "schema": TEXT},
     "key": {"name": "key", "in": "path", "required": True,
             "description": "An author's Ed25519 public key, 64 hex digits.", "schema": TEXT},
+    "market": {"name": "market", "in": "path", "required": True,
+               "description": "A market the node carries, as BASE-QUOTE (BTC-USD; any case) "
+                              "or percent-encoded BASE/QUOTE (BTC%2FUSD).", "schema": TEXT},
 }  # fmt: skip
 
 HEADERS: Final[dict[str, Schema]] = {
@@ -693,6 +713,47 @@ RATE_LIMITED: Final = {
     ),
     "headers": {"Retry-After": {"schema": {"type": "integer"}}},
 }
+
+
+MARKETS_DESCRIPTION: Final = """\
+A node carries one or more markets.  Each market's routes are under
+`/markets/{market}/` (`/markets/ETH-USD/orders`, `/markets/ETH-USD/book`,
+...), `{market}` being BASE-QUOTE in any case (or BASE%2FUSD); a market the
+node does not carry is answered 404, naming those it carries.  Today's
+paths without the prefix (`/orders`, `/book`, `/ticker`, `/events`,
+`/keys/...`, `/trades`, `/stream`) are the first market's."""
+
+MARKET_ROUTES: Final = (
+    "/orders",
+    "/orders/batch",
+    "/orders/{order_id}",
+    "/book",
+    "/ticker",
+    "/events",
+    "/events/batch",
+    "/keys/{key}",
+    "/keys/{key}/orders",
+    "/keys/{key}/trades",
+    "/trades",
+)
+"""The routes of one market: each served at ``/markets/{market}`` + route too."""
+
+
+def market_path(item: Schema) -> Schema:
+    """
+    The path item of a market route under ``/markets/{market}``: C{item}'s
+    operations, with the ``market`` parameter, each also answering 404 (a
+    market the node does not carry) and 400 (a market that does not parse).
+    """
+    out = copy.deepcopy(item)
+    out["parameters"] = [{"$ref": "#/components/parameters/market"}, *out.get("parameters", [])]
+    for method, operation_ in out.items():
+        if method == "parameters":
+            continue
+        operation_["summary"] += " (of one market)"
+        for status, name in (("400", "BadRequest"), ("404", "NotFound")):
+            operation_["responses"].setdefault(status, {"$ref": f"#/components/responses/{name}"})
+    return out
 
 
 def build() -> Schema:
@@ -858,6 +919,12 @@ def build() -> Schema:
                                      "text/javascript": {"schema": {"type": "string"}}}}},
                 errors=("404",), public=True)},
     }  # fmt: skip
+    paths["/markets"] = {"get": operation(
+        "The markets this node carries, the first first (today's paths are its)",
+        {"200": answer({"type": "array", "items": ref("Market")})},
+        errors=("503",), extra={"description": MARKETS_DESCRIPTION})}  # fmt: skip
+    for route in MARKET_ROUTES:
+        paths[f"/markets/{{market}}{route}"] = market_path(paths[route])
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",

@@ -41,7 +41,14 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ..address import is_node_id
-from ..interfaces import BatchRejected, INodeControl, KeyRateLimited, ServiceUnavailable
+from ..config import parse_market_slug
+from ..interfaces import (
+    BatchRejected,
+    IMarketControl,
+    INodeControl,
+    KeyRateLimited,
+    ServiceUnavailable,
+)
 from .jsonresource import (
     DEFAULT_LIMIT,
     MAX_BATCH,
@@ -61,7 +68,7 @@ from .jsonresource import (
     unavailable_error,
     write_json,
 )
-from .openapi import document
+from .openapi import MARKET_ROUTES, document
 from .stream import Stream, StreamFeed, StreamTickets
 from .token import token_matches
 
@@ -93,10 +100,13 @@ ROUTES: Final = (
     "/stream/ticket",
     "/metrics",
     "/static/{name}",
+    "/markets",
+    *(f"/markets/{{market}}{route}" for route in MARKET_ROUTES),
 )
 """Every route the site serves (``/metrics`` and ``/static/{name}`` are
 mounted by :func:`bitfitech.api.app.site_root`); :mod:`bitfitech.api.openapi`
-documents each."""
+documents each.  Each market's routes are under ``/markets/{market}``;
+today's paths without the prefix are the first market's."""
 
 _ORDER_ID_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 
@@ -397,7 +407,7 @@ def batch_request(body: dict[str, Any]) -> list[Placement]:
 class Order(JSONResource):
     """``GET /orders/{id}``: one order; ``DELETE /orders/{id}``: cancel it."""
 
-    def __init__(self, node: INodeControl, order_id: str) -> None:
+    def __init__(self, node: IMarketControl, order_id: str) -> None:
         super().__init__()
         self.node = node
         self.order_id = order_id
@@ -436,7 +446,7 @@ class Order(JSONResource):
 class Orders(JSONResource):
     """``GET /orders?state=&limit=``: this node's orders; ``POST /orders``: place one."""
 
-    def __init__(self, node: INodeControl) -> None:
+    def __init__(self, node: IMarketControl) -> None:
         super().__init__()
         self.node = node
 
@@ -463,8 +473,11 @@ class Orders(JSONResource):
         except ServiceUnavailable as e:
             raise unavailable_error(e) from None
 
+        # /orders/{id}, or /markets/{market}/orders/{id}: below the path posted to.
+        base = request.path.decode("utf-8", "replace").rstrip("/")
+
         def created(document: dict[str, Any]) -> Answer:
-            return Answer(document, http.CREATED, {"location": f"/orders/{document['id']}"})
+            return Answer(document, http.CREATED, {"location": f"{base}/{document['id']}"})
 
         d.addCallbacks(created, _unavailable)
         return d  # type: ignore[return-value]
@@ -478,7 +491,7 @@ class OrderBatch(JSONResource):
 
     ok_status = http.CREATED
 
-    def __init__(self, node: INodeControl) -> None:
+    def __init__(self, node: IMarketControl) -> None:
         super().__init__()
         self.node = node
 
@@ -546,7 +559,7 @@ class Events(JSONResource):
 
     ok_status = http.CREATED
 
-    def __init__(self, node: INodeControl) -> None:
+    def __init__(self, node: IMarketControl) -> None:
         super().__init__()
         self.node = node
         self.putChild(b"batch", EventBatch(node))
@@ -570,7 +583,7 @@ class EventBatch(JSONResource):
 
     ok_status = http.CREATED
 
-    def __init__(self, node: INodeControl) -> None:
+    def __init__(self, node: IMarketControl) -> None:
         super().__init__()
         self.node = node
 
@@ -602,7 +615,7 @@ class EventBatch(JSONResource):
 class Keys(JSONResource):
     """``/keys/{key}``: what this node holds of one author's key."""
 
-    def __init__(self, node: INodeControl) -> None:
+    def __init__(self, node: IMarketControl) -> None:
         super().__init__()
         self.node = node
 
@@ -633,7 +646,7 @@ class Key(JSONResource):
     seq, a Lamport time); ``/orders`` and ``/trades`` below it.
     """
 
-    def __init__(self, node: INodeControl, key: str) -> None:
+    def __init__(self, node: IMarketControl, key: str) -> None:
         super().__init__()
         self.node = node
         self.key = key
@@ -654,7 +667,7 @@ class Key(JSONResource):
 class KeyOrders(JSONResource):
     """``GET /keys/{key}/orders?state=&limit=&offset=``: the key's orders, newest first."""
 
-    def __init__(self, node: INodeControl, key: str) -> None:
+    def __init__(self, node: IMarketControl, key: str) -> None:
         super().__init__()
         self.node = node
         self.key = key
@@ -670,7 +683,7 @@ class KeyOrders(JSONResource):
 class KeyTrades(JSONResource):
     """``GET /keys/{key}/trades?limit=&offset=``: the trades of the key's orders, newest first."""
 
-    def __init__(self, node: INodeControl, key: str) -> None:
+    def __init__(self, node: IMarketControl, key: str) -> None:
         super().__init__()
         self.node = node
         self.key = key
@@ -685,7 +698,7 @@ class KeyTrades(JSONResource):
 class Book(JSONResource):
     """``GET /book?depth=``: the aggregated book, best levels first."""
 
-    def __init__(self, node: INodeControl) -> None:
+    def __init__(self, node: IMarketControl) -> None:
         super().__init__()
         self.node = node
 
@@ -696,7 +709,7 @@ class Book(JSONResource):
 class Ticker(JSONResource):
     """``GET /ticker``: the market over the last 24 hours, with its best bid and ask."""
 
-    def __init__(self, node: INodeControl) -> None:
+    def __init__(self, node: IMarketControl) -> None:
         super().__init__()
         self.node = node
 
@@ -707,7 +720,7 @@ class Ticker(JSONResource):
 class Trades(JSONResource):
     """``GET /trades?limit=&offset=``: the trades, newest first."""
 
-    def __init__(self, node: INodeControl) -> None:
+    def __init__(self, node: IMarketControl) -> None:
         super().__init__()
         self.node = node
 
@@ -727,6 +740,76 @@ class Discovery(JSONResource):
 
     def render_GET(self, request: Request) -> object:
         return self.node.discovery()
+
+
+class Refusal(JSONResource):
+    """Any request below a path that cannot be: a JSON error, whatever the method or child."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__()
+        self.status = status
+        self.message = message
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return self
+
+    def render(self, request: Request) -> bytes:
+        return write_json(request, self.status, {"error": self.message})
+
+
+def mount_market(resource: JSONResource, market: IMarketControl) -> None:
+    """Mount the routes of one market (``orders``, ``book``, ...) on C{resource}."""
+    resource.putChild(b"orders", Orders(market))
+    resource.putChild(b"book", Book(market))
+    resource.putChild(b"ticker", Ticker(market))
+    resource.putChild(b"events", Events(market))
+    resource.putChild(b"keys", Keys(market))
+    resource.putChild(b"trades", Trades(market))
+
+
+class MarketRoot(JSONResource):
+    """``/markets/{market}``: the routes of one market; itself, a 404 (it lists nothing)."""
+
+    def __init__(self, market: IMarketControl) -> None:
+        super().__init__()
+        mount_market(self, market)
+
+    def render(self, request: Request) -> bytes:
+        return NotFound().render(request)
+
+
+class Markets(JSONResource):
+    """
+    ``GET /markets``: the markets the node carries; ``/markets/{market}/...``
+    one market's routes, ``{market}`` as ``BTC-USD`` (any case) or
+    ``BTC%2FUSD``.
+    """
+
+    def __init__(self, node: INodeControl) -> None:
+        super().__init__()
+        self.node = node
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        if not path:
+            return self
+        # Twisted unquotes each segment after splitting: BTC%2FUSD is BTC/USD here.
+        text = path.decode("utf-8", "replace")
+        try:
+            name = parse_market_slug(text)
+        except ValueError as e:
+            return Refusal(400, str(e))
+        try:
+            market = self.node.market(name)
+        except KeyError:
+            try:
+                carried = ", ".join(row["market"] for row in self.node.markets())
+            except ServiceUnavailable:
+                return Refusal(404, f"unknown market {name}")
+            return Refusal(404, f"unknown market {name}; this node carries {carried}")
+        return MarketRoot(market)
+
+    def render_GET(self, request: Request) -> object:
+        return self.node.markets()
 
 
 class OpenAPIDocument(JSONResource):
@@ -779,12 +862,9 @@ class Root(JSONResource):
         self.putChild(b"status", Status(node))
         self.putChild(b"discovery", Discovery(node))
         self.putChild(b"peers", Peers(node))
-        self.putChild(b"orders", Orders(node))
-        self.putChild(b"book", Book(node))
-        self.putChild(b"ticker", Ticker(node))
-        self.putChild(b"events", Events(node))
-        self.putChild(b"keys", Keys(node))
-        self.putChild(b"trades", Trades(node))
+        # Today's paths: the first market's.
+        mount_market(self, node)
+        self.putChild(b"markets", Markets(node))
         self.putChild(b"stream", Stream(self.feed, self.tickets))
 
     def mount_public(self, name: bytes, resource: IResource) -> None:

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.address import PeerAddress
-from bitfitech.api.control import NodeControl
+from bitfitech.api.control import MarketControl, NodeControl
 from bitfitech.api.resources import api_root
 from bitfitech.config import GossipTiming
 from bitfitech.interfaces import BatchRejected, KeyRateLimited, ServiceUnavailable
@@ -49,7 +49,7 @@ class MarketControlCase(SynchronousTestCase):
         self.market = MarketService(config, self.storage, self.clock, self.params)
         self.market.startService()
         self.addCleanup(self.stop_market)
-        self.control = NodeControl(config, self.clock, self.storage, self.market)
+        self.control = NodeControl(config, self.clock, self.storage, [self.market])
 
     def stop_market(self) -> None:
         if self.market.running:
@@ -184,6 +184,65 @@ class TimeConventionTests(MarketControlCase):
         )
 
 
+class TwoMarketsTests(SynchronousTestCase):
+    """A :class:`NodeControl` over two real markets: the first serves today's methods."""
+
+    def setUp(self) -> None:
+        data_dir = self.mktemp()
+        self.clock = Clock()
+        self.storage = Storage(data_dir)
+        self.storage.open()
+        self.addCleanup(self.storage.close)
+        config = loopback_config(data_dir, markets=("BTC/USD", "ETH/USD"))
+        self.btc, self.eth = (MarketService(config, self.storage, self.clock, market=pair)
+                              for pair in config.markets)  # fmt: skip
+        for market in (self.btc, self.eth):
+            market.startService()
+            self.addCleanup(market.stopService)
+        self.control = NodeControl(config, self.clock, self.storage, [self.btc, self.eth])
+
+    def committed(self, d: Deferred[Any]) -> Any:
+        for _ in range(5):
+            self.clock.advance(0)
+        return self.successResultOf(d)
+
+    def test_market(self) -> None:
+        eth = self.control.market("ETH/USD")
+        self.assertIsInstance(eth, MarketControl)
+        self.assertIs(eth.market, self.eth)
+        self.assertIs(self.control.market("BTC/USD").market, self.btc)
+        self.assertRaises(KeyError, self.control.market, "DOGE/USD")
+
+    def test_orders_stay_in_their_market(self) -> None:
+        eth = self.control.market("ETH/USD")
+        document = self.committed(eth.submit_order(*BUY))
+        self.assertEqual(eth.order(document["id"]), document)
+        self.assertIsNone(self.control.order(document["id"]))
+        self.assertEqual(self.control.book(5), {"bids": [], "asks": []})
+        self.assertEqual(eth.book(5)["bids"], [["100.5", "1", 1]])
+        self.assertEqual((eth.ticker()["pair"], self.control.ticker()["pair"]),
+                         ("ETH/USD", "BTC/USD"))  # fmt: skip
+        self.assertEqual(eth.key("ab" * 32)["pair"], "ETH/USD")
+
+    def test_rows(self) -> None:
+        self.committed(self.control.market("ETH/USD").submit_order(*BUY))
+        rows = self.control.markets()
+        self.assertEqual([(r["market"], r["slug"], r["events"], r["open_orders"], r["best_bid"])
+                          for r in rows],
+                         [("BTC/USD", "BTC-USD", 0, 0, None),
+                          ("ETH/USD", "ETH-USD", 1, 1, "100.5")])  # fmt: skip
+        self.assertEqual(rows[1]["state_hash"], self.eth.ledger.state_hash())
+
+    def test_events_of_another_market(self) -> None:
+        """An event of ETH/USD is refused on the first market's methods."""
+        user = Author(bytes(range(32)), self.eth.config.network, "ETH/USD")
+        event = user.order(1, 1, 1_700_000_000_000, "buy", "limit", "1", "1")
+        signed = [(event.text, event.sig)]
+        self.assertRaises(BatchRejected, self.control.submit_events, signed)
+        taken = self.committed(self.control.market("ETH/USD").submit_events(signed))
+        self.assertEqual(taken[0]["id"], event.id)
+
+
 class _ReadyLink:
     """Stands in for a dialled link whose handshake succeeded."""
 
@@ -237,7 +296,7 @@ class ConnectTests(SynchronousTestCase):
         self.peers = _PeerLayer(self.clock)
         self.peers.dialer.startService()
         self.addCleanup(self.peers.dialer.stopService)
-        control = NodeControl(config, self.clock, self.storage, market,
+        control = NodeControl(config, self.clock, self.storage, [market],
                               peers=cast(PeerService, self.peers))  # fmt: skip
         # StubTreq builds its request methods at run time; mypy cannot see them.
         self.stub: Any = StubTreq(api_root(control, clock=self.clock))

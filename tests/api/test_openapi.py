@@ -26,14 +26,14 @@ from bitfitech.api.openapi import document
 from bitfitech.api.resources import ROUTES
 from bitfitech.market.events import Author
 from bitfitech.node import Node
-from bitfitech.testing import HANG_GUARD, ClusterTestCase, poll_until, wait_for
+from bitfitech.testing import HANG_GUARD, TEST_PAIR, ClusterTestCase, poll_until, wait_for
 from tests.api.test_resources import URL, FakeNode
 
 DOC = document()
 METHODS = ("get", "post", "delete", "put", "patch")
 TOKEN = "openapi-test-token-0123456789"
-SAMPLES = {"{node_id}": "ab" * 20, "{address}": "192.0.2.1", "{order_id}": "cd" * 32,
-           "{key}": "ef" * 32}  # fmt: skip
+SAMPLES = {"{market}": "btc-usd", "{node_id}": "ab" * 20, "{address}": "192.0.2.1",
+           "{order_id}": "cd" * 32, "{key}": "ef" * 32}  # fmt: skip
 _REGISTRY: Registry[Any] = Registry().with_resource(
     "urn:bitfi", Resource.from_contents(DOC, default_specification=DRAFT202012)
 )
@@ -385,9 +385,138 @@ class RealNodeTests(ClusterTestCase):
             for status in item[method]["responses"]
         }  # fmt: skip
         missing = documented - self.checked - {("GET", "/stream", 200)}
+        missing = {(m, path, s) for m, path, s in missing if not path.startswith("/markets")}
         # 503s, a 404 for an unknown peer to disconnect and a key's 429 are
-        # checked with a fake node (tests.api.test_resources).
+        # checked with a fake node (tests.api.test_resources); the routes
+        # under /markets by test_markets.
         self.assertLessEqual({s for _, _, s in missing}, {503, 404, 401, 429}, sorted(missing))
+
+    async def test_markets(self) -> None:
+        """
+        A node of two markets: ``GET /markets``, and every route of one
+        market under ``/markets/{market}``, which sees that market only;
+        today's paths are the first market's.
+        """
+        eth = "ETH/USD"
+        a = self.cluster.start_node(markets=(TEST_PAIR, eth), plain_tcp=True, api_token=TOKEN)
+        assert a.api is not None
+        self.port = a.api.listen_port
+        m = "/markets/{market}"
+        root = "/markets/ETH-USD"
+
+        # Orders in ETH/USD land there, not in BTC/USD (today's paths).
+        buy = await self.call("POST", m + "/orders", f"{root}/orders",
+                              body={"side": "buy", "price": "100", "amount": "1"},
+                              expect=201)  # fmt: skip
+        await self.call("POST", m + "/orders", f"{root}/orders", body={"side": "up"},
+                        expect=400)  # fmt: skip
+        batch = await self.call(
+            "POST", m + "/orders/batch", f"{root}/orders/batch", expect=201,
+            body={"orders": [{"side": "buy", "price": "90", "amount": "1"},
+                             {"side": "sell", "price": "200", "amount": "1", "type": "post_only"}]},
+        )  # fmt: skip
+        await self.call("POST", m + "/orders/batch", f"{root}/orders/batch",
+                        body={"orders": []}, expect=400)  # fmt: skip
+
+        # Events a user's own key signed for ETH/USD (one trades with the
+        # node's buy); one of BTC/USD is refused there, and one of ETH/USD
+        # on today's path.
+        user = Author(bytes(range(32)), a.config.network, eth)
+        info = await self.call("GET", m + "/keys/{key}", f"{root}/keys/{user.author}")
+        self.assertEqual((info["pair"], info["next_seq"]), (eth, 1))
+        await self.call("GET", m + "/keys/{key}", f"{root}/keys/xyz", expect=400)
+        ts = int(self.reactor.seconds() * 1000)
+        taker = user.order(1, info["lamport"], ts, "sell", "limit", "100", "0.25")
+        await self.call("POST", m + "/events", f"{root}/events",
+                        body={"text": taker.text, "sig": taker.sig}, expect=201)  # fmt: skip
+        own = user.order(2, info["lamport"] + 1, ts, "sell", "limit", "150", "0.5")
+        await self.call("POST", "/events", body={"text": own.text, "sig": own.sig}, expect=400)
+        btc = Author(bytes(range(32)), a.config.network, TEST_PAIR).order(
+            2, info["lamport"] + 1, ts, "sell", "limit", "150", "0.5"
+        )
+        await self.call("POST", m + "/events", f"{root}/events",
+                        body={"text": btc.text, "sig": btc.sig}, expect=400)  # fmt: skip
+        cancel = user.cancel(3, info["lamport"] + 2, ts, own.id)
+        await self.call("POST", m + "/events/batch", f"{root}/events/batch",
+                        body={"events": [{"text": own.text, "sig": own.sig},
+                                         {"text": cancel.text, "sig": cancel.sig}]},
+                        expect=201)  # fmt: skip
+        await self.call("POST", m + "/events/batch", f"{root}/events/batch",
+                        body={"events": []}, expect=400)  # fmt: skip
+        orders = await self.call("GET", m + "/keys/{key}/orders",
+                                 f"{root}/keys/{user.author}/orders?state=all")  # fmt: skip
+        self.assertEqual([o["id"] for o in orders["orders"]], [own.id, taker.id])
+        await self.call("GET", m + "/keys/{key}/orders", f"{root}/keys/xyz/orders", expect=400)
+        key_trades = await self.call("GET", m + "/keys/{key}/trades",
+                                     f"{root}/keys/{user.author}/trades")  # fmt: skip
+        self.assertEqual(len(key_trades["trades"]), 1)
+        await self.call("GET", m + "/keys/{key}/trades", f"{root}/keys/xyz/trades", expect=400)
+
+        self.assertEqual(a.markets[eth].ledger.trade_count, 1)
+        self.assertEqual(len(a.markets[TEST_PAIR].ledger), 0)
+        self.assertEqual(await self.call("GET", "/book"), {"bids": [], "asks": []})
+        self.assertEqual((await self.call("GET", "/orders", "/orders?state=all"))["orders"], [])
+        book = await self.call("GET", m + "/book", f"{root}/book?depth=5")
+        self.assertEqual(book["bids"], [["100", "0.75", 1], ["90", "1", 1]])
+        await self.call("GET", m + "/book", f"{root}/book?depth=x", expect=400)
+        order = await self.call("GET", m + "/orders/{order_id}", f"{root}/orders/{buy['id']}")
+        self.assertEqual(order["filled"], "0.25")
+        await self.call("GET", m + "/orders/{order_id}", f"{root}/orders/{'cd' * 32}", expect=404)
+        await self.call("GET", m + "/orders/{order_id}", f"{root}/orders/xyz", expect=400)
+        await self.call("GET", "/orders/{order_id}", f"/orders/{buy['id']}", expect=404)
+        await self.call("DELETE", m + "/orders/{order_id}",
+                        f"{root}/orders/{batch['orders'][0]['id']}")  # fmt: skip
+        await self.call("DELETE", m + "/orders/{order_id}", f"{root}/orders/{'cd' * 32}",
+                        expect=404)  # fmt: skip
+        await self.call("DELETE", m + "/orders/{order_id}", f"{root}/orders/xyz", expect=400)
+        mine = await self.call("GET", m + "/orders", f"{root}/orders?state=all")
+        self.assertEqual(len(mine["orders"]), 3)
+        await self.call("GET", m + "/orders", f"{root}/orders?state=nope", expect=400)
+        trades = await self.call("GET", m + "/trades", f"{root}/trades")
+        self.assertEqual(len(trades["trades"]), 1)
+        await self.call("GET", m + "/trades", f"{root}/trades?limit=0", expect=400)
+        self.assertEqual((await self.call("GET", "/trades"))["trades"], [])
+        ticker = await self.call("GET", m + "/ticker", f"{root}/ticker")
+        self.assertEqual((ticker["pair"], ticker["last"]), (eth, "100"))
+        self.assertEqual((await self.call("GET", "/ticker"))["pair"], TEST_PAIR)
+
+        # The markets, with their state; slug forms; a market not carried, a bad one.
+        rows = await self.call("GET", "/markets")
+        self.assertEqual([(r["market"], r["slug"]) for r in rows],
+                         [(TEST_PAIR, "BTC-USD"), (eth, "ETH-USD")])  # fmt: skip
+        self.assertEqual(rows[1]["state_hash"], a.markets[eth].ledger.state_hash())
+        self.assertEqual(rows[0]["state_hash"], a.markets[TEST_PAIR].ledger.state_hash())
+        self.assertEqual((rows[1]["trades"], rows[1]["last"], rows[0]["events"]), (1, "100", 0))
+        for form in ("eth-usd", "ETH%2FUSD", "Eth-Usd"):
+            same = await self.call("GET", m + "/ticker", f"/markets/{form}/ticker")
+            self.assertEqual(same["pair"], eth)
+        await self.call("GET", "/markets", token=None, expect=401)
+        for template in ROUTES:
+            if template.startswith(m):
+                for method in DOC["paths"][template]:
+                    if method in METHODS:
+                        path = sample(template)
+                        unknown = await self.call(method.upper(), template,
+                                                  path.replace("btc-usd", "DOGE-USD"),
+                                                  expect=404)  # fmt: skip
+                        self.assertEqual(unknown["error"], "unknown market DOGE/USD; this node "
+                                         "carries BTC/USD, ETH/USD")  # fmt: skip
+                        bad = await self.call(
+                            method.upper(), template, path.replace("btc-usd", "nope"), expect=400
+                        )
+                        self.assertIn("invalid market", bad["error"])
+                        await self.call(method.upper(), template, token=None, expect=401)
+
+        documented = {
+            (method.upper(), path, int(status))
+            for path, item in DOC["paths"].items() for method in METHODS if method in item
+            for status in item[method]["responses"]
+            if path.startswith("/markets")
+        }  # fmt: skip
+        missing = documented - self.checked
+        # 503s and a key's 429 are checked on today's paths (test_every_endpoint)
+        # and with a fake node; so is the 403 of a peer's order.
+        self.assertLessEqual({s for _, _, s in missing}, {503, 429, 403}, sorted(missing))
 
     async def test_fair_order(self) -> None:
         """

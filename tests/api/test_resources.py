@@ -133,6 +133,8 @@ class FakeNode:
         self.unbanned: list[str] = []
         self.discovery_doc: dict[str, Any] = {"mdns": None, "dht": None}
         self.watchers: list[Callable[[str, dict[str, Any] | None], None]] = []
+        self.carried: dict[str, Any] = {"BTC/USD": self}
+        """The markets, by name: this node (the first market's), and any other fake."""
 
     def status(self) -> dict[str, Any]:
         return self.status_doc
@@ -263,6 +265,15 @@ class FakeNode:
     def discovery(self) -> dict[str, Any]:
         return self.discovery_doc
 
+    def markets(self) -> list[dict[str, Any]]:
+        return [{"market": name, "slug": name.replace("/", "-"), "best_bid": None,
+                 "best_ask": None, "last": None, "state_hash": "0" * 64, "events": 0,
+                 "trades": 0, "open_orders": 0, "ordering": "lamport"}
+                for name in self.carried]  # fmt: skip
+
+    def market(self, name: str) -> Any:
+        return self.carried[name]
+
     def watch(self, observer: Callable[[str, dict[str, Any] | None], None]) -> Callable[[], None]:
         self.watchers.append(observer)
         return lambda: self.watchers.remove(observer)
@@ -326,7 +337,8 @@ class ReadTests(APITestCase):
         assert isinstance(body, dict)
         self.assertEqual((body["name"], body["openapi"]), ("bitfi", "/openapi.json"))
         for path in ("/status", "/discovery", "/peers", "/peers/banned", "/orders",
-                     "/orders/batch", "/book", "/trades", "/stream", "/openapi.json"):  # fmt: skip
+                     "/orders/batch", "/book", "/trades", "/stream", "/openapi.json",
+                     "/markets", "/markets/{market}/orders"):  # fmt: skip
             self.assertIn(path, body["endpoints"])
         # Programs still get the index at /; browsers get the dashboard once it is mounted.
         self.assertEqual(self.answer(self.stub.get(f"{URL}/"))[1], body)
@@ -1347,3 +1359,68 @@ class AccessLogTests(SynchronousTestCase):
         set_log_level(LogLevel.debug)
         self.assertTrue(enabled(LogLevel.debug))
         self.assertEqual(log_level(), LogLevel.debug)
+
+
+class MarketsTests(APITestCase):
+    """``GET /markets`` and the routes of one market under ``/markets/{market}``."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.eth = FakeNode()
+        self.eth.book_doc = {"bids": [["5", "1", 1]], "asks": []}
+        self.eth.ticker_doc = {"pair": "ETH/USD", "last": None}
+        self.node.carried["ETH/USD"] = self.eth
+
+    def test_list(self) -> None:
+        status, body, _ = self.answer(self.stub.get(f"{URL}/markets"))
+        self.assertEqual(status, 200)
+        assert isinstance(body, list)
+        self.assertEqual([(r["market"], r["slug"]) for r in body],
+                         [("BTC/USD", "BTC-USD"), ("ETH/USD", "ETH-USD")])  # fmt: skip
+
+    def test_slug_forms(self) -> None:
+        """BASE-QUOTE in any case, and percent-encoded BASE/QUOTE, name the market."""
+        for form in ("ETH-USD", "eth-usd", "Eth-Usd", "ETH%2FUSD", "eth%2fusd"):
+            status, body, _ = self.answer(self.stub.get(f"{URL}/markets/{form}/book"))
+            self.assertEqual((status, body), (200, self.eth.book_doc), form)
+        self.assertEqual(self.node.queries, [])
+
+    def test_root_is_first_market(self) -> None:
+        """Today's paths and /markets/BTC-USD are the first market's."""
+        for path in ("/book", "/markets/BTC-USD/book"):
+            self.assertEqual(self.answer(self.stub.get(f"{URL}{path}"))[1], BOOK)
+        self.assertEqual(self.eth.queries, [])
+
+    def test_orders_in_market(self) -> None:
+        """An order placed under /markets/ETH-USD goes to that market; its Location is there."""
+        d = self.stub.post(f"{URL}/markets/ETH-USD/orders",
+                           json={"side": "buy", "price": "100", "amount": "1"})  # fmt: skip
+        status, body, headers = self.answer(d)
+        self.assertEqual(status, 201)
+        assert isinstance(body, dict)
+        self.assertEqual(headers.getRawHeaders(b"location"),
+                         [f"/markets/ETH-USD/orders/{body['id']}".encode()])  # fmt: skip
+        self.assertEqual((self.eth.submitted, self.node.submitted),
+                         ([("buy", "100", "1", "limit")], []))  # fmt: skip
+
+    def test_unknown_market(self) -> None:
+        for method in ("get", "post", "delete"):
+            d = getattr(self.stub, method)(f"{URL}/markets/DOGE-USD/orders")
+            self.assert_error(d, 404, "unknown market DOGE/USD; this node carries BTC/USD, ETH/USD")
+
+    def test_bad_market(self) -> None:
+        for form in ("nope", "BTC-USD-EUR", "b%C3%A9-usd"):
+            self.assert_error(self.stub.get(f"{URL}/markets/{form}/book"), 400, "invalid market")
+
+    def test_market_root(self) -> None:
+        """/markets/{market} itself lists nothing."""
+        self.assert_error(self.stub.get(f"{URL}/markets/ETH-USD"), 404)
+        self.assert_error(self.stub.get(f"{URL}/markets/ETH-USD/nope"), 404)
+
+    def test_unavailable(self) -> None:
+        def down() -> list[dict[str, Any]]:
+            raise ServiceUnavailable("the market is not running")
+
+        self.node.markets = down  # type: ignore[method-assign]
+        self.assert_error(self.stub.get(f"{URL}/markets"), 503, "not running")
+        self.assert_error(self.stub.get(f"{URL}/markets/DOGE-USD/book"), 404, "unknown market")

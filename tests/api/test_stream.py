@@ -298,7 +298,7 @@ class MarketStreamTests(SynchronousTestCase):
         self.market = MarketService(config, self.storage, self.clock, params)
         self.market.startService()
         self.addCleanup(self.stop_market)
-        self.control = _Control(config, self.clock, self.storage, self.market)
+        self.control = _Control(config, self.clock, self.storage, [self.market])
         self.feed = StreamFeed(self.control, self.clock)
         self.stream = Stream(self.feed, StreamTickets(self.feed))
 
@@ -389,7 +389,7 @@ class _Control(NodeControl):
     """NodeControl without a peer layer: no links, and the market's part of the status."""
 
     def status(self) -> dict[str, Any]:
-        return {"node_id": NODE_B, **self.market.status()}
+        return {"node_id": NODE_B, **self.first.market.status()}
 
     def peers(self) -> list[dict[str, Any]]:
         return []

@@ -37,7 +37,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from .identity import load_or_create_identity
-from .testing import HANG_GUARD, free_ports
+from .testing import HANG_GUARD, reserved_ports
 
 # -- fault injection: loopback proxies, a fault plan, a load and a cluster of processes
 #
@@ -811,28 +811,30 @@ class FaultCluster:
             stamps (where a witness stopped before its first stamp leaves
             events stranded: ``tests/integration/test_faults.py``).
         """
-        ports = free_ports(2 * self.size)
-        data_dirs = [os.path.join(self.base_dir, name) for name in self.names]
-        ids = []
-        for data_dir in data_dirs:
-            os.makedirs(data_dir, exist_ok=True)
-            ids.append(load_or_create_identity(data_dir).node_id)
-        self._index = {node_id: i for i, node_id in enumerate(ids)}
-        for i in range(self.size):
-            for j in range(self.size):
-                if i != j:
-                    proxy = LoopbackProxy(self.reactor, ports[2 * j],
-                                          f"{self.names[i]}->{self.names[j]}")  # fmt: skip
-                    self.proxies[(i, j)] = proxy
-                    await proxy.start()
-        for i, name in enumerate(self.names):
-            witnesses = tuple(
-                f"{ids[j]}@127.0.0.1:{ports[2 * j] if i == j else self.proxies[(i, j)].port}"
-                for j in range(self.size)
-            )
-            slot = NodeSlot(i, name, ports[2 * i], ports[2 * i + 1], data_dirs[i], ids[i],
-                            witnesses)  # fmt: skip
-            self.slots.append(slot)
+        # The nodes' ports stay held while the proxies start: a proxy asks the
+        # OS for a port, and must not be given one a node is about to take.
+        with reserved_ports(2 * self.size) as ports:
+            data_dirs = [os.path.join(self.base_dir, name) for name in self.names]
+            ids = []
+            for data_dir in data_dirs:
+                os.makedirs(data_dir, exist_ok=True)
+                ids.append(load_or_create_identity(data_dir).node_id)
+            self._index = {node_id: i for i, node_id in enumerate(ids)}
+            for i in range(self.size):
+                for j in range(self.size):
+                    if i != j:
+                        proxy = LoopbackProxy(self.reactor, ports[2 * j],
+                                              f"{self.names[i]}->{self.names[j]}")  # fmt: skip
+                        self.proxies[(i, j)] = proxy
+                        await proxy.start()
+            for i, name in enumerate(self.names):
+                witnesses = tuple(
+                    f"{ids[j]}@127.0.0.1:{ports[2 * j] if i == j else self.proxies[(i, j)].port}"
+                    for j in range(self.size)
+                )
+                slot = NodeSlot(i, name, ports[2 * i], ports[2 * i + 1], data_dirs[i], ids[i],
+                                witnesses)  # fmt: skip
+                self.slots.append(slot)
         self.nodes = [self._spawn(slot) for slot in self.slots]
         for node in self.nodes:
             await node.wait_for_api()

@@ -12,6 +12,7 @@ simulations of many nodes an in-memory UDP network
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import heapq
@@ -20,7 +21,7 @@ import random
 import secrets
 import socket
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from cryptography import x509
@@ -617,11 +618,24 @@ def free_ports(count: int) -> list[int]:
 
     All sockets are held until every port is picked, so the ports differ.
     """
+    with reserved_ports(count) as ports:
+        return ports
+
+
+@contextlib.contextmanager
+def reserved_ports(count: int) -> Iterator[list[int]]:
+    """
+    Pick C{count} distinct TCP ports on 127.0.0.1 and hold them (bound,
+    not listening) until the block ends: meanwhile no socket of this
+    process or another that asks the OS for a port (a proxy listening on
+    port 0) can be given one of them.  Release them just before the
+    processes that must listen on them start.
+    """
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
     try:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+        yield [int(sock.getsockname()[1]) for sock in sockets]
     finally:
         for sock in sockets:
             sock.close()

@@ -9,6 +9,10 @@ the node's Server-Sent Events from ``GET /stream`` (:class:`EventStream`,
 through :class:`EventStreamParser`, a small pure parser with bounded
 lines), prints a line when one says something new (:class:`WatchLines`)
 and follows the stream across reconnections (:func:`follow_stream`).
+With ``--market PAIR`` (or ``$BITFI_MARKET``), a command about one market
+(``book``, ``trades``, ``orders``, ``buy``, ``sell``, ``cancel``) uses that
+market's routes, ``/markets/<slug>/...`` (:func:`market_path`); without it,
+the node's first market's, at today's paths.  ``bitfi markets`` lists them.
 Three commands need no node: ``bitfi token`` and ``bitfi node-id`` work on a
 node's data directory (its API token, its key), and ``bitfi key`` on the
 user's own key.
@@ -558,7 +562,8 @@ def render_status(status: Mapping[str, Any], now: float) -> list[str]:
     lines = [
         ("node", f"{status.get('node_id')}  ({status.get('user_agent', '?')}, "
                  f"up {duration_ms(status.get('uptime_ms'))})"),
-        ("network", f"{status.get('network')}  {status.get('pair')}"),
+        ("network", f"{status.get('network')}  "
+                    f"{', '.join(map(str, status.get('markets') or [status.get('pair')]))}"),
         ("p2p", f"{p2p.get('host')}:{p2p.get('port')}  "
                 f"{'TLS' if p2p.get('tls') else 'plain TCP (no TLS)'}"),
         ("peers", f"{peers.get('inbound', 0)} in, {peers.get('outbound', 0)} out, "
@@ -731,6 +736,24 @@ def _spread(asks: Sequence[Sequence[Any]], bids: Sequence[Sequence[Any]]) -> str
         percent = (spread / mid * 100).quantize(Decimal("0.001"))
         return f"spread {spread} ({percent}%)"
     return f"spread {spread}"
+
+
+def render_markets(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``GET /markets`` as a table, the node's first market first."""
+    body = [
+        [
+            str(row.get("market")),
+            decimal_text(row.get("best_bid")),
+            decimal_text(row.get("best_ask")),
+            decimal_text(row.get("last")),
+            str(row.get("trades", 0)),
+            str(row.get("open_orders", 0)),
+            short(row.get("state_hash"), 16),
+        ]
+        for row in rows
+    ]
+    headers = ("MARKET", "BID", "ASK", "LAST", "TRADES", "OPEN", "STATE")
+    return table(headers, body, "ldddrrl")
 
 
 def render_trades(trades: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -993,6 +1016,16 @@ def ip_argument(text: str) -> str:
         ) from None
 
 
+def market_argument(text: str) -> str:
+    """A market: a pair ``BASE/QUOTE`` such as ``ETH/USD`` (upper-cased)."""
+    from .config import coerce_pair
+
+    try:
+        return coerce_pair(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def count_argument(text: str) -> int:
     """A count from 1 to :data:`MAX_LIMIT`."""
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
@@ -1036,18 +1069,20 @@ class Sent:
     resent: Sequence[tuple[int, str]]
 
 
-def key_chain(client: NodeClient, public_key: str) -> tuple[str, str, int, int]:
+def key_chain(client: NodeClient, public_key: str, root: str = "") -> tuple[str, str, int, int]:
     """
-    ``GET /keys/{key}``: the node's network and pair, the seq the key's next
-    event must have as the node sees the key's chain, and a Lamport time
-    above every one the node holds.
+    ``GET /keys/{key}``: the node's network and the market's pair, the seq
+    the key's next event must have as the node sees the key's chain on that
+    market, and a Lamport time above every one the node holds.
 
+    :param root: the market's routes (``/markets/ETH-USD``), or ``""`` for
+        the node's first market (:func:`market_path`).
     :raises CommandError: for an answer without them.
     """
     try:
-        answer = client.request("GET", f"/keys/{public_key}")
+        answer = client.request("GET", f"{root}/keys/{public_key}")
     except NodeError as error:
-        if error.status == http.client.NOT_FOUND:
+        if error.status == http.client.NOT_FOUND and not root:
             raise CommandError(
                 f"{error}: this node does not take events signed by your own key "
                 "(it has no /keys API: it is older than this bitfi)"
@@ -1074,6 +1109,7 @@ def send_signed(
     key: UserKey,
     draft: Draft,
     clock: Callable[[], float] = time.time,
+    root: str = "",
 ) -> Sent:
     """
     Sign one event with C{key} and send it, with the key's lock held.
@@ -1090,12 +1126,15 @@ def send_signed(
 
     :param draft: signs the event, given the author, seq, Lamport time and ts.
     :param clock: unix time in seconds.
+    :param root: the market's routes (``/markets/ETH-USD``), or ``""`` for
+        the node's first market: the record is kept by network and pair, so
+        each market's chain is its own.
     :raises CommandError: as the requests do, or if the node is too far behind.
     """
     from .market.events import EventError, parse_event
 
     with key.locked():
-        network, pair, next_seq, node_lamport = key_chain(client, key.public_key)
+        network, pair, next_seq, node_lamport = key_chain(client, key.public_key, root)
         record = SentEvents.load(key.path + ".sent")
         kept = record.events(network, pair)
         try:
@@ -1125,11 +1164,12 @@ def send_signed(
         batch = [*missing, event]
         try:
             if len(batch) == 1:
-                answer = client.request("POST", "/events", {"text": event.text, "sig": event.sig})
+                body = {"text": event.text, "sig": event.sig}
+                answer = client.request("POST", f"{root}/events", body)
                 document = answer.document
             else:
-                body = {"events": [{"text": e.text, "sig": e.sig} for e in batch]}
-                answer = client.request("POST", "/events/batch", body)
+                many = {"events": [{"text": e.text, "sig": e.sig} for e in batch]}
+                answer = client.request("POST", f"{root}/events/batch", many)
                 document = answer.document["events"][-1]
         except NodeError as error:
             if 400 <= error.status < 500:
@@ -1198,6 +1238,25 @@ class Console:
         return EXIT_OK
 
 
+def market_path(args: argparse.Namespace, path: str) -> str:
+    """
+    C{path} (``/book?depth=5``) of the market ``--market`` names, under
+    ``/markets/<slug>``; without ``--market``, C{path} itself (the node's
+    first market's).
+    """
+    from .config import market_slug
+
+    market: str | None = getattr(args, "market", None)
+    if market is None:
+        return path
+    return f"/markets/{market_slug(market)}{path}"
+
+
+def run_markets(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
+    """``bitfi markets``: the markets the node carries (``GET /markets``)."""
+    return console.answer(client.request("GET", "/markets"), render_markets)
+
+
 def run_status(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
     """``bitfi status``."""
     now = time.time()
@@ -1218,14 +1277,15 @@ def run_connect(client: NodeClient, args: argparse.Namespace, console: Console) 
 
 def run_book(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
     """``bitfi book [--depth N]``."""
-    answer = client.request("GET", "/book?" + urlencode({"depth": args.depth}))
+    answer = client.request("GET", market_path(args, "/book?") + urlencode({"depth": args.depth}))
     return console.answer(answer, render_book)
 
 
 def run_trades(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
     """``bitfi trades [--limit N] [--mine]``: the node's trades, or those of your key's orders."""
     where = f"/keys/{_public_key(args)}/trades" if args.mine else "/trades"
-    answer = client.request("GET", f"{where}?" + urlencode({"limit": args.limit}))
+    query = urlencode({"limit": args.limit})
+    answer = client.request("GET", market_path(args, f"{where}?{query}"))
     return console.answer(answer, lambda doc: render_trades(doc["trades"]))
 
 
@@ -1237,7 +1297,7 @@ def run_orders(client: NodeClient, args: argparse.Namespace, console: Console) -
     """
     where = f"/keys/{_public_key(args)}/orders" if args.mine else "/orders"
     query = urlencode({"state": args.state, "limit": args.limit})
-    answer = client.request("GET", f"{where}?{query}")
+    answer = client.request("GET", market_path(args, f"{where}?{query}"))
     return console.answer(answer, lambda doc: render_orders(doc["orders"]))
 
 
@@ -1259,7 +1319,7 @@ def run_place(client: NodeClient, args: argparse.Namespace, console: Console) ->
     body: dict[str, str] = {"side": args.command, "amount": args.amount, "type": args.type}
     if args.price is not None:
         body["price"] = args.price
-    return console.answer(client.request("POST", "/orders", body), render_order)
+    return console.answer(client.request("POST", market_path(args, "/orders"), body), render_order)
 
 
 def _place_signed(client: NodeClient, args: argparse.Namespace, console: Console) -> int:
@@ -1272,7 +1332,7 @@ def _place_signed(client: NodeClient, args: argparse.Namespace, console: Console
     with key:
         if made:
             _note_new_key(console, key)
-        sent = send_signed(client, key, draft)
+        sent = send_signed(client, key, draft, root=market_path(args, ""))
     return console.sent(sent, render_signed_order)
 
 
@@ -1282,7 +1342,8 @@ def run_cancel(client: NodeClient, args: argparse.Namespace, console: Console) -
     or with your key, this command does (``POST /events``).
     """
     if args.signer is None:
-        return console.answer(client.request("DELETE", f"/orders/{args.order_id}"), render_order)
+        answer = client.request("DELETE", market_path(args, f"/orders/{args.order_id}"))
+        return console.answer(answer, render_order)
     order_id: str = args.order_id
 
     def draft(author: Author, seq: int, lamport: int, ts: int) -> Event:
@@ -1290,18 +1351,18 @@ def run_cancel(client: NodeClient, args: argparse.Namespace, console: Console) -
 
     key, _ = open_user_key(args.signer, create=False)
     with key:
-        _check_own_order(client, key, order_id)
-        sent = send_signed(client, key, draft)
+        _check_own_order(client, key, order_id, market_path(args, ""))
+        sent = send_signed(client, key, draft, root=market_path(args, ""))
     return console.sent(sent, lambda doc: render_signed_cancel(doc, order_id))
 
 
-def _check_own_order(client: NodeClient, key: UserKey, order_id: str) -> None:
+def _check_own_order(client: NodeClient, key: UserKey, order_id: str, root: str = "") -> None:
     """
     Refuse to cancel an order the node knows another key placed: such a
     cancel has no effect anywhere, and would cost a seq of your chain.
     """
     try:
-        order = client.request("GET", f"/orders/{order_id}").document
+        order = client.request("GET", f"{root}/orders/{order_id}").document
     except NodeError as error:
         if error.status == http.client.NOT_FOUND:
             return  # not here (yet): the cancel counts wherever the order is
@@ -1457,6 +1518,11 @@ def run_watch(
     (:class:`WatchLines`), until Ctrl-C; a lost stream is reopened
     (:func:`follow_stream`), with a note on stderr.
     """
+    if getattr(args, "market", None) is not None:
+        raise CommandUsageError(
+            "bitfi watch: error: the node's live stream (GET /stream) serves only its first "
+            "market for now: run bitfi watch without --market (and without $BITFI_MARKET)"
+        )
     lines = WatchLines(console)
 
     def note(text: str) -> None:
@@ -1598,6 +1664,11 @@ def build_parser(stdout: TextIO, stderr: TextIO) -> argparse.ArgumentParser:
         "one (default: $BITFI_API_CA_BUNDLE, else the system's)",
     )  # fmt: skip
     common.add_argument(
+        "--market", metavar="PAIR", type=market_argument, default=argparse.SUPPRESS,
+        help="the market of book, trades, orders, buy, sell and cancel, such as ETH/USD "
+        "(default: $BITFI_MARKET, else the node's first market)",
+    )  # fmt: skip
+    common.add_argument(
         "--key", metavar="PATH", default=argparse.SUPPRESS,
         help="your own key file: buy, sell and cancel are signed with it here, not by the "
         "node (default: $BITFI_KEY; without either, the node signs)",
@@ -1628,6 +1699,7 @@ def build_parser(stdout: TextIO, stderr: TextIO) -> argparse.ArgumentParser:
         return sub
 
     command("status", run_status, "a summary of the node")
+    command("markets", run_markets, "the markets the node carries, its first first")
     command("peers", run_peers, "the peers linked now")
     sub = command("connect", run_connect, "dial a peer now")
     sub.add_argument("address", metavar="ADDR", type=peer_address_argument,
@@ -1698,7 +1770,7 @@ def main(
 
     :param argv: the arguments, without the program name (default: ``sys.argv[1:]``).
     :param environ: the environment read for ``BITFI_NODE``,
-        ``BITFI_API_TOKEN``, ``BITFI_API_CA_BUNDLE``, ``BITFI_KEY`` and where the
+        ``BITFI_MARKET``, ``BITFI_API_TOKEN``, ``BITFI_API_CA_BUNDLE``, ``BITFI_KEY`` and where the
         user's key is by default (default: ``os.environ``).
     """
     out = stdout if stdout is not None else sys.stdout
@@ -1712,6 +1784,8 @@ def main(
             return EXIT_USAGE
         if args.command in ("buy", "sell"):
             _check_order(parser, args)
+        if getattr(args, "market", None) is None:
+            args.market = _market_from(parser, env.get("BITFI_MARKET") or None)
     except _ParserExit as done:
         return done.status
     console = Console(out, err, as_json=getattr(args, "json", False))
@@ -1757,6 +1831,16 @@ def main(
         # The reader went away (bitfi watch | head): stop quietly.
         _silence_stdout(out)
         return EXIT_OK
+
+
+def _market_from(parser: argparse.ArgumentParser, text: str | None) -> str | None:
+    """The market ``$BITFI_MARKET`` names (C{text}), if any; a usage error if it is not one."""
+    if text is None:
+        return None
+    try:
+        return market_argument(text)
+    except argparse.ArgumentTypeError as error:
+        parser.exit(EXIT_USAGE, f"bitfi: error: $BITFI_MARKET: {error}\n")
 
 
 def _check_order(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -183,8 +183,9 @@ class UsageTests(SynchronousTestCase):
     def test_help(self) -> None:
         run = self.run_cli("--help")
         self.assertEqual(run.code, 0)
-        for command in ("status", "peers", "connect", "book", "trades", "orders", "buy", "sell",
-                        "cancel", "watch", "key", "token", "banned", "unban"):  # fmt: skip
+        for command in ("status", "markets", "peers", "connect", "book", "trades", "orders",
+                        "buy", "sell", "cancel", "watch", "key", "token", "banned",
+                        "unban"):  # fmt: skip
             self.assertIn(command, run.out)
         self.assertIn("4 unauthorized", run.out)
 
@@ -264,6 +265,27 @@ class UsageTests(SynchronousTestCase):
         self.assertEqual(self.run_cli("--timeout", "0", "status").code, 2)
         self.assertEqual(self.run_cli("--timeout", "soon", "status").code, 2)
 
+    def test_bad_market(self) -> None:
+        """A --market or $BITFI_MARKET that is not a pair: a usage error, nothing sent."""
+        run = self.run_cli("--market", "ETHUSD", "book")
+        self.assertEqual((run.code, run.out), (2, ""))
+        self.assertIn("bitfi: error: argument --market: invalid pair 'ETHUSD'", run.err)
+        run = self.run_cli("book", "--market", "ETH/USD/X")
+        self.assertEqual(run.code, 2)
+        self.assertIn("bitfi book: error: argument --market: invalid pair", run.err)
+        out, err = io.StringIO(), io.StringIO()
+        node = f"http://127.0.0.1:{free_ports(1)[0]}"
+        code = cli.main(["--node", node, "book"], stdout=out, stderr=err,
+                        environ={"BITFI_MARKET": "eth-usd"})  # fmt: skip
+        self.assertEqual(code, 2)
+        self.assertIn("bitfi: error: $BITFI_MARKET: invalid pair 'eth-usd'", err.getvalue())
+
+    def test_watch_one_market(self) -> None:
+        """The live stream is the first market's only: watch refuses --market."""
+        run = self.run_cli("--market", "ETH/USD", "watch")
+        self.assertEqual((run.code, run.out), (2, ""))
+        self.assertIn("serves only its first market for now", run.err)
+
 
 class NodeTests(ClusterTestCase):
     """Every command against real nodes on 127.0.0.1."""
@@ -301,6 +323,42 @@ class NodeTests(ClusterTestCase):
         run = await bitfi("--json", "status", environ={"BITFI_NODE": self.url})
         self.assertEqual(run.code, 0)
         self.assertEqual(run.json()["node_id"], self.node.storage.identity.node_id)
+
+    async def test_two_markets(self) -> None:
+        """
+        On a node of two markets, --market sends an order to its market and
+        reads its book; without it, the first market's; ``bitfi markets``
+        lists both; a market the node does not carry is its 404 (exit 1).
+        """
+        node = self.cluster.start_node(markets=("BTC/USD", "ETH/USD"))
+        run = await self.on(node, "--market", "ETH/USD", "buy", "2", "3000")
+        self.assertEqual((run.code, run.err), (0, ""))
+        self.assertEqual(len(node.markets["ETH/USD"].ledger.book), 1)
+        self.assertEqual(len(node.markets["BTC/USD"].ledger.book), 0)
+        run = await self.on(node, "--market", "eth/usd", "book", "--json")
+        self.assertEqual(run.code, 0, run)
+        self.assertEqual([level[0] for level in run.json()["bids"]], ["3000"])
+        run = await self.on(node, "book")
+        self.assertEqual((run.code, run.out), (0, "the book is empty\n"))
+        run = await self.on(node, "--market", "ETH/USD", "orders")
+        self.assertEqual(run.code, 0, run)
+        self.assertIn("buy", run.out)
+
+        run = await self.on(node, "markets")
+        self.assertEqual(run.code, 0, run)
+        header, btc, eth = run.out.splitlines()
+        self.assertEqual(header.split(), ["MARKET", "BID", "ASK", "LAST", "TRADES", "OPEN",
+                                          "STATE"])  # fmt: skip
+        self.assertEqual(btc.split()[:6], ["BTC/USD", "-", "-", "-", "0", "0"])
+        self.assertEqual(eth.split()[:6], ["ETH/USD", "3000", "-", "-", "0", "1"])
+        run = await self.on(node, "markets", "--json")
+        self.assertEqual([row["slug"] for row in run.json()], ["BTC-USD", "ETH-USD"])
+        run = await self.on(node, "status")
+        self.assertIn("network  test  BTC/USD, ETH/USD", run.out)
+
+        run = await self.on(node, "--market", "DOGE/USD", "book")
+        self.assertEqual((run.code, run.out), (1, ""))
+        self.assertIn("bitfi: 404 unknown market DOGE/USD", run.err)
 
     async def test_connect_and_peers(self) -> None:
         run = await self.on(self.node, "peers")
@@ -772,6 +830,93 @@ class FakeServerTests(TestCase):
         run = await bitfi("--node", server.url, "book")
         self.assertEqual(run.code, 1)
         self.assertIn("the node's answer is not JSON", run.err)
+
+    async def test_market_paths(self) -> None:
+        """
+        --market (or $BITFI_MARKET) sends a market's commands to its routes
+        under /markets/<slug>; without it, the paths are today's.
+        """
+        empty = lambda request: b'{"bids": [], "asks": [], "trades": [], "orders": []}'  # noqa: E731
+        paths = [b"/book", b"/trades", b"/orders"]
+        server = FakeServer(self, {
+            path: empty for path in [*paths, *(b"/markets/ETH-USD" + p for p in paths)]
+        })  # fmt: skip
+        for argv in (["book"], ["trades"], ["orders"]):
+            run = await bitfi("--node", server.url, "--market", "eth/usd", *argv)
+            self.assertEqual(run.code, 0, run)
+        run = await bitfi("--node", server.url, "book", environ={"BITFI_MARKET": "ETH/USD"})
+        self.assertEqual((run.code, run.out), (0, "the book is empty\n"))
+        run = await bitfi("--node", server.url, "book")
+        self.assertEqual(run.code, 0)
+        self.assertEqual([request.uri for request in server.requests], [
+            b"/markets/ETH-USD/book?depth=20",
+            b"/markets/ETH-USD/trades?limit=50",
+            b"/markets/ETH-USD/orders?state=open&limit=100",
+            b"/markets/ETH-USD/book?depth=20",
+            b"/book?depth=20",
+        ])  # fmt: skip
+
+    async def test_placed_in_a_market(self) -> None:
+        """buy, sell and cancel signed by the node go to the market's routes."""
+        order: dict[str, Any] = {
+            "id": "a" * 64, "side": "buy", "type": "limit", "price": "100", "amount": "1",
+            "remaining": "1", "filled": "0", "status": "open", "reason": None, "trades": [],
+        }  # fmt: skip
+        bodies: list[bytes] = []
+
+        def answer(request: Request) -> bytes:
+            assert request.content is not None
+            bodies.append(request.content.read())
+            return json.dumps(order).encode()
+
+        server = FakeServer(self, {
+            b"/markets/ETH-USD/orders": answer, b"/markets/ETH-USD/orders/" + b"a" * 64: answer,
+        })  # fmt: skip
+        run = await bitfi("--node", server.url, "--market", "ETH/USD", "buy", "1", "100")
+        self.assertEqual(run.code, 0, run)
+        run = await bitfi("--node", server.url, "--market", "ETH/USD", "cancel", "a" * 64)
+        self.assertEqual(run.code, 0, run)
+        self.assertEqual([(r.method, r.uri) for r in server.requests], [
+            (b"POST", b"/markets/ETH-USD/orders"),
+            (b"DELETE", b"/markets/ETH-USD/orders/" + b"a" * 64),
+        ])  # fmt: skip
+        body = {"side": "buy", "amount": "1", "type": "limit", "price": "100"}
+        self.assertEqual(json.loads(bodies[0]), body)
+
+    async def test_unknown_market(self) -> None:
+        """The node's 404 for a market it does not carry: exit 1 with its message."""
+
+        def unknown(request: Request) -> bytes:
+            request.setResponseCode(404)
+            return b'{"error": "unknown market DOGE/USD; this node carries BTC/USD, ETH/USD"}'
+
+        server = FakeServer(self, {b"/markets/DOGE-USD/book": unknown})
+        run = await bitfi("--node", server.url, "--market", "DOGE/USD", "book")
+        self.assertEqual((run.code, run.out), (1, ""))
+        self.assertEqual(run.err, "bitfi: 404 unknown market DOGE/USD; this node carries "
+                                  "BTC/USD, ETH/USD\n")  # fmt: skip
+
+    async def test_markets(self) -> None:
+        """``bitfi markets``: a table of GET /markets, or its JSON unchanged."""
+        rows = [
+            {"market": "BTC/USD", "slug": "BTC-USD", "best_bid": "49999.5", "best_ask": "50001",
+             "last": "50000", "state_hash": "e" * 64, "events": 12, "trades": 3,
+             "open_orders": 4, "ordering": "lamport"},
+            {"market": "ETH/USD", "slug": "ETH-USD", "best_bid": None, "best_ask": None,
+             "last": None, "state_hash": "f" * 64, "events": 0, "trades": 0, "open_orders": 0,
+             "ordering": "lamport"},
+        ]  # fmt: skip
+        raw = json.dumps(rows).encode()
+        server = FakeServer(self, {b"/markets": lambda request: raw})
+        run = await bitfi("--node", server.url, "markets")
+        self.assertEqual((run.code, run.err), (0, ""))
+        self.assertEqual(run.out.splitlines(), [
+            "MARKET   BID      ASK    LAST   TRADES  OPEN  STATE",
+            "BTC/USD  49999.5  50001  50000       3     4  " + "e" * 16,
+            "ETH/USD      -        -      -       0     0  " + "f" * 16,
+        ])  # fmt: skip
+        run = await bitfi("--node", server.url, "markets", "--json")
+        self.assertEqual((run.code, run.json()), (0, rows))
 
     async def test_path_prefix(self) -> None:
         server = FakeServer(self, {b"/bitfi/book": lambda request: b'{"bids": [], "asks": []}'})

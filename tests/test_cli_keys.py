@@ -27,7 +27,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from bitfitech import cli
+from bitfitech import cli, userkey
+from bitfitech.config import parse_market_slug
 from bitfitech.identity import KEY_FILE_HEADER
 from bitfitech.market.events import Author, Event, EventError, decode_event, parse_event
 from bitfitech.node import Node
@@ -77,7 +78,8 @@ class FakeNode:
     An HTTP server in the reactor that takes signed events as a node's API
     does: ``GET /keys/{key}``, ``POST /events``, ``POST /events/batch``,
     ``GET /keys/{key}/orders``, ``GET /keys/{key}/trades``,
-    ``GET /orders/{id}``.  Events are checked with the real
+    ``GET /orders/{id}``, each also under ``/markets/{slug}`` for that
+    market (today's paths are :data:`PAIR`'s).  Events are checked with the real
     :func:`~bitfitech.market.events.decode_event`; an author's chain must go
     on without gaps.
 
@@ -122,9 +124,9 @@ class FakeNode:
                 request.channel.transport.abortConnection()  # type: ignore[union-attr]
         await self.port.stopListening()
 
-    def chain(self, author: str) -> list[Event]:
-        """The events of C{author} taken, in seq order."""
-        return [e for e in self.events if e.author == author]
+    def chain(self, author: str, pair: str = PAIR) -> list[Event]:
+        """The events of C{author} taken on C{pair}, in seq order."""
+        return [e for e in self.events if e.author == author and e.pair == pair]
 
     def _render(self, request: Request) -> Any:
         assert request.content is not None
@@ -146,10 +148,15 @@ class FakeNode:
 
     def _answer(self, request: Request, method: str, path: str, body: bytes) -> tuple[int, Any]:
         parts = path.strip("/").split("/")
+        pair = PAIR
+        if parts[0] == "markets" and len(parts) > 2:
+            pair = parse_market_slug(parts[1])
+            parts = parts[2:]
+            path = "/" + "/".join(parts)
         if method == "GET" and parts[0] == "keys" and len(parts) == 2:
-            chain = self.chain(parts[1])
+            chain = self.chain(parts[1], pair)
             lamport = self.lamport or max((e.lamport for e in self.events), default=0) + 1
-            return 200, {"key": parts[1], "network": NETWORK, "pair": PAIR, "lamport": lamport,
+            return 200, {"key": parts[1], "network": NETWORK, "pair": pair, "lamport": lamport,
                          "next_seq": len(chain) + 1, "events": len(chain)}  # fmt: skip
         if method == "GET" and parts[0] == "keys" and parts[2:] == ["orders"]:
             orders = [self.order_doc(e) for e in reversed(self.chain(parts[1])) if e.is_order]
@@ -172,21 +179,21 @@ class FakeNode:
             given = json.loads(body)
             batch = given["events"] if path == "/events/batch" else [given]
             try:
-                documents = self.take(batch)
+                documents = self.take(batch, pair)
             except EventError as error:
                 return 400, {"error": str(error)}
             return 201, {"events": documents} if path == "/events/batch" else documents[0]
         return 404, {"error": "no such page"}
 
-    def take(self, batch: list[dict[str, str]]) -> list[dict[str, Any]]:
-        """Check every event of C{batch}, then take them all (or raise EventError)."""
+    def take(self, batch: list[dict[str, str]], pair: str = PAIR) -> list[dict[str, Any]]:
+        """Check every event of C{batch} on C{pair}, then take them all (or raise EventError)."""
         decoded: list[Event] = []
         for index, entry in enumerate(batch):
             try:
-                event = decode_event(entry["text"], entry["sig"], NETWORK, PAIR)
+                event = decode_event(entry["text"], entry["sig"], NETWORK, pair)
             except EventError as error:
                 raise EventError(f"bad_signature: events[{index}]: {error}") from None
-            held = self.chain(event.author) + [e for e in decoded if e.author == event.author]
+            held = self.chain(event.author, pair) + [e for e in decoded if e.author == event.author]
             if event.seq <= len(held) and held[event.seq - 1] != event:
                 raise EventError(f"seq_taken: seq {event.seq} is another event's")
             if event.seq > len(held) + 1:
@@ -544,6 +551,44 @@ class SigningTests(TestCase):
         self.assertEqual((run.code, run.out), (1, ""))
         self.assertIn("404 no such page: this node does not take events signed by your own key",
                       run.err)  # fmt: skip
+
+    async def test_signed_in_a_market(self) -> None:
+        """
+        With --market, the key's chain and the event are that market's: the
+        event names ETH/USD, goes to /markets/ETH-USD/events, and the record
+        keeps each market's chain apart.
+        """
+        run = await self.on("--user-key", "buy", "0.5", "100")
+        self.assertEqual(run.code, 0, run)
+        run = await self.on("--user-key", "--market", "ETH/USD", "buy", "2", "3000")
+        self.assertEqual(run.code, 0, run)
+        self.env["BITFI_MARKET"] = "eth/usd"
+        run = await self.on("--user-key", "sell", "1", "3100")
+        self.assertEqual(run.code, 0, run)
+        author = public_of(self.path)
+        self.assertEqual(self.node.paths[2:], [
+            f"GET /markets/ETH-USD/keys/{author}", "POST /markets/ETH-USD/events",
+        ] * 2)  # fmt: skip
+        btc, eth = self.node.chain(author), self.node.chain(author, "ETH/USD")
+        self.assertEqual([e.seq for e in btc], [1])
+        self.assertEqual([(e.seq, e.side, e.price) for e in eth],
+                         [(1, "buy", "3000"), (2, "sell", "3100")])  # fmt: skip
+        for event in eth:
+            self.assertIn("ETH/USD", event.text)
+            self.assertTrue(decode_event(event.text, event.sig, NETWORK, "ETH/USD"))
+        record = userkey.SentEvents.load(self.path + ".sent")
+        self.assertEqual([text for text, _ in record.events(NETWORK, "ETH/USD")],
+                         [e.text for e in eth])  # fmt: skip
+        self.assertEqual([text for text, _ in record.events(NETWORK, PAIR)], [btc[0].text])
+
+        order_id = eth[0].id
+        run = await self.on("--user-key", "cancel", order_id)
+        self.assertEqual(run.code, 0, run)
+        self.assertEqual(self.node.paths[-3:], [
+            f"GET /markets/ETH-USD/orders/{order_id}", f"GET /markets/ETH-USD/keys/{author}",
+            "POST /markets/ETH-USD/events",
+        ])  # fmt: skip
+        self.assertEqual(self.node.chain(author, "ETH/USD")[-1].target, order_id)
 
     async def test_mine(self) -> None:
         self.assertEqual((await self.on("--user-key", "buy", "1", "100")).code, 0)

@@ -312,10 +312,13 @@ class NodeProcess:
         data_dir: str | None = None,
         log_level: str = "warn",
         witnesses: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
     ) -> None:
         """
         :param witnesses: the network's witnesses, each ``NODEID@host:port``
             (``--witness``); none: author-clock order.
+        :param extra_args: more ``bitfi`` options, after the others
+            (``["--market", "ETH/USD"]``).
         """
         self.index = index
         self.port = port
@@ -337,6 +340,7 @@ class NodeProcess:
             self.args += ["--bootstrap", f"127.0.0.1:{peer}"]
         for witness in witnesses:
             self.args += ["--witness", witness]
+        self.args += extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.node_id = ""
@@ -380,6 +384,16 @@ class NodeProcess:
         except (OSError, IndexError, AssertionError):
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def memory_mb(self) -> tuple[float, float]:
+        """Resident and peak resident memory (``VmRSS``, ``VmHWM``) in MB; NaN if unknown."""
+        fields = {"VmRSS": float("nan"), "VmHWM": float("nan")}
+        with contextlib.suppress(OSError, AssertionError), open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name in fields:
+                    fields[name] = int(value.split()[0]) / 1024
+        return fields["VmRSS"], fields["VmHWM"]
 
     def terminate(self) -> None:
         """Send SIGTERM (if running)."""
@@ -468,6 +482,7 @@ class Cluster:
         *,
         witnesses: int = 0,
         max_peers: int | None = None,
+        node_args: Sequence[str] = (),
     ) -> None:
         """
         :param slack: inbound slots beyond C{links/2}.  With exactly
@@ -480,12 +495,15 @@ class Cluster:
             network's witnesses (fair order); 0: author-clock order.
         :param max_peers: ``--max-peers`` instead of C{links} plus
             C{slack}: a witness takes a link from every node.
+        :param node_args: more ``bitfi`` options for every node
+            (``["--market", "BTC/USD", "--market", "ETH/USD"]``).
         """
         self.size = size
         self.links = links
         self.outbound = max(1, links // 2)
         self.max_peers = max_peers or max(links, self.outbound) + slack
         self.witness_count = witnesses
+        self.node_args = list(node_args)
         #: ``NODEID@127.0.0.1:port`` of each witness, once :meth:`start` chose them
         self.witnesses: list[str] = []
         self.repairs = 0
@@ -528,6 +546,7 @@ class Cluster:
             node = NodeProcess(
                 i, self.base, ports[2 * i], ports[2 * i + 1], bootstrap=bootstrap,
                 outbound=self.outbound, max_peers=self.max_peers, witnesses=self.witnesses,
+                extra_args=self.node_args,
             )  # fmt: skip
             self.nodes.append(node)
             node.start()
@@ -839,10 +858,13 @@ def paced_client_main(spec_text: str) -> None:
     threads (an order is posted late when every thread is busy); print JSON.
 
     Each acknowledged order is ``[id, node, due, acknowledged]``, both
-    times ``time.time()`` in this process.
+    times ``time.time()`` in this process.  With several path prefixes
+    (``/markets/ETH-USD``) order i goes to prefix
+    ``(i // len(ports)) % len(prefixes)``: every node gets every prefix.
     """
     spec = json.loads(spec_text)
     ports: list[int] = spec["ports"]
+    prefixes: list[str] = spec.get("prefixes", [""])
     rate: float = spec["rate"]
     count: int = spec["count"]
     start_at: float = spec["start_at"]
@@ -866,11 +888,12 @@ def paced_client_main(spec_text: str) -> None:
                 if delay > 0:
                     time.sleep(delay)
                 node = i % len(ports)
+                path = prefixes[(i // len(ports)) % len(prefixes)] + "/orders"
                 api = apis.get(node)
                 if api is None:
                     api = apis[node] = Api(ports[node])
                 try:
-                    status, body = api.request("POST", "/orders", random_order(rng))
+                    status, body = api.request("POST", path, random_order(rng))
                 except ApiError as e:
                     with lock:
                         key = type(e.__cause__).__name__
@@ -906,10 +929,14 @@ def run_paced_client(
     threads: int = 16,
     start_delay: float = 0.5,
     seed: int = 1,
+    prefixes: Sequence[str] = ("",),
 ) -> tuple[float, dict[str, Any]]:
     """
     Post C{count} orders at C{rate} a second, round-robin over the nodes
     whose APIs listen on C{ports}, from one paced client process.
+
+    :param prefixes: path prefixes the orders go to, in turn per round of
+        the nodes (``""``: ``/orders``; ``"/markets/ETH-USD"``).
 
     :return: the wall-clock start time (``time.time()``) and the client's
         result (see :func:`paced_client_main`).
@@ -917,7 +944,7 @@ def run_paced_client(
     start_at = time.time() + start_delay
     spec = {
         "ports": list(ports), "rate": rate, "count": count, "threads": threads,
-        "start_at": start_at, "seed": seed,
+        "start_at": start_at, "seed": seed, "prefixes": list(prefixes),
     }  # fmt: skip
     child = subprocess.Popen(
         [sys.executable, __file__, "--paced", json.dumps(spec)],

@@ -756,6 +756,18 @@ def market_path(item: Schema) -> Schema:
     return out
 
 
+ORDERS_LIST: Final[Schema] = {
+    "parameters": [
+        {"$ref": "#/components/parameters/limit"},
+        {"$ref": "#/components/parameters/offset"},
+        {"name": "state", "in": "query", "required": False,
+         "schema": {"enum": list(ORDER_STATES), "default": "open"}},
+    ],
+    "description": f"`limit` defaults to {ORDERS_LIMIT}.",
+}  # fmt: skip
+"""The query of a list of orders (``/orders``, ``/keys/{key}/orders``)."""
+
+
 def build() -> Schema:
     """The OpenAPI document, fresh."""
     list_params = ("limit", "offset")
@@ -806,12 +818,7 @@ def build() -> Schema:
                 "This node's own orders, newest first",
                 {"200": answer(ref("Orders"), headers=("Link",))},
                 errors=("400", "503"),
-                extra={"parameters": [
-                    {"$ref": "#/components/parameters/limit"},
-                    {"$ref": "#/components/parameters/offset"},
-                    {"name": "state", "in": "query", "required": False,
-                     "schema": {"enum": list(ORDER_STATES), "default": "open"}},
-                ], "description": f"`limit` defaults to {ORDERS_LIMIT}."}),
+                extra=ORDERS_LIST),
             "post": operation(
                 "Place an order; answers once it is journaled",
                 {"201": answer(ref("Order"), "Created", headers=("Location",))},
@@ -841,12 +848,7 @@ def build() -> Schema:
                 "The key's orders this node holds, newest first",
                 {"200": answer(ref("Orders"), headers=("Link",))},
                 errors=("400", "503"),
-                extra={"parameters": [
-                    {"$ref": "#/components/parameters/limit"},
-                    {"$ref": "#/components/parameters/offset"},
-                    {"name": "state", "in": "query", "required": False,
-                     "schema": {"enum": list(ORDER_STATES), "default": "open"}},
-                ], "description": f"`limit` defaults to {ORDERS_LIMIT}."})},
+                extra=ORDERS_LIST)},
         "/keys/{key}/trades": {
             "parameters": [{"$ref": "#/components/parameters/key"}],
             "get": operation(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import unquote, urlencode
@@ -180,6 +181,19 @@ def page_of(request: Request, rows: list[Any], default: int) -> Answer:
     limit, offset = page_params(request, default)
     return page(request, rows[offset : offset + limit], limit, offset,
                 len(rows) > offset + limit, len(rows))  # fmt: skip
+
+
+def page_fetched(
+    request: Request, name: str, fetch: Callable[[int, int], list[Any]], default: int
+) -> Answer:
+    """
+    A page of a list whose total is not known: ``{name: [...]}`` of what
+    C{fetch(limit, offset)} gives, asked for one item more than the page
+    holds to learn whether more follow.
+    """
+    limit, offset = page_params(request, default)
+    rows = fetch(limit + 1, offset)
+    return page(request, {name: rows[:limit]}, limit, offset, len(rows) > limit, None)
 
 
 class Status(JSONResource):
@@ -449,10 +463,11 @@ class Orders(JSONResource):
 
     def render_GET(self, request: Request) -> object:
         state = choice_param(request, "state", ORDER_STATES, "open")
-        limit, offset = page_params(request, ORDERS_LIMIT)
-        documents = self.node.orders(state, limit + 1, offset)
-        more = len(documents) > limit
-        return page(request, {"orders": documents[:limit]}, limit, offset, more, None)
+
+        def fetch(limit: int, offset: int) -> list[Any]:
+            return self.node.orders(state, limit, offset)
+
+        return page_fetched(request, "orders", fetch, ORDERS_LIMIT)
 
     def render_POST(self, request: Request) -> Deferred[object]:
         side, price, amount, order_type = order_request(read_json_object(request))
@@ -663,11 +678,12 @@ class KeyOrders(JSONResource):
         self.key = key
 
     def render_GET(self, request: Request) -> object:
-        state = choice_param(request, "state", ORDER_STATES, "open")
-        limit, offset = page_params(request, ORDERS_LIMIT)
-        documents = self.node.key_orders(checked_key(self.key), state, limit + 1, offset)
-        more = len(documents) > limit
-        return page(request, {"orders": documents[:limit]}, limit, offset, more, None)
+        key, state = checked_key(self.key), choice_param(request, "state", ORDER_STATES, "open")
+
+        def fetch(limit: int, offset: int) -> list[Any]:
+            return self.node.key_orders(key, state, limit, offset)
+
+        return page_fetched(request, "orders", fetch, ORDERS_LIMIT)
 
 
 class KeyTrades(JSONResource):
@@ -679,10 +695,11 @@ class KeyTrades(JSONResource):
         self.key = key
 
     def render_GET(self, request: Request) -> object:
-        limit, offset = page_params(request, DEFAULT_LIMIT)
-        documents = self.node.key_trades(checked_key(self.key), limit + 1, offset)
-        more = len(documents) > limit
-        return page(request, {"trades": documents[:limit]}, limit, offset, more, None)
+        key = checked_key(self.key)
+        return page_fetched(
+            request, "trades", lambda limit, offset: self.node.key_trades(key, limit, offset),
+            DEFAULT_LIMIT,
+        )  # fmt: skip
 
 
 class Book(JSONResource):

@@ -1514,22 +1514,19 @@ def run_watch(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """
-    ``bitfi watch``: one line per change the node's ``GET /stream`` tells
+    ``bitfi watch``: one line per change the node's ``GET /stream`` (or
+    ``/markets/<market>/stream`` with ``--market``) tells
     (:class:`WatchLines`), until Ctrl-C; a lost stream is reopened
     (:func:`follow_stream`), with a note on stderr.
     """
-    if getattr(args, "market", None) is not None:
-        raise CommandUsageError(
-            "bitfi watch: error: the node's live stream (GET /stream) serves only its first "
-            "market for now: run bitfi watch without --market (and without $BITFI_MARKET)"
-        )
+    path = market_path(args, "/stream")
     lines = WatchLines(console)
 
     def note(text: str) -> None:
         console.stderr.write(f"bitfi: {text}\n")
         console.stderr.flush()
 
-    follow_stream(lambda: client.open_events("/stream"), lines.show, note, sleep)
+    follow_stream(lambda: client.open_events(path), lines.show, note, sleep)
 
 
 def _is_json(text: str) -> bool:
@@ -1723,7 +1720,7 @@ def build_parser(stdout: TextIO, stderr: TextIO) -> argparse.ArgumentParser:
         sub.add_argument("--type", choices=ORDER_TYPES, default="limit", help="(limit)")
     sub = command("cancel", run_cancel, "cancel one of this node's orders (with --key: yours)")
     sub.add_argument("order_id", metavar="ID", type=order_id_argument, help="64 hex digits")
-    command("watch", run_watch, "follow the node's live events until Ctrl-C")
+    command("watch", run_watch, "follow the live events of the node (of --market) until Ctrl-C")
     command("banned", run_banned, "the IP addresses banned for misbehaviour")
     sub = command("unban", run_unban, "lift the ban on an IP address")
     sub.add_argument("address", metavar="ADDRESS", type=ip_argument)

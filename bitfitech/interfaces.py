@@ -250,8 +250,8 @@ class IMarketControl(Interface):
         ``("book", None)`` when the book may have changed, ``("trade",
         trade)`` when a trade appears or settles, ``("order", order)`` when
         one of this node's orders is created or changes; the node's own
-        (:class:`INodeControl`) also tells of links, ``("peer", {"event":
-        "joined" | "left", "node_id", "address", "direction"})``.
+        (:class:`INodeControl`) also tells of links, as
+        :meth:`INodeControl.watch_links`.
 
         :return: a function that stops the calls.
         """
@@ -303,6 +303,14 @@ class INodeControl(IMarketControl):
         """
         The discovery services (``GET /discovery``): ``{"mdns": status |
         None, "dht": status | None}``, ``None`` for a service that is off.
+        """
+
+    def watch_links(observer: Callable[[str, dict[str, Any] | None], None]) -> Callable[[], None]:
+        """
+        Call C{observer("peer", {"event": "joined" | "left", "node_id",
+        "address", "direction"})} when a peer link comes or goes.
+
+        :return: a function that stops the calls.
         """
 
     def markets() -> list[dict[str, Any]]:

@@ -280,12 +280,6 @@ class UsageTests(SynchronousTestCase):
         self.assertEqual(code, 2)
         self.assertIn("bitfi: error: $BITFI_MARKET: invalid pair 'eth-usd'", err.getvalue())
 
-    def test_watch_one_market(self) -> None:
-        """The live stream is the first market's only: watch refuses --market."""
-        run = self.run_cli("--market", "ETH/USD", "watch")
-        self.assertEqual((run.code, run.out), (2, ""))
-        self.assertIn("serves only its first market for now", run.err)
-
 
 class NodeTests(ClusterTestCase):
     """Every command against real nodes on 127.0.0.1."""
@@ -359,6 +353,14 @@ class NodeTests(ClusterTestCase):
         run = await self.on(node, "--market", "DOGE/USD", "book")
         self.assertEqual((run.code, run.out), (1, ""))
         self.assertIn("bitfi: 404 unknown market DOGE/USD", run.err)
+
+        # watch --market follows that market's stream.
+        run = await bitfi("--node", url_of(node), "--market", "ETH/USD", "watch", "--json",
+                          stdout=InterruptAfter(2))  # fmt: skip
+        self.assertEqual((run.code, run.err), (0, ""))
+        book, status = (json.loads(line)["data"] for line in run.out.splitlines())
+        self.assertEqual(book["bids"], [["3000", "2", 1]])
+        self.assertEqual((status["market"], status["events"]), ("ETH/USD", 1))
 
     async def test_connect_and_peers(self) -> None:
         run = await self.on(self.node, "peers")

@@ -515,13 +515,22 @@ class NodeControl:
         return self.first.trade_count()
 
     def watch(self, observer: Observer) -> Callable[[], None]:
-        """Tell C{observer} of the first market's and the links' changes (``/stream``)."""
+        """Tell C{observer} of the first market's and the links' changes."""
         unwatch_market = self.first.watch(observer)
+        unwatch_links = self.watch_links(observer)
+
+        def unwatch() -> None:
+            unwatch_market()
+            unwatch_links()
+
+        return unwatch
+
+    def watch_links(self, observer: Observer) -> Callable[[], None]:
+        """Tell C{observer} of the links' changes (``peer`` events of the streams)."""
         self._watch_links()
         self._link_observers.append(observer)
 
         def unwatch() -> None:
-            unwatch_market()
             if observer in self._link_observers:
                 self._link_observers.remove(observer)
 

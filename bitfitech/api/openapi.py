@@ -541,7 +541,9 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "direction": {"enum": ["inbound", "outbound"]},
         }
     ),  # fmt: skip
-    "StreamStatus": obj({"node_id": HEX40, "peers": COUNT, "events": COUNT, "state_hash": HEX64}),
+    "StreamStatus": obj(
+        {"node_id": HEX40, "market": TEXT, "peers": COUNT, "events": COUNT, "state_hash": HEX64}
+    ),
 }
 
 PARAMETERS: Final[dict[str, Schema]] = {
@@ -649,10 +651,14 @@ are comments.  The types (all unless `types` picks some):
 - `order`: an order as in `GET /orders/{{order_id}}`, for this node's own
   orders when created or changed (filled, cancelled, settled).
 - `peer`: {{"event": "joined" | "left", "node_id", "address", "direction"}}.
-- `status`: {{"node_id", "peers", "events", "state_hash"}}; once at connect,
-  then every {STATUS_INTERVAL:g} s (the keepalive).
+- `status`: {{"node_id", "market", "peers", "events", "state_hash"}}, the
+  market's events and state hash; once at connect, then every
+  {STATUS_INTERVAL:g} s (the keepalive).
 
-At most {MAX_CLIENTS} clients at once (503 beyond); a client that does not
+A stream is one market's: `GET /stream` the first market's, `GET
+/markets/{{market}}/stream` any carried market's (`book`, `trade`, `order`
+and `status` of that market; `peer` events are the node's).  At most
+{MAX_CLIENTS} clients at once over every market (503 beyond); a client that does not
 read while {MAX_BACKLOG} events wait for it is disconnected.  The data of
 each type follows the schema named under `x-sse-events`."""
 
@@ -671,8 +677,9 @@ those)."""
 
 TICKET_DESCRIPTION: Final = f"""\
 A browser's `EventSource` cannot send an `Authorization` header.  With the
-token, ask for a ticket here, then open `GET /stream?ticket=<ticket>`
-without the header: a ticket is random, good for one stream, and expires
+token, ask for a ticket here, then open `GET /stream?ticket=<ticket>` (or
+`GET /markets/{{market}}/stream?ticket=<ticket>`) without the header: a
+ticket is random, good for one stream of any market, and expires
 {TICKET_LIFETIME:g} s after it is issued, so the token never appears in a
 URL.  A spent, unknown or expired ticket is answered 401.  (A node without
 a token issues tickets too, and ignores them.)"""
@@ -735,6 +742,7 @@ MARKET_ROUTES: Final = (
     "/keys/{key}/orders",
     "/keys/{key}/trades",
     "/trades",
+    "/stream",
 )
 """The routes of one market: each served at ``/markets/{market}`` + route too."""
 

@@ -70,7 +70,7 @@ from .jsonresource import (
     write_json,
 )
 from .openapi import MARKET_ROUTES, document
-from .stream import Stream, StreamFeed, StreamTickets
+from .stream import Stream, StreamFeeds
 from .token import token_matches
 
 ORDER_FIELDS: Final = frozenset({"side", "price", "amount", "type"})
@@ -87,7 +87,6 @@ ROUTES: Final = (
     "/peers/banned",
     "/peers/banned/{address}",
     *MARKET_ROUTES,
-    "/stream",
     "/stream/ticket",
     "/metrics",
     "/static/{name}",
@@ -777,9 +776,11 @@ def mount_market(resource: JSONResource, market: IMarketControl) -> None:
 class MarketRoot(JSONResource):
     """``/markets/{market}``: the routes of one market; itself, a 404 (it lists nothing)."""
 
-    def __init__(self, market: IMarketControl) -> None:
+    def __init__(self, market: IMarketControl, stream: IResource) -> None:
+        """:param stream: the market's ``stream`` resource."""
         super().__init__()
         mount_market(self, market)
+        self.putChild(b"stream", stream)
 
     def render(self, request: Request) -> bytes:
         return NotFound().render(request)
@@ -792,9 +793,10 @@ class Markets(JSONResource):
     ``BTC%2FUSD``.
     """
 
-    def __init__(self, node: INodeControl) -> None:
+    def __init__(self, node: INodeControl, streams: StreamFeeds) -> None:
         super().__init__()
         self.node = node
+        self.streams = streams
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         if not path:
@@ -813,7 +815,8 @@ class Markets(JSONResource):
             except ServiceUnavailable:
                 return Refusal(404, f"unknown market {name}")
             return Refusal(404, f"unknown market {name}; this node carries {carried}")
-        return MarketRoot(market)
+        streams = self.streams
+        return MarketRoot(market, Stream(streams.feed(name), streams.tickets))
 
     def render_GET(self, request: Request) -> object:
         return self.node.markets()
@@ -853,7 +856,8 @@ class Root(JSONResource):
     :ivar public: children served without the token (the dashboard's files).
     :ivar browser_index: what ``GET /`` answers to a request that accepts
         ``text/html`` (served without the token), or ``None``.
-    :ivar feed: the live stream's fan-out (``GET /stream``).
+    :ivar streams: the live streams' fan-outs (``GET /stream``, ``GET
+        /markets/{market}/stream``) and their tickets.
     """
 
     def __init__(
@@ -863,15 +867,16 @@ class Root(JSONResource):
         self.token = token
         self.public: dict[bytes, IResource] = {b"openapi.json": OpenAPIDocument()}
         self.browser_index: IResource | None = None
-        self.feed = StreamFeed(node, clock)
-        self.tickets = StreamTickets(self.feed)
+        self.streams = StreamFeeds(node, clock)
+        self.feed = self.streams.first
+        self.tickets = self.streams.tickets
         self.putChild(b"api", ApiIndex())
         self.putChild(b"status", Status(node))
         self.putChild(b"discovery", Discovery(node))
         self.putChild(b"peers", Peers(node))
         # Today's paths: the first market's.
         mount_market(self, node)
-        self.putChild(b"markets", Markets(node))
+        self.putChild(b"markets", Markets(node, self.streams))
         self.putChild(b"stream", Stream(self.feed, self.tickets))
 
     def mount_public(self, name: bytes, resource: IResource) -> None:
@@ -889,14 +894,24 @@ class Root(JSONResource):
             if not token_matches(self.token, authorization) and not (
                 authorization is None and self._ticket_admits(path, request)
             ):
-                ticket = path == b"stream" and b"ticket" in (request.args or {})
+                ticket = self._stream_path(path, request) and b"ticket" in (request.args or {})
                 return Unauthorized(authorization is not None, ticket)
         child: IResource = super().getChildWithDefault(path, request)
         return child
 
+    @staticmethod
+    def _stream_path(path: bytes, request: Request) -> bool:
+        """Whether C{request} asks for ``/stream`` or ``/markets/{market}/stream``."""
+        rest = request.postpath or []
+        if path == b"markets" and len(rest) >= 2 and rest[1] == b"stream":
+            rest = rest[2:]
+        elif path != b"stream":
+            return False
+        return rest in ([], [b""])
+
     def _ticket_admits(self, path: bytes, request: Request) -> bool:
-        """Whether C{request} is a ``GET /stream`` with a ticket, and spends it."""
-        if path != b"stream" or request.method != b"GET" or request.postpath not in ([], [b""]):
+        """Whether C{request} is a ``GET`` of a stream with a ticket, and spends it."""
+        if request.method != b"GET" or not self._stream_path(path, request):
             return False
         try:
             ticket = query_value(request, "ticket")

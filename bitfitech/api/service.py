@@ -108,7 +108,7 @@ class ApiService(ListeningService):
         """
         super().stopService()
         listening = self.stop_listening()
-        self.root.feed.close_all()
+        self.root.streams.close_all()
         closing = self.site.close_connections(CLOSE_GRACE)
         waits: list[Deferred[Any]] = [closing] if listening is None else [listening, closing]
         stopped: Deferred[None] = gatherResults(waits).addCallback(lambda _: None)

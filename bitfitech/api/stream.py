@@ -1,9 +1,12 @@
 """The live stream: ``GET /stream``, the node's changes as Server-Sent Events.
 
-Data path: the market and the peer hub -> :meth:`INodeControl.watch
-<bitfitech.interfaces.INodeControl.watch>` -> :class:`StreamFeed` (one per
-API: fans out, coalesces the book, sends the status) -> :class:`StreamClient`
-(one per connection, with a bounded backlog) -> the HTTP client.
+Data path: a market and the peer hub -> :meth:`IMarketControl.watch
+<bitfitech.interfaces.IMarketControl.watch>` and :meth:`INodeControl.watch_links
+<bitfitech.interfaces.INodeControl.watch_links>` -> :class:`StreamFeed` (one
+per market of the API: fans out, coalesces the book, sends the status) ->
+:class:`StreamClient` (one per connection, with a bounded backlog) -> the
+HTTP client.  ``GET /stream`` is the first market's; ``GET
+/markets/{market}/stream`` any carried market's.
 
 The contract (``text/event-stream``; each event is ``event: <type>`` then
 ``data: <one line of JSON>`` then a blank line; lines opening with ``:``
@@ -16,18 +19,19 @@ are comments)::
     order   an order document as in GET /orders/{id}: this node's own
             orders, when created or changed (filled, cancelled, settled)
     peer    {"event": "joined" | "left", "node_id", "address", "direction"}
-    status  {"node_id", "peers", "events", "state_hash"}; once at connect,
-            then every 15 s (the keepalive)
+    status  {"node_id", "market", "peers", "events", "state_hash"}: the
+            market's events and state hash; once at connect, then every
+            15 s (the keepalive)
 
 ``?types=book,trade`` picks some types (all by default).
 
 A browser's ``EventSource`` cannot send the bearer token, so a client of a
 node with a token first asks ``POST /stream/ticket`` (with the token) for a
 ticket (:class:`StreamTickets`): random, good for one ``GET
-/stream?ticket=...`` within :data:`TICKET_LIFETIME` seconds.  The token
+/stream?ticket=...`` (or one market's stream) within :data:`TICKET_LIFETIME` seconds.  The token
 itself never goes in a URL; a ticket that does (and may reach an access log
 or a browser's history) is spent at once or soon worthless.  At most
-:data:`MAX_CLIENTS` clients listen at once (a 503 beyond); a client that
+:data:`MAX_CLIENTS` clients listen at once (a 503 beyond), over every market's stream; a client that
 stops reading while :data:`MAX_BACKLOG` events wait for it is dropped.
 The feed watches the node only while a client listens.
 """
@@ -45,7 +49,7 @@ from twisted.internet.task import LoopingCall
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from ..interfaces import INodeControl, unix_ms
+from ..interfaces import IMarketControl, INodeControl, unix_ms
 from ..logs import logger
 from .jsonresource import ApiError, JSONResource, query_value, write_json
 
@@ -134,9 +138,11 @@ class StreamClient:
 
 class StreamFeed:
     """
-    The stream's fan-out: watches the node while clients listen, sends
-    each change to the clients that asked for its type.
+    One market's stream fan-out: watches the market and the links while
+    clients listen, sends each change to the clients that asked for its
+    type.
 
+    :ivar market: the market's name, or ``None`` for the node's first.
     :ivar clients: the clients listening now.
     """
 
@@ -145,11 +151,23 @@ class StreamFeed:
         node: INodeControl,
         clock: IReactorTime | None = None,
         *,
+        market: str | None = None,
         max_clients: int = MAX_CLIENTS,
         max_backlog: int = MAX_BACKLOG,
+        listening: Callable[[], int] | None = None,
     ) -> None:
-        """:param clock: the timers' clock; the global reactor, at the first client, if ``None``."""
+        """
+        :param clock: the timers' clock; the global reactor, at the first client, if ``None``.
+        :param market: the market streamed (``BASE/QUOTE``), ``None`` for the first.
+        :param listening: how many clients listen to every feed that
+            shares :attr:`max_clients` with this one (this one's alone if ``None``).
+
+        :raises KeyError: if the node does not carry C{market}.
+        """
         self.node = node
+        self.market = market
+        self.source: IMarketControl = node if market is None else node.market(market)
+        self._listening = listening
         self._clock = clock
         self.max_clients = max_clients
         self.max_backlog = max_backlog
@@ -171,7 +189,8 @@ class StreamFeed:
 
     def check_room(self) -> None:
         """:raises ApiError: 503 when :attr:`max_clients` listen already."""
-        if len(self.clients) >= self.max_clients:
+        listening = len(self.clients) if self._listening is None else self._listening()
+        if listening >= self.max_clients:
             raise ApiError(503, f"too many stream clients (at most {self.max_clients})")
 
     def add(self, request: Request, types: frozenset[str]) -> StreamClient:
@@ -189,7 +208,7 @@ class StreamFeed:
         if len(self.clients) == 1:
             self._start()
         if "book" in types:
-            client.send(sse_event("book", self.node.book(BOOK_DEPTH)))
+            client.send(sse_event("book", self.source.book(BOOK_DEPTH)))
         if "status" in types:
             status = self._status()
             if status is not None:
@@ -239,7 +258,14 @@ class StreamFeed:
     # -- watching the node, only while clients listen
 
     def _start(self) -> None:
-        self._unwatch = self.node.watch(self._observe)
+        unwatch_market = self.source.watch(self._observe)
+        unwatch_links = self.node.watch_links(self._observe)
+
+        def unwatch() -> None:
+            unwatch_market()
+            unwatch_links()
+
+        self._unwatch = unwatch
         loop = self._status_loop = LoopingCall(self._send_status)
         loop.clock = self.clock
         loop.start(STATUS_INTERVAL, now=False)
@@ -272,7 +298,7 @@ class StreamFeed:
         self._book_call = None
         self._book_sent_at = self.clock.seconds()
         try:
-            book = self.node.book(BOOK_DEPTH)
+            book = self.source.book(BOOK_DEPTH)
         except Exception:
             log.failure("The stream could not read the book")
             return
@@ -283,20 +309,78 @@ class StreamFeed:
         try:
             full = self.node.status()
             peers = len(self.node.peers())
+            if self.market is None:
+                market: dict[str, Any] = {**full, "market": full.get("pair")}
+            else:
+                [market] = [row for row in self.node.markets() if row["market"] == self.market]
         except Exception:
             log.failure("The stream could not read the status")
             return None
         return {
             "node_id": full.get("node_id"),
+            "market": market.get("market"),
             "peers": peers,
-            "events": full.get("events"),
-            "state_hash": full.get("state_hash"),
+            "events": market.get("events"),
+            "state_hash": market.get("state_hash"),
         }
 
     def _send_status(self) -> None:
         status = self._status()
         if status is not None:
             self.broadcast("status", status)
+
+
+class StreamFeeds:
+    """
+    The API's stream feeds: the first market's (``GET /stream``), and one
+    per other market streamed (``GET /markets/{market}/stream``), made at
+    its first request.  They share :data:`MAX_CLIENTS` and the tickets.
+
+    :ivar first: the first market's feed.
+    :ivar by_market: the feeds of ``/markets/{market}/stream``, by market name.
+    """
+
+    def __init__(
+        self,
+        node: INodeControl,
+        clock: IReactorTime | None = None,
+        *,
+        max_clients: int = MAX_CLIENTS,
+        max_backlog: int = MAX_BACKLOG,
+    ) -> None:
+        self.node = node
+        self._clock = clock
+        self.max_clients = max_clients
+        self.max_backlog = max_backlog
+        self.first = self._feed(None)
+        self.by_market: dict[str, StreamFeed] = {}
+        self.tickets = StreamTickets(self.first)
+
+    def _feed(self, market: str | None) -> StreamFeed:
+        return StreamFeed(
+            self.node, self._clock, market=market, max_clients=self.max_clients,
+            max_backlog=self.max_backlog, listening=self.listening,
+        )  # fmt: skip
+
+    def feed(self, market: str) -> StreamFeed:
+        """
+        The feed of C{market} (``BASE/QUOTE``).
+
+        :raises KeyError: if the node does not carry it.
+        """
+        feed = self.by_market.get(market)
+        if feed is None:
+            feed = self.by_market[market] = self._feed(market)
+        return feed
+
+    def listening(self) -> int:
+        """How many clients listen, to every feed."""
+        return len(self.first.clients) + sum(len(f.clients) for f in self.by_market.values())
+
+    def close_all(self) -> None:
+        """End every stream (the API is stopping)."""
+        for feed in (self.first, *self.by_market.values()):
+            feed.close_all()
 
 
 class StreamTickets:

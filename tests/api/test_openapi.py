@@ -491,6 +491,17 @@ class RealNodeTests(ClusterTestCase):
             same = await self.call("GET", m + "/ticker", f"/markets/{form}/ticker")
             self.assertEqual(same["pair"], eth)
         await self.call("GET", "/markets", token=None, expect=401)
+
+        # One market's live stream, with a ticket: that market's book and status.
+        ticket = (await self.call("POST", "/stream/ticket", expect=201))["ticket"]
+        read = await self.check_stream(
+            a, f"/markets/ETH-USD/stream?types=book,status&ticket={ticket}".encode(), None, eth
+        )
+        status = dict(read)["status"]
+        self.assertEqual((status["market"], status["state_hash"]), (eth, rows[1]["state_hash"]))
+        self.assertEqual(dict(read)["book"], a.control.market(eth).book(20))
+        self.checked.add(("GET", m + "/stream", 200))
+        await self.call("GET", m + "/stream", f"{root}/stream?types=nope", expect=400)
         for template in ROUTES:
             if template.startswith(m):
                 for method in DOC["paths"][template]:
@@ -559,8 +570,15 @@ class RealNodeTests(ClusterTestCase):
         [chain] = block["chains"]
         self.assertEqual(chain["node_id"], address.node_id)
 
-    async def check_stream(self, a: Node, target: bytes, token: str | None) -> None:
-        """``GET`` C{target} (a stream) over a raw connection: headers, first events, cleanup."""
+    async def check_stream(
+        self, a: Node, target: bytes, token: str | None, market: str | None = None
+    ) -> list[tuple[str, Any]]:
+        """
+        ``GET`` C{target} (a stream of C{market}, the first if ``None``) over
+        a raw connection: headers, first events, cleanup.
+
+        :return: the events read, ``(type, data)`` each.
+        """
         request = b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         if token is not None:
             request += b"Authorization: Bearer " + token.encode() + b"\r\n"
@@ -573,15 +591,20 @@ class RealNodeTests(ClusterTestCase):
         self.assertTrue(head.startswith(b"HTTP/1.1 200"))
         self.assertIn(b"content-type: text/event-stream", head.lower())
         events = DOC["paths"]["/stream"]["get"]["x-sse-events"]
+        read: list[tuple[str, Any]] = []
         for line in body.split(b"\n"):
             if line.startswith(b"event: "):
                 kind = line[len(b"event: ") :].decode()
             elif line.startswith(b"data: "):
-                validate(events[kind], json.loads(line[len(b"data: ") :]))
+                data = json.loads(line[len(b"data: ") :])
+                validate(events[kind], data)
+                read.append((kind, data))
         assert a.api is not None and a.api.root is not None
-        feed = a.api.root.feed
+        streams = a.api.root.streams
+        feed = streams.first if market is None else streams.feed(market)
         self.assertEqual(len(feed.clients), 1)
         assert client.transport is not None
         client.transport.loseConnection()
         await client.lost
         await poll_until(self.reactor, lambda: not feed.clients, HANG_GUARD, "stream cleanup")
+        return read

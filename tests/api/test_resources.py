@@ -133,6 +133,7 @@ class FakeNode:
         self.unbanned: list[str] = []
         self.discovery_doc: dict[str, Any] = {"mdns": None, "dht": None}
         self.watchers: list[Callable[[str, dict[str, Any] | None], None]] = []
+        self.link_watchers: list[Callable[[str, dict[str, Any] | None], None]] = []
         self.carried: dict[str, Any] = {"BTC/USD": self}
         """The markets, by name: this node (the first market's), and any other fake."""
 
@@ -277,6 +278,12 @@ class FakeNode:
     def watch(self, observer: Callable[[str, dict[str, Any] | None], None]) -> Callable[[], None]:
         self.watchers.append(observer)
         return lambda: self.watchers.remove(observer)
+
+    def watch_links(
+        self, observer: Callable[[str, dict[str, Any] | None], None]
+    ) -> Callable[[], None]:
+        self.link_watchers.append(observer)
+        return lambda: self.link_watchers.remove(observer)
 
 
 class APITestCase(SynchronousTestCase):
@@ -1273,6 +1280,17 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(self.get(f"/stream?ticket={ticket}", "Bearer wrong-token-0123")[0], 401)
         self.assertEqual(self.get(f"/stream?types=nope&ticket={ticket}")[0], 400)
         self.assertEqual(self.node.queries, [])
+
+    def test_ticket_for_a_market_stream(self) -> None:
+        """A ticket admits one GET /markets/{market}/stream, and nothing else of the market."""
+        self.node.carried["ETH/USD"] = FakeNode()
+        ticket = self.ticket()
+        for path in ("/markets/ETH-USD/book", "/markets/ETH-USD", "/markets/ETH-USD/stream/x",
+                     "/markets/stream", "/markets/ETH-USD/trades/stream"):  # fmt: skip
+            self.assertEqual(self.get(f"{path}?ticket={ticket}")[0], 401, path)
+        status, body, _ = self.get(f"/markets/ETH-USD/stream?types=nope&ticket={ticket}")
+        self.assertEqual(status, 400, body)
+        self.assertEqual(self.get(f"/markets/ETH-USD/stream?types=nope&ticket={ticket}")[0], 401)
 
     def test_ticket_expires(self) -> None:
         first = self.ticket()

@@ -32,7 +32,8 @@ from bitfitech.storage import Storage
 from bitfitech.testing import loopback_config
 from tests.api.test_resources import BOOK, NODE_A, NODE_B, ROW_A, URL, FakeNode
 
-STATUS_DOC = {"node_id": NODE_B, "events": 4, "state_hash": "e" * 64, "peers": {}}
+STATUS_DOC = {"node_id": NODE_B, "pair": "BTC/USD", "events": 4, "state_hash": "e" * 64,
+              "peers": {}}  # fmt: skip
 
 
 class StreamRequest(DummyRequest):
@@ -99,7 +100,8 @@ class FeedTests(SynchronousTestCase):
             request.responseHeaders.getRawHeaders(b"content-type"),
             [b"text/event-stream; charset=utf-8"],
         )
-        status = {"node_id": NODE_B, "peers": 1, "events": 4, "state_hash": "e" * 64}
+        status = {"node_id": NODE_B, "market": "BTC/USD", "peers": 1, "events": 4,
+                  "state_hash": "e" * 64}  # fmt: skip
         self.assertEqual(request.events(), [("book", BOOK), ("status", status)])
         self.assertEqual(self.node.queries, [("book", BOOK_DEPTH)])
         self.assertEqual(len(self.node.watchers), 1)
@@ -279,8 +281,75 @@ class StubTreqTests(SynchronousTestCase):
         stub.flush()
         kinds = [kind for kind, _ in parse_events(b"".join(received))]
         self.assertEqual(kinds, ["book", "peer"])
-        root.feed.close_all()
+        root.streams.close_all()
         stub.flush()
+
+
+class MarketFeedTests(SynchronousTestCase):
+    """``GET /markets/{market}/stream``: one market's changes, the node's links, a shared cap."""
+
+    def setUp(self) -> None:
+        self.node = FakeNode()
+        self.node.status_doc = STATUS_DOC
+        self.eth = FakeNode()
+        self.eth.book_doc = {"bids": [["5", "1", 1]], "asks": []}
+        self.node.carried["ETH/USD"] = self.eth
+        self.root = api_root(self.node, clock=Clock())
+        self.stub: Any = StubTreq(self.root)
+        self.addCleanup(self.root.streams.close_all)
+
+    def open(self, path: str) -> tuple[int, list[bytes]]:
+        received: list[bytes] = []
+        d = self.stub.get(f"{URL}{path}", unbuffered=True)
+        self.stub.flush()
+        response = self.successResultOf(d)
+        if response.code == 200:
+            from treq import collect
+
+            collect(response, received.append)
+        else:
+            received.append(self.successResultOf(response.content()))
+        return response.code, received
+
+    def test_one_market(self) -> None:
+        code, received = self.open("/markets/eth-usd/stream")
+        self.assertEqual(code, 200)
+        status = {"node_id": NODE_B, "market": "ETH/USD", "peers": 1, "events": 0,
+                  "state_hash": "0" * 64}  # fmt: skip
+        self.assertEqual(parse_events(b"".join(received)),
+                         [("book", self.eth.book_doc), ("status", status)])  # fmt: skip
+        # It watches ETH/USD and the links, never the first market.
+        self.assertEqual((len(self.eth.watchers), self.node.watchers), (1, []))
+        [links] = self.node.link_watchers
+        [watch] = self.eth.watchers
+        del received[:]
+        watch("trade", {"n": 1})
+        links("peer", {"event": "joined", "node_id": NODE_A, "address": None,
+                       "direction": "outbound"})  # fmt: skip
+        self.stub.flush()
+        self.assertEqual([k for k, _ in parse_events(b"".join(received))], ["trade", "peer"])
+        self.assertEqual(self.eth.queries, [("book", BOOK_DEPTH)])
+        self.root.streams.close_all()
+        self.stub.flush()
+        self.assertEqual((self.eth.watchers, self.node.link_watchers), ([], []))
+
+    def test_unknown_market(self) -> None:
+        code, received = self.open("/markets/XRP-USD/stream")
+        self.assertEqual(code, 404)
+        self.assertIn("this node carries BTC/USD, ETH/USD", json.loads(received[0])["error"])
+
+    def test_one_cap_for_every_market(self) -> None:
+        """MAX_CLIENTS counts the clients of every market's stream."""
+        streams = self.root.streams
+        streams.max_clients = streams.first.max_clients = 2
+        self.assertEqual(self.open("/stream")[0], 200)
+        self.assertEqual(self.open("/markets/ETH-USD/stream")[0], 200)
+        self.assertIs(streams.feed("ETH/USD"), streams.by_market["ETH/USD"])
+        streams.by_market["ETH/USD"].max_clients = 2
+        code, received = self.open("/markets/ETH-USD/stream")
+        self.assertEqual(code, 503)
+        self.assertIn("too many stream clients", json.loads(received[0])["error"])
+        self.assertEqual(streams.listening(), 2)
 
 
 class MarketStreamTests(SynchronousTestCase):

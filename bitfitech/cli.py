@@ -549,6 +549,14 @@ def duration(seconds: object) -> str:
     return f"{secs}s"
 
 
+def _markets_summary(status: Mapping[str, Any]) -> str:
+    """The markets carried, and those stored but not carried (their history kept)."""
+    carried = [str(m) for m in status.get("markets") or [status.get("pair")]]
+    kept = [str(m) for m in status.get("stored_markets") or [] if m not in carried]
+    text = ", ".join(carried)
+    return f"{text}  (also stored, not carried: {', '.join(kept)})" if kept else text
+
+
 def render_status(status: Mapping[str, Any], now: float) -> list[str]:
     """
     A compact summary of ``GET /status``.
@@ -562,8 +570,7 @@ def render_status(status: Mapping[str, Any], now: float) -> list[str]:
     lines = [
         ("node", f"{status.get('node_id')}  ({status.get('user_agent', '?')}, "
                  f"up {duration_ms(status.get('uptime_ms'))})"),
-        ("network", f"{status.get('network')}  "
-                    f"{', '.join(map(str, status.get('markets') or [status.get('pair')]))}"),
+        ("network", f"{status.get('network')}  {_markets_summary(status)}"),
         ("p2p", f"{p2p.get('host')}:{p2p.get('port')}  "
                 f"{'TLS' if p2p.get('tls') else 'plain TCP (no TLS)'}"),
         ("peers", f"{peers.get('inbound', 0)} in, {peers.get('outbound', 0)} out, "

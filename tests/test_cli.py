@@ -1272,6 +1272,17 @@ class RenderTests(SynchronousTestCase):
         self.assertIn("sync     synced (100,000 events)", cli.render_status({"sync": synced}, 0.0))
         self.assertIn("sync     unknown", cli.render_status({}, 0.0))
 
+    def test_status_markets_line(self) -> None:
+        """The markets carried, then those whose history is stored but not carried."""
+        status = {"network": "main", "pair": "ETH/USD", "markets": ["ETH/USD"],
+                  "stored_markets": ["BTC/USD", "ETH/USD"]}  # fmt: skip
+        self.assertIn("network  main  ETH/USD  (also stored, not carried: BTC/USD)",
+                      cli.render_status(status, 0.0))  # fmt: skip
+        status["markets"] = ["ETH/USD", "BTC/USD"]
+        self.assertIn("network  main  ETH/USD, BTC/USD", cli.render_status(status, 0.0))
+        one = {"network": "main", "pair": "BTC/USD"}
+        self.assertIn("network  main  BTC/USD", cli.render_status(one, 0.0))
+
     def test_trade_statuses(self) -> None:
         base = {"id": "c" * 64, "price": "1", "amount": "2", "side": "buy", "taker": "d" * 64,
                 "maker": "a" * 64, "time": 1_700_000_000_500}  # fmt: skip

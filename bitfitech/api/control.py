@@ -79,6 +79,8 @@ class MarketControl:
         self.market = market
         self.gossip = gossip
         self._ticker = Ticker()
+        self.siblings: frozenset[str] = frozenset()
+        """The markets of the node this market is one of (named in errors)."""
         if key_buckets is None:
             timing = config.gossip
             key_buckets = BucketTable(timing.author_rate, timing.author_burst)
@@ -176,7 +178,8 @@ class MarketControl:
             try:
                 event = parse_event(text, sig, config.network, market.pair)
             except EventError as e:
-                raise BatchRejected(index, f"invalid_event: {e}", "events") from None
+                raise BatchRejected(index, f"invalid_event: {e}{self._elsewhere(text)}",
+                                    "events") from None  # fmt: skip
             if not verify_event(event):
                 raise BatchRejected(
                     index, f"bad_signature: not key {event.author}'s signature over this event",
@@ -194,6 +197,14 @@ class MarketControl:
             return [event_doc(market, event) for event in taken]
 
         return market.submit_signed(events).addCallbacks(documents, _first_failure)
+
+    def _elsewhere(self, text: str) -> str:
+        """A hint naming the path for C{text}'s market if it is another this node carries."""
+        fields = text.split(" ", 3)
+        other = fields[2] if len(fields) > 2 else ""
+        if other == self.market.pair or other not in self.siblings:
+            return ""
+        return f"; this node carries {other}: send it to /markets/{market_slug(other)}/events"
 
     def _admit_keys(self, events: Sequence[Event]) -> None:
         """
@@ -332,6 +343,8 @@ class NodeControl:
         }  # fmt: skip
         if not self.by_name:
             raise ValueError("a node carries at least one market")
+        for control in self.by_name.values():
+            control.siblings = frozenset(self.by_name)
         self.first = next(iter(self.by_name.values()))
         self.gossip = self.first.gossip
         self._link_observers: list[Observer] = []
@@ -383,6 +396,7 @@ class NodeControl:
             "gossip": self.gossip.summary() if self.gossip is not None else {},
             "sync": self.gossip.progress() if self.gossip is not None else None,
             "markets": list(self.by_name),
+            "stored_markets": self.storage.stored_markets(),
         }
 
     def peers(self) -> list[dict[str, Any]]:

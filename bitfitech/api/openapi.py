@@ -164,6 +164,19 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "market": {"type": "object"},
                 "gossip": {"type": "object"},
                 "sync": nullable(ref("SyncStatus")),
+                "markets": {
+                    "type": "array",
+                    "items": TEXT,
+                    "description": "The markets the node carries, the first (`pair`) first; "
+                    "the fields above of a market are the first's (`GET /markets` for each).",
+                },
+                "stored_markets": {
+                    "type": "array",
+                    "items": TEXT,
+                    "description": "Every market with a journal in the data directory, in "
+                    "the order they were added: those carried, and those dropped from the "
+                    "options, whose history is kept (carry one again to load it).",
+                },
             },
             closed=False,
         ),

@@ -238,7 +238,18 @@ class TwoMarketsTests(SynchronousTestCase):
         user = Author(bytes(range(32)), self.eth.config.network, "ETH/USD")
         event = user.order(1, 1, 1_700_000_000_000, "buy", "limit", "1", "1")
         signed = [(event.text, event.sig)]
-        self.assertRaises(BatchRejected, self.control.submit_events, signed)
+        error = self.assertRaises(BatchRejected, self.control.submit_events, signed)
+        self.assertEqual(
+            str(error),
+            "events[0]: invalid_event: event is for test ETH/USD, not test BTC/USD; this node "
+            "carries ETH/USD: send it to /markets/ETH-USD/events",
+        )
+        other = Author(bytes(range(32)), self.eth.config.network, "XRP/USD")
+        xrp = other.order(1, 1, 1_700_000_000_000, "buy", "limit", "1", "1")
+        error = self.assertRaises(BatchRejected, self.control.submit_events,
+                                  [(xrp.text, xrp.sig)])  # fmt: skip
+        self.assertEqual(str(error), "events[0]: invalid_event: event is for test XRP/USD, not "
+                         "test BTC/USD")  # fmt: skip
         taken = self.committed(self.control.market("ETH/USD").submit_events(signed))
         self.assertEqual(taken[0]["id"], event.id)
 

@@ -491,6 +491,9 @@ class RealNodeTests(ClusterTestCase):
             same = await self.call("GET", m + "/ticker", f"/markets/{form}/ticker")
             self.assertEqual(same["pair"], eth)
         await self.call("GET", "/markets", token=None, expect=401)
+        status = await self.call("GET", "/status")
+        self.assertEqual((status["pair"], status["markets"], status["stored_markets"]),
+                         (TEST_PAIR, [TEST_PAIR, eth], [TEST_PAIR, eth]))  # fmt: skip
 
         # One market's live stream, with a ticket: that market's book and status.
         ticket = (await self.call("POST", "/stream/ticket", expect=201))["ticket"]

@@ -239,8 +239,6 @@ def build_node(
         for service in markets
     }
     router = GossipRouter(gossips)
-    # The metrics see the first market only (for now).
-    market = markets.first
     addrbook = AddressBook()
     bans = BanList()
     hub = PeerHub(
@@ -297,7 +295,7 @@ def build_node(
         config, clock, storage, markets, gossips=gossips, peers=peers, mdns=mdns, dht=dht,
         api_url=lambda: api.url if api is not None else None,
     )  # fmt: skip
-    metrics = node_registry(control.status, market)
+    metrics = node_registry(control.status, markets.by_name, gossips)
     if config.api_enabled:
         root = site_root(control, clock=clock, registry=metrics)
         api = ApiService(config, root, reactor, metrics)

@@ -1,10 +1,11 @@
 """``GET /metrics``: a node's state in the Prometheus text format.
 
-Data path: the node's parts (peer hub, market, gossip, DHT, mDNS) keep their
-own counters -> at each scrape :class:`NodeCollector` reads them through
-the API's view of the node (:meth:`~bitfitech.api.control.NodeControl.status`,
-the numbers of ``GET /status``) and the market's ledger -> the registry ->
-:class:`MetricsResource` renders it with
+Data path: the node's parts (peer hub, markets, gossip, DHT, mDNS) keep their
+own counters -> at each scrape :class:`NodeCollector` reads the node's own
+through the API's view of the node
+(:meth:`~bitfitech.api.control.NodeControl.status`, the numbers of ``GET
+/status``), and each market's from that market's service, ledger and gossip
+-> the registry -> :class:`MetricsResource` renders it with
 :func:`prometheus_client.exposition.generate_latest`.  Nothing is counted
 twice and nothing runs between scrapes, except what the API's site keeps
 itself: the request latency, which :class:`~bitfitech.api.site.ApiSite`
@@ -17,8 +18,14 @@ by :func:`node_registry` from what it measures), never
 ``prometheus_client.REGISTRY``: several nodes run in one process in tests
 and in ``tac/local-cluster.tac``.
 
+Every family of a market (its book, ledger, journal, fair order and gossip)
+has one sample per market the node carries, in the node's order, labelled
+``market`` with the pair (``market="BTC/USD"``); the node's own families
+(peers, discovery, the API) have no such label.
+
 Counters are totals since the node started (``_total``); rates, such as
-orders or trades per second, are PromQL's job: ``rate(bitfi_orders_total[1m])``.
+orders or trades per second, are PromQL's job: ``rate(bitfi_orders_total[1m])``
+(``sum(rate(bitfi_orders_total[1m]))`` for every market).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from prometheus_client.metrics_core import (
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from ..gossip import Gossip
 from ..interfaces import ServiceUnavailable
 from ..market.ledger import Ledger
 from ..market.service import MarketService
@@ -80,7 +88,9 @@ _GOSSIP_NOT_COUNTERS = frozenset({"requests_in_flight", "fanout"})
 
 
 def node_registry(
-    status: Callable[[], Mapping[str, Any]], market: MarketService
+    status: Callable[[], Mapping[str, Any]],
+    markets: Mapping[str, MarketService],
+    gossips: Mapping[str, Gossip],
 ) -> CollectorRegistry:
     """
     A new registry of one node: its :class:`NodeCollector`, the API latency
@@ -88,10 +98,12 @@ def node_registry(
     (:func:`api_connections`).  Building it opens nothing.
 
     :param status: the node's status (``GET /status``), read at each scrape.
-    :param market: the node's market, whose ledger is read at each scrape.
+    :param markets: the node's markets' services, by pair, in the node's
+        order; each is read at each scrape.
+    :param gossips: each market's gossip layer, by pair.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(status, market))
+    registry.register(NodeCollector(status, markets, gossips))
     api_latency(registry)
     api_connections(registry)
     return registry
@@ -235,22 +247,33 @@ def observe_request(histogram: Histogram, method: str, status: int, seconds: flo
 class NodeCollector:
     """
     A :class:`prometheus_client` collector reading one node's state at
-    scrape time.
+    scrape time: the node's own families from its status, and those of each
+    market, labelled ``market``, from the market's service and gossip.
 
     While the node is not running (before start, while stopping) only
     ``bitfi_up`` (0) is reported.
     """
 
-    def __init__(self, status: Callable[[], Mapping[str, Any]], market: MarketService) -> None:
+    def __init__(
+        self,
+        status: Callable[[], Mapping[str, Any]],
+        markets: Mapping[str, MarketService],
+        gossips: Mapping[str, Gossip],
+    ) -> None:
         """
         :param status: the node's status (``GET /status``); raises
             :class:`RuntimeError` or :class:`ServiceUnavailable` while the
             node does not run.
-        :param market: the node's market.
+        :param markets: the node's markets' services, by pair, in the
+            node's order.
+        :param gossips: each market's gossip layer, by pair (a market
+            without one has no gossip samples).
         """
         self.status = status
-        self.market = market
-        self._orders_cache: tuple[int, str, int, int] | None = None
+        self.markets = markets
+        self.gossips = gossips
+        #: pair -> (the ledger's id, its log hash, orders, cancels)
+        self._orders_cache: dict[str, tuple[int, str, int, int]] = {}
 
     def describe(self) -> list[Metric]:
         """Nothing: the families depend on what runs (the registry checks no names)."""
@@ -260,15 +283,23 @@ class NodeCollector:
         """The node's metric families, read now."""
         try:
             status = self.status()
+            by_market = [
+                (pair, market.status(), market.ledger) for pair, market in self.markets.items()
+            ]
         except (RuntimeError, ServiceUnavailable):
             yield _gauge("bitfi_up", "Whether the node runs (1) or not (0).", 0)
             return
         yield _gauge("bitfi_up", "Whether the node runs (1) or not (0).", 1)
         yield from self._node(status)
         yield from self._peers(status["peers"])
-        yield from self._market(status)
-        yield from self._fair_order(status.get("witnesses") or {})
-        yield from self._gossip(status["gossip"])
+        families = _ByMarket()
+        for pair, market, ledger in by_market:
+            self._market(families, pair, market, ledger)
+            self._fair_order(families, pair, market.get("witnesses") or {})
+            gossip = self.gossips.get(pair)
+            if gossip is not None:
+                self._gossip(families, pair, gossip.summary())
+        yield from families
         yield from self._discovery(status.get("mdns"), status.get("dht"))
 
     def _node(self, status: Mapping[str, Any]) -> Iterator[Metric]:
@@ -279,6 +310,7 @@ class NodeCollector:
                 "node_id": str(status["node_id"]),
                 "network": str(status["network"]),
                 "pair": str(status["pair"]),
+                "markets": ",".join(self.markets),
                 "version": str(status["version"]),
                 "tls": "true" if status["p2p"]["tls"] else "false",
             },
@@ -318,150 +350,149 @@ class NodeCollector:
                        peers["protocol_violations"])  # fmt: skip
         yield _gauge("bitfi_bans", "IP addresses banned for misbehaviour now.", peers["bans"])
 
-    def _market(self, status: Mapping[str, Any]) -> Iterator[Metric]:
-        market = status["market"]
-        ledger = self.market.ledger
-        orders, cancels = self._order_counts(ledger)
-        yield _gauge("bitfi_events", "Signed events (orders and cancels) held.", status["events"])
-        yield _gauge("bitfi_events_applied", "Events in the ordered log applied to the book.",
-                     market["applied"])  # fmt: skip
-        yield _gauge("bitfi_authors", "Authors (node keys) with events held.", status["authors"])
-        yield _gauge("bitfi_lamport_clock", "The node's Lamport clock.", status["lamport"])
-        if status.get("ordering", "author") == "author":
-            yield _gauge("bitfi_settled_through_lamport",
-                         "Author-clock order: the Lamport time through which the book and "
-                         "trades are settled.",
-                         status["settled_through"])  # fmt: skip
-        yield _counter("bitfi_orders",
-                       "Order events applied to the book, this node's and its peers' "
-                       "(orders per second: rate(bitfi_orders_total[1m]) in PromQL).",
-                       orders)  # fmt: skip
-        yield _counter("bitfi_cancels", "Cancel events applied to the book.", cancels)
-        yield _counter("bitfi_trades",
-                       "Trades the book made (trades per second: rate(bitfi_trades_total[1m]) "
-                       "in PromQL; a late event can undo tentative trades, which shows as a "
-                       "counter reset).",
-                       market["trades"])  # fmt: skip
-        yield _gauge("bitfi_open_orders", "Orders resting in the book.", market["open_orders"])
-        yield _counter("bitfi_rollbacks",
-                       "Late events that rolled the book back to replay it.",
-                       market["rollbacks"])  # fmt: skip
-        yield _counter("bitfi_replayed_events", "Events re-applied by rollbacks.",
-                       market["replayed"])  # fmt: skip
-        yield _counter("bitfi_trade_revisions", "Late events that changed settled trades.",
-                       market["revisions"])  # fmt: skip
-        yield _gauge("bitfi_flagged_authors",
-                     "Authors seen misbehaving (equivocation, Lamport abuse).",
-                     len(market["flagged_authors"]))  # fmt: skip
-        yield _gauge("bitfi_sync_buffered_events",
-                     "Sync backlog: events received and waiting to be applied to the book.",
-                     market["buffered"])  # fmt: skip
-        yield _gauge("bitfi_sync_gap_authors",
-                     "Sync backlog: authors with events held beyond a missing one.",
-                     ledger.gaps())  # fmt: skip
-        yield _counter("bitfi_journal_writes", "Group commits of events to the journal.",
-                       market["journal_writes"])  # fmt: skip
-        yield _counter("bitfi_journal_failures", "Journal writes that failed.",
-                       market["journal_failures"])  # fmt: skip
-        yield _gauge("bitfi_journal_writable",
-                     "Whether the journal takes writes (1) or orders are refused (0).",
-                     0 if market.get("journal_error") else 1)  # fmt: skip
+    def _market(
+        self, families: _ByMarket, pair: str, status: Mapping[str, Any], ledger: Ledger
+    ) -> None:
+        """
+        One market's book, ledger and journal into C{families}.
 
-    def _fair_order(self, witnesses: Mapping[str, Any]) -> Iterator[Metric]:
+        :param status: the market's part of ``GET /status``
+            (:meth:`~bitfitech.market.service.MarketService.status`).
+        :param ledger: its ledger (for what the status does not say).
         """
-        The fair order (``GET /status``'s ``witnesses``): only
-        ``bitfi_witnesses`` (0) on a network without witnesses.
+        gauge, counter = families.gauge, families.counter
+        market = status["market"]
+        orders, cancels = self._order_counts(pair, ledger)
+        gauge("bitfi_events", "Signed events (orders and cancels) held.", pair, status["events"])
+        gauge("bitfi_events_applied", "Events in the ordered log applied to the book.", pair,
+              market["applied"])  # fmt: skip
+        gauge("bitfi_authors", "Authors (node keys) with events held.", pair, status["authors"])
+        gauge("bitfi_lamport_clock", "The node's Lamport clock.", pair, status["lamport"])
+        if status.get("ordering", "author") == "author":
+            gauge("bitfi_settled_through_lamport",
+                  "Author-clock order: the Lamport time through which the book and "
+                  "trades are settled.",
+                  pair, status["settled_through"])  # fmt: skip
+        counter("bitfi_orders",
+                "Order events applied to the book, this node's and its peers' "
+                "(orders per second: rate(bitfi_orders_total[1m]) in PromQL).",
+                pair, orders)  # fmt: skip
+        counter("bitfi_cancels", "Cancel events applied to the book.", pair, cancels)
+        counter("bitfi_trades",
+                "Trades the book made (trades per second: rate(bitfi_trades_total[1m]) "
+                "in PromQL; a late event can undo tentative trades, which shows as a "
+                "counter reset).",
+                pair, market["trades"])  # fmt: skip
+        gauge("bitfi_open_orders", "Orders resting in the book.", pair, market["open_orders"])
+        counter("bitfi_rollbacks", "Late events that rolled the book back to replay it.", pair,
+                market["rollbacks"])  # fmt: skip
+        counter("bitfi_replayed_events", "Events re-applied by rollbacks.", pair,
+                market["replayed"])  # fmt: skip
+        counter("bitfi_trade_revisions", "Late events that changed settled trades.", pair,
+                market["revisions"])  # fmt: skip
+        gauge("bitfi_flagged_authors", "Authors seen misbehaving (equivocation, Lamport abuse).",
+              pair, len(market["flagged_authors"]))  # fmt: skip
+        gauge("bitfi_sync_buffered_events",
+              "Sync backlog: events received and waiting to be applied to the book.",
+              pair, market["buffered"])  # fmt: skip
+        gauge("bitfi_sync_gap_authors",
+              "Sync backlog: authors with events held beyond a missing one.",
+              pair, ledger.gaps())  # fmt: skip
+        counter("bitfi_journal_writes", "Group commits of events to the journal.", pair,
+                market["journal_writes"])  # fmt: skip
+        counter("bitfi_journal_failures", "Journal writes that failed.", pair,
+                market["journal_failures"])  # fmt: skip
+        gauge("bitfi_journal_writable",
+              "Whether the journal takes writes (1) or orders are refused (0).",
+              pair, 0 if market.get("journal_error") else 1)  # fmt: skip
+
+    def _fair_order(self, families: _ByMarket, pair: str, witnesses: Mapping[str, Any]) -> None:
         """
-        yield _gauge("bitfi_witnesses",
-                     "Witnesses the network names (n = 2f + 1); 0: events are in "
-                     "author-clock order, and no trade is ever final.",
-                     witnesses.get("n", 0))  # fmt: skip
+        One market's fair order (its status's ``witnesses``) into
+        C{families}: only ``bitfi_witnesses`` (0) on a network without
+        witnesses.
+        """
+        gauge, counter = families.gauge, families.counter
+        gauge("bitfi_witnesses",
+              "Witnesses the network names (n = 2f + 1); 0: events are in "
+              "author-clock order, and no trade is ever final.",
+              pair, witnesses.get("n", 0))  # fmt: skip
         if not witnesses:
             return
-        yield _gauge("bitfi_witness_faults_tolerated",
-                     "Faulty witnesses the fair order tolerates (f).", witnesses["f"])  # fmt: skip
-        yield _gauge("bitfi_fair_settled_events",
-                     "Events at the start of the log that are settled: n - f witnesses' "
-                     "stamps are held past them.",
-                     witnesses["settled_events"])  # fmt: skip
-        yield _gauge("bitfi_fair_final_events",
-                     "Events at the start of the log that are final: every witness's stamps "
-                     "are held past them.",
-                     witnesses["final_events"])  # fmt: skip
-        yield _gauge("bitfi_fair_waiting_events",
-                     "Events held that wait for their fair time (f + 1 counted receipts).",
-                     witnesses["waiting_events"])  # fmt: skip
+        gauge("bitfi_witness_faults_tolerated", "Faulty witnesses the fair order tolerates (f).",
+              pair, witnesses["f"])  # fmt: skip
+        gauge("bitfi_fair_settled_events",
+              "Events at the start of the log that are settled: n - f witnesses' "
+              "stamps are held past them.",
+              pair, witnesses["settled_events"])  # fmt: skip
+        gauge("bitfi_fair_final_events",
+              "Events at the start of the log that are final: every witness's stamps "
+              "are held past them.",
+              pair, witnesses["final_events"])  # fmt: skip
+        gauge("bitfi_fair_waiting_events",
+              "Events held that wait for their fair time (f + 1 counted receipts).",
+              pair, witnesses["waiting_events"])  # fmt: skip
         for point in ("settled", "final"):
             through = witnesses[f"{point}_through_ms"]
             if through is not None:
-                yield _gauge(f"bitfi_fair_{point}_through_ms",
-                             f"The fair time (unix ms) through which state is {point}; "
-                             f"how far it lags: time() * 1000 - bitfi_fair_{point}_through_ms.",
-                             through)  # fmt: skip
-        yield _gauge("bitfi_stamps", "Witness stamps held.", witnesses["stamps"])
-        yield _counter("bitfi_stamps_signed",
-                       "Stamps this node signed as a witness (0 on other nodes).",
-                       witnesses["stamps_signed"])  # fmt: skip
-        yield _counter("bitfi_stamps_relisted",
-                       "Events this node, as a witness, listed again in a later stamp because "
-                       "their first receipt did not count.",
-                       witnesses.get("relisted", 0))  # fmt: skip
-        yield _gauge("bitfi_witnesses_flagged",
-                     "Witnesses proven faulty (equivocation, a broken chain); above "
-                     "bitfi_witness_faults_tolerated the order is no longer fair.",
-                     len(witnesses["flagged"]))  # fmt: skip
-        yield _counter("bitfi_witness_revisions",
-                       "Stamps of a newly flagged witness that changed settled trades.",
-                       witnesses["witness_revisions"])  # fmt: skip
-        chains = witnesses["chains"]
-        seq = GaugeMetricFamily(
-            "bitfi_witness_stamps",
-            "Per witness: its stamps held without a gap (its chain's length).",
-            labels=("witness",),
-        )
-        waiting = GaugeMetricFamily(
-            "bitfi_witness_stamps_waiting",
-            "Per witness: its stamps held beyond a gap in its chain.",
-            labels=("witness",),
-        )
-        flagged = GaugeMetricFamily(
-            "bitfi_witness_flagged",
-            "Per witness: 1 if it is proven faulty, else 0.",
-            labels=("witness",),
-        )
-        lag = GaugeMetricFamily(
-            "bitfi_witness_lag_ms",
-            "Per witness: this node's clock minus the witness's at its last stamp's "
-            "arrival, in ms (network delay included; absent until a stamp arrives, and "
-            "for this node's own chain).",
-            labels=("witness",),
-        )
-        last = GaugeMetricFamily(
-            "bitfi_witness_last_stamp_ms",
-            "Per witness: the time (unix ms, the witness's clock) of its last stamp held "
-            "without a gap; how long ago: time() * 1000 - bitfi_witness_last_stamp_ms.",
-            labels=("witness",),
-        )
-        for chain in chains:
-            label = [str(chain["node_id"])]
-            seq.add_metric(label, chain["seq"])
-            waiting.add_metric(label, chain["waiting"])
-            flagged.add_metric(label, 1 if chain["flagged"] else 0)
+                gauge(f"bitfi_fair_{point}_through_ms",
+                      f"The fair time (unix ms) through which state is {point}; "
+                      f"how far it lags: time() * 1000 - bitfi_fair_{point}_through_ms.",
+                      pair, through)  # fmt: skip
+        gauge("bitfi_stamps", "Witness stamps held.", pair, witnesses["stamps"])
+        counter("bitfi_stamps_signed", "Stamps this node signed as a witness (0 on other nodes).",
+                pair, witnesses["stamps_signed"])  # fmt: skip
+        counter("bitfi_stamps_relisted",
+                "Events this node, as a witness, listed again in a later stamp because "
+                "their first receipt did not count.",
+                pair, witnesses.get("relisted", 0))  # fmt: skip
+        gauge("bitfi_witnesses_flagged",
+              "Witnesses proven faulty (equivocation, a broken chain); above "
+              "bitfi_witness_faults_tolerated the order is no longer fair.",
+              pair, len(witnesses["flagged"]))  # fmt: skip
+        counter("bitfi_witness_revisions",
+                "Stamps of a newly flagged witness that changed settled trades.",
+                pair, witnesses["witness_revisions"])  # fmt: skip
+        per_witness = families.gauge_family
+        seq = per_witness("bitfi_witness_stamps",
+                          "Per witness: its stamps held without a gap (its chain's length).",
+                          "witness")  # fmt: skip
+        waiting = per_witness("bitfi_witness_stamps_waiting",
+                              "Per witness: its stamps held beyond a gap in its chain.",
+                              "witness")  # fmt: skip
+        flagged = per_witness("bitfi_witness_flagged",
+                              "Per witness: 1 if it is proven faulty, else 0.",
+                              "witness")  # fmt: skip
+        lag = per_witness("bitfi_witness_lag_ms",
+                          "Per witness: this node's clock minus the witness's at its last "
+                          "stamp's arrival, in ms (network delay included; absent until a "
+                          "stamp arrives, and for this node's own chain).",
+                          "witness")  # fmt: skip
+        last = per_witness("bitfi_witness_last_stamp_ms",
+                           "Per witness: the time (unix ms, the witness's clock) of its last "
+                           "stamp held without a gap; how long ago: time() * 1000 - "
+                           "bitfi_witness_last_stamp_ms.",
+                           "witness")  # fmt: skip
+        for chain in witnesses["chains"]:
+            labels = [pair, str(chain["node_id"])]
+            seq.add_metric(labels, chain["seq"])
+            waiting.add_metric(labels, chain["waiting"])
+            flagged.add_metric(labels, 1 if chain["flagged"] else 0)
             if chain["lag_ms"] is not None:
-                lag.add_metric(label, chain["lag_ms"])
+                lag.add_metric(labels, chain["lag_ms"])
             if chain["t"] is not None:
-                last.add_metric(label, chain["t"])
-        yield from (seq, waiting, flagged, lag, last)
+                last.add_metric(labels, chain["t"])
 
-    def _gossip(self, gossip: Mapping[str, Any]) -> Iterator[Metric]:
-        yield _gauge("bitfi_sync_requests_in_flight",
-                     "Sync backlog: events asked of peers (getdata) and not yet received.",
-                     gossip["requests_in_flight"])  # fmt: skip
+    def _gossip(self, families: _ByMarket, pair: str, gossip: Mapping[str, Any]) -> None:
+        """One market's gossip counters (:meth:`Gossip.summary`) into C{families}."""
+        families.gauge("bitfi_sync_requests_in_flight",
+                       "Sync backlog: events asked of peers (getdata) and not yet received.",
+                       pair, gossip["requests_in_flight"])  # fmt: skip
         for key, value in gossip.items():
             if key in _GOSSIP_NOT_COUNTERS or not isinstance(value, int):
                 continue
             help_text = GOSSIP_HELP.get(key, f"Gossip counter {key}.")
-            yield _counter(f"bitfi_gossip_{key}", help_text, value)
+            families.counter(f"bitfi_gossip_{key}", help_text, pair, value)
 
     def _discovery(
         self, mdns: Mapping[str, Any] | None, dht: Mapping[str, Any] | None
@@ -476,7 +507,8 @@ class NodeCollector:
         yield running
         if mdns is not None:
             yield _gauge("bitfi_mdns_discovered",
-                         "Other nodes of this network and pair known by mDNS now.",
+                         "Other nodes of this network that share a market with this node, "
+                         "known by mDNS now.",
                          mdns["discovered"])  # fmt: skip
         if dht is not None:
             yield _gauge("bitfi_dht_routing_table_size", "DHT nodes in the routing table.",
@@ -484,19 +516,59 @@ class NodeCollector:
             yield _counter("bitfi_dht_peers_found", "New peer addresses found through the DHT.",
                            dht["peers_found"])  # fmt: skip
 
-    def _order_counts(self, ledger: Ledger) -> tuple[int, int]:
+    def _order_counts(self, pair: str, ledger: Ledger) -> tuple[int, int]:
         """
-        Order and cancel events in C{ledger}'s log: counted again only when
-        the log changed (its running hash differs), in one pass over it.
+        Order and cancel events in C{ledger}'s log (market C{pair}'s):
+        counted again only when the log changed (its running hash differs),
+        in one pass over it.
         """
         key = (id(ledger), ledger.log_hash)
-        cached = self._orders_cache
+        cached = self._orders_cache.get(pair)
         if cached is not None and cached[:2] == key:
             return cached[2], cached[3]
         log = ledger.log()
         orders = sum(1 for event in log if event.is_order)
-        self._orders_cache = (key[0], key[1], orders, len(log) - orders)
+        self._orders_cache[pair] = (key[0], key[1], orders, len(log) - orders)
         return orders, len(log) - orders
+
+
+class _ByMarket:
+    """
+    The families of the markets, filled one market at a time: each is made
+    on its first use, labelled ``market`` (and any other label), and
+    collects one sample per market; iterated, they come in the order they
+    were made.
+    """
+
+    def __init__(self) -> None:
+        self._gauges: dict[str, GaugeMetricFamily] = {}
+        self._counters: dict[str, CounterMetricFamily] = {}
+        self._made: list[Metric] = []
+
+    def gauge_family(self, name: str, documentation: str, *labels: str) -> GaugeMetricFamily:
+        """The gauge family C{name}, labelled ``market`` then C{labels}."""
+        family = self._gauges.get(name)
+        if family is None:
+            family = GaugeMetricFamily(name, documentation, labels=("market", *labels))
+            self._gauges[name] = family
+            self._made.append(family)
+        return family
+
+    def gauge(self, name: str, documentation: str, market: str, value: float) -> None:
+        """Market C{market}'s sample of gauge C{name}."""
+        self.gauge_family(name, documentation).add_metric([market], value)
+
+    def counter(self, name: str, documentation: str, market: str, value: float) -> None:
+        """Market C{market}'s sample of counter C{name} (``<name>_total``)."""
+        family = self._counters.get(name)
+        if family is None:
+            family = CounterMetricFamily(name, documentation, labels=("market",))
+            self._counters[name] = family
+            self._made.append(family)
+        family.add_metric([market], value)
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._made)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

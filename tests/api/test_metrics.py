@@ -37,6 +37,8 @@ from bitfitech.testing import HANG_GUARD, ClusterTestCase, loopback_config, mark
 
 #: seconds a test may wait for nodes to link up or converge (a hang guard)
 DEADLINE = HANG_GUARD
+#: the markets of the nodes under test (a node's first market is BTC/USD)
+BTC, ETH = "BTC/USD", "ETH/USD"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -105,28 +107,30 @@ class NodeMetricsTests(ClusterTestCase):
             ledger, hub = node.market.ledger, node.peers.hub
             self.assertEqual(value(samples, "bitfi_up"), 1)
             info = value(samples, "bitfi_node_info", node_id=node.storage.identity.node_id,
-                         network="test", pair="BTC/USD", version=node.control.status()["version"],
-                         tls="true")  # fmt: skip
+                         network="test", pair=BTC, markets=BTC,
+                         version=node.control.status()["version"], tls="true")  # fmt: skip
             self.assertEqual(info, 1)
             for direction in ("inbound", "outbound"):
                 self.assertEqual(value(samples, "bitfi_peers", direction=direction),
                                  hub.ready_count(direction), direction)  # fmt: skip
-            self.assertEqual(value(samples, "bitfi_events"), len(ledger))
-            self.assertEqual(value(samples, "bitfi_events"), 2)
-            self.assertEqual(value(samples, "bitfi_authors"), 2)
-            self.assertEqual(value(samples, "bitfi_orders_total"), 2)
-            self.assertEqual(value(samples, "bitfi_cancels_total"), 0)
-            self.assertEqual(value(samples, "bitfi_trades_total"), 1)
-            self.assertEqual(value(samples, "bitfi_trades_total"), ledger.trade_count)
-            self.assertEqual(value(samples, "bitfi_open_orders"), 1)
-            self.assertEqual(value(samples, "bitfi_rollbacks_total"), ledger.rollbacks)
-            self.assertEqual(value(samples, "bitfi_replayed_events_total"), ledger.replayed)
-            self.assertEqual(value(samples, "bitfi_sync_buffered_events"), 0)
+            self.assertEqual(value(samples, "bitfi_events", market=BTC), len(ledger))
+            self.assertEqual(value(samples, "bitfi_events", market=BTC), 2)
+            self.assertEqual(value(samples, "bitfi_authors", market=BTC), 2)
+            self.assertEqual(value(samples, "bitfi_orders_total", market=BTC), 2)
+            self.assertEqual(value(samples, "bitfi_cancels_total", market=BTC), 0)
+            self.assertEqual(value(samples, "bitfi_trades_total", market=BTC), 1)
+            self.assertEqual(value(samples, "bitfi_trades_total", market=BTC), ledger.trade_count)
+            self.assertEqual(value(samples, "bitfi_open_orders", market=BTC), 1)
+            self.assertEqual(value(samples, "bitfi_rollbacks_total", market=BTC), ledger.rollbacks)
+            self.assertEqual(
+                value(samples, "bitfi_replayed_events_total", market=BTC), ledger.replayed
+            )
+            self.assertEqual(value(samples, "bitfi_sync_buffered_events", market=BTC), 0)
             self.assertEqual(value(samples, "bitfi_bans"), 0)
-            self.assertEqual(value(samples, "bitfi_journal_writable"), 1)
+            self.assertEqual(value(samples, "bitfi_journal_writable", market=BTC), 1)
             self.assertEqual(value(samples, "bitfi_peer_addresses_known"),
                              len(node.peers.addrbook or ()))  # fmt: skip
-            self.assertEqual(value(samples, "bitfi_gossip_events_duplicate_total"),
+            self.assertEqual(value(samples, "bitfi_gossip_events_duplicate_total", market=BTC),
                              node.gossip.stats["events_duplicate"])  # fmt: skip
             self.assertEqual(value(samples, "bitfi_discovery_running", service="mdns"), 0)
             self.assertEqual(value(samples, "bitfi_discovery_running", service="dht"), 0)
@@ -135,8 +139,8 @@ class NodeMetricsTests(ClusterTestCase):
             self.assertIn("rate(bitfi_orders_total", families["bitfi_orders"].documentation)
             self.assertEqual(families["bitfi_peers"].type, "gauge")
             # Author-clock order: settled by Lamport time, nothing of the fair order.
-            self.assertEqual(value(samples, "bitfi_witnesses"), 0)
-            self.assertEqual(value(samples, "bitfi_settled_through_lamport"),
+            self.assertEqual(value(samples, "bitfi_witnesses", market=BTC), 0)
+            self.assertEqual(value(samples, "bitfi_settled_through_lamport", market=BTC),
                              ledger.settled_through)  # fmt: skip
             fair = [name for name in families if name.startswith(("bitfi_fair_", "bitfi_stamps",
                                                                   "bitfi_witness_"))]  # fmt: skip
@@ -147,11 +151,11 @@ class NodeMetricsTests(ClusterTestCase):
         with self.assertRaises(ServiceUnavailable):
             await first.market.submit("buy", "100", "1", "limit")
         _, samples = parse(scrape(first.metrics)[1])
-        self.assertEqual(value(samples, "bitfi_journal_writable"), 0)
+        self.assertEqual(value(samples, "bitfi_journal_writable", market=BTC), 0)
         # What each node learned from the other, it learned by gossip.
         for node in (first, second):
             _, samples = parse(scrape(node.metrics)[1])
-            self.assertEqual(value(samples, "bitfi_gossip_events_new_total"), 1)
+            self.assertEqual(value(samples, "bitfi_gossip_events_new_total", market=BTC), 1)
         self.assertEqual(value(samples, "bitfi_peers", direction="outbound"), 1)
 
     async def test_fair_order(self) -> None:
@@ -180,22 +184,30 @@ class NodeMetricsTests(ClusterTestCase):
             # turn, agree.
             families, samples = parse(scrape(node.metrics)[1])
             status = node.control.status()["witnesses"]
-            self.assertEqual(value(samples, "bitfi_witnesses"), 1)
-            self.assertEqual(value(samples, "bitfi_witness_faults_tolerated"), 0)
+            self.assertEqual(value(samples, "bitfi_witnesses", market=BTC), 1)
+            self.assertEqual(value(samples, "bitfi_witness_faults_tolerated", market=BTC), 0)
             self.assertNotIn("bitfi_settled_through_lamport", families)
             for name in ("settled_events", "final_events", "waiting_events"):
-                self.assertEqual(value(samples, f"bitfi_fair_{name}"), status[name], name)
-            self.assertEqual(value(samples, "bitfi_fair_final_events"), 2)
+                self.assertEqual(
+                    value(samples, f"bitfi_fair_{name}", market=BTC), status[name], name
+                )
+            self.assertEqual(value(samples, "bitfi_fair_final_events", market=BTC), 2)
             for name in ("settled_through_ms", "final_through_ms"):
-                self.assertEqual(value(samples, f"bitfi_fair_{name}"), status[name], name)
-            self.assertEqual(value(samples, "bitfi_stamps"), status["stamps"])
-            self.assertEqual(value(samples, "bitfi_stamps_signed_total"), status["stamps_signed"])
-            self.assertEqual(value(samples, "bitfi_stamps_relisted_total"), status["relisted"])
+                self.assertEqual(
+                    value(samples, f"bitfi_fair_{name}", market=BTC), status[name], name
+                )
+            self.assertEqual(value(samples, "bitfi_stamps", market=BTC), status["stamps"])
+            self.assertEqual(
+                value(samples, "bitfi_stamps_signed_total", market=BTC), status["stamps_signed"]
+            )
+            self.assertEqual(
+                value(samples, "bitfi_stamps_relisted_total", market=BTC), status["relisted"]
+            )
             self.assertEqual(status["stamps_signed"] > 0, me)
-            self.assertEqual(value(samples, "bitfi_witnesses_flagged"), 0)
-            self.assertEqual(value(samples, "bitfi_witness_revisions_total"), 0)
+            self.assertEqual(value(samples, "bitfi_witnesses_flagged", market=BTC), 0)
+            self.assertEqual(value(samples, "bitfi_witness_revisions_total", market=BTC), 0)
             [chain] = status["chains"]
-            label = {"witness": str(address.node_id)}
+            label = {"market": BTC, "witness": str(address.node_id)}
             self.assertEqual(value(samples, "bitfi_witness_stamps", **label), chain["seq"])
             self.assertEqual(value(samples, "bitfi_witness_stamps_waiting", **label), 0)
             self.assertEqual(value(samples, "bitfi_witness_flagged", **label), 0)
@@ -206,7 +218,7 @@ class NodeMetricsTests(ClusterTestCase):
                 self.assertEqual(value(samples, "bitfi_witness_lag_ms", **label), chain["lag_ms"])
             self.assertEqual(families["bitfi_stamps_signed"].type, "counter")
             self.assertIn("time() * 1000", families["bitfi_fair_final_through_ms"].documentation)
-        self.assertGreater(value(samples, "bitfi_gossip_stamps_sent_total"), 0)
+        self.assertGreater(value(samples, "bitfi_gossip_stamps_sent_total", market=BTC), 0)
         self.assertNotIn("Gossip counter", families["bitfi_gossip_stamps_new"].documentation)
 
     async def test_counts_follow_the_node(self) -> None:
@@ -217,10 +229,106 @@ class NodeMetricsTests(ClusterTestCase):
                          lambda: market_state(second) == market_state(first), DEADLINE,
                          "the second node holds the cancel")  # fmt: skip
         _, samples = parse(scrape(second.metrics)[1])
-        self.assertEqual(value(samples, "bitfi_events"), 4)
-        self.assertEqual(value(samples, "bitfi_orders_total"), 3)
-        self.assertEqual(value(samples, "bitfi_cancels_total"), 1)
-        self.assertEqual(value(samples, "bitfi_open_orders"), 1)
+        self.assertEqual(value(samples, "bitfi_events", market=BTC), 4)
+        self.assertEqual(value(samples, "bitfi_orders_total", market=BTC), 3)
+        self.assertEqual(value(samples, "bitfi_cancels_total", market=BTC), 1)
+        self.assertEqual(value(samples, "bitfi_open_orders", market=BTC), 1)
+
+    async def test_two_markets(self) -> None:
+        """
+        Nodes of two markets, a trade in one of them: every family of a
+        market has one sample per market, labelled ``market``, in the
+        node's order, each with its own market's figures; the node's own
+        families have no ``market`` label; the exposition parses, each
+        family in it once.
+        """
+        first = self.cluster.start_node(markets=(BTC, ETH))
+        second = self.cluster.start_node(markets=(BTC, ETH), bootstrap_to=[first])
+        first_id = first.storage.identity.node_id
+        await poll_until(self.reactor, lambda: first_id in second.peers.hub.links, DEADLINE,
+                         "the nodes link")  # fmt: skip
+        await first.control.by_name[ETH].submit_order("sell", "3000", "0.5", "limit")
+        await poll_until(self.reactor, lambda: len(second.markets[ETH].ledger) == 1, DEADLINE,
+                         "the second node holds the sell")  # fmt: skip
+        await second.control.by_name[ETH].submit_order("buy", "3000", "0.2", "limit")
+        await poll_until(self.reactor,
+                         lambda: market_state(second, ETH) == market_state(first, ETH), DEADLINE,
+                         "the first node holds the buy")  # fmt: skip
+        _, text = scrape(second.metrics)
+        families, samples = parse(text)
+
+        node_wide = ("bitfi_up", "bitfi_node", "bitfi_uptime", "bitfi_peer", "bitfi_bans",
+                     "bitfi_discovery", "bitfi_mdns", "bitfi_dht", "bitfi_api")  # fmt: skip
+        types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+        self.assertEqual(len(types), len(families))
+        self.assertEqual(len(set(types)), len(types))
+        by_market = set()
+        for name, family in families.items():
+            labels = [sample.labels.get("market") for sample in family.samples]
+            if name.startswith(node_wide):
+                self.assertEqual(set(labels) - {None}, set(), name)
+            else:
+                self.assertEqual(labels, [BTC, ETH], name)
+                by_market.add(name)
+        self.assertLessEqual(
+            {"bitfi_events", "bitfi_authors", "bitfi_lamport_clock", "bitfi_orders",
+             "bitfi_trades", "bitfi_open_orders", "bitfi_journal_writable", "bitfi_witnesses",
+             "bitfi_sync_gap_authors", "bitfi_sync_requests_in_flight",
+             "bitfi_gossip_events_new", "bitfi_gossip_stamps_sent"},
+            by_market,
+        )  # fmt: skip
+        self.assertEqual(families["bitfi_orders"].type, "counter")
+        self.assertEqual(families["bitfi_open_orders"].type, "gauge")
+        [info] = families["bitfi_node_info"].samples
+        self.assertEqual((info.labels["pair"], info.labels["markets"]), (BTC, f"{BTC},{ETH}"))
+
+        # Each market's own figures: the trade is ETH/USD's; BTC/USD holds nothing.
+        expected = {
+            "bitfi_events": (0, 2),
+            "bitfi_authors": (0, 2),
+            "bitfi_orders_total": (0, 2),
+            "bitfi_cancels_total": (0, 0),
+            "bitfi_trades_total": (0, 1),
+            "bitfi_open_orders": (0, 1),
+            "bitfi_gossip_events_new_total": (0, 1),
+        }
+        for name, figures in expected.items():
+            self.assertEqual((value(samples, name, market=BTC), value(samples, name, market=ETH)),
+                             figures, name)  # fmt: skip
+        for pair in (BTC, ETH):
+            market, gossip = second.markets[pair], second.gossips[pair]
+            self.assertEqual(value(samples, "bitfi_lamport_clock", market=pair),
+                             market.ledger.lamport, pair)  # fmt: skip
+            self.assertEqual(value(samples, "bitfi_journal_writes_total", market=pair),
+                             market.journal_writes, pair)  # fmt: skip
+            self.assertEqual(value(samples, "bitfi_gossip_events_received_total", market=pair),
+                             gossip.stats["events_received"], pair)  # fmt: skip
+            self.assertEqual(value(samples, "bitfi_gossip_sync_sent_total", market=pair),
+                             gossip.stats["sync_sent"], pair)  # fmt: skip
+        self.assertNotEqual(second.markets[BTC].journal_writes,
+                            second.markets[ETH].journal_writes)  # fmt: skip
+
+        # An order in BTC/USD only: its figures move, ETH/USD's stay.
+        await second.control.by_name[BTC].submit_order("buy", "40000", "0.1", "limit")
+        _, samples = parse(scrape(second.metrics)[1])
+        for name, figures in {
+            "bitfi_orders_total": (1, 2),
+            "bitfi_open_orders": (1, 1),
+            "bitfi_events": (1, 2),
+            "bitfi_trades_total": (0, 1),
+        }.items():
+            self.assertEqual((value(samples, name, market=BTC), value(samples, name, market=ETH)),
+                             figures, name)  # fmt: skip
+
+    async def test_markets_in_the_node_order(self) -> None:
+        """The samples come in the node's order of markets; ``pair`` is its first."""
+        node = self.cluster.start_node(markets=(ETH, BTC))
+        families, _ = parse(scrape(node.metrics)[1])
+        for name in ("bitfi_events", "bitfi_orders", "bitfi_gossip_events_new"):
+            labels = [sample.labels["market"] for sample in families[name].samples]
+            self.assertEqual(labels, [ETH, BTC], name)
+        [info] = families["bitfi_node_info"].samples
+        self.assertEqual((info.labels["pair"], info.labels["markets"]), (ETH, f"{ETH},{BTC}"))
 
     async def test_each_node_has_its_own_registry(self) -> None:
         first, second = await self.trading_pair()
@@ -276,7 +384,9 @@ class StoppedNodeTests(SynchronousTestCase):
         self.assertIs(metrics.registry, node.metrics)
         self.assertIs(node.api.site.latency, api_latency(node.metrics))
         self.assertIs(api_latency(node.metrics), api_latency(node.metrics))
-        self.assertIsNot(node_registry(node.control.status, node.market), node.metrics)
+        self.assertIsNot(
+            node_registry(node.control.status, node.markets.by_name, node.gossips), node.metrics
+        )
 
 
 class _Slow(Resource):

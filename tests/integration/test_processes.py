@@ -3,7 +3,8 @@ End-to-end tests of the whole program: real ``twistd bitfi`` node processes.
 
 Data path: the test spawns ``twistd -n bitfi`` children -> the nodes link to
 each other over 127.0.0.1 -> the test watches them through each node's HTTP
-API (``GET /status``, ``GET /peers``) and through their exit statuses.
+API (``GET /status``, ``GET /peers``), through the ``bitfi`` command run
+against that API, and through their exit statuses.
 
 The harness (:class:`~tests.integration.processes.NodeProcess`, one node;
 :class:`~tests.integration.processes.ProcessTestCase`, which kills whatever
@@ -25,6 +26,7 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ import treq
 from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.web.http_headers import Headers
 
 from bitfitech.testing import free_ports, global_reactor
 
@@ -315,6 +318,76 @@ class NodeProcessTests(ProcessTestCase):
         )
         for node, exit_status in zip(self.nodes, statuses, strict=True):
             assert_clean_exit(self, node, exit_status)
+
+    async def test_two_markets_api_cli_and_dashboard(self) -> None:
+        """
+        ``twistd -n bitfi --market BTC/USD --market ETH/USD``: ``GET /markets``
+        lists both, the first first, and both books answer; ``bitfi --market
+        ETH/USD buy`` places an order in ETH/USD's book only, which ``bitfi
+        --market ETH/USD book`` prints (``bitfi book``, the first market's,
+        stays empty); ``GET /`` from a browser is the dashboard page.
+        """
+        port, api_port = free_ports(2)
+        markets = ["--market", "BTC/USD", "--market", "ETH/USD"]
+        node = self.spawn_node("two-markets", port, api_port, extra_args=markets)
+        status = await node.wait_for_api()
+        self.assertEqual(status["markets"], ["BTC/USD", "ETH/USD"], node.describe())
+        rows = await node.get_json("/markets")
+        self.assertEqual([(row["market"], row["slug"]) for row in rows],
+                         [("BTC/USD", "BTC-USD"), ("ETH/USD", "ETH-USD")])  # fmt: skip
+        for slug in ("BTC-USD", "ETH-USD"):
+            book = await node.get_json(f"/markets/{slug}/book")
+            self.assertEqual(book, {"bids": [], "asks": []}, slug)
+
+        out, err, code = await self.bitfi(node, "--market", "ETH/USD", "buy", "1.5", "2000")
+        self.assertEqual(code, 0, f"{out}{err}")
+        [order_id] = [line.split()[1] for line in out.splitlines() if line.startswith("order ")]
+        eth_book = await node.get_json("/markets/ETH-USD/book")
+        self.assertEqual([[Decimal(price), Decimal(amount), count]
+                          for price, amount, count in eth_book["bids"]],
+                         [[Decimal("2000"), Decimal("1.5"), 1]])  # fmt: skip
+        self.assertEqual(await node.get_json("/markets/BTC-USD/book"), {"bids": [], "asks": []})
+        order = await node.get_json(f"/markets/ETH-USD/orders/{order_id}")
+        self.assertEqual((order["id"], order["side"]), (order_id, "buy"))
+        response = await self.http.get(
+            f"http://127.0.0.1:{api_port}/markets/BTC-USD/orders/{order_id}",
+            timeout=REQUEST_TIMEOUT,
+        )
+        self.assertEqual(response.code, 404, await treq.content(response))
+
+        out, err, code = await self.bitfi(node, "--market", "ETH/USD", "book")
+        self.assertEqual(code, 0, f"{out}{err}")
+        [bid] = [line.split() for line in out.splitlines() if line.startswith("bid")]
+        self.assertEqual(
+            [Decimal(bid[1]), Decimal(bid[2]), bid[3]], [Decimal("2000"), Decimal("1.5"), "1"]
+        )
+        out, err, code = await self.bitfi(node, "book")
+        self.assertEqual((code, out), (0, "the book is empty\n"), err)
+
+        response = await self.http.get(
+            f"http://127.0.0.1:{api_port}/", headers=Headers({"Accept": ["text/html"]}),
+            timeout=REQUEST_TIMEOUT,
+        )  # fmt: skip
+        page = await treq.content(response)
+        self.assertEqual(response.code, 200, page)
+        [content_type] = response.headers.getRawHeaders("content-type")
+        self.assertTrue(content_type.startswith("text/html"), content_type)
+        self.assertTrue(page.lstrip().lower().startswith(b"<!doctype html"), page[:200])
+        self.assertIn(b"/static/app.js", page)
+        assert_clean_exit(self, node, await stop_process(node))
+
+    async def bitfi(self, node: NodeProcess, *args: str) -> tuple[str, str, int]:
+        """
+        Run the ``bitfi`` command on C{node}'s API, none of its ``BITFI_*``
+        variables set: its stdout, stderr and exit status.
+        """
+        env = {k: v for k, v in child_environment().items() if not k.startswith("BITFI_")}
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "bitfitech.cli", "--node", f"http://127.0.0.1:{node.api_port}", *args],
+            env=env, path=str(REPO_ROOT), reactor=global_reactor(),
+        )  # fmt: skip
+        return out.decode("utf-8"), err.decode("utf-8"), code
 
     async def test_local_cluster_tac(self) -> None:
         """

@@ -366,6 +366,8 @@ class Gossip:
         """
         self.store = store
         self.witnesses = frozenset(witnesses)
+        self.witnesses_missing: set[str] = set()
+        """Witnesses last seen linked without this market: they never stamp its events."""
         self.clock = clock
         self.timing = timing or GossipTiming()
         self._rng = rng or random.Random()
@@ -1388,6 +1390,7 @@ class GossipRouter:
         """Hand a new link to the Gossip of each market both ends carry (maybe none)."""
         markets = tuple(market for market in link.shared_markets if market in self.gossips)
         self._links[link] = markets
+        self._check_witness(link, markets)
         if not markets:
             log.info("Peer {node_id} carries none of our markets (it carries {theirs}); the "
                      "link serves address exchange only", node_id=link.node_id,
@@ -1417,6 +1420,26 @@ class GossipRouter:
         self.messages_in[market] += 1
         self.gossips[market].link_message(link, message)
         return True
+
+    def _check_witness(self, link: IPeerLink, markets: tuple[str, ...]) -> None:
+        """
+        Note which of this node's markets a witness's link lacks: the
+        witness never stamps that market's events, so they get no fair time
+        and never settle (the witnesses must carry every market of their
+        network).  An error is logged once per witness and market.
+        """
+        if link.node_id not in self.first.witnesses:  # one witness set for every market
+            return
+        for market, gossip in self.gossips.items():
+            if market in markets:
+                gossip.witnesses_missing.discard(link.node_id)
+            elif link.node_id not in gossip.witnesses_missing:
+                gossip.witnesses_missing.add(link.node_id)
+                log.error("Witness {node_id} does not carry {market} (it carries {theirs}): "
+                          "{market}'s events get no fair time from it, and none settles "
+                          "while more than f witnesses lack it; every witness must carry "
+                          "every market of the network", node_id=link.node_id, market=market,
+                          theirs=", ".join(link.markets))  # fmt: skip
 
     @staticmethod
     def market_of(link: IPeerLink, message: GossipMessage) -> str:

@@ -318,7 +318,8 @@ class INodeControl(IMarketControl):
         One row per market the node carries, in its order, the first first
         (``GET /markets``): ``{"market": "BTC/USD", "slug": "BTC-USD",
         "best_bid", "best_ask", "last" (decimal strings or ``null``),
-        "state_hash", "events", "trades", "open_orders", "ordering"}``.
+        "state_hash", "events", "trades", "open_orders", "ordering",
+        "witnesses_missing" (node ids of witnesses seen without it)}``.
         """
 
     def market(name: str) -> IMarketControl:

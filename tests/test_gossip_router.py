@@ -13,6 +13,8 @@ import random
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -142,6 +144,43 @@ class InterfaceTests(SynchronousTestCase):
         self.assertEqual([dict(g.peers) for g in r.gossips.values()], [{}, {}])
         r.router.link_closed(as_link(link))  # forgotten at stop: nothing to tell
         self.assertEqual([g.closed for g in r.gossips.values()], [[], []])
+
+
+class WitnessCoverageTests(SynchronousTestCase):
+    """A witness must carry every market: one that lacks one of ours is noted, and logged once."""
+
+    def setUp(self) -> None:
+        self.r = Router()
+        for gossip in self.r.gossips.values():
+            gossip.witnesses = frozenset({"w1", "w2"})
+        self.observed = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.observed)
+        self.addCleanup(globalLogPublisher.removeObserver, self.observed)
+
+    @property
+    def errors(self) -> list[Any]:
+        return [e for e in self.observed if e.get("log_level") == LogLevel.error]
+
+    def missing(self) -> dict[str, set[str]]:
+        return {market: set(g.witnesses_missing) for market, g in self.r.gossips.items()}
+
+    def test_witness_without_a_market(self) -> None:
+        link = self.r.link("w1", (BTC,))
+        self.assertEqual(self.missing(), {BTC: set(), ETH: {"w1"}})
+        [error] = self.errors
+        self.assertEqual((error["node_id"], error["market"]), ("w1", ETH))
+        # Again, or after a reconnection: noted still, not logged again.
+        self.r.router.link_closed(as_link(link))
+        self.r.link("w1", (BTC,))
+        self.assertEqual((self.missing()[ETH], len(self.errors)), ({"w1"}, 1))
+        # Back with both markets: no longer missing.
+        self.r.link("w1", (ETH, BTC))
+        self.assertEqual(self.missing(), {BTC: set(), ETH: set()})
+
+    def test_peers_and_full_witnesses_are_not_noted(self) -> None:
+        self.r.link("w2", (BTC, ETH))
+        self.r.link("peer", (BTC,))
+        self.assertEqual((self.missing(), self.errors), ({BTC: set(), ETH: set()}, []))
 
 
 class LinkTests(SynchronousTestCase):

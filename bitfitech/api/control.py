@@ -108,7 +108,12 @@ class MarketControl:
             "trades": ledger.trade_count,
             "open_orders": len(ledger.book),
             "ordering": ledger.ordering,
+            "witnesses_missing": self._witnesses_missing(),
         }
+
+    def _witnesses_missing(self) -> list[str]:
+        """The witnesses seen linked without this market (:attr:`Gossip.witnesses_missing`)."""
+        return sorted(self.gossip.witnesses_missing) if self.gossip is not None else []
 
     def _market(self) -> MarketService:
         market = self.market

@@ -405,6 +405,13 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "trades": COUNT,
                 "open_orders": COUNT,
                 "ordering": {"enum": ["fair", "author"]},
+                "witnesses_missing": {
+                    "type": "array",
+                    "items": HEX40,
+                    "description": "Witnesses of the network last seen linked without this "
+                    "market: they never stamp its events (every witness must carry every "
+                    "market; with more than f of them, none settles).",
+                },
             }
         ),
         "description": "One market the node carries (`GET /markets`).",

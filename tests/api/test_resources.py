@@ -269,7 +269,7 @@ class FakeNode:
     def markets(self) -> list[dict[str, Any]]:
         return [{"market": name, "slug": name.replace("/", "-"), "best_bid": None,
                  "best_ask": None, "last": None, "state_hash": "0" * 64, "events": 0,
-                 "trades": 0, "open_orders": 0, "ordering": "lamport"}
+                 "trades": 0, "open_orders": 0, "ordering": "author", "witnesses_missing": []}
                 for name in self.carried]  # fmt: skip
 
     def market(self, name: str) -> Any:

@@ -180,7 +180,7 @@ class DHTGrid:
                 host=host_of(n),
                 p2p_port=constant(9000 + n % 50_000),
                 found=lambda host, port, node_id: None,
-                wants_peers=lambda: False,
+                wants_peers=lambda _market: False,
                 bootstrap=[(host_of(i), DHT_PORT) for i in chosen],
                 rng=random.Random(self.seed * 1_000_003 + n),
                 timing=TIMING,

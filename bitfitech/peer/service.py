@@ -34,7 +34,7 @@ from ..logs import logger
 from ..storage import Storage
 from .addrbook import AddressBook
 from .bans import BanList
-from .dialer import Dialer
+from .dialer import MIN_LINKS_PER_MARKET, Dialer
 from .hub import PeerHub
 from .protocol import LocalNode, PeerProtocol
 from .tls import LinkSecurity, NodeTLS, TLSFileError, TLSLink
@@ -297,13 +297,25 @@ class PeerService(ListeningService):
 
         return found
 
-    def wants_peers(self) -> bool:
+    def wants_peers(self, market: str = "") -> bool:
         """
         Whether the node has fewer ready links than its outbound target,
         counted as the dialer counts them: outbound links and links with
-        witnesses, inbound ones included (:meth:`PeerHub.target_count`).
-        Links in their handshake and dials under way, which the dialer
-        also counts, are not links yet: they do not satisfy the wish.
+        witnesses, inbound ones included (:meth:`PeerHub.target_count`);
+        or, given C{market}, fewer ready links sharing that market than
+        the dialer keeps for each (:data:`~bitfitech.peer.dialer.MIN_LINKS_PER_MARKET`,
+        at most the target).  Links in their handshake and dials under
+        way, which the dialer also counts, are not links yet: they do not
+        satisfy the wish.
+
+        :param market: one of the node's markets, or ``""`` for the node.
         """
-        ready = self.hub.target_count(ready=True)
-        return bool(self.running) and ready < self.config.outbound
+        if not self.running:
+            return False
+        target = self.config.outbound
+        if self.hub.target_count(ready=True) < target:
+            return True
+        if not market:
+            return False
+        floor = min(MIN_LINKS_PER_MARKET, target)
+        return self.hub.links_by_market().get(market, 0) < floor

@@ -124,7 +124,7 @@ class InteropTests(TestCase):
             host="127.0.0.1",
             p2p_port=lambda: BITFI_P2P,
             found=lambda h, p, _, markets: found.add((h, p)),
-            wants_peers=lambda: True,
+            wants_peers=lambda _market: True,
             rng=random.Random(1),
             timing=FAST,
         )

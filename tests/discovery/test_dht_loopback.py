@@ -32,7 +32,7 @@ class LoopbackTests(TestCase):
             host="127.0.0.1",
             p2p_port=lambda: p2p,
             found=lambda h, p, _: found.add((h, p)),
-            wants_peers=lambda: True,
+            wants_peers=lambda _market: True,
             bootstrap=bootstrap,
             rng=random.Random(p2p),
             timing=FAST,

@@ -59,7 +59,7 @@ class Grid:
             host=self.host(n),
             p2p_port=lambda: 9000 + n,
             found=lambda h, p, _: found.add((h, p)),
-            wants_peers=lambda: False,
+            wants_peers=lambda _market: False,
             bootstrap=bootstrap,
             rng=random.Random(n),
             timing=TIMING,

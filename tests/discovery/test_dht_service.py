@@ -100,7 +100,7 @@ class ServiceTestCase(SynchronousTestCase):
             host=host,
             p2p_port=lambda: p2p,
             found=lambda h, p, n: found.append((h, p, n)),
-            wants_peers=lambda: bool(wants and wants[0]),
+            wants_peers=lambda _market: bool(wants and wants[0]),
             bootstrap=bootstrap or [],
             settings=settings,
             rng=random.Random(host),
@@ -126,7 +126,7 @@ class LifecycleTests(ServiceTestCase):
         with self.assertRaises(ValueError):
             DHTService(
                 self.reactor, info_hash=b"short", port=0, p2p_port=lambda: 1,
-                found=lambda h, p, n: None, wants_peers=lambda: False,
+                found=lambda h, p, n: None, wants_peers=lambda _market: False,
             )  # fmt: skip
 
     def test_start_stop(self) -> None:
@@ -291,7 +291,7 @@ class DiscoveryTests(ServiceTestCase):
         a.startService()
         b = DHTService(
             self.reactor, info_hash=INFO_HASH, port=6881, host="10.0.0.2",
-            p2p_port=lambda: 9002, found=self.broken_found, wants_peers=lambda: False,
+            p2p_port=lambda: 9002, found=self.broken_found, wants_peers=lambda _market: False,
             bootstrap=[("10.0.0.1", 6881)], timing=TIMING,
         )  # fmt: skip
         self.services.append(b)
@@ -374,12 +374,18 @@ class MarketTests(ServiceTestCase):
         p2p: int,
         bootstrap: list[tuple[str, int]] | None = None,
         wants: list[bool] | None = None,
+        wanted: set[str] | None = None,
     ) -> DHTService:
+        """:param wanted: the markets whose peers are wanted (else C{wants}: all or none)."""
         found = self.found_in.setdefault(host, [])
+
+        def wants_peers(market: str) -> bool:
+            return market in wanted if wanted is not None else bool(wants and wants[0])
+
         service = DHTService(
             self.reactor, info_hashes=markets, port=6881, host=host, p2p_port=lambda: p2p,
             found=lambda h, p, n, m: found.append((h, p, n, m)),
-            wants_peers=lambda: bool(wants and wants[0]), bootstrap=bootstrap or [],
+            wants_peers=wants_peers, bootstrap=bootstrap or [],
             rng=random.Random(host), timing=TIMING,
         )  # fmt: skip
         self.services.append(service)
@@ -411,7 +417,7 @@ class MarketTests(ServiceTestCase):
             with self.assertRaises(ValueError, msg=repr(arguments)):
                 DHTService(
                     self.reactor, port=0, p2p_port=lambda: 1, found=lambda h, p, n: None,
-                    wants_peers=lambda: False, **arguments,
+                    wants_peers=lambda _market: False, **arguments,
                 )  # fmt: skip
 
     def test_status(self) -> None:
@@ -500,6 +506,22 @@ class MarketTests(ServiceTestCase):
         for market in (BTC, ETH):
             mine = [when for when, info_hash in lookups if info_hash == market]
             self.assertGreaterEqual(min(b - a for a, b in zip(mine, mine[1:], strict=False)), 5)
+
+    def test_a_market_short_of_peers_is_looked_up_sooner(self) -> None:
+        """Only the market whose peers are wanted is looked up every min_lookup_gap."""
+        wanted: set[str] = set()
+        both = {"BTC/USD": BTC, "ETH/USD": ETH}
+        self.make_markets("10.0.0.1", both, p2p=9001)
+        b = self.make_markets(
+            "10.0.0.2", both, p2p=9002, bootstrap=[("10.0.0.1", 6881)], wanted=wanted
+        )
+        run_for(self.clock, 60)
+        lookups = self.lookups_of(b)
+        wanted.add("ETH/USD")
+        run_for(self.clock, 100)
+        counts = Counter(info_hash for _, info_hash in lookups)
+        self.assertEqual(counts[BTC], 0)
+        self.assertGreaterEqual(counts[ETH], 18)
 
     def test_discover_looks_up_each_market(self) -> None:
         """discover() looks up every market's hash in turn."""

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from bitfitech.interfaces import IGossip
 from bitfitech.peer.addrbook import AddressBook
 from bitfitech.peer.bans import BanList
-from bitfitech.peer.dialer import Dialer
+from bitfitech.peer.dialer import MIN_LINKS_PER_MARKET, Dialer
 from bitfitech.peer.hub import PeerHub
 from bitfitech.peer.protocol import PeerProtocol
 from bitfitech.peer.service import CLOSE_GRACE, PeerService
@@ -144,3 +144,26 @@ class _Gossip:
 
     def stop(self) -> None:
         pass
+
+
+class WantsPeersTests(_ServiceTestCase):
+    """:meth:`PeerService.wants_peers`: short of the outbound target, or of one market's links."""
+
+    def set_links(self, target_count: int, by_market: dict[str, int]) -> None:
+        self.patch(self.hub, "target_count", lambda *, ready=False: target_count)
+        self.patch(self.hub, "links_by_market", lambda: dict(by_market))
+
+    def test_node_and_markets(self) -> None:
+        outbound = self.service.config.outbound
+        self.set_links(outbound - 1, {"BTC/USD": 5, "ETH/USD": 5})
+        self.assertFalse(self.service.wants_peers(), "not running")
+        self.service.running = True
+        self.assertTrue(self.service.wants_peers())
+        self.assertTrue(self.service.wants_peers("ETH/USD"))
+        # At the target: only a market short of MIN_LINKS_PER_MARKET wants more.
+        self.set_links(outbound, {"BTC/USD": outbound, "ETH/USD": MIN_LINKS_PER_MARKET - 1})
+        self.assertFalse(self.service.wants_peers())
+        self.assertFalse(self.service.wants_peers("BTC/USD"))
+        self.assertTrue(self.service.wants_peers("ETH/USD"))
+        self.set_links(outbound, {"BTC/USD": outbound, "ETH/USD": MIN_LINKS_PER_MARKET})
+        self.assertFalse(self.service.wants_peers("ETH/USD"))

@@ -162,7 +162,10 @@ class DHTService(Service):
     :param found: called with ``(host, port, None, (market,))`` for every
         peer found under a market's info-hash; built with C{info_hash},
         with ``(host, port, None)``.
-    :param wants_peers: whether the node would like more peers now.
+    :param wants_peers: called with a market's name (``""`` built with
+        C{info_hash}): whether the node would like more peers of that
+        market now; its lookup then comes every ``min_lookup_gap`` instead
+        of every ``lookup_interval``.
     :param bootstrap: ``(host, port)`` of DHT nodes to join through.
     :param settings: where the node id and contacts persist, if anywhere.
     :param rng: randomness for the node id and refresh targets.
@@ -181,7 +184,7 @@ class DHTService(Service):
         host: str = "0.0.0.0",
         p2p_port: Callable[[], int],
         found: PeerFound | OnePeerFound,
-        wants_peers: Callable[[], bool],
+        wants_peers: Callable[[str], bool],
         bootstrap: Sequence[tuple[str, int]] = (),
         settings: SettingsStore | None = None,
         rng: random.Random | None = None,
@@ -630,21 +633,28 @@ class DHTService(Service):
             self._save_contacts()
 
     def _lookup_due(self, now: float) -> str | None:
-        """The market whose lookup is due, the most overdue first, or ``None``."""
+        """
+        The market whose lookup is due, or ``None``: one never looked up;
+        else the most overdue past ``lookup_interval``; else the longest
+        waiting past ``min_lookup_gap`` of those whose peers are wanted.
+        """
         never = [market for market, state in self._markets.items() if state.looked_up_at is None]
         if never:
             return never[0]
-        market = min(self._markets, key=lambda m: self._markets[m].looked_up_at or 0.0)
-        since = now - (self._markets[market].looked_up_at or 0.0)
-        if since >= self.timing.lookup_interval:
-            return market
-        if since < self.timing.min_lookup_gap:
-            return None
-        try:
-            return market if self._wants_peers() else None
-        except Exception:
-            log.failure("DHT could not ask whether the node wants peers")
-            return None
+        timing = self.timing
+        for market in sorted(self._markets, key=lambda m: self._markets[m].looked_up_at or 0.0):
+            since = now - (self._markets[market].looked_up_at or 0.0)
+            if since >= timing.lookup_interval:
+                return market
+            if since < timing.min_lookup_gap:
+                return None  # the others were looked up later still
+            try:
+                if self._wants_peers(market):
+                    return market
+            except Exception:
+                log.failure("DHT could not ask whether the node wants peers")
+                return None
+        return None
 
     async def _refresh(self, count: int) -> None:
         self._refreshing = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,35 @@ class PageTests(DashboardTestCase):
             self.assertIn(f".badge.{status} ", style)
         for name in ("witnesses", "settled_through_ms", "final_through_ms", "chains", "lag_ms"):
             self.assertIn(name, script)
+
+    def test_page_has_a_market_selector(self) -> None:
+        """
+        The header has a labelled market selector, hidden until the node
+        says it carries several markets; the hash names the market shown,
+        and every request of a market route goes through ``marketPath``
+        (``/markets/{slug}/...`` for a market other than the first; the
+        browser test, tests/integration/test_browser.py, switches markets).
+        """
+        _, body, _ = self.get("/", accept=BROWSER_ACCEPT)
+        page = body.decode("utf-8")
+        self.assertIn('<span id="market-picker" class="market-picker" hidden>', page)
+        self.assertIn('<label for="market" class="visually-hidden">Market</label>', page)
+        self.assertIn('<select id="market" name="market"', page)
+        self.assertLess(page.index('id="pair"'), page.index('id="market"'))
+        self.assertLess(page.index('id="market"'), page.index('id="ticker"'))
+        script = static_files().joinpath("app.js").read_text("utf-8")
+        for needle in ('"/markets"', '"/markets/"', "location.hash", '"hashchange"'):
+            self.assertIn(needle, script)
+        code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("//"))
+        routes = list(re.finditer(r'"/(book|trades|orders|ticker|stream)\b(?!/ticket)', code))
+        self.assertEqual(
+            {route[1] for route in routes}, {"book", "trades", "orders", "ticker", "stream"}
+        )
+        for route in routes:
+            before = code[route.start() - len("marketPath(") : route.start()]
+            self.assertEqual(before, "marketPath(", code[route.start() - 40 : route.end() + 20])
+        style = static_files().joinpath("style.css").read_text("utf-8")
+        self.assertIn(".market-picker select", style)
 
     def test_api_index_for_other_clients(self) -> None:
         """curl (``Accept: */*``) and JSON clients still get the API's JSON index at ``/``."""

@@ -13,7 +13,8 @@ Selenium's calls block, so the browser steps run in a thread
 steps read the API over HTTP from that thread, and act on the other node
 with ``blockingCallFromThread``.  Every wait is selenium's WebDriverWait
 polling for a condition.  The trading view's screenshots are kept as
-artifacts: ``dashboard.png`` (1400x900) and ``dashboard-narrow.png``, in
+artifacts: ``dashboard.png`` (1400x900), ``dashboard-narrow.png`` and
+``dashboard-markets.png`` (a node of two markets, the second shown), in
 ``$BITFI_ARTIFACT_DIR`` or ``_artifacts/`` at the top of the checkout.
 
 The tests are skipped, with the reason, where selenium, Chromium or
@@ -81,6 +82,19 @@ EARLIER_TRADES = [
     ("sell", "124.35", "0.05"),
 ]
 
+BTC, ETH = "BTC/USD", "ETH/USD"
+
+#: each market's book before the page loads: a trade (the other node's
+#: order, taken whole by the first) and the other node's resting order,
+#: at prices far apart so that the page cannot mix up the markets
+MARKET_BOOKS = {
+    BTC: {"trade": ("sell", "124.10", "0.15"), "resting": ("buy", "120.00", "1.5")},
+    ETH: {"trade": ("sell", "2010.00", "0.2"), "resting": ("sell", "2050.50", "0.4")},
+}
+
+#: the bid placed through the form while ETH/USD is shown
+ETH_BID = ("2040.25", "0.3")
+
 ARTIFACT_ENV = "BITFI_ARTIFACT_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,9 +147,10 @@ def number(text: str | None) -> Decimal | None:
         return None
 
 
-def ledger_holds(node: Node, count: int) -> Callable[[], bool]:
-    """A predicate: whether C{node}'s ledger holds C{count} events."""
-    return lambda: len(node.market.ledger) == count
+def ledger_holds(node: Node, count: int, market: str | None = None) -> Callable[[], bool]:
+    """A predicate: whether C{node}'s ledger of C{market} (its first) holds C{count} events."""
+    service = node.market if market is None else node.markets[market]
+    return lambda: len(service.ledger) == count
 
 
 class NodeApi:
@@ -394,6 +409,8 @@ def trading_steps(url: str, node_id: str, reactor: Any, other: Node) -> dict[str
         )  # fmt: skip
         wait.until(lambda _: text("ordering") != "…", "the ordering never showed")
         shown.update(title=driver.title, network=text("network"))
+        # One market: no selector.
+        shown["picker_shown"] = find("market-picker").is_displayed()
         for element_id in ("ordering", "settled-point", "final-point", "witnesses-summary"):
             shown[element_id] = text(element_id)
         shown["witness_rows"] = read("#witnesses tbody")
@@ -526,12 +543,12 @@ class RecordingRoot(Resource):
         return answer
 
 
-def stream_tickets(uris: list[bytes]) -> list[list[str]]:
-    """The ``ticket`` values of each ``GET /stream`` among C{uris}, in order."""
+def stream_tickets(uris: list[bytes], path: str = "/stream") -> list[list[str]]:
+    """The ``ticket`` values of each ``GET`` of stream C{path} among C{uris}, in order."""
     found = []
     for uri in uris:
         parts = urlsplit(uri.decode("ascii", "replace"))
-        if parts.path.rstrip("/") == "/stream":
+        if parts.path.rstrip("/") == path:
             found.append(parse_qs(parts.query).get("ticket", []))
     return found
 
@@ -671,6 +688,143 @@ def fair_steps(url: str, witness_id: str, price: str) -> dict[str, Any]:
         browser.quit()
 
 
+#: What the page shows of the market it shows, read in one go.
+READ_MARKET = """
+const text = (node) => (node ? node.textContent.trim() : null);
+const all = (selector) => [...document.querySelectorAll(selector)];
+const select = document.getElementById("market");
+const price = document.getElementById("order-price");
+return {
+  loading: document.body.classList.contains("loading"),
+  hash: location.hash,
+  options: [...select.options].map((option) => option.value),
+  selected: select.value,
+  picker_shown: select.getClientRects().length > 0,
+  label: text(document.querySelector('label[for="market"]')),
+  pair: text(document.getElementById("pair")),
+  title: document.title,
+  network: text(document.getElementById("network")),
+  bases: [...new Set(all('[data-unit="base"]').map(text))],
+  quotes: [...new Set(all('[data-unit="quote"]').map(text))],
+  submit: text(document.getElementById("order-submit")),
+  bids: all("#bids .level").map((row) => row.dataset.price),
+  asks: all("#asks .level").map((row) => row.dataset.price),
+  tape: all("#trades tbody tr.trade td.price .v").map(text),
+  open_orders: all("#open-orders tbody tr[data-id]").map((row) => row.dataset.price),
+  price: price.value,
+  placeholder: price.placeholder,
+  depth: all("#depth-chart path.depth").map((path) => path.getAttribute("class")),
+  connection: document.getElementById("connection").dataset.mode,
+  banner: document.getElementById("banner").hidden ? "" : text(document.getElementById("banner")),
+};
+"""
+
+
+def prices(texts: list[str]) -> list[Decimal | None]:
+    """Prices as the page holds them (``data-price``, or shown), as Decimals."""
+    return [number(t) for t in texts]
+
+
+def market_steps(url: str) -> dict[str, Any]:
+    """
+    In a thread: load the dashboard of a node of two markets (and an API
+    token), switch from the first (BTC/USD) to ETH/USD with the selector,
+    place a bid through the form, reload, switch back through the hash,
+    and load a hash naming a market the node does not carry.
+
+    :return: what the page showed at each step, and the node's books after the bid.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    api = NodeApi(url, TOKEN)
+    browser = Browser()
+    try:
+        driver = browser.driver
+
+        def find(element_id: str) -> Any:
+            return driver.find_element(By.ID, element_id)
+
+        def read() -> dict[str, Any]:
+            shown: dict[str, Any] = driver.execute_script(READ_MARKET)
+            return shown
+
+        def showing(market: str, **extra: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+            """Wait until the page shows C{market}'s book, tape and stream; return what it shows."""
+            book = MARKET_BOOKS[market]
+            resting_price = Decimal(book["resting"][1])
+            trade_price = Decimal(book["trade"][1])
+
+            def check() -> str | None:
+                shown = read()
+                side = "bids" if book["resting"][0] == "buy" else "asks"
+                if shown["loading"] or shown["selected"] != market:
+                    return f"loading {shown['loading']}, market {shown['selected']!r}"
+                if resting_price not in prices(shown[side]) or trade_price not in prices(
+                    shown["tape"]
+                ):
+                    return f"{shown['bids']} / {shown['asks']} / {shown['tape']}: not {market}'s"
+                if shown["connection"] != "live":
+                    return f"connection {shown['connection']}"
+                for what, test in extra.items():
+                    if not test(shown):
+                        return f"not {what}: {shown}"
+                return None
+
+            browser.settle(check, f"the page never showed {market}")
+            return read()
+
+        driver.get(url)
+        browser.waiter().until(lambda _: find("token-form").is_displayed(), "no token asked")
+        find("token").send_keys(TOKEN)
+        driver.find_element(By.CSS_SELECTOR, '#token-form button[type="submit"]').click()
+        shown: dict[str, Any] = {"first": showing(BTC)}
+
+        # A price typed for BTC/USD must not stay in the form of ETH/USD.
+        find("order-price").send_keys("99")
+        Select(find("market")).select_by_value(ETH)
+        shown["switched"] = showing(ETH, hash=lambda page: page["hash"] == "#ETH-USD")
+
+        # A bid through the form: it must land in ETH/USD's book.
+        driver.find_element(By.CSS_SELECTOR, 'label[for="side-buy"]').click()
+        Select(find("order-type")).select_by_value("limit")
+        for element_id, value in zip(("order-price", "order-amount"), ETH_BID, strict=True):
+            find(element_id).send_keys(value)
+        find("order-submit").click()
+        bid = Decimal(ETH_BID[0])
+        browser.settle(
+            lambda: None if bid in prices(read()["bids"]) and bid in prices(read()["open_orders"])
+            else f"bids {read()['bids']}, open orders {read()['open_orders']}",
+            "the bid never reached the page's ETH/USD book",
+        )  # fmt: skip
+        shown["placed"] = find("order-result").text
+        shown["books"] = {
+            "eth": api.get("markets/ETH-USD/book?depth=20"),
+            "btc": api.get("markets/BTC-USD/book?depth=20"),
+            "first": api.get("book?depth=20"),
+        }
+        screenshot = artifact_dir() / "dashboard-markets.png"
+        assert driver.save_screenshot(str(screenshot)), "no markets screenshot"
+        shown["screenshot"] = str(screenshot)
+
+        # The hash keeps the market across a reload.
+        driver.refresh()
+        shown["reloaded"] = showing(ETH, bid=lambda page: bid in prices(page["bids"]))
+
+        # The hash changed by hand (or back and forward) switches too, any case.
+        driver.execute_script("location.hash = '#btc-usd'")
+        shown["by_hash"] = showing(BTC, no_bid=lambda page: bid not in prices(page["bids"]))
+
+        # A market the node does not carry: the first, once, and the hash dropped.
+        driver.get("about:blank")
+        driver.get(url + "#DOGE-USD")
+        shown["unknown"] = showing(BTC, hash=lambda page: page["hash"] == "")
+        shown["script_errors"] = browser.script_errors()
+        return shown
+    finally:
+        browser.quit()
+
+
 class BrowserTests(ClusterTestCase):
     """The dashboard in a real browser, against real nodes."""
 
@@ -746,6 +900,7 @@ class BrowserTests(ClusterTestCase):
         self.assertIn("Loading trades…", unreachable["tape"])
         self.assertIn("BTC/USD", shown["network"])
         self.assertIn("BTC/USD", shown["title"])
+        self.assertFalse(shown["picker_shown"])
         # A network without witnesses: author clocks, and never final.
         self.assertEqual(shown["ordering"], "author clocks")
         self.assertRegex(shown["settled-point"], r"^(not yet|through \d\d:\d\d:\d\d\.\d{3})$")
@@ -810,6 +965,97 @@ class BrowserTests(ClusterTestCase):
         orders = node.control.orders("all", 10)
         [bid] = [o for o in orders if o["price"] == PRICE]
         self.assertEqual((bid["side"], bid["amount"], bid["status"]), ("buy", AMOUNT, "cancelled"))
+
+    async def two_market_pair(self) -> tuple[Node, Node]:
+        """
+        Two linked nodes of BTC/USD and ETH/USD: the first, whose dashboard
+        we use, and the other, with a trade and a resting order in each market.
+        """
+        node = self.cluster.start_node(markets=(BTC, ETH), api_enabled=False)
+        other = self.cluster.start_node(markets=(BTC, ETH), bootstrap_to=[node],
+                                        api_enabled=False)  # fmt: skip
+        node_id = other.storage.identity.node_id
+        await poll_until(self.reactor, lambda: node_id in node.peers.hub.links,
+                         HANG_GUARD, "the link between the nodes")  # fmt: skip
+        for market, book in MARKET_BOOKS.items():
+            side, price, amount = book["trade"]
+            await other.control.market(market).submit_order(side, price, amount, "limit")
+            await poll_until(self.reactor, ledger_holds(node, 1, market), HANG_GUARD,
+                             f"the other node's {market} order at the first")  # fmt: skip
+            taker = "buy" if side == "sell" else "sell"
+            await node.control.market(market).submit_order(taker, price, amount, "ioc")
+            await other.control.market(market).submit_order(*book["resting"], "limit")
+            await poll_until(self.reactor, ledger_holds(node, 3, market), HANG_GUARD,
+                             f"the other node's {market} book at the first")  # fmt: skip
+        return node, other
+
+    async def test_market_selector(self) -> None:
+        """
+        A node of two markets: the selector lists both; choosing ETH/USD
+        moves the book, tape, depth chart, units and order form to it and
+        streams it; an order placed through the form lands in ETH/USD's
+        book only; a reload keeps the market (the hash), the hash switches
+        it, and a market the node does not carry falls back to the first.
+        """
+        node, _ = await self.two_market_pair()
+        recording = RecordingRoot(with_dashboard(api_root(node.control, token=TOKEN)))
+        shown = await deferToThread(market_steps, self.serve(recording))
+        print(f"\ndashboard screenshot: {shown['screenshot']}")
+        self.assertGreater(Path(shown["screenshot"]).stat().st_size, 10_000)
+
+        first = shown["first"]
+        self.assertEqual(first["options"], [BTC, ETH])
+        self.assertTrue(first["picker_shown"])
+        self.assertEqual(first["label"], "Market")
+        self.assertEqual((first["pair"], first["hash"]), (BTC, ""))
+        self.assertEqual((first["bases"], first["quotes"]), (["BTC"], ["USD"]))
+        self.assertEqual(first["depth"], ["depth bid"])
+
+        switched = shown["switched"]
+        self.assertEqual((switched["pair"], switched["selected"]), (ETH, ETH))
+        self.assertIn(ETH, switched["title"])
+        self.assertIn(f"/ {ETH} (one of 2 markets)", switched["network"])
+        self.assertEqual((switched["bases"], switched["quotes"]), (["ETH"], ["USD"]))
+        self.assertEqual(switched["submit"], "Buy ETH")
+        # The book, tape and depth chart are ETH/USD's alone; the form forgot the BTC price.
+        self.assertEqual(prices(switched["asks"]), [Decimal("2050.50")])
+        self.assertEqual((switched["bids"], switched["depth"]), ([], ["depth ask"]))
+        self.assertEqual(prices(switched["tape"]), [Decimal("2010.00")])
+        self.assertEqual(switched["price"], "")
+        self.assertEqual(number(switched["placeholder"]), Decimal("2010.00"))
+
+        self.assertIn(": open", shown["placed"])
+        self.assertIn("ETH", shown["placed"])
+        books = shown["books"]
+        bid = Decimal(ETH_BID[0])
+        self.assertIn(bid, [Decimal(level[0]) for level in books["eth"]["bids"]])
+        for name in ("btc", "first"):
+            self.assertNotIn(bid, [Decimal(level[0]) for level in books[name]["bids"]], name)
+        self.assertEqual(books["btc"], books["first"])
+        [order] = [o for o in node.control.market(ETH).orders("open", 10) if o["side"] == "buy"]
+        self.assertEqual((order["price"], order["amount"]), ETH_BID)
+        self.assertEqual(node.control.market(BTC).orders("open", 10), [])
+
+        reloaded = shown["reloaded"]
+        self.assertEqual((reloaded["hash"], reloaded["pair"]), ("#ETH-USD", ETH))
+        self.assertEqual(reloaded["bases"], ["ETH"])
+        self.assertEqual((shown["by_hash"]["pair"], shown["by_hash"]["bases"]), (BTC, ["BTC"]))
+        unknown = shown["unknown"]
+        self.assertEqual((unknown["selected"], unknown["pair"], unknown["banner"]), (BTC, BTC, ""))
+        self.assertEqual(shown["script_errors"], [])
+
+        # ETH/USD streamed from its own path, each stream with a fresh ticket, never the token.
+        btc_streams = stream_tickets(recording.uris)
+        eth_streams = stream_tickets(recording.uris, "/markets/ETH-USD/stream")
+        self.assertGreaterEqual(len(btc_streams), 3)  # at load, by hash, after a bad hash
+        self.assertGreaterEqual(len(eth_streams), 2)  # chosen, and after the reload
+        streams = btc_streams + eth_streams
+        used = [tickets[0] for tickets in streams if len(tickets) == 1]
+        self.assertEqual(len(used), len(streams))
+        self.assertEqual(len(used), len(set(used)))
+        for uri in recording.uris:
+            self.assertNotIn(TOKEN.encode(), uri)
+            self.assertNotIn(b"/markets/DOGE-USD", uri)
 
     async def test_token_and_ticket(self) -> None:
         """

@@ -1,15 +1,15 @@
 // bitfi dashboard: an exchange's trading view of this node, read and steered
 // through the node's own JSON API (same origin, no libraries).
 //
-// Data: polling (GET /status, /ticker, /book, /trades, /orders, /peers every
-// 2 s, and soon after each action) always works.  The live stream (GET
-// /stream, Server-Sent Events) updates the page at once and slows polling to
-// a resync every 10 s.  With an API token the page never puts a secret in a
-// URL: it asks POST /stream/ticket for a single-use ticket and opens
-// /stream?ticket=...; when the stream drops it closes it (EventSource would
-// retry with the spent ticket) and opens a new one with a fresh ticket.  A
-// node without tickets (404) is polled.  The header's 24 h figures are GET
-// /ticker's.
+// Data: polling (GET /status, /markets, /ticker, /book, /trades, /orders,
+// /peers every 2 s, and soon after each action) always works.  The live
+// stream (GET /stream, Server-Sent Events) updates the page at once and
+// slows polling to a resync every 10 s.  With an API token the page never
+// puts a secret in a URL: it asks POST /stream/ticket for a single-use
+// ticket and opens /stream?ticket=...; when the stream drops it closes it
+// (EventSource would retry with the spent ticket) and opens a new one with
+// a fresh ticket.  A node without tickets (404) is polled.  The header's
+// 24 h figures are GET /ticker's.
 //
 // Money: prices and amounts are the API's decimal strings, shown as they
 // are (padded with zeros to line up a column, grouped by thousands).  Sums,
@@ -20,6 +20,16 @@
 // Times: every instant of the API is unix milliseconds, shown in local
 // time; durations are *_ms, shown in words.  (The page is served by the node
 // whose API it reads, so it never meets an older convention.)
+//
+// Markets: a node may carry several (GET /markets, the first first).  The
+// page shows one, state.market: the one the hash names (#ETH-USD), else
+// the first.  Every market request goes through marketPath(): today's
+// paths (/book, /orders, /stream, ...) for the node's first market, which
+// they serve, and /markets/{slug}/... for another.  The selector in the
+// header sets the hash; a switch forgets the last market's book, trades
+// and orders, closes its stream and opens the new market's (a fresh
+// ticket), and reads the node again.  A node without GET /markets has one
+// market: its pair, on today's paths.
 "use strict";
 
 (function () {
@@ -45,6 +55,9 @@
     peers: [],
     loaded: false,
     needsToken: false,
+    markets: null, // GET /markets's rows, [] from a node without it; null until read
+    market: null, // the market shown ("ETH/USD"); null: the node's one pair
+    marketReady: false, // whether the market shown has been read since it was chosen
     poll: { timer: null, running: false, again: false, soon: null },
     stream: { source: null, live: false, opening: false, supported: true, retryMs: STREAM_RETRY_MIN_MS, timer: null },
   };
@@ -367,10 +380,147 @@
     return Math.floor(ms / 60000) + " min ago";
   }
 
+  // -- the markets: which one the page shows, and where its routes are
+
+  // The node's first market, whose routes today's paths are.
+  function firstMarket() {
+    if (state.markets && state.markets.length) return state.markets[0].market;
+    return state.status ? state.status.pair : null;
+  }
+
+  function onFirstMarket() {
+    return !state.market || state.market === firstMarket();
+  }
+
+  function marketRow(name) {
+    return (state.markets || []).find((row) => row.market === name) || null;
+  }
+
+  // A market's name as a path segment and a hash: BTC/USD is BTC-USD.
+  function slugOf(name) {
+    const row = marketRow(name);
+    return row && row.slug ? row.slug : String(name).replace("/", "-");
+  }
+
+  // Where market route `p` ("/book?depth=20") is for the market shown.
+  function marketPath(p) {
+    return onFirstMarket() ? p : "/markets/" + encodeURIComponent(slugOf(state.market)) + p;
+  }
+
+  // What the hash says of the market: "" for no hash, null for an anchor
+  // of the page (#trade), else a market's slug in capitals ("ETH-USD").
+  function hashSlug() {
+    let text = location.hash.replace(/^#/, "");
+    try {
+      text = decodeURIComponent(text);
+    } catch (e) {
+      return null;
+    }
+    if (!text) return "";
+    if (document.getElementById(text) || !/^[^/-]+[/-][^/-]+$/.test(text)) return null;
+    return text.replace("/", "-").toUpperCase();
+  }
+
+  function forgetHash() {
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+
+  // The market to show among `rows`: the hash's, else the one shown, else
+  // the first.  A hash naming a market the node does not carry is dropped
+  // once (the first market is shown), so it never asks again.
+  function wantedMarket(rows) {
+    if (!rows.length) return null;
+    const slug = hashSlug();
+    if (slug) {
+      const row = rows.find((r) => (r.slug || r.market.replace("/", "-")).toUpperCase() === slug);
+      if (row) return row.market;
+      forgetHash();
+      return rows[0].market;
+    }
+    if (slug === "") return rows[0].market;
+    return rows.some((r) => r.market === state.market) ? state.market : rows[0].market;
+  }
+
+  // GET /markets's rows; [] from a node that has no such route (one market).
+  async function fetchMarkets() {
+    try {
+      const doc = await api("GET", "/markets");
+      return Array.isArray(doc) ? doc : (doc && doc.markets) || [];
+    } catch (e) {
+      if (e instanceof ApiError && (e.status === 404 || e.status === 405)) return [];
+      throw e;
+    }
+  }
+
+  // Take GET /markets's rows, and show the market they and the hash ask for.
+  function useMarkets(rows) {
+    state.markets = rows;
+    const wanted = wantedMarket(rows);
+    if (state.market === null) state.market = wanted;
+    else if (wanted !== null) showMarket(wanted);
+    renderMarkets();
+  }
+
+  function renderMarkets() {
+    const rows = state.markets || [];
+    const select = $("market");
+    const several = rows.length > 1;
+    $("market-picker").hidden = !several;
+    // The selector says the pair; the heading keeps it for screen readers.
+    $("pair").classList.toggle("visually-hidden", several);
+    if (changed("markets", rows.map((r) => r.market))) {
+      select.replaceChildren(...rows.map((r) => el("option", { value: r.market, text: r.market })));
+    }
+    if (state.market && select.value !== state.market) select.value = state.market;
+    // An example price of this market, where it has one.
+    const row = marketRow(state.market);
+    const example = row && (row.last || row.best_bid || row.best_ask);
+    $("order-price").placeholder = example || "50000.5";
+  }
+
+  // Show market `name`: forget the last one's book, trades, orders and
+  // form, stream the new one's (with a fresh ticket), and read it.
+  function showMarket(name) {
+    if (!name || name === state.market) return;
+    state.market = name;
+    state.marketReady = false;
+    state.book = { bids: [], asks: [] };
+    state.trades = [];
+    state.orders = [];
+    state.history = [];
+    state.ticker = null;
+    for (const id of ["order-price", "order-amount"]) $(id).value = "";
+    clearFormErrors();
+    setText("order-result", "");
+    setText("orders-error", "");
+    renderMarkets();
+    renderAll();
+    closeStream();
+    state.stream.retryMs = STREAM_RETRY_MIN_MS;
+    if (state.loaded) {
+      setConnection("connecting", "loading " + name + "…");
+      openStream();
+    }
+    refresh();
+  }
+
+  // The selector: the hash names the market chosen (a reload keeps it).
+  function chooseMarket(name) {
+    const slug = slugOf(name);
+    if (hashSlug() !== slug.toUpperCase()) location.hash = slug;
+    showMarket(name);
+  }
+
+  // The hash changed (typed, or back and forward): show what it names.
+  function followHash() {
+    if (!state.markets || !state.markets.length || hashSlug() === null) return;
+    showMarket(wantedMarket(state.markets));
+  }
+
   // -- the market's units
 
   function units() {
-    const pair = (state.status && state.status.pair) || (state.ticker && state.ticker.pair) || "BTC/USD";
+    const pair = state.market || (state.status && state.status.pair) || (state.ticker && state.ticker.pair) || "BTC/USD";
     const [base, quote] = pair.split("/");
     return { pair: pair, base: base || "base", quote: quote || "quote" };
   }
@@ -504,17 +654,30 @@
 
   // -- the node panel
 
-  function renderStatus() {
+  // GET /status as the market shown sees it: its top-level market figures
+  // are the first market's; another's events, state hash and ordering are
+  // its GET /markets row's, and `pointsOf` names whose sync, fair-order
+  // points and witness chains /status gives.
+  function shownStatus() {
     const s = state.status;
+    if (!s || onFirstMarket()) return s;
+    const row = marketRow(state.market) || {};
+    return { ...s, pair: state.market, events: row.events, state_hash: row.state_hash,
+      ordering: row.ordering ?? s.ordering, pointsOf: s.pair };
+  }
+
+  function renderStatus() {
+    const s = shownStatus();
     if (!s) return;
+    const count = (state.markets || []).length;
     setText("pair", s.pair || "");
     setText("network-tag", s.network || "");
     setHash("node-id", s.node_id);
-    setText("network", (s.network || "?") + " / " + (s.pair || "?"));
+    setText("network", (s.network || "?") + " / " + (s.pair || "?") + (count > 1 ? " (one of " + count + " markets)" : ""));
     setText("version", (s.user_agent || "bitfi") + (s.p2p ? ", p2p port " + s.p2p.port + (s.p2p.tls ? " (TLS)" : " (plain TCP)") : ""));
     setText("events", s.events === undefined ? "—" : String(s.events));
     setHash("state-hash", s.state_hash);
-    setText("sync", syncLine(s.sync));
+    setText("sync", syncLine(s.sync) + (s.pointsOf && s.sync ? " in " + s.pointsOf : ""));
     const p = s.peers || {};
     setText("peer-counts", (p.inbound ?? 0) + " in, " + (p.outbound ?? 0) + " out" +
       (p.handshaking ? ", " + p.handshaking + " handshaking" : "") +
@@ -553,28 +716,30 @@
   function renderOrdering(s) {
     const w = s.witnesses || {};
     const fair = s.ordering === "fair" && w.n;
+    // Another market than the first: /status's points are the first's, and say so.
+    const of = s.pointsOf ? " in " + s.pointsOf : "";
     if (fair) {
       setBadge("ordering", "fair", "fair order, " + plural(w.n, "witness", "witnesses"),
         "events are ordered by the witnesses' stamps (up to " + w.f + " may be faulty)" +
         (w.me === null || w.me === undefined ? "" : "; this node is one of them"));
-      setText("settled-point", point(w.settled_through_ms, w.settled_events));
-      setText("final-point", point(w.final_through_ms, w.final_events));
+      setText("settled-point", point(w.settled_through_ms, w.settled_events) + of);
+      setText("final-point", point(w.final_through_ms, w.final_events) + of);
     } else if (s.ordering !== undefined) {
       setBadge("ordering", "author", "author clocks",
         "no witnesses: events are ordered by their authors' Lamport clocks");
       // Lamport times follow the authors' clocks: nodes that say so give the time.
-      if ("settled_through_ms" in s) setText("settled-point", s.settled_through_ms === null ? "not yet" : "through " + clockTime(s.settled_through_ms));
-      else setText("settled-point", "through Lamport " + (s.settled_through ?? 0));
+      if ("settled_through_ms" in s) setText("settled-point", (s.settled_through_ms === null ? "not yet" : "through " + clockTime(s.settled_through_ms)) + of);
+      else setText("settled-point", "through Lamport " + (s.settled_through ?? 0) + of);
       $("settled-point").title = "Lamport " + (s.settled_through ?? 0);
       setText("final-point", "never (no witnesses)");
     }
-    renderWitnesses(fair ? w : null);
+    renderWitnesses(fair ? w : null, s.pointsOf);
   }
 
-  function renderWitnesses(w) {
+  function renderWitnesses(w, pointsOf) {
     const chains = w ? w.chains || [] : [];
     const at = state.statusAt;
-    if (!changed("witnesses", [w, at])) return;
+    if (!changed("witnesses", [w, at, pointsOf])) return;
     if (!w) {
       setText("witnesses-summary", "This network names no witnesses: events are ordered by " +
         "their authors' clocks, trades settle after a delay and are never final.");
@@ -582,7 +747,7 @@
       return;
     }
     const flagged = Object.keys(w.flagged || {}).length;
-    setText("witnesses-summary", "n = " + w.n + ", f = " + w.f + ": a trade is settled once " +
+    setText("witnesses-summary", (pointsOf ? "In " + pointsOf + ", the node's first market: " : "") + "n = " + w.n + ", f = " + w.f + ": a trade is settled once " +
       (w.n - w.f) + " of " + w.n + " witnesses' stamps are past it, and final once all are; " +
       plural(w.waiting_events ?? 0, "event waits", "events wait") + " for a fair time; " +
       plural(w.stamps ?? 0, "stamp", "stamps") + " held" +
@@ -618,7 +783,7 @@
 
   function renderBook() {
     const p = places();
-    if (!changed("book", [state.book, p])) return;
+    if (!changed("book", [state.book, p, state.marketReady])) return;
     const bids = runningTotals(state.book.bids);
     const asks = runningTotals(state.book.asks);
     const deepest = Math.max(0, ...bids.concat(asks).map((l) => Number(l.total)));
@@ -644,8 +809,9 @@
     const empty = (text) => [el("p", { class: "placeholder", text: text })];
     const askRows = rows(asks, "ask");
     const bidRows = rows(bids, "bid");
-    $("asks").replaceChildren(...(askRows.length ? askRows : empty("no asks")));
-    $("bids").replaceChildren(...(bidRows.length ? bidRows : empty("no bids")));
+    const ready = state.marketReady;
+    $("asks").replaceChildren(...(askRows.length ? askRows : empty(ready ? "no asks" : "Loading the book…")));
+    $("bids").replaceChildren(...(bidRows.length ? bidRows : empty(ready ? "no bids" : "Loading the book…")));
     renderSpread();
     renderDepth();
   }
@@ -706,7 +872,7 @@
     $("depth-readout").hidden = true;
     if (!all.length) {
       depthGeometry = null;
-      chart.replaceChildren(...keep, svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "muted", text: state.loaded ? "the book is empty" : "loading…" }));
+      chart.replaceChildren(...keep, svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "muted", text: state.loaded && state.marketReady ? "the book is empty" : "loading…" }));
       return;
     }
     const bestBid = bids.length ? Number(bids[0].price) : null;
@@ -863,7 +1029,7 @@
   function renderTrades() {
     const p = places();
     const shown = state.trades.slice(0, TAPE_ROWS);
-    if (!changed("trades", [shown.map((t) => [t.id, tradeStatus(t), t.price, t.amount]), p])) return;
+    if (!changed("trades", [shown.map((t) => [t.id, tradeStatus(t), t.price, t.amount]), p, state.marketReady])) return;
     const rows = shown.map((t) => {
       const status = tradeStatus(t);
       const side = t.side === "sell" ? "sell" : "buy";
@@ -878,14 +1044,14 @@
         el("td", {}, [statusBadge(status)]),
       ]);
     });
-    fill($("trades").tBodies[0], rows, "no trades yet", 4);
+    fill($("trades").tBodies[0], rows, state.marketReady ? "no trades yet" : "Loading trades…", 4);
   }
 
   // -- this node's orders and trades
 
   function renderOrders() {
     const p = places();
-    if (!changed("orders", [state.orders.map((o) => [o.id, o.status, o.remaining, o.filled]), p])) return;
+    if (!changed("orders", [state.orders.map((o) => [o.id, o.status, o.remaining, o.filled]), p, state.marketReady])) return;
     setText("orders-count", state.orders.length ? String(state.orders.length) : "");
     const rows = state.orders.map((o) => {
       const cancel = el("button", { type: "button", class: "cancel", "data-id": o.id,
@@ -901,7 +1067,7 @@
         el("td", { class: "action" }, [cancel]),
       ]);
     });
-    fill($("open-orders").tBodies[0], rows, "no open orders", 8);
+    fill($("open-orders").tBodies[0], rows, state.marketReady ? "no open orders" : "Loading your orders…", 8);
   }
 
   // Own trades: the trades of this node's orders, newest first.
@@ -919,7 +1085,7 @@
   function renderFills() {
     const p = places();
     const fills = ownTrades().slice(0, TAPE_ROWS);
-    if (!changed("fills", [fills.map((t) => [t.key, tradeStatus(t)]), p])) return;
+    if (!changed("fills", [fills.map((t) => [t.key, tradeStatus(t)]), p, state.marketReady])) return;
     setText("fills-count", fills.length ? String(fills.length) : "");
     const rows = fills.map((t) => el("tr", { class: "trade " + tradeStatus(t), "data-id": t.key }, [
       el("td", { class: "time", text: typeof t.time === "number" ? when(t.time) : "—" }),
@@ -929,7 +1095,7 @@
       el("td", { text: t.role }),
       el("td", {}, [statusBadge(tradeStatus(t))]),
     ]));
-    fill($("my-trades").tBodies[0], rows, "no trades of yours yet", 6);
+    fill($("my-trades").tBodies[0], rows, state.marketReady ? "no trades of yours yet" : "Loading your trades…", 6);
   }
 
   // -- peers
@@ -1004,36 +1170,52 @@
     state.poll.running = true;
     state.poll.again = false;
     try {
-      const [status, book, trades, orders, history, peers, ticker] = await Promise.all([
+      // The market to show, before any of its routes is asked.
+      if (state.markets === null) useMarkets(await fetchMarkets());
+      const market = state.market;
+      const [status, markets, book, trades, orders, history, peers, ticker] = await Promise.all([
         api("GET", "/status"),
-        api("GET", "/book?depth=" + BOOK_DEPTH),
-        api("GET", "/trades?limit=" + TRADES_LIMIT),
-        api("GET", "/orders?state=open&limit=100"),
-        api("GET", "/orders?state=all&limit=100"),
+        // A node that has no GET /markets (it said so once) carries one market.
+        state.markets.length ? fetchMarkets() : [],
+        api("GET", marketPath("/book?depth=" + BOOK_DEPTH)),
+        api("GET", marketPath("/trades?limit=" + TRADES_LIMIT)),
+        api("GET", marketPath("/orders?state=open&limit=100")),
+        api("GET", marketPath("/orders?state=all&limit=100")),
         api("GET", "/peers"),
-        api("GET", "/ticker"),
+        api("GET", marketPath("/ticker")),
       ]);
-      state.status = status;
-      state.statusAt = Date.now();
-      state.book = { bids: book.bids || [], asks: book.asks || [] };
-      state.trades = trades.trades || [];
-      state.orders = orders.orders || [];
-      state.history = history.orders || [];
-      state.peers = Array.isArray(peers) ? peers : peers.peers || [];
-      state.ticker = ticker;
-      setBanner("");
-      renderAll();
-      if (!state.loaded || state.needsToken) {
-        // The first answer, or the first with a token: now the stream.
-        state.loaded = true;
-        document.body.classList.remove("loading");
-        state.needsToken = false;
-        $("token-form").hidden = true;
-        openStream();
+      if (market !== state.market) {
+        // Another market was chosen meanwhile: these answers are the last one's.
+        state.poll.again = true;
+      } else {
+        state.status = status;
+        state.statusAt = Date.now();
+        state.book = { bids: book.bids || [], asks: book.asks || [] };
+        state.trades = trades.trades || [];
+        state.orders = orders.orders || [];
+        state.history = history.orders || [];
+        state.peers = Array.isArray(peers) ? peers : peers.peers || [];
+        state.ticker = ticker;
+        state.marketReady = true;
+        useMarkets(markets);
+        setBanner("");
+        renderAll();
+        if (!state.loaded || state.needsToken) {
+          // The first answer, or the first with a token: now the stream.
+          state.loaded = true;
+          document.body.classList.remove("loading");
+          state.needsToken = false;
+          $("token-form").hidden = true;
+          openStream();
+        }
+        if (!state.stream.live) setConnection("polling", state.stream.supported ? "polling" : "polling (no stream)");
+        setText("last-update", "Updated " + new Date().toLocaleTimeString() + " · API description at /openapi.json");
       }
-      if (!state.stream.live) setConnection("polling", state.stream.supported ? "polling" : "polling (no stream)");
-      setText("last-update", "Updated " + new Date().toLocaleTimeString() + " · API description at /openapi.json");
     } catch (e) {
+      if (e instanceof ApiError && e.status === 404 && !onFirstMarket()) {
+        // The market shown is gone (the node restarted without it): read the markets again.
+        state.markets = null;
+      }
       if (!(e instanceof ApiError && e.status === 401)) {
         setConnection("down", "offline");
         setBanner("Cannot reach this node's API (" + (e.message || "no answer") + "). Trying again every " + POLL_MS / 1000 + " s.");
@@ -1062,6 +1244,8 @@
 
   function on(source, type, handler) {
     source.addEventListener(type, (event) => {
+      // A closed stream's last events (another market's) are not ours.
+      if (state.stream.source !== source) return;
       let doc;
       try {
         doc = JSON.parse(event.data);
@@ -1100,7 +1284,8 @@
     const s = state.stream;
     if (!("EventSource" in window) || s.source || s.opening || !s.supported || state.needsToken) return;
     s.opening = true;
-    let url = "/stream";
+    const market = state.market;
+    let url = marketPath("/stream");
     try {
       if (token()) {
         // A single-use ticket in the URL, never the token itself.
@@ -1118,6 +1303,11 @@
       return;
     } finally {
       s.opening = false;
+    }
+    if (market !== state.market) {
+      // Another market was chosen while the ticket came: stream that one.
+      openStream();
+      return;
     }
     const source = new EventSource(url);
     s.source = source;
@@ -1156,10 +1346,17 @@
     on(source, "status", (status) => {
       // The event's "peers" is one number; the page keeps GET /status's
       // counts by direction, and reads them again when the number differs.
-      const { peers, ...rest } = status;
+      // Its events and state hash are its market's: GET /status's for the
+      // first, the GET /markets row's for another.
+      const { peers, market, events, state_hash: stateHash, ...rest } = status;
       const held = state.status && state.status.peers;
       if (typeof peers === "number" && (!held || (held.inbound ?? 0) + (held.outbound ?? 0) !== peers)) refreshSoon();
-      state.status = { ...(state.status || {}), ...rest };
+      const figures = {};
+      if (events !== undefined) figures.events = events;
+      if (stateHash !== undefined) figures.state_hash = stateHash;
+      state.status = { ...(state.status || {}), ...rest, ...(onFirstMarket() ? figures : {}) };
+      const row = marketRow(market || state.market);
+      if (row && row.market === state.market) Object.assign(row, figures);
       renderStatus();
     });
   }
@@ -1306,18 +1503,22 @@
     if (!body.amount) return showFieldError("amount", "Enter an amount, such as 0.25.");
     const button = $("order-submit");
     button.disabled = true;
+    // The market the form showed when sent, whatever is chosen meanwhile.
+    const market = state.market;
+    const u = units();
     try {
-      const doc = await api("POST", "/orders", body);
-      const u = units();
+      const doc = await api("POST", marketPath("/orders"), body);
       const filled = dec(doc.filled);
       setText("order-result", (doc.side === "buy" ? "Buy " : "Sell ") + doc.amount + " " + u.base +
         (doc.price ? " at " + doc.price : " at market") + ": " + (RESULT[doc.status] || doc.status) +
         (filled && filled.n > 0n && doc.status !== "filled" ? ", " + doc.filled + " filled" : "") +
         (doc.reason ? " (" + sentence(doc.reason).replace(/\.$/, "") + ")" : "") + ".");
-      if (doc.status === "open") upsert(state.orders, doc, true);
-      upsert(state.history, doc, true);
-      renderOrders();
-      renderFills();
+      if (market === state.market) {
+        if (doc.status === "open") upsert(state.orders, doc, true);
+        upsert(state.history, doc, true);
+        renderOrders();
+        renderFills();
+      }
     } catch (e) {
       const plainText = plainError(e, body);
       if (plainText.field) showFieldError(plainText.field, plainText.text);
@@ -1333,7 +1534,7 @@
     button.disabled = true;
     setText("orders-error", "");
     try {
-      const doc = await api("DELETE", "/orders/" + encodeURIComponent(id));
+      const doc = await api("DELETE", marketPath("/orders/" + encodeURIComponent(id)));
       if (doc.status !== "open") upsert(state.orders, { id: id }, false);
       renderOrders();
     } catch (e) {
@@ -1393,6 +1594,14 @@
     window.addEventListener("resize", () => {
       clearTimeout(resizing);
       resizing = setTimeout(() => { drawn.delete("book"); renderBook(); }, 150);
+    });
+    $("market").addEventListener("change", (event) => chooseMarket(event.target.value));
+    window.addEventListener("hashchange", followHash);
+    // The skip link moves the focus without taking the hash, which names the market.
+    document.querySelector("a.skip").addEventListener("click", (event) => {
+      event.preventDefault();
+      $("trade").scrollIntoView();
+      document.querySelector('input[name="side"]:checked').focus();
     });
     const form = $("order-form");
     form.addEventListener("submit", placeOrder);

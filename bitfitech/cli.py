@@ -549,6 +549,14 @@ def duration(seconds: object) -> str:
     return f"{secs}s"
 
 
+def _listening(p2p: Mapping[str, Any]) -> str:
+    """Where the P2P listener listens: every address, else ``host:port``."""
+    listening = p2p.get("listening")
+    if listening:
+        return ", ".join(map(str, listening))
+    return f"{p2p.get('host')}:{p2p.get('port')}"
+
+
 def _markets_summary(status: Mapping[str, Any]) -> str:
     """The markets carried, and those stored but not carried (their history kept)."""
     carried = [str(m) for m in status.get("markets") or [status.get("pair")]]
@@ -571,7 +579,7 @@ def render_status(status: Mapping[str, Any], now: float) -> list[str]:
         ("node", f"{status.get('node_id')}  ({status.get('user_agent', '?')}, "
                  f"up {duration_ms(status.get('uptime_ms'))})"),
         ("network", f"{status.get('network')}  {_markets_summary(status)}"),
-        ("p2p", f"{p2p.get('host')}:{p2p.get('port')}  "
+        ("p2p", f"{_listening(p2p)}  "
                 f"{'TLS' if p2p.get('tls') else 'plain TCP (no TLS)'}"),
         ("peers", f"{peers.get('inbound', 0)} in, {peers.get('outbound', 0)} out, "
                   f"{peers.get('handshaking', 0)} handshaking; "

@@ -29,7 +29,8 @@ MAX_MARKETS = 16
 """Most markets one node serves (``--market``)."""
 DEFAULT_MAX_PEERS = 50
 DEFAULT_OUTBOUND = 8
-DEFAULT_HOST = "0.0.0.0"
+DEFAULT_HOST = ""
+"""No ``--host``: the P2P listener binds every address of both families (``0.0.0.0`` and ``::``)."""
 DEFAULT_API_HOST = "127.0.0.1"
 API_PORT_OFFSET = 10000
 DEFAULT_SETTLE_AFTER = 10.0
@@ -190,7 +191,8 @@ class NodeConfig:
     Everything a node is built from; validated, immutable.
 
     :ivar port: P2P TCP port to listen on (0: the OS chooses).
-    :ivar host: P2P bind address.
+    :ivar host: P2P bind address; ``""`` (the default) for every address,
+        IPv4 and IPv6 (:attr:`bind_hosts`).
     :ivar bootstrap: peers dialled at start (possibly pinned to a node id).
     :ivar witnesses: the network's witnesses (:mod:`bitfitech.witnesses`),
         each pinned to its node id, node ids and addresses unique; every
@@ -293,6 +295,11 @@ class NodeConfig:
     max_handshakes_per_ip: int = DEFAULT_MAX_HANDSHAKES_PER_IP
     ca_bundle: str | None = None
     certificate: str | None = None
+
+    @property
+    def bind_hosts(self) -> tuple[str, ...]:
+        """The addresses the P2P listener binds: :attr:`host`, or both families' every address."""
+        return (self.host,) if self.host else ("0.0.0.0", "::")
 
     def __post_init__(self) -> None:
         if self.outbound > self.max_peers:

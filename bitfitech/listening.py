@@ -11,7 +11,10 @@ aborts the node's start instead of being logged and ignored (the way
 
 from __future__ import annotations
 
-from typing import Any
+import errno
+import socket
+from collections.abc import Sequence
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -20,10 +23,29 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
+    IReactorSocket,
     IReactorTCP,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import ServerFactory
 from twisted.python.failure import Failure
+
+from .address import format_hostport
+from .logs import logger
+
+log = logger(__name__)
+
+DUAL_STACK: tuple[str, str] = ("0.0.0.0", "::")
+"""The bind addresses of "every address, IPv4 and IPv6": two sockets, the IPv6 one IPv6 only."""
+
+BACKLOG = 50
+"""The listen queue of a socket this module opens itself (Twisted's default)."""
+
+_PORT_TRIES = 8
+"""Tries at one OS-chosen port free on both families before giving up."""
+
+_NO_IPV6 = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
+"""Errors that say the host has no IPv6 (the dual-stack default then runs on IPv4 alone)."""
 
 
 class StartupError(Exception):
@@ -61,29 +83,129 @@ def tcp_server_endpoint(reactor: IReactorTCP, host: str, port: int) -> IStreamSe
     return TCP4ServerEndpoint(reactor, port, interface=host)
 
 
+def listen_tcp(
+    reactor: IReactorTCP, host: str, port: int, factory: IProtocolFactory, what: str
+) -> IListeningPort:
+    """
+    Listen on C{host} (an IPv4 or IPv6 literal) and C{port}, at once.  An
+    IPv6 socket is IPv6 only (``IPV6_V6ONLY``), so an IPv4 socket on the
+    same port can stand beside it; Twisted's own IPv6 ports are not, so the
+    socket is made here and handed to the reactor (``adoptStreamPort``)
+    where the reactor can take one.
+
+    :param what: names the listener in the error (``"peers"``).
+    :raises StartupError: when it cannot listen.
+    """
+    where = f"{what} on {format_hostport(host, port)}"
+    if ":" not in host or not IReactorSocket.providedBy(reactor):
+        return listen_now(tcp_server_endpoint(reactor, host, port), factory, where)
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+        adopted: IListeningPort = reactor.adoptStreamPort(  # type: ignore[attr-defined]
+            sock.fileno(), socket.AF_INET6, cast(ServerFactory[Any], factory)
+        )
+        return adopted
+    except OSError as e:
+        raise StartupError(f"cannot listen for {where}: {e.strerror or e}") from e
+    finally:
+        sock.close()  # the reactor holds its own copy
+
+
+def listen_all(
+    reactor: IReactorTCP,
+    hosts: Sequence[str],
+    port: int,
+    factory: IProtocolFactory,
+    what: str,
+) -> list[IListeningPort]:
+    """
+    Listen on every one of C{hosts} at C{port} (the same port on each: with
+    0 the OS chooses it for the first, and the others take the same
+    number, tried again a few times if that number is taken on another).
+    With :data:`DUAL_STACK`, a host with no IPv6 runs on IPv4 alone, with
+    a warning.
+
+    :raises StartupError: when a host cannot listen.
+    """
+    for _ in range(_PORT_TRIES if port == 0 else 1):
+        ports: list[IListeningPort] = []
+        try:
+            for host in hosts:
+                number = ports[0].getHost().port if ports else port  # type: ignore[attr-defined]
+                try:
+                    ports.append(listen_tcp(reactor, host, number, factory, what))
+                except StartupError as e:
+                    cause = e.__cause__
+                    no_ipv6 = isinstance(cause, OSError) and cause.errno in _NO_IPV6
+                    if tuple(hosts) == DUAL_STACK and ports and no_ipv6:
+                        log.warn("No IPv6 here: {what} listen on IPv4 only ({error})",
+                                 what=what, error=e)  # fmt: skip
+                        continue
+                    raise
+            return ports
+        except StartupError as e:
+            for opened in ports:
+                opened.stopListening()
+            cause = e.__cause__
+            if not (port == 0 and ports and isinstance(cause, OSError)
+                    and cause.errno == errno.EADDRINUSE):  # fmt: skip
+                raise
+    raise StartupError(f"cannot listen for {what}: no port free on every address")
+
+
 class ListeningService(Service):
     """
-    A service that owns one listening port: its subclass opens it in
-    ``startService`` (with :func:`listen_now`) and closes it in
+    A service that owns its listening ports (one, or one per address
+    family): its subclass opens them in ``startService`` (with
+    :func:`listen_now` or :func:`listen_all`) and closes them in
     ``stopService`` (with :meth:`stop_listening`).
 
-    :ivar port: the listening port while open, else ``None``.
+    :ivar ports: the listening ports while open, else empty.
     """
 
     def __init__(self) -> None:
-        self.port: IListeningPort | None = None
+        self.ports: list[IListeningPort] = []
+
+    @property
+    def port(self) -> IListeningPort | None:
+        """The first listening port while open, else ``None``."""
+        return self.ports[0] if self.ports else None
+
+    @port.setter
+    def port(self, port: IListeningPort | None) -> None:
+        self.ports = [port] if port is not None else []
 
     @property
     def listen_port(self) -> int:
         """The port number actually listened on (useful with port 0), or 0."""
         return self.port.getHost().port if self.port is not None else 0  # type: ignore[attr-defined]
 
+    @property
+    def listening(self) -> list[str]:
+        """Every address listened on, as ``host:port`` (``[::]:3000``)."""
+        out = []
+        for port in self.ports:
+            address: Any = port.getHost()
+            out.append(format_hostport(address.host, address.port))
+        return out
+
     def stop_listening(self) -> Deferred[Any] | None:
-        """Close the port; ``None`` if none is open, else fires once it is closed."""
-        if self.port is None:
+        """Close the ports; ``None`` if none is open, else fires once they are closed."""
+        if not self.ports:
             return None
-        port, self.port = self.port, None
-        return Deferred.fromCoroutine(_await(port.stopListening()))
+        ports, self.ports = self.ports, []
+        return Deferred.fromCoroutine(_await_all([port.stopListening() for port in ports]))
+
+
+async def _await_all(values: list[Any]) -> None:
+    """Await each of C{values} that is a Deferred (stopListening may return None)."""
+    for value in values:
+        await _await(value)
 
 
 async def _await(value: Any) -> Any:

@@ -167,8 +167,8 @@ class TaggedReactor:
     the results of ``deferToThreadPool`` on it), calls in threads,
     ``callWhenRunning`` and system event triggers; host name resolutions
     (``nameResolver``, which ``HostnameEndpoint`` uses); and the factories
-    and protocols of the TCP connections and ports, UDP ports and
-    multicast ports opened through it (endpoints made on it included),
+    and protocols of the TCP connections and ports (adopted ones too), UDP
+    ports and multicast ports opened through it (endpoints made on it included),
     whose methods the reactor calls when data comes, a connection is made
     or lost, or a port starts or stops.  A protocol is wrapped, not
     changed: it is still handed the reactor's own transport.  Everything
@@ -228,6 +228,11 @@ class TaggedReactor:
     def connectTCP(self, host: str, port: int, factory: Any, *args: Any, **kwargs: Any) -> Any:
         return self._reactor.connectTCP(
             host, port, _TaggedFactory(factory, self.tag), *args, **kwargs
+        )
+
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> Any:
+        return self._reactor.adoptStreamPort(
+            fileDescriptor, addressFamily, _TaggedFactory(factory, self.tag)
         )
 
     def listenUDP(self, port: int, protocol: Any, *args: Any, **kwargs: Any) -> Any:

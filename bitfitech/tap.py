@@ -86,7 +86,8 @@ class Options(usage.Options):
          f"P2P TCP port to listen on; 0 lets the OS choose [default {cfg.DEFAULT_PORT}; "
          f"env {_env('port')}]", _cli("port", cfg.coerce_port)],
         ["host", None, None,
-         f"P2P bind address, IPv4 or IPv6 [default {cfg.DEFAULT_HOST}; env {_env('host')}]",
+         "P2P bind address, IPv4 or IPv6 (0.0.0.0: every IPv4 address only; :: every "
+         f"IPv6 one only) [default: every address of both; env {_env('host')}]",
          _cli("host", cfg.coerce_host)],
         ["max-peers", None, None,
          f"Cap on all peer links, inbound and outbound [default {cfg.DEFAULT_MAX_PEERS}; "

@@ -67,7 +67,7 @@ class DefaultTests(SynchronousTestCase):
         self.assertEqual(config.max_peers, 50)
         self.assertEqual(config.max_inbound, 42)
         self.assertEqual(config.data_dir, os.path.join(XDG, "bitfi", "main-3000"))
-        self.assertEqual(config.host, "0.0.0.0")
+        self.assertEqual((config.host, config.bind_hosts), ("", ("0.0.0.0", "::")))
         self.assertEqual(config.api_host, "127.0.0.1")
         self.assertTrue(config.api_enabled)
         self.assertEqual(config.network, "main")
@@ -412,7 +412,7 @@ class EnvironmentTests(SynchronousTestCase):
 
     def test_ipv6(self) -> None:
         config = parse(["--host", "::1", "--bootstrap", "[::1]:3000", "--api-host", "[::1]"])
-        self.assertEqual(config.host, "::1")
+        self.assertEqual((config.host, config.bind_hosts), ("::1", ("::1",)))
         self.assertEqual(config.api_host, "::1")
         self.assertEqual(config.bootstrap, (PeerAddress("::1", 3000),))
 

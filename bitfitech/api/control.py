@@ -377,6 +377,7 @@ class NodeControl:
             "p2p": {
                 "host": config.host,
                 "port": peers.listen_port,
+                "listening": peers.listening,
                 "tls": peers.tls is not None,
             },
             "peers": {

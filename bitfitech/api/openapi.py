@@ -104,7 +104,22 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "pair": TEXT,
                 "version": TEXT,
                 "user_agent": TEXT,
-                "p2p": obj({"host": TEXT, "port": COUNT, "tls": {"type": "boolean"}}),
+                "p2p": obj(
+                    {
+                        "host": {
+                            **TEXT,
+                            "description": "`--host`; empty: every address of both families.",
+                        },
+                        "port": COUNT,
+                        "listening": {
+                            "type": "array",
+                            "items": TEXT,
+                            "description": "Every address the P2P listener binds, as "
+                            "`host:port` (`0.0.0.0:3000`, `[::]:3000`).",
+                        },
+                        "tls": {"type": "boolean"},
+                    }
+                ),
                 "peers": obj(
                     {
                         name: COUNT
@@ -311,6 +326,10 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "node_id": HEX40,
             "address": nullable(TEXT),
             "remote": TEXT,
+            "family": {
+                "enum": ["ipv4", "ipv6"],
+                "description": "The address family of the link's connection.",
+            },
             "direction": {"enum": ["inbound", "outbound"]},
             "connected_since": nullable(UNIX_MS),
             "rtt_ms": nullable(NUMBER),

@@ -699,6 +699,7 @@ def link_info(link: PeerProtocol, source: str | None) -> dict[str, Any]:
         "node_id": link.node_id,
         "address": str(PeerAddress(address.host, address.port)) if address else None,
         "remote": format_hostport(link.peer_host, getattr(peer, "port", 0)),
+        "family": "ipv6" if ":" in link.peer_host else "ipv4",
         "direction": link.direction,
         "connected_since": unix_ms(link.connected_since),
         "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 3),

@@ -29,7 +29,7 @@ from .. import USER_AGENT
 from ..address import PeerAddress, format_hostport
 from ..config import NodeConfig
 from ..interfaces import IGossip
-from ..listening import ListeningService, StartupError, listen_now, tcp_server_endpoint
+from ..listening import ListeningService, StartupError, listen_all
 from ..logs import logger
 from ..storage import Storage
 from .addrbook import AddressBook
@@ -185,10 +185,9 @@ class PeerService(ListeningService):
             self.security.load(identity, now)
         except TLSFileError as e:
             raise StartupError(str(e)) from None
-        endpoint = tcp_server_endpoint(self.reactor, config.host, config.port)
-        self.port = listen_now(
-            endpoint, self.security.wrap(InboundFactory(self), client=False),
-            f"peers on {format_hostport(config.host, config.port)}",
+        self.ports = listen_all(
+            self.reactor, config.bind_hosts, config.port,
+            self.security.wrap(InboundFactory(self), client=False), "peers",
         )  # fmt: skip
         local = LocalNode(
             network=config.network,
@@ -208,7 +207,7 @@ class PeerService(ListeningService):
         log.info(
             "Node {node_id} listening for peers on {where} over {transport} "
             "(network {network}, markets {markets})",
-            node_id=local.node_id, where=format_hostport(config.host, self.listen_port),
+            node_id=local.node_id, where=" and ".join(self.listening),
             transport="TLS" if self.tls is not None else "plain TCP",
             network=config.network, markets=", ".join(local.markets),
         )  # fmt: skip

@@ -294,6 +294,7 @@ return {
     state: text(row.querySelector(".badge")),
   })),
   my_trades: document.querySelectorAll("#my-trades tbody tr.trade").length,
+  peer_families: [...document.querySelectorAll("#peers tbody .fam")].map(text),
   connection: one("#connection").dataset.mode,
   connection_text: text(one("#connection-text")),
 };
@@ -922,6 +923,7 @@ class BrowserTests(ClusterTestCase):
         page, api = shown["page"], shown["api"]
         self.assertIsNone(mismatch(page, api["status"], api["book"], api["trades"]))
         self.assertEqual(page["peers"], "1")
+        self.assertEqual(page["peer_families"], ["IPv4"])
         self.assertEqual(number(page["best_bid"]["price"]), Decimal(PRICE))
         self.assertEqual(number(page["best_ask"]["price"]), Decimal("125.50"))
         self.assertEqual(number(page["mid"]), Decimal("124.475"))

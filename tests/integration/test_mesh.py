@@ -107,4 +107,4 @@ class IPv6Tests(ClusterTestCase):
         await wait_for([a, b], lambda: len(a.peers.hub.links) == 1 == len(b.peers.hub.links),
                        HANG_GUARD, self.reactor, "an IPv6 link")  # fmt: skip
         [row] = a.control.peers()
-        self.assertEqual(row["address"], f"[::1]:{b.peers.listen_port}")
+        self.assertEqual((row["address"], row["family"]), (f"[::1]:{b.peers.listen_port}", "ipv6"))

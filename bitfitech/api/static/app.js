@@ -1108,7 +1108,10 @@
       const link = p.tls || (p.tls === null ? "plain TCP" : "?");
       return el("tr", { "data-id": p.node_id, title: (p.user_agent || "unknown agent") + ", " + link + (p.source ? ", found by " + p.source : "") }, [
         el("td", {}, [el("code", { title: p.node_id, text: short(p.node_id) })]),
-        el("td", { text: p.address || p.remote || "—" }),
+        el("td", {}, [
+          el("span", { text: p.address || p.remote || "—" }),
+          el("span", { class: "fam", text: p.family === "ipv6" ? "IPv6" : p.family === "ipv4" ? "IPv4" : "" }),
+        ]),
         el("td", { text: p.direction || "—" }),
         el("td", { class: "n", text: p.rtt_ms === null || p.rtt_ms === undefined ? "—" : Math.round(p.rtt_ms) + " ms" }),
         el("td", { text: since ? duration(now - since) : "—", title: since ? "since " + when(since) : "" }),

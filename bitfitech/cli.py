@@ -549,6 +549,23 @@ def duration(seconds: object) -> str:
     return f"{secs}s"
 
 
+def _reach_summary(reach: Mapping[str, Any] | None) -> str:
+    """Whether peers can dial the node, in a few words."""
+    if not reach:
+        return "unknown"
+    state = str(reach.get("state"))
+    seen = reach.get("observed") or []
+    seen_as = f"; peers see it as {', '.join(map(str, seen))}" if seen else ""
+    if state in ("public", "mapped"):
+        how = "through the router's port mapping" if state == "mapped" else "directly"
+        return f"{state}: peers reach it at {reach.get('address')} ({how})"
+    if state == "outbound-only":
+        return (f"outbound-only: peers cannot dial it ({reach.get('reason')}); it works over "
+                f"the links it dials{seen_as}")  # fmt: skip
+    checking = ", checking" if reach.get("checking") else ""
+    return f"unknown (no dial-back answered yet{checking}){seen_as}"
+
+
 def _listening(p2p: Mapping[str, Any]) -> str:
     """Where the P2P listener listens: every address, else ``host:port``."""
     listening = p2p.get("listening")
@@ -581,6 +598,7 @@ def render_status(status: Mapping[str, Any], now: float) -> list[str]:
         ("network", f"{status.get('network')}  {_markets_summary(status)}"),
         ("p2p", f"{_listening(p2p)}  "
                 f"{'TLS' if p2p.get('tls') else 'plain TCP (no TLS)'}"),
+        ("reach", _reach_summary(status.get("reachability"))),
         ("peers", f"{peers.get('inbound', 0)} in, {peers.get('outbound', 0)} out, "
                   f"{peers.get('handshaking', 0)} handshaking; "
                   f"{peers.get('known_addresses', 0)} known addresses; "

@@ -1272,6 +1272,19 @@ class RenderTests(SynchronousTestCase):
         self.assertIn("sync     synced (100,000 events)", cli.render_status({"sync": synced}, 0.0))
         self.assertIn("sync     unknown", cli.render_status({}, 0.0))
 
+    def test_status_reach_line(self) -> None:
+        """Whether peers can dial the node: reached, or outbound only with why, or not known yet."""
+        reach = {"state": "public", "address": "203.0.113.5:3000", "observed": ["203.0.113.5"]}
+        self.assertIn("reach    public: peers reach it at 203.0.113.5:3000 (directly)",
+                      cli.render_status({"reachability": reach}, 0.0))  # fmt: skip
+        reach = {"state": "outbound-only", "reason": "timed out", "observed": ["203.0.113.5"]}
+        self.assertIn("reach    outbound-only: peers cannot dial it (timed out); it works over "
+                      "the links it dials; peers see it as 203.0.113.5",
+                      cli.render_status({"reachability": reach}, 0.0))  # fmt: skip
+        reach = {"state": "unknown", "checking": True, "observed": []}
+        self.assertIn("reach    unknown (no dial-back answered yet, checking)",
+                      cli.render_status({"reachability": reach}, 0.0))  # fmt: skip
+
     def test_status_markets_line(self) -> None:
         """The markets carried, then those whose history is stored but not carried."""
         status = {"network": "main", "pair": "ETH/USD", "markets": ["ETH/USD"],

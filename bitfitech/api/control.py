@@ -394,6 +394,7 @@ class NodeControl:
                 "protocol_violations": hub.misbehaviour_count,
                 "bans": len(hub.bans.active(now)),
             },
+            "reachability": peers.reachability.status(),
             "uptime_ms": round((now - (peers.started_at or now)) * 1000),
             "api": {"url": api, "dashboard": api} if (api := self.api_url()) else None,
             "data_dir": config.data_dir,

@@ -140,6 +140,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                     },
                     closed=False,
                 ),  # fmt: skip
+                "reachability": ref("Reachability"),
                 "uptime_ms": {**COUNT, "description": "Milliseconds since the node started."},
                 "api": nullable(
                     {
@@ -196,6 +197,39 @@ SCHEMAS: Final[dict[str, Schema]] = {
             closed=False,
         ),
         "description": "What the node is and how it is doing; more keys may come.",
+    },
+    "Reachability": {
+        **obj(
+            {
+                "state": {
+                    "enum": ["unknown", "public", "mapped", "outbound-only"],
+                    "description": "Whether peers can dial this node: `public` (a peer "
+                    "reached its listening port), `mapped` (through the port the router maps "
+                    "to it), `outbound-only` (peers could not: it runs on the links it "
+                    "dials), `unknown` (no peer has answered a dial-back yet).",
+                },
+                "address": nullable(
+                    {**TEXT, "description": "The address a peer reached, `host:port`."}
+                ),
+                "observed": {
+                    "type": "array",
+                    "items": TEXT,
+                    "description": "The addresses peers see this node's connections come "
+                    "from (their `version`'s `seen_as`), the most said first.",
+                },
+                "checked_at": nullable(UNIX_MS),
+                "checking": {"type": "boolean"},
+                "reason": nullable(
+                    {**TEXT, "description": "Why the last dial-back failed, if it did."}
+                ),
+                "dialbacks_answered": {
+                    **COUNT,
+                    "description": "Dial-backs this node ran for its peers that reached them.",
+                },
+            },
+            closed=False,
+        ),
+        "description": "Whether peers can reach this node, by the dial-back check.",
     },
     "SyncStatus": {
         **obj(

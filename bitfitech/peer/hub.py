@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
@@ -58,11 +58,23 @@ from ..config import (
 )
 from ..interfaces import IGossip, ILinkOwner
 from ..logs import logger
-from ..wire.messages import MAX_ADDRS, Addr, GetAddr, Message, NetAddress, Unknown
+from ..wire.messages import (
+    MAX_ADDRS,
+    Addr,
+    DialBack,
+    DialedBack,
+    GetAddr,
+    Message,
+    NetAddress,
+    Unknown,
+)
 from .addrbook import AddressBook
 from .bans import Ban, BanList, ban_address
 from .misbehaviour import BAN_THRESHOLD, ScoreBoard
 from .protocol import REASON_DUPLICATE, Direction, LocalNode, PeerProtocol, link_info
+
+if TYPE_CHECKING:
+    from .reachability import Reachability
 
 log = logger(__name__)
 
@@ -171,6 +183,8 @@ class PeerHub:
         self.banned_count = 0
         self.gossip = gossip
         self.witnesses = frozenset(witnesses)
+        self.reachability: Reachability | None = None
+        """Answers and asks for dial-backs (``dialback``, ``dialedback``), if set."""
 
     def start(self, local: LocalNode) -> None:
         """
@@ -376,6 +390,8 @@ class PeerHub:
                 FEELER_TIMEOUT, self._feeler_done, link, "no addr answer"
             )
         link.send(GetAddr())
+        if self.reachability is not None:
+            self.reachability.link_ready(link)
         if self.gossip is not None:
             self.gossip.link_ready(link)
         self._changed()
@@ -390,6 +406,12 @@ class PeerHub:
             link.send(Addr(addrs=tuple(self._addresses_for(link))))
         elif isinstance(message, Addr):
             self._on_addr(link, message)
+        elif isinstance(message, DialBack):
+            if self.reachability is not None:
+                self.reachability.on_dialback(link, message)
+        elif isinstance(message, DialedBack):
+            if self.reachability is not None:
+                self.reachability.on_dialed_back(link, message)
         elif self.gossip is not None and self.gossip.link_message(link, message):
             pass
         elif isinstance(message, Unknown):
@@ -406,6 +428,8 @@ class PeerHub:
             timer.cancel()
         if self.gossip is not None:
             self.gossip.link_closed(link)
+        if self.reachability is not None:
+            self.reachability.link_closed(link)
         if link.node_id is not None and self.links.get(link.node_id) is link:
             del self.links[link.node_id]
             level = log.debug if reason == REASON_NO_SHARED_MARKET else log.info

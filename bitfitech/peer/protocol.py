@@ -36,7 +36,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..address import PeerAddress, format_hostport, normalize_host
+from ..address import AddressError, PeerAddress, format_hostport, is_ip_literal, normalize_host
 from ..config import LinkTiming
 from ..interfaces import ILinkOwner, IPeerLink, unix_ms
 from ..logs import logger
@@ -46,6 +46,7 @@ from ..wire.messages import (
     BATCH_SIGNATURE_VERSION,
     FAIR_ORDER_VERSION,
     MARKETS_VERSION,
+    MAX_SEEN_AS,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Message,
@@ -419,6 +420,7 @@ class PeerProtocol(Protocol):
                 time=int(self.clock.seconds()),
                 witnesses=self.local.witnesses,
                 markets=self.local.markets,
+                seen_as=_seen_as(self.peer_host),
             )
         )
 
@@ -711,3 +713,13 @@ def link_info(link: PeerProtocol, source: str | None) -> dict[str, Any]:
         "tls": link.tls_version,
         "throttled": link.throttled,
     }
+
+
+def _seen_as(host: str) -> str:
+    """C{host} as a ``version``'s ``seen_as`` (an IP address in canonical form), else ``""``."""
+    try:
+        canonical = normalize_host(host)
+    except (AddressError, ValueError):
+        return ""
+    ok = canonical == host and is_ip_literal(host) and len(host) <= MAX_SEEN_AS
+    return host if ok else ""

@@ -32,11 +32,14 @@ from ..interfaces import IGossip
 from ..listening import ListeningService, StartupError, listen_all
 from ..logs import logger
 from ..storage import Storage
+from ..wire.framing import network_magic
+from ..wire.messages import DIALBACK_SERVICE
 from .addrbook import AddressBook
 from .bans import BanList
 from .dialer import MIN_LINKS_PER_MARKET, Dialer
 from .hub import PeerHub
 from .protocol import LocalNode, PeerProtocol
+from .reachability import Reachability, TCPProbe
 from .tls import LinkSecurity, NodeTLS, TLSFileError, TLSLink
 
 log = logger(__name__)
@@ -139,6 +142,7 @@ class PeerService(ListeningService):
         dialer: Dialer,
         gossip: IGossip,
         witness_digest: str,
+        mapped: Callable[[], tuple[str, int] | None] = lambda: None,
     ) -> None:
         """
         :param storage: the node's storage, open by the time this starts
@@ -146,6 +150,8 @@ class PeerService(ListeningService):
         :param reactor: listens (``IReactorTCP``) and tells the time.
         :param witness_digest: the digest of the network's witness set,
             said in every ``version`` (peers naming another are refused).
+        :param mapped: the router's port mapping of the listening port,
+            ``(external host, external port)``, or ``None`` (no mapping).
         """
         super().__init__()
         self.config = config
@@ -160,6 +166,12 @@ class PeerService(ListeningService):
         self.gossip = gossip
         self.witness_digest = witness_digest
         self.started_at: float | None = None
+        magic = network_magic(config.network)
+        self.reachability = Reachability(
+            self.clock, TCPProbe(reactor, security, magic), listen_port=lambda: self.listen_port,
+            mapped=mapped,
+        )  # fmt: skip
+        hub.reachability = self.reachability
 
     @property
     def tls(self) -> NodeTLS | None:
@@ -198,8 +210,10 @@ class PeerService(ListeningService):
             user_agent=USER_AGENT,
             witnesses=self.witness_digest,
             tls=self.tls is not None,
+            services=(DIALBACK_SERVICE,),
         )
         self.hub.start(local)
+        self.reachability.start(local.node_id)
         self.gossip.start()
         self.started_at = now
         super().startService()
@@ -228,6 +242,7 @@ class PeerService(ListeningService):
         if self.dialer.running:
             self.dialer.stopService()
         self.gossip.stop()
+        self.reachability.stop()
         waits: list[Deferred[Any]] = []
         stopped = self.stop_listening()
         if stopped is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, NoReturn, Self, TypeAlias, get_args
 
-from bitfitech.address import AddressError, check_port, is_node_id, normalize_host
+from bitfitech.address import AddressError, check_port, is_ip_literal, is_node_id, normalize_host
 from bitfitech.wire.framing import MAX_PAYLOAD, is_command
 
 PROTOCOL_VERSION: int = 4
@@ -103,6 +103,15 @@ MAX_STAMP_TEXT: int = 96_000
 
 MAX_WITNESS_VECTOR: int = 31
 """Most ``[witness, seq]`` entries in the ``stamps`` of one ``sync`` message."""
+
+MAX_SEEN_AS: int = 45
+"""Longest ``seen_as`` of a ``version``: an IPv6 address in full."""
+
+MAX_REASON: int = 256
+"""Longest ``reason`` of a ``dialedback``."""
+
+DIALBACK_SERVICE: str = "dialback"
+"""The ``version`` service name of a node that answers ``dialback``."""
 
 _SERVICE_RE = re.compile(r"[a-z0-9_]{1,32}")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
@@ -313,6 +322,22 @@ def _port(value: object, command: str, field: str, *, allow_zero: bool) -> int:
         raise MessageError(str(error), command=command, field=field) from None
 
 
+def _ip(value: object, command: str, field: str) -> str:
+    """An IP address in canonical form (as ``normalize_host`` gives), of at most 45 characters."""
+    text = _str(value, 2, MAX_SEEN_AS, command, field)
+    try:
+        canonical = normalize_host(text)
+    except (AddressError, ValueError):
+        canonical = ""
+    if canonical != text or not is_ip_literal(text):
+        raise MessageError(
+            f"must be an IP address in canonical form, not {_show(value)}",
+            command=command,
+            field=field,
+        )
+    return text
+
+
 @dataclass(frozen=True)
 class Version:
     """
@@ -344,6 +369,10 @@ class Version:
         one :attr:`pair`.  Empty means the sender carries exactly
         :attr:`pair`.  Below :data:`MARKETS_VERSION` it is always empty (a
         key sent anyway is ignored, as those versions know no such field).
+    :ivar seen_as: the IP address the sender sees the connection come
+        from: the receiver's address as the sender sees it (its external
+        address, behind a NAT), in canonical form; ``""`` (absent from the
+        JSON) when not said.  Any version may send it.
     """
 
     command: ClassVar[str] = "version"
@@ -359,6 +388,7 @@ class Version:
     time: int
     witnesses: str
     markets: tuple[str, ...] = ()
+    seen_as: str = ""
 
     def __post_init__(self) -> None:
         """:raises MessageError: for any field out of its type or range."""
@@ -398,6 +428,8 @@ class Version:
         _int(self.nonce, 0, MAX_NONCE, c, "nonce")
         _int(self.time, 0, MAX_TIME, c, "time")
         self._check_markets()
+        if self.seen_as != "":
+            _ip(self.seen_as, c, "seen_as")
 
     def _check_markets(self) -> None:
         """
@@ -445,6 +477,8 @@ class Version:
             out["witnesses"] = self.witnesses
         if self.markets:
             out["markets"] = list(self.markets)
+        if self.seen_as:
+            out["seen_as"] = self.seen_as
         return out
 
     @classmethod
@@ -476,6 +510,7 @@ class Version:
             time=_require(obj, "time", c),  # type: ignore[arg-type]
             witnesses=witnesses,  # type: ignore[arg-type]
             markets=markets,  # type: ignore[arg-type]
+            seen_as=obj.get("seen_as", ""),  # type: ignore[arg-type]
         )
 
 
@@ -1054,6 +1089,84 @@ class Sync:
 
 
 @dataclass(frozen=True)
+class DialBack:
+    """
+    A request to dial the sender back: "open a connection to my address as
+    you see it (the link's remote IP) at C{port}, and tell me whether my
+    node answered there" (the answer is a :class:`DialedBack`).  Sent only
+    to a peer whose ``version`` lists the ``dialback`` service.
+
+    :ivar nonce: names the request in its answer, ``0 <= nonce < 2**64``.
+    :ivar port: the TCP port to dial, 1 to 65535.
+    """
+
+    command: ClassVar[str] = "dialback"
+
+    nonce: int
+    port: int
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for a nonce or port out of range."""
+        _int(self.nonce, 0, MAX_NONCE, self.command, "nonce")
+        _port(self.port, self.command, "port", allow_zero=False)
+
+    def _to_json(self) -> dict[str, object]:
+        return {"nonce": self.nonce, "port": self.port}
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        c = cls.command
+        return cls(_require(obj, "nonce", c), _require(obj, "port", c))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DialedBack:
+    """
+    The answer to a :class:`DialBack`.
+
+    :ivar nonce: the request's nonce.
+    :ivar address: the address dialled, ``host:port`` (``[v6]:port``), at
+        most 64 characters.
+    :ivar ok: whether a node proving the requester's node id answered there.
+    :ivar reason: why not, in a few words (``""`` when ``ok``), at most
+        :data:`MAX_REASON` characters.
+    """
+
+    command: ClassVar[str] = "dialedback"
+
+    nonce: int
+    address: str
+    ok: bool
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        """:raises MessageError: for a field out of its type or range."""
+        c = self.command
+        _int(self.nonce, 0, MAX_NONCE, c, "nonce")
+        _str(self.address, 1, 64, c, "address")
+        if not isinstance(self.ok, bool):
+            raise MessageError(f"must be true or false, not {_show(self.ok)}", command=c,
+                               field="ok")  # fmt: skip
+        _str(self.reason, 0, MAX_REASON, c, "reason")
+
+    def _to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"nonce": self.nonce, "address": self.address, "ok": self.ok}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+    @classmethod
+    def _from_json(cls, obj: Mapping[str, object]) -> Self:
+        c = cls.command
+        return cls(
+            _require(obj, "nonce", c),  # type: ignore[arg-type]
+            _require(obj, "address", c),  # type: ignore[arg-type]
+            _require(obj, "ok", c),  # type: ignore[arg-type]
+            obj.get("reason", ""),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
 class Unknown:
     """
     A message whose command this version does not know, kept unparsed.
@@ -1084,7 +1197,20 @@ class Unknown:
 
 
 KnownMessage: TypeAlias = (
-    Version | Verack | GetAddr | Addr | Ping | Pong | Inv | GetData | Events | Sync | Prune | Stamps
+    Version
+    | Verack
+    | GetAddr
+    | Addr
+    | Ping
+    | Pong
+    | Inv
+    | GetData
+    | Events
+    | Sync
+    | Prune
+    | Stamps
+    | DialBack
+    | DialedBack
 )
 """A message of a command this version knows."""
 

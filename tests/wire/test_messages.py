@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from bitfitech.address import normalize_host
 from bitfitech.wire.framing import MAX_PAYLOAD
 from bitfitech.wire.messages import (
     COMMANDS,
@@ -28,6 +29,8 @@ from bitfitech.wire.messages import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Addr,
+    DialBack,
+    DialedBack,
     Events,
     GetAddr,
     GetData,
@@ -124,6 +127,11 @@ EXAMPLES: list[Message] = [
     STAMPS,
     Stamps((), False),
     *WITH_MARKET,
+    replace(VERSION_4, seen_as="203.0.113.9"),
+    replace(VERSION, seen_as="2001:db8::7"),
+    DialBack(2**64 - 1, 65535),
+    DialedBack(1, "[2001:db8::7]:3000", True),
+    DialedBack(2, "203.0.113.9:3000", False, "connection refused"),
 ]
 
 
@@ -159,6 +167,7 @@ _version_fields: dict[str, st.SearchStrategy[Any]] = dict(
     services=st.lists(st.from_regex(r"\A[a-z0-9_]{1,32}\Z"), max_size=32).map(tuple),
     nonce=u64,
     time=times,
+    seen_as=st.just("") | st.ip_addresses().map(lambda ip: normalize_host(str(ip))),
 )
 _versions_with_witnesses = st.builds(
     Version,
@@ -216,6 +225,14 @@ syncs = st.builds(
     stamps=st.lists(_keyed, max_size=3, unique_by=lambda entry: entry[0]).map(tuple),
     market=market_fields,
 )
+dialbacks = st.builds(DialBack, u64, st.integers(min_value=1, max_value=65535))
+dialed_backs = st.builds(
+    DialedBack,
+    u64,
+    st.text(st.characters(codec="utf-8"), min_size=1, max_size=64),
+    st.booleans(),
+    st.text(st.characters(codec="utf-8"), max_size=256),
+)
 stamps_messages = st.builds(
     Stamps,
     st.lists(st.tuples(event_texts, sigs), max_size=5).map(tuple),
@@ -253,6 +270,8 @@ class RoundTripTests(SynchronousTestCase):
                 "events": Events,
                 "sync": Sync,
                 "stamps": Stamps,
+                "dialback": DialBack,
+                "dialedback": DialedBack,
             },
         )
         for message in EXAMPLES:
@@ -423,6 +442,12 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(decode_message(*encode_message(message)), message)
 
     @settings(max_examples=200, deadline=None)
+    @given(dialbacks | dialed_backs)
+    def test_dialback_property(self, message: DialBack | DialedBack) -> None:
+        """Any valid DialBack and DialedBack round-trips."""
+        self.assertEqual(decode_message(*encode_message(message)), message)
+
+    @settings(max_examples=200, deadline=None)
     @given(stamps_messages | prunes)
     def test_stamps_prune_property(self, message: Stamps | Prune) -> None:
         """Any valid Stamps and Prune round-trips."""
@@ -507,7 +532,7 @@ class RejectionTests(SynchronousTestCase):
         """Every required field must be present."""
         for message in EXAMPLES:
             for field in payload_of(message):
-                if field in ("market", "markets") or (
+                if field in ("market", "markets", "seen_as", "reason") or (
                     isinstance(message, Sync) and field in ("chains", "stamps")
                 ):
                     continue  # optional
@@ -959,6 +984,27 @@ class RejectionTests(SynchronousTestCase):
         error = self.assert_rejected("events", dump(obj), "events[3][1]")
         self.assertEqual(error.command, "events")
         self.assertEqual(error.field, "events[3][1]")
+
+    def test_seen_as(self) -> None:
+        """``seen_as`` is an IP address in canonical form, any version; no key when not said."""
+        self.assertNotIn("seen_as", payload_of(VERSION))
+        said = replace(VERSION_4, seen_as="203.0.113.9")
+        self.assertEqual(payload_of(said)["seen_as"], "203.0.113.9")
+        for bad in ("example.org", "203.0.113.9:3000", "2001:DB8::7", "2001:db8:0::7",
+                    "::ffff:203.0.113.300", "1" * 46, 5, None, ["::1"]):  # fmt: skip
+            self.assert_field_rejected(VERSION_4, "seen_as", bad)
+
+    def test_dialback(self) -> None:
+        """A ``dialback``'s port is 1 to 65535; a ``dialedback``'s ok a boolean, reason short."""
+        self.assert_field_rejected(DialBack(1, 3000), "port", 0)
+        self.assert_field_rejected(DialBack(1, 3000), "port", 65536)
+        self.assert_field_rejected(DialBack(1, 3000), "nonce", -1)
+        answer = DialedBack(1, "203.0.113.9:3000", False, "timed out")
+        self.assert_field_rejected(answer, "ok", 1)
+        self.assert_field_rejected(answer, "ok", "true")
+        self.assert_field_rejected(answer, "reason", "r" * 257)
+        self.assert_field_rejected(answer, "address", "")
+        self.assertNotIn("reason", payload_of(DialedBack(1, "203.0.113.9:3000", True)))
 
 
 class ArbitraryPayloadTests(SynchronousTestCase):

@@ -234,8 +234,9 @@ class NodeConfig:
         applies them (fewer rollbacks; 0 applies at the next reactor turn).
     :ivar gossip: how events spread between peers.
     :ivar mdns_enabled: whether the mDNS / DNS-SD service runs.
-    :ivar mdns_interface: the IPv4 address of the one interface mDNS uses,
-        or ``None`` for every IPv4 interface.
+    :ivar mdns_interface: the address of the one interface mDNS uses, in
+        that address's family (IPv4 or IPv6), or ``None`` for every
+        interface of both families.
     :ivar mdns_port: the mDNS UDP port: 5353, which every responder uses
         (no option sets it; tests use a free port so that no other
         responder on the host hears them).
@@ -460,14 +461,20 @@ def coerce_witnesses(text: str) -> tuple[PeerAddress, ...]:
 
 
 def coerce_interface(text: str) -> str:
-    """The IPv4 address of one local network interface (mDNS runs on IPv4)."""
+    """
+    The address of one local network interface, IPv4 or IPv6 (a link-local
+    one may name its zone, ``fe80::1%eth0``): mDNS then runs on that
+    interface only, in that address's family.
+    """
     text = text.strip()
     try:
-        return str(ipaddress.IPv4Address(text))
+        host = normalize_host(text)
+        ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(
-            f"not an IPv4 interface address: {text!r} (such as 192.168.1.5 or 127.0.0.1)"
+            f"not an interface address: {text!r} (such as 192.168.1.5, fd00::5 or 127.0.0.1)"
         ) from None
+    return host
 
 
 def coerce_dht_bootstrap(text: str) -> tuple[tuple[str, int], ...]:

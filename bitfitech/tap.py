@@ -142,8 +142,9 @@ class Options(usage.Options):
          f"[default {cfg.DEFAULT_SETTLE_AFTER:g}; env {_env('settle-after')}]",
          _cli("settle-after", cfg.coerce_seconds)],
         ["mdns-interface", None, None,
-         "Address of the one network interface mDNS announces and browses on "
-         f"[default all IPv4 interfaces; env {_env('mdns-interface')}]",
+         "Address of the one network interface mDNS announces and browses on, IPv4 or "
+         "IPv6 (mDNS then runs in that family only) "
+         f"[default every interface, IPv4 and IPv6; env {_env('mdns-interface')}]",
          _cli("mdns-interface", cfg.coerce_interface)],
         ["dht-port", None, None,
          "UDP port of the Kademlia DHT; 0 lets the OS choose "

@@ -236,7 +236,7 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
         f"{WITNESS_IDS[0]}@10.0.0.1:3000,{WITNESS_IDS[1]}@10.0.0.1:3000",
         ",".join(f"{i:040x}@10.0.0.1:{3000 + i}" for i in range(32)),
     ),
-    "mdns-interface": ("eth0", "all", "", "127.0.0.256", "::1"),
+    "mdns-interface": ("eth0", "all", "", "127.0.0.256", "[::1]:3000", "fe80::1%bad zone"),
     "dht-port": ("x", "65536", "-1"),
     "dht-bootstrap": ("nope", "127.0.0.1:0", f"{NODE_ID}@127.0.0.1:6881"),
     "ban-duration": ("-1", "2592001", "forever", "nan", "inf", ""),

@@ -3,16 +3,20 @@ and an in-memory multicast group."""
 
 from __future__ import annotations
 
+import errno
 import random
+import socket
+from collections.abc import Collection
 from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from bitfitech.config import coerce_interface
 from bitfitech.discovery.mdns import service as service_module
 from bitfitech.discovery.mdns.browser import (
     MAX_INTERVAL,
@@ -26,11 +30,13 @@ from bitfitech.discovery.mdns.codec import (
     TYPE_A,
     TYPE_AAAA,
     TYPE_ANY,
+    TYPE_NSEC,
     TYPE_PTR,
     TYPE_SRV,
     TYPE_TXT,
     AddressData,
     MDNSDecodeError,
+    NSECData,
     Packet,
     PTRData,
     Question,
@@ -43,6 +49,7 @@ from bitfitech.discovery.mdns.codec import (
     name_key,
     parse_txt,
 )
+from bitfitech.discovery.mdns.ipv6 import MDNS_GROUP6
 from bitfitech.discovery.mdns.responder import (
     HOST_TTL,
     OTHER_TTL,
@@ -52,11 +59,14 @@ from bitfitech.discovery.mdns.responder import (
 )
 from bitfitech.discovery.mdns.service import (
     MDNS_GROUP,
+    Adapter,
     MDNSError,
     MDNSProtocol,
     MDNSService,
     local_addresses,
 )
+from bitfitech.logs import log_level, set_log_level
+from bitfitech.tap import Options
 from bitfitech.testing import RecordingUDPTransport
 
 NODE = "a" * 40
@@ -121,6 +131,37 @@ class CodecTests(SynchronousTestCase):
         self.assertEqual(decoded, packet)
         self.assertEqual(decoded.answers[0].cache_flush, False)
         self.assertEqual(decoded.answers[1].cache_flush, True)
+
+    def test_aaaa_both_ways(self) -> None:
+        """AAAA records in wire form, as another implementation writes them, and ours."""
+        # A response holding AAAA h.local. fd00::1 (cache flush, TTL 120).
+        wire = (
+            b"\0\0\x84\0\0\0\0\x01\0\0\0\0\x01h\x05local\0\0\x1c\x80\x01\0\0\0x\0\x10"
+            + socket.inet_pton(socket.AF_INET6, "fd00::1")
+        )
+        record = Record("h.local.", TYPE_AAAA, 120, AddressData("fd00::1"), True)
+        self.assertEqual(decode_packet(wire).answers, (record,))
+        self.assertEqual(encode_packet(Packet(True, answers=(record,))), wire)
+        for text in ("::1", "fe80::fc:ff:fe00:1", "2001:db8::8:800:200c:417a"):
+            full = Record("h.local.", TYPE_AAAA, 120, AddressData(text), True)
+            self.assertEqual(decode_packet(encode_packet(Packet(True, answers=(full,)))).answers,
+                             (full,))  # fmt: skip
+        # An AAAA record whose data is not 16 bytes is dropped.
+        short = wire[:-16].replace(b"\0\x10", b"\0\x04") + b"\0\0\0\x01"
+        self.assertEqual(decode_packet(short).answers, ())
+
+    def test_nsec_is_sent_not_read(self) -> None:
+        nsec = Record(HOST, TYPE_NSEC, 120, NSECData(HOST, (TYPE_AAAA, TYPE_A)), True)
+        datagram = encode_packet(Packet(True, additional=(nsec,)))
+        # RFC 4034 §4.1: the next name uncompressed, then window 0 with the
+        # bits of types 1 (A) and 28 (AAAA): 26 + 6 bytes of data.
+        name = b"\x12bitfi-aaaaaaaaaaaa\x05local\0"
+        rdata = name + b"\0\x04\x40\0\0\x08"
+        self.assertEqual(datagram[-len(rdata) - 10 :], b"\0\x2f\x80\x01\0\0\0\x78\0\x20" + rdata)
+        # Nothing here reads NSEC records: decoding drops them.
+        self.assertEqual(decode_packet(datagram).additional, ())
+        bad = Record(HOST, TYPE_NSEC, 120, NSECData(HOST, (0,)), True)
+        self.assertRaises(ValueError, encode_packet, Packet(True, answers=(bad,)))
 
     def test_names_compare_without_case(self) -> None:
         self.assertEqual(name_key("Foo._Bitfi._TCP.local"), "foo._bitfi._tcp.local.")
@@ -319,8 +360,9 @@ class AnswerTests(ResponderTestCase):
                 {(HOST, TYPE_A), (HOST, TYPE_AAAA)},
             ),
             (Question(INSTANCE, TYPE_TXT), {(INSTANCE, TYPE_TXT)}, set()),
-            (Question(HOST, TYPE_A), {(HOST, TYPE_A)}, set()),
-            (Question(HOST.upper(), TYPE_AAAA), {(HOST, TYPE_AAAA)}, set()),
+            # RFC 6762 §6.2: an address of one family brings the other's.
+            (Question(HOST, TYPE_A), {(HOST, TYPE_A)}, {(HOST, TYPE_AAAA)}),
+            (Question(HOST.upper(), TYPE_AAAA), {(HOST, TYPE_AAAA)}, {(HOST, TYPE_A)}),
             (Question(INSTANCE, TYPE_ANY), {(INSTANCE, TYPE_SRV), (INSTANCE, TYPE_TXT)}, None),
             (Question(HOST, TYPE_ANY), {(HOST, TYPE_A), (HOST, TYPE_AAAA)}, set()),
         ]
@@ -396,6 +438,64 @@ class AnswerTests(ResponderTestCase):
         [(answer, destination)] = self.take()
         self.assertIsNone(destination)
         self.assertIn((INSTANCE, TYPE_SRV), records_of(answer))
+
+
+class AddressAdditionalTests(SynchronousTestCase):
+    """RFC 6762 §6.2: an address record brings the other family's, or an NSEC."""
+
+    def announced(self, addresses: list[str]) -> tuple[Responder, Sent, Clock]:
+        clock, sent = Clock(), []
+        responder = Responder(
+            clock, lambda packet, destination: sent.append((packet, destination)),
+            random.Random(1), node_id=NODE, txt=TXT, port=9000, addresses=addresses,
+        )  # fmt: skip
+        responder.start()
+        run(clock, 5)
+        return responder, sent, clock
+
+    def test_one_family_host_says_so_with_nsec(self) -> None:
+        for addresses, present in ((["192.0.2.10"], TYPE_A), (["fd00::10"], TYPE_AAAA)):
+            responder, sent, clock = self.announced(addresses)
+            nsec = Record(HOST, TYPE_NSEC, HOST_TTL, NSECData(HOST, (present,)), True)
+            # The announcements carry it...
+            [first, *_] = [packet for packet, _ in sent if packet.response]
+            self.assertEqual(first.additional, (nsec,))
+            # ... and so does an answer with the address, or with the SRV.
+            clock.pump([1.0] * 10)
+            sent.clear()
+            for question in (Question(HOST, present), Question(INSTANCE, TYPE_SRV)):
+                clock.advance(2)
+                responder.handle_query(Packet(False, (question,)), QUERIER)
+                [(answer, _)] = sent
+                sent.clear()
+                self.assertIn(nsec, answer.additional, question)
+            # Not with a TXT alone, and not once the querier knows it.
+            clock.advance(2)
+            responder.handle_query(Packet(False, (Question(INSTANCE, TYPE_TXT),)), QUERIER)
+            self.assertEqual(sent.pop()[0].additional, ())
+            clock.advance(2)
+            responder.handle_query(Packet(False, (Question(HOST, present),), (nsec,)), QUERIER)
+            self.assertEqual(sent.pop()[0].additional, ())
+            responder.stop()
+
+    def test_dual_stack_host_sends_no_nsec(self) -> None:
+        responder, sent, _ = self.announced(["192.0.2.10", "fd00::10"])
+        types = {r.rtype for packet, _ in sent for r in (*packet.answers, *packet.additional)}
+        self.assertNotIn(TYPE_NSEC, types)
+        self.assertIn(TYPE_AAAA, types)
+        responder.stop()
+
+    def test_legacy_unicast_answer_for_an_address(self) -> None:
+        responder, sent, clock = self.announced(["192.0.2.10", "fd00::10"])
+        clock.pump([1.0] * 10)
+        sent.clear()
+        responder.handle_query(Packet(False, (Question(HOST, TYPE_AAAA),), id=3), LEGACY)
+        [(answer, destination)] = sent
+        self.assertEqual(destination, LEGACY)
+        self.assertEqual([r.data for r in answer.answers], [AddressData("fd00::10")])
+        self.assertEqual([r.data for r in answer.additional], [AddressData("192.0.2.10")])
+        self.assertEqual({r.ttl for r in answer.additional}, {10})
+        responder.stop()
 
 
 class ConflictTests(ResponderTestCase):
@@ -637,7 +737,9 @@ class LearningTests(BrowserTestCase):
         )
         self.hear(Packet(True, answers=full[1:3]))
         [(query, _)] = self.take()
-        self.assertEqual(query.questions, (Question(PEER_HOST, TYPE_A),))
+        self.assertEqual(
+            query.questions, (Question(PEER_HOST, TYPE_A), Question(PEER_HOST, TYPE_AAAA))
+        )
         self.assertEqual(self.found, [])
         self.hear(Packet(True, answers=full[3:]))
         self.assertEqual(self.found, [("192.0.2.20", 7000, PEER)])
@@ -707,6 +809,92 @@ class LearningTests(BrowserTestCase):
             )
         self.assertEqual(len(self.browser.instances), 4)
         self.assertEqual(len(self.found), 4)
+
+
+def with_addresses(*addresses: str, host: str = PEER_HOST, ttl: int = HOST_TTL) -> Packet:
+    """A peer's announcement whose host has C{addresses} (A and AAAA records)."""
+    records = tuple(
+        Record(host, TYPE_AAAA if ":" in a else TYPE_A, ttl, AddressData(a), True)
+        for a in addresses
+    )
+    return Packet(True, answers=(*announcement().answers[:3], *records))
+
+
+class AddressFamilyTests(BrowserTestCase):
+    """Which of an instance's addresses are handed on."""
+
+    def test_one_address_of_each_family(self) -> None:
+        self.hear(with_addresses("fd00::20", "192.0.2.20", "2001:db8::20", "fe80::20"))
+        self.assertEqual(self.found, [("192.0.2.20", 7000, PEER), ("fd00::20", 7000, PEER)])
+        self.assertEqual(self.browser.discovered(), 1)
+        # Heard again, over IPv6 this time: nothing new.
+        self.hear(with_addresses("fd00::20", "192.0.2.20", "2001:db8::20"), ("fe80::20", 5353))
+        self.assertEqual(len(self.found), 2)
+
+    def test_ipv6_only_peer(self) -> None:
+        self.hear(with_addresses("2001:db8::20"), ("fe80::20", 5353))
+        self.assertEqual(self.found, [("2001:db8::20", 7000, PEER)])
+
+    def test_source_address_preferred_in_each_family(self) -> None:
+        both = with_addresses("192.0.2.30", "192.0.2.20", "fd00::30", "fd00::20")
+        self.hear(both, ("fd00::20", 5353))
+        self.hear(both, ("192.0.2.20", 5353))
+        self.assertEqual(self.found, [("192.0.2.30", 7000, PEER), ("fd00::20", 7000, PEER),
+                                      ("192.0.2.20", 7000, PEER)])  # fmt: skip
+
+    def test_link_local_only_is_ignored_with_the_reason(self) -> None:
+        self.addCleanup(set_log_level, log_level())
+        set_log_level(LogLevel.debug)
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.browser.start()
+        self.clock.advance(0.2)
+        self.take()
+        for _ in range(3):
+            self.hear(with_addresses("fe80::20"), ("fe80::20", 5353))
+        self.assertEqual(self.found, [])
+        self.assertEqual(self.browser.discovered(), 0)
+        reasons = [e["why"] for e in events if "why" in e]
+        self.assertEqual(
+            reasons, ["only link-local IPv6 addresses, not dialled without their zone"]
+        )
+        # Its addresses are known: no use asking for them again.
+        self.clock.advance(3)
+        asked = {q for p, _ in self.take() for q in p.questions}
+        self.assertNotIn(Question(PEER_HOST, TYPE_A), asked)
+        # A routable address makes it a candidate.
+        self.hear(with_addresses("fe80::20", "fd00::20"), ("fe80::20", 5353))
+        self.assertEqual(self.found, [("fd00::20", 7000, PEER)])
+
+    def test_a_new_family_is_handed_on_alone(self) -> None:
+        self.hear(with_addresses("192.0.2.20"))
+        self.hear(Packet(True, answers=with_addresses("fd00::20").answers[3:]))
+        self.assertEqual(self.found, [("192.0.2.20", 7000, PEER), ("fd00::20", 7000, PEER)])
+        # An address that goes (cache flush: replaced a second later) is
+        # not handed on again when it comes back.
+        self.clock.advance(2)
+        self.hear(with_addresses("192.0.2.20"))
+        self.clock.advance(2)
+        self.browser.maintain()
+        self.assertEqual(len(self.found), 2)
+
+    def test_prefer_ipv6(self) -> None:
+        found: list[tuple[str, int, str | None]] = []
+        browser = Browser(
+            self.clock, lambda packet, destination: self.sent.append((packet, destination)),
+            random.Random(2), node_id=NODE, network="main", pair="BTC/USD",
+            found=lambda host, port, node_id: found.append((host, port, node_id)),
+            prefer_ipv6=True,
+        )  # fmt: skip
+        browser.handle_response(Packet(True, answers=announcement().answers[:3]), QUERIER)
+        [(query, _)] = self.take()
+        self.assertEqual(
+            query.questions[-2:], (Question(PEER_HOST, TYPE_AAAA), Question(PEER_HOST, TYPE_A))
+        )
+        browser.handle_response(with_addresses("192.0.2.20", "fd00::20"), QUERIER)
+        self.assertEqual(found, [("fd00::20", 7000, PEER), ("192.0.2.20", 7000, PEER)])
 
 
 MARKETS16 = tuple(f"{n:012X}/USDTUSDTUSDT" for n in range(16))
@@ -847,14 +1035,44 @@ class MarketBrowserTests(SynchronousTestCase):
         self.assertEqual(self.browser.discovered_by_market(), {"ETH/USD": 0, "BTC/USD": 0})
 
 
+class FakeIPv6Port(RecordingUDPTransport):
+    """The IPv6 mDNS socket, faked: a RecordingUDPTransport that records joins."""
+
+    def __init__(self, port: int, refuse: Collection[int] = ()) -> None:
+        super().__init__("::", port)
+        self.indexes: list[int] = []
+        self.refuse = set(refuse)
+
+    def join(self, index: int) -> None:
+        if index in self.refuse:
+            raise OSError(errno.ENODEV, "No such device")
+        self.indexes.append(index)
+
+
 class FakeMulticastReactor(Clock):
-    """A Clock that also listens on multicast, with RecordingUDPTransports."""
+    """
+    A Clock that also listens on multicast, with RecordingUDPTransports;
+    :meth:`listen6` stands for :func:`~bitfitech.discovery.mdns.ipv6.listen_ipv6`.
+    """
 
     def __init__(self, fail: bool = False) -> None:
         super().__init__()
         self.fail = fail
+        self.fail6: OSError | None = None
+        self.refuse6: set[int] = set()
         self.listened: list[tuple[int, Any, dict[str, Any]]] = []
         self.transports: list[RecordingUDPTransport] = []
+        self.ipv6: list[FakeIPv6Port] = []
+        self.protocols6: list[Any] = []
+
+    def listen6(self, port: int, protocol: Any, max_packet_size: int) -> FakeIPv6Port:
+        if self.fail6 is not None:
+            raise self.fail6
+        transport = FakeIPv6Port(port, self.refuse6)
+        self.ipv6.append(transport)
+        self.protocols6.append(protocol)
+        protocol.makeConnection(transport)
+        return transport
 
     def listenMulticast(self, port: int, protocol: Any, **kw: Any) -> RecordingUDPTransport:
         if self.fail:
@@ -867,14 +1085,14 @@ class FakeMulticastReactor(Clock):
 
 
 ADAPTERS = [
-    [("127.0.0.1", 8), ("::1", 128)],
-    [("192.0.2.10", 24), ("fd00::10", 64), ("fe80::1", 64)],
+    Adapter(1, (("127.0.0.1", 8), ("::1", 128)), "lo"),
+    Adapter(2, (("192.0.2.10", 24), ("fd00::10", 64), ("fe80::1", 64)), "eth0"),
 ]
 
 
 class ServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.patch(service_module, "_adapter_ips", lambda: ADAPTERS)
+        self.patch(service_module, "_adapters", lambda: ADAPTERS)
         self.reactor = FakeMulticastReactor()
         self.found: list[tuple[str, int, str | None]] = []
 
@@ -889,6 +1107,7 @@ class ServiceTests(SynchronousTestCase):
             found=lambda *args: self.found.append(args),
             interface=interface,
             rng=random.Random(0),
+            listen6=self.reactor.listen6,
             **kw,
         )
 
@@ -906,6 +1125,7 @@ class ServiceTests(SynchronousTestCase):
             service.status(),
             {
                 "interface": "127.0.0.1",
+                "families": ["ipv4"],
                 "instance": INSTANCE,
                 "discovered": 0,
                 "discovered_by_market": {"BTC/USD": 0},
@@ -938,21 +1158,27 @@ class ServiceTests(SynchronousTestCase):
         self.assertFalse(service.running)
 
     def test_all_interfaces(self) -> None:
+        """Both families: IPv4 on every address, IPv6 on every interface but loopback."""
         service = self.service(None)
         service.startService()
         transport = self.reactor.transports[0]
         self.assertEqual(transport.groups, [(MDNS_GROUP, "127.0.0.1"), (MDNS_GROUP, "192.0.2.10")])
+        [transport6] = self.reactor.ipv6
+        self.assertEqual(transport6.indexes, [2])
         self.assertEqual(service.status()["interface"], "all")
+        self.assertEqual(service.status()["families"], ["ipv4", "ipv6"])
         self.assertEqual(service.protocol and service.protocol.interfaces, ("192.0.2.10",))
         self.reactor.pump([0.25] * 20)
-        answers = [r for data, _ in transport.clear() for r in decode_packet(data).answers]
-        addresses = {r.data for r in answers if r.rtype in (TYPE_A, TYPE_AAAA)}
-        self.assertEqual(addresses, {AddressData("192.0.2.10"), AddressData("fd00::10")})
+        for sent in (transport.clear(), transport6.clear()):
+            answers = [r for data, _ in sent for r in decode_packet(data).answers]
+            addresses = {r.data for r in answers if r.rtype in (TYPE_A, TYPE_AAAA)}
+            self.assertEqual(addresses, {AddressData("192.0.2.10"), AddressData("fd00::10")})
         self.successResultOf(service.stopService())
+        self.assertFalse(transport6.listening)
 
     def test_all_interfaces_sends_on_each(self) -> None:
-        two = [*ADAPTERS, [("198.51.100.5", 24)]]
-        self.patch(service_module, "_adapter_ips", lambda: two)
+        two = [*ADAPTERS, Adapter(3, (("198.51.100.5", 24),), "eth1")]
+        self.patch(service_module, "_adapters", lambda: two)
         service = self.service(None)
         service.startService()
         transport = self.reactor.transports[0]
@@ -968,9 +1194,136 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(one.join, ("192.0.2.10",))
         self.assertEqual(one.advertised, ("192.0.2.10", "fd00::10"))
         self.assertEqual([str(n) for n in one.networks], ["192.0.2.0/24"])
-        lonely = local_addresses(None, [[("127.0.0.1", 8)]])
+        self.assertEqual(one.join6, ())
+        lonely = local_addresses(None, [Adapter(1, (("127.0.0.1", 8),), "lo")])
         self.assertEqual((lonely.join, lonely.advertised), (("127.0.0.1",), ("127.0.0.1",)))
+        self.assertEqual(lonely.join6, ())
         self.assertRaises(MDNSError, local_addresses, "eth0", ADAPTERS)
+
+    def test_local_addresses_every_interface(self) -> None:
+        """IPv6 joins every interface with an IPv6 address, loopback only when alone."""
+        every = local_addresses(None, ADAPTERS)
+        self.assertEqual(every.join, ("127.0.0.1", "192.0.2.10"))
+        self.assertEqual(every.join6, (2,))
+        # Global and unique-local IPv6 addresses only: no loopback, no link-local.
+        self.assertEqual(every.advertised, ("192.0.2.10", "fd00::10"))
+        self.assertEqual(every.networks, ())
+        link_only = [ADAPTERS[0], Adapter(3, (("fe80::3", 64),), "wlan0")]
+        self.assertEqual(local_addresses(None, link_only).join6, (3,))
+        self.assertEqual(local_addresses(None, ADAPTERS[:1]).join6, (1,))
+
+    def test_local_addresses_ipv6_interface(self) -> None:
+        """An IPv6 interface address: that interface, in IPv6 only."""
+        one = local_addresses("fd00::10", ADAPTERS)
+        self.assertEqual((one.join, one.join6), ((), (2,)))
+        # The same adapter's IPv4 address is advertised too, as an IPv4
+        # interface's IPv6 addresses are.
+        self.assertEqual(one.advertised, ("fd00::10", "192.0.2.10"))
+        self.assertEqual([str(n) for n in one.networks], ["fd00::/64", "fe80::/10"])
+        loopback = local_addresses("::1", ADAPTERS)
+        self.assertEqual((loopback.join6, loopback.advertised), ((1,), ("::1",)))
+        self.assertEqual(local_addresses("FD00:0::10", ADAPTERS).advertised[0], "fd00::10")
+        # A link-local address, with or without its zone (name or index).
+        for text in ("fe80::1", "fe80::1%eth0", "fe80::1%2"):
+            zoned = local_addresses(text, ADAPTERS)
+            self.assertEqual((zoned.join6, zoned.advertised), ((2,), ("fe80::1", "192.0.2.10")))
+        self.assertRaises(MDNSError, local_addresses, "fe80::1%wlan0", ADAPTERS)
+        error = self.assertRaises(MDNSError, local_addresses, "fd00::99", ADAPTERS)
+        self.assertIn("fd00::99", str(error))
+
+    def test_ipv6_interface_runs_ipv6_only(self) -> None:
+        service = self.service("fd00::10")
+        service.startService()
+        self.assertEqual(self.reactor.listened, [])
+        [transport6] = self.reactor.ipv6
+        self.assertEqual(transport6.indexes, [2])
+        self.assertEqual(service.status()["families"], ["ipv6"])
+        self.assertEqual(service.status()["interface"], "fd00::10")
+        self.reactor.pump([0.25] * 20)
+        sent = transport6.clear()
+        self.assertTrue(sent)
+        # Every multicast goes to ff02::fb on the interface's index.
+        self.assertEqual({destination for _, destination in sent}, {(MDNS_GROUP6, 5353, 0, 2)})
+        answers = [r for data, _ in sent for r in decode_packet(data).answers]
+        addresses = {r.data for r in answers if r.rtype in (TYPE_A, TYPE_AAAA)}
+        self.assertEqual(addresses, {AddressData("fd00::10"), AddressData("192.0.2.10")})
+        self.successResultOf(service.stopService())
+        self.assertFalse(transport6.listening)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_without_ipv6_all_interfaces_runs_ipv4(self) -> None:
+        """A host without IPv6: IPv4 only, and said; with an IPv6 interface: an error."""
+        self.reactor.fail6 = OSError(errno.EAFNOSUPPORT, "Address family not supported")
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        service = self.service(None)
+        service.startService()
+        self.assertEqual(service.status()["families"], ["ipv4"])
+        [problem] = [e["problem"] for e in events if "problem" in e]
+        self.assertIn("cannot open the IPv6 mDNS socket on UDP port 5353", problem)
+        self.successResultOf(service.stopService())
+        error = self.assertRaises(MDNSError, self.service("fd00::10").startService)
+        self.assertIn("IPv6", str(error))
+
+    def test_ipv6_join_failures(self) -> None:
+        self.reactor.refuse6 = {2}
+        service = self.service("fd00::10")
+        error = self.assertRaises(MDNSError, service.startService)
+        self.assertIn(MDNS_GROUP6, str(error))
+        self.assertFalse(self.reactor.ipv6[0].listening)
+        self.assertFalse(service.running)
+        # With all interfaces, IPv4 goes on alone.
+        dual = self.service(None)
+        dual.startService()
+        self.assertEqual(dual.status()["families"], ["ipv4"])
+        self.successResultOf(dual.stopService())
+
+    def test_sends_on_its_family(self) -> None:
+        """Multicasts go out on both sockets; a unicast on its address's family."""
+        two = [*ADAPTERS, Adapter(3, (("fd01::3", 64), ("fe80::3", 64)), "eth1")]
+        self.patch(service_module, "_adapters", lambda: two)
+        service = self.service(None)
+        service.startService()
+        self.reactor.pump([0.25] * 40)
+        transport, transport6 = self.reactor.transports[0], self.reactor.ipv6[0]
+        self.assertEqual(transport6.indexes, [2, 3])
+        v4, v6 = transport.clear(), transport6.clear()
+        self.assertEqual(
+            [d for d, _ in v6][0::2], [d for d, _ in v4], "each multicast on both families"
+        )
+        self.assertEqual(
+            [a for _, a in v6][:2], [(MDNS_GROUP6, 5353, 0, 2), (MDNS_GROUP6, 5353, 0, 3)]
+        )
+        protocol6 = self.reactor.protocols6[0]
+        legacy = encode_packet(Packet(False, (Question(INSTANCE, TYPE_SRV),), id=9))
+        # A link-local source's zone is lost: the answer is tried on each interface.
+        protocol6.datagramReceived(legacy, ("fe80::99", 40000))
+        self.assertEqual(
+            [a for _, a in transport6.clear()],
+            [("fe80::99", 40000, 0, 2), ("fe80::99", 40000, 0, 3)],
+        )
+        protocol6.datagramReceived(legacy, ("fd00::99", 40000))
+        self.assertEqual([a for _, a in transport6.clear()], [("fd00::99", 40000)])
+        self.assertEqual(transport.clear(), [])
+        self.successResultOf(service.stopService())
+
+    def test_ipv6_protocol_filters(self) -> None:
+        """An IPv6 interface's socket takes its networks' packets and link-local ones."""
+        handled: list[tuple[str, int]] = []
+        protocol = MDNSProtocol(
+            lambda packet, source: handled.append(source),
+            networks=local_addresses("fd00::10", ADAPTERS).networks,
+            ipv6=True,
+            indexes=(2,),
+        )
+        protocol.makeConnection(FakeIPv6Port(5353))
+        response = encode_packet(announcement())
+        for source in ("fd00::20", "fe80::20", "fd01::20", "2001:db8::1"):
+            protocol.datagramReceived(response, (source, 5353))
+        self.assertEqual(handled, [("fd00::20", 5353), ("fe80::20", 5353)])
+        self.assertEqual(protocol.dropped, 2)
 
     def test_cannot_listen(self) -> None:
         self.reactor.fail = True
@@ -1080,51 +1433,78 @@ class ServiceTests(SynchronousTestCase):
 
 
 class HubTransport(RecordingUDPTransport):
-    """A RecordingUDPTransport whose group writes reach every member of a hub."""
+    """
+    A RecordingUDPTransport whose group writes reach every member of a hub
+    of its family (the IPv6 one also records the interfaces it joins).
+    """
 
     def __init__(self, hub: MulticastHub, host: str, port: int) -> None:
         super().__init__(host, port)
         self.hub = hub
         self.protocol: Any = None
+        self.indexes: list[int] = []
 
     def write(self, packet: bytes, addr: tuple[str, int] | None = None) -> None:
         super().write(packet, addr)
         assert addr is not None
         self.hub.deliver(packet, (self.host, self.port), addr)
 
+    def join(self, index: int) -> None:
+        self.indexes.append(index)
+
 
 class MulticastHub:
-    """An in-memory link: the group reaches every port (the sender's too)."""
+    """
+    An in-memory link: each family's group reaches every port of that
+    family (the sender's too); a unicast reaches its address.
+    """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.members: list[HubTransport] = []
 
-    def deliver(self, packet: bytes, source: tuple[str, int], addr: tuple[str, int]) -> None:
+    def deliver(self, packet: bytes, source: tuple[str, int], addr: tuple[Any, ...]) -> None:
+        group = {MDNS_GROUP: False, MDNS_GROUP6: True}.get(addr[0])
         for member in list(self.members):
-            if member.listening and (addr[0] == MDNS_GROUP or (member.host, member.port) == addr):
+            if not member.listening:
+                continue
+            if group is not None:
+                # Each IPv6 multicast names one interface: each host is on one here.
+                reached = (":" in member.host) == group
+            else:
+                reached = (member.host, member.port) == addr[:2]
+            if reached:
                 self.clock.callLater(0.001, member.protocol.datagramReceived, packet, source)
 
 
 class HubReactor(Clock):
+    """A Clock with a hub for both families; the next socket opened has C{next_host}(6)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.hub = MulticastHub(self)
         self.next_host = "127.0.0.1"
+        self.next_host6 = "fe80::1"
 
-    def listenMulticast(self, port: int, protocol: Any, **kw: Any) -> HubTransport:
-        transport = HubTransport(self.hub, self.next_host, port)
+    def _member(self, host: str, port: int, protocol: Any) -> HubTransport:
+        transport = HubTransport(self.hub, host, port)
         transport.protocol = protocol
         self.hub.members.append(transport)
         protocol.makeConnection(transport)
         return transport
+
+    def listenMulticast(self, port: int, protocol: Any, **kw: Any) -> HubTransport:
+        return self._member(self.next_host, port, protocol)
+
+    def listen6(self, port: int, protocol: Any, max_packet_size: int) -> HubTransport:
+        return self._member(self.next_host6, port, protocol)
 
 
 class TwoNodeTests(SynchronousTestCase):
     """Two services on one in-memory link."""
 
     def setUp(self) -> None:
-        self.patch(service_module, "_adapter_ips", lambda: [[("127.0.0.1", 8)]])
+        self.patch(service_module, "_adapters", lambda: [Adapter(1, (("127.0.0.1", 8),), "lo")])
         self.reactor = HubReactor()
         self.found: dict[int, list[tuple[str, int, str | None]]] = {}
 
@@ -1178,3 +1558,103 @@ class TwoNodeTests(SynchronousTestCase):
         self.assertEqual(both.status()["discovered_by_market"], {"BTC/USD": 1, "ETH/USD": 1})
         self.assertEqual(alone.status()["discovered"], 0)
         self.assertEqual(old.status()["discovered_by_market"], {"BTC/USD": 1})
+
+
+def host_adapters(number: int) -> list[Adapter]:
+    """Host C{number}'s adapters: loopback, and one on the LAN of both families."""
+    return [
+        Adapter(1, (("127.0.0.1", 8), ("::1", 128)), "lo"),
+        Adapter(2, ((f"192.0.2.{10 + number}", 24), (f"fd00::{10 + number}", 64),
+                    (f"fe80::{10 + number}", 64)), "eth0"),
+    ]  # fmt: skip
+
+
+class DualStackTests(SynchronousTestCase):
+    """Services on hosts of their own, on one in-memory link of both families."""
+
+    def setUp(self) -> None:
+        self.reactor = HubReactor()
+        self.found: dict[int, list[tuple[str, int, str | None, tuple[str, ...]]]] = {}
+
+    def service(self, number: int, node_id: str, interface: str | None = None) -> MDNSService:
+        """Start host C{number}'s service (C{interface}: ``v4``/``v6`` for its LAN address)."""
+        self.patch(service_module, "_adapters", lambda: host_adapters(number))
+        self.reactor.next_host = f"192.0.2.{10 + number}"
+        self.reactor.next_host6 = f"fe80::{10 + number}"
+        address = {None: None, "v4": f"192.0.2.{10 + number}", "v6": f"fd00::{10 + number}"}
+        found = self.found.setdefault(number, [])
+        service = MDNSService(
+            self.reactor, node_id=node_id, network="main", version=1, markets=("BTC/USD",),
+            p2p_port=lambda: 9000 + number, found=lambda *args: found.append(args),
+            interface=address[interface], rng=random.Random(number),
+            listen6=self.reactor.listen6,
+        )  # fmt: skip
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def test_dual_stack_nodes_find_both_addresses(self) -> None:
+        services = [self.service(0, NODE), self.service(1, PEER)]
+        self.reactor.pump([0.05] * 60)
+        market = ("BTC/USD",)
+        self.assertEqual(self.found[0], [("192.0.2.11", 9001, PEER, market),
+                                         ("fd00::11", 9001, PEER, market)])  # fmt: skip
+        self.assertEqual(self.found[1], [("192.0.2.10", 9000, NODE, market),
+                                         ("fd00::10", 9000, NODE, market)])  # fmt: skip
+        for service in services:
+            self.assertEqual(service.status()["families"], ["ipv4", "ipv6"])
+            self.assertEqual(service.status()["discovered"], 1)
+            assert service.protocol is not None and service.protocol6 is not None
+            self.assertGreater(service.protocol.received, 0)
+            self.assertGreater(service.protocol6.received, 0)
+
+    def test_one_family_nodes_meet_a_dual_stack_one(self) -> None:
+        """An IPv4-only and an IPv6-only node both find the dual-stack one, and it both."""
+        self.service(0, NODE)
+        self.service(1, PEER, "v4")
+        self.service(2, "c" * 40, "v6")
+        self.reactor.pump([0.05] * 60)
+        market = ("BTC/USD",)
+        self.assertEqual(sorted(self.found[0]), [
+            ("192.0.2.11", 9001, PEER, market), ("192.0.2.12", 9002, "c" * 40, market),
+            ("fd00::11", 9001, PEER, market), ("fd00::12", 9002, "c" * 40, market),
+        ])  # fmt: skip
+        # IPv6 only: the IPv6 address first.
+        self.assertEqual(self.found[2], [("fd00::10", 9000, NODE, market),
+                                         ("192.0.2.10", 9000, NODE, market)])  # fmt: skip
+        self.assertEqual(self.found[1], [("192.0.2.10", 9000, NODE, market),
+                                         ("fd00::10", 9000, NODE, market)])  # fmt: skip
+
+    def test_ipv6_only_nodes(self) -> None:
+        first = self.service(0, NODE, "v6")
+        self.service(1, PEER, "v6")
+        self.reactor.pump([0.05] * 60)
+        self.assertEqual([f[0] for f in self.found[0]], ["fd00::11", "192.0.2.11"])
+        self.assertEqual([f[0] for f in self.found[1]], ["fd00::10", "192.0.2.10"])
+        self.assertIsNone(first.protocol)
+        transport6 = self.reactor.hub.members[0]
+        self.assertEqual(transport6.indexes, [2])
+        self.assertEqual({addr for _, addr in transport6.written}, {(MDNS_GROUP6, 5353, 0, 2)})
+
+
+class InterfaceOptionTests(SynchronousTestCase):
+    """``--mdns-interface`` takes an IPv4 or an IPv6 interface address."""
+
+    def test_coerce_interface(self) -> None:
+        cases = {
+            "192.0.2.5": "192.0.2.5",
+            " 127.0.0.1 ": "127.0.0.1",
+            "::1": "::1",
+            "FD00:0::5": "fd00::5",
+            "[fd00::5]": "fd00::5",
+            "fe80::1%eth0": "fe80::1%eth0",
+        }
+        for text, expected in cases.items():
+            self.assertEqual(coerce_interface(text), expected)
+            options = Options()
+            options.environ = {"XDG_DATA_HOME": "/xdg-data"}
+            options.parseOptions(["--mdns-interface", text])
+            assert options.config is not None
+            self.assertEqual(options.config.mdns_interface, expected)
+        for text in ("eth0", "", "fe80::1%bad zone", "[::1]:3000", "192.0.2.5:53"):
+            self.assertRaises(ValueError, coerce_interface, text)

@@ -18,13 +18,20 @@ port, node_id, markets)`` -> the address book.  Queries go out through
   one second, §10.1), and asks again for the records it uses at 80, 85, 90
   and 95 % of their TTL (§5.2).
 * **Resolving.**  An instance whose SRV, TXT or address is missing is
-  asked for them (up to three times, 1, 2 and 4 s apart).
+  asked for them (A and AAAA; up to three times, 1, 2 and 4 s apart).
 * **Handing on.**  A complete instance whose TXT says ``id`` (40 lowercase
   hex, not ours), ``net`` (ours) and markets that share one with ours is
-  handed to ``found`` once per new or changed (address, port, shared
-  markets); the address is the A record (an AAAA one when there is none),
-  preferring the packet's source address.  An instance whose PTR or SRV
-  expires or says goodbye is forgotten.
+  handed to ``found`` with one address of each family it has: an IPv4
+  address (A) and an IPv6 one (AAAA), each the address the instance's
+  packets came from over that family when it is one of them, else the
+  first; the preferred family first (IPv4, unless told otherwise).  Each
+  (address, port) is handed on once, and again when the shared markets
+  change.  Link-local IPv6 addresses (``fe80::/10``) are never handed on:
+  they are dialled only with their interface's zone (``fe80::1%eth0``),
+  which a packet's source does not carry (Twisted drops it) and which the
+  peer layer's dialler would drop; an instance with no other address is
+  ignored, with that reason.  An instance whose PTR or SRV expires or says
+  goodbye is forgotten.
 * **Markets in TXT** (:func:`instance_txt`, :func:`instance_markets`):
   ``pair`` is the first market (what browsers before markets read), and
   ``markets`` lists them all, comma-separated, continued in ``markets1``,
@@ -36,6 +43,7 @@ Pure apart from ``send``, ``found`` and the injected clock.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +51,7 @@ from dataclasses import dataclass, field
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 
-from ...address import is_node_id
+from ...address import format_hostport, is_node_id
 from ...logs import logger
 from .. import OnePeerFound, PeerFound, reporting
 from .codec import (
@@ -156,8 +164,8 @@ class _Instance:
     """What is known of one service instance besides its cached records."""
 
     name: str
-    source: str = ""
-    reported: tuple[str, int] | None = None
+    sources: dict[int, str] = field(default_factory=dict)
+    reported: tuple[tuple[str, int], ...] = ()
     markets: tuple[str, ...] = ()
     node_id: str | None = None
     ignored: str | None = None
@@ -194,6 +202,7 @@ class Browser:
         pair: str | None = None,
         found: PeerFound | OnePeerFound,
         max_instances: int = MAX_INSTANCES,
+        prefer_ipv6: bool = False,
     ) -> None:
         """
         :param clock: times queries, expiry and refreshes.
@@ -208,6 +217,8 @@ class Browser:
             peer, C{markets} being those of ours it carries; built with
             C{pair}, with C{(host, port, node_id)}.
         :param max_instances: most instances tracked.
+        :param prefer_ipv6: hand an instance's IPv6 address on before its
+            IPv4 one (mDNS runs on IPv6 only), rather than after.
         :raises ValueError: for both or neither of C{markets} and C{pair}.
         """
         if (markets is None) == (pair is None):
@@ -220,6 +231,7 @@ class Browser:
         self.markets = tuple(markets) if markets is not None else (pair or "",)
         self._found = reporting(found, markets=markets is not None)
         self._max_instances = max_instances
+        self._families = (6, 4) if prefer_ipv6 else (4, 6)
         self._cache: dict[tuple[str, int], dict[RecordKey, _Entry]] = {}
         self.instances: dict[str, _Instance] = {}
         self._interval = FIRST_INTERVAL
@@ -248,13 +260,13 @@ class Browser:
 
     def discovered(self) -> int:
         """How many other instances of our network that share a market are known now."""
-        return sum(1 for instance in self.instances.values() if instance.reported is not None)
+        return sum(1 for instance in self.instances.values() if instance.reported)
 
     def discovered_by_market(self) -> dict[str, int]:
         """Each of our markets -> how many of the instances known now carry it."""
         counts = dict.fromkeys(self.markets, 0)
         for instance in self.instances.values():
-            if instance.reported is not None:
+            if instance.reported:
                 for market in instance.markets:
                     counts[market] += 1
         return counts
@@ -379,7 +391,7 @@ class Browser:
             if self._add(record, now):
                 self._progress(key)
             if record.rtype == TYPE_SRV:
-                self.instances[key].source = source
+                self.instances[key].sources[_family(source)] = source
             touched.add(key)
         elif record.rtype in (TYPE_A, TYPE_AAAA):
             users = [name for name in self.instances if self._host_of(name, now) == key]
@@ -408,22 +420,28 @@ class Browser:
                 best = data
         return best
 
-    def _address(self, instance: _Instance, host: str, now: float) -> str | None:
-        v4 = [
-            entry.record.data.address
-            for entry in self._live(host, TYPE_A, now)
-            if isinstance(entry.record.data, AddressData)
-        ]
-        v6 = [
-            entry.record.data.address
-            for entry in self._live(host, TYPE_AAAA, now)
-            if isinstance(entry.record.data, AddressData)
-            and not entry.record.data.address.lower().startswith("fe80:")
-        ]
-        if instance.source in v4 or instance.source in v6:
-            return instance.source
-        addresses = v4 or v6
-        return addresses[0] if addresses else None
+    def _addresses(self, instance: _Instance, host: str, now: float) -> tuple[list[str], bool]:
+        """
+        The addresses to hand on for C{instance}, served by C{host}: one of
+        each family it has, the preferred family first; and whether
+        link-local IPv6 addresses were left out.
+        """
+        chosen: list[str] = []
+        link_local = False
+        for family in self._families:
+            usable = []
+            for entry in self._live(host, TYPE_A if family == 4 else TYPE_AAAA, now):
+                data = entry.record.data
+                if not isinstance(data, AddressData) or _family(data.address) != family:
+                    continue
+                if family == 6 and ipaddress.ip_address(data.address).is_link_local:
+                    link_local = True
+                    continue
+                usable.append(data.address)
+            if usable:
+                source = instance.sources.get(family)
+                chosen.append(source if source in usable else usable[0])
+        return chosen, link_local
 
     def _evaluate(self, name: str, now: float) -> None:
         """Hand C{name} on if it is complete, new or changed, and of our network."""
@@ -435,7 +453,7 @@ class Browser:
             return
         srv = self._srv(name, now)
         if srv is None:
-            if instance.reported is not None:
+            if instance.reported:
                 self._forget(name, "its SRV record expired")
             return
         txts = self._live(name, TYPE_TXT, now)
@@ -443,45 +461,41 @@ class Browser:
         if not isinstance(txt, TXTData):
             return
         node_id, shared, ignored = self._check_txt(txt)
-        if ignored is not None:
-            if instance.ignored != ignored:
-                log.debug("mDNS: ignoring {instance}: {why}", instance=instance.name, why=ignored)
-            instance.ignored = ignored
-            instance.reported = None
+        addresses: list[str] = []
+        if ignored is None:
+            addresses, link_local = self._addresses(instance, name_key(srv.target), now)
+            if not addresses and link_local:
+                ignored = "only link-local IPv6 addresses, not dialled without their zone"
+        if ignored != instance.ignored and ignored is not None:
+            log.debug("mDNS: ignoring {instance}: {why}", instance=instance.name, why=ignored)
+        instance.ignored = ignored
+        if ignored is not None or not addresses:
+            instance.reported = ()
             return
-        instance.ignored = None
-        address = self._address(instance, name_key(srv.target), now)
-        if address is None:
-            instance.reported = None
-            return
-        current = (address, srv.port)
+        current = tuple((address, srv.port) for address in addresses)
         if current == instance.reported and shared == instance.markets:
             return
-        if current == instance.reported:
+        if shared == instance.markets:
+            handed = tuple(pair for pair in current if pair not in instance.reported)
+        else:
+            handed = current
+        where = ", ".join(format_hostport(address, port) for address, port in handed)
+        if handed and not instance.reported:
+            log.info("mDNS discovered {instance} at {where}", instance=instance.name, where=where)
+        elif handed and shared != instance.markets:
             log.debug(
                 "mDNS: {instance} now shares {markets}",
                 instance=instance.name,
                 markets=", ".join(shared),
             )
-        elif instance.reported is None:
-            log.info(
-                "mDNS discovered {instance} at {address}:{port}",
-                instance=instance.name,
-                address=address,
-                port=srv.port,
-            )
-        else:
-            log.debug(
-                "mDNS: {instance} moved to {address}:{port}",
-                instance=instance.name,
-                address=address,
-                port=srv.port,
-            )
+        elif handed:
+            log.debug("mDNS: {instance} now at {where}", instance=instance.name, where=where)
         instance.reported = current
         instance.markets = shared
         instance.node_id = node_id
         instance.resolve_tries = 0
-        self._found(address, srv.port, node_id, shared)
+        for address, port in handed:
+            self._found(address, port, node_id, shared)
 
     def _check_txt(self, txt: TXTData) -> tuple[str, tuple[str, ...], str | None]:
         """
@@ -506,14 +520,14 @@ class Browser:
     def _forget(self, name: str, why: str) -> None:
         instance = self.instances.pop(name, None)
         self._drop(name)
-        if instance is not None and instance.reported is not None:
+        if instance is not None and instance.reported:
             log.debug("mDNS forgot {instance}: {why}", instance=instance.name, why=why)
 
     def _resolve(self, now: float) -> None:
         """Ask for the records that incomplete instances miss."""
         questions: list[Question] = []
         for name, instance in self.instances.items():
-            if instance.ignored is not None or instance.reported is not None:
+            if instance.ignored is not None or instance.reported:
                 continue
             if instance.resolve_tries >= RESOLVE_TRIES or now < instance.resolve_after:
                 continue
@@ -523,8 +537,11 @@ class Browser:
                 missing.append(Question(instance.name, TYPE_SRV))
             if not self._live(name, TYPE_TXT, now):
                 missing.append(Question(instance.name, TYPE_TXT))
-            if srv is not None and self._address(instance, name_key(srv.target), now) is None:
-                missing.append(Question(srv.target, TYPE_A))
+            if srv is not None and not self._addresses(instance, name_key(srv.target), now)[0]:
+                missing += [
+                    Question(srv.target, TYPE_A if family == 4 else TYPE_AAAA)
+                    for family in self._families
+                ]
             if missing:
                 instance.resolve_tries += 1
                 instance.resolve_after = now + 2.0 ** (instance.resolve_tries - 1)
@@ -556,7 +573,7 @@ class Browser:
                     entry.refresh.pop(0)
                     due = True
                 if due and any(
-                    self.instances[name].reported is not None
+                    self.instances[name].reported
                     for name in self._users(entry.record)
                     if name in self.instances
                 ):
@@ -579,6 +596,11 @@ class Browser:
             return [key]
         now = self._clock.seconds()
         return [name for name in self.instances if self._host_of(name, now) == key]
+
+
+def _family(address: str) -> int:
+    """4 or 6: the family of an IP literal."""
+    return 6 if ":" in address else 4
 
 
 def _learning_order(record: Record) -> int:

@@ -10,7 +10,10 @@ class flushes the receivers' caches of other records of that name and type.
 Everything the rest of the package needs is reduced to frozen values here:
 names are text with a trailing dot (compared with :func:`name_key`), record
 data is one of :class:`PTRData`, :class:`SRVData`, :class:`TXTData` or
-:class:`AddressData`.  Records of other types and classes are dropped on
+:class:`AddressData` (A and AAAA alike: the address's text tells the
+family), and, to send only, :class:`NSECData` (RFC 6762 §6.1: which types a
+name has, so that an IPv4-only host can say it has no AAAA record).
+Records of other types and classes, NSEC included, are dropped on
 decoding.  :func:`decode_packet` is total: on any input it returns a packet
 or raises :class:`MDNSDecodeError`, never anything else.
 """
@@ -32,6 +35,7 @@ TYPE_PTR = dns.PTR
 TYPE_TXT = dns.TXT
 TYPE_AAAA = dns.AAAA
 TYPE_SRV = dns.SRV
+TYPE_NSEC = 47
 TYPE_ANY = dns.ALL_RECORDS
 CLASS_IN = dns.IN
 CLASS_ANY = dns.ANY
@@ -76,7 +80,19 @@ class AddressData:
     address: str
 
 
-RData = PTRData | SRVData | TXTData | AddressData
+@dataclass(frozen=True)
+class NSECData:
+    """
+    An NSEC record's data as mDNS uses it (RFC 6762 §6.1): the next name
+    is the record's own name, and C{types} are those the name has (no
+    other exists).
+    """
+
+    next_name: str
+    types: tuple[int, ...]
+
+
+RData = PTRData | SRVData | TXTData | AddressData | NSECData
 
 RecordKey = tuple[str, int, RData]
 """What identifies a record apart from its TTL and flags: see :meth:`Record.key`."""
@@ -103,7 +119,8 @@ class Record:
     One resource record of class IN.
 
     :ivar name: the record's owner name.
-    :ivar rtype: ``TYPE_PTR``, ``TYPE_SRV``, ``TYPE_TXT``, ``TYPE_A`` or ``TYPE_AAAA``.
+    :ivar rtype: ``TYPE_PTR``, ``TYPE_SRV``, ``TYPE_TXT``, ``TYPE_A``,
+        ``TYPE_AAAA`` or (sent only) ``TYPE_NSEC``.
     :ivar ttl: seconds the record may be cached; 0 is a goodbye.
     :ivar data: the record's data, of the class that goes with C{rtype}.
     :ivar cache_flush: the cache-flush bit, set on unique records.
@@ -162,6 +179,8 @@ def _data_key(data: RData) -> RData:
         return PTRData(name_key(data.target))
     if isinstance(data, SRVData):
         return SRVData(data.priority, data.weight, data.port, name_key(data.target))
+    if isinstance(data, NSECData):
+        return NSECData(name_key(data.next_name), data.types)
     return data
 
 
@@ -183,6 +202,26 @@ def _text_name(wire: bytes) -> str:
     return text
 
 
+def _nsec_rdata(data: NSECData) -> bytes:
+    """
+    NSEC record data (RFC 4034 §4.1): the next name, never compressed
+    (§4.1.1), then the type bit maps, one per window of 256 types in use.
+    """
+    wire = _wire_name(data.next_name)
+    name = b"".join(bytes([len(label)]) + label for label in wire.split(b".") if label) + b"\0"
+    windows: dict[int, bytearray] = {}
+    for rtype in data.types:
+        if not 0 < rtype < 65536:
+            raise ValueError(f"not a record type: {rtype}")
+        window, low = divmod(rtype, 256)
+        windows.setdefault(window, bytearray(32))[low // 8] |= 0x80 >> (low % 8)
+    maps = b""
+    for window in sorted(windows):
+        bitmap = bytes(windows[window]).rstrip(b"\0")
+        maps += bytes([window, len(bitmap)]) + bitmap
+    return name + maps
+
+
 def _payload(record: Record) -> Any:
     data = record.data
     if record.rtype == TYPE_PTR and isinstance(data, PTRData):
@@ -197,6 +236,9 @@ def _payload(record: Record) -> Any:
         return dns.Record_A(data.address, ttl=record.ttl)
     if record.rtype == TYPE_AAAA and isinstance(data, AddressData):
         return dns.Record_AAAA(data.address, ttl=record.ttl)
+    if record.rtype == TYPE_NSEC and isinstance(data, NSECData):
+        # twisted.names has no NSEC type: its raw data goes out as is.
+        return dns.UnknownRecord(_nsec_rdata(data), ttl=record.ttl)
     raise ValueError(f"record data {data!r} does not go with type {record.rtype}")
 
 
@@ -292,7 +334,8 @@ def decode_packet(datagram: bytes) -> Packet:
     Decode one mDNS datagram.
 
     Records whose class is not IN, whose type is not PTR, SRV, TXT, A or
-    AAAA, or whose names are not UTF-8, are left out; so are questions of
+    AAAA (an NSEC record too: nothing here reads one), or whose names are
+    not UTF-8, are left out; so are questions of
     other classes.  A message cut short keeps what was read before the cut
     (as Twisted reads it).
 

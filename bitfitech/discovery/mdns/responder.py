@@ -10,7 +10,8 @@ The node owns one DNS-SD service instance, ``<node id>._bitfi._tcp.local.``
 * shared records: PTR ``_bitfi._tcp.local.`` -> the instance, and the
   service enumeration PTR ``_services._dns-sd._udp.local.`` -> the type;
 * unique records (cache-flush bit set): SRV and TXT of the instance, A and
-  AAAA of the host name.
+  AAAA of the host name (IPv4 and IPv6 addresses alike, whichever socket
+  a packet goes out on: a record says nothing of the family it travels in).
 
 Before answering for them the responder claims the unique names (RFC 6762
 §8): three probe queries 250 ms apart with the proposed records in the
@@ -20,7 +21,10 @@ records sort later (§8.2), is a conflict: the instance becomes
 Then it announces everything (§8.3) three times, 1 and 2 s apart, answers
 queries (§6: known-answer suppression, QU and legacy unicast, a 20-120 ms
 delay for shared answers, at most one multicast per record a second) and
-says goodbye (TTL 0) on :meth:`Responder.stop`.
+says goodbye (TTL 0) on :meth:`Responder.stop`.  Additional records follow
+RFC 6763 §12 (a PTR brings the SRV, the TXT and the addresses, an SRV the
+addresses) and RFC 6762 §6.2: an address record of one family brings those
+of the other, or, for a host of one family only, an NSEC record saying so.
 
 Time comes from an injected :class:`~twisted.internet.interfaces.IReactorTime`;
 the only I/O is the ``send`` callable.
@@ -39,10 +43,12 @@ from .codec import (
     TYPE_A,
     TYPE_AAAA,
     TYPE_ANY,
+    TYPE_NSEC,
     TYPE_PTR,
     TYPE_SRV,
     TYPE_TXT,
     AddressData,
+    NSECData,
     Packet,
     PTRData,
     Question,
@@ -274,7 +280,8 @@ class Responder:
         self._announce(0)
 
     def _announce(self, count: int) -> None:
-        self._multicast(tuple(self.records()), ())
+        records = tuple(self.records())
+        self._multicast(records, self._additional(records, {}))
         if count < len(ANNOUNCE_INTERVALS):
             self._schedule(ANNOUNCE_INTERVALS[count], lambda: self._announce(count + 1))
         else:
@@ -424,29 +431,52 @@ class Responder:
     def _additional(
         self, answers: Sequence[Record], known: dict[RecordKey, int]
     ) -> tuple[Record, ...]:
-        """Records the querier will want next (RFC 6763 §12), not already sent or known."""
+        """
+        Records the querier will want next, not already sent or known: the
+        SRV, TXT and addresses of an instance given by PTR, the addresses of
+        a host given by SRV (RFC 6763 §12), and with addresses of one family
+        those of the other, or an NSEC record when the host has none of
+        that family (RFC 6762 §6.2).
+        """
         mine = self.records()
-        wanted: list[tuple[str, int]] = []
+        host = name_key(self.host_name)
+        wanted: set[tuple[str, int]] = set()
         for record in answers:
             data = record.data
             if record.rtype == TYPE_PTR and isinstance(data, PTRData):
                 target = name_key(data.target)
-                wanted += [(target, TYPE_SRV), (target, TYPE_TXT)]
+                wanted |= {(target, TYPE_SRV), (target, TYPE_TXT)}
                 for other in mine:
                     if name_key(other.name) == target and isinstance(other.data, SRVData):
-                        host = name_key(other.data.target)
-                        wanted += [(host, TYPE_A), (host, TYPE_AAAA)]
+                        wanted |= {(name_key(other.data.target), TYPE_A)}
             elif record.rtype == TYPE_SRV and isinstance(data, SRVData):
-                host = name_key(data.target)
-                wanted += [(host, TYPE_A), (host, TYPE_AAAA)]
+                wanted |= {(name_key(data.target), TYPE_A)}
+            elif record.rtype in (TYPE_A, TYPE_AAAA):
+                wanted |= {(name_key(record.name), TYPE_A)}
+        if (host, TYPE_A) in wanted:
+            wanted |= {(host, TYPE_AAAA), (host, TYPE_NSEC)}
         sent = {record.key() for record in answers}
+        nsec = self._address_nsec()
         return tuple(
             record
-            for record in mine
+            for record in (*mine, *([nsec] if nsec is not None else []))
             if (name_key(record.name), record.rtype) in wanted
             and record.key() not in sent
             and known.get(record.key(), -1) < record.ttl / 2
         )
+
+    def _address_nsec(self) -> Record | None:
+        """
+        For a host with addresses of one family only, the NSEC record that
+        says it has no others (RFC 6762 §6.2); else ``None``.
+        """
+        types = tuple(
+            sorted({record.rtype for record in self.unique_records()} & {TYPE_A, TYPE_AAAA})
+        )
+        if len(types) != 1:
+            return None
+        host = self.host_name
+        return Record(host, TYPE_NSEC, HOST_TTL, NSECData(host, types), True)
 
     def _multicast(self, answers: Sequence[Record], additional: Sequence[Record]) -> None:
         packet = Packet(response=True, answers=tuple(answers), additional=tuple(additional))

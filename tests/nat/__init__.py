@@ -1,0 +1,1 @@
+"""Tests for the port-mapping client (:mod:`bitfitech.nat`)."""

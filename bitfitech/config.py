@@ -87,6 +87,8 @@ ENVIRONMENT: Mapping[str, tuple[str, ...]] = {
     "settle-after": ("BITFI_SETTLE_AFTER",),
     "no-mdns": ("BITFI_NO_MDNS",),
     "mdns-interface": ("MDNS_INTERFACE",),
+    "nat": ("BITFI_NAT",),
+    "nat-gateway": ("BITFI_NAT_GATEWAY",),
     "no-dht": ("BITFI_NO_DHT",),
     "dht-port": ("DHT_PORT",),
     "dht-bootstrap": ("DHT_BOOTSTRAP",),
@@ -233,6 +235,11 @@ class NodeConfig:
     :ivar apply_delay: seconds peers' events wait, batched, before the book
         applies them (fewer rollbacks; 0 applies at the next reactor turn).
     :ivar gossip: how events spread between peers.
+    :ivar nat: how the node asks its router for a port mapping of the P2P
+        port: ``auto`` (PCP/NAT-PMP, then UPnP-IGD), ``upnp``, ``natpmp``
+        or ``off`` (:mod:`bitfitech.nat`).
+    :ivar nat_gateway: the router to ask by PCP/NAT-PMP, or ``None`` for
+        the default gateway.
     :ivar mdns_enabled: whether the mDNS / DNS-SD service runs.
     :ivar mdns_interface: the address of the one interface mDNS uses, in
         that address's family (IPv4 or IPv6), or ``None`` for every
@@ -296,6 +303,23 @@ class NodeConfig:
     max_handshakes_per_ip: int = DEFAULT_MAX_HANDSHAKES_PER_IP
     ca_bundle: str | None = None
     certificate: str | None = None
+    nat: str = "auto"
+    nat_gateway: str | None = None
+
+    @property
+    def nat_mode(self) -> str:
+        """
+        How the node asks its router to map the P2P port (:attr:`nat`):
+        ``auto`` is ``off`` for a node bound to a loopback address, which no
+        router forwards to (a method named explicitly is tried anyway).
+        """
+        if self.host and self.nat == "auto":
+            try:
+                if ipaddress.ip_address(self.host.split("%")[0]).is_loopback:
+                    return "off"
+            except ValueError:
+                pass
+        return self.nat
 
     @property
     def bind_hosts(self) -> tuple[str, ...]:
@@ -303,6 +327,8 @@ class NodeConfig:
         return (self.host,) if self.host else ("0.0.0.0", "::")
 
     def __post_init__(self) -> None:
+        if self.nat not in NAT_CHOICES:
+            raise ConfigError(f"--nat must be one of {', '.join(NAT_CHOICES)}, not {self.nat!r}")
         if self.outbound > self.max_peers:
             raise ConfigError(
                 f"--outbound ({self.outbound}) cannot exceed --max-peers ({self.max_peers})"
@@ -475,6 +501,26 @@ def coerce_interface(text: str) -> str:
             f"not an interface address: {text!r} (such as 192.168.1.5, fd00::5 or 127.0.0.1)"
         ) from None
     return host
+
+
+NAT_CHOICES = ("auto", "upnp", "natpmp", "off")
+"""What ``--nat`` may say (:data:`bitfitech.nat.service.NAT_CHOICES`)."""
+
+
+def coerce_nat(text: str) -> str:
+    """One of :data:`NAT_CHOICES`."""
+    value = text.strip().lower()
+    if value not in NAT_CHOICES:
+        raise ValueError(f"must be one of {', '.join(NAT_CHOICES)}, not {text.strip()!r}")
+    return value
+
+
+def coerce_ip(text: str) -> str:
+    """An IPv4 or IPv6 address."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(f"not an IP address: {text.strip()!r}") from None
 
 
 def coerce_dht_bootstrap(text: str) -> tuple[tuple[str, int], ...]:
@@ -838,5 +884,7 @@ def config_from_options(
             "max-handshakes-per-ip", given, env, coerce_count, DEFAULT_MAX_HANDSHAKES_PER_IP
         ),
         ca_bundle=_pick("ca-bundle", given, env, coerce_file, no_file),
+        nat=_pick("nat", given, env, coerce_nat, "auto"),
+        nat_gateway=_pick("nat-gateway", given, env, coerce_ip, None),
         certificate=_pick("certificate", given, env, coerce_file, no_file),
     )

@@ -44,8 +44,8 @@ BACKLOG = 50
 _PORT_TRIES = 8
 """Tries at one OS-chosen port free on both families before giving up."""
 
-_NO_IPV6 = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
-"""Errors that say the host has no IPv6 (the dual-stack default then runs on IPv4 alone)."""
+_NO_FAMILY = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
+"""Errors that say the host lacks a family (the dual-stack default then runs on the other)."""
 
 
 class StartupError(Exception):
@@ -71,7 +71,9 @@ def listen_now(
         reason = result.value
         if isinstance(reason, CannotListenError) and reason.socketError is not None:
             detail = str(reason.socketError.args[-1]) if reason.socketError.args else ""
-            raise StartupError(f"cannot listen for {what}: {detail or reason.socketError}")
+            raise StartupError(
+                f"cannot listen for {what}: {detail or reason.socketError}"
+            ) from reason.socketError
         raise StartupError(f"cannot listen for {what}: {result.getErrorMessage()}")
     return result
 
@@ -141,10 +143,11 @@ def listen_all(
                     ports.append(listen_tcp(reactor, host, number, factory, what))
                 except StartupError as e:
                     cause = e.__cause__
-                    no_ipv6 = isinstance(cause, OSError) and cause.errno in _NO_IPV6
-                    if tuple(hosts) == DUAL_STACK and ports and no_ipv6:
-                        log.warn("No IPv6 here: {what} listen on IPv4 only ({error})",
-                                 what=what, error=e)  # fmt: skip
+                    no_family = isinstance(cause, OSError) and cause.errno in _NO_FAMILY
+                    if tuple(hosts) == DUAL_STACK and no_family and (ports or host != hosts[-1]):
+                        family = "IPv6" if ":" in host else "IPv4"
+                        log.warn("No {family} here: {what} listen on the other family only "
+                                 "({error})", family=family, what=what, error=e)  # fmt: skip
                         continue
                     raise
             return ports

@@ -235,6 +235,13 @@ class TaggedReactor:
             fileDescriptor, addressFamily, _TaggedFactory(factory, self.tag)
         )
 
+    def adoptDatagramPort(
+        self, fileDescriptor: int, addressFamily: Any, protocol: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        return self._reactor.adoptDatagramPort(
+            fileDescriptor, addressFamily, _TaggedProtocol(protocol, self.tag), *args, **kwargs
+        )
+
     def listenUDP(self, port: int, protocol: Any, *args: Any, **kwargs: Any) -> Any:
         return self._reactor.listenUDP(port, _TaggedProtocol(protocol, self.tag), *args, **kwargs)
 

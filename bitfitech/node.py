@@ -15,9 +15,12 @@ after construction.  The children start in this order:
    the bans, the dialer, and the gossip of events between peers, one
    gossip per market behind a router (:mod:`bitfitech.peer.service`,
    :mod:`bitfitech.gossip`);
-4. ``mdns`` and ``dht``: discovery, which hands the addresses it finds to
+4. ``nat``: the router's port mapping of the P2P port, which the peer
+   layer's dial-back check asks peers to dial (:mod:`bitfitech.nat`; off
+   with ``--nat off`` and on a loopback ``--host``);
+5. ``mdns`` and ``dht``: discovery, which hands the addresses it finds to
    the peer layer (:mod:`bitfitech.discovery.service`; each can be off);
-5. ``api``: the HTTP API, its metrics and dashboard
+6. ``api``: the HTTP API, its metrics and dashboard
    (:mod:`bitfitech.api.service`; it can be off).
 
 A stop is bounded in time (:meth:`Node.stopService`, with
@@ -61,6 +64,7 @@ from .logs import TaggedReactor, logger, set_log_level, tagged
 from .market.journal import SharedSyncer, ThreadedSyncer
 from .market.markets import Markets
 from .market.service import MarketService
+from .nat import PortMappingService, build_mappers
 from .peer.addrbook import AddressBook
 from .peer.bans import BanList
 from .peer.dialer import Dialer
@@ -84,6 +88,7 @@ class Node(MultiService):
     :ivar gossips: each market's gossip (how its events travel between
         this node and its peers), by market, in order.
     :ivar peers: the peer layer.
+    :ivar nat: the router's port mapping, or ``None`` when off.
     :ivar mdns: mDNS / DNS-SD discovery, or ``None`` with ``--no-mdns``.
     :ivar dht: the Kademlia DHT, or ``None`` with ``--no-dht``.
     :ivar control: the API's view of the node.
@@ -105,6 +110,7 @@ class Node(MultiService):
         markets: Markets,
         gossips: Mapping[str, Gossip],
         peers: PeerService,
+        nat: PortMappingService | None,
         mdns: DiscoveryService | None,
         dht: DiscoveryService | None,
         control: NodeControl,
@@ -121,6 +127,7 @@ class Node(MultiService):
         self.markets = markets
         self.gossips = dict(gossips)
         self.peers = peers
+        self.nat = nat
         self.mdns = mdns
         self.dht = dht
         self.control = control
@@ -130,7 +137,7 @@ class Node(MultiService):
         self.log_tag = log_tag
         self._storage_service = StorageService(storage)
         children: list[IService] = [self._storage_service, markets, peers]
-        children += [service for service in (mdns, dht, api) if service is not None]
+        children += [service for service in (nat, mdns, dht, api) if service is not None]
         for child in children:
             child.setServiceParent(self)
 
@@ -257,9 +264,15 @@ def build_node(
         target=config.outbound, bootstrap=config.bootstrap, witnesses=config.witnesses,
         interval=config.dial_interval,
     )  # fmt: skip
+    # The router's port mapping of the P2P port, which the dial-back check asks peers to dial.
+    nat: PortMappingService | None = None
+    if config.nat_mode != "off":
+        mappers = build_mappers(reactor, config.nat_mode, gateway=config.nat_gateway)
+        nat = PortMappingService(clock, mappers, lambda: peers.listen_port or None)
     peers = PeerService(
         config, storage, reactor, hub=hub, addrbook=addrbook, bans=bans, security=security,
         dialer=dialer, gossip=router, witness_digest=witnesses.digest,
+        mapped=nat.mapped if nat is not None else lambda: None,
     )  # fmt: skip
 
     # Discovery: hands the addresses it finds to the peer layer.
@@ -293,7 +306,7 @@ def build_node(
     api: ApiService | None = None
     control = NodeControl(
         config, clock, storage, markets, gossips=gossips, peers=peers, mdns=mdns, dht=dht,
-        api_url=lambda: api.url if api is not None else None,
+        nat=nat, api_url=lambda: api.url if api is not None else None,
     )  # fmt: skip
     metrics = node_registry(control.status, markets.by_name, gossips)
     if config.api_enabled:
@@ -301,6 +314,6 @@ def build_node(
         api = ApiService(config, root, reactor, metrics)
     return Node(
         config, clock, storage=storage, markets=markets, gossips=gossips, peers=peers,
-        mdns=mdns, dht=dht, control=control, metrics=metrics, api=api,
+        nat=nat, mdns=mdns, dht=dht, control=control, metrics=metrics, api=api,
         exit_on_startup_error=exit_on_startup_error, log_tag=log_tag,
     )  # fmt: skip

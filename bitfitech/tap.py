@@ -146,6 +146,14 @@ class Options(usage.Options):
          "IPv6 (mDNS then runs in that family only) "
          f"[default every interface, IPv4 and IPv6; env {_env('mdns-interface')}]",
          _cli("mdns-interface", cfg.coerce_interface)],
+        ["nat", None, None,
+         "Ask the router to forward the P2P port: auto (PCP/NAT-PMP, then UPnP-IGD), "
+         "upnp, natpmp, or off; auto is off on a loopback --host "
+         f"[default auto; env {_env('nat')}]",
+         _cli("nat", cfg.coerce_nat)],
+        ["nat-gateway", None, None,
+         "The router to ask by PCP/NAT-PMP [default the default gateway; "
+         f"env {_env('nat-gateway')}]", _cli("nat-gateway", cfg.coerce_ip)],
         ["dht-port", None, None,
          "UDP port of the Kademlia DHT; 0 lets the OS choose "
          f"[default the number of --port; env {_env('dht-port')}]",

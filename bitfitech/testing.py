@@ -162,7 +162,7 @@ def loopback_config(data_dir: str, **changes: Any) -> NodeConfig:
         data_dir=data_dir, port=0, host="127.0.0.1", api_port=0, api_host="127.0.0.1",
         network=TEST_NETWORK, pair=TEST_PAIR, dial_interval=0.25, connect_timeout=2.0,
         timing=LinkTiming(handshake_timeout=5.0, ping_interval=5.0, ping_timeout=5.0),
-        mdns_enabled=False, dht_enabled=False,
+        mdns_enabled=False, dht_enabled=False, nat="off",
         # every test node shares 127.0.0.1: the per-address limits must not bite
         max_inbound_per_ip=64, max_handshakes_per_ip=64,
     )  # fmt: skip

@@ -132,6 +132,8 @@ class DefaultTests(SynchronousTestCase):
 ENV_CASES: dict[str, tuple[str, str, object]] = {
     "P2P_PORT": ("3007", "port", 3007),
     "P2P_HOST": ("::1", "host", "::1"),
+    "BITFI_NAT": ("UPnP", "nat", "upnp"),
+    "BITFI_NAT_GATEWAY": ("192.168.1.1", "nat_gateway", "192.168.1.1"),
     "BOOTSTRAP_PEERS": (
         f"127.0.0.1:3000, [::1]:3001,{NODE_ID}@seed.example:3002",
         "bootstrap",
@@ -201,6 +203,8 @@ CLI_CASES: dict[str, tuple[str, object, str, str]] = {
     "log-format": ("json", "json", "BITFI_LOG_FORMAT", "text"),
     "settle-after": ("0.5", 0.5, "BITFI_SETTLE_AFTER", "30"),
     "mdns-interface": ("10.0.0.5", "10.0.0.5", "MDNS_INTERFACE", "127.0.0.1"),
+    "nat": ("off", "off", "BITFI_NAT", "natpmp"),
+    "nat-gateway": ("fd00::1", "fd00::1", "BITFI_NAT_GATEWAY", "10.0.0.1"),
     "dht-port": ("0", 0, "DHT_PORT", "6881"),
     "ban-duration": ("0", 0.0, "BITFI_BAN_DURATION", "60"),
     "max-inbound-per-ip": ("64", 64, "BITFI_MAX_INBOUND_PER_IP", "2"),
@@ -225,6 +229,8 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "api-max-connections": ("0", "10001", "-1", "many", "2.5"),
     "api-idle-timeout": ("0", "0.5", "3601", "-1", "nan", "inf", "soon", ""),
     "log-level": ("loud", ""),
+    "nat": ("on", "pcp", ""),
+    "nat-gateway": ("router.lan", "10.0.0", ""),
     "log-format": ("xml", "", "json lines"),
     "settle-after": ("-1", "86401", "soon", "nan", "inf", ""),
     "bootstrap": ("nope", "127.0.0.1:0", "::1:3000", "xyz@127.0.0.1:3000"),
@@ -409,6 +415,15 @@ class EnvironmentTests(SynchronousTestCase):
         self.assertRaises(UsageError, parse, [], env)
         self.assertRaises(ConfigError, NodeConfig, data_dir="/d", plain_tcp=True,
                           certificate=SOME_FILE)  # fmt: skip
+
+    def test_nat_off_on_loopback(self) -> None:
+        """No router forwards to a loopback address: --nat auto is off there."""
+        self.assertEqual(parse([]).nat_mode, "auto")
+        self.assertEqual(parse(["--host", "127.0.0.1"]).nat_mode, "off")
+        self.assertEqual(parse(["--host", "::1", "--nat", "upnp"]).nat_mode, "upnp")
+        self.assertEqual(parse(["--host", "192.0.2.7", "--nat", "natpmp"]).nat_mode, "natpmp")
+        self.assertEqual(parse(["--nat", "off"]).nat_mode, "off")
+        self.assertRaises(ConfigError, NodeConfig, data_dir="/d", nat="pcp")
 
     def test_ipv6(self) -> None:
         config = parse(["--host", "::1", "--bootstrap", "[::1]:3000", "--api-host", "[::1]"])

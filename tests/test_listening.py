@@ -88,6 +88,20 @@ class ListenTests(TestCase):
         with self.assertRaises(StartupError):
             listen_all(self.reactor, ("::",), 0, FACTORY, "peers")
 
+    def test_no_ipv4_runs_on_ipv6_alone(self) -> None:
+        """A host without IPv4: the dual-stack default listens on IPv6, with a warning."""
+        real = listening.listen_tcp
+
+        def no_ipv4(reactor: object, host: str, port: int, factory: object, what: str) -> object:
+            if ":" not in host:
+                error = OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+                raise StartupError(f"cannot listen for {what}: no IPv4") from error
+            return real(reactor, "::1", port, factory, what)  # type: ignore[arg-type]
+
+        self.patch(listening, "listen_tcp", no_ipv4)
+        self.service.ports = listen_all(self.reactor, listening.DUAL_STACK, 0, FACTORY, "peers")
+        self.assertEqual(self.service.listening, [f"[::1]:{self.service.listen_port}"])
+
     async def test_stop_closes_every_port(self) -> None:
         self.service.ports = listen_all(self.reactor, ("127.0.0.1", "::1"), 0, FACTORY, "tests")
         port = self.service.listen_port

@@ -123,7 +123,9 @@ class MakeServiceTests(SynchronousTestCase):
     def test_tree(self) -> None:
         service, data_dir = self.make("--port", "3001", "--api-port", "0")
         self.assertTrue(IService.providedBy(service))
-        self.assertEqual(child_names(service), ["storage", "market", "peers", "mdns", "dht", "api"])
+        self.assertEqual(
+            child_names(service), ["storage", "market", "peers", "nat", "mdns", "dht", "api"]
+        )
         self.assertFalse(service.running)
         self.assertFalse(any(child.running for child in IServiceCollection(service)))
         self.assertFalse(os.path.exists(data_dir))
@@ -133,12 +135,12 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_no_api(self) -> None:
         service, data_dir = self.make("--no-api")
-        self.assertEqual(child_names(service), ["storage", "market", "peers", "mdns", "dht"])
+        self.assertEqual(child_names(service), ["storage", "market", "peers", "nat", "mdns", "dht"])
         self.assertFalse(os.path.exists(data_dir))
 
     def test_no_discovery(self) -> None:
         service, _ = self.make("--no-mdns", "--no-dht")
-        self.assertEqual(child_names(service), ["storage", "market", "peers", "api"])
+        self.assertEqual(child_names(service), ["storage", "market", "peers", "nat", "api"])
 
     def test_one_market(self) -> None:
         """``--market`` with one market builds what ``--pair`` builds."""
@@ -159,7 +161,9 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(service.markets.names, ("BTC/USD", "ETH/USD"))
         self.assertEqual(list(service.gossips), ["BTC/USD", "ETH/USD"])
         self.assertIs(service.market, service.markets["BTC/USD"])
-        self.assertEqual(child_names(service), ["storage", "market", "peers", "mdns", "dht", "api"])
+        self.assertEqual(
+            child_names(service), ["storage", "market", "peers", "nat", "mdns", "dht", "api"]
+        )
 
     def test_unparsed(self) -> None:
         self.assertRaises(AssertionError, tap.makeService, tap.Options())
@@ -219,7 +223,9 @@ class TacTests(SynchronousTestCase):
              "BOOTSTRAP_PEERS": "127.0.0.1:3000", "API_PORT": "0", "LOG_LEVEL": "debug"},
         )  # fmt: skip
         self.assertEqual(node.name, "node")
-        self.assertEqual(child_names(node), ["storage", "market", "peers", "mdns", "dht", "api"])
+        self.assertEqual(
+            child_names(node), ["storage", "market", "peers", "nat", "mdns", "dht", "api"]
+        )
         self.assertEqual(node.config.port, 3001)
         self.assertEqual(node.config.data_dir, data_dir)
         self.assertEqual(str(node.config.bootstrap[0]), "127.0.0.1:3000")

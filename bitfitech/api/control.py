@@ -39,6 +39,7 @@ from ..interfaces import (
 from ..market.events import Event, EventError, parse_event, verify_event
 from ..market.service import MarketChange, MarketService
 from ..market.ticker import Ticker
+from ..nat import PortMappingService
 from ..peer.hub import PeerHub
 from ..peer.protocol import PeerProtocol
 from ..peer.service import PeerService
@@ -314,6 +315,7 @@ class NodeControl:
         gossips: Mapping[str, Gossip] | None = None,
         peers: PeerService | None = None,
         mdns: DiscoveryService | None = None,
+        nat: PortMappingService | None = None,
         dht: DiscoveryService | None = None,
         api_url: Callable[[], str | None] = lambda: None,
     ) -> None:
@@ -326,6 +328,7 @@ class NodeControl:
         :param peers: the peer layer; ``None`` for a node without one (the
             market's side alone, in tests): no links, no status.
         :param mdns: mDNS discovery, or ``None`` when it is off.
+        :param nat: the router's port mapping, or ``None`` when it is off.
         :param dht: the DHT, or ``None`` when it is off.
         :param api_url: the HTTP API's address while it listens (its
             dashboard for browsers), else ``None`` (``--no-api``).
@@ -335,6 +338,7 @@ class NodeControl:
         self.storage = storage
         self.peer_layer = peers
         self.mdns = mdns
+        self.nat = nat
         self.dht = dht
         self.api_url = api_url
         timing = config.gossip
@@ -394,7 +398,10 @@ class NodeControl:
                 "protocol_violations": hub.misbehaviour_count,
                 "bans": len(hub.bans.active(now)),
             },
-            "reachability": peers.reachability.status(),
+            "reachability": {
+                **peers.reachability.status(),
+                "nat": self.nat.status() if self.nat is not None else None,
+            },
             "uptime_ms": round((now - (peers.started_at or now)) * 1000),
             "api": {"url": api, "dashboard": api} if (api := self.api_url()) else None,
             "data_dir": config.data_dir,

@@ -226,6 +226,16 @@ SCHEMAS: Final[dict[str, Schema]] = {
                     **COUNT,
                     "description": "Dial-backs this node ran for its peers that reached them.",
                 },
+                "nat": nullable(
+                    {
+                        "type": "object",
+                        "description": "The router's port mapping (`--nat`): `method` (`pcp`, "
+                        "`natpmp`, `upnp` or null), `state` (`trying`, `mapped`, `refused`, "
+                        "`lost`, `none`, `off`), `external_address`, `external_port`, "
+                        "`internal_port`, `lease_s`, `expires_at` and `retry_at` (unix ms), "
+                        "`error`; null with `--nat off`.",
+                    }
+                ),
             },
             closed=False,
         ),

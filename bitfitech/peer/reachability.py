@@ -217,6 +217,8 @@ class Reachability:
         self.state = "unknown"
         self.address: str | None = None
         self.checked_at: float | None = None
+        self._checked_port = 0
+        self._reached_port = 0
         self.reason: str | None = None
         self._observed: dict[str, str] = {}
         self._failed_by: set[str] = set()
@@ -293,8 +295,8 @@ class Reachability:
     def _due(self) -> bool:
         if self._checks:
             return False
-        if self.checked_at is None:
-            return True
+        if self.checked_at is None or self._checked_port != self.port():
+            return True  # never checked, or the router's mapping came, went or moved
         wait = RECHECK_INTERVAL if self.state != "unknown" else RETRY_INTERVAL
         return self.clock.seconds() - self.checked_at >= wait
 
@@ -315,6 +317,7 @@ class Reachability:
         timer = self.clock.callLater(ANSWER_WAIT, self._unanswered, nonce)
         self._checks[nonce] = _Check(link, port, now, timer)
         self.checked_at = now
+        self._checked_port = port
         link.send(DialBack(nonce=nonce, port=port))
 
     def _unanswered(self, nonce: int) -> None:
@@ -353,10 +356,10 @@ class Reachability:
             self.state = "outbound-only"
 
     def _reached(self, address: str, port: int) -> None:
-        mapping = self.mapped()
-        state = "mapped" if mapping is not None and mapping[1] == port else "public"
         first = self.address != address
-        self.state, self.address, self.reason = state, address, None
+        self.state, self.address, self.reason = "public", address, None
+        self._reached_port = port
+        state = self._state()
         self._failed_by.clear()
         if first:
             log.info("Peers can reach this node at {address} ({state})", address=address,
@@ -437,10 +440,17 @@ class Reachability:
             counts[seen] = counts.get(seen, 0) + 1
         return sorted(counts, key=lambda seen: (-counts[seen], seen))
 
+    def _state(self) -> str:
+        """:attr:`state`, ``mapped`` when the port reached is the one the router maps now."""
+        if self.state not in ("public", "mapped"):
+            return self.state
+        mapping = self.mapped()
+        return "mapped" if mapping is not None and mapping[1] == self._reached_port else "public"
+
     def status(self) -> dict[str, Any]:
         """The ``reachability`` part of ``GET /status``."""
         return {
-            "state": self.state,
+            "state": self._state(),
             "address": self.address,
             "observed": self.observed(),
             "checked_at": None if self.checked_at is None else unix_ms(self.checked_at),

@@ -144,6 +144,22 @@ class AskingTests(SynchronousTestCase):
         self.reach.on_dialed_back(peer, DialedBack(request.nonce, "203.0.113.5:40000", True))
         self.assertEqual(self.reach.status()["state"], "mapped")
 
+    def test_a_new_mapping_is_checked_at_the_next_tick(self) -> None:
+        """Public at the listening port, then the router maps another: that one is checked."""
+        peer = link("b")
+        self.reach.link_ready(peer)
+        request = self.request(peer)
+        self.reach.on_dialed_back(peer, DialedBack(request.nonce, "203.0.113.5:3000", True))
+        self.clock.advance(RETRY_INTERVAL)
+        self.assertEqual(fake(peer).take(DialBack), [], "not due yet")
+        self.mapping = ("203.0.113.5", 40000)
+        self.clock.advance(RETRY_INTERVAL)
+        request = self.request(peer)
+        self.assertEqual(request.port, 40000)
+        self.reach.on_dialed_back(peer, DialedBack(request.nonce, "203.0.113.5:40000", True))
+        status = self.reach.status()
+        self.assertEqual((status["state"], status["address"]), ("mapped", "203.0.113.5:40000"))
+
     def test_outbound_only_after_two_peers_fail(self) -> None:
         first, second = link("b"), link("c")
         self.reach.link_ready(first)

@@ -295,6 +295,7 @@ return {
   })),
   my_trades: document.querySelectorAll("#my-trades tbody tr.trade").length,
   peer_families: [...document.querySelectorAll("#peers tbody .fam")].map(text),
+  reach: text(one("#reach")),
   connection: one("#connection").dataset.mode,
   connection_text: text(one("#connection-text")),
 };
@@ -924,6 +925,7 @@ class BrowserTests(ClusterTestCase):
         self.assertIsNone(mismatch(page, api["status"], api["book"], api["trades"]))
         self.assertEqual(page["peers"], "1")
         self.assertEqual(page["peer_families"], ["IPv4"])
+        self.assertRegex(page["reach"], r"^(yes, at 127\.0\.0\.1:\d+|not known yet)")
         self.assertEqual(number(page["best_bid"]["price"]), Decimal(PRICE))
         self.assertEqual(number(page["best_ask"]["price"]), Decimal("125.50"))
         self.assertEqual(number(page["mid"]), Decimal("124.475"))

@@ -689,10 +689,20 @@
     setText("dht", s.dht ? "on, port " + s.dht.port + ", " + (s.dht.routing_table_size ?? 0) + " in routing table" +
       (s.dht.peers_found !== undefined ? ", " + s.dht.peers_found + " peers found" : "") +
       (announced ? ", announced " + when(announced) : "") : s.dht === null ? "off" : "—");
+    setText("reach", reachLine(s.reachability));
     const uptime = typeof s.uptime_ms === "number" ? s.uptime_ms : null;
     if (uptime !== null) setText("uptime", duration(uptime));
     renderOrdering(s);
     if (s.pair) document.title = "bitfi " + s.pair + (state.ticker && state.ticker.last ? " " + state.ticker.last : "");
+  }
+
+  // Whether peers can dial the node (GET /status reachability).
+  function reachLine(r) {
+    if (!r) return "—";
+    if (r.state === "public") return "yes, at " + r.address;
+    if (r.state === "mapped") return "yes, at " + r.address + " (router mapping" + (r.nat && r.nat.method ? ", " + r.nat.method : "") + ")";
+    if (r.state === "outbound-only") return "no: outbound links only (" + (r.reason || "peers cannot dial it") + ")";
+    return "not known yet" + (r.checking ? " (checking)" : "");
   }
 
   // A settled or final point of the fair order: where it is, and how many events it covers.

@@ -672,6 +672,9 @@ class AddressBook:
         Only shareable addresses are chosen (:meth:`AddressEntry.shareable`:
         reached within :data:`SHARE_WINDOW` and not failed since), whatever
         their source: an address this node never reached is never passed on.
+        IPv4 and IPv6 addresses are mixed fairly: each family gets up to
+        half of the answer (host names count as IPv4), and what one cannot
+        fill goes to the other.
 
         :param exclude_node_ids: node ids not to share (such as the asker's).
         :return: copies of the chosen entries.
@@ -685,7 +688,17 @@ class AddressBook:
             if entry.shareable(now)
             and not (entry.node_id is not None and entry.node_id in excluded_node_ids)
         ]
-        return _copies(self._rng.sample(eligible, min(count, len(eligible))))
+        families: tuple[list[AddressEntry], list[AddressEntry]] = ([], [])
+        for entry in eligible:
+            families[":" in entry.host].append(entry)
+        for family in families:
+            self._rng.shuffle(family)
+        ipv4, ipv6 = families
+        half = count // 2
+        take6 = min(len(ipv6), max(half, count - len(ipv4)))
+        chosen = ipv6[:take6] + ipv4[: count - take6]
+        self._rng.shuffle(chosen)
+        return _copies(chosen)
 
 
 def _copies(entries: Iterable[AddressEntry]) -> list[AddressEntry]:

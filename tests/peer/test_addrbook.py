@@ -456,6 +456,27 @@ class SampleTests(SynchronousTestCase):
         self.assertEqual(book.sample(0, 1.0), [])
         self.assertEqual(book.sample(-1, 1.0), [])
 
+    def test_sample_mixes_families(self) -> None:
+        """Each family gets up to half of the answer; what one lacks goes to the other."""
+        book = make_book()
+        for i in range(1, 31):
+            book.add(f"10.0.0.{i}", 1, source="addr", now=0.0)
+            reach(book, f"10.0.0.{i}", 1, 0.5)
+        for i in range(1, 4):
+            book.add(f"2001:db8::{i}", 1, source="addr", now=0.0)
+            reach(book, f"2001:db8::{i}", 1, 0.5)
+
+        def ipv6(count: int) -> int:
+            return sum(":" in entry.host for entry in book.sample(count, 1.0))
+
+        self.assertEqual(ipv6(10), 3, "every IPv6 address, though 3 of 33")
+        self.assertEqual(len(book.sample(10, 1.0)), 10)
+        self.assertEqual(ipv6(4), 2, "at most half")
+        for i in range(4, 31):
+            book.add(f"2001:db8::{i}", 1, source="addr", now=0.0)
+            reach(book, f"2001:db8::{i}", 1, 0.5)
+        self.assertEqual(ipv6(10), 5)
+
 
 class AgingTests(SynchronousTestCase):
     """Addresses that keep failing leave the book; protected ones stay."""

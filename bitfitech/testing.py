@@ -611,6 +611,16 @@ class HostilePeer:
                 link.transport.abortConnection()  # type: ignore[attr-defined]
 
 
+def has_ipv6_loopback() -> bool:
+    """Whether this host can bind ``::1`` (tests over IPv6 are skipped, saying so, if not)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 def free_ports(count: int) -> list[int]:
     """
     Pick C{count} distinct TCP ports on 127.0.0.1 that nobody listens on now

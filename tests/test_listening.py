@@ -11,26 +11,16 @@ from twisted.trial.unittest import TestCase
 
 from bitfitech import listening
 from bitfitech.listening import ListeningService, StartupError, listen_all, listen_tcp
-from bitfitech.testing import global_reactor
+from bitfitech.testing import global_reactor, has_ipv6_loopback
 
 FACTORY = Factory.forProtocol(Protocol)
-
-
-def ipv6_loopback() -> bool:
-    """Whether this machine can bind ::1."""
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 class ListenTests(TestCase):
     """Real ports on loopback, closed after each test."""
 
     def setUp(self) -> None:
-        if not ipv6_loopback():
+        if not has_ipv6_loopback():
             raise self.skipTest("no IPv6 loopback (::1) on this machine")
         self.reactor = global_reactor()
         self.service = ListeningService()

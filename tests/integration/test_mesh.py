@@ -9,6 +9,7 @@ from bitfitech.testing import (
     HANG_GUARD,
     ClusterTestCase,
     connected_components,
+    has_ipv6_loopback,
     poll_until,
     wait_for,
 )
@@ -78,22 +79,11 @@ class MeshTests(ClusterTestCase):
         self.assertEqual(status["peers"]["protocol_violations"], 0)
 
 
-def _has_ipv6_loopback() -> bool:
-    import socket
-
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 class IPv6Tests(ClusterTestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        if not _has_ipv6_loopback():
+        if not has_ipv6_loopback():
             raise SkipTest("this host has no IPv6 loopback (::1)")
         super().setUp()
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 from bitfitech.address import PeerAddress
 from bitfitech.node import Node
 from bitfitech.peer import reachability
-from bitfitech.testing import HANG_GUARD, ClusterTestCase, free_ports, poll_until
-
-from .test_mesh import _has_ipv6_loopback
+from bitfitech.testing import (
+    HANG_GUARD,
+    ClusterTestCase,
+    free_ports,
+    has_ipv6_loopback,
+    poll_until,
+)
 
 
 def state(node: Node) -> str:
@@ -68,7 +72,7 @@ class DialBackTests(ClusterTestCase):
                          HANG_GUARD, "C's order everywhere")  # fmt: skip
 
     async def test_over_ipv6(self) -> None:
-        if not _has_ipv6_loopback():
+        if not has_ipv6_loopback():
             raise self.skipTest("this host has no IPv6 loopback (::1)")
         a = self.cluster.start_node(host="::1")
         b = self.cluster.start_node(host="::1", bootstrap=(self.bootstrap(a, "::1"),))

@@ -1274,7 +1274,8 @@ class RenderTests(SynchronousTestCase):
 
     def test_status_reach_line(self) -> None:
         """Whether peers can dial the node: reached, or outbound only with why, or not known yet."""
-        reach = {"state": "public", "address": "203.0.113.5:3000", "observed": ["203.0.113.5"]}
+        reach: dict[str, Any] = {"state": "public", "address": "203.0.113.5:3000",
+                                 "observed": ["203.0.113.5"]}  # fmt: skip
         self.assertIn("reach    public: peers reach it at 203.0.113.5:3000 (directly)",
                       cli.render_status({"reachability": reach}, 0.0))  # fmt: skip
         reach = {"state": "outbound-only", "reason": "timed out", "observed": ["203.0.113.5"]}

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from bitfitech.discovery.kademlia.bencode import MAX_DEPTH, BencodeError, decode, encode
+from bitfitech.discovery.kademlia.bencode import (
+    COMPILED,
+    MAX_DEPTH,
+    MAX_INT_DIGITS,
+    BencodeError,
+    Value,
+    decode,
+    encode,
+    encode_plain,
+    pure_decode,
+)
 
 values = st.recursive(
     st.integers() | st.binary(max_size=40),
@@ -42,6 +53,33 @@ SAMPLE = encode(
         "r": {"id": b"x" * 20, "nodes": b"n" * 26, "values": [b"123456"], "token": b"tok"},
     }
 )
+
+REJECTED = [
+    b"",
+    b"i",
+    b"ie",
+    b"i-e",
+    b"i-0e",
+    b"i03e",
+    b"i1.5e",
+    b"i 1e",
+    b"i1_0e",
+    b"i" + b"9" * 100 + b"e",
+    b"5:abc",
+    b"03:abc",
+    b"-1:a",
+    b"x",
+    b"l",
+    b"li1e",
+    b"d",
+    b"d1:a",
+    b"di1ei2ee",
+    b"d1:ai1e1:ai2ee",
+    b"i1ei2e",
+    b"4:spamx",
+    b"l" * (MAX_DEPTH + 1) + b"e" * (MAX_DEPTH + 1),
+]
+"""Inputs that are not one canonical bencoded value."""
 
 
 class EncodeTests(SynchronousTestCase):
@@ -83,32 +121,7 @@ class DecodeTests(SynchronousTestCase):
 
     def test_rejections(self) -> None:
         """Malformed, non-canonical, truncated or trailing input raises BencodeError."""
-        bad = [
-            b"",
-            b"i",
-            b"ie",
-            b"i-e",
-            b"i-0e",
-            b"i03e",
-            b"i1.5e",
-            b"i 1e",
-            b"i1_0e",
-            b"i" + b"9" * 100 + b"e",
-            b"5:abc",
-            b"03:abc",
-            b"-1:a",
-            b"x",
-            b"l",
-            b"li1e",
-            b"d",
-            b"d1:a",
-            b"di1ei2ee",
-            b"d1:ai1e1:ai2ee",
-            b"i1ei2e",
-            b"4:spamx",
-            b"l" * (MAX_DEPTH + 1) + b"e" * (MAX_DEPTH + 1),
-        ]
-        for data in bad:
+        for data in REJECTED:
             with self.subTest(data=data):
                 self.assertRaises(BencodeError, decode, data)
 
@@ -146,3 +159,94 @@ class DecodeTests(SynchronousTestCase):
         except BencodeError:
             return
         self.assertEqual(decode(encode(value)), value)
+
+
+def bencode_like() -> st.SearchStrategy[bytes]:
+    """Bytes made of bencode's own tokens, to reach every branch of both decoders."""
+    tokens = [b"i", b"e", b"l", b"d", b":", b"-", b"0", b"1", b"9", b"1:a", b"2:ab", b"i0e",
+              b"i-1e", b"de", b"le", b"x", b"9" * 64, b"9" * 65]  # fmt: skip
+    return st.lists(st.sampled_from(tokens), max_size=40).map(b"".join)
+
+
+def verdict(decoder: Callable[[bytes], Value], data: bytes) -> Value | type[BencodeError]:
+    """What C{decoder} makes of C{data}: its value, or BencodeError."""
+    try:
+        return decoder(data)
+    except BencodeError:
+        return BencodeError
+
+
+class CompiledPathTests(SynchronousTestCase):
+    """
+    :func:`decode` and :func:`encode_plain` go through fastbencode when its
+    compiled extension is installed: they must agree with :func:`pure_decode`
+    and :func:`encode` on every input.  (Without it, they are those.)
+    """
+
+    def test_compiled_in_use(self) -> None:
+        """With fastbencode's compiled extension installed, the fast path is on."""
+        try:
+            from fastbencode import bdecode  # type: ignore[attr-defined]
+        except ImportError:
+            raise SkipTest("fastbencode is not installed") from None
+        if bdecode.__module__ != "fastbencode._bencode_rs":
+            raise SkipTest("fastbencode has no compiled extension here")
+        self.assertTrue(COMPILED)
+
+    def test_rejections_by_the_reference(self) -> None:
+        """Each rejected input is rejected by the reference too, not only by the fast path."""
+        for data in REJECTED:
+            with self.subTest(data=data):
+                self.assertRaises(BencodeError, pure_decode, data)
+
+    def test_bounds(self) -> None:
+        """At and just past each bound, and on fastbencode's refusals, one verdict."""
+        cases = [
+            b"l" * MAX_DEPTH + b"e" * MAX_DEPTH,
+            b"l" * (MAX_DEPTH + 1) + b"e" * (MAX_DEPTH + 1),
+            b"d1:a" * MAX_DEPTH + b"0:" + b"e" * MAX_DEPTH,
+            b"d1:a" * (MAX_DEPTH + 1) + b"0:" + b"e" * (MAX_DEPTH + 1),
+            b"i" + b"9" * MAX_INT_DIGITS + b"e",
+            b"i-" + b"9" * MAX_INT_DIGITS + b"e",
+            b"i" + b"9" * (MAX_INT_DIGITS + 1) + b"e",
+            b"i-" + b"9" * (MAX_INT_DIGITS + 1) + b"e",
+            b"%d:" % (MAX_INT_DIGITS + 1) + b"9" * (MAX_INT_DIGITS + 1),
+            b"d1:bi1e1:ai2ee",
+            b"d1:ai1e1:ai2ee",
+        ]
+        for data in cases:
+            with self.subTest(data=data[:20]):
+                self.assertEqual(verdict(decode, data), verdict(pure_decode, data))
+        self.assertEqual(decode(b"i-" + b"9" * MAX_INT_DIGITS + b"e"), -int(b"9" * MAX_INT_DIGITS))
+        self.assertRaises(BencodeError, decode, b"i" + b"9" * (MAX_INT_DIGITS + 1) + b"e")
+        self.assertRaises(BencodeError, pure_decode, b"i" + b"9" * (MAX_INT_DIGITS + 1) + b"e")
+        self.assertEqual(decode(b"d1:bi1e1:ai2ee"), {b"b": 1, b"a": 2})
+
+    @settings(max_examples=1000)
+    @given(bencode_like())
+    def test_agree_on_token_soup(self, data: bytes) -> None:
+        """Both decoders give the same value, or both BencodeError, on near-bencode."""
+        self.assertEqual(verdict(decode, data), verdict(pure_decode, data))
+
+    @settings(max_examples=500)
+    @given(mutations(SAMPLE))
+    def test_agree_on_mutated_messages(self, data: bytes) -> None:
+        """Both decoders agree on a KRPC reply with one byte changed."""
+        self.assertEqual(verdict(decode, data), verdict(pure_decode, data))
+
+    @given(values)
+    def test_agree_on_values(self, value: Any) -> None:
+        """Both decoders decode every encoding alike, and encode_plain writes what encode does."""
+        data = encode(value)
+        self.assertEqual(decode(data), pure_decode(data))
+        self.assertEqual(encode_plain(value), data)
+
+    def test_encode_plain_other_types(self) -> None:
+        """What fastbencode does not take, encode_plain hands to encode."""
+        self.assertEqual(encode_plain({"a": [bytearray(b"x"), "é"]}), b"d1:al1:x2:\xc3\xa9ee")  # type: ignore[dict-item]
+        for value in (1.5, None, {1: b"x"}, {"a": 1, b"a": 2}, object()):
+            self.assertRaises(BencodeError, encode_plain, value)
+        deep: list[Any] = []
+        for _ in range(MAX_DEPTH + 2):
+            deep = [deep]
+        self.assertRaises(BencodeError, encode_plain, deep)

@@ -16,6 +16,7 @@ from bitfitech.discovery.kademlia.ids import (
     parse_hex_id,
 )
 from bitfitech.discovery.kademlia.krpc import (
+    MAX_TRANSACTION,
     METHOD_UNKNOWN,
     PROTOCOL_ERROR,
     AnnouncePeer,
@@ -60,6 +61,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
         st.lists(nodes, max_size=8).map(tuple),
         st.lists(st.tuples(ipv4, ports), max_size=20).map(tuple),
         st.none() | st.binary(max_size=20),
+        st.booleans(),
     ),
     st.builds(ErrorReply, transactions, st.integers(201, 204), st.text(max_size=30)),
 )
@@ -164,6 +166,66 @@ class CodecTests(SynchronousTestCase):
         self.assertEqual(caught.exception.code, METHOD_UNKNOWN)
         self.assertTrue(caught.exception.answerable)
 
+    def test_unknown_method_before_arguments(self) -> None:
+        """
+        An unknown method is a 204 whatever its arguments, a missing or
+        short id included (BEP 5's code for it; libtorrent would say 203);
+        a known method with a bad id, or no method, is a 203.
+        """
+        unknown = [
+            encode({"t": b"aa", "y": b"q", "q": b"vote", "a": {"target": ID}}),
+            encode({"t": b"aa", "y": b"q", "q": b"vote", "a": {"id": b"short"}}),
+            encode({"t": b"aa", "y": b"q", "q": b"vote"}),
+        ]
+        bad = [
+            encode({"t": b"aa", "y": b"q", "a": {"id": ID}}),
+            encode({"t": b"aa", "y": b"q", "q": b"ping", "a": {"id": b"short"}}),
+            encode({"t": b"aa", "y": b"q", "q": b"find_node"}),
+        ]
+        for data, code in [(d, METHOD_UNKNOWN) for d in unknown] + [
+            (d, PROTOCOL_ERROR) for d in bad
+        ]:
+            with self.subTest(data=data), self.assertRaises(KRPCError) as caught:
+                decode_message(data)
+            self.assertEqual(caught.exception.code, code)
+            self.assertTrue(caught.exception.answerable)
+
+    def test_long_transaction_answerable(self) -> None:
+        """
+        BEP 5 does not bound ``t``: a query with one over MAX_TRANSACTION
+        bytes is a 203 that echoes it, never silence; one of MAX_TRANSACTION
+        bytes is read as usual.
+        """
+        longest = b"t" * MAX_TRANSACTION
+        self.assertEqual(
+            decode_message(encode({"t": longest, "y": b"q", "q": b"ping", "a": {"id": ID}})),
+            Ping(longest, ID),
+        )
+        for length in (MAX_TRANSACTION + 1, 200, 1900):
+            data = encode({"t": b"t" * length, "y": b"q", "q": b"ping", "a": {"id": ID}})
+            with self.subTest(length=length), self.assertRaises(KRPCError) as caught:
+                decode_message(data)
+            self.assertEqual(caught.exception.code, PROTOCOL_ERROR)
+            self.assertEqual(caught.exception.transaction, b"t" * length)
+            self.assertTrue(caught.exception.answerable)
+
+    def test_nodes_key(self) -> None:
+        """
+        A find_node or get_peers answer (``with_nodes``) carries ``nodes``
+        even with no node, as an empty string (BEP 5; libtorrent does so);
+        other answers carry none.  Decoding tells which was sent.
+        """
+        for reply, has_nodes in (
+            (Response(b"aa", ID, with_nodes=True), True),
+            (Response(b"aa", ID, token=b"tok", with_nodes=True), True),
+            (Response(b"aa", ID), False),
+        ):
+            data = encode_message(reply)
+            body = decode(data)
+            assert isinstance(body, dict)
+            self.assertEqual(body[b"r"].get(b"nodes"), b"" if has_nodes else None)
+            self.assertEqual(decode_message(data).with_nodes, has_nodes)  # type: ignore[union-attr]
+
     def test_bad_queries(self) -> None:
         """Missing or malformed arguments are 203s."""
         bad = [
@@ -219,8 +281,10 @@ class CodecTests(SynchronousTestCase):
 
     @given(messages)
     def test_round_trip(self, message: Message) -> None:
-        """Every message decodes to itself."""
+        """Every message decodes to itself, and encodes again to the same bytes."""
+        data = encode_message(message)
         self.assertEqual(decode_message(encode_message(message, version=b"BF01")), message)
+        self.assertEqual(encode_message(decode_message(data)), data)
 
     @settings(max_examples=300)
     @given(st.binary(max_size=300))

@@ -11,11 +11,25 @@ where leniency would make two encodings of one value (leading zeros,
 digits); dictionary keys out of order are accepted, as several clients
 send them.  Whatever the input, it raises nothing but
 :class:`BencodeError`.  Pure: no Twisted, no I/O.
+
+Two implementations, one verdict.  This module's own decoder
+(:func:`pure_decode`) is the reference; fastbencode's compiled one (Rust,
+5 to 12 times faster on KRPC messages) is the fast path of :func:`decode`
+and only ever returns what the reference would.  It is as strict on
+leading zeros, ``-0``, duplicate keys and trailing bytes; it is given our
+depth bound; it never sees a run of more than :data:`MAX_INT_DIGITS`
+digits (it would take integers of up to 4,300); and whatever it refuses,
+out-of-order keys among it, goes to the reference, which gives the value
+or the error.  :func:`encode_plain`, which writes the DHT's messages,
+likewise uses fastbencode's encoder (3 times faster) for the types it
+shares with :func:`encode`.  Without the compiled extension (not
+installed, a platform without a wheel, a version before 0.3.11) this
+module does it all; :data:`COMPILED` says which.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 MAX_DEPTH = 32
@@ -45,6 +59,28 @@ def encode(value: Any) -> bytes:
     out: list[bytes] = []
     _encode(value, out, 0)
     return b"".join(out)
+
+
+def encode_plain(value: Value) -> bytes:
+    """
+    Bencode C{value}, made of ``bytes``, ``int`` and lists and
+    ``bytes``-keyed dicts of them, as a KRPC message is: the bytes of
+    :func:`encode`, written by fastbencode when it is installed.
+
+    Anything else goes to :func:`encode`, except ``bool``, which
+    fastbencode writes as ``i0e`` or ``i1e`` where :func:`encode` refuses
+    it: pass none.
+
+    :raise BencodeError: as :func:`encode`.
+    """
+    if _compiled_encode is not None:
+        try:
+            data: bytes = _compiled_encode(value, max_depth=MAX_DEPTH)
+        except Exception:  # a type it does not take, or too deep: ours decides
+            pass
+        else:
+            return data
+    return encode(value)
 
 
 def _encode(value: Any, out: list[bytes], depth: int) -> None:
@@ -96,7 +132,29 @@ def _encode(value: Any, out: list[bytes], depth: int) -> None:
 
 def decode(data: bytes) -> Value:
     """
-    The one bencoded value that is the whole of C{data}.
+    The one bencoded value that is the whole of C{data}: what
+    :func:`pure_decode` returns, by fastbencode when it can.
+
+    :raise BencodeError: if C{data} is anything else (and for nothing else).
+    """
+    if (
+        _compiled_decode is not None
+        and type(data) is bytes
+        and _LONG_DIGITS not in data.translate(_DIGITS_AS_ZERO)
+    ):
+        try:
+            value: Value = _compiled_decode(data, max_depth=MAX_DEPTH)
+        except Exception:  # any refusal: the reference gives the verdict
+            pass
+        else:
+            return value
+    return pure_decode(data)
+
+
+def pure_decode(data: bytes) -> Value:
+    """
+    The one bencoded value that is the whole of C{data}, decoded by this
+    module alone: the reference that :func:`decode` agrees with.
 
     :raise BencodeError: if C{data} is anything else (and for nothing else).
     """
@@ -151,7 +209,7 @@ def _decode_int(data: bytes, start: int) -> tuple[int, int]:
         raise BencodeError("unterminated or overlong integer")
     digits = data[start:end]
     body = digits[1:] if digits[:1] == b"-" else digits
-    if not body or not body.isdigit():
+    if not body or not body.isdigit() or len(body) > MAX_INT_DIGITS:
         raise BencodeError(f"bad integer {digits!r}")
     if (body[0] == 0x30 and len(body) > 1) or digits == b"-0":
         raise BencodeError(f"non-canonical integer {digits!r}")
@@ -172,3 +230,30 @@ def _decode_bytes(data: bytes, start: int) -> tuple[bytes, int]:
     if end > len(data):
         raise BencodeError("truncated string")
     return data[colon + 1 : end], end
+
+
+def _load_compiled() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """fastbencode's compiled decoder and encoder, if installed and bounded by depth."""
+    try:
+        from fastbencode import bdecode, bencode  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    if bdecode.__module__ != "fastbencode._bencode_rs":
+        return None  # its pure-Python fallback, looser: int() takes b" 1" and b"1_0"
+    try:
+        bdecode(b"le", max_depth=1)
+        bencode([], max_depth=1)
+    except TypeError:
+        return None  # before 0.3.11: no max_depth
+    return bdecode, bencode
+
+
+_compiled_decode, _compiled_encode = _load_compiled() or (None, None)
+# A run of more digits than an integer may have, found by mapping every digit
+# to 0 and searching with bytes' own fast search (a regex takes 8 times as long).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * (MAX_INT_DIGITS + 1)
+
+COMPILED = _compiled_decode is not None
+"""Whether fastbencode's compiled codec is the fast path of :func:`decode` and
+:func:`encode_plain`."""

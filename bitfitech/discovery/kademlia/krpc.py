@@ -12,10 +12,16 @@ A message is a dictionary with a transaction id ``t`` and a type ``y``:
 in "compact node info" (26 bytes: id, IPv4 address, port) and peers in
 "compact peer info" (6 bytes: IPv4 address, port); this DHT is IPv4 only.
 
-Unknown keys are ignored.  A query that cannot be answered (an unknown
-method, a missing argument, an info-hash that is not 20 bytes) raises a
+Unknown keys are ignored.  A query that cannot be answered raises a
 :class:`KRPCError` that carries the transaction id and the error code of
 the reply to send; nothing else is ever raised by :func:`decode_message`.
+The envelope is checked first (a transaction id over
+:data:`MAX_TRANSACTION` bytes, a missing ``q``: 203), then the method: an
+unknown one is a 204 "Method Unknown" whatever its arguments (BEP 5's code
+for it: what the asker most needs to hear; libtorrent checks ``a.id``
+first and answers 203 there), then ``a`` and a 20-byte ``a.id`` and the
+known method's arguments (203).  A query without a byte-string ``t``
+cannot be answered and is dropped.
 Pure: no Twisted, no I/O.
 """
 
@@ -23,10 +29,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .bencode import BencodeError, decode, encode
+from .bencode import BencodeError, decode, encode_plain
 from .ids import ID_SIZE
 
 GENERIC_ERROR = 201
@@ -36,6 +42,8 @@ SERVER_ERROR = 202
 PROTOCOL_ERROR = 203
 """Error code: a malformed packet, invalid arguments or a bad token."""
 METHOD_UNKNOWN = 204
+KNOWN_METHODS = frozenset({b"ping", b"find_node", b"get_peers", b"announce_peer"})
+"""The four methods of BEP 5."""
 """Error code: the method is not one of the four of BEP 5."""
 
 MAX_DATAGRAM = 1500
@@ -43,7 +51,12 @@ MAX_DATAGRAM = 1500
 MAX_INCOMING = 2048
 """Largest datagram the DHT reads; longer ones are dropped unread."""
 MAX_TRANSACTION = 32
-"""Longest transaction id accepted (clients use 2 to 8 bytes)."""
+"""
+Longest transaction id answered in full (clients use 2 to 8 bytes).  BEP 5
+sets no limit; this bounds what a full answer echoes.  A query with a
+longer one is not ignored: it gets a 203 that echoes it, no larger than
+the query plus its reason (the datagram size bounds both).
+"""
 MAX_TOKEN = 64
 """Longest ``announce_peer`` token accepted."""
 
@@ -156,6 +169,13 @@ class Response:
     """
     A response (``y = r``): the replying node's id and, depending on the
     query, nodes, peers (``values``) and a token.
+
+    :ivar with_nodes: write ``nodes`` even when C{nodes} is empty.  Answers
+        to ``find_node`` and ``get_peers`` set it: BEP 5 gives them a
+        ``nodes`` key whatever the routing table holds, and libtorrent sends
+        an empty string when it holds nothing.  A decoded response has it
+        when the key was there.  Not compared: two responses with the same
+        contents are equal.
     """
 
     transaction: bytes
@@ -163,6 +183,7 @@ class Response:
     nodes: tuple[NodeInfo, ...] = ()
     values: tuple[Address, ...] = ()
     token: bytes | None = None
+    with_nodes: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -261,7 +282,7 @@ def encode_message(message: Message, *, version: bytes | None = None) -> bytes:
         body[b"e"] = [message.code, message.message.encode("utf-8")]
     elif isinstance(message, Response):
         values: dict[bytes, Any] = {b"id": message.sender}
-        if message.nodes:
+        if message.nodes or message.with_nodes:
             values[b"nodes"] = encode_nodes(message.nodes)
         if message.values:
             values[b"values"] = [encode_compact_peer(h, p) for h, p in message.values]
@@ -285,7 +306,7 @@ def encode_message(message: Message, *, version: bytes | None = None) -> bytes:
         body[b"y"] = b"q"
         body[b"q"] = method_of(message).encode("ascii")
         body[b"a"] = args
-    return encode(body)
+    return encode_plain(body)
 
 
 def decode_message(data: bytes) -> Message:
@@ -302,11 +323,16 @@ def decode_message(data: bytes) -> Message:
     if not isinstance(body, dict):
         raise KRPCError("not a dictionary")
     transaction = body.get(b"t")
-    if not isinstance(transaction, bytes) or len(transaction) > MAX_TRANSACTION:
+    if not isinstance(transaction, bytes):
         raise KRPCError("missing or bad transaction id")
     kind = body.get(b"y")
     if not isinstance(kind, bytes):
         raise KRPCError("missing message type", transaction=transaction)
+    if len(transaction) > MAX_TRANSACTION:
+        # Answerable when a query: a 203 echoing it, never silence.
+        raise KRPCError(
+            f"transaction id over {MAX_TRANSACTION} bytes", transaction=transaction, kind=kind
+        )
     if kind == b"q":
         return _decode_query(body, transaction)
     if kind == b"r":
@@ -320,10 +346,14 @@ def _decode_query(body: dict[bytes, Any], transaction: bytes) -> Query:
     def fail(reason: str, code: int = PROTOCOL_ERROR) -> KRPCError:
         return KRPCError(reason, transaction=transaction, kind=b"q", code=code)
 
+    # An unknown method is a 204 whatever its arguments (BEP 5), before
+    # the id is checked (libtorrent checks the id first, and says 203).
     method = body.get(b"q")
     args = body.get(b"a")
     if not isinstance(method, bytes):
         raise fail("missing method")
+    if method not in KNOWN_METHODS:
+        raise fail(f"method unknown: {method[:32]!r}", METHOD_UNKNOWN)
     if not isinstance(args, dict):
         raise fail("missing arguments")
     sender = args.get(b"id")
@@ -337,8 +367,6 @@ def _decode_query(body: dict[bytes, Any], transaction: bytes) -> Query:
         if not isinstance(target, bytes) or len(target) != ID_SIZE:
             raise fail("target must be 20 bytes")
         return FindNode(transaction, sender, target, read_only)
-    if method not in (b"get_peers", b"announce_peer"):
-        raise fail(f"method unknown: {method[:32]!r}", METHOD_UNKNOWN)
     info_hash = args.get(b"info_hash")
     if not isinstance(info_hash, bytes) or len(info_hash) != ID_SIZE:
         raise fail("info_hash must be 20 bytes")
@@ -392,7 +420,7 @@ def _decode_response(body: dict[bytes, Any], transaction: bytes) -> Response:
     token = values.get(b"token")
     if token is not None and (not isinstance(token, bytes) or len(token) > MAX_TOKEN):
         raise fail("bad token")
-    return Response(transaction, sender, nodes, peers, token)
+    return Response(transaction, sender, nodes, peers, token, with_nodes=b"nodes" in values)
 
 
 def _decode_error(body: dict[bytes, Any], transaction: bytes) -> ErrorReply:

@@ -34,9 +34,12 @@ Per N it reports lookup *rounds* (the greatest hop depth queried: seeds
 from our own table are depth 1, nodes they name depth 2, ...; the number of
 sequential round trips, whatever the concurrency), the depth at which the
 nearest node was first queried, queries sent (a node asked again after a
-timeout counts twice there, but adds no round: the wait shows in the
-simulated seconds), whether the lookup ended on exactly the true k nearest
-live nodes (stopped nodes left out), simulated and CPU seconds.  The
+stall counts twice there, but adds no round: the wait shows in the
+simulated seconds), queries that stalled (no answer within their stall
+timeout) and the most queries one lookup had awaiting an answer at once,
+whether the lookup ended on exactly the true k nearest live nodes (stopped
+nodes left out), simulated seconds per lookup (mean, p50, p90) and CPU
+seconds.  The
 target (issue 8) is mean rounds <= log2(N)/4 + 1.  Every node announces
 the one info-hash (as bitfi nodes of one network do); ``find_node`` of a
 random id is the figure to read, ``get_peers`` of the info-hash takes
@@ -114,6 +117,8 @@ class LookupFigures:
     rounds: list[int] = field(default_factory=list)
     nearest_depth: list[int] = field(default_factory=list)
     queries: list[int] = field(default_factory=list)
+    stalls: list[int] = field(default_factory=list)
+    peak_in_flight: list[int] = field(default_factory=list)
     exact: list[bool] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
@@ -122,6 +127,8 @@ class LookupFigures:
         self.rounds.append(result.rounds)
         self.nearest_depth.append(result.nearest_depth)
         self.queries.append(result.queries)
+        self.stalls.append(result.stalls)
+        self.peak_in_flight.append(result.peak_in_flight)
         self.exact.append(exact)
         self.seconds.append(seconds)
 
@@ -441,10 +448,15 @@ def report(figures: SizeFigures, lookups: int, results: Results) -> list[tuple[s
                 f"{kind}: queries mean / p90",
                 f"{statistics.mean(lf.queries):.1f} / {percentile(lf.queries, 0.9):.0f}",
             ),
+            (
+                f"{kind}: stalled queries mean / in flight max",
+                f"{statistics.mean(lf.stalls):.1f} / {max(lf.peak_in_flight)}",
+            ),
             (f"{kind}: ended on the true k nearest", f"{exact:.3f}"),
             (
-                f"{kind}: simulated s mean / p90",
-                f"{statistics.mean(lf.seconds):.3f} / {percentile(lf.seconds, 0.9):.3f}",
+                f"{kind}: simulated s mean / p50 / p90",
+                f"{statistics.mean(lf.seconds):.3f} / {percentile(lf.seconds, 0.5):.3f} / "
+                f"{percentile(lf.seconds, 0.9):.3f}",
             ),
         ]
         results.add(
@@ -460,6 +472,12 @@ def report(figures: SizeFigures, lookups: int, results: Results) -> list[tuple[s
         results.add(f"N={n} {kind} queries mean", round(statistics.mean(lf.queries), 2), "queries")
         results.add(f"N={n} {kind} ended on the true k nearest", round(exact, 4), "")
         results.add(f"N={n} {kind} simulated time mean", round(statistics.mean(lf.seconds), 4), "s")
+        results.add(f"N={n} {kind} simulated time p50", round(percentile(lf.seconds, 0.5), 4), "s")
+        results.add(f"N={n} {kind} simulated time p90", round(percentile(lf.seconds, 0.9), 4), "s")
+        results.add(
+            f"N={n} {kind} stalled queries mean", round(statistics.mean(lf.stalls), 2), "queries"
+        )
+        results.add(f"N={n} {kind} queries in flight max", max(lf.peak_in_flight), "queries")
     peers = statistics.mean(figures.peers_found)
     rows += [
         ("get_peers: peers found, mean", f"{peers:.1f}"),

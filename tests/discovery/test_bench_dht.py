@@ -15,6 +15,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from bitfitech.discovery.kademlia.lookup import MAX_IN_FLIGHT
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_DHT = ROOT / "benchmarks" / "bench_dht.py"
 
@@ -27,6 +29,12 @@ ALWAYS = (
     "N=40 find_node ended on the true k nearest",
     "N=40 get_peers rounds mean",
     "N=40 get_peers ended on the true k nearest",
+    "N=40 find_node simulated time mean",
+    "N=40 find_node simulated time p50",
+    "N=40 find_node simulated time p90",
+    "N=40 find_node stalled queries mean",
+    "N=40 find_node queries in flight max",
+    "N=40 get_peers simulated time p90",
 )
 
 
@@ -62,6 +70,7 @@ class ChurnOptionTests(SynchronousTestCase):
             self.assertIsInstance(figures[name], int | float)
         for kind in ("find_node", "get_peers"):
             self.assertTrue(0 <= figures[f"N=40 {kind} ended on the true k nearest"] <= 1)
+            self.assertLessEqual(figures[f"N=40 {kind} queries in flight max"], MAX_IN_FLIGHT)
 
     def test_no_churn_by_default(self) -> None:
         """Without C{--churn} nothing is replaced and no churn figure appears."""

@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitfitech.discovery.kademlia.bencode import encode
+from bitfitech.discovery.kademlia.bencode import decode, encode
 from bitfitech.discovery.kademlia.krpc import (
+    MAX_DATAGRAM,
     MAX_INCOMING,
+    MAX_TRANSACTION,
     METHOD_UNKNOWN,
     PROTOCOL_ERROR,
     AnnouncePeer,
@@ -164,6 +166,56 @@ class AnswerTests(ProtocolTestCase):
         reply = self.reply()
         assert isinstance(reply, ErrorReply)
         self.assertEqual(reply.code, METHOD_UNKNOWN)
+
+    def test_unknown_method_without_id(self) -> None:
+        """With no valid id, an unknown method is still a 204 "Method Unknown" (BEP 5)."""
+        self.receive(encode({"t": b"xy", "y": b"q", "q": b"put", "a": {"id": b"short"}}))
+        reply = self.reply()
+        assert isinstance(reply, ErrorReply)
+        self.assertEqual((reply.transaction, reply.code), (b"xy", METHOD_UNKNOWN))
+
+    def test_nodes_with_empty_table(self) -> None:
+        """
+        With an empty routing table, find_node and get_peers (no values)
+        answers still carry ``nodes``: an empty string, as libtorrent sends;
+        ping and announce_peer answers carry none.
+        """
+        token = self.tokens.token_for(SOURCE[0], 0.0)
+        for query, has_nodes in (
+            (FindNode(b"t1", THEIRS, THEIRS, read_only=True), True),
+            (GetPeers(b"t2", THEIRS, HASH, read_only=True), True),
+            (Ping(b"t3", THEIRS, read_only=True), False),
+            (AnnouncePeer(b"t4", THEIRS, HASH, 9000, token, read_only=True), False),
+        ):
+            self.assertEqual(len(self.routing), 0)
+            self.receive(query)
+            [(data, _)] = self.transport.clear()
+            body = decode(data)
+            assert isinstance(body, dict)
+            with self.subTest(query=query):
+                self.assertEqual(body[b"y"], b"r")
+                self.assertEqual(body[b"r"].get(b"nodes"), b"" if has_nodes else None)
+                self.assertNotIn(b"values", body[b"r"])
+
+    def test_long_transaction_answered(self) -> None:
+        """
+        A transaction id over MAX_TRANSACTION bytes gets a 203 echoing it,
+        even one so long that the error is larger than MAX_DATAGRAM.
+        """
+        for length in (MAX_TRANSACTION + 1, 1900):
+            transaction = b"t" * length
+            self.receive(
+                encode({"t": transaction, "y": b"q", "q": b"find_node",
+                        "a": {"id": THEIRS, "target": THEIRS}})
+            )  # fmt: skip
+            [(data, address)] = self.transport.clear()
+            self.assertEqual(address, SOURCE)
+            body = decode(data)
+            assert isinstance(body, dict)
+            self.assertEqual((body[b"t"], body[b"y"]), (transaction, b"e"))
+            self.assertEqual(body[b"e"][0], PROTOCOL_ERROR)
+        self.assertGreater(len(data), MAX_DATAGRAM)
+        self.assertEqual(self.protocol.counters["errors_sent"], 2)
 
     def test_garbage_dropped(self) -> None:
         """Non-KRPC datagrams are counted and dropped without reply."""

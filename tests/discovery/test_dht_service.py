@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.discovery.kademlia.ids import market_info_hash, network_info_hash
-from bitfitech.discovery.kademlia.lookup import LookupResult
+from bitfitech.discovery.kademlia.lookup import TRIES, LookupResult
 from bitfitech.discovery.kademlia.service import (
     CONTACTS_SETTING,
     NODE_ID_SETTING,
@@ -320,37 +320,53 @@ class LossTests(ServiceTestCase):
         self.assertIsNotNone(table.get(c.node_id))
         return b, c
 
-    def find_node(self, service: DHTService, target: bytes) -> LookupResult:
+    def find_node(self, service: DHTService, target: bytes) -> tuple[LookupResult, float]:
+        """Run a lookup to its end: its result and the simulated seconds it took."""
         results: list[LookupResult] = []
-        service.find_node(target).addCallback(results.append)
+        started = self.clock.seconds()
+        ended: list[float] = []
+        service.find_node(target).addCallback(results.append).addCallback(
+            lambda _: ended.append(self.clock.seconds())
+        )
         run_for(self.clock, 10)
         [result] = results
-        return result
+        return result, ended[0] - started
 
     def test_lost_query_retried(self) -> None:
         """
-        A lookup asks a node again when its query is lost: the lookup still
-        ends on it, and the routing table holds no failure against it.
+        A lookup asks a node again when its query stalls (well before the
+        full timeout): the lookup still ends on it, and when the lost query
+        times out the routing table counts no failure against the node, which
+        has answered since.
         """
         b, c = self.three_nodes()
         assert c.node_id is not None
         self.network.drop[("10.0.0.3", 6881)] = 1
-        result = self.find_node(b, c.node_id)
+        result, seconds = self.find_node(b, c.node_id)
         self.assertEqual(result.closest[0].node_id, c.node_id)
-        self.assertEqual((result.failures, result.retries), (1, 1))
+        self.assertEqual((result.stalls, result.retries, result.failures), (1, 1, 0))
+        self.assertLess(seconds, b.timing.query_timeout)
+        self.assertEqual(b.protocol.counters["timeouts"], 1)  # type: ignore[union-attr]
         contact = b.routing_table.get(c.node_id)  # type: ignore[union-attr]
         assert contact is not None
         self.assertEqual(contact.failures, 0)
         self.assertTrue(contact.is_good(self.clock.seconds()))
 
     def test_silent_node_dropped(self) -> None:
-        """A node that leaves both queries of a lookup unanswered is dropped from the table."""
+        """
+        A node that leaves every query of a lookup unanswered is given up at
+        its stalls, without waiting for the full timeout; each query then
+        counts one failure at the full timeout, and the node is dropped from
+        the table.
+        """
         b, c = self.three_nodes()
         assert c.node_id is not None
-        self.network.drop[("10.0.0.3", 6881)] = 2
-        result = self.find_node(b, c.node_id)
+        self.network.drop[("10.0.0.3", 6881)] = TRIES
+        result, seconds = self.find_node(b, c.node_id)
         self.assertNotIn(c.node_id, [n.node_id for n in result.closest])
-        self.assertEqual((result.failures, result.retries), (2, 1))
+        self.assertEqual((result.stalls, result.retries), (TRIES, TRIES - 1))
+        self.assertLess(seconds, b.timing.query_timeout)
+        self.assertEqual(b.protocol.counters["timeouts"], TRIES)  # type: ignore[union-attr]
         self.assertIsNone(b.routing_table.get(c.node_id))  # type: ignore[union-attr]
 
 

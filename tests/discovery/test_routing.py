@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitfitech.discovery.kademlia.ids import ID_SPACE, distance, id_to_int, int_to_id
-from bitfitech.discovery.kademlia.routing import GOOD_FOR, RoutingTable
+from bitfitech.discovery.kademlia.routing import (
+    GOOD_FOR,
+    STALL_INITIAL,
+    STALL_MAX,
+    STALL_MIN,
+    RoundTrip,
+    RoutingTable,
+)
 
 OWN = int_to_id(0)
 
@@ -221,3 +228,115 @@ class RoutingTableTests(SynchronousTestCase):
                 self.assertTrue(bucket.covers(id_to_int(contact.node_id)))
         self.assertEqual(len(table), sum(len(b.contacts) for b in buckets))
         self.assertLessEqual(len(buckets), 161)
+
+
+class RoundTripTests(SynchronousTestCase):
+    """Tests for :class:`RoundTrip`, RFC 6298's estimator."""
+
+    def test_first_sample(self) -> None:
+        """The first sample sets the smoothed time, and half of it the deviation."""
+        rtt = RoundTrip()
+        self.assertIsNone(rtt.timeout(0.0, 10.0))
+        rtt.add(0.2)
+        self.assertEqual((rtt.srtt, rtt.rttvar, rtt.samples), (0.2, 0.1, 1))
+        self.assertAlmostEqual(rtt.timeout(0.0, 10.0) or 0.0, 0.6)
+
+    def test_later_samples(self) -> None:
+        """Later samples move the time by 1/8 and the deviation by 1/4 of the error."""
+        rtt = RoundTrip()
+        rtt.add(0.2)
+        rtt.add(0.6)
+        self.assertAlmostEqual(rtt.rttvar, 0.75 * 0.1 + 0.25 * 0.4)
+        self.assertAlmostEqual(rtt.srtt or 0.0, 0.875 * 0.2 + 0.125 * 0.6)
+        self.assertAlmostEqual(rtt.timeout(0.0, 10.0) or 0.0, 0.25 + 4 * 0.175)
+
+    def test_steady_round_trips_converge(self) -> None:
+        """Steady samples bring the timeout down towards the round trip itself."""
+        rtt = RoundTrip()
+        for _ in range(100):
+            rtt.add(0.1)
+        self.assertAlmostEqual(rtt.srtt or 0.0, 0.1)
+        self.assertLess(rtt.rttvar, 1e-6)
+
+    def test_floor_and_ceiling(self) -> None:
+        """The timeout stays within the floor and the ceiling."""
+        fast, slow = RoundTrip(), RoundTrip()
+        fast.add(0.001)
+        slow.add(5.0)
+        self.assertEqual(fast.timeout(0.25, 1.0), 0.25)
+        self.assertEqual(slow.timeout(0.25, 1.0), 1.0)
+
+    def test_negative_sample(self) -> None:
+        """A negative sample (a clock stepped back) counts as zero."""
+        rtt = RoundTrip()
+        rtt.add(-3.0)
+        self.assertEqual((rtt.srtt, rtt.rttvar), (0.0, 0.0))
+
+
+class StallTimeoutTests(SynchronousTestCase):
+    """Tests for :meth:`RoutingTable.stall_timeout` and :meth:`RoutingTable.measured`."""
+
+    def test_initial(self) -> None:
+        """Before any answer is measured, every node gets the initial timeout."""
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [far(1)])
+        self.assertEqual(table.stall_timeout(far(1)), STALL_INITIAL)
+        self.assertEqual(table.stall_timeout(None), STALL_INITIAL)
+
+    def test_own_estimate_then_shared(self) -> None:
+        """
+        A contact that has answered gets its own timeout; a node not
+        measured gets the one of all answers.
+        """
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [far(1), far(2)])
+        table.measured(far(1), 0.3)
+        self.assertAlmostEqual(table.stall_timeout(far(1)), min(0.3 * 3, STALL_MAX))
+        table.measured(far(2), 0.1)
+        # far(3) is no contact, far(2) answered fast once: each its own figure.
+        self.assertAlmostEqual(table.stall_timeout(far(2)), 0.1 * 3)
+        shared = table.round_trip.timeout(STALL_MIN, STALL_MAX)
+        self.assertEqual(table.stall_timeout(far(3)), shared)
+        self.assertEqual(table.round_trip.samples, 2)
+
+    def test_bounds(self) -> None:
+        """The timeout stays within stall_min and stall_max."""
+        table = RoutingTable(OWN, 0.0, stall_min=0.2, stall_max=0.8, stall_initial=3.0)
+        fill(table, [far(1), far(2)])
+        self.assertEqual(table.stall_timeout(far(1)), 0.8)
+        table.measured(far(1), 0.01)
+        table.measured(far(2), 2.0)
+        self.assertEqual(table.stall_timeout(far(1)), 0.2)
+        self.assertEqual(table.stall_timeout(far(2)), 0.8)
+
+    def test_new_address_forgets_round_trips(self) -> None:
+        """A contact that moves to another address is measured afresh."""
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [far(1)])
+        table.measured(far(1), 0.1)
+        table.heard_from(far(1), address(99), 1.0, responded=True)
+        self.assertIsNone(table.get(far(1)).round_trip.srtt)  # type: ignore[union-attr]
+
+
+class FailureAccountingTests(SynchronousTestCase):
+    """A timeout counts against a contact only if it has not answered since the query."""
+
+    def test_answered_since_sent(self) -> None:
+        """
+        A query sent at 1 s times out, but the contact answered another at
+        1.5 s (the first datagram was lost): no failure.
+        """
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [far(1)])
+        table.heard_from(far(1), address(0), 1.5, responded=True)
+        table.failed(far(1), address(0), 3.0, sent=1.0)
+        self.assertEqual(table.get(far(1)).failures, 0)  # type: ignore[union-attr]
+
+    def test_silent_since_sent(self) -> None:
+        """A query unanswered, the contact silent since it was sent: one failure."""
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [far(1)])
+        table.failed(far(1), address(0), 3.0, sent=1.0)
+        self.assertEqual(table.get(far(1)).failures, 1)  # type: ignore[union-attr]
+        table.failed(far(1), address(0), 3.25, sent=1.25)
+        self.assertNotIn(far(1), table)

@@ -11,12 +11,15 @@ that fires the Deferred of one of our queries (:meth:`DHTProtocol.ping`,
 Glue only; everything is bounded.  Datagrams over
 :data:`~bitfitech.discovery.kademlia.krpc.MAX_INCOMING` bytes are dropped
 unread, nothing over :data:`~bitfitech.discovery.kademlia.krpc.MAX_DATAGRAM`
-is sent, queries beyond a per-IP rate are dropped, and at most
+is sent (but an error echoing a long transaction id, up to
+:data:`MAX_ERROR_REPLY`), queries beyond a per-IP rate are dropped, and at most
 ``max_pending`` of our queries wait for a reply, each failing with
 :class:`QueryTimeout` after ``query_timeout`` seconds.  Bad input never
 raises: it is counted in :attr:`DHTProtocol.counters` and dropped, or a
 malformed query gets an error reply.  Every node heard from is reported to
-the routing table, which may ask us to ping questionable contacts.
+the routing table, which may ask us to ping questionable contacts, with the
+round trip of each answer (the table's estimates set the lookups' stall
+timeouts) and each query unanswered at ``query_timeout`` (a failure).
 """
 
 from __future__ import annotations
@@ -69,6 +72,14 @@ MAX_VALUES = 50
 MAX_PENDING = 512
 """Most of our queries waiting for a reply at once."""
 
+MAX_ERROR_REPLY = MAX_INCOMING + 256
+"""
+Largest error reply sent.  It echoes the query's transaction id, which BEP 5
+does not bound: an error to a query we read is at most its reason and a few
+bytes longer than the query, so it may pass :data:`MAX_DATAGRAM`, but only
+as much as the query itself did.
+"""
+
 
 class DHTQueryError(Exception):
     """A query of ours got no usable answer."""
@@ -111,6 +122,7 @@ class _Pending:
     method: str
     deferred: Deferred[Response]
     timer: IDelayedCall
+    sent: float
 
 
 class DHTProtocol(DatagramProtocol):
@@ -239,7 +251,9 @@ class DHTProtocol(DatagramProtocol):
             return fail(DHTQueryError(f"could not send {method_of(query)} to {address}"))
         d: Deferred[Response] = Deferred(lambda _: self._forget(transaction))
         timer = self._clock.callLater(self._query_timeout, self._timed_out, transaction)
-        self._pending[transaction] = _Pending(address, node_id, method_of(query), d, timer)
+        self._pending[transaction] = _Pending(
+            address, node_id, method_of(query), d, timer, self._clock.seconds()
+        )
         return d
 
     def _new_transaction(self) -> bytes:
@@ -259,12 +273,14 @@ class DHTProtocol(DatagramProtocol):
         if entry is None:
             return
         self.counters["timeouts"] += 1
-        self.routing.failed(entry.node_id, entry.address, self._clock.seconds())
+        # One failure per query unanswered at the full timeout (none if the
+        # node answered another query meanwhile: see RoutingTable.failed).
+        self.routing.failed(entry.node_id, entry.address, self._clock.seconds(), sent=entry.sent)
         entry.deferred.errback(QueryTimeout(f"{entry.method} to {entry.address} timed out"))
 
-    def _send(self, message: Message, address: Address) -> bool:
+    def _send(self, message: Message, address: Address, limit: int = MAX_DATAGRAM) -> bool:
         data = encode_message(message, version=VERSION)
-        if len(data) > MAX_DATAGRAM:
+        if len(data) > limit:
             self.counters["oversize_not_sent"] += 1
             return False
         if self.transport is None:
@@ -314,7 +330,8 @@ class DHTProtocol(DatagramProtocol):
                 return
             self.counters["bad_queries"] += 1
             self.counters["errors_sent"] += 1
-            self._send(ErrorReply(error.transaction, error.code, error.reason), address)
+            reply = ErrorReply(error.transaction, error.code, error.reason)
+            self._send(reply, address, limit=MAX_ERROR_REPLY)
             return
         entry = self._pending.get(error.transaction) if error.transaction is not None else None
         if entry is not None and entry.address == address and error.kind in (b"r", b"e"):
@@ -336,6 +353,7 @@ class DHTProtocol(DatagramProtocol):
             return
         self.counters["responses"] += 1
         self._heard_from(reply.sender, address, now, responded=True)
+        self.routing.measured(reply.sender, now - entry.sent)
         entry.deferred.callback(reply)
 
     def _heard_from(self, node_id: bytes, address: Address, now: float, *, responded: bool) -> None:
@@ -347,12 +365,15 @@ class DHTProtocol(DatagramProtocol):
         if isinstance(query, Ping):
             return Response(query.transaction, self.node_id)
         if isinstance(query, FindNode):
-            return Response(query.transaction, self.node_id, nodes=self._nodes(query.target))
+            nodes = self._nodes(query.target)
+            return Response(query.transaction, self.node_id, nodes, with_nodes=True)
         if isinstance(query, GetPeers):
             token = self.tokens.token_for(host, now)
             nodes = self._nodes(query.info_hash)
             values = self.store.peers(query.info_hash, now, MAX_VALUES, self._rng)
-            return Response(query.transaction, self.node_id, nodes, tuple(values), token)
+            return Response(
+                query.transaction, self.node_id, nodes, tuple(values), token, with_nodes=True
+            )
         if not self.tokens.check(query.token, host, now):
             self.counters["bad_tokens"] += 1
             return ErrorReply(query.transaction, PROTOCOL_ERROR, "bad token")

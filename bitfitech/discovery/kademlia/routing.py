@@ -19,7 +19,17 @@ replacement takes its place.
 States, as in BEP 5: a contact is *good* if it has answered one of our
 queries and has been heard from within ``good_for`` seconds (an answer, or
 a query of its own); otherwise *questionable*; *bad* after repeated
-failures.  Pure: time is passed in as ``now``.
+failures.  A query counts as a failure only when it got no answer at all
+within the protocol's query timeout, and only if the contact has not
+answered another query since that one was sent: a slow answer, or a lost
+datagram whose resend was answered, is no failure.
+
+The table also keeps round-trip times (:class:`RoundTrip`, as TCP does,
+RFC 6298): one per contact and one over every answer, which serves for
+nodes not yet measured.  :meth:`RoutingTable.stall_timeout` turns them
+into how long a lookup waits for a node before it stops counting the
+query against its concurrency.  Pure: time is passed in as ``now``, round
+trips as seconds measured by the caller.
 """
 
 from __future__ import annotations
@@ -45,6 +55,52 @@ MAX_FAILURES = 2
 PING_AGAIN_AFTER = 60.0
 """Seconds before a questionable contact may be pinged again."""
 
+STALL_MIN = 0.25
+"""Least seconds a stall timeout lasts, however fast a node answers."""
+
+STALL_MAX = 1.0
+"""Most seconds a stall timeout lasts, however slow a node answers."""
+
+STALL_INITIAL = 1.0
+"""The stall timeout before any answer was measured (as RFC 6298's first RTO)."""
+
+
+@dataclass
+class RoundTrip:
+    """
+    A smoothed round-trip time and its mean deviation, updated as RFC 6298
+    has TCP do it (gains 1/8 and 1/4; the first sample sets the time, and
+    half of it the deviation).
+
+    :ivar srtt: the smoothed round trip in seconds, ``None`` before any sample.
+    :ivar rttvar: its mean deviation in seconds.
+    :ivar samples: samples taken.
+    """
+
+    srtt: float | None = None
+    rttvar: float = 0.0
+    samples: int = 0
+
+    def add(self, seconds: float) -> None:
+        """Take one measured round trip of C{seconds} (negative ones count as 0)."""
+        sample = max(seconds, 0.0)
+        if self.srtt is None:
+            self.srtt = sample
+            self.rttvar = sample / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
+            self.srtt = 0.875 * self.srtt + 0.125 * sample
+        self.samples += 1
+
+    def timeout(self, floor: float, ceiling: float) -> float | None:
+        """
+        RFC 6298's retransmission timeout, ``srtt + 4 * rttvar``, kept
+        within [C{floor}, C{ceiling}]; ``None`` before any sample.
+        """
+        if self.srtt is None:
+            return None
+        return min(max(self.srtt + 4 * self.rttvar, floor), ceiling)
+
 
 @dataclass(eq=False)
 class Contact:
@@ -59,6 +115,7 @@ class Contact:
     :ivar last_response: when it last answered one of our queries, if ever.
     :ivar failures: our queries it has left unanswered since its last answer.
     :ivar last_pinged: when the table last asked for it to be pinged.
+    :ivar round_trip: the round trips of its answers to our queries.
     """
 
     node_id: bytes
@@ -69,6 +126,7 @@ class Contact:
     last_response: float | None = None
     failures: int = 0
     last_pinged: float | None = None
+    round_trip: RoundTrip = field(default_factory=RoundTrip)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -112,6 +170,11 @@ class RoutingTable:
 
     :ivar own_id: the id of this node, never stored as a contact.
     :ivar k: contacts per bucket.
+    :ivar round_trip: the round trips of every answer measured, from any
+        node: the estimate for nodes not measured yet.
+    :param stall_min: the least stall timeout, in seconds.
+    :param stall_max: the greatest stall timeout, in seconds.
+    :param stall_initial: the stall timeout before any round trip is known.
     """
 
     def __init__(
@@ -123,6 +186,9 @@ class RoutingTable:
         good_for: float = GOOD_FOR,
         max_failures: int = MAX_FAILURES,
         ping_again_after: float = PING_AGAIN_AFTER,
+        stall_min: float = STALL_MIN,
+        stall_max: float = STALL_MAX,
+        stall_initial: float = STALL_INITIAL,
     ) -> None:
         self.own_id = own_id
         self.k = k
@@ -130,6 +196,10 @@ class RoutingTable:
         self._good_for = good_for
         self._max_failures = max_failures
         self._ping_again_after = ping_again_after
+        self._stall_min = stall_min
+        self._stall_max = max(stall_max, stall_min)
+        self._stall_initial = min(max(stall_initial, stall_min), self._stall_max)
+        self.round_trip = RoundTrip()
         self._buckets = [Bucket(0, ID_SPACE, now)]
         self._lows = [0]
         self._by_id: dict[bytes, Contact] = {}
@@ -195,6 +265,7 @@ class RoutingTable:
                 return []
             self._forget_address(contact)
             contact.host, contact.port = address
+            contact.round_trip = RoundTrip()
             self._by_address[address] = contact
         if contact is not None:
             contact.last_seen = now
@@ -262,11 +333,22 @@ class RoutingTable:
         self._buckets[index : index + 1] = [lower, upper]
         self._lows[index : index + 1] = [lower.low, upper.low]
 
-    def failed(self, node_id: bytes | None, address: tuple[str, int], now: float) -> None:
+    def failed(
+        self,
+        node_id: bytes | None,
+        address: tuple[str, int],
+        now: float,
+        *,
+        sent: float | None = None,
+    ) -> None:
         """
         A query to C{node_id} (or, if unknown, to whoever is at C{address})
         went unanswered.  A contact that becomes bad is dropped and the
         freshest replacement of its bucket takes its place.
+
+        :param sent: when the query was sent, if known: a contact that has
+            answered another query since then is alive (that datagram was
+            lost), and the query does not count against it.
         """
         contact = self._by_id.get(node_id) if node_id is not None else None
         if contact is None:
@@ -276,9 +358,37 @@ class RoutingTable:
                 bucket = self.bucket_for(node_id)
                 bucket.replacements = [c for c in bucket.replacements if c.node_id != node_id]
             return
+        if sent is not None and contact.last_response is not None and contact.last_response > sent:
+            return
         contact.failures += 1
         if contact.failures >= self._max_failures:
             self.remove(contact.node_id)
+
+    def measured(self, node_id: bytes, seconds: float) -> None:
+        """
+        Node C{node_id} answered one of our queries C{seconds} after we sent
+        it: one sample for its contact (if it is one) and for the estimate
+        of every node.
+        """
+        self.round_trip.add(seconds)
+        contact = self._by_id.get(node_id)
+        if contact is not None:
+            contact.round_trip.add(seconds)
+
+    def stall_timeout(self, node_id: bytes | None) -> float:
+        """
+        Seconds after which a query to C{node_id} has probably gone
+        unanswered: the contact's own RFC 6298 timeout if it has answered
+        before, else that of every answer measured, else ``stall_initial``;
+        always within [``stall_min``, ``stall_max``].
+        """
+        contact = self._by_id.get(node_id) if node_id is not None else None
+        if contact is not None:
+            own = contact.round_trip.timeout(self._stall_min, self._stall_max)
+            if own is not None:
+                return own
+        shared = self.round_trip.timeout(self._stall_min, self._stall_max)
+        return shared if shared is not None else self._stall_initial
 
     def remove(self, node_id: bytes) -> None:
         """Drop a contact, promoting the freshest replacement of its bucket."""

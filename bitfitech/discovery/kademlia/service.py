@@ -65,7 +65,7 @@ from .ids import is_id, parse_hex_id, random_id, random_id_between
 from .krpc import Address, NodeInfo, Response, is_ipv4
 from .lookup import Lookup, LookupResult
 from .protocol import DHTProtocol
-from .routing import K, RoutingTable
+from .routing import STALL_INITIAL, STALL_MAX, STALL_MIN, K, RoutingTable
 from .store import PeerStore, RateLimiter, TokenIssuer
 
 log = logger(__name__)
@@ -91,7 +91,19 @@ class DHTTiming:
     """
     Timers and rates of the DHT, in seconds (tests shrink them).
 
-    :ivar query_timeout: how long a query waits for its reply.
+    :ivar query_timeout: how long a query waits for its reply; one
+        unanswered by then counts one failure against the node.
+    :ivar stall_min: the least *stall timeout*: how long a lookup waits
+        for a node's answer before it stops counting that query against
+        its concurrency, sends another (and asks the node again), while
+        the first may still be answered until ``query_timeout``.  The
+        stall timeout is RFC 6298's retransmission timeout (smoothed
+        round trip plus four mean deviations) of the node's answers, or
+        of all nodes' for a node not yet measured, kept within
+        [``stall_min``, ``stall_max``].
+    :ivar stall_max: the greatest stall timeout (below ``query_timeout``,
+        or queries never stall).
+    :ivar stall_initial: the stall timeout before any answer was measured.
     :ivar lookup_interval: seconds between two ``get_peers`` lookups of
         one market's info-hash.
     :ivar min_lookup_gap: least seconds between two lookups of one
@@ -113,6 +125,9 @@ class DHTTiming:
     """
 
     query_timeout: float = 2.0
+    stall_min: float = STALL_MIN
+    stall_max: float = STALL_MAX
+    stall_initial: float = STALL_INITIAL
     lookup_interval: float = 5 * 60.0
     min_lookup_gap: float = 30.0
     announce_interval: float = 15 * 60.0
@@ -301,8 +316,14 @@ class DHTService(Service):
     def startService(self) -> None:
         now = self._reactor.seconds()
         node_id = self._node_id = self._load_node_id()
-        routing = RoutingTable(node_id, now)
         timing = self.timing
+        routing = RoutingTable(
+            node_id,
+            now,
+            stall_min=timing.stall_min,
+            stall_max=timing.stall_max,
+            stall_initial=timing.stall_initial,
+        )
         protocol = DHTProtocol(
             self._reactor,
             node_id,
@@ -401,7 +422,14 @@ class DHTService(Service):
             send = lambda n: protocol.get_peers(n.address, target, n.node_id)  # noqa: E731
         else:
             send = lambda n: protocol.find_node(n.address, target, n.node_id)  # noqa: E731
-        return Lookup(target, nodes, send, exclude=protocol.node_id).run()
+        return Lookup(
+            target,
+            nodes,
+            send,
+            exclude=protocol.node_id,
+            clock=self._reactor,
+            stall_after=lambda n: routing.stall_timeout(n.node_id),
+        ).run()
 
     # Background work.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -269,15 +270,73 @@ class CodecTests(SynchronousTestCase):
             self.assertFalse(caught.exception.answerable)
 
     def test_odd_peers_skipped(self) -> None:
-        """IPv6 peers (18 bytes) and port 0 are skipped; port-0 nodes too."""
+        """
+        Peers of other lengths than 6 (IPv4) and 18 (IPv6, BEP 32) and port 0
+        are skipped; port-0 nodes too.
+        """
         data = encode(
             {"t": b"aa", "y": b"r", "r": {
                 "id": ID,
-                "values": [b"\x01" * 18, b"\x7f\0\0\x01\0\0", b"\x7f\0\0\x01\0\x50"],
+                "values": [b"\x01" * 18, b"\x7f\0\0\x01\0\0", b"\x7f\0\0\x01\0\x50",
+                           b"\x01" * 7, b"\x02" * 16 + b"\0\0"],
                 "nodes": OTHER + b"\x7f\0\0\x01\0\0",
             }}
         )  # fmt: skip
-        self.assertEqual(decode_message(data), Response(b"aa", ID, (), (("127.0.0.1", 80),)))
+        self.assertEqual(
+            decode_message(data),
+            Response(b"aa", ID, (), (("101:101:101:101:101:101:101:101", 257),
+                                     ("127.0.0.1", 80))),
+        )  # fmt: skip
+
+    def test_bep32_nodes6_and_ipv6_values(self) -> None:
+        """``nodes6`` (38 bytes a node) and 18-byte ``values`` round-trip; IPv4 stays apart."""
+        v4 = NodeInfo(OTHER, "192.0.2.1", 6881)
+        v6 = NodeInfo(ID, "2001:db8::1", 6882)
+        reply = Response(b"aa", ID, (v4,), (("2001:db8::9", 3000), ("192.0.2.9", 3001)), b"tok",
+                         nodes6=(v6,))  # fmt: skip
+        data = encode_message(reply)
+        body = cast(dict[bytes, Any], decode(data))[b"r"]
+        self.assertEqual(len(body[b"nodes6"]), 38)
+        self.assertEqual(body[b"nodes6"], ID + bytes.fromhex("20010db8" + "00" * 11 + "01")
+                         + (6882).to_bytes(2, "big"))  # fmt: skip
+        self.assertEqual([len(v) for v in body[b"values"]], [18, 6])
+        self.assertEqual(decode_message(data), reply)
+        # A node of the wrong family is left out of each list.
+        mixed = Response(b"aa", ID, (v4, v6), nodes6=(v4, v6))
+        self.assertEqual(decode_message(encode_message(mixed)), Response(b"aa", ID, (v4,),
+                                                                         nodes6=(v6,)))  # fmt: skip
+        # Asked for (want n6) with none to give: an empty nodes6.
+        empty = cast(
+            dict[bytes, Any], decode(encode_message(Response(b"aa", ID, with_nodes6=True)))
+        )[b"r"]
+        self.assertEqual(empty[b"nodes6"], b"")
+
+    def test_bep32_bad_nodes6(self) -> None:
+        for bad in (b"\x01" * 37, 5, [b"x"]):
+            data = encode({"t": b"aa", "y": b"r", "r": {"id": ID, "nodes6": bad}})
+            with self.subTest(bad=bad), self.assertRaises(KRPCError):
+                decode_message(data)
+
+    def test_bep32_want(self) -> None:
+        """``want`` lists n4 and/or n6; unknown entries are ignored; not a list is a 203."""
+        cases = ((b"find_node", {"target": OTHER}), (b"get_peers", {"info_hash": OTHER}))
+        for method, extra in cases:
+            for want, expected in (([b"n4", b"n6"], {"n4", "n6"}), ([b"n6", b"n9", 3], {"n6"}),
+                                   ([], set())):  # fmt: skip
+                data = encode({"t": b"aa", "y": b"q", "q": method,
+                               "a": {"id": ID, "want": want, **extra}})  # fmt: skip
+                query = decode_message(data)
+                assert isinstance(query, FindNode | GetPeers)
+                self.assertEqual(query.want, frozenset(expected))
+                self.assertEqual(decode_message(encode_message(query)), query)
+            data = encode({"t": b"aa", "y": b"q", "q": method, "a": {"id": ID, "want": b"n6",
+                                                                     **extra}})  # fmt: skip
+            with self.assertRaises(KRPCError) as caught:
+                decode_message(data)
+            self.assertEqual(caught.exception.code, PROTOCOL_ERROR)
+        query = FindNode(b"aa", ID, OTHER, want=frozenset({"n6", "n4"}))
+        args = cast(dict[bytes, Any], decode(encode_message(query)))[b"a"]
+        self.assertEqual(args[b"want"], [b"n4", b"n6"])
 
     @given(messages)
     def test_round_trip(self, message: Message) -> None:

@@ -10,7 +10,10 @@ A message is a dictionary with a transaction id ``t`` and a type ``y``:
 ``r``) or ``e`` (an error: ``[code, message]``).  Four methods exist:
 ``ping``, ``find_node``, ``get_peers`` and ``announce_peer``.  Nodes travel
 in "compact node info" (26 bytes: id, IPv4 address, port) and peers in
-"compact peer info" (6 bytes: IPv4 address, port); this DHT is IPv4 only.
+"compact peer info" (6 bytes: IPv4 address, port).  BEP 32 adds IPv6:
+``nodes6`` (38 bytes a node: id, IPv6 address, port), 18-byte IPv6
+entries in ``values``, and ``want`` (``n4``, ``n6``) in ``find_node`` and
+``get_peers``; the codec reads and writes them all.
 
 Unknown keys are ignored.  A query that cannot be answered raises a
 :class:`KRPCError` that carries the transaction id and the error code of
@@ -42,9 +45,9 @@ SERVER_ERROR = 202
 PROTOCOL_ERROR = 203
 """Error code: a malformed packet, invalid arguments or a bad token."""
 METHOD_UNKNOWN = 204
+"""Error code: the method is not one of the four of BEP 5."""
 KNOWN_METHODS = frozenset({b"ping", b"find_node", b"get_peers", b"announce_peer"})
 """The four methods of BEP 5."""
-"""Error code: the method is not one of the four of BEP 5."""
 
 MAX_DATAGRAM = 1500
 """Largest datagram the DHT sends."""
@@ -62,11 +65,20 @@ MAX_TOKEN = 64
 
 COMPACT_NODE_SIZE = ID_SIZE + 6
 COMPACT_PEER_SIZE = 6
+COMPACT_NODE6_SIZE = ID_SIZE + 18
+"""Compact IPv6 node info (BEP 32 ``nodes6``): id, 16-byte address, port."""
+COMPACT_PEER6_SIZE = 18
+"""Compact IPv6 peer info (an 18-byte entry of ``values``, BEP 32)."""
+
+WANT_N4 = "n4"
+WANT_N6 = "n6"
+WANTS = frozenset({WANT_N4, WANT_N6})
+"""The ``want`` entries of BEP 32: IPv4 nodes (``nodes``), IPv6 nodes (``nodes6``)."""
 
 METHODS = ("ping", "find_node", "get_peers", "announce_peer")
 
 Address = tuple[str, int]
-"""A UDP or TCP address: an IPv4 literal and a port."""
+"""A UDP or TCP address: an IP literal (IPv4, or IPv6 for BEP 32) and a port."""
 
 
 class KRPCError(ValueError):
@@ -105,7 +117,7 @@ class NodeInfo:
     A DHT node: its id and UDP address.
 
     :ivar node_id: 20 bytes.
-    :ivar host: IPv4 literal.
+    :ivar host: IPv4 literal (IPv6 in ``nodes6``).
     :ivar port: UDP port (1 to 65535).
     """
 
@@ -130,22 +142,33 @@ class Ping:
 
 @dataclass(frozen=True)
 class FindNode:
-    """A ``find_node`` query: the nodes closest to C{target}."""
+    """
+    A ``find_node`` query: the nodes closest to C{target}.
+
+    :ivar want: the families of nodes asked for (BEP 32: ``n4``, ``n6``);
+        empty for the family the query came over.
+    """
 
     transaction: bytes
     sender: bytes
     target: bytes
     read_only: bool = False
+    want: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
 class GetPeers:
-    """A ``get_peers`` query: peers of C{info_hash}, or closer nodes, and a token."""
+    """
+    A ``get_peers`` query: peers of C{info_hash}, or closer nodes, and a token.
+
+    :ivar want: as :attr:`FindNode.want`.
+    """
 
     transaction: bytes
     sender: bytes
     info_hash: bytes
     read_only: bool = False
+    want: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -176,6 +199,10 @@ class Response:
         an empty string when it holds nothing.  A decoded response has it
         when the key was there.  Not compared: two responses with the same
         contents are equal.
+    :ivar nodes6: IPv6 nodes (BEP 32 ``nodes6``), each with an IPv6 host.
+    :ivar with_nodes6: write ``nodes6`` even when empty (asked for by
+        ``want``), as :attr:`with_nodes`.
+    :ivar values: peers, IPv4 (6 bytes on the wire) or IPv6 (18).
     """
 
     transaction: bytes
@@ -184,6 +211,8 @@ class Response:
     values: tuple[Address, ...] = ()
     token: bytes | None = None
     with_nodes: bool = field(default=False, compare=False)
+    nodes6: tuple[NodeInfo, ...] = ()
+    with_nodes6: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -220,25 +249,41 @@ def _packed_ipv4(host: str) -> bytes | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _packed_ipv6(host: str) -> bytes | None:
+    try:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:
+        return None
+    return None if address.scope_id else address.packed
+
+
 def is_ipv4(host: str) -> bool:
-    """Whether C{host} is an IPv4 literal (the only addresses BEP 5 carries)."""
+    """Whether C{host} is an IPv4 literal (the addresses BEP 5 carries)."""
     return isinstance(host, str) and _packed_ipv4(host) is not None
+
+
+def is_ipv6(host: str) -> bool:
+    """Whether C{host} is an IPv6 literal without a zone (the addresses BEP 32 carries)."""
+    return isinstance(host, str) and ":" in host and _packed_ipv6(host) is not None
 
 
 def encode_compact_peer(host: str, port: int) -> bytes:
     """
-    The 6-byte compact form of an IPv4 address and port.
+    The compact form of an address and port: 6 bytes for IPv4, 18 for IPv6.
 
-    :raise ValueError: if C{host} is not an IPv4 literal.
+    :raise ValueError: if C{host} is neither an IPv4 nor an IPv6 literal.
     """
-    packed = _packed_ipv4(host)
+    packed = _packed_ipv4(host) or (_packed_ipv6(host) if ":" in host else None)
     if packed is None:
-        raise ValueError(f"not an IPv4 address: {host!r}")
+        raise ValueError(f"not an IP address: {host!r}")
     return packed + port.to_bytes(2, "big")
 
 
 def decode_compact_peer(data: bytes) -> Address:
-    """The address and port in 6 compact bytes."""
+    """The address and port in 6 (IPv4) or 18 (IPv6) compact bytes."""
+    if len(data) == COMPACT_PEER6_SIZE:
+        return (str(ipaddress.IPv6Address(data[:16])), (data[16] << 8) | data[17])
     return (f"{data[0]}.{data[1]}.{data[2]}.{data[3]}", (data[4] << 8) | data[5])
 
 
@@ -251,17 +296,39 @@ def encode_nodes(nodes: tuple[NodeInfo, ...] | list[NodeInfo]) -> bytes:
     )
 
 
+def encode_nodes6(nodes: tuple[NodeInfo, ...] | list[NodeInfo]) -> bytes:
+    """Compact IPv6 node info (``nodes6``) for C{nodes}, leaving out any whose host is not IPv6."""
+    return b"".join(
+        n.node_id + encode_compact_peer(n.host, n.port)
+        for n in nodes
+        if len(n.node_id) == ID_SIZE and is_ipv6(n.host) and 0 < n.port < 65536
+    )
+
+
 def decode_nodes(data: bytes) -> tuple[NodeInfo, ...]:
     """
     The nodes in compact node info, leaving out those with port 0.
 
     :raise KRPCError: if the length is not a multiple of 26.
     """
-    if len(data) % COMPACT_NODE_SIZE:
-        raise KRPCError(f"compact nodes of {len(data)} bytes")
+    return _decode_nodes(data, COMPACT_NODE_SIZE, "nodes")
+
+
+def decode_nodes6(data: bytes) -> tuple[NodeInfo, ...]:
+    """
+    The nodes in compact IPv6 node info (``nodes6``), leaving out those with port 0.
+
+    :raise KRPCError: if the length is not a multiple of 38.
+    """
+    return _decode_nodes(data, COMPACT_NODE6_SIZE, "nodes6")
+
+
+def _decode_nodes(data: bytes, size: int, what: str) -> tuple[NodeInfo, ...]:
+    if len(data) % size:
+        raise KRPCError(f"compact {what} of {len(data)} bytes")
     nodes = []
-    for offset in range(0, len(data), COMPACT_NODE_SIZE):
-        chunk = data[offset : offset + COMPACT_NODE_SIZE]
+    for offset in range(0, len(data), size):
+        chunk = data[offset : offset + size]
         host, port = decode_compact_peer(chunk[ID_SIZE:])
         if port:
             nodes.append(NodeInfo(chunk[:ID_SIZE], host, port))
@@ -284,6 +351,8 @@ def encode_message(message: Message, *, version: bytes | None = None) -> bytes:
         values: dict[bytes, Any] = {b"id": message.sender}
         if message.nodes or message.with_nodes:
             values[b"nodes"] = encode_nodes(message.nodes)
+        if message.nodes6 or message.with_nodes6:
+            values[b"nodes6"] = encode_nodes6(message.nodes6)
         if message.values:
             values[b"values"] = [encode_compact_peer(h, p) for h, p in message.values]
         if message.token is not None:
@@ -296,6 +365,8 @@ def encode_message(message: Message, *, version: bytes | None = None) -> bytes:
             args[b"target"] = message.target
         elif isinstance(message, GetPeers):
             args[b"info_hash"] = message.info_hash
+        if isinstance(message, FindNode | GetPeers) and message.want:
+            args[b"want"] = [w.encode("ascii") for w in sorted(message.want)]
         elif isinstance(message, AnnouncePeer):
             args[b"info_hash"] = message.info_hash
             args[b"port"] = message.port
@@ -366,12 +437,12 @@ def _decode_query(body: dict[bytes, Any], transaction: bytes) -> Query:
         target = args.get(b"target")
         if not isinstance(target, bytes) or len(target) != ID_SIZE:
             raise fail("target must be 20 bytes")
-        return FindNode(transaction, sender, target, read_only)
+        return FindNode(transaction, sender, target, read_only, _want(args, fail))
     info_hash = args.get(b"info_hash")
     if not isinstance(info_hash, bytes) or len(info_hash) != ID_SIZE:
         raise fail("info_hash must be 20 bytes")
     if method == b"get_peers":
-        return GetPeers(transaction, sender, info_hash, read_only)
+        return GetPeers(transaction, sender, info_hash, read_only, _want(args, fail))
     token = args.get(b"token")
     if not isinstance(token, bytes) or len(token) > MAX_TOKEN:
         raise fail("missing or bad token")
@@ -391,6 +462,24 @@ def _decode_query(body: dict[bytes, Any], transaction: bytes) -> Query:
     )
 
 
+def _want(args: dict[bytes, Any], fail: Any) -> frozenset[str]:
+    """
+    The ``want`` of a query (BEP 32): the known entries of its list, unknown
+    ones ignored (the list is extensible); not a list is a 203.
+    """
+    want = args.get(b"want")
+    if want is None:
+        return frozenset()
+    if not isinstance(want, list):
+        raise fail("want must be a list")
+    return frozenset(
+        entry.decode("ascii") for entry in want if isinstance(entry, bytes) and entry in _WANTED
+    )
+
+
+_WANTED = frozenset(w.encode("ascii") for w in WANTS)
+
+
 def _decode_response(body: dict[bytes, Any], transaction: bytes) -> Response:
     def fail(reason: str) -> KRPCError:
         return KRPCError(reason, transaction=transaction, kind=b"r")
@@ -408,19 +497,32 @@ def _decode_response(body: dict[bytes, Any], transaction: bytes) -> Response:
         nodes = decode_nodes(nodes_data)
     except KRPCError as e:
         raise fail(e.reason) from None
+    nodes6_data = values.get(b"nodes6", b"")
+    if not isinstance(nodes6_data, bytes):
+        raise fail("nodes6 must be a byte string")
+    try:
+        nodes6 = decode_nodes6(nodes6_data)
+    except KRPCError as e:
+        raise fail(e.reason) from None
     peers_data = values.get(b"values", [])
     if not isinstance(peers_data, list):
         raise fail("values must be a list")
-    # Entries of other lengths (IPv6 peers, BEP 32) are skipped, not errors.
+    # IPv4 (6 bytes) and IPv6 (18, BEP 32) peers; entries of other lengths
+    # and port 0 are skipped, not errors.
     peers = tuple(
         decode_compact_peer(p)
         for p in peers_data
-        if isinstance(p, bytes) and len(p) == COMPACT_PEER_SIZE and p[4:6] != b"\0\0"
+        if isinstance(p, bytes)
+        and len(p) in (COMPACT_PEER_SIZE, COMPACT_PEER6_SIZE)
+        and p[-2:] != b"\0\0"
     )
     token = values.get(b"token")
     if token is not None and (not isinstance(token, bytes) or len(token) > MAX_TOKEN):
         raise fail("bad token")
-    return Response(transaction, sender, nodes, peers, token, with_nodes=b"nodes" in values)
+    return Response(
+        transaction, sender, nodes, peers, token, with_nodes=b"nodes" in values,
+        nodes6=nodes6, with_nodes6=b"nodes6" in values,
+    )  # fmt: skip
 
 
 def _decode_error(body: dict[bytes, Any], transaction: bytes) -> ErrorReply:

@@ -29,6 +29,17 @@ class PeerStoreTests(SynchronousTestCase):
         self.assertEqual(len(store), 0)
         self.assertEqual(store.peers(HASH, 3500.0), [])
 
+    def test_by_family(self) -> None:
+        """A get_peers over IPv6 is answered with IPv6 peers, over IPv4 with IPv4 ones (BEP 32)."""
+        store = PeerStore()
+        store.add(HASH, "192.0.2.1", 3000, 0.0)
+        store.add(HASH, "2001:db8::1", 3000, 1.0)
+        store.add(HASH, "192.0.2.2", 3000, 2.0)
+        ipv4 = [("192.0.2.2", 3000), ("192.0.2.1", 3000)]
+        self.assertEqual(store.peers(HASH, 3.0, family=4), ipv4)
+        self.assertEqual(store.peers(HASH, 3.0, family=6), [("2001:db8::1", 3000)])
+        self.assertEqual(len(store.peers(HASH, 3.0)), 3)
+
     def test_loopback_ports_distinct(self) -> None:
         """Several peers on one loopback address are kept apart by port."""
         store = PeerStore()

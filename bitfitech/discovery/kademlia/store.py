@@ -82,16 +82,26 @@ class PeerStore:
         now: float,
         limit: int | None = None,
         rng: random.Random | None = None,
+        *,
+        family: int | None = None,
     ) -> list[tuple[str, int]]:
         """
         The live peers of C{info_hash}, most recently announced first; with
         C{limit} and C{rng}, a random sample of C{limit} of them (so that
         nodes asking again see different peers of a crowded info-hash).
+
+        :param family: 4 or 6 for the peers of that address family only (a
+            ``get_peers`` over IPv6 is answered with IPv6 peers, BEP 32);
+            ``None`` for all.
         """
         peers = self._peers.get(info_hash)
         if peers is None:
             return []
-        live = [address for address, expiry in reversed(peers.items()) if expiry > now]
+        live = [
+            address
+            for address, expiry in reversed(peers.items())
+            if expiry > now and (family is None or (":" in address[0]) == (family == 6))
+        ]
         if limit is None or len(live) <= limit:
             return live
         return rng.sample(live, limit) if rng is not None else live[:limit]

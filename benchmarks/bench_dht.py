@@ -38,8 +38,9 @@ stall counts twice there, but adds no round: the wait shows in the
 simulated seconds), queries that stalled (no answer within their stall
 timeout) and the most queries one lookup had awaiting an answer at once,
 whether the lookup ended on exactly the true k nearest live nodes (stopped
-nodes left out), simulated seconds per lookup (mean, p50, p90) and CPU
-seconds.  The
+nodes left out), simulated seconds per lookup (mean, p50, p90), CPU
+seconds, and the datagrams sent per node per simulated minute while
+measuring (the lookups and every node's background pings and answers).  The
 target (issue 8) is mean rounds <= log2(N)/4 + 1.  Every node announces
 the one info-hash (as bitfi nodes of one network do); ``find_node`` of a
 random id is the figure to read, ``get_peers`` of the info-hash takes
@@ -150,6 +151,7 @@ class SizeFigures:
     dead_contacts: float = 0.0
     lookup_cpu: float = 0.0
     datagrams: int = 0
+    lookup_seconds: float = 0.0
     lost: int = 0
     find_node: LookupFigures = field(default_factory=LookupFigures)
     get_peers: LookupFigures = field(default_factory=LookupFigures)
@@ -372,6 +374,7 @@ def measure(
     cpu = time.process_time()
     sent = grid.network.sent
     lost = grid.network.lost
+    started = grid.clock.seconds()
     find_nodes(grid, lookups, figures.find_node)
     for _ in range(lookups):
         source = grid.rng.choice(grid.live())
@@ -381,6 +384,7 @@ def measure(
         figures.peers_found.append(len(result.peers))
     figures.lookup_cpu = time.process_time() - cpu
     figures.datagrams = grid.network.sent - sent
+    figures.lookup_seconds = grid.clock.seconds() - started
     figures.lost = grid.network.lost - lost
     grid.stop()
     return figures
@@ -482,11 +486,29 @@ def report(figures: SizeFigures, lookups: int, results: Results) -> list[tuple[s
     rows += [
         ("get_peers: peers found, mean", f"{peers:.1f}"),
         ("lookups: datagrams sent / lost", f"{figures.datagrams} / {figures.lost}"),
+        (
+            "lookups: datagrams sent per node per minute",
+            f"{per_node_minute(figures.datagrams, n, figures.lookup_seconds):.1f}",
+        ),
         (f"lookups ({2 * lookups}): CPU s", f"{figures.lookup_cpu:.1f}"),
     ]
     results.add(f"N={n} get_peers peers found mean", round(peers, 1), "peers")
     results.add(f"N={n} lookups CPU", round(figures.lookup_cpu, 2), "s")
+    results.add(
+        f"N={n} datagrams sent per node per minute while measuring",
+        round(per_node_minute(figures.datagrams, n, figures.lookup_seconds), 1),
+        "datagrams",
+    )
     return rows
+
+
+def per_node_minute(datagrams: int, nodes: int, seconds: float) -> float:
+    """
+    C{datagrams} sent by C{nodes} nodes over C{seconds} simulated seconds,
+    per node per minute: lookups and every node's background traffic
+    (pings, answers) alike.
+    """
+    return datagrams / nodes / (seconds / 60) if seconds > 0 else 0.0
 
 
 def predict(measured: list[SizeFigures], results: Results) -> None:

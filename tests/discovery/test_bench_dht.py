@@ -35,6 +35,7 @@ ALWAYS = (
     "N=40 find_node stalled queries mean",
     "N=40 find_node queries in flight max",
     "N=40 get_peers simulated time p90",
+    "N=40 datagrams sent per node per minute while measuring",
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -249,8 +250,10 @@ class DiscoveryTests(ServiceTestCase):
     def test_lookup_cadence(self) -> None:
         """Lookups repeat every lookup_interval, and every min_lookup_gap when peers are wanted."""
         wants = [False]
-        self.make("10.0.0.1").startService()
-        b = self.make("10.0.0.2", bootstrap=[("10.0.0.1", 6881)], wants=wants)
+        # No pings of the nearest contacts: only the lookups are counted.
+        timing = replace(TIMING, ping_interval=3600.0)
+        self.make("10.0.0.1", timing=timing).startService()
+        b = self.make("10.0.0.2", bootstrap=[("10.0.0.1", 6881)], wants=wants, timing=timing)
         b.startService()
         run_for(self.clock, 10)
         protocol = self.network.ports[("10.0.0.1", 6881)].protocol
@@ -301,11 +304,40 @@ class DiscoveryTests(ServiceTestCase):
         self.assertIsNotNone(b.announced_at)
 
 
+class NearestPingTests(ServiceTestCase):
+    """Every ping_interval the service pings one of its nearest contacts."""
+
+    def test_dead_contact_found_out(self) -> None:
+        """
+        A contact that stops abruptly is still good for 15 minutes, but the
+        pings of the nearest contacts find it out and drop it within a few
+        ping intervals; the live one stays, and the pings stay one per interval.
+        """
+        self.make("10.0.0.1").startService()
+        b = self.make("10.0.0.2", bootstrap=[("10.0.0.1", 6881)])
+        c = self.make("10.0.0.3", bootstrap=[("10.0.0.1", 6881)])
+        b.startService()
+        c.startService()
+        run_for(self.clock, 60)
+        table = b.routing_table
+        assert table is not None and c.node_id is not None and b.protocol is not None
+        self.assertIsNotNone(table.get(c.node_id))
+        self.network.ports[("10.0.0.3", 6881)].stopListening()
+        c.stopService()
+        counters = b.protocol.counters
+        # Our own queries: what was sent, less the answers to others' queries.
+        before = counters["sent"] - counters["queries"]
+        run_for(self.clock, 6 * b.timing.ping_interval)
+        self.assertIsNone(table.get(c.node_id))
+        self.assertEqual(len(table), 1)
+        self.assertEqual(counters["sent"] - counters["queries"] - before, 6)
+
+
 class LossTests(ServiceTestCase):
     """What one lost datagram costs a lookup, and what two do."""
 
     # No housekeeping pings during the tests: only the lookup meets the losses.
-    quiet = DHTTiming(check_interval=3600.0)
+    quiet = DHTTiming(check_interval=3600.0, ping_interval=3600.0)
 
     def three_nodes(self) -> tuple[DHTService, DHTService]:
         """A, and B and C joined through it; B knows C."""

@@ -73,7 +73,10 @@ class RoutingTableTests(SynchronousTestCase):
         self.assertEqual([c.node_id for c in table.bucket_for(far(0)).replacements], [far(100)])
 
     def test_questionable_pinged_then_replaced(self) -> None:
-        """Questionable contacts are to be pinged; when they fail, a replacement takes over."""
+        """
+        Questionable contacts are to be pinged; when one fails with a
+        replacement waiting, the replacement takes over at once.
+        """
         table = RoutingTable(OWN, 0.0)
         fill(table, [near(1)] + [far(n) for n in range(8)])
         later = GOOD_FOR + 1
@@ -84,12 +87,82 @@ class RoutingTableTests(SynchronousTestCase):
         # Asked again at once, it is not pinged twice.
         self.assertEqual(table.heard_from(far(101), address(101), later, responded=False), [])
         table.failed(far(7), address(8), later + 1)
-        self.assertIn(far(7), table)
-        table.failed(far(7), address(8), later + 2)
         self.assertNotIn(far(7), table)
         # The freshest replacement took its place.
         self.assertIn(far(101), table)
         self.assertEqual(len(table.bucket_for(far(0)).contacts), 8)
+
+    def test_failure_without_replacement(self) -> None:
+        """With no replacement waiting, a contact that has answered goes at its second failure."""
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [far(1)])
+        table.failed(far(1), address(0), 1.0)
+        self.assertIn(far(1), table)
+        table.failed(far(1), address(0), 2.0)
+        self.assertNotIn(far(1), table)
+
+    def test_never_answered_goes_at_first_failure(self) -> None:
+        """A contact that only ever queried us goes at its first failure."""
+        table = RoutingTable(OWN, 0.0)
+        table.heard_from(far(1), address(1), 0.0, responded=False)
+        table.failed(far(1), address(1), 1.0)
+        self.assertNotIn(far(1), table)
+
+    def test_answered_replacement_promoted_first(self) -> None:
+        """The freshest replacement that has answered us goes before fresher unverified ones."""
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [near(1)] + [far(n) for n in range(8)])
+        table.heard_from(far(100), address(100), 1.0, responded=True)
+        table.heard_from(far(101), address(101), 2.0, responded=False)
+        table.failed(far(3), address(4), 3.0)
+        self.assertIn(far(100), table)
+        self.assertNotIn(far(101), table)
+
+    def test_unverified_newcomer_to_ping(self) -> None:
+        """
+        A node that queried us and enters the table is to be pinged once
+        (until it answers, answers leave it out); one that answered is not.
+        """
+        table = RoutingTable(OWN, 0.0)
+        to_ping = table.heard_from(far(1), address(1), 0.0, responded=False)
+        self.assertEqual([c.node_id for c in to_ping], [far(1)])
+        self.assertEqual(table.heard_from(far(1), address(1), 1.0, responded=False), [])
+        self.assertEqual(table.heard_from(far(2), address(2), 1.0, responded=True), [])
+
+    def test_closest_confirmed(self) -> None:
+        """
+        Answers name contacts that answered us and have not failed since;
+        an answer makes a failed contact confirmed again.
+        """
+        table = RoutingTable(OWN, 0.0)
+        fill(table, [far(n) for n in range(4)])
+        table.heard_from(far(4), address(4), 0.0, responded=False)
+        table.failed(far(1), address(1), 1.0)
+        confirmed = [c.node_id for c in table.closest_confirmed(far(0))]
+        self.assertEqual(confirmed, [far(0), far(2), far(3)])
+        self.assertEqual(len(table.closest(far(0))), 5)
+        table.heard_from(far(1), address(1), 2.0, responded=True)
+        self.assertIn(far(1), [c.node_id for c in table.closest_confirmed(far(0))])
+
+    def test_to_check_nearest_least_recently_seen(self) -> None:
+        """
+        The contact to check is, of the C{nearest} contacts nearest our
+        id, the one least recently heard from or pinged: the checks go round.
+        """
+        table = RoutingTable(OWN, 0.0)
+        for n in range(4):
+            table.heard_from(near(n), address(n), float(n), responded=True)
+        table.heard_from(far(1), address(10), -5.0, responded=True)
+        chosen = [table.to_check(10.0 + i, 4) for i in range(5)]
+        self.assertEqual(
+            [c.node_id for c in chosen if c is not None],
+            [near(0), near(1), near(2), near(3), near(0)],
+        )
+        self.assertEqual(table.get(near(0)).last_pinged, 14.0)  # type: ignore[union-attr]
+        # Heard from since its ping: it waits its turn behind the others.
+        table.heard_from(near(1), address(1), 20.0, responded=True)
+        self.assertEqual(table.to_check(21.0, 4).node_id, near(2))  # type: ignore[union-attr]
+        self.assertIsNone(RoutingTable(OWN, 0.0).to_check(0.0, 4))
 
     def test_bad_contact_replaced_at_once(self) -> None:
         """With max_failures=1 a failed contact goes at once, and a newcomer takes its place."""

@@ -387,7 +387,8 @@ class DHTProtocol(DatagramProtocol):
         return Response(query.transaction, self.node_id)
 
     def _nodes(self, target: bytes) -> tuple[NodeInfo, ...]:
-        return tuple(NodeInfo(c.node_id, c.host, c.port) for c in self.routing.closest(target))
+        nodes = self.routing.closest_confirmed(target)
+        return tuple(NodeInfo(c.node_id, c.host, c.port) for c in nodes)
 
 
 def _ignore(failure: Failure) -> None:

@@ -35,6 +35,10 @@ Its life:
    dropped), refresh buckets untouched for ``refresh_interval`` (a lookup
    of a random id in their range), save good contacts every
    ``save_interval``.
+   Apart from it, every ``ping_interval``, ping the one contact of the
+   :data:`CHECKED_NEAREST` nearest our id least recently heard from, so
+   that a dead one among those that answer lookups near us is found out
+   (and left out of our answers) within minutes.
 5. **Stop**: save contacts, cancel timers and every pending query, close
    the port.
 
@@ -84,6 +88,8 @@ MAX_FOUND_REMEMBERED = 4096
 """Peers remembered to tell new ones from known ones (for logs and counts)."""
 JOIN_REFRESHES = 3
 """Bucket refreshes a join runs at once."""
+CHECKED_NEAREST = 2 * K
+"""Contacts nearest our own id that :attr:`DHTTiming.ping_interval` pings go round."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,11 @@ class DHTTiming:
         market's info-hash.
     :ivar check_interval: seconds between housekeeping runs (which also
         ask whether the node wants peers).
+    :ivar ping_interval: seconds between two pings of the contact, of
+        the :data:`CHECKED_NEAREST` nearest our own id, least recently
+        heard from (or pinged), so that dead ones among them are found
+        out and left out of our answers within minutes, not the 15 a
+        contact stays good (libtorrent pings one node every 5 s).
     :ivar refresh_interval: a bucket untouched that long is refreshed.
     :ivar save_interval: seconds between two saves of good contacts.
     :ivar bootstrap_retry: first delay before bootstrapping again while
@@ -132,6 +143,7 @@ class DHTTiming:
     min_lookup_gap: float = 30.0
     announce_interval: float = 15 * 60.0
     check_interval: float = 30.0
+    ping_interval: float = 5.0
     refresh_interval: float = 15 * 60.0
     save_interval: float = 10 * 60.0
     bootstrap_retry: float = 5.0
@@ -232,6 +244,7 @@ class DHTService(Service):
         # A udp.Port of the reactor (or a MemoryDatagramPort in tests).
         self._listening_port: Any = None
         self._ticker: LoopingCall | None = None
+        self._pinger: LoopingCall | None = None
         self._retry: IDelayedCall | None = None
         self._retry_delay = timing.bootstrap_retry
         self._tasks: set[Deferred[None]] = set()
@@ -348,6 +361,11 @@ class DHTService(Service):
         self._ticker.start(timing.check_interval, now=False).addErrback(
             lambda f: log.failure("DHT housekeeping stopped", f)
         )
+        self._pinger = LoopingCall(self._ping_nearest)
+        self._pinger.clock = self._reactor
+        self._pinger.start(timing.ping_interval, now=False).addErrback(
+            lambda f: log.failure("DHT pings of nearest contacts stopped", f)
+        )
         log.info(
             "DHT started on UDP port {port}, node id {node_id}, info-hashes {info_hashes}",
             port=self.listen_port,
@@ -365,6 +383,9 @@ class DHTService(Service):
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         self._ticker = None
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        self._pinger = None
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -635,6 +656,17 @@ class DHTService(Service):
             self._housekeeping()
         except Exception:
             log.failure("DHT housekeeping failed")
+
+    def _ping_nearest(self) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            return
+        try:
+            contact = protocol.routing.to_check(self._reactor.seconds(), CHECKED_NEAREST)
+            if contact is not None:
+                _quietly(protocol.ping(contact.address, contact.node_id))
+        except Exception:
+            log.failure("DHT ping of a nearest contact failed")
 
     def _housekeeping(self) -> None:
         protocol = self._protocol

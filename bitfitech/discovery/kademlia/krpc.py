@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -490,20 +491,8 @@ def _decode_response(body: dict[bytes, Any], transaction: bytes) -> Response:
     sender = values.get(b"id")
     if not isinstance(sender, bytes) or len(sender) != ID_SIZE:
         raise fail("id must be 20 bytes")
-    nodes_data = values.get(b"nodes", b"")
-    if not isinstance(nodes_data, bytes):
-        raise fail("nodes must be a byte string")
-    try:
-        nodes = decode_nodes(nodes_data)
-    except KRPCError as e:
-        raise fail(e.reason) from None
-    nodes6_data = values.get(b"nodes6", b"")
-    if not isinstance(nodes6_data, bytes):
-        raise fail("nodes6 must be a byte string")
-    try:
-        nodes6 = decode_nodes6(nodes6_data)
-    except KRPCError as e:
-        raise fail(e.reason) from None
+    nodes = _nodes_of(values, b"nodes", decode_nodes, fail)
+    nodes6 = _nodes_of(values, b"nodes6", decode_nodes6, fail)
     peers_data = values.get(b"values", [])
     if not isinstance(peers_data, list):
         raise fail("values must be a list")
@@ -523,6 +512,22 @@ def _decode_response(body: dict[bytes, Any], transaction: bytes) -> Response:
         transaction, sender, nodes, peers, token, with_nodes=b"nodes" in values,
         nodes6=nodes6, with_nodes6=b"nodes6" in values,
     )  # fmt: skip
+
+
+def _nodes_of(
+    values: dict[bytes, Any],
+    key: bytes,
+    decoder: Callable[[bytes], tuple[NodeInfo, ...]],
+    fail: Callable[[str], KRPCError],
+) -> tuple[NodeInfo, ...]:
+    """The nodes of a response's C{key} (``nodes`` or ``nodes6``), none if absent."""
+    data = values.get(key, b"")
+    if not isinstance(data, bytes):
+        raise fail(f"{key.decode()} must be a byte string")
+    try:
+        return decoder(data)
+    except KRPCError as e:
+        raise fail(e.reason) from None
 
 
 def _decode_error(body: dict[bytes, Any], transaction: bytes) -> ErrorReply:

@@ -1,7 +1,9 @@
 """A node's start and stop, as a whole: the line that says it runs, and a stop bounded in time.
 
-Not a stage of the data path but what :class:`bitfitech.node.Node` does
-with all of them at once: once every service has started,
+Not a stage of the data path but what :class:`Node` (the service tree
+:func:`bitfitech.node.build_node` wires) does with all of them at once: a
+child that cannot start stops the start with one clear line; once every
+service has started,
 :func:`announce_running` says in one line where the dashboard and the data
 directory are; at stop, :func:`stop_in_order` stops the services so that
 no peer or client can hold the stop, nor keep the markets from writing
@@ -10,15 +12,28 @@ their checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from twisted.application.service import IService
+from prometheus_client import CollectorRegistry
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from .logs import logger
+from .api.control import NodeControl
+from .api.service import ApiService
+from .config import NodeConfig
+from .discovery.service import DiscoveryService
+from .gossip import Gossip
+from .identity import IdentityError
+from .listening import StartupError
+from .logs import logger, set_log_level, tagged
+from .market.markets import Markets
+from .market.service import MarketService
+from .nat import PortMappingService
+from .peer.service import PeerService
+from .storage import Storage, StorageError, StorageService
 
 log = logger(__name__)
 
@@ -110,3 +125,126 @@ def _within(waited: Deferred[Any], seconds: float, clock: IReactorTime) -> Defer
 
     waited.addBoth(finished)
     return result
+
+
+class Node(MultiService):
+    """
+    One bitfi node: the service tree, with handles on its parts.
+
+    :ivar config: what it was built from.
+    :ivar clock: its reactor's clock.
+    :ivar storage: the data directory and database.
+    :ivar markets: each market's ledger, journal and book, in order.
+    :ivar gossips: each market's gossip (how its events travel between
+        this node and its peers), by market, in order.
+    :ivar peers: the peer layer.
+    :ivar nat: the router's port mapping, or ``None`` when off.
+    :ivar mdns: mDNS / DNS-SD discovery, or ``None`` with ``--no-mdns``.
+    :ivar dht: the Kademlia DHT, or ``None`` with ``--no-dht``.
+    :ivar control: the API's view of the node.
+    :ivar metrics: the node's own Prometheus registry, read at each scrape
+        of ``GET /metrics`` (:mod:`bitfitech.api.metrics`).
+    :ivar api: the HTTP API service, or ``None`` with ``--no-api``.
+    :ivar exit_on_startup_error: exit the process with one clear line
+        when a child cannot start (set for twistd), instead of raising.
+    :ivar log_tag: the tag of every line the node logs, when one process
+        runs several nodes (:mod:`bitfitech.logs`), else ``None``.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        clock: IReactorTime,
+        *,
+        storage: Storage,
+        markets: Markets,
+        gossips: Mapping[str, Gossip],
+        peers: PeerService,
+        nat: PortMappingService | None,
+        mdns: DiscoveryService | None,
+        dht: DiscoveryService | None,
+        control: NodeControl,
+        metrics: CollectorRegistry,
+        api: ApiService | None,
+        exit_on_startup_error: bool = False,
+        log_tag: str | None = None,
+    ) -> None:
+        """Hold the parts and make the services among them children, in start order."""
+        super().__init__()
+        self.config = config
+        self.clock = clock
+        self.storage = storage
+        self.markets = markets
+        self.gossips = dict(gossips)
+        self.peers = peers
+        self.nat = nat
+        self.mdns = mdns
+        self.dht = dht
+        self.control = control
+        self.metrics = metrics
+        self.api = api
+        self.exit_on_startup_error = exit_on_startup_error
+        self.log_tag = log_tag
+        self._storage_service = StorageService(storage)
+        children: list[IService] = [self._storage_service, markets, peers]
+        children += [service for service in (nat, mdns, dht, api) if service is not None]
+        for child in children:
+            child.setServiceParent(self)
+
+    @property
+    def market(self) -> MarketService:
+        """The first market's service (``config.pair``'s)."""
+        return self.markets.first
+
+    @property
+    def gossip(self) -> Gossip:
+        """The first market's gossip."""
+        return self.gossips[self.markets.first.pair]
+
+    def privilegedStartService(self) -> None:
+        with tagged(self.log_tag):
+            super().privilegedStartService()
+
+    def startService(self) -> None:
+        """
+        Apply the log level, then start the children in order.
+
+        A child that cannot start (busy port, data directory in use, bad key
+        file) stops the start: :class:`StartupError` is raised, or with
+        :attr:`exit_on_startup_error` the process exits with status 1 and
+        one clear line instead of a traceback.
+        """
+        with tagged(self.log_tag):
+            set_log_level(self.config.log_level)
+            try:
+                super().startService()
+            except (StartupError, StorageError, IdentityError) as e:
+                log.critical("bitfi cannot start: {error}", error=str(e))
+                if self.exit_on_startup_error:
+                    raise SystemExit(f"bitfi: {e}") from None
+                raise
+            announce_running(self.api.url if self.api is not None else None, self.config.data_dir)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop in a bounded time, whatever peers and clients do
+        (:func:`~bitfitech.lifecycle.stop_in_order`): the API, discovery and
+        the peers are told to stop at once, every market journals and writes
+        its checkpoint without waiting for them, and the storage stops last.
+        """
+        Service.stopService(self)
+        facing = [s for s in reversed(list(self)) if s not in (self.markets, self._storage_service)]
+        with tagged(self.log_tag):
+            return Deferred.fromCoroutine(
+                stop_in_order(
+                    self.clock, facing=facing, disk=self.markets, last=self._storage_service,
+                    still_open=self._still_open,
+                )
+            )  # fmt: skip
+
+    def _still_open(self) -> dict[str, int]:
+        api = self.api
+        return {
+            "links": self.peers.open_links,
+            "clients": api.site.open_connections if api is not None else 0,
+        }

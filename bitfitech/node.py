@@ -1,7 +1,7 @@
 """The composition root: :func:`build_node` builds every part of a node and wires it.
 
 :func:`build_node` turns a :class:`~bitfitech.config.NodeConfig` into a
-:class:`Node` (a ``MultiService``), constructing each part once, top to
+:class:`~bitfitech.lifecycle.Node` (a ``MultiService``), constructing each part once, top to
 bottom in data-path order, and handing each the parts it calls: nothing is
 built inside another part's ``startService``, and no link is assigned
 after construction.  The children start in this order:
@@ -23,10 +23,11 @@ after construction.  The children start in this order:
 6. ``api``: the HTTP API, its metrics and dashboard
    (:mod:`bitfitech.api.service`; it can be off).
 
-A stop is bounded in time (:meth:`Node.stopService`, with
-:mod:`bitfitech.lifecycle`): the parts facing the network are told to stop
-first, every market journals and writes its checkpoint without waiting
-for them, and the storage closes last.
+The :class:`~bitfitech.lifecycle.Node` starts and stops them as a whole;
+a stop is bounded in time (:meth:`~bitfitech.lifecycle.Node.stopService`):
+the parts facing the network are told to stop first, every market
+journals and writes its checkpoint without waiting for them, and the
+storage closes last.
 
 What is known only once the node starts (its id, read from the data
 directory; the port it got) reaches the parts at start, not at build:
@@ -38,12 +39,8 @@ them.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from typing import cast
 
-from prometheus_client import CollectorRegistry
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 
 from .address import format_hostport
@@ -57,10 +54,8 @@ from .discovery.kademlia.service import DHTService
 from .discovery.mdns import MDNSService
 from .discovery.service import DiscoveryService, dht_bind_host
 from .gossip import Gossip, GossipRouter, ThreadedVerifier
-from .identity import IdentityError
-from .lifecycle import announce_running, stop_in_order
-from .listening import StartupError
-from .logs import TaggedReactor, logger, set_log_level, tagged
+from .lifecycle import Node
+from .logs import TaggedReactor
 from .market.journal import SharedSyncer, ThreadedSyncer
 from .market.markets import Markets
 from .market.service import MarketService
@@ -71,133 +66,10 @@ from .peer.dialer import Dialer
 from .peer.hub import PeerHub
 from .peer.service import PeerService, TCPConnector
 from .peer.tls import LinkSecurity
-from .storage import Storage, StorageError, StorageService
+from .storage import Storage
 from .wire.messages import PROTOCOL_VERSION
 
-log = logger(__name__)
-
-
-class Node(MultiService):
-    """
-    One bitfi node: the service tree, with handles on its parts.
-
-    :ivar config: what it was built from.
-    :ivar clock: its reactor's clock.
-    :ivar storage: the data directory and database.
-    :ivar markets: each market's ledger, journal and book, in order.
-    :ivar gossips: each market's gossip (how its events travel between
-        this node and its peers), by market, in order.
-    :ivar peers: the peer layer.
-    :ivar nat: the router's port mapping, or ``None`` when off.
-    :ivar mdns: mDNS / DNS-SD discovery, or ``None`` with ``--no-mdns``.
-    :ivar dht: the Kademlia DHT, or ``None`` with ``--no-dht``.
-    :ivar control: the API's view of the node.
-    :ivar metrics: the node's own Prometheus registry, read at each scrape
-        of ``GET /metrics`` (:mod:`bitfitech.api.metrics`).
-    :ivar api: the HTTP API service, or ``None`` with ``--no-api``.
-    :ivar exit_on_startup_error: exit the process with one clear line
-        when a child cannot start (set for twistd), instead of raising.
-    :ivar log_tag: the tag of every line the node logs, when one process
-        runs several nodes (:mod:`bitfitech.logs`), else ``None``.
-    """
-
-    def __init__(
-        self,
-        config: NodeConfig,
-        clock: IReactorTime,
-        *,
-        storage: Storage,
-        markets: Markets,
-        gossips: Mapping[str, Gossip],
-        peers: PeerService,
-        nat: PortMappingService | None,
-        mdns: DiscoveryService | None,
-        dht: DiscoveryService | None,
-        control: NodeControl,
-        metrics: CollectorRegistry,
-        api: ApiService | None,
-        exit_on_startup_error: bool = False,
-        log_tag: str | None = None,
-    ) -> None:
-        """Hold the parts and make the services among them children, in start order."""
-        super().__init__()
-        self.config = config
-        self.clock = clock
-        self.storage = storage
-        self.markets = markets
-        self.gossips = dict(gossips)
-        self.peers = peers
-        self.nat = nat
-        self.mdns = mdns
-        self.dht = dht
-        self.control = control
-        self.metrics = metrics
-        self.api = api
-        self.exit_on_startup_error = exit_on_startup_error
-        self.log_tag = log_tag
-        self._storage_service = StorageService(storage)
-        children: list[IService] = [self._storage_service, markets, peers]
-        children += [service for service in (nat, mdns, dht, api) if service is not None]
-        for child in children:
-            child.setServiceParent(self)
-
-    @property
-    def market(self) -> MarketService:
-        """The first market's service (``config.pair``'s)."""
-        return self.markets.first
-
-    @property
-    def gossip(self) -> Gossip:
-        """The first market's gossip."""
-        return self.gossips[self.markets.first.pair]
-
-    def privilegedStartService(self) -> None:
-        with tagged(self.log_tag):
-            super().privilegedStartService()
-
-    def startService(self) -> None:
-        """
-        Apply the log level, then start the children in order.
-
-        A child that cannot start (busy port, data directory in use, bad key
-        file) stops the start: :class:`StartupError` is raised, or with
-        :attr:`exit_on_startup_error` the process exits with status 1 and
-        one clear line instead of a traceback.
-        """
-        with tagged(self.log_tag):
-            set_log_level(self.config.log_level)
-            try:
-                super().startService()
-            except (StartupError, StorageError, IdentityError) as e:
-                log.critical("bitfi cannot start: {error}", error=str(e))
-                if self.exit_on_startup_error:
-                    raise SystemExit(f"bitfi: {e}") from None
-                raise
-            announce_running(self.api.url if self.api is not None else None, self.config.data_dir)
-
-    def stopService(self) -> Deferred[None]:
-        """
-        Stop in a bounded time, whatever peers and clients do
-        (:func:`~bitfitech.lifecycle.stop_in_order`): the API, discovery and
-        the peers are told to stop at once, every market journals and writes
-        its checkpoint without waiting for them, and the storage stops last.
-        """
-        Service.stopService(self)
-        facing = [s for s in reversed(list(self)) if s not in (self.markets, self._storage_service)]
-        with tagged(self.log_tag):
-            return Deferred.fromCoroutine(
-                stop_in_order(
-                    self.clock, facing=facing, disk=self.markets, last=self._storage_service,
-                    still_open=self._still_open,
-                )
-            )  # fmt: skip
-
-    def _still_open(self) -> dict[str, int]:
-        api = self.api
-        return {
-            "links": self.peers.open_links,
-            "clients": api.site.open_connections if api is not None else 0,
-        }
+__all__ = ["Node", "build_node"]
 
 
 def build_node(

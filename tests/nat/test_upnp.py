@@ -191,12 +191,11 @@ class UPnPMapperTests(TestCase):
     async def _silent(self) -> None:
         mapper = self.make_mapper(timeout=0.5)
         self.igd.mode = SILENT  # the description is served; actions are never answered
-        started = self.reactor.seconds()
         with self.assertRaises(NoGateway) as caught:
             await mapper.map(3000, 3000, 3600)
+        # The mapper's own timeout ended the call (trial's timeout guards a hang).
         self.assertIn("no answer in 0.5 s", str(caught.exception))
         self.assertEqual(self.igd.actions, ["AddPortMapping"])
-        self.assertLess(self.reactor.seconds() - started, 30)  # a hang guard, not a speed
 
     def test_silent_router_times_out(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._silent())

@@ -1695,7 +1695,7 @@ def build_parser(stdout: TextIO, stderr: TextIO) -> argparse.ArgumentParser:
     )  # fmt: skip
     common.add_argument(
         "--market", metavar="PAIR", type=market_argument, default=argparse.SUPPRESS,
-        help="the market of book, trades, orders, buy, sell and cancel, such as ETH/USD "
+        help="the market of book, trades, orders, buy, sell, cancel and watch, such as ETH/USD "
         "(default: $BITFI_MARKET, else the node's first market)",
     )  # fmt: skip
     common.add_argument(

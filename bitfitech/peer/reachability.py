@@ -186,7 +186,8 @@ class Reachability:
     """
     This node's reachability, and the dial-backs it answers for its peers.
 
-    :ivar state: ``unknown``, ``public``, ``mapped`` or ``outbound-only``.
+    :ivar state: ``unknown``, ``public`` or ``outbound-only`` (``status()``
+        says ``mapped`` for ``public`` when the port reached is the router's).
     :ivar address: the address a peer reached (``host:port``), or ``None``.
     """
 

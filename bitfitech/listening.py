@@ -1,9 +1,10 @@
-"""Listening TCP ports of a node's services, and the error that stops a start.
+"""Listening ports of a node's services, and the error that stops a start.
 
 Not a stage of the data path but what two stages share: the peer layer
 (:class:`~bitfitech.peer.service.PeerService`) and the HTTP API
-(:class:`~bitfitech.api.service.ApiService`) each own one listening port,
-opened in ``startService`` and closed in ``stopService``.  A port that
+(:class:`~bitfitech.api.service.ApiService`) each own one listening port
+(or one per address family), opened in ``startService`` and closed in
+``stopService``; the DHT binds its UDP ports with :func:`listen_udp`.  A port that
 cannot be opened raises :class:`StartupError` at once, so a busy port
 aborts the node's start instead of being logged and ignored (the way
 ``strports.service`` would).
@@ -27,7 +28,7 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IStreamServerEndpoint,
 )
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import DatagramProtocol, ServerFactory
 from twisted.python.failure import Failure
 
 from .address import format_hostport
@@ -44,7 +45,7 @@ BACKLOG = 50
 _PORT_TRIES = 8
 """Tries at one OS-chosen port free on both families before giving up."""
 
-_NO_FAMILY = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
+NO_FAMILY = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
 """Errors that say the host lacks a family (the dual-stack default then runs on the other)."""
 
 
@@ -118,6 +119,31 @@ def listen_tcp(
         sock.close()  # the reactor holds its own copy
 
 
+def listen_udp(reactor: Any, host: str, port: int, protocol: DatagramProtocol) -> Any:
+    """
+    Bind C{protocol} to UDP C{host} (an IPv4 or IPv6 literal) and C{port}.
+    A socket on ``::`` is made IPv6 only and handed to the reactor
+    (``adoptDatagramPort``), as :func:`listen_tcp` does, so an IPv4 socket
+    on ``0.0.0.0`` and the same port can stand beside it; other addresses
+    (and reactors that cannot adopt a socket) go through ``listenUDP``.
+
+    :raises CannotListenError: when it cannot bind (its ``socketError``
+        says why, as Twisted's).
+    """
+    if host != "::" or not IReactorSocket.providedBy(reactor):
+        return reactor.listenUDP(port, protocol, interface=host)
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+        return reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET6, protocol, 8192)
+    except OSError as e:
+        raise CannotListenError(host, port, e) from e
+    finally:
+        sock.close()  # the reactor holds its own copy
+
+
 def listen_all(
     reactor: IReactorTCP,
     hosts: Sequence[str],
@@ -143,7 +169,7 @@ def listen_all(
                     ports.append(listen_tcp(reactor, host, number, factory, what))
                 except StartupError as e:
                     cause = e.__cause__
-                    no_family = isinstance(cause, OSError) and cause.errno in _NO_FAMILY
+                    no_family = isinstance(cause, OSError) and cause.errno in NO_FAMILY
                     if tuple(hosts) == DUAL_STACK and no_family and (ports or host != hosts[-1]):
                         family = "IPv6" if ":" in host else "IPv4"
                         log.warn("No {family} here: {what} listen on the other family only "

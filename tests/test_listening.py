@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from bitfitech import listening
-from bitfitech.listening import ListeningService, StartupError, listen_all, listen_tcp
-from bitfitech.testing import global_reactor, has_ipv6_loopback
+from bitfitech.listening import (
+    ListeningService,
+    StartupError,
+    listen_all,
+    listen_tcp,
+    listen_udp,
+)
+from bitfitech.testing import HANG_GUARD, global_reactor, has_ipv6_loopback, poll_until
 
 FACTORY = Factory.forProtocol(Protocol)
 
@@ -45,6 +52,28 @@ class ListenTests(TestCase):
         number = self.service.listen_port
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as beside:
             beside.bind(("0.0.0.0", number))
+
+    async def test_udp_ipv6_socket_is_ipv6_only(self) -> None:
+        """
+        The DHT's IPv6 UDP socket on ``::`` leaves the IPv4 port of its
+        number free, and receives over IPv6 (a datagram to ``::1``).
+        """
+        received: list[tuple[bytes, str]] = []
+
+        class Receiver(DatagramProtocol):
+            def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+                received.append((datagram, addr[0]))
+
+        port = listen_udp(self.reactor, "::", 0, Receiver())
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        self.assertEqual(port.getHost().host, "::")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as beside:
+            beside.bind(("0.0.0.0", number))
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"hello", ("::1", number))
+        await poll_until(self.reactor, lambda: bool(received), HANG_GUARD, "the datagram")
+        self.assertEqual(received, [(b"hello", "::1")])
 
     async def test_busy_port_is_a_startup_error(self) -> None:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as holder:

@@ -415,7 +415,7 @@ class ServerErrorTests(ProtocolTestCase):
     def test_server_error(self) -> None:
         """If building the answer raises, the query gets 202 and the error is logged."""
 
-        def broken(*args: object) -> list[tuple[str, int]]:
+        def broken(*args: object, **kwargs: object) -> list[tuple[str, int]]:
             raise RuntimeError("boom")
 
         self.store.peers = broken  # type: ignore[method-assign,assignment]

@@ -269,6 +269,13 @@ def is_ipv6(host: str) -> bool:
     return isinstance(host, str) and ":" in host and _packed_ipv6(host) is not None
 
 
+def family_of(host: str) -> int | None:
+    """4 or 6: the family of the IP literal C{host} as the DHT carries it; ``None`` for neither."""
+    if is_ipv4(host):
+        return 4
+    return 6 if is_ipv6(host) else None
+
+
 def encode_compact_peer(host: str, port: int) -> bytes:
     """
     The compact form of an address and port: 6 bytes for IPv4, 18 for IPv6.

@@ -152,6 +152,8 @@ class Lookup:
         seconds (without it queries never stall).
     :param max_in_flight: most queries awaiting an answer, stalled ones
         included (at least C{alpha}).
+    :param family: 4 or 6: the lookup goes through the nodes of that
+        family's DHT, read from answers' ``nodes`` or ``nodes6`` (BEP 32).
     """
 
     def __init__(
@@ -168,8 +170,10 @@ class Lookup:
         clock: IReactorTime | None = None,
         stall_after: Callable[[NodeInfo], float] | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
+        family: int = 4,
     ) -> None:
         self.target = target
+        self._family = family
         self._send = send
         self._k = k
         self._alpha = alpha
@@ -333,7 +337,7 @@ class Lookup:
             candidate.state = _ANSWERED
             if reply.token is not None:
                 self.result.tokens[candidate.node.node_id] = reply.token
-        for node in reply.nodes:
+        for node in reply.nodes6 if self._family == 6 else reply.nodes:
             self._offer(node, candidate.depth + 1)
         for peer in reply.values:
             if len(self._peers) < MAX_PEERS_FOUND:

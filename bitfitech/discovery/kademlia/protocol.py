@@ -20,6 +20,12 @@ malformed query gets an error reply.  Every node heard from is reported to
 the routing table, which may ask us to ping questionable contacts, with the
 round trip of each answer (the table's estimates set the lookups' stall
 timeouts) and each query unanswered at ``query_timeout`` (a failure).
+
+One protocol serves one address family (BEP 32: the IPv4 and the IPv6 DHT
+are two networks): its socket's.  It answers ``want`` (``n4``, ``n6``)
+from its own routing table for its family and from the other family's
+(``sibling``), when the node runs both; ``values`` hold peers of its
+family only, and only nodes of its family enter its table.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -42,6 +48,8 @@ from .krpc import (
     MAX_INCOMING,
     PROTOCOL_ERROR,
     SERVER_ERROR,
+    WANT_N4,
+    WANT_N6,
     Address,
     AnnouncePeer,
     ErrorReply,
@@ -55,7 +63,7 @@ from .krpc import (
     Response,
     decode_message,
     encode_message,
-    is_ipv4,
+    family_of,
     method_of,
 )
 from .routing import RoutingTable
@@ -127,13 +135,18 @@ class _Pending:
 
 class DHTProtocol(DatagramProtocol):
     """
-    One DHT node's KRPC endpoint on a UDP port.
+    One DHT node's KRPC endpoint on a UDP port, of one address family.
 
     :ivar node_id: this node's id.
     :ivar routing: the routing table it reports nodes to and answers from.
     :ivar store: the announced peers it keeps.
     :param announced: called with C{(info_hash, host, port)} for every
         peer announced to us (after it is stored).
+    :param family: 4 or 6, the family of the socket (and of every node in
+        C{routing}).
+    :param sibling: the other family's confirmed nodes nearest an id
+        (``nodes6`` of an IPv4 answer, ``nodes`` of an IPv6 one, when
+        ``want`` asks for them); ``None`` when the node runs one family.
     :ivar counters: what happened to datagrams (``received``, ``sent``,
         ``oversize``, ``malformed``, ``rate_limited``, ``unexpected``,
         ``queries``, ``errors_sent``, ``timeouts``...).
@@ -154,8 +167,14 @@ class DHTProtocol(DatagramProtocol):
         query_timeout: float = 2.0,
         max_pending: int = MAX_PENDING,
         announced: Callable[[bytes, str, int], None] | None = None,
+        family: int = 4,
+        sibling: Callable[[bytes], tuple[NodeInfo, ...]] | None = None,
     ) -> None:
+        if family not in (4, 6):
+            raise ValueError(f"an address family is 4 or 6, not {family!r}")
         self._clock = clock
+        self.family = family
+        self.sibling = sibling
         self.node_id = node_id
         self.routing = routing
         self.store = store
@@ -320,7 +339,7 @@ class DHTProtocol(DatagramProtocol):
             log.failure("DHT could not answer a {method} query", method=method_of(message))
             answer = ErrorReply(message.transaction, SERVER_ERROR, "server error")
         self._send(answer, address)
-        if not message.read_only and is_ipv4(address[0]) and address[1] > 0:
+        if not message.read_only and family_of(address[0]) == self.family and address[1] > 0:
             self._heard_from(message.sender, address, now, responded=False)
 
     def _bad_message(self, error: KRPCError, address: Address, now: float) -> None:
@@ -365,20 +384,19 @@ class DHTProtocol(DatagramProtocol):
         if isinstance(query, Ping):
             return Response(query.transaction, self.node_id)
         if isinstance(query, FindNode):
-            nodes = self._nodes(query.target)
-            return Response(query.transaction, self.node_id, nodes, with_nodes=True)
+            return self._with_nodes(query.want, query.target, query.transaction)
         if isinstance(query, GetPeers):
             token = self.tokens.token_for(host, now)
-            nodes = self._nodes(query.info_hash)
-            values = self.store.peers(query.info_hash, now, MAX_VALUES, self._rng)
-            return Response(
-                query.transaction, self.node_id, nodes, tuple(values), token, with_nodes=True
+            values = self.store.peers(
+                query.info_hash, now, MAX_VALUES, self._rng, family=self.family
             )
+            answer = self._with_nodes(query.want, query.info_hash, query.transaction)
+            return replace(answer, values=tuple(values), token=token)
         if not self.tokens.check(query.token, host, now):
             self.counters["bad_tokens"] += 1
             return ErrorReply(query.transaction, PROTOCOL_ERROR, "bad token")
         peer_port = port if query.implied_port else query.port
-        if not 0 < peer_port < 65536 or not is_ipv4(host):
+        if not 0 < peer_port < 65536 or family_of(host) != self.family:
             return ErrorReply(query.transaction, PROTOCOL_ERROR, "bad port")
         self.store.add(query.info_hash, host, peer_port, now)
         self.counters["announces"] += 1
@@ -386,9 +404,38 @@ class DHTProtocol(DatagramProtocol):
             self._announced(query.info_hash, host, peer_port)
         return Response(query.transaction, self.node_id)
 
-    def _nodes(self, target: bytes) -> tuple[NodeInfo, ...]:
+    def nodes_near(self, target: bytes) -> tuple[NodeInfo, ...]:
+        """The confirmed nodes of our table nearest C{target}: what an answer names."""
         nodes = self.routing.closest_confirmed(target)
         return tuple(NodeInfo(c.node_id, c.host, c.port) for c in nodes)
+
+    def _with_nodes(self, want: frozenset[str], target: bytes, transaction: bytes) -> Response:
+        """
+        An answer naming the nodes nearest C{target} of each family in
+        C{want} (BEP 32; none: our own family's): ``nodes`` always over
+        IPv4 (empty when not asked for, as BEP 5 has it) and over IPv6 when
+        asked for, ``nodes6`` when asked for (or by default over IPv6) and
+        the node runs IPv6.  A family the node does not run is left out.
+        """
+        own = WANT_N6 if self.family == 6 else WANT_N4
+        want = want or frozenset({own})
+        by_family: dict[str, tuple[NodeInfo, ...]] = {}
+        for entry in (WANT_N4, WANT_N6):
+            if entry not in want:
+                continue
+            if entry == own:
+                by_family[entry] = self.nodes_near(target)
+            elif self.sibling is not None:
+                by_family[entry] = self.sibling(target)
+        nodes6 = by_family.get(WANT_N6)
+        return Response(
+            transaction,
+            self.node_id,
+            by_family.get(WANT_N4, ()),
+            with_nodes=self.family == 4 or WANT_N4 in by_family,
+            nodes6=nodes6 or (),
+            with_nodes6=nodes6 is not None,
+        )
 
 
 def _ignore(failure: Failure) -> None:

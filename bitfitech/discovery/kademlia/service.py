@@ -56,17 +56,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IResolutionReceiver
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from bitfitech.discovery import OnePeerFound, PeerFound, SettingsStore, reporting
 from bitfitech.interfaces import unix_ms
+from bitfitech.listening import listen_udp
 from bitfitech.logs import logger
 
 from .ids import is_id, parse_hex_id, random_id, random_id_between
-from .krpc import Address, NodeInfo, Response, is_ipv4
+from .krpc import Address, NodeInfo, Response, family_of
 from .lookup import Lookup, LookupResult
 from .protocol import DHTProtocol
 from .routing import STALL_INITIAL, STALL_MAX, STALL_MIN, K, RoutingTable
@@ -77,7 +80,9 @@ log = logger(__name__)
 NODE_ID_SETTING = "dht.node_id"
 """Settings key of the node id (40 hex digits)."""
 CONTACTS_SETTING = "dht.contacts"
-"""Settings key of the saved contacts (JSON list of ``[host, port]``)."""
+"""Settings key of the saved IPv4 contacts (JSON list of ``[host, port]``)."""
+CONTACTS6_SETTING = "dht.contacts6"
+"""Settings key of the saved IPv6 contacts (as :data:`CONTACTS_SETTING`)."""
 MAX_SAVED_CONTACTS = 64
 """Most contacts saved for the next start."""
 MAX_BOOTSTRAP = 128
@@ -184,7 +189,10 @@ class DHTService(Service):
     :param info_hash: the older, one-market form of C{info_hashes}: one
         info-hash, of no named market (give one or the other).
     :param port: UDP port to bind (0: any free port).
-    :param host: interface to bind (an IPv4 address).
+    :param host: address to bind, an IPv4 or IPv6 literal: its family is
+        the DHT's (BEP 32: IPv4 and IPv6 are two DHTs, and
+        :class:`~bitfitech.discovery.kademlia.dualstack.DualStackDHT` runs
+        one of each); ``::`` binds an IPv6-only socket.
     :param p2p_port: returns the TCP port peers should dial (announced).
     :param found: called with ``(host, port, None, (market,))`` for every
         peer found under a market's info-hash; built with C{info_hash},
@@ -193,7 +201,9 @@ class DHTService(Service):
         C{info_hash}): whether the node would like more peers of that
         market now; its lookup then comes every ``min_lookup_gap`` instead
         of every ``lookup_interval``.
-    :param bootstrap: ``(host, port)`` of DHT nodes to join through.
+    :param bootstrap: ``(host, port)`` of DHT nodes to join through: the
+        literals of our family, and host names resolved in it (the others
+        are the other family's DHT's).
     :param settings: where the node id and contacts persist, if anywhere.
     :param rng: randomness for the node id and refresh targets.
     :param timing: timers and rates.
@@ -232,6 +242,11 @@ class DHTService(Service):
         self._market_of = {value: market for market, value in hashes.items()}
         self._port_number = port
         self._host = host
+        family = family_of(host)
+        if family is None:
+            raise ValueError(f"the DHT binds an IP address, not {host!r}")
+        self.family = family
+        self._sibling: Callable[[bytes], tuple[NodeInfo, ...]] | None = None
         self._p2p_port = p2p_port
         self._found = reporting(found, markets=info_hashes is not None)
         self._wants_peers = wants_peers
@@ -296,6 +311,33 @@ class DHTService(Service):
         """This node's DHT id, once started."""
         return self._node_id
 
+    def share_node_id(self, node_id: bytes) -> None:
+        """
+        Run with C{node_id} instead of loading or drawing one (before the
+        start): the other family's DHT's, as BEP 32 recommends.
+        """
+        if not is_id(node_id):
+            raise ValueError(f"a node id is 20 bytes, not {len(node_id)}")
+        self._node_id = node_id
+
+    def set_sibling(self, nodes_near: Callable[[bytes], tuple[NodeInfo, ...]] | None) -> None:
+        """
+        Answer ``want`` of the other family with C{nodes_near} (the other
+        family's DHT's :meth:`nodes_near`, set by a dual-stack DHT once
+        both run), or leave that family out of answers (``None``).
+        """
+        self._sibling = nodes_near
+        if self._protocol is not None:
+            self._protocol.sibling = nodes_near
+
+    def use_port(self, port: int) -> None:
+        """Bind UDP C{port} instead of the one given (before the start)."""
+        self._port_number = port
+
+    def nodes_near(self, target: bytes) -> tuple[NodeInfo, ...]:
+        """The confirmed nodes of our table nearest C{target} (none when not running)."""
+        return self._protocol.nodes_near(target) if self._protocol is not None else ()
+
     @property
     def routing_table(self) -> RoutingTable | None:
         """The routing table, while running."""
@@ -308,13 +350,16 @@ class DHTService(Service):
 
     def status(self) -> dict[str, Any]:
         """
-        A summary for the API: ids in hex, ports, table size, announce time,
-        peers found; ``info_hash`` is the first market's, ``info_hashes``
-        and ``peers_found_by_market`` go by market.
+        A summary for the API: ids in hex, family (``ipv4``, ``ipv6``),
+        bind address, port, table size, announce time, peers found;
+        ``info_hash`` is the first market's, ``info_hashes`` and
+        ``peers_found_by_market`` go by market.
         """
         routing = self.routing_table
         return {
             "node_id": self._node_id.hex() if self._node_id is not None else None,
+            "family": f"ipv{self.family}",
+            "host": self._host,
             "port": self.listen_port,
             "info_hash": self.info_hash.hex(),
             "info_hashes": {m: s.info_hash.hex() for m, s in self._markets.items()},
@@ -347,11 +392,11 @@ class DHTService(Service):
             limiter=RateLimiter(timing.queries_per_second, timing.query_burst),
             query_timeout=timing.query_timeout,
             announced=self._announced,
+            family=self.family,
+            sibling=self._sibling,
         )
         # Raises CannotListenError (port busy, bad interface) before we run.
-        self._listening_port = self._reactor.listenUDP(
-            self._port_number, protocol, interface=self._host
-        )
+        self._listening_port = listen_udp(self._reactor, self._host, self._port_number, protocol)
         self._protocol = protocol
         super().startService()
         self._retry_delay = timing.bootstrap_retry
@@ -367,7 +412,8 @@ class DHTService(Service):
             lambda f: log.failure("DHT pings of nearest contacts stopped", f)
         )
         log.info(
-            "DHT started on UDP port {port}, node id {node_id}, info-hashes {info_hashes}",
+            "DHT{over} started on UDP port {port}, node id {node_id}, info-hashes {info_hashes}",
+            over=" over IPv6" if self.family == 6 else "",
             port=self.listen_port,
             node_id=node_id.hex(),
             info_hashes=", ".join(
@@ -450,6 +496,7 @@ class DHTService(Service):
             exclude=protocol.node_id,
             clock=self._reactor,
             stall_after=lambda n: routing.stall_timeout(n.node_id),
+            family=self.family,
         ).run()
 
     # Background work.
@@ -535,14 +582,19 @@ class DHTService(Service):
         literal: list[Address] = []
         names: list[Address] = []
         for host, port in given:
-            (literal if is_ipv4(host) else names).append((host, port))
-        resolve = getattr(self._reactor, "resolve", None)
-        if names and resolve is not None:
-            resolved = await gatherResults([_quietly(resolve(host)) for host, _ in names])
+            family = family_of(host)
+            if family == self.family:
+                literal.append((host, port))
+            elif family is None:
+                names.append((host, port))
+        if names:
+            resolved = await gatherResults(
+                [_quietly(resolve_in(self._reactor, host, self.family)) for host, _ in names]
+            )
             literal += [
-                (str(ip), port)
+                (ip, port)
                 for ip, (_, port) in zip(resolved, names, strict=True)
-                if ip is not None and is_ipv4(str(ip))
+                if ip is not None and family_of(ip) == self.family
             ]
         unique = list(dict.fromkeys(a for a in literal if 0 < a[1] < 65536))
         return unique[:MAX_BOOTSTRAP]
@@ -748,10 +800,14 @@ class DHTService(Service):
             self._settings.set_setting(NODE_ID_SETTING, node_id.hex())
         return node_id
 
+    @property
+    def _contacts_setting(self) -> str:
+        return CONTACTS6_SETTING if self.family == 6 else CONTACTS_SETTING
+
     def _saved_contacts(self) -> list[Address]:
         if self._settings is None:
             return []
-        text = self._settings.get_setting(CONTACTS_SETTING)
+        text = self._settings.get_setting(self._contacts_setting)
         if not text:
             return []
         try:
@@ -766,7 +822,7 @@ class DHTService(Service):
                 and len(entry) == 2
                 and isinstance(entry[0], str)
                 and isinstance(entry[1], int)
-                and is_ipv4(entry[0])
+                and family_of(entry[0]) == self.family
                 and 0 < entry[1] < 65536
             ):
                 contacts.append((entry[0], entry[1]))
@@ -786,7 +842,7 @@ class DHTService(Service):
             return
         try:
             self._settings.set_setting(
-                CONTACTS_SETTING, json.dumps([[c.host, c.port] for c in good])
+                self._contacts_setting, json.dumps([[c.host, c.port] for c in good])
             )
         except Exception:
             # A full or read-only disk: said once, tried again at the next save.
@@ -795,6 +851,38 @@ class DHTService(Service):
             self._contacts_unsaved = True
         else:
             self._contacts_unsaved = False
+
+
+def resolve_in(reactor: Any, name: str, family: int) -> Deferred[str | None]:
+    """
+    The first address of C{family} (4 or 6) of the host C{name}, or
+    ``None``: IPv4 through the reactor's ``resolve``, IPv6 through its
+    name resolver (``AAAA``), where the reactor has them.
+    """
+    if family == 4:
+        resolve = getattr(reactor, "resolve", None)
+        if resolve is None:
+            return succeed(None)
+        return maybeDeferred(resolve, name).addCallback(str)
+    resolver = getattr(reactor, "nameResolver", None)
+    if resolver is None:
+        return succeed(None)
+    found: list[str] = []
+    done: Deferred[str | None] = Deferred()
+
+    @implementer(IResolutionReceiver)
+    class Receiver:
+        def resolutionBegan(self, resolution: Any) -> None:
+            pass
+
+        def addressResolved(self, address: Any) -> None:
+            found.append(str(address.host))
+
+        def resolutionComplete(self) -> None:
+            done.callback(found[0] if found else None)
+
+    resolver.resolveHostName(Receiver(), name, 0, addressTypes=[IPv6Address])
+    return done
 
 
 def _quietly(d: Deferred[Any]) -> Deferred[Any]:

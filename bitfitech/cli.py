@@ -712,9 +712,16 @@ def _dht_summary(dht: Mapping[str, Any] | None) -> str:
         return "off"
     announced = dht.get("announced_at")
     when = "not announced yet" if announced is None else f"announced {utc_time_ms(announced)} UTC"
+    families = dht.get("families") or {}
+    by_family = ", ".join(
+        f"{name.replace('ipv', 'IPv')} {family.get('routing_table_size', 0)}"
+        for name, family in families.items()
+    )
     return (
         f"on (UDP port {dht.get('port')}), {dht.get('routing_table_size', 0)} in the routing "
-        f"table, {dht.get('peers_found', 0)} peers found, {when}"
+        f"table{f' ({by_family})' if len(families) > 1 else ''}"
+        f"{' over IPv6' if list(families) == ['ipv6'] else ''}, "
+        f"{dht.get('peers_found', 0)} peers found, {when}"
     )
 
 

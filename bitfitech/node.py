@@ -49,10 +49,10 @@ from .api.control import NodeControl
 from .api.metrics import node_registry
 from .api.service import ApiService
 from .config import NodeConfig
+from .discovery.kademlia.dualstack import DualStackDHT
 from .discovery.kademlia.ids import market_info_hash
-from .discovery.kademlia.service import DHTService
 from .discovery.mdns import MDNSService
-from .discovery.service import DiscoveryService, dht_bind_host
+from .discovery.service import DiscoveryService, dht_bind_hosts
 from .gossip import Gossip, GossipRouter, ThreadedVerifier
 from .lifecycle import Node
 from .logs import TaggedReactor
@@ -161,11 +161,12 @@ def build_node(
             required=False, what=f"mDNS on {config.mdns_interface or 'all interfaces'}",
         )  # fmt: skip
     if config.dht_enabled:
-        where = format_hostport(dht_bind_host(config.host), config.dht_listen_port)
+        hosts = dht_bind_hosts(config.host)
+        where = " and ".join(format_hostport(h, config.dht_listen_port) for h in hosts)
         dht = DiscoveryService(
             "dht",
-            DHTService(
-                reactor, port=config.dht_listen_port, host=dht_bind_host(config.host),
+            DualStackDHT(
+                reactor, port=config.dht_listen_port, hosts=hosts,
                 info_hashes={m: market_info_hash(config.network, m) for m in config.markets},
                 p2p_port=lambda: peers.listen_port, found=peers.found_by("dht"),
                 wants_peers=peers.wants_peers, bootstrap=config.dht_bootstrap,

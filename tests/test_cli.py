@@ -1324,6 +1324,22 @@ class RenderTests(SynchronousTestCase):
                       "announced 2026-12-05 07:11:40 UTC", lines)  # fmt: skip
         nothing = cli.render_status({**status, "settled_through_ms": None}, 0.0)
         self.assertIn(f"state    {'e' * 16}  nothing settled yet", nothing)
+        both = {
+            "port": 3000,
+            "announced_at": None,
+            "routing_table_size": 12,
+            "peers_found": 2,
+            "families": {"ipv4": {"routing_table_size": 8}, "ipv6": {"routing_table_size": 4}},
+        }
+        self.assertIn(
+            "dht      on (UDP port 3000), 12 in the routing table (IPv4 8, IPv6 4), "
+            "2 peers found, not announced yet",
+            cli.render_status({**status, "dht": both}, 0.0),
+        )
+        six = {**both, "routing_table_size": 4, "families": {"ipv6": {"routing_table_size": 4}}}
+        self.assertIn("dht      on (UDP port 3000), 4 in the routing table over IPv6, "
+                      "2 peers found, not announced yet",
+                      cli.render_status({**status, "dht": six}, 0.0))  # fmt: skip
 
         peer = {"node_id": "a" * 40, "address": "127.0.0.1:3001", "direction": "inbound",
                 "rtt_ms": 3, "connected_since": 1_700_000_000_000}  # fmt: skip

@@ -511,8 +511,14 @@ class NodeCollector:
                          "known by mDNS now.",
                          mdns["discovered"])  # fmt: skip
         if dht is not None:
-            yield _gauge("bitfi_dht_routing_table_size", "DHT nodes in the routing table.",
-                         dht["routing_table_size"])  # fmt: skip
+            table = GaugeMetricFamily(
+                "bitfi_dht_routing_table_size",
+                "DHT nodes in the routing table, by address family (ipv4, ipv6).",
+                labels=("family",),
+            )
+            for family, state in (dht.get("families") or {}).items():
+                table.add_metric([family], state["routing_table_size"])
+            yield table
             yield _counter("bitfi_dht_peers_found", "New peer addresses found through the DHT.",
                            dht["peers_found"])  # fmt: skip
 

@@ -356,14 +356,30 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "DHTStatus": obj(
         {
             "node_id": nullable(HEX40),
-            "port": COUNT,
+            "port": {**COUNT, "description": "The UDP port (of the first family running)."},
             "info_hash": HEX40,
-            "routing_table_size": COUNT,
+            "routing_table_size": {**COUNT, "description": "Contacts of every family."},
             "announced_at": nullable(UNIX_MS),
             "peers_found": COUNT,
+            "families": {
+                "type": "object",
+                "propertyNames": {"enum": ["ipv4", "ipv6"]},
+                "additionalProperties": ref("DHTFamily"),
+                "description": "The DHT of each address family running (BEP 32: IPv4 and "
+                "IPv6 are two DHTs); a family the host lacks is absent.",
+            },
         },
         closed=False,
     ),  # fmt: skip
+    "DHTFamily": obj(
+        {
+            "host": {**TEXT, "description": "The address bound (0.0.0.0, ::, or --host)."},
+            "port": COUNT,
+            "routing_table_size": COUNT,
+            "announced_at": nullable(UNIX_MS),
+            "peers_found": COUNT,
+        }
+    ),
     "Discovery": obj({"mdns": nullable(ref("MDNSStatus")), "dht": nullable(ref("DHTStatus"))}),
     "Peer": obj(
         {

@@ -10,14 +10,13 @@ node's service tree and decides what a failed start means.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
 
-from ..listening import StartupError
+from ..listening import DUAL_STACK, StartupError
 from ..logs import logger
 from .mdns import MDNSError
 
@@ -75,12 +74,11 @@ class DiscoveryService(Service):
         return None if self.service is None else dict(self.service.status())
 
 
-def dht_bind_host(host: str) -> str:
+def dht_bind_hosts(host: str) -> tuple[str, ...]:
     """
-    The IPv4 address the DHT binds to, given the P2P bind address: the
-    same when it is IPv4, else loopback for an IPv6 loopback and every
-    interface otherwise (BEP 5 is IPv4).
+    The addresses the DHT binds, given the P2P bind address: both
+    families' every address for none, else that one address (``--host``
+    narrows the DHT to its family, as it narrows the P2P listener; ``::``
+    is IPv6 only for both).
     """
-    if ":" not in host:
-        return host
-    return "127.0.0.1" if ipaddress.ip_address(host).is_loopback else "0.0.0.0"
+    return (host,) if host else DUAL_STACK

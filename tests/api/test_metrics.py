@@ -345,7 +345,7 @@ class NodeMetricsTests(ClusterTestCase):
         node = self.cluster.start_node(dht_enabled=True)
         _, samples = parse(scrape(node.metrics)[1])
         self.assertEqual(value(samples, "bitfi_discovery_running", service="dht"), 1)
-        self.assertEqual(value(samples, "bitfi_dht_routing_table_size"),
+        self.assertEqual(value(samples, "bitfi_dht_routing_table_size", family="ipv4"),
                          node.control.status()["dht"]["routing_table_size"])  # fmt: skip
         self.assertEqual(value(samples, "bitfi_dht_peers_found_total"), 0)
 

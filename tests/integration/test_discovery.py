@@ -11,6 +11,7 @@ every wait here is a hang guard only.
 from __future__ import annotations
 
 import secrets
+from unittest import SkipTest
 
 from bitfitech.discovery.kademlia.ids import network_info_hash
 from bitfitech.node import Node
@@ -19,6 +20,7 @@ from bitfitech.testing import (
     ClusterTestCase,
     connected_components,
     free_udp_port,
+    has_ipv6_loopback,
     multicast_unavailable,
     poll_until,
 )
@@ -134,6 +136,36 @@ class DHTDiscoveryTests(_DiscoveryTestCase):
             for entry in node.peers.addrbook.entries()  # type: ignore[union-attr]
         }
         self.assertIn("dht", sources)
+
+    async def test_nodes_link_over_ipv6_through_the_dht_alone(self) -> None:
+        """On ::1 the DHT is BEP 32's IPv6 one: nodes find and link through it alone."""
+        if not has_ipv6_loopback():
+            raise SkipTest("no IPv6 loopback (::1) here")
+        first = self.cluster.start_node(network=self.network, host="::1", dht_enabled=True)
+        status = first.control.status()["dht"]
+        self.assertEqual(list(status["families"]), ["ipv6"])
+        dht_port = status["port"]
+        others = [
+            self.cluster.start_node(
+                network=self.network, host="::1", dht_enabled=True,
+                dht_bootstrap=(("::1", dht_port),),
+            )
+            for _ in range(2)
+        ]  # fmt: skip
+        nodes = [first, *others]
+        await poll_until(self.reactor, lambda: linked_to_all(nodes), HANG_GUARD,
+                         "nodes linked by the IPv6 DHT")  # fmt: skip
+        status = others[0].control.status()["dht"]
+        self.assertEqual(status["families"]["ipv6"]["host"], "::1")
+        self.assertGreaterEqual(status["families"]["ipv6"]["routing_table_size"], 1)
+        self.assertIsNotNone(status["announced_at"])
+        found = {
+            entry.host
+            for node in nodes
+            for entry in node.peers.addrbook.entries()  # type: ignore[union-attr]
+            if entry.source == "dht"
+        }
+        self.assertEqual(found, {"::1"})
 
     async def test_dht_port_defaults_to_the_p2p_port_number(self) -> None:
         port = free_udp_port()

@@ -686,7 +686,11 @@
     setText("mdns", s.mdns ? "on" + (s.mdns.interface ? " (" + s.mdns.interface + ")" : "") +
       (s.mdns.discovered !== undefined ? ", " + s.mdns.discovered + " discovered" : "") : s.mdns === null ? "off" : "—");
     const announced = s.dht ? instantMs(s.dht.announced_at) : null;
+    const dhtFamilies = s.dht && s.dht.families ? Object.keys(s.dht.families) : [];
     setText("dht", s.dht ? "on, port " + s.dht.port + ", " + (s.dht.routing_table_size ?? 0) + " in routing table" +
+      (dhtFamilies.length > 1 ? " (" + dhtFamilies.map((f) => f.replace("ipv", "IPv") + " " +
+        (s.dht.families[f].routing_table_size ?? 0)).join(", ") + ")" :
+        dhtFamilies.length === 1 && dhtFamilies[0] === "ipv6" ? " over IPv6" : "") +
       (s.dht.peers_found !== undefined ? ", " + s.dht.peers_found + " peers found" : "") +
       (announced ? ", announced " + when(announced) : "") : s.dht === null ? "off" : "—");
     setText("reach", reachLine(s.reachability));

@@ -155,7 +155,8 @@ class Options(usage.Options):
          "The router to ask by PCP/NAT-PMP [default the default gateway; "
          f"env {_env('nat-gateway')}]", _cli("nat-gateway", cfg.coerce_ip)],
         ["dht-port", None, None,
-         "UDP port of the Kademlia DHT; 0 lets the OS choose "
+         "UDP port of the Kademlia DHT (IPv4 and IPv6, or the family of --host); 0 lets "
+         "the OS choose "
          f"[default the number of --port; env {_env('dht-port')}]",
          _cli("dht-port", cfg.coerce_port)],
         ["ban-duration", None, None,
@@ -222,7 +223,7 @@ class Options(usage.Options):
         self._witnesses = list(witnesses)
 
     def opt_dht_bootstrap(self, value: str) -> None:
-        """DHT node to contact at start, host:port; repeatable or comma-separated; none by default [env $DHT_BOOTSTRAP]"""  # noqa: E501 (one line: twistd --help prints it as is)
+        """DHT node to contact at start, host:port or [v6]:port; repeatable or comma-separated; none by default [env $DHT_BOOTSTRAP]"""  # noqa: E501 (one line: twistd --help prints it as is)
         try:
             nodes = cfg.coerce_dht_bootstrap(value)
         except ValueError as e:

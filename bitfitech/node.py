@@ -39,6 +39,7 @@ them.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import cast
 
 from twisted.internet.interfaces import IReactorCore, IReactorTime
@@ -141,10 +142,10 @@ def build_node(
     if config.nat_mode != "off":
         mappers = build_mappers(reactor, config.nat_mode, gateway=config.nat_gateway)
         nat = PortMappingService(clock, mappers, lambda: peers.listen_port or None)
+    mapped: Callable[[], tuple[str, int] | None] = nat.mapped if nat is not None else lambda: None
     peers = PeerService(
         config, storage, reactor, hub=hub, addrbook=addrbook, bans=bans, security=security,
-        dialer=dialer, gossip=router, witness_digest=witnesses.digest,
-        mapped=nat.mapped if nat is not None else lambda: None,
+        dialer=dialer, gossip=router, witness_digest=witnesses.digest, mapped=mapped,
     )  # fmt: skip
 
     # Discovery: hands the addresses it finds to the peer layer.
@@ -169,6 +170,8 @@ def build_node(
                 reactor, port=config.dht_listen_port, hosts=hosts,
                 info_hashes={m: market_info_hash(config.network, m) for m in config.markets},
                 p2p_port=lambda: peers.listen_port, found=peers.found_by("dht"),
+                # behind a router, announce over IPv4 the router's port that forwards to ours
+                ipv4_p2p_port=lambda: (mapped() or ("", peers.listen_port))[1],
                 wants_peers=peers.wants_peers, bootstrap=config.dht_bootstrap,
                 settings=storage, rng=rng,
             ),

@@ -399,6 +399,19 @@ class DualStackTests(ServiceTestCase):
         self.assertEqual([n.host for n in reply.nodes], ["10.0.0.2"])
         self.assertEqual([n.host for n in reply.nodes6], ["fd00::2"])
 
+    def test_ipv4_announces_the_mapped_port(self) -> None:
+        """
+        Behind a router, the IPv4 DHT announces the router's port that
+        forwards to ours; the IPv6 one announces ours (no NAT).
+        """
+        a = self.make_dual("a", ("10.0.0.1", "fd00::1"))
+        a.startService()
+        b = self.make_dual("b", ("10.0.0.2", "fd00::2"), p2p=9002, ipv4_p2p_port=lambda: 40002,
+                           bootstrap=[("10.0.0.1", 6881), ("fd00::1", 6881)])  # fmt: skip
+        b.startService()
+        run_for(self.clock, 60)
+        self.assertEqual(set(self.found["a"]), {("10.0.0.2", 40002), ("fd00::2", 9002)})
+
     def test_stop(self) -> None:
         """Stopping stops both families and closes both ports."""
         a = self.make_dual("a", ("10.0.0.1", "fd00::1"))

@@ -16,7 +16,7 @@ A host without one of the families runs the other alone, with a warning
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -43,13 +43,25 @@ class DualStackDHT(Service):
 
     name = "dht"
 
-    def __init__(self, reactor: Any, *, hosts: Sequence[str], port: int, **options: Any) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        hosts: Sequence[str],
+        port: int,
+        ipv4_p2p_port: Callable[[], int] | None = None,
+        **options: Any,
+    ) -> None:
         """
         :param hosts: the addresses to bind, one per family at most:
             :data:`~bitfitech.listening.DUAL_STACK` for both families'
             every address (``0.0.0.0``, and ``::`` IPv6 only).
         :param port: the UDP port of both (0: the OS chooses the first's,
             and the second takes the same number if it is free).
+        :param ipv4_p2p_port: the P2P port to announce over IPv4, when it
+            is not ``p2p_port``'s: behind a home router, the router's port
+            that forwards to ours (IPv6 has no NAT, and announces
+            ``p2p_port``).
         :param options: the other arguments of
             :class:`~bitfitech.discovery.kademlia.service.DHTService`,
             given to each.
@@ -58,7 +70,12 @@ class DualStackDHT(Service):
             raise ValueError("the DHT needs an address to bind")
         self._hosts = tuple(hosts)
         self._port = port
-        self.services = [DHTService(reactor, host=host, port=port, **options) for host in hosts]
+        self.services = []
+        for host in hosts:
+            own = dict(options)
+            if ipv4_p2p_port is not None and ":" not in host:
+                own["p2p_port"] = ipv4_p2p_port
+            self.services.append(DHTService(reactor, host=host, port=port, **own))
         families = [service.family for service in self.services]
         if len(set(families)) < len(families):
             raise ValueError(f"one DHT per address family, not {list(hosts)}")

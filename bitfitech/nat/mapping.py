@@ -3,7 +3,8 @@
 Data path: :class:`~bitfitech.nat.service.PortMappingService` asks one
 :class:`IPortMapper` after another (PCP/NAT-PMP in
 :mod:`bitfitech.nat.pmp`, UPnP-IGD in :mod:`bitfitech.nat.upnp`) for a
-:class:`Mapping` of the node's P2P port; each answers with one, or fails
+:class:`Mapping` of one of the node's ports (the P2P port over TCP, the DHT
+port over UDP: one service per protocol); each answers with one, or fails
 with :class:`GatewayRefused` (a router answered no) or :class:`NoGateway`
 (nothing answered).  The service decides what each outcome means for its
 state, so a mapper never retries on its own beyond one protocol exchange.
@@ -25,11 +26,27 @@ PCP = "pcp"
 METHODS = (UPNP, NATPMP, PCP)
 """The methods a mapping can be made with, as :meth:`status` names them."""
 
+TCP = "tcp"
+UDP = "udp"
+PROTOCOLS = (TCP, UDP)
+"""The transport protocols a port can be mapped for; a router keeps TCP 3000 and UDP 3000 apart."""
+
+
+def check_protocol(protocol: str) -> str:
+    """
+    C{protocol} when it is one of :data:`PROTOCOLS`.
+
+    :raises ValueError: otherwise.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"the protocol is tcp or udp, not {protocol!r}")
+    return protocol
+
 
 @dataclass(frozen=True)
 class Mapping:
     """
-    One TCP port mapping the router granted.
+    One port mapping of a TCP or UDP port that the router granted.
 
     :ivar method: ``upnp``, ``natpmp`` or ``pcp``.
     :ivar internal_port: the node's port on this host.
@@ -41,6 +58,8 @@ class Mapping:
         0 for a mapping without a lease (a UPnP router that only grants
         permanent ones), which the service still renews, to notice a
         router that lost it.
+    :ivar protocol: :data:`TCP` or :data:`UDP`, the transport the mapping
+        forwards (a removal names it too).
     """
 
     method: str
@@ -48,6 +67,7 @@ class Mapping:
     external_port: int
     external_address: str | None
     lifetime: int
+    protocol: str = TCP
 
 
 class MappingError(Exception):
@@ -84,7 +104,7 @@ class GatewayRefused(MappingError):
 
 class IPortMapper(Interface):
     """
-    One way of asking the router for a TCP port mapping.
+    One way of asking the router for a port mapping of a TCP or UDP port.
 
     A mapper holds whatever it learned of the router (the gateway address,
     the UPnP control URL, the protocol version) between calls; its calls
@@ -94,18 +114,25 @@ class IPortMapper(Interface):
 
     name = Attribute("The mapper's family for logs: ``upnp``, or ``natpmp`` for NAT-PMP/PCP.")
 
-    def map(internal_port: int, external_port: int, lifetime: int) -> Deferred[Mapping]:  # noqa: N805
+    def map(
+        internal_port: int,  # noqa: N805
+        external_port: int,
+        lifetime: int,
+        protocol: str = TCP,
+    ) -> Deferred[Mapping]:
         """
-        Ask for (or renew) the mapping of TCP C{external_port} to
-        C{internal_port} on this host for C{lifetime} seconds.
+        Ask for (or renew) the mapping of C{external_port} to C{internal_port}
+        on this host for C{lifetime} seconds, for C{protocol}.
 
+        :param protocol: :data:`TCP` or :data:`UDP`; the mapping granted
+            carries it.
         :return: a Deferred firing with the :class:`Mapping` granted (its
             external port may differ), or failing with :class:`NoGateway`
             or :class:`GatewayRefused`.
         """
 
     def unmap(mapping: Mapping) -> Deferred[None]:  # noqa: N805
-        """Remove C{mapping}; fails like :meth:`map`."""
+        """Remove C{mapping} (for its C{protocol}); fails like :meth:`map`."""
 
     def close() -> None:
         """Release sockets and threads; the mapper is not used again."""

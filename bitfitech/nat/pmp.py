@@ -39,17 +39,27 @@ from zope.interface import implementer
 
 from ..logs import logger
 from .gateway import default_gateway
-from .mapping import NATPMP, PCP, GatewayRefused, IPortMapper, Mapping, NoGateway
+from .mapping import (
+    NATPMP,
+    PCP,
+    TCP,
+    UDP,
+    GatewayRefused,
+    IPortMapper,
+    Mapping,
+    NoGateway,
+    check_protocol,
+)
 from .portcontrol import (
     NATPMP_OP_ADDRESS,
     NATPMP_OP_MAP_TCP,
+    NATPMP_OP_MAP_UDP,
     NATPMP_RESPONSE,
     NATPMP_VERSION,
     NONCE_SIZE,
     PCP_OP_MAP,
     PCP_VERSION,
     PORT,
-    TCP,
     UNSUPPORTED_VERSION,
     PcpMapRequest,
     PcpResponse,
@@ -64,11 +74,20 @@ from .portcontrol import (
     encode_request,
     result_text,
 )
+from .portcontrol import TCP as IPPROTO_TCP
+from .portcontrol import UDP as IPPROTO_UDP
 
 log = logger(__name__)
 
 RETRANSMITS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
 """Seconds to wait after each send of one request before sending it again (or giving up)."""
+
+
+PCP_PROTOCOLS = {TCP: IPPROTO_TCP, UDP: IPPROTO_UDP}
+"""The IANA protocol number a PCP MAP names each protocol by."""
+
+NATPMP_OPCODES = {TCP: NATPMP_OP_MAP_TCP, UDP: NATPMP_OP_MAP_UDP}
+"""The NAT-PMP opcode that maps each protocol."""
 
 
 class GatewayUnreachable(NoGateway):
@@ -202,7 +221,9 @@ class PortControlMapper:
     The first :meth:`map` finds the gateway (unless given), opens the
     socket and asks with PCP; a router that answers "unsupported version"
     (or, silent to PCP, answers NAT-PMP) is asked with NAT-PMP from then
-    on.  What it learned is forgotten when the gateway stops answering, so
+    on.  TCP and UDP mappings of the same port are separate mappings
+    (their own PCP nonces, their own NAT-PMP opcodes), made and removed
+    apart.  What it learned is forgotten when the gateway stops answering, so
     a router replaced by another, or a host moved to another network, is
     found again at the next try.
 
@@ -245,13 +266,20 @@ class PortControlMapper:
         self._find_gateway = find_gateway
         self._udp: IListeningPort | None = None
         self._protocol: PortControlProtocol | None = None
-        self._nonces: dict[int, bytes] = {}
+        self._nonces: dict[tuple[str, int], bytes] = {}
         self.gateway: str | None = gateway
         self.version: str | None = None
 
-    def map(self, internal_port: int, external_port: int, lifetime: int) -> Deferred[Mapping]:
-        """See :meth:`IPortMapper.map`."""
-        return Deferred.fromCoroutine(self._map(internal_port, external_port, lifetime))
+    def map(
+        self, internal_port: int, external_port: int, lifetime: int, protocol: str = TCP
+    ) -> Deferred[Mapping]:
+        """
+        See :meth:`IPortMapper.map`.
+
+        :raises ValueError: for a protocol other than ``tcp`` or ``udp``.
+        """
+        check_protocol(protocol)
+        return Deferred.fromCoroutine(self._map(internal_port, external_port, lifetime, protocol))
 
     def unmap(self, mapping: Mapping) -> Deferred[None]:
         """See :meth:`IPortMapper.unmap`."""
@@ -288,18 +316,22 @@ class PortControlMapper:
         self.gateway, self._udp, self._protocol = gateway, udp, protocol
         return protocol
 
-    async def _map(self, internal_port: int, external_port: int, lifetime: int) -> Mapping:
+    async def _map(
+        self, internal_port: int, external_port: int, lifetime: int, protocol: str
+    ) -> Mapping:
         try:
-            return await self._map_once(internal_port, external_port, lifetime)
+            return await self._map_once(internal_port, external_port, lifetime, protocol)
         except NoGateway:
             self._reset()
             raise
 
-    async def _map_once(self, internal_port: int, external_port: int, lifetime: int) -> Mapping:
-        protocol = self._open()
+    async def _map_once(
+        self, internal_port: int, external_port: int, lifetime: int, protocol: str
+    ) -> Mapping:
+        link = self._open()
         if PCP in self._versions and self.version != NATPMP:
             try:
-                mapping = await self._pcp(protocol, internal_port, external_port, lifetime)
+                mapping = await self._pcp(link, internal_port, external_port, lifetime, protocol)
             except _FallBack:
                 log.debug("PCP: {gateway} speaks NAT-PMP only", gateway=self.gateway)
             except GatewayUnreachable:
@@ -315,7 +347,7 @@ class PortControlMapper:
                 return mapping
         if NATPMP not in self._versions:
             raise GatewayRefused(PCP, UNSUPPORTED_VERSION, "the gateway does not speak PCP")
-        mapping = await self._natpmp(protocol, internal_port, external_port, lifetime)
+        mapping = await self._natpmp(link, internal_port, external_port, lifetime, protocol)
         self.version = NATPMP
         return mapping
 
@@ -323,21 +355,29 @@ class PortControlMapper:
         assert self._udp is not None
         return str(self._udp.getHost().host)  # type: ignore[attr-defined]
 
-    def _pcp_request(self, internal_port: int, external_port: int, lifetime: int) -> PcpMapRequest:
-        nonce = self._nonces.get(internal_port)
+    def _pcp_request(
+        self, internal_port: int, external_port: int, lifetime: int, protocol: str
+    ) -> PcpMapRequest:
+        key = (protocol, internal_port)
+        nonce = self._nonces.get(key)
         if nonce is None:
-            nonce = self._nonces[internal_port] = self._nonce(NONCE_SIZE)
+            nonce = self._nonces[key] = self._nonce(NONCE_SIZE)
         external_address = "::" if ":" in (self.gateway or "") else "0.0.0.0"
         return PcpMapRequest(
-            lifetime, self._client_address(), nonce, TCP, internal_port, external_port,
-            external_address,
+            lifetime, self._client_address(), nonce, PCP_PROTOCOLS[protocol], internal_port,
+            external_port, external_address,
         )  # fmt: skip
 
     async def _pcp(
-        self, protocol: PortControlProtocol, internal_port: int, external_port: int, lifetime: int
+        self,
+        link: PortControlProtocol,
+        internal_port: int,
+        external_port: int,
+        lifetime: int,
+        protocol: str,
     ) -> Mapping:
-        request = self._pcp_request(internal_port, external_port, lifetime)
-        response = await protocol.exchange(request, _pcp_accepts(request), PCP)
+        request = self._pcp_request(internal_port, external_port, lifetime, protocol)
+        response = await link.exchange(request, _pcp_accepts(request), PCP)
         if not isinstance(response, PcpResponse):
             raise _FallBack()  # a NAT-PMP router's "unsupported version"
         if response.result == UNSUPPORTED_VERSION and NATPMP in self._versions:
@@ -346,46 +386,54 @@ class PortControlMapper:
             raise GatewayRefused(PCP, response.result, result_text(PCP_VERSION, response.result))
         return Mapping(
             PCP, internal_port, response.map.external_port, response.map.external_address,
-            response.lifetime,
+            response.lifetime, protocol,
         )  # fmt: skip
 
     async def _natpmp(
-        self, protocol: PortControlProtocol, internal_port: int, external_port: int, lifetime: int
+        self,
+        link: PortControlProtocol,
+        internal_port: int,
+        external_port: int,
+        lifetime: int,
+        protocol: str,
     ) -> Mapping:
-        answer = await protocol.exchange(
-            PmpAddressRequest(), _pmp_accepts(NATPMP_OP_ADDRESS), NATPMP
-        )
+        answer = await link.exchange(PmpAddressRequest(), _pmp_accepts(NATPMP_OP_ADDRESS), NATPMP)
         _check_pmp(answer)
         address = answer.address if isinstance(answer, PmpAddressResponse) else None
-        request = PmpMapRequest(NATPMP_OP_MAP_TCP, internal_port, external_port, lifetime)
-        response = await protocol.exchange(
-            request, _pmp_accepts(NATPMP_OP_MAP_TCP, internal_port), NATPMP
-        )
+        opcode = NATPMP_OPCODES[protocol]
+        request = PmpMapRequest(opcode, internal_port, external_port, lifetime)
+        response = await link.exchange(request, _pmp_accepts(opcode, internal_port), NATPMP)
         _check_pmp(response)
         if not isinstance(response, PmpMapResponse):
             raise GatewayRefused(NATPMP, None, "the gateway's answer has no mapping")
-        return Mapping(NATPMP, internal_port, response.external_port, address, response.lifetime)
+        return Mapping(
+            NATPMP, internal_port, response.external_port, address, response.lifetime, protocol
+        )
 
     async def _unmap(self, mapping: Mapping) -> None:
-        protocol = self._open()
+        check_protocol(mapping.protocol)
+        link = self._open()
         if mapping.method == PCP:
-            request = self._pcp_request(mapping.internal_port, 0, 0)
-            response = await protocol.exchange(request, _pcp_accepts(request), PCP)
+            request = self._pcp_request(mapping.internal_port, 0, 0, mapping.protocol)
+            response = await link.exchange(request, _pcp_accepts(request), PCP)
             if isinstance(response, PcpResponse) and response.result != 0:
                 raise GatewayRefused(
                     PCP, response.result, result_text(PCP_VERSION, response.result)
                 )
-            self._nonces.pop(mapping.internal_port, None)
+            self._nonces.pop((mapping.protocol, mapping.internal_port), None)
             return
-        pmp = PmpMapRequest(NATPMP_OP_MAP_TCP, mapping.internal_port, 0, 0)
-        answer = await protocol.exchange(
-            pmp, _pmp_accepts(NATPMP_OP_MAP_TCP, mapping.internal_port), NATPMP
-        )
+        opcode = NATPMP_OPCODES[mapping.protocol]
+        pmp = PmpMapRequest(opcode, mapping.internal_port, 0, 0)
+        answer = await link.exchange(pmp, _pmp_accepts(opcode, mapping.internal_port), NATPMP)
         _check_pmp(answer)
 
 
 def _pcp_accepts(request: PcpMapRequest) -> Accept:
-    """Takes the PCP answer to C{request}, or a NAT-PMP router's "unsupported version"."""
+    """
+    Takes the PCP answer to C{request} (the same nonce, protocol and
+    internal port: a TCP answer never satisfies a UDP request), or a
+    NAT-PMP router's "unsupported version".
+    """
 
     def accept(response: Response) -> bool:
         if isinstance(response, PcpResponse):
@@ -403,7 +451,11 @@ def _pcp_accepts(request: PcpMapRequest) -> Accept:
 
 
 def _pmp_accepts(opcode: int, internal_port: int | None = None) -> Accept:
-    """Takes the NAT-PMP answer to a request of C{opcode} (for C{internal_port})."""
+    """
+    Takes the NAT-PMP answer to a request of C{opcode} (for
+    C{internal_port}): the answer's opcode names the protocol, so a TCP
+    answer never satisfies a UDP request.
+    """
 
     def accept(response: Response) -> bool:
         if isinstance(response, PcpResponse):  # a PCP-only router's "unsupported version"

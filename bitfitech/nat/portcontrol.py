@@ -8,12 +8,12 @@ the same functions.  Pure and bounded: fixed-size records read with
 ``struct``, no Twisted, and a datagram over :data:`MAX_MESSAGE` bytes or of
 an unknown version is rejected with :class:`PortControlDecodeError`.
 
-Only what a TCP mapping needs is here: NAT-PMP's external-address and
-TCP-mapping requests (version 0, opcodes 0 and 2) and PCP's MAP opcode
-(version 2, opcode 1) without options.  A PCP server that finds a request
-too new answers ``UNSUPP_VERSION``, and a NAT-PMP server answers a PCP
-request with its own "unsupported version" (RFC 6887 §9): both decode here
-so the client can fall back to NAT-PMP.
+Only what a TCP or UDP mapping needs is here: NAT-PMP's external-address,
+UDP-mapping and TCP-mapping requests (version 0, opcodes 0, 1 and 2) and
+PCP's MAP opcode (version 2, opcode 1, protocol 6 or 17) without options.
+A PCP server that finds a request too new answers ``UNSUPP_VERSION``, and
+a NAT-PMP server answers a PCP request with its own "unsupported version"
+(RFC 6887 §9): both decode here so the client can fall back to NAT-PMP.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ PCP_OP_MAP = 1
 PCP_RESPONSE_BIT = 0x80
 TCP = 6
 """The IANA protocol number PCP names TCP by."""
+UDP = 17
+"""The IANA protocol number PCP names UDP by."""
 
 NATPMP_RESULTS = {
     0: "success",
@@ -176,7 +178,7 @@ class PcpMapRequest:
         repeats them.
     :ivar client_address: our address as the gateway sees the packet come
         from (the server answers ``ADDRESS_MISMATCH`` otherwise).
-    :ivar protocol: the IANA protocol number (:data:`TCP`).
+    :ivar protocol: the IANA protocol number (:data:`TCP` or :data:`UDP`).
     :ivar external_address: the address we would like (``0.0.0.0``: any).
     """
 

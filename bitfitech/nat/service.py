@@ -1,6 +1,12 @@
-"""The port-mapping service: keeps the node's P2P port mapped on the home router.
+"""The port-mapping service: keeps one of the node's ports mapped on the home router.
 
-Data path: the P2P port (known once the peer service listens) ->
+One service per protocol: the node's P2P port over TCP (``nat``), and its
+DHT port over UDP (``nat-udp``), as BitTorrent clients map both; a router
+keeps TCP 3000 and UDP 3000 apart, so the two never touch each other's
+mapping.  Give each service mappers of its own (:func:`build_mappers`
+twice): a mapper runs one call at a time.
+
+Data path: the port (known once its listener listens) ->
 :class:`PortMappingService` -> each :class:`~bitfitech.nat.mapping.IPortMapper`
 in turn (PCP/NAT-PMP, then UPnP-IGD) -> the router; the mapping it grants ->
 :meth:`PortMappingService.status` and the observers given to
@@ -34,7 +40,16 @@ from twisted.python.failure import Failure
 from ..config import NAT_CHOICES
 from ..interfaces import unix_ms
 from ..logs import logger
-from .mapping import NATPMP, UPNP, GatewayRefused, IPortMapper, Mapping, NoGateway
+from .mapping import (
+    NATPMP,
+    TCP,
+    UPNP,
+    GatewayRefused,
+    IPortMapper,
+    Mapping,
+    NoGateway,
+    check_protocol,
+)
 from .pmp import PortControlMapper
 from .upnp import UPnPMapper
 
@@ -86,9 +101,10 @@ class MappingStatus:
     :meth:`as_dict` gives them as unix milliseconds.
 
     :ivar state: ``mapped``, ``refused``, ``lost``, ``none``, ``off`` or ``trying``.
+    :ivar protocol: ``tcp`` or ``udp``: the protocol the service maps.
     :ivar method: ``upnp``, ``natpmp`` or ``pcp``: the mapping's, the
         refusing router's, or the lost mapping's; ``None`` otherwise.
-    :ivar internal_port: the node's P2P port, ``None`` until it is known.
+    :ivar internal_port: the node's port, ``None`` until it is known.
     :ivar external_address: the router's public address, as it said.
     :ivar external_port: the mapped port on the router.
     :ivar lease: seconds the router granted (0: no lease).
@@ -107,11 +123,13 @@ class MappingStatus:
     expires_at: float | None = None
     error: str | None = None
     retry_at: float | None = None
+    protocol: str = TCP
 
     def as_dict(self) -> dict[str, Any]:
         """The status as the API shows it (JSON-ready)."""
         return {
             "method": self.method,
+            "protocol": self.protocol,
             "state": self.state,
             "external_address": self.external_address,
             "external_port": self.external_port,
@@ -123,7 +141,7 @@ class MappingStatus:
         }
 
     def _seen(self) -> tuple[str, str | None, str | None, int | None]:
-        """What observers are told about when it changes."""
+        """What observers are told about when it changes (the protocol never does)."""
         return (self.state, self.method, self.external_address, self.external_port)
 
 
@@ -132,13 +150,13 @@ Observer = Callable[[MappingStatus], None]
 
 class PortMappingService(Service):
     """
-    Keeps one TCP port mapped on the router, and says how it stands.
+    Keeps one TCP or UDP port mapped on the router, and says how it stands.
 
+    :ivar name: the service's name: ``nat`` for TCP, ``nat-udp`` for UDP.
+    :ivar protocol: ``tcp`` or ``udp``, the protocol it maps the port for.
     :ivar mappers: the mappers, in the order they are tried.
     :ivar stop_timeout: seconds :meth:`stopService` waits for the removal.
     """
-
-    name = "nat"
 
     def __init__(
         self,
@@ -150,20 +168,28 @@ class PortMappingService(Service):
         retry: RetryPolicy = RetryPolicy(),
         stop_timeout: float = 3.0,
         rng: random.Random | None = None,
+        protocol: str = TCP,
     ) -> None:
         """
         :param clock: times renewals, retries and the wait at stop (its
             ``seconds()`` is wall-clock time on a real reactor).
         :param mappers: tried in this order at each try; empty: the service
             stays ``off``.
-        :param internal_port: the P2P port, or a function that gives it once
-            the peer service listens (``None`` before).
+        :param internal_port: the port, or a function that gives it once its
+            listener listens (``None`` before).
         :param lease: seconds of lease asked for.
         :param retry: the waits between tries that mapped nothing.
         :param stop_timeout: seconds the stop waits for the router to
             remove the mapping (it lapses with its lease otherwise).
         :param rng: jitters the waits.
+        :param protocol: ``tcp`` (the P2P port) or ``udp`` (the DHT port).
+        :raises ValueError: for another protocol.
         """
+        self.protocol = check_protocol(protocol)
+        self.name = "nat" if protocol == TCP else f"nat-{protocol}"
+        self._label = protocol.upper()  # "TCP port 3000" in the logs
+        # How the status names the port while it is not known (as before, for TCP).
+        self._unknown = "the P2P port" if protocol == TCP else f"the {self._label} port"
         self._clock = clock
         self.mappers = tuple(mappers)
         self._port = internal_port if callable(internal_port) else (lambda: internal_port)
@@ -172,7 +198,8 @@ class PortMappingService(Service):
         self.stop_timeout = stop_timeout
         self._rng = rng or random.Random()
         self._status = MappingStatus(
-            internal_port=internal_port if isinstance(internal_port, int) else None
+            internal_port=internal_port if isinstance(internal_port, int) else None,
+            protocol=self.protocol,
         )
         self._observers: list[Observer] = []
         self._timer: IDelayedCall | None = None
@@ -237,7 +264,7 @@ class PortMappingService(Service):
         self._said = None
         if not self.mappers:
             return
-        self._set(MappingStatus(TRYING, internal_port=self._known_port()))
+        self._set(MappingStatus(TRYING, internal_port=self._known_port(), protocol=self.protocol))
         self._schedule(0)
 
     def stopService(self) -> Deferred[None]:
@@ -263,8 +290,13 @@ class PortMappingService(Service):
             try:
                 each.close()
             except Exception:
-                log.failure("port mapping: closing the {name} mapper failed", name=each.name)
-        self._set(MappingStatus(OFF, internal_port=self._status.internal_port))
+                log.failure(
+                    "port mapping ({protocol}): closing the {name} mapper failed",
+                    protocol=self._label, name=each.name,
+                )  # fmt: skip
+        self._set(
+            MappingStatus(OFF, internal_port=self._status.internal_port, protocol=self.protocol)
+        )
 
     async def _remove(self, mapper: IPortMapper, mapping: Mapping) -> None:
         removing = mapper.unmap(mapping)
@@ -273,21 +305,24 @@ class PortMappingService(Service):
             await removing
         except DeferredTimeout:
             log.warn(
-                "port mapping: the router did not confirm the removal of TCP port {port} in "
-                "{timeout} s; it lapses with its lease",
-                port=mapping.external_port, timeout=self.stop_timeout,
+                "port mapping: the router did not confirm the removal of {protocol} port {port} "
+                "in {timeout} s; it lapses with its lease",
+                protocol=self._label, port=mapping.external_port, timeout=self.stop_timeout,
             )  # fmt: skip
         except (NoGateway, GatewayRefused) as e:
             log.warn(
-                "port mapping: removing TCP port {port} failed: {error}",
-                port=mapping.external_port, error=str(e),
+                "port mapping: removing {protocol} port {port} failed: {error}",
+                protocol=self._label, port=mapping.external_port, error=str(e),
             )  # fmt: skip
         except Exception:
-            log.failure("port mapping: removing the mapping failed")
+            log.failure(
+                "port mapping: removing {protocol} port {port} failed",
+                protocol=self._label, port=mapping.external_port,
+            )  # fmt: skip
         else:
             log.info(
-                "port mapping: removed TCP port {port} ({method})",
-                port=mapping.external_port, method=mapping.method,
+                "port mapping: removed {protocol} port {port} ({method})",
+                protocol=self._label, port=mapping.external_port, method=mapping.method,
             )  # fmt: skip
 
     # Trying, renewing, waiting.
@@ -306,7 +341,10 @@ class PortMappingService(Service):
             if self._work is work:
                 self._work = None
             if isinstance(result, Failure) and not result.check(CancelledError):
-                log.failure("port mapping: a try failed unexpectedly", result)
+                log.failure(
+                    "port mapping ({protocol}): a try failed unexpectedly",
+                    result, protocol=self._label,
+                )  # fmt: skip
                 if self.running and self._timer is None:
                     self._wait_after_failure()
 
@@ -316,20 +354,23 @@ class PortMappingService(Service):
         try:
             return self._port()
         except Exception:
-            log.failure("port mapping: the P2P port is not known")
+            log.failure(
+                "port mapping ({protocol}): {unknown} is not known",
+                protocol=self._label, unknown=self._unknown,
+            )  # fmt: skip
             return None
 
     async def _try(self) -> None:
         port = self._known_port()
         if port is None or port <= 0:
-            self._failed(TRYING, None, "the P2P port is not known yet")
+            self._failed(TRYING, None, f"{self._unknown} is not known yet")
             return
         wanted = self._status.external_port or port
         refused: list[GatewayRefused] = []
         silent: list[str] = []
         for mapper in self.mappers:
             try:
-                mapping = await mapper.map(port, wanted, self._lease)
+                mapping = await mapper.map(port, wanted, self._lease, protocol=self.protocol)
             except GatewayRefused as e:
                 refused.append(e)
             except NoGateway as e:
@@ -337,7 +378,10 @@ class PortMappingService(Service):
             except CancelledError:
                 raise
             except Exception as e:
-                log.failure("port mapping: the {name} mapper failed", name=mapper.name)
+                log.failure(
+                    "port mapping ({protocol}): the {name} mapper failed",
+                    protocol=self._label, name=mapper.name,
+                )  # fmt: skip
                 silent.append(f"{mapper.name}: {e}")
             else:
                 self._mapped(mapper, mapping)
@@ -353,7 +397,9 @@ class PortMappingService(Service):
         mapper, mapping = self._mapper, self._mapping
         assert mapper is not None and mapping is not None
         try:
-            renewed = await mapper.map(mapping.internal_port, mapping.external_port, self._lease)
+            renewed = await mapper.map(
+                mapping.internal_port, mapping.external_port, self._lease, protocol=self.protocol
+            )
         except GatewayRefused as e:
             self._mapper = self._mapping = None
             self._failed(REFUSED, e.method, str(e))
@@ -377,10 +423,12 @@ class PortMappingService(Service):
             MappingStatus(
                 MAPPED, mapping.method, mapping.internal_port, mapping.external_address,
                 mapping.external_port, lease, now + lease if lease else None,
+                protocol=self.protocol,
             )
         )  # fmt: skip
         fields = dict(
-            internal=mapping.internal_port, address=mapping.external_address or "?",
+            protocol=self._label, internal=mapping.internal_port,
+            address=mapping.external_address or "?",
             external=mapping.external_port, method=mapping.method, lease=lease,
         )  # fmt: skip
         if before is None or (before.external_port, before.external_address) != (
@@ -388,12 +436,16 @@ class PortMappingService(Service):
             mapping.external_address,
         ):
             log.info(
-                "port mapping: TCP {internal} is reachable at {address}:{external} "
+                "port mapping: {protocol} port {internal} is reachable at {address}:{external} "
                 "({method}, lease {lease} s)",
                 **fields,
             )
         else:
-            log.debug("port mapping: renewed {address}:{external} ({method})", **fields)
+            log.debug(
+                "port mapping: renewed {protocol} port {internal} at {address}:{external} "
+                "({method})",
+                **fields,
+            )
         self._schedule(max(MIN_RENEW, (lease or self._lease) / 2))
 
     def _failed(self, state: str, method: str | None, error: str) -> None:
@@ -408,7 +460,7 @@ class PortMappingService(Service):
                 state, method, self._known_port(),
                 status.external_address if state == LOST else None,
                 status.external_port if state == LOST else None,
-                error=error, retry_at=retry_at,
+                error=error, retry_at=retry_at, protocol=self.protocol,
             )
         )  # fmt: skip
         self._log_failure(state, error, delay)
@@ -420,26 +472,33 @@ class PortMappingService(Service):
 
     def _log_failure(self, state: str, error: str, delay: float) -> None:
         said = f"{state}: {error}"
+        port = self._status.internal_port
+        fields = dict(
+            protocol=self._label, port="?" if port is None else port, error=error, delay=delay
+        )
         if said == self._said:
             log.debug(
-                "port mapping: still {said}; next try in {delay:.0f} s", said=said, delay=delay
-            )
+                "port mapping of {protocol} port {port}: still {said}; next try in {delay:.0f} s",
+                said=said, **fields,
+            )  # fmt: skip
             return
         self._said = said
         if state == NONE:
             log.info(
-                "port mapping: no UPnP or NAT-PMP/PCP router answered; the node is reachable "
-                "only where its address is public ({error})",
-                error=error,
+                "port mapping: no UPnP or NAT-PMP/PCP router answered for {protocol} port "
+                "{port}; the node is reachable only where its address is public ({error})",
+                **fields,
             )
         elif state == LOST:
             log.warn(
-                "port mapping lost: {error}; next try in {delay:.0f} s", error=error, delay=delay
+                "port mapping of {protocol} port {port} lost: {error}; next try in {delay:.0f} s",
+                **fields,
             )
         else:
             log.warn(
-                "port mapping {state}: {error}; next try in {delay:.0f} s",
-                state=state, error=error, delay=delay,
+                "port mapping of {protocol} port {port} {state}: {error}; next try in "
+                "{delay:.0f} s",
+                state=state, **fields,
             )  # fmt: skip
 
 

@@ -47,7 +47,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..logs import logger
-from .mapping import UPNP, GatewayRefused, IPortMapper, Mapping, MappingError, NoGateway
+from .mapping import (
+    TCP,
+    UDP,
+    UPNP,
+    GatewayRefused,
+    IPortMapper,
+    Mapping,
+    MappingError,
+    NoGateway,
+    check_protocol,
+)
 
 log = logger(__name__)
 
@@ -84,6 +94,9 @@ UPNP_ERRORS = {
     733: "InconsistentParameters",
 }
 _CODES = {text: code for code, text in UPNP_ERRORS.items()}
+
+UPNP_PROTOCOLS = {TCP: "TCP", UDP: "UDP"}
+"""``NewProtocol`` of ``AddPortMapping`` and ``DeletePortMapping``, for each protocol."""
 
 CONFLICT = 718
 """``ConflictInMappingEntry``: another host holds that external port."""
@@ -204,7 +217,7 @@ def _deliver(d: Deferred[Any], result: Any) -> None:
 @implementer(IPortMapper)
 class UPnPMapper:
     """
-    TCP port mappings on a UPnP Internet Gateway Device, with miniupnpc.
+    TCP and UDP port mappings on a UPnP Internet Gateway Device, with miniupnpc.
 
     The first :meth:`map` finds the router (SSDP discovery, or the root
     description URL given) and keeps its control URL; a router that stops
@@ -259,15 +272,27 @@ class UPnPMapper:
         self._device: Any = None  # a miniupnpc.UPnP, touched on the worker thread only
         self._stale = False  # a call timed out: rediscover before the next one
 
-    def map(self, internal_port: int, external_port: int, lifetime: int) -> Deferred[Mapping]:
-        """See :meth:`IPortMapper.map`."""
+    def map(
+        self, internal_port: int, external_port: int, lifetime: int, protocol: str = TCP
+    ) -> Deferred[Mapping]:
+        """
+        See :meth:`IPortMapper.map`.
+
+        :raises ValueError: for a protocol other than ``tcp`` or ``udp``.
+        """
+        check_protocol(protocol)
         alternatives = [self._rng.randrange(1024, 65536) for _ in range(self._alternatives)]
         ports = [external_port, *alternatives]
-        return self._call(lambda: self._map_blocking(internal_port, ports, lifetime))
+        return self._call(lambda: self._map_blocking(internal_port, ports, lifetime, protocol))
 
     def unmap(self, mapping: Mapping) -> Deferred[None]:
-        """See :meth:`IPortMapper.unmap`."""
-        return self._call(lambda: self._unmap_blocking(mapping.external_port))
+        """
+        See :meth:`IPortMapper.unmap`.
+
+        :raises ValueError: for a mapping of another protocol than ``tcp`` or ``udp``.
+        """
+        check_protocol(mapping.protocol)
+        return self._call(lambda: self._unmap_blocking(mapping.external_port, mapping.protocol))
 
     def close(self) -> None:
         """See :meth:`IPortMapper.close`."""
@@ -326,27 +351,31 @@ class UPnPMapper:
                 self._device = None
             raise error from None
 
-    def _map_blocking(self, internal_port: int, ports: list[int], lifetime: int) -> Mapping:
+    def _map_blocking(
+        self, internal_port: int, ports: list[int], lifetime: int, protocol: str
+    ) -> Mapping:
         device = self._select()
         lan = device.lanaddr
         conflict: GatewayRefused | None = None
         for port in ports:
             try:
-                granted = self._add(device, port, lan, internal_port, lifetime)
+                granted = self._add(device, port, lan, internal_port, lifetime, protocol)
             except GatewayRefused as e:
                 if e.code not in CONFLICTS:
                     raise
                 conflict = e
                 continue
             address = self._external_address(device)
-            return Mapping(UPNP, internal_port, port, address, granted)
+            return Mapping(UPNP, internal_port, port, address, granted, protocol)
         assert conflict is not None
         raise conflict
 
-    def _add(self, device: Any, port: int, lan: str, internal_port: int, lifetime: int) -> int:
+    def _add(
+        self, device: Any, port: int, lan: str, internal_port: int, lifetime: int, protocol: str
+    ) -> int:
         def add(lease: int) -> Callable[[], Any]:
             return lambda: device.addportmapping(
-                port, "TCP", lan, internal_port, self._description, "", lease
+                port, UPNP_PROTOCOLS[protocol], lan, internal_port, self._description, "", lease
             )
 
         try:
@@ -366,10 +395,10 @@ class UPnPMapper:
             return None
         return str(address) or None
 
-    def _unmap_blocking(self, external_port: int) -> None:
+    def _unmap_blocking(self, external_port: int, protocol: str) -> None:
         device = self._select()
         try:
-            self._run(lambda: device.deleteportmapping(external_port, "TCP"))
+            self._run(lambda: device.deleteportmapping(external_port, UPNP_PROTOCOLS[protocol]))
         except GatewayRefused as e:
             if e.code != NO_SUCH_ENTRY:
                 raise

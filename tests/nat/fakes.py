@@ -16,8 +16,10 @@
   memory, for the service's tests on a ``Clock``.
 
 Each router answers (``mode = "answer"``), refuses with an error code
-(:meth:`refuse`), stops answering while its socket stays open (``mode =
-"silent"``), or vanishes (:meth:`vanish`: its socket closes).
+(:meth:`refuse`, for every protocol or for one), stops answering while its
+socket stays open (``mode = "silent"``), or vanishes (:meth:`vanish`: its
+socket closes).  Like a real router, each keeps a table of mappings per
+protocol (:attr:`tables`): TCP 3000 and UDP 3000 are two mappings.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from bitfitech.nat.mapping import GatewayRefused, IPortMapper, Mapping, NoGateway
+from bitfitech.nat.mapping import TCP, UDP, GatewayRefused, IPortMapper, Mapping, NoGateway
 from bitfitech.nat.portcontrol import (
+    NATPMP_OP_MAP_TCP,
+    NATPMP_OP_MAP_UDP,
     NATPMP_RESPONSE,
     NATPMP_VERSION,
     PCP_VERSION,
@@ -53,11 +57,20 @@ from bitfitech.nat.portcontrol import (
     decode_request,
     encode_response,
 )
+from bitfitech.nat.portcontrol import TCP as IPPROTO_TCP
+from bitfitech.nat.portcontrol import UDP as IPPROTO_UDP
 
 EXTERNAL_ADDRESS = "203.0.113.7"
 """The fakes' public address (TEST-NET-3: documentation only)."""
 
 ANSWER, SILENT = "answer", "silent"
+
+_PMP_PROTOCOLS = {NATPMP_OP_MAP_TCP: TCP, NATPMP_OP_MAP_UDP: UDP}
+_PMP_OPCODES = {TCP: NATPMP_OP_MAP_TCP, UDP: NATPMP_OP_MAP_UDP}
+_PCP_PROTOCOLS = {IPPROTO_TCP: TCP, IPPROTO_UDP: UDP}
+_PCP_NUMBERS = {TCP: IPPROTO_TCP, UDP: IPPROTO_UDP}
+PCP_UNSUPPORTED_PROTOCOL = 9
+"""PCP's ``UNSUPP_PROTOCOL``: the answer to a MAP of a protocol the fake does not map."""
 
 
 class FakePortControlRouter(DatagramProtocol):
@@ -66,11 +79,15 @@ class FakePortControlRouter(DatagramProtocol):
 
     :ivar speaks: ``pcp``, ``natpmp`` or both: a request of the other
         version gets "unsupported version", as a real one would answer.
-    :ivar mappings: external port -> (client address, internal port, lifetime).
-    :ivar taken: external ports another host holds.
+    :ivar tables: ``tcp`` and ``udp`` -> external port -> (client address,
+        internal port, lifetime).
+    :ivar taken: external ports another host holds (in both tables).
     :ivar max_lifetime: the longest lifetime granted.
     :ivar received: every datagram, in order.
     :ivar refusing: the result code every mapping request gets, or ``None``.
+    :ivar refusing_protocol: the protocol C{refusing} applies to (``None``: all).
+    :ivar cross_answers: before each mapping answer, send a stale one for the
+        other protocol (same port and nonce), which a client must not take.
     """
 
     noisy = False
@@ -87,7 +104,9 @@ class FakePortControlRouter(DatagramProtocol):
         self.max_lifetime = max_lifetime
         self.mode = ANSWER
         self.refusing: int | None = None
-        self.mappings: dict[int, tuple[str, int, int]] = {}
+        self.refusing_protocol: str | None = None
+        self.cross_answers = False
+        self.tables: dict[str, dict[int, tuple[str, int, int]]] = {TCP: {}, UDP: {}}
         self.taken: set[int] = set()
         self.received: list[bytes] = []
         self.epoch = 1000
@@ -100,9 +119,21 @@ class FakePortControlRouter(DatagramProtocol):
         self.port = self._port.getHost().port
         return self.port
 
-    def refuse(self, code: int) -> None:
-        """Refuse every mapping request with result C{code} from now on."""
+    @property
+    def mappings(self) -> dict[int, tuple[str, int, int]]:
+        """The TCP table: external port -> (client address, internal port, lifetime)."""
+        return self.tables[TCP]
+
+    def refuse(self, code: int, protocol: str | None = None) -> None:
+        """
+        Refuse every mapping request (of C{protocol} only, unless ``None``)
+        with result C{code} from now on.
+        """
         self.refusing = code
+        self.refusing_protocol = protocol
+
+    def _refuses(self, protocol: str) -> bool:
+        return self.refusing is not None and self.refusing_protocol in (None, protocol)
 
     def vanish(self) -> Deferred[None]:
         """Close the socket: the host then answers "port unreachable"."""
@@ -114,15 +145,21 @@ class FakePortControlRouter(DatagramProtocol):
 
     close = vanish
 
-    def map_requests(self) -> int:
-        """How many mapping requests (of either version) came."""
+    def map_requests(self, protocol: str | None = None) -> int:
+        """How many mapping requests (of either version; of C{protocol} unless ``None``) came."""
         count = 0
         for datagram in self.received:
             try:
                 request = decode_request(datagram)
             except PortControlDecodeError:
                 continue
-            count += isinstance(request, PmpMapRequest | PcpMapRequest)
+            if isinstance(request, PmpMapRequest):
+                asked = _PMP_PROTOCOLS.get(request.opcode)
+            elif isinstance(request, PcpMapRequest):
+                asked = _PCP_PROTOCOLS.get(request.protocol)
+            else:
+                continue
+            count += protocol is None or asked == protocol
         return count
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
@@ -131,8 +168,13 @@ class FakePortControlRouter(DatagramProtocol):
             return
         self.epoch += 1
         response = self._respond(datagram, addr[0])
-        if response is not None and self.transport is not None:
-            self.transport.write(encode_response(response), addr)
+        if response is None or self.transport is None:
+            return
+        if self.cross_answers:
+            stale = _other_protocol(response)
+            if stale is not None:
+                self.transport.write(encode_response(stale), addr)
+        self.transport.write(encode_response(response), addr)
 
     def _respond(self, datagram: bytes, client: str) -> Response | None:
         version = datagram[0]
@@ -149,12 +191,13 @@ class FakePortControlRouter(DatagramProtocol):
             return PmpAddressResponse(0, self.epoch, self.external_address)
         if isinstance(request, PmpMapRequest):
             opcode = NATPMP_RESPONSE + request.opcode
-            if self.refusing is not None:
+            protocol = _PMP_PROTOCOLS[request.opcode]
+            if self.refusing is not None and self._refuses(protocol):
                 return PmpMapResponse(
                     opcode, self.refusing, self.epoch, request.internal_port, 0, 0
                 )
             port, lifetime = self._map(
-                client, request.internal_port, request.external_port, request.lifetime
+                protocol, client, request.internal_port, request.external_port, request.lifetime
             )
             return PmpMapResponse(opcode, 0, self.epoch, request.internal_port, port, lifetime)
         assert isinstance(request, PcpMapRequest)
@@ -162,38 +205,65 @@ class FakePortControlRouter(DatagramProtocol):
             request.nonce, request.protocol, request.internal_port, request.external_port,
             self.external_address,
         )  # fmt: skip
-        if self.refusing is not None:
+        mapped = _PCP_PROTOCOLS.get(request.protocol)
+        if mapped is None:
+            return PcpResponse(PCP_VERSION, 1, PCP_UNSUPPORTED_PROTOCOL, 30, self.epoch, data)
+        if self.refusing is not None and self._refuses(mapped):
             return PcpResponse(PCP_VERSION, 1, self.refusing, 30, self.epoch, data)
         port, lifetime = self._map(
-            request.client_address, request.internal_port, request.external_port, request.lifetime
-        )
+            mapped, request.client_address, request.internal_port, request.external_port,
+            request.lifetime,
+        )  # fmt: skip
         granted = PcpMapData(
             request.nonce, request.protocol, request.internal_port, port, self.external_address
         )
         return PcpResponse(PCP_VERSION, 1, 0, lifetime, self.epoch, granted)
 
-    def _map(self, client: str, internal: int, suggested: int, lifetime: int) -> tuple[int, int]:
-        """Map (or with lifetime 0 remove) C{client}'s C{internal} port: (external, lifetime)."""
+    def _map(
+        self, protocol: str, client: str, internal: int, suggested: int, lifetime: int
+    ) -> tuple[int, int]:
+        """
+        Map (or with lifetime 0 remove) C{client}'s C{internal} port for
+        C{protocol}: (external, lifetime).
+        """
+        table = self.tables[protocol]
         existing = next(
-            (port for port, (c, i, _) in self.mappings.items() if (c, i) == (client, internal)),
+            (port for port, (c, i, _) in table.items() if (c, i) == (client, internal)),
             None,
         )
         if lifetime == 0:
             if existing is not None:
-                del self.mappings[existing]
+                del table[existing]
             return 0, 0
         if existing is None:
             free = (
                 suggested
-                if suggested and suggested not in self.taken and suggested not in self.mappings
-                else next(
-                    p for p in itertools.count(40000) if p not in self.taken | set(self.mappings)
-                )
+                if suggested and suggested not in self.taken and suggested not in table
+                else next(p for p in itertools.count(40000) if p not in self.taken | set(table))
             )
             existing = free
         granted = min(lifetime, self.max_lifetime)
-        self.mappings[existing] = (client, internal, granted)
+        table[existing] = (client, internal, granted)
         return existing, granted
+
+
+def _other_protocol(response: Response) -> Response | None:
+    """
+    A stale answer for the same port in the other protocol (external port
+    1, lifetime 1), or ``None`` for a response that maps nothing.
+    """
+    if isinstance(response, PmpMapResponse):
+        opcode = response.opcode - NATPMP_RESPONSE
+        other = _PMP_OPCODES[UDP if _PMP_PROTOCOLS.get(opcode) == TCP else TCP]
+        return PmpMapResponse(
+            NATPMP_RESPONSE + other, 0, response.epoch, response.internal_port, 1, 1
+        )
+    if isinstance(response, PcpResponse) and response.map is not None:
+        data = response.map
+        other = _PCP_NUMBERS[UDP if _PCP_PROTOCOLS.get(data.protocol) == TCP else TCP]
+        stale = PcpMapData(data.nonce, other, data.internal_port, 1, data.external_address)
+        return PcpResponse(response.version, response.opcode, 0, 1, response.epoch, stale)
+    return None
 
 
 # UPnP IGD
@@ -305,9 +375,12 @@ class FakeIGD:
     """
     A UPnP IGD (``WANIPConnection:1``) on ``127.0.0.1``, over twisted.web.
 
-    :ivar mappings: external port -> (internal client, internal port, lease, description).
-    :ivar taken: external ports another host holds (``ConflictInMappingEntry``).
+    :ivar tables: ``tcp`` and ``udp`` (``NewProtocol``, lower-cased) ->
+        external port -> (internal client, internal port, lease, description).
+    :ivar taken: external ports another host holds (``ConflictInMappingEntry``),
+        in both tables.
     :ivar refusing: ``(code, description)`` every ``AddPortMapping`` gets, or ``None``.
+    :ivar refusing_protocol: the protocol C{refusing} applies to (``None``: all).
     :ivar only_permanent: refuse leases other than 0 (error 725), as old routers do.
     :ivar actions: the SOAP actions asked for, in order.
     :ivar root_url: the root description's URL, once listening.
@@ -317,8 +390,9 @@ class FakeIGD:
         self.external_address = external_address
         self.mode = ANSWER
         self.refusing: tuple[int, str] | None = None
+        self.refusing_protocol: str | None = None
         self.only_permanent = False
-        self.mappings: dict[int, tuple[str, int, int, str]] = {}
+        self.tables: dict[str, dict[int, tuple[str, int, int, str]]] = {TCP: {}, UDP: {}}
         self.taken: set[int] = set()
         self.actions: list[str] = []
         self.held: list[Request] = []
@@ -344,9 +418,20 @@ class FakeIGD:
         self.root_url = f"http://127.0.0.1:{port}/rootDesc.xml"
         return self.root_url
 
-    def refuse(self, code: int, description: str = "Action not authorized") -> None:
-        """Refuse every ``AddPortMapping`` with C{code} from now on."""
+    @property
+    def mappings(self) -> dict[int, tuple[str, int, int, str]]:
+        """The TCP table: external port -> (internal client, internal port, lease, description)."""
+        return self.tables[TCP]
+
+    def refuse(
+        self, code: int, description: str = "Action not authorized", protocol: str | None = None
+    ) -> None:
+        """
+        Refuse every ``AddPortMapping`` (of C{protocol} only, unless ``None``)
+        with C{code} from now on.
+        """
         self.refusing = (code, description)
+        self.refusing_protocol = protocol
 
     def vanish(self) -> Deferred[None]:
         """Stop listening and cut every connection (a router switched off)."""
@@ -379,27 +464,34 @@ class FakeIGD:
         if action == "AddPortMapping":
             return self._add(arguments)
         if action == "DeletePortMapping":
+            table = self.tables.get(arguments.get("NewProtocol", "").lower())
+            if table is None:
+                return 500, soap_fault(402, "Invalid Args")
             port = int(arguments.get("NewExternalPort", "0"))
-            if port not in self.mappings:
+            if port not in table:
                 return 500, soap_fault(714, "NoSuchEntryInArray")
-            del self.mappings[port]
+            del table[port]
             return 200, soap_response(action, {})
         return 500, soap_fault(401, "Invalid Action")
 
     def _add(self, arguments: dict[str, str]) -> tuple[int, bytes]:
-        if self.refusing is not None:
+        protocol = arguments.get("NewProtocol", "").lower()
+        table = self.tables.get(protocol)
+        if table is None:
+            return 500, soap_fault(402, "Invalid Args")
+        if self.refusing is not None and self.refusing_protocol in (None, protocol):
             return 500, soap_fault(*self.refusing)
         port = int(arguments["NewExternalPort"])
         client = arguments["NewInternalClient"]
         lease = int(arguments.get("NewLeaseDuration") or 0)
-        holder = self.mappings.get(port)
+        holder = table.get(port)
         if port in self.taken or (holder is not None and holder[0] != client):
             return 500, soap_fault(718, "ConflictInMappingEntry")
         if self.only_permanent and lease != 0:
             return 500, soap_fault(725, "OnlyPermanentLeasesSupported")
         internal = int(arguments["NewInternalPort"])
         description = arguments.get("NewPortMappingDescription", "")
-        self.mappings[port] = (client, internal, lease, description)
+        table[port] = (client, internal, lease, description)
         return 200, soap_response("AddPortMapping", {})
 
 
@@ -478,6 +570,7 @@ class FakeMapper:
     :ivar external_address: what the router says its address is.
     :ivar taken: external ports the router will not give (it picks the next free).
     :ivar maps: each ``(internal, external, lifetime)`` asked for.
+    :ivar protocols: the protocol of each of C{maps}.
     :ivar unmapped: each mapping removed.
     :ivar hanging: the Deferreds of calls that hang.
     """
@@ -491,6 +584,7 @@ class FakeMapper:
         self.external_address = EXTERNAL_ADDRESS
         self.taken: set[int] = set()
         self.maps: list[tuple[int, int, int]] = []
+        self.protocols: list[str] = []
         self.unmapped: list[Mapping] = []
         self.hanging: list[Deferred[Any]] = []
         self.closed = 0
@@ -506,8 +600,11 @@ class FakeMapper:
             return d
         return None
 
-    def map(self, internal_port: int, external_port: int, lifetime: int) -> Deferred[Mapping]:
+    def map(
+        self, internal_port: int, external_port: int, lifetime: int, protocol: str = TCP
+    ) -> Deferred[Mapping]:
         self.maps.append((internal_port, external_port, lifetime))
+        self.protocols.append(protocol)
         other = self._outcome()
         if other is not None:
             return other
@@ -515,7 +612,9 @@ class FakeMapper:
         while port in self.taken:
             port += 1
         granted = lifetime if self.granted is None else self.granted
-        return succeed(Mapping(self.method, internal_port, port, self.external_address, granted))
+        return succeed(
+            Mapping(self.method, internal_port, port, self.external_address, granted, protocol)
+        )
 
     def unmap(self, mapping: Mapping) -> Deferred[None]:
         other = self._outcome()

@@ -4,7 +4,8 @@ The mappers talk to :class:`~tests.nat.fakes.FakePortControlRouter` (UDP)
 and :class:`~tests.nat.fakes.FakeIGD` (HTTP, through miniupnpc on its
 worker thread) on the real reactor; the service's own timers run on a
 ``Clock``, so a renewal is one ``advance`` away.  Outcomes are awaited with
-a hang guard, never timed.
+a hang guard, never timed.  UDP services (the DHT port's) map beside TCP
+ones on the same fake router, which keeps a table per protocol.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from bitfitech.nat.mapping import IPortMapper
+from bitfitech.nat.mapping import NATPMP, TCP, UDP, IPortMapper
 from bitfitech.nat.pmp import PortControlMapper
 from bitfitech.nat.service import (
     LOST,
@@ -55,10 +56,11 @@ class LoopbackTestCase(TestCase):
     def upnp(self, root_url: str | None = None) -> UPnPMapper:
         return UPnPMapper(self.reactor, root_url=root_url or self.root_url, timeout=10.0)
 
-    def service(self, *mappers: IPortMapper) -> PortMappingService:
+    def service(self, *mappers: IPortMapper, protocol: str = TCP) -> PortMappingService:
         service = PortMappingService(
-            self.clock, mappers, 3000, lease=LEASE, retry=RetryPolicy(jitter=0.0)
-        )
+            self.clock, mappers, 3000, lease=LEASE, retry=RetryPolicy(jitter=0.0),
+            protocol=protocol,
+        )  # fmt: skip
         service.startService()
         self.addCleanup(self.stopped, service)
         self.clock.advance(0)
@@ -201,3 +203,113 @@ class BothMethodsTests(LoopbackTestCase):
 
     def test_no_router(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._none())
+
+
+class UDPLoopbackTests(LoopbackTestCase):
+    """UDP services (the DHT port) end to end, beside TCP ones on the same router."""
+
+    async def _udp_pmp(self, versions: tuple[str, ...], method: str) -> None:
+        service = self.service(self.pmp(versions=versions), protocol=UDP)
+        await self.state(service, MAPPED)
+        status = service.status()
+        self.assertEqual(
+            (status["protocol"], status["method"], status["external_port"]), (UDP, method, 3000)
+        )
+        self.assertEqual(self.router.tables[UDP], {3000: ("127.0.0.1", 3000, LEASE)})
+        self.assertEqual(self.router.tables[TCP], {})
+        self.clock.advance(LEASE / 2)
+        await self.until(lambda: self.router.map_requests(UDP) >= 2, "a renewal")
+        await self.until(lambda: service._work is None, "the renewal's end")
+        self.assertEqual(service.current.state, MAPPED)
+        self.assertEqual(self.router.map_requests(TCP), 0)
+        await service.stopService()
+        self.assertEqual(self.router.tables, {TCP: {}, UDP: {}})
+        self.assertEqual((service.status()["state"], service.status()["protocol"]), (OFF, UDP))
+
+    def test_udp_with_pcp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._udp_pmp(("pcp", "natpmp"), "pcp"))
+
+    def test_udp_with_natpmp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._udp_pmp((NATPMP,), "natpmp"))
+
+    async def _both(self) -> None:
+        tcp = self.service(self.pmp())
+        udp = self.service(self.pmp(), protocol=UDP)
+        await self.state(tcp, MAPPED)
+        await self.state(udp, MAPPED)
+        self.assertEqual((tcp.name, udp.name), ("nat", "nat-udp"))
+        self.assertEqual(list(self.router.tables[TCP]), [3000])
+        self.assertEqual(list(self.router.tables[UDP]), [3000])
+        await udp.stopService()
+        self.assertEqual((list(self.router.tables[TCP]), self.router.tables[UDP]), ([3000], {}))
+        self.assertEqual(tcp.current.state, MAPPED)
+        await tcp.stopService()
+        self.assertEqual(self.router.tables, {TCP: {}, UDP: {}})
+
+    def test_tcp_and_udp_of_one_port(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._both())
+
+    async def _udp_refused(self) -> None:
+        self.router.refuse(2, protocol=UDP)
+        tcp = self.service(self.pmp())
+        udp = self.service(self.pmp(), protocol=UDP)
+        await self.state(udp, REFUSED)
+        await self.state(tcp, MAPPED)
+        status = udp.status()
+        self.assertEqual((status["protocol"], status["method"]), (UDP, "pcp"))
+        self.assertEqual(status["error"], "pcp: router refused: not authorized (error 2)")
+        self.assertIsNotNone(status["retry_at"])
+        self.assertEqual(tcp.status()["protocol"], TCP)
+        self.assertEqual((list(self.router.tables[TCP]), self.router.tables[UDP]), ([3000], {}))
+
+    def test_udp_refused_tcp_mapped(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._udp_refused())
+
+
+class UDPUPnPLoopbackTests(LoopbackTestCase):
+    """UDP services on the fake IGD, beside TCP ones."""
+
+    skip = NO_MINIUPNPC
+
+    async def _udp(self) -> None:
+        service = self.service(self.upnp(), protocol=UDP)
+        await self.state(service, MAPPED)
+        self.assertEqual(
+            self.igd.tables, {TCP: {}, UDP: {3000: ("127.0.0.1", 3000, LEASE, "bitfi")}}
+        )
+        self.assertEqual((service.status()["protocol"], service.status()["method"]), (UDP, "upnp"))
+        self.clock.advance(LEASE / 2)
+        await self.until(lambda: self.igd.actions.count("AddPortMapping") >= 2, "a renewal")
+        await self.until(lambda: service._work is None, "the renewal's end")
+        self.assertEqual(service.current.state, MAPPED)
+        await service.stopService()
+        self.assertEqual(self.igd.tables, {TCP: {}, UDP: {}})
+
+    def test_udp_mapped_renewed_removed(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._udp())
+
+    async def _both(self) -> None:
+        tcp = self.service(self.upnp())
+        udp = self.service(self.upnp(), protocol=UDP)
+        await self.state(tcp, MAPPED)
+        await self.state(udp, MAPPED)
+        self.assertEqual((list(self.igd.tables[TCP]), list(self.igd.tables[UDP])), ([3000], [3000]))
+        await udp.stopService()
+        self.assertEqual((list(self.igd.tables[TCP]), self.igd.tables[UDP]), ([3000], {}))
+        await tcp.stopService()
+        self.assertEqual(self.igd.tables, {TCP: {}, UDP: {}})
+
+    def test_tcp_and_udp_of_one_port(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._both())
+
+    async def _udp_refused(self) -> None:
+        self.igd.refuse(606, protocol=UDP)
+        tcp = self.service(self.upnp())
+        udp = self.service(self.upnp(), protocol=UDP)
+        await self.state(udp, REFUSED)
+        await self.state(tcp, MAPPED)
+        self.assertIn("(error 606)", udp.status()["error"])
+        self.assertEqual((list(self.igd.tables[TCP]), self.igd.tables[UDP]), ([3000], {}))
+
+    def test_udp_refused_tcp_mapped(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._udp_refused())

@@ -17,15 +17,21 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bitfitech.nat.gateway import guess_gateways, parse_proc_net_route
-from bitfitech.nat.mapping import NATPMP, PCP, GatewayRefused, Mapping, NoGateway
+from bitfitech.nat.mapping import NATPMP, PCP, TCP, UDP, GatewayRefused, Mapping, NoGateway
 from bitfitech.nat.pmp import GatewayUnreachable, PortControlMapper, PortControlProtocol
 from bitfitech.nat.portcontrol import (
+    NATPMP_OP_MAP_UDP,
+    PcpMapRequest,
     PmpAddressRequest,
     PmpAddressResponse,
+    PmpMapRequest,
     Response,
+    decode_request,
     encode_request,
     encode_response,
 )
+from bitfitech.nat.portcontrol import TCP as IPPROTO_TCP
+from bitfitech.nat.portcontrol import UDP as IPPROTO_UDP
 from bitfitech.testing import global_reactor
 
 from .fakes import EXTERNAL_ADDRESS, SILENT, FakePortControlRouter
@@ -135,8 +141,8 @@ class GatewayTests(SynchronousTestCase):
         self.assertEqual(guesses, ["192.168.1.1", "10.1.0.1"])
 
 
-class MapperTests(TestCase):
-    """The mapper against a fake NAT-PMP/PCP router on 127.0.0.1."""
+class MapperTestCase(TestCase):
+    """A fake NAT-PMP/PCP router on 127.0.0.1, and mappers for it."""
 
     def setUp(self) -> None:
         self.reactor = global_reactor()
@@ -155,6 +161,10 @@ class MapperTests(TestCase):
         mapper = PortControlMapper(self.reactor, "127.0.0.1", port=router.port, **options)
         self.addCleanup(mapper.close)
         return mapper
+
+
+class MapperTests(MapperTestCase):
+    """The mapper against a fake NAT-PMP/PCP router on 127.0.0.1."""
 
     async def _pcp(self) -> None:
         mapper = self.mapper_for(self.router)
@@ -283,3 +293,122 @@ class MapperTests(TestCase):
 
     def test_no_default_gateway(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._no_gateway())
+
+
+class ProtocolMapperTests(MapperTestCase):
+    """UDP mappings, and TCP and UDP mappings of one port kept apart."""
+
+    def requests(self, router: FakePortControlRouter) -> list[Any]:
+        return [decode_request(datagram) for datagram in router.received]
+
+    async def _udp_pcp(self) -> None:
+        mapper = self.mapper_for(self.router)
+        mapping = await mapper.map(3000, 3000, 7200, protocol=UDP)
+        self.assertEqual(mapping, Mapping(PCP, 3000, 3000, EXTERNAL_ADDRESS, 7200, UDP))
+        self.assertEqual(self.router.tables, {TCP: {}, UDP: {3000: ("127.0.0.1", 3000, 7200)}})
+        (request,) = self.requests(self.router)
+        self.assertIsInstance(request, PcpMapRequest)
+        self.assertEqual(request.protocol, IPPROTO_UDP)
+        renewed = await mapper.map(3000, 3000, 7200, protocol=UDP)
+        self.assertEqual(renewed, mapping)
+        self.assertEqual(len(self.router.tables[UDP]), 1)  # the same nonce: the same mapping
+        await mapper.unmap(mapping)
+        self.assertEqual(self.router.tables, {TCP: {}, UDP: {}})
+        self.assertEqual(self.router.map_requests(UDP), 3)
+
+    def test_udp_with_pcp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._udp_pcp())
+
+    async def _udp_natpmp(self) -> None:
+        router = self.start_router(speaks=("natpmp",), max_lifetime=3600)
+        mapper = self.mapper_for(router)
+        mapping = await mapper.map(3000, 3000, 7200, protocol=UDP)
+        self.assertEqual(mapping, Mapping(NATPMP, 3000, 3000, EXTERNAL_ADDRESS, 3600, UDP))
+        self.assertEqual(router.tables, {TCP: {}, UDP: {3000: ("127.0.0.1", 3000, 3600)}})
+        opcodes = [r.opcode for r in self.requests(router) if isinstance(r, PmpMapRequest)]
+        self.assertEqual(opcodes, [NATPMP_OP_MAP_UDP])
+        await mapper.unmap(mapping)
+        self.assertEqual(router.tables, {TCP: {}, UDP: {}})
+
+    def test_udp_with_natpmp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._udp_natpmp())
+
+    async def _both(self, speaks: tuple[str, ...], method: str) -> None:
+        router = self.start_router(speaks=speaks)
+        mapper = self.mapper_for(router)
+        tcp = await mapper.map(3000, 3000, 7200)
+        udp = await mapper.map(3000, 3000, 7200, protocol=UDP)
+        self.assertEqual(
+            (tcp.method, tcp.protocol, udp.method, udp.protocol), (method, TCP, method, UDP)
+        )
+        self.assertEqual((tcp.external_port, udp.external_port), (3000, 3000))
+        self.assertEqual(list(router.tables[TCP]), [3000])
+        self.assertEqual(list(router.tables[UDP]), [3000])
+        await mapper.unmap(udp)
+        self.assertEqual((list(router.tables[TCP]), router.tables[UDP]), ([3000], {}))
+        await mapper.unmap(tcp)
+        self.assertEqual(router.tables, {TCP: {}, UDP: {}})
+
+    def test_tcp_and_udp_of_one_port_with_pcp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._both(("pcp",), PCP))
+
+    def test_tcp_and_udp_of_one_port_with_natpmp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._both(("natpmp",), NATPMP))
+
+    async def _pcp_nonces(self) -> None:
+        mapper = self.mapper_for(self.router)
+        await mapper.map(3000, 3000, 7200)
+        await mapper.map(3000, 3000, 7200, protocol=UDP)
+        tcp, udp = self.requests(self.router)
+        self.assertEqual((tcp.protocol, udp.protocol), (IPPROTO_TCP, IPPROTO_UDP))
+        self.assertNotEqual(tcp.nonce, udp.nonce)
+
+    def test_a_pcp_nonce_per_protocol(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._pcp_nonces())
+
+    async def _cross(self, speaks: tuple[str, ...], protocol: str) -> None:
+        # The router first answers for the other protocol (external port 1,
+        # lifetime 1): the mapper takes only the answer to what it asked.
+        router = self.start_router(speaks=speaks)
+        router.cross_answers = True
+        mapper = self.mapper_for(router)
+        mapping = await mapper.map(3000, 3000, 7200, protocol=protocol)
+        self.assertEqual((mapping.external_port, mapping.lifetime, mapping.protocol),
+                         (3000, 7200, protocol))  # fmt: skip
+        assert mapper._protocol is not None
+        self.assertEqual(mapper._protocol.dropped, 1)
+
+    def test_tcp_answer_does_not_satisfy_udp_pcp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._cross(("pcp",), UDP))
+
+    def test_udp_answer_does_not_satisfy_tcp_pcp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._cross(("pcp",), TCP))
+
+    def test_tcp_answer_does_not_satisfy_udp_natpmp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._cross(("natpmp",), UDP))
+
+    def test_udp_answer_does_not_satisfy_tcp_natpmp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._cross(("natpmp",), TCP))
+
+    async def _udp_refused(self, speaks: tuple[str, ...], method: str) -> None:
+        router = self.start_router(speaks=speaks)
+        router.refuse(2, protocol=UDP)
+        mapper = self.mapper_for(router)
+        with self.assertRaises(GatewayRefused) as caught:
+            await mapper.map(3000, 3000, 7200, protocol=UDP)
+        self.assertEqual((caught.exception.method, caught.exception.code), (method, 2))
+        tcp = await mapper.map(3000, 3000, 7200)
+        self.assertEqual((tcp.method, tcp.protocol), (method, TCP))
+        self.assertEqual((list(router.tables[TCP]), router.tables[UDP]), ([3000], {}))
+
+    def test_udp_refused_tcp_granted_with_pcp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._udp_refused(("pcp", "natpmp"), PCP))
+
+    def test_udp_refused_tcp_granted_with_natpmp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._udp_refused(("natpmp",), NATPMP))
+
+    def test_unknown_protocol(self) -> None:
+        mapper = self.mapper_for(self.router)
+        with self.assertRaises(ValueError):
+            mapper.map(3000, 3000, 7200, protocol="sctp")
+        self.assertEqual(self.router.received, [])

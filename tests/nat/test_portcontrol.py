@@ -11,8 +11,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from bitfitech.nat.portcontrol import (
     MAX_MESSAGE,
     NATPMP_OP_MAP_TCP,
+    NATPMP_OP_MAP_UDP,
     PCP_VERSION,
     TCP,
+    UDP,
     PcpMapData,
     PcpMapRequest,
     PcpResponse,
@@ -90,6 +92,22 @@ class WireFormatTests(SynchronousTestCase):
     def test_natpmp_tcp_mapping_request(self) -> None:
         datagram = encode_request(PmpMapRequest(NATPMP_OP_MAP_TCP, 3000, 3001, 7200))
         self.assertEqual(datagram, bytes.fromhex("0002 0000 0bb8 0bb9 00001c20"))
+
+    def test_natpmp_udp_mapping_request(self) -> None:
+        request = PmpMapRequest(NATPMP_OP_MAP_UDP, 3000, 3001, 7200)
+        datagram = encode_request(request)
+        self.assertEqual(datagram, bytes.fromhex("0001 0000 0bb8 0bb9 00001c20"))
+        self.assertEqual(decode_request(datagram), request)
+
+    def test_natpmp_udp_mapping_response(self) -> None:
+        datagram = bytes.fromhex("0081 0000 000003e8 0bb8 0bb9 00001c20")
+        self.assertEqual(decode_response(datagram), PmpMapResponse(129, 0, 1000, 3000, 3001, 7200))
+
+    def test_pcp_udp_map_request(self) -> None:
+        request = PcpMapRequest(7200, "192.168.1.20", b"N" * 12, UDP, 3000, 3000)
+        datagram = encode_request(request)
+        self.assertEqual((datagram[36], UDP), (17, 17))
+        self.assertEqual(decode_request(datagram), request)
 
     def test_natpmp_address_response(self) -> None:
         datagram = bytes.fromhex("0080 0000 000003e8 cb007107")

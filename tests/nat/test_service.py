@@ -15,10 +15,10 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitfitech.nat.mapping import NATPMP, PCP, UPNP
+from bitfitech.nat.mapping import NATPMP, PCP, TCP, UDP, UPNP
 from bitfitech.nat.pmp import PortControlMapper
 from bitfitech.nat.service import (
     DEFAULT_LEASE,
@@ -107,6 +107,7 @@ class MappedTests(ServiceTestCase):
             status,
             {
                 "method": PCP,
+                "protocol": "tcp",
                 "state": MAPPED,
                 "external_address": EXTERNAL_ADDRESS,
                 "external_port": 3000,
@@ -401,3 +402,81 @@ class BuildTests(SynchronousTestCase):
     def test_unknown_choice(self) -> None:
         with self.assertRaises(ValueError):
             build_mappers(Clock(), "stun")
+
+
+class ProtocolTests(ServiceTestCase):
+    """One service per protocol: a UDP service maps, renews, removes and reports UDP."""
+
+    def test_default_is_tcp(self) -> None:
+        service = self.start(self.pmp)
+        self.assertEqual((service.protocol, service.name), (TCP, "nat"))
+        self.assertEqual(service.status()["protocol"], TCP)
+        self.assertEqual(self.pmp.protocols, [TCP])
+        self.stop(service)
+        self.assertEqual(self.pmp.unmapped[0].protocol, TCP)
+
+    def test_udp_mapped_renewed_removed(self) -> None:
+        service = self.start(self.pmp, protocol=UDP)
+        self.assertEqual((service.protocol, service.name), (UDP, "nat-udp"))
+        self.assertEqual(service.status()["state"], MAPPED)
+        self.clock.advance(LEASE / 2)
+        self.assertEqual(self.pmp.maps, [(3000, 3000, LEASE)] * 2)
+        self.assertEqual(self.pmp.protocols, [UDP, UDP])
+        self.stop(service)
+        self.assertEqual([(m.protocol, m.external_port) for m in self.pmp.unmapped], [(UDP, 3000)])
+        self.assertEqual(service.status()["protocol"], UDP)
+        self.assertEqual(self.told[-1], MappingStatus(OFF, internal_port=3000, protocol=UDP))
+
+    def test_udp_status(self) -> None:
+        service = self.start(self.pmp, protocol=UDP)
+        now = self.clock.seconds()
+        self.assertEqual(
+            service.status(),
+            {
+                "method": PCP,
+                "protocol": UDP,
+                "state": MAPPED,
+                "external_address": EXTERNAL_ADDRESS,
+                "external_port": 3000,
+                "internal_port": 3000,
+                "lease_s": LEASE,
+                "expires_at": round((now + LEASE) * 1000),
+                "error": None,
+                "retry_at": None,
+            },
+        )
+        self.assertEqual([status.protocol for status in self.told], [UDP, UDP])
+        self.stop(service)
+
+    def test_logs_name_the_protocol(self) -> None:
+        tcp = self.start(FakeMapper(NATPMP))
+        udp = self.start(FakeMapper(NATPMP), protocol=UDP)
+        self.stop(udp)
+        self.stop(tcp)
+        reachable = f"is reachable at {EXTERNAL_ADDRESS}:3000 (pcp, lease {LEASE} s)"
+        self.assertEqual(
+            [formatEvent(event) for event in self.logs_at(LogLevel.info)],
+            [
+                f"port mapping: TCP port 3000 {reachable}",
+                f"port mapping: UDP port 3000 {reachable}",
+                "port mapping: removed UDP port 3000 (pcp)",
+                "port mapping: removed TCP port 3000 (pcp)",
+            ],
+        )
+
+    def test_refusal_logs_name_the_protocol(self) -> None:
+        self.pmp.mode = "refuse"
+        service = self.start(self.pmp, protocol=UDP)
+        self.assertEqual(service.status()["state"], REFUSED)
+        (warning,) = self.logs_at(LogLevel.warn)
+        self.assertIn("UDP port 3000 refused", formatEvent(warning))
+        self.stop(service)
+
+    def test_udp_port_not_known_yet(self) -> None:
+        service = self.start(port=lambda: None, protocol=UDP)
+        self.assertEqual(service.current.error, "the UDP port is not known yet")
+        self.stop(service)
+
+    def test_unknown_protocol(self) -> None:
+        with self.assertRaises(ValueError):
+            PortMappingService(self.clock, [self.pmp], 3000, protocol="sctp")

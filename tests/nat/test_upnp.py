@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from bitfitech.nat.mapping import UPNP, GatewayRefused, Mapping, NoGateway
+from bitfitech.nat.mapping import TCP, UDP, UPNP, GatewayRefused, Mapping, NoGateway
 from bitfitech.nat.upnp import BlockingCaller, UPnPMapper, upnp_error
 from bitfitech.testing import free_ports, global_reactor
 
@@ -225,3 +225,62 @@ class UPnPMapperTests(TestCase):
 
     def test_discovered_through_minissdpd(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._discovered())
+
+
+class UPnPProtocolTests(TestCase):
+    """UDP mappings on the fake IGD, and TCP and UDP mappings of one port kept apart."""
+
+    skip = NO_MINIUPNPC
+
+    def setUp(self) -> None:
+        self.reactor = global_reactor()
+        self.igd = FakeIGD()
+        self.root_url = self.igd.listen(self.reactor)
+        self.addCleanup(self.igd.close)
+        self.mapper = UPnPMapper(self.reactor, root_url=self.root_url, timeout=10.0)
+        self.addCleanup(self.mapper.close)
+
+    async def _udp(self) -> None:
+        mapping = await self.mapper.map(3000, 3000, 3600, protocol=UDP)
+        self.assertEqual(mapping, Mapping(UPNP, 3000, 3000, EXTERNAL_ADDRESS, 3600, UDP))
+        self.assertEqual(
+            self.igd.tables, {TCP: {}, UDP: {3000: ("127.0.0.1", 3000, 3600, "bitfi")}}
+        )
+        await self.mapper.map(3000, 3000, 3600, protocol=UDP)
+        self.assertEqual(list(self.igd.tables[UDP]), [3000])
+        await self.mapper.unmap(mapping)
+        self.assertEqual(self.igd.tables, {TCP: {}, UDP: {}})
+
+    def test_udp_mapped_renewed_removed(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._udp())
+
+    async def _both(self) -> None:
+        tcp = await self.mapper.map(3000, 3000, 3600)
+        udp = await self.mapper.map(3000, 3000, 3600, protocol=UDP)
+        self.assertEqual((tcp.protocol, udp.protocol), (TCP, UDP))
+        self.assertEqual((tcp.external_port, udp.external_port), (3000, 3000))
+        self.assertEqual((list(self.igd.tables[TCP]), list(self.igd.tables[UDP])), ([3000], [3000]))
+        await self.mapper.unmap(udp)
+        self.assertEqual((list(self.igd.tables[TCP]), self.igd.tables[UDP]), ([3000], {}))
+        await self.mapper.unmap(tcp)
+        self.assertEqual(self.igd.tables, {TCP: {}, UDP: {}})
+
+    def test_tcp_and_udp_of_one_port(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._both())
+
+    async def _udp_refused(self) -> None:
+        self.igd.refuse(606, protocol=UDP)
+        with self.assertRaises(GatewayRefused) as caught:
+            await self.mapper.map(3000, 3000, 3600, protocol=UDP)
+        self.assertEqual(caught.exception.code, 606)
+        tcp = await self.mapper.map(3000, 3000, 3600)
+        self.assertEqual(tcp.protocol, TCP)
+        self.assertEqual((list(self.igd.tables[TCP]), self.igd.tables[UDP]), ([3000], {}))
+
+    def test_udp_refused_tcp_granted(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._udp_refused())
+
+    def test_unknown_protocol(self) -> None:
+        with self.assertRaises(ValueError):
+            self.mapper.map(3000, 3000, 3600, protocol="sctp")
+        self.assertEqual(self.igd.actions, [])

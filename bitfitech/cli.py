@@ -556,9 +556,15 @@ def _reach_summary(reach: Mapping[str, Any] | None) -> str:
     state = str(reach.get("state"))
     seen = reach.get("observed") or []
     seen_as = f"; peers see it as {', '.join(map(str, seen))}" if seen else ""
+    udp = reach.get("nat_udp") or {}
+    dht = (
+        f"; the DHT's UDP port is mapped too ({udp.get('external_port')})"
+        if udp.get("state") == "mapped"
+        else ""
+    )
     if state in ("public", "mapped"):
         how = "through the router's port mapping" if state == "mapped" else "directly"
-        return f"{state}: peers reach it at {reach.get('address')} ({how})"
+        return f"{state}: peers reach it at {reach.get('address')} ({how}){dht}"
     if state == "outbound-only":
         return (f"outbound-only: peers cannot dial it ({reach.get('reason')}); it works over "
                 f"the links it dials{seen_as}")  # fmt: skip

@@ -138,7 +138,9 @@ class Node(MultiService):
     :ivar gossips: each market's gossip (how its events travel between
         this node and its peers), by market, in order.
     :ivar peers: the peer layer.
-    :ivar nat: the router's port mapping, or ``None`` when off.
+    :ivar nat: the router's port mapping of the P2P port (TCP), or ``None`` when off.
+    :ivar nat_udp: that of the IPv4 DHT's port (UDP), or ``None`` when
+        off or without the DHT.
     :ivar mdns: mDNS / DNS-SD discovery, or ``None`` with ``--no-mdns``.
     :ivar dht: the Kademlia DHT, or ``None`` with ``--no-dht``.
     :ivar control: the API's view of the node.
@@ -168,6 +170,7 @@ class Node(MultiService):
         api: ApiService | None,
         exit_on_startup_error: bool = False,
         log_tag: str | None = None,
+        nat_udp: PortMappingService | None = None,
     ) -> None:
         """Hold the parts and make the services among them children, in start order."""
         super().__init__()
@@ -178,6 +181,7 @@ class Node(MultiService):
         self.gossips = dict(gossips)
         self.peers = peers
         self.nat = nat
+        self.nat_udp = nat_udp
         self.mdns = mdns
         self.dht = dht
         self.control = control
@@ -187,7 +191,8 @@ class Node(MultiService):
         self.log_tag = log_tag
         self._storage_service = StorageService(storage)
         children: list[IService] = [self._storage_service, markets, peers]
-        children += [service for service in (nat, mdns, dht, api) if service is not None]
+        # The DHT's mapping after the DHT, whose port it maps.
+        children += [s for s in (nat, mdns, dht, nat_udp, api) if s is not None]
         for child in children:
             child.setServiceParent(self)
 

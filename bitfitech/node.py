@@ -161,28 +161,30 @@ def build_node(
             ),
             required=False, what=f"mDNS on {config.mdns_interface or 'all interfaces'}",
         )  # fmt: skip
+    nat_udp: PortMappingService | None = None
     if config.dht_enabled:
         hosts = dht_bind_hosts(config.host)
         where = " and ".join(format_hostport(h, config.dht_listen_port) for h in hosts)
-        dht = DiscoveryService(
-            "dht",
-            DualStackDHT(
-                reactor, port=config.dht_listen_port, hosts=hosts,
-                info_hashes={m: market_info_hash(config.network, m) for m in config.markets},
-                p2p_port=lambda: peers.listen_port, found=peers.found_by("dht"),
-                # behind a router, announce over IPv4 the router's port that forwards to ours
-                ipv4_p2p_port=lambda: (mapped() or ("", peers.listen_port))[1],
-                wants_peers=peers.wants_peers, bootstrap=config.dht_bootstrap,
-                settings=storage, rng=rng,
-            ),
-            required=True, what=f"the DHT on UDP {where}",
+        dual = DualStackDHT(
+            reactor, port=config.dht_listen_port, hosts=hosts,
+            info_hashes={m: market_info_hash(config.network, m) for m in config.markets},
+            p2p_port=lambda: peers.listen_port, found=peers.found_by("dht"),
+            # behind a router, announce over IPv4 the router's port that forwards to ours
+            ipv4_p2p_port=lambda: (mapped() or ("", peers.listen_port))[1],
+            wants_peers=peers.wants_peers, bootstrap=config.dht_bootstrap,
+            settings=storage, rng=rng,
         )  # fmt: skip
+        dht = DiscoveryService("dht", dual, required=True, what=f"the DHT on UDP {where}")
+        if config.nat_mode != "off":
+            # The IPv4 DHT's UDP port too, with mappers of its own (one call at a time each).
+            mappers = build_mappers(reactor, config.nat_mode, gateway=config.nat_gateway)
+            nat_udp = PortMappingService(clock, mappers, lambda: dual.port_of(4), protocol="udp")
 
     # The end of the path: the API's view of the node, its metrics, the HTTP site.
     api: ApiService | None = None
     control = NodeControl(
         config, clock, storage, markets, gossips=gossips, peers=peers, mdns=mdns, dht=dht,
-        nat=nat, api_url=lambda: api.url if api is not None else None,
+        nat=nat, nat_udp=nat_udp, api_url=lambda: api.url if api is not None else None,
     )  # fmt: skip
     metrics = node_registry(control.status, markets.by_name, gossips)
     if config.api_enabled:
@@ -190,6 +192,6 @@ def build_node(
         api = ApiService(config, root, reactor, metrics)
     return Node(
         config, clock, storage=storage, markets=markets, gossips=gossips, peers=peers,
-        nat=nat, mdns=mdns, dht=dht, control=control, metrics=metrics, api=api,
+        nat=nat, nat_udp=nat_udp, mdns=mdns, dht=dht, control=control, metrics=metrics, api=api,
         exit_on_startup_error=exit_on_startup_error, log_tag=log_tag,
     )  # fmt: skip

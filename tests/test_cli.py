@@ -1285,6 +1285,14 @@ class RenderTests(SynchronousTestCase):
         reach = {"state": "unknown", "checking": True, "observed": []}
         self.assertIn("reach    unknown (no dial-back answered yet, checking)",
                       cli.render_status({"reachability": reach}, 0.0))  # fmt: skip
+        reach = {
+            "state": "mapped",
+            "address": "203.0.113.5:40000",
+            "nat_udp": {"state": "mapped", "external_port": 40001},
+        }
+        self.assertIn("reach    mapped: peers reach it at 203.0.113.5:40000 (through the router's "
+                      "port mapping); the DHT's UDP port is mapped too (40001)",
+                      cli.render_status({"reachability": reach}, 0.0))  # fmt: skip
 
     def test_status_markets_line(self) -> None:
         """The markets carried, then those whose history is stored but not carried."""

@@ -124,7 +124,8 @@ class MakeServiceTests(SynchronousTestCase):
         service, data_dir = self.make("--port", "3001", "--api-port", "0")
         self.assertTrue(IService.providedBy(service))
         self.assertEqual(
-            child_names(service), ["storage", "market", "peers", "nat", "mdns", "dht", "api"]
+            child_names(service),
+            ["storage", "market", "peers", "nat", "mdns", "dht", "nat-udp", "api"],
         )
         self.assertFalse(service.running)
         self.assertFalse(any(child.running for child in IServiceCollection(service)))
@@ -135,7 +136,9 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_no_api(self) -> None:
         service, data_dir = self.make("--no-api")
-        self.assertEqual(child_names(service), ["storage", "market", "peers", "nat", "mdns", "dht"])
+        self.assertEqual(
+            child_names(service), ["storage", "market", "peers", "nat", "mdns", "dht", "nat-udp"]
+        )
         self.assertFalse(os.path.exists(data_dir))
 
     def test_no_discovery(self) -> None:
@@ -162,7 +165,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(list(service.gossips), ["BTC/USD", "ETH/USD"])
         self.assertIs(service.market, service.markets["BTC/USD"])
         self.assertEqual(
-            child_names(service), ["storage", "market", "peers", "nat", "mdns", "dht", "api"]
+            child_names(service),
+            ["storage", "market", "peers", "nat", "mdns", "dht", "nat-udp", "api"],
         )
 
     def test_unparsed(self) -> None:
@@ -224,7 +228,8 @@ class TacTests(SynchronousTestCase):
         )  # fmt: skip
         self.assertEqual(node.name, "node")
         self.assertEqual(
-            child_names(node), ["storage", "market", "peers", "nat", "mdns", "dht", "api"]
+            child_names(node),
+            ["storage", "market", "peers", "nat", "mdns", "dht", "nat-udp", "api"],
         )
         self.assertEqual(node.config.port, 3001)
         self.assertEqual(node.config.data_dir, data_dir)

@@ -316,6 +316,7 @@ class NodeControl:
         peers: PeerService | None = None,
         mdns: DiscoveryService | None = None,
         nat: PortMappingService | None = None,
+        nat_udp: PortMappingService | None = None,
         dht: DiscoveryService | None = None,
         api_url: Callable[[], str | None] = lambda: None,
     ) -> None:
@@ -328,7 +329,9 @@ class NodeControl:
         :param peers: the peer layer; ``None`` for a node without one (the
             market's side alone, in tests): no links, no status.
         :param mdns: mDNS discovery, or ``None`` when it is off.
-        :param nat: the router's port mapping, or ``None`` when it is off.
+        :param nat: the router's port mapping of the P2P port, or ``None``
+            when it is off.
+        :param nat_udp: that of the IPv4 DHT's UDP port, or ``None``.
         :param dht: the DHT, or ``None`` when it is off.
         :param api_url: the HTTP API's address while it listens (its
             dashboard for browsers), else ``None`` (``--no-api``).
@@ -339,6 +342,7 @@ class NodeControl:
         self.peer_layer = peers
         self.mdns = mdns
         self.nat = nat
+        self.nat_udp = nat_udp
         self.dht = dht
         self.api_url = api_url
         timing = config.gossip
@@ -401,6 +405,7 @@ class NodeControl:
             "reachability": {
                 **peers.reachability.status(),
                 "nat": self.nat.status() if self.nat is not None else None,
+                "nat_udp": self.nat_udp.status() if self.nat_udp is not None else None,
             },
             "uptime_ms": round((now - (peers.started_at or now)) * 1000),
             "api": {"url": api, "dashboard": api} if (api := self.api_url()) else None,

@@ -229,11 +229,19 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "nat": nullable(
                     {
                         "type": "object",
-                        "description": "The router's port mapping (`--nat`): `method` (`pcp`, "
+                        "description": "The router's port mapping of the P2P port (`--nat`): "
+                        "`protocol` (`tcp`), `method` (`pcp`, "
                         "`natpmp`, `upnp` or null), `state` (`trying`, `mapped`, `refused`, "
                         "`lost`, `none`, `off`), `external_address`, `external_port`, "
                         "`internal_port`, `lease_s`, `expires_at` and `retry_at` (unix ms), "
                         "`error`; null with `--nat off`.",
+                    }
+                ),
+                "nat_udp": nullable(
+                    {
+                        "type": "object",
+                        "description": "The router's port mapping of the IPv4 DHT's UDP port, "
+                        "as `nat` (`protocol` `udp`); null with `--nat off` or `--no-dht`.",
                     }
                 ),
             },

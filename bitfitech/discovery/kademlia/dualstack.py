@@ -87,6 +87,11 @@ class DualStackDHT(Service):
         """The running DHT of C{family} (4 or 6), if any."""
         return next((s for s in self.running_services if s.family == family), None)
 
+    def port_of(self, family: int) -> int | None:
+        """The UDP port of the running DHT of C{family} (4 or 6), or ``None``."""
+        service = self.family(family)
+        return service.listen_port if service is not None else None
+
     @property
     def listen_port(self) -> int:
         """The UDP port of the first running DHT, or 0."""

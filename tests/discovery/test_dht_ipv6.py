@@ -55,24 +55,13 @@ from bitfitech.testing import (
     run_for,
 )
 
+from .test_dht_service import MemorySettings
+
 INFO_HASH = network_info_hash("test", "BTC/USD")
 TIMING = DHTTiming(check_interval=1.0, min_lookup_gap=5.0, bootstrap_retry=1.0)
 OWN = b"\x00" * 20
 THEIRS = b"\xf0" + b"\x01" * 19
 SOURCE6 = ("fd00::2", 7000)
-
-
-class MemorySettings:
-    """A SettingsStore in a dict."""
-
-    def __init__(self, **values: str) -> None:
-        self.values = dict(values)
-
-    def get_setting(self, key: str) -> str | None:
-        return self.values.get(key)
-
-    def set_setting(self, key: str, value: str) -> None:
-        self.values[key] = value
 
 
 def confirmed(routing: RoutingTable, count: int, prefix: str, first: int = 0xF0) -> list[bytes]:

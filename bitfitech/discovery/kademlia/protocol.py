@@ -33,7 +33,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -384,14 +384,15 @@ class DHTProtocol(DatagramProtocol):
         if isinstance(query, Ping):
             return Response(query.transaction, self.node_id)
         if isinstance(query, FindNode):
-            return self._with_nodes(query.want, query.target, query.transaction)
+            return self._with_nodes(query.want, query.target, query.transaction, (), None)
         if isinstance(query, GetPeers):
             token = self.tokens.token_for(host, now)
             values = self.store.peers(
                 query.info_hash, now, MAX_VALUES, self._rng, family=self.family
             )
-            answer = self._with_nodes(query.want, query.info_hash, query.transaction)
-            return replace(answer, values=tuple(values), token=token)
+            return self._with_nodes(
+                query.want, query.info_hash, query.transaction, tuple(values), token
+            )
         if not self.tokens.check(query.token, host, now):
             self.counters["bad_tokens"] += 1
             return ErrorReply(query.transaction, PROTOCOL_ERROR, "bad token")
@@ -409,16 +410,30 @@ class DHTProtocol(DatagramProtocol):
         nodes = self.routing.closest_confirmed(target)
         return tuple(NodeInfo(c.node_id, c.host, c.port) for c in nodes)
 
-    def _with_nodes(self, want: frozenset[str], target: bytes, transaction: bytes) -> Response:
+    def _with_nodes(
+        self,
+        want: frozenset[str],
+        target: bytes,
+        transaction: bytes,
+        values: tuple[Address, ...],
+        token: bytes | None,
+    ) -> Response:
         """
-        An answer naming the nodes nearest C{target} of each family in
-        C{want} (BEP 32; none: our own family's): ``nodes`` always over
-        IPv4 (empty when not asked for, as BEP 5 has it) and over IPv6 when
-        asked for, ``nodes6`` when asked for (or by default over IPv6) and
-        the node runs IPv6.  A family the node does not run is left out.
+        An answer (with C{values} and C{token}, for ``get_peers``) naming
+        the nodes nearest C{target} of each family in C{want} (BEP 32;
+        none: our own family's): ``nodes`` always over IPv4 (empty when not
+        asked for, as BEP 5 has it) and over IPv6 when asked for,
+        ``nodes6`` when asked for (or by default over IPv6) and the node
+        runs IPv6.  A family the node does not run is left out.
         """
+        if not want:  # nearly every query: our own family's nodes
+            nodes = self.nodes_near(target)
+            if self.family == 4:
+                return Response(transaction, self.node_id, nodes, values, token, with_nodes=True)
+            return Response(
+                transaction, self.node_id, (), values, token, nodes6=nodes, with_nodes6=True
+            )
         own = WANT_N6 if self.family == 6 else WANT_N4
-        want = want or frozenset({own})
         by_family: dict[str, tuple[NodeInfo, ...]] = {}
         for entry in (WANT_N4, WANT_N6):
             if entry not in want:
@@ -432,6 +447,8 @@ class DHTProtocol(DatagramProtocol):
             transaction,
             self.node_id,
             by_family.get(WANT_N4, ()),
+            values,
+            token,
             with_nodes=self.family == 4 or WANT_N4 in by_family,
             nodes6=nodes6 or (),
             with_nodes6=nodes6 is not None,

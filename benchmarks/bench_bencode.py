@@ -93,10 +93,16 @@ def messages(rng: random.Random) -> dict[str, bytes]:
 
 
 def per_call(function: Callable[[Any], Any], argument: Any, seconds: float) -> float:
-    """Microseconds per call of C{function(argument)}, best of five runs."""
+    """
+    Microseconds per call of C{function(argument)}, best of five runs of
+    about C{seconds} each (sized by a calibration of some 10 ms, where
+    ``timeit``'s ``autorange`` would spend 0.2 s).
+    """
     timer = timeit.Timer(lambda: function(argument))
-    number, _ = timer.autorange()
-    number = max(1, int(number * seconds / 0.2))
+    number = 1
+    while (took := timer.timeit(number)) < 0.01:
+        number *= 10
+    number = max(1, int(number * seconds / took))
     return min(timer.repeat(repeat=5, number=number)) / number * 1e6
 
 

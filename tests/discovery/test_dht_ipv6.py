@@ -13,12 +13,14 @@ import json
 import random
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from bitfitech.discovery.kademlia.bencode import decode
+from bitfitech.discovery.kademlia.bencode import decode, encode
 from bitfitech.discovery.kademlia.dualstack import DualStackDHT
 from bitfitech.discovery.kademlia.ids import network_info_hash
 from bitfitech.discovery.kademlia.krpc import (
@@ -188,6 +190,43 @@ class ProtocolTests(SynchronousTestCase):
         assert isinstance(reply, Response)
         self.assertEqual(reply.values, (("fd00::2", 9001),))
         self.assertEqual([len(v) for v in answer_values(data)[b"values"]], [18])
+
+    @settings(max_examples=200)
+    @given(
+        st.sampled_from([4, 6]),
+        st.sampled_from([FindNode, GetPeers]),
+        st.lists(st.sampled_from([b"n4", b"n6", b"n5", b"", b"x" * 40]), max_size=4),
+        st.sampled_from([SOURCE6, ("10.0.0.2", 7000), ("::ffff:10.0.0.2", 7000)]),
+        st.binary(max_size=64),
+    )
+    def test_any_want_from_anywhere(
+        self,
+        family: int,
+        kind: type[FindNode] | type[GetPeers],
+        want: list[bytes],
+        source: tuple[str, int],
+        garbage: bytes,
+    ) -> None:
+        """
+        Whatever ``want`` a query carries, from whichever family, the
+        answer decodes and names only nodes of each family in its key;
+        garbage never raises.
+        """
+        self.routing = RoutingTable(OWN, 0.0)
+        protocol = self.make(family, sibling=lambda target: ())
+        confirmed(self.routing, 2, "fd00::1:" if family == 6 else "10.1.0.")
+        query = encode(
+            {b"t": b"t1", b"y": b"q", b"q": b"find_node" if kind is FindNode else b"get_peers",
+             b"a": {b"id": THEIRS, b"target": THEIRS, b"info_hash": THEIRS, b"want": want}}
+        )  # fmt: skip
+        protocol.datagramReceived(query, source)
+        protocol.datagramReceived(garbage, source)
+        self.assertEqual(protocol.counters["internal_errors"], 0)
+        for data, _ in self.transport.clear():
+            reply = decode_message(data)
+            if isinstance(reply, Response):
+                self.assertTrue(all(":" not in n.host for n in reply.nodes))
+                self.assertTrue(all(":" in n.host for n in reply.nodes6))
 
     def test_only_own_family_enters_the_table(self) -> None:
         """A query from an address of the other family is answered, its sender not added."""

@@ -1,5 +1,9 @@
 """The DHT service: joins the BEP 5 DHT, finds the peers of our markets, announces ours.
 
+One service runs one address family, its bind address's: BEP 5's IPv4
+DHT, or BEP 32's IPv6 one (:mod:`~bitfitech.discovery.kademlia.dualstack`
+runs one of each).
+
 Data path: :class:`DHTService` owns one UDP port and its
 :class:`~bitfitech.discovery.kademlia.protocol.DHTProtocol`; it runs
 :class:`~bitfitech.discovery.kademlia.lookup.Lookup`\\ s through it and hands
@@ -867,22 +871,27 @@ def resolve_in(reactor: Any, name: str, family: int) -> Deferred[str | None]:
     resolver = getattr(reactor, "nameResolver", None)
     if resolver is None:
         return succeed(None)
-    found: list[str] = []
-    done: Deferred[str | None] = Deferred()
+    first = _FirstAddress()
+    resolver.resolveHostName(first, name, 0, addressTypes=[IPv6Address])
+    return first.done
 
-    @implementer(IResolutionReceiver)
-    class Receiver:
-        def resolutionBegan(self, resolution: Any) -> None:
-            pass
 
-        def addressResolved(self, address: Any) -> None:
-            found.append(str(address.host))
+@implementer(IResolutionReceiver)
+class _FirstAddress:
+    """Takes the addresses a resolver finds for a name; C{done} fires with the first, or None."""
 
-        def resolutionComplete(self) -> None:
-            done.callback(found[0] if found else None)
+    def __init__(self) -> None:
+        self.done: Deferred[str | None] = Deferred()
+        self._found: list[str] = []
 
-    resolver.resolveHostName(Receiver(), name, 0, addressTypes=[IPv6Address])
-    return done
+    def resolutionBegan(self, resolution: Any) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        self._found.append(str(address.host))
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self._found[0] if self._found else None)
 
 
 def _quietly(d: Deferred[Any]) -> Deferred[Any]:

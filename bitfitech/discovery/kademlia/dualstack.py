@@ -134,13 +134,6 @@ class DualStackDHT(Service):
         )
         return total
 
-    def discover(self, *, announce: bool = True) -> Deferred[Any]:
-        """Run each family's :meth:`~bitfitech.discovery.kademlia.service.DHTService.discover`."""
-        return gatherResults(
-            [service.discover(announce=announce) for service in self.running_services],
-            consumeErrors=True,
-        )
-
     # Service.
 
     def startService(self) -> None:
